@@ -1,0 +1,351 @@
+//! The backend contracts every engine adapter implements.
+//!
+//! The traits are granular so a consumer depends on the least it needs (a snapshot scheduler
+//! needs [`Snapshots`], not all of [`Lifecycle`]). They are synchronous and object-safe: an
+//! adapter may use an async runtime inside, but the domain does not impose one. Long calls take a
+//! [`CancelToken`]. The conformance suite (`hangar-conformance`) pins down their behaviour; the
+//! in-memory [`crate::fake`] implementations are the reference.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cancel::CancelToken;
+use crate::clock::Timestamp;
+use crate::error::Result;
+use crate::ids::{DeviceName, SnapshotId, VmName, VolumeId};
+use crate::lifecycle::{LifecycleObserver, TransitionEvent, VmState};
+use crate::spec::{DiskFormat, NicSpec, VmSpec};
+
+/// A VM as an engine reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmStatus {
+    /// The VM.
+    pub name: VmName,
+    /// Its current state.
+    pub state: VmState,
+    /// When it entered that state.
+    pub since: Timestamp,
+    /// Why it is in that state, when that is not obvious (the reason for `failed`).
+    pub reason: Option<String>,
+}
+
+/// How to stop a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopMode {
+    /// Ask the guest to power off; after `timeout` escalate to a forced stop.
+    Graceful {
+        /// How long the guest gets.
+        timeout: Duration,
+    },
+    /// Stop the engine at once.
+    Force,
+}
+
+/// What a stop did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopOutcome {
+    /// The VM's status afterwards.
+    pub status: VmStatus,
+    /// Whether a graceful stop had to be escalated to force.
+    pub escalated: bool,
+    /// How long the stop took, by the engine's clock.
+    pub took: Duration,
+}
+
+/// VM lifecycle.
+///
+/// Idempotency rules (checked by the conformance suite): `define` with an equal spec returns the
+/// existing VM, with a different spec fails with `E_VM_EXISTS`; `start` on a running VM, `stop`
+/// on a VM that is not running (defined or stopped), `pause` on a paused VM and `resume` on a
+/// running VM succeed without any transition. Every other illegal move returns
+/// `E_INVALID_TRANSITION` and changes nothing.
+pub trait Lifecycle: Send + Sync {
+    /// Records a VM (state `defined`).
+    fn define(&self, spec: &VmSpec) -> Result<VmStatus>;
+    /// Boots a defined or stopped VM until it runs.
+    fn start(&self, vm: &VmName, cancel: &CancelToken) -> Result<VmStatus>;
+    /// Stops a VM; graceful stops escalate to force after their timeout.
+    fn stop(&self, vm: &VmName, mode: StopMode, cancel: &CancelToken) -> Result<StopOutcome>;
+    /// Pauses a running VM's vCPUs.
+    fn pause(&self, vm: &VmName) -> Result<VmStatus>;
+    /// Resumes a paused VM.
+    fn resume(&self, vm: &VmName) -> Result<VmStatus>;
+    /// Restarts the guest of a running VM; it ends up running.
+    fn reboot(&self, vm: &VmName, cancel: &CancelToken) -> Result<VmStatus>;
+    /// Removes a VM that is not running (its state becomes `deleted` and it leaves `list`).
+    fn undefine(&self, vm: &VmName) -> Result<()>;
+    /// The VM's current status.
+    fn status(&self, vm: &VmName) -> Result<VmStatus>;
+    /// Every VM not deleted, sorted by name.
+    fn list(&self) -> Result<Vec<VmStatus>>;
+    /// Registers an observer told about every transition of every VM, after registration.
+    fn observe(&self, observer: Arc<dyn LifecycleObserver>);
+}
+
+/// What happens to a VM after its memory was saved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SaveMode {
+    /// Stay paused in memory (a checkpoint).
+    KeepPaused,
+    /// Release the engine process: the VM is `sleeping` on the snapshot.
+    Sleep,
+}
+
+/// A memory snapshot's metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    /// Its id.
+    pub id: SnapshotId,
+    /// The VM it was taken from.
+    pub vm: VmName,
+    /// Bytes on disk.
+    pub size_bytes: u64,
+    /// When it was taken.
+    pub created_at: Timestamp,
+    /// The engine and version that wrote it (restores require the same).
+    pub engine_version: String,
+}
+
+/// Memory snapshots.
+pub trait Snapshots: Send + Sync {
+    /// Saves a running or paused VM's memory (pausing it first if running).
+    fn save(
+        &self,
+        vm: &VmName,
+        id: &SnapshotId,
+        mode: SaveMode,
+        cancel: &CancelToken,
+    ) -> Result<SnapshotInfo>;
+    /// Restores a sleeping, stopped or defined VM from a snapshot; it ends up running.
+    fn restore(&self, vm: &VmName, id: &SnapshotId, cancel: &CancelToken) -> Result<VmStatus>;
+    /// Snapshots, optionally only one VM's, sorted by id.
+    fn list_snapshots(&self, vm: Option<&VmName>) -> Result<Vec<SnapshotInfo>>;
+    /// Deletes a snapshot no VM is sleeping on.
+    fn delete_snapshot(&self, id: &SnapshotId) -> Result<()>;
+}
+
+/// Where a new volume's content comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VolumeSource {
+    /// Empty, of this size.
+    Blank {
+        /// Size in MiB.
+        size_mib: u64,
+    },
+    /// A copy-on-write overlay over another volume.
+    Overlay {
+        /// The base volume.
+        base: VolumeId,
+    },
+    /// A copy-on-write overlay over an image file outside Hangar's control.
+    ImageFile {
+        /// Absolute path of the base image.
+        path: String,
+        /// Its format.
+        format: DiskFormat,
+    },
+}
+
+/// A volume's metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeInfo {
+    /// Its id.
+    pub id: VolumeId,
+    /// Virtual size in MiB.
+    pub size_mib: u64,
+    /// Its format.
+    pub format: DiskFormat,
+    /// The volume it overlays, if any.
+    pub base: Option<VolumeId>,
+    /// Its disk snapshots, sorted.
+    pub snapshots: Vec<SnapshotId>,
+}
+
+/// Disk volumes.
+pub trait Disks: Send + Sync {
+    /// Creates a volume.
+    fn create_volume(&self, id: &VolumeId, source: &VolumeSource) -> Result<VolumeInfo>;
+    /// Grows a volume (shrinking is refused with `E_INVALID_ARGUMENT`).
+    fn resize_volume(&self, id: &VolumeId, size_mib: u64) -> Result<VolumeInfo>;
+    /// Deletes a volume; refused while it has snapshots or overlays.
+    fn delete_volume(&self, id: &VolumeId) -> Result<()>;
+    /// Takes an internal disk snapshot.
+    fn snapshot_volume(&self, id: &VolumeId, snapshot: &SnapshotId) -> Result<VolumeInfo>;
+    /// Deletes a disk snapshot.
+    fn delete_volume_snapshot(&self, id: &VolumeId, snapshot: &SnapshotId) -> Result<VolumeInfo>;
+    /// One volume.
+    fn volume(&self, id: &VolumeId) -> Result<VolumeInfo>;
+    /// Every volume, sorted by id.
+    fn list_volumes(&self) -> Result<Vec<VolumeInfo>>;
+}
+
+/// Network interfaces of a VM.
+pub trait Nics: Send + Sync {
+    /// Adds a NIC. While the VM runs this needs [`Capability::NicHotplug`].
+    fn attach_nic(&self, vm: &VmName, nic: &NicSpec) -> Result<()>;
+    /// Removes a NIC. While the VM runs this needs [`Capability::NicHotplug`].
+    fn detach_nic(&self, vm: &VmName, nic: &DeviceName) -> Result<()>;
+    /// The VM's NICs in guest order.
+    fn list_nics(&self, vm: &VmName) -> Result<Vec<NicSpec>>;
+}
+
+/// One entry of an engine's event stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Position in the stream: 1, 2, 3, … without holes.
+    pub seq: u64,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+/// Event payloads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventKind {
+    /// A lifecycle transition.
+    Transition(TransitionEvent),
+    /// Something the engine reported that is not a transition.
+    Engine {
+        /// The VM concerned.
+        vm: VmName,
+        /// When.
+        at: Timestamp,
+        /// What, in the engine's words.
+        message: String,
+    },
+}
+
+/// Events the reader missed because the source no longer holds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gap {
+    /// First missed sequence number.
+    pub from: u64,
+    /// Last missed sequence number.
+    pub to: u64,
+}
+
+/// A batch of events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventPage {
+    /// Events after the requested sequence number, in order, without holes.
+    pub events: Vec<Event>,
+    /// Set when events between the requested position and the first returned one were lost.
+    pub gap: Option<Gap>,
+}
+
+/// The event stream.
+pub trait Events: Send + Sync {
+    /// Up to `limit` events with `seq > after`, oldest first.
+    fn events_since(&self, after: u64, limit: usize) -> Result<EventPage>;
+}
+
+/// Reads an event stream and detects gaps, even ones the source failed to report.
+#[derive(Debug, Clone, Default)]
+pub struct EventCursor {
+    after: u64,
+}
+
+impl EventCursor {
+    /// A cursor positioned after `seq` (0 for the beginning).
+    pub fn after(seq: u64) -> Self {
+        Self { after: seq }
+    }
+
+    /// The last sequence number consumed.
+    pub fn position(&self) -> u64 {
+        self.after
+    }
+
+    /// Fetches the next page and advances. The returned gap is the source's, or one derived from
+    /// the sequence numbers when the source did not say.
+    pub fn next_page(&mut self, source: &dyn Events, limit: usize) -> Result<EventPage> {
+        let mut page = source.events_since(self.after, limit)?;
+        if page.gap.is_none() {
+            if let Some(first) = page.events.first() {
+                if first.seq > self.after + 1 {
+                    page.gap = Some(Gap {
+                        from: self.after + 1,
+                        to: first.seq - 1,
+                    });
+                }
+            }
+        }
+        if let Some(last) = page.events.last() {
+            self.after = last.seq;
+        }
+        Ok(page)
+    }
+}
+
+/// Optional engine features. Operations needing a missing one fail with `E_UNSUPPORTED`, and
+/// conformance scenarios needing it are skipped with the reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Capability {
+    /// The guest can be asked to power off.
+    GracefulStop,
+    /// vCPUs can be paused and resumed.
+    Pause,
+    /// The guest can be rebooted in place.
+    Reboot,
+    /// Memory snapshots (save/restore, sleep/wake).
+    MemorySnapshots,
+    /// Disk volumes (create, overlay, resize, delete).
+    Volumes,
+    /// Internal disk snapshots.
+    DiskSnapshots,
+    /// NICs can be added or removed while running.
+    NicHotplug,
+}
+
+impl Capability {
+    /// Every capability.
+    pub const ALL: [Capability; 7] = [
+        Capability::GracefulStop,
+        Capability::Pause,
+        Capability::Reboot,
+        Capability::MemorySnapshots,
+        Capability::Volumes,
+        Capability::DiskSnapshots,
+        Capability::NicHotplug,
+    ];
+}
+
+/// A set of capabilities.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct CapabilitySet(pub BTreeSet<Capability>);
+
+impl CapabilitySet {
+    /// Every capability.
+    pub fn all() -> Self {
+        Self(Capability::ALL.into_iter().collect())
+    }
+
+    /// Whether `c` is present.
+    pub fn has(&self, c: Capability) -> bool {
+        self.0.contains(&c)
+    }
+
+    /// The set without `c`.
+    pub fn without(mut self, c: Capability) -> Self {
+        self.0.remove(&c);
+        self
+    }
+}
+
+/// What the engine supports.
+pub trait Capabilities: Send + Sync {
+    /// The engine's capabilities.
+    fn capabilities(&self) -> CapabilitySet;
+}
+
+/// Everything an engine adapter implements; the conformance suite runs against this.
+pub trait Engine: Lifecycle + Snapshots + Disks + Nics + Events + Capabilities {}
+
+impl<T: Lifecycle + Snapshots + Disks + Nics + Events + Capabilities> Engine for T {}

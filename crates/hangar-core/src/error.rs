@@ -1,0 +1,523 @@
+//! The error taxonomy.
+//!
+//! Every error Hangar reports carries a stable [`ErrorCode`] (`E_UPPER_SNAKE`). Codes are the
+//! contract with scripts and API clients: they are **append-only** once released; a code's
+//! meaning never changes and a code is never reused. The registry below is the single source of
+//! `docs/error-codes.md` (a test fails when the two drift).
+//!
+//! Domain errors are enums with context ([`Error`] for the backend contracts, spec diagnostics in
+//! `hangar-spec`); each maps every variant to exactly one code.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{InvalidName, SnapshotId, VmName, VolumeId};
+use crate::lifecycle::InvalidTransition;
+
+/// How a failure should be reported to a process: the CLI's exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// The input was invalid or the operation failed: exit code 1.
+    Invalid,
+    /// Usage or environment problem (missing file, missing engine): exit code 2.
+    Environment,
+}
+
+impl ErrorClass {
+    /// The process exit code for this class.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            ErrorClass::Invalid => 1,
+            ErrorClass::Environment => 2,
+        }
+    }
+}
+
+macro_rules! error_codes {
+    ($( $(#[$doc:meta])* $variant:ident = $code:literal, retryable: $retry:literal, class: $class:ident,
+        meaning: $meaning:literal, fix: $fix:literal; )*) => {
+        /// A stable, machine-readable error code. Append-only: never rename or reuse one.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum ErrorCode {
+            $( $(#[$doc])* $variant, )*
+        }
+
+        impl ErrorCode {
+            /// Every code, in registry order.
+            pub const ALL: &'static [ErrorCode] = &[ $( ErrorCode::$variant, )* ];
+
+            /// The stable string form, e.g. `E_VM_NOT_FOUND`.
+            pub fn as_str(self) -> &'static str {
+                match self { $( ErrorCode::$variant => $code, )* }
+            }
+
+            /// Whether retrying the same request unchanged can succeed.
+            pub fn retryable(self) -> bool {
+                match self { $( ErrorCode::$variant => $retry, )* }
+            }
+
+            /// What the code means, one sentence.
+            pub fn meaning(self) -> &'static str {
+                match self { $( ErrorCode::$variant => $meaning, )* }
+            }
+
+            /// The typical fix, one sentence.
+            pub fn typical_fix(self) -> &'static str {
+                match self { $( ErrorCode::$variant => $fix, )* }
+            }
+
+            /// Whether this is bad input/failed operation or a usage/environment problem.
+            pub fn class(self) -> ErrorClass {
+                match self { $( ErrorCode::$variant => ErrorClass::$class, )* }
+            }
+
+            /// Looks a code up by its string form.
+            pub fn parse(code: &str) -> Option<ErrorCode> {
+                match code { $( $code => Some(ErrorCode::$variant), )* _ => None }
+            }
+        }
+    };
+}
+
+error_codes! {
+    /// A spec file is not valid TOML or JSON.
+    SpecSyntax = "E_SPEC_SYNTAX", retryable: false, class: Invalid,
+        meaning: "The spec file is not well-formed TOML or JSON.",
+        fix: "Fix the syntax at the reported line and column.";
+    /// A field the schema does not know.
+    SpecUnknownField = "E_SPEC_UNKNOWN_FIELD", retryable: false, class: Invalid,
+        meaning: "The spec contains a field the schema does not define (often a typo).",
+        fix: "Rename the field as the hint suggests or remove it; `hangar schema` lists every field.";
+    /// A required field is absent.
+    SpecMissingField = "E_SPEC_MISSING_FIELD", retryable: false, class: Invalid,
+        meaning: "A required field is missing.",
+        fix: "Add the field named in the error's path.";
+    /// A field has the wrong type.
+    SpecType = "E_SPEC_TYPE", retryable: false, class: Invalid,
+        meaning: "A field has the wrong type (for example a string where a number belongs).",
+        fix: "Write the value with the type the error names.";
+    /// A value outside the accepted set.
+    SpecInvalidValue = "E_SPEC_INVALID_VALUE", retryable: false, class: Invalid,
+        meaning: "A field's value is not one of the accepted values.",
+        fix: "Use one of the values listed in the hint.";
+    /// Unsupported schema version.
+    SpecSchemaVersion = "E_SPEC_SCHEMA_VERSION", retryable: false, class: Invalid,
+        meaning: "The spec declares a schema_version this Hangar does not support.",
+        fix: "Set schema_version = 1.";
+    /// A resource amount outside its range.
+    SpecOutOfRange = "E_SPEC_OUT_OF_RANGE", retryable: false, class: Invalid,
+        meaning: "A resource amount (vcpus, memory, disk size, port) is outside its allowed range.",
+        fix: "Use a value inside the range given in the message.";
+    /// More than one boot source.
+    SpecBootConflict = "E_SPEC_BOOT_CONFLICT", retryable: false, class: Invalid,
+        meaning: "The boot section names more than one boot source (image and kernel), or mixes their fields.",
+        fix: "Keep either `image` or `kernel` (+ `initrd`), not both.";
+    /// A built-in image name that does not exist.
+    SpecUnknownImage = "E_SPEC_UNKNOWN_IMAGE", retryable: false, class: Invalid,
+        meaning: "The boot image is not a built-in image.",
+        fix: "Use one of the built-in images listed in the hint, or boot a kernel file.";
+    /// A disk without exactly one source.
+    SpecDiskSource = "E_SPEC_DISK_SOURCE", retryable: false, class: Invalid,
+        meaning: "A disk must have exactly one of `source` (a base image) or `size_mib` (a blank disk), and a blank disk cannot be read-only.",
+        fix: "Give the disk either `source` or `size_mib`.";
+    /// Two disks or two NICs share a name.
+    SpecDuplicateName = "E_SPEC_DUPLICATE_NAME", retryable: false, class: Invalid,
+        meaning: "Two disks, or two NICs, have the same name.",
+        fix: "Give each disk and each NIC a unique name.";
+    /// Two forwards use the same host port.
+    SpecDuplicatePort = "E_SPEC_DUPLICATE_PORT", retryable: false, class: Invalid,
+        meaning: "Two port forwards use the same host port and protocol.",
+        fix: "Use a different host port for each forward.";
+    /// A malformed port-forward rule.
+    SpecForward = "E_SPEC_FORWARD", retryable: false, class: Invalid,
+        meaning: "A port-forward rule is malformed or used on a NIC that cannot forward.",
+        fix: "Write forwards as \"[tcp|udp:]HOST_PORT:GUEST_PORT\" on a NIC with mode = \"user\".";
+    /// A value that looks like a secret.
+    SpecSecret = "E_SPEC_SECRET", retryable: false, class: Invalid,
+        meaning: "A value looks like a secret (password, token, private key); specs are stored, hashed and printed in plans.",
+        fix: "Remove the secret from the spec and deliver it to the guest at run time.";
+    /// Shell metacharacters in a name.
+    SpecShellMetachar = "E_SPEC_SHELL_METACHAR", retryable: false, class: Invalid,
+        meaning: "A name contains shell metacharacters.",
+        fix: "Use only a-z, 0-9 and '-' in names.";
+    /// A path into a forbidden pseudo filesystem.
+    SpecForbiddenPath = "E_SPEC_FORBIDDEN_PATH", retryable: false, class: Invalid,
+        meaning: "A path points into /proc, /sys or /dev, which are never valid VM inputs.",
+        fix: "Point the path at a regular file.";
+    /// A path that cannot be used.
+    SpecInvalidPath = "E_SPEC_INVALID_PATH", retryable: false, class: Invalid,
+        meaning: "A path is empty, not valid UTF-8, or contains a NUL byte.",
+        fix: "Use a plain file path, absolute or relative to the spec file.";
+    /// A malformed label.
+    SpecInvalidLabel = "E_SPEC_INVALID_LABEL", retryable: false, class: Invalid,
+        meaning: "A label key or value is malformed.",
+        fix: "Label keys are 1-63 chars of a-z, 0-9, '.', '_', '/', '-' starting with a letter or digit; values at most 256 printable characters.";
+    /// The spec file is too large.
+    SpecTooLarge = "E_SPEC_TOO_LARGE", retryable: false, class: Invalid,
+        meaning: "The spec document exceeds the maximum size (1 MiB).",
+        fix: "Specs are small; check that the right file was given.";
+    /// The spec file extension is not recognised.
+    SpecFormat = "E_SPEC_FORMAT", retryable: false, class: Invalid,
+        meaning: "The spec document is neither TOML nor JSON.",
+        fix: "Name the file *.toml or *.json.";
+    /// An invalid name.
+    InvalidName = "E_INVALID_NAME", retryable: false, class: Invalid,
+        meaning: "A name or id does not follow the naming rules.",
+        fix: "Use 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'.";
+    /// A lifecycle transition the state machine forbids.
+    InvalidTransition = "E_INVALID_TRANSITION", retryable: false, class: Invalid,
+        meaning: "The requested operation is not allowed in the VM's current state.",
+        fix: "Check the VM's state (`hangar ps`) and run the operation the state allows (for example stop before rm).";
+    /// An argument to an engine operation is invalid.
+    InvalidArgument = "E_INVALID_ARGUMENT", retryable: false, class: Invalid,
+        meaning: "An argument to an operation is invalid (for example shrinking a disk).",
+        fix: "Correct the argument as the message says.";
+    /// No such VM.
+    VmNotFound = "E_VM_NOT_FOUND", retryable: false, class: Invalid,
+        meaning: "No VM with that name exists.",
+        fix: "List VMs with `hangar ps --all` and check the name.";
+    /// A different VM with that name exists.
+    VmExists = "E_VM_EXISTS", retryable: false, class: Invalid,
+        meaning: "A VM with that name already exists with a different spec.",
+        fix: "Choose another name, or remove the existing VM first.";
+    /// No such snapshot.
+    SnapshotNotFound = "E_SNAPSHOT_NOT_FOUND", retryable: false, class: Invalid,
+        meaning: "No snapshot with that id exists.",
+        fix: "List snapshots with `hangar snapshot ls`.";
+    /// A snapshot with that id exists.
+    SnapshotExists = "E_SNAPSHOT_EXISTS", retryable: false, class: Invalid,
+        meaning: "A snapshot with that id already exists.",
+        fix: "Choose another snapshot id or delete the existing snapshot.";
+    /// The snapshot is in use.
+    SnapshotInUse = "E_SNAPSHOT_IN_USE", retryable: true, class: Invalid,
+        meaning: "The snapshot is in use (a VM is sleeping on it) and cannot be deleted.",
+        fix: "Wake or remove the VM that uses the snapshot first.";
+    /// The snapshot does not match the VM or engine.
+    SnapshotMismatch = "E_SNAPSHOT_MISMATCH", retryable: false, class: Invalid,
+        meaning: "The snapshot was taken from a different spec or engine version and cannot be restored here.",
+        fix: "Restore onto a VM with the same spec and engine version, or take a new snapshot.";
+    /// No such disk.
+    DiskNotFound = "E_DISK_NOT_FOUND", retryable: false, class: Invalid,
+        meaning: "No disk volume with that id exists.",
+        fix: "Check the volume id.";
+    /// A disk with that id exists.
+    DiskExists = "E_DISK_EXISTS", retryable: false, class: Invalid,
+        meaning: "A disk volume with that id already exists.",
+        fix: "Choose another volume id or delete the existing one.";
+    /// The disk has snapshots.
+    DiskHasSnapshots = "E_DISK_HAS_SNAPSHOTS", retryable: false, class: Invalid,
+        meaning: "The disk has snapshots and cannot be deleted.",
+        fix: "Delete the disk's snapshots first.";
+    /// The disk is in use.
+    DiskInUse = "E_DISK_IN_USE", retryable: false, class: Invalid,
+        meaning: "The disk is the base of an overlay (or attached) and cannot be deleted.",
+        fix: "Delete the overlays built on it first.";
+    /// No such NIC.
+    NicNotFound = "E_NIC_NOT_FOUND", retryable: false, class: Invalid,
+        meaning: "The VM has no NIC with that name.",
+        fix: "Check the NIC name in the VM's spec.";
+    /// A NIC with that name exists.
+    NicExists = "E_NIC_EXISTS", retryable: false, class: Invalid,
+        meaning: "The VM already has a NIC with that name.",
+        fix: "Choose another NIC name.";
+    /// The engine cannot be used.
+    EngineUnavailable = "E_ENGINE_UNAVAILABLE", retryable: true, class: Environment,
+        meaning: "The VM engine (for example qemu-system-x86_64) is missing or cannot be started.",
+        fix: "Run `hangar doctor` and install what it names (scripts/setup does it on Debian).";
+    /// The engine failed.
+    EngineFailed = "E_ENGINE_FAILED", retryable: true, class: Invalid,
+        meaning: "The engine reported an error or died while carrying out the operation.",
+        fix: "Read the VM's log (`hangar logs NAME`); retry once the cause is fixed.";
+    /// The engine lacks a capability.
+    Unsupported = "E_UNSUPPORTED", retryable: false, class: Invalid,
+        meaning: "The engine does not support this operation.",
+        fix: "Check `hangar doctor` for the engine's capabilities.";
+    /// The requested accelerator cannot be used.
+    AccelUnavailable = "E_ACCEL_UNAVAILABLE", retryable: false, class: Invalid,
+        meaning: "The spec requires an accelerator (kvm) that cannot work on this host.",
+        fix: "Set machine.accel = \"auto\" (or \"tcg\"), or run on a host with working hardware virtualisation.";
+    /// The host facts document is invalid.
+    HostFactsInvalid = "E_HOST_FACTS_INVALID", retryable: false, class: Environment,
+        meaning: "The host facts given with --host-facts are not valid.",
+        fix: "Produce the file with `hangar plan --output json` on the target host, or fix the field named.";
+    /// The operation was cancelled.
+    Cancelled = "E_CANCELLED", retryable: true, class: Invalid,
+        meaning: "The operation was cancelled before it finished; nothing was left half done.",
+        fix: "Run the operation again.";
+    /// The operation timed out.
+    Timeout = "E_TIMEOUT", retryable: true, class: Invalid,
+        meaning: "The operation did not finish within its time limit.",
+        fix: "Retry with a longer --timeout, or check the VM's log.";
+    /// A quota would be exceeded.
+    QuotaExceeded = "E_QUOTA_EXCEEDED", retryable: false, class: Invalid,
+        meaning: "The operation would exceed one of the tenant's quotas.",
+        fix: "Free resources in the tenant or raise its quota.";
+    /// A file could not be read or written.
+    Io = "E_IO", retryable: true, class: Environment,
+        meaning: "A file could not be read or written.",
+        fix: "Check that the path exists and is readable.";
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ErrorCode {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        ErrorCode::parse(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown error code {s:?}")))
+    }
+}
+
+/// The registry as Markdown: the exact content of `docs/error-codes.md`.
+pub fn registry_markdown() -> String {
+    let mut out = String::from(
+        "# Error codes\n\n\
+         Generated from `crates/hangar-core/src/error.rs` by `hangar errors --output markdown`; \
+         a test fails when the two differ. Codes are append-only: a released code keeps its \
+         meaning forever.\n\n\
+         | code | meaning | retryable | exit | typical fix |\n|---|---|---|---|---|\n",
+    );
+    for code in ErrorCode::ALL {
+        out.push_str(&format!(
+            "| `{}` | {} | {} | {} | {} |\n",
+            code.as_str(),
+            code.meaning(),
+            if code.retryable() { "yes" } else { "no" },
+            code.class().exit_code(),
+            code.typical_fix().replace('|', "\\|"),
+        ));
+    }
+    out
+}
+
+/// Anything that carries a stable error code.
+pub trait Coded {
+    /// The stable code.
+    fn code(&self) -> ErrorCode;
+    /// Whether retrying unchanged can succeed. Defaults to the code's answer.
+    fn retryable(&self) -> bool {
+        self.code().retryable()
+    }
+    /// The field path the error is about, if any (`disk[1].format`).
+    fn path(&self) -> Option<String> {
+        None
+    }
+    /// A specific fix, if the error knows better than the code's typical fix.
+    fn hint(&self) -> Option<String> {
+        None
+    }
+}
+
+/// The error type of the backend contracts. Every variant carries the context needed to act on
+/// it and maps to one stable code.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    /// No such VM.
+    #[error("VM {0} not found")]
+    VmNotFound(VmName),
+    /// A VM of that name exists with a different spec.
+    #[error("VM {0} already exists with a different spec")]
+    VmExists(VmName),
+    /// The state machine refused the move.
+    #[error(transparent)]
+    InvalidTransition(#[from] InvalidTransition),
+    /// A bad argument.
+    #[error("invalid argument {what}: {reason}")]
+    InvalidArgument {
+        /// The argument.
+        what: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// An invalid name.
+    #[error(transparent)]
+    InvalidName(#[from] InvalidName),
+    /// No such snapshot.
+    #[error("snapshot {0} not found")]
+    SnapshotNotFound(SnapshotId),
+    /// A snapshot with that id exists already.
+    #[error("snapshot {0} already exists")]
+    SnapshotExists(SnapshotId),
+    /// The snapshot is in use.
+    #[error("snapshot {snapshot} is in use by VM {vm}")]
+    SnapshotInUse {
+        /// The snapshot.
+        snapshot: SnapshotId,
+        /// The VM using it.
+        vm: VmName,
+    },
+    /// The snapshot cannot be restored onto this VM.
+    #[error("snapshot {snapshot} cannot be restored: {reason}")]
+    SnapshotMismatch {
+        /// The snapshot.
+        snapshot: SnapshotId,
+        /// What differs.
+        reason: String,
+    },
+    /// No such disk.
+    #[error("disk {0} not found")]
+    DiskNotFound(VolumeId),
+    /// A disk with that id exists.
+    #[error("disk {0} already exists")]
+    DiskExists(VolumeId),
+    /// The disk has snapshots.
+    #[error("disk {disk} has {count} snapshot(s)")]
+    DiskHasSnapshots {
+        /// The disk.
+        disk: VolumeId,
+        /// How many snapshots reference it.
+        count: usize,
+    },
+    /// The disk is in use.
+    #[error("disk {disk} is in use by {user}")]
+    DiskInUse {
+        /// The disk.
+        disk: VolumeId,
+        /// What uses it.
+        user: String,
+    },
+    /// No such NIC.
+    #[error("VM {vm} has no NIC {nic}")]
+    NicNotFound {
+        /// The VM.
+        vm: VmName,
+        /// The NIC name.
+        nic: String,
+    },
+    /// A NIC of that name exists.
+    #[error("VM {vm} already has a NIC {nic}")]
+    NicExists {
+        /// The VM.
+        vm: VmName,
+        /// The NIC name.
+        nic: String,
+    },
+    /// The engine lacks a capability.
+    #[error("the engine does not support {0}")]
+    Unsupported(String),
+    /// The engine is not usable.
+    #[error("engine unavailable: {0}")]
+    EngineUnavailable(String),
+    /// The engine failed.
+    #[error("engine failed: {0}")]
+    EngineFailed(String),
+    /// Cancelled by the caller.
+    #[error("operation cancelled")]
+    Cancelled,
+    /// Took too long.
+    #[error("timed out after {0} ms")]
+    Timeout(u64),
+    /// A quota would be exceeded.
+    #[error("quota {quota} exceeded: limit {limit}, in use {used}, requested {requested}")]
+    QuotaExceeded {
+        /// The quota's name.
+        quota: String,
+        /// The limit.
+        limit: u64,
+        /// Current use.
+        used: u64,
+        /// The amount asked for.
+        requested: u64,
+    },
+    /// An error injected by a fake (test knob); reports the chosen code.
+    #[error("injected fault {code} on call {call}")]
+    Injected {
+        /// The code the test asked for.
+        code: ErrorCode,
+        /// The call number that failed.
+        call: u64,
+    },
+}
+
+impl Coded for Error {
+    fn code(&self) -> ErrorCode {
+        match self {
+            Error::VmNotFound(_) => ErrorCode::VmNotFound,
+            Error::VmExists(_) => ErrorCode::VmExists,
+            Error::InvalidTransition(_) => ErrorCode::InvalidTransition,
+            Error::InvalidArgument { .. } => ErrorCode::InvalidArgument,
+            Error::InvalidName(e) => e.code(),
+            Error::SnapshotNotFound(_) => ErrorCode::SnapshotNotFound,
+            Error::SnapshotExists(_) => ErrorCode::SnapshotExists,
+            Error::SnapshotInUse { .. } => ErrorCode::SnapshotInUse,
+            Error::SnapshotMismatch { .. } => ErrorCode::SnapshotMismatch,
+            Error::DiskNotFound(_) => ErrorCode::DiskNotFound,
+            Error::DiskExists(_) => ErrorCode::DiskExists,
+            Error::DiskHasSnapshots { .. } => ErrorCode::DiskHasSnapshots,
+            Error::DiskInUse { .. } => ErrorCode::DiskInUse,
+            Error::NicNotFound { .. } => ErrorCode::NicNotFound,
+            Error::NicExists { .. } => ErrorCode::NicExists,
+            Error::Unsupported(_) => ErrorCode::Unsupported,
+            Error::EngineUnavailable(_) => ErrorCode::EngineUnavailable,
+            Error::EngineFailed(_) => ErrorCode::EngineFailed,
+            Error::Cancelled => ErrorCode::Cancelled,
+            Error::Timeout(_) => ErrorCode::Timeout,
+            Error::QuotaExceeded { .. } => ErrorCode::QuotaExceeded,
+            Error::Injected { code, .. } => *code,
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        match self {
+            Error::InvalidName(e) => Some(e.hint()),
+            Error::InvalidTransition(e) => Some(e.hint()),
+            _ => None,
+        }
+    }
+}
+
+/// Result alias for the backend contracts.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_upper_snake_and_parse_back() {
+        let mut seen = std::collections::BTreeSet::new();
+        for code in ErrorCode::ALL {
+            let s = code.as_str();
+            assert!(seen.insert(s), "duplicate {s}");
+            assert!(s.starts_with("E_"), "{s}");
+            assert!(
+                s.chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'),
+                "{s}"
+            );
+            assert_eq!(ErrorCode::parse(s), Some(*code));
+            assert!(!code.meaning().is_empty() && !code.typical_fix().is_empty());
+        }
+    }
+
+    #[test]
+    fn serde_uses_the_stable_string() {
+        let json = serde_json::to_string(&ErrorCode::VmNotFound).unwrap();
+        assert_eq!(json, "\"E_VM_NOT_FOUND\"");
+        let back: ErrorCode = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, ErrorCode::VmNotFound);
+        assert!(serde_json::from_str::<ErrorCode>("\"E_NOPE\"").is_err());
+    }
+
+    #[test]
+    fn injected_errors_report_the_chosen_code() {
+        let e = Error::Injected {
+            code: ErrorCode::Timeout,
+            call: 3,
+        };
+        assert_eq!(e.code(), ErrorCode::Timeout);
+        assert!(e.retryable());
+    }
+}
