@@ -242,6 +242,10 @@ error_codes! {
     HostFactsInvalid = "E_HOST_FACTS_INVALID", retryable: false, class: Environment,
         meaning: "The host facts given with --host-facts are not valid.",
         fix: "Produce the file with `hangar plan --output json` on the target host, or fix the field named.";
+    /// A path is too long for its use.
+    PathTooLong = "E_PATH_TOO_LONG", retryable: false, class: Environment,
+        meaning: "A runtime path (for example a unix socket, limited to 107 bytes) is too long.",
+        fix: "Use a shorter HANGAR_HOME (or runtime_dir in the host facts), or a shorter VM name.";
     /// The operation was cancelled.
     Cancelled = "E_CANCELLED", retryable: true, class: Invalid,
         meaning: "The operation was cancelled before it finished; nothing was left half done.",

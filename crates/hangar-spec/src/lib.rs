@@ -1,1 +1,106 @@
-//! wip
+//! Hangar's spec format.
+//!
+//! A VM spec is TOML (or JSON with the same shape). This crate parses it, validates it —
+//! collecting **every** problem as a [`Diagnostic`] with a stable code, a field path and a hint —
+//! normalises it into a [`hangar_core::spec::VmSpec`] (defaults filled, paths absolute, one
+//! spelling per meaning), and serialises that as the canonical IR: RFC 8785 JSON and its sha256.
+//!
+//! ```
+//! use std::path::Path;
+//! use hangar_spec::{parse, Format};
+//!
+//! let a = parse("schema_version = 1\nname = \"web\"\n[machine]\nvcpus = 2\n", Format::Toml, Path::new("/specs")).unwrap();
+//! let b = parse(r#"{"machine": {"vcpus": 2}, "name": "web", "schema_version": 1}"#, Format::Json, Path::new("/specs")).unwrap();
+//! assert_eq!(a.json, b.json);
+//! assert!(a.hash.0.starts_with("sha256:"));
+//!
+//! let err = parse("schema_version = 1\nname = \"web\"\n[machine]\nvcpu = 2\n", Format::Toml, Path::new("/")).unwrap_err();
+//! assert_eq!(err.0[0].code.as_str(), "E_SPEC_UNKNOWN_FIELD");
+//! assert_eq!(err.0[0].path, "machine.vcpu");
+//! assert_eq!(err.0[0].hint, "did you mean `vcpus`?");
+//! ```
+//!
+//! **Architecture invariant:** [`parse`] is pure (no filesystem, no clock, no environment);
+//! only [`load`] reads a file, and it only reads.
+
+use std::path::Path;
+
+use hangar_core::error::ErrorCode;
+
+mod canonical;
+mod diag;
+mod node;
+mod paths;
+pub mod schema;
+mod secrets;
+mod validate;
+
+pub use canonical::{sha256_tagged, CanonicalSpec, SpecHash};
+pub use diag::{Diagnostic, SpecErrors};
+pub use node::Format;
+pub use validate::{defaults, limits, BUILTIN_IMAGES};
+
+/// Field lists of each section, for tools and for the schema drift test.
+pub mod fields {
+    pub use crate::validate::{
+        BOOT_FIELDS, DISK_FIELDS, MACHINE_FIELDS, NIC_FIELDS, SERIAL_FIELDS, TOP_FIELDS,
+    };
+}
+
+/// Largest accepted spec document.
+pub const MAX_SPEC_BYTES: usize = 1 << 20;
+
+/// Parses, validates and canonicalises a spec document. Relative paths resolve against
+/// `base_dir` (which should be absolute: the spec file's directory).
+pub fn parse(text: &str, format: Format, base_dir: &Path) -> Result<CanonicalSpec, SpecErrors> {
+    if text.len() > MAX_SPEC_BYTES {
+        return Err(SpecErrors(vec![Diagnostic::new(
+            ErrorCode::SpecTooLarge,
+            "",
+            format!("the spec is {} bytes, at most {MAX_SPEC_BYTES}", text.len()),
+        )]));
+    }
+    let root = node::parse(text, format).map_err(|d| SpecErrors(vec![d]))?;
+    let spec = validate::Walker::new(base_dir)
+        .spec(&root)
+        .map_err(SpecErrors)?;
+    Ok(CanonicalSpec::new(spec))
+}
+
+/// Reads a spec file and [`parse`]s it, resolving relative paths against the file's directory.
+pub fn load(path: &Path) -> Result<CanonicalSpec, SpecErrors> {
+    let io_error = |message: String| {
+        SpecErrors(vec![Diagnostic::new(ErrorCode::Io, "", message).hint(
+            "check the file name; `hangar validate` takes the path of a .toml or .json spec",
+        )])
+    };
+    let absolute = std::path::absolute(path)
+        .map_err(|e| io_error(format!("cannot resolve {}: {e}", path.display())))?;
+    let metadata = std::fs::metadata(&absolute)
+        .map_err(|e| io_error(format!("cannot read {}: {e}", path.display())))?;
+    if metadata.len() > MAX_SPEC_BYTES as u64 {
+        return Err(SpecErrors(vec![Diagnostic::new(
+            ErrorCode::SpecTooLarge,
+            "",
+            format!(
+                "{} is {} bytes, at most {MAX_SPEC_BYTES}",
+                path.display(),
+                metadata.len()
+            ),
+        )]));
+    }
+    let bytes = std::fs::read(&absolute)
+        .map_err(|e| io_error(format!("cannot read {}: {e}", path.display())))?;
+    let text = String::from_utf8(bytes).map_err(|_| {
+        SpecErrors(vec![Diagnostic::new(
+            ErrorCode::SpecSyntax,
+            "",
+            format!("{} is not UTF-8 text", path.display()),
+        )
+        .hint("save the spec as UTF-8")])
+    })?;
+    let name = absolute.file_name().and_then(|n| n.to_str());
+    let format = Format::detect(name, &text).map_err(|d| SpecErrors(vec![d]))?;
+    let base_dir = absolute.parent().unwrap_or(Path::new("/"));
+    parse(&text, format, base_dir)
+}

@@ -1,0 +1,80 @@
+//! docs/error-codes.md is generated from the registry; this fails when they drift.
+//! `HANGAR_BLESS=1` rewrites it.
+
+#[test]
+fn committed_registry_matches_the_code() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/error-codes.md");
+    let generated = hangar_core::error::registry_markdown();
+    if std::env::var_os("HANGAR_BLESS").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).expect("docs/error-codes.md is committed");
+    assert!(
+        committed == generated,
+        "docs/error-codes.md is stale: run `HANGAR_BLESS=1 cargo test -p hangar-core --test error_registry`"
+    );
+}
+
+/// Codes are append-only: this list is every code ever released, in order. Adding a code means
+/// appending here; removing or renaming one fails.
+#[test]
+fn released_codes_are_never_removed() {
+    let released = [
+        "E_SPEC_SYNTAX",
+        "E_SPEC_UNKNOWN_FIELD",
+        "E_SPEC_MISSING_FIELD",
+        "E_SPEC_TYPE",
+        "E_SPEC_INVALID_VALUE",
+        "E_SPEC_SCHEMA_VERSION",
+        "E_SPEC_OUT_OF_RANGE",
+        "E_SPEC_BOOT_CONFLICT",
+        "E_SPEC_UNKNOWN_IMAGE",
+        "E_SPEC_DISK_SOURCE",
+        "E_SPEC_DUPLICATE_NAME",
+        "E_SPEC_DUPLICATE_PORT",
+        "E_SPEC_FORWARD",
+        "E_SPEC_SECRET",
+        "E_SPEC_SHELL_METACHAR",
+        "E_SPEC_FORBIDDEN_PATH",
+        "E_SPEC_INVALID_PATH",
+        "E_SPEC_INVALID_LABEL",
+        "E_SPEC_TOO_LARGE",
+        "E_SPEC_FORMAT",
+        "E_INVALID_NAME",
+        "E_INVALID_TRANSITION",
+        "E_INVALID_ARGUMENT",
+        "E_VM_NOT_FOUND",
+        "E_VM_EXISTS",
+        "E_SNAPSHOT_NOT_FOUND",
+        "E_SNAPSHOT_EXISTS",
+        "E_SNAPSHOT_IN_USE",
+        "E_SNAPSHOT_MISMATCH",
+        "E_DISK_NOT_FOUND",
+        "E_DISK_EXISTS",
+        "E_DISK_HAS_SNAPSHOTS",
+        "E_DISK_IN_USE",
+        "E_NIC_NOT_FOUND",
+        "E_NIC_EXISTS",
+        "E_ENGINE_UNAVAILABLE",
+        "E_ENGINE_FAILED",
+        "E_UNSUPPORTED",
+        "E_ACCEL_UNAVAILABLE",
+        "E_HOST_FACTS_INVALID",
+        "E_PATH_TOO_LONG",
+        "E_CANCELLED",
+        "E_TIMEOUT",
+        "E_QUOTA_EXCEEDED",
+        "E_IO",
+    ];
+    for code in released {
+        assert!(
+            hangar_core::ErrorCode::parse(code).is_some(),
+            "{code} was removed or renamed"
+        );
+    }
+    assert_eq!(
+        hangar_core::ErrorCode::ALL.len(),
+        released.len(),
+        "a new code must be appended to this list"
+    );
+}

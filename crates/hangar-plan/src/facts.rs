@@ -1,0 +1,86 @@
+//! Host facts: everything about the host a plan depends on, as plain data.
+//!
+//! A plan is a pure function of (canonical spec, host facts). The facts come from a
+//! [`HostProbe`]: [`crate::probe::SystemProbe`] reads the real host; tests and
+//! `hangar plan --host-facts FILE` use fixed facts, which makes plans reproducible anywhere.
+
+use serde::{Deserialize, Serialize};
+
+/// What Hangar needs to know about the host to plan a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostFacts {
+    /// The QEMU system emulator.
+    pub qemu: QemuFacts,
+    /// Whether KVM can really run guests here.
+    pub kvm: KvmFacts,
+    /// Host TSC frequency in kHz (passed to TCG guests as `tsc_early_khz`), if known.
+    pub tsc_khz: Option<u64>,
+    /// Host CPUs available.
+    pub cpu_count: u32,
+    /// Directory under which each VM gets its runtime directory (`<runtime_dir>/<name>`).
+    pub runtime_dir: String,
+    /// Directory of built-in images (`<image_dir>/<image>/vmlinuz`, `initrd.img`).
+    pub image_dir: String,
+}
+
+/// The QEMU binary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QemuFacts {
+    /// Path (or name) of `qemu-system-x86_64`.
+    pub binary: String,
+    /// Its version (`10.0.2`), or `None` when it was not found.
+    pub version: Option<String>,
+}
+
+/// The three conditions under which KVM works (see `../shared/notes/engine-facts.md`: a
+/// `/dev/kvm` that opens is not enough on nested hosts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvmFacts {
+    /// `/dev/kvm` opens read-write.
+    pub dev_kvm_rw: bool,
+    /// The CPU flags include `vmx` or `svm`.
+    pub cpu_virt_flags: bool,
+    /// `/sys/module/kvm_pvm` exists: KVM is a software nested hypervisor that cannot run stock
+    /// guest kernels (they crawl, then die with an emulation failure).
+    pub kvm_pvm: bool,
+}
+
+impl KvmFacts {
+    /// Whether KVM really works, and why (not).
+    pub fn verdict(&self) -> (bool, &'static str) {
+        if !self.dev_kvm_rw {
+            (false, "/dev/kvm cannot be opened read-write")
+        } else if !self.cpu_virt_flags {
+            (
+                false,
+                "the CPU flags have neither vmx nor svm (hardware virtualisation is not exposed)",
+            )
+        } else if self.kvm_pvm {
+            (
+                false,
+                "/dev/kvm is the kvm_pvm software hypervisor, which cannot run stock guest kernels",
+            )
+        } else {
+            (true, "/dev/kvm is usable and the CPU has vmx/svm")
+        }
+    }
+}
+
+/// Reads host facts.
+pub trait HostProbe {
+    /// The facts, as of now.
+    fn probe(&self) -> HostFacts;
+}
+
+/// A probe that returns fixed facts (tests, `--host-facts`).
+#[derive(Debug, Clone)]
+pub struct FixedProbe(pub HostFacts);
+
+impl HostProbe for FixedProbe {
+    fn probe(&self) -> HostFacts {
+        self.0.clone()
+    }
+}

@@ -1,0 +1,135 @@
+//! The real host probe. This is the only part of the crate that looks at the host, and it only
+//! reads: files under /proc and /sys, an open of /dev/kvm, `PATH`, and `qemu --version`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::facts::{HostFacts, HostProbe, KvmFacts, QemuFacts};
+
+/// The QEMU binary Hangar drives.
+pub const QEMU_BINARY: &str = "qemu-system-x86_64";
+
+/// Hangar's state directory: `$HANGAR_HOME`, else `/var/lib/hangar` for root, else
+/// `$XDG_DATA_HOME/hangar` or `~/.local/share/hangar`.
+pub fn hangar_home() -> PathBuf {
+    if let Some(home) = std::env::var_os("HANGAR_HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(home);
+    }
+    if is_root() {
+        return PathBuf::from("/var/lib/hangar");
+    }
+    if let Some(data) = std::env::var_os("XDG_DATA_HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(data).join("hangar");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+    PathBuf::from(home).join(".local/share/hangar")
+}
+
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // /proc/self is owned by the process's effective uid; no unsafe libc call needed.
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+/// Probes the machine it runs on.
+#[derive(Debug, Clone)]
+pub struct SystemProbe {
+    /// Hangar's state directory (runtime and image directories live below it).
+    pub home: PathBuf,
+}
+
+impl Default for SystemProbe {
+    fn default() -> Self {
+        Self {
+            home: hangar_home(),
+        }
+    }
+}
+
+impl HostProbe for SystemProbe {
+    fn probe(&self) -> HostFacts {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let binary = find_in_path(QEMU_BINARY);
+        let version = binary.as_deref().and_then(qemu_version);
+        HostFacts {
+            qemu: QemuFacts {
+                binary: binary
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| QEMU_BINARY.to_string()),
+                version,
+            },
+            kvm: KvmFacts {
+                dev_kvm_rw: std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/kvm")
+                    .is_ok(),
+                cpu_virt_flags: cpu_has_virt_flags(&cpuinfo),
+                kvm_pvm: Path::new("/sys/module/kvm_pvm").exists(),
+            },
+            tsc_khz: tsc_khz(&cpuinfo),
+            cpu_count: std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1),
+            runtime_dir: self.home.join("vms").display().to_string(),
+            image_dir: self.home.join("images").display().to_string(),
+        }
+    }
+}
+
+/// Looks `name` up in `PATH`.
+pub fn find_in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+fn qemu_version(binary: &Path) -> Option<String> {
+    let out = Command::new(binary).arg("--version").output().ok()?;
+    parse_qemu_version(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// `QEMU emulator version 10.0.2 (Debian …)` → `10.0.2`.
+pub fn parse_qemu_version(text: &str) -> Option<String> {
+    let rest = text.split("version ").nth(1)?;
+    let version: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    (!version.is_empty()).then_some(version)
+}
+
+fn cpu_has_virt_flags(cpuinfo: &str) -> bool {
+    cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+}
+
+/// The first `cpu MHz` in /proc/cpuinfo, in kHz.
+pub fn tsc_khz(cpuinfo: &str) -> Option<u64> {
+    let line = cpuinfo.lines().find(|l| l.starts_with("cpu MHz"))?;
+    let mhz: f64 = line.split(':').nth(1)?.trim().parse().ok()?;
+    (mhz > 0.0).then(|| (mhz * 1000.0).round() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_host_text() {
+        assert_eq!(
+            parse_qemu_version("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2)\nCopyright"),
+            Some("10.0.2".into())
+        );
+        assert_eq!(parse_qemu_version("nonsense"), None);
+        let cpuinfo = "processor\t: 0\ncpu MHz\t\t: 2999.998\nflags\t\t: fpu vme svm sse\n";
+        assert_eq!(tsc_khz(cpuinfo), Some(2_999_998));
+        assert!(cpu_has_virt_flags(cpuinfo));
+        assert!(!cpu_has_virt_flags("flags : fpu sse\n"));
+    }
+}
