@@ -262,6 +262,14 @@ error_codes! {
     Io = "E_IO", retryable: true, class: Environment,
         meaning: "A file could not be read or written.",
         fix: "Check that the path exists and is readable.";
+    /// The state store cannot be opened or written.
+    StoreUnavailable = "E_STORE_UNAVAILABLE", retryable: true, class: Environment,
+        meaning: "Hangar's state store cannot be opened or written (permissions, disk full, locked).",
+        fix: "Check that HANGAR_HOME is writable and has free space; `hangar doctor` checks both.";
+    /// The state store holds data that fails validation.
+    StoreCorrupt = "E_STORE_CORRUPT", retryable: false, class: Environment,
+        meaning: "A record in the state store fails validation; Hangar refuses to act on it.",
+        fix: "Inspect the named record; remove the VM with `hangar rm --force` or restore the store from a backup.";
 }
 
 impl fmt::Display for ErrorCode {
@@ -435,6 +443,15 @@ pub enum Error {
         /// The amount asked for.
         requested: u64,
     },
+    /// A failure in an adapter's own machinery (its state store, image tools) that keeps its
+    /// own code.
+    #[error("{message}")]
+    Backend {
+        /// The code.
+        code: ErrorCode,
+        /// What happened.
+        message: String,
+    },
     /// An error injected by a fake (test knob); reports the chosen code.
     #[error("injected fault {code} on call {call}")]
     Injected {
@@ -469,6 +486,7 @@ impl Coded for Error {
             Error::Cancelled => ErrorCode::Cancelled,
             Error::Timeout(_) => ErrorCode::Timeout,
             Error::QuotaExceeded { .. } => ErrorCode::QuotaExceeded,
+            Error::Backend { code, .. } => *code,
             Error::Injected { code, .. } => *code,
         }
     }

@@ -65,6 +65,8 @@ fn released_codes_are_never_removed() {
         "E_TIMEOUT",
         "E_QUOTA_EXCEEDED",
         "E_IO",
+        "E_STORE_UNAVAILABLE",
+        "E_STORE_CORRUPT",
     ];
     for code in released {
         assert!(

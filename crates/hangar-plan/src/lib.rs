@@ -483,6 +483,8 @@ pub fn plan(spec: &CanonicalSpec, facts: &HostFacts) -> Result<Plan, PlanError> 
     }
 
     // QMP before serial, so the control channel exists before the guest can say anything.
+    // The console log is appended to, never truncated: it keeps every boot of the VM, and
+    // readers can follow it across restarts.
     let mut sockets = vec![qmp_socket.clone()];
     creates.push(Creation::Socket {
         path: qmp_socket.clone(),
@@ -505,7 +507,9 @@ pub fn plan(spec: &CanonicalSpec, facts: &HostFacts) -> Result<Plan, PlanError> 
             });
             push(&[
                 "-chardev",
-                &format!("socket,id=serial0,path={socket},server=on,wait=off,logfile={log}"),
+                &format!(
+                    "socket,id=serial0,path={socket},server=on,wait=off,logfile={log},logappend=on"
+                ),
                 "-serial",
                 "chardev:serial0",
             ]);
@@ -522,7 +526,7 @@ pub fn plan(spec: &CanonicalSpec, facts: &HostFacts) -> Result<Plan, PlanError> 
             });
             push(&[
                 "-chardev",
-                &format!("file,id=serial0,path={log}"),
+                &format!("file,id=serial0,path={log},append=on"),
                 "-serial",
                 "chardev:serial0",
             ]);

@@ -12,12 +12,19 @@ use hangar_plan::probe::SystemProbe;
 use hangar_plan::{HostFacts, HostProbe};
 use hangar_spec::{CanonicalSpec, Diagnostic, SpecErrors};
 
+mod vm;
+
 const AFTER_HELP: &str = "\
 Examples:
-  hangar validate examples/hello.toml          check a spec, list every problem
+  hangar up examples/hello.toml                boot the VM a spec describes and wait until it is ready
+  hangar run -- uname -r                       run one command in a throwaway guest
+  hangar ps --all                              list VMs (add --output json for programs)
+  hangar stop hello && hangar rm hello         stop gracefully, then remove everything it made
   hangar plan examples/hello.toml              show the exact QEMU command, touch nothing
-  hangar plan vm.toml --output json            the plan as JSON (spec_hash, argv, argv_hash, ...)
-  hangar errors                                every error code with its meaning and fix
+  hangar validate vm.toml --output json        every problem in a spec, with code, path and fix
+  hangar doctor                                check this host: qemu, accelerator, image, disk
+
+State lives in $HANGAR_HOME (default /var/lib/hangar as root, else ~/.local/share/hangar).
 
 Exit codes: 0 success, 1 invalid input or failed operation, 2 usage or environment error.";
 
@@ -30,7 +37,7 @@ struct Cli {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Output {
+pub(crate) enum Output {
     /// For people.
     Text,
     /// For programs: one JSON document on stdout.
@@ -87,15 +94,163 @@ enum Command {
     },
     /// Print the host facts a plan would use on this machine (JSON, usable with --host-facts).
     HostFacts,
+    /// Validate, plan and boot the VM a spec describes; wait until the guest reports ready.
+    Up {
+        /// The spec file.
+        file: PathBuf,
+        /// Return once QEMU runs the vCPUs, without waiting for the guest.
+        #[arg(long)]
+        no_wait: bool,
+        /// Seconds the guest may take to become ready (default 120).
+        #[arg(long, value_name = "SECONDS")]
+        timeout: Option<u64>,
+    },
+    /// Boot a throwaway guest, run one command in it, stream its output, exit with its code.
+    Run {
+        /// Built-in image to boot.
+        #[arg(long, default_value = "minimal")]
+        image: String,
+        /// Guest memory in MiB.
+        #[arg(long, default_value_t = 256)]
+        memory: u32,
+        /// Virtual CPUs.
+        #[arg(long, default_value_t = 1)]
+        vcpus: u32,
+        /// Remove the VM afterwards (otherwise it stays, stopped, for `hangar logs`).
+        #[arg(long)]
+        rm: bool,
+        /// Seconds to wait for boot and for the command.
+        #[arg(long, value_name = "SECONDS")]
+        timeout: Option<u64>,
+        /// The command and its arguments (after `--`).
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// List VMs: name, state, accelerator, vCPUs, memory, uptime, pid.
+    Ps {
+        /// Include VMs that are not running (defined, stopped).
+        #[arg(long, short)]
+        all: bool,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Start a defined or stopped VM.
+    Start {
+        /// The VM.
+        name: String,
+        /// Return once QEMU runs the vCPUs.
+        #[arg(long)]
+        no_wait: bool,
+        /// Seconds the guest may take to become ready.
+        #[arg(long, value_name = "SECONDS")]
+        timeout: Option<u64>,
+    },
+    /// Stop a VM: ask the guest to power off, then escalate (QMP quit, SIGTERM, SIGKILL).
+    Stop {
+        /// The VM.
+        name: String,
+        /// Skip the guest and stop QEMU at once.
+        #[arg(long, short)]
+        force: bool,
+        /// Seconds the guest gets to power off before escalation.
+        #[arg(long, value_name = "SECONDS", default_value_t = vm::DEFAULT_STOP_TIMEOUT)]
+        timeout: u64,
+    },
+    /// Pause a running VM's vCPUs (memory stays resident).
+    Pause {
+        /// The VM.
+        name: String,
+    },
+    /// Resume a paused VM.
+    Resume {
+        /// The VM.
+        name: String,
+    },
+    /// Reset a running VM's guest and wait until it is ready again.
+    Reboot {
+        /// The VM.
+        name: String,
+    },
+    /// Remove a VM that is not running, with its runtime directory and overlays.
+    Rm {
+        /// The VM.
+        name: String,
+        /// Stop it first if it runs.
+        #[arg(long, short)]
+        force: bool,
+    },
+    /// Show a VM's spec, plan, process and state history as JSON.
+    Inspect {
+        /// The VM.
+        name: String,
+    },
+    /// Print a VM's console log.
+    Logs {
+        /// The VM.
+        name: String,
+        /// Keep printing new output until the VM stops.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Attach this terminal to a VM's serial console (detach with Ctrl-]).
+    Console {
+        /// The VM.
+        name: String,
+    },
+    /// Memory snapshots: save a running VM's memory to disk, restore it later.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+    /// Check this host: qemu, accelerator, guest image, state directory, disk space.
+    Doctor,
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Save a running or paused VM's memory (it stays paused; --sleep releases its process).
+    Save {
+        /// The VM.
+        name: String,
+        /// The snapshot id.
+        id: String,
+        /// Release the QEMU process afterwards: the VM is `sleeping` until restored.
+        #[arg(long)]
+        sleep: bool,
+    },
+    /// Restore a sleeping, stopped or defined VM from a snapshot; it ends up running.
+    Restore {
+        /// The VM.
+        name: String,
+        /// The snapshot id.
+        id: String,
+    },
+    /// List snapshots.
+    Ls {
+        /// Only this VM's.
+        name: Option<String>,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Delete a snapshot no VM is sleeping on.
+    Rm {
+        /// The snapshot id.
+        id: String,
+    },
 }
 
 /// A failure to report: diagnostics on stderr, and the exit code.
-struct Failure {
-    diagnostics: Vec<Diagnostic>,
+pub(crate) struct Failure {
+    pub(crate) diagnostics: Vec<Diagnostic>,
+    /// An explicit exit code (a guest command's), overriding the diagnostics' class.
+    pub(crate) exit: Option<u8>,
 }
 
 impl Failure {
     fn exit_code(&self) -> u8 {
+        if let Some(code) = self.exit {
+            return code;
+        }
         let env = self
             .diagnostics
             .iter()
@@ -110,25 +265,41 @@ impl Failure {
 
 impl From<SpecErrors> for Failure {
     fn from(e: SpecErrors) -> Self {
-        Self { diagnostics: e.0 }
+        Self {
+            diagnostics: e.0,
+            exit: None,
+        }
     }
 }
 
-fn coded(e: &dyn CodedError) -> Failure {
+pub(crate) fn coded(e: &dyn CodedError) -> Failure {
     Failure {
         diagnostics: vec![
             Diagnostic::new(e.code(), e.path().unwrap_or_default(), e.to_string())
                 .hint(Coded::hint(e).unwrap_or_else(|| e.code().typical_fix().to_string())),
         ],
+        exit: None,
     }
 }
 
-trait CodedError: Coded + std::fmt::Display {}
+pub(crate) fn failure(code: ErrorCode, message: String, hint: &str) -> Failure {
+    let hint = if hint.is_empty() {
+        code.typical_fix()
+    } else {
+        hint
+    };
+    Failure {
+        diagnostics: vec![Diagnostic::new(code, "", message).hint(hint)],
+        exit: None,
+    }
+}
+
+pub(crate) trait CodedError: Coded + std::fmt::Display {}
 impl<T: Coded + std::fmt::Display> CodedError for T {}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let mut stdout = std::io::stdout().lock();
+    let mut stdout = std::io::stdout();
     match run(cli.command, &mut stdout) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
@@ -168,8 +339,8 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), Failure> {
                     Ok(_) => Ok(()),
                     Err(e) => Err(Failure {
                         diagnostics: vec![],
-                    }
-                    .with_code_of(&e)),
+                        exit: Some(Failure::from(e).exit_code()),
+                    }),
                 };
             }
             let c = result?;
@@ -246,27 +417,71 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), Failure> {
             json_line(out, &serde_json::to_value(&facts).expect("facts serialise"));
             Ok(())
         }
-    }
-}
-
-impl Failure {
-    /// An exit code carrier for errors already printed in another form (JSON on stdout).
-    fn with_code_of(mut self, e: &SpecErrors) -> Self {
-        // Keep only the class so the exit code is right; the details went to stdout.
-        if let Some(d) =
-            e.0.iter()
-                .find(|d| d.code.class() == ErrorClass::Environment)
-                .or(e.0.first())
-        {
-            self.diagnostics = vec![d.clone()];
+        Command::Up {
+            file,
+            no_wait,
+            timeout,
+        } => vm::up(&file, no_wait, timeout, out),
+        Command::Run {
+            image,
+            memory,
+            vcpus,
+            rm,
+            timeout,
+            command,
+        } => {
+            let code = vm::run(
+                vm::RunArgs {
+                    image,
+                    memory,
+                    vcpus,
+                    rm,
+                    timeout,
+                    command,
+                },
+                out,
+            )?;
+            if code == 0 {
+                Ok(())
+            } else {
+                Err(Failure {
+                    diagnostics: vec![],
+                    exit: Some(code),
+                })
+            }
         }
-        self
+        Command::Ps { all, output } => vm::ps(all, output, out),
+        Command::Start {
+            name,
+            no_wait,
+            timeout,
+        } => vm::start(&name, no_wait, timeout, out),
+        Command::Stop {
+            name,
+            force,
+            timeout,
+        } => vm::stop(&name, force, timeout, out),
+        Command::Pause { name } => vm::simple(&name, "pause", out),
+        Command::Resume { name } => vm::simple(&name, "resume", out),
+        Command::Reboot { name } => vm::simple(&name, "reboot", out),
+        Command::Rm { name, force } => vm::rm(&name, force, out),
+        Command::Inspect { name } => vm::inspect(&name, out),
+        Command::Logs { name, follow } => vm::logs(&name, follow, out),
+        Command::Console { name } => vm::console(&name),
+        Command::Snapshot(cmd) => match cmd {
+            SnapshotCommand::Save { name, id, sleep } => vm::snapshot_save(&name, &id, sleep, out),
+            SnapshotCommand::Restore { name, id } => vm::snapshot_restore(&name, &id, out),
+            SnapshotCommand::Ls { name, output } => vm::snapshot_ls(name.as_deref(), output, out),
+            SnapshotCommand::Rm { id } => vm::snapshot_rm(&id, out),
+        },
+        Command::Doctor => vm::doctor(out),
     }
 }
 
 fn read_facts(path: &Path) -> Result<HostFacts, Failure> {
     let fail = |code: ErrorCode, message: String, hint: &str| Failure {
         diagnostics: vec![Diagnostic::new(code, "", message).hint(hint)],
+        exit: None,
     };
     let text = std::fs::read_to_string(path).map_err(|e| {
         fail(

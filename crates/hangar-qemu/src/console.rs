@@ -1,0 +1,238 @@
+//! The guest console log and the lines `hangar-init` prints on it.
+//!
+//! Protocol (one line each, a fixed prefix, a space, JSON):
+//! `HANGAR_READY {"kernel":…,"uptime_ms":…}` once the guest is up;
+//! `HANGAR_EXIT {"code":N}` (or `{"code":null,"signal":N}`) after a `hangar run` command;
+//! `HANGAR_POWEROFF {"reason":…}` when it powers off on request;
+//! `HANGAR_POWEROFF_IGNORED {…}` when told to ignore power-off requests;
+//! `HANGAR_ERROR {"message":…}` on a fatal init error.
+//! Every line after the ready line is preceded by an empty line, so a marker always starts a
+//! line even when the command's output did not end with a newline; readers drop that empty line.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+/// A recognised marker line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Marker {
+    /// The guest is up.
+    Ready {
+        /// Its kernel release.
+        kernel: String,
+    },
+    /// The `hangar run` command finished.
+    Exit {
+        /// Its exit code, if it exited normally.
+        code: Option<i32>,
+        /// The signal that killed it, if any.
+        signal: Option<i32>,
+    },
+    /// The guest is powering off on request.
+    PowerOff,
+    /// The guest was asked to power off and is configured to ignore it.
+    PowerOffIgnored,
+    /// `hangar-init` hit a fatal error (it powers off next).
+    Error {
+        /// What it said.
+        message: String,
+    },
+}
+
+/// Parses one console line.
+pub fn parse_marker(line: &str) -> Option<Marker> {
+    let line = line.trim_end_matches(['\r', '\n']);
+    let (prefix, json) = line.split_once(' ')?;
+    let value: serde_json::Value = serde_json::from_str(json).ok()?;
+    match prefix {
+        "HANGAR_READY" => Some(Marker::Ready {
+            kernel: value.get("kernel")?.as_str()?.to_string(),
+        }),
+        "HANGAR_EXIT" => Some(Marker::Exit {
+            code: value.get("code").and_then(|c| c.as_i64()).map(|c| c as i32),
+            signal: value
+                .get("signal")
+                .and_then(|c| c.as_i64())
+                .map(|c| c as i32),
+        }),
+        "HANGAR_POWEROFF" => Some(Marker::PowerOff),
+        "HANGAR_POWEROFF_IGNORED" => Some(Marker::PowerOffIgnored),
+        "HANGAR_ERROR" => Some(Marker::Error {
+            message: value
+                .get("message")
+                .and_then(|m| m.as_str())
+                .unwrap_or_default()
+                .to_string(),
+        }),
+        _ => None,
+    }
+}
+
+/// Whether a line is one of the protocol's marker lines (hidden from `hangar run` output).
+pub fn is_marker(line: &str) -> bool {
+    parse_marker(line).is_some()
+}
+
+/// Reads a growing log file from an offset, line by line.
+#[derive(Debug)]
+pub struct LogTail {
+    offset: u64,
+    partial: Vec<u8>,
+}
+
+impl LogTail {
+    /// Starts at `offset` (0 for the beginning, or the file's length to see only new output).
+    pub fn from(offset: u64) -> Self {
+        Self {
+            offset,
+            partial: Vec::new(),
+        }
+    }
+
+    /// Current byte offset.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Complete new lines since the last call (a missing file yields none).
+    pub fn read_lines(&mut self, path: &Path) -> Vec<String> {
+        let Ok(mut f) = std::fs::File::open(path) else {
+            return Vec::new();
+        };
+        // A file shorter than what was read is a new file (truncated or replaced): start over.
+        if f.metadata().map(|m| m.len() < self.offset).unwrap_or(false) {
+            self.offset = 0;
+            self.partial.clear();
+        }
+        if f.seek(SeekFrom::Start(self.offset)).is_err() {
+            return Vec::new();
+        }
+        let mut buf = Vec::new();
+        if f.read_to_end(&mut buf).is_err() {
+            return Vec::new();
+        }
+        self.offset += buf.len() as u64;
+        self.partial.extend_from_slice(&buf);
+        let mut lines = Vec::new();
+        while let Some(pos) = self.partial.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=pos).collect();
+            lines.push(
+                String::from_utf8_lossy(&line)
+                    .trim_end_matches(['\r', '\n'])
+                    .to_string(),
+            );
+        }
+        lines
+    }
+}
+
+/// The last `n` lines of a file (for failure reasons).
+pub fn last_lines(path: &Path, n: usize) -> Vec<String> {
+    let text = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| l.to_string())
+        .collect()
+}
+
+/// File length, 0 if missing.
+pub fn len(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+/// The kernel argument that makes `hangar-init` run `argv` and power off:
+/// `hangar.run=<base64url, no padding, of the JSON array>`.
+pub fn run_argument(argv: &[String]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let json = serde_json::to_vec(argv).expect("strings serialise");
+    let mut out = String::with_capacity(json.len() * 4 / 3 + 16);
+    out.push_str("hangar.run=");
+    for chunk in json.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markers() {
+        assert_eq!(
+            parse_marker("HANGAR_READY {\"kernel\":\"6.1\",\"uptime_ms\":12}\r\n"),
+            Some(Marker::Ready {
+                kernel: "6.1".into()
+            })
+        );
+        assert_eq!(
+            parse_marker("HANGAR_EXIT {\"code\":7}"),
+            Some(Marker::Exit {
+                code: Some(7),
+                signal: None
+            })
+        );
+        assert_eq!(
+            parse_marker("HANGAR_EXIT {\"code\":null,\"signal\":9}"),
+            Some(Marker::Exit {
+                code: None,
+                signal: Some(9)
+            })
+        );
+        assert_eq!(
+            parse_marker("HANGAR_POWEROFF {\"reason\":\"power-button\"}"),
+            Some(Marker::PowerOff)
+        );
+        assert_eq!(
+            parse_marker("HANGAR_POWEROFF_IGNORED {\"reason\":\"power-button\"}"),
+            Some(Marker::PowerOffIgnored)
+        );
+        assert_eq!(
+            parse_marker("HANGAR_ERROR {\"message\":\"boom\"}"),
+            Some(Marker::Error {
+                message: "boom".into()
+            })
+        );
+        assert_eq!(parse_marker("HANGAR_READY not-json"), None);
+        assert_eq!(parse_marker("[    0.1] HANGAR_READY {}"), None);
+    }
+
+    #[test]
+    fn tail_returns_only_complete_new_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("log");
+        let mut tail = LogTail::from(0);
+        assert!(tail.read_lines(&p).is_empty());
+        std::fs::write(&p, "a\nb").unwrap();
+        assert_eq!(tail.read_lines(&p), ["a"]);
+        std::fs::write(&p, "a\nbc\n").unwrap();
+        assert_eq!(tail.read_lines(&p), ["bc"]);
+        assert_eq!(last_lines(&p, 1), ["bc"]);
+        std::fs::write(&p, "x\n").unwrap();
+        assert_eq!(
+            tail.read_lines(&p),
+            ["x"],
+            "a truncated file is read from its start"
+        );
+    }
+}
+
+#[cfg(test)]
+mod run_tests {
+    #[test]
+    fn run_argument_is_base64url_of_json() {
+        // ["uname","-r"] → base64url of the JSON text, checked against a known encoding.
+        let arg = super::run_argument(&["uname".into(), "-r".into()]);
+        assert_eq!(arg, "hangar.run=WyJ1bmFtZSIsIi1yIl0");
+        assert!(!arg.contains('=') || arg.matches('=').count() == 1);
+    }
+}

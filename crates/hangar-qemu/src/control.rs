@@ -1,0 +1,171 @@
+//! A blocking facade over the async QMP client: the contracts are synchronous, so each call
+//! runs on the engine's own single-threaded runtime.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use hangar_core::error::{Error, Result};
+use hangar_qmp::{MigrationStatus, Qmp, QmpControl, QmpError, QmpQuery, RunState, StatusInfo};
+use tokio::runtime::Runtime;
+
+/// How often long-running QMP states (migration, incoming load) are polled.
+const POLL: Duration = Duration::from_millis(20);
+
+fn qmp_err(e: QmpError) -> Error {
+    Error::EngineFailed(format!("QMP: {e}"))
+}
+
+/// A VM's run state, simplified for the engine's decisions.
+#[derive(Debug, Clone)]
+pub struct Status(StatusInfo);
+
+impl Status {
+    /// States after which the VM cannot run on (QEMU stays alive, paused, until killed).
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self.0.status,
+            RunState::InternalError
+                | RunState::GuestPanicked
+                | RunState::Shutdown
+                | RunState::IoError
+        )
+    }
+
+    /// QEMU's name for the state.
+    pub fn name(&self) -> String {
+        self.0.status.as_str().to_string()
+    }
+}
+
+/// A connected QMP session.
+pub struct Control<'rt> {
+    rt: &'rt Runtime,
+    qmp: Qmp,
+}
+
+impl<'rt> Control<'rt> {
+    /// Connects, retrying until the socket answers or `deadline` passes.
+    pub fn connect(rt: &'rt Runtime, socket: &Path, deadline: Duration) -> Result<Control<'rt>> {
+        let qmp = rt
+            .block_on(Qmp::connect(socket, deadline))
+            .map_err(qmp_err)?;
+        Ok(Control { rt, qmp })
+    }
+
+    /// `query-status`.
+    pub fn status(&self) -> Result<Status> {
+        self.rt
+            .block_on(self.qmp.query_status())
+            .map(Status)
+            .map_err(qmp_err)
+    }
+
+    /// Pauses the vCPUs.
+    pub fn stop(&self) -> Result<()> {
+        self.rt.block_on(self.qmp.stop()).map_err(qmp_err)
+    }
+
+    /// Resumes the vCPUs.
+    pub fn cont(&self) -> Result<()> {
+        self.rt.block_on(self.qmp.cont()).map_err(qmp_err)
+    }
+
+    /// Presses the ACPI power button.
+    pub fn powerdown(&self) -> Result<()> {
+        self.rt
+            .block_on(self.qmp.system_powerdown())
+            .map_err(qmp_err)
+    }
+
+    /// Resets the machine (a hard reboot of the guest).
+    pub fn reset(&self) -> Result<()> {
+        self.rt.block_on(self.qmp.system_reset()).map_err(qmp_err)
+    }
+
+    /// What QEMU does when the guest (or `system_reset`) resets the machine. Plans run QEMU
+    /// with `-no-reboot` (`shutdown`): a guest that panics or reboots by itself ends the process,
+    /// which Hangar reports. A deliberate reboot switches to `reset` until the guest is back.
+    pub fn set_reboot_action(&self, reset: bool) -> Result<()> {
+        let action = if reset { "reset" } else { "shutdown" };
+        self.rt
+            .block_on(
+                self.qmp
+                    .execute("set-action", Some(serde_json::json!({ "reboot": action }))),
+            )
+            .map(drop)
+            .map_err(qmp_err)
+    }
+
+    /// Asks QEMU to exit. The connection may close before the reply: that counts as success.
+    pub fn quit(&self) -> Result<()> {
+        match self.rt.block_on(self.qmp.quit()) {
+            Ok(()) | Err(QmpError::Disconnected { .. }) => Ok(()),
+            Err(e) => Err(qmp_err(e)),
+        }
+    }
+
+    /// Waits until the vCPUs run.
+    pub fn wait_running(&self, deadline: Instant) -> Result<()> {
+        loop {
+            let s = self.status()?;
+            if s.0.running {
+                return Ok(());
+            }
+            if s.is_fatal() {
+                return Err(Error::EngineFailed(format!("QEMU reports {}", s.name())));
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout(0));
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// With `-incoming`: waits until the memory snapshot is loaded (QEMU leaves `inmigrate`).
+    pub fn wait_incoming_done(&self, deadline: Instant) -> Result<()> {
+        loop {
+            let s = self.status()?;
+            match s.0.status {
+                RunState::InMigrate | RunState::Prelaunch => {}
+                RunState::Paused | RunState::PostMigrate | RunState::Running => return Ok(()),
+                _ if s.is_fatal() => {
+                    return Err(Error::EngineFailed(format!(
+                        "loading the snapshot left QEMU {}",
+                        s.name()
+                    )))
+                }
+                _ => return Ok(()),
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout(0));
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Writes the paused VM's memory and device state to `path` and waits for completion.
+    pub fn migrate_to_file(&self, path: &Path, deadline: Instant) -> Result<()> {
+        let uri = format!("file:{}", path.display());
+        self.rt.block_on(self.qmp.migrate(&uri)).map_err(qmp_err)?;
+        loop {
+            let info = self
+                .rt
+                .block_on(self.qmp.query_migrate())
+                .map_err(qmp_err)?;
+            match info.status {
+                MigrationStatus::Completed => return Ok(()),
+                MigrationStatus::Failed | MigrationStatus::Cancelled => {
+                    return Err(Error::EngineFailed(format!(
+                        "saving memory failed: {}",
+                        info.error_desc.unwrap_or_else(|| info.status.to_string())
+                    )))
+                }
+                _ => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout(0));
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+}

@@ -1,0 +1,756 @@
+//! Hangar's embedded state store.
+//!
+//! One SQLite database (`$HANGAR_HOME/state.db`, WAL mode) records every VM's spec, plan, state,
+//! process identity and runtime paths, the full transition history, memory snapshots and disk
+//! volumes. Every row read back is validated (states parse, JSON deserialises, names are valid);
+//! a row that fails is reported as [`StoreError::Corrupt`] naming the table and key, never used.
+//!
+//! Concurrent `hangar` processes are serialised per VM by [`VmLock`] (an `flock` on
+//! `$HANGAR_HOME/locks/<name>.lock`); SQLite's own locking (with a busy timeout) covers the rest.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hangar_core::clock::Timestamp;
+use hangar_core::error::{Coded, ErrorCode};
+use hangar_core::ids::{SnapshotId, VmName, VolumeId};
+use hangar_core::lifecycle::{Cause, TransitionEvent, VmState};
+use hangar_core::spec::{DiskFormat, VmSpec};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde::{Deserialize, Serialize};
+
+mod lock;
+
+pub use lock::VmLock;
+
+/// Current schema version (SQLite `user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+const MIGRATION_1: &str = "
+CREATE TABLE vms (
+    name TEXT PRIMARY KEY,
+    spec_json TEXT NOT NULL,
+    spec_hash TEXT NOT NULL,
+    plan_json TEXT NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT,
+    runtime_dir TEXT NOT NULL,
+    pid INTEGER,
+    pid_start_time INTEGER,
+    boot_ms INTEGER,
+    sleeping_on TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE transitions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    vm TEXT NOT NULL,
+    from_state TEXT,
+    to_state TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    cause TEXT NOT NULL,
+    operation TEXT
+);
+CREATE INDEX transitions_vm ON transitions(vm, seq);
+CREATE TABLE snapshots (
+    id TEXT PRIMARY KEY,
+    vm TEXT NOT NULL,
+    path TEXT NOT NULL,
+    spec_hash TEXT NOT NULL,
+    engine_version TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE volumes (
+    id TEXT PRIMARY KEY,
+    path TEXT NOT NULL,
+    size_mib INTEGER NOT NULL,
+    format TEXT NOT NULL,
+    base TEXT,
+    snapshots_json TEXT NOT NULL
+);
+";
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened, read or written.
+    #[error("state store {path}: {message}")]
+    Unavailable {
+        /// The database path.
+        path: String,
+        /// What SQLite or the filesystem said.
+        message: String,
+    },
+    /// A stored row fails validation.
+    #[error("state store record {table}/{key} is invalid: {detail}")]
+    Corrupt {
+        /// Table.
+        table: &'static str,
+        /// Primary key.
+        key: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// An insert found the key taken.
+    #[error("{table}/{key} already exists")]
+    Exists {
+        /// Table.
+        table: &'static str,
+        /// Primary key.
+        key: String,
+    },
+}
+
+impl Coded for StoreError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            StoreError::Unavailable { .. } => ErrorCode::StoreUnavailable,
+            StoreError::Corrupt { .. } => ErrorCode::StoreCorrupt,
+            StoreError::Exists { table: "vms", .. } => ErrorCode::VmExists,
+            StoreError::Exists {
+                table: "snapshots", ..
+            } => ErrorCode::SnapshotExists,
+            StoreError::Exists { .. } => ErrorCode::DiskExists,
+        }
+    }
+}
+
+/// Result alias.
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A running engine process, identified so that a recycled PID is never mistaken for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessIdentity {
+    /// Process id.
+    pub pid: u32,
+    /// Start time in clock ticks since boot (`/proc/<pid>/stat` field 22).
+    pub start_time: u64,
+}
+
+/// Everything Hangar knows about one VM.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmRecord {
+    /// Its normalised spec.
+    pub spec: VmSpec,
+    /// The spec's canonical hash.
+    pub spec_hash: String,
+    /// The plan it runs, as JSON (validated by the engine adapter that wrote it).
+    pub plan_json: String,
+    /// Current state.
+    pub state: VmState,
+    /// Why it is in that state, when not obvious.
+    pub reason: Option<String>,
+    /// Its runtime directory.
+    pub runtime_dir: String,
+    /// The engine process, while there is one.
+    pub process: Option<ProcessIdentity>,
+    /// Milliseconds from spawn to guest-ready of the last boot.
+    pub boot_ms: Option<u64>,
+    /// The memory snapshot a `sleeping` VM will wake from.
+    pub sleeping_on: Option<SnapshotId>,
+    /// When it was defined.
+    pub created_at: Timestamp,
+    /// When the record last changed.
+    pub updated_at: Timestamp,
+}
+
+impl VmRecord {
+    /// The VM's name.
+    pub fn name(&self) -> &VmName {
+        &self.spec.name
+    }
+}
+
+/// A memory snapshot on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotRecord {
+    /// Its id.
+    pub id: SnapshotId,
+    /// The VM it was taken from.
+    pub vm: VmName,
+    /// The state file.
+    pub path: String,
+    /// spec_hash of the VM when taken.
+    pub spec_hash: String,
+    /// Engine version that wrote it.
+    pub engine_version: String,
+    /// Bytes on disk.
+    pub size_bytes: u64,
+    /// When it was taken.
+    pub created_at: Timestamp,
+}
+
+/// A disk volume managed through the `Disks` contract.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeRecord {
+    /// Its id.
+    pub id: VolumeId,
+    /// The image file.
+    pub path: String,
+    /// Virtual size.
+    pub size_mib: u64,
+    /// Format.
+    pub format: DiskFormat,
+    /// The volume it overlays.
+    pub base: Option<VolumeId>,
+    /// Internal disk snapshots.
+    pub snapshots: Vec<SnapshotId>,
+}
+
+/// The state store.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+fn corrupt(table: &'static str, key: &str, detail: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        table,
+        key: key.to_string(),
+        detail: detail.to_string(),
+    }
+}
+
+fn parse_state(table: &'static str, key: &str, s: &str) -> Result<VmState> {
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .map_err(|_| corrupt(table, key, format!("unknown state {s:?}")))
+}
+
+fn state_str(s: VmState) -> &'static str {
+    s.as_str()
+}
+
+fn cause_str(c: Cause) -> &'static str {
+    match c {
+        Cause::User => "user",
+        Cause::Reconciler => "reconciler",
+        Cause::Engine => "engine",
+        Cause::Fault => "fault",
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) `state.db` in `home`.
+    pub fn open_in(home: &Path) -> Result<Store> {
+        std::fs::create_dir_all(home).map_err(|e| StoreError::Unavailable {
+            path: home.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Self::open(&home.join("state.db"))
+    }
+
+    /// Opens (creating if needed) the database at `path` and migrates it.
+    pub fn open(path: &Path) -> Result<Store> {
+        let unavailable = |e: rusqlite::Error| StoreError::Unavailable {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        let conn = Connection::open(path).map_err(unavailable)?;
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(unavailable)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(unavailable)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(unavailable)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(unavailable)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(unavailable)?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Unavailable {
+                path: path.display().to_string(),
+                message: format!(
+                    "schema version {version} is newer than this Hangar ({SCHEMA_VERSION})"
+                ),
+            });
+        }
+        if version < 1 {
+            conn.execute_batch(&format!(
+                "BEGIN; {MIGRATION_1} PRAGMA user_version = 1; COMMIT;"
+            ))
+            .map_err(unavailable)?;
+        }
+        Ok(Store {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn err(&self, e: rusqlite::Error) -> StoreError {
+        StoreError::Unavailable {
+            path: self.path.display().to_string(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Inserts a new VM; `Exists` if the name is taken.
+    pub fn insert_vm(&self, vm: &VmRecord) -> Result<()> {
+        let spec_json = serde_json::to_string(&vm.spec).expect("specs serialise");
+        let (pid, start) = split_process(vm.process);
+        let r = self.conn.execute(
+            "INSERT INTO vms (name, spec_json, spec_hash, plan_json, state, reason, runtime_dir, pid, pid_start_time, boot_ms, sleeping_on, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            params![vm.name().as_str(), spec_json, vm.spec_hash, vm.plan_json, state_str(vm.state), vm.reason,
+                    vm.runtime_dir, pid, start, vm.boot_ms.map(|b| b as i64), vm.sleeping_on.as_ref().map(|s| s.as_str()),
+                    vm.created_at.0 as i64, vm.updated_at.0 as i64],
+        );
+        match r {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(StoreError::Exists {
+                    table: "vms",
+                    key: vm.name().to_string(),
+                })
+            }
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    /// Replaces a VM's record (matched by name).
+    pub fn update_vm(&self, vm: &VmRecord) -> Result<()> {
+        let spec_json = serde_json::to_string(&vm.spec).expect("specs serialise");
+        let (pid, start) = split_process(vm.process);
+        self.conn
+            .execute(
+                "UPDATE vms SET spec_json=?2, spec_hash=?3, plan_json=?4, state=?5, reason=?6, runtime_dir=?7,
+                 pid=?8, pid_start_time=?9, boot_ms=?10, sleeping_on=?11, updated_at=?12 WHERE name=?1",
+                params![vm.name().as_str(), spec_json, vm.spec_hash, vm.plan_json, state_str(vm.state), vm.reason,
+                        vm.runtime_dir, pid, start, vm.boot_ms.map(|b| b as i64), vm.sleeping_on.as_ref().map(|s| s.as_str()),
+                        vm.updated_at.0 as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn vm_from_row(row: &Row<'_>) -> rusqlite::Result<Result<VmRecord>> {
+        let name: String = row.get("name")?;
+        let spec_json: String = row.get("spec_json")?;
+        let state: String = row.get("state")?;
+        let pid: Option<i64> = row.get("pid")?;
+        let start: Option<i64> = row.get("pid_start_time")?;
+        let boot_ms: Option<i64> = row.get("boot_ms")?;
+        let sleeping_on: Option<String> = row.get("sleeping_on")?;
+        let record = (|| {
+            let spec: VmSpec = serde_json::from_str(&spec_json)
+                .map_err(|e| corrupt("vms", &name, format!("spec: {e}")))?;
+            if spec.name.as_str() != name {
+                return Err(corrupt(
+                    "vms",
+                    &name,
+                    format!("spec names a different VM ({})", spec.name),
+                ));
+            }
+            let process = match (pid, start) {
+                (Some(pid), Some(start)) if pid > 0 && start >= 0 => Some(ProcessIdentity {
+                    pid: pid as u32,
+                    start_time: start as u64,
+                }),
+                (None, None) => None,
+                other => {
+                    return Err(corrupt(
+                        "vms",
+                        &name,
+                        format!("bad process identity {other:?}"),
+                    ))
+                }
+            };
+            Ok(VmRecord {
+                spec,
+                spec_hash: row.get("spec_hash").map_err(|e| corrupt("vms", &name, e))?,
+                plan_json: row.get("plan_json").map_err(|e| corrupt("vms", &name, e))?,
+                state: parse_state("vms", &name, &state)?,
+                reason: row.get("reason").map_err(|e| corrupt("vms", &name, e))?,
+                runtime_dir: row
+                    .get("runtime_dir")
+                    .map_err(|e| corrupt("vms", &name, e))?,
+                process,
+                boot_ms: boot_ms.map(|b| b.max(0) as u64),
+                sleeping_on: sleeping_on
+                    .map(SnapshotId::new)
+                    .transpose()
+                    .map_err(|e| corrupt("vms", &name, e))?,
+                created_at: Timestamp(
+                    row.get::<_, i64>("created_at")
+                        .map_err(|e| corrupt("vms", &name, e))?
+                        .max(0) as u64,
+                ),
+                updated_at: Timestamp(
+                    row.get::<_, i64>("updated_at")
+                        .map_err(|e| corrupt("vms", &name, e))?
+                        .max(0) as u64,
+                ),
+            })
+        })();
+        Ok(record)
+    }
+
+    /// One VM, if recorded.
+    pub fn get_vm(&self, name: &VmName) -> Result<Option<VmRecord>> {
+        self.conn
+            .query_row(
+                "SELECT * FROM vms WHERE name = ?1",
+                [name.as_str()],
+                Self::vm_from_row,
+            )
+            .optional()
+            .map_err(|e| self.err(e))?
+            .transpose()
+    }
+
+    /// Every VM, sorted by name.
+    pub fn list_vms(&self) -> Result<Vec<VmRecord>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT * FROM vms ORDER BY name")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], Self::vm_from_row)
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row.map_err(|e| self.err(e))??);
+        }
+        Ok(out)
+    }
+
+    /// Removes a VM's record. Its transitions stay: they are the append-only event stream (a
+    /// later VM of the same name starts a new history with a move from "(new)"). Removing a
+    /// missing VM is not an error.
+    pub fn delete_vm(&self, name: &VmName) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM vms WHERE name = ?1", [name.as_str()])
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Updates a VM and appends a transition in one transaction.
+    pub fn commit_transition(
+        &self,
+        vm: &VmRecord,
+        event: &TransitionEvent,
+        insert: bool,
+    ) -> Result<()> {
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| self.err(e))?;
+        let result = if insert {
+            self.insert_vm(vm)
+        } else {
+            self.update_vm(vm)
+        }
+        .and_then(|_| self.record_transition(event));
+        match result {
+            Ok(()) => self.conn.execute_batch("COMMIT").map_err(|e| self.err(e)),
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    /// Transitions with sequence numbers greater than `after`, oldest first: the event stream.
+    pub fn events_since(&self, after: u64, limit: usize) -> Result<Vec<(u64, TransitionEvent)>> {
+        let seqs: Vec<i64> = {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT seq FROM transitions WHERE seq > ?1 ORDER BY seq LIMIT ?2")
+                .map_err(|e| self.err(e))?;
+            let rows = stmt
+                .query_map(params![after as i64, limit as i64], |r| r.get(0))
+                .map_err(|e| self.err(e))?;
+            rows.collect::<rusqlite::Result<_>>()
+                .map_err(|e| self.err(e))?
+        };
+        let mut out = Vec::new();
+        for seq in seqs {
+            out.push((seq as u64, self.transition_at(seq)?));
+        }
+        Ok(out)
+    }
+
+    fn transition_at(&self, seq: i64) -> Result<TransitionEvent> {
+        let (name, from, to, at, cause, op) = self
+            .conn
+            .query_row(
+                "SELECT vm, from_state, to_state, at, cause, operation FROM transitions WHERE seq = ?1",
+                [seq],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?, r.get::<_, String>(4)?, r.get::<_, Option<String>>(5)?)),
+            )
+            .map_err(|e| self.err(e))?;
+        decode_transition(name, from, to, at, cause, op)
+    }
+
+    /// Appends a transition to a VM's history.
+    pub fn record_transition(&self, e: &TransitionEvent) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT INTO transitions (vm, from_state, to_state, at, cause, operation) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![e.vm.as_str(), e.from.map(state_str), state_str(e.to), e.at.0 as i64, cause_str(e.cause),
+                        e.operation.as_ref().map(|o| o.as_str().to_string())],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// A VM's history, oldest first.
+    pub fn transitions(&self, vm: &VmName) -> Result<Vec<TransitionEvent>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT vm, from_state, to_state, at, cause, operation FROM transitions WHERE vm = ?1 ORDER BY seq")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([vm.as_str()], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Option<String>>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, Option<String>>(5)?,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (name, from, to, at, cause, op) = row.map_err(|e| self.err(e))?;
+            out.push(decode_transition(name, from, to, at, cause, op)?);
+        }
+        Ok(out)
+    }
+
+    /// Records a snapshot.
+    pub fn insert_snapshot(&self, s: &SnapshotRecord) -> Result<()> {
+        let r = self.conn.execute(
+            "INSERT INTO snapshots (id, vm, path, spec_hash, engine_version, size_bytes, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![s.id.as_str(), s.vm.as_str(), s.path, s.spec_hash, s.engine_version, s.size_bytes as i64, s.created_at.0 as i64],
+        );
+        match r {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(StoreError::Exists {
+                    table: "snapshots",
+                    key: s.id.to_string(),
+                })
+            }
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    fn snapshot_from_row(row: &Row<'_>) -> rusqlite::Result<Result<SnapshotRecord>> {
+        let id: String = row.get("id")?;
+        let vm: String = row.get("vm")?;
+        let path: String = row.get("path")?;
+        let spec_hash: String = row.get("spec_hash")?;
+        let engine_version: String = row.get("engine_version")?;
+        let size: i64 = row.get("size_bytes")?;
+        let created: i64 = row.get("created_at")?;
+        Ok((|| {
+            Ok(SnapshotRecord {
+                id: SnapshotId::new(id.clone()).map_err(|e| corrupt("snapshots", &id, e))?,
+                vm: VmName::new(vm).map_err(|e| corrupt("snapshots", &id, e))?,
+                path,
+                spec_hash,
+                engine_version,
+                size_bytes: u64::try_from(size).map_err(|e| corrupt("snapshots", &id, e))?,
+                created_at: Timestamp(created.max(0) as u64),
+            })
+        })())
+    }
+
+    /// One snapshot.
+    pub fn get_snapshot(&self, id: &SnapshotId) -> Result<Option<SnapshotRecord>> {
+        self.conn
+            .query_row(
+                "SELECT * FROM snapshots WHERE id = ?1",
+                [id.as_str()],
+                Self::snapshot_from_row,
+            )
+            .optional()
+            .map_err(|e| self.err(e))?
+            .transpose()
+    }
+
+    /// Snapshots, optionally of one VM, sorted by id.
+    pub fn list_snapshots(&self, vm: Option<&VmName>) -> Result<Vec<SnapshotRecord>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT * FROM snapshots WHERE (?1 IS NULL OR vm = ?1) ORDER BY id")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([vm.map(|v| v.as_str())], Self::snapshot_from_row)
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row.map_err(|e| self.err(e))??);
+        }
+        Ok(out)
+    }
+
+    /// Removes a snapshot record.
+    pub fn delete_snapshot(&self, id: &SnapshotId) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM snapshots WHERE id = ?1", [id.as_str()])
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Records a volume.
+    pub fn insert_volume(&self, v: &VolumeRecord) -> Result<()> {
+        let r = self.conn.execute(
+            "INSERT INTO volumes (id, path, size_mib, format, base, snapshots_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![v.id.as_str(), v.path, v.size_mib as i64, v.format.as_str(), v.base.as_ref().map(|b| b.as_str()),
+                    serde_json::to_string(&v.snapshots).expect("ids serialise")],
+        );
+        match r {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(StoreError::Exists {
+                    table: "volumes",
+                    key: v.id.to_string(),
+                })
+            }
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    /// Replaces a volume's record.
+    pub fn update_volume(&self, v: &VolumeRecord) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE volumes SET path=?2, size_mib=?3, format=?4, base=?5, snapshots_json=?6 WHERE id=?1",
+                params![v.id.as_str(), v.path, v.size_mib as i64, v.format.as_str(), v.base.as_ref().map(|b| b.as_str()),
+                        serde_json::to_string(&v.snapshots).expect("ids serialise")],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn volume_from_row(row: &Row<'_>) -> rusqlite::Result<Result<VolumeRecord>> {
+        let id: String = row.get("id")?;
+        let path: String = row.get("path")?;
+        let size: i64 = row.get("size_mib")?;
+        let format: String = row.get("format")?;
+        let base: Option<String> = row.get("base")?;
+        let snaps: String = row.get("snapshots_json")?;
+        Ok((|| {
+            Ok(VolumeRecord {
+                id: VolumeId::new(id.clone()).map_err(|e| corrupt("volumes", &id, e))?,
+                path,
+                size_mib: u64::try_from(size).map_err(|e| corrupt("volumes", &id, e))?,
+                format: match format.as_str() {
+                    "qcow2" => DiskFormat::Qcow2,
+                    "raw" => DiskFormat::Raw,
+                    other => {
+                        return Err(corrupt("volumes", &id, format!("unknown format {other:?}")))
+                    }
+                },
+                base: base
+                    .map(VolumeId::new)
+                    .transpose()
+                    .map_err(|e| corrupt("volumes", &id, e))?,
+                snapshots: serde_json::from_str(&snaps).map_err(|e| corrupt("volumes", &id, e))?,
+            })
+        })())
+    }
+
+    /// One volume.
+    pub fn get_volume(&self, id: &VolumeId) -> Result<Option<VolumeRecord>> {
+        self.conn
+            .query_row(
+                "SELECT * FROM volumes WHERE id = ?1",
+                [id.as_str()],
+                Self::volume_from_row,
+            )
+            .optional()
+            .map_err(|e| self.err(e))?
+            .transpose()
+    }
+
+    /// Every volume, sorted by id.
+    pub fn list_volumes(&self) -> Result<Vec<VolumeRecord>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT * FROM volumes ORDER BY id")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], Self::volume_from_row)
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row.map_err(|e| self.err(e))??);
+        }
+        Ok(out)
+    }
+
+    /// Removes a volume record.
+    pub fn delete_volume(&self, id: &VolumeId) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM volumes WHERE id = ?1", [id.as_str()])
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Runs raw SQL (tests use it to corrupt rows on purpose).
+    #[doc(hidden)]
+    pub fn execute_raw(&self, sql: &str) -> Result<()> {
+        self.conn.execute_batch(sql).map_err(|e| self.err(e))
+    }
+}
+
+fn split_process(p: Option<ProcessIdentity>) -> (Option<i64>, Option<i64>) {
+    match p {
+        Some(p) => (Some(i64::from(p.pid)), Some(p.start_time as i64)),
+        None => (None, None),
+    }
+}
+
+fn decode_transition(
+    name: String,
+    from: Option<String>,
+    to: String,
+    at: i64,
+    cause: String,
+    op: Option<String>,
+) -> Result<TransitionEvent> {
+    let key = format!("{name}@{at}");
+    let cause = match cause.as_str() {
+        "user" => Cause::User,
+        "reconciler" => Cause::Reconciler,
+        "engine" => Cause::Engine,
+        "fault" => Cause::Fault,
+        other => {
+            return Err(corrupt(
+                "transitions",
+                &key,
+                format!("unknown cause {other:?}"),
+            ))
+        }
+    };
+    Ok(TransitionEvent {
+        vm: VmName::new(name).map_err(|e| corrupt("transitions", &key, e))?,
+        from: from
+            .map(|f| parse_state("transitions", &key, &f))
+            .transpose()?,
+        to: parse_state("transitions", &key, &to)?,
+        at: Timestamp(at.max(0) as u64),
+        cause,
+        operation: op
+            .map(hangar_core::ids::OperationId::new)
+            .transpose()
+            .map_err(|e| corrupt("transitions", &key, e))?,
+    })
+}

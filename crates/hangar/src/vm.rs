@@ -1,0 +1,777 @@
+//! The commands that manage real VMs through the QEMU engine.
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hangar_core::cancel::CancelToken;
+use hangar_core::contracts::{Lifecycle, SaveMode, Snapshots, StopMode};
+use hangar_core::error::{Error, ErrorCode};
+use hangar_core::ids::{SnapshotId, VmName};
+use hangar_core::lifecycle::VmState;
+use hangar_qemu::console::{self, LogTail, Marker};
+use hangar_qemu::{process, EngineOptions, Phase, QemuEngine, StartOptions};
+use hangar_store::VmRecord;
+
+use crate::{Failure, Output};
+
+/// Default graceful-stop timeout.
+pub const DEFAULT_STOP_TIMEOUT: u64 = 30;
+
+pub fn home() -> PathBuf {
+    hangar_plan::probe::hangar_home()
+}
+
+pub fn engine() -> Result<QemuEngine, Failure> {
+    QemuEngine::open(&home(), EngineOptions::default()).map_err(|e| crate::coded(&e))
+}
+
+fn fail(e: Error) -> Failure {
+    crate::coded(&e)
+}
+
+pub fn vm_name(s: &str) -> Result<VmName, Failure> {
+    VmName::new(s).map_err(|e| crate::coded(&Error::InvalidName(e)))
+}
+
+/// A one-line progress display on stderr: a spinner with the phase and elapsed time on a TTY,
+/// plain phase lines otherwise.
+struct Progress {
+    phase: Arc<Mutex<&'static str>>,
+    done: Arc<AtomicBool>,
+    ticker: Option<std::thread::JoinHandle<()>>,
+    tty: bool,
+    started: Instant,
+}
+
+impl Progress {
+    fn new(what: String) -> Progress {
+        let tty = std::io::stderr().is_terminal();
+        let phase = Arc::new(Mutex::new("starting"));
+        let done = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+        let ticker = tty.then(|| {
+            let (phase, done) = (phase.clone(), done.clone());
+            std::thread::spawn(move || {
+                let frames = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
+                let mut i = 0;
+                while !done.load(Ordering::SeqCst) {
+                    let p = *phase.lock().unwrap();
+                    eprint!(
+                        "\r\x1b[2K{} {what}: {p} ({:.1}s)",
+                        frames[i % frames.len()],
+                        started.elapsed().as_secs_f64()
+                    );
+                    i += 1;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                eprint!("\r\x1b[2K");
+            })
+        });
+        Progress {
+            phase,
+            done,
+            ticker,
+            tty,
+            started,
+        }
+    }
+
+    fn phase(&self, p: Phase) {
+        *self.phase.lock().unwrap() = p.as_str();
+        if !self.tty {
+            eprintln!(
+                "[{:>5.1}s] {}",
+                self.started.elapsed().as_secs_f64(),
+                p.as_str()
+            );
+        }
+    }
+
+    fn finish(mut self) {
+        self.done.store(true, Ordering::SeqCst);
+        if let Some(t) = self.ticker.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn accel_of(rec: &VmRecord) -> String {
+    QemuEngine::plan_of(rec)
+        .map(|p| p.accel_resolved.as_str().to_string())
+        .unwrap_or_default()
+}
+
+fn boot_and_report(
+    engine: &QemuEngine,
+    vm: &VmName,
+    no_wait: bool,
+    timeout: Option<u64>,
+    out: &mut dyn Write,
+) -> Result<(), Failure> {
+    let progress = Progress::new(format!("starting {vm}"));
+    let report = |p: Phase| progress.phase(p);
+    let opts = StartOptions {
+        no_wait,
+        timeout: timeout.map(Duration::from_secs),
+        progress: Some(&report),
+    };
+    let result = engine.start_with(vm, &opts, &CancelToken::new());
+    progress.finish();
+    result.map_err(fail)?;
+    let rec = engine.record(vm).map_err(fail)?;
+    let boot = rec
+        .boot_ms
+        .map(|ms| format!(" in {:.2} s", ms as f64 / 1000.0))
+        .unwrap_or_default();
+    let what = if no_wait {
+        "vCPUs running"
+    } else {
+        "guest ready"
+    };
+    let _ = writeln!(
+        out,
+        "{vm}: {} ({}), {what}{boot}",
+        rec.state,
+        accel_of(&rec)
+    );
+    Ok(())
+}
+
+pub fn up(
+    file: &Path,
+    no_wait: bool,
+    timeout: Option<u64>,
+    out: &mut dyn Write,
+) -> Result<(), Failure> {
+    let spec = hangar_spec::load(file)?;
+    let engine = engine()?;
+    engine.define(&spec.spec).map_err(fail)?;
+    boot_and_report(&engine, &spec.spec.name, no_wait, timeout, out)
+}
+
+pub fn start(
+    name: &str,
+    no_wait: bool,
+    timeout: Option<u64>,
+    out: &mut dyn Write,
+) -> Result<(), Failure> {
+    let vm = vm_name(name)?;
+    boot_and_report(&engine()?, &vm, no_wait, timeout, out)
+}
+
+pub fn stop(name: &str, force: bool, timeout: u64, out: &mut dyn Write) -> Result<(), Failure> {
+    let vm = vm_name(name)?;
+    let mode = if force {
+        StopMode::Force
+    } else {
+        StopMode::Graceful {
+            timeout: Duration::from_secs(timeout),
+        }
+    };
+    let outcome = engine()?
+        .stop(&vm, mode, &CancelToken::new())
+        .map_err(fail)?;
+    let how = if outcome.escalated {
+        format!(", forced after the guest ignored {timeout} s of power-off")
+    } else {
+        String::new()
+    };
+    let _ = writeln!(
+        out,
+        "{vm}: {}{how} ({:.2} s)",
+        outcome.status.state,
+        outcome.took.as_secs_f64()
+    );
+    Ok(())
+}
+
+pub fn simple(name: &str, op: &str, out: &mut dyn Write) -> Result<(), Failure> {
+    let vm = vm_name(name)?;
+    let engine = engine()?;
+    let status = match op {
+        "pause" => engine.pause(&vm),
+        "resume" => engine.resume(&vm),
+        "reboot" => engine.reboot(&vm, &CancelToken::new()),
+        _ => unreachable!("{op}"),
+    }
+    .map_err(fail)?;
+    let _ = writeln!(out, "{vm}: {}", status.state);
+    Ok(())
+}
+
+pub fn rm(name: &str, force: bool, out: &mut dyn Write) -> Result<(), Failure> {
+    let vm = vm_name(name)?;
+    let engine = engine()?;
+    if force {
+        engine
+            .stop(&vm, StopMode::Force, &CancelToken::new())
+            .map_err(fail)?;
+    }
+    engine.undefine(&vm).map_err(|e| {
+        let mut f = fail(e);
+        if let Some(d) = f.diagnostics.first_mut() {
+            if d.code == ErrorCode::InvalidTransition {
+                d.hint =
+                    format!("stop it first (`hangar stop {vm}`), or use `hangar rm --force {vm}`");
+            }
+        }
+        f
+    })?;
+    let _ = writeln!(out, "{vm}: removed");
+    Ok(())
+}
+
+fn fmt_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{}s", s / 60, s % 60),
+        _ => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+pub fn ps(all: bool, output: Output, out: &mut dyn Write) -> Result<(), Failure> {
+    let engine = engine()?;
+    let names: Vec<VmName> = engine
+        .list()
+        .map_err(fail)?
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    let mut rows = Vec::new();
+    for name in names {
+        let rec = engine.record(&name).map_err(fail)?;
+        let live = !matches!(
+            rec.state,
+            VmState::Defined | VmState::Stopped | VmState::Deleted
+        );
+        if !all && !live {
+            continue;
+        }
+        let uptime = rec.process.and_then(process::uptime);
+        rows.push(serde_json::json!({
+            "name": rec.name().as_str(),
+            "state": rec.state,
+            "accel": accel_of(&rec),
+            "vcpus": rec.spec.machine.vcpus,
+            "memory_mib": rec.spec.machine.memory_mib,
+            "uptime_s": uptime.map(|u| u.as_secs()),
+            "pid": rec.process.map(|p| p.pid),
+            "boot_ms": rec.boot_ms,
+            "reason": rec.reason,
+        }));
+    }
+    if output == Output::Json {
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&rows).expect("json")
+        );
+        return Ok(());
+    }
+    let _ = writeln!(
+        out,
+        "{:<24} {:<9} {:<5} {:>5} {:>8} {:>8} {:>8}  REASON",
+        "NAME", "STATE", "ACCEL", "VCPUS", "MEMORY", "UPTIME", "PID"
+    );
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "{:<24} {:<9} {:<5} {:>5} {:>7}M {:>8} {:>8}  {}",
+            r["name"].as_str().unwrap_or(""),
+            r["state"].as_str().unwrap_or(""),
+            r["accel"].as_str().unwrap_or(""),
+            r["vcpus"],
+            r["memory_mib"],
+            r["uptime_s"]
+                .as_u64()
+                .map(|s| fmt_duration(Duration::from_secs(s)))
+                .unwrap_or_else(|| "-".into()),
+            r["pid"]
+                .as_u64()
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "-".into()),
+            r["reason"].as_str().unwrap_or(""),
+        );
+    }
+    Ok(())
+}
+
+pub fn inspect(name: &str, out: &mut dyn Write) -> Result<(), Failure> {
+    let vm = vm_name(name)?;
+    let engine = engine()?;
+    let rec = engine.record(&vm).map_err(fail)?;
+    let plan = QemuEngine::plan_of(&rec).map_err(fail)?;
+    let history = engine.history(&vm).map_err(fail)?;
+    let doc = serde_json::json!({
+        "name": vm.as_str(),
+        "state": rec.state,
+        "reason": rec.reason,
+        "spec_hash": rec.spec_hash,
+        "spec": rec.spec,
+        "plan": plan,
+        "process": rec.process.map(|p| serde_json::json!({"pid": p.pid, "start_time": p.start_time})),
+        "boot_ms": rec.boot_ms,
+        "sleeping_on": rec.sleeping_on,
+        "runtime_dir": rec.runtime_dir,
+        "history": history,
+    });
+    let _ = writeln!(out, "{}", serde_json::to_string_pretty(&doc).expect("json"));
+    Ok(())
+}
+
+fn console_path(engine: &QemuEngine, vm: &VmName) -> Result<PathBuf, Failure> {
+    let rec = engine.record(vm).map_err(fail)?;
+    let plan = QemuEngine::plan_of(&rec).map_err(fail)?;
+    plan.serial.log.map(PathBuf::from).ok_or_else(|| {
+        crate::failure(
+            ErrorCode::Unsupported,
+            format!("{vm} has no console log (serial mode none)"),
+            "set [serial] mode = \"log\" or \"socket\"",
+        )
+    })
+}
+
+pub fn logs(name: &str, follow: bool, out: &mut dyn Write) -> Result<(), Failure> {
+    let vm = vm_name(name)?;
+    let engine = engine()?;
+    let path = console_path(&engine, &vm)?;
+    let mut tail = LogTail::from(0);
+    loop {
+        for line in tail.read_lines(&path) {
+            if writeln!(out, "{line}").is_err() {
+                return Ok(());
+            }
+        }
+        let _ = out.flush();
+        if !follow {
+            return Ok(());
+        }
+        let rec = engine.record(&vm).map_err(fail)?;
+        if rec.process.is_none() {
+            for line in tail.read_lines(&path) {
+                let _ = writeln!(out, "{line}");
+            }
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn run_name() -> VmName {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    let bits = nanos ^ std::process::id().rotate_left(16);
+    VmName::new(format!("run-{bits:08x}")).expect("valid")
+}
+
+pub struct RunArgs {
+    pub image: String,
+    pub memory: u32,
+    pub vcpus: u32,
+    pub rm: bool,
+    pub timeout: Option<u64>,
+    pub command: Vec<String>,
+}
+
+/// Boots a throwaway guest that runs one command, streams its output, and returns its exit code.
+pub fn run(args: RunArgs, out: &mut dyn Write) -> Result<u8, Failure> {
+    let name = run_name();
+    let spec_text = format!(
+        "schema_version = 1\nname = \"{name}\"\n[machine]\nvcpus = {}\nmemory_mib = {}\n[boot]\nimage = {:?}\ncmdline = {:?}\n[serial]\nmode = \"log\"\n",
+        args.vcpus,
+        args.memory,
+        args.image,
+        console::run_argument(&args.command)
+    );
+    let spec = hangar_spec::parse(&spec_text, hangar_spec::Format::Toml, Path::new("/"))?;
+    let engine = engine()?;
+    engine.define(&spec.spec).map_err(fail)?;
+    let cleanup = |engine: &QemuEngine| {
+        if args.rm {
+            let _ = engine.stop(&name, StopMode::Force, &CancelToken::new());
+            let _ = engine.undefine(&name);
+        }
+    };
+    let plan = QemuEngine::plan_of(&engine.record(&name).map_err(fail)?).map_err(fail)?;
+    let log = PathBuf::from(plan.serial.log.clone().unwrap_or_default());
+    let progress = Progress::new(format!("booting {name}"));
+    let report = |p: Phase| progress.phase(p);
+    let opts = StartOptions {
+        no_wait: false,
+        timeout: args.timeout.map(Duration::from_secs),
+        progress: Some(&report),
+    };
+    let started = engine.start_with(&name, &opts, &CancelToken::new());
+    progress.finish();
+    if let Err(e) = started {
+        cleanup(&engine);
+        return Err(fail(e));
+    }
+    // Stream what the command prints: everything after the ready line, until its exit line.
+    let mut tail = LogTail::from(0);
+    let mut seen_ready = false;
+    // hangar-init puts an empty line before each marker; hold empty lines until we know.
+    let mut held_empty = 0usize;
+    let deadline = Instant::now() + Duration::from_secs(args.timeout.unwrap_or(24 * 3600));
+    let code = loop {
+        let mut exit = None;
+        for line in tail.read_lines(&log) {
+            match console::parse_marker(&line) {
+                Some(Marker::Ready { .. }) => seen_ready = true,
+                Some(Marker::Exit { code, signal }) => {
+                    // Whatever follows (the kernel powering off) is not the command's output.
+                    exit = Some(code.unwrap_or(128 + signal.unwrap_or(0)));
+                    break;
+                }
+                Some(_) => held_empty = 0,
+                None if seen_ready && line.is_empty() => held_empty += 1,
+                None if seen_ready => {
+                    for _ in 0..std::mem::take(&mut held_empty) {
+                        let _ = writeln!(out);
+                    }
+                    let _ = writeln!(out, "{line}");
+                }
+                None => {}
+            }
+        }
+        let _ = out.flush();
+        if let Some(code) = exit {
+            break code;
+        }
+        let rec = engine.record(&name).map_err(fail)?;
+        if rec.process.is_none() {
+            cleanup(&engine);
+            return Err(crate::failure(
+                ErrorCode::EngineFailed,
+                format!(
+                    "the guest stopped before the command finished ({})",
+                    rec.reason.unwrap_or_else(|| rec.state.to_string())
+                ),
+                "run `hangar logs` on the VM (without --rm) to see its console",
+            ));
+        }
+        if Instant::now() > deadline {
+            cleanup(&engine);
+            return Err(crate::coded(&Error::Timeout(
+                args.timeout.unwrap_or(0) * 1000,
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // The guest powers itself off after the exit line; wait for that, then tidy up.
+    if let Ok(rec) = engine.record(&name) {
+        if let Some(p) = rec.process {
+            process::wait_exit(p, Duration::from_secs(10));
+        }
+    }
+    if args.rm {
+        cleanup(&engine);
+    } else {
+        let _ = engine.stop(&name, StopMode::Force, &CancelToken::new());
+    }
+    Ok(u8::try_from(code.clamp(0, 255)).unwrap_or(1))
+}
+
+pub fn snapshot_save(
+    name: &str,
+    id: &str,
+    sleep: bool,
+    out: &mut dyn Write,
+) -> Result<(), Failure> {
+    let vm = vm_name(name)?;
+    let id = SnapshotId::new(id).map_err(|e| crate::coded(&Error::InvalidName(e)))?;
+    let mode = if sleep {
+        SaveMode::Sleep
+    } else {
+        SaveMode::KeepPaused
+    };
+    let started = Instant::now();
+    let info = engine()?
+        .save(&vm, &id, mode, &CancelToken::new())
+        .map_err(fail)?;
+    let _ = writeln!(
+        out,
+        "{}: saved {} ({} MiB) in {:.2} s",
+        vm,
+        info.id,
+        info.size_bytes >> 20,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+pub fn snapshot_restore(name: &str, id: &str, out: &mut dyn Write) -> Result<(), Failure> {
+    let vm = vm_name(name)?;
+    let id = SnapshotId::new(id).map_err(|e| crate::coded(&Error::InvalidName(e)))?;
+    let engine = engine()?;
+    engine
+        .restore(&vm, &id, &CancelToken::new())
+        .map_err(fail)?;
+    let rec = engine.record(&vm).map_err(fail)?;
+    let _ = writeln!(
+        out,
+        "{vm}: {} from {id} in {:.2} s",
+        rec.state,
+        rec.boot_ms.unwrap_or(0) as f64 / 1000.0
+    );
+    Ok(())
+}
+
+pub fn snapshot_ls(name: Option<&str>, output: Output, out: &mut dyn Write) -> Result<(), Failure> {
+    let vm = name.map(vm_name).transpose()?;
+    let list = engine()?.list_snapshots(vm.as_ref()).map_err(fail)?;
+    if output == Output::Json {
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&list).expect("json")
+        );
+        return Ok(());
+    }
+    let _ = writeln!(out, "{:<24} {:<24} {:>8}  ENGINE", "ID", "VM", "SIZE");
+    for s in list {
+        let _ = writeln!(
+            out,
+            "{:<24} {:<24} {:>7}M  {}",
+            s.id.as_str(),
+            s.vm.as_str(),
+            s.size_bytes >> 20,
+            s.engine_version
+        );
+    }
+    Ok(())
+}
+
+pub fn snapshot_rm(id: &str, out: &mut dyn Write) -> Result<(), Failure> {
+    let id = SnapshotId::new(id).map_err(|e| crate::coded(&Error::InvalidName(e)))?;
+    engine()?.delete_snapshot(&id).map_err(fail)?;
+    let _ = writeln!(out, "{id}: removed");
+    Ok(())
+}
+
+/// Restores the terminal when dropped.
+struct RawMode {
+    saved: rustix::termios::Termios,
+}
+
+impl RawMode {
+    fn enter() -> Option<RawMode> {
+        let stdin = rustix::stdio::stdin();
+        let saved = rustix::termios::tcgetattr(stdin).ok()?;
+        let mut raw = saved.clone();
+        raw.make_raw();
+        rustix::termios::tcsetattr(stdin, rustix::termios::OptionalActions::Now, &raw).ok()?;
+        Some(RawMode { saved })
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        let _ = rustix::termios::tcsetattr(
+            rustix::stdio::stdin(),
+            rustix::termios::OptionalActions::Now,
+            &self.saved,
+        );
+    }
+}
+
+/// Attaches the terminal to the VM's serial console until Ctrl-] (or the VM stops).
+pub fn console(name: &str) -> Result<(), Failure> {
+    let vm = vm_name(name)?;
+    let engine = engine()?;
+    let rec = engine.record(&vm).map_err(fail)?;
+    let plan = QemuEngine::plan_of(&rec).map_err(fail)?;
+    let Some(socket) = plan.serial.socket.clone() else {
+        return Err(crate::failure(
+            ErrorCode::Unsupported,
+            format!("{vm} has no console socket"),
+            "set [serial] mode = \"socket\" (the default) in its spec",
+        ));
+    };
+    if rec.process.is_none() {
+        return Err(crate::failure(
+            ErrorCode::InvalidTransition,
+            format!("{vm} is {}", rec.state),
+            &format!("start it first: hangar start {vm}"),
+        ));
+    }
+    // One attacher at a time: QEMU's socket would queue a second client silently.
+    let lock_path = Path::new(&plan.runtime_dir).join("console.lock");
+    let lock_file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| crate::failure(ErrorCode::Io, e.to_string(), "check the runtime directory"))?;
+    if rustix::fs::flock(
+        &lock_file,
+        rustix::fs::FlockOperation::NonBlockingLockExclusive,
+    )
+    .is_err()
+    {
+        return Err(crate::failure(
+            ErrorCode::InvalidTransition,
+            format!("another `hangar console {vm}` is attached"),
+            "detach it first (Ctrl-])",
+        ));
+    }
+    let stream = std::os::unix::net::UnixStream::connect(&socket).map_err(|e| {
+        crate::failure(
+            ErrorCode::EngineFailed,
+            format!("cannot connect to {socket}: {e}"),
+            "check `hangar ps`",
+        )
+    })?;
+    eprintln!("connected to {vm}'s console; press Ctrl-] to detach\r");
+    let raw = RawMode::enter();
+    let mut reader = stream
+        .try_clone()
+        .map_err(|e| crate::failure(ErrorCode::Io, e.to_string(), ""))?;
+    let printer = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let mut stdout = std::io::stdout();
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0
+                || stdout
+                    .write_all(&buf[..n])
+                    .and_then(|_| stdout.flush())
+                    .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let mut writer = stream;
+    let mut stdin = std::io::stdin();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = match stdin.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if let Some(pos) = buf[..n].iter().position(|b| *b == 0x1d) {
+            let _ = writer.write_all(&buf[..pos]);
+            break;
+        }
+        if writer.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = writer.shutdown(std::net::Shutdown::Both);
+    drop(raw);
+    let _ = printer.join();
+    eprintln!("\ndetached from {vm}");
+    Ok(())
+}
+
+fn check(out: &mut dyn Write, ok: bool, what: &str, detail: &str, fix: &str) -> bool {
+    let mark = if ok { "ok  " } else { "FAIL" };
+    let _ = writeln!(out, "[{mark}] {what}: {detail}");
+    if !ok && !fix.is_empty() {
+        let _ = writeln!(out, "       fix: {fix}");
+    }
+    ok
+}
+
+pub fn doctor(out: &mut dyn Write) -> Result<(), Failure> {
+    use hangar_plan::HostProbe;
+    let home = home();
+    let facts = hangar_plan::probe::SystemProbe { home: home.clone() }.probe();
+    let mut healthy = true;
+    healthy &= check(
+        out,
+        facts.qemu.version.is_some(),
+        "qemu",
+        &match &facts.qemu.version {
+            Some(v) => format!("{} {v}", facts.qemu.binary),
+            None => format!("{} not found on PATH", facts.qemu.binary),
+        },
+        "run scripts/setup (installs qemu-system-x86 10.x from bookworm-backports)",
+    );
+    let qemu_img = hangar_plan::probe::find_in_path("qemu-img");
+    healthy &= check(
+        out,
+        qemu_img.is_some(),
+        "qemu-img",
+        &qemu_img
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "not found".into()),
+        "apt-get install qemu-utils",
+    );
+    let (kvm_ok, why) = facts.kvm.verdict();
+    check(
+        out,
+        true,
+        "accelerator",
+        &if kvm_ok {
+            format!("kvm ({why})")
+        } else {
+            format!("tcg, because {why}")
+        },
+        "",
+    );
+    let image = Path::new(&facts.image_dir).join("minimal");
+    let image_ok = image.join("vmlinuz").exists() && image.join("initrd.img").exists();
+    healthy &= check(
+        out,
+        image_ok,
+        "guest image minimal",
+        &image.display().to_string(),
+        "run scripts/setup (builds the built-in image)",
+    );
+    let writable = std::fs::create_dir_all(&home).is_ok() && tempfile_in(&home);
+    healthy &= check(
+        out,
+        writable,
+        "state directory",
+        &home.display().to_string(),
+        "set HANGAR_HOME to a writable directory, or run as root",
+    );
+    let free = free_bytes(&home);
+    let enough = free.map(|b| b > 1 << 30).unwrap_or(false);
+    healthy &= check(
+        out,
+        enough,
+        "disk space",
+        &free
+            .map(|b| format!("{} MiB free", b >> 20))
+            .unwrap_or_else(|| "unknown".into()),
+        "free at least 1 GiB for overlays and snapshots",
+    );
+    check(
+        out,
+        true,
+        "cpus",
+        &format!(
+            "{} (TCG boots are CPU-bound: boot at most this many VMs at once)",
+            facts.cpu_count
+        ),
+        "",
+    );
+    if healthy {
+        Ok(())
+    } else {
+        Err(Failure {
+            diagnostics: vec![],
+            exit: Some(2),
+        })
+    }
+}
+
+fn tempfile_in(dir: &Path) -> bool {
+    let probe = dir.join(format!(".doctor-{}", std::process::id()));
+    let ok = std::fs::write(&probe, b"x").is_ok();
+    let _ = std::fs::remove_file(&probe);
+    ok
+}
+
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(dir).ok()?;
+    Some(st.f_bavail * st.f_frsize)
+}

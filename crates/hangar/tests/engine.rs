@@ -1,0 +1,229 @@
+//! `hangar` against real QEMU: the issue's acceptance, end to end. Every test has its own
+//! `HANGAR_HOME` (sharing the built image through a symlink). Without QEMU or the built image
+//! each test prints `SKIPPED …` with the reason and checks nothing.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+struct Home {
+    dir: tempfile::TempDir,
+}
+
+impl Home {
+    /// A fresh home, or the reason the real engine cannot run here.
+    fn new() -> Result<Home, String> {
+        if hangar_plan::probe::find_in_path("qemu-system-x86_64").is_none() {
+            return Err("qemu-system-x86_64 not found (run scripts/setup)".into());
+        }
+        let images = std::env::var_os("HANGAR_HOME")
+            .map(|h| PathBuf::from(h).join("images"))
+            .unwrap_or_else(|| PathBuf::from("/var/lib/hangar/images"));
+        if !images.join("minimal/vmlinuz").exists() {
+            return Err(format!(
+                "no built image at {} (run scripts/setup)",
+                images.display()
+            ));
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("hge-")
+            .tempdir_in("/tmp")
+            .map_err(|e| e.to_string())?;
+        std::os::unix::fs::symlink(&images, dir.path().join("images"))
+            .map_err(|e| e.to_string())?;
+        Ok(Home { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn hangar(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_hangar"))
+            .args(args)
+            .env("HANGAR_HOME", self.path())
+            .output()
+            .unwrap()
+    }
+
+    fn ps(&self) -> serde_json::Value {
+        let out = self.hangar(&["ps", "--all", "--output", "json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+impl Drop for Home {
+    fn drop(&mut self) {
+        // Leave nothing running, whatever the test did.
+        let out = self.hangar(&["ps", "--all", "--output", "json"]);
+        if let Ok(serde_json::Value::Array(vms)) = serde_json::from_slice(&out.stdout) {
+            for vm in vms {
+                if let Some(name) = vm["name"].as_str() {
+                    let _ = self.hangar(&["rm", "--force", name]);
+                }
+            }
+        }
+    }
+}
+
+macro_rules! home_or_skip {
+    ($test:literal) => {
+        match Home::new() {
+            Ok(h) => h,
+            Err(reason) => {
+                let _ = writeln!(std::io::stderr(), "SKIPPED {}: {reason}", $test);
+                return;
+            }
+        }
+    };
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s[s.rfind(')').unwrap() + 2..].starts_with('Z'))
+        .unwrap_or(false)
+}
+
+#[test]
+fn run_prints_the_guest_kernel_release_and_its_exit_code() {
+    let home = home_or_skip!("run_prints_the_guest_kernel_release_and_its_exit_code");
+    let out = home.hangar(&["run", "--rm", "--", "uname", "-r"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let release = text(&out.stdout).trim().to_string();
+    // The guest runs Debian's cloud kernel, not the host's.
+    let image_kernel =
+        std::fs::read_to_string(home.path().join("images/minimal/manifest.json")).unwrap();
+    assert!(
+        !release.is_empty() && image_kernel.contains(&release),
+        "guest printed {release:?}; manifest {image_kernel}"
+    );
+    assert!(release.ends_with("-cloud-amd64"), "{release}");
+
+    let out = home.hangar(&[
+        "run",
+        "--rm",
+        "--",
+        "sh",
+        "-c",
+        "echo hi from the guest; exit 7",
+    ]);
+    assert_eq!(out.status.code(), Some(7), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "hi from the guest");
+    assert_eq!(home.ps(), serde_json::json!([]), "--rm left a VM behind");
+}
+
+#[test]
+fn up_ps_stop_rm_leaves_nothing_behind() {
+    let home = home_or_skip!("up_ps_stop_rm_leaves_nothing_behind");
+    // A spec with a writable disk over a base image (an overlay) and a blank disk.
+    let base = home.path().join("base.qcow2");
+    assert!(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&base)
+        .arg("16M")
+        .status()
+        .unwrap()
+        .success());
+    let spec = home.path().join("vm.toml");
+    std::fs::write(
+        &spec,
+        "schema_version = 1\nname = \"hello\"\n[machine]\nmemory_mib = 128\n[[disk]]\nname = \"root\"\nsource = \"base.qcow2\"\n[[disk]]\nname = \"scratch\"\nsize_mib = 8\n",
+    )
+    .unwrap();
+    let out = home.hangar(&["up", spec.to_str().unwrap()]);
+    assert!(out.status.success(), "up failed: {}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("hello: running"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let ps = home.ps();
+    let vm = &ps[0];
+    assert_eq!(
+        (vm["name"].as_str(), vm["state"].as_str()),
+        (Some("hello"), Some("running")),
+        "{ps}"
+    );
+    let pid = vm["pid"].as_u64().expect("a pid");
+    assert!(alive(pid));
+    let runtime = home.path().join("vms/hello");
+    for f in [
+        "qmp.sock",
+        "console.sock",
+        "console.log",
+        "disks/root.qcow2",
+        "disks/scratch.qcow2",
+        "plan.json",
+    ] {
+        assert!(runtime.join(f).exists(), "{f} missing while running");
+    }
+
+    let out = home.hangar(&["stop", "hello"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("hello: stopped"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(
+        !text(&out.stdout).contains("forced"),
+        "a cooperative guest needed force: {}",
+        text(&out.stdout)
+    );
+    assert!(!alive(pid), "QEMU {pid} still running after stop");
+    assert!(!runtime.join("qmp.sock").exists() && !runtime.join("console.sock").exists());
+    assert!(
+        runtime.join("disks/root.qcow2").exists(),
+        "a stopped VM keeps its disks"
+    );
+
+    let out = home.hangar(&["rm", "hello"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!runtime.exists(), "runtime dir left behind");
+    assert!(base.exists(), "the base image must never be touched");
+    assert_eq!(home.ps(), serde_json::json!([]));
+}
+
+#[test]
+fn a_killed_qemu_shows_as_failed_with_a_reason() {
+    let home = home_or_skip!("a_killed_qemu_shows_as_failed_with_a_reason");
+    let spec = home.path().join("k.toml");
+    std::fs::write(
+        &spec,
+        "schema_version = 1\nname = \"victim\"\n[machine]\nmemory_mib = 128\n",
+    )
+    .unwrap();
+    let out = home.hangar(&["up", spec.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let pid = home.ps()[0]["pid"].as_u64().unwrap();
+    let target = rustix::process::Pid::from_raw(pid as i32).unwrap();
+    rustix::process::kill_process(target, rustix::process::Signal::KILL).unwrap();
+    // Wait for the kernel to tear the process down (a bounded wait on a condition, not a sleep).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while alive(pid) && std::time::Instant::now() < deadline {
+        std::thread::yield_now();
+    }
+    let vm = &home.ps()[0];
+    assert_eq!(vm["state"], "failed", "{vm}");
+    let reason = vm["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(&format!("pid {pid}")) && reason.contains("exited"),
+        "{reason}"
+    );
+    let out = home.hangar(&["rm", "victim"]);
+    assert!(
+        out.status.success(),
+        "a failed VM can be removed: {}",
+        text(&out.stderr)
+    );
+}
