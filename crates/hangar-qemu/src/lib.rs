@@ -698,7 +698,16 @@ impl QemuEngine {
                 self.shut_down(&rec, &plan, StopMode::Force);
                 self.cleanup_runtime(&plan);
                 rec.process = None;
-                rec.reason = Some(format!("boot failed: {e}"));
+                rec.reason = Some(match e {
+                    // Other boot errors already quote the console.
+                    Error::Timeout(_) | Error::Cancelled => {
+                        format!(
+                            "boot failed: {e}; last output: {}",
+                            Self::last_console(&plan)
+                        )
+                    }
+                    _ => format!("boot failed: {e}"),
+                });
                 self.step(&mut rec, VmState::Failed, Cause::Fault)?;
                 return Err(e);
             }

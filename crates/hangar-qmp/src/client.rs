@@ -1,7 +1,7 @@
 //! The connection: connect with retry, a writer task, a reader task that dispatches replies by
 //! id and events to a broadcast channel, and per-call timeouts.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -32,6 +32,9 @@ pub const DEFAULT_MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 /// First and largest pause between connect attempts.
 const BACKOFF_START: Duration = Duration::from_millis(2);
 const BACKOFF_MAX: Duration = Duration::from_millis(50);
+/// Abandoned ids remembered so that their late replies are recognised; a late reply to an id
+/// forgotten after this many newer abandonments is a protocol error.
+const MAX_ABANDONED: usize = 4096;
 /// Commands queued for the writer task before callers wait.
 const WRITE_QUEUE: usize = 64;
 
@@ -107,7 +110,9 @@ struct Shared {
 struct State {
     pending: HashMap<u64, Pending>,
     /// Ids whose caller gave up (timeout or cancellation): their late replies are dropped.
+    /// Bounded by [`MAX_ABANDONED`]; the oldest are forgotten first.
     abandoned: HashSet<u64>,
+    abandoned_order: VecDeque<u64>,
     /// Why the connection closed, once it has.
     closed: Option<CloseReason>,
     /// `None` once closed, which ends every [`EventStream`].
@@ -158,6 +163,7 @@ impl Shared {
             st.closed = Some(reason.clone());
             st.events = None;
             st.abandoned.clear();
+            st.abandoned_order.clear();
             std::mem::take(&mut st.pending)
         };
         for (_, p) in pending {
@@ -179,6 +185,12 @@ impl Drop for PendingGuard<'_> {
         let mut st = self.shared.lock();
         if st.pending.remove(&self.id).is_some() {
             st.abandoned.insert(self.id);
+            st.abandoned_order.push_back(self.id);
+            while st.abandoned_order.len() > MAX_ABANDONED {
+                if let Some(old) = st.abandoned_order.pop_front() {
+                    st.abandoned.remove(&old);
+                }
+            }
         }
     }
 }
@@ -238,6 +250,7 @@ impl Qmp {
             state: Mutex::new(State {
                 pending: HashMap::new(),
                 abandoned: HashSet::new(),
+                abandoned_order: VecDeque::new(),
                 closed: None,
                 events: Some(events),
                 event_capacity: options.event_capacity.max(1),
@@ -260,7 +273,15 @@ impl Qmp {
             timeout: options.call_timeout,
         };
         let remaining = until.saturating_duration_since(Instant::now());
-        qmp.call("qmp_capabilities", None, remaining).await?;
+        qmp.call("qmp_capabilities", None, remaining)
+            .await
+            .map_err(|e| match e {
+                QmpError::Timeout { operation, .. } => QmpError::Timeout {
+                    operation,
+                    after: deadline,
+                },
+                other => other,
+            })?;
         Ok(qmp)
     }
 
@@ -313,8 +334,8 @@ impl Qmp {
         }
     }
 
-    /// Sends `command` with optional `arguments` (a JSON object) and returns QEMU's `return`
-    /// value. This is the escape hatch for commands without a typed method; it may change
+    /// Sends `command` with optional `arguments` (a JSON object; QEMU refuses anything else
+    /// with a `GenericError`) and returns QEMU's `return` value. This is the escape hatch for commands without a typed method; it may change
     /// state, which is why it lives here and not on [`QmpQuery`].
     pub async fn execute(
         &self,
@@ -488,6 +509,17 @@ pub enum EventItem {
     },
 }
 
+/// What [`EventStream::try_recv`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TryRecv {
+    /// An event or a lag notice.
+    Item(EventItem),
+    /// Nothing buffered right now.
+    Empty,
+    /// The connection is closed and the buffer drained.
+    Ended,
+}
+
 /// The events of one connection, for one subscriber ([`Qmp::events`]).
 ///
 /// **Slow consumers:** each subscriber has a ring buffer of [`QmpOptions::event_capacity`]
@@ -515,16 +547,14 @@ impl EventStream {
         }
     }
 
-    /// Like [`EventStream::recv`] but does not wait: `Ok(None)` means no event is buffered now,
-    /// `Err(())` that the stream has ended.
-    #[allow(clippy::result_unit_err)]
-    pub fn try_recv(&mut self) -> Result<Option<EventItem>, ()> {
+    /// Like [`EventStream::recv`] but never waits.
+    pub fn try_recv(&mut self) -> TryRecv {
         use broadcast::error::TryRecvError;
         match self.rx.try_recv() {
-            Ok(e) => Ok(Some(EventItem::Event(e))),
-            Err(TryRecvError::Lagged(missed)) => Ok(Some(EventItem::Lagged { missed })),
-            Err(TryRecvError::Empty) => Ok(None),
-            Err(TryRecvError::Closed) => Err(()),
+            Ok(e) => TryRecv::Item(EventItem::Event(e)),
+            Err(TryRecvError::Lagged(missed)) => TryRecv::Item(EventItem::Lagged { missed }),
+            Err(TryRecvError::Empty) => TryRecv::Empty,
+            Err(TryRecvError::Closed) => TryRecv::Ended,
         }
     }
 

@@ -46,7 +46,7 @@ mod error;
 mod types;
 
 pub use client::{
-    EventItem, EventStream, Qmp, QmpControl, QmpOptions, QmpQuery, DEFAULT_CALL_TIMEOUT,
+    EventItem, EventStream, Qmp, QmpControl, QmpOptions, QmpQuery, TryRecv, DEFAULT_CALL_TIMEOUT,
     DEFAULT_EVENT_CAPACITY, DEFAULT_MAX_LINE_BYTES,
 };
 pub use error::QmpError;

@@ -346,7 +346,7 @@ async fn disconnect_fails_pending_calls_and_ends_events() {
         Err(QmpError::Disconnected { .. })
     ));
     assert_eq!(qmp.events().recv().await, None);
-    assert!(qmp.events().try_recv().is_err());
+    assert_eq!(qmp.events().try_recv(), TryRecv::Ended);
 }
 
 #[tokio::test]
@@ -654,7 +654,7 @@ async fn a_lagging_subscriber_gets_an_explicit_lag_item() {
             }
         );
     }
-    assert_eq!(events.try_recv(), Ok(None));
+    assert_eq!(events.try_recv(), TryRecv::Empty);
 }
 
 #[tokio::test]
@@ -738,4 +738,55 @@ async fn connect_fails_fast_on_an_error_retrying_cannot_fix() {
         .unwrap_err();
     assert!(matches!(err, QmpError::Connect { .. }), "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn a_duplicate_reply_is_a_protocol_error() {
+    let (qmp, mut peer, _fake) = connected().await;
+    let (res, first) = tokio::join!(qmp.execute("once", None), async {
+        let cmd = peer.expect("once").await;
+        peer.reply(&cmd, json!(1)).await;
+        cmd
+    });
+    assert_eq!(res.unwrap(), json!(1));
+    let (res, ()) = tokio::join!(qmp.stop(), async {
+        peer.reply(&first, json!(1)).await;
+        // The client may or may not have sent `stop` before it shut the socket down.
+        while peer.try_recv().await.is_some() {}
+    });
+    match res {
+        Err(QmpError::Protocol { detail, .. }) => {
+            assert!(detail.contains("unknown id"), "{detail}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn many_abandoned_calls_stay_recognised() {
+    let (qmp, mut peer, _fake) = connected().await;
+    let short = qmp.with_timeout(Duration::from_millis(1));
+    let (late_tx, late_rx) = tokio::sync::oneshot::channel();
+    let client = async {
+        let calls: Vec<_> = (0..50).map(|_| short.execute("lost", None)).collect();
+        for call in calls {
+            assert!(matches!(call.await, Err(QmpError::Timeout { .. })));
+        }
+        late_tx.send(()).unwrap();
+        qmp.execute("after", None).await
+    };
+    let server = async {
+        let mut lost = Vec::new();
+        for _ in 0..50 {
+            lost.push(peer.expect("lost").await);
+        }
+        late_rx.await.unwrap();
+        for cmd in &lost {
+            peer.reply(cmd, json!("late")).await;
+        }
+        let after = peer.expect("after").await;
+        peer.reply(&after, json!("ok")).await;
+    };
+    let (res, ()) = tokio::join!(client, server);
+    assert_eq!(res.unwrap(), json!("ok"));
 }

@@ -17,6 +17,13 @@ fn qemu_on_path() -> bool {
         .unwrap_or(false)
 }
 
+async fn next_event(events: &mut hangar_qmp::EventStream) -> Event {
+    match events.recv().await {
+        Some(EventItem::Event(e)) => e.kind,
+        other => panic!("expected an event, got {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_qemu_greets_reports_prelaunch_and_quits() {
     if !qemu_on_path() {
@@ -72,7 +79,15 @@ async fn real_qemu_greets_reports_prelaunch_and_quits() {
         let mig = qmp.query_migrate().await.unwrap();
         assert!(mig.status.is_terminal(), "{mig:?}");
 
+        // Events are emitted before the command's reply: subscribe first.
         let mut events = qmp.events();
+        qmp.cont().await.unwrap();
+        assert_eq!(next_event(&mut events).await, Event::Resume);
+        assert!(qmp.query_status().await.unwrap().running);
+        qmp.stop().await.unwrap();
+        assert_eq!(next_event(&mut events).await, Event::Stop);
+        assert_eq!(qmp.query_status().await.unwrap().status, RunState::Paused);
+
         qmp.quit().await.unwrap();
         let mut shutdown = None;
         while let Some(item) = events.recv().await {

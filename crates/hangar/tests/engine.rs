@@ -227,3 +227,94 @@ fn a_killed_qemu_shows_as_failed_with_a_reason() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn a_guest_that_misses_its_boot_timeout_is_killed_and_failed_with_its_console() {
+    let home =
+        home_or_skip!("a_guest_that_misses_its_boot_timeout_is_killed_and_failed_with_its_console");
+    let spec = home.path().join("slow.toml");
+    std::fs::write(
+        &spec,
+        "schema_version = 1\nname = \"slow\"\n[machine]\nmemory_mib = 128\n",
+    )
+    .unwrap();
+    // A TCG boot takes ~2 s here, so one second is always too short.
+    let out = home.hangar(&["up", spec.to_str().unwrap(), "--timeout", "1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("E_TIMEOUT"),
+        "{}",
+        text(&out.stderr)
+    );
+    let vm = &home.ps()[0];
+    assert_eq!(vm["state"], "failed", "{vm}");
+    assert!(
+        vm["pid"].is_null(),
+        "the QEMU of a failed boot must be gone: {vm}"
+    );
+    let reason = vm["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("boot failed") && reason.contains("last output:"),
+        "{vm}"
+    );
+    assert!(!home.path().join("vms/slow/qmp.sock").exists());
+    // A failed VM can be started again.
+    let out = home.hangar(&["stop", "slow"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = home.hangar(&["start", "slow"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn concurrent_commands_on_one_vm_are_serialised() {
+    let home = home_or_skip!("concurrent_commands_on_one_vm_are_serialised");
+    let spec = home.path().join("c.toml");
+    std::fs::write(
+        &spec,
+        "schema_version = 1\nname = \"busy\"\n[machine]\nmemory_mib = 128\n",
+    )
+    .unwrap();
+    let spec = spec.to_str().unwrap().to_string();
+    // Three `hangar up` at once: one boots, the others wait for the VM lock and find it running.
+    let children: Vec<_> = (0..3)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_hangar"))
+                .args(["up", &spec])
+                .env("HANGAR_HOME", home.path())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stdout).contains("busy: running"),
+            "{}",
+            text(&out.stdout)
+        );
+    }
+    let ps = home.ps();
+    assert_eq!(ps.as_array().unwrap().len(), 1, "{ps}");
+    // Exactly one QEMU runs for it, and the history has exactly one boot.
+    let qemus = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .filter(|c| {
+            String::from_utf8_lossy(c)
+                .contains(&format!("{}/vms/busy/qmp.sock", home.path().display()))
+        })
+        .count();
+    assert_eq!(qemus, 1);
+    let inspect: serde_json::Value =
+        serde_json::from_slice(&home.hangar(&["inspect", "busy"]).stdout).unwrap();
+    let starts = inspect["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["to"] == "starting")
+        .count();
+    assert_eq!(starts, 1, "{}", inspect["history"]);
+}
