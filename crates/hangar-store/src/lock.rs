@@ -19,40 +19,39 @@ pub struct VmLock {
 impl VmLock {
     /// Blocks until the lock on `vm` under `home` is held.
     pub fn acquire(home: &Path, vm: &VmName) -> Result<VmLock, StoreError> {
-        let dir = home.join("locks");
-        let fail = |e: std::io::Error| StoreError::Unavailable {
-            path: dir.display().to_string(),
-            message: e.to_string(),
-        };
-        std::fs::create_dir_all(&dir).map_err(fail)?;
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join(format!("{vm}.lock")))
-            .map_err(fail)?;
+        let (file, fail) = open(home, vm)?;
         flock(&file, FlockOperation::LockExclusive).map_err(|e| fail(e.into()))?;
         Ok(VmLock { _file: file })
     }
 
     /// Takes the lock only if it is free right now.
     pub fn try_acquire(home: &Path, vm: &VmName) -> Result<Option<VmLock>, StoreError> {
-        let dir = home.join("locks");
-        let fail = |e: std::io::Error| StoreError::Unavailable {
-            path: dir.display().to_string(),
-            message: e.to_string(),
-        };
-        std::fs::create_dir_all(&dir).map_err(fail)?;
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join(format!("{vm}.lock")))
-            .map_err(fail)?;
+        let (file, fail) = open(home, vm)?;
         match flock(&file, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => Ok(Some(VmLock { _file: file })),
             Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
             Err(e) => Err(fail(e.into())),
         }
     }
+}
+
+/// Opens (creating) the VM's lock file; also returns how to report a failure on it.
+fn open(
+    home: &Path,
+    vm: &VmName,
+) -> Result<(File, impl Fn(std::io::Error) -> StoreError), StoreError> {
+    let dir = home.join("locks");
+    let fail = move |e: std::io::Error| StoreError::Unavailable {
+        path: dir.display().to_string(),
+        message: e.to_string(),
+    };
+    let dir = home.join("locks");
+    std::fs::create_dir_all(&dir).map_err(&fail)?;
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(format!("{vm}.lock")))
+        .map_err(&fail)?;
+    Ok((file, fail))
 }
