@@ -270,6 +270,10 @@ error_codes! {
     StoreCorrupt = "E_STORE_CORRUPT", retryable: false, class: Environment,
         meaning: "A record in the state store fails validation; Hangar refuses to act on it.",
         fix: "Inspect the named record; remove the VM with `hangar rm --force` or restore the store from a backup.";
+    /// Someone else holds an exclusive resource.
+    Busy = "E_BUSY", retryable: true, class: Invalid,
+        meaning: "An exclusive resource (for example a VM's serial console) is held by another client.",
+        fix: "Wait for the other client to let go (a console detaches with Ctrl-]) and retry.";
 }
 
 impl fmt::Display for ErrorCode {
