@@ -616,7 +616,7 @@ pub fn console(name: &str) -> Result<(), Failure> {
     .is_err()
     {
         return Err(crate::failure(
-            ErrorCode::InvalidTransition,
+            ErrorCode::Busy,
             format!("another `hangar console {vm}` is attached"),
             "detach it first (Ctrl-])",
         ));
