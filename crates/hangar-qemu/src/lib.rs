@@ -125,7 +125,9 @@ pub struct QemuEngine {
     observers: Observers,
     clock: Arc<dyn Clock>,
     options: EngineOptions,
-    rt: tokio::runtime::Runtime,
+    /// QMP runtime; an `Option` only so `Drop` can shut it down without blocking (the engine
+    /// may be dropped inside another runtime, as in `hangard`).
+    rt: Option<tokio::runtime::Runtime>,
 }
 
 fn store_err(e: StoreError) -> Error {
@@ -170,7 +172,7 @@ impl QemuEngine {
             observers: Observers::default(),
             clock: Arc::new(SystemClock),
             options,
-            rt,
+            rt: Some(rt),
         })
     }
 
@@ -182,6 +184,10 @@ impl QemuEngine {
     /// Hangar's home directory.
     pub fn home(&self) -> &Path {
         &self.home
+    }
+
+    fn rt(&self) -> &tokio::runtime::Runtime {
+        self.rt.as_ref().expect("the runtime lives until drop")
     }
 
     fn db<T>(&self, f: impl FnOnce(&Store) -> std::result::Result<T, StoreError>) -> Result<T> {
@@ -254,7 +260,7 @@ impl QemuEngine {
 
     fn control(&self, plan: &Plan) -> Result<Control<'_>> {
         Control::connect(
-            &self.rt,
+            self.rt(),
             Path::new(&plan.qmp_socket),
             Duration::from_secs(2),
         )
@@ -470,7 +476,7 @@ impl QemuEngine {
         self.save(rec)?;
 
         let ctl =
-            Control::connect(&self.rt, Path::new(&plan.qmp_socket), QMP_CONNECT).map_err(|e| {
+            Control::connect(self.rt(), Path::new(&plan.qmp_socket), QMP_CONNECT).map_err(|e| {
                 Error::EngineFailed(format!(
                     "QEMU did not open its control socket: {e}; {}",
                     Self::last_console(plan)
@@ -629,6 +635,15 @@ impl QemuEngine {
 
 impl Drop for QemuEngine {
     fn drop(&mut self) {
+        self.drop_ephemeral();
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl QemuEngine {
+    fn drop_ephemeral(&mut self) {
         if !self.options.ephemeral {
             return;
         }

@@ -10,7 +10,6 @@ use hangar_core::cancel::CancelToken;
 use hangar_core::contracts::{Lifecycle, SaveMode, Snapshots, StopMode};
 use hangar_core::error::{Error, ErrorCode};
 use hangar_core::ids::{SnapshotId, VmName};
-use hangar_core::lifecycle::VmState;
 use hangar_qemu::console::{self, LogTail, Marker};
 use hangar_qemu::{process, EngineOptions, Phase, QemuEngine, StartOptions};
 use hangar_store::VmRecord;
@@ -233,37 +232,80 @@ fn fmt_duration(d: Duration) -> String {
     }
 }
 
-pub fn ps(all: bool, output: Output, out: &mut dyn Write) -> Result<(), Failure> {
-    let engine = engine()?;
-    let names: Vec<VmName> = engine
-        .list()
-        .map_err(fail)?
-        .into_iter()
-        .map(|s| s.name)
-        .collect();
-    let mut rows = Vec::new();
-    for name in names {
-        let rec = engine.record(&name).map_err(fail)?;
-        let live = !matches!(
-            rec.state,
-            VmState::Defined | VmState::Stopped | VmState::Deleted
-        );
-        if !all && !live {
-            continue;
-        }
-        let uptime = rec.process.and_then(process::uptime);
-        rows.push(serde_json::json!({
-            "name": rec.name().as_str(),
-            "state": rec.state,
-            "accel": accel_of(&rec),
-            "vcpus": rec.spec.machine.vcpus,
-            "memory_mib": rec.spec.machine.memory_mib,
-            "uptime_s": uptime.map(|u| u.as_secs()),
-            "pid": rec.process.map(|p| p.pid),
-            "boot_ms": rec.boot_ms,
-            "reason": rec.reason,
-        }));
+/// Whether to talk to `hangard`: `HANGAR_DAEMON=auto` (default: when its socket answers),
+/// `require` (fail without it), `never` (always work on the store directly).
+fn daemon_socket() -> Result<Option<PathBuf>, Failure> {
+    let socket = home().join("hangard.sock");
+    match std::env::var("HANGAR_DAEMON").as_deref() {
+        Ok("never") => Ok(None),
+        Ok("require") => Ok(Some(socket)),
+        Ok("auto") | Err(_) => Ok(std::os::unix::net::UnixStream::connect(&socket)
+            .is_ok()
+            .then_some(socket)),
+        Ok(other) => Err(crate::failure(
+            ErrorCode::InvalidArgument,
+            format!("HANGAR_DAEMON={other:?} is not auto, require or never"),
+            "unset HANGAR_DAEMON or set it to auto, require or never",
+        )),
     }
+}
+
+/// A GET to the daemon, decoded; API errors come back as the same coded failures.
+fn daemon_get<T: serde::de::DeserializeOwned>(socket: &Path, path: &str) -> Result<T, Failure> {
+    let response = hangar_api::client::request(socket, "GET", path, None, Duration::from_secs(300))
+        .map_err(|e| {
+            crate::failure(
+                ErrorCode::EngineUnavailable,
+                e.to_string(),
+                "start it with `hangard &`, or set HANGAR_DAEMON=never",
+            )
+        })?;
+    if response.status == 200 {
+        return serde_json::from_slice(&response.body).map_err(|e| {
+            crate::failure(
+                ErrorCode::EngineFailed,
+                format!("unreadable answer from hangard: {e}"),
+                "",
+            )
+        });
+    }
+    let body: hangar_api::ErrorBody = serde_json::from_slice(&response.body).map_err(|e| {
+        crate::failure(
+            ErrorCode::EngineFailed,
+            format!(
+                "hangard answered {} with an unreadable body: {e}",
+                response.status
+            ),
+            "",
+        )
+    })?;
+    let code = ErrorCode::parse(&body.code).unwrap_or(ErrorCode::EngineFailed);
+    Err(crate::failure(code, body.message, &body.hint))
+}
+
+pub fn ps(all: bool, output: Output, out: &mut dyn Write) -> Result<(), Failure> {
+    let views: Vec<hangar_api::VmView> = match daemon_socket()? {
+        Some(socket) => daemon_get(&socket, "/v1/vms")?,
+        None => {
+            let engine = engine()?;
+            let names: Vec<VmName> = engine
+                .list()
+                .map_err(fail)?
+                .into_iter()
+                .map(|s| s.name)
+                .collect();
+            names
+                .iter()
+                .map(|n| {
+                    engine
+                        .record(n)
+                        .map(|r| hangar_api::VmView::from_record(&r))
+                })
+                .collect::<Result<_, _>>()
+                .map_err(fail)?
+        }
+    };
+    let rows: Vec<_> = views.into_iter().filter(|v| all || v.is_live()).collect();
     if output == Output::Json {
         let _ = writeln!(
             out,
@@ -281,20 +323,16 @@ pub fn ps(all: bool, output: Output, out: &mut dyn Write) -> Result<(), Failure>
         let _ = writeln!(
             out,
             "{:<24} {:<9} {:<5} {:>5} {:>7}M {:>8} {:>8}  {}",
-            r["name"].as_str().unwrap_or(""),
-            r["state"].as_str().unwrap_or(""),
-            r["accel"].as_str().unwrap_or(""),
-            r["vcpus"],
-            r["memory_mib"],
-            r["uptime_s"]
-                .as_u64()
+            r.name,
+            r.state,
+            r.accel,
+            r.vcpus,
+            r.memory_mib,
+            r.uptime_s
                 .map(|s| fmt_duration(Duration::from_secs(s)))
                 .unwrap_or_else(|| "-".into()),
-            r["pid"]
-                .as_u64()
-                .map(|p| p.to_string())
-                .unwrap_or_else(|| "-".into()),
-            r["reason"].as_str().unwrap_or(""),
+            r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            r.reason.unwrap_or_default(),
         );
     }
     Ok(())

@@ -1,0 +1,254 @@
+//! The REST API against an in-process daemon on a temporary socket. These tests define VMs but
+//! boot none, so they need no QEMU; the committed OpenAPI document is checked for drift.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hangar_api::client::{request, Response};
+use hangar_qemu::{EngineOptions, QemuEngine};
+
+/// A daemon serving on a temporary home; stops when dropped.
+struct TestDaemon {
+    home: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestDaemon {
+    fn start() -> TestDaemon {
+        let home = tempfile::Builder::new()
+            .prefix("hgd-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let engine = QemuEngine::open(home.path(), EngineOptions::default()).unwrap();
+        let socket = home.path().join("hangard.sock");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = hangard::bind(&socket).unwrap();
+                ready_tx.send(()).unwrap();
+                let daemon = Arc::new(hangard::Daemon {
+                    engine: Arc::new(engine),
+                });
+                hangard::serve(listener, daemon, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+            });
+        });
+        ready_rx.recv().unwrap();
+        TestDaemon {
+            home,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.home.path().join("hangard.sock")
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+        let Response { status, body } = request(
+            &self.socket(),
+            method,
+            path,
+            body.map(str::as_bytes),
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        let json = if body.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&body)
+                .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&body)))
+        };
+        (status, json)
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn coded(v: &serde_json::Value, code: &str) {
+    assert_eq!(v["code"], code, "{v}");
+    assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    assert!(v["hint"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+}
+
+const SPEC: &str = r#"{"schema_version": 1, "name": "api", "machine": {"memory_mib": 128}}"#;
+
+#[test]
+fn committed_openapi_matches_the_code_and_is_served() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schema/openapi-v1.json");
+    let generated = hangard::openapi_json();
+    if std::env::var_os("HANGAR_BLESS").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).expect("schema/openapi-v1.json is committed");
+    assert!(
+        committed == generated,
+        "schema/openapi-v1.json is stale: HANGAR_BLESS=1 cargo test -p hangard --test api"
+    );
+    let d = TestDaemon::start();
+    let r = request(
+        &d.socket(),
+        "GET",
+        "/v1/openapi.json",
+        None,
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(
+        (r.status, String::from_utf8(r.body).unwrap()),
+        (200, committed)
+    );
+    let doc: serde_json::Value = serde_json::from_str(&generated).unwrap();
+    for p in [
+        "/v1/vms",
+        "/v1/vms/{name}",
+        "/v1/vms/{name}/{action}",
+        "/v1/validate",
+        "/v1/plan",
+        "/v1/health",
+    ] {
+        assert!(doc["paths"][p].is_object(), "{p} missing");
+    }
+}
+
+#[test]
+fn socket_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = TestDaemon::start();
+    let mode = std::fs::metadata(d.socket()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(
+        hangard::bind(&d.socket()).is_err(),
+        "a second daemon must not steal the socket"
+    );
+}
+
+#[test]
+fn define_is_idempotent_conflicts_are_409_and_delete_removes() {
+    let d = TestDaemon::start();
+    let (s, v) = d.call("POST", "/v1/vms", Some(SPEC));
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(
+        (v["name"].as_str(), v["state"].as_str()),
+        (Some("api"), Some("defined"))
+    );
+    let (s, again) = d.call("POST", "/v1/vms", Some(SPEC));
+    assert_eq!((s, &again["spec_hash"]), (201, &v["spec_hash"]));
+    let (s, e) = d.call("POST", "/v1/vms", Some(&SPEC.replace("128", "256")));
+    assert_eq!(s, 409);
+    coded(&e, "E_VM_EXISTS");
+    let (s, list) = d.call("GET", "/v1/vms", None);
+    assert_eq!((s, list.as_array().unwrap().len()), (200, 1));
+    let (s, e) = d.call("POST", "/v1/vms/api/pause", None);
+    assert_eq!(s, 409, "pausing a defined VM is an invalid transition");
+    coded(&e, "E_INVALID_TRANSITION");
+    let (s, _) = d.call("DELETE", "/v1/vms/api", None);
+    assert_eq!(s, 204);
+    let (s, e) = d.call("DELETE", "/v1/vms/api", None);
+    assert_eq!(s, 404);
+    coded(&e, "E_VM_NOT_FOUND");
+}
+
+#[test]
+fn bad_input_is_a_coded_4xx_never_a_500() {
+    let d = TestDaemon::start();
+    let cases: &[(&str, &str, Option<&str>, u16, &str)] = &[
+        ("POST", "/v1/vms", Some("{not json"), 400, "E_SPEC_SYNTAX"),
+        ("POST", "/v1/vms", Some("[1,2,3]"), 400, "E_SPEC_TYPE"),
+        (
+            "POST",
+            "/v1/vms",
+            Some(r#"{"schema_version":1,"name":"Bad Name"}"#),
+            400,
+            "E_INVALID_NAME",
+        ),
+        (
+            "POST",
+            "/v1/vms",
+            Some(r#"{"schema_version":1,"name":"x","machine":{"vcpu":1}}"#),
+            400,
+            "E_SPEC_UNKNOWN_FIELD",
+        ),
+        ("GET", "/v1/vms/nope", None, 404, "E_VM_NOT_FOUND"),
+        ("GET", "/v1/vms/Not_A_Name", None, 400, "E_INVALID_NAME"),
+        ("POST", "/v1/vms/x/explode", None, 400, "E_INVALID_ARGUMENT"),
+        (
+            "POST",
+            "/v1/vms/x/stop",
+            Some("{\"force\": \"yes\"}"),
+            400,
+            "E_INVALID_ARGUMENT",
+        ),
+        (
+            "POST",
+            "/v1/vms/x/snapshots",
+            Some("{}"),
+            400,
+            "E_INVALID_ARGUMENT",
+        ),
+        ("GET", "/v1/nothing-here", None, 404, "E_INVALID_ARGUMENT"),
+    ];
+    for (method, path, body, status, code) in cases {
+        let (s, v) = d.call(method, path, *body);
+        assert_eq!(s, *status, "{method} {path}: {v}");
+        coded(&v, code);
+    }
+    let big = format!("{{\"name\": \"{}\"}}", "a".repeat(2 << 20));
+    let (s, v) = d.call("POST", "/v1/vms", Some(&big));
+    assert_eq!(s, 413);
+    coded(&v, "E_SPEC_TOO_LARGE");
+}
+
+#[test]
+fn validate_and_plan_touch_nothing() {
+    let d = TestDaemon::start();
+    let (s, v) = d.call(
+        "POST",
+        "/v1/validate",
+        Some(r#"{"schema_version":1,"name":"X","machine":{"vcpu":1}}"#),
+    );
+    assert_eq!((s, &v["ok"]), (200, &serde_json::json!(false)));
+    let codes: Vec<_> = v["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, ["E_INVALID_NAME", "E_SPEC_UNKNOWN_FIELD"]);
+    let (s, v) = d.call("POST", "/v1/validate", Some(SPEC));
+    assert_eq!((s, &v["ok"]), (200, &serde_json::json!(true)));
+    let (s, p) = d.call("POST", "/v1/plan", Some(SPEC));
+    assert_eq!(s, 200, "{p}");
+    assert_eq!(p["spec_hash"], v["spec_hash"]);
+    assert!(p["argv"][0]
+        .as_str()
+        .unwrap()
+        .ends_with("qemu-system-x86_64"));
+    assert!(
+        !d.home.path().join("vms/api").exists(),
+        "plan created the runtime dir"
+    );
+    let (_, list) = d.call("GET", "/v1/vms", None);
+    assert_eq!(list, serde_json::json!([]));
+}
