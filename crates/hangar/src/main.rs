@@ -203,6 +203,30 @@ enum Command {
     Snapshot(SnapshotCommand),
     /// Check this host: qemu, accelerator, guest image, state directory, disk space.
     Doctor,
+    /// The daemon's tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Print lifecycle events (every state transition of every VM), oldest first.
+    Events {
+        /// Start after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        /// Keep printing new events as they happen.
+        #[arg(long, short)]
+        follow: bool,
+        /// Output format (json: one object per line).
+        #[arg(long, short, value_enum, default_value = "text")]
+        output: Output,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of $HANGAR_HOME/audit.log; report the first bad line (exit 1).
+    Verify {
+        /// The log to check (default: $HANGAR_HOME/audit.log).
+        file: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -475,6 +499,26 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), Failure> {
             SnapshotCommand::Rm { id } => vm::snapshot_rm(&id, out),
         },
         Command::Doctor => vm::doctor(out),
+        Command::Events {
+            since,
+            follow,
+            output,
+        } => vm::events(since, follow, output, out),
+        Command::Audit(AuditCommand::Verify { file }) => {
+            let path = file.unwrap_or_else(|| vm::home().join("audit.log"));
+            let report = hangar_audit::verify(&path).map_err(|e| coded(&e))?;
+            match &report.failure {
+                None => {
+                    let _ = writeln!(out, "{}: intact, {} entries, head {}", path.display(), report.entries, report.head.hash);
+                    Ok(())
+                }
+                Some(f) => Err(failure(
+                    ErrorCode::StoreCorrupt,
+                    format!("{}: {f}", path.display()),
+                    "the log was edited, truncated or reordered after it was written; keep the file as evidence",
+                )),
+            }
+        }
     }
 }
 

@@ -813,3 +813,48 @@ fn free_bytes(dir: &Path) -> Option<u64> {
     let st = rustix::fs::statvfs(dir).ok()?;
     Some(st.f_bavail * st.f_frsize)
 }
+
+/// Prints the event stream from the store (the daemon serves the same stream at /v1/events).
+pub fn events(
+    since: u64,
+    follow: bool,
+    output: Output,
+    out: &mut dyn Write,
+) -> Result<(), Failure> {
+    use hangar_core::contracts::{EventKind, Events};
+    let engine = engine()?;
+    let mut after = since;
+    loop {
+        let page = engine.events_since(after, 256).map_err(fail)?;
+        for e in &page.events {
+            after = e.seq;
+            let EventKind::Transition(t) = &e.kind else {
+                continue;
+            };
+            let line = if output == Output::Json {
+                serde_json::json!({ "seq": e.seq, "vm": t.vm, "from": t.from, "to": t.to, "at": t.at, "cause": t.cause }).to_string()
+            } else {
+                let from = t.from.map(|f| f.as_str()).unwrap_or("(new)");
+                format!(
+                    "{:>6}  {}  {:<20} {:>9} -> {:<9} ({:?})",
+                    e.seq,
+                    t.at.0,
+                    t.vm.as_str(),
+                    from,
+                    t.to.as_str(),
+                    t.cause
+                )
+            };
+            if writeln!(out, "{line}").is_err() {
+                return Ok(());
+            }
+        }
+        let _ = out.flush();
+        if page.events.is_empty() {
+            if !follow {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}

@@ -52,9 +52,7 @@ fn ps_goes_through_the_daemon_with_the_same_output() {
             ready_tx.send(()).unwrap();
             hangard::serve(
                 listener,
-                Arc::new(hangard::Daemon {
-                    engine: Arc::new(engine),
-                }),
+                Arc::new(hangard::Daemon::new(engine).unwrap()),
                 async {
                     let _ = stopped.await;
                 },

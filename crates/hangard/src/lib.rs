@@ -6,26 +6,36 @@
 //! depend on the daemon: QEMU processes outlive it, and a restarted daemon finds them again
 //! through the store (PID + start time + QMP), exactly as a later CLI invocation does.
 
+use std::collections::{BTreeMap, VecDeque};
+use std::convert::Infallible;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use hangar_api::{http_status, ErrorBody, Health, SnapshotRequest, StopRequest, VmView};
 use hangar_core::cancel::CancelToken;
-use hangar_core::contracts::{Lifecycle, SaveMode, SnapshotInfo, Snapshots, StopMode};
+use hangar_core::contracts::{
+    EventKind, Events, Lifecycle, SaveMode, SnapshotInfo, Snapshots, StopMode,
+};
 use hangar_core::error::{Coded, Error, ErrorCode};
 use hangar_core::ids::{SnapshotId, VmName};
+use hangar_core::lifecycle::{LifecycleObserver, TransitionEvent};
 use hangar_qemu::QemuEngine;
 use hangar_spec::{Format, SpecErrors};
 use serde::Deserialize;
 use utoipa::OpenApi;
+
+pub mod metrics;
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
@@ -34,6 +44,59 @@ pub const MAX_BODY_BYTES: usize = 1 << 20;
 pub struct Daemon {
     /// The engine, shared with nothing else in this process.
     pub engine: Arc<QemuEngine>,
+    /// Woken on every transition, so event streams need not poll.
+    changed: Arc<tokio::sync::Notify>,
+    /// Prometheus metrics.
+    pub metrics: metrics::Metrics,
+    /// The audit log (`<home>/audit.log`): one hash-chained entry per mutating request.
+    audit: std::sync::Mutex<hangar_audit::AuditLog>,
+}
+
+/// Who is on the other end of a connection: the peer's uid from the unix socket.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    uid: Option<u32>,
+}
+
+impl
+    axum::extract::connect_info::Connected<
+        axum::serve::IncomingStream<'_, tokio::net::UnixListener>,
+    > for Peer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Self {
+        Peer {
+            uid: stream.io().peer_cred().ok().map(|c| c.uid()),
+        }
+    }
+}
+
+struct Wake(Arc<tokio::sync::Notify>);
+
+impl LifecycleObserver for Wake {
+    fn on_transition(&self, _: &TransitionEvent) {
+        self.0.notify_waiters();
+    }
+}
+
+impl Daemon {
+    /// Wraps an engine; opens (or creates) the audit log in the engine's home.
+    pub fn new(engine: QemuEngine) -> Result<Daemon, hangar_audit::AuditError> {
+        let audit = hangar_audit::AuditLog::open(engine.home().join("audit.log"))?;
+        if let Some(torn) = audit.recovered_tail() {
+            eprintln!(
+                "hangard: removed a torn, never-acknowledged audit line: {}",
+                String::from_utf8_lossy(torn)
+            );
+        }
+        let changed = Arc::new(tokio::sync::Notify::new());
+        engine.observe(Arc::new(Wake(changed.clone())));
+        Ok(Daemon {
+            engine: Arc::new(engine),
+            changed,
+            metrics: metrics::Metrics::default(),
+            audit: std::sync::Mutex::new(audit),
+        })
+    }
 }
 
 /// An error response: a status and a coded body.
@@ -86,7 +149,8 @@ impl From<SpecErrors> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.0).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(*self.1)).into_response()
+        let code = self.1.code.clone();
+        (status, [("x-hangar-error", code)], Json(*self.1)).into_response()
     }
 }
 
@@ -253,6 +317,7 @@ async fn vm_action(
         })?
     };
     let engine = d.engine.clone();
+    let was_running = matches!(action, Action::Start);
     let view = blocking(move || -> Result<VmView, Error> {
         let c = CancelToken::new();
         match action {
@@ -274,7 +339,153 @@ async fn vm_action(
         view(&engine, &vm)
     })
     .await?;
+    if was_running {
+        if let Some(ms) = view.boot_ms {
+            d.metrics.boot(ms as f64 / 1000.0);
+        }
+    }
     Ok(Json(view))
+}
+
+/// `GET /v1/events` query.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+pub struct EventsQuery {
+    /// Replay from after this sequence number (0: from the beginning of the store's history).
+    #[serde(default)]
+    pub since: u64,
+    /// Keep the stream open for new events (default true); false ends it once caught up.
+    pub follow: Option<bool>,
+}
+
+/// `GET /v1/events`: Server-Sent Events, one per lifecycle transition (`event: transition`,
+/// `id:` its sequence number, `data:` the transition as JSON). Replays from the store first, so
+/// `since=N` after a disconnect misses nothing.
+#[utoipa::path(get, path = "/v1/events", params(EventsQuery),
+    responses((status = 200, content_type = "text/event-stream", description = "A stream of transition events")))]
+async fn events(
+    State(d): State<Arc<Daemon>>,
+    Query(q): Query<EventsQuery>,
+) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>> {
+    let follow = q.follow.unwrap_or(true);
+    let state = (q.since, VecDeque::new(), d.clone());
+    let stream = futures_util::stream::unfold(state, move |(mut after, mut queue, d)| async move {
+        loop {
+            if let Some(event) = queue.pop_front() {
+                return Some((Ok(event), (after, queue, d)));
+            }
+            // Subscribe before reading, so a transition between the read and the wait wakes us.
+            let changed = d.changed.clone();
+            let woken = changed.notified();
+            let engine = d.engine.clone();
+            let page = blocking(move || engine.events_since(after, 256)).await;
+            match page {
+                Ok(page) if !page.events.is_empty() => {
+                    for e in page.events {
+                        after = e.seq;
+                        if let EventKind::Transition(t) = &e.kind {
+                            let data = serde_json::json!({ "seq": e.seq, "vm": t.vm, "from": t.from, "to": t.to, "at": t.at, "cause": t.cause, "operation": t.operation });
+                            queue.push_back(
+                                SseEvent::default()
+                                    .id(e.seq.to_string())
+                                    .event("transition")
+                                    .data(data.to_string()),
+                            );
+                        }
+                    }
+                }
+                _ if !follow => return None,
+                _ => {
+                    // Also wake periodically: transitions made by another process (a CLI with
+                    // HANGAR_DAEMON=never) reach the store without notifying us.
+                    let _ = tokio::time::timeout(Duration::from_millis(500), woken).await;
+                }
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// `GET /metrics`: Prometheus text format.
+async fn metrics_text(State(d): State<Arc<Daemon>>) -> Response {
+    let engine = d.engine.clone();
+    let (by_state, store_seconds) = blocking(move || {
+        let started = Instant::now();
+        let mut by_state: BTreeMap<String, u64> = BTreeMap::new();
+        if let Ok(list) = engine.list() {
+            for vm in list {
+                *by_state.entry(vm.state.as_str().to_string()).or_default() += 1;
+            }
+        }
+        (by_state, started.elapsed().as_secs_f64())
+    })
+    .await;
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        d.metrics.render(&by_state, store_seconds),
+    )
+        .into_response()
+}
+
+/// Counts and times every request, counts error responses by code, and writes one audit
+/// entry per mutating request (who, what, target, result).
+async fn observe(State(d): State<Arc<Daemon>>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let target = request.uri().path().to_string();
+    let who = match request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<Peer>>()
+        .and_then(|c| c.0.uid)
+    {
+        Some(uid) => format!("local:uid={uid}"),
+        None => "local:unknown".to_string(),
+    };
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    d.metrics.request(
+        method.as_str(),
+        &route,
+        status,
+        started.elapsed().as_secs_f64(),
+    );
+    let code = response
+        .headers()
+        .get("x-hangar-error")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    if let Some(code) = &code {
+        d.metrics.error(code);
+    }
+    let mutating = !matches!(
+        method,
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    );
+    if mutating && route != "/v1/validate" && route != "/v1/plan" {
+        let entry = hangar_audit::NewEntry {
+            at: hangar_core::clock::Clock::now(&hangar_core::clock::SystemClock),
+            who,
+            what: format!("{method} {route}"),
+            target,
+            result: code.unwrap_or_else(|| "ok".into()),
+            detail: None,
+        };
+        let appended = d
+            .audit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .append(entry);
+        if let Err(e) = appended {
+            // The action happened but is not audited: say so loudly rather than hide it.
+            eprintln!("hangard: AUDIT FAILURE: {e}");
+            d.metrics.error("E_AUDIT_WRITE");
+        }
+    }
+    response
 }
 
 /// `DELETE /v1/vms/{name}` query.
@@ -429,7 +640,8 @@ pub async fn serve(
     daemon: Arc<Daemon>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(daemon))
+    let app = router(daemon).into_make_service_with_connect_info::<Peer>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -454,7 +666,8 @@ pub async fn serve(
         restore_snapshot,
         delete_snapshot,
         validate,
-        plan
+        plan,
+        events
     ),
     components(schemas(VmView, ErrorBody, Health, StopRequest, SnapshotRequest, Action))
 )]
@@ -488,7 +701,13 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/validate", post(validate))
         .route("/v1/plan", post(plan))
         .route("/v1/openapi.json", get(openapi))
+        .route("/v1/events", get(events))
+        .route("/metrics", get(metrics_text))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            daemon.clone(),
+            observe,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(daemon)
 }

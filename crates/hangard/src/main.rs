@@ -45,17 +45,19 @@ async fn main() -> std::process::ExitCode {
         }
     };
     eprintln!("hangard: listening on {}", socket.display());
-    let app = hangard::router(Arc::new(hangard::Daemon {
-        engine: Arc::new(engine),
-    }));
+    let daemon = match hangard::Daemon::new(engine) {
+        Ok(d) => Arc::new(d),
+        Err(e) => {
+            eprintln!("hangard: audit log: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("signal handler");
         tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
     };
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let served = hangard::serve(listener, daemon, shutdown).await;
     let _ = std::fs::remove_file(&socket);
     match served {
         Ok(()) => std::process::ExitCode::SUCCESS,

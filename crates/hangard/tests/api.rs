@@ -34,9 +34,7 @@ impl TestDaemon {
             rt.block_on(async move {
                 let listener = hangard::bind(&socket).unwrap();
                 ready_tx.send(()).unwrap();
-                let daemon = Arc::new(hangard::Daemon {
-                    engine: Arc::new(engine),
-                });
+                let daemon = Arc::new(hangard::Daemon::new(engine).unwrap());
                 hangard::serve(listener, daemon, async {
                     let _ = stopped.await;
                 })
@@ -127,6 +125,8 @@ fn committed_openapi_matches_the_code_and_is_served() {
         "/v1/validate",
         "/v1/plan",
         "/v1/health",
+        "/v1/events",
+        "/v1/vms/{name}/snapshots",
     ] {
         assert!(doc["paths"][p].is_object(), "{p} missing");
     }
@@ -251,4 +251,129 @@ fn validate_and_plan_touch_nothing() {
     );
     let (_, list) = d.call("GET", "/v1/vms", None);
     assert_eq!(list, serde_json::json!([]));
+}
+
+fn raw(d: &TestDaemon, path: &str) -> (u16, String) {
+    let r = request(&d.socket(), "GET", path, None, Duration::from_secs(30)).unwrap();
+    (r.status, String::from_utf8(r.body).unwrap())
+}
+
+#[test]
+fn events_replay_every_transition_in_order_from_any_position() {
+    let d = TestDaemon::start();
+    d.call("POST", "/v1/vms", Some(SPEC));
+    d.call("DELETE", "/v1/vms/api", None);
+    d.call("POST", "/v1/vms", Some(SPEC));
+    let (status, text) = raw(&d, "/v1/events?since=0&follow=false");
+    assert_eq!(status, 200, "{text}");
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|j| serde_json::from_str(j.trim()).unwrap())
+        .collect();
+    let moves: Vec<_> = events
+        .iter()
+        .map(|e| {
+            (
+                e["seq"].as_u64().unwrap(),
+                e["from"].clone(),
+                e["to"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        moves,
+        vec![
+            (1, serde_json::Value::Null, serde_json::json!("defined")),
+            (
+                2,
+                serde_json::json!("defined"),
+                serde_json::json!("deleted")
+            ),
+            (3, serde_json::Value::Null, serde_json::json!("defined")),
+        ]
+    );
+    assert!(
+        text.contains("id: 2\n") || text.contains("id:2\n"),
+        "{text}"
+    );
+    let (_, tail) = raw(&d, "/v1/events?since=2&follow=false");
+    assert_eq!(
+        tail.lines().filter(|l| l.starts_with("data:")).count(),
+        1,
+        "since=2 replays only seq 3: {tail}"
+    );
+}
+
+#[test]
+fn metrics_count_requests_errors_and_vm_states() {
+    let d = TestDaemon::start();
+    d.call("POST", "/v1/vms", Some(SPEC));
+    d.call("GET", "/v1/vms/nope", None);
+    d.call("GET", "/v1/vms", None);
+    let (status, text) = raw(&d, "/metrics");
+    assert_eq!(status, 200);
+    assert!(text.contains("hangar_vms{state=\"defined\"} 1"), "{text}");
+    assert!(
+        text.contains(
+            "hangar_api_requests_total{method=\"GET\",route=\"/v1/vms/{name}\",status=\"404\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("hangar_api_errors_total{code=\"E_VM_NOT_FOUND\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("hangar_api_request_duration_seconds_count{route=\"/v1/vms\"}"),
+        "{text}"
+    );
+    assert!(text.contains("hangar_store_read_seconds "), "{text}");
+}
+
+#[test]
+fn every_mutating_request_is_audited_and_tampering_is_detected() {
+    let d = TestDaemon::start();
+    d.call("POST", "/v1/vms", Some(SPEC));
+    d.call("POST", "/v1/vms/api/pause", None); // refused: audited with its code
+    d.call("GET", "/v1/vms", None); // reads are not audited
+    d.call("DELETE", "/v1/vms/api", None);
+    let log = d.home.path().join("audit.log");
+    let report = hangar_audit::verify(&log).unwrap();
+    assert!(report.is_intact(), "{:?}", report.failure);
+    assert_eq!(report.entries, 3);
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let summary: Vec<_> = lines
+        .iter()
+        .map(|e| (e["what"].as_str().unwrap(), e["result"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("POST /v1/vms", "ok"),
+            ("POST /v1/vms/{name}/{action}", "E_INVALID_TRANSITION"),
+            ("DELETE /v1/vms/{name}", "ok")
+        ]
+    );
+    let uid = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .unwrap();
+    assert!(
+        lines.iter().all(|e| e["who"] == format!("local:uid={uid}")),
+        "{lines:?}"
+    );
+    // Editing an entry breaks the chain at the next line.
+    let text = std::fs::read_to_string(&log)
+        .unwrap()
+        .replace("E_INVALID_TRANSITION", "ok");
+    std::fs::write(&log, text).unwrap();
+    // Line 2 still parses, so the chain breaks where line 3's `prev` no longer matches it.
+    let report = hangar_audit::verify(&log).unwrap();
+    let failure = report.failure.expect("tampering detected");
+    assert_eq!(failure.line, 3);
+    assert!(failure.to_string().contains("line 2"), "{failure}");
 }

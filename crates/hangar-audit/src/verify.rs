@@ -1,0 +1,222 @@
+//! Verification of a whole log.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+
+use crate::entry::{hash_line, parse_line, Head, MAX_LINE_BYTES};
+use crate::lock::Flock;
+use crate::AuditError;
+
+/// What is wrong with a line. Its `Display` is one specific sentence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Defect {
+    /// The file ends without a newline after this line: a write was torn (crash mid-append) or the
+    /// file was truncated.
+    Incomplete,
+    /// The line is longer than [`MAX_LINE_BYTES`].
+    TooLong {
+        /// The line's length in bytes (a lower bound when the line was not read to its end).
+        len: usize,
+    },
+    /// The line is not valid JSON (includes invalid UTF-8 and empty lines).
+    NotJson(String),
+    /// The line is JSON but not an object.
+    NotObject,
+    /// A required field is absent.
+    MissingField(&'static str),
+    /// A field has the wrong JSON type.
+    WrongType {
+        /// The field.
+        field: &'static str,
+        /// The type it must have.
+        expected: &'static str,
+    },
+    /// A field with a name the format does not define.
+    UnknownField(String),
+    /// A field has the right type but a value the format forbids.
+    InvalidValue {
+        /// The field.
+        field: &'static str,
+        /// Why the value is invalid.
+        reason: String,
+    },
+    /// The line parses to a valid entry but is not byte-for-byte that entry's serialisation
+    /// (whitespace, field order, escapes or number forms differ, or a key is duplicated).
+    NotCanonical,
+    /// `seq` is not the previous line's `seq` + 1.
+    Seq {
+        /// The line's `seq`.
+        found: u64,
+        /// The `seq` the line's position requires.
+        expected: u64,
+    },
+    /// Line 1's `prev` is not [`crate::GENESIS`].
+    PrevNotGenesis,
+    /// `prev` is not the hash of the previous line: that line was edited, or a line was
+    /// inserted, deleted or moved here.
+    PrevMismatch {
+        /// The 1-based number of the previous line.
+        previous_line: u64,
+    },
+}
+
+impl fmt::Display for Defect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Defect::Incomplete => {
+                f.write_str("incomplete line (no trailing newline): torn write or truncation")
+            }
+            Defect::TooLong { len } => {
+                write!(
+                    f,
+                    "line is {len} bytes, longer than the {MAX_LINE_BYTES}-byte limit"
+                )
+            }
+            Defect::NotJson(e) => write!(f, "not valid JSON ({e})"),
+            Defect::NotObject => f.write_str("not a JSON object"),
+            Defect::MissingField(field) => write!(f, "field `{field}` is missing"),
+            Defect::WrongType { field, expected } => {
+                write!(f, "field `{field}` must be {expected}")
+            }
+            Defect::UnknownField(field) => write!(f, "unknown field `{field}`"),
+            Defect::InvalidValue { field, reason } => write!(f, "field `{field}`: {reason}"),
+            Defect::NotCanonical => f.write_str(
+                "not in canonical form (bytes differ from the entry's serialisation: field order, \
+                 whitespace, escapes or number form)",
+            ),
+            Defect::Seq { found, expected } => {
+                write!(f, "seq {found} where {expected} was expected")
+            }
+            Defect::PrevNotGenesis => {
+                f.write_str("prev of the first entry is not the genesis hash")
+            }
+            Defect::PrevMismatch { previous_line } => {
+                write!(f, "prev hash does not match line {previous_line}")
+            }
+        }
+    }
+}
+
+/// The first bad line of a log. `Display`: `line 5: prev hash does not match line 4`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// 1-based line number.
+    pub line: u64,
+    /// What is wrong with it.
+    pub defect: Defect,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}", self.line, self.defect)
+    }
+}
+
+/// The outcome of [`verify`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// How many lines from the start form a valid chain: all entries when intact, the lines
+    /// before [`Failure::line`] otherwise.
+    pub entries: u64,
+    /// The head of that valid prefix (the whole log's head when intact).
+    pub head: Head,
+    /// The first bad line, if any.
+    pub failure: Option<Failure>,
+}
+
+impl VerifyReport {
+    /// Whether every line is a valid entry and the chain is unbroken.
+    pub fn is_intact(&self) -> bool {
+        self.failure.is_none()
+    }
+}
+
+/// Verifies the whole log at `path`.
+///
+/// Returns `Ok` with a report in every case where the file could be read: intact (entry count
+/// and head hash) or naming the first bad line and why. Each line must be valid JSON with the
+/// required fields, types and values, must be exactly its entry's serialisation, must carry `seq`
+/// = previous + 1 (starting at 1) and `prev` = hash of the previous line (starting at
+/// [`crate::GENESIS`]), and must end with a newline. `Err` only for I/O failures.
+///
+/// Takes a shared `flock` on the file while reading, so it never mistakes an append in progress
+/// in another process for a torn line.
+///
+/// # What a chain alone cannot show
+/// Removing whole entries from the *end* of the log, or rewriting the last entry into another
+/// valid entry, leaves a valid (shorter or different) chain: nothing later commits to it. An edit
+/// that leaves a line well-formed is reported at the *next* line ([`Defect::PrevMismatch`]).
+/// Compare [`VerifyReport::head`] with a copy of the head kept elsewhere to detect tail
+/// rewrites.
+pub fn verify(path: &Path) -> Result<VerifyReport, AuditError> {
+    let io = |source| AuditError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let file = File::open(path).map_err(io)?;
+    let _lock = Flock::shared(&file).map_err(io)?;
+    verify_reader(BufReader::new(&file)).map_err(io)
+}
+
+/// [`verify`] on any byte stream (a backup, a pipe), without locking.
+pub fn verify_reader<R: BufRead>(mut reader: R) -> std::io::Result<VerifyReport> {
+    let mut head = Head::genesis();
+    let mut line_no = 0u64;
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        // Read at most one byte past the limit plus the newline, so garbage without newlines
+        // cannot make us buffer the whole file.
+        let limit = (MAX_LINE_BYTES + 2) as u64;
+        let n = (&mut reader).take(limit).read_until(b'\n', &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        line_no += 1;
+        let fail = |defect| VerifyReport {
+            entries: line_no - 1,
+            head: head.clone(),
+            failure: Some(Failure {
+                line: line_no,
+                defect,
+            }),
+        };
+        let Some(line) = buf.strip_suffix(b"\n") else {
+            if buf.len() > MAX_LINE_BYTES {
+                return Ok(fail(Defect::TooLong { len: buf.len() }));
+            }
+            return Ok(fail(Defect::Incomplete));
+        };
+        let entry = match parse_line(line) {
+            Ok(entry) => entry,
+            Err(defect) => return Ok(fail(defect)),
+        };
+        let expected = head.seq + 1;
+        if entry.seq != expected {
+            return Ok(fail(Defect::Seq {
+                found: entry.seq,
+                expected,
+            }));
+        }
+        if entry.prev != head.hash {
+            return Ok(fail(if line_no == 1 {
+                Defect::PrevNotGenesis
+            } else {
+                Defect::PrevMismatch {
+                    previous_line: line_no - 1,
+                }
+            }));
+        }
+        head = Head {
+            seq: entry.seq,
+            hash: hash_line(line),
+        };
+    }
+    Ok(VerifyReport {
+        entries: line_no,
+        head,
+        failure: None,
+    })
+}

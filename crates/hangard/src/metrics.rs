@@ -1,0 +1,183 @@
+//! Prometheus metrics, rendered in the text exposition format at `GET /metrics`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+
+/// Upper bounds (seconds) of the latency histogram buckets.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// Upper bounds (seconds) of the boot-time histogram buckets.
+const BOOT_BUCKETS: &[f64] = &[0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 60.0];
+
+#[derive(Debug, Clone)]
+struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            counts: vec![0; bounds.len()],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    fn observe(&mut self, v: f64) {
+        for (i, b) in self.bounds.iter().enumerate() {
+            if v <= *b {
+                self.counts[i] += 1;
+            }
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {c}");
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
+            self.count
+        );
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{braces} {}", self.count);
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    requests: BTreeMap<(String, String, u16), u64>,
+    latency: BTreeMap<String, Histogram>,
+    errors: BTreeMap<String, u64>,
+    boot: Option<Histogram>,
+}
+
+/// The daemon's metrics.
+#[derive(Default)]
+pub struct Metrics(Mutex<Inner>);
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl Metrics {
+    /// Records one API request.
+    pub fn request(&self, method: &str, route: &str, status: u16, seconds: f64) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        *m.requests
+            .entry((method.to_string(), route.to_string(), status))
+            .or_default() += 1;
+        m.latency
+            .entry(route.to_string())
+            .or_insert_with(|| Histogram::new(LATENCY_BUCKETS))
+            .observe(seconds);
+    }
+
+    /// Records an error response by code.
+    pub fn error(&self, code: &str) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .errors
+            .entry(code.to_string())
+            .or_default() += 1;
+    }
+
+    /// Records a boot (spawn to guest-ready).
+    pub fn boot(&self, seconds: f64) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .boot
+            .get_or_insert_with(|| Histogram::new(BOOT_BUCKETS))
+            .observe(seconds);
+    }
+
+    /// The text exposition, with the VM counts by state and the store read latency measured
+    /// for this scrape.
+    pub fn render(&self, vms_by_state: &BTreeMap<String, u64>, store_seconds: f64) -> String {
+        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = String::new();
+        out.push_str("# HELP hangar_vms VMs by lifecycle state.\n# TYPE hangar_vms gauge\n");
+        for (state, n) in vms_by_state {
+            let _ = writeln!(out, "hangar_vms{{state=\"{}\"}} {n}", escape(state));
+        }
+        out.push_str("# HELP hangar_api_requests_total API requests by method, route and status.\n# TYPE hangar_api_requests_total counter\n");
+        for ((method, route, status), n) in &m.requests {
+            let _ = writeln!(
+                out,
+                "hangar_api_requests_total{{method=\"{}\",route=\"{}\",status=\"{status}\"}} {n}",
+                escape(method),
+                escape(route)
+            );
+        }
+        out.push_str("# HELP hangar_api_request_duration_seconds API latency by route.\n# TYPE hangar_api_request_duration_seconds histogram\n");
+        for (route, h) in &m.latency {
+            h.render(
+                &mut out,
+                "hangar_api_request_duration_seconds",
+                &format!("route=\"{}\"", escape(route)),
+            );
+        }
+        out.push_str("# HELP hangar_api_errors_total Error responses by stable code (QMP failures count as E_ENGINE_FAILED).\n# TYPE hangar_api_errors_total counter\n");
+        for (code, n) in &m.errors {
+            let _ = writeln!(
+                out,
+                "hangar_api_errors_total{{code=\"{}\"}} {n}",
+                escape(code)
+            );
+        }
+        out.push_str("# HELP hangar_boot_seconds Spawn to guest-ready, per boot started through the API.\n# TYPE hangar_boot_seconds histogram\n");
+        m.boot
+            .clone()
+            .unwrap_or_else(|| Histogram::new(BOOT_BUCKETS))
+            .render(&mut out, "hangar_boot_seconds", "");
+        out.push_str("# HELP hangar_store_read_seconds Time to read every VM record for this scrape.\n# TYPE hangar_store_read_seconds gauge\n");
+        let _ = writeln!(out, "hangar_store_read_seconds {store_seconds}");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let m = Metrics::default();
+        m.request("GET", "/v1/vms", 200, 0.003);
+        m.request("GET", "/v1/vms", 200, 0.2);
+        m.boot(2.4);
+        let text = m.render(&BTreeMap::from([("running".to_string(), 2)]), 0.001);
+        assert!(text.contains("hangar_vms{state=\"running\"} 2"));
+        assert!(text.contains(
+            "hangar_api_requests_total{method=\"GET\",route=\"/v1/vms\",status=\"200\"} 2"
+        ));
+        assert!(text.contains(
+            "hangar_api_request_duration_seconds_bucket{route=\"/v1/vms\",le=\"0.005\"} 1"
+        ));
+        assert!(text.contains(
+            "hangar_api_request_duration_seconds_bucket{route=\"/v1/vms\",le=\"0.25\"} 2"
+        ));
+        assert!(text.contains("hangar_boot_seconds_bucket{le=\"3\"} 1"));
+        assert!(text.contains("hangar_boot_seconds_bucket{le=\"2\"} 0"));
+    }
+}
