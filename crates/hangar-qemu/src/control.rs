@@ -31,6 +31,11 @@ impl Status {
         )
     }
 
+    /// Whether the vCPUs run.
+    pub fn is_running(&self) -> bool {
+        self.0.running
+    }
+
     /// QEMU's name for the state.
     pub fn name(&self) -> String {
         self.0.status.as_str().to_string()

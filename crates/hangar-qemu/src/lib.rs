@@ -317,6 +317,15 @@ impl QemuEngine {
                     self.save(&mut rec)?;
                 }
             }
+            Some(_) if is_in_flight(rec.state) => {
+                // Only when nobody holds the VM's lock: the command that owned this operation
+                // died (a killed daemon or CLI). Otherwise it is still at work; leave it be.
+                if let Some(_lock) =
+                    VmLock::try_acquire(&self.home, rec.name()).map_err(store_err)?
+                {
+                    self.adopt(&mut rec, &plan)?;
+                }
+            }
             Some(_) if rec.state == VmState::Running => {
                 if let Ok(ctl) = self.control(&plan) {
                     if let Ok(status) = ctl.status() {
@@ -352,6 +361,67 @@ impl QemuEngine {
             _ => {}
         }
         Ok(rec)
+    }
+
+    /// Finishes or rolls back an operation whose owner died, given its live QEMU: a boot whose
+    /// guest became ready is finished; one still booting is left for a later refresh until its
+    /// timeout; a stop is completed; pause, resume, save and wake settle on what QMP reports.
+    fn adopt(&self, rec: &mut VmRecord, plan: &Plan) -> Result<()> {
+        let status = self.control(plan).and_then(|c| c.status()).ok();
+        if status.as_ref().is_some_and(|s| s.is_fatal()) {
+            self.shut_down(rec, plan, StopMode::Force);
+            self.cleanup_runtime(plan);
+            rec.process = None;
+            rec.reason = Some(format!(
+                "found {} after an interrupted {}; last output: {}",
+                status.map(|s| s.name()).unwrap_or_default(),
+                rec.state,
+                Self::last_console(plan)
+            ));
+            return self.force(rec, VmState::Failed);
+        }
+        let running = status.as_ref().map(|s| s.is_running());
+        match rec.state {
+            VmState::Starting => {
+                let ready = Self::console_log(plan).is_some_and(|log| {
+                    LogTail::from(rec.boot_log_offset.unwrap_or(0))
+                        .read_lines(&log)
+                        .iter()
+                        .any(|l| matches!(console::parse_marker(l), Some(Marker::Ready { .. })))
+                });
+                if ready {
+                    self.step(rec, VmState::Running, Cause::Reconciler)?;
+                } else if self.clock.now().since(rec.updated_at) > self.options.boot_timeout {
+                    self.shut_down(rec, plan, StopMode::Force);
+                    self.cleanup_runtime(plan);
+                    rec.process = None;
+                    rec.reason = Some(format!("boot did not finish within {:?} after its command was interrupted; last output: {}", self.options.boot_timeout, Self::last_console(plan)));
+                    self.step(rec, VmState::Failed, Cause::Reconciler)?;
+                }
+            }
+            VmState::Stopping => {
+                self.shut_down(rec, plan, StopMode::Force);
+                self.cleanup_runtime(plan);
+                rec.process = None;
+                self.step(rec, VmState::Stopped, Cause::Reconciler)?;
+            }
+            VmState::Pausing | VmState::Resuming | VmState::Saving | VmState::Waking => {
+                match running {
+                    Some(true) => self.force(rec, VmState::Running)?,
+                    Some(false) if rec.state == VmState::Waking => {
+                        // Loaded but never continued: finish the wake.
+                        if self.control(plan).and_then(|c| c.cont()).is_ok() {
+                            self.step(rec, VmState::Running, Cause::Reconciler)?;
+                        }
+                    }
+                    Some(false) => self.force(rec, VmState::Paused)?,
+                    // QMP did not answer: leave it for a later refresh.
+                    None => {}
+                }
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     fn status_of(rec: &VmRecord) -> VmStatus {
@@ -460,7 +530,8 @@ impl QemuEngine {
         self.cleanup_runtime(plan);
         opts.phase(Phase::Engine);
         let console_path = Self::console_log(plan);
-        let mut tail = LogTail::from(console_path.as_deref().map(console::len).unwrap_or(0));
+        let boot_log_offset = console_path.as_deref().map(console::len).unwrap_or(0);
+        let mut tail = LogTail::from(boot_log_offset);
         let mut argv = plan.argv.clone();
         if let Some(state) = incoming {
             argv.push("-incoming".into());
@@ -473,6 +544,7 @@ impl QemuEngine {
         let pid_file = Path::new(&plan.runtime_dir).join("pid");
         let _ = std::fs::write(&pid_file, format!("{} {}\n", p.pid, p.start_time));
         rec.process = Some(p);
+        rec.boot_log_offset = Some(boot_log_offset);
         self.save(rec)?;
 
         let ctl =
@@ -680,6 +752,20 @@ fn volume_info(v: &VolumeRecord) -> VolumeInfo {
     }
 }
 
+/// States an operation passes through; finding one with nobody working on it means the
+/// operation's owner died.
+fn is_in_flight(state: VmState) -> bool {
+    matches!(
+        state,
+        VmState::Starting
+            | VmState::Stopping
+            | VmState::Pausing
+            | VmState::Resuming
+            | VmState::Saving
+            | VmState::Waking
+    )
+}
+
 fn refuse(vm: &VmName, from: VmState, to: VmState) -> Error {
     hangar_core::lifecycle::InvalidTransition {
         vm: vm.clone(),
@@ -812,6 +898,7 @@ impl Lifecycle for QemuEngine {
             process: None,
             boot_ms: None,
             sleeping_on: None,
+            boot_log_offset: None,
             created_at: event.at,
             updated_at: event.at,
             spec: canonical.spec,

@@ -39,6 +39,7 @@ CREATE TABLE vms (
     pid_start_time INTEGER,
     boot_ms INTEGER,
     sleeping_on TEXT,
+    boot_log_offset INTEGER,
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL
 );
@@ -149,6 +150,9 @@ pub struct VmRecord {
     pub boot_ms: Option<u64>,
     /// The memory snapshot a `sleeping` VM will wake from.
     pub sleeping_on: Option<SnapshotId>,
+    /// Length of the console log when the current QEMU was spawned: its boot's output starts
+    /// there (lets a restarted daemon finish a boot whose waiter died).
+    pub boot_log_offset: Option<u64>,
     /// When it was defined.
     pub created_at: Timestamp,
     /// When the record last changed.
@@ -296,11 +300,11 @@ impl Store {
         let spec_json = serde_json::to_string(&vm.spec).expect("specs serialise");
         let (pid, start) = split_process(vm.process);
         let r = self.conn.execute(
-            "INSERT INTO vms (name, spec_json, spec_hash, plan_json, state, reason, runtime_dir, pid, pid_start_time, boot_ms, sleeping_on, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            "INSERT INTO vms (name, spec_json, spec_hash, plan_json, state, reason, runtime_dir, pid, pid_start_time, boot_ms, sleeping_on, boot_log_offset, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             params![vm.name().as_str(), spec_json, vm.spec_hash, vm.plan_json, state_str(vm.state), vm.reason,
                     vm.runtime_dir, pid, start, vm.boot_ms.map(|b| b as i64), vm.sleeping_on.as_ref().map(|s| s.as_str()),
-                    vm.created_at.0 as i64, vm.updated_at.0 as i64],
+                    vm.boot_log_offset.map(|o| o as i64), vm.created_at.0 as i64, vm.updated_at.0 as i64],
         );
         match r {
             Ok(_) => Ok(()),
@@ -323,10 +327,10 @@ impl Store {
         self.conn
             .execute(
                 "UPDATE vms SET spec_json=?2, spec_hash=?3, plan_json=?4, state=?5, reason=?6, runtime_dir=?7,
-                 pid=?8, pid_start_time=?9, boot_ms=?10, sleeping_on=?11, updated_at=?12 WHERE name=?1",
+                 pid=?8, pid_start_time=?9, boot_ms=?10, sleeping_on=?11, boot_log_offset=?12, updated_at=?13 WHERE name=?1",
                 params![vm.name().as_str(), spec_json, vm.spec_hash, vm.plan_json, state_str(vm.state), vm.reason,
                         vm.runtime_dir, pid, start, vm.boot_ms.map(|b| b as i64), vm.sleeping_on.as_ref().map(|s| s.as_str()),
-                        vm.updated_at.0 as i64],
+                        vm.boot_log_offset.map(|o| o as i64), vm.updated_at.0 as i64],
             )
             .map_err(|e| self.err(e))?;
         Ok(())
@@ -340,6 +344,7 @@ impl Store {
         let start: Option<i64> = row.get("pid_start_time")?;
         let boot_ms: Option<i64> = row.get("boot_ms")?;
         let sleeping_on: Option<String> = row.get("sleeping_on")?;
+        let boot_log_offset: Option<i64> = row.get("boot_log_offset")?;
         let record = (|| {
             let spec: VmSpec = serde_json::from_str(&spec_json)
                 .map_err(|e| corrupt("vms", &name, format!("spec: {e}")))?;
@@ -379,6 +384,7 @@ impl Store {
                     .map(SnapshotId::new)
                     .transpose()
                     .map_err(|e| corrupt("vms", &name, e))?,
+                boot_log_offset: boot_log_offset.map(|o| o.max(0) as u64),
                 created_at: Timestamp(
                     row.get::<_, i64>("created_at")
                         .map_err(|e| corrupt("vms", &name, e))?

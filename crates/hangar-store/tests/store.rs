@@ -43,6 +43,7 @@ fn record(name: &str) -> VmRecord {
         process: None,
         boot_ms: None,
         sleeping_on: None,
+        boot_log_offset: Some(7),
         created_at: Timestamp(1),
         updated_at: Timestamp(1),
     }

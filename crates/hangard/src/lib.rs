@@ -50,7 +50,15 @@ pub struct Daemon {
     pub metrics: metrics::Metrics,
     /// The audit log (`<home>/audit.log`): one hash-chained entry per mutating request.
     audit: std::sync::Mutex<hangar_audit::AuditLog>,
+    /// Bumped on every transition this process makes.
+    generation: Arc<std::sync::atomic::AtomicU64>,
+    /// `GET /v1/vms`, serialised: (when, generation, body).
+    list_cache: tokio::sync::Mutex<Option<(Instant, u64, Bytes)>>,
 }
+
+/// How stale `GET /v1/vms` may be when no transition happened in this daemon: changes made
+/// elsewhere (a QEMU dying, a CLI with HANGAR_DAEMON=never) show within this time.
+pub const LIST_MAX_AGE: Duration = Duration::from_secs(1);
 
 /// Who is on the other end of a connection: the peer's uid from the unix socket.
 #[derive(Debug, Clone, Copy)]
@@ -70,10 +78,11 @@ impl
     }
 }
 
-struct Wake(Arc<tokio::sync::Notify>);
+struct Wake(Arc<tokio::sync::Notify>, Arc<std::sync::atomic::AtomicU64>);
 
 impl LifecycleObserver for Wake {
     fn on_transition(&self, _: &TransitionEvent) {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.0.notify_waiters();
     }
 }
@@ -89,12 +98,15 @@ impl Daemon {
             );
         }
         let changed = Arc::new(tokio::sync::Notify::new());
-        engine.observe(Arc::new(Wake(changed.clone())));
+        let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        engine.observe(Arc::new(Wake(changed.clone(), generation.clone())));
         Ok(Daemon {
             engine: Arc::new(engine),
             changed,
             metrics: metrics::Metrics::default(),
             audit: std::sync::Mutex::new(audit),
+            generation,
+            list_cache: tokio::sync::Mutex::new(None),
         })
     }
 }
@@ -227,14 +239,27 @@ async fn health(State(d): State<Arc<Daemon>>) -> Json<Health> {
 
 /// `GET /v1/vms`: every VM, refreshed against reality.
 #[utoipa::path(get, path = "/v1/vms", responses((status = 200, body = [VmView]), (status = 500, body = ErrorBody)))]
-async fn list_vms(State(d): State<Arc<Daemon>>) -> ApiResult<Json<Vec<VmView>>> {
+async fn list_vms(State(d): State<Arc<Daemon>>) -> ApiResult<Response> {
+    // One refresh serves every concurrent reader: the lock makes the others wait for it.
+    let mut cache = d.list_cache.lock().await;
+    let generation = d.generation.load(std::sync::atomic::Ordering::SeqCst);
+    if let Some((at, seen, body)) = cache.as_ref() {
+        if *seen == generation && at.elapsed() < LIST_MAX_AGE {
+            return Ok(([("content-type", "application/json")], body.clone()).into_response());
+        }
+    }
     let engine = d.engine.clone();
     let views = blocking(move || -> Result<Vec<VmView>, Error> {
         let names: Vec<VmName> = engine.list()?.into_iter().map(|s| s.name).collect();
         names.iter().map(|n| view(&engine, n)).collect()
     })
     .await?;
-    Ok(Json(views))
+    let body = Bytes::from(serde_json::to_vec(&views).expect("views serialise"));
+    // Refreshing may itself record transitions (a dead QEMU becomes failed): take the
+    // generation after it, so the next reader does not recompute for our own changes.
+    let generation = d.generation.load(std::sync::atomic::Ordering::SeqCst);
+    *cache = Some((Instant::now(), generation, body.clone()));
+    Ok(([("content-type", "application/json")], body).into_response())
 }
 
 /// `GET /v1/vms/{name}`
