@@ -409,8 +409,10 @@ impl QemuEngine {
                 match running {
                     Some(true) => self.force(rec, VmState::Running)?,
                     Some(false) if rec.state == VmState::Waking => {
-                        // Loaded but never continued: finish the wake.
-                        if self.control(plan).and_then(|c| c.cont()).is_ok() {
+                        // Loaded but never continued: finish the wake (if QMP refuses, a later
+                        // refresh tries again; it must not fall through to `paused`).
+                        let continued = self.control(plan).and_then(|c| c.cont()).is_ok();
+                        if continued {
                             self.step(rec, VmState::Running, Cause::Reconciler)?;
                         }
                     }
