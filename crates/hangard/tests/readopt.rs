@@ -170,11 +170,27 @@ fn kill_9_at_several_points_loses_nothing_and_orphans_nothing() {
             Duration::from_secs(120),
         )
     });
-    let v = d.wait_for("booting", "starting with a QEMU", |v| {
-        v["state"] == "starting" && v["pid"].is_u64()
-    });
-    let booting_pid = v["pid"].as_u64().unwrap();
+    // Kill the daemon as soon as the VM's QEMU exists: spawn to guest-ready takes seconds, so
+    // this is always mid-boot (checked below: the console has no ready line yet).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let booting_pid = loop {
+        let found = pids_of(home.path()).into_iter().find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("vms/booting/"))
+        });
+        if let Some(pid) = found {
+            break pid as u64;
+        }
+        assert!(Instant::now() < deadline, "QEMU for booting never appeared");
+        std::thread::yield_now();
+    };
     d.kill9();
+    let console =
+        std::fs::read_to_string(home.path().join("vms/booting/console.log")).unwrap_or_default();
+    assert!(
+        !console.contains("HANGAR_READY"),
+        "the daemon was not killed mid-boot"
+    );
     let _ = starter.join();
     let d = Daemon::start(home.path());
     let v = d.wait_for("booting", "running", |v| v["state"] == "running");
