@@ -256,18 +256,23 @@ impl Store {
             path: path.display().to_string(),
             message: e.to_string(),
         };
-        let conn = Connection::open(path).map_err(unavailable)?;
-        conn.busy_timeout(Duration::from_secs(10))
-            .map_err(unavailable)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(unavailable)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(unavailable)?;
-        conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(unavailable)?;
-        let version: i64 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(unavailable)?;
+        // Processes opening a brand-new store together can get SQLITE_BUSY from the switch to
+        // WAL without the busy handler being consulted: retry the whole setup, bounded.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut attempt = 0u32;
+        let (conn, version) = loop {
+            match Self::init(path) {
+                Ok(opened) => break opened,
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::DatabaseBusy
+                        && std::time::Instant::now() < deadline =>
+                {
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(u64::from(attempt.min(20)) * 5));
+                }
+                Err(e) => return Err(unavailable(e)),
+            }
+        };
         if version > SCHEMA_VERSION {
             return Err(StoreError::Unavailable {
                 path: path.display().to_string(),
@@ -276,16 +281,41 @@ impl Store {
                 ),
             });
         }
-        if version < 1 {
-            conn.execute_batch(&format!(
-                "BEGIN; {MIGRATION_1} PRAGMA user_version = 1; COMMIT;"
-            ))
-            .map_err(unavailable)?;
-        }
         Ok(Store {
             conn,
             path: path.to_path_buf(),
         })
+    }
+
+    /// Opens the connection, sets it up and migrates a new database (exactly once, even with
+    /// several processes racing: the version is re-checked under the write lock). Returns the
+    /// schema version found.
+    fn init(path: &Path) -> rusqlite::Result<(Connection, i64)> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version >= 1 {
+            return Ok((conn, version));
+        }
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let migrated = conn
+            .pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))
+            .and_then(|v| {
+                if v < 1 {
+                    conn.execute_batch(&format!("{MIGRATION_1} PRAGMA user_version = 1;"))
+                } else {
+                    Ok(())
+                }
+            })
+            .and_then(|()| conn.execute_batch("COMMIT"));
+        if let Err(e) = migrated {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e);
+        }
+        Ok((conn, 1))
     }
 
     fn err(&self, e: rusqlite::Error) -> StoreError {

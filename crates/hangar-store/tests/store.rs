@@ -217,3 +217,21 @@ fn vm_locks_are_exclusive_and_released_on_drop() {
     drop(held);
     assert!(VmLock::try_acquire(dir.path(), &vm).unwrap().is_some());
 }
+
+#[test]
+fn concurrent_first_opens_migrate_exactly_once() {
+    for _ in 0..10 {
+        let dir = tempfile::tempdir().unwrap();
+        let handles: Vec<_> = (0..6)
+            .map(|_| {
+                let path = dir.path().to_path_buf();
+                std::thread::spawn(move || {
+                    Store::open_in(&path).map(drop).map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap().unwrap();
+        }
+    }
+}
