@@ -352,11 +352,36 @@ impl QemuEngine {
                     | VmState::Stopping
             ) =>
             {
-                rec.reason = Some(format!(
-                    "no QEMU process while {}: an earlier command was interrupted",
-                    rec.state
-                ));
-                self.force(&mut rec, VmState::Failed)?;
+                // Someone holding the lock may be between spawning QEMU and recording it.
+                let Some(_lock) = VmLock::try_acquire(&self.home, rec.name()).map_err(store_err)?
+                else {
+                    return Ok(rec);
+                };
+                // The owner may have died between spawning QEMU and recording its PID: find that
+                // QEMU by the exact QMP-socket argument of this VM's plan (a path unique to the
+                // VM) before declaring it gone, so it is adopted rather than orphaned.
+                let found = plan
+                    .argv
+                    .iter()
+                    .position(|a| a == "-qmp")
+                    .and_then(|i| plan.argv.get(i + 1))
+                    .and_then(|arg| process::find_by_argument(arg));
+                match found {
+                    Some(p) => {
+                        rec.process = Some(p);
+                        self.save(&mut rec)?;
+                        if is_in_flight(rec.state) {
+                            self.adopt(&mut rec, &plan)?;
+                        }
+                    }
+                    None => {
+                        rec.reason = Some(format!(
+                            "no QEMU process while {}: an earlier command was interrupted",
+                            rec.state
+                        ));
+                        self.force(&mut rec, VmState::Failed)?;
+                    }
+                }
             }
             _ => {}
         }

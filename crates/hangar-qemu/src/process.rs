@@ -127,6 +127,24 @@ pub fn terminate(p: ProcessIdentity, grace: Duration) -> bool {
     h.wait_exit(Duration::from_secs(10))
 }
 
+/// The live process one of whose arguments is exactly `argument`, if there is exactly one.
+/// Used only to recover a QEMU whose PID was never recorded (its owner died right after
+/// spawning it); the argument is the VM's unique QMP socket, so no other process matches.
+pub fn find_by_argument(argument: &str) -> Option<ProcessIdentity> {
+    let mut found = std::fs::read_dir("/proc").ok()?.filter_map(|e| {
+        let e = e.ok()?;
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        cmdline
+            .split(|b| *b == 0)
+            .any(|a| a == argument.as_bytes())
+            .then(|| identify(pid))
+            .flatten()
+    });
+    let first = found.next()?;
+    found.next().is_none().then_some(first)
+}
+
 /// How long `p` has been running (from `/proc/<pid>/stat` and `/proc/uptime`).
 pub fn uptime(p: ProcessIdentity) -> Option<Duration> {
     // Linux reports start times in USER_HZ ticks, which is 100 on every mainstream architecture.
@@ -166,6 +184,23 @@ mod tests {
         assert!(!wait_exit(p, Duration::from_millis(50)));
         assert!(terminate(p, Duration::from_secs(5)));
         assert!(!alive(p));
+    }
+
+    #[test]
+    fn finds_a_process_by_an_exact_argument() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = format!("unix:{}/qmp.sock,server=on,wait=off", dir.path().display());
+        // sh -c keeps the extra argument in its argv ($0) while it sleeps.
+        let argv: Vec<String> = vec!["sh".into(), "-c".into(), "sleep 30".into(), marker.clone()];
+        let p = spawn_detached(&argv, &dir.path().join("log")).unwrap();
+        assert_eq!(find_by_argument(&marker), Some(p));
+        assert_eq!(
+            find_by_argument(&format!("{marker}x")),
+            None,
+            "prefixes do not match"
+        );
+        assert!(terminate(p, Duration::from_secs(5)));
+        assert_eq!(find_by_argument(&marker), None);
     }
 
     #[test]
