@@ -76,13 +76,319 @@ pub struct ErrorBody {
     /// Every problem, for spec validation errors.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<serde_json::Value>,
+    /// The operation that failed, when the error ended one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+}
+
+impl ErrorBody {
+    /// A body for `code` with its registry hint.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ErrorBody {
+        ErrorBody {
+            code: code.as_str().to_string(),
+            message: message.into(),
+            path: None,
+            hint: code.typical_fix().to_string(),
+            errors: vec![],
+            operation: None,
+        }
+    }
+
+    /// The code, if this Hangar knows it.
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        ErrorCode::parse(&self.code)
+    }
+}
+
+impl From<hangar_core::error::Error> for ErrorBody {
+    fn from(e: hangar_core::error::Error) -> ErrorBody {
+        use hangar_core::error::Coded;
+        let code = e.code();
+        ErrorBody {
+            code: code.as_str().to_string(),
+            message: e.to_string(),
+            path: e.path(),
+            hint: Coded::hint(&e).unwrap_or_else(|| code.typical_fix().to_string()),
+            errors: vec![],
+            operation: None,
+        }
+    }
+}
+
+impl From<hangar_spec::SpecErrors> for ErrorBody {
+    fn from(e: hangar_spec::SpecErrors) -> ErrorBody {
+        let first = &e.0[0];
+        ErrorBody {
+            code: first.code.as_str().to_string(),
+            message: first.message.clone(),
+            path: Some(first.path.clone()).filter(|p| !p.is_empty()),
+            hint: first.hint.clone(),
+            errors: e
+                .0
+                .iter()
+                .map(|d| serde_json::to_value(d).expect("diagnostics serialise"))
+                .collect(),
+            operation: None,
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+/// What an operation does. The body of every mutating call is turned into one of these and
+/// journaled before anything is touched, so a restarted daemon knows what was in flight.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum OperationRequest {
+    /// Define a VM from a spec (the document `POST /v1/vms` takes: vm.json's shape).
+    Create {
+        /// The spec.
+        #[schema(value_type = Object)]
+        spec: serde_json::Value,
+        /// The absolute directory relative paths in the spec resolve against (default "/").
+        #[serde(default)]
+        base_dir: Option<String>,
+    },
+    /// Boot a VM.
+    Start {
+        /// VM name.
+        vm: String,
+        /// Return once the vCPUs run instead of waiting for the guest.
+        #[serde(default)]
+        no_wait: bool,
+        /// Seconds to wait for the guest (default: the engine's boot timeout).
+        #[serde(default)]
+        timeout_s: Option<u64>,
+    },
+    /// Stop a VM.
+    Stop {
+        /// VM name.
+        vm: String,
+        /// Skip the guest and stop QEMU at once.
+        #[serde(default)]
+        force: bool,
+        /// Seconds the guest gets to power off before escalation (default 30).
+        #[serde(default)]
+        timeout_s: Option<u64>,
+    },
+    /// Pause the vCPUs.
+    Pause {
+        /// VM name.
+        vm: String,
+    },
+    /// Resume the vCPUs.
+    Resume {
+        /// VM name.
+        vm: String,
+    },
+    /// Reboot the guest.
+    Reboot {
+        /// VM name.
+        vm: String,
+    },
+    /// Remove a VM.
+    Delete {
+        /// VM name.
+        vm: String,
+        /// Stop it first if it runs.
+        #[serde(default)]
+        force: bool,
+    },
+    /// Save a VM's memory.
+    SnapshotSave {
+        /// VM name.
+        vm: String,
+        /// Snapshot id.
+        id: String,
+        /// Release the QEMU process afterwards.
+        #[serde(default)]
+        sleep: bool,
+    },
+    /// Boot a VM from a memory snapshot.
+    SnapshotRestore {
+        /// VM name.
+        vm: String,
+        /// Snapshot id.
+        id: String,
+    },
+    /// Delete a snapshot.
+    SnapshotDelete {
+        /// Snapshot id.
+        id: String,
+    },
+}
+
+impl OperationRequest {
+    /// The kind, as journaled and shown (`start`, `snapshot_save`, …).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            OperationRequest::Create { .. } => "create",
+            OperationRequest::Start { .. } => "start",
+            OperationRequest::Stop { .. } => "stop",
+            OperationRequest::Pause { .. } => "pause",
+            OperationRequest::Resume { .. } => "resume",
+            OperationRequest::Reboot { .. } => "reboot",
+            OperationRequest::Delete { .. } => "delete",
+            OperationRequest::SnapshotSave { .. } => "snapshot_save",
+            OperationRequest::SnapshotRestore { .. } => "snapshot_restore",
+            OperationRequest::SnapshotDelete { .. } => "snapshot_delete",
+        }
+    }
+}
+
+/// What a finished operation produced.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct OperationResult {
+    /// The VM afterwards (absent after delete).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<VmView>,
+    /// The snapshot written (snapshot_save).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub snapshot: Option<hangar_core::contracts::SnapshotInfo>,
+    /// Whether a graceful stop had to be forced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalated: Option<bool>,
+    /// How long the engine call took, in milliseconds.
+    pub took_ms: u64,
+}
+
+/// An operation: what was asked, where it is, and how it ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Operation {
+    /// Id (`op-…`).
+    pub id: String,
+    /// Kind (`start`, `stop`, …).
+    pub kind: String,
+    /// What it acts on (a VM name or a snapshot id).
+    pub target: String,
+    /// `running`, `succeeded`, `failed` or `rolled_back`.
+    pub status: String,
+    /// The phase it last reported (`spawning`, `qmp`, `booting`, …).
+    pub progress: Option<String>,
+    /// The request.
+    pub request: OperationRequest,
+    /// What it produced, once succeeded.
+    pub result: Option<OperationResult>,
+    /// Why it failed or was rolled back.
+    pub error: Option<ErrorBody>,
+    /// Created, milliseconds since the epoch.
+    pub created_at: u64,
+    /// Last changed, milliseconds since the epoch.
+    pub updated_at: u64,
+}
+
+impl Operation {
+    /// Whether it will change no more.
+    pub fn is_done(&self) -> bool {
+        self.status != "running"
+    }
+}
+
+/// One entry of `GET /v1/events` (the `data:` of an SSE event) and of `hangar events`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventView {
+    /// A lifecycle transition.
+    Transition {
+        /// Sequence number.
+        seq: u64,
+        /// VM.
+        vm: String,
+        /// State before (absent when the VM was created).
+        from: Option<String>,
+        /// State after.
+        to: String,
+        /// When, milliseconds since the epoch.
+        at: u64,
+        /// `user`, `reconciler`, `engine` or `fault`.
+        cause: String,
+        /// The operation it belongs to, if any.
+        operation: Option<String>,
+    },
+    /// Something the engine observed that is not a state change.
+    Engine {
+        /// Sequence number.
+        seq: u64,
+        /// VM.
+        vm: String,
+        /// When, milliseconds since the epoch.
+        at: u64,
+        /// What happened.
+        message: String,
+    },
+}
+
+impl EventView {
+    /// The view of a stored event.
+    pub fn from_event(e: &hangar_core::contracts::Event) -> EventView {
+        use hangar_core::contracts::EventKind;
+        match &e.kind {
+            EventKind::Transition(t) => EventView::Transition {
+                seq: e.seq,
+                vm: t.vm.to_string(),
+                from: t.from.map(|s| s.as_str().to_string()),
+                to: t.to.as_str().to_string(),
+                at: t.at.0,
+                cause: serde_json::to_value(t.cause)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default(),
+                operation: t.operation.as_ref().map(|o| o.to_string()),
+            },
+            EventKind::Engine { vm, at, message } => EventView::Engine {
+                seq: e.seq,
+                vm: vm.to_string(),
+                at: at.0,
+                message: message.clone(),
+            },
+        }
+    }
+
+    /// Its sequence number.
+    pub fn seq(&self) -> u64 {
+        match self {
+            EventView::Transition { seq, .. } | EventView::Engine { seq, .. } => *seq,
+        }
+    }
+}
+
+/// One image as `GET /v1/images` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ImageView {
+    /// Name (the directory under `$HANGAR_HOME/images`).
+    pub name: String,
+    /// Whether the kernel and initrd are both present.
+    pub complete: bool,
+    /// The manifest (`manifest.json`), when readable.
+    #[schema(value_type = Option<Object>)]
+    pub manifest: Option<serde_json::Value>,
+    /// Total bytes of the image's files.
+    pub size_bytes: u64,
+}
+
+/// A token as `hangar token create` returns it: the secret is shown once and never stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct NewToken {
+    /// Public id (appears in the audit log).
+    pub id: String,
+    /// What it is for.
+    pub name: String,
+    /// The bearer secret.
+    pub token: String,
 }
 
 /// The HTTP status an error code maps to.
 pub fn http_status(code: ErrorCode) -> u16 {
     use ErrorCode::*;
     match code {
-        VmNotFound | SnapshotNotFound | DiskNotFound | NicNotFound => 404,
+        VmNotFound | SnapshotNotFound | DiskNotFound | NicNotFound | OperationNotFound => 404,
+        Unauthorized => 401,
+        Interrupted => 409,
         VmExists | SnapshotExists | DiskExists | InvalidTransition | SnapshotInUse | DiskInUse
         | DiskHasSnapshots | NicExists | Busy => 409,
         SpecTooLarge => 413,
@@ -108,6 +414,52 @@ pub struct StopRequest {
     pub force: bool,
     /// Seconds the guest gets to power off before escalation (default 30).
     pub timeout_s: Option<u64>,
+}
+
+/// `POST /v1/vms/{name}/start` body (optional).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartRequest {
+    /// Finish once the vCPUs run instead of waiting for the guest.
+    #[serde(default)]
+    pub no_wait: bool,
+    /// Seconds to wait for the guest (default: the engine's boot timeout).
+    pub timeout_s: Option<u64>,
+}
+
+/// The guest images in `home/images`: one directory each, with `vmlinuz`, `initrd.img` and
+/// `manifest.json` (written by `hangar-image build`).
+pub fn images(home: &std::path::Path) -> std::io::Result<Vec<ImageView>> {
+    let dir = home.join("images");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        if !entry.file_type()?.is_dir() {
+            continue;
+        }
+        let path = entry.path();
+        let mut size_bytes = 0;
+        for file in std::fs::read_dir(&path)?.flatten() {
+            size_bytes += file.metadata().map(|m| m.len()).unwrap_or(0);
+        }
+        // An unreadable manifest is shown as absent, not trusted and not fatal to the listing.
+        let manifest = std::fs::read(path.join("manifest.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        out.push(ImageView {
+            name: entry.file_name().to_string_lossy().into_owned(),
+            complete: path.join("vmlinuz").is_file() && path.join("initrd.img").is_file(),
+            manifest,
+            size_bytes,
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
 }
 
 /// `POST /v1/vms/{name}/snapshots` body.

@@ -274,6 +274,18 @@ error_codes! {
     Busy = "E_BUSY", retryable: true, class: Invalid,
         meaning: "An exclusive resource (for example a VM's serial console) is held by another client.",
         fix: "Wait for the other client to let go (a console detaches with Ctrl-]) and retry.";
+    /// No operation has the given id.
+    OperationNotFound = "E_OPERATION_NOT_FOUND", retryable: false, class: Invalid,
+        meaning: "No operation with that id is in the journal.",
+        fix: "List operations with `hangar ops` (or GET /v1/operations) and use one of the ids shown.";
+    /// The operation's owner died before it finished; recovery undid or abandoned it.
+    Interrupted = "E_INTERRUPTED", retryable: true, class: Invalid,
+        meaning: "The process carrying out the operation died before it finished; on restart the operation was rolled back and the VM left in the state observed.",
+        fix: "Check the VM's state (`hangar ps -a`) and run the operation again.";
+    /// A TCP request came without a valid bearer token.
+    Unauthorized = "E_UNAUTHORIZED", retryable: false, class: Invalid,
+        meaning: "The request reached hangard over TCP without a valid bearer token.",
+        fix: "Create a token on the host with `hangar token create` and send it as `Authorization: Bearer <token>`.";
 }
 
 impl fmt::Display for ErrorCode {

@@ -549,3 +549,28 @@ mod tests {
         );
     }
 }
+
+thread_local! {
+    static CURRENT_OPERATION: std::cell::RefCell<Option<OperationId>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with `operation` as the thread's current operation, so every transition an engine
+/// makes inside it names the operation (engines read it with [`current_operation`]). Engine calls
+/// are synchronous and stay on the caller's thread, which is what makes a thread-scoped value
+/// the right carrier: no contract method needs an extra parameter.
+pub fn with_operation<T>(operation: &OperationId, f: impl FnOnce() -> T) -> T {
+    struct Restore(Option<OperationId>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            CURRENT_OPERATION.with(|c| *c.borrow_mut() = self.0.take());
+        }
+    }
+    let previous = CURRENT_OPERATION.with(|c| c.borrow_mut().replace(operation.clone()));
+    let _restore = Restore(previous);
+    f()
+}
+
+/// The operation the current thread is carrying out, if any (see [`with_operation`]).
+pub fn current_operation() -> Option<OperationId> {
+    CURRENT_OPERATION.with(|c| c.borrow().clone())
+}

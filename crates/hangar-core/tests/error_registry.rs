@@ -68,6 +68,9 @@ fn released_codes_are_never_removed() {
         "E_STORE_UNAVAILABLE",
         "E_STORE_CORRUPT",
         "E_BUSY",
+        "E_OPERATION_NOT_FOUND",
+        "E_INTERRUPTED",
+        "E_UNAUTHORIZED",
     ];
     for code in released {
         assert!(

@@ -23,14 +23,14 @@ use hangar_core::contracts::*;
 use hangar_core::error::{Coded, Error, ErrorCode, Result};
 use hangar_core::ids::{DeviceName, SnapshotId, VmName, VolumeId};
 use hangar_core::lifecycle::{
-    Cause, LifecycleObserver, Observers, StateMachine, TransitionEvent, VmState,
+    current_operation, Cause, LifecycleObserver, Observers, StateMachine, TransitionEvent, VmState,
 };
 use hangar_core::spec::{BootSource, DiskFormat, NicSpec, VmSpec};
 use hangar_plan::probe::SystemProbe;
 use hangar_plan::{Creation, HostFacts, HostProbe, Plan};
 use hangar_spec::CanonicalSpec;
 use hangar_store::{
-    ProcessIdentity, SnapshotRecord, Store, StoreError, VmLock, VmRecord, VolumeRecord,
+    ProcessIdentity, SnapshotRecord, Store, StoreError, StoredEvent, VmLock, VmRecord, VolumeRecord,
 };
 
 pub mod console;
@@ -234,13 +234,15 @@ impl QemuEngine {
 
     /// One legal move, persisted with its transition in one transaction.
     fn step(&self, rec: &mut VmRecord, to: VmState, cause: Cause) -> Result<()> {
-        let event = self.machine(rec).transition(to, cause, None)?;
+        let event = self
+            .machine(rec)
+            .transition(to, cause, current_operation())?;
         self.commit(rec, &event)
     }
 
     /// Reconciles the record with observed reality, regardless of the table.
     fn force(&self, rec: &mut VmRecord, to: VmState) -> Result<()> {
-        let event = self.machine(rec).force(to, None)?;
+        let event = self.machine(rec).force(to, current_operation())?;
         self.commit(rec, &event)
     }
 
@@ -251,6 +253,13 @@ impl QemuEngine {
             rec.reason = None;
         }
         self.db(|s| s.commit_transition(rec, event, false))
+    }
+
+    /// Appends an engine event to the event stream. Best effort: failing to report what
+    /// happened must not fail what happened.
+    fn engine_event(&self, rec: &VmRecord, message: String) {
+        let at = self.clock.now();
+        let _ = self.db(|s| s.record_engine_event(rec.name(), rec.state, at, &message));
     }
 
     fn save(&self, rec: &mut VmRecord) -> Result<()> {
@@ -392,6 +401,23 @@ impl QemuEngine {
     /// guest became ready is finished; one still booting is left for a later refresh until its
     /// timeout; a stop is completed; pause, resume, save and wake settle on what QMP reports.
     fn adopt(&self, rec: &mut VmRecord, plan: &Plan) -> Result<()> {
+        let before = rec.state;
+        let pid = rec.process.map(|p| p.pid);
+        self.settle_orphan(rec, plan)?;
+        if rec.state != before {
+            let pid = pid.map(|p| format!(" (QEMU pid {p})")).unwrap_or_default();
+            self.engine_event(
+                rec,
+                format!(
+                    "settled a {before} whose command was interrupted{pid}: now {}",
+                    rec.state
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    fn settle_orphan(&self, rec: &mut VmRecord, plan: &Plan) -> Result<()> {
         let status = self.control(plan).and_then(|c| c.status()).ok();
         if status.as_ref().is_some_and(|s| s.is_fatal()) {
             self.shut_down(rec, plan, StopMode::Force);
@@ -664,6 +690,13 @@ impl QemuEngine {
                 if ctl.powerdown().is_ok() && process::wait_exit(p, timeout) {
                     return false;
                 }
+                self.engine_event(
+                    rec,
+                    format!(
+                        "guest did not power off within {:.1} s; escalating to QMP quit",
+                        timeout.as_secs_f64()
+                    ),
+                );
             } else if process::wait_exit(p, Duration::ZERO) {
                 return false;
             }
@@ -672,6 +705,13 @@ impl QemuEngine {
             let _ = ctl.quit();
         }
         if !process::wait_exit(p, QUIT_GRACE) {
+            self.engine_event(
+                rec,
+                format!(
+                    "QEMU (pid {}) still alive after quit; sending SIGTERM, then SIGKILL",
+                    p.pid
+                ),
+            );
             process::terminate(p, TERM_GRACE);
         }
         matches!(mode, StopMode::Graceful { .. })
@@ -913,7 +953,7 @@ impl Lifecycle for QemuEngine {
             self.clock.clone(),
             self.observers.clone(),
             Cause::User,
-            None,
+            current_operation(),
         );
         let event = machine.history()[0].clone();
         let rec = VmRecord {
@@ -1394,9 +1434,14 @@ impl Events for QemuEngine {
         let events = self
             .db(|s| s.events_since(after, limit))?
             .into_iter()
-            .map(|(seq, t)| Event {
+            .map(|(seq, e)| Event {
                 seq,
-                kind: EventKind::Transition(t),
+                kind: match e {
+                    StoredEvent::Transition(t) => EventKind::Transition(t),
+                    StoredEvent::Engine { vm, at, message } => {
+                        EventKind::Engine { vm, at, message }
+                    }
+                },
             })
             .collect();
         Ok(EventPage { events, gap: None })

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use hangar_core::clock::Timestamp;
 use hangar_core::error::{Coded, ErrorCode};
-use hangar_core::ids::{SnapshotId, VmName, VolumeId};
+use hangar_core::ids::{OperationId, SnapshotId, VmName, VolumeId};
 use hangar_core::lifecycle::{Cause, TransitionEvent, VmState};
 use hangar_core::spec::{DiskFormat, VmSpec};
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -24,7 +24,7 @@ mod lock;
 pub use lock::VmLock;
 
 /// Current schema version (SQLite `user_version`).
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const MIGRATION_1: &str = "
 CREATE TABLE vms (
@@ -72,6 +72,36 @@ CREATE TABLE volumes (
 );
 ";
 
+/// Version 2: the operations journal, API tokens, and engine events in the event stream (a
+/// `transitions` row with a `message` is an engine event, not a state change).
+const MIGRATION_2: &str = "
+CREATE TABLE operations (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    target TEXT NOT NULL,
+    request_json TEXT NOT NULL,
+    status TEXT NOT NULL,
+    progress TEXT,
+    result_json TEXT,
+    error_json TEXT,
+    owner_pid INTEGER,
+    owner_start_time INTEGER,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE INDEX operations_status ON operations(status);
+CREATE TABLE tokens (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    sha256 TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL
+);
+ALTER TABLE transitions ADD COLUMN message TEXT;
+";
+
+/// Every migration, in order: `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
+const MIGRATIONS: [&str; 2] = [MIGRATION_1, MIGRATION_2];
+
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -112,7 +142,11 @@ impl Coded for StoreError {
             StoreError::Exists {
                 table: "snapshots", ..
             } => ErrorCode::SnapshotExists,
-            StoreError::Exists { .. } => ErrorCode::DiskExists,
+            StoreError::Exists {
+                table: "volumes", ..
+            } => ErrorCode::DiskExists,
+            // Generated ids (operations, tokens): a clash is a bug or a replay, not user input.
+            StoreError::Exists { .. } => ErrorCode::InvalidArgument,
         }
     }
 }
@@ -200,6 +234,94 @@ pub struct VolumeRecord {
     pub base: Option<VolumeId>,
     /// Internal disk snapshots.
     pub snapshots: Vec<SnapshotId>,
+}
+
+/// One entry of the event stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredEvent {
+    /// A lifecycle transition.
+    Transition(TransitionEvent),
+    /// Something the engine observed that is not a state change.
+    Engine {
+        /// The VM concerned.
+        vm: VmName,
+        /// When.
+        at: Timestamp,
+        /// What happened, in the engine's words.
+        message: String,
+    },
+}
+
+/// Where an operation is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OperationStatus {
+    /// Accepted and being carried out.
+    Running,
+    /// Done; the result is recorded.
+    Succeeded,
+    /// Ended with an error; the error is recorded and nothing was left half done.
+    Failed,
+    /// Its owner died before it finished and the recovery undid or abandoned it.
+    RolledBack,
+}
+
+impl OperationStatus {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperationStatus::Running => "running",
+            OperationStatus::Succeeded => "succeeded",
+            OperationStatus::Failed => "failed",
+            OperationStatus::RolledBack => "rolled_back",
+        }
+    }
+
+    /// Whether it will change no more.
+    pub fn is_terminal(self) -> bool {
+        self != OperationStatus::Running
+    }
+}
+
+/// A journaled operation. The store keeps its request, result and error as JSON; their
+/// meaning belongs to `hangar-control`, the store only checks they are JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperationRecord {
+    /// Id.
+    pub id: OperationId,
+    /// What it does (`start`, `stop`, …).
+    pub kind: String,
+    /// What it acts on (a VM name, a snapshot id).
+    pub target: String,
+    /// The request, as JSON.
+    pub request_json: String,
+    /// Status.
+    pub status: OperationStatus,
+    /// The phase it last reported.
+    pub progress: Option<String>,
+    /// The result, as JSON, once succeeded.
+    pub result_json: Option<String>,
+    /// The error, as JSON, once failed or rolled back.
+    pub error_json: Option<String>,
+    /// The process carrying it out; recovery only touches operations whose owner is gone.
+    pub owner: Option<ProcessIdentity>,
+    /// Created.
+    pub created_at: Timestamp,
+    /// Last changed.
+    pub updated_at: Timestamp,
+}
+
+/// An API token: only its SHA-256 is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// Public id (appears in the audit log).
+    pub id: String,
+    /// What it is for.
+    pub name: String,
+    /// Lowercase hex SHA-256 of the secret.
+    pub sha256: String,
+    /// Created.
+    pub created_at: Timestamp,
 }
 
 /// The state store.
@@ -297,25 +419,24 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if version >= 1 {
+        if version >= SCHEMA_VERSION {
             return Ok((conn, version));
         }
         conn.execute_batch("BEGIN IMMEDIATE")?;
         let migrated = conn
             .pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))
-            .and_then(|v| {
-                if v < 1 {
-                    conn.execute_batch(&format!("{MIGRATION_1} PRAGMA user_version = 1;"))
-                } else {
-                    Ok(())
+            .and_then(|found| {
+                for (i, sql) in MIGRATIONS.iter().enumerate().skip(found.max(0) as usize) {
+                    conn.execute_batch(&format!("{sql} PRAGMA user_version = {};", i + 1))?;
                 }
+                Ok(())
             })
             .and_then(|()| conn.execute_batch("COMMIT"));
         if let Err(e) = migrated {
             let _ = conn.execute_batch("ROLLBACK");
             return Err(e);
         }
-        Ok((conn, 1))
+        Ok((conn, SCHEMA_VERSION))
     }
 
     fn err(&self, e: rusqlite::Error) -> StoreError {
@@ -494,8 +615,8 @@ impl Store {
         }
     }
 
-    /// Transitions with sequence numbers greater than `after`, oldest first: the event stream.
-    pub fn events_since(&self, after: u64, limit: usize) -> Result<Vec<(u64, TransitionEvent)>> {
+    /// Events with sequence numbers greater than `after`, oldest first: the event stream.
+    pub fn events_since(&self, after: u64, limit: usize) -> Result<Vec<(u64, StoredEvent)>> {
         let seqs: Vec<i64> = {
             let mut stmt = self
                 .conn
@@ -509,21 +630,47 @@ impl Store {
         };
         let mut out = Vec::new();
         for seq in seqs {
-            out.push((seq as u64, self.transition_at(seq)?));
+            out.push((seq as u64, self.event_at(seq)?));
         }
         Ok(out)
     }
 
-    fn transition_at(&self, seq: i64) -> Result<TransitionEvent> {
-        let (name, from, to, at, cause, op) = self
+    fn event_at(&self, seq: i64) -> Result<StoredEvent> {
+        let (name, from, to, at, cause, op, message) = self
             .conn
             .query_row(
-                "SELECT vm, from_state, to_state, at, cause, operation FROM transitions WHERE seq = ?1",
+                "SELECT vm, from_state, to_state, at, cause, operation, message FROM transitions WHERE seq = ?1",
                 [seq],
-                |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?, r.get::<_, String>(4)?, r.get::<_, Option<String>>(5)?)),
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?, r.get::<_, String>(4)?, r.get::<_, Option<String>>(5)?, r.get::<_, Option<String>>(6)?)),
             )
             .map_err(|e| self.err(e))?;
-        decode_transition(name, from, to, at, cause, op)
+        let t = decode_transition(name, from, to, at, cause, op)?;
+        Ok(match message {
+            Some(message) => StoredEvent::Engine {
+                vm: t.vm,
+                at: t.at,
+                message,
+            },
+            None => StoredEvent::Transition(t),
+        })
+    }
+
+    /// Appends an engine event (something the engine observed that is not a state change) to
+    /// the event stream; it never appears in a VM's history.
+    pub fn record_engine_event(
+        &self,
+        vm: &VmName,
+        state: VmState,
+        at: Timestamp,
+        message: &str,
+    ) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT INTO transitions (vm, from_state, to_state, at, cause, message) VALUES (?1, ?2, ?2, ?3, 'engine', ?4)",
+                params![vm.as_str(), state_str(state), at.0 as i64, message],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     /// Appends a transition to a VM's history.
@@ -542,7 +689,7 @@ impl Store {
     pub fn transitions(&self, vm: &VmName) -> Result<Vec<TransitionEvent>> {
         let mut stmt = self
             .conn
-            .prepare("SELECT vm, from_state, to_state, at, cause, operation FROM transitions WHERE vm = ?1 ORDER BY seq")
+            .prepare("SELECT vm, from_state, to_state, at, cause, operation FROM transitions WHERE vm = ?1 AND message IS NULL ORDER BY seq")
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([vm.as_str()], |r| {
@@ -740,11 +887,232 @@ impl Store {
         Ok(())
     }
 
+    /// Journals a new operation.
+    pub fn insert_operation(&self, op: &OperationRecord) -> Result<()> {
+        let (pid, start) = split_process(op.owner);
+        let r = self.conn.execute(
+            "INSERT INTO operations (id, kind, target, request_json, status, progress, result_json, error_json, owner_pid, owner_start_time, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            params![op.id.as_str(), op.kind, op.target, op.request_json, op.status.as_str(), op.progress, op.result_json, op.error_json, pid, start, op.created_at.0 as i64, op.updated_at.0 as i64],
+        );
+        match r {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(StoreError::Exists {
+                    table: "operations",
+                    key: op.id.to_string(),
+                })
+            }
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    /// Records an operation's progress, status, result or error.
+    pub fn update_operation(&self, op: &OperationRecord) -> Result<()> {
+        let (pid, start) = split_process(op.owner);
+        self.conn
+            .execute(
+                "UPDATE operations SET status = ?2, progress = ?3, result_json = ?4, error_json = ?5, owner_pid = ?6, owner_start_time = ?7, updated_at = ?8 WHERE id = ?1",
+                params![op.id.as_str(), op.status.as_str(), op.progress, op.result_json, op.error_json, pid, start, op.updated_at.0 as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// One operation.
+    pub fn get_operation(&self, id: &OperationId) -> Result<Option<OperationRecord>> {
+        self.conn
+            .query_row(
+                &format!("{OPERATION_COLUMNS} WHERE id = ?1"),
+                [id.as_str()],
+                read_operation_row,
+            )
+            .optional()
+            .map_err(|e| self.err(e))?
+            .map(decode_operation)
+            .transpose()
+    }
+
+    /// The newest `limit` operations, newest first; only running ones with `running_only`.
+    pub fn list_operations(
+        &self,
+        running_only: bool,
+        limit: usize,
+    ) -> Result<Vec<OperationRecord>> {
+        let filter = if running_only {
+            "WHERE status = 'running'"
+        } else {
+            ""
+        };
+        let mut stmt = self
+            .conn
+            .prepare(&format!(
+                "{OPERATION_COLUMNS} {filter} ORDER BY created_at DESC, id DESC LIMIT ?1"
+            ))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([limit as i64], read_operation_row)
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(decode_operation(row.map_err(|e| self.err(e))?)?);
+        }
+        Ok(out)
+    }
+
+    /// Stores a new token.
+    pub fn insert_token(&self, t: &TokenRecord) -> Result<()> {
+        let r = self.conn.execute(
+            "INSERT INTO tokens (id, name, sha256, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![t.id, t.name, t.sha256, t.created_at.0 as i64],
+        );
+        match r {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(StoreError::Exists {
+                    table: "tokens",
+                    key: t.id.clone(),
+                })
+            }
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    /// The token whose secret hashes to `sha256`, if any.
+    pub fn token_by_hash(&self, sha256: &str) -> Result<Option<TokenRecord>> {
+        self.conn
+            .query_row(
+                "SELECT id, name, sha256, created_at FROM tokens WHERE sha256 = ?1",
+                [sha256],
+                read_token_row,
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Every token, oldest first.
+    pub fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, name, sha256, created_at FROM tokens ORDER BY created_at, id")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], read_token_row)
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Revokes a token; false if there was none with that id.
+    pub fn delete_token(&self, id: &str) -> Result<bool> {
+        let n = self
+            .conn
+            .execute("DELETE FROM tokens WHERE id = ?1", [id])
+            .map_err(|e| self.err(e))?;
+        Ok(n > 0)
+    }
+
     /// Runs raw SQL (tests use it to corrupt rows on purpose).
     #[doc(hidden)]
     pub fn execute_raw(&self, sql: &str) -> Result<()> {
         self.conn.execute_batch(sql).map_err(|e| self.err(e))
     }
+}
+
+const OPERATION_COLUMNS: &str = "SELECT id, kind, target, request_json, status, progress, result_json, error_json, owner_pid, owner_start_time, created_at, updated_at FROM operations";
+
+type OperationRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    i64,
+    i64,
+);
+
+fn read_operation_row(r: &Row<'_>) -> rusqlite::Result<OperationRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+        r.get(9)?,
+        r.get(10)?,
+        r.get(11)?,
+    ))
+}
+
+fn decode_operation(row: OperationRow) -> Result<OperationRecord> {
+    let (
+        id,
+        kind,
+        target,
+        request_json,
+        status,
+        progress,
+        result_json,
+        error_json,
+        pid,
+        start,
+        created,
+        updated,
+    ) = row;
+    let bad = |detail: String| corrupt("operations", &id, detail);
+    let status: OperationStatus = serde_json::from_value(serde_json::Value::String(status.clone()))
+        .map_err(|_| bad(format!("unknown status {status:?}")))?;
+    for (field, json) in [
+        ("request_json", Some(&request_json)),
+        ("result_json", result_json.as_ref()),
+        ("error_json", error_json.as_ref()),
+    ] {
+        if let Some(json) = json {
+            serde_json::from_str::<serde_json::Value>(json)
+                .map_err(|e| bad(format!("{field} is not JSON: {e}")))?;
+        }
+    }
+    let owner = match (pid, start) {
+        (Some(pid), Some(start)) => Some(ProcessIdentity {
+            pid: u32::try_from(pid).map_err(|_| bad(format!("owner pid {pid}")))?,
+            start_time: start.max(0) as u64,
+        }),
+        _ => None,
+    };
+    Ok(OperationRecord {
+        id: hangar_core::ids::OperationId::new(id.clone()).map_err(|e| bad(e.to_string()))?,
+        kind,
+        target,
+        request_json,
+        status,
+        progress,
+        result_json,
+        error_json,
+        owner,
+        created_at: Timestamp(created.max(0) as u64),
+        updated_at: Timestamp(updated.max(0) as u64),
+    })
+}
+
+fn read_token_row(r: &Row<'_>) -> rusqlite::Result<TokenRecord> {
+    Ok(TokenRecord {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        sha256: r.get(2)?,
+        created_at: Timestamp(r.get::<_, i64>(3)?.max(0) as u64),
+    })
 }
 
 fn split_process(p: Option<ProcessIdentity>) -> (Option<i64>, Option<i64>) {

@@ -1,10 +1,11 @@
 //! `hangard`, the node daemon: Hangar's REST API v1 on a unix socket.
 //!
-//! Every handler is a thin translation between HTTP and the engine library the CLI uses
-//! (`hangar-qemu`); the wire types live in `hangar-api`. Engine calls block (they wait for
-//! guests), so they run on plain worker threads, never on the async runtime's threads. VMs never
-//! depend on the daemon: QEMU processes outlive it, and a restarted daemon finds them again
-//! through the store (PID + start time + QMP), exactly as a later CLI invocation does.
+//! Every handler is a thin translation between HTTP and `hangar-control`'s [`Local`], the same
+//! library the CLI uses without a daemon; the wire types live in `hangar-api`. A mutating call
+//! is journaled as an operation and carried out on its own thread (engine calls block while
+//! they wait for guests, so they never run on the async runtime's threads). VMs never depend on
+//! the daemon: QEMU processes outlive it; a restarted daemon finds them again through the store
+//! (PID + start time + QMP) and settles every operation its predecessor left running.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
@@ -22,16 +23,17 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use hangar_api::{http_status, ErrorBody, Health, SnapshotRequest, StopRequest, VmView};
-use hangar_core::cancel::CancelToken;
-use hangar_core::contracts::{
-    EventKind, Events, Lifecycle, SaveMode, SnapshotInfo, Snapshots, StopMode,
+use hangar_api::{
+    http_status, ErrorBody, EventView, Health, ImageView, Operation, OperationRequest,
+    OperationResult, SnapshotRequest, StartRequest, StopRequest, VmView,
 };
+use hangar_control::{Control, Local};
+use hangar_core::contracts::{Lifecycle, SnapshotInfo};
 use hangar_core::error::{Coded, Error, ErrorCode};
-use hangar_core::ids::{SnapshotId, VmName};
+use hangar_core::ids::VmName;
 use hangar_core::lifecycle::{LifecycleObserver, TransitionEvent};
 use hangar_qemu::QemuEngine;
-use hangar_spec::{Format, SpecErrors};
+use hangar_spec::Format;
 use serde::Deserialize;
 use utoipa::OpenApi;
 
@@ -42,8 +44,12 @@ pub const MAX_BODY_BYTES: usize = 1 << 20;
 
 /// The daemon's shared state.
 pub struct Daemon {
-    /// The engine, shared with nothing else in this process.
-    pub engine: Arc<QemuEngine>,
+    /// Operations and reads, through the engine (the CLI's own library).
+    pub local: Arc<Local>,
+    /// Woken whenever an operation ends or is settled.
+    ops_changed: Arc<tokio::sync::Notify>,
+    /// Token lookups for the TCP listener (a connection of its own).
+    tokens: std::sync::Mutex<hangar_store::Store>,
     /// Woken on every transition, so event streams need not poll.
     changed: Arc<tokio::sync::Notify>,
     /// Prometheus metrics.
@@ -64,6 +70,19 @@ pub const LIST_MAX_AGE: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, Copy)]
 pub struct Peer {
     uid: Option<u32>,
+    tcp: Option<std::net::SocketAddr>,
+}
+
+impl
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
+    for Peer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        Peer {
+            uid: None,
+            tcp: Some(*stream.remote_addr()),
+        }
+    }
 }
 
 impl
@@ -74,6 +93,7 @@ impl
     fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Self {
         Peer {
             uid: stream.io().peer_cred().ok().map(|c| c.uid()),
+            tcp: None,
         }
     }
 }
@@ -88,9 +108,13 @@ impl LifecycleObserver for Wake {
 }
 
 impl Daemon {
-    /// Wraps an engine; opens (or creates) the audit log in the engine's home.
-    pub fn new(engine: QemuEngine) -> Result<Daemon, hangar_audit::AuditError> {
-        let audit = hangar_audit::AuditLog::open(engine.home().join("audit.log"))?;
+    /// Wraps an engine; opens (or creates) the audit log and the operation journal in the
+    /// engine's home. Call [`Daemon::recover`] next.
+    pub fn new(engine: QemuEngine) -> Result<Daemon, String> {
+        let audit = hangar_audit::AuditLog::open(engine.home().join("audit.log"))
+            .map_err(|e| format!("audit log: {e}"))?;
+        let tokens =
+            hangar_store::Store::open_in(engine.home()).map_err(|e| format!("state store: {e}"))?;
         if let Some(torn) = audit.recovered_tail() {
             eprintln!(
                 "hangard: removed a torn, never-acknowledged audit line: {}",
@@ -100,8 +124,11 @@ impl Daemon {
         let changed = Arc::new(tokio::sync::Notify::new());
         let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
         engine.observe(Arc::new(Wake(changed.clone(), generation.clone())));
+        let local = Local::new(Arc::new(engine)).map_err(|e| format!("state store: {e}"))?;
         Ok(Daemon {
-            engine: Arc::new(engine),
+            local: Arc::new(local),
+            ops_changed: Arc::new(tokio::sync::Notify::new()),
+            tokens: std::sync::Mutex::new(tokens),
             changed,
             metrics: metrics::Metrics::default(),
             audit: std::sync::Mutex::new(audit),
@@ -111,9 +138,40 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// Settles operations a dead process left running (a daemon killed mid-operation). Runs at
+    /// start and then every second in the background, because an operation whose guest is
+    /// still booting can only be settled once the boot ends.
+    pub fn recover(self: &Arc<Self>) -> Vec<Operation> {
+        let settled = self.local.recover();
+        for op in &settled {
+            eprintln!(
+                "hangard: settled interrupted operation {} ({} {}): {}",
+                op.id, op.kind, op.target, op.status
+            );
+        }
+        if !settled.is_empty() {
+            self.ops_changed.notify_waiters();
+        }
+        settled
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Arc<QemuEngine> {
+        self.local.engine()
+    }
+}
+
 /// An error response: a status and a coded body.
 #[derive(Debug)]
 pub struct ApiError(u16, Box<ErrorBody>);
+
+impl From<ErrorBody> for ApiError {
+    fn from(body: ErrorBody) -> ApiError {
+        let status = body.error_code().map(http_status).unwrap_or(500);
+        ApiError(status, Box::new(body))
+    }
+}
 
 impl ApiError {
     fn new(
@@ -122,39 +180,24 @@ impl ApiError {
         path: Option<String>,
         hint: Option<String>,
     ) -> ApiError {
-        ApiError(
-            http_status(code),
-            Box::new(ErrorBody {
-                code: code.as_str().to_string(),
-                message: message.into(),
-                path,
-                hint: hint.unwrap_or_else(|| code.typical_fix().to_string()),
-                errors: vec![],
-            }),
-        )
+        let mut body = ErrorBody::new(code, message);
+        body.path = path;
+        if let Some(hint) = hint {
+            body.hint = hint;
+        }
+        ApiError::from(body)
     }
 }
 
 impl From<Error> for ApiError {
     fn from(e: Error) -> ApiError {
-        ApiError::new(e.code(), e.to_string(), e.path(), Coded::hint(&e))
+        ApiError::from(ErrorBody::from(e))
     }
 }
 
-impl From<SpecErrors> for ApiError {
-    fn from(e: SpecErrors) -> ApiError {
-        let first = e.0[0].clone();
-        let mut err = ApiError::new(
-            first.code,
-            first.message.clone(),
-            Some(first.path.clone()).filter(|p| !p.is_empty()),
-            Some(first.hint.clone()),
-        );
-        err.1.errors =
-            e.0.iter()
-                .map(|d| serde_json::to_value(d).expect("json"))
-                .collect();
-        err
+impl From<hangar_spec::SpecErrors> for ApiError {
+    fn from(e: hangar_spec::SpecErrors) -> ApiError {
+        ApiError::from(ErrorBody::from(e))
     }
 }
 
@@ -216,14 +259,10 @@ fn spec_from_body(body: &[u8]) -> ApiResult<hangar_spec::CanonicalSpec> {
     Ok(hangar_spec::parse(text, Format::Json, Path::new("/"))?)
 }
 
-fn view(engine: &QemuEngine, vm: &VmName) -> Result<VmView, Error> {
-    engine.record(vm).map(|r| VmView::from_record(&r))
-}
-
 /// `GET /v1/health`
 #[utoipa::path(get, path = "/v1/health", responses((status = 200, body = Health)))]
 async fn health(State(d): State<Arc<Daemon>>) -> Json<Health> {
-    let facts = d.engine.facts();
+    let facts = d.engine().facts();
     let (kvm, why) = facts.kvm.verdict();
     Json(Health {
         status: "ok".into(),
@@ -248,12 +287,8 @@ async fn list_vms(State(d): State<Arc<Daemon>>) -> ApiResult<Response> {
             return Ok(([("content-type", "application/json")], body.clone()).into_response());
         }
     }
-    let engine = d.engine.clone();
-    let views = blocking(move || -> Result<Vec<VmView>, Error> {
-        let names: Vec<VmName> = engine.list()?.into_iter().map(|s| s.name).collect();
-        names.iter().map(|n| view(&engine, n)).collect()
-    })
-    .await?;
+    let local = d.local.clone();
+    let views = blocking(move || local.list()).await?;
     let body = Bytes::from(serde_json::to_vec(&views).expect("views serialise"));
     // Refreshing may itself record transitions (a dead QEMU becomes failed): take the
     // generation after it, so the next reader does not recompute for our own changes.
@@ -269,34 +304,117 @@ async fn get_vm(
     State(d): State<Arc<Daemon>>,
     UrlPath(name): UrlPath<String>,
 ) -> ApiResult<Json<VmView>> {
-    let vm = vm_name(&name)?;
-    let engine = d.engine.clone();
-    Ok(Json(blocking(move || view(&engine, &vm)).await?))
+    let local = d.local.clone();
+    Ok(Json(blocking(move || local.get(&name)).await?))
+}
+
+/// `?wait=` on every mutating call.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+pub struct WaitQuery {
+    /// Answer once the operation has finished (200 with the operation, or its error with the
+    /// error's status) instead of at once (202 with the running operation).
+    #[serde(default)]
+    pub wait: bool,
+}
+
+/// Journals `request`, carries it out on a worker thread and answers with the operation: at
+/// once (202, `Location: /v1/operations/{id}`) or, with `wait`, when it has finished.
+async fn submit(d: Arc<Daemon>, request: OperationRequest, wait: bool) -> ApiResult<Response> {
+    let local = d.local.clone();
+    let pending = blocking(move || local.begin(request)).await?;
+    let accepted = pending.operation();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let worker = d.clone();
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        let op = worker.local.execute(pending, &|_| {});
+        worker
+            .metrics
+            .operation(&op.kind, &op.status, started.elapsed().as_secs_f64());
+        if op.kind == "start" && op.status == "succeeded" {
+            if let Some(ms) = op.result.as_ref().and_then(|r| r.vm.as_ref()?.boot_ms) {
+                worker.metrics.boot(ms as f64 / 1000.0);
+            }
+        }
+        let _ = tx.send(op);
+    });
+    let id = accepted.id.clone();
+    let mut response = if wait {
+        let op = rx.await.expect("operation worker ended without an answer");
+        d.ops_changed.notify_waiters();
+        match (&op.error, op.status.as_str()) {
+            (Some(e), status) if status != "succeeded" => ApiError::from(e.clone()).into_response(),
+            _ => Json(op).into_response(),
+        }
+    } else {
+        let waker = d.clone();
+        tokio::spawn(async move {
+            let _ = rx.await;
+            waker.ops_changed.notify_waiters();
+        });
+        let location = format!("/v1/operations/{id}");
+        (
+            StatusCode::ACCEPTED,
+            [("location", location)],
+            Json(accepted),
+        )
+            .into_response()
+    };
+    if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-hangar-operation", v);
+    }
+    Ok(response)
+}
+
+fn bad_body(what: &str, e: impl std::fmt::Display, hint: &str) -> ApiError {
+    let mut body = ErrorBody::new(ErrorCode::InvalidArgument, format!("invalid {what}: {e}"));
+    body.hint = hint.to_string();
+    ApiError::from(body)
+}
+
+/// Decodes an optional JSON body (empty means the type's default).
+fn json_or_default<T: serde::de::DeserializeOwned + Default>(
+    body: &[u8],
+    what: &str,
+    hint: &str,
+) -> ApiResult<T> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| bad_body(what, e, hint))
 }
 
 /// `POST /v1/vms`: define a VM from a spec (JSON, the shape of vm.json). Idempotent for an
 /// identical spec; `E_VM_EXISTS` (409) for a different spec under the same name.
-#[utoipa::path(post, path = "/v1/vms", request_body(content = Object, description = "A VM spec (schema/vm-spec-v1.json)"),
-    responses((status = 201, body = VmView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/vms", params(WaitQuery),
+    request_body(content = Object, description = "A VM spec (schema/vm-spec-v1.json)"),
+    responses((status = 202, body = Operation), (status = 200, body = Operation, description = "With wait=true"),
+        (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn create_vm(
     State(d): State<Arc<Daemon>>,
+    Query(q): Query<WaitQuery>,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<(StatusCode, Json<VmView>)> {
-    let spec = spec_from_body(&body_bytes(body)?)?;
-    let engine = d.engine.clone();
-    let view = blocking(move || {
-        engine.define(&spec.spec)?;
-        view(&engine, &spec.spec.name)
-    })
-    .await?;
-    Ok((StatusCode::CREATED, Json(view)))
+) -> ApiResult<Response> {
+    let body = body_bytes(body)?;
+    // Refuse a bad spec with every diagnostic before an operation is made.
+    spec_from_body(&body)?;
+    let spec = serde_json::from_slice(&body).expect("a spec that parsed is JSON");
+    submit(
+        d,
+        OperationRequest::Create {
+            spec,
+            base_dir: None,
+        },
+        q.wait,
+    )
+    .await
 }
 
 /// The lifecycle actions of `POST /v1/vms/{name}/{action}`.
 #[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
-    /// Boot and wait for the guest.
+    /// Boot and wait for the guest (body: StartRequest).
     Start,
     /// Stop (body: StopRequest).
     Stop,
@@ -308,17 +426,19 @@ pub enum Action {
     Reboot,
 }
 
-/// `POST /v1/vms/{name}/{action}`: start, stop, pause, resume or reboot; waits until done.
+/// `POST /v1/vms/{name}/{action}`: start, stop, pause, resume or reboot.
 #[utoipa::path(post, path = "/v1/vms/{name}/{action}",
-    params(("name" = String, Path, description = "VM name"), ("action" = Action, Path, description = "What to do")),
-    request_body(content = Option<StopRequest>, description = "For stop only"),
-    responses((status = 200, body = VmView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    params(("name" = String, Path, description = "VM name"), ("action" = Action, Path, description = "What to do"), WaitQuery),
+    request_body(content = Option<StopRequest>, description = "StartRequest for start, StopRequest for stop, nothing otherwise"),
+    responses((status = 202, body = Operation), (status = 200, body = Operation, description = "With wait=true"),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn vm_action(
     State(d): State<Arc<Daemon>>,
     UrlPath((name, action)): UrlPath<(String, String)>,
+    Query(q): Query<WaitQuery>,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Json<VmView>> {
-    let vm = vm_name(&name)?;
+) -> ApiResult<Response> {
+    vm_name(&name)?;
     let action: Action = serde_json::from_value(serde_json::Value::String(action.clone()))
         .map_err(|_| {
             ApiError::new(
@@ -329,47 +449,107 @@ async fn vm_action(
             )
         })?;
     let body = body_bytes(body)?;
-    let stop: StopRequest = if body.is_empty() {
-        StopRequest::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::new(
-                ErrorCode::InvalidArgument,
-                format!("invalid stop request: {e}"),
-                None,
-                Some("send {\"force\": bool, \"timeout_s\": n}".into()),
-            )
-        })?
-    };
-    let engine = d.engine.clone();
-    let was_running = matches!(action, Action::Start);
-    let view = blocking(move || -> Result<VmView, Error> {
-        let c = CancelToken::new();
-        match action {
-            Action::Start => engine.start(&vm, &c).map(drop),
-            Action::Stop => {
-                let mode = if stop.force {
-                    StopMode::Force
-                } else {
-                    StopMode::Graceful {
-                        timeout: Duration::from_secs(stop.timeout_s.unwrap_or(30)),
-                    }
-                };
-                engine.stop(&vm, mode, &c).map(drop)
+    let request = match action {
+        Action::Start => {
+            let s: StartRequest = json_or_default(
+                &body,
+                "start request",
+                "send {\"no_wait\": bool, \"timeout_s\": n} or nothing",
+            )?;
+            OperationRequest::Start {
+                vm: name,
+                no_wait: s.no_wait,
+                timeout_s: s.timeout_s,
             }
-            Action::Pause => engine.pause(&vm).map(drop),
-            Action::Resume => engine.resume(&vm).map(drop),
-            Action::Reboot => engine.reboot(&vm, &c).map(drop),
-        }?;
-        view(&engine, &vm)
-    })
-    .await?;
-    if was_running {
-        if let Some(ms) = view.boot_ms {
-            d.metrics.boot(ms as f64 / 1000.0);
         }
+        Action::Stop => {
+            let s: StopRequest = json_or_default(
+                &body,
+                "stop request",
+                "send {\"force\": bool, \"timeout_s\": n} or nothing",
+            )?;
+            OperationRequest::Stop {
+                vm: name,
+                force: s.force,
+                timeout_s: s.timeout_s,
+            }
+        }
+        Action::Pause => OperationRequest::Pause { vm: name },
+        Action::Resume => OperationRequest::Resume { vm: name },
+        Action::Reboot => OperationRequest::Reboot { vm: name },
+    };
+    submit(d, request, q.wait).await
+}
+
+/// `POST /v1/operations`: any operation, as an OperationRequest (what the CLI sends).
+#[utoipa::path(post, path = "/v1/operations", params(WaitQuery), request_body = OperationRequest,
+    responses((status = 202, body = Operation), (status = 200, body = Operation, description = "With wait=true"),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn create_operation(
+    State(d): State<Arc<Daemon>>,
+    Query(q): Query<WaitQuery>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let request: OperationRequest = serde_json::from_slice(&body_bytes(body)?).map_err(|e| {
+        bad_body(
+            "operation request",
+            e,
+            "send {\"kind\": \"start\", \"vm\": \"name\"}; GET /v1/openapi.json lists the kinds",
+        )
+    })?;
+    submit(d, request, q.wait).await
+}
+
+/// `GET /v1/operations` query.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+pub struct OperationsQuery {
+    /// How many, newest first (default 100, at most 10000).
+    pub limit: Option<usize>,
+}
+
+/// `GET /v1/operations`: the journal, newest first.
+#[utoipa::path(get, path = "/v1/operations", params(OperationsQuery),
+    responses((status = 200, body = [Operation])))]
+async fn list_operations(
+    State(d): State<Arc<Daemon>>,
+    Query(q): Query<OperationsQuery>,
+) -> ApiResult<Json<Vec<Operation>>> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    let local = d.local.clone();
+    Ok(Json(blocking(move || local.operations(limit)).await?))
+}
+
+/// `GET /v1/operations/{id}`; with `wait=true`, answers once it has finished (at most 10 min).
+#[utoipa::path(get, path = "/v1/operations/{id}", params(("id" = String, Path, description = "Operation id"), WaitQuery),
+    responses((status = 200, body = Operation), (status = 404, body = ErrorBody)))]
+async fn get_operation(
+    State(d): State<Arc<Daemon>>,
+    UrlPath(id): UrlPath<String>,
+    Query(q): Query<WaitQuery>,
+) -> ApiResult<Json<Operation>> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let changed = d.ops_changed.notified();
+        let local = d.local.clone();
+        let lookup = id.clone();
+        let op = blocking(move || local.operation(&lookup)).await?;
+        if !q.wait || op.is_done() || Instant::now() >= deadline {
+            return Ok(Json(op));
+        }
+        // Woken when any operation ends; the timeout covers ones another process finishes.
+        let _ = tokio::time::timeout(Duration::from_millis(500), changed).await;
     }
-    Ok(Json(view))
+}
+
+/// `GET /v1/images`: the guest images in `$HANGAR_HOME/images`.
+#[utoipa::path(get, path = "/v1/images", responses((status = 200, body = [ImageView])))]
+async fn list_images(State(d): State<Arc<Daemon>>) -> ApiResult<Json<Vec<ImageView>>> {
+    let home = d.local.engine().home().to_path_buf();
+    Ok(Json(
+        blocking(move || hangar_api::images(&home))
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::Io, e.to_string(), None, None))?,
+    ))
 }
 
 /// `GET /v1/events` query.
@@ -382,11 +562,13 @@ pub struct EventsQuery {
     pub follow: Option<bool>,
 }
 
-/// `GET /v1/events`: Server-Sent Events, one per lifecycle transition (`event: transition`,
-/// `id:` its sequence number, `data:` the transition as JSON). Replays from the store first, so
-/// `since=N` after a disconnect misses nothing.
+/// `GET /v1/events`: Server-Sent Events: `event: transition` for every lifecycle transition
+/// (from, to, cause, operation) and `event: engine` for what the engine observed that is not a
+/// state change (a stop escalated, a QEMU adopted after a crash); `id:` is the sequence number,
+/// `data:` an EventView. Replays from the store first, so `since=N` after a disconnect misses
+/// nothing.
 #[utoipa::path(get, path = "/v1/events", params(EventsQuery),
-    responses((status = 200, content_type = "text/event-stream", description = "A stream of transition events")))]
+    responses((status = 200, content_type = "text/event-stream", body = EventView, description = "A stream of events")))]
 async fn events(
     State(d): State<Arc<Daemon>>,
     Query(q): Query<EventsQuery>,
@@ -401,21 +583,22 @@ async fn events(
             // Subscribe before reading, so a transition between the read and the wait wakes us.
             let changed = d.changed.clone();
             let woken = changed.notified();
-            let engine = d.engine.clone();
-            let page = blocking(move || engine.events_since(after, 256)).await;
+            let local = d.local.clone();
+            let page = blocking(move || local.events_since(after, 256)).await;
             match page {
-                Ok(page) if !page.events.is_empty() => {
-                    for e in page.events {
-                        after = e.seq;
-                        if let EventKind::Transition(t) = &e.kind {
-                            let data = serde_json::json!({ "seq": e.seq, "vm": t.vm, "from": t.from, "to": t.to, "at": t.at, "cause": t.cause, "operation": t.operation });
-                            queue.push_back(
-                                SseEvent::default()
-                                    .id(e.seq.to_string())
-                                    .event("transition")
-                                    .data(data.to_string()),
-                            );
-                        }
+                Ok(page) if !page.is_empty() => {
+                    for e in page {
+                        after = e.seq();
+                        let kind = match e {
+                            EventView::Transition { .. } => "transition",
+                            EventView::Engine { .. } => "engine",
+                        };
+                        queue.push_back(
+                            SseEvent::default()
+                                .id(after.to_string())
+                                .event(kind)
+                                .data(serde_json::to_string(&e).expect("events serialise")),
+                        );
                     }
                 }
                 _ if !follow => return None,
@@ -430,9 +613,34 @@ async fn events(
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
+/// `GET /v1/events/page` query.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+pub struct EventPageQuery {
+    /// Events after this sequence number.
+    #[serde(default)]
+    pub since: u64,
+    /// At most this many (default 256, at most 10000).
+    pub limit: Option<usize>,
+}
+
+/// `GET /v1/events/page`: the same events as JSON, one page at a time (what `hangar events`
+/// reads).
+#[utoipa::path(get, path = "/v1/events/page", params(EventPageQuery),
+    responses((status = 200, body = [EventView])))]
+async fn events_page(
+    State(d): State<Arc<Daemon>>,
+    Query(q): Query<EventPageQuery>,
+) -> ApiResult<Json<Vec<EventView>>> {
+    let limit = q.limit.unwrap_or(256).clamp(1, 10_000);
+    let local = d.local.clone();
+    Ok(Json(
+        blocking(move || local.events_since(q.since, limit)).await?,
+    ))
+}
+
 /// `GET /metrics`: Prometheus text format.
 async fn metrics_text(State(d): State<Arc<Daemon>>) -> Response {
-    let engine = d.engine.clone();
+    let engine = d.engine().clone();
     let (by_state, store_seconds) = blocking(move || {
         let started = Instant::now();
         let mut by_state: BTreeMap<String, u64> = BTreeMap::new();
@@ -462,13 +670,20 @@ async fn observe(State(d): State<Arc<Daemon>>, request: Request, next: Next) -> 
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
     let target = request.uri().path().to_string();
-    let who = match request
+    let peer = request
         .extensions()
         .get::<axum::extract::ConnectInfo<Peer>>()
-        .and_then(|c| c.0.uid)
-    {
-        Some(uid) => format!("local:uid={uid}"),
-        None => "local:unknown".to_string(),
+        .map(|c| c.0);
+    let who = match (request.extensions().get::<TokenIdentity>(), peer) {
+        (
+            Some(token),
+            Some(Peer {
+                tcp: Some(addr), ..
+            }),
+        ) => format!("token:{} ({addr})", token.0),
+        (Some(token), _) => format!("token:{}", token.0),
+        (None, Some(Peer { uid: Some(uid), .. })) => format!("local:uid={uid}"),
+        _ => "local:unknown".to_string(),
     };
     let response = next.run(request).await;
     let status = response.status().as_u16();
@@ -496,8 +711,14 @@ async fn observe(State(d): State<Arc<Daemon>>, request: Request, next: Next) -> 
             who,
             what: format!("{method} {route}"),
             target,
-            result: code.unwrap_or_else(|| "ok".into()),
-            detail: None,
+            // A 202 means the operation was accepted; its end is in the journal.
+            result: code
+                .unwrap_or_else(|| if status == 202 { "accepted" } else { "ok" }.to_string()),
+            detail: response
+                .headers()
+                .get("x-hangar-operation")
+                .and_then(|v| v.to_str().ok())
+                .map(|op| format!("operation {op}")),
         };
         let appended = d
             .audit
@@ -519,101 +740,98 @@ pub struct DeleteQuery {
     /// Stop it first if it runs.
     #[serde(default)]
     pub force: bool,
+    /// Answer once done.
+    #[serde(default)]
+    pub wait: bool,
 }
 
 /// `DELETE /v1/vms/{name}`: remove a VM that is not running (or any, with `force=true`).
 #[utoipa::path(delete, path = "/v1/vms/{name}", params(("name" = String, Path, description = "VM name"), DeleteQuery),
-    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 202, body = Operation), (status = 200, body = Operation, description = "With wait=true"),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn delete_vm(
     State(d): State<Arc<Daemon>>,
     UrlPath(name): UrlPath<String>,
     Query(q): Query<DeleteQuery>,
-) -> ApiResult<StatusCode> {
-    let vm = vm_name(&name)?;
-    let engine = d.engine.clone();
-    blocking(move || -> Result<(), Error> {
-        if q.force {
-            engine.stop(&vm, StopMode::Force, &CancelToken::new())?;
-        }
-        engine.undefine(&vm)
-    })
-    .await?;
-    Ok(StatusCode::NO_CONTENT)
+) -> ApiResult<Response> {
+    let request = OperationRequest::Delete {
+        vm: name,
+        force: q.force,
+    };
+    submit(d, request, q.wait).await
 }
 
 /// `GET /v1/vms/{name}/snapshots`
 #[utoipa::path(get, path = "/v1/vms/{name}/snapshots", params(("name" = String, Path, description = "VM name")),
     responses((status = 200, body = Object, description = "SnapshotInfo list")))]
-async fn list_snapshots(
+async fn list_vm_snapshots(
     State(d): State<Arc<Daemon>>,
     UrlPath(name): UrlPath<String>,
 ) -> ApiResult<Json<Vec<SnapshotInfo>>> {
-    let vm = vm_name(&name)?;
-    let engine = d.engine.clone();
-    Ok(Json(
-        blocking(move || engine.list_snapshots(Some(&vm))).await?,
-    ))
+    let local = d.local.clone();
+    Ok(Json(blocking(move || local.snapshots(Some(&name))).await?))
+}
+
+/// `GET /v1/snapshots`: every snapshot.
+#[utoipa::path(get, path = "/v1/snapshots", responses((status = 200, body = Object, description = "SnapshotInfo list")))]
+async fn list_snapshots(State(d): State<Arc<Daemon>>) -> ApiResult<Json<Vec<SnapshotInfo>>> {
+    let local = d.local.clone();
+    Ok(Json(blocking(move || local.snapshots(None)).await?))
 }
 
 /// `POST /v1/vms/{name}/snapshots`: save the VM's memory.
-#[utoipa::path(post, path = "/v1/vms/{name}/snapshots", params(("name" = String, Path, description = "VM name")),
-    request_body = SnapshotRequest, responses((status = 201, body = Object, description = "SnapshotInfo"), (status = 409, body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/vms/{name}/snapshots", params(("name" = String, Path, description = "VM name"), WaitQuery),
+    request_body = SnapshotRequest,
+    responses((status = 202, body = Operation), (status = 200, body = Operation, description = "With wait=true"), (status = 409, body = ErrorBody)))]
 async fn save_snapshot(
     State(d): State<Arc<Daemon>>,
     UrlPath(name): UrlPath<String>,
+    Query(q): Query<WaitQuery>,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<(StatusCode, Json<SnapshotInfo>)> {
-    let vm = vm_name(&name)?;
+) -> ApiResult<Response> {
     let req: SnapshotRequest = serde_json::from_slice(&body_bytes(body)?).map_err(|e| {
-        ApiError::new(
-            ErrorCode::InvalidArgument,
-            format!("invalid snapshot request: {e}"),
-            None,
-            None,
+        bad_body(
+            "snapshot request",
+            e,
+            "send {\"id\": \"name\", \"sleep\": bool}",
         )
     })?;
-    let id = SnapshotId::new(req.id).map_err(|e| ApiError::from(Error::InvalidName(e)))?;
-    let mode = if req.sleep {
-        SaveMode::Sleep
-    } else {
-        SaveMode::KeepPaused
+    let request = OperationRequest::SnapshotSave {
+        vm: name,
+        id: req.id,
+        sleep: req.sleep,
     };
-    let engine = d.engine.clone();
-    let info = blocking(move || engine.save(&vm, &id, mode, &CancelToken::new())).await?;
-    Ok((StatusCode::CREATED, Json(info)))
+    submit(d, request, q.wait).await
 }
 
 /// `POST /v1/vms/{name}/snapshots/{id}/restore`
 #[utoipa::path(post, path = "/v1/vms/{name}/snapshots/{id}/restore",
-    params(("name" = String, Path, description = "VM name"), ("id" = String, Path, description = "Snapshot id")),
-    responses((status = 200, body = VmView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    params(("name" = String, Path, description = "VM name"), ("id" = String, Path, description = "Snapshot id"), WaitQuery),
+    responses((status = 202, body = Operation), (status = 200, body = Operation, description = "With wait=true"),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn restore_snapshot(
     State(d): State<Arc<Daemon>>,
     UrlPath((name, id)): UrlPath<(String, String)>,
-) -> ApiResult<Json<VmView>> {
-    let vm = vm_name(&name)?;
-    let id = SnapshotId::new(id).map_err(|e| ApiError::from(Error::InvalidName(e)))?;
-    let engine = d.engine.clone();
-    Ok(Json(
-        blocking(move || {
-            engine.restore(&vm, &id, &CancelToken::new())?;
-            view(&engine, &vm)
-        })
-        .await?,
-    ))
+    Query(q): Query<WaitQuery>,
+) -> ApiResult<Response> {
+    submit(
+        d,
+        OperationRequest::SnapshotRestore { vm: name, id },
+        q.wait,
+    )
+    .await
 }
 
 /// `DELETE /v1/snapshots/{id}`
-#[utoipa::path(delete, path = "/v1/snapshots/{id}", params(("id" = String, Path, description = "Snapshot id")),
-    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+#[utoipa::path(delete, path = "/v1/snapshots/{id}", params(("id" = String, Path, description = "Snapshot id"), WaitQuery),
+    responses((status = 202, body = Operation), (status = 200, body = Operation, description = "With wait=true"),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn delete_snapshot(
     State(d): State<Arc<Daemon>>,
     UrlPath(id): UrlPath<String>,
-) -> ApiResult<StatusCode> {
-    let id = SnapshotId::new(id).map_err(|e| ApiError::from(Error::InvalidName(e)))?;
-    let engine = d.engine.clone();
-    blocking(move || engine.delete_snapshot(&id)).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Query(q): Query<WaitQuery>,
+) -> ApiResult<Response> {
+    submit(d, OperationRequest::SnapshotDelete { id }, q.wait).await
 }
 
 /// `POST /v1/validate`: every problem in a spec. Always 200; `ok` tells.
@@ -638,7 +856,7 @@ async fn plan(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let spec = spec_from_body(&body_bytes(body)?)?;
-    let plan = hangar_plan::plan(&spec, d.engine.facts())
+    let plan = hangar_plan::plan(&spec, d.engine().facts())
         .map_err(|e| ApiError::new(e.code(), e.to_string(), e.path(), None))?;
     Ok(Json(serde_json::to_value(plan).expect("plans serialise")))
 }
@@ -657,6 +875,63 @@ async fn not_found() -> ApiError {
     );
     e.0 = 404;
     e
+}
+
+/// The token a TCP request authenticated with (its public id).
+#[derive(Debug, Clone)]
+struct TokenIdentity(String);
+
+/// TCP requests must carry `Authorization: Bearer <token>` for a token in the store. Checked on
+/// every request (a lookup by hash), so `hangar token rm` takes effect at once.
+async fn require_token(State(d): State<Arc<Daemon>>, mut request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string());
+    let found = presented.and_then(|token| {
+        let store = d.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        hangar_control::tokens::authenticate(&store, &token)
+            .ok()
+            .flatten()
+    });
+    match found {
+        Some(token) => {
+            request.extensions_mut().insert(TokenIdentity(token.id));
+            next.run(request).await
+        }
+        None => {
+            d.metrics.error(ErrorCode::Unauthorized.as_str());
+            let mut response = ApiError::new(
+                ErrorCode::Unauthorized,
+                "missing or unknown bearer token",
+                None,
+                None,
+            )
+            .into_response();
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+            response
+        }
+    }
+}
+
+/// Serves the API on a TCP listener, every request authenticated by a bearer token. Plain
+/// HTTP: put it behind TLS (or keep it on loopback) when it leaves the host.
+pub async fn serve_tcp(
+    listener: tokio::net::TcpListener,
+    daemon: Arc<Daemon>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(daemon.clone())
+        .layer(axum::middleware::from_fn_with_state(daemon, require_token))
+        .into_make_service_with_connect_info::<Peer>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves (used by `main` and by tests).
@@ -686,17 +961,45 @@ pub async fn serve(
         create_vm,
         vm_action,
         delete_vm,
+        list_vm_snapshots,
         list_snapshots,
         save_snapshot,
         restore_snapshot,
         delete_snapshot,
+        create_operation,
+        list_operations,
+        get_operation,
+        list_images,
         validate,
         plan,
-        events
+        events,
+        events_page
     ),
-    components(schemas(VmView, ErrorBody, Health, StopRequest, SnapshotRequest, Action))
+    components(schemas(VmView, ErrorBody, Health, StartRequest, StopRequest, SnapshotRequest, Action,
+        Operation, OperationRequest, OperationResult, EventView, ImageView)),
+    modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
+
+/// Documents the TCP listener's bearer tokens.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        openapi.components.get_or_insert_with(Default::default).add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "Required on the TCP listener only (`hangard --listen-tcp`); the unix socket is protected by its mode (0600). Create tokens with `hangar token create`.",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
 
 /// The OpenAPI document as served and committed (`schema/openapi-v1.json`).
 pub fn openapi_json() -> String {
@@ -715,8 +1018,16 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/vms/{name}", get(get_vm).delete(delete_vm))
         .route(
             "/v1/vms/{name}/snapshots",
-            get(list_snapshots).post(save_snapshot),
+            get(list_vm_snapshots).post(save_snapshot),
         )
+        .route("/v1/snapshots", get(list_snapshots))
+        .route(
+            "/v1/operations",
+            get(list_operations).post(create_operation),
+        )
+        .route("/v1/operations/{id}", get(get_operation))
+        .route("/v1/images", get(list_images))
+        .route("/v1/events/page", get(events_page))
         .route(
             "/v1/vms/{name}/snapshots/{id}/restore",
             post(restore_snapshot),

@@ -1,4 +1,5 @@
-//! `hangard`: serves Hangar's REST API v1 on `$HANGAR_HOME/hangard.sock` (mode 0600).
+//! `hangard`: serves Hangar's REST API v1 on `$HANGAR_HOME/hangard.sock` (mode 0600), and on
+//! TCP with bearer tokens when asked (`--listen-tcp`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,6 +17,11 @@ struct Args {
     /// Unix socket to listen on (default: <home>/hangard.sock).
     #[arg(long)]
     socket: Option<PathBuf>,
+    /// Also serve the API on this TCP address (for example 127.0.0.1:7070). Every request must
+    /// carry `Authorization: Bearer <token>` (create one with `hangar token create`). Plain
+    /// HTTP: keep it on loopback or put TLS in front.
+    #[arg(long, value_name = "ADDR")]
+    listen_tcp: Option<std::net::SocketAddr>,
     /// Print the OpenAPI document and exit.
     #[arg(long)]
     openapi: bool,
@@ -44,20 +50,55 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    eprintln!("hangard: listening on {}", socket.display());
+    let tcp = match args.listen_tcp {
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("hangard: cannot listen on tcp {addr}: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
     let daemon = match hangard::Daemon::new(engine) {
         Ok(d) => Arc::new(d),
         Err(e) => {
-            eprintln!("hangard: audit log: {e}");
+            eprintln!("hangard: {e}");
             return std::process::ExitCode::from(2);
         }
     };
-    let shutdown = async {
+    // Settle what a previous daemon left running before answering anyone, then keep
+    // settling in the background (an adopted guest may still be booting).
+    daemon.recover();
+    let recovering = daemon.clone();
+    std::thread::spawn(move || loop {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        recovering.recover();
+    });
+    eprintln!("hangard: listening on {}", socket.display());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("signal handler");
         tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
     };
-    let served = hangard::serve(listener, daemon, shutdown).await;
+    if let Some(tcp) = tcp {
+        if let Ok(addr) = tcp.local_addr() {
+            eprintln!("hangard: listening on tcp {addr} (bearer tokens required)");
+        }
+        let d = daemon.clone();
+        let rx = stop_rx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = hangard::serve_tcp(tcp, d, stopped(rx)).await {
+                eprintln!("hangard: tcp listener: {e}");
+            }
+        });
+    }
+    let served = hangard::serve(listener, daemon, stopped(stop_rx)).await;
     let _ = std::fs::remove_file(&socket);
     match served {
         Ok(()) => std::process::ExitCode::SUCCESS,

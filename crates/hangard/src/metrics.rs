@@ -65,6 +65,8 @@ struct Inner {
     latency: BTreeMap<String, Histogram>,
     errors: BTreeMap<String, u64>,
     boot: Option<Histogram>,
+    operations: BTreeMap<(String, String), u64>,
+    operation_latency: BTreeMap<String, Histogram>,
 }
 
 /// The daemon's metrics.
@@ -99,6 +101,18 @@ impl Metrics {
             .errors
             .entry(code.to_string())
             .or_default() += 1;
+    }
+
+    /// Records a finished operation by kind and final status.
+    pub fn operation(&self, kind: &str, status: &str, seconds: f64) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        *m.operations
+            .entry((kind.to_string(), status.to_string()))
+            .or_default() += 1;
+        m.operation_latency
+            .entry(kind.to_string())
+            .or_insert_with(|| Histogram::new(LATENCY_BUCKETS))
+            .observe(seconds);
     }
 
     /// Records a boot (spawn to guest-ready).
@@ -145,6 +159,23 @@ impl Metrics {
                 escape(code)
             );
         }
+        out.push_str("# HELP hangar_operations_total Operations by kind and final status.\n# TYPE hangar_operations_total counter\n");
+        for ((kind, status), n) in &m.operations {
+            let _ = writeln!(
+                out,
+                "hangar_operations_total{{kind=\"{}\",status=\"{}\"}} {n}",
+                escape(kind),
+                escape(status)
+            );
+        }
+        out.push_str("# HELP hangar_operation_duration_seconds Operation latency (accepted to finished) by kind.\n# TYPE hangar_operation_duration_seconds histogram\n");
+        for (kind, h) in &m.operation_latency {
+            h.render(
+                &mut out,
+                "hangar_operation_duration_seconds",
+                &format!("kind=\"{}\"", escape(kind)),
+            );
+        }
         out.push_str("# HELP hangar_boot_seconds Spawn to guest-ready, per boot started through the API.\n# TYPE hangar_boot_seconds histogram\n");
         m.boot
             .clone()
@@ -166,6 +197,7 @@ mod tests {
         m.request("GET", "/v1/vms", 200, 0.003);
         m.request("GET", "/v1/vms", 200, 0.2);
         m.boot(2.4);
+        m.operation("start", "succeeded", 2.5);
         let text = m.render(&BTreeMap::from([("running".to_string(), 2)]), 0.001);
         assert!(text.contains("hangar_vms{state=\"running\"} 2"));
         assert!(text.contains(
@@ -178,6 +210,10 @@ mod tests {
             "hangar_api_request_duration_seconds_bucket{route=\"/v1/vms\",le=\"0.25\"} 2"
         ));
         assert!(text.contains("hangar_boot_seconds_bucket{le=\"3\"} 1"));
+        assert!(text.contains("hangar_operations_total{kind=\"start\",status=\"succeeded\"} 1"));
+        assert!(
+            text.contains("hangar_operation_duration_seconds_bucket{kind=\"start\",le=\"5\"} 1")
+        );
         assert!(text.contains("hangar_boot_seconds_bucket{le=\"2\"} 0"));
     }
 }

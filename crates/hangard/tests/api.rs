@@ -11,6 +11,8 @@ use hangar_qemu::{EngineOptions, QemuEngine};
 /// A daemon serving on a temporary home; stops when dropped.
 struct TestDaemon {
     home: tempfile::TempDir,
+    /// The token-protected TCP listener's address.
+    tcp: std::net::SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -33,18 +35,26 @@ impl TestDaemon {
                 .unwrap();
             rt.block_on(async move {
                 let listener = hangard::bind(&socket).unwrap();
-                ready_tx.send(()).unwrap();
+                let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                ready_tx.send(tcp.local_addr().unwrap()).unwrap();
                 let daemon = Arc::new(hangard::Daemon::new(engine).unwrap());
+                let (tcp_stop, tcp_stopped) = tokio::sync::oneshot::channel::<()>();
+                let tcp_served = tokio::spawn(hangard::serve_tcp(tcp, daemon.clone(), async {
+                    let _ = tcp_stopped.await;
+                }));
                 hangard::serve(listener, daemon, async {
                     let _ = stopped.await;
                 })
                 .await
                 .unwrap();
+                let _ = tcp_stop.send(());
+                tcp_served.await.unwrap().unwrap();
             });
         });
-        ready_rx.recv().unwrap();
+        let tcp = ready_rx.recv().unwrap();
         TestDaemon {
             home,
+            tcp,
             stop: Some(stop),
             thread: Some(thread),
         }
@@ -127,6 +137,9 @@ fn committed_openapi_matches_the_code_and_is_served() {
         "/v1/health",
         "/v1/events",
         "/v1/vms/{name}/snapshots",
+        "/v1/operations",
+        "/v1/operations/{id}",
+        "/v1/images",
     ] {
         assert!(doc["paths"][p].is_object(), "{p} missing");
     }
@@ -147,27 +160,45 @@ fn socket_is_private() {
 #[test]
 fn define_is_idempotent_conflicts_are_409_and_delete_removes() {
     let d = TestDaemon::start();
-    let (s, v) = d.call("POST", "/v1/vms", Some(SPEC));
-    assert_eq!(s, 201, "{v}");
+    let (s, op) = d.call("POST", "/v1/vms?wait=true", Some(SPEC));
+    assert_eq!((s, op["status"].as_str()), (200, Some("succeeded")), "{op}");
+    let v = &op["result"]["vm"];
     assert_eq!(
         (v["name"].as_str(), v["state"].as_str()),
         (Some("api"), Some("defined"))
     );
-    let (s, again) = d.call("POST", "/v1/vms", Some(SPEC));
-    assert_eq!((s, &again["spec_hash"]), (201, &v["spec_hash"]));
-    let (s, e) = d.call("POST", "/v1/vms", Some(&SPEC.replace("128", "256")));
+    let (s, again) = d.call("POST", "/v1/vms?wait=true", Some(SPEC));
+    assert_eq!(
+        (s, &again["result"]["vm"]["spec_hash"]),
+        (200, &v["spec_hash"])
+    );
+    let (s, e) = d.call(
+        "POST",
+        "/v1/vms?wait=true",
+        Some(&SPEC.replace("128", "256")),
+    );
     assert_eq!(s, 409);
     coded(&e, "E_VM_EXISTS");
+    assert!(
+        e["operation"]
+            .as_str()
+            .is_some_and(|o| o.starts_with("op-")),
+        "{e}"
+    );
     let (s, list) = d.call("GET", "/v1/vms", None);
     assert_eq!((s, list.as_array().unwrap().len()), (200, 1));
-    let (s, e) = d.call("POST", "/v1/vms/api/pause", None);
+    let (s, e) = d.call("POST", "/v1/vms/api/pause?wait=true", None);
     assert_eq!(s, 409, "pausing a defined VM is an invalid transition");
     coded(&e, "E_INVALID_TRANSITION");
-    let (s, _) = d.call("DELETE", "/v1/vms/api", None);
-    assert_eq!(s, 204);
-    let (s, e) = d.call("DELETE", "/v1/vms/api", None);
-    assert_eq!(s, 404);
+    let (s, _) = d.call("DELETE", "/v1/vms/api?wait=true", None);
+    assert_eq!(s, 200);
+    let (s, e) = d.call("DELETE", "/v1/vms/api?wait=true", None);
+    assert_eq!(
+        s, 404,
+        "an unknown VM is refused before an operation is made"
+    );
     coded(&e, "E_VM_NOT_FOUND");
+    assert!(e.get("operation").is_none(), "{e}");
 }
 
 #[test]
@@ -221,6 +252,86 @@ fn bad_input_is_a_coded_4xx_never_a_500() {
 }
 
 #[test]
+fn mutating_calls_answer_at_once_with_an_operation_that_can_be_awaited() {
+    let d = TestDaemon::start();
+    let r = request(
+        &d.socket(),
+        "POST",
+        "/v1/vms",
+        Some(SPEC.as_bytes()),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert_eq!(r.status, 202);
+    let op: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let id = op["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        (op["kind"].as_str(), op["target"].as_str()),
+        (Some("create"), Some("api"))
+    );
+    let (s, done) = d.call("GET", &format!("/v1/operations/{id}?wait=true"), None);
+    assert_eq!(
+        (s, done["status"].as_str()),
+        (200, Some("succeeded")),
+        "{done}"
+    );
+    assert_eq!(done["result"]["vm"]["state"], "defined");
+    // The transition it made names it.
+    let (_, events) = d.call("GET", "/v1/events/page?since=0", None);
+    assert_eq!(events[0]["operation"], serde_json::json!(id), "{events}");
+    // An operation that fails says why, with the stable code.
+    let (s, accepted) = d.call("POST", "/v1/vms/api/pause", None);
+    assert_eq!(s, 202, "{accepted}");
+    let pause = accepted["id"].as_str().unwrap();
+    let (_, failed) = d.call("GET", &format!("/v1/operations/{pause}?wait=true"), None);
+    assert_eq!(failed["status"], "failed", "{failed}");
+    coded(&failed["error"], "E_INVALID_TRANSITION");
+    // The journal lists both, newest first; unknown ids are a coded 404.
+    let (_, ops) = d.call("GET", "/v1/operations", None);
+    let ids: Vec<_> = ops
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [pause, id.as_str()]);
+    let (s, e) = d.call("GET", "/v1/operations/op-nope", None);
+    assert_eq!(s, 404);
+    coded(&e, "E_OPERATION_NOT_FOUND");
+    // The generic endpoint takes any request; malformed ones are coded.
+    let (s, op) = d.call(
+        "POST",
+        "/v1/operations?wait=true",
+        Some(r#"{"kind":"delete","vm":"api"}"#),
+    );
+    assert_eq!((s, op["status"].as_str()), (200, Some("succeeded")), "{op}");
+    let (s, e) = d.call("POST", "/v1/operations", Some(r#"{"kind":"explode"}"#));
+    assert_eq!(s, 400);
+    coded(&e, "E_INVALID_ARGUMENT");
+}
+
+#[test]
+fn images_lists_what_is_installed() {
+    let d = TestDaemon::start();
+    let (s, v) = d.call("GET", "/v1/images", None);
+    assert_eq!((s, v), (200, serde_json::json!([])));
+    let dir = d.home.path().join("images/tiny");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("vmlinuz"), b"k").unwrap();
+    std::fs::write(dir.join("manifest.json"), br#"{"image":"tiny"}"#).unwrap();
+    let (_, v) = d.call("GET", "/v1/images", None);
+    assert_eq!(v[0]["name"], "tiny");
+    assert_eq!(v[0]["complete"], false, "no initrd yet: {v}");
+    std::fs::write(dir.join("initrd.img"), b"i").unwrap();
+    let (_, v) = d.call("GET", "/v1/images", None);
+    assert_eq!(
+        (v[0]["complete"].as_bool(), v[0]["size_bytes"].as_u64()),
+        (Some(true), Some(18))
+    );
+    assert_eq!(v[0]["manifest"]["image"], "tiny");
+}
+
+#[test]
 fn validate_and_plan_touch_nothing() {
     let d = TestDaemon::start();
     let (s, v) = d.call(
@@ -253,6 +364,58 @@ fn validate_and_plan_touch_nothing() {
     assert_eq!(list, serde_json::json!([]));
 }
 
+/// One HTTP/1.1 exchange over TCP, by hand (the CLI's client speaks only unix sockets).
+fn over_tcp(d: &TestDaemon, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(d.tcp).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n{auth}\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn tcp_requires_a_stored_token_and_audits_it() {
+    let d = TestDaemon::start();
+    let (s, body) = over_tcp(&d, "GET", "/v1/vms", None);
+    assert_eq!(s, 401, "{body}");
+    assert!(body.contains("E_UNAUTHORIZED"), "{body}");
+    let (s, _) = over_tcp(&d, "GET", "/v1/vms", Some("hgr_tok-00000000_0000"));
+    assert_eq!(s, 401, "an unknown token is refused");
+    let store = hangar_store::Store::open_in(d.home.path()).unwrap();
+    let token = hangar_control::tokens::create(&store, "ci").unwrap();
+    let (s, body) = over_tcp(&d, "GET", "/v1/vms", Some(&token.token));
+    assert_eq!((s, body.as_str()), (200, "[]"));
+    // Only the hash is stored.
+    let stored = store.list_tokens().unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_ne!(stored[0].sha256, token.token);
+    assert!(!std::fs::read(d.home.path().join("state.db"))
+        .unwrap()
+        .windows(token.token.len())
+        .any(|w| w == token.token.as_bytes()));
+    let (s, _) = over_tcp(&d, "DELETE", "/v1/vms/nope", Some(&token.token));
+    assert_eq!(s, 404);
+    let audit = std::fs::read_to_string(d.home.path().join("audit.log")).unwrap();
+    assert!(audit.contains(&format!("token:{}", token.id)), "{audit}");
+    // Revocation takes effect at once.
+    assert!(store.delete_token(&token.id).unwrap());
+    let (s, _) = over_tcp(&d, "GET", "/v1/vms", Some(&token.token));
+    assert_eq!(s, 401);
+}
+
 fn raw(d: &TestDaemon, path: &str) -> (u16, String) {
     let r = request(&d.socket(), "GET", path, None, Duration::from_secs(30)).unwrap();
     (r.status, String::from_utf8(r.body).unwrap())
@@ -261,9 +424,9 @@ fn raw(d: &TestDaemon, path: &str) -> (u16, String) {
 #[test]
 fn events_replay_every_transition_in_order_from_any_position() {
     let d = TestDaemon::start();
-    d.call("POST", "/v1/vms", Some(SPEC));
-    d.call("DELETE", "/v1/vms/api", None);
-    d.call("POST", "/v1/vms", Some(SPEC));
+    d.call("POST", "/v1/vms?wait=true", Some(SPEC));
+    d.call("DELETE", "/v1/vms/api?wait=true", None);
+    d.call("POST", "/v1/vms?wait=true", Some(SPEC));
     let (status, text) = raw(&d, "/v1/events?since=0&follow=false");
     assert_eq!(status, 200, "{text}");
     let events: Vec<serde_json::Value> = text
@@ -308,7 +471,7 @@ fn events_replay_every_transition_in_order_from_any_position() {
 #[test]
 fn metrics_count_requests_errors_and_vm_states() {
     let d = TestDaemon::start();
-    d.call("POST", "/v1/vms", Some(SPEC));
+    d.call("POST", "/v1/vms?wait=true", Some(SPEC));
     d.call("GET", "/v1/vms/nope", None);
     d.call("GET", "/v1/vms", None);
     let (status, text) = raw(&d, "/metrics");
@@ -329,15 +492,19 @@ fn metrics_count_requests_errors_and_vm_states() {
         "{text}"
     );
     assert!(text.contains("hangar_store_read_seconds "), "{text}");
+    assert!(
+        text.contains("hangar_operations_total{kind=\"create\",status=\"succeeded\"} 1"),
+        "{text}"
+    );
 }
 
 #[test]
 fn every_mutating_request_is_audited_and_tampering_is_detected() {
     let d = TestDaemon::start();
-    d.call("POST", "/v1/vms", Some(SPEC));
-    d.call("POST", "/v1/vms/api/pause", None); // refused: audited with its code
+    d.call("POST", "/v1/vms?wait=true", Some(SPEC));
+    d.call("POST", "/v1/vms/api/pause?wait=true", None); // refused: audited with its code
     d.call("GET", "/v1/vms", None); // reads are not audited
-    d.call("DELETE", "/v1/vms/api", None);
+    d.call("DELETE", "/v1/vms/api?wait=true", None);
     let log = d.home.path().join("audit.log");
     let report = hangar_audit::verify(&log).unwrap();
     assert!(report.is_intact(), "{:?}", report.failure);

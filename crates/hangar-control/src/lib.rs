@@ -1,0 +1,110 @@
+//! The one library behind every Hangar command.
+//!
+//! [`Control`] is what a command asks for: list and inspect VMs, run an
+//! [`OperationRequest`], read operations, snapshots and events. Two implementations speak it:
+//!
+//! - [`Local`] carries requests out on this host through the engine (`hangar-qemu`), journaling
+//!   each one as an operation in the store first, so that if its process dies the next
+//!   [`Local::recover`] finishes or rolls it back. `hangard` serves its API with a `Local`;
+//!   the CLI uses one when no daemon runs.
+//! - [`Remote`] sends the same requests to `hangard` over its unix socket.
+//!
+//! Commands are written once against `dyn Control`; which one they get is decided by
+//! [`connect`]. That is what keeps the CLI's output identical with and without the daemon.
+
+use std::path::{Path, PathBuf};
+
+use hangar_api::{ErrorBody, EventView, Operation, OperationRequest, VmView};
+use hangar_core::contracts::SnapshotInfo;
+use hangar_core::error::ErrorCode;
+
+mod local;
+mod remote;
+pub mod tokens;
+
+pub use local::Local;
+pub use remote::Remote;
+
+/// Results carry the API's error body: code, message, path and hint, whichever side failed.
+pub type Result<T> = std::result::Result<T, ErrorBody>;
+
+/// What commands ask of Hangar, locally or through `hangard`.
+pub trait Control: Send + Sync {
+    /// Every VM, refreshed against reality.
+    fn list(&self) -> Result<Vec<VmView>>;
+    /// One VM.
+    fn get(&self, vm: &str) -> Result<VmView>;
+    /// Carries out `request` and waits for it; `progress` hears each phase it reports. A failed
+    /// operation is an `Err` whose body names the operation.
+    fn run(&self, request: OperationRequest, progress: &dyn Fn(&str)) -> Result<Operation>;
+    /// One operation.
+    fn operation(&self, id: &str) -> Result<Operation>;
+    /// The newest `limit` operations, newest first.
+    fn operations(&self, limit: usize) -> Result<Vec<Operation>>;
+    /// Memory snapshots, of one VM or all.
+    fn snapshots(&self, vm: Option<&str>) -> Result<Vec<SnapshotInfo>>;
+    /// Events after sequence number `after`, oldest first, at most `limit`.
+    fn events_since(&self, after: u64, limit: usize) -> Result<Vec<EventView>>;
+    /// Where requests go, for messages (`local` or the daemon's socket).
+    fn describe(&self) -> String;
+}
+
+/// Whether to use `hangard`: the value of `HANGAR_DAEMON`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DaemonMode {
+    /// Use the daemon when its socket answers (the default).
+    Auto,
+    /// Fail if the daemon does not answer.
+    Require,
+    /// Never use the daemon; work on the store directly.
+    Never,
+}
+
+impl DaemonMode {
+    /// Reads `HANGAR_DAEMON` (unset means auto).
+    pub fn from_env() -> Result<DaemonMode> {
+        match std::env::var("HANGAR_DAEMON").as_deref() {
+            Err(_) | Ok("") | Ok("auto") => Ok(DaemonMode::Auto),
+            Ok("require") => Ok(DaemonMode::Require),
+            Ok("never") => Ok(DaemonMode::Never),
+            Ok(other) => {
+                let mut e = ErrorBody::new(
+                    ErrorCode::InvalidArgument,
+                    format!("HANGAR_DAEMON={other:?} is not auto, require or never"),
+                );
+                e.hint = "unset HANGAR_DAEMON or set it to auto, require or never".into();
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The daemon's socket in `home`.
+pub fn socket_path(home: &Path) -> PathBuf {
+    home.join("hangard.sock")
+}
+
+/// Whether a daemon answers on `home`'s socket.
+pub fn daemon_running(home: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(socket_path(home)).is_ok()
+}
+
+/// The daemon if `mode` and reality say so, else `None` (the caller opens a [`Local`]; it is
+/// not opened here because opening probes the host, which the daemon path never needs).
+pub fn remote_for(home: &Path, mode: DaemonMode) -> Result<Option<Remote>> {
+    let socket = socket_path(home);
+    match mode {
+        DaemonMode::Never => Ok(None),
+        DaemonMode::Require => Ok(Some(Remote::new(socket))),
+        DaemonMode::Auto => Ok(daemon_running(home).then(|| Remote::new(socket))),
+    }
+}
+
+/// The [`Control`] commands use: the daemon when `mode` and reality say so, else a [`Local`]
+/// over `home`.
+pub fn connect(home: &Path, mode: DaemonMode) -> Result<Box<dyn Control>> {
+    match remote_for(home, mode)? {
+        Some(remote) => Ok(Box::new(remote)),
+        None => Ok(Box::new(Local::open(home)?)),
+    }
+}

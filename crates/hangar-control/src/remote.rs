@@ -1,0 +1,147 @@
+//! [`Remote`]: the same requests, sent to `hangard`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hangar_api::{ErrorBody, EventView, Operation, OperationRequest, VmView};
+use hangar_core::contracts::SnapshotInfo;
+use hangar_core::error::ErrorCode;
+use serde_json::Value;
+
+use crate::{Control, Result};
+
+/// How long one HTTP exchange may take (none of them waits for a guest: operations are polled).
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often a running operation is polled for progress.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// `hangard` over its unix socket.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    socket: PathBuf,
+}
+
+impl Remote {
+    /// A client for the daemon listening on `socket`.
+    pub fn new(socket: PathBuf) -> Remote {
+        Remote { socket }
+    }
+
+    /// One exchange; a 2xx body is decoded as `T`, anything else as the coded error body.
+    pub fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<T> {
+        let bytes = body.map(|b| serde_json::to_vec(b).expect("JSON values serialise"));
+        let response = hangar_api::client::request(
+            &self.socket,
+            method,
+            path,
+            bytes.as_deref(),
+            EXCHANGE_TIMEOUT,
+        )
+        .map_err(|e| {
+            let mut body = ErrorBody::new(ErrorCode::EngineUnavailable, e.to_string());
+            body.hint =
+                "start it with `hangard &`, or set HANGAR_DAEMON=never to work without it".into();
+            body
+        })?;
+        let unreadable = |e: serde_json::Error| {
+            ErrorBody::new(
+                ErrorCode::EngineFailed,
+                format!(
+                    "hangard answered {} with an unreadable body: {e}",
+                    response.status
+                ),
+            )
+        };
+        if (200..300).contains(&response.status) {
+            let body = if response.body.is_empty() {
+                b"null".as_slice()
+            } else {
+                &response.body
+            };
+            return serde_json::from_slice(body).map_err(unreadable);
+        }
+        Err(serde_json::from_slice::<ErrorBody>(&response.body).map_err(unreadable)?)
+    }
+}
+
+fn encode(segment: &str) -> String {
+    // Names and ids are [a-z0-9-]; anything else is refused by the daemon with a coded error,
+    // so only characters that would break the request line need escaping.
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+impl Control for Remote {
+    fn list(&self) -> Result<Vec<VmView>> {
+        self.call("GET", "/v1/vms", None)
+    }
+
+    fn get(&self, vm: &str) -> Result<VmView> {
+        self.call("GET", &format!("/v1/vms/{}", encode(vm)), None)
+    }
+
+    fn run(&self, request: OperationRequest, progress: &dyn Fn(&str)) -> Result<Operation> {
+        let body = serde_json::to_value(&request).expect("requests serialise");
+        let mut op: Operation = self.call("POST", "/v1/operations", Some(&body))?;
+        let mut reported: Option<String> = None;
+        loop {
+            if op.progress.is_some() && op.progress != reported && op.status == "running" {
+                progress(op.progress.as_deref().unwrap_or_default());
+                reported = op.progress.clone();
+            }
+            if op.is_done() {
+                break;
+            }
+            std::thread::sleep(POLL_INTERVAL);
+            op = self.operation(&op.id)?;
+        }
+        match op.status.as_str() {
+            "succeeded" => Ok(op),
+            _ => Err(op.error.clone().unwrap_or_else(|| {
+                let mut e = ErrorBody::new(
+                    ErrorCode::EngineFailed,
+                    format!("operation {} ended {} without an error", op.id, op.status),
+                );
+                e.operation = Some(op.id.clone());
+                e
+            })),
+        }
+    }
+
+    fn operation(&self, id: &str) -> Result<Operation> {
+        self.call("GET", &format!("/v1/operations/{}", encode(id)), None)
+    }
+
+    fn operations(&self, limit: usize) -> Result<Vec<Operation>> {
+        self.call("GET", &format!("/v1/operations?limit={limit}"), None)
+    }
+
+    fn snapshots(&self, vm: Option<&str>) -> Result<Vec<SnapshotInfo>> {
+        match vm {
+            Some(vm) => self.call("GET", &format!("/v1/vms/{}/snapshots", encode(vm)), None),
+            None => self.call("GET", "/v1/snapshots", None),
+        }
+    }
+
+    fn events_since(&self, after: u64, limit: usize) -> Result<Vec<EventView>> {
+        self.call(
+            "GET",
+            &format!("/v1/events/page?since={after}&limit={limit}"),
+            None,
+        )
+    }
+
+    fn describe(&self) -> String {
+        format!("hangard ({})", self.socket.display())
+    }
+}
