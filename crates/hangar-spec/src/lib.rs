@@ -69,6 +69,24 @@ pub fn parse(text: &str, format: Format, base_dir: &Path) -> Result<CanonicalSpe
 
 /// Reads a spec file and [`parse`]s it, resolving relative paths against the file's directory.
 pub fn load(path: &Path) -> Result<CanonicalSpec, SpecErrors> {
+    load_document(path).map(|d| d.canonical)
+}
+
+/// A spec file, validated, with the document as written (as JSON) and the directory its
+/// relative paths resolve against: what a client sends so that a daemon validates and
+/// canonicalises exactly what the user wrote.
+#[derive(Debug, Clone)]
+pub struct SpecDocument {
+    /// The canonical spec.
+    pub canonical: CanonicalSpec,
+    /// The document as written, converted to JSON (TOML tables become objects).
+    pub document: serde_json::Value,
+    /// The absolute directory of the file.
+    pub base_dir: std::path::PathBuf,
+}
+
+/// Like [`load`], keeping the document and its directory.
+pub fn load_document(path: &Path) -> Result<SpecDocument, SpecErrors> {
     let io_error = |message: String| {
         SpecErrors(vec![Diagnostic::new(ErrorCode::Io, "", message).hint(
             "check the file name; `hangar validate` takes the path of a .toml or .json spec",
@@ -102,5 +120,16 @@ pub fn load(path: &Path) -> Result<CanonicalSpec, SpecErrors> {
     let name = absolute.file_name().and_then(|n| n.to_str());
     let format = Format::detect(name, &text).map_err(|d| SpecErrors(vec![d]))?;
     let base_dir = absolute.parent().unwrap_or(Path::new("/"));
-    parse(&text, format, base_dir)
+    let canonical = parse(&text, format, base_dir)?;
+    // It parsed and validated, so it converts; a failure here is a bug, reported as syntax.
+    let document = match format {
+        Format::Json => serde_json::from_str(&text).map_err(|e| e.to_string()),
+        Format::Toml => toml::from_str::<serde_json::Value>(&text).map_err(|e| e.to_string()),
+    }
+    .map_err(|e| SpecErrors(vec![Diagnostic::new(ErrorCode::SpecSyntax, "", e)]))?;
+    Ok(SpecDocument {
+        canonical,
+        document,
+        base_dir: base_dir.to_path_buf(),
+    })
 }

@@ -206,7 +206,28 @@ enum Command {
     /// The daemon's tamper-evident audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
-    /// Print lifecycle events (every state transition of every VM), oldest first.
+    /// The operation journal: every start, stop, snapshot… with its status and error.
+    Ops {
+        #[command(subcommand)]
+        command: Option<OpsCommand>,
+        /// How many, newest first.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Guest images installed in $HANGAR_HOME/images (build one with scripts/build-image).
+    Images {
+        /// Output format.
+        #[arg(long, short, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Bearer tokens for hangard's TCP listener (`hangard --listen-tcp`).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Print events, oldest first: every state transition of every VM (with the operation that
+    /// made it) and what the engine observed (stops escalated, QEMUs adopted after a crash).
     Events {
         /// Start after this sequence number.
         #[arg(long, default_value_t = 0)]
@@ -217,6 +238,39 @@ enum Command {
         /// Output format (json: one object per line).
         #[arg(long, short, value_enum, default_value = "text")]
         output: Output,
+    },
+}
+
+#[derive(Subcommand)]
+enum OpsCommand {
+    /// One operation, whole, as JSON.
+    Show {
+        /// The operation id (`op-…`).
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it (shown once; only its SHA-256 is stored).
+    Create {
+        /// What the token is for (shown in `hangar token ls`).
+        #[arg(long, default_value = "default")]
+        name: String,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// List tokens (ids and names; secrets are never stored).
+    Ls {
+        /// Output format.
+        #[arg(long, short, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Revoke a token; takes effect on the next request.
+    Rm {
+        /// The token id (`tok-…`).
+        id: String,
     },
 }
 
@@ -499,6 +553,21 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), Failure> {
             SnapshotCommand::Rm { id } => vm::snapshot_rm(&id, out),
         },
         Command::Doctor => vm::doctor(out),
+        Command::Ops {
+            command: None,
+            limit,
+            output,
+        } => vm::ops(limit, output, out),
+        Command::Ops {
+            command: Some(OpsCommand::Show { id }),
+            ..
+        } => vm::op_show(&id, out),
+        Command::Images { output } => vm::images(output, out),
+        Command::Token(cmd) => match cmd {
+            TokenCommand::Create { name, output } => vm::token_create(&name, output, out),
+            TokenCommand::Ls { output } => vm::token_ls(output, out),
+            TokenCommand::Rm { id } => vm::token_rm(&id, out),
+        },
         Command::Events {
             since,
             follow,

@@ -6,13 +6,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use hangar_api::{ErrorBody, EventView, Operation, OperationRequest, VmView};
+use hangar_control::{Control, DaemonMode};
 use hangar_core::cancel::CancelToken;
-use hangar_core::contracts::{Lifecycle, SaveMode, Snapshots, StopMode};
+use hangar_core::contracts::{Lifecycle, StopMode};
 use hangar_core::error::{Error, ErrorCode};
-use hangar_core::ids::{SnapshotId, VmName};
+use hangar_core::ids::VmName;
 use hangar_qemu::console::{self, LogTail, Marker};
 use hangar_qemu::{process, EngineOptions, Phase, QemuEngine, StartOptions};
-use hangar_store::VmRecord;
+use hangar_spec::Diagnostic;
 
 use crate::{Failure, Output};
 
@@ -38,7 +40,7 @@ pub fn vm_name(s: &str) -> Result<VmName, Failure> {
 /// A one-line progress display on stderr: a spinner with the phase and elapsed time on a TTY,
 /// plain phase lines otherwise.
 struct Progress {
-    phase: Arc<Mutex<&'static str>>,
+    phase: Arc<Mutex<String>>,
     done: Arc<AtomicBool>,
     ticker: Option<std::thread::JoinHandle<()>>,
     tty: bool,
@@ -48,7 +50,7 @@ struct Progress {
 impl Progress {
     fn new(what: String) -> Progress {
         let tty = std::io::stderr().is_terminal();
-        let phase = Arc::new(Mutex::new("starting"));
+        let phase = Arc::new(Mutex::new(String::from("starting")));
         let done = Arc::new(AtomicBool::new(false));
         let started = Instant::now();
         let ticker = tty.then(|| {
@@ -57,7 +59,7 @@ impl Progress {
                 let frames = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
                 let mut i = 0;
                 while !done.load(Ordering::SeqCst) {
-                    let p = *phase.lock().unwrap();
+                    let p = phase.lock().unwrap().clone();
                     eprint!(
                         "\r\x1b[2K{} {what}: {p} ({:.1}s)",
                         frames[i % frames.len()],
@@ -78,14 +80,10 @@ impl Progress {
         }
     }
 
-    fn phase(&self, p: Phase) {
-        *self.phase.lock().unwrap() = p.as_str();
+    fn phase(&self, p: &str) {
+        *self.phase.lock().unwrap() = p.to_string();
         if !self.tty {
-            eprintln!(
-                "[{:>5.1}s] {}",
-                self.started.elapsed().as_secs_f64(),
-                p.as_str()
-            );
+            eprintln!("[{:>5.1}s] {p}", self.started.elapsed().as_secs_f64());
         }
     }
 
@@ -97,31 +95,69 @@ impl Progress {
     }
 }
 
-fn accel_of(rec: &VmRecord) -> String {
-    QemuEngine::plan_of(rec)
-        .map(|p| p.accel_resolved.as_str().to_string())
-        .unwrap_or_default()
+/// The [`Control`] every VM command goes through: `hangard` when it runs (see
+/// `HANGAR_DAEMON`), else this process, through the same library.
+pub fn control() -> Result<Box<dyn Control>, Failure> {
+    let mode = DaemonMode::from_env().map_err(from_body)?;
+    hangar_control::connect(&home(), mode).map_err(from_body)
+}
+
+/// A failure from an API error body (either side's), keeping its code, path and hint.
+pub fn from_body(e: ErrorBody) -> Failure {
+    let code = e.error_code().unwrap_or(ErrorCode::EngineFailed);
+    let mut message = e.message;
+    if let Some(op) = e.operation {
+        message = format!("{message} (operation {op})");
+    }
+    Failure {
+        diagnostics: vec![Diagnostic::new(code, e.path.unwrap_or_default(), message).hint(e.hint)],
+        exit: None,
+    }
+}
+
+/// Runs `request` through `control`, showing its phases on stderr.
+fn run_op(
+    control: &dyn Control,
+    what: String,
+    request: OperationRequest,
+) -> Result<Operation, Failure> {
+    let progress = Progress::new(what);
+    let result = control.run(request, &|p| progress.phase(p));
+    progress.finish();
+    result.map_err(from_body)
+}
+
+fn vm_after(op: &Operation) -> Result<VmView, Failure> {
+    op.result
+        .as_ref()
+        .and_then(|r| r.vm.clone())
+        .ok_or_else(|| {
+            crate::failure(
+                ErrorCode::EngineFailed,
+                format!("operation {} finished without the VM's state", op.id),
+                "",
+            )
+        })
 }
 
 fn boot_and_report(
-    engine: &QemuEngine,
-    vm: &VmName,
+    control: &dyn Control,
+    vm: &str,
     no_wait: bool,
     timeout: Option<u64>,
     out: &mut dyn Write,
 ) -> Result<(), Failure> {
-    let progress = Progress::new(format!("starting {vm}"));
-    let report = |p: Phase| progress.phase(p);
-    let opts = StartOptions {
-        no_wait,
-        timeout: timeout.map(Duration::from_secs),
-        progress: Some(&report),
-    };
-    let result = engine.start_with(vm, &opts, &CancelToken::new());
-    progress.finish();
-    result.map_err(fail)?;
-    let rec = engine.record(vm).map_err(fail)?;
-    let boot = rec
+    let op = run_op(
+        control,
+        format!("starting {vm}"),
+        OperationRequest::Start {
+            vm: vm.to_string(),
+            no_wait,
+            timeout_s: timeout,
+        },
+    )?;
+    let view = vm_after(&op)?;
+    let boot = view
         .boot_ms
         .map(|ms| format!(" in {:.2} s", ms as f64 / 1000.0))
         .unwrap_or_default();
@@ -130,12 +166,7 @@ fn boot_and_report(
     } else {
         "guest ready"
     };
-    let _ = writeln!(
-        out,
-        "{vm}: {} ({}), {what}{boot}",
-        rec.state,
-        accel_of(&rec)
-    );
+    let _ = writeln!(out, "{vm}: {} ({}), {what}{boot}", view.state, view.accel);
     Ok(())
 }
 
@@ -145,10 +176,20 @@ pub fn up(
     timeout: Option<u64>,
     out: &mut dyn Write,
 ) -> Result<(), Failure> {
-    let spec = hangar_spec::load(file)?;
-    let engine = engine()?;
-    engine.define(&spec.spec).map_err(fail)?;
-    boot_and_report(&engine, &spec.spec.name, no_wait, timeout, out)
+    // Validate here first: a bad spec is reported with every diagnostic, daemon or not.
+    let doc = hangar_spec::load_document(file)?;
+    let control = control()?;
+    let name = doc.canonical.spec.name.to_string();
+    control
+        .run(
+            OperationRequest::Create {
+                spec: doc.document,
+                base_dir: Some(doc.base_dir.display().to_string()),
+            },
+            &|_| {},
+        )
+        .map_err(from_body)?;
+    boot_and_report(&*control, &name, no_wait, timeout, out)
 }
 
 pub fn start(
@@ -158,67 +199,72 @@ pub fn start(
     out: &mut dyn Write,
 ) -> Result<(), Failure> {
     let vm = vm_name(name)?;
-    boot_and_report(&engine()?, &vm, no_wait, timeout, out)
+    boot_and_report(&*control()?, vm.as_str(), no_wait, timeout, out)
 }
 
 pub fn stop(name: &str, force: bool, timeout: u64, out: &mut dyn Write) -> Result<(), Failure> {
     let vm = vm_name(name)?;
-    let mode = if force {
-        StopMode::Force
-    } else {
-        StopMode::Graceful {
-            timeout: Duration::from_secs(timeout),
-        }
-    };
-    let outcome = engine()?
-        .stop(&vm, mode, &CancelToken::new())
-        .map_err(fail)?;
-    let how = if outcome.escalated {
+    let op = control()?
+        .run(
+            OperationRequest::Stop {
+                vm: vm.to_string(),
+                force,
+                timeout_s: Some(timeout),
+            },
+            &|_| {},
+        )
+        .map_err(from_body)?;
+    let view = vm_after(&op)?;
+    let escalated = op.result.as_ref().and_then(|r| r.escalated) == Some(true);
+    let how = if escalated {
         format!(", forced after the guest ignored {timeout} s of power-off")
     } else {
         String::new()
     };
+    let took = op.result.as_ref().map(|r| r.took_ms).unwrap_or_default();
     let _ = writeln!(
         out,
         "{vm}: {}{how} ({:.2} s)",
-        outcome.status.state,
-        outcome.took.as_secs_f64()
+        view.state,
+        took as f64 / 1000.0
     );
     Ok(())
 }
 
 pub fn simple(name: &str, op: &str, out: &mut dyn Write) -> Result<(), Failure> {
-    let vm = vm_name(name)?;
-    let engine = engine()?;
-    let status = match op {
-        "pause" => engine.pause(&vm),
-        "resume" => engine.resume(&vm),
-        "reboot" => engine.reboot(&vm, &CancelToken::new()),
+    let vm = vm_name(name)?.to_string();
+    let request = match op {
+        "pause" => OperationRequest::Pause { vm: vm.clone() },
+        "resume" => OperationRequest::Resume { vm: vm.clone() },
+        "reboot" => OperationRequest::Reboot { vm: vm.clone() },
         _ => unreachable!("{op}"),
-    }
-    .map_err(fail)?;
-    let _ = writeln!(out, "{vm}: {}", status.state);
+    };
+    let done = control()?.run(request, &|_| {}).map_err(from_body)?;
+    let _ = writeln!(out, "{vm}: {}", vm_after(&done)?.state);
     Ok(())
 }
 
 pub fn rm(name: &str, force: bool, out: &mut dyn Write) -> Result<(), Failure> {
     let vm = vm_name(name)?;
-    let engine = engine()?;
-    if force {
-        engine
-            .stop(&vm, StopMode::Force, &CancelToken::new())
-            .map_err(fail)?;
-    }
-    engine.undefine(&vm).map_err(|e| {
-        let mut f = fail(e);
-        if let Some(d) = f.diagnostics.first_mut() {
-            if d.code == ErrorCode::InvalidTransition {
-                d.hint =
-                    format!("stop it first (`hangar stop {vm}`), or use `hangar rm --force {vm}`");
+    control()?
+        .run(
+            OperationRequest::Delete {
+                vm: vm.to_string(),
+                force,
+            },
+            &|_| {},
+        )
+        .map_err(|e| {
+            let mut f = from_body(e);
+            if let Some(d) = f.diagnostics.first_mut() {
+                if d.code == ErrorCode::InvalidTransition {
+                    d.hint = format!(
+                        "stop it first (`hangar stop {vm}`), or use `hangar rm --force {vm}`"
+                    );
+                }
             }
-        }
-        f
-    })?;
+            f
+        })?;
     let _ = writeln!(out, "{vm}: removed");
     Ok(())
 }
@@ -232,79 +278,8 @@ fn fmt_duration(d: Duration) -> String {
     }
 }
 
-/// Whether to talk to `hangard`: `HANGAR_DAEMON=auto` (default: when its socket answers),
-/// `require` (fail without it), `never` (always work on the store directly).
-fn daemon_socket() -> Result<Option<PathBuf>, Failure> {
-    let socket = home().join("hangard.sock");
-    match std::env::var("HANGAR_DAEMON").as_deref() {
-        Ok("never") => Ok(None),
-        Ok("require") => Ok(Some(socket)),
-        Ok("auto") | Err(_) => Ok(std::os::unix::net::UnixStream::connect(&socket)
-            .is_ok()
-            .then_some(socket)),
-        Ok(other) => Err(crate::failure(
-            ErrorCode::InvalidArgument,
-            format!("HANGAR_DAEMON={other:?} is not auto, require or never"),
-            "unset HANGAR_DAEMON or set it to auto, require or never",
-        )),
-    }
-}
-
-/// A GET to the daemon, decoded; API errors come back as the same coded failures.
-fn daemon_get<T: serde::de::DeserializeOwned>(socket: &Path, path: &str) -> Result<T, Failure> {
-    let response = hangar_api::client::request(socket, "GET", path, None, Duration::from_secs(300))
-        .map_err(|e| {
-            crate::failure(
-                ErrorCode::EngineUnavailable,
-                e.to_string(),
-                "start it with `hangard &`, or set HANGAR_DAEMON=never",
-            )
-        })?;
-    if response.status == 200 {
-        return serde_json::from_slice(&response.body).map_err(|e| {
-            crate::failure(
-                ErrorCode::EngineFailed,
-                format!("unreadable answer from hangard: {e}"),
-                "",
-            )
-        });
-    }
-    let body: hangar_api::ErrorBody = serde_json::from_slice(&response.body).map_err(|e| {
-        crate::failure(
-            ErrorCode::EngineFailed,
-            format!(
-                "hangard answered {} with an unreadable body: {e}",
-                response.status
-            ),
-            "",
-        )
-    })?;
-    let code = ErrorCode::parse(&body.code).unwrap_or(ErrorCode::EngineFailed);
-    Err(crate::failure(code, body.message, &body.hint))
-}
-
 pub fn ps(all: bool, output: Output, out: &mut dyn Write) -> Result<(), Failure> {
-    let views: Vec<hangar_api::VmView> = match daemon_socket()? {
-        Some(socket) => daemon_get(&socket, "/v1/vms")?,
-        None => {
-            let engine = engine()?;
-            let names: Vec<VmName> = engine
-                .list()
-                .map_err(fail)?
-                .into_iter()
-                .map(|s| s.name)
-                .collect();
-            names
-                .iter()
-                .map(|n| {
-                    engine
-                        .record(n)
-                        .map(|r| hangar_api::VmView::from_record(&r))
-                })
-                .collect::<Result<_, _>>()
-                .map_err(fail)?
-        }
-    };
+    let views = control()?.list().map_err(from_body)?;
     let rows: Vec<_> = views.into_iter().filter(|v| all || v.is_live()).collect();
     if output == Output::Json {
         let _ = writeln!(
@@ -335,6 +310,150 @@ pub fn ps(all: bool, output: Output, out: &mut dyn Write) -> Result<(), Failure>
             r.reason.unwrap_or_default(),
         );
     }
+    Ok(())
+}
+
+fn fmt_time(ms: u64) -> String {
+    // Seconds since the epoch, UTC, without a date library: good enough for a listing.
+    let secs = ms / 1000;
+    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    format!("{h:02}:{m:02}:{s:02}")
+}
+
+/// `hangar ops`: the operation journal, newest first.
+pub fn ops(limit: usize, output: Output, out: &mut dyn Write) -> Result<(), Failure> {
+    let list = control()?.operations(limit).map_err(from_body)?;
+    if output == Output::Json {
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&list).expect("json")
+        );
+        return Ok(());
+    }
+    let _ = writeln!(
+        out,
+        "{:<24} {:<16} {:<20} {:<11} {:>9}  ERROR",
+        "ID", "KIND", "TARGET", "STATUS", "STARTED"
+    );
+    for op in list {
+        let _ = writeln!(
+            out,
+            "{:<24} {:<16} {:<20} {:<11} {:>9}  {}",
+            op.id,
+            op.kind,
+            op.target,
+            op.status,
+            fmt_time(op.created_at),
+            op.error.map(|e| e.code).unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// `hangar ops show ID`: one operation as JSON.
+pub fn op_show(id: &str, out: &mut dyn Write) -> Result<(), Failure> {
+    let op = control()?.operation(id).map_err(from_body)?;
+    let _ = writeln!(out, "{}", serde_json::to_string_pretty(&op).expect("json"));
+    Ok(())
+}
+
+/// `hangar images`: the guest images installed in $HANGAR_HOME/images.
+pub fn images(output: Output, out: &mut dyn Write) -> Result<(), Failure> {
+    let home = home();
+    let list = hangar_api::images(&home).map_err(|e| {
+        crate::failure(
+            ErrorCode::Io,
+            format!("{}: {e}", home.join("images").display()),
+            "",
+        )
+    })?;
+    if output == Output::Json {
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&list).expect("json")
+        );
+        return Ok(());
+    }
+    let _ = writeln!(
+        out,
+        "{:<16} {:<9} {:>8}  KERNEL",
+        "NAME", "COMPLETE", "SIZE"
+    );
+    for i in list {
+        let kernel = i
+            .manifest
+            .as_ref()
+            .and_then(|m| m["kernel_release"].as_str())
+            .unwrap_or("-");
+        let _ = writeln!(
+            out,
+            "{:<16} {:<9} {:>7}M  {kernel}",
+            i.name,
+            if i.complete { "yes" } else { "no" },
+            i.size_bytes >> 20
+        );
+    }
+    Ok(())
+}
+
+/// `hangar token create`: a bearer token for hangard's TCP listener, printed once.
+pub fn token_create(name: &str, output: Output, out: &mut dyn Write) -> Result<(), Failure> {
+    let store = hangar_store::Store::open_in(&home()).map_err(|e| crate::coded(&e))?;
+    let token = hangar_control::tokens::create(&store, name).map_err(from_body)?;
+    if output == Output::Json {
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&token).expect("json")
+        );
+    } else {
+        let _ = writeln!(out, "{}", token.token);
+        eprintln!(
+            "token {} ({}) created; it is shown only now. Send it as `Authorization: Bearer <token>`.",
+            token.id, token.name
+        );
+    }
+    Ok(())
+}
+
+/// `hangar token ls`: tokens by id and name (never the secret, which is not stored).
+pub fn token_ls(output: Output, out: &mut dyn Write) -> Result<(), Failure> {
+    let store = hangar_store::Store::open_in(&home()).map_err(|e| crate::coded(&e))?;
+    let list = store.list_tokens().map_err(|e| crate::coded(&e))?;
+    if output == Output::Json {
+        let rows: Vec<_> = list
+            .iter()
+            .map(
+                |t| serde_json::json!({ "id": t.id, "name": t.name, "created_at": t.created_at.0 }),
+            )
+            .collect();
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&rows).expect("json")
+        );
+        return Ok(());
+    }
+    let _ = writeln!(out, "{:<14} NAME", "ID");
+    for t in list {
+        let _ = writeln!(out, "{:<14} {}", t.id, t.name);
+    }
+    Ok(())
+}
+
+/// `hangar token rm ID`: revokes a token at once.
+pub fn token_rm(id: &str, out: &mut dyn Write) -> Result<(), Failure> {
+    let store = hangar_store::Store::open_in(&home()).map_err(|e| crate::coded(&e))?;
+    if !store.delete_token(id).map_err(|e| crate::coded(&e))? {
+        return Err(crate::failure(
+            ErrorCode::InvalidArgument,
+            format!("no token {id:?}"),
+            "list tokens with `hangar token ls`",
+        ));
+    }
+    let _ = writeln!(out, "{id}: revoked");
     Ok(())
 }
 
@@ -439,7 +558,7 @@ pub fn run(args: RunArgs, out: &mut dyn Write) -> Result<u8, Failure> {
     let plan = QemuEngine::plan_of(&engine.record(&name).map_err(fail)?).map_err(fail)?;
     let log = PathBuf::from(plan.serial.log.clone().unwrap_or_default());
     let progress = Progress::new(format!("booting {name}"));
-    let report = |p: Phase| progress.phase(p);
+    let report = |p: Phase| progress.phase(p.as_str());
     let opts = StartOptions {
         no_wait: false,
         timeout: args.timeout.map(Duration::from_secs),
@@ -523,47 +642,51 @@ pub fn snapshot_save(
     out: &mut dyn Write,
 ) -> Result<(), Failure> {
     let vm = vm_name(name)?;
-    let id = SnapshotId::new(id).map_err(|e| crate::coded(&Error::InvalidName(e)))?;
-    let mode = if sleep {
-        SaveMode::Sleep
-    } else {
-        SaveMode::KeepPaused
-    };
-    let started = Instant::now();
-    let info = engine()?
-        .save(&vm, &id, mode, &CancelToken::new())
-        .map_err(fail)?;
+    let op = run_op(
+        &*control()?,
+        format!("saving {vm}"),
+        OperationRequest::SnapshotSave {
+            vm: vm.to_string(),
+            id: id.to_string(),
+            sleep,
+        },
+    )?;
+    let result = op.result.unwrap_or_default();
+    let size = result.snapshot.map(|s| s.size_bytes).unwrap_or_default();
     let _ = writeln!(
         out,
-        "{}: saved {} ({} MiB) in {:.2} s",
-        vm,
-        info.id,
-        info.size_bytes >> 20,
-        started.elapsed().as_secs_f64()
+        "{vm}: saved {id} ({} MiB) in {:.2} s",
+        size >> 20,
+        result.took_ms as f64 / 1000.0
     );
     Ok(())
 }
 
 pub fn snapshot_restore(name: &str, id: &str, out: &mut dyn Write) -> Result<(), Failure> {
     let vm = vm_name(name)?;
-    let id = SnapshotId::new(id).map_err(|e| crate::coded(&Error::InvalidName(e)))?;
-    let engine = engine()?;
-    engine
-        .restore(&vm, &id, &CancelToken::new())
-        .map_err(fail)?;
-    let rec = engine.record(&vm).map_err(fail)?;
+    let op = run_op(
+        &*control()?,
+        format!("restoring {vm}"),
+        OperationRequest::SnapshotRestore {
+            vm: vm.to_string(),
+            id: id.to_string(),
+        },
+    )?;
+    let view = vm_after(&op)?;
     let _ = writeln!(
         out,
         "{vm}: {} from {id} in {:.2} s",
-        rec.state,
-        rec.boot_ms.unwrap_or(0) as f64 / 1000.0
+        view.state,
+        view.boot_ms.unwrap_or(0) as f64 / 1000.0
     );
     Ok(())
 }
 
 pub fn snapshot_ls(name: Option<&str>, output: Output, out: &mut dyn Write) -> Result<(), Failure> {
     let vm = name.map(vm_name).transpose()?;
-    let list = engine()?.list_snapshots(vm.as_ref()).map_err(fail)?;
+    let list = control()?
+        .snapshots(vm.as_ref().map(|v| v.as_str()))
+        .map_err(from_body)?;
     if output == Output::Json {
         let _ = writeln!(
             out,
@@ -587,8 +710,12 @@ pub fn snapshot_ls(name: Option<&str>, output: Output, out: &mut dyn Write) -> R
 }
 
 pub fn snapshot_rm(id: &str, out: &mut dyn Write) -> Result<(), Failure> {
-    let id = SnapshotId::new(id).map_err(|e| crate::coded(&Error::InvalidName(e)))?;
-    engine()?.delete_snapshot(&id).map_err(fail)?;
+    control()?
+        .run(
+            OperationRequest::SnapshotDelete { id: id.to_string() },
+            &|_| {},
+        )
+        .map_err(from_body)?;
     let _ = writeln!(out, "{id}: removed");
     Ok(())
 }
@@ -814,43 +941,55 @@ fn free_bytes(dir: &Path) -> Option<u64> {
     Some(st.f_bavail * st.f_frsize)
 }
 
-/// Prints the event stream from the store (the daemon serves the same stream at /v1/events).
+/// Prints the event stream (from the daemon when it runs, else from the store: the same
+/// stream either way).
 pub fn events(
     since: u64,
     follow: bool,
     output: Output,
     out: &mut dyn Write,
 ) -> Result<(), Failure> {
-    use hangar_core::contracts::{EventKind, Events};
-    let engine = engine()?;
+    let control = control()?;
     let mut after = since;
     loop {
-        let page = engine.events_since(after, 256).map_err(fail)?;
-        for e in &page.events {
-            after = e.seq;
-            let EventKind::Transition(t) = &e.kind else {
-                continue;
-            };
+        let page = control.events_since(after, 256).map_err(from_body)?;
+        for e in &page {
+            after = e.seq();
             let line = if output == Output::Json {
-                serde_json::json!({ "seq": e.seq, "vm": t.vm, "from": t.from, "to": t.to, "at": t.at, "cause": t.cause }).to_string()
+                serde_json::to_string(e).expect("json")
             } else {
-                let from = t.from.map(|f| f.as_str()).unwrap_or("(new)");
-                format!(
-                    "{:>6}  {}  {:<20} {:>9} -> {:<9} ({:?})",
-                    e.seq,
-                    t.at.0,
-                    t.vm.as_str(),
-                    from,
-                    t.to.as_str(),
-                    t.cause
-                )
+                match e {
+                    EventView::Transition {
+                        seq,
+                        vm,
+                        from,
+                        to,
+                        at,
+                        cause,
+                        operation,
+                    } => format!(
+                        "{seq:>6}  {}  {vm:<20} {:>9} -> {to:<9} ({cause}){}",
+                        fmt_time(*at),
+                        from.as_deref().unwrap_or("(new)"),
+                        operation
+                            .as_ref()
+                            .map(|o| format!(" {o}"))
+                            .unwrap_or_default()
+                    ),
+                    EventView::Engine {
+                        seq,
+                        vm,
+                        at,
+                        message,
+                    } => format!("{seq:>6}  {}  {vm:<20} engine: {message}", fmt_time(*at)),
+                }
             };
             if writeln!(out, "{line}").is_err() {
                 return Ok(());
             }
         }
         let _ = out.flush();
-        if page.events.is_empty() {
+        if page.is_empty() {
             if !follow {
                 return Ok(());
             }

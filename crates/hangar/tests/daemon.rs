@@ -1,10 +1,12 @@
 //! The CLI goes through `hangard` when it runs: `HANGAR_DAEMON=require` proves the path (it fails
-//! without a daemon), and the output is the same as the local path's.
+//! without a daemon), and every command prints the same as on the local path. Nothing here
+//! boots a guest (the engine tests do), so the commands used are the ones that need none.
 
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
-fn hangar(home: &std::path::Path, daemon: &str, args: &[&str]) -> std::process::Output {
+fn hangar(home: &Path, daemon: &str, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_hangar"))
         .args(args)
         .env("HANGAR_HOME", home)
@@ -13,35 +15,45 @@ fn hangar(home: &std::path::Path, daemon: &str, args: &[&str]) -> std::process::
         .unwrap()
 }
 
-#[test]
-fn ps_goes_through_the_daemon_with_the_same_output() {
-    let home = tempfile::Builder::new()
+fn home() -> tempfile::TempDir {
+    tempfile::Builder::new()
         .prefix("hgcd-")
         .tempdir_in("/tmp")
-        .unwrap();
-    // Without a daemon, `require` is an environment error.
-    let out = hangar(home.path(), "require", &["ps", "--all"]);
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("E_ENGINE_UNAVAILABLE"));
+        .unwrap()
+}
 
+/// Defines VM `seen` directly through the engine.
+fn define_seen(home: &Path) -> hangar_qemu::QemuEngine {
     let engine =
-        hangar_qemu::QemuEngine::open(home.path(), hangar_qemu::EngineOptions::default()).unwrap();
+        hangar_qemu::QemuEngine::open(home, hangar_qemu::EngineOptions::default()).unwrap();
     let spec = hangar_spec::parse(
         "schema_version = 1\nname = \"seen\"\n",
         hangar_spec::Format::Toml,
-        std::path::Path::new("/"),
+        Path::new("/"),
     )
     .unwrap();
     hangar_core::contracts::Lifecycle::define(&engine, &spec.spec).unwrap();
-    let socket = home.path().join("hangard.sock");
+    engine
+}
+
+/// A daemon on `home`'s socket until the returned sender is dropped or fired.
+struct Served {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.stop.take().map(|s| s.send(()));
+        let _ = self.thread.take().map(|t| t.join());
+    }
+}
+
+fn serve(home: &Path, engine: hangar_qemu::QemuEngine) -> Served {
+    let socket = home.join("hangard.sock");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let server = std::thread::spawn(move || {
+    let thread = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -62,20 +74,142 @@ fn ps_goes_through_the_daemon_with_the_same_output() {
         })
     });
     ready_rx.recv().unwrap();
-    let via_daemon = hangar(home.path(), "require", &["ps", "--all", "--output", "json"]);
-    let local = hangar(home.path(), "never", &["ps", "--all", "--output", "json"]);
-    let _ = stop.send(());
-    server.join().unwrap();
-    assert!(
-        via_daemon.status.success(),
-        "{}",
-        String::from_utf8_lossy(&via_daemon.stderr)
+    Served {
+        stop: Some(stop),
+        thread: Some(thread),
+    }
+}
+
+/// Output with what legitimately differs between two homes masked: operation ids, times.
+fn normalise(out: &std::process::Output) -> String {
+    let text = format!(
+        "exit={:?}\n--stdout--\n{}--stderr--\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
+    let mut masked = String::new();
+    let mut rest = text.as_str();
+    while let Some(i) = rest.find("op-") {
+        masked.push_str(&rest[..i]);
+        masked.push_str("op-*");
+        rest = rest[i + 3..].trim_start_matches(|c: char| c.is_ascii_hexdigit() || c == '-');
+    }
+    masked.push_str(rest);
+    // Times and durations: `"at": 1763…` (pretty or compact), `hh:mm:ss` in tables.
+    for key in [
+        "\"at\":",
+        "\"created_at\":",
+        "\"updated_at\":",
+        "\"took_ms\":",
+        "\"boot_ms\":",
+    ] {
+        let mut out = String::new();
+        let mut rest = masked.as_str();
+        while let Some(i) = rest.find(key) {
+            out.push_str(&rest[..i + key.len()]);
+            out.push('*');
+            rest =
+                rest[i + key.len()..].trim_start_matches(|c: char| c == ' ' || c.is_ascii_digit());
+        }
+        out.push_str(rest);
+        masked = out;
+    }
+    masked
+        .lines()
+        .map(|l| {
+            l.trim_end()
+                .split(' ')
+                .map(|w| {
+                    let is_time = w.len() == 8
+                        && w.chars().enumerate().all(|(i, c)| {
+                            if i == 2 || i == 5 {
+                                c == ':'
+                            } else {
+                                c.is_ascii_digit()
+                            }
+                        });
+                    if is_time {
+                        "hh:mm:ss"
+                    } else {
+                        w
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn every_command_prints_the_same_through_the_daemon() {
+    // Without a daemon, `require` is an environment error.
+    let lonely = home();
+    let out = hangar(lonely.path(), "require", &["ps", "--all"]);
     assert_eq!(
-        String::from_utf8_lossy(&via_daemon.stdout),
-        String::from_utf8_lossy(&local.stdout)
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    let rows: serde_json::Value = serde_json::from_slice(&via_daemon.stdout).unwrap();
-    assert_eq!(rows[0]["name"], "seen");
-    assert_eq!(rows[0]["state"], "defined");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("E_ENGINE_UNAVAILABLE"));
+
+    let remote_home = home();
+    let local_home = home();
+    let _served = serve(remote_home.path(), define_seen(remote_home.path()));
+    drop(define_seen(local_home.path()));
+    let script: &[&[&str]] = &[
+        &["ps", "--all", "--output", "json"],
+        &["ps", "--all"],
+        &["pause", "seen"],
+        &["stop", "seen"],
+        &["snapshot", "ls", "--output", "json"],
+        &["snapshot", "rm", "nothing"],
+        &["rm", "seen"],
+        &["rm", "seen"],
+        &["start", "Bad_Name"],
+        &["events", "--output", "json"],
+        &["ops", "--output", "json"],
+    ];
+    for args in script {
+        let via_daemon = hangar(remote_home.path(), "require", args);
+        let local = hangar(local_home.path(), "never", args);
+        assert_eq!(
+            normalise(&via_daemon),
+            normalise(&local),
+            "`hangar {}` differs through the daemon",
+            args.join(" ")
+        );
+    }
+    // And the commands did what they say, journaled as operations with the same outcomes.
+    let ops = hangar(remote_home.path(), "require", &["ops", "--output", "json"]);
+    let ops: serde_json::Value = serde_json::from_slice(&ops.stdout).unwrap();
+    let summary: Vec<_> = ops
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o["kind"].as_str().unwrap().to_string(),
+                o["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("delete", "succeeded"),
+        ("snapshot_delete", "failed"),
+        ("stop", "succeeded"), // stopping a VM that is not running is a no-op
+        ("pause", "failed"),
+    ];
+    assert_eq!(
+        summary,
+        expected
+            .iter()
+            .map(|(k, s)| (k.to_string(), s.to_string()))
+            .collect::<Vec<_>>()
+    );
+    let events = hangar(remote_home.path(), "require", &["events"]);
+    let text = String::from_utf8_lossy(&events.stdout);
+    assert!(text.contains("defined -> deleted"), "{text}");
 }

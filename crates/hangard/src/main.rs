@@ -69,12 +69,18 @@ async fn main() -> std::process::ExitCode {
     };
     // Settle what a previous daemon left running before answering anyone, then keep
     // settling in the background (an adopted guest may still be booting).
-    daemon.recover();
+    // (On a plain thread: engine calls drive their own QMP runtime, never inside this one.)
+    let (first_pass, first_pass_done) = tokio::sync::oneshot::channel();
     let recovering = daemon.clone();
-    std::thread::spawn(move || loop {
-        std::thread::sleep(std::time::Duration::from_secs(1));
+    std::thread::spawn(move || {
         recovering.recover();
+        let _ = first_pass.send(());
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            recovering.recover();
+        }
     });
+    let _ = first_pass_done.await;
     eprintln!("hangard: listening on {}", socket.display());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

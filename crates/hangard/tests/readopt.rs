@@ -1,7 +1,7 @@
 //! Crash safety: `kill -9` the real `hangard` binary while idle, in the middle of a boot and in
 //! the middle of a stop; after each restart every VM is found again (same QEMU, by PID and start
-//! time), in-flight operations are finished or rolled back, and nothing is orphaned. Needs QEMU
-//! and the built image; otherwise skipped with the reason.
+//! time), the operations that were in flight are settled in the journal (never left running),
+//! and nothing is orphaned. Needs QEMU and the built image; otherwise skipped with the reason.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -22,12 +22,22 @@ impl Daemon {
             .args(["--home", home.to_str().unwrap()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(home.join("hangard.log"))
+                    .unwrap(),
+            )
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         while request(&socket, "GET", "/v1/health", None, Duration::from_secs(2)).is_err() {
-            assert!(Instant::now() < deadline, "hangard did not come up");
+            assert!(
+                Instant::now() < deadline,
+                "hangard did not come up; its log:\n{}",
+                std::fs::read_to_string(home.join("hangard.log")).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Daemon { child, socket }
@@ -92,6 +102,13 @@ impl Daemon {
         )
     }
 
+    /// Waits (server side) until the operation has ended, and returns it.
+    fn settled(&self, id: &str) -> serde_json::Value {
+        let (s, op) = self.call("GET", &format!("/v1/operations/{id}?wait=true"), None);
+        assert_eq!(s, 200, "{op}");
+        op
+    }
+
     fn vm(&self, name: &str) -> serde_json::Value {
         self.call("GET", &format!("/v1/vms/{name}"), None).1
     }
@@ -145,9 +162,14 @@ fn kill_9_at_several_points_loses_nothing_and_orphans_nothing() {
 
     // 1. Idle: a running VM survives the daemon and is re-adopted with the same QEMU.
     let d = Daemon::start(home.path());
-    assert_eq!(d.call("POST", "/v1/vms", Some(&spec("steady", ""))).0, 201);
-    let (s, v) = d.call("POST", "/v1/vms/steady/start", None);
-    assert_eq!((s, v["state"].as_str()), (200, Some("running")), "{v}");
+    assert_eq!(
+        d.call("POST", "/v1/vms?wait=true", Some(&spec("steady", "")))
+            .0,
+        200
+    );
+    let (s, op) = d.call("POST", "/v1/vms/steady/start?wait=true", None);
+    let v = &op["result"]["vm"];
+    assert_eq!((s, v["state"].as_str()), (200, Some("running")), "{op}");
     let steady_pid = v["pid"].as_u64().unwrap();
     d.kill9();
     let d = Daemon::start(home.path());
@@ -159,17 +181,14 @@ fn kill_9_at_several_points_loses_nothing_and_orphans_nothing() {
     );
 
     // 2. Mid-boot: the start's waiter dies with the daemon; the restarted daemon finishes the boot.
-    assert_eq!(d.call("POST", "/v1/vms", Some(&spec("booting", ""))).0, 201);
-    let socket = d.socket.clone();
-    let starter = std::thread::spawn(move || {
-        request(
-            &socket,
-            "POST",
-            "/v1/vms/booting/start",
-            None,
-            Duration::from_secs(120),
-        )
-    });
+    assert_eq!(
+        d.call("POST", "/v1/vms?wait=true", Some(&spec("booting", "")))
+            .0,
+        200
+    );
+    let (s, op) = d.call("POST", "/v1/vms/booting/start", None);
+    assert_eq!(s, 202, "{op}");
+    let boot_op = op["id"].as_str().unwrap().to_string();
     // Kill the daemon as soon as the VM's QEMU exists: spawn to guest-ready takes seconds, so
     // this is always mid-boot (checked below: the console has no ready line yet).
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -191,12 +210,16 @@ fn kill_9_at_several_points_loses_nothing_and_orphans_nothing() {
         !console.contains("HANGAR_READY"),
         "the daemon was not killed mid-boot"
     );
-    let _ = starter.join();
     let d = Daemon::start(home.path());
-    let v = d.wait_for("booting", "running", |v| v["state"] == "running");
+    let op = d.settled(&boot_op);
     assert_eq!(
-        v["pid"].as_u64(),
-        Some(booting_pid),
+        op["status"], "succeeded",
+        "the interrupted start was finished: {op}"
+    );
+    let v = d.vm("booting");
+    assert_eq!(
+        (v["state"].as_str(), v["pid"].as_u64()),
+        (Some("running"), Some(booting_pid)),
         "the same QEMU finished booting: {v}"
     );
 
@@ -205,29 +228,43 @@ fn kill_9_at_several_points_loses_nothing_and_orphans_nothing() {
     assert_eq!(
         d.call(
             "POST",
-            "/v1/vms",
+            "/v1/vms?wait=true",
             Some(&spec("stubborn", "hangar.ignore_poweroff=1"))
         )
         .0,
-        201
+        200
     );
-    assert_eq!(d.call("POST", "/v1/vms/stubborn/start", None).0, 200);
-    let socket = d.socket.clone();
-    let stopper = std::thread::spawn(move || {
-        request(
-            &socket,
-            "POST",
-            "/v1/vms/stubborn/stop",
-            Some(br#"{"timeout_s": 60}"#),
-            Duration::from_secs(120),
-        )
-    });
+    assert_eq!(
+        d.call("POST", "/v1/vms/stubborn/start?wait=true", None).0,
+        200
+    );
+    let (s, op) = d.call(
+        "POST",
+        "/v1/vms/stubborn/stop",
+        Some(r#"{"timeout_s": 60}"#),
+    );
+    assert_eq!(s, 202, "{op}");
+    let stop_op = op["id"].as_str().unwrap().to_string();
     d.wait_for("stubborn", "stopping", |v| v["state"] == "stopping");
     d.kill9();
-    let _ = stopper.join();
     let d = Daemon::start(home.path());
-    let v = d.wait_for("stubborn", "stopped", |v| v["state"] == "stopped");
+    let op = d.settled(&stop_op);
+    assert_eq!(
+        op["status"], "succeeded",
+        "the interrupted stop was finished: {op}"
+    );
+    let v = d.vm("stubborn");
+    assert_eq!(v["state"], "stopped", "{v}");
     assert!(v["pid"].is_null(), "{v}");
+    // No operation is left running, and the journal names what each did.
+    let (_, ops) = d.call("GET", "/v1/operations", None);
+    assert!(
+        ops.as_array()
+            .unwrap()
+            .iter()
+            .all(|o| o["status"] != "running"),
+        "{ops}"
+    );
 
     // Nothing lost, nothing orphaned: three records, exactly the two running QEMUs.
     let (_, all) = d.call("GET", "/v1/vms", None);
@@ -241,9 +278,13 @@ fn kill_9_at_several_points_loses_nothing_and_orphans_nothing() {
     assert_eq!(qemus_of(home.path()), 2);
     for name in ["booting", "steady", "stubborn"] {
         assert_eq!(
-            d.call("DELETE", &format!("/v1/vms/{name}?force=true"), None)
-                .0,
-            204
+            d.call(
+                "DELETE",
+                &format!("/v1/vms/{name}?force=true&wait=true"),
+                None
+            )
+            .0,
+            200
         );
     }
     assert_eq!(qemus_of(home.path()), 0, "orphaned QEMU");
