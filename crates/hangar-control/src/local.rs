@@ -133,19 +133,6 @@ fn decode(rec: &OperationRecord) -> Result<Operation> {
     Ok(to_operation(rec, request))
 }
 
-/// States a VM passes through while some command works on it.
-fn in_flight(state: VmState) -> bool {
-    matches!(
-        state,
-        VmState::Starting
-            | VmState::Stopping
-            | VmState::Pausing
-            | VmState::Resuming
-            | VmState::Saving
-            | VmState::Waking
-    )
-}
-
 impl Local {
     /// Opens the engine over `home` and settles operations left by dead processes (those that
     /// can be settled now; see [`Local::recover`]).
@@ -543,7 +530,7 @@ impl Local {
             return Some("absent".into());
         };
         match self.engine.record(&name) {
-            Ok(rec) if in_flight(rec.state) => None,
+            Ok(rec) if rec.state.is_in_flight() => None,
             Ok(rec) => Some(rec.state.as_str().to_string()),
             Err(Error::VmNotFound(_)) => Some("absent".into()),
             Err(_) => None,

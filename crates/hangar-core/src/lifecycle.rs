@@ -90,6 +90,16 @@ impl VmState {
         self.allowed_targets().contains(&to)
     }
 
+    /// Whether this is a state a command passes through (`starting`, `stopping`, …) rather than
+    /// one a VM rests in. Finding a VM in one with nobody working on it means its command's
+    /// owner died.
+    pub fn is_in_flight(self) -> bool {
+        matches!(
+            self,
+            Starting | Stopping | Pausing | Resuming | Saving | Waking
+        )
+    }
+
     /// Whether no move leaves this state.
     pub fn is_terminal(self) -> bool {
         self.allowed_targets().is_empty()

@@ -326,7 +326,7 @@ impl QemuEngine {
                     self.save(&mut rec)?;
                 }
             }
-            Some(_) if is_in_flight(rec.state) => {
+            Some(_) if rec.state.is_in_flight() => {
                 // Only when nobody holds the VM's lock: the command that owned this operation
                 // died (a killed daemon or CLI). Otherwise it is still at work; leave it be.
                 if let Some(_lock) =
@@ -379,7 +379,7 @@ impl QemuEngine {
                     Some(p) => {
                         rec.process = Some(p);
                         self.save(&mut rec)?;
-                        if is_in_flight(rec.state) {
+                        if rec.state.is_in_flight() {
                             self.adopt(&mut rec, &plan)?;
                         }
                     }
@@ -817,20 +817,6 @@ fn volume_info(v: &VolumeRecord) -> VolumeInfo {
         base: v.base.clone(),
         snapshots: v.snapshots.clone(),
     }
-}
-
-/// States an operation passes through; finding one with nobody working on it means the
-/// operation's owner died.
-fn is_in_flight(state: VmState) -> bool {
-    matches!(
-        state,
-        VmState::Starting
-            | VmState::Stopping
-            | VmState::Pausing
-            | VmState::Resuming
-            | VmState::Saving
-            | VmState::Waking
-    )
 }
 
 fn refuse(vm: &VmName, from: VmState, to: VmState) -> Error {

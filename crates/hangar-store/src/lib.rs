@@ -439,6 +439,27 @@ impl Store {
         Ok((conn, SCHEMA_VERSION))
     }
 
+    /// The outcome of an INSERT: a taken primary key is `Exists`, not a store failure.
+    fn inserted(
+        &self,
+        r: rusqlite::Result<usize>,
+        table: &'static str,
+        key: impl ToString,
+    ) -> Result<()> {
+        match r {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(StoreError::Exists {
+                    table,
+                    key: key.to_string(),
+                })
+            }
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
     fn err(&self, e: rusqlite::Error) -> StoreError {
         StoreError::Unavailable {
             path: self.path.display().to_string(),
@@ -457,18 +478,7 @@ impl Store {
                     vm.runtime_dir, pid, start, vm.boot_ms.map(|b| b as i64), vm.sleeping_on.as_ref().map(|s| s.as_str()),
                     vm.boot_log_offset.map(|o| o as i64), vm.created_at.0 as i64, vm.updated_at.0 as i64],
         );
-        match r {
-            Ok(_) => Ok(()),
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                Err(StoreError::Exists {
-                    table: "vms",
-                    key: vm.name().to_string(),
-                })
-            }
-            Err(e) => Err(self.err(e)),
-        }
+        self.inserted(r, "vms", vm.name().to_string())
     }
 
     /// Replaces a VM's record (matched by name).
@@ -717,18 +727,7 @@ impl Store {
             "INSERT INTO snapshots (id, vm, path, spec_hash, engine_version, size_bytes, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![s.id.as_str(), s.vm.as_str(), s.path, s.spec_hash, s.engine_version, s.size_bytes as i64, s.created_at.0 as i64],
         );
-        match r {
-            Ok(_) => Ok(()),
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                Err(StoreError::Exists {
-                    table: "snapshots",
-                    key: s.id.to_string(),
-                })
-            }
-            Err(e) => Err(self.err(e)),
-        }
+        self.inserted(r, "snapshots", s.id.to_string())
     }
 
     fn snapshot_from_row(row: &Row<'_>) -> rusqlite::Result<Result<SnapshotRecord>> {
@@ -796,18 +795,7 @@ impl Store {
             params![v.id.as_str(), v.path, v.size_mib as i64, v.format.as_str(), v.base.as_ref().map(|b| b.as_str()),
                     serde_json::to_string(&v.snapshots).expect("ids serialise")],
         );
-        match r {
-            Ok(_) => Ok(()),
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                Err(StoreError::Exists {
-                    table: "volumes",
-                    key: v.id.to_string(),
-                })
-            }
-            Err(e) => Err(self.err(e)),
-        }
+        self.inserted(r, "volumes", v.id.to_string())
     }
 
     /// Replaces a volume's record.
@@ -894,18 +882,7 @@ impl Store {
             "INSERT INTO operations (id, kind, target, request_json, status, progress, result_json, error_json, owner_pid, owner_start_time, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![op.id.as_str(), op.kind, op.target, op.request_json, op.status.as_str(), op.progress, op.result_json, op.error_json, pid, start, op.created_at.0 as i64, op.updated_at.0 as i64],
         );
-        match r {
-            Ok(_) => Ok(()),
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                Err(StoreError::Exists {
-                    table: "operations",
-                    key: op.id.to_string(),
-                })
-            }
-            Err(e) => Err(self.err(e)),
-        }
+        self.inserted(r, "operations", op.id.to_string())
     }
 
     /// Records an operation's progress, status, result or error.
@@ -967,18 +944,7 @@ impl Store {
             "INSERT INTO tokens (id, name, sha256, created_at) VALUES (?1, ?2, ?3, ?4)",
             params![t.id, t.name, t.sha256, t.created_at.0 as i64],
         );
-        match r {
-            Ok(_) => Ok(()),
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                Err(StoreError::Exists {
-                    table: "tokens",
-                    key: t.id.clone(),
-                })
-            }
-            Err(e) => Err(self.err(e)),
-        }
+        self.inserted(r, "tokens", t.id.clone())
     }
 
     /// The token whose secret hashes to `sha256`, if any.
