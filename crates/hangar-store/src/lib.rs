@@ -1124,3 +1124,46 @@ fn decode_transition(
             .map_err(|e| corrupt("transitions", &key, e))?,
     })
 }
+
+#[cfg(test)]
+mod migration_tests {
+    use super::*;
+
+    #[test]
+    fn a_version_1_store_migrates_in_place_keeping_its_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(&format!("{MIGRATION_1} PRAGMA user_version = 1;"))
+                .unwrap();
+            conn.execute(
+                "INSERT INTO transitions (vm, from_state, to_state, at, cause) VALUES ('old', NULL, 'defined', 5, 'user')",
+                [],
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let version: i64 = store
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let events = store.events_since(0, 10).unwrap();
+        assert!(
+            matches!(&events[..], [(1, StoredEvent::Transition(t))] if t.vm.as_str() == "old"),
+            "{events:?}"
+        );
+        assert!(store.list_operations(false, 10).unwrap().is_empty());
+        // Engine events join the stream but never a VM's history.
+        let old = VmName::new("old").unwrap();
+        store
+            .record_engine_event(&old, VmState::Defined, Timestamp(6), "noticed")
+            .unwrap();
+        assert_eq!(store.events_since(1, 10).unwrap().len(), 1);
+        assert_eq!(store.transitions(&old).unwrap().len(), 1);
+        drop(store);
+        // Opening again migrates nothing.
+        Store::open(&path).unwrap();
+    }
+}
