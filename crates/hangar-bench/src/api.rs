@@ -28,6 +28,18 @@ pub struct Args {
     rounds: usize,
 }
 
+impl Args {
+    /// The defaults, with this hangard.
+    pub fn with_hangard(hangard: PathBuf) -> Args {
+        Args {
+            hangard,
+            vms: 100,
+            concurrency: 1000,
+            rounds: 7,
+        }
+    }
+}
+
 /// Kills the daemon and removes its home on every exit path.
 struct Daemon {
     child: Child,
@@ -54,7 +66,7 @@ fn rss_mib(pid: u32) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-fn call(
+pub fn call(
     socket: &Path,
     method: &str,
     path: &str,

@@ -52,7 +52,9 @@ impl HostProbe for SystemProbe {
     fn probe(&self) -> HostFacts {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let binary = find_in_path(QEMU_BINARY);
-        let version = binary.as_deref().and_then(qemu_version);
+        let version = binary
+            .as_deref()
+            .and_then(|b| cached_qemu_version(&self.home, b).or_else(|| qemu_version(b)));
         HostFacts {
             qemu: QemuFacts {
                 binary: binary
@@ -85,6 +87,55 @@ pub fn find_in_path(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file())
+}
+
+/// What identifies one installed QEMU binary: path, size, modification time and inode. A
+/// package upgrade changes at least one of them.
+fn binary_key(binary: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(binary).ok()?;
+    Some(format!(
+        "{}|{}|{}.{}|{}",
+        binary.display(),
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ino()
+    ))
+}
+
+fn version_cache(home: &Path) -> PathBuf {
+    home.join("cache/qemu-version")
+}
+
+/// The version recorded for exactly this binary by [`remember_qemu_version`], if any. Asking
+/// QEMU costs a process start (~20 ms) on every command; reading this file does not. The probe
+/// only ever reads it, so `hangar plan` still touches nothing.
+pub fn cached_qemu_version(home: &Path, binary: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(version_cache(home)).ok()?;
+    let (key, version) = text.trim_end().split_once('\n')?;
+    (Some(key) == binary_key(binary).as_deref()
+        && parse_qemu_version(&format!("version {version}")).as_deref() == Some(version))
+    .then(|| version.to_string())
+}
+
+/// Records `version` for this binary (best effort, atomic). Called by the engine, which writes
+/// under `home` anyway.
+pub fn remember_qemu_version(home: &Path, binary: &Path, version: &str) {
+    let Some(key) = binary_key(binary) else {
+        return;
+    };
+    let path = version_cache(home);
+    let tmp = path.with_extension("tmp");
+    let written = path
+        .parent()
+        .map(std::fs::create_dir_all)
+        .unwrap_or(Ok(()))
+        .and_then(|()| std::fs::write(&tmp, format!("{key}\n{version}\n")))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
 }
 
 fn qemu_version(binary: &Path) -> Option<String> {
@@ -131,5 +182,36 @@ mod tests {
         assert_eq!(tsc_khz(cpuinfo), Some(2_999_998));
         assert!(cpu_has_virt_flags(cpuinfo));
         assert!(!cpu_has_virt_flags("flags : fpu sse\n"));
+    }
+}
+
+#[cfg(test)]
+mod version_cache_tests {
+    use super::*;
+
+    #[test]
+    fn the_cached_version_is_used_only_for_the_same_binary() {
+        let home = std::env::temp_dir().join(format!("hgv-{}", std::process::id()));
+        let binary = home.join("qemu");
+        std::fs::create_dir_all(&home).unwrap();
+        std::fs::write(&binary, b"one").unwrap();
+        assert_eq!(cached_qemu_version(&home, &binary), None);
+        remember_qemu_version(&home, &binary, "10.0.2");
+        assert_eq!(
+            cached_qemu_version(&home, &binary).as_deref(),
+            Some("10.0.2")
+        );
+        // An upgraded binary (new size and mtime) is asked again.
+        std::fs::write(&binary, b"a newer qemu").unwrap();
+        assert_eq!(cached_qemu_version(&home, &binary), None);
+        // A damaged cache is ignored, not trusted.
+        remember_qemu_version(&home, &binary, "10.0.2");
+        let cache = home.join("cache/qemu-version");
+        let text = std::fs::read_to_string(&cache)
+            .unwrap()
+            .replace("10.0.2", "x; rm -rf");
+        std::fs::write(&cache, text).unwrap();
+        assert_eq!(cached_qemu_version(&home, &binary), None);
+        std::fs::remove_dir_all(&home).unwrap();
     }
 }

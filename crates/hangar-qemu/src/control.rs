@@ -9,7 +9,7 @@ use hangar_qmp::{MigrationStatus, Qmp, QmpControl, QmpError, QmpQuery, RunState,
 use tokio::runtime::Runtime;
 
 /// How often long-running QMP states (migration, incoming load) are polled.
-const POLL: Duration = Duration::from_millis(20);
+const POLL: Duration = Duration::from_millis(5);
 
 fn qmp_err(e: QmpError) -> Error {
     Error::EngineFailed(format!("QMP: {e}"))

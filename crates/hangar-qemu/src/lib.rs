@@ -155,7 +155,15 @@ impl QemuEngine {
             home: home.to_path_buf(),
         }
         .probe();
-        Self::with_facts(home, facts, options)
+        let engine = Self::with_facts(home, facts, options)?;
+        if let Some(version) = &engine.facts.qemu.version {
+            hangar_plan::probe::remember_qemu_version(
+                home,
+                Path::new(&engine.facts.qemu.binary),
+                version,
+            );
+        }
+        Ok(engine)
     }
 
     /// Opens the engine with given host facts.

@@ -1,0 +1,137 @@
+//! The human-readable summary of `hangar-bench all`.
+
+use std::fmt::Write;
+
+use serde_json::Value;
+
+fn ms(v: &Value) -> String {
+    v.as_f64()
+        .map(|x| format!("{x:.1} ms"))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn num(v: &Value) -> String {
+    match v.as_f64() {
+        Some(x) => format!("{x}"),
+        None => "-".into(),
+    }
+}
+
+/// One line per figure: what, Hangar, baseline, ratio, target.
+pub fn render(r: &Value) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n{:<42} {:>12} {:>12} {:>8} {:>8}",
+        "figure", "hangar", "baseline", "ratio", "target"
+    );
+    let row = |out: &mut String, what: &str, a: String, b: String, ratio: String, target: &str| {
+        let _ = writeln!(out, "{what:<42} {a:>12} {b:>12} {ratio:>8} {target:>8}");
+    };
+    let err = |out: &mut String, what: &str, v: &Value| {
+        if let Some(e) = v["error"].as_str() {
+            let _ = writeln!(out, "{what:<42} error: {e}");
+            true
+        } else {
+            false
+        }
+    };
+    let b = &r["cold_boot"];
+    if !err(&mut out, "cold boot (up vs raw argv)", b) {
+        row(
+            &mut out,
+            "cold boot (up vs raw argv)",
+            ms(&b["hangar_up"]["median_ms"]),
+            ms(&b["raw_qemu"]["median_ms"]),
+            num(&b["ratio"]),
+            "<= 1.02",
+        );
+    }
+    let s = &r["restore"];
+    if !err(&mut out, "restore (vs raw -incoming)", s) {
+        row(
+            &mut out,
+            "restore (vs raw -incoming)",
+            ms(&s["hangar_restore"]["median_ms"]),
+            ms(&s["raw_incoming"]["median_ms"]),
+            num(&s["ratio_vs_raw"]),
+            "<= 1.05",
+        );
+        row(
+            &mut out,
+            "restore vs cold boot (speedup)",
+            ms(&s["hangar_restore"]["median_ms"]),
+            ms(&s["hangar_cold_boot"]["median_ms"]),
+            format!("{}x", num(&s["speedup_vs_cold_boot"])),
+            ">= 5x",
+        );
+    }
+    let w = &r["warm_claim"];
+    if !err(&mut out, "warm claim (resume proxy) p50/p99", w) {
+        row(
+            &mut out,
+            "warm claim (resume proxy) p50/p99",
+            ms(&w["p50_ms"]),
+            ms(&w["p99_ms"]),
+            "-".into(),
+            "-",
+        );
+    }
+    let t = &r["throughput"];
+    if !err(&mut out, "throughput", t) {
+        for run in t["runs"].as_array().into_iter().flatten() {
+            row(
+                &mut out,
+                &format!("{} guests at once, all ready", num(&run["guests"])),
+                ms(&run["hangar_all_ready"]["median_ms"]),
+                ms(&run["raw_all_ready"]["median_ms"]),
+                num(&run["ratio"]),
+                "-",
+            );
+        }
+    }
+    let f = &r["footprint"];
+    if !err(&mut out, "footprint", f) {
+        for v in f["hangard_rss_mib"].as_array().into_iter().flatten() {
+            row(
+                &mut out,
+                &format!("hangard RSS, {} VMs", num(&v["vms"])),
+                format!("{} MiB", num(&v["rss_mib"])),
+                "-".into(),
+                "-".into(),
+                "-",
+            );
+        }
+        row(
+            &mut out,
+            "runtime dir of a running guest",
+            format!("{} B", num(&f["running_guest"]["runtime_dir_bytes"])),
+            "-".into(),
+            "-".into(),
+            "-",
+        );
+    }
+    let a = &r["api"];
+    if !err(&mut out, "GET /v1/vms x1000 at once", a) {
+        row(
+            &mut out,
+            "GET /v1/vms x1000 at once, p99",
+            ms(&a["get_vms"]["p99_ms"]),
+            ms(&a["baseline_health"]["p99_ms"]),
+            num(&a["p99_ratio_vs_baseline"]),
+            "5 ms",
+        );
+    }
+    for (k, v) in r["control_plane"].as_object().into_iter().flatten() {
+        let ns = v["median_ns"].as_f64().unwrap_or(f64::NAN);
+        row(
+            &mut out,
+            &format!("criterion: {k}"),
+            format!("{:.1} us", ns / 1000.0),
+            "-".into(),
+            "-".into(),
+            "-",
+        );
+    }
+    out
+}
