@@ -32,6 +32,7 @@ pub struct Args {
 /// A private Hangar home (short path: unix sockets are limited to 107 bytes) with the images
 /// linked in. Dropping it kills every QEMU that names it and removes it.
 pub struct Home {
+    /// The directory.
     pub dir: PathBuf,
     hangar: PathBuf,
 }
@@ -510,8 +511,8 @@ pub fn footprint(args: &Args) -> Result<Value, String> {
     }))
 }
 
-/// Warm claim is not built yet (pools come with the fleet issue). As a proxy for its last step,
-/// this measures an API resume of a paused guest: call → operation finished with vCPUs running.
+/// An API resume of a paused guest (a warm claim's last step, through the daemon): call →
+/// operation finished with vCPUs running.
 pub fn warm_proxy(args: &Args, claims: usize) -> Result<Value, String> {
     let home = Home::new(args, "warm")?;
     let spec = home.spec("w0");
@@ -535,9 +536,8 @@ pub fn warm_proxy(args: &Args, claims: usize) -> Result<Value, String> {
     let mut sorted = ms.clone();
     sorted.sort_by(f64::total_cmp);
     Ok(json!({
-        "benchmark": "warm_claim",
-        "status": "not yet: warm pools arrive with the fleet issue",
-        "proxy": "POST /v1/vms/{name}/resume?wait=true on a paused guest (the claim's last step)",
+        "benchmark": "resume_via_api",
+        "what": "POST /v1/vms/{name}/resume?wait=true on a paused guest: a warm claim's last step, through the daemon",
         "samples": claims,
         "p50_ms": round(quantile(&sorted, 0.5), 2),
         "p99_ms": round(quantile(&sorted, 0.99), 2),

@@ -1,0 +1,121 @@
+//! The fleet on one host: tenants with quotas, pools with desired counts, and the loop that
+//! keeps them so.
+//!
+//! The crate is split the way the rest of Hangar is: [`reconcile::plan`] is a pure function from
+//! desired state (pools) and observed state (instances) to a list of [`reconcile::Action`]s;
+//! [`Fleet`] holds the registry and carries actions out through the core engine contracts, so
+//! the same code drives the in-memory fakes and real QEMU. Nothing here does I/O of its own;
+//! persistence of tenants, pools and instances belongs to the store (see ARCHITECTURE.md).
+
+use std::collections::BTreeMap;
+
+use hangar_core::clock::Timestamp;
+use hangar_core::ids::{InstanceId, PoolId, TenantId, VmName};
+use hangar_core::lifecycle::VmState;
+use hangar_core::spec::VmSpec;
+use serde::{Deserialize, Serialize};
+
+mod fleet;
+pub mod quota;
+pub mod reconcile;
+
+pub use fleet::{Claim, ClaimSource, Fleet, PassReport};
+pub use quota::{Quota, QuotaExceeded, Quotas, Usage};
+
+/// An isolation and quota boundary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tenant {
+    /// Id.
+    pub id: TenantId,
+    /// Its limits.
+    pub quotas: Quotas,
+}
+
+/// How many instances of a pool should be in each resting state. Claimed instances belong to
+/// whoever claimed them and are not counted here.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Desired {
+    /// Booted and running, not claimed.
+    pub running: u32,
+    /// Booted, then paused in memory (a claim is one `cont`).
+    pub warm: u32,
+    /// Memory saved to disk, no process (a claim is a restore).
+    pub sleeping: u32,
+}
+
+impl Desired {
+    /// All of them.
+    pub fn total(&self) -> u32 {
+        self.running + self.warm + self.sleeping
+    }
+}
+
+/// A pool's policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    /// A claimed instance paused (released) for longer than this goes to sleep.
+    pub idle_sleep_s: Option<u64>,
+    /// Running instances younger than this are never stopped by a scale-down (deferred).
+    pub min_running_s: u64,
+}
+
+/// A pool: a spec template, desired counts and a policy, owned by a tenant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pool {
+    /// Id (also the prefix of its instances' names).
+    pub id: PoolId,
+    /// Owner.
+    pub tenant: TenantId,
+    /// The spec every instance is made from (its `name` is replaced per instance).
+    pub template: VmSpec,
+    /// Desired counts.
+    pub desired: Desired,
+    /// Policy.
+    pub policy: Policy,
+}
+
+/// One instance as the fleet knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    /// Generated id (`i-xxxxxxxx`).
+    pub id: InstanceId,
+    /// Its pool.
+    pub pool: PoolId,
+    /// Its VM (`<pool>-<n>`).
+    pub name: VmName,
+    /// `n` in the name: instances are created in increasing order, so a higher ordinal is newer.
+    pub ordinal: u32,
+    /// The VM's state, as last observed.
+    pub state: VmState,
+    /// When it entered that state.
+    pub since: Timestamp,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// Handed out by a claim: no longer counted against the pool's desired counts.
+    pub claimed: bool,
+    /// vCPUs and memory, for quotas.
+    pub vcpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u32,
+}
+
+/// The per-instance spec: the template under the instance's name, tagged with tenant and pool.
+pub fn instance_spec(pool: &Pool, name: &VmName) -> VmSpec {
+    let mut spec = pool.template.clone();
+    spec.name = name.clone();
+    spec.tenant = Some(pool.tenant.clone());
+    spec.pool = Some(pool.id.clone());
+    spec
+}
+
+/// Instances grouped by pool, in ordinal order.
+pub fn by_pool(instances: &[Instance]) -> BTreeMap<&PoolId, Vec<&Instance>> {
+    let mut map: BTreeMap<&PoolId, Vec<&Instance>> = BTreeMap::new();
+    for i in instances {
+        map.entry(&i.pool).or_default().push(i);
+    }
+    for list in map.values_mut() {
+        list.sort_by_key(|i| i.ordinal);
+    }
+    map
+}

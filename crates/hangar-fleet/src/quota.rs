@@ -1,0 +1,159 @@
+//! Tenant quotas.
+
+use hangar_core::error::{Error, ErrorCode};
+use hangar_core::ids::TenantId;
+use hangar_core::lifecycle::VmState;
+use serde::{Deserialize, Serialize};
+
+use crate::Instance;
+
+/// A tenant's limits; `None` is unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quotas {
+    /// vCPUs of instances holding a process (running or warm).
+    pub max_vcpus: Option<u64>,
+    /// Memory (MiB) of instances holding a process.
+    pub max_memory_mib: Option<u64>,
+    /// Running instances (claimed or not).
+    pub max_running: Option<u64>,
+    /// Warm (paused) instances.
+    pub max_warm: Option<u64>,
+    /// Instances in any state.
+    pub max_instances: Option<u64>,
+}
+
+/// Which quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Quota {
+    /// `max_vcpus`.
+    Vcpus,
+    /// `max_memory_mib`.
+    MemoryMib,
+    /// `max_running`.
+    Running,
+    /// `max_warm`.
+    Warm,
+    /// `max_instances`.
+    Instances,
+}
+
+impl Quota {
+    /// The field name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Quota::Vcpus => "max_vcpus",
+            Quota::MemoryMib => "max_memory_mib",
+            Quota::Running => "max_running",
+            Quota::Warm => "max_warm",
+            Quota::Instances => "max_instances",
+        }
+    }
+}
+
+/// What a tenant uses (or what an action would add).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// vCPUs held by processes.
+    pub vcpus: u64,
+    /// Memory held by processes (MiB).
+    pub memory_mib: u64,
+    /// Running instances.
+    pub running: u64,
+    /// Warm instances.
+    pub warm: u64,
+    /// Instances.
+    pub instances: u64,
+}
+
+impl Usage {
+    /// What `instances` use.
+    pub fn of<'a>(instances: impl IntoIterator<Item = &'a Instance>) -> Usage {
+        let mut u = Usage::default();
+        for i in instances {
+            u.instances += 1;
+            let holds_process = !matches!(
+                i.state,
+                VmState::Sleeping
+                    | VmState::Stopped
+                    | VmState::Defined
+                    | VmState::Failed
+                    | VmState::Deleted
+            );
+            if holds_process {
+                u.vcpus += u64::from(i.vcpus);
+                u.memory_mib += u64::from(i.memory_mib);
+            }
+            match i.state {
+                VmState::Running | VmState::Starting | VmState::Resuming | VmState::Waking => {
+                    u.running += 1
+                }
+                VmState::Paused | VmState::Pausing => u.warm += 1,
+                _ => {}
+            }
+        }
+        u
+    }
+}
+
+/// A refused change: which quota, its limit, the current use and what was asked for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("tenant {tenant} would exceed {}: limit {limit}, in use {current}, asked for {requested} more", quota.as_str())]
+pub struct QuotaExceeded {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// Which quota.
+    pub quota: Quota,
+    /// Its limit.
+    pub limit: u64,
+    /// Current use.
+    pub current: u64,
+    /// What the change adds.
+    pub requested: u64,
+}
+
+impl From<QuotaExceeded> for Error {
+    fn from(e: QuotaExceeded) -> Error {
+        Error::Backend {
+            code: ErrorCode::QuotaExceeded,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl Quotas {
+    /// Whether adding `add` to `used` stays within every limit; the first quota broken if not.
+    pub fn check(&self, tenant: &TenantId, used: &Usage, add: &Usage) -> Result<(), QuotaExceeded> {
+        let limits = [
+            (
+                Quota::Instances,
+                self.max_instances,
+                used.instances,
+                add.instances,
+            ),
+            (Quota::Running, self.max_running, used.running, add.running),
+            (Quota::Warm, self.max_warm, used.warm, add.warm),
+            (Quota::Vcpus, self.max_vcpus, used.vcpus, add.vcpus),
+            (
+                Quota::MemoryMib,
+                self.max_memory_mib,
+                used.memory_mib,
+                add.memory_mib,
+            ),
+        ];
+        for (quota, limit, current, requested) in limits {
+            if let Some(limit) = limit {
+                if requested > 0 && current + requested > limit {
+                    return Err(QuotaExceeded {
+                        tenant: tenant.clone(),
+                        quota,
+                        limit,
+                        current,
+                        requested,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,330 @@
+//! The fleet against the in-memory fake engine: convergence, claims, replacement of dead
+//! instances, quotas, scale-down order. The same `Fleet` drives real QEMU.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hangar_core::clock::ManualClock;
+use hangar_core::contracts::Lifecycle;
+use hangar_core::fake::{FakeConfig, FakeEngine};
+use hangar_core::ids::{PoolId, TenantId, VmName};
+use hangar_core::lifecycle::VmState;
+use hangar_core::spec::VmSpec;
+use hangar_fleet::reconcile;
+use hangar_fleet::{ClaimSource, Desired, Fleet, Policy, Pool, Quotas, Tenant};
+
+fn template() -> VmSpec {
+    hangar_spec::parse(
+        "schema_version = 1
+name = \"template\"
+[machine]
+vcpus = 1
+memory_mib = 256
+",
+        hangar_spec::Format::Toml,
+        std::path::Path::new("/"),
+    )
+    .unwrap()
+    .spec
+}
+
+fn fleet(quotas: Quotas) -> (Fleet<FakeEngine>, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::default());
+    let engine = FakeEngine::new(FakeConfig {
+        clock: clock.clone(),
+        ..FakeConfig::default()
+    });
+    let mut fleet = Fleet::new(engine, clock.clone());
+    fleet.put_tenant(Tenant {
+        id: TenantId::new("acme").unwrap(),
+        quotas,
+    });
+    (fleet, clock)
+}
+
+fn pool(name: &str, desired: Desired, policy: Policy) -> Pool {
+    Pool {
+        id: PoolId::new(name).unwrap(),
+        tenant: TenantId::new("acme").unwrap(),
+        template: template(),
+        desired,
+        policy,
+    }
+}
+
+fn states(fleet: &Fleet<FakeEngine>) -> Vec<(String, VmState, bool)> {
+    fleet
+        .instances(None)
+        .iter()
+        .map(|i| (i.name.to_string(), i.state, i.claimed))
+        .collect()
+}
+
+#[test]
+fn a_warm_pool_converges_hands_out_claims_and_refills() {
+    let (mut fleet, _) = fleet(Quotas::default());
+    fleet
+        .add_pool(pool(
+            "web",
+            Desired {
+                running: 0,
+                warm: 3,
+                sleeping: 0,
+            },
+            Policy::default(),
+        ))
+        .unwrap();
+    let report = fleet.pass();
+    assert_eq!((report.created, report.errors.len()), (3, 0), "{report:?}");
+    assert_eq!(
+        states(&fleet),
+        [
+            ("web-0".into(), VmState::Paused, false),
+            ("web-1".into(), VmState::Paused, false),
+            ("web-2".into(), VmState::Paused, false)
+        ]
+    );
+    // Converged: the next pass has nothing to do.
+    let idle = fleet.pass();
+    assert_eq!(idle.created + idle.started + idle.stopped, 0, "{idle:?}");
+
+    let claim = fleet.claim(&PoolId::new("web").unwrap()).unwrap();
+    assert_eq!(claim.source, ClaimSource::Warm);
+    assert_eq!(
+        claim.instance.name.as_str(),
+        "web-0",
+        "the oldest warm instance"
+    );
+    assert_eq!(claim.instance.state, VmState::Running);
+    let engine_state = fleet
+        .engine()
+        .status(&VmName::new("web-0").unwrap())
+        .unwrap();
+    assert_eq!(engine_state.state, VmState::Running);
+
+    let refill = fleet.pass();
+    assert_eq!(refill.created, 1, "{refill:?}");
+    let warm = fleet
+        .instances(None)
+        .iter()
+        .filter(|i| !i.claimed && i.state == VmState::Paused)
+        .count();
+    assert_eq!(warm, 3, "the warm set is back to 3: {:?}", states(&fleet));
+    // The claimed instance is left alone by later passes.
+    fleet.pass();
+    assert!(states(&fleet).contains(&("web-0".into(), VmState::Running, true)));
+}
+
+#[test]
+fn a_dead_instance_is_replaced_within_one_pass() {
+    let (mut fleet, _) = fleet(Quotas::default());
+    fleet
+        .add_pool(pool(
+            "svc",
+            Desired {
+                running: 2,
+                warm: 0,
+                sleeping: 0,
+            },
+            Policy::default(),
+        ))
+        .unwrap();
+    fleet.pass();
+    fleet
+        .engine()
+        .crash(&VmName::new("svc-0").unwrap(), "qemu killed")
+        .unwrap();
+    let report = fleet.pass();
+    assert_eq!((report.stopped, report.created), (1, 1), "{report:?}");
+    let running: Vec<_> = states(&fleet)
+        .into_iter()
+        .filter(|(_, s, _)| *s == VmState::Running)
+        .map(|(n, _, _)| n)
+        .collect();
+    assert_eq!(running, ["svc-1", "svc-2"]);
+    assert!(
+        fleet
+            .engine()
+            .status(&VmName::new("svc-0").unwrap())
+            .is_err(),
+        "the dead VM's record is gone"
+    );
+}
+
+#[test]
+fn a_quota_refusal_names_the_quota_and_leaves_nothing_behind() {
+    let (mut fleet, _) = fleet(Quotas {
+        max_memory_mib: Some(600),
+        ..Quotas::default()
+    });
+    fleet
+        .add_pool(pool(
+            "big",
+            Desired {
+                running: 0,
+                warm: 3,
+                sleeping: 0,
+            },
+            Policy::default(),
+        ))
+        .unwrap();
+    let report = fleet.pass();
+    assert_eq!(
+        report.created, 2,
+        "256 MiB each fits twice in 600: {report:?}"
+    );
+    assert_eq!(report.errors.len(), 1, "{report:?}");
+    let (code, message) = &report.errors[0];
+    assert_eq!(code, "E_QUOTA_EXCEEDED");
+    assert!(
+        message.contains("max_memory_mib")
+            && message.contains("limit 600")
+            && message.contains("in use 512"),
+        "{message}"
+    );
+    // Exactly the two instances exist, in the fleet and in the engine.
+    assert_eq!(fleet.instances(None).len(), 2);
+    assert_eq!(fleet.engine().list().unwrap().len(), 2);
+    // Sleeping instances hold no memory, so they fit.
+    fleet
+        .scale(
+            &PoolId::new("big").unwrap(),
+            Desired {
+                running: 0,
+                warm: 2,
+                sleeping: 2,
+            },
+            None,
+        )
+        .unwrap();
+    let report = fleet.pass();
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert_eq!(fleet.instances(None).len(), 4);
+}
+
+#[test]
+fn scale_down_removes_the_newest_and_defers_young_instances() {
+    let (mut fleet, clock) = fleet(Quotas::default());
+    let id = PoolId::new("api").unwrap();
+    fleet
+        .add_pool(pool(
+            "api",
+            Desired {
+                running: 3,
+                warm: 0,
+                sleeping: 0,
+            },
+            Policy {
+                idle_sleep_s: None,
+                min_running_s: 600,
+            },
+        ))
+        .unwrap();
+    fleet.pass();
+    fleet
+        .scale(
+            &id,
+            Desired {
+                running: 1,
+                warm: 0,
+                sleeping: 0,
+            },
+            None,
+        )
+        .unwrap();
+    let early = fleet.pass();
+    assert_eq!(early.stopped, 0);
+    assert_eq!(early.deferred.len(), 2, "{early:?}");
+    assert!(early.deferred[0].why.contains("min_running_s"), "{early:?}");
+    clock.advance(Duration::from_secs(601));
+    let late = fleet.pass();
+    assert_eq!(late.stopped, 2, "{late:?}");
+    assert_eq!(states(&fleet), [("api-0".into(), VmState::Running, false)]);
+}
+
+#[test]
+fn scale_up_prefers_booted_instances_and_sleep_wake_round_trips() {
+    let (mut fleet, _) = fleet(Quotas::default());
+    let id = PoolId::new("mix").unwrap();
+    fleet
+        .add_pool(pool(
+            "mix",
+            Desired {
+                running: 0,
+                warm: 1,
+                sleeping: 1,
+            },
+            Policy::default(),
+        ))
+        .unwrap();
+    let first = fleet.pass();
+    assert_eq!(
+        (first.created, first.slept, first.warmed),
+        (2, 0, 0),
+        "created straight into their states: {first:?}"
+    );
+    let by_state: Vec<_> = states(&fleet).into_iter().map(|(_, s, _)| s).collect();
+    assert_eq!(by_state, [VmState::Paused, VmState::Sleeping]);
+    // One running wanted: the warm one is resumed rather than a new one booted.
+    fleet
+        .scale(
+            &id,
+            Desired {
+                running: 1,
+                warm: 1,
+                sleeping: 1,
+            },
+            None,
+        )
+        .unwrap();
+    let up = fleet.pass();
+    assert_eq!((up.started, up.created), (1, 1), "{up:?}");
+    // A claim with no warm instance left wakes the sleeping one.
+    fleet
+        .scale(
+            &id,
+            Desired {
+                running: 0,
+                warm: 0,
+                sleeping: 1,
+            },
+            None,
+        )
+        .unwrap();
+    fleet.pass();
+    let claim = fleet.claim(&id).unwrap();
+    assert_eq!(claim.source, ClaimSource::Sleeping, "{claim:?}");
+    assert_eq!(claim.instance.state, VmState::Running);
+}
+
+#[test]
+fn a_converged_fleet_plans_nothing() {
+    let (mut fleet, clock) = fleet(Quotas::default());
+    for (i, d) in [
+        (
+            0,
+            Desired {
+                running: 2,
+                warm: 2,
+                sleeping: 1,
+            },
+        ),
+        (
+            1,
+            Desired {
+                running: 0,
+                warm: 4,
+                sleeping: 0,
+            },
+        ),
+    ] {
+        fleet
+            .add_pool(pool(&format!("p{i}"), d, Policy::default()))
+            .unwrap();
+    }
+    fleet.pass();
+    let pools: Vec<Pool> = fleet.pools().cloned().collect();
+    let instances: Vec<_> = fleet.instances(None).into_iter().cloned().collect();
+    let plan = reconcile::plan(&pools, &instances, hangar_core::clock::Clock::now(&*clock));
+    assert!(plan.is_empty(), "{plan:?}");
+}
