@@ -33,7 +33,7 @@ fn benches(c: &mut Criterion) {
         clock: clock.clone(),
         ..FakeConfig::default()
     });
-    let mut fleet = Fleet::new(engine, clock.clone());
+    let mut fleet = Fleet::new(Arc::new(engine), clock.clone());
     fleet.put_tenant(Tenant {
         id: TenantId::new("bench").unwrap(),
         quotas: Quotas::default(),

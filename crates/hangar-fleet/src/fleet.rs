@@ -67,8 +67,9 @@ pub struct Claim {
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// Tenants, pools and instances on one host, driven through an engine.
-pub struct Fleet<E> {
-    engine: E,
+pub struct Fleet<E: ?Sized> {
+    /// Shared: the daemon drives the same engine for plain VM operations.
+    engine: Arc<E>,
     clock: Arc<dyn Clock>,
     tenants: BTreeMap<TenantId, Tenant>,
     pools: BTreeMap<PoolId, Pool>,
@@ -89,9 +90,56 @@ fn sleep_snapshot(name: &VmName) -> SnapshotId {
     SnapshotId::new(format!("{name}-sleep")).expect("names make valid snapshot ids")
 }
 
-impl<E: Lifecycle + Snapshots> Fleet<E> {
+/// Everything a fleet knows that the engine does not: what to persist, and what
+/// [`Fleet::restore`] takes back after a restart.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Registry {
+    /// Tenants.
+    pub tenants: Vec<Tenant>,
+    /// Pools.
+    pub pools: Vec<Pool>,
+    /// Instances.
+    pub instances: Vec<Instance>,
+}
+
+/// A stable instance id for a VM adopted without a registry entry (derived from its name, so
+/// adopting it twice gives the same id).
+fn adopted_id(name: &VmName) -> InstanceId {
+    // FNV-1a: tiny, stable across builds and platforms.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in name.as_str().bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    InstanceId::from_bits(h)
+}
+
+impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
+    /// Picks a fleet back up from a persisted registry (which may be older than the engine's
+    /// state: [`Fleet::observe`] adopts instances created after it was saved).
+    pub fn restore(engine: Arc<E>, clock: Arc<dyn Clock>, registry: Registry) -> Fleet<E> {
+        let mut fleet = Fleet::new(engine, clock);
+        for t in registry.tenants {
+            fleet.tenants.insert(t.id.clone(), t);
+        }
+        for p in registry.pools {
+            fleet.pools.insert(p.id.clone(), p);
+        }
+        fleet.instances = registry.instances;
+        fleet
+    }
+
+    /// What to persist.
+    pub fn registry(&self) -> Registry {
+        Registry {
+            tenants: self.tenants.values().cloned().collect(),
+            pools: self.pools.values().cloned().collect(),
+            instances: self.instances.clone(),
+        }
+    }
+
     /// An empty fleet over `engine`.
-    pub fn new(engine: E, clock: Arc<dyn Clock>) -> Fleet<E> {
+    pub fn new(engine: Arc<E>, clock: Arc<dyn Clock>) -> Fleet<E> {
         let seed = (clock.now().0 as u32).wrapping_mul(2_654_435_761);
         Fleet {
             engine,
@@ -189,7 +237,10 @@ impl<E: Lifecycle + Snapshots> Fleet<E> {
         )
     }
 
-    /// Refreshes every instance's state from the engine (one `list`).
+    /// Refreshes every instance's state from the engine (one `list`), and adopts VMs named
+    /// like a known pool's instances (`<pool>-<n>`) that the registry lacks: a process that
+    /// died between creating a VM and saving the registry leaves exactly that, and adopting it
+    /// is what keeps a restarted pass from creating it twice.
     pub fn observe(&mut self) -> Result<()> {
         let seen: BTreeMap<VmName, (VmState, Timestamp)> = self
             .engine
@@ -197,6 +248,33 @@ impl<E: Lifecycle + Snapshots> Fleet<E> {
             .into_iter()
             .map(|s| (s.name, (s.state, s.since)))
             .collect();
+        for (name, (state, since)) in &seen {
+            if self.instances.iter().any(|i| &i.name == name) {
+                continue;
+            }
+            let Some((pool, ordinal)) = name
+                .as_str()
+                .rsplit_once('-')
+                .and_then(|(p, n)| Some((PoolId::new(p).ok()?, n.parse::<u32>().ok()?)))
+            else {
+                continue;
+            };
+            let Some(p) = self.pools.get(&pool) else {
+                continue;
+            };
+            self.instances.push(Instance {
+                id: adopted_id(name),
+                pool: pool.clone(),
+                name: name.clone(),
+                ordinal,
+                state: *state,
+                since: *since,
+                created_at: *since,
+                claimed: false,
+                vcpus: p.template.machine.vcpus,
+                memory_mib: p.template.machine.memory_mib,
+            });
+        }
         for i in &mut self.instances {
             match seen.get(&i.name) {
                 Some((state, since)) => {

@@ -19,7 +19,7 @@ mod fleet;
 pub mod quota;
 pub mod reconcile;
 
-pub use fleet::{Claim, ClaimSource, Fleet, PassReport};
+pub use fleet::{Claim, ClaimSource, Fleet, PassReport, Registry};
 pub use quota::{Quota, QuotaExceeded, Quotas, Usage};
 
 /// An isolation and quota boundary.

@@ -29,17 +29,23 @@ memory_mib = 256
 }
 
 fn fleet(quotas: Quotas) -> (Fleet<FakeEngine>, Arc<ManualClock>) {
+    let (fleet, clock, _) = fleet_with_engine(quotas);
+    (fleet, clock)
+}
+
+fn fleet_with_engine(quotas: Quotas) -> (Fleet<FakeEngine>, Arc<ManualClock>, Arc<FakeEngine>) {
     let clock = Arc::new(ManualClock::default());
     let engine = FakeEngine::new(FakeConfig {
         clock: clock.clone(),
         ..FakeConfig::default()
     });
-    let mut fleet = Fleet::new(engine, clock.clone());
+    let engine = Arc::new(engine);
+    let mut fleet = Fleet::new(engine.clone(), clock.clone());
     fleet.put_tenant(Tenant {
         id: TenantId::new("acme").unwrap(),
         quotas,
     });
-    (fleet, clock)
+    (fleet, clock, engine)
 }
 
 fn pool(name: &str, desired: Desired, policy: Policy) -> Pool {
@@ -327,4 +333,62 @@ fn a_converged_fleet_plans_nothing() {
     let instances: Vec<_> = fleet.instances(None).into_iter().cloned().collect();
     let plan = reconcile::plan(&pools, &instances, hangar_core::clock::Clock::now(&*clock));
     assert!(plan.is_empty(), "{plan:?}");
+}
+
+#[test]
+fn a_fleet_restored_from_a_stale_registry_adopts_instead_of_creating_twice() {
+    let (mut fleet, clock, engine) = fleet_with_engine(Quotas::default());
+    let id = PoolId::new("app").unwrap();
+    fleet
+        .add_pool(pool(
+            "app",
+            Desired {
+                running: 0,
+                warm: 2,
+                sleeping: 0,
+            },
+            Policy::default(),
+        ))
+        .unwrap();
+    // Saved after the pool was added, before any instance existed.
+    let saved = fleet.registry();
+    fleet.pass();
+    let before: Vec<_> = fleet
+        .instances(None)
+        .iter()
+        .map(|i| (i.id.clone(), i.name.clone()))
+        .collect();
+    drop(fleet); // the process dies; the engine's VMs live on
+    let mut restored = Fleet::restore(engine.clone(), clock.clone(), saved.clone());
+    let report = restored.pass();
+    assert_eq!(report.created, 0, "nothing is created twice: {report:?}");
+    assert_eq!(engine.list().unwrap().len(), 2);
+    let adopted: Vec<_> = restored
+        .instances(Some(&id))
+        .iter()
+        .map(|i| (i.name.to_string(), i.state))
+        .collect();
+    assert_eq!(
+        adopted,
+        [
+            ("app-0".to_string(), VmState::Paused),
+            ("app-1".to_string(), VmState::Paused)
+        ]
+    );
+    // Adoption is deterministic: the same VMs get the same ids every time.
+    let again = Fleet::restore(engine, clock, saved);
+    let mut again = again;
+    again.observe().unwrap();
+    let ids: Vec<_> = again.instances(None).iter().map(|i| i.id.clone()).collect();
+    let first_ids: Vec<_> = restored
+        .instances(None)
+        .iter()
+        .map(|i| i.id.clone())
+        .collect();
+    assert_eq!(ids, first_ids);
+    assert_eq!(before.len(), 2);
+    // The registry round-trips through JSON (what the store keeps).
+    let json = serde_json::to_string(&restored.registry()).unwrap();
+    let back: hangar_fleet::Registry = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, restored.registry());
 }
