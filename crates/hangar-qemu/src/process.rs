@@ -190,8 +190,15 @@ mod tests {
     fn finds_a_process_by_an_exact_argument() {
         let dir = tempfile::tempdir().unwrap();
         let marker = format!("unix:{}/qmp.sock,server=on,wait=off", dir.path().display());
-        // sh -c keeps the extra argument in its argv ($0) while it sleeps.
-        let argv: Vec<String> = vec!["sh".into(), "-c".into(), "sleep 30".into(), marker.clone()];
+        // sh -c keeps the extra argument in its argv ($0) while it sleeps. The trailing `:`
+        // matters: with a lone command dash execs `sleep` in its place, and the argument
+        // vanishes at a moment that races with the lookup below.
+        let argv: Vec<String> = vec![
+            "sh".into(),
+            "-c".into(),
+            "sleep 30; :".into(),
+            marker.clone(),
+        ];
         let p = spawn_detached(&argv, &dir.path().join("log")).unwrap();
         assert_eq!(find_by_argument(&marker), Some(p));
         assert_eq!(
