@@ -191,8 +191,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let marker = format!("unix:{}/qmp.sock,server=on,wait=off", dir.path().display());
         // sh -c keeps the extra argument in its argv ($0) while it sleeps. The trailing `:`
-        // matters: with a lone command dash execs `sleep` in its place, and the argument
-        // vanishes at a moment that races with the lookup below.
+        // matters: with a lone command dash execs `sleep` in its place and the argument
+        // vanishes. Even so, for an instant after sh forks its child (before that child execs
+        // `sleep`) two processes carry the argument, and "exactly one" rightly finds none: so
+        // wait, bounded, for the state to settle rather than catch that instant.
         let argv: Vec<String> = vec![
             "sh".into(),
             "-c".into(),
@@ -200,7 +202,14 @@ mod tests {
             marker.clone(),
         ];
         let p = spawn_detached(&argv, &dir.path().join("log")).unwrap();
-        assert_eq!(find_by_argument(&marker), Some(p));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while find_by_argument(&marker) != Some(p) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never found exactly {p:?} by its argument"
+            );
+            std::thread::yield_now();
+        }
         assert_eq!(
             find_by_argument(&format!("{marker}x")),
             None,
