@@ -24,7 +24,7 @@ mod lock;
 pub use lock::VmLock;
 
 /// Current schema version (SQLite `user_version`).
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const MIGRATION_1: &str = "
 CREATE TABLE vms (
@@ -99,8 +99,19 @@ CREATE TABLE tokens (
 ALTER TABLE transitions ADD COLUMN message TEXT;
 ";
 
+/// Version 3: the fleet registry (tenants, pools, instances) as one JSON document, written in
+/// one transaction so a reader never sees half a registry. Its meaning belongs to
+/// `hangar-fleet`; the store checks it is JSON.
+const MIGRATION_3: &str = "
+CREATE TABLE fleet (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    registry_json TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+";
+
 /// Every migration, in order: `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 2] = [MIGRATION_1, MIGRATION_2];
+const MIGRATIONS: [&str; 3] = [MIGRATION_1, MIGRATION_2, MIGRATION_3];
 
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
@@ -981,6 +992,35 @@ impl Store {
         Ok(n > 0)
     }
 
+    /// Replaces the fleet registry (a JSON document; see `hangar-fleet`'s `Registry`).
+    pub fn save_fleet(&self, registry_json: &str, at: Timestamp) -> Result<()> {
+        serde_json::from_str::<serde_json::Value>(registry_json)
+            .map_err(|e| corrupt("fleet", "1", format!("refusing to store non-JSON: {e}")))?;
+        self.conn
+            .execute(
+                "INSERT INTO fleet (id, registry_json, updated_at) VALUES (1, ?1, ?2) ON CONFLICT(id) DO UPDATE SET registry_json = excluded.registry_json, updated_at = excluded.updated_at",
+                params![registry_json, at.0 as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The fleet registry, if one was saved; validated as JSON.
+    pub fn load_fleet(&self) -> Result<Option<String>> {
+        let json: Option<String> = self
+            .conn
+            .query_row("SELECT registry_json FROM fleet WHERE id = 1", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| self.err(e))?;
+        if let Some(j) = &json {
+            serde_json::from_str::<serde_json::Value>(j)
+                .map_err(|e| corrupt("fleet", "1", format!("registry is not JSON: {e}")))?;
+        }
+        Ok(json)
+    }
+
     /// Runs raw SQL (tests use it to corrupt rows on purpose).
     #[doc(hidden)]
     pub fn execute_raw(&self, sql: &str) -> Result<()> {
@@ -1162,6 +1202,22 @@ mod migration_tests {
             .unwrap();
         assert_eq!(store.events_since(1, 10).unwrap().len(), 1);
         assert_eq!(store.transitions(&old).unwrap().len(), 1);
+        // Version 3: the fleet registry round-trips, and a damaged one is refused, not used.
+        assert_eq!(store.load_fleet().unwrap(), None);
+        store.save_fleet(r#"{"pools":[]}"#, Timestamp(7)).unwrap();
+        store.save_fleet(r#"{"pools":[1]}"#, Timestamp(8)).unwrap();
+        assert_eq!(
+            store.load_fleet().unwrap().as_deref(),
+            Some(r#"{"pools":[1]}"#)
+        );
+        assert!(store.save_fleet("{not json", Timestamp(9)).is_err());
+        store
+            .execute_raw("UPDATE fleet SET registry_json = '{broken' WHERE id = 1")
+            .unwrap();
+        assert!(matches!(
+            store.load_fleet(),
+            Err(StoreError::Corrupt { table: "fleet", .. })
+        ));
         drop(store);
         // Opening again migrates nothing.
         Store::open(&path).unwrap();
