@@ -450,6 +450,23 @@ impl Store {
         Ok((conn, SCHEMA_VERSION))
     }
 
+    /// Every row `sql` returns, each read by `read` and validated (a row that fails validation
+    /// fails the whole read, naming itself).
+    fn all<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        read: impl FnMut(&Row<'_>) -> rusqlite::Result<Result<T>>,
+    ) -> Result<Vec<T>> {
+        let mut stmt = self.conn.prepare(sql).map_err(|e| self.err(e))?;
+        let rows = stmt.query_map(params, read).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row.map_err(|e| self.err(e))??);
+        }
+        Ok(out)
+    }
+
     /// The outcome of an INSERT: a taken primary key is `Exists`, not a store failure.
     fn inserted(
         &self,
@@ -587,18 +604,7 @@ impl Store {
 
     /// Every VM, sorted by name.
     pub fn list_vms(&self) -> Result<Vec<VmRecord>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT * FROM vms ORDER BY name")
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([], Self::vm_from_row)
-            .map_err(|e| self.err(e))?;
-        let mut out = Vec::new();
-        for row in rows {
-            out.push(row.map_err(|e| self.err(e))??);
-        }
-        Ok(out)
+        self.all("SELECT * FROM vms ORDER BY name", [], Self::vm_from_row)
     }
 
     /// Removes a VM's record. Its transitions stay: they are the append-only event stream (a
@@ -638,42 +644,11 @@ impl Store {
 
     /// Events with sequence numbers greater than `after`, oldest first: the event stream.
     pub fn events_since(&self, after: u64, limit: usize) -> Result<Vec<(u64, StoredEvent)>> {
-        let seqs: Vec<i64> = {
-            let mut stmt = self
-                .conn
-                .prepare("SELECT seq FROM transitions WHERE seq > ?1 ORDER BY seq LIMIT ?2")
-                .map_err(|e| self.err(e))?;
-            let rows = stmt
-                .query_map(params![after as i64, limit as i64], |r| r.get(0))
-                .map_err(|e| self.err(e))?;
-            rows.collect::<rusqlite::Result<_>>()
-                .map_err(|e| self.err(e))?
-        };
-        let mut out = Vec::new();
-        for seq in seqs {
-            out.push((seq as u64, self.event_at(seq)?));
-        }
-        Ok(out)
-    }
-
-    fn event_at(&self, seq: i64) -> Result<StoredEvent> {
-        let (name, from, to, at, cause, op, message) = self
-            .conn
-            .query_row(
-                "SELECT vm, from_state, to_state, at, cause, operation, message FROM transitions WHERE seq = ?1",
-                [seq],
-                |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?, r.get::<_, String>(4)?, r.get::<_, Option<String>>(5)?, r.get::<_, Option<String>>(6)?)),
-            )
-            .map_err(|e| self.err(e))?;
-        let t = decode_transition(name, from, to, at, cause, op)?;
-        Ok(match message {
-            Some(message) => StoredEvent::Engine {
-                vm: t.vm,
-                at: t.at,
-                message,
-            },
-            None => StoredEvent::Transition(t),
-        })
+        self.all(
+            &format!("{EVENT_COLUMNS} WHERE seq > ?1 ORDER BY seq LIMIT ?2"),
+            params![after as i64, limit as i64],
+            read_event_row,
+        )
     }
 
     /// Appends an engine event (something the engine observed that is not a state change) to
@@ -708,28 +683,20 @@ impl Store {
 
     /// A VM's history, oldest first.
     pub fn transitions(&self, vm: &VmName) -> Result<Vec<TransitionEvent>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT vm, from_state, to_state, at, cause, operation FROM transitions WHERE vm = ?1 AND message IS NULL ORDER BY seq")
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([vm.as_str()], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, Option<String>>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, String>(4)?,
-                    r.get::<_, Option<String>>(5)?,
-                ))
-            })
-            .map_err(|e| self.err(e))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (name, from, to, at, cause, op) = row.map_err(|e| self.err(e))?;
-            out.push(decode_transition(name, from, to, at, cause, op)?);
-        }
-        Ok(out)
+        self.all(
+            &format!("{EVENT_COLUMNS} WHERE vm = ?1 AND message IS NULL ORDER BY seq"),
+            [vm.as_str()],
+            |r| {
+                read_event_row(r).map(|event| match event? {
+                    (_, StoredEvent::Transition(t)) => Ok(t),
+                    (seq, StoredEvent::Engine { .. }) => Err(corrupt(
+                        "transitions",
+                        &seq.to_string(),
+                        "an engine event where a transition was expected",
+                    )),
+                })
+            },
+        )
     }
 
     /// Records a snapshot.
@@ -777,18 +744,11 @@ impl Store {
 
     /// Snapshots, optionally of one VM, sorted by id.
     pub fn list_snapshots(&self, vm: Option<&VmName>) -> Result<Vec<SnapshotRecord>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT * FROM snapshots WHERE (?1 IS NULL OR vm = ?1) ORDER BY id")
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([vm.map(|v| v.as_str())], Self::snapshot_from_row)
-            .map_err(|e| self.err(e))?;
-        let mut out = Vec::new();
-        for row in rows {
-            out.push(row.map_err(|e| self.err(e))??);
-        }
-        Ok(out)
+        self.all(
+            "SELECT * FROM snapshots WHERE (?1 IS NULL OR vm = ?1) ORDER BY id",
+            [vm.map(|v| v.as_str())],
+            Self::snapshot_from_row,
+        )
     }
 
     /// Removes a snapshot record.
@@ -864,18 +824,11 @@ impl Store {
 
     /// Every volume, sorted by id.
     pub fn list_volumes(&self) -> Result<Vec<VolumeRecord>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT * FROM volumes ORDER BY id")
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([], Self::volume_from_row)
-            .map_err(|e| self.err(e))?;
-        let mut out = Vec::new();
-        for row in rows {
-            out.push(row.map_err(|e| self.err(e))??);
-        }
-        Ok(out)
+        self.all(
+            "SELECT * FROM volumes ORDER BY id",
+            [],
+            Self::volume_from_row,
+        )
     }
 
     /// Removes a volume record.
@@ -933,20 +886,11 @@ impl Store {
         } else {
             ""
         };
-        let mut stmt = self
-            .conn
-            .prepare(&format!(
-                "{OPERATION_COLUMNS} {filter} ORDER BY created_at DESC, id DESC LIMIT ?1"
-            ))
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([limit as i64], read_operation_row)
-            .map_err(|e| self.err(e))?;
-        let mut out = Vec::new();
-        for row in rows {
-            out.push(decode_operation(row.map_err(|e| self.err(e))?)?);
-        }
-        Ok(out)
+        self.all(
+            &format!("{OPERATION_COLUMNS} {filter} ORDER BY created_at DESC, id DESC LIMIT ?1"),
+            [limit as i64],
+            |r| read_operation_row(r).map(decode_operation),
+        )
     }
 
     /// Stores a new token.
@@ -972,15 +916,11 @@ impl Store {
 
     /// Every token, oldest first.
     pub fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id, name, sha256, created_at FROM tokens ORDER BY created_at, id")
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([], read_token_row)
-            .map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<_>>()
-            .map_err(|e| self.err(e))
+        self.all(
+            "SELECT id, name, sha256, created_at FROM tokens ORDER BY created_at, id",
+            [],
+            |r| read_token_row(r).map(Ok),
+        )
     }
 
     /// Revokes a token; false if there was none with that id.
@@ -1026,6 +966,34 @@ impl Store {
     pub fn execute_raw(&self, sql: &str) -> Result<()> {
         self.conn.execute_batch(sql).map_err(|e| self.err(e))
     }
+}
+
+const EVENT_COLUMNS: &str =
+    "SELECT seq, vm, from_state, to_state, at, cause, operation, message FROM transitions";
+
+/// One row of the event stream: a transition, or an engine event (a row with a `message`).
+fn read_event_row(r: &Row<'_>) -> rusqlite::Result<Result<(u64, StoredEvent)>> {
+    let seq: i64 = r.get(0)?;
+    let message: Option<String> = r.get(7)?;
+    let transition = decode_transition(
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+    );
+    Ok(transition.map(|t| {
+        let event = match message {
+            Some(message) => StoredEvent::Engine {
+                vm: t.vm,
+                at: t.at,
+                message,
+            },
+            None => StoredEvent::Transition(t),
+        };
+        (seq.max(0) as u64, event)
+    }))
 }
 
 const OPERATION_COLUMNS: &str = "SELECT id, kind, target, request_json, status, progress, result_json, error_json, owner_pid, owner_start_time, created_at, updated_at FROM operations";
