@@ -282,12 +282,7 @@ pub fn ps(all: bool, output: Output, out: &mut dyn Write) -> Result<(), Failure>
     let views = control()?.list().map_err(from_body)?;
     let rows: Vec<_> = views.into_iter().filter(|v| all || v.is_live()).collect();
     if output == Output::Json {
-        let _ = writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&rows).expect("json")
-        );
-        return Ok(());
+        return print_json(out, &rows);
     }
     let _ = writeln!(
         out,
@@ -313,6 +308,16 @@ pub fn ps(all: bool, output: Output, out: &mut dyn Write) -> Result<(), Failure>
     Ok(())
 }
 
+/// `--output json` for listings: one pretty-printed document.
+fn print_json(out: &mut dyn Write, value: &impl serde::Serialize) -> Result<(), Failure> {
+    let _ = writeln!(
+        out,
+        "{}",
+        serde_json::to_string_pretty(value).expect("listings serialise")
+    );
+    Ok(())
+}
+
 fn fmt_time(ms: u64) -> String {
     // Seconds since the epoch, UTC, without a date library: good enough for a listing.
     let secs = ms / 1000;
@@ -324,12 +329,7 @@ fn fmt_time(ms: u64) -> String {
 pub fn ops(limit: usize, output: Output, out: &mut dyn Write) -> Result<(), Failure> {
     let list = control()?.operations(limit).map_err(from_body)?;
     if output == Output::Json {
-        let _ = writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&list).expect("json")
-        );
-        return Ok(());
+        return print_json(out, &list);
     }
     let _ = writeln!(
         out,
@@ -354,8 +354,7 @@ pub fn ops(limit: usize, output: Output, out: &mut dyn Write) -> Result<(), Fail
 /// `hangar ops show ID`: one operation as JSON.
 pub fn op_show(id: &str, out: &mut dyn Write) -> Result<(), Failure> {
     let op = control()?.operation(id).map_err(from_body)?;
-    let _ = writeln!(out, "{}", serde_json::to_string_pretty(&op).expect("json"));
-    Ok(())
+    print_json(out, &op)
 }
 
 /// `hangar images`: the guest images installed in $HANGAR_HOME/images.
@@ -369,12 +368,7 @@ pub fn images(output: Output, out: &mut dyn Write) -> Result<(), Failure> {
         )
     })?;
     if output == Output::Json {
-        let _ = writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&list).expect("json")
-        );
-        return Ok(());
+        return print_json(out, &list);
     }
     let _ = writeln!(
         out,
@@ -403,18 +397,13 @@ pub fn token_create(name: &str, output: Output, out: &mut dyn Write) -> Result<(
     let store = hangar_store::Store::open_in(&home()).map_err(|e| crate::coded(&e))?;
     let token = hangar_control::tokens::create(&store, name).map_err(from_body)?;
     if output == Output::Json {
-        let _ = writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&token).expect("json")
-        );
-    } else {
-        let _ = writeln!(out, "{}", token.token);
-        eprintln!(
-            "token {} ({}) created; it is shown only now. Send it as `Authorization: Bearer <token>`.",
-            token.id, token.name
-        );
+        return print_json(out, &token);
     }
+    let _ = writeln!(out, "{}", token.token);
+    eprintln!(
+        "token {} ({}) created; it is shown only now. Send it as `Authorization: Bearer <token>`.",
+        token.id, token.name
+    );
     Ok(())
 }
 
@@ -429,12 +418,7 @@ pub fn token_ls(output: Output, out: &mut dyn Write) -> Result<(), Failure> {
                 |t| serde_json::json!({ "id": t.id, "name": t.name, "created_at": t.created_at.0 }),
             )
             .collect();
-        let _ = writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&rows).expect("json")
-        );
-        return Ok(());
+        return print_json(out, &rows);
     }
     let _ = writeln!(out, "{:<14} NAME", "ID");
     for t in list {
@@ -688,12 +672,7 @@ pub fn snapshot_ls(name: Option<&str>, output: Output, out: &mut dyn Write) -> R
         .snapshots(vm.as_ref().map(|v| v.as_str()))
         .map_err(from_body)?;
     if output == Output::Json {
-        let _ = writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&list).expect("json")
-        );
-        return Ok(());
+        return print_json(out, &list);
     }
     let _ = writeln!(out, "{:<24} {:<24} {:>8}  ENGINE", "ID", "VM", "SIZE");
     for s in list {
