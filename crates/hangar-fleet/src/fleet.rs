@@ -242,16 +242,26 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
     /// died between creating a VM and saving the registry leaves exactly that, and adopting it
     /// is what keeps a restarted pass from creating it twice.
     pub fn observe(&mut self) -> Result<()> {
-        let seen: BTreeMap<VmName, (VmState, Timestamp)> = self
+        let mut seen: BTreeMap<VmName, (VmState, Timestamp)> = self
             .engine
             .list()?
             .into_iter()
             .map(|s| (s.name, (s.state, s.since)))
             .collect();
-        for (name, (state, since)) in &seen {
-            if self.instances.iter().any(|i| &i.name == name) {
-                continue;
+        // Refresh what the registry knows, taking each VM out of `seen` as it is matched, so
+        // what remains is exactly the VMs the registry lacks (no scan per VM: this runs every
+        // pass over every instance).
+        for i in &mut self.instances {
+            match seen.remove(&i.name) {
+                Some((state, since)) => {
+                    i.state = state;
+                    i.since = since;
+                }
+                // Deleted behind our back: gone, and replaced by the plan.
+                None => i.state = VmState::Deleted,
             }
+        }
+        for (name, (state, since)) in seen {
             let Some((pool, ordinal)) = name
                 .as_str()
                 .rsplit_once('-')
@@ -263,27 +273,17 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
                 continue;
             };
             self.instances.push(Instance {
-                id: adopted_id(name),
-                pool: pool.clone(),
-                name: name.clone(),
-                ordinal,
-                state: *state,
-                since: *since,
-                created_at: *since,
-                claimed: false,
+                id: adopted_id(&name),
                 vcpus: p.template.machine.vcpus,
                 memory_mib: p.template.machine.memory_mib,
+                pool,
+                name,
+                ordinal,
+                state,
+                since,
+                created_at: since,
+                claimed: false,
             });
-        }
-        for i in &mut self.instances {
-            match seen.get(&i.name) {
-                Some((state, since)) => {
-                    i.state = *state;
-                    i.since = *since;
-                }
-                // Deleted behind our back: gone, and replaced by the plan.
-                None => i.state = VmState::Deleted,
-            }
         }
         self.instances.retain(|i| i.state != VmState::Deleted);
         Ok(())
@@ -500,7 +500,12 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
         Ok(())
     }
 
-    fn resume(&mut self, id: &InstanceId) -> Result<()> {
+    /// The instance, if giving it `add` keeps its tenant within quota.
+    fn within_quota(
+        &self,
+        id: &InstanceId,
+        add: impl FnOnce(&Instance) -> Usage,
+    ) -> Result<Instance> {
         let i = self
             .find(id)
             .cloned()
@@ -508,38 +513,27 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
         let pool = self
             .pools
             .get(&i.pool)
-            .cloned()
             .ok_or_else(|| refuse(format!("no pool {}", i.pool)))?;
-        self.check_quota(
-            &pool,
-            Usage {
-                running: 1,
-                ..Usage::default()
-            },
-        )?;
+        self.check_quota(pool, add(&i))?;
+        Ok(i)
+    }
+
+    fn resume(&mut self, id: &InstanceId) -> Result<()> {
+        let i = self.within_quota(id, |_| Usage {
+            running: 1,
+            ..Usage::default()
+        })?;
         let s = self.engine.resume(&i.name)?;
         self.note(id, s.state, s.since)
     }
 
     fn wake(&mut self, id: &InstanceId) -> Result<()> {
-        let i = self
-            .find(id)
-            .cloned()
-            .ok_or_else(|| refuse(format!("no instance {id}")))?;
-        let pool = self
-            .pools
-            .get(&i.pool)
-            .cloned()
-            .ok_or_else(|| refuse(format!("no pool {}", i.pool)))?;
-        self.check_quota(
-            &pool,
-            Usage {
-                running: 1,
-                vcpus: u64::from(i.vcpus),
-                memory_mib: u64::from(i.memory_mib),
-                ..Usage::default()
-            },
-        )?;
+        let i = self.within_quota(id, |i| Usage {
+            running: 1,
+            vcpus: u64::from(i.vcpus),
+            memory_mib: u64::from(i.memory_mib),
+            ..Usage::default()
+        })?;
         let snap = sleep_snapshot(&i.name);
         let s = self.engine.restore(&i.name, &snap, &CancelToken::new())?;
         self.note(id, s.state, s.since)?;
