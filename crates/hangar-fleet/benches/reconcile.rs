@@ -9,23 +9,11 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use hangar_core::clock::{Clock, ManualClock};
 use hangar_core::fake::{FakeConfig, FakeEngine};
 use hangar_core::ids::{PoolId, TenantId};
-use hangar_core::spec::VmSpec;
 use hangar_fleet::{reconcile, Desired, Fleet, Policy, Pool, Quotas, Tenant};
 
-fn template() -> VmSpec {
-    hangar_spec::parse(
-        "schema_version = 1
-name = \"template\"
-[machine]
-vcpus = 1
-memory_mib = 256
-",
-        hangar_spec::Format::Toml,
-        std::path::Path::new("/"),
-    )
-    .unwrap()
-    .spec
-}
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::template;
 
 fn benches(c: &mut Criterion) {
     let clock = Arc::new(ManualClock::default());

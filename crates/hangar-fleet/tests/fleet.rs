@@ -9,23 +9,19 @@ use hangar_core::contracts::Lifecycle;
 use hangar_core::fake::{FakeConfig, FakeEngine};
 use hangar_core::ids::{PoolId, TenantId, VmName};
 use hangar_core::lifecycle::VmState;
-use hangar_core::spec::VmSpec;
 use hangar_fleet::reconcile;
 use hangar_fleet::{ClaimSource, Desired, Fleet, Policy, Pool, Quotas, Tenant};
 
-fn template() -> VmSpec {
-    hangar_spec::parse(
-        "schema_version = 1
-name = \"template\"
-[machine]
-vcpus = 1
-memory_mib = 256
-",
-        hangar_spec::Format::Toml,
-        std::path::Path::new("/"),
-    )
-    .unwrap()
-    .spec
+mod common;
+use common::template;
+
+/// Desired counts: running, warm, sleeping.
+fn want(running: u32, warm: u32, sleeping: u32) -> Desired {
+    Desired {
+        running,
+        warm,
+        sleeping,
+    }
 }
 
 fn fleet(quotas: Quotas) -> (Fleet<FakeEngine>, Arc<ManualClock>) {
@@ -70,15 +66,7 @@ fn states(fleet: &Fleet<FakeEngine>) -> Vec<(String, VmState, bool)> {
 fn a_warm_pool_converges_hands_out_claims_and_refills() {
     let (mut fleet, _) = fleet(Quotas::default());
     fleet
-        .add_pool(pool(
-            "web",
-            Desired {
-                running: 0,
-                warm: 3,
-                sleeping: 0,
-            },
-            Policy::default(),
-        ))
+        .add_pool(pool("web", want(0, 3, 0), Policy::default()))
         .unwrap();
     let report = fleet.pass();
     assert_eq!((report.created, report.errors.len()), (3, 0), "{report:?}");
@@ -125,15 +113,7 @@ fn a_warm_pool_converges_hands_out_claims_and_refills() {
 fn a_dead_instance_is_replaced_within_one_pass() {
     let (mut fleet, _) = fleet(Quotas::default());
     fleet
-        .add_pool(pool(
-            "svc",
-            Desired {
-                running: 2,
-                warm: 0,
-                sleeping: 0,
-            },
-            Policy::default(),
-        ))
+        .add_pool(pool("svc", want(2, 0, 0), Policy::default()))
         .unwrap();
     fleet.pass();
     fleet
@@ -164,15 +144,7 @@ fn a_quota_refusal_names_the_quota_and_leaves_nothing_behind() {
         ..Quotas::default()
     });
     fleet
-        .add_pool(pool(
-            "big",
-            Desired {
-                running: 0,
-                warm: 3,
-                sleeping: 0,
-            },
-            Policy::default(),
-        ))
+        .add_pool(pool("big", want(0, 3, 0), Policy::default()))
         .unwrap();
     let report = fleet.pass();
     assert_eq!(
@@ -193,15 +165,7 @@ fn a_quota_refusal_names_the_quota_and_leaves_nothing_behind() {
     assert_eq!(fleet.engine().list().unwrap().len(), 2);
     // Sleeping instances hold no memory, so they fit.
     fleet
-        .scale(
-            &PoolId::new("big").unwrap(),
-            Desired {
-                running: 0,
-                warm: 2,
-                sleeping: 2,
-            },
-            None,
-        )
+        .scale(&PoolId::new("big").unwrap(), want(0, 2, 2), None)
         .unwrap();
     let report = fleet.pass();
     assert!(report.errors.is_empty(), "{report:?}");
@@ -215,11 +179,7 @@ fn scale_down_removes_the_newest_and_defers_young_instances() {
     fleet
         .add_pool(pool(
             "api",
-            Desired {
-                running: 3,
-                warm: 0,
-                sleeping: 0,
-            },
+            want(3, 0, 0),
             Policy {
                 idle_sleep_s: None,
                 min_running_s: 600,
@@ -227,17 +187,7 @@ fn scale_down_removes_the_newest_and_defers_young_instances() {
         ))
         .unwrap();
     fleet.pass();
-    fleet
-        .scale(
-            &id,
-            Desired {
-                running: 1,
-                warm: 0,
-                sleeping: 0,
-            },
-            None,
-        )
-        .unwrap();
+    fleet.scale(&id, want(1, 0, 0), None).unwrap();
     let early = fleet.pass();
     assert_eq!(early.stopped, 0);
     assert_eq!(early.deferred.len(), 2, "{early:?}");
@@ -253,15 +203,7 @@ fn scale_up_prefers_booted_instances_and_sleep_wake_round_trips() {
     let (mut fleet, _) = fleet(Quotas::default());
     let id = PoolId::new("mix").unwrap();
     fleet
-        .add_pool(pool(
-            "mix",
-            Desired {
-                running: 0,
-                warm: 1,
-                sleeping: 1,
-            },
-            Policy::default(),
-        ))
+        .add_pool(pool("mix", want(0, 1, 1), Policy::default()))
         .unwrap();
     let first = fleet.pass();
     assert_eq!(
@@ -272,31 +214,11 @@ fn scale_up_prefers_booted_instances_and_sleep_wake_round_trips() {
     let by_state: Vec<_> = states(&fleet).into_iter().map(|(_, s, _)| s).collect();
     assert_eq!(by_state, [VmState::Paused, VmState::Sleeping]);
     // One running wanted: the warm one is resumed rather than a new one booted.
-    fleet
-        .scale(
-            &id,
-            Desired {
-                running: 1,
-                warm: 1,
-                sleeping: 1,
-            },
-            None,
-        )
-        .unwrap();
+    fleet.scale(&id, want(1, 1, 1), None).unwrap();
     let up = fleet.pass();
     assert_eq!((up.started, up.created), (1, 1), "{up:?}");
     // A claim with no warm instance left wakes the sleeping one.
-    fleet
-        .scale(
-            &id,
-            Desired {
-                running: 0,
-                warm: 0,
-                sleeping: 1,
-            },
-            None,
-        )
-        .unwrap();
+    fleet.scale(&id, want(0, 0, 1), None).unwrap();
     fleet.pass();
     let claim = fleet.claim(&id).unwrap();
     assert_eq!(claim.source, ClaimSource::Sleeping, "{claim:?}");
@@ -306,24 +228,7 @@ fn scale_up_prefers_booted_instances_and_sleep_wake_round_trips() {
 #[test]
 fn a_converged_fleet_plans_nothing() {
     let (mut fleet, clock) = fleet(Quotas::default());
-    for (i, d) in [
-        (
-            0,
-            Desired {
-                running: 2,
-                warm: 2,
-                sleeping: 1,
-            },
-        ),
-        (
-            1,
-            Desired {
-                running: 0,
-                warm: 4,
-                sleeping: 0,
-            },
-        ),
-    ] {
+    for (i, d) in [(0, want(2, 2, 1)), (1, want(0, 4, 0))] {
         fleet
             .add_pool(pool(&format!("p{i}"), d, Policy::default()))
             .unwrap();
@@ -340,15 +245,7 @@ fn a_fleet_restored_from_a_stale_registry_adopts_instead_of_creating_twice() {
     let (mut fleet, clock, engine) = fleet_with_engine(Quotas::default());
     let id = PoolId::new("app").unwrap();
     fleet
-        .add_pool(pool(
-            "app",
-            Desired {
-                running: 0,
-                warm: 2,
-                sleeping: 0,
-            },
-            Policy::default(),
-        ))
+        .add_pool(pool("app", want(0, 2, 0), Policy::default()))
         .unwrap();
     // Saved after the pool was added, before any instance existed.
     let saved = fleet.registry();
