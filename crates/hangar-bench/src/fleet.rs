@@ -35,7 +35,7 @@ pub fn run(args: &Args, claims: usize, wakes: usize) -> Result<Value, String> {
     let home = Home::new(args, "fleet")?;
     let engine =
         QemuEngine::open(&home.dir, EngineOptions::default()).map_err(|e| e.to_string())?;
-    let mut fleet = Fleet::new(Arc::new(engine), Arc::new(SystemClock));
+    let fleet = Fleet::new(Arc::new(engine), Arc::new(SystemClock));
     let tenant = TenantId::new("bench").map_err(|e| e.to_string())?;
     fleet.put_tenant(Tenant {
         id: tenant.clone(),

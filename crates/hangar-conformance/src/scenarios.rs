@@ -568,6 +568,44 @@ fn s04_sleep_wake(ctx: &Ctx<'_>) -> Check {
     ok(ctx.engine.delete_snapshot(&id), "delete after wake")
 }
 
+fn s06_restore_into_a_clone(ctx: &Ctx<'_>) -> Check {
+    let source = running(ctx, "conf-s06")?;
+    let id = SnapshotId::new("conf-s06-base").unwrap();
+    let c = CancelToken::new();
+    ok(
+        ctx.engine.save(&source, &id, SaveMode::KeepPaused, &c),
+        "save",
+    )?;
+    // Same spec under another name: a clone.
+    let clone = name("conf-s06-clone");
+    ok(
+        ctx.engine.define(&ctx.spec("conf-s06-clone")),
+        "define clone",
+    )?;
+    ok(
+        ctx.engine.restore(&clone, &id, &c),
+        "restore into the clone",
+    )?;
+    expect_state(ctx, &clone, Running, "clone restore")?;
+    // The source is untouched by the clone.
+    expect_state(ctx, &source, Paused, "source after the clone restore")?;
+    // Different hardware: refused, and the VM stays as it was.
+    let other = name("conf-s06-other");
+    let mut spec = ctx.spec("conf-s06-other");
+    spec.machine.memory_mib += 64;
+    ok(ctx.engine.define(&spec), "define a different VM")?;
+    expect_code(
+        ctx.engine.restore(&other, &id, &c),
+        ErrorCode::SnapshotMismatch,
+        "restore into a VM with more memory",
+    )?;
+    expect_state(ctx, &other, Defined, "refused restore")?;
+    ok(ctx.engine.undefine(&other), "undefine")?;
+    teardown(ctx, &clone)?;
+    teardown(ctx, &source)?;
+    ok(ctx.engine.delete_snapshot(&id), "delete snapshot")
+}
+
 fn s05_snapshot_ids_unique(ctx: &Ctx<'_>) -> Check {
     let vm = running(ctx, "conf-s05")?;
     let id = SnapshotId::new("conf-s05-snap").unwrap();
@@ -1037,6 +1075,14 @@ pub static SCENARIOS: &[Scenario] = &[
         requires: &[MemorySnapshots],
         knobs: NONE,
         run: s05_snapshot_ids_unique,
+    },
+    Scenario {
+        id: "CONF-S-06",
+        title:
+            "a snapshot restores into a clone (same spec, other name); other hardware is refused",
+        requires: &[MemorySnapshots],
+        knobs: NONE,
+        run: s06_restore_into_a_clone,
     },
     Scenario {
         id: "CONF-D-01",

@@ -122,6 +122,11 @@ pub trait Snapshots: Send + Sync {
         cancel: &CancelToken,
     ) -> Result<SnapshotInfo>;
     /// Restores a sleeping, stopped or defined VM from a snapshot; it ends up running.
+    ///
+    /// The snapshot may have been taken from another VM whose spec has the same
+    /// [`VmSpec::clone_template`](crate::spec::VmSpec::clone_template): `vm` then becomes a
+    /// clone of it, its writable disks starting as the source's were when the snapshot was
+    /// taken. Any other difference is `E_SNAPSHOT_MISMATCH`.
     fn restore(&self, vm: &VmName, id: &SnapshotId, cancel: &CancelToken) -> Result<VmStatus>;
     /// Snapshots, optionally only one VM's, sorted by id.
     fn list_snapshots(&self, vm: Option<&VmName>) -> Result<Vec<SnapshotInfo>>;

@@ -286,6 +286,26 @@ error_codes! {
     Unauthorized = "E_UNAUTHORIZED", retryable: false, class: Invalid,
         meaning: "The request reached hangard over TCP without a valid bearer token.",
         fix: "Create a token on the host with `hangar token create` and send it as `Authorization: Bearer <token>`.";
+    /// No tenant has the given id.
+    TenantNotFound = "E_TENANT_NOT_FOUND", retryable: false, class: Invalid,
+        meaning: "No tenant with that id exists on this host.",
+        fix: "List tenants with `hangar tenant ls`, or create it with `hangar tenant create ID`.";
+    /// No pool has the given id.
+    PoolNotFound = "E_POOL_NOT_FOUND", retryable: false, class: Invalid,
+        meaning: "No pool with that id exists on this host.",
+        fix: "List pools with `hangar pool ls`, or create it with `hangar pool create POOL --tenant T --spec FILE`.";
+    /// A pool with the given id already exists.
+    PoolExists = "E_POOL_EXISTS", retryable: false, class: Invalid,
+        meaning: "A pool with that id already exists.",
+        fix: "Pick another id, change the pool with `hangar pool scale`, or remove it first with `hangar pool rm`.";
+    /// No instance has the given id.
+    InstanceNotFound = "E_INSTANCE_NOT_FOUND", retryable: false, class: Invalid,
+        meaning: "No fleet instance with that id exists (it may have been released or replaced).",
+        fix: "List instances with `hangar instance ls`.";
+    /// The tenant still owns pools.
+    TenantInUse = "E_TENANT_IN_USE", retryable: false, class: Invalid,
+        meaning: "The tenant still owns at least one pool, so it cannot be removed.",
+        fix: "Remove the tenant's pools first (`hangar pool rm POOL`), then the tenant.";
 }
 
 impl fmt::Display for ErrorCode {

@@ -489,20 +489,20 @@ impl Snapshots for FakeEngine {
         self.enter()?;
         self.require(Capability::MemorySnapshots, "memory snapshots")?;
         let mut inner = lock(&self.inner);
-        let (state, vm_machine) = {
+        let (state, template) = {
             let fake = inner.vm(vm)?;
-            (fake.machine.state(), fake.spec.machine.clone())
+            (fake.machine.state(), fake.spec.clone_template())
         };
         let snapshot = inner
             .snapshots
             .get(id)
             .ok_or_else(|| Error::SnapshotNotFound(id.clone()))?;
-        if snapshot.spec.machine != vm_machine {
+        if snapshot.spec.clone_template() != template {
             return Err(Error::SnapshotMismatch {
                 snapshot: id.clone(),
                 reason: format!(
-                    "taken from a VM with different machine settings ({} vcpus, {} MiB)",
-                    snapshot.spec.machine.vcpus, snapshot.spec.machine.memory_mib
+                    "taken from {}, whose spec differs from {vm}'s in more than name, tenant and pool",
+                    snapshot.info.vm
                 ),
             });
         }

@@ -40,6 +40,20 @@ pub struct VmSpec {
     pub pool: Option<PoolId>,
 }
 
+impl VmSpec {
+    /// The spec with what tells one clone from another (name, tenant, pool) set to fixed
+    /// values. Two VMs whose clone templates are equal have the same virtual hardware and boot
+    /// the same guest, so a memory snapshot of one can be restored into the other.
+    pub fn clone_template(&self) -> VmSpec {
+        VmSpec {
+            name: VmName::new("clone").expect("a valid name"),
+            tenant: None,
+            pool: None,
+            ..self.clone()
+        }
+    }
+}
+
 /// Virtual hardware.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MachineSpec {

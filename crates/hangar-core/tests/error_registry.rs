@@ -71,6 +71,11 @@ fn released_codes_are_never_removed() {
         "E_OPERATION_NOT_FOUND",
         "E_INTERRUPTED",
         "E_UNAUTHORIZED",
+        "E_TENANT_NOT_FOUND",
+        "E_POOL_NOT_FOUND",
+        "E_POOL_EXISTS",
+        "E_INSTANCE_NOT_FOUND",
+        "E_TENANT_IN_USE",
     ];
     for code in released {
         assert!(

@@ -21,7 +21,7 @@ fn benches(c: &mut Criterion) {
         clock: clock.clone(),
         ..FakeConfig::default()
     });
-    let mut fleet = Fleet::new(Arc::new(engine), clock.clone());
+    let fleet = Fleet::new(Arc::new(engine), clock.clone());
     fleet.put_tenant(Tenant {
         id: TenantId::new("bench").unwrap(),
         quotas: Quotas::default(),
@@ -44,8 +44,8 @@ fn benches(c: &mut Criterion) {
     let setup = fleet.pass();
     assert!(setup.errors.is_empty(), "{:?}", setup.errors.first());
     assert_eq!(fleet.instances(None).len(), 10_000);
-    let pools: Vec<Pool> = fleet.pools().cloned().collect();
-    let instances: Vec<_> = fleet.instances(None).into_iter().cloned().collect();
+    let pools: Vec<Pool> = fleet.pools();
+    let instances: Vec<_> = fleet.instances(None);
     let now = clock.now();
     assert!(reconcile::plan(&pools, &instances, now).is_empty());
     c.bench_function("reconcile_plan_10k_instances_100_pools", |b| {

@@ -1,16 +1,24 @@
 //! [`Fleet`]: the registry of tenants, pools and instances, and the executor that carries a
 //! reconcile plan out through the core engine contracts.
+//!
+//! Locking: the registry sits behind one mutex that is only ever held for bookkeeping, never
+//! across an engine call (a cold boot takes seconds; a claim must not wait for it). An engine
+//! step first *reserves* its instance under the lock (marks it busy, checks the quota), then
+//! runs unlocked, then relocks to record the outcome. A reserved instance is skipped by every
+//! other step, and an instance whose record vanished while its step ran (its pool was removed)
+//! is discarded by that step. Passes are serialised by a second mutex.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use hangar_core::cancel::CancelToken;
 use hangar_core::clock::{Clock, Timestamp};
-use hangar_core::contracts::{Lifecycle, SaveMode, Snapshots, StopMode};
+use hangar_core::contracts::{Lifecycle, SaveMode, Snapshots, StopMode, VmStatus};
 use hangar_core::error::{Coded, Error, ErrorCode, Result};
 use hangar_core::ids::{InstanceId, PoolId, SnapshotId, TenantId, VmName};
 use hangar_core::lifecycle::VmState;
+use hangar_core::spec::VmSpec;
 use serde::{Deserialize, Serialize};
 
 use crate::quota::Usage;
@@ -22,6 +30,9 @@ use crate::{instance_spec, Desired, Instance, Policy, Pool, Tenant};
 pub struct PassReport {
     /// Instances created (to any state).
     pub created: u32,
+    /// Of those, how many were cloned from their pool's base snapshot instead of booted.
+    #[serde(default)]
+    pub cloned: u32,
     /// Warm instances resumed.
     pub started: u32,
     /// Instances paused into the warm set.
@@ -40,6 +51,35 @@ pub struct PassReport {
     pub took_ms: f64,
 }
 
+impl PassReport {
+    /// Whether the pass changed anything or hit an error (a quiet pass is not worth an event).
+    pub fn is_quiet(&self) -> bool {
+        self.created + self.started + self.warmed + self.slept + self.woken + self.stopped == 0
+            && self.errors.is_empty()
+    }
+
+    /// One line for an event stream.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "reconcile pass: created {} (cloned {}), started {}, warmed {}, slept {}, woken {}, stopped {}, deferred {}, errors {} in {:.1} ms",
+            self.created,
+            self.cloned,
+            self.started,
+            self.warmed,
+            self.slept,
+            self.woken,
+            self.stopped,
+            self.deferred.len(),
+            self.errors.len(),
+            self.took_ms
+        );
+        if let Some((code, message)) = self.errors.first() {
+            s.push_str(&format!("; first error {code}: {message}"));
+        }
+        s
+    }
+}
+
 /// Where a claimed instance came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -48,7 +88,9 @@ pub enum ClaimSource {
     Warm,
     /// A sleeping instance: one restore.
     Sleeping,
-    /// Nothing was ready: a new instance was booted.
+    /// Nothing was ready: a new instance was restored from the pool's base snapshot.
+    Cloned,
+    /// Nothing was ready and there was no base snapshot: a new instance was booted.
     Created,
 }
 
@@ -63,32 +105,21 @@ pub struct Claim {
     pub took_ms: f64,
 }
 
+/// A pool's base snapshot: its template booted once and saved, so further instances are
+/// restored (cloned) instead of booted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Base {
+    /// The pool.
+    pub pool: PoolId,
+    /// The memory snapshot.
+    pub snapshot: SnapshotId,
+    /// The template it was taken from: a pool whose template no longer equals this (its
+    /// canonical hash changed) has a stale base, which is deleted and retaken.
+    pub template: VmSpec,
+}
+
 /// Failures back off per pool: 1 s, 2 s, 4 s … up to a minute.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
-
-/// Tenants, pools and instances on one host, driven through an engine.
-pub struct Fleet<E: ?Sized> {
-    /// Shared: the daemon drives the same engine for plain VM operations.
-    engine: Arc<E>,
-    clock: Arc<dyn Clock>,
-    tenants: BTreeMap<TenantId, Tenant>,
-    pools: BTreeMap<PoolId, Pool>,
-    instances: Vec<Instance>,
-    /// Source of instance id bits (a counter mixed with the start time: unique per fleet).
-    next_id: u32,
-    backoff: BTreeMap<PoolId, (u32, Timestamp)>,
-}
-
-fn refuse(message: String) -> Error {
-    Error::Backend {
-        code: ErrorCode::InvalidArgument,
-        message,
-    }
-}
-
-fn sleep_snapshot(name: &VmName) -> SnapshotId {
-    SnapshotId::new(format!("{name}-sleep")).expect("names make valid snapshot ids")
-}
 
 /// Everything a fleet knows that the engine does not: what to persist, and what
 /// [`Fleet::restore`] takes back after a restart.
@@ -100,310 +131,43 @@ pub struct Registry {
     pub pools: Vec<Pool>,
     /// Instances.
     pub instances: Vec<Instance>,
+    /// Base snapshots, one per pool at most.
+    #[serde(default)]
+    pub bases: Vec<Base>,
 }
 
-/// A stable instance id for a VM adopted without a registry entry (derived from its name, so
-/// adopting it twice gives the same id).
-fn adopted_id(name: &VmName) -> InstanceId {
-    // FNV-1a: tiny, stable across builds and platforms.
-    let mut h: u32 = 0x811c_9dc5;
-    for b in name.as_str().bytes() {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    InstanceId::from_bits(h)
+/// The registry and the bookkeeping around it, behind the fleet's mutex.
+struct State {
+    tenants: BTreeMap<TenantId, Tenant>,
+    pools: BTreeMap<PoolId, Pool>,
+    instances: Vec<Instance>,
+    bases: BTreeMap<PoolId, Base>,
+    /// Instances an engine step is working on right now.
+    busy: BTreeSet<InstanceId>,
+    /// Source of instance id bits (a counter mixed with the start time: unique per fleet).
+    next_id: u32,
+    backoff: BTreeMap<PoolId, (u32, Timestamp)>,
 }
 
-impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
-    /// Picks a fleet back up from a persisted registry (which may be older than the engine's
-    /// state: [`Fleet::observe`] adopts instances created after it was saved).
-    pub fn restore(engine: Arc<E>, clock: Arc<dyn Clock>, registry: Registry) -> Fleet<E> {
-        let mut fleet = Fleet::new(engine, clock);
-        for t in registry.tenants {
-            fleet.tenants.insert(t.id.clone(), t);
-        }
-        for p in registry.pools {
-            fleet.pools.insert(p.id.clone(), p);
-        }
-        fleet.instances = registry.instances;
-        fleet
+impl State {
+    fn find(&self, id: &InstanceId) -> Option<&Instance> {
+        self.instances.iter().find(|i| &i.id == id)
     }
 
-    /// What to persist.
-    pub fn registry(&self) -> Registry {
-        Registry {
-            tenants: self.tenants.values().cloned().collect(),
-            pools: self.pools.values().cloned().collect(),
-            instances: self.instances.clone(),
-        }
+    fn find_mut(&mut self, id: &InstanceId) -> Option<&mut Instance> {
+        self.instances.iter_mut().find(|i| &i.id == id)
     }
 
-    /// An empty fleet over `engine`.
-    pub fn new(engine: Arc<E>, clock: Arc<dyn Clock>) -> Fleet<E> {
-        let seed = (clock.now().0 as u32).wrapping_mul(2_654_435_761);
-        Fleet {
-            engine,
-            clock,
-            tenants: BTreeMap::new(),
-            pools: BTreeMap::new(),
-            instances: Vec::new(),
-            next_id: seed,
-            backoff: BTreeMap::new(),
-        }
+    fn pool(&self, id: &PoolId) -> Result<&Pool> {
+        self.pools.get(id).ok_or_else(|| not_found_pool(id))
     }
 
-    /// The engine.
-    pub fn engine(&self) -> &E {
-        &self.engine
-    }
-
-    /// Adds or updates a tenant.
-    pub fn put_tenant(&mut self, tenant: Tenant) {
-        self.tenants.insert(tenant.id.clone(), tenant);
-    }
-
-    /// Removes a tenant that owns no pool.
-    pub fn remove_tenant(&mut self, id: &TenantId) -> Result<()> {
-        if let Some(pool) = self.pools.values().find(|p| &p.tenant == id) {
-            return Err(refuse(format!(
-                "tenant {id} still owns pool {}; remove its pools first",
-                pool.id
-            )));
-        }
-        self.tenants.remove(id);
-        Ok(())
-    }
-
-    /// Adds a pool (its tenant must exist). Nothing is created until the next pass.
-    pub fn add_pool(&mut self, pool: Pool) -> Result<()> {
-        if !self.tenants.contains_key(&pool.tenant) {
-            return Err(refuse(format!("no tenant {}", pool.tenant)));
-        }
-        if self.pools.contains_key(&pool.id) {
-            return Err(refuse(format!("pool {} exists", pool.id)));
-        }
-        self.pools.insert(pool.id.clone(), pool);
-        Ok(())
-    }
-
-    /// Changes a pool's desired counts and policy.
-    pub fn scale(&mut self, pool: &PoolId, desired: Desired, policy: Option<Policy>) -> Result<()> {
-        let p = self
-            .pools
-            .get_mut(pool)
-            .ok_or_else(|| refuse(format!("no pool {pool}")))?;
-        p.desired = desired;
-        if let Some(policy) = policy {
-            p.policy = policy;
-        }
-        self.backoff.remove(pool);
-        Ok(())
-    }
-
-    /// Removes a pool and every one of its instances, claimed or not.
-    pub fn remove_pool(&mut self, pool: &PoolId) -> Result<()> {
-        let ids: Vec<InstanceId> = self
-            .instances
-            .iter()
-            .filter(|i| &i.pool == pool)
-            .map(|i| i.id.clone())
-            .collect();
-        for id in ids {
-            self.remove(&id)?;
-        }
-        self.pools.remove(pool);
-        Ok(())
-    }
-
-    /// Pools.
-    pub fn pools(&self) -> impl Iterator<Item = &Pool> {
-        self.pools.values()
-    }
-
-    /// Instances (of one pool, or all), oldest first.
-    pub fn instances(&self, pool: Option<&PoolId>) -> Vec<&Instance> {
-        self.instances
-            .iter()
-            .filter(|i| pool.is_none_or(|p| &i.pool == p))
-            .collect()
-    }
-
-    /// What a tenant uses now.
-    pub fn usage(&self, tenant: &TenantId) -> Usage {
+    fn usage(&self, tenant: &TenantId) -> Usage {
         Usage::of(
             self.instances
                 .iter()
                 .filter(|i| self.pools.get(&i.pool).is_some_and(|p| &p.tenant == tenant)),
         )
-    }
-
-    /// Refreshes every instance's state from the engine (one `list`), and adopts VMs named
-    /// like a known pool's instances (`<pool>-<n>`) that the registry lacks: a process that
-    /// died between creating a VM and saving the registry leaves exactly that, and adopting it
-    /// is what keeps a restarted pass from creating it twice.
-    pub fn observe(&mut self) -> Result<()> {
-        let mut seen: BTreeMap<VmName, (VmState, Timestamp)> = self
-            .engine
-            .list()?
-            .into_iter()
-            .map(|s| (s.name, (s.state, s.since)))
-            .collect();
-        // Refresh what the registry knows, taking each VM out of `seen` as it is matched, so
-        // what remains is exactly the VMs the registry lacks (no scan per VM: this runs every
-        // pass over every instance).
-        for i in &mut self.instances {
-            match seen.remove(&i.name) {
-                Some((state, since)) => {
-                    i.state = state;
-                    i.since = since;
-                }
-                // Deleted behind our back: gone, and replaced by the plan.
-                None => i.state = VmState::Deleted,
-            }
-        }
-        for (name, (state, since)) in seen {
-            let Some((pool, ordinal)) = name
-                .as_str()
-                .rsplit_once('-')
-                .and_then(|(p, n)| Some((PoolId::new(p).ok()?, n.parse::<u32>().ok()?)))
-            else {
-                continue;
-            };
-            let Some(p) = self.pools.get(&pool) else {
-                continue;
-            };
-            self.instances.push(Instance {
-                id: adopted_id(&name),
-                vcpus: p.template.machine.vcpus,
-                memory_mib: p.template.machine.memory_mib,
-                pool,
-                name,
-                ordinal,
-                state,
-                since,
-                created_at: since,
-                claimed: false,
-            });
-        }
-        self.instances.retain(|i| i.state != VmState::Deleted);
-        Ok(())
-    }
-
-    /// One reconcile pass: observe, plan, act, report. Steps that fail are reported and the
-    /// pool backs off; the rest of the pass goes on.
-    pub fn pass(&mut self) -> PassReport {
-        let started = Instant::now();
-        let mut report = PassReport::default();
-        if let Err(e) = self.observe() {
-            report
-                .errors
-                .push((e.code().as_str().into(), e.to_string()));
-            return report;
-        }
-        let now = self.clock.now();
-        let pools: Vec<Pool> = self
-            .pools
-            .values()
-            .filter(|p| {
-                let waiting = self
-                    .backoff
-                    .get(&p.id)
-                    .is_some_and(|(_, until)| now < *until);
-                if waiting {
-                    report.deferred.push(Deferred {
-                        subject: format!("pool {}", p.id),
-                        why: "backing off after a failed step".into(),
-                    });
-                }
-                !waiting
-            })
-            .cloned()
-            .collect();
-        let plan = reconcile::plan(&pools, &self.instances, now);
-        report.deferred.extend(plan.deferred);
-        for action in plan.actions {
-            let pool = self.pool_of(&action);
-            let outcome = self.act(&action, &mut report);
-            match outcome {
-                Ok(()) => {
-                    if let Some(pool) = pool {
-                        self.backoff.remove(&pool);
-                    }
-                }
-                Err(e) => {
-                    report
-                        .errors
-                        .push((e.code().as_str().into(), e.to_string()));
-                    if let Some(pool) = pool {
-                        let failures = self.backoff.get(&pool).map(|b| b.0 + 1).unwrap_or(1);
-                        let wait = Duration::from_secs(1 << failures.min(6)).min(MAX_BACKOFF);
-                        self.backoff
-                            .insert(pool, (failures, Timestamp(now.0 + wait.as_millis() as u64)));
-                    }
-                }
-            }
-        }
-        report.took_ms = started.elapsed().as_secs_f64() * 1000.0;
-        report
-    }
-
-    fn pool_of(&self, action: &Action) -> Option<PoolId> {
-        match action {
-            Action::Create { pool, .. } => Some(pool.clone()),
-            Action::Resume { instance }
-            | Action::Wake { instance, .. }
-            | Action::Pause { instance }
-            | Action::Sleep { instance }
-            | Action::Remove { instance, .. } => self.find(instance).map(|i| i.pool.clone()),
-        }
-    }
-
-    fn find(&self, id: &InstanceId) -> Option<&Instance> {
-        self.instances.iter().find(|i| &i.id == id)
-    }
-
-    fn find_mut(&mut self, id: &InstanceId) -> Result<&mut Instance> {
-        self.instances
-            .iter_mut()
-            .find(|i| &i.id == id)
-            .ok_or_else(|| refuse(format!("no instance {id}")))
-    }
-
-    fn act(&mut self, action: &Action, report: &mut PassReport) -> Result<()> {
-        match action {
-            Action::Create { pool, target } => {
-                self.create(pool, *target)?;
-                report.created += 1;
-            }
-            Action::Resume { instance } => {
-                self.resume(instance)?;
-                report.started += 1;
-            }
-            Action::Wake {
-                instance,
-                then_pause,
-            } => {
-                self.wake(instance)?;
-                report.woken += 1;
-                if *then_pause {
-                    self.pause(instance)?;
-                    report.warmed += 1;
-                }
-            }
-            Action::Pause { instance } => {
-                self.pause(instance)?;
-                report.warmed += 1;
-            }
-            Action::Sleep { instance } => {
-                self.sleep(instance)?;
-                report.slept += 1;
-            }
-            Action::Remove { instance, .. } => {
-                self.remove(instance)?;
-                report.stopped += 1;
-            }
-        }
-        Ok(())
     }
 
     fn check_quota(&self, pool: &Pool, add: Usage) -> Result<()> {
@@ -427,218 +191,865 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
         }
     }
 
-    /// Creates an instance of `pool` and brings it to `target`. The quota is checked first, so
-    /// a refusal creates nothing; a failure on the way removes what was made.
-    fn create(&mut self, pool_id: &PoolId, target: VmState) -> Result<InstanceId> {
-        let pool = self
-            .pools
-            .get(pool_id)
-            .cloned()
-            .ok_or_else(|| refuse(format!("no pool {pool_id}")))?;
-        let (vcpus, memory) = (
-            u64::from(pool.template.machine.vcpus),
-            u64::from(pool.template.machine.memory_mib),
-        );
-        let holds_process = target != VmState::Sleeping;
-        self.check_quota(
-            &pool,
-            Usage {
-                instances: 1,
-                running: u64::from(target == VmState::Running),
-                warm: u64::from(target == VmState::Paused),
-                vcpus: if holds_process { vcpus } else { 0 },
-                memory_mib: if holds_process { memory } else { 0 },
-            },
-        )?;
-        let ordinal = self
+    fn note(&mut self, id: &InstanceId, s: &VmStatus) {
+        if let Some(i) = self.find_mut(id) {
+            i.state = s.state;
+            i.since = s.since;
+        }
+    }
+}
+
+fn refuse(message: String) -> Error {
+    Error::Backend {
+        code: ErrorCode::InvalidArgument,
+        message,
+    }
+}
+
+fn busy(id: &InstanceId) -> Error {
+    Error::Backend {
+        code: ErrorCode::Busy,
+        message: format!("instance {id} is in the middle of another step; retry shortly"),
+    }
+}
+
+fn sleep_snapshot(name: &VmName) -> SnapshotId {
+    SnapshotId::new(format!("{name}-sleep")).expect("names make valid snapshot ids")
+}
+
+fn base_snapshot(pool: &PoolId) -> SnapshotId {
+    SnapshotId::new(format!("{pool}-base")).expect("pool ids make valid snapshot ids")
+}
+
+/// A stable instance id for a VM adopted without a registry entry (derived from its name, so
+/// adopting it twice gives the same id).
+fn adopted_id(name: &VmName) -> InstanceId {
+    // FNV-1a: tiny, stable across builds and platforms.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in name.as_str().bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    InstanceId::from_bits(h)
+}
+
+/// Disk an instance of `spec` holds besides its memory: its blank disks (overlays over a base
+/// image start empty and are not counted).
+fn disk_mib(spec: &VmSpec) -> u64 {
+    spec.disks
+        .iter()
+        .map(|d| match d.source {
+            hangar_core::spec::DiskSource::Blank { size_mib } => size_mib,
+            hangar_core::spec::DiskSource::Base { .. } => 0,
+        })
+        .sum()
+}
+
+/// Tenants, pools and instances on one host, driven through an engine. Every method takes
+/// `&self`: share it between a reconcile loop and request handlers.
+pub struct Fleet<E: ?Sized> {
+    /// Shared: the daemon drives the same engine for plain VM operations.
+    engine: Arc<E>,
+    clock: Arc<dyn Clock>,
+    state: Mutex<State>,
+    /// One pass at a time.
+    passing: Mutex<()>,
+}
+
+impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
+    /// An empty fleet over `engine`.
+    pub fn new(engine: Arc<E>, clock: Arc<dyn Clock>) -> Fleet<E> {
+        Fleet::restore(engine, clock, Registry::default())
+    }
+
+    /// Picks a fleet back up from a persisted registry (which may be older than the engine's
+    /// state: [`Fleet::observe`] adopts instances created after it was saved).
+    pub fn restore(engine: Arc<E>, clock: Arc<dyn Clock>, registry: Registry) -> Fleet<E> {
+        let seed = (clock.now().0 as u32).wrapping_mul(2_654_435_761);
+        let state = State {
+            tenants: registry
+                .tenants
+                .into_iter()
+                .map(|t| (t.id.clone(), t))
+                .collect(),
+            pools: registry
+                .pools
+                .into_iter()
+                .map(|p| (p.id.clone(), p))
+                .collect(),
+            instances: registry.instances,
+            bases: registry
+                .bases
+                .into_iter()
+                .map(|b| (b.pool.clone(), b))
+                .collect(),
+            busy: BTreeSet::new(),
+            next_id: seed,
+            backoff: BTreeMap::new(),
+        };
+        Fleet {
+            engine,
+            clock,
+            state: Mutex::new(state),
+            passing: Mutex::new(()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves bookkeeping, not engine state, behind; the next
+        // observe corrects it from the engine.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What to persist.
+    pub fn registry(&self) -> Registry {
+        let s = self.lock();
+        Registry {
+            tenants: s.tenants.values().cloned().collect(),
+            pools: s.pools.values().cloned().collect(),
+            instances: s.instances.clone(),
+            bases: s.bases.values().cloned().collect(),
+        }
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &E {
+        &self.engine
+    }
+
+    /// Adds or updates a tenant.
+    pub fn put_tenant(&self, tenant: Tenant) {
+        self.lock().tenants.insert(tenant.id.clone(), tenant);
+    }
+
+    /// Tenants.
+    pub fn tenants(&self) -> Vec<Tenant> {
+        self.lock().tenants.values().cloned().collect()
+    }
+
+    /// One tenant.
+    pub fn tenant(&self, id: &TenantId) -> Option<Tenant> {
+        self.lock().tenants.get(id).cloned()
+    }
+
+    /// Removes a tenant that owns no pool.
+    pub fn remove_tenant(&self, id: &TenantId) -> Result<()> {
+        let mut s = self.lock();
+        if !s.tenants.contains_key(id) {
+            return Err(Error::Backend {
+                code: ErrorCode::TenantNotFound,
+                message: format!("no tenant {id}"),
+            });
+        }
+        if let Some(pool) = s.pools.values().find(|p| &p.tenant == id) {
+            return Err(Error::Backend {
+                code: ErrorCode::TenantInUse,
+                message: format!(
+                    "tenant {id} still owns pool {}; remove its pools first",
+                    pool.id
+                ),
+            });
+        }
+        s.tenants.remove(id);
+        Ok(())
+    }
+
+    /// Adds a pool (its tenant must exist). Nothing is created until the next pass.
+    pub fn add_pool(&self, pool: Pool) -> Result<()> {
+        let mut s = self.lock();
+        if !s.tenants.contains_key(&pool.tenant) {
+            return Err(Error::Backend {
+                code: ErrorCode::TenantNotFound,
+                message: format!(
+                    "no tenant {}; create it first (hangar tenant create {})",
+                    pool.tenant, pool.tenant
+                ),
+            });
+        }
+        if s.pools.contains_key(&pool.id) {
+            return Err(Error::Backend {
+                code: ErrorCode::PoolExists,
+                message: format!(
+                    "pool {} exists; change it with `hangar pool scale`",
+                    pool.id
+                ),
+            });
+        }
+        s.pools.insert(pool.id.clone(), pool);
+        Ok(())
+    }
+
+    /// Changes a pool's desired counts and policy.
+    pub fn scale(&self, pool: &PoolId, desired: Desired, policy: Option<Policy>) -> Result<()> {
+        let mut s = self.lock();
+        let p = s.pools.get_mut(pool).ok_or_else(|| not_found_pool(pool))?;
+        p.desired = desired;
+        if let Some(policy) = policy {
+            p.policy = policy;
+        }
+        s.backoff.remove(pool);
+        Ok(())
+    }
+
+    /// Replaces a pool's template. Existing instances keep running what they were made from;
+    /// new ones use the new template, and the pool's base snapshot (taken from the old one) is
+    /// retaken on the next creation.
+    pub fn set_template(&self, pool: &PoolId, template: VmSpec) -> Result<()> {
+        let mut s = self.lock();
+        let p = s.pools.get_mut(pool).ok_or_else(|| not_found_pool(pool))?;
+        p.template = template;
+        Ok(())
+    }
+
+    /// Removes a pool, every one of its instances (claimed or not) and its base snapshot.
+    /// Instances a step is working on are dropped from the registry and discarded by that step
+    /// when it finishes.
+    pub fn remove_pool(&self, pool: &PoolId) -> Result<()> {
+        let (doomed, base) = {
+            let mut s = self.lock();
+            if !s.pools.contains_key(pool) {
+                return Err(not_found_pool(pool));
+            }
+            s.pools.remove(pool);
+            s.backoff.remove(pool);
+            let base = s.bases.remove(pool);
+            let (doomed, kept): (Vec<Instance>, Vec<Instance>) = std::mem::take(&mut s.instances)
+                .into_iter()
+                .partition(|i| &i.pool == pool);
+            s.instances = kept;
+            let idle: Vec<Instance> = doomed
+                .into_iter()
+                .filter(|i| !s.busy.contains(&i.id))
+                .collect();
+            (idle, base)
+        };
+        let mut first_error = None;
+        for i in doomed {
+            if let Err(e) = self.discard(&i.name) {
+                first_error.get_or_insert(e);
+            }
+        }
+        if let Some(base) = base {
+            let _ = self.engine.delete_snapshot(&base.snapshot);
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Pools.
+    pub fn pools(&self) -> Vec<Pool> {
+        self.lock().pools.values().cloned().collect()
+    }
+
+    /// One pool.
+    pub fn pool(&self, id: &PoolId) -> Option<Pool> {
+        self.lock().pools.get(id).cloned()
+    }
+
+    /// A pool's base snapshot, if it has one.
+    pub fn base(&self, pool: &PoolId) -> Option<Base> {
+        self.lock().bases.get(pool).cloned()
+    }
+
+    /// Instances (of one pool, or all), oldest first.
+    pub fn instances(&self, pool: Option<&PoolId>) -> Vec<Instance> {
+        self.lock()
             .instances
             .iter()
-            .filter(|i| i.pool == pool.id)
-            .map(|i| i.ordinal + 1)
-            .max()
-            .unwrap_or(0);
-        let name = VmName::new(format!("{}-{ordinal}", pool.id)).map_err(Error::InvalidName)?;
-        let id = self.fresh_id();
-        let now = self.clock.now();
-        let status = self.engine.define(&instance_spec(&pool, &name))?;
-        self.instances.push(Instance {
-            id: id.clone(),
-            pool: pool.id.clone(),
-            name: name.clone(),
-            ordinal,
-            state: status.state,
-            since: status.since,
-            created_at: now,
-            claimed: false,
-            vcpus: pool.template.machine.vcpus,
-            memory_mib: pool.template.machine.memory_mib,
-        });
-        let brought = self.bring_up(&id, target);
-        if let Err(e) = brought {
-            // Leave nothing half made: no process, no overlay, no record.
-            let _ = self.remove(&id);
-            return Err(e);
-        }
-        Ok(id)
+            .filter(|i| pool.is_none_or(|p| &i.pool == p))
+            .cloned()
+            .collect()
     }
 
-    fn bring_up(&mut self, id: &InstanceId, target: VmState) -> Result<()> {
-        let name = self.find_mut(id)?.name.clone();
-        let s = self.engine.start(&name, &CancelToken::new())?;
-        self.note(id, s.state, s.since)?;
-        match target {
-            VmState::Paused => self.pause(id),
-            VmState::Sleeping => self.sleep(id),
-            _ => Ok(()),
-        }
+    /// What a tenant uses now.
+    pub fn usage(&self, tenant: &TenantId) -> Usage {
+        self.lock().usage(tenant)
     }
 
-    fn note(&mut self, id: &InstanceId, state: VmState, since: Timestamp) -> Result<()> {
-        let i = self.find_mut(id)?;
-        i.state = state;
-        i.since = since;
+    /// Refreshes every instance's state from the engine (one `list`), and adopts VMs named
+    /// like a known pool's instances (`<pool>-<n>`) that the registry lacks: a process that
+    /// died between creating a VM and saving the registry leaves exactly that, and adopting it
+    /// is what keeps a restarted pass from creating it twice. Instances a step is working on
+    /// are left as they are.
+    pub fn observe(&self) -> Result<()> {
+        let listed = self.engine.list()?;
+        let mut s = self.lock();
+        let mut seen: BTreeMap<VmName, (VmState, Timestamp)> = listed
+            .into_iter()
+            .map(|st| (st.name, (st.state, st.since)))
+            .collect();
+        let State {
+            instances,
+            busy,
+            pools,
+            ..
+        } = &mut *s;
+        // Refresh what the registry knows, taking each VM out of `seen` as it is matched, so
+        // what remains is exactly the VMs the registry lacks (no scan per VM: this runs every
+        // pass over every instance).
+        for i in instances.iter_mut() {
+            let found = seen.remove(&i.name);
+            if busy.contains(&i.id) {
+                continue;
+            }
+            match found {
+                Some((state, since)) => {
+                    i.state = state;
+                    i.since = since;
+                }
+                // Deleted behind our back: gone, and replaced by the plan.
+                None => i.state = VmState::Deleted,
+            }
+        }
+        for (name, (state, since)) in seen {
+            let Some((pool, ordinal)) = name
+                .as_str()
+                .rsplit_once('-')
+                .and_then(|(p, n)| Some((PoolId::new(p).ok()?, n.parse::<u32>().ok()?)))
+            else {
+                continue;
+            };
+            let Some(p) = pools.get(&pool) else {
+                continue;
+            };
+            instances.push(Instance {
+                id: adopted_id(&name),
+                vcpus: p.template.machine.vcpus,
+                memory_mib: p.template.machine.memory_mib,
+                disk_mib: disk_mib(&p.template),
+                pool,
+                name,
+                ordinal,
+                state,
+                since,
+                created_at: since,
+                claimed: false,
+            });
+        }
+        instances.retain(|i| i.state != VmState::Deleted);
         Ok(())
     }
 
-    /// The instance, if giving it `add` keeps its tenant within quota.
-    fn within_quota(
+    /// One reconcile pass: observe, plan, act, report. Steps that fail are reported and the
+    /// pool backs off; the rest of the pass goes on. The registry is locked only to plan and
+    /// around each step, never across an engine call.
+    pub fn pass(&self) -> PassReport {
+        let _one_at_a_time = self.passing.lock().unwrap_or_else(|e| e.into_inner());
+        let started = Instant::now();
+        let mut report = PassReport::default();
+        if let Err(e) = self.observe() {
+            report
+                .errors
+                .push((e.code().as_str().into(), e.to_string()));
+            return report;
+        }
+        let now = self.clock.now();
+        let plan = {
+            let s = self.lock();
+            let mut ready = Vec::with_capacity(s.pools.len());
+            for p in s.pools.values() {
+                let waiting = s.backoff.get(&p.id).is_some_and(|(_, until)| now < *until);
+                if waiting {
+                    report.deferred.push(Deferred {
+                        subject: format!("pool {}", p.id),
+                        why: "backing off after a failed step".into(),
+                    });
+                } else {
+                    ready.push(p.clone());
+                }
+            }
+            reconcile::plan(&ready, &s.instances, now)
+        };
+        report.deferred.extend(plan.deferred);
+        for action in plan.actions {
+            let pool = self.pool_of(&action);
+            match self.act(&action, &mut report) {
+                Ok(()) => {
+                    if let Some(pool) = pool {
+                        self.lock().backoff.remove(&pool);
+                    }
+                }
+                Err(e) if e.code() == ErrorCode::Busy => report.deferred.push(Deferred {
+                    subject: action_subject(&action),
+                    why: "a claim or another step is working on it".into(),
+                }),
+                Err(e) => {
+                    report
+                        .errors
+                        .push((e.code().as_str().into(), e.to_string()));
+                    if let Some(pool) = pool {
+                        let mut s = self.lock();
+                        let failures = s.backoff.get(&pool).map(|b| b.0 + 1).unwrap_or(1);
+                        let wait = Duration::from_secs(1 << failures.min(6)).min(MAX_BACKOFF);
+                        s.backoff
+                            .insert(pool, (failures, Timestamp(now.0 + wait.as_millis() as u64)));
+                    }
+                }
+            }
+        }
+        report.took_ms = started.elapsed().as_secs_f64() * 1000.0;
+        report
+    }
+
+    fn pool_of(&self, action: &Action) -> Option<PoolId> {
+        match action {
+            Action::Create { pool, .. } => Some(pool.clone()),
+            Action::Resume { instance }
+            | Action::Wake { instance, .. }
+            | Action::Pause { instance }
+            | Action::Sleep { instance }
+            | Action::Remove { instance, .. } => self.lock().find(instance).map(|i| i.pool.clone()),
+        }
+    }
+
+    fn act(&self, action: &Action, report: &mut PassReport) -> Result<()> {
+        match action {
+            Action::Create { pool, target } => {
+                let (_, cloned) = self.create(pool, *target, false)?;
+                report.created += 1;
+                report.cloned += u32::from(cloned);
+            }
+            Action::Resume { instance } => {
+                self.resume(instance, false)?;
+                report.started += 1;
+            }
+            Action::Wake {
+                instance,
+                then_pause,
+            } => {
+                self.wake(instance, false)?;
+                report.woken += 1;
+                if *then_pause {
+                    self.pause(instance)?;
+                    report.warmed += 1;
+                }
+            }
+            Action::Pause { instance } => {
+                self.pause(instance)?;
+                report.warmed += 1;
+            }
+            Action::Sleep { instance } => {
+                self.sleep(instance)?;
+                report.slept += 1;
+            }
+            Action::Remove { instance, .. } => {
+                self.remove(instance)?;
+                report.stopped += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one engine step on an instance: reserve it under the lock (`check` may refuse,
+    /// e.g. on quota; `claim` marks it claimed at once, so a concurrent pass already plans its
+    /// replacement), run `work` unlocked, then record the outcome. If the instance's record was
+    /// removed meanwhile, the VM is discarded and the step reports it.
+    fn step(
         &self,
         id: &InstanceId,
-        add: impl FnOnce(&Instance) -> Usage,
+        claim: bool,
+        check: impl FnOnce(&State, &Instance) -> Result<()>,
+        work: impl FnOnce(&Instance) -> Result<VmStatus>,
     ) -> Result<Instance> {
-        let i = self
-            .find(id)
-            .cloned()
-            .ok_or_else(|| refuse(format!("no instance {id}")))?;
-        let pool = self
-            .pools
-            .get(&i.pool)
-            .ok_or_else(|| refuse(format!("no pool {}", i.pool)))?;
-        self.check_quota(pool, add(&i))?;
-        Ok(i)
+        let before = {
+            let mut s = self.lock();
+            let i = s
+                .find(id)
+                .cloned()
+                .ok_or_else(|| refuse(format!("no instance {id}")))?;
+            if s.busy.contains(id) {
+                return Err(busy(id));
+            }
+            check(&s, &i)?;
+            s.busy.insert(id.clone());
+            if claim {
+                s.find_mut(id).expect("found above").claimed = true;
+            }
+            i
+        };
+        let outcome = work(&before);
+        let mut s = self.lock();
+        s.busy.remove(id);
+        let Some(rec) = s.find_mut(id) else {
+            drop(s);
+            let _ = self.discard(&before.name);
+            return Err(refuse(format!(
+                "instance {id} was removed (its pool is gone) while it was being worked on"
+            )));
+        };
+        match outcome {
+            Ok(status) => {
+                rec.state = status.state;
+                rec.since = status.since;
+                Ok(rec.clone())
+            }
+            Err(e) => {
+                if claim {
+                    rec.claimed = before.claimed;
+                }
+                Err(e)
+            }
+        }
     }
 
-    fn resume(&mut self, id: &InstanceId) -> Result<()> {
-        let i = self.within_quota(id, |_| Usage {
-            running: 1,
-            ..Usage::default()
-        })?;
-        let s = self.engine.resume(&i.name)?;
-        self.note(id, s.state, s.since)
+    /// Creates an instance of `pool` and brings it to `target`: cloned from the pool's base
+    /// snapshot when there is a current one, otherwise booted (and then saved as the new base).
+    /// The quota is checked and the instance reserved first, so a refusal creates nothing and
+    /// concurrent creations cannot overshoot; a failure on the way removes what was made.
+    /// Returns the instance and whether it was cloned.
+    fn create(&self, pool_id: &PoolId, target: VmState, claimed: bool) -> Result<(Instance, bool)> {
+        let (pool, reserved, base) = {
+            let mut s = self.lock();
+            let pool = s.pool(pool_id)?.clone();
+            let (vcpus, memory) = (
+                u64::from(pool.template.machine.vcpus),
+                u64::from(pool.template.machine.memory_mib),
+            );
+            let holds_process = target != VmState::Sleeping;
+            let disk = disk_mib(&pool.template);
+            s.check_quota(
+                &pool,
+                Usage {
+                    instances: 1,
+                    running: u64::from(target == VmState::Running),
+                    warm: u64::from(target == VmState::Paused),
+                    vcpus: if holds_process { vcpus } else { 0 },
+                    memory_mib: if holds_process { memory } else { 0 },
+                    disk_mib: disk + if holds_process { 0 } else { memory },
+                },
+            )?;
+            let ordinal = s
+                .instances
+                .iter()
+                .filter(|i| i.pool == pool.id)
+                .map(|i| i.ordinal + 1)
+                .max()
+                .unwrap_or(0);
+            let name = VmName::new(format!("{}-{ordinal}", pool.id)).map_err(Error::InvalidName)?;
+            let id = s.fresh_id();
+            let now = self.clock.now();
+            let reserved = Instance {
+                id: id.clone(),
+                pool: pool.id.clone(),
+                name,
+                ordinal,
+                // In flight: counted toward running by quotas until the step settles it.
+                state: VmState::Starting,
+                since: now,
+                created_at: now,
+                claimed,
+                vcpus: pool.template.machine.vcpus,
+                memory_mib: pool.template.machine.memory_mib,
+                disk_mib: disk,
+            };
+            s.instances.push(reserved.clone());
+            s.busy.insert(id);
+            let base = s
+                .bases
+                .get(&pool.id)
+                .filter(|b| b.template == pool.template && !pool.policy.cold_boot)
+                .map(|b| b.snapshot.clone());
+            (pool, reserved, base)
+        };
+        let id = reserved.id.clone();
+        let made = self.make(&pool, &reserved, target, base.as_ref());
+        let mut s = self.lock();
+        s.busy.remove(&id);
+        let gone = s.find(&id).is_none();
+        match made {
+            Ok((status, cloned)) if !gone => {
+                s.note(&id, &status);
+                Ok((s.find(&id).expect("checked").clone(), cloned))
+            }
+            outcome => {
+                // Leave nothing half made: no process, no overlay, no record.
+                s.instances.retain(|i| i.id != id);
+                drop(s);
+                let _ = self.discard(&reserved.name);
+                match outcome {
+                    Err(e) => Err(e),
+                    Ok(_) => Err(refuse(format!(
+                        "pool {} was removed while instance {id} was being created",
+                        pool.id
+                    ))),
+                }
+            }
+        }
     }
 
-    fn wake(&mut self, id: &InstanceId) -> Result<()> {
-        let i = self.within_quota(id, |i| Usage {
-            running: 1,
-            vcpus: u64::from(i.vcpus),
-            memory_mib: u64::from(i.memory_mib),
-            ..Usage::default()
-        })?;
-        let snap = sleep_snapshot(&i.name);
-        let s = self.engine.restore(&i.name, &snap, &CancelToken::new())?;
-        self.note(id, s.state, s.since)?;
-        // The state is in the running guest now; the file would only take disk.
-        let _ = self.engine.delete_snapshot(&snap);
+    /// The engine half of [`Fleet::create`]: define, clone or boot, then bring to `target`.
+    fn make(
+        &self,
+        pool: &Pool,
+        i: &Instance,
+        target: VmState,
+        base: Option<&SnapshotId>,
+    ) -> Result<(VmStatus, bool)> {
+        self.engine.define(&instance_spec(pool, &i.name))?;
+        let cancel = CancelToken::new();
+        let mut cloned = false;
+        if let Some(base) = base {
+            match self.engine.restore(&i.name, base, &cancel) {
+                Ok(_) => cloned = true,
+                // A base the engine no longer takes (deleted, or written by another QEMU):
+                // forget it and boot; the boot below retakes it.
+                Err(Error::SnapshotMismatch { .. } | Error::SnapshotNotFound(_)) => {
+                    self.lock().bases.remove(&pool.id);
+                    let _ = self.engine.delete_snapshot(base);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if !cloned {
+            self.engine.start(&i.name, &cancel)?;
+            if !pool.policy.cold_boot {
+                self.take_base(pool, &i.name)?;
+            }
+        }
+        let status = match target {
+            VmState::Paused => match self.engine.status(&i.name)? {
+                s if s.state == VmState::Paused => s,
+                _ => self.engine.pause(&i.name)?,
+            },
+            VmState::Sleeping => {
+                let snap = sleep_snapshot(&i.name);
+                let _ = self.engine.delete_snapshot(&snap);
+                self.engine.save(&i.name, &snap, SaveMode::Sleep, &cancel)?;
+                self.engine.status(&i.name)?
+            }
+            _ => match self.engine.status(&i.name)? {
+                s if s.state == VmState::Paused => self.engine.resume(&i.name)?,
+                s => s,
+            },
+        };
+        Ok((status, cloned))
+    }
+
+    /// Saves a freshly booted instance as its pool's base snapshot (it is left paused). A stale
+    /// base (older template) is deleted first.
+    fn take_base(&self, pool: &Pool, vm: &VmName) -> Result<()> {
+        let snapshot = base_snapshot(&pool.id);
+        let _ = self.engine.delete_snapshot(&snapshot);
+        self.lock().bases.remove(&pool.id);
+        self.engine
+            .save(vm, &snapshot, SaveMode::KeepPaused, &CancelToken::new())?;
+        self.lock().bases.insert(
+            pool.id.clone(),
+            Base {
+                pool: pool.id.clone(),
+                snapshot,
+                template: pool.template.clone(),
+            },
+        );
         Ok(())
     }
 
-    fn pause(&mut self, id: &InstanceId) -> Result<()> {
-        let name = self.find_mut(id)?.name.clone();
-        let s = self.engine.pause(&name)?;
-        self.note(id, s.state, s.since)
-    }
-
-    fn sleep(&mut self, id: &InstanceId) -> Result<()> {
-        let name = self.find_mut(id)?.name.clone();
-        let snap = sleep_snapshot(&name);
-        // A leftover from an interrupted earlier sleep would block the save.
-        let _ = self.engine.delete_snapshot(&snap);
-        self.engine
-            .save(&name, &snap, SaveMode::Sleep, &CancelToken::new())?;
-        let s = self.engine.status(&name)?;
-        self.note(id, s.state, s.since)
-    }
-
-    /// Stops (forcefully: the instance is being discarded) and deletes an instance.
-    fn remove(&mut self, id: &InstanceId) -> Result<()> {
-        let name = self.find_mut(id)?.name.clone();
-        match self
-            .engine
-            .stop(&name, StopMode::Force, &CancelToken::new())
-        {
-            Ok(_) => {}
-            Err(Error::VmNotFound(_)) => {}
+    /// Stops (forcefully: the instance is being discarded) and deletes a VM and its sleep
+    /// snapshot. A VM already gone is fine.
+    fn discard(&self, name: &VmName) -> Result<()> {
+        match self.engine.stop(name, StopMode::Force, &CancelToken::new()) {
+            Ok(_) | Err(Error::VmNotFound(_)) => {}
             Err(e) => return Err(e),
         }
-        match self.engine.undefine(&name) {
+        match self.engine.undefine(name) {
             Ok(()) | Err(Error::VmNotFound(_)) => {}
             Err(e) => return Err(e),
         }
-        let _ = self.engine.delete_snapshot(&sleep_snapshot(&name));
-        self.instances.retain(|i| &i.id != id);
+        let _ = self.engine.delete_snapshot(&sleep_snapshot(name));
         Ok(())
     }
 
+    fn resume(&self, id: &InstanceId, claim: bool) -> Result<Instance> {
+        self.step(
+            id,
+            claim,
+            |s, i| {
+                s.check_quota(
+                    s.pool(&i.pool)?,
+                    Usage {
+                        running: 1,
+                        ..Usage::default()
+                    },
+                )
+            },
+            |i| self.engine.resume(&i.name),
+        )
+    }
+
+    fn wake(&self, id: &InstanceId, claim: bool) -> Result<Instance> {
+        self.step(
+            id,
+            claim,
+            |s, i| {
+                s.check_quota(
+                    s.pool(&i.pool)?,
+                    Usage {
+                        running: 1,
+                        vcpus: u64::from(i.vcpus),
+                        memory_mib: u64::from(i.memory_mib),
+                        ..Usage::default()
+                    },
+                )
+            },
+            |i| {
+                let snap = sleep_snapshot(&i.name);
+                let s = self.engine.restore(&i.name, &snap, &CancelToken::new())?;
+                // The state is in the running guest now; the file would only take disk.
+                let _ = self.engine.delete_snapshot(&snap);
+                Ok(s)
+            },
+        )
+    }
+
+    fn pause(&self, id: &InstanceId) -> Result<Instance> {
+        self.step(id, false, |_, _| Ok(()), |i| self.engine.pause(&i.name))
+    }
+
+    fn sleep(&self, id: &InstanceId) -> Result<Instance> {
+        self.step(
+            id,
+            false,
+            |_, _| Ok(()),
+            |i| {
+                let snap = sleep_snapshot(&i.name);
+                // A leftover from an interrupted earlier sleep would block the save.
+                let _ = self.engine.delete_snapshot(&snap);
+                self.engine
+                    .save(&i.name, &snap, SaveMode::Sleep, &CancelToken::new())?;
+                self.engine.status(&i.name)
+            },
+        )
+    }
+
+    /// Stops and deletes an instance, and drops its record.
+    fn remove(&self, id: &InstanceId) -> Result<()> {
+        let i = {
+            let mut s = self.lock();
+            let i = s
+                .find(id)
+                .cloned()
+                .ok_or_else(|| refuse(format!("no instance {id}")))?;
+            if s.busy.contains(id) {
+                return Err(busy(id));
+            }
+            s.busy.insert(id.clone());
+            i
+        };
+        let done = self.discard(&i.name);
+        let mut s = self.lock();
+        s.busy.remove(id);
+        if done.is_ok() {
+            s.instances.retain(|x| &x.id != id);
+        }
+        done
+    }
+
     /// Hands out a ready instance of `pool`: from the warm set (resume) if any, else a sleeping
-    /// one (wake), else a new one. The next pass refills what was taken.
+    /// one (wake), else a new one (cloned from the base snapshot when there is one). The next
+    /// pass refills what was taken.
     ///
     /// Only the candidate is checked against the engine (not the whole fleet), so a claim costs
     /// the same with 3 instances or 3,000; a candidate found dead is skipped and left to the
-    /// next pass to replace.
-    pub fn claim(&mut self, pool: &PoolId) -> Result<Claim> {
+    /// next pass to replace. The registry is never locked across an engine call, so a claim
+    /// does not wait for a pass that is booting something.
+    pub fn claim(&self, pool: &PoolId) -> Result<Claim> {
         let started = Instant::now();
-        if !self.pools.contains_key(pool) {
-            return Err(refuse(format!("no pool {pool}")));
+        if self.pool(pool).is_none() {
+            return Err(not_found_pool(pool));
         }
-        let (id, source) = match self.verified_candidate(pool, VmState::Paused)? {
-            Some(id) => {
-                self.resume(&id)?;
-                (id, ClaimSource::Warm)
-            }
-            None => match self.verified_candidate(pool, VmState::Sleeping)? {
-                Some(id) => {
-                    self.wake(&id)?;
-                    (id, ClaimSource::Sleeping)
-                }
-                None => (self.create(pool, VmState::Running)?, ClaimSource::Created),
-            },
+        let (instance, source) = if let Some(i) = self.claim_ready(pool, VmState::Paused)? {
+            (i, ClaimSource::Warm)
+        } else if let Some(i) = self.claim_ready(pool, VmState::Sleeping)? {
+            (i, ClaimSource::Sleeping)
+        } else {
+            let (i, cloned) = self.create(pool, VmState::Running, true)?;
+            let source = if cloned {
+                ClaimSource::Cloned
+            } else {
+                ClaimSource::Created
+            };
+            (i, source)
         };
-        let i = self.find_mut(&id)?;
-        i.claimed = true;
         Ok(Claim {
-            instance: i.clone(),
+            instance,
             source,
             took_ms: started.elapsed().as_secs_f64() * 1000.0,
         })
     }
 
-    /// The oldest unclaimed instance of `pool` the registry has in `state` and the engine
-    /// confirms is still in it.
-    fn verified_candidate(&mut self, pool: &PoolId, state: VmState) -> Result<Option<InstanceId>> {
-        let mut candidates: Vec<(u32, InstanceId, VmName)> = self
-            .instances
-            .iter()
-            .filter(|i| &i.pool == pool && !i.claimed && i.state == state)
-            .map(|i| (i.ordinal, i.id.clone(), i.name.clone()))
-            .collect();
-        candidates.sort();
-        for (_, id, name) in candidates {
+    /// Claims the oldest unclaimed, idle instance of `pool` the registry has in `state` and
+    /// the engine confirms is still in it, bringing it to running.
+    fn claim_ready(&self, pool: &PoolId, state: VmState) -> Result<Option<Instance>> {
+        let mut tried: BTreeSet<InstanceId> = BTreeSet::new();
+        loop {
+            let candidate = {
+                let s = self.lock();
+                s.instances
+                    .iter()
+                    .filter(|i| {
+                        &i.pool == pool
+                            && !i.claimed
+                            && i.state == state
+                            && !s.busy.contains(&i.id)
+                            && !tried.contains(&i.id)
+                    })
+                    .min_by_key(|i| i.ordinal)
+                    .map(|i| (i.id.clone(), i.name.clone()))
+            };
+            let Some((id, name)) = candidate else {
+                return Ok(None);
+            };
+            tried.insert(id.clone());
             match self.engine.status(&name) {
-                Ok(s) => {
-                    self.note(&id, s.state, s.since)?;
-                    if s.state == state {
-                        return Ok(Some(id));
-                    }
+                Ok(st) if st.state == state => {}
+                Ok(st) => {
+                    self.lock().note(&id, &st);
+                    continue;
                 }
-                Err(Error::VmNotFound(_)) => self.instances.retain(|i| i.id != id),
+                Err(Error::VmNotFound(_)) => {
+                    self.lock().instances.retain(|i| i.id != id);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            let claimed = match state {
+                VmState::Paused => self.resume(&id, true),
+                _ => self.wake(&id, true),
+            };
+            match claimed {
+                Ok(i) => return Ok(Some(i)),
+                // Taken by a concurrent claim or pass step between the pick and the reserve.
+                Err(e) if e.code() == ErrorCode::Busy => continue,
                 Err(e) => return Err(e),
             }
         }
-        Ok(None)
     }
 
-    /// Gives a claimed instance back to whoever manages it next: it is removed.
-    pub fn release(&mut self, id: &InstanceId) -> Result<()> {
+    /// Gives a claimed instance back: it is removed.
+    pub fn release(&self, id: &InstanceId) -> Result<()> {
+        if self.lock().find(id).is_none() {
+            return Err(Error::Backend {
+                code: ErrorCode::InstanceNotFound,
+                message: format!("no instance {id}"),
+            });
+        }
         self.remove(id)
+    }
+}
+
+fn not_found_pool(pool: &PoolId) -> Error {
+    Error::Backend {
+        code: ErrorCode::PoolNotFound,
+        message: format!("no pool {pool}; `hangar pool ls` lists them"),
+    }
+}
+
+fn action_subject(action: &Action) -> String {
+    match action {
+        Action::Create { pool, .. } => format!("pool {pool}"),
+        Action::Resume { instance }
+        | Action::Wake { instance, .. }
+        | Action::Pause { instance }
+        | Action::Sleep { instance }
+        | Action::Remove { instance, .. } => instance.to_string(),
     }
 }

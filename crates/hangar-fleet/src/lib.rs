@@ -19,7 +19,7 @@ mod fleet;
 pub mod quota;
 pub mod reconcile;
 
-pub use fleet::{Claim, ClaimSource, Fleet, PassReport, Registry};
+pub use fleet::{Base, Claim, ClaimSource, Fleet, PassReport, Registry};
 pub use quota::{Quota, QuotaExceeded, Quotas, Usage};
 
 /// An isolation and quota boundary.
@@ -57,6 +57,10 @@ pub struct Policy {
     pub idle_sleep_s: Option<u64>,
     /// Running instances younger than this are never stopped by a scale-down (deferred).
     pub min_running_s: u64,
+    /// Boot every instance from scratch instead of cloning the pool's base snapshot (for
+    /// guests that must not share boot-time state such as entropy or identity).
+    #[serde(default)]
+    pub cold_boot: bool,
 }
 
 /// A pool: a spec template, desired counts and a policy, owned by a tenant.
@@ -97,6 +101,9 @@ pub struct Instance {
     pub vcpus: u32,
     /// Memory in MiB.
     pub memory_mib: u32,
+    /// Blank disk space it holds (MiB), for the disk quota.
+    #[serde(default)]
+    pub disk_mib: u64,
 }
 
 /// The per-instance spec: the template under the instance's name, tagged with tenant and pool.

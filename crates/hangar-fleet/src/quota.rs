@@ -20,6 +20,9 @@ pub struct Quotas {
     pub max_warm: Option<u64>,
     /// Instances in any state.
     pub max_instances: Option<u64>,
+    /// Disk (MiB): blank disks, plus the saved memory of sleeping instances.
+    #[serde(default)]
+    pub max_disk_mib: Option<u64>,
 }
 
 /// Which quota.
@@ -36,6 +39,8 @@ pub enum Quota {
     Warm,
     /// `max_instances`.
     Instances,
+    /// `max_disk_mib`.
+    DiskMib,
 }
 
 impl Quota {
@@ -47,6 +52,7 @@ impl Quota {
             Quota::Running => "max_running",
             Quota::Warm => "max_warm",
             Quota::Instances => "max_instances",
+            Quota::DiskMib => "max_disk_mib",
         }
     }
 }
@@ -64,6 +70,9 @@ pub struct Usage {
     pub warm: u64,
     /// Instances.
     pub instances: u64,
+    /// Disk (MiB).
+    #[serde(default)]
+    pub disk_mib: u64,
 }
 
 impl Usage {
@@ -72,6 +81,10 @@ impl Usage {
         let mut u = Usage::default();
         for i in instances {
             u.instances += 1;
+            u.disk_mib += i.disk_mib;
+            if i.state == VmState::Sleeping {
+                u.disk_mib += u64::from(i.memory_mib);
+            }
             let holds_process = !matches!(
                 i.state,
                 VmState::Sleeping
@@ -139,6 +152,12 @@ impl Quotas {
                 self.max_memory_mib,
                 used.memory_mib,
                 add.memory_mib,
+            ),
+            (
+                Quota::DiskMib,
+                self.max_disk_mib,
+                used.disk_mib,
+                add.disk_mib,
             ),
         ];
         for (quota, limit, current, requested) in limits {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hangar_core::clock::ManualClock;
-use hangar_core::contracts::Lifecycle;
+use hangar_core::contracts::{Lifecycle, Snapshots};
 use hangar_core::fake::{FakeConfig, FakeEngine};
 use hangar_core::ids::{PoolId, TenantId, VmName};
 use hangar_core::lifecycle::VmState;
@@ -36,7 +36,7 @@ fn fleet_with_engine(quotas: Quotas) -> (Fleet<FakeEngine>, Arc<ManualClock>, Ar
         ..FakeConfig::default()
     });
     let engine = Arc::new(engine);
-    let mut fleet = Fleet::new(engine.clone(), clock.clone());
+    let fleet = Fleet::new(engine.clone(), clock.clone());
     fleet.put_tenant(Tenant {
         id: TenantId::new("acme").unwrap(),
         quotas,
@@ -64,7 +64,7 @@ fn states(fleet: &Fleet<FakeEngine>) -> Vec<(String, VmState, bool)> {
 
 #[test]
 fn a_warm_pool_converges_hands_out_claims_and_refills() {
-    let (mut fleet, _) = fleet(Quotas::default());
+    let (fleet, _) = fleet(Quotas::default());
     fleet
         .add_pool(pool("web", want(0, 3, 0), Policy::default()))
         .unwrap();
@@ -111,7 +111,7 @@ fn a_warm_pool_converges_hands_out_claims_and_refills() {
 
 #[test]
 fn a_dead_instance_is_replaced_within_one_pass() {
-    let (mut fleet, _) = fleet(Quotas::default());
+    let (fleet, _) = fleet(Quotas::default());
     fleet
         .add_pool(pool("svc", want(2, 0, 0), Policy::default()))
         .unwrap();
@@ -139,7 +139,7 @@ fn a_dead_instance_is_replaced_within_one_pass() {
 
 #[test]
 fn a_quota_refusal_names_the_quota_and_leaves_nothing_behind() {
-    let (mut fleet, _) = fleet(Quotas {
+    let (fleet, _) = fleet(Quotas {
         max_memory_mib: Some(600),
         ..Quotas::default()
     });
@@ -174,7 +174,7 @@ fn a_quota_refusal_names_the_quota_and_leaves_nothing_behind() {
 
 #[test]
 fn scale_down_removes_the_newest_and_defers_young_instances() {
-    let (mut fleet, clock) = fleet(Quotas::default());
+    let (fleet, clock) = fleet(Quotas::default());
     let id = PoolId::new("api").unwrap();
     fleet
         .add_pool(pool(
@@ -183,6 +183,7 @@ fn scale_down_removes_the_newest_and_defers_young_instances() {
             Policy {
                 idle_sleep_s: None,
                 min_running_s: 600,
+                cold_boot: false,
             },
         ))
         .unwrap();
@@ -200,7 +201,7 @@ fn scale_down_removes_the_newest_and_defers_young_instances() {
 
 #[test]
 fn scale_up_prefers_booted_instances_and_sleep_wake_round_trips() {
-    let (mut fleet, _) = fleet(Quotas::default());
+    let (fleet, _) = fleet(Quotas::default());
     let id = PoolId::new("mix").unwrap();
     fleet
         .add_pool(pool("mix", want(0, 1, 1), Policy::default()))
@@ -227,22 +228,22 @@ fn scale_up_prefers_booted_instances_and_sleep_wake_round_trips() {
 
 #[test]
 fn a_converged_fleet_plans_nothing() {
-    let (mut fleet, clock) = fleet(Quotas::default());
+    let (fleet, clock) = fleet(Quotas::default());
     for (i, d) in [(0, want(2, 2, 1)), (1, want(0, 4, 0))] {
         fleet
             .add_pool(pool(&format!("p{i}"), d, Policy::default()))
             .unwrap();
     }
     fleet.pass();
-    let pools: Vec<Pool> = fleet.pools().cloned().collect();
-    let instances: Vec<_> = fleet.instances(None).into_iter().cloned().collect();
+    let pools: Vec<Pool> = fleet.pools();
+    let instances: Vec<_> = fleet.instances(None);
     let plan = reconcile::plan(&pools, &instances, hangar_core::clock::Clock::now(&*clock));
     assert!(plan.is_empty(), "{plan:?}");
 }
 
 #[test]
 fn a_fleet_restored_from_a_stale_registry_adopts_instead_of_creating_twice() {
-    let (mut fleet, clock, engine) = fleet_with_engine(Quotas::default());
+    let (fleet, clock, engine) = fleet_with_engine(Quotas::default());
     let id = PoolId::new("app").unwrap();
     fleet
         .add_pool(pool("app", want(0, 2, 0), Policy::default()))
@@ -256,7 +257,7 @@ fn a_fleet_restored_from_a_stale_registry_adopts_instead_of_creating_twice() {
         .map(|i| (i.id.clone(), i.name.clone()))
         .collect();
     drop(fleet); // the process dies; the engine's VMs live on
-    let mut restored = Fleet::restore(engine.clone(), clock.clone(), saved.clone());
+    let restored = Fleet::restore(engine.clone(), clock.clone(), saved.clone());
     let report = restored.pass();
     assert_eq!(report.created, 0, "nothing is created twice: {report:?}");
     assert_eq!(engine.list().unwrap().len(), 2);
@@ -274,7 +275,7 @@ fn a_fleet_restored_from_a_stale_registry_adopts_instead_of_creating_twice() {
     );
     // Adoption is deterministic: the same VMs get the same ids every time.
     let again = Fleet::restore(engine, clock, saved);
-    let mut again = again;
+    let again = again;
     again.observe().unwrap();
     let ids: Vec<_> = again.instances(None).iter().map(|i| i.id.clone()).collect();
     let first_ids: Vec<_> = restored
@@ -288,4 +289,204 @@ fn a_fleet_restored_from_a_stale_registry_adopts_instead_of_creating_twice() {
     let json = serde_json::to_string(&restored.registry()).unwrap();
     let back: hangar_fleet::Registry = serde_json::from_str(&json).unwrap();
     assert_eq!(back, restored.registry());
+}
+
+#[test]
+fn later_instances_are_cloned_from_the_base_snapshot_until_the_template_changes() {
+    let (fleet, _, engine) = fleet_with_engine(Quotas::default());
+    let id = PoolId::new("web").unwrap();
+    fleet
+        .add_pool(pool("web", want(0, 3, 0), Policy::default()))
+        .unwrap();
+    let report = fleet.pass();
+    assert_eq!((report.created, report.cloned), (3, 2), "{report:?}");
+    let base = fleet
+        .base(&id)
+        .expect("the first boot left a base snapshot");
+    assert_eq!(base.template, template());
+    let snapshots = engine.list_snapshots(None).unwrap();
+    assert_eq!(
+        snapshots
+            .iter()
+            .map(|s| s.id.to_string())
+            .collect::<Vec<_>>(),
+        ["web-base"],
+        "one base, taken from the first instance"
+    );
+    assert_eq!(snapshots[0].vm.as_str(), "web-0");
+    // A claim with nothing ready is a clone too.
+    fleet.scale(&id, want(0, 0, 0), None).unwrap();
+    fleet.pass();
+    let claim = fleet.claim(&id).unwrap();
+    assert_eq!(claim.source, ClaimSource::Cloned);
+    // A new template makes the base stale: the next creation boots and retakes it.
+    let mut bigger = template();
+    bigger.machine.memory_mib = 512;
+    fleet.set_template(&id, bigger.clone()).unwrap();
+    fleet.scale(&id, want(1, 0, 0), None).unwrap();
+    let report = fleet.pass();
+    assert_eq!((report.created, report.cloned), (1, 0), "{report:?}");
+    assert_eq!(fleet.base(&id).unwrap().template, bigger);
+    // Removing the pool removes its base snapshot with its instances.
+    fleet.remove_pool(&id).unwrap();
+    assert!(engine.list_snapshots(None).unwrap().is_empty());
+    assert!(engine.list().unwrap().is_empty());
+}
+
+#[test]
+fn cold_boot_pools_never_take_a_base() {
+    let (fleet, _, engine) = fleet_with_engine(Quotas::default());
+    let policy = Policy {
+        cold_boot: true,
+        ..Policy::default()
+    };
+    fleet.add_pool(pool("web", want(2, 0, 0), policy)).unwrap();
+    let report = fleet.pass();
+    assert_eq!((report.created, report.cloned), (2, 0), "{report:?}");
+    assert!(engine.list_snapshots(None).unwrap().is_empty());
+}
+
+/// Delegates to a fake engine, but `restore` and `start` block while the gate is armed, after
+/// announcing that they were entered: a way to hold a pass in the middle of a boot.
+struct Gated {
+    inner: FakeEngine,
+    armed: std::sync::atomic::AtomicBool,
+    entered: std::sync::Mutex<std::sync::mpsc::Sender<()>>,
+    release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl Gated {
+    fn hold(&self) {
+        if self.armed.load(std::sync::atomic::Ordering::SeqCst) {
+            self.entered.lock().unwrap().send(()).unwrap();
+            self.release.lock().unwrap().recv().unwrap();
+        }
+    }
+}
+
+mod gated_impl {
+    use super::Gated;
+    use hangar_core::cancel::CancelToken;
+    use hangar_core::contracts::*;
+    use hangar_core::ids::{SnapshotId, VmName};
+    use hangar_core::lifecycle::LifecycleObserver;
+    use hangar_core::spec::VmSpec;
+    use hangar_core::Result;
+    use std::sync::Arc;
+
+    impl Lifecycle for Gated {
+        fn define(&self, spec: &VmSpec) -> Result<VmStatus> {
+            self.inner.define(spec)
+        }
+        fn start(&self, vm: &VmName, cancel: &CancelToken) -> Result<VmStatus> {
+            self.hold();
+            self.inner.start(vm, cancel)
+        }
+        fn stop(&self, vm: &VmName, mode: StopMode, cancel: &CancelToken) -> Result<StopOutcome> {
+            self.inner.stop(vm, mode, cancel)
+        }
+        fn pause(&self, vm: &VmName) -> Result<VmStatus> {
+            self.inner.pause(vm)
+        }
+        fn resume(&self, vm: &VmName) -> Result<VmStatus> {
+            self.inner.resume(vm)
+        }
+        fn reboot(&self, vm: &VmName, cancel: &CancelToken) -> Result<VmStatus> {
+            self.inner.reboot(vm, cancel)
+        }
+        fn undefine(&self, vm: &VmName) -> Result<()> {
+            self.inner.undefine(vm)
+        }
+        fn status(&self, vm: &VmName) -> Result<VmStatus> {
+            self.inner.status(vm)
+        }
+        fn list(&self) -> Result<Vec<VmStatus>> {
+            self.inner.list()
+        }
+        fn observe(&self, observer: Arc<dyn LifecycleObserver>) {
+            self.inner.observe(observer)
+        }
+    }
+
+    impl Snapshots for Gated {
+        fn save(
+            &self,
+            vm: &VmName,
+            id: &SnapshotId,
+            mode: SaveMode,
+            cancel: &CancelToken,
+        ) -> Result<SnapshotInfo> {
+            self.inner.save(vm, id, mode, cancel)
+        }
+        fn restore(&self, vm: &VmName, id: &SnapshotId, cancel: &CancelToken) -> Result<VmStatus> {
+            self.hold();
+            self.inner.restore(vm, id, cancel)
+        }
+        fn list_snapshots(&self, vm: Option<&VmName>) -> Result<Vec<SnapshotInfo>> {
+            self.inner.list_snapshots(vm)
+        }
+        fn delete_snapshot(&self, id: &SnapshotId) -> Result<()> {
+            self.inner.delete_snapshot(id)
+        }
+    }
+}
+
+#[test]
+fn a_claim_does_not_wait_for_a_pass_that_is_booting() {
+    let clock = Arc::new(ManualClock::default());
+    let (entered_tx, entered) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    let engine = Arc::new(Gated {
+        inner: FakeEngine::new(FakeConfig {
+            clock: clock.clone(),
+            ..FakeConfig::default()
+        }),
+        armed: false.into(),
+        entered: entered_tx.into(),
+        release: release_rx.into(),
+    });
+    let fleet = Fleet::new(engine.clone(), clock);
+    fleet.put_tenant(Tenant {
+        id: TenantId::new("acme").unwrap(),
+        quotas: Quotas::default(),
+    });
+    let id = PoolId::new("web").unwrap();
+    fleet
+        .add_pool(pool("web", want(0, 1, 0), Policy::default()))
+        .unwrap();
+    assert_eq!(fleet.pass().created, 1);
+    engine
+        .armed
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    fleet.scale(&id, want(0, 3, 0), None).unwrap();
+    std::thread::scope(|s| {
+        let pass = s.spawn(|| fleet.pass());
+        // The pass is now inside the engine, creating web-1.
+        entered.recv().unwrap();
+        let claim = fleet.claim(&id).expect("a claim while the pass is booting");
+        assert_eq!(
+            (
+                claim.source,
+                claim.instance.name.as_str(),
+                claim.instance.state
+            ),
+            (ClaimSource::Warm, "web-0", VmState::Running)
+        );
+        // Let the pass's two creations through.
+        engine
+            .armed
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        release.send(()).unwrap();
+        let report = pass.join().unwrap();
+        assert_eq!((report.created, report.errors.len()), (2, 0), "{report:?}");
+    });
+    // The claimed instance is left alone; the next pass refills the warm set to three.
+    let refill = fleet.pass();
+    assert_eq!(refill.created, 1, "{refill:?}");
+    let warm = fleet
+        .instances(Some(&id))
+        .iter()
+        .filter(|i| !i.claimed && i.state == VmState::Paused)
+        .count();
+    assert_eq!(warm, 3);
 }

@@ -63,7 +63,7 @@ fn warm_pool_claim_quota_and_replacement_on_real_qemu() {
         },
     )
     .unwrap();
-    let mut fleet = Fleet::new(Arc::new(engine), Arc::new(SystemClock));
+    let fleet = Fleet::new(Arc::new(engine), Arc::new(SystemClock));
     let tenant = TenantId::new("acme").unwrap();
     // Room for exactly three 128 MiB guests holding memory.
     fleet.put_tenant(Tenant {

@@ -30,7 +30,8 @@ use hangar_plan::probe::SystemProbe;
 use hangar_plan::{Creation, HostFacts, HostProbe, Plan};
 use hangar_spec::CanonicalSpec;
 use hangar_store::{
-    ProcessIdentity, SnapshotRecord, Store, StoreError, StoredEvent, VmLock, VmRecord, VolumeRecord,
+    FrozenDisk, ProcessIdentity, SnapshotRecord, Store, StoreError, StoredEvent, VmLock, VmRecord,
+    VolumeRecord,
 };
 
 pub mod console;
@@ -731,15 +732,27 @@ impl QemuEngine {
             self.facts.qemu.version.as_deref().unwrap_or("unknown")
         );
         if snap.spec_hash != rec.spec_hash {
-            return Err(Error::SnapshotMismatch {
-                snapshot: snap.id.clone(),
-                reason: format!(
-                    "taken from spec {} but {} has spec {}",
+            // Not the same spec: only a clone (same spec but for name, tenant and pool) fits.
+            let reason = match &snap.clone_hash {
+                None => Some(format!(
+                    "taken from spec {} (before clones were supported), but {} has spec {}",
                     snap.spec_hash,
                     rec.name(),
                     rec.spec_hash
-                ),
-            });
+                )),
+                Some(h) if *h != clone_hash(&rec.spec) => Some(format!(
+                    "taken from {}, whose spec differs from {}'s in more than name, tenant and pool",
+                    snap.vm,
+                    rec.name()
+                )),
+                Some(_) => None,
+            };
+            if let Some(reason) = reason {
+                return Err(Error::SnapshotMismatch {
+                    snapshot: snap.id.clone(),
+                    reason,
+                });
+            }
         }
         if snap.engine_version != version {
             return Err(Error::SnapshotMismatch {
@@ -805,6 +818,78 @@ impl QemuEngine {
         }
         let _ = std::fs::remove_dir_all(&self.home);
     }
+}
+
+/// The hash of a spec without what tells clones apart: snapshots restore across equal ones.
+fn clone_hash(spec: &VmSpec) -> String {
+    CanonicalSpec::new(spec.clone_template()).hash.0
+}
+
+/// A plan's writable disks: (disk name, file).
+fn writable_disks(plan: &Plan) -> impl Iterator<Item = (&str, &str)> {
+    plan.creates.iter().filter_map(|c| match c {
+        Creation::Overlay { path, disk, .. } | Creation::Disk { path, disk, .. } => {
+            Some((disk.as_str(), path.as_str()))
+        }
+        _ => None,
+    })
+}
+
+/// Where a snapshot's frozen disks live, beside its state file.
+fn frozen_dir(state_file: &Path) -> PathBuf {
+    state_file.with_extension("disks")
+}
+
+/// Copies a paused VM's writable disks beside the snapshot's state file, so the snapshot can be
+/// restored later (into this VM or a clone) with the disks its memory expects.
+fn freeze_disks(plan: &Plan, state_file: &Path) -> Result<Vec<FrozenDisk>> {
+    let dir = frozen_dir(state_file);
+    let mut frozen = Vec::new();
+    for (disk, file) in writable_disks(plan) {
+        let from = Path::new(file);
+        if !from.exists() {
+            continue;
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| io_err("cannot create", &dir, e))?;
+        let to = dir.join(from.file_name().unwrap_or(disk.as_ref()));
+        std::fs::copy(from, &to).map_err(|e| io_err("cannot copy disk to", &to, e))?;
+        frozen.push(FrozenDisk {
+            disk: disk.to_string(),
+            path: to.display().to_string(),
+        });
+    }
+    Ok(frozen)
+}
+
+/// Puts a snapshot's frozen disks in place of the VM's writable disks (each VM gets its own
+/// copy). A writable disk the snapshot has no copy of is an error for a clone: its memory would
+/// not match the disk.
+fn thaw_disks(snap: &SnapshotRecord, plan: &Plan, clone: bool) -> Result<()> {
+    for (disk, file) in writable_disks(plan) {
+        let to = Path::new(file);
+        match snap.disks.iter().find(|f| f.disk == disk) {
+            Some(f) => {
+                if let Some(dir) = to.parent() {
+                    std::fs::create_dir_all(dir).map_err(|e| io_err("cannot create", dir, e))?;
+                }
+                let tmp = to.with_extension("thaw.tmp");
+                std::fs::copy(&f.path, &tmp)
+                    .and_then(|_| std::fs::rename(&tmp, to))
+                    .map_err(|e| {
+                        let _ = std::fs::remove_file(&tmp);
+                        io_err("cannot copy frozen disk to", to, e)
+                    })?;
+            }
+            None if clone => {
+                return Err(Error::SnapshotMismatch {
+                    snapshot: snap.id.clone(),
+                    reason: format!("it holds no copy of disk {disk}, so it cannot seed a clone"),
+                })
+            }
+            None => {}
+        }
+    }
+    Ok(())
 }
 
 fn info(rec: &SnapshotRecord) -> SnapshotInfo {
@@ -1132,17 +1217,25 @@ impl Snapshots for QemuEngine {
             .migrate_to_file(&tmp, Instant::now() + MIGRATION_DEADLINE)
             .and_then(|()| {
                 std::fs::rename(&tmp, &path).map_err(|e| io_err("cannot rename", &tmp, e))
-            });
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            self.step(&mut rec, VmState::Paused, Cause::Fault)?;
-            return Err(e);
-        }
+            })
+            .and_then(|()| freeze_disks(&plan, &path));
+        let disks = match written {
+            Ok(disks) => disks,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                let _ = std::fs::remove_file(&path);
+                let _ = std::fs::remove_dir_all(frozen_dir(&path));
+                self.step(&mut rec, VmState::Paused, Cause::Fault)?;
+                return Err(e);
+            }
+        };
         let record = SnapshotRecord {
             id: id.clone(),
             vm: vm.clone(),
             path: path.display().to_string(),
             spec_hash: rec.spec_hash.clone(),
+            clone_hash: Some(clone_hash(&rec.spec)),
+            disks,
             engine_version: format!(
                 "qemu-{}",
                 self.facts.qemu.version.as_deref().unwrap_or("unknown")
@@ -1183,14 +1276,25 @@ impl Snapshots for QemuEngine {
         self.check_snapshot_fits(&rec, &snap)?;
         cancel.check()?;
         let plan = Self::plan_of(&rec)?;
+        // A VM sleeping on this snapshot has not touched its disks since the save; any other
+        // restore (a clone, or rolling a VM back) needs the disks as they were at the save.
+        let untouched = via == VmState::Waking && rec.sleeping_on.as_ref() == Some(id);
+        let clone = snap.spec_hash != rec.spec_hash || snap.vm != *vm;
         self.step(&mut rec, via, Cause::User)?;
-        match self.boot(
-            &mut rec,
-            &plan,
-            Some(Path::new(&snap.path)),
-            &StartOptions::default(),
-            cancel,
-        ) {
+        let thawed = if untouched {
+            Ok(())
+        } else {
+            thaw_disks(&snap, &plan, clone)
+        };
+        match thawed.and_then(|()| {
+            self.boot(
+                &mut rec,
+                &plan,
+                Some(Path::new(&snap.path)),
+                &StartOptions::default(),
+                cancel,
+            )
+        }) {
             Ok(()) => {
                 rec.sleeping_on = None;
                 self.step(&mut rec, VmState::Running, Cause::Engine)?;
@@ -1230,6 +1334,7 @@ impl Snapshots for QemuEngine {
             });
         }
         let _ = std::fs::remove_file(&snap.path);
+        let _ = std::fs::remove_dir_all(frozen_dir(Path::new(&snap.path)));
         self.db(|s| s.delete_snapshot(id))
     }
 }

@@ -24,7 +24,7 @@ mod lock;
 pub use lock::VmLock;
 
 /// Current schema version (SQLite `user_version`).
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 const MIGRATION_1: &str = "
 CREATE TABLE vms (
@@ -110,8 +110,16 @@ CREATE TABLE fleet (
 );
 ";
 
+/// Version 4: what a memory snapshot needs to be restored into another VM (a clone): the hash
+/// of its source's spec without name, tenant and pool, and copies of the source's writable
+/// disks frozen at save time. Older rows have neither and restore only into their own spec.
+const MIGRATION_4: &str = "
+ALTER TABLE snapshots ADD COLUMN clone_hash TEXT;
+ALTER TABLE snapshots ADD COLUMN disks_json TEXT;
+";
+
 /// Every migration, in order: `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 3] = [MIGRATION_1, MIGRATION_2, MIGRATION_3];
+const MIGRATIONS: [&str; 4] = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4];
 
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
@@ -222,12 +230,26 @@ pub struct SnapshotRecord {
     pub path: String,
     /// spec_hash of the VM when taken.
     pub spec_hash: String,
+    /// Hash of that spec without name, tenant and pool: VMs with the same clone hash can be
+    /// restored from it. `None` for snapshots written before schema version 4.
+    pub clone_hash: Option<String>,
+    /// The source's writable disks, copied when the snapshot was taken.
+    pub disks: Vec<FrozenDisk>,
     /// Engine version that wrote it.
     pub engine_version: String,
     /// Bytes on disk.
     pub size_bytes: u64,
     /// When it was taken.
     pub created_at: Timestamp,
+}
+
+/// A writable disk of a snapshot's source VM, frozen at save time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FrozenDisk {
+    /// The disk's name in the spec (the same in every clone).
+    pub disk: String,
+    /// The frozen copy.
+    pub path: String,
 }
 
 /// A disk volume managed through the `Disks` contract.
@@ -702,8 +724,8 @@ impl Store {
     /// Records a snapshot.
     pub fn insert_snapshot(&self, s: &SnapshotRecord) -> Result<()> {
         let r = self.conn.execute(
-            "INSERT INTO snapshots (id, vm, path, spec_hash, engine_version, size_bytes, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![s.id.as_str(), s.vm.as_str(), s.path, s.spec_hash, s.engine_version, s.size_bytes as i64, s.created_at.0 as i64],
+            "INSERT INTO snapshots (id, vm, path, spec_hash, engine_version, size_bytes, created_at, clone_hash, disks_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![s.id.as_str(), s.vm.as_str(), s.path, s.spec_hash, s.engine_version, s.size_bytes as i64, s.created_at.0 as i64, s.clone_hash, serde_json::to_string(&s.disks).expect("disks serialise")],
         );
         self.inserted(r, "snapshots", s.id.to_string())
     }
@@ -716,8 +738,17 @@ impl Store {
         let engine_version: String = row.get("engine_version")?;
         let size: i64 = row.get("size_bytes")?;
         let created: i64 = row.get("created_at")?;
+        let clone_hash: Option<String> = row.get("clone_hash")?;
+        let disks: Option<String> = row.get("disks_json")?;
         Ok((|| {
             Ok(SnapshotRecord {
+                clone_hash,
+                disks: match disks {
+                    Some(json) => {
+                        serde_json::from_str(&json).map_err(|e| corrupt("snapshots", &id, e))?
+                    }
+                    None => Vec::new(),
+                },
                 id: SnapshotId::new(id.clone()).map_err(|e| corrupt("snapshots", &id, e))?,
                 vm: VmName::new(vm).map_err(|e| corrupt("snapshots", &id, e))?,
                 path,

@@ -151,6 +151,11 @@ fn snapshots_and_volumes() {
         vm: VmName::new("a").unwrap(),
         path: "/x/s1.state".into(),
         spec_hash: "sha256:1".into(),
+        clone_hash: Some("sha256:2".into()),
+        disks: vec![FrozenDisk {
+            disk: "root".into(),
+            path: "/x/s1.disks/root.qcow2".into(),
+        }],
         engine_version: "qemu-10.0.2".into(),
         size_bytes: 64 << 20,
         created_at: Timestamp(5),
