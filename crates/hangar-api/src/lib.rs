@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 pub mod client;
+pub mod fleet;
 
 /// One VM as `hangar ps` and `GET /v1/vms` show it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -386,7 +387,9 @@ pub struct NewToken {
 pub fn http_status(code: ErrorCode) -> u16 {
     use ErrorCode::*;
     match code {
-        VmNotFound | SnapshotNotFound | DiskNotFound | NicNotFound | OperationNotFound => 404,
+        VmNotFound | SnapshotNotFound | DiskNotFound | NicNotFound | OperationNotFound
+        | TenantNotFound | PoolNotFound | InstanceNotFound => 404,
+        PoolExists | TenantInUse => 409,
         Unauthorized => 401,
         Interrupted => 409,
         VmExists | SnapshotExists | DiskExists | InvalidTransition | SnapshotInUse | DiskInUse

@@ -27,6 +27,7 @@ use crate::{instance_spec, Desired, Instance, Policy, Pool, Tenant};
 
 /// What one reconcile pass did.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PassReport {
     /// Instances created (to any state).
     pub created: u32,
@@ -46,16 +47,16 @@ pub struct PassReport {
     /// Left alone this pass, with why.
     pub deferred: Vec<Deferred>,
     /// Failed steps: code and message (the next pass retries, after a backoff per pool).
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<Vec<String>>))]
     pub errors: Vec<(String, String)>,
     /// How long the pass took.
     pub took_ms: f64,
 }
 
 impl PassReport {
-    /// Whether the pass changed anything or hit an error (a quiet pass is not worth an event).
-    pub fn is_quiet(&self) -> bool {
-        self.created + self.started + self.warmed + self.slept + self.woken + self.stopped == 0
-            && self.errors.is_empty()
+    /// Whether the pass changed anything.
+    pub fn acted(&self) -> bool {
+        self.created + self.started + self.warmed + self.slept + self.woken + self.stopped > 0
     }
 
     /// One line for an event stream.
@@ -83,6 +84,7 @@ impl PassReport {
 /// Where a claimed instance came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ClaimSource {
     /// The warm set: one resume.
     Warm,
@@ -96,6 +98,7 @@ pub enum ClaimSource {
 
 /// A claimed instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Claim {
     /// The instance.
     pub instance: Instance,
@@ -254,7 +257,13 @@ pub struct Fleet<E: ?Sized> {
     state: Mutex<State>,
     /// One pass at a time.
     passing: Mutex<()>,
+    /// Where the registry goes after every change (see [`Fleet::persist_with`]); the mutex
+    /// also orders writers, so an older registry never overwrites a newer one.
+    persist: Mutex<Option<Persist>>,
 }
+
+/// A sink for the registry.
+type Persist = Box<dyn Fn(&Registry) + Send + Sync>;
 
 impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
     /// An empty fleet over `engine`.
@@ -292,6 +301,22 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
             clock,
             state: Mutex::new(state),
             passing: Mutex::new(()),
+            persist: Mutex::new(None),
+        }
+    }
+
+    /// Hands the registry to `sink` after every change: every mutation, every settled engine
+    /// step, the end of every pass, and a claim's reservation *before* its engine step (a
+    /// process that dies mid-claim must come back knowing the instance was handed out, not
+    /// find an unclaimed running instance and scale it away).
+    pub fn persist_with(&self, sink: impl Fn(&Registry) + Send + Sync + 'static) {
+        *self.persist.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(sink));
+    }
+
+    fn changed(&self) {
+        let sink = self.persist.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(sink) = sink.as_ref() {
+            sink(&self.registry());
         }
     }
 
@@ -320,6 +345,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
     /// Adds or updates a tenant.
     pub fn put_tenant(&self, tenant: Tenant) {
         self.lock().tenants.insert(tenant.id.clone(), tenant);
+        self.changed();
     }
 
     /// Tenants.
@@ -351,6 +377,8 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
             });
         }
         s.tenants.remove(id);
+        drop(s);
+        self.changed();
         Ok(())
     }
 
@@ -376,6 +404,8 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
             });
         }
         s.pools.insert(pool.id.clone(), pool);
+        drop(s);
+        self.changed();
         Ok(())
     }
 
@@ -388,6 +418,8 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
             p.policy = policy;
         }
         s.backoff.remove(pool);
+        drop(s);
+        self.changed();
         Ok(())
     }
 
@@ -398,6 +430,8 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
         let mut s = self.lock();
         let p = s.pools.get_mut(pool).ok_or_else(|| not_found_pool(pool))?;
         p.template = template;
+        drop(s);
+        self.changed();
         Ok(())
     }
 
@@ -423,6 +457,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
                 .collect();
             (idle, base)
         };
+        self.changed();
         let mut first_error = None;
         for i in doomed {
             if let Err(e) = self.discard(&i.name) {
@@ -543,28 +578,37 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
             return report;
         }
         let now = self.clock.now();
-        let plan = {
+        let (plan, waiting) = {
             let s = self.lock();
-            let mut ready = Vec::with_capacity(s.pools.len());
-            for p in s.pools.values() {
-                let waiting = s.backoff.get(&p.id).is_some_and(|(_, until)| now < *until);
-                if waiting {
-                    report.deferred.push(Deferred {
-                        subject: format!("pool {}", p.id),
-                        why: "backing off after a failed step".into(),
-                    });
-                } else {
-                    ready.push(p.clone());
-                }
-            }
-            reconcile::plan(&ready, &s.instances, now)
+            let pools: Vec<Pool> = s.pools.values().cloned().collect();
+            let waiting: BTreeSet<PoolId> = s
+                .backoff
+                .iter()
+                .filter(|(_, (_, until))| now < *until)
+                .map(|(p, _)| p.clone())
+                .collect();
+            (reconcile::plan(&pools, &s.instances, now), waiting)
         };
         report.deferred.extend(plan.deferred);
+        let mut backed_off = BTreeSet::new();
         for action in plan.actions {
             let pool = self.pool_of(&action);
+            // A pool whose last creation failed waits before creating again; removing dead
+            // instances and moving existing ones between states goes on regardless.
+            if let (Action::Create { .. }, Some(p)) = (&action, &pool) {
+                if waiting.contains(p) {
+                    if backed_off.insert(p.clone()) {
+                        report.deferred.push(Deferred {
+                            subject: format!("pool {p}"),
+                            why: "backing off after a failed creation".into(),
+                        });
+                    }
+                    continue;
+                }
+            }
             match self.act(&action, &mut report) {
                 Ok(()) => {
-                    if let Some(pool) = pool {
+                    if let (Action::Create { .. }, Some(pool)) = (&action, pool) {
                         self.lock().backoff.remove(&pool);
                     }
                 }
@@ -573,10 +617,11 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
                     why: "a claim or another step is working on it".into(),
                 }),
                 Err(e) => {
-                    report
-                        .errors
-                        .push((e.code().as_str().into(), e.to_string()));
-                    if let Some(pool) = pool {
+                    let code = e.code();
+                    report.errors.push((code.as_str().into(), e.to_string()));
+                    // A quota refusal costs nothing to retry and ends when usage drops: no
+                    // backoff. Engine failures back off.
+                    if let (Some(pool), true) = (pool, code != ErrorCode::QuotaExceeded) {
                         let mut s = self.lock();
                         let failures = s.backoff.get(&pool).map(|b| b.0 + 1).unwrap_or(1);
                         let wait = Duration::from_secs(1 << failures.min(6)).min(MAX_BACKOFF);
@@ -587,6 +632,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
             }
         }
         report.took_ms = started.elapsed().as_secs_f64() * 1000.0;
+        self.changed();
         report
     }
 
@@ -666,6 +712,9 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
             }
             i
         };
+        if claim {
+            self.changed();
+        }
         let outcome = work(&before);
         let mut s = self.lock();
         s.busy.remove(id);
@@ -676,7 +725,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
                 "instance {id} was removed (its pool is gone) while it was being worked on"
             )));
         };
-        match outcome {
+        let result = match outcome {
             Ok(status) => {
                 rec.state = status.state;
                 rec.since = status.since;
@@ -688,7 +737,10 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
                 }
                 Err(e)
             }
-        }
+        };
+        drop(s);
+        self.changed();
+        result
     }
 
     /// Creates an instance of `pool` and brings it to `target`: cloned from the pool's base
@@ -750,6 +802,9 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
                 .map(|b| b.snapshot.clone());
             (pool, reserved, base)
         };
+        if claimed {
+            self.changed();
+        }
         let id = reserved.id.clone();
         let made = self.make(&pool, &reserved, target, base.as_ref());
         let mut s = self.lock();
@@ -758,7 +813,10 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
         match made {
             Ok((status, cloned)) if !gone => {
                 s.note(&id, &status);
-                Ok((s.find(&id).expect("checked").clone(), cloned))
+                let made = s.find(&id).expect("checked").clone();
+                drop(s);
+                self.changed();
+                Ok((made, cloned))
             }
             outcome => {
                 // Leave nothing half made: no process, no overlay, no record.
@@ -940,6 +998,8 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
         if done.is_ok() {
             s.instances.retain(|x| &x.id != id);
         }
+        drop(s);
+        self.changed();
         done
     }
 

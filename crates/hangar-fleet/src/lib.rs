@@ -24,8 +24,10 @@ pub use quota::{Quota, QuotaExceeded, Quotas, Usage};
 
 /// An isolation and quota boundary.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Tenant {
     /// Id.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub id: TenantId,
     /// Its limits.
     pub quotas: Quotas,
@@ -34,6 +36,7 @@ pub struct Tenant {
 /// How many instances of a pool should be in each resting state. Claimed instances belong to
 /// whoever claimed them and are not counted here.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Desired {
     /// Booted and running, not claimed.
     pub running: u32,
@@ -52,6 +55,7 @@ impl Desired {
 
 /// A pool's policy.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Policy {
     /// A claimed instance paused (released) for longer than this goes to sleep.
     pub idle_sleep_s: Option<u64>,
@@ -65,12 +69,16 @@ pub struct Policy {
 
 /// A pool: a spec template, desired counts and a policy, owned by a tenant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Pool {
     /// Id (also the prefix of its instances' names).
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub id: PoolId,
     /// Owner.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub tenant: TenantId,
     /// The spec every instance is made from (its `name` is replaced per instance).
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub template: VmSpec,
     /// Desired counts.
     pub desired: Desired,
@@ -80,20 +88,27 @@ pub struct Pool {
 
 /// One instance as the fleet knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Instance {
     /// Generated id (`i-xxxxxxxx`).
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub id: InstanceId,
     /// Its pool.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub pool: PoolId,
     /// Its VM (`<pool>-<n>`).
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub name: VmName,
     /// `n` in the name: instances are created in increasing order, so a higher ordinal is newer.
     pub ordinal: u32,
     /// The VM's state, as last observed.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub state: VmState,
-    /// When it entered that state.
+    /// When it entered that state (ms since the Unix epoch).
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub since: Timestamp,
-    /// When it was created.
+    /// When it was created (ms since the Unix epoch).
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub created_at: Timestamp,
     /// Handed out by a claim: no longer counted against the pool's desired counts.
     pub claimed: bool,

@@ -9,6 +9,7 @@ use crate::Instance;
 
 /// A tenant's limits; `None` is unlimited.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Quotas {
     /// vCPUs of instances holding a process (running or warm).
     pub max_vcpus: Option<u64>,
@@ -59,6 +60,7 @@ impl Quota {
 
 /// What a tenant uses (or what an action would add).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Usage {
     /// vCPUs held by processes.
     pub vcpus: u64,

@@ -64,6 +64,7 @@ pub enum RemoveReason {
 
 /// Something left alone this pass (an instance id, or a pool backing off), and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Deferred {
     /// What: an instance id or `pool <id>`.
     pub subject: String,

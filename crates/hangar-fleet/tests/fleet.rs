@@ -490,3 +490,27 @@ fn a_claim_does_not_wait_for_a_pass_that_is_booting() {
         .count();
     assert_eq!(warm, 3);
 }
+
+#[test]
+fn a_claim_is_persisted_before_its_engine_step() {
+    let (fleet, _) = fleet(Quotas::default());
+    let id = PoolId::new("web").unwrap();
+    fleet
+        .add_pool(pool("web", want(0, 1, 0), Policy::default()))
+        .unwrap();
+    fleet.pass();
+    let saved = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = saved.clone();
+    fleet.persist_with(move |r| sink.lock().unwrap().push(r.clone()));
+    fleet.claim(&id).unwrap();
+    let saved = saved.lock().unwrap();
+    let web0 = |r: &hangar_fleet::Registry| {
+        let i = &r.instances[0];
+        (i.claimed, i.state)
+    };
+    // First the reservation (claimed, still paused), then the outcome (claimed, running).
+    assert_eq!(
+        saved.iter().map(web0).collect::<Vec<_>>(),
+        [(true, VmState::Paused), (true, VmState::Running)]
+    );
+}

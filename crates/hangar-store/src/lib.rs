@@ -691,6 +691,12 @@ impl Store {
         Ok(())
     }
 
+    /// Records an event about something other than one VM (a reconcile pass): an engine event
+    /// whose subject is `subject` (for example `fleet`), so it reaches every event reader.
+    pub fn record_note(&self, subject: &VmName, at: Timestamp, message: &str) -> Result<()> {
+        self.record_engine_event(subject, VmState::Defined, at, message)
+    }
+
     /// Appends a transition to a VM's history.
     pub fn record_transition(&self, e: &TransitionEvent) -> Result<()> {
         self.conn

@@ -12,6 +12,7 @@ use hangar_plan::probe::SystemProbe;
 use hangar_plan::{HostFacts, HostProbe};
 use hangar_spec::{CanonicalSpec, Diagnostic, SpecErrors};
 
+mod fleet;
 mod vm;
 
 const AFTER_HELP: &str = "\
@@ -23,6 +24,12 @@ Examples:
   hangar plan examples/hello.toml              show the exact QEMU command, touch nothing
   hangar validate vm.toml --output json        every problem in a spec, with code, path and fix
   hangar doctor                                check this host: qemu, accelerator, image, disk
+
+Fleet (needs hangard):
+  hangar tenant create acme --max-memory-mib 4096
+  hangar pool create web --tenant acme --spec examples/hello.toml --warm 3
+  hangar pool claim web                        a running instance in milliseconds (warm set first)
+  hangar pool status web                       counts, instances and the last reconcile pass
 
 State lives in $HANGAR_HOME (default /var/lib/hangar as root, else ~/.local/share/hangar).
 
@@ -226,6 +233,16 @@ enum Command {
     /// Bearer tokens for hangard's TCP listener (`hangard --listen-tcp`).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Tenants: quota boundaries that own pools (needs hangard).
+    #[command(subcommand)]
+    Tenant(fleet::TenantCommand),
+    /// Pools: a spec template kept at desired running/warm/sleeping counts by hangard's
+    /// reconcile loop; `claim` hands out a running instance.
+    #[command(subcommand)]
+    Pool(fleet::PoolCommand),
+    /// Fleet instances (the VMs pools make).
+    #[command(subcommand)]
+    Instance(fleet::InstanceCommand),
     /// Print events, oldest first: every state transition of every VM (with the operation that
     /// made it) and what the engine observed (stops escalated, QEMUs adopted after a crash).
     Events {
@@ -563,6 +580,9 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), Failure> {
             ..
         } => vm::op_show(&id, out),
         Command::Images { output } => vm::images(output, out),
+        Command::Tenant(cmd) => fleet::tenant(cmd, out),
+        Command::Pool(cmd) => fleet::pool(cmd, out),
+        Command::Instance(cmd) => fleet::instance(cmd, out),
         Command::Token(cmd) => match cmd {
             TokenCommand::Create { name, output } => vm::token_create(&name, output, out),
             TokenCommand::Ls { output } => vm::token_ls(output, out),

@@ -309,7 +309,10 @@ pub fn ps(all: bool, output: Output, out: &mut dyn Write) -> Result<(), Failure>
 }
 
 /// `--output json` for listings: one pretty-printed document.
-fn print_json(out: &mut dyn Write, value: &impl serde::Serialize) -> Result<(), Failure> {
+pub(crate) fn print_json(
+    out: &mut dyn Write,
+    value: &impl serde::Serialize,
+) -> Result<(), Failure> {
     let _ = writeln!(
         out,
         "{}",

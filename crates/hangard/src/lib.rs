@@ -37,6 +37,7 @@ use hangar_spec::Format;
 use serde::Deserialize;
 use utoipa::OpenApi;
 
+pub mod fleet;
 pub mod metrics;
 
 /// Largest accepted request body.
@@ -48,10 +49,14 @@ pub struct Daemon {
     pub local: Arc<Local>,
     /// Woken whenever an operation ends or is settled.
     ops_changed: Arc<tokio::sync::Notify>,
-    /// Token lookups for the TCP listener (a connection of its own).
+    /// Token lookups for the TCP listener and fleet event notes (a connection of its own).
     tokens: std::sync::Mutex<hangar_store::Store>,
     /// Woken on every transition, so event streams need not poll.
     changed: Arc<tokio::sync::Notify>,
+    /// Tenants, pools and instances, over the same engine as `local`.
+    pub fleet: Arc<hangar_fleet::Fleet<QemuEngine>>,
+    /// The reconcile loop's schedule and last pass.
+    pub reconciler: fleet::Reconciler,
     /// Prometheus metrics.
     pub metrics: metrics::Metrics,
     /// The audit log (`<home>/audit.log`): one hash-chained entry per mutating request.
@@ -109,8 +114,17 @@ impl LifecycleObserver for Wake {
 
 impl Daemon {
     /// Wraps an engine; opens (or creates) the audit log and the operation journal in the
-    /// engine's home. Call [`Daemon::recover`] next.
+    /// engine's home, and restores the fleet. Call [`Daemon::recover`] next, then
+    /// [`Daemon::start_reconciler`].
     pub fn new(engine: QemuEngine) -> Result<Daemon, String> {
+        Daemon::with_reconcile_interval(engine, fleet::DEFAULT_INTERVAL)
+    }
+
+    /// [`Daemon::new`], with reconcile passes every `interval` (and whenever something asks).
+    pub fn with_reconcile_interval(
+        engine: QemuEngine,
+        interval: Duration,
+    ) -> Result<Daemon, String> {
         let audit = hangar_audit::AuditLog::open(engine.home().join("audit.log"))
             .map_err(|e| format!("audit log: {e}"))?;
         let tokens =
@@ -124,12 +138,16 @@ impl Daemon {
         let changed = Arc::new(tokio::sync::Notify::new());
         let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
         engine.observe(Arc::new(Wake(changed.clone(), generation.clone())));
-        let local = Local::new(Arc::new(engine)).map_err(|e| format!("state store: {e}"))?;
+        let engine = Arc::new(engine);
+        let fleet = fleet::open(engine.clone())?;
+        let local = Local::new(engine).map_err(|e| format!("state store: {e}"))?;
         Ok(Daemon {
             local: Arc::new(local),
             ops_changed: Arc::new(tokio::sync::Notify::new()),
             tokens: std::sync::Mutex::new(tokens),
             changed,
+            fleet,
+            reconciler: fleet::Reconciler::new(interval),
             metrics: metrics::Metrics::default(),
             audit: std::sync::Mutex::new(audit),
             generation,
@@ -973,7 +991,20 @@ pub async fn serve(
         validate,
         plan,
         events,
-        events_page
+        events_page,
+        fleet::list_tenants,
+        fleet::put_tenant,
+        fleet::delete_tenant,
+        fleet::list_pools,
+        fleet::create_pool,
+        fleet::get_pool,
+        fleet::update_pool,
+        fleet::delete_pool,
+        fleet::claim,
+        fleet::list_instances,
+        fleet::release_instance,
+        fleet::fleet_status,
+        fleet::reconcile_now
     ),
     components(schemas(VmView, ErrorBody, Health, StartRequest, StopRequest, SnapshotRequest, Action,
         Operation, OperationRequest, OperationResult, EventView, ImageView)),
@@ -1039,6 +1070,26 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/events", get(events))
         .route("/metrics", get(metrics_text))
+        .route("/v1/tenants", get(fleet::list_tenants))
+        .route(
+            "/v1/tenants/{id}",
+            axum::routing::put(fleet::put_tenant).delete(fleet::delete_tenant),
+        )
+        .route("/v1/pools", get(fleet::list_pools).post(fleet::create_pool))
+        .route(
+            "/v1/pools/{pool}",
+            get(fleet::get_pool)
+                .patch(fleet::update_pool)
+                .delete(fleet::delete_pool),
+        )
+        .route("/v1/pools/{pool}/claim", post(fleet::claim))
+        .route("/v1/instances", get(fleet::list_instances))
+        .route(
+            "/v1/instances/{id}",
+            axum::routing::delete(fleet::release_instance),
+        )
+        .route("/v1/fleet", get(fleet::fleet_status))
+        .route("/v1/fleet/reconcile", post(fleet::reconcile_now))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             daemon.clone(),

@@ -22,6 +22,10 @@ struct Args {
     /// HTTP: keep it on loopback or put TLS in front.
     #[arg(long, value_name = "ADDR")]
     listen_tcp: Option<std::net::SocketAddr>,
+    /// Seconds between reconcile passes when nothing asks for one sooner (every fleet change
+    /// and every claim asks).
+    #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
+    reconcile_interval: f64,
     /// Print the OpenAPI document and exit.
     #[arg(long)]
     openapi: bool,
@@ -60,7 +64,12 @@ async fn main() -> std::process::ExitCode {
         },
         None => None,
     };
-    let daemon = match hangard::Daemon::new(engine) {
+    if !(args.reconcile_interval > 0.0 && args.reconcile_interval.is_finite()) {
+        eprintln!("hangard: --reconcile-interval must be a positive number of seconds");
+        return std::process::ExitCode::from(2);
+    }
+    let interval = std::time::Duration::from_secs_f64(args.reconcile_interval);
+    let daemon = match hangard::Daemon::with_reconcile_interval(engine, interval) {
         Ok(d) => Arc::new(d),
         Err(e) => {
             eprintln!("hangard: {e}");
@@ -81,6 +90,8 @@ async fn main() -> std::process::ExitCode {
         }
     });
     let _ = first_pass_done.await;
+    // Only after recovery: a pass must see interrupted operations settled.
+    daemon.start_reconciler();
     eprintln!("hangard: listening on {}", socket.display());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

@@ -67,6 +67,8 @@ struct Inner {
     boot: Option<Histogram>,
     operations: BTreeMap<(String, String), u64>,
     operation_latency: BTreeMap<String, Histogram>,
+    reconcile: Option<Histogram>,
+    reconcile_failed: u64,
 }
 
 /// The daemon's metrics.
@@ -113,6 +115,15 @@ impl Metrics {
             .entry(kind.to_string())
             .or_insert_with(|| Histogram::new(LATENCY_BUCKETS))
             .observe(seconds);
+    }
+
+    /// Records a reconcile pass: how long it took and whether a step failed.
+    pub fn reconcile_pass(&self, seconds: f64, failed: bool) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.reconcile
+            .get_or_insert_with(|| Histogram::new(LATENCY_BUCKETS))
+            .observe(seconds);
+        m.reconcile_failed += u64::from(failed);
     }
 
     /// Records a boot (spawn to guest-ready).
@@ -181,6 +192,17 @@ impl Metrics {
             .clone()
             .unwrap_or_else(|| Histogram::new(BOOT_BUCKETS))
             .render(&mut out, "hangar_boot_seconds", "");
+        out.push_str("# HELP hangar_reconcile_pass_seconds Reconcile pass duration (observe, plan, act).\n# TYPE hangar_reconcile_pass_seconds histogram\n");
+        m.reconcile
+            .clone()
+            .unwrap_or_else(|| Histogram::new(LATENCY_BUCKETS))
+            .render(&mut out, "hangar_reconcile_pass_seconds", "");
+        out.push_str("# HELP hangar_reconcile_failed_passes_total Reconcile passes with at least one failed step.\n# TYPE hangar_reconcile_failed_passes_total counter\n");
+        let _ = writeln!(
+            out,
+            "hangar_reconcile_failed_passes_total {}",
+            m.reconcile_failed
+        );
         out.push_str("# HELP hangar_store_read_seconds Time to read every VM record for this scrape.\n# TYPE hangar_store_read_seconds gauge\n");
         let _ = writeln!(out, "hangar_store_read_seconds {store_seconds}");
         out

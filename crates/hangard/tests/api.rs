@@ -544,3 +544,139 @@ fn every_mutating_request_is_audited_and_tampering_is_detected() {
     assert_eq!(failure.line, 3);
     assert!(failure.to_string().contains("line 2"), "{failure}");
 }
+
+const POOL_SPEC: &str = r#"{"schema_version": 1, "name": "t", "machine": {"memory_mib": 128}}"#;
+
+#[test]
+fn fleet_endpoints_validate_everything_and_answer_with_codes() {
+    let d = TestDaemon::start();
+    // Tenants: create, list with usage, quota update.
+    let (s, t) = d.call(
+        "PUT",
+        "/v1/tenants/acme",
+        Some(r#"{"quotas": {"max_memory_mib": 512}}"#),
+    );
+    assert_eq!(s, 200, "{t}");
+    assert_eq!(t["quotas"]["max_memory_mib"], 512);
+    assert_eq!(t["usage"]["instances"], 0);
+    let (s, v) = d.call("PUT", "/v1/tenants/Not_An_Id", Some("{}"));
+    assert_eq!(s, 400);
+    coded(&v, "E_INVALID_NAME");
+    let (s, v) = d.call("PUT", "/v1/tenants/acme", Some(r#"{"quota": {}}"#));
+    assert_eq!(s, 400, "unknown fields are refused: {v}");
+    coded(&v, "E_INVALID_ARGUMENT");
+
+    // Pools: every bad input is a coded 4xx and creates nothing.
+    let pool = |id: &str, tenant: &str, spec: &str| {
+        format!(
+            r#"{{"id": "{id}", "tenant": "{tenant}", "spec": {spec}, "desired": {{"running": 0, "warm": 0, "sleeping": 0}}}}"#
+        )
+    };
+    let (s, v) = d.call("POST", "/v1/pools", Some(&pool("web", "nobody", POOL_SPEC)));
+    assert_eq!(s, 404);
+    coded(&v, "E_TENANT_NOT_FOUND");
+    let (s, v) = d.call(
+        "POST",
+        "/v1/pools",
+        Some(&pool(
+            "web",
+            "acme",
+            r#"{"schema_version": 1, "name": "t", "machine": {"memory_mib": 1}}"#,
+        )),
+    );
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["path"], "machine.memory_mib", "{v}");
+    let (s, v) = d.call("POST", "/v1/pools", Some("{not json"));
+    assert_eq!(s, 400);
+    coded(&v, "E_INVALID_ARGUMENT");
+    let (_, pools) = d.call("GET", "/v1/pools", None);
+    assert_eq!(pools, serde_json::json!([]));
+
+    let (s, v) = d.call("POST", "/v1/pools", Some(&pool("web", "acme", POOL_SPEC)));
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["pool"]["template"]["machine"]["memory_mib"], 128);
+    assert_eq!(v["counts"]["warm"], 0);
+    let (s, v) = d.call("POST", "/v1/pools", Some(&pool("web", "acme", POOL_SPEC)));
+    assert_eq!(s, 409);
+    coded(&v, "E_POOL_EXISTS");
+    let (s, v) = d.call("DELETE", "/v1/tenants/acme", None);
+    assert_eq!(s, 409);
+    coded(&v, "E_TENANT_IN_USE");
+
+    // Scale, status, an idle pass, instances.
+    let (s, v) = d.call(
+        "PATCH",
+        "/v1/pools/web",
+        Some(r#"{"policy": {"idle_sleep_s": 60, "min_running_s": 5}}"#),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["pool"]["policy"]["min_running_s"], 5);
+    let (s, v) = d.call("PATCH", "/v1/pools/nope", Some("{}"));
+    assert_eq!(s, 404);
+    coded(&v, "E_POOL_NOT_FOUND");
+    let (s, r) = d.call("POST", "/v1/fleet/reconcile", None);
+    assert_eq!(s, 200);
+    assert_eq!(
+        (r["created"].as_u64(), r["errors"].as_array().map(Vec::len)),
+        (Some(0), Some(0)),
+        "{r}"
+    );
+    let (_, status) = d.call("GET", "/v1/pools/web", None);
+    assert_eq!(status["instances"], serde_json::json!([]));
+    assert_eq!(status["last_pass"], r);
+    let (_, fleet) = d.call("GET", "/v1/fleet", None);
+    assert_eq!(fleet["passes"], 1);
+    let (s, v) = d.call("POST", "/v1/pools/nope/claim", None);
+    assert_eq!(s, 404);
+    coded(&v, "E_POOL_NOT_FOUND");
+    let (s, v) = d.call("DELETE", "/v1/instances/i-00000000", None);
+    assert_eq!(s, 404);
+    coded(&v, "E_INSTANCE_NOT_FOUND");
+    let (s, v) = d.call("GET", "/v1/instances?pool=web", None);
+    assert_eq!((s, v), (200, serde_json::json!([])));
+
+    // Removal, in order.
+    assert_eq!(d.call("DELETE", "/v1/pools/web", None).0, 204);
+    assert_eq!(d.call("DELETE", "/v1/tenants/acme", None).0, 204);
+    let (s, v) = d.call("DELETE", "/v1/tenants/acme", None);
+    assert_eq!(s, 404);
+    coded(&v, "E_TENANT_NOT_FOUND");
+}
+
+#[test]
+fn the_fleet_survives_a_restart_and_a_damaged_registry_stops_the_daemon() {
+    let home = tempfile::Builder::new()
+        .prefix("hgd-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let open =
+        || hangard::Daemon::new(QemuEngine::open(home.path(), EngineOptions::default()).unwrap());
+    let d = open().unwrap();
+    d.fleet.put_tenant(hangar_fleet::Tenant {
+        id: hangar_core::ids::TenantId::new("acme").unwrap(),
+        quotas: hangar_fleet::Quotas {
+            max_running: Some(2),
+            ..Default::default()
+        },
+    });
+    let before = d.fleet.registry();
+    drop(d);
+    let d = open().unwrap();
+    assert_eq!(
+        d.fleet.registry(),
+        before,
+        "the registry came back as saved"
+    );
+    drop(d);
+    let store = hangar_store::Store::open_in(home.path()).unwrap();
+    store
+        .save_fleet(
+            r#"{"tenants": "not a list"}"#,
+            hangar_core::clock::Timestamp(1),
+        )
+        .unwrap();
+    let err = open()
+        .err()
+        .expect("a damaged registry must stop the daemon");
+    assert!(err.contains("E_STORE_CORRUPT"), "{err}");
+}

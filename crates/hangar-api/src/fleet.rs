@@ -1,0 +1,150 @@
+//! Fleet wire types: what `/v1/tenants`, `/v1/pools`, `/v1/instances` and `/v1/fleet` take and
+//! answer. The domain types themselves (`Quotas`, `Desired`, `Policy`, `Instance`, `Claim`,
+//! `PassReport`) come from `hangar-fleet` unchanged.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+pub use hangar_fleet::{
+    Claim, ClaimSource, Desired, Instance, PassReport, Policy, Pool, Quotas, Usage,
+};
+
+/// `PUT /v1/tenants/{id}`: create a tenant or replace its quotas.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantRequest {
+    /// Its limits; an absent limit is unlimited.
+    #[serde(default)]
+    pub quotas: Quotas,
+}
+
+/// A tenant, with what it uses now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TenantView {
+    /// Id.
+    pub id: String,
+    /// Its limits.
+    pub quotas: Quotas,
+    /// What its instances use.
+    pub usage: Usage,
+    /// Its pools.
+    pub pools: Vec<String>,
+}
+
+/// `POST /v1/pools`: a new pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoolRequest {
+    /// Id: also the prefix of its instances' names (`<pool>-<n>`).
+    pub id: String,
+    /// The owning tenant (it must exist).
+    pub tenant: String,
+    /// The instance template: a VM spec document (the shape of vm.json; its `name` is replaced
+    /// per instance).
+    #[schema(value_type = Object)]
+    pub spec: serde_json::Value,
+    /// The directory relative paths in `spec` resolve against (the spec file's; `/` if absent).
+    #[serde(default)]
+    pub base_dir: Option<String>,
+    /// Desired counts (all zero if absent).
+    #[serde(default)]
+    pub desired: Desired,
+    /// Policy.
+    #[serde(default)]
+    pub policy: Policy,
+}
+
+/// `PATCH /v1/pools/{pool}`: change what is given, keep the rest.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoolUpdate {
+    /// New desired counts.
+    #[serde(default)]
+    pub desired: Option<Desired>,
+    /// New policy.
+    #[serde(default)]
+    pub policy: Option<Policy>,
+    /// A new template (new instances use it; its base snapshot is retaken).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub spec: Option<serde_json::Value>,
+    /// Where `spec`'s relative paths resolve.
+    #[serde(default)]
+    pub base_dir: Option<String>,
+}
+
+/// How many of a pool's instances are in each state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PoolCounts {
+    /// Unclaimed and running.
+    pub running: u32,
+    /// Unclaimed and paused (the warm set).
+    pub warm: u32,
+    /// Unclaimed and sleeping.
+    pub sleeping: u32,
+    /// Handed out by a claim.
+    pub claimed: u32,
+    /// In flight, failed or stopped (the loop is on them).
+    pub other: u32,
+}
+
+/// A pool, with its instances counted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PoolView {
+    /// The pool.
+    pub pool: Pool,
+    /// Its instances now.
+    pub counts: PoolCounts,
+    /// The memory snapshot new instances are cloned from, if one is current.
+    pub base_snapshot: Option<String>,
+}
+
+/// `GET /v1/pools/{pool}`: a pool, its instances and the last reconcile pass.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PoolStatus {
+    /// The pool and its counts.
+    #[serde(flatten)]
+    pub view: PoolView,
+    /// Its instances, oldest first.
+    pub instances: Vec<Instance>,
+    /// The daemon's last reconcile pass (over every pool).
+    pub last_pass: Option<PassReport>,
+    /// The last pass that changed something, or failed differently from the one before.
+    pub last_change: Option<PassReport>,
+}
+
+/// `GET /v1/fleet`: the reconcile loop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FleetStatus {
+    /// Seconds between passes when nothing asks for one sooner.
+    pub interval_s: f64,
+    /// Passes run since the daemon started.
+    pub passes: u64,
+    /// The last one.
+    pub last_pass: Option<PassReport>,
+    /// The last pass that changed something, or failed differently from the one before.
+    pub last_change: Option<PassReport>,
+}
+
+impl PoolView {
+    /// Counts `instances` (all of the pool's).
+    pub fn new(pool: Pool, instances: &[Instance], base_snapshot: Option<String>) -> PoolView {
+        use hangar_core::lifecycle::VmState;
+        let mut counts = PoolCounts::default();
+        for i in instances {
+            let slot = match (i.claimed, i.state) {
+                (true, _) => &mut counts.claimed,
+                (false, VmState::Running) => &mut counts.running,
+                (false, VmState::Paused) => &mut counts.warm,
+                (false, VmState::Sleeping) => &mut counts.sleeping,
+                _ => &mut counts.other,
+            };
+            *slot += 1;
+        }
+        PoolView {
+            pool,
+            counts,
+            base_snapshot,
+        }
+    }
+}

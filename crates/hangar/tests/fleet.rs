@@ -1,0 +1,397 @@
+//! The fleet end to end on real QEMU, through the `hangar` CLI and an in-process `hangard` with
+//! its reconcile loop running: a pool with `warm = 3` converges to three paused guests (the
+//! first booted, the others cloned from its base snapshot), a claim hands one out running and
+//! the loop refills the warm set, a cloned guest answers on its console, a quota refusal leaves
+//! no process, runtime directory or record behind, and a guest whose QEMU is killed is replaced
+//! within one pass. Skipped, with the reason, without QEMU or the built image.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn images() -> PathBuf {
+    std::env::var_os("HANGAR_HOME")
+        .map(|h| PathBuf::from(h).join("images"))
+        .unwrap_or_else(|| PathBuf::from("/var/lib/hangar/images"))
+}
+
+fn hangar(home: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_hangar"))
+        .args(args)
+        .env("HANGAR_HOME", home)
+        .env("HANGAR_DAEMON", "require")
+        .output()
+        .unwrap()
+}
+
+/// Runs `hangar args… --output json` and parses stdout; panics with stderr on failure.
+fn json(home: &Path, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["--output", "json"]);
+    let out = hangar(home, &all);
+    assert!(
+        out.status.success(),
+        "hangar {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn ok(home: &Path, args: &[&str]) -> String {
+    let out = hangar(home, args);
+    assert!(
+        out.status.success(),
+        "hangar {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Polls `hangar pool status` until `pred` holds (a bounded wait on a condition the loop is
+/// driving toward).
+fn wait_for(home: &Path, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = json(home, &["pool", "status", "web"]);
+        if pred(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "never {what}: {s:#}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// PIDs of QEMUs whose command line names this test's private home.
+fn qemus(home: &Path) -> Vec<i32> {
+    let needle = format!("{}/vms/", home.display());
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            String::from_utf8_lossy(&cmdline)
+                .contains(&needle)
+                .then_some(pid)
+        })
+        .collect()
+}
+
+fn kill9(pid: i32) {
+    let pid = rustix::process::Pid::from_raw(pid).unwrap();
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+}
+
+/// Kills every QEMU of the test's home on drop, also when an assertion fails.
+struct Reaper(PathBuf);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for pid in qemus(&self.0) {
+            kill9(pid);
+        }
+    }
+}
+
+fn runtime_dirs(home: &Path) -> usize {
+    std::fs::read_dir(home.join("vms"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn count(s: &Value, what: &str) -> u64 {
+    s["counts"][what].as_u64().unwrap()
+}
+
+/// A daemon with its reconcile loop, serving `home` until dropped.
+struct Served {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.stop.take().map(|s| s.send(()));
+        let _ = self.thread.take().map(|t| t.join());
+    }
+}
+
+fn serve(home: &Path) -> Served {
+    let engine =
+        hangar_qemu::QemuEngine::open(home, hangar_qemu::EngineOptions::default()).unwrap();
+    let socket = home.join("hangard.sock");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = hangard::bind(&socket).unwrap();
+            let daemon = Arc::new(
+                hangard::Daemon::with_reconcile_interval(engine, Duration::from_millis(500))
+                    .unwrap(),
+            );
+            daemon.start_reconciler();
+            ready_tx.send(()).unwrap();
+            hangard::serve(listener, daemon, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        })
+    });
+    ready_rx.recv().unwrap();
+    Served {
+        stop: Some(stop),
+        thread: Some(thread),
+    }
+}
+
+/// Types a command on a guest's serial console and waits for `expect` in what comes back.
+fn console_says(home: &Path, vm: &str, command: &str, expect: &str) {
+    let socket = home.join("vms").join(vm).join("console.sock");
+    let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    stream.write_all(format!("{command}\n").as_bytes()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) => panic!("console of {vm}: {e}"),
+        }
+        if String::from_utf8_lossy(&seen).contains(expect) {
+            return;
+        }
+    }
+    panic!(
+        "{vm} never printed {expect:?}; its console said: {}",
+        String::from_utf8_lossy(&seen)
+    );
+}
+
+/// Reconcile-pass events after `since`, as (seq, message).
+fn fleet_events(home: &Path, since: u64) -> Vec<(u64, String)> {
+    let out = ok(
+        home,
+        &["events", "--since", &since.to_string(), "--output", "json"],
+    );
+    out.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["vm"] == "fleet")
+        .map(|e| {
+            (
+                e["seq"].as_u64().unwrap(),
+                e["message"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn last_seq(home: &Path) -> u64 {
+    let out = ok(home, &["events", "--output", "json"]);
+    out.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|e| e["seq"].as_u64())
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn warm_pool_claim_refill_clone_quota_and_replacement_through_the_cli() {
+    let name = "warm_pool_claim_refill_clone_quota_and_replacement_through_the_cli";
+    if hangar_plan::probe::find_in_path("qemu-system-x86_64").is_none()
+        || !images().join("minimal/vmlinuz").exists()
+    {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {name}: QEMU or the built image is missing (run scripts/setup)"
+        );
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("hgfl-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let home = dir.path();
+    std::os::unix::fs::symlink(images(), home.join("images")).unwrap();
+    let _reaper = Reaper(home.to_path_buf());
+    let _daemon = serve(home);
+    std::fs::write(
+        home.join("t.toml"),
+        "schema_version = 1\nname = \"t\"\n[machine]\nmemory_mib = 128\n[boot]\nimage = \"minimal\"\n",
+    )
+    .unwrap();
+
+    // Room for four 128 MiB guests holding memory: three warm plus one claimed.
+    ok(
+        home,
+        &["tenant", "create", "acme", "--max-memory-mib", "512"],
+    );
+    let spec = home.join("t.toml");
+    ok(
+        home,
+        &[
+            "pool",
+            "create",
+            "web",
+            "--tenant",
+            "acme",
+            "--spec",
+            spec.to_str().unwrap(),
+            "--warm",
+            "3",
+        ],
+    );
+    let s = wait_for(home, "3 warm", |s| count(s, "warm") == 3);
+    let names: Vec<&str> = s["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["web-0", "web-1", "web-2"]);
+    assert_eq!(s["base_snapshot"], "web-base", "{s:#}");
+    assert_eq!(qemus(home).len(), 3);
+    // web-0 was booted and saved as the base; the other two were cloned from it.
+    let events = fleet_events(home, 0);
+    assert!(
+        events
+            .iter()
+            .any(|(_, m)| m.contains("(cloned 2)") || m.contains("(cloned 1)")),
+        "no pass reported clones: {events:?}"
+    );
+
+    // A claim hands out a running instance from the warm set.
+    let claim = json(home, &["pool", "claim", "web"]);
+    assert_eq!(claim["source"], "warm", "{claim:#}");
+    assert_eq!(claim["instance"]["state"], "running");
+    assert_eq!(claim["instance"]["claimed"], true);
+    let claimed = claim["instance"]["name"].as_str().unwrap().to_string();
+    let ps = json(home, &["ps"]);
+    let row = ps
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == claimed.as_str())
+        .unwrap();
+    assert_eq!(row["state"], "running", "{ps:#}");
+    // The loop refills the warm set behind it.
+    let s = wait_for(home, "refilled to 3 warm", |s| {
+        count(s, "warm") == 3 && count(s, "claimed") == 1
+    });
+    assert_eq!(qemus(home).len(), 4, "{s:#}");
+
+    // A second claim takes the next warm instance: a clone. It is a live guest of its own: its
+    // shell answers on its serial console.
+    let clone = json(home, &["pool", "claim", "web"]);
+    assert_eq!(
+        (clone["source"].as_str(), clone["instance"]["name"].as_str()),
+        (Some("warm"), Some("web-1")),
+        "{clone:#}"
+    );
+    console_says(home, "web-1", "echo clone-$((6*7))", "clone-42");
+    // Released, it is removed, and the loop is back to three warm and one claimed.
+    ok(
+        home,
+        &["instance", "rm", clone["instance"]["id"].as_str().unwrap()],
+    );
+    wait_for(home, "back to 3 warm after the release", |s| {
+        count(s, "warm") == 3
+            && count(s, "claimed") == 1
+            && s["instances"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|i| i["name"] != "web-1")
+    });
+
+    // At the memory limit: one more warm instance is refused, and nothing is made.
+    let before = (
+        qemus(home).len(),
+        runtime_dirs(home),
+        json(home, &["instance", "ls"]),
+    );
+    let since = last_seq(home);
+    ok(home, &["pool", "scale", "web", "--warm", "4"]);
+    let s = wait_for(home, "refused on quota", |s| {
+        s["last_change"]["errors"]
+            .as_array()
+            .is_some_and(|e| !e.is_empty())
+    });
+    let (code, message) = (
+        s["last_change"]["errors"][0][0].as_str().unwrap(),
+        s["last_change"]["errors"][0][1].as_str().unwrap(),
+    );
+    assert_eq!(code, "E_QUOTA_EXCEEDED");
+    assert!(
+        message.contains("max_memory_mib") && message.contains("limit 512"),
+        "{message}"
+    );
+    let after = (
+        qemus(home).len(),
+        runtime_dirs(home),
+        json(home, &["instance", "ls"]),
+    );
+    assert_eq!(before, after, "a refused creation left something behind");
+    assert!(
+        fleet_events(home, since)
+            .iter()
+            .any(|(_, m)| m.contains("E_QUOTA_EXCEEDED")),
+        "the refusal is in the event stream"
+    );
+    ok(home, &["pool", "scale", "web", "--warm", "3"]);
+
+    // Kill a warm instance's QEMU: the loop removes it and creates a replacement in one pass.
+    let victim = json(home, &["ps"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "web-2")
+        .and_then(|v| v["pid"].as_i64())
+        .expect("web-2 has a QEMU") as i32;
+    let since = last_seq(home);
+    kill9(victim);
+    let s = wait_for(home, "web-2 replaced", |s| {
+        count(s, "warm") == 3
+            && s["instances"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|i| i["name"] != "web-2")
+    });
+    let acted: Vec<String> = fleet_events(home, since)
+        .into_iter()
+        .map(|(_, m)| m)
+        .filter(|m| {
+            !m.contains("created 0 (cloned 0), started 0, warmed 0, slept 0, woken 0, stopped 0")
+        })
+        .collect();
+    assert!(
+        acted
+            .first()
+            .is_some_and(|m| m.contains("created 1") && m.contains("stopped 1")),
+        "the first pass that acted after the kill should replace it: {acted:?}; {s:#}"
+    );
+    assert_eq!(qemus(home).len(), 4);
+
+    // Removing the pool removes every instance, claimed too, and the base snapshot.
+    ok(home, &["pool", "rm", "web"]);
+    assert!(qemus(home).is_empty(), "QEMUs left: {:?}", qemus(home));
+    assert_eq!(json(home, &["ps", "--all"]), serde_json::json!([]));
+    assert_eq!(json(home, &["snapshot", "ls"]), serde_json::json!([]));
+    ok(home, &["tenant", "rm", "acme"]);
+    assert_eq!(json(home, &["tenant", "ls"]), serde_json::json!([]));
+}

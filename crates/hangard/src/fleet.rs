@@ -1,0 +1,456 @@
+//! The fleet in the daemon: the registry (restored from the store at start, written back after
+//! every change), the reconcile loop, and the `/v1/tenants`, `/v1/pools`, `/v1/instances` and
+//! `/v1/fleet` endpoints.
+//!
+//! Handlers call [`Fleet`] directly; anything that may reach the engine runs on its own thread
+//! (see [`crate::blocking`]). The fleet never holds its lock across an engine call, so a claim
+//! answers in milliseconds even while the loop is booting instances.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use hangar_api::fleet::{
+    Claim, FleetStatus, Instance, PassReport, PoolRequest, PoolStatus, PoolUpdate, PoolView,
+    TenantRequest, TenantView,
+};
+use hangar_api::ErrorBody;
+use hangar_core::clock::{Clock, SystemClock};
+use hangar_core::error::{Error, ErrorCode};
+use hangar_core::ids::{InstanceId, PoolId, TenantId, VmName};
+use hangar_core::spec::VmSpec;
+use hangar_fleet::{Fleet, Pool, Registry, Tenant};
+use hangar_qemu::QemuEngine;
+use hangar_spec::Format;
+use serde::Deserialize;
+
+use crate::{bad_body, blocking, body_bytes, ApiError, ApiResult, Daemon};
+
+/// The subject of reconcile-pass events in the event stream.
+pub const EVENT_SUBJECT: &str = "fleet";
+
+/// Default seconds between passes when nothing asks for one sooner.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Restores the fleet from the store in the engine's home and arranges for every change to be
+/// written back. A registry the store holds but cannot read stops the daemon: acting on a
+/// guess could destroy instances.
+pub fn open(engine: Arc<QemuEngine>) -> Result<Arc<Fleet<QemuEngine>>, String> {
+    let store =
+        hangar_store::Store::open_in(engine.home()).map_err(|e| format!("state store: {e}"))?;
+    let registry = match store.load_fleet().map_err(|e| format!("fleet registry: {e}"))? {
+        None => Registry::default(),
+        Some(json) => serde_json::from_str(&json).map_err(|e| {
+            format!(
+                "{}: the fleet registry in the state store is unreadable ({e}); move {} aside to start with an empty fleet",
+                ErrorCode::StoreCorrupt,
+                engine.home().join("state.db").display()
+            )
+        })?,
+    };
+    let fleet = Arc::new(Fleet::restore(engine, Arc::new(SystemClock), registry));
+    let store = Mutex::new(store);
+    fleet.persist_with(move |registry| {
+        let json = serde_json::to_string(registry).expect("registries serialise");
+        let saved = store
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .save_fleet(&json, SystemClock.now());
+        if let Err(e) = saved {
+            eprintln!("hangard: cannot save the fleet registry: {e}");
+        }
+    });
+    Ok(fleet)
+}
+
+/// The reconcile loop's schedule and its last result.
+pub struct Reconciler {
+    interval: Duration,
+    /// Set by [`Reconciler::poke`]; the loop runs a pass as soon as it sees it.
+    asked: Mutex<bool>,
+    wake: Condvar,
+    passes: AtomicU64,
+    last: Mutex<Option<PassReport>>,
+    /// The last pass that changed something or failed differently from the one before: what
+    /// the event stream and `hangar pool status` show (a pool stuck on the same quota refusal
+    /// every pass says so once).
+    last_change: Mutex<Option<PassReport>>,
+}
+
+impl Reconciler {
+    /// A loop that passes every `interval` and whenever poked.
+    pub fn new(interval: Duration) -> Reconciler {
+        Reconciler {
+            interval,
+            asked: Mutex::new(false),
+            wake: Condvar::new(),
+            passes: AtomicU64::new(0),
+            last: Mutex::new(None),
+            last_change: Mutex::new(None),
+        }
+    }
+
+    /// Asks for a pass now (after a change that the loop should act on).
+    pub fn poke(&self) {
+        *self.asked.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.wake.notify_one();
+    }
+
+    /// Waits until poked or the interval has passed.
+    fn wait(&self) {
+        let asked = self.asked.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut asked, _) = self
+            .wake
+            .wait_timeout_while(asked, self.interval, |asked| !*asked)
+            .unwrap_or_else(|e| e.into_inner());
+        *asked = false;
+    }
+
+    /// The last pass.
+    pub fn last(&self) -> Option<PassReport> {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The last pass that changed something or failed in a new way.
+    pub fn last_change(&self) -> Option<PassReport> {
+        self.last_change
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// What `GET /v1/fleet` shows.
+    pub fn status(&self) -> FleetStatus {
+        FleetStatus {
+            interval_s: self.interval.as_secs_f64(),
+            passes: self.passes.load(Ordering::SeqCst),
+            last_pass: self.last(),
+            last_change: self.last_change(),
+        }
+    }
+
+    /// Keeps `report` as the last pass; whether it is news (see `last_change`).
+    fn record(&self, report: &PassReport) -> bool {
+        self.passes.fetch_add(1, Ordering::SeqCst);
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(report.clone());
+        let mut change = self.last_change.lock().unwrap_or_else(|e| e.into_inner());
+        let same_errors = change.as_ref().is_some_and(|c| c.errors == report.errors);
+        let news = report.acted() || (!report.errors.is_empty() && !same_errors);
+        if news {
+            *change = Some(report.clone());
+        }
+        news
+    }
+}
+
+impl Daemon {
+    /// Runs one reconcile pass now and reports it: kept as the last pass, counted in metrics,
+    /// and, when it is news (it acted, or failed differently from before), recorded as a
+    /// `fleet` event in the event stream.
+    pub fn reconcile(&self) -> PassReport {
+        let report = self.fleet.pass();
+        self.metrics
+            .reconcile_pass(report.took_ms / 1000.0, !report.errors.is_empty());
+        if self.reconciler.record(&report) {
+            let subject = VmName::new(EVENT_SUBJECT).expect("a valid name");
+            let noted = self
+                .tokens
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record_note(&subject, SystemClock.now(), &report.summary());
+            if let Err(e) = noted {
+                eprintln!("hangard: cannot record the reconcile pass: {e}");
+            }
+            self.changed.notify_waiters();
+        }
+        report
+    }
+
+    /// Starts the reconcile loop on its own thread (engine calls block; they never run on the
+    /// async runtime).
+    pub fn start_reconciler(self: &Arc<Self>) {
+        let daemon = self.clone();
+        std::thread::Builder::new()
+            .name("reconcile".into())
+            .spawn(move || loop {
+                daemon.reconcile();
+                daemon.reconciler.wait();
+            })
+            .expect("spawn the reconcile thread");
+    }
+
+    fn pool_view(&self, pool: Pool) -> PoolView {
+        let instances = self.fleet.instances(Some(&pool.id));
+        let base = self
+            .fleet
+            .base(&pool.id)
+            .filter(|b| b.template == pool.template)
+            .map(|b| b.snapshot.to_string());
+        PoolView::new(pool, &instances, base)
+    }
+
+    fn tenant_view(&self, tenant: Tenant) -> TenantView {
+        TenantView {
+            usage: self.fleet.usage(&tenant.id),
+            pools: self
+                .fleet
+                .pools()
+                .into_iter()
+                .filter(|p| p.tenant == tenant.id)
+                .map(|p| p.id.to_string())
+                .collect(),
+            id: tenant.id.to_string(),
+            quotas: tenant.quotas,
+        }
+    }
+}
+
+fn bad_id(what: &str, value: &str, e: impl std::fmt::Display) -> ApiError {
+    let mut body = ErrorBody::new(ErrorCode::InvalidName, format!("{what} {value:?}: {e}"));
+    body.path = Some(what.to_string());
+    body.hint = "ids are 1-63 characters of a-z, 0-9 and '-', starting with a letter".into();
+    ApiError::from(body)
+}
+
+fn tenant_id(s: &str) -> ApiResult<TenantId> {
+    TenantId::new(s).map_err(|e| bad_id("tenant", s, e))
+}
+
+fn pool_id(s: &str) -> ApiResult<PoolId> {
+    PoolId::new(s).map_err(|e| bad_id("pool", s, e))
+}
+
+/// Validates a template document like `hangar up` validates a spec file.
+fn template(spec: &serde_json::Value, base_dir: Option<&str>) -> ApiResult<VmSpec> {
+    let text = serde_json::to_string(spec).expect("JSON values serialise");
+    let base = Path::new(base_dir.unwrap_or("/"));
+    Ok(hangar_spec::parse(&text, Format::Json, base)?.spec)
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    what: &str,
+    hint: &str,
+) -> ApiResult<T> {
+    serde_json::from_slice(&body_bytes(body)?).map_err(|e| bad_body(what, e, hint))
+}
+
+/// `GET /v1/tenants`
+#[utoipa::path(get, path = "/v1/tenants", responses((status = 200, body = [TenantView])))]
+pub(crate) async fn list_tenants(State(d): State<Arc<Daemon>>) -> Json<Vec<TenantView>> {
+    let tenants = d.fleet.tenants();
+    Json(tenants.into_iter().map(|t| d.tenant_view(t)).collect())
+}
+
+/// `PUT /v1/tenants/{id}`: create a tenant, or replace its quotas.
+#[utoipa::path(put, path = "/v1/tenants/{id}", params(("id" = String, Path, description = "Tenant id")),
+    request_body = TenantRequest,
+    responses((status = 200, body = TenantView), (status = 400, body = ErrorBody)))]
+pub(crate) async fn put_tenant(
+    State(d): State<Arc<Daemon>>,
+    UrlPath(id): UrlPath<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<TenantView>> {
+    let id = tenant_id(&id)?;
+    let bytes = body_bytes(body)?;
+    let request: TenantRequest = crate::json_or_default(
+        &bytes,
+        "tenant request",
+        "send {\"quotas\": {\"max_vcpus\": 8, \"max_memory_mib\": 4096, …}}",
+    )?;
+    let tenant = Tenant {
+        id,
+        quotas: request.quotas,
+    };
+    d.fleet.put_tenant(tenant.clone());
+    // Raised quotas may unblock a pool.
+    d.reconciler.poke();
+    Ok(Json(d.tenant_view(tenant)))
+}
+
+/// `DELETE /v1/tenants/{id}`: remove a tenant that owns no pool.
+#[utoipa::path(delete, path = "/v1/tenants/{id}", params(("id" = String, Path, description = "Tenant id")),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(crate) async fn delete_tenant(
+    State(d): State<Arc<Daemon>>,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult<StatusCode> {
+    d.fleet.remove_tenant(&tenant_id(&id)?)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/pools`
+#[utoipa::path(get, path = "/v1/pools", responses((status = 200, body = [PoolView])))]
+pub(crate) async fn list_pools(State(d): State<Arc<Daemon>>) -> Json<Vec<PoolView>> {
+    let pools = d.fleet.pools();
+    Json(pools.into_iter().map(|p| d.pool_view(p)).collect())
+}
+
+/// `POST /v1/pools`: a new pool. Nothing is created until the reconcile pass it triggers.
+#[utoipa::path(post, path = "/v1/pools", request_body = PoolRequest,
+    responses((status = 201, body = PoolView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
+pub(crate) async fn create_pool(
+    State(d): State<Arc<Daemon>>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let request: PoolRequest = json_body(
+        body,
+        "pool request",
+        "send {\"id\": \"web\", \"tenant\": \"acme\", \"spec\": {…}, \"desired\": {\"running\": 0, \"warm\": 3, \"sleeping\": 0}}",
+    )?;
+    let pool = Pool {
+        id: pool_id(&request.id)?,
+        tenant: tenant_id(&request.tenant)?,
+        template: template(&request.spec, request.base_dir.as_deref())?,
+        desired: request.desired,
+        policy: request.policy,
+    };
+    d.fleet.add_pool(pool.clone())?;
+    d.reconciler.poke();
+    Ok((StatusCode::CREATED, Json(d.pool_view(pool))).into_response())
+}
+
+/// `GET /v1/pools/{pool}`: a pool, its instances and the last pass.
+#[utoipa::path(get, path = "/v1/pools/{pool}", params(("pool" = String, Path, description = "Pool id")),
+    responses((status = 200, body = PoolStatus), (status = 404, body = ErrorBody)))]
+pub(crate) async fn get_pool(
+    State(d): State<Arc<Daemon>>,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult<Json<PoolStatus>> {
+    let id = pool_id(&id)?;
+    let pool = d.fleet.pool(&id).ok_or_else(|| missing_pool(&id))?;
+    Ok(Json(PoolStatus {
+        view: d.pool_view(pool),
+        instances: d.fleet.instances(Some(&id)),
+        last_pass: d.reconciler.last(),
+        last_change: d.reconciler.last_change(),
+    }))
+}
+
+fn missing_pool(id: &PoolId) -> ApiError {
+    ApiError::from(Error::Backend {
+        code: ErrorCode::PoolNotFound,
+        message: format!("no pool {id}; `hangar pool ls` lists them"),
+    })
+}
+
+/// `PATCH /v1/pools/{pool}`: new desired counts, policy or template.
+#[utoipa::path(patch, path = "/v1/pools/{pool}", params(("pool" = String, Path, description = "Pool id")),
+    request_body = PoolUpdate,
+    responses((status = 200, body = PoolView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn update_pool(
+    State(d): State<Arc<Daemon>>,
+    UrlPath(id): UrlPath<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<PoolView>> {
+    let id = pool_id(&id)?;
+    let update: PoolUpdate = json_body(
+        body,
+        "pool update",
+        "send any of {\"desired\": {…}, \"policy\": {…}, \"spec\": {…}}",
+    )?;
+    let current = d.fleet.pool(&id).ok_or_else(|| missing_pool(&id))?;
+    // Validate everything before changing anything.
+    let new_template = match &update.spec {
+        Some(spec) => Some(template(spec, update.base_dir.as_deref())?),
+        None => None,
+    };
+    if let Some(t) = new_template {
+        d.fleet.set_template(&id, t)?;
+    }
+    if update.desired.is_some() || update.policy.is_some() {
+        d.fleet.scale(
+            &id,
+            update.desired.unwrap_or(current.desired),
+            update.policy,
+        )?;
+    }
+    d.reconciler.poke();
+    let pool = d.fleet.pool(&id).ok_or_else(|| missing_pool(&id))?;
+    Ok(Json(d.pool_view(pool)))
+}
+
+/// `DELETE /v1/pools/{pool}`: remove a pool, its instances (claimed ones too) and its base
+/// snapshot.
+#[utoipa::path(delete, path = "/v1/pools/{pool}", params(("pool" = String, Path, description = "Pool id")),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub(crate) async fn delete_pool(
+    State(d): State<Arc<Daemon>>,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult<StatusCode> {
+    let id = pool_id(&id)?;
+    let fleet = d.fleet.clone();
+    blocking(move || fleet.remove_pool(&id)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/pools/{pool}/claim`: hand out a running instance (warm → resume, else sleeping →
+/// wake, else a new one, cloned from the pool's base snapshot when it has one). The loop
+/// refills behind it.
+#[utoipa::path(post, path = "/v1/pools/{pool}/claim", params(("pool" = String, Path, description = "Pool id")),
+    responses((status = 200, body = Claim), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub(crate) async fn claim(
+    State(d): State<Arc<Daemon>>,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult<Json<Claim>> {
+    let id = pool_id(&id)?;
+    let fleet = d.fleet.clone();
+    let claimed = blocking(move || fleet.claim(&id)).await?;
+    d.reconciler.poke();
+    Ok(Json(claimed))
+}
+
+/// `GET /v1/instances` query.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+pub struct InstanceQuery {
+    /// Only this pool's.
+    pub pool: Option<String>,
+}
+
+/// `GET /v1/instances`
+#[utoipa::path(get, path = "/v1/instances", params(InstanceQuery),
+    responses((status = 200, body = [Instance])))]
+pub(crate) async fn list_instances(
+    State(d): State<Arc<Daemon>>,
+    Query(q): Query<InstanceQuery>,
+) -> ApiResult<Json<Vec<Instance>>> {
+    let pool = q.pool.as_deref().map(pool_id).transpose()?;
+    Ok(Json(d.fleet.instances(pool.as_ref())))
+}
+
+/// `DELETE /v1/instances/{id}`: release an instance (it is stopped and removed; the pool's
+/// desired counts decide whether it is replaced).
+#[utoipa::path(delete, path = "/v1/instances/{id}", params(("id" = String, Path, description = "Instance id")),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub(crate) async fn release_instance(
+    State(d): State<Arc<Daemon>>,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult<StatusCode> {
+    let id = InstanceId::new(&id).map_err(|e| bad_id("instance", &id, e))?;
+    let fleet = d.fleet.clone();
+    blocking(move || fleet.release(&id)).await?;
+    d.reconciler.poke();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/fleet`: the reconcile loop and its last pass.
+#[utoipa::path(get, path = "/v1/fleet", responses((status = 200, body = FleetStatus)))]
+pub(crate) async fn fleet_status(State(d): State<Arc<Daemon>>) -> Json<FleetStatus> {
+    Json(d.reconciler.status())
+}
+
+/// `POST /v1/fleet/reconcile`: run a pass now and answer with its report (waits for a pass
+/// already running to end first).
+#[utoipa::path(post, path = "/v1/fleet/reconcile", responses((status = 200, body = PassReport)))]
+pub(crate) async fn reconcile_now(State(d): State<Arc<Daemon>>) -> Json<PassReport> {
+    let daemon = d.clone();
+    Json(blocking(move || daemon.reconcile()).await)
+}
