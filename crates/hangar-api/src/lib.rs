@@ -311,11 +311,11 @@ pub enum EventView {
         /// The operation it belongs to, if any.
         operation: Option<String>,
     },
-    /// Something the engine observed that is not a state change.
+    /// Something the engine observed that is not a state change, or a reconcile pass.
     Engine {
         /// Sequence number.
         seq: u64,
-        /// VM.
+        /// VM, or `fleet` for a reconcile pass's report.
         vm: String,
         /// When, milliseconds since the epoch.
         at: u64,

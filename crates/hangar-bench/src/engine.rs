@@ -440,7 +440,7 @@ fn dir_bytes(dir: &Path) -> u64 {
 }
 
 /// A hangard on `home`, killed on drop.
-struct Daemon(Child);
+pub(crate) struct Daemon(Child);
 
 impl Drop for Daemon {
     fn drop(&mut self) {
@@ -449,10 +449,15 @@ impl Drop for Daemon {
     }
 }
 
-fn daemon(args: &Args, home: &Home) -> Result<(Daemon, PathBuf), String> {
+pub(crate) fn daemon(
+    args: &Args,
+    home: &Home,
+    extra: &[&str],
+) -> Result<(Daemon, PathBuf), String> {
     let child = Command::new(&args.hangard)
         .arg("--home")
         .arg(&home.dir)
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -472,7 +477,7 @@ fn daemon(args: &Args, home: &Home) -> Result<(Daemon, PathBuf), String> {
 /// hangard RSS with 0/10/50/100 VMs defined, a running guest's runtime-dir bytes and QEMU RSS.
 pub fn footprint(args: &Args) -> Result<Value, String> {
     let home = Home::new(args, "foot")?;
-    let (d, socket) = daemon(args, &home)?;
+    let (d, socket) = daemon(args, &home, &[])?;
     let mut rss = Vec::new();
     let mut defined = 0;
     for target in [0usize, 10, 50, 100] {
@@ -517,7 +522,7 @@ pub fn warm_proxy(args: &Args, claims: usize) -> Result<Value, String> {
     let home = Home::new(args, "warm")?;
     let spec = home.spec("w0");
     home.hangar(&["up", spec.to_str().unwrap()])?;
-    let (_d, socket) = daemon(args, &home)?;
+    let (_d, socket) = daemon(args, &home, &[])?;
     let mut ms = Vec::new();
     for _ in 0..claims {
         let (s, body) = crate::api::call(&socket, "POST", "/v1/vms/w0/pause?wait=true", None)?;

@@ -1,27 +1,83 @@
-//! The fleet on real QEMU, through the `hangar-fleet` library (the daemon's pool endpoints are
-//! not built yet): claim latency from the warm set, wake from sleep, and a cold boot of the
-//! same spec for comparison.
+//! The fleet on real QEMU through `hangard`'s API (the release binary, on a private home): claim
+//! latency from the warm set measured from the API call to the answer (the instance's vCPUs
+//! run before the daemon answers), wake from sleep, and a new instance cloned from the pool's
+//! base snapshot against a cold boot of the same template (a `cold_boot` pool), in one run.
 
-use std::sync::Arc;
+use std::path::Path;
 use std::time::Instant;
 
-use hangar_core::clock::SystemClock;
-use hangar_core::ids::{PoolId, TenantId};
-use hangar_fleet::{ClaimSource, Desired, Fleet, Policy, Pool, Quotas, Tenant};
-use hangar_qemu::{EngineOptions, QemuEngine};
 use serde_json::{json, Value};
 
-use crate::engine::{Args, Home};
+use crate::engine::{daemon, Args, Home};
 use crate::stats::{median, quantile, round};
 
-fn template() -> Result<hangar_core::spec::VmSpec, String> {
-    hangar_spec::parse(
-        "schema_version = 1\nname = \"template\"\n[machine]\nvcpus = 1\nmemory_mib = 256\n[boot]\nimage = \"minimal\"\n",
-        hangar_spec::Format::Toml,
-        std::path::Path::new("/"),
+/// The template every pool uses: the example guest (1 vCPU, 256 MiB, the minimal image).
+fn template() -> Value {
+    json!({"schema_version": 1, "name": "template", "machine": {"vcpus": 1, "memory_mib": 256}, "boot": {"image": "minimal"}})
+}
+
+fn call(socket: &Path, method: &str, path: &str, body: Option<&Value>) -> Result<Value, String> {
+    let bytes = body.map(|b| b.to_string());
+    let (status, body) =
+        crate::api::call(socket, method, path, bytes.as_deref().map(str::as_bytes))?;
+    if !(200..300).contains(&status) {
+        return Err(format!(
+            "{method} {path}: {status} {}",
+            String::from_utf8_lossy(&body)
+        ));
+    }
+    if body.is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(&body).map_err(|e| format!("{method} {path}: {e}"))
+}
+
+/// Runs passes until the pool's unclaimed counts are as desired (each call is one whole pass,
+/// answered when it ends).
+fn converge(socket: &Path, pool: &str) -> Result<(), String> {
+    for _ in 0..10 {
+        let pass = call(socket, "POST", "/v1/fleet/reconcile", None)?;
+        if pass["errors"].as_array().is_some_and(|e| !e.is_empty()) {
+            return Err(format!("reconcile: {pass}"));
+        }
+        let s = call(socket, "GET", &format!("/v1/pools/{pool}"), None)?;
+        let (c, d) = (&s["pool"]["desired"], &s["counts"]);
+        if ["running", "warm", "sleeping"].iter().all(|k| c[k] == d[k]) && d["other"] == 0 {
+            return Ok(());
+        }
+    }
+    Err(format!("pool {pool} did not converge in 10 passes"))
+}
+
+/// One timed claim: (client-side ms from the call to the answer, the claim).
+fn claim(socket: &Path, pool: &str, expect: &str) -> Result<(f64, Value), String> {
+    let t = Instant::now();
+    let c = call(socket, "POST", &format!("/v1/pools/{pool}/claim"), None)?;
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    if c["source"] != expect || c["instance"]["state"] != "running" {
+        return Err(format!(
+            "claim from {pool}: expected {expect}, running; got {c}"
+        ));
+    }
+    Ok((ms, c))
+}
+
+fn release(socket: &Path, c: &Value) -> Result<(), String> {
+    let id = c["instance"]["id"].as_str().unwrap_or_default();
+    call(socket, "DELETE", &format!("/v1/instances/{id}"), None).map(|_| ())
+}
+
+fn pool(socket: &Path, id: &str, desired: Value, cold_boot: bool) -> Result<(), String> {
+    call(
+        socket,
+        "POST",
+        "/v1/pools",
+        Some(&json!({
+            "id": id, "tenant": "bench", "spec": template(), "desired": desired,
+            "policy": {"min_running_s": 0, "cold_boot": cold_boot},
+        })),
     )
-    .map(|c| c.spec)
-    .map_err(|e| format!("{e:?}"))
+    .map(|_| ())
 }
 
 fn sorted(mut v: Vec<f64>) -> Vec<f64> {
@@ -29,94 +85,85 @@ fn sorted(mut v: Vec<f64>) -> Vec<f64> {
     v
 }
 
-/// `claims` warm claims (each followed by an untimed refill pass and the claimed instance's
-/// release), `wakes` claims from a sleeping set, and the pool's cold boots for comparison.
-pub fn run(args: &Args, claims: usize, wakes: usize) -> Result<Value, String> {
+/// `claims` warm claims (each followed by an untimed release and refill), `wakes` claims from
+/// a sleeping set, and `creations` claims that create (cloned, then cold-booted).
+pub fn run(args: &Args, claims: usize, wakes: usize, creations: usize) -> Result<Value, String> {
     let home = Home::new(args, "fleet")?;
-    let engine =
-        QemuEngine::open(&home.dir, EngineOptions::default()).map_err(|e| e.to_string())?;
-    let fleet = Fleet::new(Arc::new(engine), Arc::new(SystemClock));
-    let tenant = TenantId::new("bench").map_err(|e| e.to_string())?;
-    fleet.put_tenant(Tenant {
-        id: tenant.clone(),
-        quotas: Quotas::default(),
-    });
-    let pool = PoolId::new("warm").map_err(|e| e.to_string())?;
-    fleet
-        .add_pool(Pool {
-            id: pool.clone(),
-            tenant,
-            template: template()?,
-            desired: Desired {
-                running: 0,
-                warm: 2,
-                sleeping: 0,
-            },
-            policy: Policy::default(),
-        })
-        .map_err(|e| e.to_string())?;
-    let first = fleet.pass();
-    if !first.errors.is_empty() {
-        return Err(format!("filling the warm set: {:?}", first.errors));
-    }
-    let (mut warm_ms, mut refill_ms) = (Vec::new(), Vec::new());
+    // The loop's own passes would race the timed calls; this run drives every pass itself.
+    let (_d, socket) = daemon(args, &home, &["--reconcile-interval", "3600"])?;
+    call(&socket, "PUT", "/v1/tenants/bench", Some(&json!({})))?;
+
+    // Warm claims.
+    pool(
+        &socket,
+        "warm",
+        json!({"running": 0, "warm": 2, "sleeping": 0}),
+        false,
+    )?;
+    converge(&socket, "warm")?;
+    let (mut warm_ms, mut warm_server_ms) = (Vec::new(), Vec::new());
     for _ in 0..claims {
-        let claim = fleet.claim(&pool).map_err(|e| e.to_string())?;
-        if claim.source != ClaimSource::Warm {
-            return Err(format!(
-                "claim came from {:?}, not the warm set",
-                claim.source
-            ));
-        }
-        warm_ms.push(claim.took_ms);
-        fleet
-            .release(&claim.instance.id)
-            .map_err(|e| e.to_string())?;
-        let t = Instant::now();
-        let refill = fleet.pass();
-        if refill.created != 1 || !refill.errors.is_empty() {
-            return Err(format!("refill: {refill:?}"));
-        }
-        refill_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        let (ms, c) = claim(&socket, "warm", "warm")?;
+        warm_ms.push(ms);
+        warm_server_ms.push(c["took_ms"].as_f64().unwrap_or(f64::NAN));
+        release(&socket, &c)?;
+        converge(&socket, "warm")?;
     }
-    // The sleeping set: one instance, woken by each claim and refilled (boot + save) after.
-    fleet
-        .scale(
-            &pool,
-            Desired {
-                running: 0,
-                warm: 0,
-                sleeping: 1,
-            },
-            None,
-        )
-        .map_err(|e| e.to_string())?;
+
+    // Wakes: a sleeping set of one, refilled after each claim.
+    call(
+        &socket,
+        "PATCH",
+        "/v1/pools/warm",
+        Some(&json!({"desired": {"running": 0, "warm": 0, "sleeping": 1}})),
+    )?;
     let mut wake_ms = Vec::new();
     for _ in 0..wakes {
-        let pass = fleet.pass();
-        if !pass.errors.is_empty() {
-            return Err(format!("filling the sleeping set: {:?}", pass.errors));
-        }
-        let claim = fleet.claim(&pool).map_err(|e| e.to_string())?;
-        if claim.source != ClaimSource::Sleeping {
-            return Err(format!(
-                "claim came from {:?}, not the sleeping set",
-                claim.source
-            ));
-        }
-        wake_ms.push(claim.took_ms);
-        fleet
-            .release(&claim.instance.id)
-            .map_err(|e| e.to_string())?;
+        converge(&socket, "warm")?;
+        let (ms, c) = claim(&socket, "warm", "sleeping")?;
+        wake_ms.push(ms);
+        release(&socket, &c)?;
     }
-    fleet.remove_pool(&pool).map_err(|e| e.to_string())?;
-    let (warm, wake, refill) = (sorted(warm_ms), sorted(wake_ms), sorted(refill_ms));
+    call(&socket, "DELETE", "/v1/pools/warm", None)?;
+
+    // Creation: cloned from the base snapshot vs booted, same template, alternating.
+    pool(&socket, "clone", json!({}), false)?;
+    pool(&socket, "cold", json!({}), true)?;
+    // The clone pool's first creation boots and takes its base.
+    let (_, first) = claim(&socket, "clone", "created")?;
+    release(&socket, &first)?;
+    let (mut clone_ms, mut cold_ms) = (Vec::new(), Vec::new());
+    for _ in 0..creations {
+        let (ms, c) = claim(&socket, "clone", "cloned")?;
+        clone_ms.push(ms);
+        release(&socket, &c)?;
+        let (ms, c) = claim(&socket, "cold", "created")?;
+        cold_ms.push(ms);
+        release(&socket, &c)?;
+    }
+    call(&socket, "DELETE", "/v1/pools/clone", None)?;
+    call(&socket, "DELETE", "/v1/pools/cold", None)?;
+
+    let (warm, server, wake) = (sorted(warm_ms), sorted(warm_server_ms), sorted(wake_ms));
+    let (clone, cold) = (sorted(clone_ms), sorted(cold_ms));
     Ok(json!({
         "benchmark": "fleet",
-        "through": "the hangar-fleet library on real QEMU (pool endpoints in hangard are not built yet)",
-        "warm_claim": { "samples": warm.len(), "p50_ms": round(quantile(&warm, 0.5), 2), "p99_ms": round(quantile(&warm, 0.99), 2), "target_p50_ms": 10.0 },
+        "through": "hangard's API (release binary, unix socket), real QEMU; times from the API call to the answer, which comes once the vCPUs run",
+        "warm_claim": {
+            "samples": warm.len(),
+            "p50_ms": round(quantile(&warm, 0.5), 2),
+            "p99_ms": round(quantile(&warm, 0.99), 2),
+            "server_p50_ms": round(quantile(&server, 0.5), 2),
+            "target_p50_ms": 10.0,
+        },
         "wake_claim": { "samples": wake.len(), "median_ms": round(median(&wake), 1) },
-        "cold_boot_refill": { "samples": refill.len(), "median_ms": round(median(&refill), 1) },
-        "wake_speedup_vs_cold_boot": round(median(&refill) / median(&wake), 1),
+        "create_claim": {
+            "samples": clone.len(),
+            "cloned_median_ms": round(median(&clone), 1),
+            "cold_boot_median_ms": round(median(&cold), 1),
+            "clone_speedup_vs_cold_boot": round(median(&cold) / median(&clone), 1),
+            "target_speedup": 5.0,
+        },
+        "wake_speedup_vs_cold_boot": round(median(&cold) / median(&wake), 1),
     }))
 }

@@ -125,7 +125,7 @@ fn run(command: Command) -> Result<Value, String> {
         Command::Restore(args) => engine::restore(&args),
         Command::Throughput(args) => engine::throughput(&args, &[2, 4, 8], 2),
         Command::Footprint(args) => engine::footprint(&args),
-        Command::Fleet(args) => fleet::run(&args, 50, 5),
+        Command::Fleet(args) => fleet::run(&args, 50, 5, 5),
         Command::All {
             engine,
             criterion_dir,
@@ -138,13 +138,12 @@ fn run(command: Command) -> Result<Value, String> {
                 "accel": "see `hangar doctor`; the figures are from the accelerator plans resolve to on this host",
                 "cold_boot": attempt("cold_boot", || engine::boot(&engine)),
                 "restore": attempt("restore", || engine::restore(&engine)),
-                "warm_claim": attempt("warm_claim", || fleet::run(&engine, 50, 5)),
+                "fleet": attempt("fleet", || fleet::run(&engine, 50, 5, 5)),
                 "resume_via_api": attempt("resume_via_api", || engine::warm_proxy(&engine, 50)),
                 "throughput": attempt("throughput", || engine::throughput(&engine, &[2, 4, 8], 2)),
                 "footprint": attempt("footprint", || engine::footprint(&engine)),
                 "api": attempt("api", || api::run(&api_args)),
                 "control_plane": criterion::collect(&criterion_dir),
-                "not_yet": ["warm claim through the daemon's API (pool endpoints not built; measured through the hangar-fleet library)"],
             });
             if let Some(dir) = out.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;

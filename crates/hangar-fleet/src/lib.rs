@@ -36,6 +36,7 @@ pub struct Tenant {
 /// How many instances of a pool should be in each resting state. Claimed instances belong to
 /// whoever claimed them and are not counted here.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Desired {
     /// Booted and running, not claimed.
@@ -55,6 +56,7 @@ impl Desired {
 
 /// A pool's policy.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Policy {
     /// A claimed instance paused (released) for longer than this goes to sleep.
@@ -63,7 +65,6 @@ pub struct Policy {
     pub min_running_s: u64,
     /// Boot every instance from scratch instead of cloning the pool's base snapshot (for
     /// guests that must not share boot-time state such as entropy or identity).
-    #[serde(default)]
     pub cold_boot: bool,
 }
 
