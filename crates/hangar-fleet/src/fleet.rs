@@ -696,22 +696,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
         check: impl FnOnce(&State, &Instance) -> Result<()>,
         work: impl FnOnce(&Instance) -> Result<VmStatus>,
     ) -> Result<Instance> {
-        let before = {
-            let mut s = self.lock();
-            let i = s
-                .find(id)
-                .cloned()
-                .ok_or_else(|| refuse(format!("no instance {id}")))?;
-            if s.busy.contains(id) {
-                return Err(busy(id));
-            }
-            check(&s, &i)?;
-            s.busy.insert(id.clone());
-            if claim {
-                s.find_mut(id).expect("found above").claimed = true;
-            }
-            i
-        };
+        let before = self.reserve(id, claim, check)?;
         if claim {
             self.changed();
         }
@@ -741,6 +726,30 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
         drop(s);
         self.changed();
         result
+    }
+
+    /// Marks an idle instance busy once `check` passes (and claimed, with `claim`), returning it
+    /// as it was; `E_BUSY` if another step has it.
+    fn reserve(
+        &self,
+        id: &InstanceId,
+        claim: bool,
+        check: impl FnOnce(&State, &Instance) -> Result<()>,
+    ) -> Result<Instance> {
+        let mut s = self.lock();
+        let i = s
+            .find(id)
+            .cloned()
+            .ok_or_else(|| refuse(format!("no instance {id}")))?;
+        if s.busy.contains(id) {
+            return Err(busy(id));
+        }
+        check(&s, &i)?;
+        s.busy.insert(id.clone());
+        if claim {
+            s.find_mut(id).expect("found above").claimed = true;
+        }
+        Ok(i)
     }
 
     /// Creates an instance of `pool` and brings it to `target`: cloned from the pool's base
@@ -980,18 +989,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
 
     /// Stops and deletes an instance, and drops its record.
     fn remove(&self, id: &InstanceId) -> Result<()> {
-        let i = {
-            let mut s = self.lock();
-            let i = s
-                .find(id)
-                .cloned()
-                .ok_or_else(|| refuse(format!("no instance {id}")))?;
-            if s.busy.contains(id) {
-                return Err(busy(id));
-            }
-            s.busy.insert(id.clone());
-            i
-        };
+        let i = self.reserve(id, false, |_, _| Ok(()))?;
         let done = self.discard(&i.name);
         let mut s = self.lock();
         s.busy.remove(id);
