@@ -3,8 +3,7 @@
 //! QEMU is killed is replaced within one pass. Skipped, with the reason, without QEMU or the
 //! built image (scripts/setup installs both).
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,12 +13,6 @@ use hangar_core::ids::{PoolId, TenantId};
 use hangar_core::lifecycle::VmState;
 use hangar_fleet::{ClaimSource, Desired, Fleet, Policy, Pool, Quotas, Tenant};
 use hangar_qemu::{EngineOptions, QemuEngine};
-
-fn images() -> PathBuf {
-    std::env::var_os("HANGAR_HOME")
-        .map(|h| PathBuf::from(h).join("images"))
-        .unwrap_or_else(|| PathBuf::from("/var/lib/hangar/images"))
-}
 
 fn runtime_dirs(home: &Path) -> usize {
     std::fs::read_dir(home.join("vms"))
@@ -38,21 +31,10 @@ fn warm(fleet: &Fleet<QemuEngine>) -> Vec<String> {
 
 #[test]
 fn warm_pool_claim_quota_and_replacement_on_real_qemu() {
-    let name = "warm_pool_claim_quota_and_replacement_on_real_qemu";
-    if hangar_plan::probe::find_in_path("qemu-system-x86_64").is_none()
-        || !images().join("minimal/vmlinuz").exists()
-    {
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED {name}: QEMU or the built image is missing (run scripts/setup)"
-        );
+    if hangar_testkit::skip("warm_pool_claim_quota_and_replacement_on_real_qemu") {
         return;
     }
-    let home = tempfile::Builder::new()
-        .prefix("hgf-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    std::os::unix::fs::symlink(images(), home.path().join("images")).unwrap();
+    let home = hangar_testkit::private_home("hgf-");
     // Ephemeral: the engine stops its guests when dropped, also when an assertion fails.
     let engine = QemuEngine::open(
         home.path(),

@@ -4,10 +4,9 @@
 //! the restore, stay on their own side. The guests are driven through their serial consoles.
 //! Skipped, with the reason, without QEMU or the built image.
 
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hangar_core::cancel::CancelToken;
 use hangar_core::contracts::{Lifecycle, SaveMode, Snapshots};
@@ -15,45 +14,13 @@ use hangar_core::ids::{SnapshotId, VmName};
 use hangar_core::lifecycle::VmState;
 use hangar_qemu::{EngineOptions, QemuEngine};
 
-fn image_dir() -> PathBuf {
-    std::env::var_os("HANGAR_HOME")
-        .map(|h| PathBuf::from(h).join("images"))
-        .unwrap_or_else(|| PathBuf::from("/var/lib/hangar/images"))
-}
-
-/// Types `command` on `vm`'s console and waits for `expect` in what comes back. The console
-/// echoes what is typed, so `expect` must not appear in `command` itself.
+/// Types on `vm`'s console; see [`hangar_testkit::console`].
 fn console(home: &Path, vm: &str, command: &str, expect: &str) -> String {
-    assert!(!command.contains(expect), "the echo would match");
-    let socket = home.join("vms").join(vm).join("console.sock");
-    let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    stream.write_all(format!("{command}\n").as_bytes()).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    while Instant::now() < deadline {
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => seen.extend_from_slice(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => panic!("console of {vm}: {e}"),
-        }
-        let text = String::from_utf8_lossy(&seen);
-        if text.contains(expect) {
-            return text.into_owned();
-        }
-    }
-    panic!(
-        "{vm} never printed {expect:?} after {command:?}; its console said: {}",
-        String::from_utf8_lossy(&seen)
-    );
+    hangar_testkit::console(
+        &home.join("vms").join(vm).join("console.sock"),
+        command,
+        expect,
+    )
 }
 
 fn holds(file: &Path, needle: &str) -> bool {
@@ -75,22 +42,11 @@ fn write_disk(home: &Path, vm: &str, text: &str, offset: u32, tag: u32) {
 
 #[test]
 fn a_snapshot_seeds_a_clone_with_its_own_copy_of_the_disks() {
-    let name = "a_snapshot_seeds_a_clone_with_its_own_copy_of_the_disks";
-    if hangar_plan::probe::find_in_path("qemu-system-x86_64").is_none()
-        || !image_dir().join("minimal/vmlinuz").exists()
-    {
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED {name}: QEMU or the built image is missing (run scripts/setup)"
-        );
+    if hangar_testkit::skip("a_snapshot_seeds_a_clone_with_its_own_copy_of_the_disks") {
         return;
     }
-    let home = tempfile::Builder::new()
-        .prefix("hgq-")
-        .tempdir_in("/tmp")
-        .unwrap();
+    let home = hangar_testkit::private_home("hgq-");
     let home = home.path();
-    std::os::unix::fs::symlink(image_dir(), home.join("images")).unwrap();
     let base = home.join("base.qcow2");
     assert!(Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2"])

@@ -3,7 +3,7 @@
 //! deletes its home when dropped. Without QEMU or the built image every scenario is skipped with
 //! the reason (scripts/setup installs both).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use hangar_conformance::{conformance_suite, Harness, Knobs};
@@ -11,35 +11,16 @@ use hangar_core::contracts::Engine;
 use hangar_core::spec::VmSpec;
 use hangar_qemu::{EngineOptions, QemuEngine};
 
-/// Where the built-in images are: `$HANGAR_HOME/images`, else `/var/lib/hangar/images`.
-pub fn image_dir() -> PathBuf {
-    std::env::var_os("HANGAR_HOME")
-        .map(|h| PathBuf::from(h).join("images"))
-        .unwrap_or_else(|| PathBuf::from("/var/lib/hangar/images"))
-}
-
 /// Builds one isolated real-QEMU engine per scenario.
 pub struct QemuHarness;
 
 impl Harness for QemuHarness {
     fn engine(&self, knobs: Knobs) -> Result<Box<dyn Engine>, String> {
-        if hangar_plan::probe::find_in_path("qemu-system-x86_64").is_none() {
-            return Err("qemu-system-x86_64 not found (run scripts/setup)".into());
+        if let Some(reason) = hangar_testkit::real_engine_missing() {
+            return Err(reason);
         }
-        let images = image_dir();
-        if !images.join("minimal/vmlinuz").exists() {
-            return Err(format!(
-                "the built-in image is not built at {} (run scripts/setup)",
-                images.display()
-            ));
-        }
-        // Short paths: unix socket paths are limited to 107 bytes.
-        let home = tempfile::Builder::new()
-            .prefix("hgc-")
-            .tempdir_in("/tmp")
-            .map_err(|e| e.to_string())?
-            .keep();
-        std::os::unix::fs::symlink(&images, home.join("images")).map_err(|e| e.to_string())?;
+        // Kept (not deleted on drop): the engine is ephemeral and removes its home itself.
+        let home = hangar_testkit::private_home("hgc-").keep();
         let options = EngineOptions {
             boot_timeout: Duration::from_secs(120),
             extra_cmdline: knobs

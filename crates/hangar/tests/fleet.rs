@@ -5,18 +5,12 @@
 //! no process, runtime directory or record behind, and a guest whose QEMU is killed is replaced
 //! within one pass. Skipped, with the reason, without QEMU or the built image.
 
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hangar_testkit::{kill9, qemu_pids as qemus, Reaper};
 use serde_json::Value;
-
-fn images() -> PathBuf {
-    std::env::var_os("HANGAR_HOME")
-        .map(|h| PathBuf::from(h).join("images"))
-        .unwrap_or_else(|| PathBuf::from("/var/lib/hangar/images"))
-}
 
 fn hangar(home: &Path, args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_hangar"))
@@ -61,38 +55,6 @@ fn wait_for(home: &Path, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         }
         assert!(Instant::now() < deadline, "never {what}: {s:#}");
         std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// PIDs of QEMUs whose command line names this test's private home.
-fn qemus(home: &Path) -> Vec<i32> {
-    let needle = format!("{}/vms/", home.display());
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| {
-            let e = e.ok()?;
-            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-            String::from_utf8_lossy(&cmdline)
-                .contains(&needle)
-                .then_some(pid)
-        })
-        .collect()
-}
-
-fn kill9(pid: i32) {
-    let pid = rustix::process::Pid::from_raw(pid).unwrap();
-    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-}
-
-/// Kills every QEMU of the test's home on drop, also when an assertion fails.
-struct Reaper(PathBuf);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for pid in qemus(&self.0) {
-            kill9(pid);
-        }
     }
 }
 
@@ -156,30 +118,7 @@ fn serve(home: &Path) -> Served {
 /// Types a command on a guest's serial console and waits for `expect` in what comes back.
 fn console_says(home: &Path, vm: &str, command: &str, expect: &str) {
     let socket = home.join("vms").join(vm).join("console.sock");
-    let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    stream.write_all(format!("{command}\n").as_bytes()).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    while Instant::now() < deadline {
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => seen.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
-            Err(e) => panic!("console of {vm}: {e}"),
-        }
-        if String::from_utf8_lossy(&seen).contains(expect) {
-            return;
-        }
-    }
-    panic!(
-        "{vm} never printed {expect:?}; its console said: {}",
-        String::from_utf8_lossy(&seen)
-    );
+    hangar_testkit::console(&socket, command, expect);
 }
 
 /// Reconcile-pass events after `since`, as (seq, message).
@@ -211,22 +150,11 @@ fn last_seq(home: &Path) -> u64 {
 
 #[test]
 fn warm_pool_claim_refill_clone_quota_and_replacement_through_the_cli() {
-    let name = "warm_pool_claim_refill_clone_quota_and_replacement_through_the_cli";
-    if hangar_plan::probe::find_in_path("qemu-system-x86_64").is_none()
-        || !images().join("minimal/vmlinuz").exists()
-    {
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED {name}: QEMU or the built image is missing (run scripts/setup)"
-        );
+    if hangar_testkit::skip("warm_pool_claim_refill_clone_quota_and_replacement_through_the_cli") {
         return;
     }
-    let dir = tempfile::Builder::new()
-        .prefix("hgfl-")
-        .tempdir_in("/tmp")
-        .unwrap();
+    let dir = hangar_testkit::private_home("hgfl-");
     let home = dir.path();
-    std::os::unix::fs::symlink(images(), home.join("images")).unwrap();
     let _reaper = Reaper(home.to_path_buf());
     let _daemon = serve(home);
     std::fs::write(

@@ -3,12 +3,12 @@
 //! time), the operations that were in flight are settled in the journal (never left running),
 //! and nothing is orphaned. Needs QEMU and the built image; otherwise skipped with the reason.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hangar_api::client::request;
+use hangar_testkit::{qemu_pids as pids_of, Reaper};
 
 struct Daemon {
     child: Child,
@@ -55,35 +55,6 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Kills, on drop, every QEMU whose command line names this test's private home (a unique
-/// temporary directory), so a failing test leaves no guest running.
-struct Reaper(PathBuf);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for pid in pids_of(&self.0) {
-            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-            }
-        }
-    }
-}
-
-fn pids_of(home: &Path) -> Vec<i32> {
-    let needle = format!("{}/vms/", home.display());
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| {
-            let e = e.ok()?;
-            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-            String::from_utf8_lossy(&cmdline)
-                .contains(&needle)
-                .then_some(pid)
-        })
-        .collect()
 }
 
 impl Daemon {
@@ -144,20 +115,10 @@ fn qemus_of(home: &Path) -> usize {
 
 #[test]
 fn kill_9_at_several_points_loses_nothing_and_orphans_nothing() {
-    let images = std::env::var_os("HANGAR_HOME")
-        .map(|h| PathBuf::from(h).join("images"))
-        .unwrap_or_else(|| PathBuf::from("/var/lib/hangar/images"));
-    if hangar_plan::probe::find_in_path("qemu-system-x86_64").is_none()
-        || !images.join("minimal/vmlinuz").exists()
-    {
-        let _ = writeln!(std::io::stderr(), "SKIPPED kill_9_at_several_points_loses_nothing_and_orphans_nothing: QEMU or the built image is missing (run scripts/setup)");
+    if hangar_testkit::skip("kill_9_at_several_points_loses_nothing_and_orphans_nothing") {
         return;
     }
-    let home = tempfile::Builder::new()
-        .prefix("hgk-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    std::os::unix::fs::symlink(&images, home.path().join("images")).unwrap();
+    let home = hangar_testkit::private_home("hgk-");
     let _reaper = Reaper(home.path().to_path_buf());
 
     // 1. Idle: a running VM survives the daemon and is re-adopted with the same QEMU.

@@ -1,0 +1,133 @@
+//! Helpers shared by Hangar's real-engine tests (a dev-dependency only; nothing ships it).
+//!
+//! A real-engine test boots real guests and checks what they printed. Without QEMU or the built
+//! image it must say it was skipped and why, never pass silently: [`skip`] prints the line.
+//! Guests started by a test must not outlive it, even when an assertion fails: keep a
+//! [`Reaper`] for the test's home.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Where the built images are: `$HANGAR_HOME/images`, else `/var/lib/hangar/images` (where
+/// `scripts/setup` builds them).
+pub fn image_dir() -> PathBuf {
+    std::env::var_os("HANGAR_HOME")
+        .map(|h| PathBuf::from(h).join("images"))
+        .unwrap_or_else(|| PathBuf::from("/var/lib/hangar/images"))
+}
+
+/// Why real-engine tests cannot run here, if they cannot.
+pub fn real_engine_missing() -> Option<String> {
+    if hangar_plan::probe::find_in_path("qemu-system-x86_64").is_none() {
+        return Some("qemu-system-x86_64 not found (run scripts/setup)".into());
+    }
+    let images = image_dir();
+    if !images.join("minimal/vmlinuz").exists() {
+        return Some(format!(
+            "the built-in image is not built at {} (run scripts/setup)",
+            images.display()
+        ));
+    }
+    None
+}
+
+/// Whether `test` must be skipped; if so, says so on the real stderr (not captured by the
+/// test harness, so the skip shows in every run's output).
+pub fn skip(test: &str) -> bool {
+    match real_engine_missing() {
+        None => false,
+        Some(reason) => {
+            let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
+            true
+        }
+    }
+}
+
+/// A private Hangar home under /tmp (unix socket paths are limited to 107 bytes) with the built
+/// images linked in.
+pub fn private_home(prefix: &str) -> tempfile::TempDir {
+    let home = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in("/tmp")
+        .expect("a temporary home");
+    std::os::unix::fs::symlink(image_dir(), home.path().join("images")).expect("link the images");
+    home
+}
+
+/// PIDs of the QEMUs whose command line names `home` (a unique temporary directory): exactly
+/// the guests of one test.
+pub fn qemu_pids(home: &Path) -> Vec<i32> {
+    let needle = format!("{}/vms/", home.display());
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            String::from_utf8_lossy(&cmdline)
+                .contains(&needle)
+                .then_some(pid)
+        })
+        .collect()
+}
+
+/// SIGKILL to `pid` (gone already is fine).
+pub fn kill9(pid: i32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+}
+
+/// Kills every QEMU of a home when dropped, also when an assertion fails.
+pub struct Reaper(pub PathBuf);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for pid in qemu_pids(&self.0) {
+            kill9(pid);
+        }
+    }
+}
+
+/// Types `command` on the serial console behind `socket` and waits (up to a minute) for
+/// `expect` in what comes back; returns everything read. The console echoes what is typed, so
+/// `expect` must not appear in `command` (compute it: `echo done-$((1+1))` expects `done-2`).
+pub fn console(socket: &Path, command: &str, expect: &str) -> String {
+    assert!(
+        !command.contains(expect),
+        "the console's echo of {command:?} would match {expect:?}"
+    );
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)
+        .unwrap_or_else(|e| panic!("{}: {e}", socket.display()));
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("a read timeout");
+    stream
+        .write_all(format!("{command}\n").as_bytes())
+        .expect("type on the console");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("console {}: {e}", socket.display()),
+        }
+        let text = String::from_utf8_lossy(&seen);
+        if text.contains(expect) {
+            return text.into_owned();
+        }
+    }
+    panic!(
+        "{} never printed {expect:?} after {command:?}; it said: {}",
+        socket.display(),
+        String::from_utf8_lossy(&seen)
+    );
+}
