@@ -241,7 +241,18 @@ fn daemon() -> Result<Remote, Failure> {
             "unset HANGAR_DAEMON and start the daemon with `hangard &`",
         ));
     }
-    Ok(Remote::new(hangar_control::socket_path(&home())))
+    let home = home();
+    if !hangar_control::daemon_running(&home) {
+        return Err(crate::failure(
+            ErrorCode::EngineUnavailable,
+            format!(
+                "tenants, pools and instances live in hangard, which is not running on {}",
+                hangar_control::socket_path(&home).display()
+            ),
+            "start it with `hangard &` (or the systemd unit in packaging/)",
+        ));
+    }
+    Ok(Remote::new(hangar_control::socket_path(&home)))
 }
 
 fn call<T: serde::de::DeserializeOwned>(

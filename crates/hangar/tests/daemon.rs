@@ -213,3 +213,68 @@ fn every_command_prints_the_same_through_the_daemon() {
     let text = String::from_utf8_lossy(&events.stdout);
     assert!(text.contains("defined -> deleted"), "{text}");
 }
+
+#[test]
+fn fleet_commands_need_the_daemon_and_go_through_it() {
+    let h = home();
+    // No daemon: an environment error that says how to start one, whatever HANGAR_DAEMON says.
+    for mode in ["auto", "never"] {
+        let out = hangar(h.path(), mode, &["pool", "ls"]);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("E_ENGINE_UNAVAILABLE") && err.contains("hangard"),
+            "{err}"
+        );
+    }
+    let engine =
+        hangar_qemu::QemuEngine::open(h.path(), hangar_qemu::EngineOptions::default()).unwrap();
+    let _served = serve(h.path(), engine);
+    let out = hangar(
+        h.path(),
+        "require",
+        &["tenant", "create", "acme", "--max-vcpus", "4"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let out = hangar(
+        h.path(),
+        "require",
+        &["tenant", "quota", "acme", "--max-warm", "2"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let out = hangar(h.path(), "require", &["tenant", "ls", "--output", "json"]);
+    let tenants: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(tenants[0]["id"], "acme");
+    // `quota` changed one limit and kept the other.
+    assert_eq!(tenants[0]["quotas"]["max_vcpus"], 4);
+    assert_eq!(tenants[0]["quotas"]["max_warm"], 2);
+    // A bad spec file is reported with its diagnostics before anything reaches the daemon.
+    let bad = h.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "schema_version = 1\nname = \"t\"\n[machine]\nmemory_mib = 1\n",
+    )
+    .unwrap();
+    let out = hangar(
+        h.path(),
+        "require",
+        &[
+            "pool",
+            "create",
+            "web",
+            "--tenant",
+            "acme",
+            "--spec",
+            bad.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("machine.memory_mib"));
+    let out = hangar(h.path(), "require", &["pool", "ls", "--output", "json"]);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(),
+        serde_json::json!([])
+    );
+    let out = hangar(h.path(), "require", &["tenant", "rm", "acme"]);
+    assert!(out.status.success(), "{out:?}");
+}
