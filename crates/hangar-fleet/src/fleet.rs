@@ -475,9 +475,9 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
         self.lock().pools.values().cloned().collect()
     }
 
-    /// One pool.
-    pub fn pool(&self, id: &PoolId) -> Option<Pool> {
-        self.lock().pools.get(id).cloned()
+    /// One pool; `E_POOL_NOT_FOUND` if there is none.
+    pub fn pool(&self, id: &PoolId) -> Result<Pool> {
+        self.lock().pool(id).cloned()
     }
 
     /// A pool's base snapshot, if it has one.
@@ -1011,9 +1011,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
     /// does not wait for a pass that is booting something.
     pub fn claim(&self, pool: &PoolId) -> Result<Claim> {
         let started = Instant::now();
-        if self.pool(pool).is_none() {
-            return Err(not_found_pool(pool));
-        }
+        self.pool(pool)?;
         let (instance, source) = if let Some(i) = self.claim_ready(pool, VmState::Paused)? {
             (i, ClaimSource::Warm)
         } else if let Some(i) = self.claim_ready(pool, VmState::Sleeping)? {

@@ -23,7 +23,7 @@ use hangar_api::fleet::{
 };
 use hangar_api::ErrorBody;
 use hangar_core::clock::{Clock, SystemClock};
-use hangar_core::error::{Error, ErrorCode};
+use hangar_core::error::ErrorCode;
 use hangar_core::ids::{InstanceId, PoolId, TenantId, VmName};
 use hangar_core::spec::VmSpec;
 use hangar_fleet::{Fleet, Pool, Registry, Tenant};
@@ -326,20 +326,13 @@ pub(crate) async fn get_pool(
     UrlPath(id): UrlPath<String>,
 ) -> ApiResult<Json<PoolStatus>> {
     let id = pool_id(&id)?;
-    let pool = d.fleet.pool(&id).ok_or_else(|| missing_pool(&id))?;
+    let pool = d.fleet.pool(&id)?;
     Ok(Json(PoolStatus {
         view: d.pool_view(pool),
         instances: d.fleet.instances(Some(&id)),
         last_pass: d.reconciler.last(),
         last_change: d.reconciler.last_change(),
     }))
-}
-
-fn missing_pool(id: &PoolId) -> ApiError {
-    ApiError::from(Error::Backend {
-        code: ErrorCode::PoolNotFound,
-        message: format!("no pool {id}; `hangar pool ls` lists them"),
-    })
 }
 
 /// `PATCH /v1/pools/{pool}`: new desired counts, policy or template.
@@ -357,7 +350,7 @@ pub(crate) async fn update_pool(
         "pool update",
         "send any of {\"desired\": {…}, \"policy\": {…}, \"spec\": {…}}",
     )?;
-    let current = d.fleet.pool(&id).ok_or_else(|| missing_pool(&id))?;
+    let current = d.fleet.pool(&id)?;
     // Validate everything before changing anything.
     let new_template = match &update.spec {
         Some(spec) => Some(template(spec, update.base_dir.as_deref())?),
@@ -374,7 +367,7 @@ pub(crate) async fn update_pool(
         )?;
     }
     d.reconciler.poke();
-    let pool = d.fleet.pool(&id).ok_or_else(|| missing_pool(&id))?;
+    let pool = d.fleet.pool(&id)?;
     Ok(Json(d.pool_view(pool)))
 }
 
