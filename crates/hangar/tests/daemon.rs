@@ -4,7 +4,9 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
+
+mod common;
+use common::serve;
 
 fn hangar(home: &Path, daemon: &str, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_hangar"))
@@ -34,50 +36,6 @@ fn define_seen(home: &Path) -> hangar_qemu::QemuEngine {
     .unwrap();
     hangar_core::contracts::Lifecycle::define(&engine, &spec.spec).unwrap();
     engine
-}
-
-/// A daemon on `home`'s socket until the returned sender is dropped or fired.
-struct Served {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.stop.take().map(|s| s.send(()));
-        let _ = self.thread.take().map(|t| t.join());
-    }
-}
-
-fn serve(home: &Path, engine: hangar_qemu::QemuEngine) -> Served {
-    let socket = home.join("hangard.sock");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let thread = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = hangard::bind(&socket).unwrap();
-            ready_tx.send(()).unwrap();
-            hangard::serve(
-                listener,
-                Arc::new(hangard::Daemon::new(engine).unwrap()),
-                async {
-                    let _ = stopped.await;
-                },
-            )
-            .await
-            .unwrap();
-        })
-    });
-    ready_rx.recv().unwrap();
-    Served {
-        stop: Some(stop),
-        thread: Some(thread),
-    }
 }
 
 /// Output with what legitimately differs between two homes masked: operation ids, times.
@@ -157,7 +115,7 @@ fn every_command_prints_the_same_through_the_daemon() {
 
     let remote_home = home();
     let local_home = home();
-    let _served = serve(remote_home.path(), define_seen(remote_home.path()));
+    let _served = serve(remote_home.path(), define_seen(remote_home.path()), None);
     drop(define_seen(local_home.path()));
     let script: &[&[&str]] = &[
         &["ps", "--all", "--output", "json"],
@@ -229,7 +187,7 @@ fn fleet_commands_need_the_daemon_and_go_through_it() {
     }
     let engine =
         hangar_qemu::QemuEngine::open(h.path(), hangar_qemu::EngineOptions::default()).unwrap();
-    let _served = serve(h.path(), engine);
+    let _served = serve(h.path(), engine, None);
     let out = hangar(
         h.path(),
         "require",

@@ -6,11 +6,13 @@
 //! within one pass. Skipped, with the reason, without QEMU or the built image.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hangar_testkit::{kill9, qemu_pids as qemus, Reaper};
 use serde_json::Value;
+
+mod common;
+use common::serve;
 
 fn hangar(home: &Path, args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_hangar"))
@@ -68,53 +70,6 @@ fn count(s: &Value, what: &str) -> u64 {
     s["counts"][what].as_u64().unwrap()
 }
 
-/// A daemon with its reconcile loop, serving `home` until dropped.
-struct Served {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.stop.take().map(|s| s.send(()));
-        let _ = self.thread.take().map(|t| t.join());
-    }
-}
-
-fn serve(home: &Path) -> Served {
-    let engine =
-        hangar_qemu::QemuEngine::open(home, hangar_qemu::EngineOptions::default()).unwrap();
-    let socket = home.join("hangard.sock");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let thread = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = hangard::bind(&socket).unwrap();
-            let daemon = Arc::new(
-                hangard::Daemon::with_reconcile_interval(engine, Duration::from_millis(500))
-                    .unwrap(),
-            );
-            daemon.start_reconciler();
-            ready_tx.send(()).unwrap();
-            hangard::serve(listener, daemon, async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-        })
-    });
-    ready_rx.recv().unwrap();
-    Served {
-        stop: Some(stop),
-        thread: Some(thread),
-    }
-}
-
 /// Types a command on a guest's serial console and waits for `expect` in what comes back.
 fn console_says(home: &Path, vm: &str, command: &str, expect: &str) {
     let socket = home.join("vms").join(vm).join("console.sock");
@@ -156,7 +111,9 @@ fn warm_pool_claim_refill_clone_quota_and_replacement_through_the_cli() {
     let dir = hangar_testkit::private_home("hgfl-");
     let home = dir.path();
     let _reaper = Reaper(home.to_path_buf());
-    let _daemon = serve(home);
+    let engine =
+        hangar_qemu::QemuEngine::open(home, hangar_qemu::EngineOptions::default()).unwrap();
+    let _daemon = serve(home, engine, Some(Duration::from_millis(500)));
     std::fs::write(
         home.join("t.toml"),
         "schema_version = 1\nname = \"t\"\n[machine]\nmemory_mib = 128\n[boot]\nimage = \"minimal\"\n",

@@ -1,0 +1,56 @@
+//! An in-process `hangard` for the CLI tests.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A daemon serving a home's socket; stops when dropped.
+pub struct Served {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.stop.take().map(|s| s.send(()));
+        let _ = self.thread.take().map(|t| t.join());
+    }
+}
+
+/// Serves `engine` on `home`'s socket; with `reconcile`, the fleet's loop runs at that interval
+/// (without, passes happen only when asked for).
+pub fn serve(home: &Path, engine: hangar_qemu::QemuEngine, reconcile: Option<Duration>) -> Served {
+    let socket = home.join("hangard.sock");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = hangard::bind(&socket).unwrap();
+            let daemon = Arc::new(match reconcile {
+                Some(interval) => {
+                    hangard::Daemon::with_reconcile_interval(engine, interval).unwrap()
+                }
+                None => hangard::Daemon::new(engine).unwrap(),
+            });
+            if reconcile.is_some() {
+                daemon.start_reconciler();
+            }
+            ready_tx.send(()).unwrap();
+            hangard::serve(listener, daemon, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        })
+    });
+    ready_rx.recv().unwrap();
+    Served {
+        stop: Some(stop),
+        thread: Some(thread),
+    }
+}
