@@ -274,12 +274,7 @@ pub fn boot(args: &Args) -> Result<Value, String> {
     home.hangar(&["rm", "--force", "b0"])?;
     raw_boot(&plan)?;
     for round in 0..args.rounds {
-        // Alternate which goes first, so drift in the machine's load hits both equally.
-        let order = if round % 2 == 0 {
-            [true, false]
-        } else {
-            [false, true]
-        };
+        let order = turns(round);
         for hangar_turn in order {
             if hangar_turn {
                 hangar.push(home.timed(&["up", spec])?);
@@ -297,6 +292,16 @@ pub fn boot(args: &Args) -> Result<Value, String> {
         "ratio": round(ratio, 3),
         "target_ratio": 1.02,
     }))
+}
+
+/// Which side goes first in `round`: Hangar on even rounds, the baseline on odd ones, so drift
+/// in the machine's load hits both equally. `true` is Hangar's turn.
+fn turns(round: usize) -> [bool; 2] {
+    if round % 2 == 0 {
+        [true, false]
+    } else {
+        [false, true]
+    }
 }
 
 /// Restore from a memory snapshot: `hangar snapshot restore` vs raw `-incoming file:`, and
@@ -319,11 +324,7 @@ pub fn restore(args: &Args) -> Result<Value, String> {
     raw_restore(&plan, &state)?;
     let (mut hangar, mut raw) = (Vec::new(), Vec::new());
     for round in 0..args.rounds {
-        let order = if round % 2 == 0 {
-            [true, false]
-        } else {
-            [false, true]
-        };
+        let order = turns(round);
         for hangar_turn in order {
             if hangar_turn {
                 hangar.push(home.timed(&["snapshot", "restore", "r0", "s0"])?);
@@ -365,11 +366,7 @@ pub fn throughput(args: &Args, sizes: &[usize], rounds: usize) -> Result<Value, 
     for &n in sizes {
         let (mut hangar, mut raw) = (Vec::new(), Vec::new());
         for round in 0..rounds {
-            let order = if round % 2 == 0 {
-                [true, false]
-            } else {
-                [false, true]
-            };
+            let order = turns(round);
             for hangar_turn in order {
                 let t = Instant::now();
                 let outcomes: Vec<Result<(), String>> = std::thread::scope(|scope| {
