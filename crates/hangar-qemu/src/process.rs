@@ -11,22 +11,29 @@ use hangar_store::ProcessIdentity;
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::process::{pidfd_open, pidfd_send_signal, Pid, PidfdFlags, Signal};
 
+/// `PF_EXITING` in `/proc/<pid>/stat`'s flags: set when the process starts to exit, before it
+/// is a zombie.
+const PF_EXITING: u64 = 0x4;
+
 /// Reads a process's start time (clock ticks since boot, `/proc/<pid>/stat` field 22) and
-/// whether it is a zombie. `None` if there is no such process.
+/// whether it has stopped running: exiting, a zombie or dead. `None` if there is no such
+/// process. Counting an exiting process as gone keeps the answer from flipping back: a process
+/// caught mid-exit can show a running state after its exit was already observed.
 fn stat(pid: u32) -> Option<(u64, bool)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) is in parentheses and may contain spaces: split after it.
     let rest = &text[text.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let state = *fields.first()?;
+    let flags: u64 = fields.get(6)?.parse().ok()?;
     let start: u64 = fields.get(19)?.parse().ok()?;
-    Some((start, state == "Z"))
+    Some((start, matches!(state, "Z" | "X") || flags & PF_EXITING != 0))
 }
 
 /// The identity of a live process, or `None`.
 pub fn identify(pid: u32) -> Option<ProcessIdentity> {
-    let (start_time, zombie) = stat(pid)?;
-    (!zombie).then_some(ProcessIdentity { pid, start_time })
+    let (start_time, gone) = stat(pid)?;
+    (!gone).then_some(ProcessIdentity { pid, start_time })
 }
 
 /// Whether this exact process (same PID *and* start time) is still running.
@@ -222,8 +229,8 @@ mod tests {
     #[test]
     fn stat_parses_names_with_spaces() {
         let me = std::process::id();
-        let (start, zombie) = stat(me).unwrap();
-        assert!(start > 0 && !zombie);
+        let (start, gone) = stat(me).unwrap();
+        assert!(start > 0 && !gone);
         assert!(stat(u32::MAX - 1).is_none());
     }
 }
