@@ -35,10 +35,12 @@ pub struct TenantView {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PoolRequest {
-    /// Id: also the prefix of its instances' names (`<pool>-<n>`).
+    /// Id: also the prefix of its instances' names (`<pool>-<n>`). A pool lives in its
+    /// tenant's namespace: `web` of tenant `acme` is `acme--web`.
     pub id: String,
-    /// The owning tenant (it must exist).
-    pub tenant: String,
+    /// The owning tenant (it must exist). A tenant's token may omit it (its own tenant).
+    #[serde(default)]
+    pub tenant: Option<String>,
     /// The instance template: a VM spec document (the shape of vm.json; its `name` is replaced
     /// per instance).
     #[schema(value_type = Object)]

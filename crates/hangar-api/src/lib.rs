@@ -36,6 +36,9 @@ pub struct VmView {
     pub reason: Option<String>,
     /// The canonical hash of its spec.
     pub spec_hash: String,
+    /// The tenant it belongs to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 impl VmView {
@@ -54,6 +57,7 @@ impl VmView {
             boot_ms: rec.boot_ms,
             reason: rec.reason.clone(),
             spec_hash: rec.spec_hash.clone(),
+            tenant: rec.spec.tenant.as_ref().map(|t| t.to_string()),
         }
     }
 
@@ -239,6 +243,72 @@ impl OperationRequest {
             OperationRequest::SnapshotDelete { .. } => "snapshot_delete",
         }
     }
+
+    /// What it may do, for the access policy.
+    pub fn action(&self) -> hangar_core::access::Action {
+        use hangar_core::access::Action;
+        match self {
+            OperationRequest::Create { .. } => Action::VmCreate,
+            OperationRequest::Delete { .. } => Action::VmDelete,
+            OperationRequest::Start { .. }
+            | OperationRequest::Stop { .. }
+            | OperationRequest::Pause { .. }
+            | OperationRequest::Resume { .. }
+            | OperationRequest::Reboot { .. } => Action::VmOperate,
+            OperationRequest::SnapshotSave { .. } => Action::SnapshotSave,
+            OperationRequest::SnapshotRestore { .. } => Action::SnapshotRestore,
+            OperationRequest::SnapshotDelete { .. } => Action::SnapshotDelete,
+        }
+    }
+
+    /// The VM it acts on, or for `snapshot_delete` the snapshot (`None` for `create`, whose VM
+    /// is in its spec).
+    pub fn target(&self) -> Option<&str> {
+        match self {
+            OperationRequest::Create { .. } => None,
+            OperationRequest::Start { vm, .. }
+            | OperationRequest::Stop { vm, .. }
+            | OperationRequest::Pause { vm }
+            | OperationRequest::Resume { vm }
+            | OperationRequest::Reboot { vm }
+            | OperationRequest::Delete { vm, .. }
+            | OperationRequest::SnapshotSave { vm, .. }
+            | OperationRequest::SnapshotRestore { vm, .. } => Some(vm),
+            OperationRequest::SnapshotDelete { id } => Some(id),
+        }
+    }
+
+    /// Mutable access to the name [`OperationRequest::target`] returns (to resolve it in a
+    /// principal's namespace).
+    pub fn target_mut(&mut self) -> Option<&mut String> {
+        match self {
+            OperationRequest::Create { .. } => None,
+            OperationRequest::Start { vm, .. }
+            | OperationRequest::Stop { vm, .. }
+            | OperationRequest::Pause { vm }
+            | OperationRequest::Resume { vm }
+            | OperationRequest::Reboot { vm }
+            | OperationRequest::Delete { vm, .. }
+            | OperationRequest::SnapshotSave { vm, .. }
+            | OperationRequest::SnapshotRestore { vm, .. } => Some(vm),
+            OperationRequest::SnapshotDelete { id } => Some(id),
+        }
+    }
+
+    /// The tenant whose object it acts on: the spec's `tenant` for `create`, else the
+    /// tenant prefix of its target (a tenant's VMs and snapshots are named `tenant--name`).
+    pub fn tenant(&self) -> Option<String> {
+        match self {
+            OperationRequest::Create { spec, .. } => spec
+                .get("tenant")
+                .and_then(|t| t.as_str())
+                .map(str::to_string),
+            _ => self
+                .target()
+                .and_then(hangar_core::ids::tenant_prefix)
+                .map(str::to_string),
+        }
+    }
 }
 
 /// What a finished operation produced.
@@ -325,6 +395,13 @@ pub enum EventView {
 }
 
 impl EventView {
+    /// The VM it is about (`fleet` for a reconcile pass).
+    pub fn vm(&self) -> &str {
+        match self {
+            EventView::Transition { vm, .. } | EventView::Engine { vm, .. } => vm,
+        }
+    }
+
     /// The view of a stored event.
     pub fn from_event(e: &hangar_core::contracts::Event) -> EventView {
         use hangar_core::contracts::EventKind;
@@ -379,8 +456,33 @@ pub struct NewToken {
     pub id: String,
     /// What it is for.
     pub name: String,
+    /// What it may reach: `admin`, or `tenant:<id>:<role>` (role viewer, operator or owner).
+    pub scope: String,
     /// The bearer secret.
     pub token: String,
+}
+
+/// `POST /v1/tokens` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    /// What the token is for (1-64 printable characters).
+    pub name: String,
+    /// `admin`, or `tenant:<id>:<role>` (role viewer, operator or owner).
+    pub scope: String,
+}
+
+/// A token as listed (never its secret, which is not stored).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TokenView {
+    /// Public id.
+    pub id: String,
+    /// What it is for.
+    pub name: String,
+    /// What it may reach.
+    pub scope: String,
+    /// When it was made (ms since the Unix epoch).
+    pub created_at: u64,
 }
 
 /// The HTTP status an error code maps to.
@@ -391,6 +493,9 @@ pub fn http_status(code: ErrorCode) -> u16 {
         | TenantNotFound | PoolNotFound | InstanceNotFound => 404,
         PoolExists | TenantInUse => 409,
         Unauthorized => 401,
+        Forbidden => 403,
+        PathNotAllowed => 400,
+        AuditUnavailable => 503,
         Interrupted => 409,
         VmExists | SnapshotExists | DiskExists | InvalidTransition | SnapshotInUse | DiskInUse
         | DiskHasSnapshots | NicExists | Busy => 409,

@@ -101,9 +101,10 @@ impl Entry {
 
 /// An entry to append: everything but `seq` and `prev`, which the log assigns.
 ///
-/// `who`, `what` and `target` must be non-empty; `result` must be `ok`, `accepted` (an
-/// operation was started; its end is in the operation journal) or an error-code-shaped string
-/// (`E_` followed by upper-case letters, digits and underscores).
+/// `who`, `what` and `target` must be non-empty; `result` must be `requested` (written before
+/// the action, which is refused if the entry cannot be written), `accepted` (an operation was
+/// started; its end follows in its own entry), `ok`, or an error-code-shaped string (`E_`
+/// followed by upper-case letters, digits and underscores).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewEntry {
     /// When the action happened (from the caller's `Clock`).
@@ -199,11 +200,11 @@ fn check_result(result: &str) -> Result<(), String> {
                 .bytes()
                 .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
     });
-    if result == "ok" || result == "accepted" || code_shaped {
+    if matches!(result, "ok" | "accepted" | "requested") || code_shaped {
         Ok(())
     } else {
         Err(format!(
-            "field `result` must be `ok`, `accepted` or an error code like `E_VM_NOT_FOUND`, not {result:?}"
+            "field `result` must be `requested`, `accepted`, `ok` or an error code like `E_VM_NOT_FOUND`, not {result:?}"
         ))
     }
 }

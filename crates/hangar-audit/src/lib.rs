@@ -10,7 +10,7 @@
 //! | `who`    | the principal: `token:abc123`, `local:root`                           |
 //! | `what`   | the action: `vm.start`                                                |
 //! | `target` | the object: `vm/hello`                                                |
-//! | `result` | `ok` or an error code: `E_VM_NOT_FOUND`                               |
+//! | `result` | `requested` (about to be carried out), `accepted` (an operation began), `ok`, or an error code: `E_VM_NOT_FOUND` |
 //! | `detail` | optional free-form string (absent, never `null`)                      |
 //! | `prev`   | `sha256:<hex>` of the previous line's bytes (without the newline); [`GENESIS`] for line 1 |
 //!
@@ -23,7 +23,9 @@
 //! exclusive `flock` (safe across processes) and syncs each line before returning.
 //!
 //! What a hash chain cannot show on its own: removal of the *last* entries or a rewrite of the
-//! last entry. Keep [`VerifyReport::head`] (or [`AuditLog::head`]) somewhere else and compare.
+//! last entry. A log opened with [`AuditLog::open_signed`] therefore signs its head after every
+//! append ([`SignedHead`], Ed25519, in a second file), and [`verify_against`] checks a log
+//! against such a head, or one kept anywhere else.
 //!
 //! # Example
 //! ```
@@ -54,9 +56,23 @@ mod entry;
 mod error;
 mod lock;
 mod log;
+mod sign;
 mod verify;
 
 pub use entry::{hash_line, Entry, Head, NewEntry, GENESIS, MAX_LINE_BYTES};
 pub use error::AuditError;
 pub use log::AuditLog;
-pub use verify::{verify, verify_reader, Defect, Failure, VerifyReport};
+pub use sign::{HeadSigner, SignedHead};
+pub use verify::{verify, verify_against, verify_reader, Defect, Failure, HeadCheck, VerifyReport};
+
+/// Where Hangar keeps its audit log in a home directory: the log, the key that signs its heads
+/// (`0600`), and the latest signed head.
+pub fn files_in(
+    home: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    (
+        home.join("audit.log"),
+        home.join("audit.key"),
+        home.join("audit.head"),
+    )
+}

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use crate::entry::{hash_line, parse_line, Entry, Head, NewEntry, MAX_LINE_BYTES};
 use crate::lock::Flock;
+use crate::sign::{HeadSigner, SignedHead};
+use crate::verify::{check_against, HeadCheck};
 use crate::AuditError;
 
 /// An open audit log that appends entries.
@@ -35,6 +37,8 @@ pub struct AuditLog {
     file: File,
     head: Head,
     recovered_tail: Option<Vec<u8>>,
+    /// With [`AuditLog::open_signed`]: the key and the file the signed head goes to.
+    signing: Option<(HeadSigner, PathBuf)>,
 }
 
 impl AuditLog {
@@ -91,6 +95,7 @@ impl AuditLog {
             file,
             head: Head::genesis(),
             recovered_tail: None,
+            signing: None,
         };
         let _lock = Flock::exclusive(&log.file).map_err(io)?;
         let (head, _, torn) = recover(&log.path, &log.file, &log.head)?;
@@ -98,6 +103,97 @@ impl AuditLog {
         log.recovered_tail = torn;
         drop(_lock);
         Ok(log)
+    }
+
+    /// Opens the log like [`AuditLog::open`], and signs its head after every append with the
+    /// Ed25519 key at `key` (created, `0600`, if absent), writing the [`SignedHead`] to `head`.
+    ///
+    /// Before anything is appended, the log is checked against the signed head found in `head`:
+    /// the signature must be by this key and the log's chain must be intact and contain that
+    /// head. A truncated log, a rewritten tail (chain recomputed or not), a forged or missing
+    /// head file (for a log that has entries and a key that already existed) are
+    /// [`AuditError::Corrupt`]: the caller must not build on such a log.
+    pub fn open_signed(
+        path: impl AsRef<Path>,
+        key: &Path,
+        head: &Path,
+    ) -> Result<AuditLog, AuditError> {
+        let path = path.as_ref();
+        let new_key = !key.exists();
+        let signer = HeadSigner::load_or_create(key)?;
+        let mut log = AuditLog::open(path)?;
+        let corrupt = |reason: String| AuditError::Corrupt {
+            path: path.to_owned(),
+            reason,
+        };
+        let _lock = Flock::exclusive(&log.file).map_err(|source| AuditError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        match SignedHead::read(head)? {
+            Some(signed) => {
+                signed.check(&signer.public_key()).map_err(|why| {
+                    corrupt(format!(
+                        "its signed head {} is not valid: {why}",
+                        head.display()
+                    ))
+                })?;
+                // Read through a descriptor of its own (the append handle's offset is the
+                // end), under the lock already held.
+                let reader = File::open(path).map_err(|source| AuditError::Io {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                let (report, check) =
+                    check_against(&reader, &signed.head()).map_err(|source| AuditError::Io {
+                        path: path.to_owned(),
+                        source,
+                    })?;
+                if let Some(failure) = report.failure {
+                    return Err(corrupt(format!("{failure}")));
+                }
+                if check != HeadCheck::Contains {
+                    return Err(corrupt(format!(
+                        "{check} (signed head: entry {}, {})",
+                        signed.seq, signed.hash
+                    )));
+                }
+            }
+            None if log.head.seq == 0 || new_key => {}
+            None => {
+                return Err(corrupt(format!(
+                    "its signed head {} is missing while the log has {} entries: it was deleted",
+                    head.display(),
+                    log.head.seq
+                )))
+            }
+        }
+        let (current, _, _) = recover(&log.path, &log.file, &log.head)?;
+        log.head = current;
+        log.signing = Some((signer, head.to_owned()));
+        log.write_signed_head()?;
+        drop(_lock);
+        Ok(log)
+    }
+
+    /// Signs the head this handle knows and writes it out (call under the lock).
+    fn write_signed_head(&self) -> Result<(), AuditError> {
+        if let Some((signer, file)) = &self.signing {
+            let at = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            signer.sign(&self.head, at).write(file)?;
+        }
+        Ok(())
+    }
+
+    /// The signed head file and the public key that signs it, for a log opened with
+    /// [`AuditLog::open_signed`].
+    pub fn signing(&self) -> Option<(&Path, String)> {
+        self.signing
+            .as_ref()
+            .map(|(signer, file)| (file.as_path(), signer.public_key()))
     }
 
     /// Appends one entry and returns it as written.
@@ -151,6 +247,9 @@ impl AuditLog {
             seq: entry.seq,
             hash,
         };
+        // The entry is logged; a head that cannot be signed is still a failure the caller
+        // must see (the next verification would find the log ahead of its signed head).
+        self.write_signed_head()?;
         drop(_lock);
         Ok(entry)
     }

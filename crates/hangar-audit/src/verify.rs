@@ -160,8 +160,85 @@ pub fn verify(path: &Path) -> Result<VerifyReport, AuditError> {
     verify_reader(BufReader::new(&file)).map_err(io)
 }
 
+/// How a log relates to a head kept elsewhere (a [`crate::SignedHead`], or one given with
+/// `--expect-head`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeadCheck {
+    /// The log's entry at the head's `seq` hashes to the head's hash: nothing up to the head was
+    /// changed or removed (later entries may follow).
+    Contains,
+    /// The log's valid chain ends before the head's entry: entries were removed from its end
+    /// (or the chain breaks earlier).
+    Truncated {
+        /// Where the valid chain ends.
+        ends_at: u64,
+    },
+    /// The entry at the head's `seq` is not the one the head names: it was rewritten (with the
+    /// chain recomputed up to it, or not).
+    Rewritten {
+        /// The hash the log has there.
+        found: String,
+    },
+}
+
+impl fmt::Display for HeadCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HeadCheck::Contains => f.write_str("the log contains the expected head"),
+            HeadCheck::Truncated { ends_at } => write!(
+                f,
+                "the log's valid chain ends at entry {ends_at}, before the expected head: entries were removed"
+            ),
+            HeadCheck::Rewritten { found } => write!(
+                f,
+                "the log's entry at the expected head hashes to {found}: it was rewritten"
+            ),
+        }
+    }
+}
+
+/// [`verify`], and how the log relates to `expect` (a head kept elsewhere).
+pub fn verify_against(path: &Path, expect: &Head) -> Result<(VerifyReport, HeadCheck), AuditError> {
+    let io = |source| AuditError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let file = File::open(path).map_err(io)?;
+    let _lock = Flock::shared(&file).map_err(io)?;
+    check_against(&file, expect).map_err(io)
+}
+
+/// [`verify_against`] on an open file, without locking it (the caller holds the lock).
+pub(crate) fn check_against(
+    file: &File,
+    expect: &Head,
+) -> std::io::Result<(VerifyReport, HeadCheck)> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = file.try_clone()?;
+    file.seek(SeekFrom::Start(0))?;
+    let (report, found) = walk(BufReader::new(&file), Some(expect.seq))?;
+    let check = match found {
+        _ if expect.seq == 0 => HeadCheck::Contains,
+        Some(hash) if hash == expect.hash => HeadCheck::Contains,
+        Some(found) => HeadCheck::Rewritten { found },
+        None => HeadCheck::Truncated {
+            ends_at: report.entries,
+        },
+    };
+    Ok((report, check))
+}
+
 /// [`verify`] on any byte stream (a backup, a pipe), without locking.
-pub fn verify_reader<R: BufRead>(mut reader: R) -> std::io::Result<VerifyReport> {
+pub fn verify_reader<R: BufRead>(reader: R) -> std::io::Result<VerifyReport> {
+    walk(reader, None).map(|(report, _)| report)
+}
+
+/// Verifies the stream; also returns the hash of entry `want` if the valid chain reaches it.
+fn walk<R: BufRead>(
+    mut reader: R,
+    want: Option<u64>,
+) -> std::io::Result<(VerifyReport, Option<String>)> {
+    let mut found = None;
     let mut head = Head::genesis();
     let mut line_no = 0u64;
     let mut buf = Vec::new();
@@ -185,38 +262,48 @@ pub fn verify_reader<R: BufRead>(mut reader: R) -> std::io::Result<VerifyReport>
         };
         let Some(line) = buf.strip_suffix(b"\n") else {
             if buf.len() > MAX_LINE_BYTES {
-                return Ok(fail(Defect::TooLong { len: buf.len() }));
+                return Ok((fail(Defect::TooLong { len: buf.len() }), found));
             }
-            return Ok(fail(Defect::Incomplete));
+            return Ok((fail(Defect::Incomplete), found));
         };
         let entry = match parse_line(line) {
             Ok(entry) => entry,
-            Err(defect) => return Ok(fail(defect)),
+            Err(defect) => return Ok((fail(defect), found)),
         };
         let expected = head.seq + 1;
         if entry.seq != expected {
-            return Ok(fail(Defect::Seq {
-                found: entry.seq,
-                expected,
-            }));
+            return Ok((
+                fail(Defect::Seq {
+                    found: entry.seq,
+                    expected,
+                }),
+                found,
+            ));
         }
         if entry.prev != head.hash {
-            return Ok(fail(if line_no == 1 {
+            let defect = if line_no == 1 {
                 Defect::PrevNotGenesis
             } else {
                 Defect::PrevMismatch {
                     previous_line: line_no - 1,
                 }
-            }));
+            };
+            return Ok((fail(defect), found));
         }
         head = Head {
             seq: entry.seq,
             hash: hash_line(line),
         };
+        if want == Some(entry.seq) {
+            found = Some(head.hash.clone());
+        }
     }
-    Ok(VerifyReport {
-        entries: line_no,
-        head,
-        failure: None,
-    })
+    Ok((
+        VerifyReport {
+            entries: line_no,
+            head,
+            failure: None,
+        },
+        found,
+    ))
 }

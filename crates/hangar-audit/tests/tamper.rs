@@ -287,3 +287,131 @@ fn tail_deletion_and_last_line_rewrite_need_the_head_anchor() {
     assert_eq!(report.head.seq, anchor.seq);
     assert_ne!(report.head.hash, anchor.hash);
 }
+
+/// A log of `n` entries written through a signing handle: (dir, log, key, head file, lines).
+fn signed_log_of(n: u64) -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let key = dir.path().join("audit.key");
+    let head = dir.path().join("audit.head");
+    let mut log = AuditLog::open_signed(&path, &key, &head).unwrap();
+    for i in 1..=n {
+        log.append(NewEntry::ok(
+            Timestamp(1_700_000_000_000 + i),
+            "token:tok-1",
+            "vm.delete",
+            format!("vm/vm{i}"),
+        ))
+        .unwrap();
+    }
+    drop(log);
+    let lines = fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    (dir, path, key, head, lines)
+}
+
+/// Rewrites `lines` into a valid chain (what someone without the key can always do).
+fn rechain(lines: &[String]) -> Vec<String> {
+    let mut prev = hangar_audit::GENESIS.to_string();
+    let mut out = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        let mut e = parse(l);
+        e.seq = i as u64 + 1;
+        e.prev = prev.clone();
+        let line = e.to_line();
+        prev = hash_line(line.as_bytes());
+        out.push(line);
+    }
+    out
+}
+
+/// Whether the tampered log at `path` is caught, by verification against the signed head and
+/// by a writer reopening it.
+fn caught(path: &Path, key: &Path, head: &Path) -> bool {
+    let signed = hangar_audit::SignedHead::read(head).unwrap().unwrap();
+    let (report, check) = hangar_audit::verify_against(path, &signed.head()).unwrap();
+    let by_verify = report.failure.is_some() || check != hangar_audit::HeadCheck::Contains;
+    let by_writer = AuditLog::open_signed(path, key, head).is_err();
+    assert_eq!(by_verify, by_writer, "verification and the writer disagree");
+    by_verify
+}
+
+#[test]
+fn an_untouched_signed_log_verifies_and_reopens() {
+    let (_d, path, key, head, _) = signed_log_of(5);
+    assert!(!caught(&path, &key, &head));
+    // Reopening and appending moves the signed head along.
+    let mut log = AuditLog::open_signed(&path, &key, &head).unwrap();
+    log.append(NewEntry::ok(Timestamp(1), "local:root", "vm.start", "vm/x"))
+        .unwrap();
+    let signed = hangar_audit::SignedHead::read(&head).unwrap().unwrap();
+    assert_eq!(signed.seq, 6);
+    assert!(!caught(&path, &key, &head));
+}
+
+#[test]
+fn every_kind_of_tampering_with_a_signed_log_is_caught() {
+    type Tamper = fn(Vec<String>) -> Vec<String>;
+    let cases: [(&str, Tamper); 9] = [
+        ("edit the first line", |mut l| {
+            l[0] = l[0].replace("token:tok-1", "local:eve");
+            l
+        }),
+        ("edit a middle line", |mut l| {
+            l[3] = l[3].replace("vm/vm4", "vm/other");
+            l
+        }),
+        ("edit the last line", |mut l| {
+            let last = l.len() - 1;
+            l[last] = l[last].replace("vm.delete", "vm.read");
+            l
+        }),
+        ("delete a middle line", |mut l| {
+            l.remove(2);
+            l
+        }),
+        ("reorder two lines", |mut l| {
+            l.swap(1, 2);
+            l
+        }),
+        ("truncate the tail", |mut l| {
+            l.truncate(l.len() - 2);
+            l
+        }),
+        ("edit the last line and recompute the chain", |mut l| {
+            let last = l.len() - 1;
+            l[last] = l[last].replace("vm.delete", "vm.read");
+            rechain(&l)
+        }),
+        ("delete a middle line and recompute the chain", |mut l| {
+            l.remove(2);
+            rechain(&l)
+        }),
+        ("empty the log", |_| vec![]),
+    ];
+    for (what, tamper) in cases {
+        let (_d, path, key, head, lines) = signed_log_of(6);
+        write_lines(&path, &tamper(lines));
+        assert!(caught(&path, &key, &head), "{what} went undetected");
+    }
+}
+
+#[test]
+fn a_forged_or_deleted_signed_head_is_caught() {
+    // Rewrite the tail, then sign a matching head with a key of one's own.
+    let (d, path, key, head, mut lines) = signed_log_of(4);
+    lines[3] = lines[3].replace("vm/vm4", "vm/vm9");
+    write_lines(&path, &lines);
+    let eve = hangar_audit::HeadSigner::load_or_create(&d.path().join("eve.key")).unwrap();
+    let forged = eve.sign(&verify(&path).unwrap().head, 5);
+    forged.write(&head).unwrap();
+    let err = AuditLog::open_signed(&path, &key, &head).unwrap_err();
+    assert!(err.to_string().contains("not by the trusted key"), "{err}");
+    // Deleting the head file does not help either.
+    fs::remove_file(&head).unwrap();
+    let err = AuditLog::open_signed(&path, &key, &head).unwrap_err();
+    assert!(err.to_string().contains("missing"), "{err}");
+}

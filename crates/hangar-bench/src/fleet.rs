@@ -67,6 +67,7 @@ fn release(socket: &Path, c: &Value) -> Result<(), String> {
     call(socket, "DELETE", &format!("/v1/instances/{id}"), None).map(|_| ())
 }
 
+/// Makes pool `id` of tenant `bench` (ids are tenant-qualified: `bench--…`).
 fn pool(socket: &Path, id: &str, desired: Value, cold_boot: bool) -> Result<(), String> {
     call(
         socket,
@@ -96,53 +97,53 @@ pub fn run(args: &Args, claims: usize, wakes: usize, creations: usize) -> Result
     // Warm claims.
     pool(
         &socket,
-        "warm",
+        "bench--warm",
         json!({"running": 0, "warm": 2, "sleeping": 0}),
         false,
     )?;
-    converge(&socket, "warm")?;
+    converge(&socket, "bench--warm")?;
     let (mut warm_ms, mut warm_server_ms) = (Vec::new(), Vec::new());
     for _ in 0..claims {
-        let (ms, c) = claim(&socket, "warm", "warm")?;
+        let (ms, c) = claim(&socket, "bench--warm", "warm")?;
         warm_ms.push(ms);
         warm_server_ms.push(c["took_ms"].as_f64().unwrap_or(f64::NAN));
         release(&socket, &c)?;
-        converge(&socket, "warm")?;
+        converge(&socket, "bench--warm")?;
     }
 
     // Wakes: a sleeping set of one, refilled after each claim.
     call(
         &socket,
         "PATCH",
-        "/v1/pools/warm",
+        "/v1/pools/bench--warm",
         Some(&json!({"desired": {"running": 0, "warm": 0, "sleeping": 1}})),
     )?;
     let mut wake_ms = Vec::new();
     for _ in 0..wakes {
-        converge(&socket, "warm")?;
-        let (ms, c) = claim(&socket, "warm", "sleeping")?;
+        converge(&socket, "bench--warm")?;
+        let (ms, c) = claim(&socket, "bench--warm", "sleeping")?;
         wake_ms.push(ms);
         release(&socket, &c)?;
     }
-    call(&socket, "DELETE", "/v1/pools/warm", None)?;
+    call(&socket, "DELETE", "/v1/pools/bench--warm", None)?;
 
     // Creation: cloned from the base snapshot vs booted, same template, alternating.
-    pool(&socket, "clone", json!({}), false)?;
-    pool(&socket, "cold", json!({}), true)?;
+    pool(&socket, "bench--clone", json!({}), false)?;
+    pool(&socket, "bench--cold", json!({}), true)?;
     // The clone pool's first creation boots and takes its base.
-    let (_, first) = claim(&socket, "clone", "created")?;
+    let (_, first) = claim(&socket, "bench--clone", "created")?;
     release(&socket, &first)?;
     let (mut clone_ms, mut cold_ms) = (Vec::new(), Vec::new());
     for _ in 0..creations {
-        let (ms, c) = claim(&socket, "clone", "cloned")?;
+        let (ms, c) = claim(&socket, "bench--clone", "cloned")?;
         clone_ms.push(ms);
         release(&socket, &c)?;
-        let (ms, c) = claim(&socket, "cold", "created")?;
+        let (ms, c) = claim(&socket, "bench--cold", "created")?;
         cold_ms.push(ms);
         release(&socket, &c)?;
     }
-    call(&socket, "DELETE", "/v1/pools/clone", None)?;
-    call(&socket, "DELETE", "/v1/pools/cold", None)?;
+    call(&socket, "DELETE", "/v1/pools/bench--clone", None)?;
+    call(&socket, "DELETE", "/v1/pools/bench--cold", None)?;
 
     let (warm, server, wake) = (sorted(warm_ms), sorted(warm_server_ms), sorted(wake_ms));
     let (clone, cold) = (sorted(clone_ms), sorted(cold_ms));

@@ -606,6 +606,65 @@ fn s06_restore_into_a_clone(ctx: &Ctx<'_>) -> Check {
     ok(ctx.engine.delete_snapshot(&id), "delete snapshot")
 }
 
+fn s07_clones_stay_in_their_tenant_and_pool(ctx: &Ctx<'_>) -> Check {
+    let tenant = |t: &str| Some(hangar_core::ids::TenantId::new(t).unwrap());
+    let pool = |p: &str| Some(hangar_core::ids::PoolId::new(p).unwrap());
+    let c = CancelToken::new();
+    let mut spec = ctx.spec("conf-s07-src");
+    spec.tenant = tenant("acme");
+    spec.pool = pool("web");
+    let source = spec.name.clone();
+    ok(ctx.engine.define(&spec), "define the source")?;
+    ok(ctx.engine.start(&source, &c), "start the source")?;
+    let id = SnapshotId::new("conf-s07-base").unwrap();
+    let info = ok(
+        ctx.engine.save(&source, &id, SaveMode::KeepPaused, &c),
+        "save",
+    )?;
+    ensure!(
+        info.tenant == spec.tenant && info.pool == spec.pool,
+        "the snapshot records its source's tenant and pool, got {:?} / {:?}",
+        info.tenant,
+        info.pool
+    );
+    // Same hardware, but another tenant, another pool, or no pool: all refused, and the VM
+    // is left as it was.
+    let mut refused = Vec::new();
+    for (n, t, p) in [
+        ("conf-s07-tenant", tenant("beta"), pool("web")),
+        ("conf-s07-pool", tenant("acme"), pool("api")),
+        ("conf-s07-plain", tenant("acme"), None),
+    ] {
+        let mut other = ctx.spec(n);
+        other.tenant = t;
+        other.pool = p;
+        ok(ctx.engine.define(&other), "define")?;
+        expect_code(
+            ctx.engine.restore(&other.name, &id, &c),
+            ErrorCode::SnapshotMismatch,
+            n,
+        )?;
+        expect_state(ctx, &other.name, Defined, "refused restore")?;
+        refused.push(other.name);
+    }
+    // The same tenant and pool: a clone.
+    let mut sibling = ctx.spec("conf-s07-sibling");
+    sibling.tenant = tenant("acme");
+    sibling.pool = pool("web");
+    ok(ctx.engine.define(&sibling), "define a sibling")?;
+    ok(
+        ctx.engine.restore(&sibling.name, &id, &c),
+        "restore into a sibling of the same pool",
+    )?;
+    expect_state(ctx, &sibling.name, Running, "sibling restore")?;
+    for vm in refused {
+        ok(ctx.engine.undefine(&vm), "undefine")?;
+    }
+    teardown(ctx, &sibling.name)?;
+    teardown(ctx, &source)?;
+    ok(ctx.engine.delete_snapshot(&id), "delete snapshot")
+}
+
 fn s05_snapshot_ids_unique(ctx: &Ctx<'_>) -> Check {
     let vm = running(ctx, "conf-s05")?;
     let id = SnapshotId::new("conf-s05-snap").unwrap();
@@ -1083,6 +1142,13 @@ pub static SCENARIOS: &[Scenario] = &[
         requires: &[MemorySnapshots],
         knobs: NONE,
         run: s06_restore_into_a_clone,
+    },
+    Scenario {
+        id: "CONF-S-07",
+        title: "a snapshot never seeds a clone in another tenant or another pool",
+        requires: &[MemorySnapshots],
+        knobs: NONE,
+        run: s07_clones_stay_in_their_tenant_and_pool,
     },
     Scenario {
         id: "CONF-D-01",

@@ -18,11 +18,12 @@ use hangar_api::{ErrorBody, EventView, Operation, OperationRequest, VmView};
 use hangar_core::contracts::SnapshotInfo;
 use hangar_core::error::ErrorCode;
 
+pub mod fleet;
 mod local;
 mod remote;
 pub mod tokens;
 
-pub use local::Local;
+pub use local::{allowed_roots, check_paths, Local, Pending};
 pub use remote::Remote;
 
 /// Results carry the API's error body: code, message, path and hint, whichever side failed.
@@ -101,10 +102,11 @@ pub fn remote_for(home: &Path, mode: DaemonMode) -> Result<Option<Remote>> {
 }
 
 /// The [`Control`] commands use: the daemon when `mode` and reality say so, else a [`Local`]
-/// over `home`.
-pub fn connect(home: &Path, mode: DaemonMode) -> Result<Box<dyn Control>> {
+/// over `home` whose specs may name host files under `allow` too (the daemon has its own
+/// allowed roots: `hangard --allow-path`).
+pub fn connect(home: &Path, mode: DaemonMode, allow: &[PathBuf]) -> Result<Box<dyn Control>> {
     match remote_for(home, mode)? {
         Some(remote) => Ok(Box::new(remote)),
-        None => Ok(Box::new(Local::open(home)?)),
+        None => Ok(Box::new(Local::open(home, allow)?)),
     }
 }

@@ -13,6 +13,8 @@ use hangar_core::error::{Error, ErrorCode};
 use hangar_core::ids::{OperationId, SnapshotId, VmName};
 use hangar_core::lifecycle::{with_operation, VmState};
 use hangar_core::spec::VmSpec;
+use hangar_fleet::{Admission, Admit, Fleet};
+use hangar_hostfs::AllowedRoots;
 use hangar_qemu::{process, EngineOptions, QemuEngine, StartOptions};
 use hangar_store::{OperationRecord, OperationStatus, ProcessIdentity, Store};
 
@@ -21,6 +23,10 @@ use crate::{Control, Result};
 /// Operations on this host, through the engine, journaled in the store.
 pub struct Local {
     engine: Arc<QemuEngine>,
+    /// Where a spec's host files may come from.
+    roots: AllowedRoots,
+    /// Tenants and their quotas: every VM of a tenant is admitted through it.
+    fleet: Arc<Fleet<QemuEngine>>,
     /// A connection of its own, so journal writes never wait behind a long engine call.
     journal: Mutex<Store>,
     /// This process, recorded as the owner of the operations it runs.
@@ -32,6 +38,8 @@ pub struct Pending {
     record: OperationRecord,
     request: OperationRequest,
     prepared: Prepared,
+    /// Room in the VM's tenant's quotas, held until the operation has ended.
+    _admission: Option<Admission<QemuEngine>>,
 }
 
 impl Pending {
@@ -81,6 +89,43 @@ fn vm_name(s: &str) -> Result<VmName> {
 
 fn snapshot_id(s: &str) -> Result<SnapshotId> {
     SnapshotId::new(s).map_err(|e| Error::InvalidName(e).into())
+}
+
+/// The roots under `home` plus `allow`, as an error body when an extra root is unusable.
+pub fn allowed_roots(home: &Path, allow: &[std::path::PathBuf]) -> Result<AllowedRoots> {
+    AllowedRoots::new(home, allow).map_err(|e| {
+        let mut body = ErrorBody::new(ErrorCode::PathNotAllowed, e.to_string());
+        body.hint = "allow a directory of images or kernels, outside /proc, /sys, /dev and Hangar's state (its images and volumes are allowed already)".into();
+        body
+    })
+}
+
+/// [`Local::check_paths`] with explicit roots (what the daemon checks pool templates with).
+pub fn check_paths(roots: &AllowedRoots, spec: &VmSpec) -> Result<()> {
+    let denied = match roots.check_spec(spec) {
+        Ok(()) => return Ok(()),
+        Err(denied) => denied,
+    };
+    use hangar_core::error::Coded;
+    let first = &denied[0];
+    Err(ErrorBody {
+        code: first.code().as_str().to_string(),
+        message: first.to_string(),
+        path: Some(first.field.clone()),
+        hint: first.hint().unwrap_or_default(),
+        errors: denied
+            .iter()
+            .map(|d| {
+                serde_json::json!({
+                    "code": d.code().as_str(),
+                    "path": d.field,
+                    "message": d.to_string(),
+                    "hint": d.hint().unwrap_or_default(),
+                })
+            })
+            .collect(),
+        operation: None,
+    })
 }
 
 fn store_failure(e: hangar_store::StoreError) -> ErrorBody {
@@ -135,22 +180,45 @@ fn decode(rec: &OperationRecord) -> Result<Operation> {
 
 impl Local {
     /// Opens the engine over `home` and settles operations left by dead processes (those that
-    /// can be settled now; see [`Local::recover`]).
-    pub fn open(home: &Path) -> Result<Local> {
-        let engine = QemuEngine::open(home, EngineOptions::default())?;
-        let local = Local::new(Arc::new(engine))?;
+    /// can be settled now; see [`Local::recover`]). Specs may name host files under `home`'s
+    /// images and volumes and under `allow` (see [`AllowedRoots`]); quotas are read from the
+    /// fleet registry in the store.
+    pub fn open(home: &Path, allow: &[std::path::PathBuf]) -> Result<Local> {
+        let engine = Arc::new(QemuEngine::open(home, EngineOptions::default())?);
+        let roots = allowed_roots(home, allow)?;
+        let fleet = crate::fleet::open(engine.clone(), false)?;
+        let local = Local::new(engine, roots, fleet)?;
         local.recover();
         Ok(local)
     }
 
-    /// Wraps an engine (its home holds the journal).
-    pub fn new(engine: Arc<QemuEngine>) -> Result<Local> {
+    /// Wraps an engine (its home holds the journal), with the roots specs may name files
+    /// under and the fleet whose tenants' quotas every tenant VM is admitted against.
+    pub fn new(
+        engine: Arc<QemuEngine>,
+        roots: AllowedRoots,
+        fleet: Arc<Fleet<QemuEngine>>,
+    ) -> Result<Local> {
         let journal = Store::open_in(engine.home()).map_err(store_failure)?;
         Ok(Local {
             engine,
+            roots,
+            fleet,
             journal: Mutex::new(journal),
             me: process::identify(std::process::id()),
         })
+    }
+
+    /// The roots specs may name host files under.
+    pub fn roots(&self) -> &AllowedRoots {
+        &self.roots
+    }
+
+    /// Checks every host file `spec` names against the allowed roots: `E_PATH_NOT_ALLOWED`
+    /// (or `E_INVALID_ARGUMENT` for a missing file) naming the first bad field, with every
+    /// problem in `errors`.
+    pub fn check_paths(&self, spec: &VmSpec) -> Result<()> {
+        check_paths(&self.roots, spec)
     }
 
     /// The engine.
@@ -174,8 +242,14 @@ impl Local {
         self.engine.record(vm).map(|r| VmView::from_record(&r))
     }
 
-    fn prepare(&self, request: &OperationRequest) -> Result<(Prepared, String)> {
+    fn prepare(
+        &self,
+        request: &OperationRequest,
+    ) -> Result<(Prepared, String, Option<Admission<QemuEngine>>)> {
         use OperationRequest as R;
+        let admit = |spec: &VmSpec, to: Admit| -> Result<Option<Admission<QemuEngine>>> {
+            Ok(Some(self.fleet.admit(spec, to)?))
+        };
         let (prepared, target) = match request {
             R::Create { spec, base_dir } => {
                 let text = serde_json::to_string(spec).expect("JSON values serialise");
@@ -190,8 +264,20 @@ impl Local {
                     return Err(e);
                 }
                 let spec = hangar_spec::parse(&text, hangar_spec::Format::Json, base)?;
+                if spec.spec.pool.is_some() {
+                    let mut e = ErrorBody::new(
+                        ErrorCode::InvalidArgument,
+                        "a VM cannot join a pool by naming it: pool instances are made by the pool",
+                    );
+                    e.path = Some("pool".into());
+                    e.hint =
+                        "remove `pool` from the spec; `hangar pool create` makes instances".into();
+                    return Err(e);
+                }
+                self.check_paths(&spec.spec)?;
+                let admission = admit(&spec.spec, Admit::Define)?;
                 let name = spec.spec.name.to_string();
-                return Ok((Prepared::Create(Box::new(spec.spec)), name));
+                return Ok((Prepared::Create(Box::new(spec.spec)), name, admission));
             }
             R::Start {
                 vm,
@@ -254,18 +340,47 @@ impl Local {
                 vm,
             ),
             R::SnapshotDelete { id } => {
-                return Ok((Prepared::SnapshotDelete(snapshot_id(id)?), id.clone()))
+                let id = snapshot_id(id)?;
+                // An unknown snapshot is refused before anything is journaled, like a VM.
+                if !self.engine.list_snapshots(None)?.iter().any(|s| s.id == id) {
+                    return Err(Error::SnapshotNotFound(id).into());
+                }
+                let target = id.to_string();
+                return Ok((Prepared::SnapshotDelete(id), target, None));
             }
         };
         // An unknown VM is refused before anything is journaled.
-        self.engine.record(&vm_name(target)?)?;
-        Ok((prepared, target.clone()))
+        let rec = self.engine.record(&vm_name(target)?)?;
+        let mut prepared = prepared;
+        // A tenant's snapshots live in its namespace, like its VMs: `s1` of a VM of tenant
+        // acme is `acme--s1`, so tenants can neither collide nor reach each other's.
+        if let (
+            Prepared::SnapshotSave { id, .. } | Prepared::SnapshotRestore { id, .. },
+            Some(tenant),
+        ) = (&mut prepared, &rec.spec.tenant)
+        {
+            *id = snapshot_id(&hangar_core::ids::qualify(tenant, id.as_str()))?;
+        }
+        let admission = match &prepared {
+            Prepared::Start { .. } | Prepared::SnapshotRestore { .. } => {
+                // Files are checked again before every boot: the roots may have changed.
+                self.check_paths(&rec.spec)?;
+                admit(&rec.spec, Admit::Run)?
+            }
+            Prepared::Resume(_) => admit(&rec.spec, Admit::Run)?,
+            Prepared::SnapshotSave {
+                mode: SaveMode::Sleep,
+                ..
+            } => admit(&rec.spec, Admit::Sleep)?,
+            _ => None,
+        };
+        Ok((prepared, target.clone(), admission))
     }
 
     /// Checks `request` and journals it as a running operation owned by this process. Nothing
     /// is touched yet; [`Local::execute`] carries it out.
     pub fn begin(&self, request: OperationRequest) -> Result<Pending> {
-        let (prepared, target) = self.prepare(&request)?;
+        let (prepared, target, admission) = self.prepare(&request)?;
         let now = self.now();
         let record = OperationRecord {
             id: new_operation_id(now),
@@ -285,6 +400,7 @@ impl Local {
             record,
             request,
             prepared,
+            _admission: admission,
         })
     }
 
@@ -295,6 +411,7 @@ impl Local {
             mut record,
             request,
             prepared,
+            _admission,
         } = pending;
         let started = Instant::now();
         let report = |phase: &str| {

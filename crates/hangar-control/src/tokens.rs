@@ -4,7 +4,8 @@
 
 use std::io::Read;
 
-use hangar_api::{ErrorBody, NewToken};
+use hangar_api::{ErrorBody, NewToken, TokenView};
+use hangar_core::access::Scope;
 use hangar_core::clock::{Clock, SystemClock};
 use hangar_core::error::ErrorCode;
 use hangar_store::{Store, TokenRecord};
@@ -34,8 +35,19 @@ fn store_failure(e: hangar_store::StoreError) -> ErrorBody {
     ErrorBody::new(e.code(), e.to_string())
 }
 
-/// Creates a token named `name`; the returned secret is shown once and stored only hashed.
-pub fn create(store: &Store, name: &str) -> Result<NewToken> {
+/// Parses a scope as given on the command line or in `POST /v1/tokens`.
+pub fn parse_scope(scope: &str) -> Result<Scope> {
+    scope.parse().map_err(|why: String| {
+        let mut e = ErrorBody::new(ErrorCode::InvalidArgument, why);
+        e.path = Some("scope".into());
+        e.hint = "use admin, or tenant:<id>:<role> with role viewer, operator or owner".into();
+        e
+    })
+}
+
+/// Creates a token named `name` with `scope`; the returned secret is shown once and stored
+/// only hashed.
+pub fn create(store: &Store, name: &str, scope: &Scope) -> Result<NewToken> {
     if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control()) {
         let mut e = ErrorBody::new(
             ErrorCode::InvalidArgument,
@@ -51,14 +63,42 @@ pub fn create(store: &Store, name: &str) -> Result<NewToken> {
             id: id.clone(),
             name: name.to_string(),
             sha256: digest(&token),
+            scope: scope.clone(),
             created_at: SystemClock.now(),
         })
         .map_err(store_failure)?;
     Ok(NewToken {
         id,
         name: name.to_string(),
+        scope: scope.to_string(),
         token,
     })
+}
+
+/// Every token, oldest first.
+pub fn list(store: &Store) -> Result<Vec<TokenView>> {
+    Ok(store
+        .list_tokens()
+        .map_err(store_failure)?
+        .into_iter()
+        .map(|t| TokenView {
+            id: t.id,
+            name: t.name,
+            scope: t.scope.to_string(),
+            created_at: t.created_at.0,
+        })
+        .collect())
+}
+
+/// Revokes token `id` (effective on the next request); `E_INVALID_ARGUMENT` if there is none.
+pub fn remove(store: &Store, id: &str) -> Result<()> {
+    if store.delete_token(id).map_err(store_failure)? {
+        Ok(())
+    } else {
+        let mut e = ErrorBody::new(ErrorCode::InvalidArgument, format!("no token {id:?}"));
+        e.hint = "list tokens with `hangar token ls`".into();
+        Err(e)
+    }
 }
 
 /// The token record a bearer secret belongs to, if any. The lookup is by hash, so the secret

@@ -13,10 +13,10 @@ use hangar_qemu::{EngineOptions, QemuEngine};
 use hangar_store::{OperationRecord, OperationStatus, ProcessIdentity, Store};
 
 fn local(home: &std::path::Path) -> Local {
-    Local::new(Arc::new(
-        QemuEngine::open(home, EngineOptions::default()).unwrap(),
-    ))
-    .unwrap()
+    let engine = Arc::new(QemuEngine::open(home, EngineOptions::default()).unwrap());
+    let fleet = hangar_control::fleet::open(engine.clone(), false).unwrap();
+    let roots = hangar_control::allowed_roots(home, &[]).unwrap();
+    Local::new(engine, roots, fleet).unwrap()
 }
 
 fn spec(name: &str) -> serde_json::Value {

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::cancel::CancelToken;
 use crate::clock::Timestamp;
 use crate::error::Result;
-use crate::ids::{DeviceName, SnapshotId, VmName, VolumeId};
+use crate::ids::{DeviceName, PoolId, SnapshotId, TenantId, VmName, VolumeId};
 use crate::lifecycle::{LifecycleObserver, TransitionEvent, VmState};
 use crate::spec::{DiskFormat, NicSpec, VmSpec};
 
@@ -109,6 +109,53 @@ pub struct SnapshotInfo {
     pub created_at: Timestamp,
     /// The engine and version that wrote it (restores require the same).
     pub engine_version: String,
+    /// The tenant of the VM it was taken from: the snapshot belongs to that tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<TenantId>,
+    /// The pool of the VM it was taken from, if that VM was a pool instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PoolId>,
+}
+
+impl SnapshotInfo {
+    /// Why `snapshot` (taken from a VM of `spec`'s kind or another) may not seed a *clone*
+    /// (a restore into a VM other than the one it was taken from) named `vm` with `spec`: a
+    /// snapshot holds its source's memory and disks, so it never crosses a tenant, and a pool
+    /// instance is cloned only from its own pool's snapshots (and a plain VM from no pool's).
+    /// `None` when it may.
+    pub fn clone_refusal(&self, vm: &VmName, spec: &VmSpec) -> Option<String> {
+        if self.vm == *vm {
+            return None;
+        }
+        if self.tenant != spec.tenant {
+            return Some(format!(
+                "it belongs to {}, and {vm} to {}: snapshots never cross tenants",
+                owner_name(self.tenant.as_ref()),
+                owner_name(spec.tenant.as_ref())
+            ));
+        }
+        if self.pool != spec.pool {
+            return Some(format!(
+                "it was taken from {}, and {vm} is {}: a clone restores only its own pool's snapshots",
+                match &self.pool {
+                    Some(p) => format!("an instance of pool {p}"),
+                    None => "a VM outside any pool".to_string(),
+                },
+                match &spec.pool {
+                    Some(p) => format!("an instance of pool {p}"),
+                    None => "outside any pool".to_string(),
+                }
+            ));
+        }
+        None
+    }
+}
+
+fn owner_name(t: Option<&TenantId>) -> String {
+    match t {
+        Some(t) => format!("tenant {t}"),
+        None => "no tenant".to_string(),
+    }
 }
 
 /// Memory snapshots.
@@ -126,7 +173,8 @@ pub trait Snapshots: Send + Sync {
     /// The snapshot may have been taken from another VM whose spec has the same
     /// [`VmSpec::clone_template`](crate::spec::VmSpec::clone_template): `vm` then becomes a
     /// clone of it, its writable disks starting as the source's were when the snapshot was
-    /// taken. Any other difference is `E_SNAPSHOT_MISMATCH`.
+    /// taken, provided the source had the same tenant and pool
+    /// ([`SnapshotInfo::clone_refusal`]). Any other difference is `E_SNAPSHOT_MISMATCH`.
     fn restore(&self, vm: &VmName, id: &SnapshotId, cancel: &CancelToken) -> Result<VmStatus>;
     /// Snapshots, optionally only one VM's, sorted by id.
     fn list_snapshots(&self, vm: Option<&VmName>) -> Result<Vec<SnapshotInfo>>;

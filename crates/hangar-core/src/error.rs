@@ -306,6 +306,18 @@ error_codes! {
     TenantInUse = "E_TENANT_IN_USE", retryable: false, class: Invalid,
         meaning: "The tenant still owns at least one pool, so it cannot be removed.",
         fix: "Remove the tenant's pools first (`hangar pool rm POOL`), then the tenant.";
+    /// The principal may not do this.
+    Forbidden = "E_FORBIDDEN", retryable: false, class: Invalid,
+        meaning: "The caller's token or user is not allowed to do this (its scope or role does not cover it).",
+        fix: "Use a token with the needed scope and role (`hangar token create --tenant T --role owner`, or --admin), or ask the host's administrator.";
+    /// A spec names a host file outside the allowed roots.
+    PathNotAllowed = "E_PATH_NOT_ALLOWED", retryable: false, class: Invalid,
+        meaning: "A spec names a host file (kernel, initrd, disk source, or a qcow2 backing file) outside the directories this host allows, or reaches one through a symlink.",
+        fix: "Put the file under $HANGAR_HOME/images or an allowed directory (`hangar doctor` lists them; an admin adds one with `hangard --allow-path DIR`), and name it without symlinks.";
+    /// The audit log cannot be written.
+    AuditUnavailable = "E_AUDIT_UNAVAILABLE", retryable: true, class: Environment,
+        meaning: "The audit log could not be written, so the request was refused before anything was done (hangard fails closed).",
+        fix: "Check $HANGAR_HOME/audit.log (`hangar audit verify`), the disk's free space and the daemon's log, then retry.";
 }
 
 impl fmt::Display for ErrorCode {

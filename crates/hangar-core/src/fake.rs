@@ -467,6 +467,8 @@ impl Snapshots for FakeEngine {
             size_bytes: u64::from(spec.machine.memory_mib) << 20,
             created_at: self.config.clock.now(),
             engine_version: self.config.engine_version.clone(),
+            tenant: spec.tenant.clone(),
+            pool: spec.pool.clone(),
         };
         inner.snapshots.insert(
             id.clone(),
@@ -489,14 +491,24 @@ impl Snapshots for FakeEngine {
         self.enter()?;
         self.require(Capability::MemorySnapshots, "memory snapshots")?;
         let mut inner = lock(&self.inner);
-        let (state, template) = {
+        let (state, template, spec) = {
             let fake = inner.vm(vm)?;
-            (fake.machine.state(), fake.spec.clone_template())
+            (
+                fake.machine.state(),
+                fake.spec.clone_template(),
+                fake.spec.clone(),
+            )
         };
         let snapshot = inner
             .snapshots
             .get(id)
             .ok_or_else(|| Error::SnapshotNotFound(id.clone()))?;
+        if let Some(reason) = snapshot.info.clone_refusal(vm, &spec) {
+            return Err(Error::SnapshotMismatch {
+                snapshot: id.clone(),
+                reason,
+            });
+        }
         if snapshot.spec.clone_template() != template {
             return Err(Error::SnapshotMismatch {
                 snapshot: id.clone(),

@@ -52,6 +52,12 @@ impl InvalidName {
                 }
             }
             NameRule::BadInstanceId => "instance ids look like i-0123abcd".to_string(),
+            NameRule::Separator => format!(
+                "'{TENANT_SEPARATOR}' separates a tenant from a name (acme{TENANT_SEPARATOR}web); use single hyphens"
+            ),
+            NameRule::LongerThan { max, .. } => {
+                format!("use at most {max} characters (a shorter name, or a shorter tenant or pool id)")
+            }
         }
     }
 }
@@ -71,6 +77,17 @@ pub enum NameRule {
     ShellMetacharacter(char),
     /// Not of the form `i-` + 8 lowercase hex digits.
     BadInstanceId,
+    /// Contains [`TENANT_SEPARATOR`] where it is not allowed (tenant ids, names given inside a
+    /// tenant's scope).
+    Separator,
+    /// Longer than a limit tighter than [`MAX_NAME_LEN`] (tenant ids, pool ids, names whose
+    /// derived names must fit).
+    LongerThan {
+        /// The length found.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 impl fmt::Display for NameRule {
@@ -82,6 +99,10 @@ impl fmt::Display for NameRule {
             NameRule::BadChar(c) => write!(f, "contains {c:?}; only a-z, 0-9 and '-' are allowed"),
             NameRule::ShellMetacharacter(c) => write!(f, "contains the shell metacharacter {c:?}"),
             NameRule::BadInstanceId => write!(f, "must be 'i-' followed by 8 lowercase hex digits"),
+            NameRule::Separator => write!(f, "must not contain '{TENANT_SEPARATOR}'"),
+            NameRule::LongerThan { len, max } => {
+                write!(f, "is {len} characters long, at most {max}")
+            }
         }
     }
 }
@@ -140,8 +161,58 @@ pub fn suggest_name(value: &str) -> String {
         .to_string()
 }
 
+/// Separates a tenant id from a name in a tenant-qualified name: VM `web` of tenant `acme` is
+/// `acme--web` on the host, and so are its pools (`acme--pool`) and snapshots. Tenants thereby
+/// have namespaces of their own: one tenant's names can never collide with, or reveal, another's.
+pub const TENANT_SEPARATOR: &str = "--";
+
+/// Longest tenant id: leaves room in a 63-character name for `--` and a name of 37 characters.
+pub const MAX_TENANT_ID_LEN: usize = 24;
+
+fn check_tenant_id(kind: &'static str, value: &str) -> Result<(), InvalidName> {
+    check_name(kind, value)?;
+    let fail = |reason| {
+        Err(InvalidName {
+            kind,
+            value: value.to_string(),
+            reason,
+        })
+    };
+    if value.contains(TENANT_SEPARATOR) {
+        return fail(NameRule::Separator);
+    }
+    if value.len() > MAX_TENANT_ID_LEN {
+        return fail(NameRule::LongerThan {
+            len: value.len(),
+            max: MAX_TENANT_ID_LEN,
+        });
+    }
+    Ok(())
+}
+
+/// The tenant a qualified name belongs to: the part before the first [`TENANT_SEPARATOR`], if
+/// the name has one.
+pub fn tenant_prefix(name: &str) -> Option<&str> {
+    name.split_once(TENANT_SEPARATOR).map(|(tenant, _)| tenant)
+}
+
+/// `name` inside `tenant`'s namespace: `tenant--name`, or `name` itself when it already
+/// carries that prefix. The result is not validated here (the caller parses it into its id
+/// type, which checks the length).
+pub fn qualify(tenant: &TenantId, name: &str) -> String {
+    let prefix = format!("{tenant}{TENANT_SEPARATOR}");
+    if name.starts_with(&prefix) {
+        name.to_string()
+    } else {
+        format!("{prefix}{name}")
+    }
+}
+
 macro_rules! name_type {
     ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        name_type!($(#[$doc])* $name, $kind, check_name);
+    };
+    ($(#[$doc:meta])* $name:ident, $kind:literal, $check:ident) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
@@ -151,7 +222,7 @@ macro_rules! name_type {
             /// Parses and validates a name.
             pub fn new(value: impl Into<String>) -> Result<Self, InvalidName> {
                 let value = value.into();
-                check_name($kind, &value)?;
+                $check($kind, &value)?;
                 Ok(Self(value))
             }
 
@@ -201,9 +272,12 @@ name_type!(
     "vm name"
 );
 name_type!(
-    /// A tenant: the isolation and quota boundary.
+    /// A tenant: the isolation and quota boundary. Besides the shared grammar, a tenant id is at
+    /// most [`MAX_TENANT_ID_LEN`] characters and has no [`TENANT_SEPARATOR`], so that
+    /// `tenant--name` splits one way only and leaves room for the name.
     TenantId,
-    "tenant id"
+    "tenant id",
+    check_tenant_id
 );
 name_type!(
     /// A pool of interchangeable instances belonging to a tenant.
@@ -346,6 +420,34 @@ mod tests {
         for bad in ["i-0123ABCD", "i-123", "x-01234567", "i-0123abcde"] {
             assert!(InstanceId::new(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn tenant_ids_are_short_and_have_no_separator() {
+        assert!(TenantId::new("acme").is_ok());
+        assert!(TenantId::new("a-b").is_ok());
+        assert_eq!(
+            TenantId::new("a--b").unwrap_err().reason,
+            NameRule::Separator
+        );
+        assert_eq!(
+            TenantId::new("x".repeat(25)).unwrap_err().reason,
+            NameRule::LongerThan { len: 25, max: 24 }
+        );
+        // Other names keep the shared grammar.
+        assert!(VmName::new("acme--web").is_ok());
+    }
+
+    #[test]
+    fn qualified_names() {
+        let acme = TenantId::new("acme").unwrap();
+        assert_eq!(qualify(&acme, "web"), "acme--web");
+        assert_eq!(qualify(&acme, "acme--web"), "acme--web");
+        // Another tenant's qualified name stays inside this tenant's namespace.
+        assert_eq!(qualify(&acme, "beta--web"), "acme--beta--web");
+        assert_eq!(tenant_prefix("acme--web"), Some("acme"));
+        assert_eq!(tenant_prefix("acme--web--x"), Some("acme"));
+        assert_eq!(tenant_prefix("web-1"), None);
     }
 
     #[test]

@@ -27,6 +27,7 @@
 //! assert_eq!(vm.state(), VmState::Starting);
 //! ```
 
+pub mod access;
 pub mod cancel;
 pub mod clock;
 pub mod contracts;

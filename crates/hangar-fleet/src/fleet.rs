@@ -42,7 +42,7 @@ pub struct PassReport {
     pub slept: u32,
     /// Sleeping instances woken.
     pub woken: u32,
-    /// Instances stopped and removed.
+    /// Instances stopped and removed (and VMs of removed pools discarded).
     pub stopped: u32,
     /// Left alone this pass, with why.
     pub deferred: Vec<Deferred>,
@@ -51,6 +51,23 @@ pub struct PassReport {
     pub errors: Vec<(String, String)>,
     /// How long the pass took.
     pub took_ms: f64,
+    /// Every engine step the pass took, in order, with its outcome (what the audit log
+    /// records for the reconciler).
+    #[serde(default)]
+    pub steps: Vec<Step>,
+}
+
+/// One engine step of a pass.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Step {
+    /// `create`, `resume`, `wake`, `pause`, `sleep`, `remove` or `discard` (a VM the fleet
+    /// owns whose pool is gone).
+    pub action: String,
+    /// The VM (for a creation that failed before it had one: the pool).
+    pub target: String,
+    /// `ok`, or the error code.
+    pub result: String,
 }
 
 impl PassReport {
@@ -137,6 +154,42 @@ pub struct Registry {
     /// Base snapshots, one per pool at most.
     #[serde(default)]
     pub bases: Vec<Base>,
+    /// VMs the fleet made that no longer belong to any instance (their pool was removed, or
+    /// their creation failed) and that it still has to stop and delete. Kept until they are
+    /// gone, so a crash in between never leaves one running for good. This list and
+    /// `instances` are the fleet's ownership record: it never touches a VM on neither.
+    #[serde(default)]
+    pub retired: Vec<VmName>,
+}
+
+/// The longest pool id: room for `-<ordinal>` and `-sleep` in instance and snapshot names.
+pub const MAX_POOL_ID_LEN: usize = 40;
+
+/// A tenant's own VM (not a pool instance) as quotas see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantVm {
+    /// The VM.
+    pub name: VmName,
+    /// Its tenant.
+    pub tenant: TenantId,
+    /// What it uses in its current state.
+    pub usage: Usage,
+}
+
+/// Reads the tenants' own VMs (those outside any pool), for quota checks. Called with the
+/// fleet's lock held: it must not call back into the fleet.
+pub type TenantVms = Box<dyn Fn() -> Result<Vec<TenantVm>> + Send + Sync>;
+
+/// What a tenant's own VM is being brought to, for [`Fleet::admit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Defined (not running): it must fit the quotas as if it ran next to what runs now, so
+    /// a VM that could never start is refused when it is made.
+    Define,
+    /// Running (start, resume, restore).
+    Run,
+    /// Sleeping on a memory snapshot (its memory moves to disk).
+    Sleep,
 }
 
 /// The registry and the bookkeeping around it, behind the fleet's mutex.
@@ -145,8 +198,18 @@ struct State {
     pools: BTreeMap<PoolId, Pool>,
     instances: Vec<Instance>,
     bases: BTreeMap<PoolId, Base>,
-    /// Instances an engine step is working on right now.
-    busy: BTreeSet<InstanceId>,
+    /// Instances an engine step is working on right now, and their VMs.
+    busy: BTreeMap<InstanceId, VmName>,
+    /// See [`Registry::retired`].
+    retired: BTreeSet<VmName>,
+    /// Per pool, the least ordinal a new instance may take: raised past a name some other
+    /// VM already has, so the fleet never adopts or overwrites it.
+    ordinal_floor: BTreeMap<PoolId, u32>,
+    /// Tenants' own VMs being brought to a new state right now, with what they will use
+    /// there (see [`Fleet::admit`]); they count like this until the step settles.
+    pending: BTreeMap<VmName, (TenantId, Usage)>,
+    /// Where tenants' own VMs are read from (see [`Fleet::count_tenant_vms`]).
+    tenant_vms: Option<TenantVms>,
     /// Source of instance id bits (a counter mixed with the start time: unique per fleet).
     next_id: u32,
     backoff: BTreeMap<PoolId, (u32, Timestamp)>,
@@ -165,22 +228,44 @@ impl State {
         self.pools.get(id).ok_or_else(|| not_found_pool(id))
     }
 
-    fn usage(&self, tenant: &TenantId) -> Usage {
-        Usage::of(
-            self.instances
-                .iter()
-                .filter(|i| self.pools.get(&i.pool).is_some_and(|p| &p.tenant == tenant)),
-        )
+    /// What `tenant` uses: its pools' instances, its own VMs, and what steps in flight will
+    /// use. `except` is left out (the VM a check is about, counted by what it asks for).
+    fn usage(&self, tenant: &TenantId, except: Option<&VmName>) -> Result<Usage> {
+        let mut used = Usage::of(self.instances.iter().filter(|i| {
+            self.pools.get(&i.pool).is_some_and(|p| &p.tenant == tenant) && Some(&i.name) != except
+        }));
+        if let Some(read) = &self.tenant_vms {
+            for vm in read()? {
+                let counted_elsewhere = self.pending.contains_key(&vm.name)
+                    || Some(&vm.name) == except
+                    || self.instances.iter().any(|i| i.name == vm.name);
+                if &vm.tenant == tenant && !counted_elsewhere {
+                    used.add(&vm.usage);
+                }
+            }
+        }
+        for (name, (t, u)) in &self.pending {
+            if t == tenant && Some(name) != except {
+                used.add(u);
+            }
+        }
+        Ok(used)
     }
 
     fn check_quota(&self, pool: &Pool, add: Usage) -> Result<()> {
-        let tenant = self
-            .tenants
-            .get(&pool.tenant)
-            .ok_or_else(|| refuse(format!("no tenant {}", pool.tenant)))?;
-        tenant
-            .quotas
-            .check(&tenant.id, &self.usage(&tenant.id), &add)
+        self.check_tenant(&pool.tenant, None, add)
+    }
+
+    /// Whether `tenant`, without `except`, has room for `add`.
+    fn check_tenant(&self, tenant: &TenantId, except: Option<&VmName>, add: Usage) -> Result<()> {
+        let t = self.tenants.get(tenant).ok_or_else(|| Error::Backend {
+            code: ErrorCode::TenantNotFound,
+            message: format!(
+                "no tenant {tenant}; an admin creates it with `hangar tenant create {tenant}`"
+            ),
+        })?;
+        t.quotas
+            .check(&t.id, &self.usage(&t.id, except)?, &add)
             .map_err(Error::from)
     }
 
@@ -216,36 +301,20 @@ fn busy(id: &InstanceId) -> Error {
     }
 }
 
-fn sleep_snapshot(name: &VmName) -> SnapshotId {
-    SnapshotId::new(format!("{name}-sleep")).expect("names make valid snapshot ids")
+/// The snapshot a sleeping instance sleeps on: `<vm>-sleep`. Pool ids are short enough for it
+/// ([`MAX_POOL_ID_LEN`]); a longer one from an old registry is an error, never a panic.
+fn sleep_snapshot(name: &VmName) -> Result<SnapshotId> {
+    SnapshotId::new(format!("{name}-sleep")).map_err(Error::InvalidName)
 }
 
-fn base_snapshot(pool: &PoolId) -> SnapshotId {
-    SnapshotId::new(format!("{pool}-base")).expect("pool ids make valid snapshot ids")
+/// A pool's base snapshot: `<pool>-base`.
+fn base_snapshot(pool: &PoolId) -> Result<SnapshotId> {
+    SnapshotId::new(format!("{pool}-base")).map_err(Error::InvalidName)
 }
 
-/// A stable instance id for a VM adopted without a registry entry (derived from its name, so
-/// adopting it twice gives the same id).
-fn adopted_id(name: &VmName) -> InstanceId {
-    // FNV-1a: tiny, stable across builds and platforms.
-    let mut h: u32 = 0x811c_9dc5;
-    for b in name.as_str().bytes() {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    InstanceId::from_bits(h)
-}
-
-/// Disk an instance of `spec` holds besides its memory: its blank disks (overlays over a base
-/// image start empty and are not counted).
+/// Disk an instance of `spec` holds besides its memory (see [`Usage::of_spec`]).
 fn disk_mib(spec: &VmSpec) -> u64 {
-    spec.disks
-        .iter()
-        .map(|d| match d.source {
-            hangar_core::spec::DiskSource::Blank { size_mib } => size_mib,
-            hangar_core::spec::DiskSource::Base { .. } => 0,
-        })
-        .sum()
+    Usage::of_spec(VmState::Defined, spec).disk_mib
 }
 
 /// Tenants, pools and instances on one host, driven through an engine. Every method takes
@@ -264,6 +333,29 @@ pub struct Fleet<E: ?Sized> {
 
 /// A sink for the registry.
 type Persist = Box<dyn Fn(&Registry) + Send + Sync>;
+
+impl<E: ?Sized> Fleet<E> {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves bookkeeping, not engine state, behind; the next
+        // observe corrects it from the engine.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Room reserved in a tenant's quotas for one of its VMs while an engine step brings it to a
+/// new state (see [`Fleet::admit`]); released when dropped.
+pub struct Admission<E: ?Sized> {
+    fleet: Arc<Fleet<E>>,
+    vm: Option<VmName>,
+}
+
+impl<E: ?Sized> Drop for Admission<E> {
+    fn drop(&mut self) {
+        if let Some(vm) = self.vm.take() {
+            self.fleet.lock().pending.remove(&vm);
+        }
+    }
+}
 
 impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
     /// An empty fleet over `engine`.
@@ -292,7 +384,11 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
                 .into_iter()
                 .map(|b| (b.pool.clone(), b))
                 .collect(),
-            busy: BTreeSet::new(),
+            busy: BTreeMap::new(),
+            retired: registry.retired.into_iter().collect(),
+            ordinal_floor: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            tenant_vms: None,
             next_id: seed,
             backoff: BTreeMap::new(),
         };
@@ -320,12 +416,6 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock leaves bookkeeping, not engine state, behind; the next
-        // observe corrects it from the engine.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// What to persist.
     pub fn registry(&self) -> Registry {
         let s = self.lock();
@@ -334,6 +424,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
             pools: s.pools.values().cloned().collect(),
             instances: s.instances.clone(),
             bases: s.bases.values().cloned().collect(),
+            retired: s.retired.iter().cloned().collect(),
         }
     }
 
@@ -384,6 +475,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
 
     /// Adds a pool (its tenant must exist). Nothing is created until the next pass.
     pub fn add_pool(&self, pool: Pool) -> Result<()> {
+        check_pool_id(&pool.id)?;
         let mut s = self.lock();
         if !s.tenants.contains_key(&pool.tenant) {
             return Err(Error::Backend {
@@ -451,19 +543,28 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
                 .into_iter()
                 .partition(|i| &i.pool == pool);
             s.instances = kept;
+            // Every one of them is retired (and so persisted) before any is touched: if this
+            // process dies half way, the next pass finishes the job, busy ones included.
+            s.retired.extend(doomed.iter().map(|i| i.name.clone()));
             let idle: Vec<Instance> = doomed
                 .into_iter()
-                .filter(|i| !s.busy.contains(&i.id))
+                .filter(|i| !s.busy.contains_key(&i.id))
                 .collect();
             (idle, base)
         };
         self.changed();
         let mut first_error = None;
         for i in doomed {
-            if let Err(e) = self.discard(&i.name) {
-                first_error.get_or_insert(e);
+            match self.discard(&i.name) {
+                Ok(()) => {
+                    self.lock().retired.remove(&i.name);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
             }
         }
+        self.changed();
         if let Some(base) = base {
             let _ = self.engine.delete_snapshot(&base.snapshot);
         }
@@ -495,16 +596,75 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
             .collect()
     }
 
-    /// What a tenant uses now.
-    pub fn usage(&self, tenant: &TenantId) -> Usage {
-        self.lock().usage(tenant)
+    /// What a tenant uses now: its pools' instances and its own VMs.
+    pub fn usage(&self, tenant: &TenantId) -> Result<Usage> {
+        self.lock().usage(tenant, None)
     }
 
-    /// Refreshes every instance's state from the engine (one `list`), and adopts VMs named
-    /// like a known pool's instances (`<pool>-<n>`) that the registry lacks: a process that
-    /// died between creating a VM and saving the registry leaves exactly that, and adopting it
-    /// is what keeps a restarted pass from creating it twice. Instances a step is working on
-    /// are left as they are.
+    /// Reserves room in its tenant's quotas for VM `spec` going `to` a new state, checked
+    /// against everything the tenant uses (pool instances, its other VMs, steps in flight)
+    /// under the lock the fleet's own steps take, so two requests can never both take the last
+    /// room. The room stays reserved until the returned [`Admission`] is dropped, after the
+    /// engine step (whose result the store then shows). A VM without a tenant is admitted
+    /// without a check; one whose tenant does not exist is `E_TENANT_NOT_FOUND`.
+    pub fn admit(self: &Arc<Self>, spec: &VmSpec, to: Admit) -> Result<Admission<E>> {
+        let Some(tenant) = &spec.tenant else {
+            return Ok(Admission {
+                fleet: self.clone(),
+                vm: None,
+            });
+        };
+        let (vcpus, memory, disk) = (spec.machine.vcpus, spec.machine.memory_mib, disk_mib(spec));
+        let (check, holds) = match to {
+            Admit::Define => (
+                Usage {
+                    instances: 1,
+                    vcpus: u64::from(vcpus),
+                    memory_mib: u64::from(memory),
+                    disk_mib: disk,
+                    ..Usage::default()
+                },
+                Usage::of_vm(VmState::Defined, vcpus, memory, disk),
+            ),
+            Admit::Run => {
+                let u = Usage::of_vm(VmState::Running, vcpus, memory, disk);
+                (u, u)
+            }
+            Admit::Sleep => {
+                let u = Usage::of_vm(VmState::Sleeping, vcpus, memory, disk);
+                (u, u)
+            }
+        };
+        let mut s = self.lock();
+        if s.pending.contains_key(&spec.name) {
+            return Err(Error::Backend {
+                code: ErrorCode::Busy,
+                message: format!(
+                    "{} is in the middle of another step; retry shortly",
+                    spec.name
+                ),
+            });
+        }
+        s.check_tenant(tenant, Some(&spec.name), check)?;
+        s.pending.insert(spec.name.clone(), (tenant.clone(), holds));
+        Ok(Admission {
+            fleet: self.clone(),
+            vm: Some(spec.name.clone()),
+        })
+    }
+
+    /// Makes quotas count tenants' own VMs (those made outside any pool), read through
+    /// `read` whenever a quota is checked. Without it only pool instances count.
+    pub fn count_tenant_vms(&self, read: TenantVms) {
+        self.lock().tenant_vms = Some(read);
+    }
+
+    /// Refreshes every instance's state from the engine (one `list`). An instance whose VM is
+    /// gone is dropped (the plan replaces it). VMs the registry does not list are never
+    /// touched, whatever their names: the fleet records an instance *before* it asks the engine
+    /// for its VM (see [`Fleet::persist_with`]), so after a crash every VM it made is in the
+    /// restored registry, and a VM that is not is someone else's. Instances a step is working
+    /// on are left as they are.
     pub fn observe(&self) -> Result<()> {
         let listed = self.engine.list()?;
         let mut s = self.lock();
@@ -515,15 +675,12 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
         let State {
             instances,
             busy,
-            pools,
+            retired,
             ..
         } = &mut *s;
-        // Refresh what the registry knows, taking each VM out of `seen` as it is matched, so
-        // what remains is exactly the VMs the registry lacks (no scan per VM: this runs every
-        // pass over every instance).
         for i in instances.iter_mut() {
             let found = seen.remove(&i.name);
-            if busy.contains(&i.id) {
+            if busy.contains_key(&i.id) {
                 continue;
             }
             match found {
@@ -535,33 +692,40 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
                 None => i.state = VmState::Deleted,
             }
         }
-        for (name, (state, since)) in seen {
-            let Some((pool, ordinal)) = name
-                .as_str()
-                .rsplit_once('-')
-                .and_then(|(p, n)| Some((PoolId::new(p).ok()?, n.parse::<u32>().ok()?)))
-            else {
-                continue;
-            };
-            let Some(p) = pools.get(&pool) else {
-                continue;
-            };
-            instances.push(Instance {
-                id: adopted_id(&name),
-                vcpus: p.template.machine.vcpus,
-                memory_mib: p.template.machine.memory_mib,
-                disk_mib: disk_mib(&p.template),
-                pool,
-                name,
-                ordinal,
-                state,
-                since,
-                created_at: since,
-                claimed: false,
-            });
-        }
         instances.retain(|i| i.state != VmState::Deleted);
+        // A retired VM already gone needs nothing more.
+        retired.retain(|name| seen.contains_key(name) || busy.values().any(|b| b == name));
         Ok(())
+    }
+
+    /// Stops and deletes the VMs of removed pools and failed creations (see
+    /// [`Registry::retired`]), except one a step is still working on (it discards its own).
+    fn discard_retired(&self, report: &mut PassReport) {
+        let doomed: Vec<VmName> = {
+            let s = self.lock();
+            s.retired
+                .iter()
+                .filter(|n| !s.busy.values().any(|b| b == *n))
+                .cloned()
+                .collect()
+        };
+        for name in doomed {
+            let result = self.discard(&name);
+            report.steps.push(Step {
+                action: "discard".into(),
+                target: name.to_string(),
+                result: outcome(&result),
+            });
+            match result {
+                Ok(()) => {
+                    self.lock().retired.remove(&name);
+                    report.stopped += 1;
+                }
+                Err(e) => report
+                    .errors
+                    .push((e.code().as_str().into(), e.to_string())),
+            }
+        }
     }
 
     /// One reconcile pass: observe, plan, act, report. Steps that fail are reported and the
@@ -577,6 +741,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
                 .push((e.code().as_str().into(), e.to_string()));
             return report;
         }
+        self.discard_retired(&mut report);
         let now = self.clock.now();
         let (plan, waiting) = {
             let s = self.lock();
@@ -648,9 +813,51 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
     }
 
     fn act(&self, action: &Action, report: &mut PassReport) -> Result<()> {
+        let (name, target) = match action {
+            Action::Create { pool, .. } => ("create", format!("pool {pool}")),
+            Action::Resume { instance }
+            | Action::Wake { instance, .. }
+            | Action::Pause { instance }
+            | Action::Sleep { instance }
+            | Action::Remove { instance, .. } => {
+                let vm = self.lock().find(instance).map(|i| i.name.to_string());
+                let verb = match action {
+                    Action::Resume { .. } => "resume",
+                    Action::Wake { .. } => "wake",
+                    Action::Pause { .. } => "pause",
+                    Action::Sleep { .. } => "sleep",
+                    _ => "remove",
+                };
+                (verb, vm.unwrap_or_else(|| instance.to_string()))
+            }
+        };
+        let mut made = None;
+        let result = self.act_on(action, report, &mut made);
+        // A busy instance was not acted on: nothing to record.
+        if result
+            .as_ref()
+            .err()
+            .is_none_or(|e| e.code() != ErrorCode::Busy)
+        {
+            report.steps.push(Step {
+                action: name.into(),
+                target: made.unwrap_or(target),
+                result: outcome(&result),
+            });
+        }
+        result
+    }
+
+    fn act_on(
+        &self,
+        action: &Action,
+        report: &mut PassReport,
+        made: &mut Option<String>,
+    ) -> Result<()> {
         match action {
             Action::Create { pool, target } => {
-                let (_, cloned) = self.create(pool, *target, false)?;
+                let (i, cloned) = self.create(pool, *target, false)?;
+                *made = Some(i.name.to_string());
                 report.created += 1;
                 report.cloned += u32::from(cloned);
             }
@@ -705,7 +912,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
         s.busy.remove(id);
         let Some(rec) = s.find_mut(id) else {
             drop(s);
-            let _ = self.discard(&before.name);
+            self.discard_owned(&before.name);
             return Err(refuse(format!(
                 "instance {id} was removed (its pool is gone) while it was being worked on"
             )));
@@ -741,11 +948,11 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
             .find(id)
             .cloned()
             .ok_or_else(|| refuse(format!("no instance {id}")))?;
-        if s.busy.contains(id) {
+        if s.busy.contains_key(id) {
             return Err(busy(id));
         }
         check(&s, &i)?;
-        s.busy.insert(id.clone());
+        s.busy.insert(id.clone(), i.name.clone());
         if claim {
             s.find_mut(id).expect("found above").claimed = true;
         }
@@ -758,6 +965,23 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
     /// concurrent creations cannot overshoot; a failure on the way removes what was made.
     /// Returns the instance and whether it was cloned.
     fn create(&self, pool_id: &PoolId, target: VmState, claimed: bool) -> Result<(Instance, bool)> {
+        // A name taken by a VM the fleet did not make is skipped (never touched): try the next
+        // ordinal, a few times.
+        let mut attempts = 0;
+        loop {
+            match self.create_once(pool_id, target, claimed) {
+                Err(Error::VmExists(_)) if attempts < 8 => attempts += 1,
+                other => return other,
+            }
+        }
+    }
+
+    fn create_once(
+        &self,
+        pool_id: &PoolId,
+        target: VmState,
+        claimed: bool,
+    ) -> Result<(Instance, bool)> {
         let (pool, reserved, base) = {
             let mut s = self.lock();
             let pool = s.pool(pool_id)?.clone();
@@ -778,14 +1002,21 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
                     disk_mib: disk + if holds_process { 0 } else { memory },
                 },
             )?;
-            let ordinal = s
+            let mut ordinal = s
                 .instances
                 .iter()
                 .filter(|i| i.pool == pool.id)
                 .map(|i| i.ordinal + 1)
                 .max()
-                .unwrap_or(0);
-            let name = VmName::new(format!("{}-{ordinal}", pool.id)).map_err(Error::InvalidName)?;
+                .unwrap_or(0)
+                .max(s.ordinal_floor.get(&pool.id).copied().unwrap_or(0));
+            let name = loop {
+                let name = instance_name(&pool.id, ordinal)?;
+                if !s.retired.contains(&name) {
+                    break name;
+                }
+                ordinal += 1;
+            };
             let id = s.fresh_id();
             let now = self.clock.now();
             let reserved = Instance {
@@ -803,7 +1034,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
                 disk_mib: disk,
             };
             s.instances.push(reserved.clone());
-            s.busy.insert(id);
+            s.busy.insert(id, reserved.name.clone());
             let base = s
                 .bases
                 .get(&pool.id)
@@ -811,9 +1042,9 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
                 .map(|b| b.snapshot.clone());
             (pool, reserved, base)
         };
-        if claimed {
-            self.changed();
-        }
+        // Recorded before the engine hears of it: a registry saved from now on names this
+        // VM, so a crash never leaves a VM the fleet made but does not know it owns.
+        self.changed();
         let id = reserved.id.clone();
         let made = self.make(&pool, &reserved, target, base.as_ref());
         let mut s = self.lock();
@@ -827,19 +1058,41 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
                 self.changed();
                 Ok((made, cloned))
             }
-            outcome => {
-                // Leave nothing half made: no process, no overlay, no record.
+            Err(Made::NotOurs(e)) => {
+                // Another VM has the name: never touch it; the next creation takes the next
+                // ordinal.
                 s.instances.retain(|i| i.id != id);
+                s.ordinal_floor
+                    .insert(pool.id.clone(), reserved.ordinal + 1);
                 drop(s);
-                let _ = self.discard(&reserved.name);
+                self.changed();
+                Err(e)
+            }
+            outcome => {
+                // Leave nothing half made: no process, no overlay, no record. Until the VM is
+                // really gone it stays retired, so a later pass finishes the job.
+                s.instances.retain(|i| i.id != id);
+                s.retired.insert(reserved.name.clone());
+                drop(s);
+                self.changed();
+                self.discard_owned(&reserved.name);
                 match outcome {
-                    Err(e) => Err(e),
+                    Err(Made::Failed(e)) | Err(Made::NotOurs(e)) => Err(e),
                     Ok(_) => Err(refuse(format!(
                         "pool {} was removed while instance {id} was being created",
                         pool.id
                     ))),
                 }
             }
+        }
+    }
+
+    /// Discards a retired VM now, and forgets it once it is gone (a later pass retries if it
+    /// is not).
+    fn discard_owned(&self, name: &VmName) {
+        if self.discard(name).is_ok() {
+            self.lock().retired.remove(name);
+            self.changed();
         }
     }
 
@@ -850,8 +1103,23 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
         i: &Instance,
         target: VmState,
         base: Option<&SnapshotId>,
+    ) -> std::result::Result<(VmStatus, bool), Made> {
+        match self.engine.define(&instance_spec(pool, &i.name)) {
+            Ok(_) => {}
+            Err(e @ Error::VmExists(_)) => return Err(Made::NotOurs(e)),
+            Err(e) => return Err(Made::Failed(e)),
+        }
+        self.bring_up(pool, i, target, base).map_err(Made::Failed)
+    }
+
+    /// The rest of [`Fleet::make`], once the VM is defined (and so the fleet's to discard).
+    fn bring_up(
+        &self,
+        pool: &Pool,
+        i: &Instance,
+        target: VmState,
+        base: Option<&SnapshotId>,
     ) -> Result<(VmStatus, bool)> {
-        self.engine.define(&instance_spec(pool, &i.name))?;
         let cancel = CancelToken::new();
         let mut cloned = false;
         if let Some(base) = base {
@@ -878,7 +1146,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
                 _ => self.engine.pause(&i.name)?,
             },
             VmState::Sleeping => {
-                let snap = sleep_snapshot(&i.name);
+                let snap = sleep_snapshot(&i.name)?;
                 let _ = self.engine.delete_snapshot(&snap);
                 self.engine.save(&i.name, &snap, SaveMode::Sleep, &cancel)?;
                 self.engine.status(&i.name)?
@@ -894,7 +1162,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
     /// Saves a freshly booted instance as its pool's base snapshot (it is left paused). A stale
     /// base (older template) is deleted first.
     fn take_base(&self, pool: &Pool, vm: &VmName) -> Result<()> {
-        let snapshot = base_snapshot(&pool.id);
+        let snapshot = base_snapshot(&pool.id)?;
         let _ = self.engine.delete_snapshot(&snapshot);
         self.lock().bases.remove(&pool.id);
         self.engine
@@ -921,7 +1189,9 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
             Ok(()) | Err(Error::VmNotFound(_)) => {}
             Err(e) => return Err(e),
         }
-        let _ = self.engine.delete_snapshot(&sleep_snapshot(name));
+        if let Ok(snap) = sleep_snapshot(name) {
+            let _ = self.engine.delete_snapshot(&snap);
+        }
         Ok(())
     }
 
@@ -958,7 +1228,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
                 )
             },
             |i| {
-                let snap = sleep_snapshot(&i.name);
+                let snap = sleep_snapshot(&i.name)?;
                 let s = self.engine.restore(&i.name, &snap, &CancelToken::new())?;
                 // The state is in the running guest now; the file would only take disk.
                 let _ = self.engine.delete_snapshot(&snap);
@@ -977,7 +1247,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
             false,
             |_, _| Ok(()),
             |i| {
-                let snap = sleep_snapshot(&i.name);
+                let snap = sleep_snapshot(&i.name)?;
                 // A leftover from an interrupted earlier sleep would block the save.
                 let _ = self.engine.delete_snapshot(&snap);
                 self.engine
@@ -1045,7 +1315,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
                         &i.pool == pool
                             && !i.claimed
                             && i.state == state
-                            && !s.busy.contains(&i.id)
+                            && !s.busy.contains_key(&i.id)
                             && !tried.contains(&i.id)
                     })
                     .min_by_key(|i| i.ordinal)
@@ -1083,16 +1353,60 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
     /// Gives a claimed instance back: it is removed.
     pub fn release(&self, id: &InstanceId) -> Result<()> {
         if self.lock().find(id).is_none() {
-            return Err(Error::Backend {
-                code: ErrorCode::InstanceNotFound,
-                message: format!("no instance {id}"),
-            });
+            return Err(not_found_instance(id));
         }
         self.remove(id)
     }
 }
 
-fn not_found_pool(pool: &PoolId) -> Error {
+/// Refuses a pool id too long for the names derived from it (instances `<pool>-<n>`, their
+/// sleep snapshots `<pool>-<n>-sleep`, the base `<pool>-base`).
+fn check_pool_id(id: &PoolId) -> Result<()> {
+    if id.as_str().len() > MAX_POOL_ID_LEN {
+        return Err(Error::InvalidName(hangar_core::ids::InvalidName {
+            kind: "pool id",
+            value: id.to_string(),
+            reason: hangar_core::ids::NameRule::LongerThan {
+                len: id.as_str().len(),
+                max: MAX_POOL_ID_LEN,
+            },
+        }));
+    }
+    Ok(())
+}
+
+/// How [`Fleet::make`] failed.
+enum Made {
+    /// The name is taken by a VM the fleet did not make.
+    NotOurs(Error),
+    /// Anything else (what was made must be discarded).
+    Failed(Error),
+}
+
+/// The name of instance `ordinal` of `pool`: `<pool>-<ordinal>`.
+fn instance_name(pool: &PoolId, ordinal: u32) -> Result<VmName> {
+    VmName::new(format!("{pool}-{ordinal}")).map_err(Error::InvalidName)
+}
+
+/// A step's outcome as the audit log writes it: `ok` or the error code.
+fn outcome<T>(r: &Result<T>) -> String {
+    match r {
+        Ok(_) => "ok".into(),
+        Err(e) => e.code().as_str().into(),
+    }
+}
+
+/// `E_INSTANCE_NOT_FOUND` for `id` (also what another tenant's instance looks like to a
+/// tenant).
+pub fn not_found_instance(id: &InstanceId) -> Error {
+    Error::Backend {
+        code: ErrorCode::InstanceNotFound,
+        message: format!("no instance {id}"),
+    }
+}
+
+/// `E_POOL_NOT_FOUND` for `pool` (also what another tenant's pool looks like to a tenant).
+pub fn not_found_pool(pool: &PoolId) -> Error {
     Error::Backend {
         code: ErrorCode::PoolNotFound,
         message: format!("no pool {pool}; `hangar pool ls` lists them"),

@@ -19,7 +19,10 @@ mod fleet;
 pub mod quota;
 pub mod reconcile;
 
-pub use fleet::{Base, Claim, ClaimSource, Fleet, PassReport, Registry};
+pub use fleet::{
+    not_found_instance, not_found_pool, Admission, Admit, Base, Claim, ClaimSource, Fleet,
+    PassReport, Registry, Step, TenantVm, TenantVms, MAX_POOL_ID_LEN,
+};
 pub use quota::{Quota, QuotaExceeded, Quotas, Usage};
 
 /// An isolation and quota boundary.

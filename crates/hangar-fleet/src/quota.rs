@@ -82,32 +82,66 @@ impl Usage {
     pub fn of<'a>(instances: impl IntoIterator<Item = &'a Instance>) -> Usage {
         let mut u = Usage::default();
         for i in instances {
-            u.instances += 1;
-            u.disk_mib += i.disk_mib;
-            if i.state == VmState::Sleeping {
-                u.disk_mib += u64::from(i.memory_mib);
-            }
-            let holds_process = !matches!(
-                i.state,
-                VmState::Sleeping
-                    | VmState::Stopped
-                    | VmState::Defined
-                    | VmState::Failed
-                    | VmState::Deleted
-            );
-            if holds_process {
-                u.vcpus += u64::from(i.vcpus);
-                u.memory_mib += u64::from(i.memory_mib);
-            }
-            match i.state {
-                VmState::Running | VmState::Starting | VmState::Resuming | VmState::Waking => {
-                    u.running += 1
-                }
-                VmState::Paused | VmState::Pausing => u.warm += 1,
-                _ => {}
-            }
+            u.add(&Usage::of_vm(i.state, i.vcpus, i.memory_mib, i.disk_mib));
         }
         u
+    }
+
+    /// What one VM of that size uses in `state`: a process holds its vCPUs and memory; a
+    /// sleeping VM's memory is on disk.
+    pub fn of_vm(state: VmState, vcpus: u32, memory_mib: u32, disk_mib: u64) -> Usage {
+        let mut u = Usage {
+            instances: 1,
+            disk_mib,
+            ..Usage::default()
+        };
+        if state == VmState::Sleeping {
+            u.disk_mib += u64::from(memory_mib);
+        }
+        let holds_process = !matches!(
+            state,
+            VmState::Sleeping
+                | VmState::Stopped
+                | VmState::Defined
+                | VmState::Failed
+                | VmState::Deleted
+        );
+        if holds_process {
+            u.vcpus = u64::from(vcpus);
+            u.memory_mib = u64::from(memory_mib);
+        }
+        match state {
+            VmState::Running | VmState::Starting | VmState::Resuming | VmState::Waking => {
+                u.running = 1
+            }
+            VmState::Paused | VmState::Pausing => u.warm = 1,
+            _ => {}
+        }
+        u
+    }
+
+    /// What a VM of `spec` uses in `state` (its blank disks count as disk; overlays over a
+    /// base image start empty and do not).
+    pub fn of_spec(state: VmState, spec: &hangar_core::spec::VmSpec) -> Usage {
+        let disk = spec
+            .disks
+            .iter()
+            .map(|d| match d.source {
+                hangar_core::spec::DiskSource::Blank { size_mib } => size_mib,
+                hangar_core::spec::DiskSource::Base { .. } => 0,
+            })
+            .sum();
+        Usage::of_vm(state, spec.machine.vcpus, spec.machine.memory_mib, disk)
+    }
+
+    /// Adds `other` to this.
+    pub fn add(&mut self, other: &Usage) {
+        self.vcpus += other.vcpus;
+        self.memory_mib += other.memory_mib;
+        self.running += other.running;
+        self.warm += other.warm;
+        self.instances += other.instances;
+        self.disk_mib += other.disk_mib;
     }
 }
 

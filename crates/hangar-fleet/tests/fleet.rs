@@ -242,53 +242,201 @@ fn a_converged_fleet_plans_nothing() {
 }
 
 #[test]
-fn a_fleet_restored_from_a_stale_registry_adopts_instead_of_creating_twice() {
+fn every_saved_registry_names_the_vms_the_fleet_made_so_a_restart_never_creates_twice() {
     let (fleet, clock, engine) = fleet_with_engine(Quotas::default());
     let id = PoolId::new("app").unwrap();
     fleet
         .add_pool(pool("app", want(0, 2, 0), Policy::default()))
         .unwrap();
-    // Saved after the pool was added, before any instance existed.
-    let saved = fleet.registry();
+    // Every registry the fleet hands to its sink, with the VMs the engine had at that moment.
+    let saved = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (sink, probe) = (saved.clone(), engine.clone());
+    fleet.persist_with(move |r| {
+        let vms: Vec<String> = probe
+            .list()
+            .unwrap()
+            .iter()
+            .map(|v| v.name.to_string())
+            .collect();
+        sink.lock().unwrap().push((r.clone(), vms));
+    });
     fleet.pass();
-    let before: Vec<_> = fleet
-        .instances(None)
+    let saved = saved.lock().unwrap().clone();
+    assert!(saved.len() > 2, "{saved:?}");
+    for (registry, vms) in &saved {
+        let owned: Vec<String> = registry
+            .instances
+            .iter()
+            .map(|i| i.name.to_string())
+            .chain(registry.retired.iter().map(|r| r.to_string()))
+            .collect();
+        for vm in vms {
+            assert!(
+                owned.contains(vm),
+                "{vm} exists but the saved registry does not own it: {registry:?}"
+            );
+        }
+    }
+    // The save that reserves app-1 precedes its VM. A process that dies just after it (its
+    // engine step carried on, or not) comes back knowing app-1: nothing is created twice.
+    let (reserved, vms) = saved
         .iter()
-        .map(|i| (i.id.clone(), i.name.clone()))
-        .collect();
+        .find(|(r, _)| r.instances.iter().any(|i| i.name.as_str() == "app-1"))
+        .unwrap()
+        .clone();
+    assert!(!vms.contains(&"app-1".to_string()), "{vms:?}");
+    let app1 = reserved
+        .instances
+        .iter()
+        .find(|i| i.name.as_str() == "app-1")
+        .unwrap();
+    assert_eq!(app1.state, VmState::Starting);
     drop(fleet); // the process dies; the engine's VMs live on
-    let restored = Fleet::restore(engine.clone(), clock.clone(), saved.clone());
+    let restored = Fleet::restore(engine.clone(), clock.clone(), reserved);
     let report = restored.pass();
-    assert_eq!(report.created, 0, "nothing is created twice: {report:?}");
-    assert_eq!(engine.list().unwrap().len(), 2);
-    let adopted: Vec<_> = restored
+    assert_eq!(report.created, 0, "{report:?}");
+    let names: Vec<_> = restored
         .instances(Some(&id))
         .iter()
         .map(|i| (i.name.to_string(), i.state))
         .collect();
     assert_eq!(
-        adopted,
+        names,
         [
             ("app-0".to_string(), VmState::Paused),
             ("app-1".to_string(), VmState::Paused)
         ]
     );
-    // Adoption is deterministic: the same VMs get the same ids every time.
-    let again = Fleet::restore(engine, clock, saved);
-    let again = again;
-    again.observe().unwrap();
-    let ids: Vec<_> = again.instances(None).iter().map(|i| i.id.clone()).collect();
-    let first_ids: Vec<_> = restored
-        .instances(None)
-        .iter()
-        .map(|i| i.id.clone())
-        .collect();
-    assert_eq!(ids, first_ids);
-    assert_eq!(before.len(), 2);
+    // Had the process died before app-1's VM existed, the instance is dropped and made anew.
+    restored.observe().unwrap();
+    engine
+        .stop(
+            &VmName::new("app-1").unwrap(),
+            hangar_core::contracts::StopMode::Force,
+            &hangar_core::cancel::CancelToken::new(),
+        )
+        .unwrap();
+    engine.undefine(&VmName::new("app-1").unwrap()).unwrap();
+    let report = restored.pass();
+    assert_eq!(report.created, 1, "{report:?}");
     // The registry round-trips through JSON (what the store keeps).
     let json = serde_json::to_string(&restored.registry()).unwrap();
     let back: hangar_fleet::Registry = serde_json::from_str(&json).unwrap();
     assert_eq!(back, restored.registry());
+}
+
+#[test]
+fn a_vm_the_fleet_did_not_make_is_never_touched_whatever_its_name() {
+    let (fleet, clock, engine) = fleet_with_engine(Quotas::default());
+    let c = hangar_core::cancel::CancelToken::new();
+    // Plain VMs named like instances of pool web, one of them with the first name it would use.
+    for n in ["web-0", "web-7"] {
+        let mut spec = template();
+        spec.name = VmName::new(n).unwrap();
+        spec.machine.memory_mib = 128;
+        engine.define(&spec).unwrap();
+        engine.start(&VmName::new(n).unwrap(), &c).unwrap();
+    }
+    let id = PoolId::new("web").unwrap();
+    fleet
+        .add_pool(pool("web", want(1, 1, 0), Policy::default()))
+        .unwrap();
+    for _ in 0..3 {
+        let report = fleet.pass();
+        assert!(report.errors.is_empty(), "{report:?}");
+        clock.advance(Duration::from_secs(60));
+    }
+    let names: Vec<_> = fleet
+        .instances(Some(&id))
+        .iter()
+        .map(|i| i.name.to_string())
+        .collect();
+    assert_eq!(names, ["web-1", "web-2"]);
+    for n in ["web-0", "web-7"] {
+        let vm = VmName::new(n).unwrap();
+        assert_eq!(engine.status(&vm).unwrap().state, VmState::Running, "{n}");
+        let moves = engine.history().iter().filter(|t| t.vm == vm).count();
+        assert_eq!(
+            moves, 3,
+            "{n} saw no transition but the user's define and start"
+        );
+    }
+    // Removing the pool removes its instances only.
+    fleet.remove_pool(&id).unwrap();
+    let left: Vec<_> = engine
+        .list()
+        .unwrap()
+        .iter()
+        .map(|v| v.name.to_string())
+        .collect();
+    assert_eq!(left, ["web-0", "web-7"]);
+}
+
+#[test]
+fn a_fleet_vm_whose_pool_is_gone_is_removed_by_the_next_pass_even_after_a_crash() {
+    let (fleet, clock, engine) = fleet_with_engine(Quotas::default());
+    let id = PoolId::new("web").unwrap();
+    fleet
+        .add_pool(pool("web", want(0, 2, 0), Policy::default()))
+        .unwrap();
+    fleet.pass();
+    // What `pool rm` saves before it touches anything: the pool gone, its VMs retired.
+    let saved = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = saved.clone();
+    fleet.persist_with(move |r| sink.lock().unwrap().push(r.clone()));
+    let registry = {
+        // Hold the engine's VMs as they are: the process "dies" right after the first save.
+        let mut r = fleet.registry();
+        r.retired = r.instances.drain(..).map(|i| i.name).collect();
+        r.pools.clear();
+        r.bases.clear();
+        r
+    };
+    fleet.remove_pool(&id).unwrap();
+    let first = saved.lock().unwrap()[0].clone();
+    assert!(first.pools.is_empty() && first.instances.is_empty());
+    assert_eq!(first.retired.len(), 2, "{first:?}");
+    // Put the VMs back as they were at that save, then restart from it.
+    let c = hangar_core::cancel::CancelToken::new();
+    for n in &registry.retired {
+        let mut spec = template();
+        spec.name = n.clone();
+        spec.tenant = Some(TenantId::new("acme").unwrap());
+        spec.pool = Some(id.clone());
+        engine.define(&spec).unwrap();
+        engine.start(n, &c).unwrap();
+    }
+    let restored = Fleet::restore(engine.clone(), clock, registry);
+    let report = restored.pass();
+    assert_eq!(report.stopped, 2, "{report:?}");
+    assert!(
+        report
+            .steps
+            .iter()
+            .all(|s| s.action == "discard" && s.result == "ok"),
+        "{report:?}"
+    );
+    assert!(engine.list().unwrap().is_empty());
+    assert!(restored.registry().retired.is_empty());
+}
+
+#[test]
+fn pool_ids_too_long_for_their_derived_names_are_refused() {
+    let (fleet, _) = fleet(Quotas::default());
+    let long = "p".repeat(hangar_fleet::MAX_POOL_ID_LEN + 1);
+    let e = fleet
+        .add_pool(pool(&long, want(0, 1, 0), Policy::default()))
+        .unwrap_err();
+    assert_eq!(
+        hangar_core::error::Coded::code(&e),
+        hangar_core::error::ErrorCode::InvalidName
+    );
+    let ok = "p".repeat(hangar_fleet::MAX_POOL_ID_LEN);
+    fleet
+        .add_pool(pool(&ok, want(1, 0, 1), Policy::default()))
+        .unwrap();
+    let report = fleet.pass();
+    assert!(report.errors.is_empty(), "{report:?}");
 }
 
 #[test]
@@ -513,4 +661,65 @@ fn a_claim_is_persisted_before_its_engine_step() {
         saved.iter().map(web0).collect::<Vec<_>>(),
         [(true, VmState::Paused), (true, VmState::Running)]
     );
+}
+
+#[test]
+fn quotas_count_a_tenants_own_vms_next_to_its_pools_and_reserve_room_atomically() {
+    use hangar_fleet::{Admit, TenantVm, Usage};
+    let quotas = Quotas {
+        max_vcpus: Some(2),
+        max_memory_mib: Some(1024),
+        ..Quotas::default()
+    };
+    let (fleet, _) = fleet(quotas);
+    let fleet = Arc::new(fleet);
+    let acme = TenantId::new("acme").unwrap();
+    // One running VM of the tenant's own, outside any pool: 1 vCPU, 256 MiB.
+    let own = Arc::new(std::sync::Mutex::new(vec![TenantVm {
+        name: VmName::new("acme--db").unwrap(),
+        tenant: acme.clone(),
+        usage: Usage::of_vm(VmState::Running, 1, 256, 0),
+    }]));
+    let read = own.clone();
+    fleet.count_tenant_vms(Box::new(move || Ok(read.lock().unwrap().clone())));
+    assert_eq!(fleet.usage(&acme).unwrap().vcpus, 1);
+
+    let mut big = template();
+    big.name = VmName::new("acme--big").unwrap();
+    big.tenant = Some(acme.clone());
+    big.machine.vcpus = 64;
+    let e = fleet.admit(&big, Admit::Define).err().unwrap();
+    assert_eq!(
+        hangar_core::error::Coded::code(&e),
+        hangar_core::error::ErrorCode::QuotaExceeded
+    );
+    assert!(e.to_string().contains("max_vcpus"), "{e}");
+
+    let mut small = template();
+    small.name = VmName::new("acme--small").unwrap();
+    small.tenant = Some(acme.clone());
+    // While one start holds the last vCPU, a second one is refused.
+    let held = fleet.admit(&small, Admit::Run).unwrap();
+    assert_eq!(fleet.usage(&acme).unwrap().vcpus, 2);
+    let mut other = small.clone();
+    other.name = VmName::new("acme--other").unwrap();
+    assert!(fleet.admit(&other, Admit::Run).is_err());
+    // ... and so is a pool instance: pools and own VMs share one quota.
+    fleet
+        .add_pool(pool("web", want(1, 0, 0), Policy::default()))
+        .unwrap();
+    let report = fleet.pass();
+    assert_eq!(report.errors.len(), 1, "{report:?}");
+    assert_eq!(report.errors[0].0, "E_QUOTA_EXCEEDED");
+    drop(held);
+    assert_eq!(fleet.usage(&acme).unwrap().vcpus, 1);
+    // A VM of an unknown tenant is refused; one without a tenant is not counted.
+    let mut stray = template();
+    stray.tenant = Some(TenantId::new("nobody").unwrap());
+    let e = fleet.admit(&stray, Admit::Define).err().unwrap();
+    assert_eq!(
+        hangar_core::error::Coded::code(&e),
+        hangar_core::error::ErrorCode::TenantNotFound
+    );
+    assert!(fleet.admit(&template(), Admit::Run).is_ok());
 }

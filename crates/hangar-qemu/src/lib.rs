@@ -216,6 +216,12 @@ impl QemuEngine {
         self.refresh(rec)
     }
 
+    /// Every VM's record as stored, without refreshing any against its process (cheap: one
+    /// store read; what quota checks count).
+    pub fn records(&self) -> Result<Vec<VmRecord>> {
+        self.db(|s| s.list_vms())
+    }
+
     /// The plan a VM runs.
     pub fn plan_of(rec: &VmRecord) -> Result<Plan> {
         serde_json::from_str(&rec.plan_json).map_err(|e| Error::Backend {
@@ -727,6 +733,12 @@ impl QemuEngine {
     }
 
     fn check_snapshot_fits(&self, rec: &VmRecord, snap: &SnapshotRecord) -> Result<()> {
+        if let Some(reason) = info(snap).clone_refusal(rec.name(), &rec.spec) {
+            return Err(Error::SnapshotMismatch {
+                snapshot: snap.id.clone(),
+                reason,
+            });
+        }
         let version = format!(
             "qemu-{}",
             self.facts.qemu.version.as_deref().unwrap_or("unknown")
@@ -899,6 +911,8 @@ fn info(rec: &SnapshotRecord) -> SnapshotInfo {
         size_bytes: rec.size_bytes,
         created_at: rec.created_at,
         engine_version: rec.engine_version.clone(),
+        tenant: rec.tenant.clone(),
+        pool: rec.pool.clone(),
     }
 }
 
@@ -1242,6 +1256,8 @@ impl Snapshots for QemuEngine {
             ),
             size_bytes: std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
             created_at: self.clock.now(),
+            tenant: rec.spec.tenant.clone(),
+            pool: rec.spec.pool.clone(),
         };
         self.db(|s| s.insert_snapshot(&record))?;
         match mode {

@@ -336,6 +336,8 @@ impl<'a> Walker<'a> {
                 .ok()
         });
 
+        let name = name.and_then(|n| self.tenant_name(n, tenant.as_ref()));
+
         if !self.errors.is_empty() {
             return Err(self.errors);
         }
@@ -362,6 +364,51 @@ impl<'a> Walker<'a> {
             tenant,
             pool,
         })
+    }
+
+    /// A tenant's VM lives in its namespace: `web` of tenant `acme` is `acme--web` (see
+    /// [`hangar_core::ids::TENANT_SEPARATOR`]). A name that already carries a tenant prefix
+    /// must carry its own tenant's.
+    fn tenant_name(&mut self, name: VmName, tenant: Option<&TenantId>) -> Option<VmName> {
+        let sep = hangar_core::ids::TENANT_SEPARATOR;
+        if let Some(prefix) = hangar_core::ids::tenant_prefix(name.as_str()) {
+            if tenant.is_none_or(|t| t.as_str() != prefix) {
+                self.push(
+                    Diagnostic::new(
+                        ErrorCode::InvalidName,
+                        "name",
+                        format!(
+                            "{name:?} has the form TENANT{sep}NAME, which only a VM of tenant {prefix:?} may have"
+                        ),
+                    )
+                    .hint(format!(
+                        "use single hyphens in the name, or set tenant = \"{prefix}\""
+                    )),
+                );
+                return None;
+            }
+            return Some(name);
+        }
+        let Some(tenant) = tenant else {
+            return Some(name);
+        };
+        VmName::new(hangar_core::ids::qualify(tenant, name.as_str()))
+            .map_err(|e| {
+                self.push(
+                    Diagnostic::new(
+                        ErrorCode::InvalidName,
+                        "name",
+                        format!(
+                            "{name:?} in tenant {tenant:?} becomes {:?}, which is {} characters long, at most {}",
+                            e.value,
+                            e.value.len(),
+                            hangar_core::ids::MAX_NAME_LEN
+                        ),
+                    )
+                    .hint("use a shorter name (a tenant's VMs are named TENANT--NAME on the host)"),
+                )
+            })
+            .ok()
     }
 
     fn section<'n>(

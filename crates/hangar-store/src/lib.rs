@@ -11,9 +11,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use hangar_core::access::Scope;
 use hangar_core::clock::Timestamp;
 use hangar_core::error::{Coded, ErrorCode};
-use hangar_core::ids::{OperationId, SnapshotId, VmName, VolumeId};
+use hangar_core::ids::{OperationId, PoolId, SnapshotId, TenantId, VmName, VolumeId};
 use hangar_core::lifecycle::{Cause, TransitionEvent, VmState};
 use hangar_core::spec::{DiskFormat, VmSpec};
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -24,7 +25,7 @@ mod lock;
 pub use lock::VmLock;
 
 /// Current schema version (SQLite `user_version`).
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 const MIGRATION_1: &str = "
 CREATE TABLE vms (
@@ -118,8 +119,23 @@ ALTER TABLE snapshots ADD COLUMN clone_hash TEXT;
 ALTER TABLE snapshots ADD COLUMN disks_json TEXT;
 ";
 
+/// Version 5: ownership. A token carries a scope (`admin`, or `tenant:<id>:<role>`; tokens
+/// made before scopes existed could do everything, so they become `admin`), and a snapshot
+/// records the tenant and pool of the VM it was taken from.
+const MIGRATION_5: &str = "
+ALTER TABLE tokens ADD COLUMN scope TEXT NOT NULL DEFAULT 'admin';
+ALTER TABLE snapshots ADD COLUMN tenant TEXT;
+ALTER TABLE snapshots ADD COLUMN pool TEXT;
+";
+
 /// Every migration, in order: `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 4] = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4];
+const MIGRATIONS: [&str; 5] = [
+    MIGRATION_1,
+    MIGRATION_2,
+    MIGRATION_3,
+    MIGRATION_4,
+    MIGRATION_5,
+];
 
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
@@ -241,6 +257,10 @@ pub struct SnapshotRecord {
     pub size_bytes: u64,
     /// When it was taken.
     pub created_at: Timestamp,
+    /// The tenant of the VM it was taken from (its owner).
+    pub tenant: Option<TenantId>,
+    /// The pool of the VM it was taken from.
+    pub pool: Option<PoolId>,
 }
 
 /// A writable disk of a snapshot's source VM, frozen at save time.
@@ -353,6 +373,8 @@ pub struct TokenRecord {
     pub name: String,
     /// Lowercase hex SHA-256 of the secret.
     pub sha256: String,
+    /// What it may reach.
+    pub scope: Scope,
     /// Created.
     pub created_at: Timestamp,
 }
@@ -730,8 +752,9 @@ impl Store {
     /// Records a snapshot.
     pub fn insert_snapshot(&self, s: &SnapshotRecord) -> Result<()> {
         let r = self.conn.execute(
-            "INSERT INTO snapshots (id, vm, path, spec_hash, engine_version, size_bytes, created_at, clone_hash, disks_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![s.id.as_str(), s.vm.as_str(), s.path, s.spec_hash, s.engine_version, s.size_bytes as i64, s.created_at.0 as i64, s.clone_hash, serde_json::to_string(&s.disks).expect("disks serialise")],
+            "INSERT INTO snapshots (id, vm, path, spec_hash, engine_version, size_bytes, created_at, clone_hash, disks_json, tenant, pool) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![s.id.as_str(), s.vm.as_str(), s.path, s.spec_hash, s.engine_version, s.size_bytes as i64, s.created_at.0 as i64, s.clone_hash, serde_json::to_string(&s.disks).expect("disks serialise"),
+                    s.tenant.as_ref().map(|t| t.as_str().to_string()), s.pool.as_ref().map(|p| p.as_str().to_string())],
         );
         self.inserted(r, "snapshots", s.id.to_string())
     }
@@ -746,8 +769,18 @@ impl Store {
         let created: i64 = row.get("created_at")?;
         let clone_hash: Option<String> = row.get("clone_hash")?;
         let disks: Option<String> = row.get("disks_json")?;
+        let tenant: Option<String> = row.get("tenant")?;
+        let pool: Option<String> = row.get("pool")?;
         Ok((|| {
             Ok(SnapshotRecord {
+                tenant: tenant
+                    .map(TenantId::new)
+                    .transpose()
+                    .map_err(|e| corrupt("snapshots", &id, e))?,
+                pool: pool
+                    .map(PoolId::new)
+                    .transpose()
+                    .map_err(|e| corrupt("snapshots", &id, e))?,
                 clone_hash,
                 disks: match disks {
                     Some(json) => {
@@ -933,8 +966,14 @@ impl Store {
     /// Stores a new token.
     pub fn insert_token(&self, t: &TokenRecord) -> Result<()> {
         let r = self.conn.execute(
-            "INSERT INTO tokens (id, name, sha256, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![t.id, t.name, t.sha256, t.created_at.0 as i64],
+            "INSERT INTO tokens (id, name, sha256, created_at, scope) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                t.id,
+                t.name,
+                t.sha256,
+                t.created_at.0 as i64,
+                t.scope.to_string()
+            ],
         );
         self.inserted(r, "tokens", t.id.clone())
     }
@@ -943,20 +982,21 @@ impl Store {
     pub fn token_by_hash(&self, sha256: &str) -> Result<Option<TokenRecord>> {
         self.conn
             .query_row(
-                "SELECT id, name, sha256, created_at FROM tokens WHERE sha256 = ?1",
+                "SELECT id, name, sha256, created_at, scope FROM tokens WHERE sha256 = ?1",
                 [sha256],
                 read_token_row,
             )
             .optional()
-            .map_err(|e| self.err(e))
+            .map_err(|e| self.err(e))?
+            .transpose()
     }
 
     /// Every token, oldest first.
     pub fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
         self.all(
-            "SELECT id, name, sha256, created_at FROM tokens ORDER BY created_at, id",
+            "SELECT id, name, sha256, created_at, scope FROM tokens ORDER BY created_at, id",
             [],
-            |r| read_token_row(r).map(Ok),
+            read_token_row,
         )
     }
 
@@ -1117,13 +1157,20 @@ fn decode_operation(row: OperationRow) -> Result<OperationRecord> {
     })
 }
 
-fn read_token_row(r: &Row<'_>) -> rusqlite::Result<TokenRecord> {
-    Ok(TokenRecord {
-        id: r.get(0)?,
-        name: r.get(1)?,
-        sha256: r.get(2)?,
-        created_at: Timestamp(r.get::<_, i64>(3)?.max(0) as u64),
-    })
+fn read_token_row(r: &Row<'_>) -> rusqlite::Result<Result<TokenRecord>> {
+    let id: String = r.get(0)?;
+    let scope: String = r.get(4)?;
+    let created: i64 = r.get(3)?;
+    let (name, sha256) = (r.get(1)?, r.get(2)?);
+    Ok((|| {
+        Ok(TokenRecord {
+            scope: scope.parse().map_err(|e| corrupt("tokens", &id, e))?,
+            created_at: Timestamp(u64::try_from(created).map_err(|e| corrupt("tokens", &id, e))?),
+            name,
+            sha256,
+            id,
+        })
+    })())
 }
 
 fn split_process(p: Option<ProcessIdentity>) -> (Option<i64>, Option<i64>) {
@@ -1226,5 +1273,36 @@ mod migration_tests {
         drop(store);
         // Opening again migrates nothing.
         Store::open(&path).unwrap();
+    }
+
+    #[test]
+    fn tokens_made_before_scopes_become_admin_and_a_bad_scope_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for (i, sql) in MIGRATIONS[..4].iter().enumerate() {
+                conn.execute_batch(&format!("{sql} PRAGMA user_version = {};", i + 1))
+                    .unwrap();
+            }
+            conn.execute(
+                "INSERT INTO tokens (id, name, sha256, created_at) VALUES ('tok-1', 'ci', 'abc', 5)",
+                [],
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let token = store.token_by_hash("abc").unwrap().unwrap();
+        assert_eq!(token.scope, Scope::Admin);
+        store
+            .execute_raw("UPDATE tokens SET scope = 'tenant:acme:god' WHERE id = 'tok-1'")
+            .unwrap();
+        assert!(matches!(
+            store.token_by_hash("abc"),
+            Err(StoreError::Corrupt {
+                table: "tokens",
+                ..
+            })
+        ));
     }
 }

@@ -159,6 +159,8 @@ fn snapshots_and_volumes() {
         engine_version: "qemu-10.0.2".into(),
         size_bytes: 64 << 20,
         created_at: Timestamp(5),
+        tenant: Some(hangar_core::ids::TenantId::new("acme").unwrap()),
+        pool: None,
     };
     store.insert_snapshot(&snap).unwrap();
     assert_eq!(

@@ -376,7 +376,7 @@ pub fn pool(cmd: PoolCommand, out: &mut dyn Write) -> Result<(), Failure> {
             p.cold_boot = cold_boot;
             let request = PoolRequest {
                 id: pool,
-                tenant,
+                tenant: Some(tenant),
                 spec: document,
                 base_dir: Some(base_dir),
                 desired: counts.over(Desired::default()),

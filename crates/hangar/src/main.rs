@@ -12,6 +12,7 @@ use hangar_plan::probe::SystemProbe;
 use hangar_plan::{HostFacts, HostProbe};
 use hangar_spec::{CanonicalSpec, Diagnostic, SpecErrors};
 
+mod access;
 mod fleet;
 mod vm;
 
@@ -39,6 +40,11 @@ Exit codes: 0 success, 1 invalid input or failed operation, 2 usage or environme
 #[derive(Parser)]
 #[command(name = "hangar", version, about, after_help = AFTER_HELP)]
 struct Cli {
+    /// Let specs name host files (kernels, initrds, disk images) under DIR too, besides
+    /// $HANGAR_HOME/images and volumes. Repeatable; only without hangard (the daemon has its
+    /// own: `hangard --allow-path`). `--allow-path /` restores the freedom to name any file.
+    #[arg(long = "allow-path", value_name = "DIR", global = true)]
+    allow_paths: Vec<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -212,7 +218,7 @@ enum Command {
     Doctor,
     /// The daemon's tamper-evident audit log.
     #[command(subcommand)]
-    Audit(AuditCommand),
+    Audit(access::AuditCommand),
     /// The operation journal: every start, stop, snapshot… with its status and error.
     Ops {
         #[command(subcommand)]
@@ -230,9 +236,10 @@ enum Command {
         #[arg(long, short, value_enum, default_value = "text")]
         output: Output,
     },
-    /// Bearer tokens for hangard's TCP listener (`hangard --listen-tcp`).
+    /// Bearer tokens for hangard's TCP listener (`hangard --listen-tcp`), each with a scope:
+    /// admin, or one tenant with a role.
     #[command(subcommand)]
-    Token(TokenCommand),
+    Token(access::TokenCommand),
     /// Tenants: quota boundaries that own pools (needs hangard).
     #[command(subcommand)]
     Tenant(fleet::TenantCommand),
@@ -264,39 +271,6 @@ enum OpsCommand {
     Show {
         /// The operation id (`op-…`).
         id: String,
-    },
-}
-
-#[derive(Subcommand)]
-enum TokenCommand {
-    /// Create a token and print it (shown once; only its SHA-256 is stored).
-    Create {
-        /// What the token is for (shown in `hangar token ls`).
-        #[arg(long, default_value = "default")]
-        name: String,
-        /// Output format.
-        #[arg(long, short, value_enum, default_value = "text")]
-        output: Output,
-    },
-    /// List tokens (ids and names; secrets are never stored).
-    Ls {
-        /// Output format.
-        #[arg(long, short, value_enum, default_value = "text")]
-        output: Output,
-    },
-    /// Revoke a token; takes effect on the next request.
-    Rm {
-        /// The token id (`tok-…`).
-        id: String,
-    },
-}
-
-#[derive(Subcommand)]
-enum AuditCommand {
-    /// Check the hash chain of $HANGAR_HOME/audit.log; report the first bad line (exit 1).
-    Verify {
-        /// The log to check (default: $HANGAR_HOME/audit.log).
-        file: Option<PathBuf>,
     },
 }
 
@@ -394,6 +368,7 @@ impl<T: Coded + std::fmt::Display> CodedError for T {}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    vm::set_allow_paths(cli.allow_paths);
     let mut stdout = std::io::stdout();
     match run(cli.command, &mut stdout) {
         Ok(()) => ExitCode::SUCCESS,
@@ -583,31 +558,13 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), Failure> {
         Command::Tenant(cmd) => fleet::tenant(cmd, out),
         Command::Pool(cmd) => fleet::pool(cmd, out),
         Command::Instance(cmd) => fleet::instance(cmd, out),
-        Command::Token(cmd) => match cmd {
-            TokenCommand::Create { name, output } => vm::token_create(&name, output, out),
-            TokenCommand::Ls { output } => vm::token_ls(output, out),
-            TokenCommand::Rm { id } => vm::token_rm(&id, out),
-        },
+        Command::Token(cmd) => access::token(cmd, out),
         Command::Events {
             since,
             follow,
             output,
         } => vm::events(since, follow, output, out),
-        Command::Audit(AuditCommand::Verify { file }) => {
-            let path = file.unwrap_or_else(|| vm::home().join("audit.log"));
-            let report = hangar_audit::verify(&path).map_err(|e| coded(&e))?;
-            match &report.failure {
-                None => {
-                    let _ = writeln!(out, "{}: intact, {} entries, head {}", path.display(), report.entries, report.head.hash);
-                    Ok(())
-                }
-                Some(f) => Err(failure(
-                    ErrorCode::StoreCorrupt,
-                    format!("{}: {f}", path.display()),
-                    "the log was edited, truncated or reordered after it was written; keep the file as evidence",
-                )),
-            }
-        }
+        Command::Audit(cmd) => access::audit_command(cmd, out),
     }
 }
 

@@ -95,11 +95,29 @@ impl Progress {
     }
 }
 
+static ALLOW_PATHS: std::sync::OnceLock<Vec<PathBuf>> = std::sync::OnceLock::new();
+
+/// Records `--allow-path` for [`control`].
+pub fn set_allow_paths(paths: Vec<PathBuf>) {
+    let _ = ALLOW_PATHS.set(paths);
+}
+
+/// `--allow-path`, as given.
+pub fn allow_paths() -> &'static [PathBuf] {
+    ALLOW_PATHS.get().map(Vec::as_slice).unwrap_or(&[])
+}
+
 /// The [`Control`] every VM command goes through: `hangard` when it runs (see
 /// `HANGAR_DAEMON`), else this process, through the same library.
 pub fn control() -> Result<Box<dyn Control>, Failure> {
     let mode = DaemonMode::from_env().map_err(from_body)?;
-    hangar_control::connect(&home(), mode).map_err(from_body)
+    let control = hangar_control::connect(&home(), mode, allow_paths()).map_err(from_body)?;
+    if !allow_paths().is_empty() && !control.describe().starts_with("local") {
+        eprintln!(
+            "warning: --allow-path applies only without hangard; the daemon allows what `hangard --allow-path` says (`hangar doctor` lists it)"
+        );
+    }
+    Ok(control)
 }
 
 /// A failure from an API error body (either side's), keeping its code, path and hint.
@@ -392,55 +410,6 @@ pub fn images(output: Output, out: &mut dyn Write) -> Result<(), Failure> {
             i.size_bytes >> 20
         );
     }
-    Ok(())
-}
-
-/// `hangar token create`: a bearer token for hangard's TCP listener, printed once.
-pub fn token_create(name: &str, output: Output, out: &mut dyn Write) -> Result<(), Failure> {
-    let store = hangar_store::Store::open_in(&home()).map_err(|e| crate::coded(&e))?;
-    let token = hangar_control::tokens::create(&store, name).map_err(from_body)?;
-    if output == Output::Json {
-        return print_json(out, &token);
-    }
-    let _ = writeln!(out, "{}", token.token);
-    eprintln!(
-        "token {} ({}) created; it is shown only now. Send it as `Authorization: Bearer <token>`.",
-        token.id, token.name
-    );
-    Ok(())
-}
-
-/// `hangar token ls`: tokens by id and name (never the secret, which is not stored).
-pub fn token_ls(output: Output, out: &mut dyn Write) -> Result<(), Failure> {
-    let store = hangar_store::Store::open_in(&home()).map_err(|e| crate::coded(&e))?;
-    let list = store.list_tokens().map_err(|e| crate::coded(&e))?;
-    if output == Output::Json {
-        let rows: Vec<_> = list
-            .iter()
-            .map(
-                |t| serde_json::json!({ "id": t.id, "name": t.name, "created_at": t.created_at.0 }),
-            )
-            .collect();
-        return print_json(out, &rows);
-    }
-    let _ = writeln!(out, "{:<14} NAME", "ID");
-    for t in list {
-        let _ = writeln!(out, "{:<14} {}", t.id, t.name);
-    }
-    Ok(())
-}
-
-/// `hangar token rm ID`: revokes a token at once.
-pub fn token_rm(id: &str, out: &mut dyn Write) -> Result<(), Failure> {
-    let store = hangar_store::Store::open_in(&home()).map_err(|e| crate::coded(&e))?;
-    if !store.delete_token(id).map_err(|e| crate::coded(&e))? {
-        return Err(crate::failure(
-            ErrorCode::InvalidArgument,
-            format!("no token {id:?}"),
-            "list tokens with `hangar token ls`",
-        ));
-    }
-    let _ = writeln!(out, "{id}: revoked");
     Ok(())
 }
 
@@ -901,6 +870,51 @@ pub fn doctor(out: &mut dyn Write) -> Result<(), Failure> {
         ),
         "",
     );
+    healthy &= match hangar_control::allowed_roots(&home, allow_paths()) {
+        Ok(roots) => check(
+            out,
+            true,
+            "allowed paths (without hangard)",
+            &roots
+                .roots()
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            "",
+        ),
+        Err(e) => check(out, false, "allowed paths", &e.message, &e.hint),
+    };
+    if let Ok(Some(remote)) = hangar_control::remote_for(&home, DaemonMode::Auto) {
+        match remote.call::<serde_json::Value>("GET", "/v1/host", None) {
+            Ok(host) => {
+                let roots: Vec<&str> = host["allowed_paths"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+                    .unwrap_or_default();
+                check(out, true, "allowed paths (hangard)", &roots.join(", "), "");
+                let audit = host["audit"].as_str().unwrap_or("unknown");
+                let head = &host["audit_head"];
+                healthy &= check(
+                    out,
+                    audit == "ok",
+                    "audit log",
+                    &if audit == "ok" {
+                        format!(
+                            "ok, signed head at entry {} ({})",
+                            head["seq"], host["audit_key"].as_str().unwrap_or("?")
+                        )
+                    } else {
+                        audit.to_string()
+                    },
+                    "hangard refuses every change until the log is fixed: run `hangar audit verify`, keep the damaged log as evidence, move it aside and restart hangard",
+                );
+            }
+            Err(e) => {
+                check(out, false, "hangard", &e.message, &e.hint);
+            }
+        }
+    }
     if healthy {
         Ok(())
     } else {

@@ -124,8 +124,10 @@ fn run_prints_the_guest_kernel_release_and_its_exit_code() {
 #[test]
 fn up_ps_stop_rm_leaves_nothing_behind() {
     let home = home_or_skip!("up_ps_stop_rm_leaves_nothing_behind");
-    // A spec with a writable disk over a base image (an overlay) and a blank disk.
-    let base = home.path().join("base.qcow2");
+    // A spec with a writable disk over a base image (an overlay) and a blank disk. The base
+    // lives outside Hangar's state, in a directory `--allow-path` lets specs use.
+    let images = tempfile::tempdir().unwrap();
+    let base = images.path().join("base.qcow2");
     assert!(Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2"])
         .arg(&base)
@@ -133,13 +135,24 @@ fn up_ps_stop_rm_leaves_nothing_behind() {
         .status()
         .unwrap()
         .success());
-    let spec = home.path().join("vm.toml");
+    let spec = images.path().join("vm.toml");
     std::fs::write(
         &spec,
         "schema_version = 1\nname = \"hello\"\n[machine]\nmemory_mib = 128\n[[disk]]\nname = \"root\"\nsource = \"base.qcow2\"\n[[disk]]\nname = \"scratch\"\nsize_mib = 8\n",
     )
     .unwrap();
+    // Without it, the base is refused and nothing is made.
     let out = home.hangar(&["up", spec.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("E_PATH_NOT_ALLOWED at disk[0].source"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(home.ps(), serde_json::json!([]));
+    assert!(!home.path().join("vms/hello").exists());
+    let allow = images.path().to_str().unwrap();
+    let out = home.hangar(&["up", spec.to_str().unwrap(), "--allow-path", allow]);
     assert!(out.status.success(), "up failed: {}", text(&out.stderr));
     assert!(
         text(&out.stdout).contains("hello: running"),

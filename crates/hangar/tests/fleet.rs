@@ -51,7 +51,7 @@ fn ok(home: &Path, args: &[&str]) -> String {
 fn wait_for(home: &Path, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let s = json(home, &["pool", "status", "web"]);
+        let s = json(home, &["pool", "status", "acme--web"]);
         if pred(&s) {
             return s;
         }
@@ -147,20 +147,29 @@ fn warm_pool_claim_refill_clone_quota_and_replacement_through_the_cli() {
         .iter()
         .map(|i| i["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["web-0", "web-1", "web-2"]);
-    assert_eq!(s["base_snapshot"], "web-base", "{s:#}");
+    assert_eq!(names, ["acme--web-0", "acme--web-1", "acme--web-2"]);
+    assert_eq!(s["base_snapshot"], "acme--web-base", "{s:#}");
     assert_eq!(qemus(home).len(), 3);
-    // web-0 was booted and saved as the base; the other two were cloned from it.
-    let events = fleet_events(home, 0);
-    assert!(
-        events
+    // acme--web-0 was booted and saved as the base; the other two were cloned from it.
+    // (The pass's report is recorded as it ends, a moment after its last instance settled.)
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let events = fleet_events(home, 0);
+        if events
             .iter()
-            .any(|(_, m)| m.contains("(cloned 2)") || m.contains("(cloned 1)")),
-        "no pass reported clones: {events:?}"
-    );
+            .any(|(_, m)| m.contains("(cloned 2)") || m.contains("(cloned 1)"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no pass reported clones: {events:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // A claim hands out a running instance from the warm set.
-    let claim = json(home, &["pool", "claim", "web"]);
+    let claim = json(home, &["pool", "claim", "acme--web"]);
     assert_eq!(claim["source"], "warm", "{claim:#}");
     assert_eq!(claim["instance"]["state"], "running");
     assert_eq!(claim["instance"]["claimed"], true);
@@ -181,13 +190,13 @@ fn warm_pool_claim_refill_clone_quota_and_replacement_through_the_cli() {
 
     // A second claim takes the next warm instance: a clone. It is a live guest of its own: its
     // shell answers on its serial console.
-    let clone = json(home, &["pool", "claim", "web"]);
+    let clone = json(home, &["pool", "claim", "acme--web"]);
     assert_eq!(
         (clone["source"].as_str(), clone["instance"]["name"].as_str()),
-        (Some("warm"), Some("web-1")),
+        (Some("warm"), Some("acme--web-1")),
         "{clone:#}"
     );
-    console_says(home, "web-1", "echo clone-$((6*7))", "clone-42");
+    console_says(home, "acme--web-1", "echo clone-$((6*7))", "clone-42");
     // Released, it is removed, and the loop is back to three warm and one claimed.
     ok(
         home,
@@ -200,7 +209,7 @@ fn warm_pool_claim_refill_clone_quota_and_replacement_through_the_cli() {
                 .as_array()
                 .unwrap()
                 .iter()
-                .all(|i| i["name"] != "web-1")
+                .all(|i| i["name"] != "acme--web-1")
     });
 
     // At the memory limit: one more warm instance is refused, and nothing is made.
@@ -210,7 +219,7 @@ fn warm_pool_claim_refill_clone_quota_and_replacement_through_the_cli() {
         json(home, &["instance", "ls"]),
     );
     let since = last_seq(home);
-    ok(home, &["pool", "scale", "web", "--warm", "4"]);
+    ok(home, &["pool", "scale", "acme--web", "--warm", "4"]);
     let s = wait_for(home, "refused on quota", |s| {
         s["last_change"]["errors"]
             .as_array()
@@ -237,14 +246,14 @@ fn warm_pool_claim_refill_clone_quota_and_replacement_through_the_cli() {
             .any(|(_, m)| m.contains("E_QUOTA_EXCEEDED")),
         "the refusal is in the event stream"
     );
-    ok(home, &["pool", "scale", "web", "--warm", "3"]);
+    ok(home, &["pool", "scale", "acme--web", "--warm", "3"]);
 
     // Kill a warm instance's QEMU: the loop removes it and creates a replacement in one pass.
     let victim = json(home, &["ps"])
         .as_array()
         .unwrap()
         .iter()
-        .find(|v| v["name"] == "web-2")
+        .find(|v| v["name"] == "acme--web-2")
         .and_then(|v| v["pid"].as_i64())
         .expect("web-2 has a QEMU") as i32;
     let since = last_seq(home);
@@ -255,7 +264,7 @@ fn warm_pool_claim_refill_clone_quota_and_replacement_through_the_cli() {
                 .as_array()
                 .unwrap()
                 .iter()
-                .all(|i| i["name"] != "web-2")
+                .all(|i| i["name"] != "acme--web-2")
     });
     let acted: Vec<String> = fleet_events(home, since)
         .into_iter()
@@ -273,7 +282,7 @@ fn warm_pool_claim_refill_clone_quota_and_replacement_through_the_cli() {
     assert_eq!(qemus(home).len(), 4);
 
     // Removing the pool removes every instance, claimed too, and the base snapshot.
-    ok(home, &["pool", "rm", "web"]);
+    ok(home, &["pool", "rm", "acme--web"]);
     assert!(qemus(home).is_empty(), "QEMUs left: {:?}", qemus(home));
     assert_eq!(json(home, &["ps", "--all"]), serde_json::json!([]));
     assert_eq!(json(home, &["snapshot", "ls"]), serde_json::json!([]));

@@ -16,59 +16,28 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use hangar_api::fleet::{
     Claim, FleetStatus, Instance, PassReport, PoolRequest, PoolStatus, PoolUpdate, PoolView,
     TenantRequest, TenantView,
 };
 use hangar_api::ErrorBody;
+use hangar_core::access::{Action, Resource};
 use hangar_core::clock::{Clock, SystemClock};
 use hangar_core::error::ErrorCode;
 use hangar_core::ids::{InstanceId, PoolId, TenantId, VmName};
 use hangar_core::spec::VmSpec;
-use hangar_fleet::{Fleet, Pool, Registry, Tenant};
-use hangar_qemu::QemuEngine;
+use hangar_fleet::{Pool, Tenant};
 use hangar_spec::Format;
 use serde::Deserialize;
 
-use crate::{bad_body, blocking, body_bytes, ApiError, ApiResult, Daemon};
+use crate::{bad_body, blocking, body_bytes, ApiError, ApiResult, Caller, Daemon};
 
 /// The subject of reconcile-pass events in the event stream.
 pub const EVENT_SUBJECT: &str = "fleet";
 
 /// Default seconds between passes when nothing asks for one sooner.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
-
-/// Restores the fleet from the store in the engine's home and arranges for every change to be
-/// written back. A registry the store holds but cannot read stops the daemon: acting on a
-/// guess could destroy instances.
-pub fn open(engine: Arc<QemuEngine>) -> Result<Arc<Fleet<QemuEngine>>, String> {
-    let store =
-        hangar_store::Store::open_in(engine.home()).map_err(|e| format!("state store: {e}"))?;
-    let registry = match store.load_fleet().map_err(|e| format!("fleet registry: {e}"))? {
-        None => Registry::default(),
-        Some(json) => serde_json::from_str(&json).map_err(|e| {
-            format!(
-                "{}: the fleet registry in the state store is unreadable ({e}); move {} aside to start with an empty fleet",
-                ErrorCode::StoreCorrupt,
-                engine.home().join("state.db").display()
-            )
-        })?,
-    };
-    let fleet = Arc::new(Fleet::restore(engine, Arc::new(SystemClock), registry));
-    let store = Mutex::new(store);
-    fleet.persist_with(move |registry| {
-        let json = serde_json::to_string(registry).expect("registries serialise");
-        let saved = store
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .save_fleet(&json, SystemClock.now());
-        if let Err(e) = saved {
-            eprintln!("hangard: cannot save the fleet registry: {e}");
-        }
-    });
-    Ok(fleet)
-}
 
 /// The reconcile loop's schedule and its last result.
 pub struct Reconciler {
@@ -155,7 +124,33 @@ impl Daemon {
     /// and, when it is news (it acted, or failed differently from before), recorded as a
     /// `fleet` event in the event stream.
     pub fn reconcile(&self) -> PassReport {
+        // The reconciler's actions are evidence too: with no audit log, it does nothing.
+        if let Some(why) = self.trail.unavailable() {
+            let report = PassReport {
+                errors: vec![(
+                    ErrorCode::AuditUnavailable.as_str().into(),
+                    format!("reconcile passes wait for the audit log: {why}"),
+                )],
+                ..PassReport::default()
+            };
+            self.reconciler.record(&report);
+            return report;
+        }
         let report = self.fleet.pass();
+        for step in &report.steps {
+            let entry = hangar_audit::NewEntry {
+                at: SystemClock.now(),
+                who: "reconciler".into(),
+                what: format!("fleet.{}", step.action),
+                target: step.target.clone(),
+                result: step.result.clone(),
+                detail: None,
+            };
+            if let Err(e) = self.trail.record(entry) {
+                eprintln!("hangard: AUDIT FAILURE recording a reconcile step: {e}");
+                self.metrics.error(ErrorCode::AuditUnavailable.as_str());
+            }
+        }
         self.metrics
             .reconcile_pass(report.took_ms / 1000.0, !report.errors.is_empty());
         if self.reconciler.record(&report) {
@@ -198,7 +193,7 @@ impl Daemon {
 
     fn tenant_view(&self, tenant: Tenant) -> TenantView {
         TenantView {
-            usage: self.fleet.usage(&tenant.id),
+            usage: self.fleet.usage(&tenant.id).unwrap_or_default(),
             pools: self
                 .fleet
                 .pools()
@@ -227,11 +222,40 @@ fn pool_id(s: &str) -> ApiResult<PoolId> {
     PoolId::new(s).map_err(|e| bad_id("pool", s, e))
 }
 
-/// Validates a template document like `hangar up` validates a spec file.
-fn template(spec: &serde_json::Value, base_dir: Option<&str>) -> ApiResult<VmSpec> {
+/// Validates a template document like `hangar up` validates a spec file, and the host files
+/// it names like the daemon checks every spec's.
+fn template(
+    d: &Daemon,
+    caller: &Caller,
+    spec: &serde_json::Value,
+    base_dir: Option<&str>,
+) -> ApiResult<VmSpec> {
+    if caller.tenant().is_some() && base_dir.is_some() {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "base_dir is for an admin on the host; a tenant's spec names files by absolute path",
+            Some("base_dir".into()),
+            None,
+        ));
+    }
     let text = serde_json::to_string(spec).expect("JSON values serialise");
     let base = Path::new(base_dir.unwrap_or("/"));
-    Ok(hangar_spec::parse(&text, Format::Json, base)?.spec)
+    let spec = hangar_spec::parse(&text, Format::Json, base)?.spec;
+    d.local.check_paths(&spec)?;
+    Ok(spec)
+}
+
+impl Daemon {
+    /// The pool `id` means to `caller`, if the caller may do `action` to it. Another tenant's
+    /// pool, like a missing one, is `E_POOL_NOT_FOUND`.
+    fn visible_pool(&self, caller: &Caller, action: Action, id: &str) -> ApiResult<Pool> {
+        let id = pool_id(&caller.resolve(id))?;
+        let pool = self.fleet.pool(&id)?;
+        caller.allow(action, Resource::Owned(Some(&pool.tenant)), || {
+            hangar_fleet::not_found_pool(&id).into()
+        })?;
+        Ok(pool)
+    }
 }
 
 fn json_body<T: serde::de::DeserializeOwned>(
@@ -244,9 +268,18 @@ fn json_body<T: serde::de::DeserializeOwned>(
 
 /// `GET /v1/tenants`
 #[utoipa::path(get, path = "/v1/tenants", responses((status = 200, body = [TenantView])))]
-pub(crate) async fn list_tenants(State(d): State<Arc<Daemon>>) -> Json<Vec<TenantView>> {
+pub(crate) async fn list_tenants(
+    State(d): State<Arc<Daemon>>,
+    Extension(caller): Extension<Caller>,
+) -> Json<Vec<TenantView>> {
     let tenants = d.fleet.tenants();
-    Json(tenants.into_iter().map(|t| d.tenant_view(t)).collect())
+    Json(
+        tenants
+            .into_iter()
+            .filter(|t| caller.sees(Some(t.id.as_str())))
+            .map(|t| d.tenant_view(t))
+            .collect(),
+    )
 }
 
 /// `PUT /v1/tenants/{id}`: create a tenant, or replace its quotas.
@@ -288,9 +321,18 @@ pub(crate) async fn delete_tenant(
 
 /// `GET /v1/pools`
 #[utoipa::path(get, path = "/v1/pools", responses((status = 200, body = [PoolView])))]
-pub(crate) async fn list_pools(State(d): State<Arc<Daemon>>) -> Json<Vec<PoolView>> {
+pub(crate) async fn list_pools(
+    State(d): State<Arc<Daemon>>,
+    Extension(caller): Extension<Caller>,
+) -> Json<Vec<PoolView>> {
     let pools = d.fleet.pools();
-    Json(pools.into_iter().map(|p| d.pool_view(p)).collect())
+    Json(
+        pools
+            .into_iter()
+            .filter(|p| caller.sees(Some(p.tenant.as_str())))
+            .map(|p| d.pool_view(p))
+            .collect(),
+    )
 }
 
 /// `POST /v1/pools`: a new pool. Nothing is created until the reconcile pass it triggers.
@@ -299,6 +341,7 @@ pub(crate) async fn list_pools(State(d): State<Arc<Daemon>>) -> Json<Vec<PoolVie
         (status = 409, body = ErrorBody)))]
 pub(crate) async fn create_pool(
     State(d): State<Arc<Daemon>>,
+    Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let request: PoolRequest = json_body(
@@ -306,10 +349,28 @@ pub(crate) async fn create_pool(
         "pool request",
         "send {\"id\": \"web\", \"tenant\": \"acme\", \"spec\": {…}, \"desired\": {\"running\": 0, \"warm\": 3, \"sleeping\": 0}}",
     )?;
+    let tenant = match (&request.tenant, caller.tenant()) {
+        (Some(t), _) => tenant_id(t)?,
+        (None, Some(mine)) => mine.clone(),
+        (None, None) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidArgument,
+                "a pool needs a tenant",
+                Some("tenant".into()),
+                Some("send \"tenant\": \"acme\"".into()),
+            ))
+        }
+    };
+    // Naming another tenant is forbidden, whether or not it exists.
+    caller.allow(Action::PoolManage, Resource::Tenant(&tenant), || {
+        crate::auth::forbidden(&caller.scope, Action::PoolManage)
+    })?;
+    // A pool lives in its tenant's namespace, like the tenant's VMs: `web` is `acme--web`.
+    let id = pool_id(&hangar_core::ids::qualify(&tenant, &request.id))?;
     let pool = Pool {
-        id: pool_id(&request.id)?,
-        tenant: tenant_id(&request.tenant)?,
-        template: template(&request.spec, request.base_dir.as_deref())?,
+        id,
+        tenant,
+        template: template(&d, &caller, &request.spec, request.base_dir.as_deref())?,
         desired: request.desired,
         policy: request.policy,
     };
@@ -323,15 +384,18 @@ pub(crate) async fn create_pool(
     responses((status = 200, body = PoolStatus), (status = 404, body = ErrorBody)))]
 pub(crate) async fn get_pool(
     State(d): State<Arc<Daemon>>,
+    Extension(caller): Extension<Caller>,
     UrlPath(id): UrlPath<String>,
 ) -> ApiResult<Json<PoolStatus>> {
-    let id = pool_id(&id)?;
-    let pool = d.fleet.pool(&id)?;
+    let pool = d.visible_pool(&caller, Action::PoolRead, &id)?;
+    let id = pool.id.clone();
+    // A pass covers every tenant's pools: its report is the host's, not a tenant's.
+    let host = caller.tenant().is_none();
     Ok(Json(PoolStatus {
         view: d.pool_view(pool),
         instances: d.fleet.instances(Some(&id)),
-        last_pass: d.reconciler.last(),
-        last_change: d.reconciler.last_change(),
+        last_pass: d.reconciler.last().filter(|_| host),
+        last_change: d.reconciler.last_change().filter(|_| host),
     }))
 }
 
@@ -341,19 +405,20 @@ pub(crate) async fn get_pool(
     responses((status = 200, body = PoolView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn update_pool(
     State(d): State<Arc<Daemon>>,
+    Extension(caller): Extension<Caller>,
     UrlPath(id): UrlPath<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<PoolView>> {
-    let id = pool_id(&id)?;
+    let current = d.visible_pool(&caller, Action::PoolManage, &id)?;
+    let id = current.id.clone();
     let update: PoolUpdate = json_body(
         body,
         "pool update",
         "send any of {\"desired\": {…}, \"policy\": {…}, \"spec\": {…}}",
     )?;
-    let current = d.fleet.pool(&id)?;
     // Validate everything before changing anything.
     let new_template = match &update.spec {
-        Some(spec) => Some(template(spec, update.base_dir.as_deref())?),
+        Some(spec) => Some(template(&d, &caller, spec, update.base_dir.as_deref())?),
         None => None,
     };
     if let Some(t) = new_template {
@@ -377,9 +442,10 @@ pub(crate) async fn update_pool(
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub(crate) async fn delete_pool(
     State(d): State<Arc<Daemon>>,
+    Extension(caller): Extension<Caller>,
     UrlPath(id): UrlPath<String>,
 ) -> ApiResult<StatusCode> {
-    let id = pool_id(&id)?;
+    let id = d.visible_pool(&caller, Action::PoolManage, &id)?.id;
     let fleet = d.fleet.clone();
     blocking(move || fleet.remove_pool(&id)).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -392,9 +458,10 @@ pub(crate) async fn delete_pool(
     responses((status = 200, body = Claim), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub(crate) async fn claim(
     State(d): State<Arc<Daemon>>,
+    Extension(caller): Extension<Caller>,
     UrlPath(id): UrlPath<String>,
 ) -> ApiResult<Json<Claim>> {
-    let id = pool_id(&id)?;
+    let id = d.visible_pool(&caller, Action::PoolClaim, &id)?.id;
     let fleet = d.fleet.clone();
     let claimed = blocking(move || fleet.claim(&id)).await?;
     d.reconciler.poke();
@@ -413,10 +480,27 @@ pub struct InstanceQuery {
     responses((status = 200, body = [Instance])))]
 pub(crate) async fn list_instances(
     State(d): State<Arc<Daemon>>,
+    Extension(caller): Extension<Caller>,
     Query(q): Query<InstanceQuery>,
 ) -> ApiResult<Json<Vec<Instance>>> {
-    let pool = q.pool.as_deref().map(pool_id).transpose()?;
-    Ok(Json(d.fleet.instances(pool.as_ref())))
+    let pool = match q.pool.as_deref() {
+        Some(p) => Some(d.visible_pool(&caller, Action::InstanceRead, p)?.id),
+        None => None,
+    };
+    let mut instances = d.fleet.instances(pool.as_ref());
+    instances.retain(|i| {
+        d.instance_owner(i)
+            .is_some_and(|t| caller.sees(Some(t.as_str())))
+            || caller.tenant().is_none()
+    });
+    Ok(Json(instances))
+}
+
+impl Daemon {
+    /// The tenant an instance belongs to (its pool's).
+    fn instance_owner(&self, i: &Instance) -> Option<TenantId> {
+        self.fleet.pool(&i.pool).ok().map(|p| p.tenant)
+    }
 }
 
 /// `DELETE /v1/instances/{id}`: release an instance (it is stopped and removed; the pool's
@@ -425,9 +509,21 @@ pub(crate) async fn list_instances(
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub(crate) async fn release_instance(
     State(d): State<Arc<Daemon>>,
+    Extension(caller): Extension<Caller>,
     UrlPath(id): UrlPath<String>,
 ) -> ApiResult<StatusCode> {
     let id = InstanceId::new(&id).map_err(|e| bad_id("instance", &id, e))?;
+    let owner = d
+        .fleet
+        .instances(None)
+        .into_iter()
+        .find(|i| i.id == id)
+        .and_then(|i| d.instance_owner(&i));
+    caller.allow(
+        Action::InstanceRelease,
+        Resource::Owned(owner.as_ref()),
+        || hangar_fleet::not_found_instance(&id).into(),
+    )?;
     let fleet = d.fleet.clone();
     blocking(move || fleet.release(&id)).await?;
     d.reconciler.poke();

@@ -22,23 +22,29 @@ use axum::middleware::Next;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use hangar_api::{
-    http_status, ErrorBody, EventView, Health, ImageView, Operation, OperationRequest,
-    OperationResult, SnapshotRequest, StartRequest, StopRequest, VmView,
+    http_status, ErrorBody, EventView, Health, ImageView, NewToken, Operation, OperationRequest,
+    OperationResult, SnapshotRequest, StartRequest, StopRequest, TokenRequest, TokenView, VmView,
 };
 use hangar_control::{Control, Local};
+use hangar_core::access::{Action, Resource};
 use hangar_core::contracts::{Lifecycle, SnapshotInfo};
 use hangar_core::error::{Coded, Error, ErrorCode};
-use hangar_core::ids::VmName;
+use hangar_core::ids::{SnapshotId, TenantId, VmName};
 use hangar_core::lifecycle::{LifecycleObserver, TransitionEvent};
 use hangar_qemu::QemuEngine;
 use hangar_spec::Format;
 use serde::Deserialize;
 use utoipa::OpenApi;
 
+mod admin;
+pub mod auth;
 pub mod fleet;
 pub mod metrics;
+pub mod trail;
+
+pub use auth::{Caller, UidMap};
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
@@ -59,12 +65,42 @@ pub struct Daemon {
     pub reconciler: fleet::Reconciler,
     /// Prometheus metrics.
     pub metrics: metrics::Metrics,
-    /// The audit log (`<home>/audit.log`): one hash-chained entry per mutating request.
-    audit: std::sync::Mutex<hangar_audit::AuditLog>,
+    /// The audit log (`<home>/audit.log`, signed head in `audit.head`): what every mutating
+    /// request, operation end, reconcile step and failed authentication left.
+    pub(crate) trail: trail::Trail,
     /// Bumped on every transition this process makes.
     generation: Arc<std::sync::atomic::AtomicU64>,
-    /// `GET /v1/vms`, serialised: (when, generation, body).
-    list_cache: tokio::sync::Mutex<Option<(Instant, u64, Bytes)>>,
+    /// `GET /v1/vms`: (when, generation, the views, serialised).
+    list_cache: tokio::sync::Mutex<Option<ListSnapshot>>,
+    /// Unix-socket peers other than root and this daemon's user.
+    uids: UidMap,
+    /// This daemon's effective uid (its peers with the same uid are admins).
+    own_uid: u32,
+}
+
+/// `GET /v1/vms` as last computed: when, at which transition generation, the views and their
+/// JSON.
+type ListSnapshot = (Instant, u64, Arc<Vec<VmView>>, Bytes);
+
+/// How a daemon is set up (`hangard`'s flags).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Seconds between reconcile passes when nothing asks for one sooner.
+    pub reconcile_interval: Duration,
+    /// Directories (besides `$HANGAR_HOME/images` and `volumes`) specs may name files under.
+    pub allow_paths: Vec<std::path::PathBuf>,
+    /// What unix-socket peers other than root and the daemon's own user may do.
+    pub uids: UidMap,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            reconcile_interval: fleet::DEFAULT_INTERVAL,
+            allow_paths: Vec::new(),
+            uids: UidMap::default(),
+        }
+    }
 }
 
 /// How stale `GET /v1/vms` may be when no transition happened in this daemon: changes made
@@ -117,7 +153,7 @@ impl Daemon {
     /// engine's home, and restores the fleet. Call [`Daemon::recover`] next, then
     /// [`Daemon::start_reconciler`].
     pub fn new(engine: QemuEngine) -> Result<Daemon, String> {
-        Daemon::with_reconcile_interval(engine, fleet::DEFAULT_INTERVAL)
+        Daemon::with_options(engine, Options::default())
     }
 
     /// [`Daemon::new`], with reconcile passes every `interval` (and whenever something asks).
@@ -125,33 +161,43 @@ impl Daemon {
         engine: QemuEngine,
         interval: Duration,
     ) -> Result<Daemon, String> {
-        let audit = hangar_audit::AuditLog::open(engine.home().join("audit.log"))
-            .map_err(|e| format!("audit log: {e}"))?;
+        Daemon::with_options(
+            engine,
+            Options {
+                reconcile_interval: interval,
+                ..Options::default()
+            },
+        )
+    }
+
+    /// [`Daemon::new`] with every setting.
+    pub fn with_options(engine: QemuEngine, options: Options) -> Result<Daemon, String> {
+        let roots = hangar_control::allowed_roots(engine.home(), &options.allow_paths)
+            .map_err(|e| e.message)?;
+        let trail = trail::Trail::open(engine.home());
         let tokens =
             hangar_store::Store::open_in(engine.home()).map_err(|e| format!("state store: {e}"))?;
-        if let Some(torn) = audit.recovered_tail() {
-            eprintln!(
-                "hangard: removed a torn, never-acknowledged audit line: {}",
-                String::from_utf8_lossy(torn)
-            );
-        }
         let changed = Arc::new(tokio::sync::Notify::new());
         let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
         engine.observe(Arc::new(Wake(changed.clone(), generation.clone())));
         let engine = Arc::new(engine);
-        let fleet = fleet::open(engine.clone())?;
-        let local = Local::new(engine).map_err(|e| format!("state store: {e}"))?;
+        let fleet = hangar_control::fleet::open(engine.clone(), true)
+            .map_err(|e| format!("{}: {}; {}", e.code, e.message, e.hint))?;
+        let local =
+            Local::new(engine, roots, fleet.clone()).map_err(|e| format!("state store: {e}"))?;
         Ok(Daemon {
             local: Arc::new(local),
             ops_changed: Arc::new(tokio::sync::Notify::new()),
             tokens: std::sync::Mutex::new(tokens),
             changed,
             fleet,
-            reconciler: fleet::Reconciler::new(interval),
+            reconciler: fleet::Reconciler::new(options.reconcile_interval),
             metrics: metrics::Metrics::default(),
-            audit: std::sync::Mutex::new(audit),
+            trail,
             generation,
             list_cache: tokio::sync::Mutex::new(None),
+            uids: options.uids,
+            own_uid: rustix::process::geteuid().as_raw(),
         })
     }
 }
@@ -294,25 +340,61 @@ async fn health(State(d): State<Arc<Daemon>>) -> Json<Health> {
     })
 }
 
-/// `GET /v1/vms`: every VM, refreshed against reality.
+/// `GET /v1/vms`: every VM the caller may see (a tenant's token: its tenant's), refreshed
+/// against reality.
 #[utoipa::path(get, path = "/v1/vms", responses((status = 200, body = [VmView]), (status = 500, body = ErrorBody)))]
-async fn list_vms(State(d): State<Arc<Daemon>>) -> ApiResult<Response> {
-    // One refresh serves every concurrent reader: the lock makes the others wait for it.
-    let mut cache = d.list_cache.lock().await;
-    let generation = d.generation.load(std::sync::atomic::Ordering::SeqCst);
-    if let Some((at, seen, body)) = cache.as_ref() {
-        if *seen == generation && at.elapsed() < LIST_MAX_AGE {
-            return Ok(([("content-type", "application/json")], body.clone()).into_response());
-        }
-    }
-    let local = d.local.clone();
-    let views = blocking(move || local.list()).await?;
-    let body = Bytes::from(serde_json::to_vec(&views).expect("views serialise"));
-    // Refreshing may itself record transitions (a dead QEMU becomes failed): take the
-    // generation after it, so the next reader does not recompute for our own changes.
-    let generation = d.generation.load(std::sync::atomic::Ordering::SeqCst);
-    *cache = Some((Instant::now(), generation, body.clone()));
+async fn list_vms(
+    State(d): State<Arc<Daemon>>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Response> {
+    let (views, body) = d.vm_list().await?;
+    let body = if caller.tenant().is_none() {
+        body
+    } else {
+        let mine: Vec<&VmView> = views
+            .iter()
+            .filter(|v| caller.sees(v.tenant.as_deref()))
+            .collect();
+        Bytes::from(serde_json::to_vec(&mine).expect("views serialise"))
+    };
     Ok(([("content-type", "application/json")], body).into_response())
+}
+
+impl Daemon {
+    /// Every VM, from a snapshot at most [`LIST_MAX_AGE`] old and invalidated by any
+    /// transition: the views and their JSON.
+    async fn vm_list(&self) -> ApiResult<(Arc<Vec<VmView>>, Bytes)> {
+        // One refresh serves every concurrent reader: the lock makes the others wait for it.
+        let mut cache = self.list_cache.lock().await;
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
+        if let Some((at, seen, views, body)) = cache.as_ref() {
+            if *seen == generation && at.elapsed() < LIST_MAX_AGE {
+                return Ok((views.clone(), body.clone()));
+            }
+        }
+        let local = self.local.clone();
+        let views = Arc::new(blocking(move || local.list()).await?);
+        let body = Bytes::from(serde_json::to_vec(&*views).expect("views serialise"));
+        // Refreshing may itself record transitions (a dead QEMU becomes failed): take the
+        // generation after it, so the next reader does not recompute for our own changes.
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
+        *cache = Some((Instant::now(), generation, views.clone(), body.clone()));
+        Ok((views, body))
+    }
+
+    /// The VM `name` means to `caller` (inside a tenant's namespace), if the caller may do
+    /// `action` to it: its view. Another tenant's VM, like a missing one, is `E_VM_NOT_FOUND`.
+    async fn visible_vm(&self, caller: &Caller, action: Action, name: &str) -> ApiResult<VmView> {
+        let resolved = caller.resolve(name);
+        let vm = vm_name(&resolved)?;
+        let local = self.local.clone();
+        let lookup = resolved.clone();
+        let view = blocking(move || local.get(&lookup)).await?;
+        caller.allow_owned(action, view.tenant.as_deref(), || {
+            Error::VmNotFound(vm).into()
+        })?;
+        Ok(view)
+    }
 }
 
 /// `GET /v1/vms/{name}`
@@ -320,10 +402,10 @@ async fn list_vms(State(d): State<Arc<Daemon>>) -> ApiResult<Response> {
     responses((status = 200, body = VmView), (status = 404, body = ErrorBody)))]
 async fn get_vm(
     State(d): State<Arc<Daemon>>,
+    Extension(caller): Extension<Caller>,
     UrlPath(name): UrlPath<String>,
 ) -> ApiResult<Json<VmView>> {
-    let local = d.local.clone();
-    Ok(Json(blocking(move || local.get(&name)).await?))
+    Ok(Json(d.visible_vm(&caller, Action::VmRead, &name).await?))
 }
 
 /// `?wait=` on every mutating call.
@@ -336,16 +418,25 @@ pub struct WaitQuery {
 }
 
 /// Journals `request`, carries it out on a worker thread and answers with the operation: at
-/// once (202, `Location: /v1/operations/{id}`) or, with `wait`, when it has finished.
-async fn submit(d: Arc<Daemon>, request: OperationRequest, wait: bool) -> ApiResult<Response> {
+/// once (202, `Location: /v1/operations/{id}`) or, with `wait`, when it has finished. The
+/// request's names must already be resolved for `caller` and its objects checked; its end is
+/// recorded in the audit log.
+async fn submit(
+    d: Arc<Daemon>,
+    caller: &Caller,
+    request: OperationRequest,
+    wait: bool,
+) -> ApiResult<Response> {
     let local = d.local.clone();
     let pending = blocking(move || local.begin(request)).await?;
     let accepted = pending.operation();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let worker = d.clone();
+    let who = caller.who.clone();
     std::thread::spawn(move || {
         let started = Instant::now();
         let op = worker.local.execute(pending, &|_| {});
+        worker.record_end(&who, &op);
         worker
             .metrics
             .operation(&op.kind, &op.status, started.elapsed().as_secs_f64());
@@ -384,6 +475,30 @@ async fn submit(d: Arc<Daemon>, request: OperationRequest, wait: bool) -> ApiRes
     Ok(response)
 }
 
+impl Daemon {
+    /// Records how an operation ended (best effort: the operation is over either way, and
+    /// its end is also in the journal).
+    fn record_end(&self, who: &str, op: &Operation) {
+        let entry = hangar_audit::NewEntry {
+            at: hangar_core::clock::Clock::now(&hangar_core::clock::SystemClock),
+            who: who.to_string(),
+            what: format!("operation.{}", op.kind),
+            target: op.target.clone(),
+            result: op
+                .error
+                .as_ref()
+                .filter(|_| op.status != "succeeded")
+                .map(|e| e.code.clone())
+                .unwrap_or_else(|| "ok".into()),
+            detail: Some(format!("operation {} {}", op.id, op.status)),
+        };
+        if let Err(e) = self.trail.record(entry) {
+            eprintln!("hangard: AUDIT FAILURE recording the end of {}: {e}", op.id);
+            self.metrics.error(ErrorCode::AuditUnavailable.as_str());
+        }
+    }
+}
+
 fn bad_body(what: &str, e: impl std::fmt::Display, hint: &str) -> ApiError {
     let mut body = ErrorBody::new(ErrorCode::InvalidArgument, format!("invalid {what}: {e}"));
     body.hint = hint.to_string();
@@ -410,6 +525,7 @@ fn json_or_default<T: serde::de::DeserializeOwned + Default>(
         (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn create_vm(
     State(d): State<Arc<Daemon>>,
+    Extension(caller): Extension<Caller>,
     Query(q): Query<WaitQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
@@ -417,21 +533,89 @@ async fn create_vm(
     // Refuse a bad spec with every diagnostic before an operation is made.
     spec_from_body(&body)?;
     let spec = serde_json::from_slice(&body).expect("a spec that parsed is JSON");
-    submit(
-        d,
+    let request = scoped(
+        &d,
+        &caller,
         OperationRequest::Create {
             spec,
             base_dir: None,
         },
-        q.wait,
     )
-    .await
+    .await?;
+    submit(d, &caller, request, q.wait).await
+}
+
+/// `request` as `caller` means it: names resolved inside the caller's tenant, a created VM
+/// put in the caller's tenant, and the policy asked about the object it acts on (another
+/// tenant's VM or snapshot answers exactly like a missing one).
+async fn scoped(
+    d: &Daemon,
+    caller: &Caller,
+    mut request: OperationRequest,
+) -> ApiResult<OperationRequest> {
+    let action = request.action();
+    match &mut request {
+        OperationRequest::Create { spec, base_dir } => {
+            if caller.tenant().is_some() && base_dir.is_some() {
+                return Err(ApiError::new(
+                    ErrorCode::Forbidden,
+                    "base_dir is for an admin on the host; a tenant's spec names files by absolute path",
+                    Some("base_dir".into()),
+                    None,
+                ));
+            }
+            let named = spec
+                .get("tenant")
+                .and_then(|t| t.as_str())
+                .map(String::from);
+            let tenant = match (caller.tenant(), named) {
+                (Some(mine), None) => {
+                    if let Some(obj) = spec.as_object_mut() {
+                        obj.insert("tenant".into(), mine.to_string().into());
+                    }
+                    Some(mine.clone())
+                }
+                (_, Some(t)) => Some(TenantId::new(&t).map_err(Error::InvalidName)?),
+                (None, None) => None,
+            };
+            let resource = match &tenant {
+                Some(t) => Resource::Tenant(t),
+                None => Resource::Owned(None),
+            };
+            // Naming another tenant is forbidden, whether or not it exists.
+            caller.allow(action, resource, || auth::forbidden(&caller.scope, action))?;
+        }
+        OperationRequest::SnapshotDelete { id } => {
+            let resolved = caller.resolve(id);
+            let snap = SnapshotId::new(&resolved).map_err(Error::InvalidName)?;
+            let local = d.local.clone();
+            let all = blocking(move || local.snapshots(None)).await?;
+            let found = all.into_iter().find(|s| s.id == snap);
+            let owner = found
+                .as_ref()
+                .and_then(|s| s.tenant.as_ref().map(|t| t.to_string()));
+            if found.is_none() {
+                return Err(Error::SnapshotNotFound(snap).into());
+            }
+            caller.allow_owned(action, owner.as_deref(), || {
+                Error::SnapshotNotFound(snap.clone()).into()
+            })?;
+            *id = resolved;
+        }
+        other => {
+            let target = other.target_mut().expect("every other kind names its VM");
+            let view = d.visible_vm(caller, action, target).await?;
+            *target = view.name;
+        }
+    }
+    Ok(request)
 }
 
 /// The lifecycle actions of `POST /v1/vms/{name}/{action}`.
 #[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum Action {
+#[schema(as = Action)]
+pub enum VmAction {
     /// Boot and wait for the guest (body: StartRequest).
     Start,
     /// Stop (body: StopRequest).
@@ -446,18 +630,19 @@ pub enum Action {
 
 /// `POST /v1/vms/{name}/{action}`: start, stop, pause, resume or reboot.
 #[utoipa::path(post, path = "/v1/vms/{name}/{action}",
-    params(("name" = String, Path, description = "VM name"), ("action" = Action, Path, description = "What to do"), WaitQuery),
+    params(("name" = String, Path, description = "VM name"), ("action" = VmAction, Path, description = "What to do"), WaitQuery),
     request_body(content = Option<StopRequest>, description = "StartRequest for start, StopRequest for stop, nothing otherwise"),
     responses((status = 202, body = Operation), (status = 200, body = Operation, description = "With wait=true"),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn vm_action(
     State(d): State<Arc<Daemon>>,
+    Extension(caller): Extension<Caller>,
     UrlPath((name, action)): UrlPath<(String, String)>,
     Query(q): Query<WaitQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     vm_name(&name)?;
-    let action: Action = serde_json::from_value(serde_json::Value::String(action.clone()))
+    let action: VmAction = serde_json::from_value(serde_json::Value::String(action.clone()))
         .map_err(|_| {
             ApiError::new(
                 ErrorCode::InvalidArgument,
@@ -468,7 +653,7 @@ async fn vm_action(
         })?;
     let body = body_bytes(body)?;
     let request = match action {
-        Action::Start => {
+        VmAction::Start => {
             let s: StartRequest = json_or_default(
                 &body,
                 "start request",
@@ -480,7 +665,7 @@ async fn vm_action(
                 timeout_s: s.timeout_s,
             }
         }
-        Action::Stop => {
+        VmAction::Stop => {
             let s: StopRequest = json_or_default(
                 &body,
                 "stop request",
@@ -492,11 +677,12 @@ async fn vm_action(
                 timeout_s: s.timeout_s,
             }
         }
-        Action::Pause => OperationRequest::Pause { vm: name },
-        Action::Resume => OperationRequest::Resume { vm: name },
-        Action::Reboot => OperationRequest::Reboot { vm: name },
+        VmAction::Pause => OperationRequest::Pause { vm: name },
+        VmAction::Resume => OperationRequest::Resume { vm: name },
+        VmAction::Reboot => OperationRequest::Reboot { vm: name },
     };
-    submit(d, request, q.wait).await
+    let request = scoped(&d, &caller, request).await?;
+    submit(d, &caller, request, q.wait).await
 }
 
 /// `POST /v1/operations`: any operation, as an OperationRequest (what the CLI sends).
@@ -505,6 +691,7 @@ async fn vm_action(
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn create_operation(
     State(d): State<Arc<Daemon>>,
+    Extension(caller): Extension<Caller>,
     Query(q): Query<WaitQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
@@ -515,7 +702,10 @@ async fn create_operation(
             "send {\"kind\": \"start\", \"vm\": \"name\"}; GET /v1/openapi.json lists the kinds",
         )
     })?;
-    submit(d, request, q.wait).await
+    // The route lets anyone in; what the request does decides.
+    caller.allow(request.action(), Resource::Host, || unreachable!())?;
+    let request = scoped(&d, &caller, request).await?;
+    submit(d, &caller, request, q.wait).await
 }
 
 /// `GET /v1/operations` query.
@@ -530,11 +720,21 @@ pub struct OperationsQuery {
     responses((status = 200, body = [Operation])))]
 async fn list_operations(
     State(d): State<Arc<Daemon>>,
+    Extension(caller): Extension<Caller>,
     Query(q): Query<OperationsQuery>,
 ) -> ApiResult<Json<Vec<Operation>>> {
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
     let local = d.local.clone();
-    Ok(Json(blocking(move || local.operations(limit)).await?))
+    // A tenant's share of the newest 10,000 (the journal is not indexed by tenant).
+    let fetch = if caller.tenant().is_some() {
+        10_000
+    } else {
+        limit
+    };
+    let mut ops = blocking(move || local.operations(fetch)).await?;
+    ops.retain(|op| caller.sees(op.request.tenant().as_deref()));
+    ops.truncate(limit);
+    Ok(Json(ops))
 }
 
 /// `GET /v1/operations/{id}`; with `wait=true`, answers once it has finished (at most 10 min).
@@ -542,6 +742,7 @@ async fn list_operations(
     responses((status = 200, body = Operation), (status = 404, body = ErrorBody)))]
 async fn get_operation(
     State(d): State<Arc<Daemon>>,
+    Extension(caller): Extension<Caller>,
     UrlPath(id): UrlPath<String>,
     Query(q): Query<WaitQuery>,
 ) -> ApiResult<Json<Operation>> {
@@ -551,6 +752,18 @@ async fn get_operation(
         let local = d.local.clone();
         let lookup = id.clone();
         let op = blocking(move || local.operation(&lookup)).await?;
+        caller.allow_owned(
+            Action::OperationRead,
+            op.request.tenant().as_deref(),
+            || {
+                ApiError::new(
+                    ErrorCode::OperationNotFound,
+                    format!("no operation {id:?}"),
+                    None,
+                    None,
+                )
+            },
+        )?;
         if !q.wait || op.is_done() || Instant::now() >= deadline {
             return Ok(Json(op));
         }
@@ -589,41 +802,49 @@ pub struct EventsQuery {
     responses((status = 200, content_type = "text/event-stream", body = EventView, description = "A stream of events")))]
 async fn events(
     State(d): State<Arc<Daemon>>,
+    Extension(caller): Extension<Caller>,
     Query(q): Query<EventsQuery>,
 ) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>> {
     let follow = q.follow.unwrap_or(true);
     let state = (q.since, VecDeque::new(), d.clone());
-    let stream = futures_util::stream::unfold(state, move |(mut after, mut queue, d)| async move {
-        loop {
-            if let Some(event) = queue.pop_front() {
-                return Some((Ok(event), (after, queue, d)));
-            }
-            // Subscribe before reading, so a transition between the read and the wait wakes us.
-            let changed = d.changed.clone();
-            let woken = changed.notified();
-            let local = d.local.clone();
-            let page = blocking(move || local.events_since(after, 256)).await;
-            match page {
-                Ok(page) if !page.is_empty() => {
-                    for e in page {
-                        after = e.seq();
-                        let kind = match e {
-                            EventView::Transition { .. } => "transition",
-                            EventView::Engine { .. } => "engine",
-                        };
-                        queue.push_back(
-                            SseEvent::default()
-                                .id(after.to_string())
-                                .event(kind)
-                                .data(serde_json::to_string(&e).expect("events serialise")),
-                        );
-                    }
+    let caller = Arc::new(caller);
+    let stream = futures_util::stream::unfold(state, move |(mut after, mut queue, d)| {
+        let caller = caller.clone();
+        async move {
+            loop {
+                if let Some(event) = queue.pop_front() {
+                    return Some((Ok(event), (after, queue, d)));
                 }
-                _ if !follow => return None,
-                _ => {
-                    // Also wake periodically: transitions made by another process (a CLI with
-                    // HANGAR_DAEMON=never) reach the store without notifying us.
-                    let _ = tokio::time::timeout(Duration::from_millis(500), woken).await;
+                // Subscribe before reading, so a transition between the read and the wait wakes us.
+                let changed = d.changed.clone();
+                let woken = changed.notified();
+                let local = d.local.clone();
+                let page = blocking(move || local.events_since(after, 256)).await;
+                match page {
+                    Ok(page) if !page.is_empty() => {
+                        for e in page {
+                            after = e.seq();
+                            if !caller.sees(event_owner(&e)) {
+                                continue;
+                            }
+                            let kind = match e {
+                                EventView::Transition { .. } => "transition",
+                                EventView::Engine { .. } => "engine",
+                            };
+                            queue.push_back(
+                                SseEvent::default()
+                                    .id(after.to_string())
+                                    .event(kind)
+                                    .data(serde_json::to_string(&e).expect("events serialise")),
+                            );
+                        }
+                    }
+                    _ if !follow => return None,
+                    _ => {
+                        // Also wake periodically: transitions made by another process (a CLI with
+                        // HANGAR_DAEMON=never) reach the store without notifying us.
+                        let _ = tokio::time::timeout(Duration::from_millis(500), woken).await;
+                    }
                 }
             }
         }
@@ -647,13 +868,41 @@ pub struct EventPageQuery {
     responses((status = 200, body = [EventView])))]
 async fn events_page(
     State(d): State<Arc<Daemon>>,
+    Extension(caller): Extension<Caller>,
     Query(q): Query<EventPageQuery>,
 ) -> ApiResult<Json<Vec<EventView>>> {
     let limit = q.limit.unwrap_or(256).clamp(1, 10_000);
     let local = d.local.clone();
     Ok(Json(
-        blocking(move || local.events_since(q.since, limit)).await?,
+        blocking(move || -> hangar_control::Result<Vec<EventView>> {
+            // Read on until `limit` events the caller may see are found or the stream ends, so
+            // a page is never empty while visible events follow.
+            let mut out = Vec::new();
+            let mut after = q.since;
+            loop {
+                let page = local.events_since(after, 1000)?;
+                let Some(last) = page.last() else {
+                    return Ok(out);
+                };
+                after = last.seq();
+                for e in page {
+                    if caller.sees(event_owner(&e)) {
+                        out.push(e);
+                        if out.len() == limit {
+                            return Ok(out);
+                        }
+                    }
+                }
+            }
+        })
+        .await?,
     ))
+}
+
+/// The tenant an event belongs to: its VM's (a tenant's VMs are named `tenant--name`);
+/// reconcile passes (`fleet`) belong to the host.
+fn event_owner(e: &EventView) -> Option<&str> {
+    hangar_core::ids::tenant_prefix(e.vm())
 }
 
 /// `GET /metrics`: Prometheus text format.
@@ -677,9 +926,11 @@ async fn metrics_text(State(d): State<Arc<Daemon>>) -> Response {
         .into_response()
 }
 
-/// Counts and times every request, counts error responses by code, and writes one audit
-/// entry per mutating request (who, what, target, result).
-async fn observe(State(d): State<Arc<Daemon>>, request: Request, next: Next) -> Response {
+/// Every request passes here: it finds the caller (a bearer token on TCP, the peer's uid on
+/// the unix socket), asks the route table whether the caller's role allows the route at all,
+/// records a mutating request in the audit log *before* it runs (refusing it with `503
+/// E_AUDIT_UNAVAILABLE` if that fails) and its outcome after, and counts and times it.
+async fn gate(State(d): State<Arc<Daemon>>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
     let route = request
@@ -692,64 +943,171 @@ async fn observe(State(d): State<Arc<Daemon>>, request: Request, next: Next) -> 
         .extensions()
         .get::<axum::extract::ConnectInfo<Peer>>()
         .map(|c| c.0);
-    let who = match (request.extensions().get::<TokenIdentity>(), peer) {
-        (
-            Some(token),
-            Some(Peer {
-                tcp: Some(addr), ..
-            }),
-        ) => format!("token:{} ({addr})", token.0),
-        (Some(token), _) => format!("token:{}", token.0),
-        (None, Some(Peer { uid: Some(uid), .. })) => format!("local:uid={uid}"),
-        _ => "local:unknown".to_string(),
+    let gate = auth::gate_of(&method, &route);
+    let finish = |d: &Daemon, response: Response| {
+        let status = response.status().as_u16();
+        d.metrics.request(
+            method.as_str(),
+            &route,
+            status,
+            started.elapsed().as_secs_f64(),
+        );
+        if let Some(code) = response
+            .headers()
+            .get("x-hangar-error")
+            .and_then(|v| v.to_str().ok())
+        {
+            d.metrics.error(code);
+        }
+        response
     };
-    let response = next.run(request).await;
-    let status = response.status().as_u16();
-    d.metrics.request(
-        method.as_str(),
-        &route,
-        status,
-        started.elapsed().as_secs_f64(),
-    );
-    let code = response
-        .headers()
-        .get("x-hangar-error")
-        .and_then(|v| v.to_str().ok())
-        .map(String::from);
-    if let Some(code) = &code {
-        d.metrics.error(code);
+    if gate == Some(auth::Gate::Open) {
+        let response = next.run(request).await;
+        return finish(&d, response);
     }
+    let caller = match d.caller(&request, peer) {
+        Ok(c) => c,
+        Err((peer_name, why)) => {
+            d.trail
+                .failed_auth(&peer_name, &format!("{method} {route}"), &target, &why);
+            let mut response = auth::unauthorized(&why).into_response();
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+            return finish(&d, response);
+        }
+    };
     let mutating = !matches!(
         method,
         axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
-    );
-    if mutating && route != "/v1/validate" && route != "/v1/plan" {
-        let entry = hangar_audit::NewEntry {
-            at: hangar_core::clock::Clock::now(&hangar_core::clock::SystemClock),
-            who,
-            what: format!("{method} {route}"),
-            target,
-            // A 202 means the operation was accepted; its end is in the journal.
-            result: code
-                .unwrap_or_else(|| if status == 202 { "accepted" } else { "ok" }.to_string()),
-            detail: response
-                .headers()
-                .get("x-hangar-operation")
-                .and_then(|v| v.to_str().ok())
-                .map(|op| format!("operation {op}")),
-        };
-        let appended = d
-            .audit
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .append(entry);
-        if let Err(e) = appended {
-            // The action happened but is not audited: say so loudly rather than hide it.
-            eprintln!("hangard: AUDIT FAILURE: {e}");
-            d.metrics.error("E_AUDIT_WRITE");
+    ) && route != "/v1/validate"
+        && route != "/v1/plan";
+    let entry = |result: String, detail: Option<String>| hangar_audit::NewEntry {
+        at: hangar_core::clock::Clock::now(&hangar_core::clock::SystemClock),
+        who: caller.who.clone(),
+        what: format!("{method} {route}"),
+        target: target.clone(),
+        result,
+        detail,
+    };
+    // What the caller's role never allows is refused before any handler looks at it.
+    let refused = match gate {
+        Some(auth::Gate::Action(action)) => caller
+            .allow(action, Resource::Host, || unreachable!())
+            .err(),
+        _ => None,
+    };
+    if let Some(refusal) = refused {
+        let response = refusal.into_response();
+        if mutating {
+            let _ = d.trail.record(entry(
+                ErrorCode::Forbidden.as_str().into(),
+                Some(format!("scope {}", caller.scope)),
+            ));
+        }
+        return finish(&d, response);
+    }
+    if mutating {
+        if let Err(why) = d.trail.record(entry("requested".into(), None)) {
+            eprintln!("hangard: AUDIT FAILURE, refusing {method} {target}: {why}");
+            let response = ApiError::new(
+                ErrorCode::AuditUnavailable,
+                format!("the audit log cannot be written, so nothing was done: {why}"),
+                None,
+                None,
+            )
+            .into_response();
+            return finish(&d, response);
         }
     }
-    response
+    request.extensions_mut().insert(caller.clone());
+    let mut response = next.run(request).await;
+    if mutating {
+        let status = response.status().as_u16();
+        let code = response
+            .headers()
+            .get("x-hangar-error")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
+        let mut detail: Vec<String> = Vec::new();
+        if let Some(op) = response
+            .headers()
+            .get("x-hangar-operation")
+            .and_then(|v| v.to_str().ok())
+        {
+            detail.push(format!("operation {op}"));
+        }
+        if let Some(more) = response
+            .headers_mut()
+            .remove("x-hangar-audit-detail")
+            .and_then(|v| v.to_str().ok().map(String::from))
+        {
+            detail.push(more);
+        }
+        // A 202 means the operation was accepted; its end gets an entry of its own.
+        let result =
+            code.unwrap_or_else(|| if status == 202 { "accepted" } else { "ok" }.to_string());
+        let detail = (!detail.is_empty()).then(|| detail.join("; "));
+        if let Err(e) = d.trail.record(entry(result, detail)) {
+            // The action happened but its outcome is not audited (its request is): say so.
+            eprintln!("hangard: AUDIT FAILURE recording the outcome of {method} {target}: {e}");
+            d.metrics.error(ErrorCode::AuditUnavailable.as_str());
+        }
+    }
+    finish(&d, response)
+}
+
+impl Daemon {
+    /// Who sent `request`: on TCP the holder of a stored bearer token (the `Bearer` scheme in
+    /// any case), on the unix socket the peer's uid. Else the peer and why it was refused.
+    fn caller(&self, request: &Request, peer: Option<Peer>) -> Result<Caller, (String, String)> {
+        match peer {
+            Some(Peer {
+                tcp: Some(addr), ..
+            }) => {
+                let presented = request
+                    .headers()
+                    .get(axum::http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| {
+                        let (scheme, token) = v.trim().split_once(' ')?;
+                        scheme
+                            .eq_ignore_ascii_case("bearer")
+                            .then(|| token.trim().to_string())
+                    });
+                let peer = addr.ip().to_string();
+                let Some(token) = presented else {
+                    return Err((peer, "missing bearer token".into()));
+                };
+                let found = {
+                    let store = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+                    hangar_control::tokens::authenticate(&store, &token)
+                };
+                match found {
+                    Ok(Some(t)) => Ok(Caller {
+                        scope: t.scope,
+                        who: format!("token:{} ({addr})", t.id),
+                    }),
+                    Ok(None) => Err((peer, "unknown bearer token".into())),
+                    Err(e) => Err((peer, format!("tokens cannot be checked: {}", e.message))),
+                }
+            }
+            Some(Peer { uid: Some(uid), .. }) => match self.uids.scope_of(uid, self.own_uid) {
+                Some(scope) => Ok(Caller {
+                    scope,
+                    who: format!("local:uid={uid}"),
+                }),
+                None => Err((
+                    format!("uid {uid}"),
+                    format!(
+                        "unix-socket user {uid} is not mapped to a principal (hangard --map-uid)"
+                    ),
+                )),
+            },
+            _ => Err(("unknown".into(), "the peer cannot be identified".into())),
+        }
+    }
 }
 
 /// `DELETE /v1/vms/{name}` query.
@@ -769,6 +1127,7 @@ pub struct DeleteQuery {
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn delete_vm(
     State(d): State<Arc<Daemon>>,
+    Extension(caller): Extension<Caller>,
     UrlPath(name): UrlPath<String>,
     Query(q): Query<DeleteQuery>,
 ) -> ApiResult<Response> {
@@ -776,7 +1135,8 @@ async fn delete_vm(
         vm: name,
         force: q.force,
     };
-    submit(d, request, q.wait).await
+    let request = scoped(&d, &caller, request).await?;
+    submit(d, &caller, request, q.wait).await
 }
 
 /// `GET /v1/vms/{name}/snapshots`
@@ -784,17 +1144,26 @@ async fn delete_vm(
     responses((status = 200, body = Object, description = "SnapshotInfo list")))]
 async fn list_vm_snapshots(
     State(d): State<Arc<Daemon>>,
+    Extension(caller): Extension<Caller>,
     UrlPath(name): UrlPath<String>,
 ) -> ApiResult<Json<Vec<SnapshotInfo>>> {
+    let view = d.visible_vm(&caller, Action::SnapshotRead, &name).await?;
     let local = d.local.clone();
-    Ok(Json(blocking(move || local.snapshots(Some(&name))).await?))
+    let mut list = blocking(move || local.snapshots(Some(&view.name))).await?;
+    list.retain(|s| caller.sees(s.tenant.as_ref().map(|t| t.as_str())));
+    Ok(Json(list))
 }
 
-/// `GET /v1/snapshots`: every snapshot.
+/// `GET /v1/snapshots`: every snapshot the caller may see.
 #[utoipa::path(get, path = "/v1/snapshots", responses((status = 200, body = Object, description = "SnapshotInfo list")))]
-async fn list_snapshots(State(d): State<Arc<Daemon>>) -> ApiResult<Json<Vec<SnapshotInfo>>> {
+async fn list_snapshots(
+    State(d): State<Arc<Daemon>>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<Vec<SnapshotInfo>>> {
     let local = d.local.clone();
-    Ok(Json(blocking(move || local.snapshots(None)).await?))
+    let mut list = blocking(move || local.snapshots(None)).await?;
+    list.retain(|s| caller.sees(s.tenant.as_ref().map(|t| t.as_str())));
+    Ok(Json(list))
 }
 
 /// `POST /v1/vms/{name}/snapshots`: save the VM's memory.
@@ -803,6 +1172,7 @@ async fn list_snapshots(State(d): State<Arc<Daemon>>) -> ApiResult<Json<Vec<Snap
     responses((status = 202, body = Operation), (status = 200, body = Operation, description = "With wait=true"), (status = 409, body = ErrorBody)))]
 async fn save_snapshot(
     State(d): State<Arc<Daemon>>,
+    Extension(caller): Extension<Caller>,
     UrlPath(name): UrlPath<String>,
     Query(q): Query<WaitQuery>,
     body: Result<Bytes, BytesRejection>,
@@ -819,7 +1189,8 @@ async fn save_snapshot(
         id: req.id,
         sleep: req.sleep,
     };
-    submit(d, request, q.wait).await
+    let request = scoped(&d, &caller, request).await?;
+    submit(d, &caller, request, q.wait).await
 }
 
 /// `POST /v1/vms/{name}/snapshots/{id}/restore`
@@ -829,15 +1200,19 @@ async fn save_snapshot(
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn restore_snapshot(
     State(d): State<Arc<Daemon>>,
+    Extension(caller): Extension<Caller>,
     UrlPath((name, id)): UrlPath<(String, String)>,
     Query(q): Query<WaitQuery>,
 ) -> ApiResult<Response> {
-    submit(
-        d,
+    // The snapshot id is resolved in the VM's tenant by the engine's side (hangar-control),
+    // so a tenant reaches only its own snapshots.
+    let request = scoped(
+        &d,
+        &caller,
         OperationRequest::SnapshotRestore { vm: name, id },
-        q.wait,
     )
-    .await
+    .await?;
+    submit(d, &caller, request, q.wait).await
 }
 
 /// `DELETE /v1/snapshots/{id}`
@@ -846,19 +1221,28 @@ async fn restore_snapshot(
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn delete_snapshot(
     State(d): State<Arc<Daemon>>,
+    Extension(caller): Extension<Caller>,
     UrlPath(id): UrlPath<String>,
     Query(q): Query<WaitQuery>,
 ) -> ApiResult<Response> {
-    submit(d, OperationRequest::SnapshotDelete { id }, q.wait).await
+    let request = scoped(&d, &caller, OperationRequest::SnapshotDelete { id }).await?;
+    submit(d, &caller, request, q.wait).await
 }
 
 /// `POST /v1/validate`: every problem in a spec. Always 200; `ok` tells.
 #[utoipa::path(post, path = "/v1/validate", request_body(content = Object, description = "A VM spec"),
     responses((status = 200, body = Object, description = "{ok, errors, spec_hash}")))]
-async fn validate(body: Result<Bytes, BytesRejection>) -> ApiResult<Json<serde_json::Value>> {
+async fn validate(
+    State(d): State<Arc<Daemon>>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
     let body = body_bytes(body)?;
     Ok(Json(match spec_from_body(&body) {
-        Ok(c) => serde_json::json!({ "ok": true, "errors": [], "spec_hash": c.hash.0 }),
+        // The files it names must be ones this host lets specs use.
+        Ok(c) => match d.local.check_paths(&c.spec) {
+            Ok(()) => serde_json::json!({ "ok": true, "errors": [], "spec_hash": c.hash.0 }),
+            Err(e) => serde_json::json!({ "ok": false, "errors": e.errors }),
+        },
         Err(ApiError(_, e)) if !e.errors.is_empty() => {
             serde_json::json!({ "ok": false, "errors": e.errors })
         }
@@ -895,48 +1279,6 @@ async fn not_found() -> ApiError {
     e
 }
 
-/// The token a TCP request authenticated with (its public id).
-#[derive(Debug, Clone)]
-struct TokenIdentity(String);
-
-/// TCP requests must carry `Authorization: Bearer <token>` for a token in the store. Checked on
-/// every request (a lookup by hash), so `hangar token rm` takes effect at once.
-async fn require_token(State(d): State<Arc<Daemon>>, mut request: Request, next: Next) -> Response {
-    let presented = request
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| t.trim().to_string());
-    let found = presented.and_then(|token| {
-        let store = d.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        hangar_control::tokens::authenticate(&store, &token)
-            .ok()
-            .flatten()
-    });
-    match found {
-        Some(token) => {
-            request.extensions_mut().insert(TokenIdentity(token.id));
-            next.run(request).await
-        }
-        None => {
-            d.metrics.error(ErrorCode::Unauthorized.as_str());
-            let mut response = ApiError::new(
-                ErrorCode::Unauthorized,
-                "missing or unknown bearer token",
-                None,
-                None,
-            )
-            .into_response();
-            response.headers_mut().insert(
-                axum::http::header::WWW_AUTHENTICATE,
-                axum::http::HeaderValue::from_static("Bearer"),
-            );
-            response
-        }
-    }
-}
-
 /// Serves the API on a TCP listener, every request authenticated by a bearer token. Plain
 /// HTTP: put it behind TLS (or keep it on loopback) when it leaves the host.
 pub async fn serve_tcp(
@@ -944,9 +1286,7 @@ pub async fn serve_tcp(
     daemon: Arc<Daemon>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(daemon.clone())
-        .layer(axum::middleware::from_fn_with_state(daemon, require_token))
-        .into_make_service_with_connect_info::<Peer>();
+    let app = router(daemon).into_make_service_with_connect_info::<Peer>();
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
@@ -1004,10 +1344,15 @@ pub async fn serve(
         fleet::list_instances,
         fleet::release_instance,
         fleet::fleet_status,
-        fleet::reconcile_now
+        fleet::reconcile_now,
+        admin::list_tokens,
+        admin::create_token,
+        admin::delete_token,
+        admin::host
     ),
-    components(schemas(VmView, ErrorBody, Health, StartRequest, StopRequest, SnapshotRequest, Action,
-        Operation, OperationRequest, OperationResult, EventView, ImageView)),
+    components(schemas(VmView, ErrorBody, Health, StartRequest, StopRequest, SnapshotRequest, VmAction,
+        Operation, OperationRequest, OperationResult, EventView, ImageView, TokenRequest, TokenView,
+        NewToken, admin::HostView)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -1024,7 +1369,7 @@ impl utoipa::Modify for BearerAuth {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
-                        "Required on the TCP listener only (`hangard --listen-tcp`); the unix socket is protected by its mode (0600). Create tokens with `hangar token create`.",
+                        "Required on the TCP listener (`hangard --listen-tcp`). A token has a scope: admin, or one tenant with a role (viewer, operator, owner); a tenant's token sees only its tenant's objects and resolves names inside its namespace (`web` means `acme--web`). On the unix socket the peer's uid decides (root and the daemon's user are admins; others only with `hangard --map-uid`). Create tokens with `hangar token create`.",
                     ))
                     .build(),
             ),
@@ -1090,17 +1435,25 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         )
         .route("/v1/fleet", get(fleet::fleet_status))
         .route("/v1/fleet/reconcile", post(fleet::reconcile_now))
+        .route(
+            "/v1/tokens",
+            get(admin::list_tokens).post(admin::create_token),
+        )
+        .route(
+            "/v1/tokens/{id}",
+            axum::routing::delete(admin::delete_token),
+        )
+        .route("/v1/host", get(admin::host))
         .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state(
-            daemon.clone(),
-            observe,
-        ))
+        .layer(axum::middleware::from_fn_with_state(daemon.clone(), gate))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(daemon)
 }
 
-/// Binds the unix socket (mode 0600), refusing if another daemon answers on it.
-pub fn bind(socket: &Path) -> std::io::Result<tokio::net::UnixListener> {
+/// Binds the unix socket, refusing if another daemon answers on it. Mode 0600 (only the
+/// daemon's user connects), or 0666 with `shared` (other users mapped with `--map-uid`
+/// connect; the peer's uid decides what each may do, and unmapped ones are refused).
+pub fn bind(socket: &Path, shared: bool) -> std::io::Result<tokio::net::UnixListener> {
     if socket.exists() {
         if std::os::unix::net::UnixStream::connect(socket).is_ok() {
             return Err(std::io::Error::new(
@@ -1114,5 +1467,10 @@ pub fn bind(socket: &Path) -> std::io::Result<tokio::net::UnixListener> {
     let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
     let listener = tokio::net::UnixListener::bind(socket);
     rustix::process::umask(old);
-    listener
+    let listener = listener?;
+    if shared {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666))?;
+    }
+    Ok(listener)
 }

@@ -18,10 +18,21 @@ struct Args {
     #[arg(long)]
     socket: Option<PathBuf>,
     /// Also serve the API on this TCP address (for example 127.0.0.1:7070). Every request must
-    /// carry `Authorization: Bearer <token>` (create one with `hangar token create`). Plain
-    /// HTTP: keep it on loopback or put TLS in front.
+    /// carry `Authorization: Bearer <token>` (create one with `hangar token create --admin`,
+    /// or `--tenant T --role R` for a tenant's scope). Plain HTTP: keep it on loopback or put
+    /// TLS in front.
     #[arg(long, value_name = "ADDR")]
     listen_tcp: Option<std::net::SocketAddr>,
+    /// Let specs name host files (kernels, initrds, disk images and their qcow2 backing
+    /// files) under DIR, besides $HANGAR_HOME/images and $HANGAR_HOME/volumes. Repeatable.
+    /// Files are opened without following symlinks; Hangar's own state is never allowed.
+    #[arg(long = "allow-path", value_name = "DIR")]
+    allow_paths: Vec<PathBuf>,
+    /// Let unix-socket user UID act with SCOPE (`admin`, or `tenant:<id>:<role>`; role viewer,
+    /// operator or owner). Root and the daemon's own user are always admins; other users are
+    /// refused. Repeatable. The socket must be reachable by that user (see --socket).
+    #[arg(long = "map-uid", value_name = "UID=SCOPE", value_parser = hangard::UidMap::parse_entry)]
+    map_uid: Vec<(u32, hangar_core::access::Scope)>,
     /// Seconds between reconcile passes when nothing asks for one sooner (every fleet change
     /// and every claim asks).
     #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
@@ -47,7 +58,7 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let listener = match hangard::bind(&socket) {
+    let listener = match hangard::bind(&socket, !args.map_uid.is_empty()) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("hangard: cannot listen on {}: {e}", socket.display());
@@ -69,7 +80,12 @@ async fn main() -> std::process::ExitCode {
         return std::process::ExitCode::from(2);
     }
     let interval = std::time::Duration::from_secs_f64(args.reconcile_interval);
-    let daemon = match hangard::Daemon::with_reconcile_interval(engine, interval) {
+    let options = hangard::Options {
+        reconcile_interval: interval,
+        allow_paths: args.allow_paths,
+        uids: hangard::UidMap(args.map_uid.into_iter().collect()),
+    };
+    let daemon = match hangard::Daemon::with_options(engine, options) {
         Ok(d) => Arc::new(d),
         Err(e) => {
             eprintln!("hangard: {e}");

@@ -1,104 +1,14 @@
 //! The REST API against an in-process daemon on a temporary socket. These tests define VMs but
 //! boot none, so they need no QEMU; the committed OpenAPI document is checked for drift.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 use std::time::Duration;
 
-use hangar_api::client::{request, Response};
+use hangar_api::client::request;
 use hangar_qemu::{EngineOptions, QemuEngine};
 
-/// A daemon serving on a temporary home; stops when dropped.
-struct TestDaemon {
-    home: tempfile::TempDir,
-    /// The token-protected TCP listener's address.
-    tcp: std::net::SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl TestDaemon {
-    fn start() -> TestDaemon {
-        let home = tempfile::Builder::new()
-            .prefix("hgd-")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let engine = QemuEngine::open(home.path(), EngineOptions::default()).unwrap();
-        let socket = home.path().join("hangard.sock");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = hangard::bind(&socket).unwrap();
-                let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                ready_tx.send(tcp.local_addr().unwrap()).unwrap();
-                let daemon = Arc::new(hangard::Daemon::new(engine).unwrap());
-                let (tcp_stop, tcp_stopped) = tokio::sync::oneshot::channel::<()>();
-                let tcp_served = tokio::spawn(hangard::serve_tcp(tcp, daemon.clone(), async {
-                    let _ = tcp_stopped.await;
-                }));
-                hangard::serve(listener, daemon, async {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
-                let _ = tcp_stop.send(());
-                tcp_served.await.unwrap().unwrap();
-            });
-        });
-        let tcp = ready_rx.recv().unwrap();
-        TestDaemon {
-            home,
-            tcp,
-            stop: Some(stop),
-            thread: Some(thread),
-        }
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.home.path().join("hangard.sock")
-    }
-
-    fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
-        let Response { status, body } = request(
-            &self.socket(),
-            method,
-            path,
-            body.map(str::as_bytes),
-            Duration::from_secs(30),
-        )
-        .unwrap();
-        let json = if body.is_empty() {
-            serde_json::Value::Null
-        } else {
-            serde_json::from_slice(&body)
-                .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&body)))
-        };
-        (status, json)
-    }
-}
-
-impl Drop for TestDaemon {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn coded(v: &serde_json::Value, code: &str) {
-    assert_eq!(v["code"], code, "{v}");
-    assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
-    assert!(v["hint"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
-}
+mod common;
+use common::{coded, TestDaemon};
 
 const SPEC: &str = r#"{"schema_version": 1, "name": "api", "machine": {"memory_mib": 128}}"#;
 
@@ -152,7 +62,7 @@ fn socket_is_private() {
     let mode = std::fs::metadata(d.socket()).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     assert!(
-        hangard::bind(&d.socket()).is_err(),
+        hangard::bind(&d.socket(), false).is_err(),
         "a second daemon must not steal the socket"
     );
 }
@@ -364,26 +274,8 @@ fn validate_and_plan_touch_nothing() {
     assert_eq!(list, serde_json::json!([]));
 }
 
-/// One HTTP/1.1 exchange over TCP, by hand (the CLI's client speaks only unix sockets).
 fn over_tcp(d: &TestDaemon, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(d.tcp).unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n{auth}\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    d.over_tcp(method, path, token, None)
 }
 
 #[test]
@@ -395,7 +287,8 @@ fn tcp_requires_a_stored_token_and_audits_it() {
     let (s, _) = over_tcp(&d, "GET", "/v1/vms", Some("hgr_tok-00000000_0000"));
     assert_eq!(s, 401, "an unknown token is refused");
     let store = hangar_store::Store::open_in(d.home.path()).unwrap();
-    let token = hangar_control::tokens::create(&store, "ci").unwrap();
+    let token =
+        hangar_control::tokens::create(&store, "ci", &hangar_core::access::Scope::Admin).unwrap();
     let (s, body) = over_tcp(&d, "GET", "/v1/vms", Some(&token.token));
     assert_eq!((s, body.as_str()), (200, "[]"));
     // Only the hash is stored.
@@ -508,7 +401,7 @@ fn every_mutating_request_is_audited_and_tampering_is_detected() {
     let log = d.home.path().join("audit.log");
     let report = hangar_audit::verify(&log).unwrap();
     assert!(report.is_intact(), "{:?}", report.failure);
-    assert_eq!(report.entries, 3);
+    assert_eq!(report.entries, 9);
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
         .unwrap()
         .lines()
@@ -518,14 +411,29 @@ fn every_mutating_request_is_audited_and_tampering_is_detected() {
         .iter()
         .map(|e| (e["what"].as_str().unwrap(), e["result"].as_str().unwrap()))
         .collect();
+    // Each request before it runs (refused if this cannot be written), each operation's end,
+    // each request's outcome.
     assert_eq!(
         summary,
         [
+            ("POST /v1/vms", "requested"),
+            ("operation.create", "ok"),
             ("POST /v1/vms", "ok"),
+            ("POST /v1/vms/{name}/{action}", "requested"),
+            ("operation.pause", "E_INVALID_TRANSITION"),
             ("POST /v1/vms/{name}/{action}", "E_INVALID_TRANSITION"),
-            ("DELETE /v1/vms/{name}", "ok")
+            ("DELETE /v1/vms/{name}", "requested"),
+            ("operation.delete", "ok"),
+            ("DELETE /v1/vms/{name}", "ok"),
         ]
     );
+    // The daemon keeps a signed head of the log, and the log holds it.
+    let signed = hangar_audit::SignedHead::read(&d.home.path().join("audit.head"))
+        .unwrap()
+        .expect("a signed head");
+    assert_eq!(signed.seq, 9);
+    let key = hangar_audit::HeadSigner::load(&d.home.path().join("audit.key")).unwrap();
+    signed.check(&key.public_key()).unwrap();
     let uid = std::fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
         .unwrap();
@@ -538,11 +446,11 @@ fn every_mutating_request_is_audited_and_tampering_is_detected() {
         .unwrap()
         .replace("E_INVALID_TRANSITION", "ok");
     std::fs::write(&log, text).unwrap();
-    // Line 2 still parses, so the chain breaks where line 3's `prev` no longer matches it.
+    // Line 5 still parses, so the chain breaks where line 6's `prev` no longer matches it.
     let report = hangar_audit::verify(&log).unwrap();
     let failure = report.failure.expect("tampering detected");
-    assert_eq!(failure.line, 3);
-    assert!(failure.to_string().contains("line 2"), "{failure}");
+    assert_eq!(failure.line, 6);
+    assert!(failure.to_string().contains("line 5"), "{failure}");
 }
 
 const POOL_SPEC: &str = r#"{"schema_version": 1, "name": "t", "machine": {"memory_mib": 128}}"#;
@@ -594,6 +502,8 @@ fn fleet_endpoints_validate_everything_and_answer_with_codes() {
 
     let (s, v) = d.call("POST", "/v1/pools", Some(&pool("web", "acme", POOL_SPEC)));
     assert_eq!(s, 201, "{v}");
+    // A pool lives in its tenant's namespace.
+    assert_eq!(v["pool"]["id"], "acme--web", "{v}");
     assert_eq!(v["pool"]["template"]["machine"]["memory_mib"], 128);
     assert_eq!(v["counts"]["warm"], 0);
     let (s, v) = d.call("POST", "/v1/pools", Some(&pool("web", "acme", POOL_SPEC)));
@@ -606,7 +516,7 @@ fn fleet_endpoints_validate_everything_and_answer_with_codes() {
     // Scale, status, an idle pass, instances.
     let (s, v) = d.call(
         "PATCH",
-        "/v1/pools/web",
+        "/v1/pools/acme--web",
         Some(r#"{"policy": {"idle_sleep_s": 60, "min_running_s": 5}}"#),
     );
     assert_eq!(s, 200, "{v}");
@@ -621,7 +531,7 @@ fn fleet_endpoints_validate_everything_and_answer_with_codes() {
         (Some(0), Some(0)),
         "{r}"
     );
-    let (_, status) = d.call("GET", "/v1/pools/web", None);
+    let (_, status) = d.call("GET", "/v1/pools/acme--web", None);
     assert_eq!(status["instances"], serde_json::json!([]));
     assert_eq!(status["last_pass"], r);
     let (_, fleet) = d.call("GET", "/v1/fleet", None);
@@ -632,11 +542,11 @@ fn fleet_endpoints_validate_everything_and_answer_with_codes() {
     let (s, v) = d.call("DELETE", "/v1/instances/i-00000000", None);
     assert_eq!(s, 404);
     coded(&v, "E_INSTANCE_NOT_FOUND");
-    let (s, v) = d.call("GET", "/v1/instances?pool=web", None);
+    let (s, v) = d.call("GET", "/v1/instances?pool=acme--web", None);
     assert_eq!((s, v), (200, serde_json::json!([])));
 
     // Removal, in order.
-    assert_eq!(d.call("DELETE", "/v1/pools/web", None).0, 204);
+    assert_eq!(d.call("DELETE", "/v1/pools/acme--web", None).0, 204);
     assert_eq!(d.call("DELETE", "/v1/tenants/acme", None).0, 204);
     let (s, v) = d.call("DELETE", "/v1/tenants/acme", None);
     assert_eq!(s, 404);

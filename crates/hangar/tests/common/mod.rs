@@ -30,7 +30,7 @@ pub fn serve(home: &Path, engine: hangar_qemu::QemuEngine, reconcile: Option<Dur
             .build()
             .unwrap();
         rt.block_on(async move {
-            let listener = hangard::bind(&socket).unwrap();
+            let listener = hangard::bind(&socket, false).unwrap();
             let daemon = Arc::new(match reconcile {
                 Some(interval) => {
                     hangard::Daemon::with_reconcile_interval(engine, interval).unwrap()

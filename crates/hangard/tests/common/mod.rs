@@ -1,0 +1,177 @@
+//! An in-process daemon for the API tests, on a temporary home, with its unix socket and a
+//! token-protected TCP listener.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hangar_api::client::{request, Response};
+use hangar_qemu::{EngineOptions, QemuEngine};
+
+/// A daemon serving on a temporary home; stops when dropped.
+pub struct TestDaemon {
+    pub home: tempfile::TempDir,
+    /// The token-protected TCP listener's address.
+    pub tcp: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestDaemon {
+    pub fn start() -> TestDaemon {
+        TestDaemon::start_with(|_| hangard::Options::default())
+    }
+
+    /// Starts with the options `options` makes for the new home.
+    pub fn start_with(options: impl FnOnce(&std::path::Path) -> hangard::Options) -> TestDaemon {
+        let home = tempfile::Builder::new()
+            .prefix("hgd-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        TestDaemon::start_in(home, options)
+    }
+
+    /// Starts on `home` (for example a private home with the built images linked in).
+    pub fn start_in(
+        home: tempfile::TempDir,
+        options: impl FnOnce(&std::path::Path) -> hangard::Options,
+    ) -> TestDaemon {
+        let options = options(home.path());
+        let engine = QemuEngine::open(home.path(), EngineOptions::default()).unwrap();
+        let socket = home.path().join("hangard.sock");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = hangard::bind(&socket, false).unwrap();
+                let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let addr = tcp.local_addr().unwrap();
+                let daemon = Arc::new(hangard::Daemon::with_options(engine, options).unwrap());
+                ready_tx.send(addr).unwrap();
+                let (tcp_stop, tcp_stopped) = tokio::sync::oneshot::channel::<()>();
+                let tcp_served = tokio::spawn(hangard::serve_tcp(tcp, daemon.clone(), async {
+                    let _ = tcp_stopped.await;
+                }));
+                hangard::serve(listener, daemon, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+                let _ = tcp_stop.send(());
+                tcp_served.await.unwrap().unwrap();
+            });
+        });
+        let tcp = ready_rx.recv().unwrap();
+        TestDaemon {
+            home,
+            tcp,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.home.path().join("hangard.sock")
+    }
+
+    /// One exchange on the unix socket (as this process's user: an admin).
+    pub fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+        let Response { status, body } = request(
+            &self.socket(),
+            method,
+            path,
+            body.map(str::as_bytes),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        (status, json(&body))
+    }
+
+    /// One HTTP/1.1 exchange over TCP, by hand (the CLI's client speaks only unix sockets).
+    pub fn over_tcp(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.tcp).unwrap();
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let body = body.unwrap_or("");
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{auth}\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    /// [`TestDaemon::over_tcp`] with the body decoded as JSON (`Null` when empty).
+    pub fn as_token(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let (s, b) = self.over_tcp(method, path, Some(token), body);
+        (s, json(b.as_bytes()))
+    }
+
+    /// A new token with `scope`; its secret.
+    pub fn token(&self, scope: &str) -> String {
+        let (s, t) = self.call(
+            "POST",
+            "/v1/tokens",
+            Some(&format!(r#"{{"name": "test", "scope": "{scope}"}}"#)),
+        );
+        assert_eq!(s, 201, "{t}");
+        t["token"].as_str().unwrap().to_string()
+    }
+}
+
+pub fn json(body: &[u8]) -> serde_json::Value {
+    if body.is_empty() {
+        serde_json::Value::Null
+    } else if let Ok(v) = serde_json::from_slice(body) {
+        v
+    } else {
+        // Server-sent events and Prometheus text are not JSON.
+        serde_json::Value::String(String::from_utf8_lossy(body).into_owned())
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+pub fn coded(v: &serde_json::Value, code: &str) {
+    assert_eq!(v["code"], code, "{v}");
+    assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    assert!(v["hint"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+}
