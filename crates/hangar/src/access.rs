@@ -50,13 +50,12 @@ pub enum TokenCommand {
 
 /// A token's scope: exactly one of --admin or --tenant.
 #[derive(Args)]
-#[group(required = true, multiple = false)]
 pub struct ScopeArgs {
     /// Everything on the host: tenants, quotas, tokens, every VM.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "tenant", required_unless_present = "tenant")]
     admin: bool,
     /// Only this tenant's objects (with --role).
-    #[arg(long, value_name = "TENANT")]
+    #[arg(long, value_name = "TENANT", required_unless_present = "admin")]
     tenant: Option<String>,
     /// With --tenant: viewer, operator or owner.
     #[arg(

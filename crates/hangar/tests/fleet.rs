@@ -288,4 +288,34 @@ fn warm_pool_claim_refill_clone_quota_and_replacement_through_the_cli() {
     assert_eq!(json(home, &["snapshot", "ls"]), serde_json::json!([]));
     ok(home, &["tenant", "rm", "acme"]);
     assert_eq!(json(home, &["tenant", "ls"]), serde_json::json!([]));
+
+    // The reconciler's steps are in the audit log: the creations, and the removal of the
+    // instance whose QEMU was killed.
+    let audit: Vec<Value> = std::fs::read_to_string(home.join("audit.log"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let steps: Vec<(&str, &str, &str)> = audit
+        .iter()
+        .filter(|e| e["who"] == "reconciler")
+        .map(|e| {
+            (
+                e["what"].as_str().unwrap(),
+                e["target"].as_str().unwrap(),
+                e["result"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        steps.contains(&("fleet.create", "acme--web-0", "ok")),
+        "{steps:?}"
+    );
+    assert!(
+        steps.contains(&("fleet.remove", "acme--web-2", "ok")),
+        "{steps:?}"
+    );
+    assert!(hangar_audit::verify(&home.join("audit.log"))
+        .unwrap()
+        .is_intact());
 }

@@ -20,6 +20,21 @@ impl Drop for Served {
 /// Serves `engine` on `home`'s socket; with `reconcile`, the fleet's loop runs at that interval
 /// (without, passes happen only when asked for).
 pub fn serve(home: &Path, engine: hangar_qemu::QemuEngine, reconcile: Option<Duration>) -> Served {
+    let options = hangard::Options {
+        reconcile_interval: reconcile.unwrap_or(hangard::Options::default().reconcile_interval),
+        ..hangard::Options::default()
+    };
+    serve_with(home, engine, options, reconcile.is_some())
+}
+
+/// Serves `engine` with `options`; the reconcile loop runs only with `reconcile`. With uids
+/// mapped, the socket is open to other users (as `hangard --map-uid` makes it).
+pub fn serve_with(
+    home: &Path,
+    engine: hangar_qemu::QemuEngine,
+    options: hangard::Options,
+    reconcile: bool,
+) -> Served {
     let socket = home.join("hangard.sock");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -30,14 +45,9 @@ pub fn serve(home: &Path, engine: hangar_qemu::QemuEngine, reconcile: Option<Dur
             .build()
             .unwrap();
         rt.block_on(async move {
-            let listener = hangard::bind(&socket, false).unwrap();
-            let daemon = Arc::new(match reconcile {
-                Some(interval) => {
-                    hangard::Daemon::with_reconcile_interval(engine, interval).unwrap()
-                }
-                None => hangard::Daemon::new(engine).unwrap(),
-            });
-            if reconcile.is_some() {
+            let listener = hangard::bind(&socket, !options.uids.0.is_empty()).unwrap();
+            let daemon = Arc::new(hangard::Daemon::with_options(engine, options).unwrap());
+            if reconcile {
                 daemon.start_reconciler();
             }
             ready_tx.send(()).unwrap();
