@@ -76,6 +76,9 @@ fn released_codes_are_never_removed() {
         "E_POOL_EXISTS",
         "E_INSTANCE_NOT_FOUND",
         "E_TENANT_IN_USE",
+        "E_FORBIDDEN",
+        "E_PATH_NOT_ALLOWED",
+        "E_AUDIT_UNAVAILABLE",
     ];
     for code in released {
         assert!(

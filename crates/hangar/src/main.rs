@@ -29,8 +29,12 @@ Examples:
 Fleet (needs hangard):
   hangar tenant create acme --max-memory-mib 4096
   hangar pool create web --tenant acme --spec examples/hello.toml --warm 3
-  hangar pool claim web                        a running instance in milliseconds (warm set first)
-  hangar pool status web                       counts, instances and the last reconcile pass
+  hangar pool claim acme--web                  a running instance in milliseconds (warm set first)
+  hangar pool status acme--web                 counts, instances and the last reconcile pass
+
+Tenants and tokens:
+  hangar token create --name ci --tenant acme --role operator   a token that reaches acme only
+  hangar audit verify                          check the audit log and its signed head
 
 State lives in $HANGAR_HOME (default /var/lib/hangar as root, else ~/.local/share/hangar).
 

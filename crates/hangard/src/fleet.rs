@@ -470,6 +470,7 @@ pub(crate) async fn claim(
 
 /// `GET /v1/instances` query.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct InstanceQuery {
     /// Only this pool's.
     pub pool: Option<String>,

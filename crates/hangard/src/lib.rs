@@ -410,6 +410,7 @@ async fn get_vm(
 
 /// `?wait=` on every mutating call.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct WaitQuery {
     /// Answer once the operation has finished (200 with the operation, or its error with the
     /// error's status) instead of at once (202 with the running operation).
@@ -710,6 +711,7 @@ async fn create_operation(
 
 /// `GET /v1/operations` query.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct OperationsQuery {
     /// How many, newest first (default 100, at most 10000).
     pub limit: Option<usize>,
@@ -785,6 +787,7 @@ async fn list_images(State(d): State<Arc<Daemon>>) -> ApiResult<Json<Vec<ImageVi
 
 /// `GET /v1/events` query.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// Replay from after this sequence number (0: from the beginning of the store's history).
     #[serde(default)]
@@ -854,6 +857,7 @@ async fn events(
 
 /// `GET /v1/events/page` query.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventPageQuery {
     /// Events after this sequence number.
     #[serde(default)]
@@ -1112,6 +1116,7 @@ impl Daemon {
 
 /// `DELETE /v1/vms/{name}` query.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DeleteQuery {
     /// Stop it first if it runs.
     #[serde(default)]

@@ -1,5 +1,8 @@
 //! An in-process `hangard` for the CLI tests.
 
+// Each test binary uses part of it.
+#![allow(dead_code)]
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
