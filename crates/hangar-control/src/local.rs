@@ -354,12 +354,25 @@ impl Local {
         let mut prepared = prepared;
         // A tenant's snapshots live in its namespace, like its VMs: `s1` of a VM of tenant
         // acme is `acme--s1`, so tenants can neither collide nor reach each other's.
-        if let (
-            Prepared::SnapshotSave { id, .. } | Prepared::SnapshotRestore { id, .. },
-            Some(tenant),
-        ) = (&mut prepared, &rec.spec.tenant)
+        if let Prepared::SnapshotSave { id, .. } | Prepared::SnapshotRestore { id, .. } =
+            &mut prepared
         {
-            *id = snapshot_id(&hangar_core::ids::qualify(tenant, id.as_str()))?;
+            match &rec.spec.tenant {
+                Some(tenant) => *id = snapshot_id(&hangar_core::ids::qualify(tenant, id.as_str()))?,
+                // Outside every tenant, `tenant--…` ids are reserved like VM names.
+                None if hangar_core::ids::tenant_prefix(id.as_str()).is_some() => {
+                    let mut e = ErrorBody::new(
+                        ErrorCode::InvalidName,
+                        format!(
+                            "snapshot id {id:?} has the form TENANT--ID, reserved for snapshots of that tenant's VMs"
+                        ),
+                    );
+                    e.path = Some("id".into());
+                    e.hint = "use single hyphens in the id".into();
+                    return Err(e);
+                }
+                None => {}
+            }
         }
         let admission = match &prepared {
             Prepared::Start { .. } | Prepared::SnapshotRestore { .. } => {

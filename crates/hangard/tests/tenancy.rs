@@ -444,6 +444,22 @@ fn a_tenant_sees_nothing_of_another_touches_nothing_and_learns_no_names() {
         );
         assert_eq!(w.d.as_token(beta, "POST", "/v1/pools", Some(&pool)).0, 403);
     }
+    // Outside every tenant, names and snapshot ids of the form `acme--…` are acme's alone.
+    let (s, v) =
+        w.d.call("POST", "/v1/vms?wait=true", Some(&spec("acme--x", 128)));
+    assert_eq!(s, 400, "{v}");
+    coded(&v, "E_INVALID_NAME");
+    assert_eq!(
+        w.d.call("POST", "/v1/vms?wait=true", Some(&spec("hostvm", 128)))
+            .0,
+        200
+    );
+    let (s, v) = w.d.call(
+        "POST",
+        "/v1/vms/hostvm/snapshots",
+        Some(r#"{"id": "acme--s1"}"#),
+    );
+    assert_eq!((s, v["path"].as_str()), (400, Some("id")), "{v}");
     // Nothing of acme's changed.
     let (_, vm) = w.d.call("GET", "/v1/vms/acme--vm1", None);
     assert_eq!(vm["state"], "defined");
