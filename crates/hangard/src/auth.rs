@@ -179,6 +179,20 @@ impl Caller {
         }
     }
 
+    /// A spec's `base_dir` (where its relative paths resolve) names a directory on the host:
+    /// only an admin may give one; a tenant's specs name files by absolute path.
+    pub fn may_use_base_dir(&self, base_dir: Option<&str>) -> Result<(), ApiError> {
+        if self.tenant().is_none() || base_dir.is_none() {
+            return Ok(());
+        }
+        let mut body = ErrorBody::new(
+            ErrorCode::Forbidden,
+            "base_dir is for an admin on the host; a tenant's spec names files by absolute path",
+        );
+        body.path = Some("base_dir".into());
+        Err(ApiError::from(body))
+    }
+
     /// [`Caller::allow`] for an object whose owner is a tenant id as a string.
     pub fn allow_owned(
         &self,

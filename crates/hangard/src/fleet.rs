@@ -230,14 +230,7 @@ fn template(
     spec: &serde_json::Value,
     base_dir: Option<&str>,
 ) -> ApiResult<VmSpec> {
-    if caller.tenant().is_some() && base_dir.is_some() {
-        return Err(ApiError::new(
-            ErrorCode::Forbidden,
-            "base_dir is for an admin on the host; a tenant's spec names files by absolute path",
-            Some("base_dir".into()),
-            None,
-        ));
-    }
+    caller.may_use_base_dir(base_dir)?;
     let text = serde_json::to_string(spec).expect("JSON values serialise");
     let base = Path::new(base_dir.unwrap_or("/"));
     let spec = hangar_spec::parse(&text, Format::Json, base)?.spec;

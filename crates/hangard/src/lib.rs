@@ -557,14 +557,7 @@ async fn scoped(
     let action = request.action();
     match &mut request {
         OperationRequest::Create { spec, base_dir } => {
-            if caller.tenant().is_some() && base_dir.is_some() {
-                return Err(ApiError::new(
-                    ErrorCode::Forbidden,
-                    "base_dir is for an admin on the host; a tenant's spec names files by absolute path",
-                    Some("base_dir".into()),
-                    None,
-                ));
-            }
+            caller.may_use_base_dir(base_dir.as_deref())?;
             let named = spec
                 .get("tenant")
                 .and_then(|t| t.as_str())

@@ -444,6 +444,13 @@ fn a_tenant_sees_nothing_of_another_touches_nothing_and_learns_no_names() {
         );
         assert_eq!(w.d.as_token(beta, "POST", "/v1/pools", Some(&pool)).0, 403);
     }
+    // Nor may a tenant say where relative paths resolve on the host.
+    let create = format!(
+        r#"{{"kind": "create", "spec": {}, "base_dir": "/etc"}}"#,
+        spec("y", 128)
+    );
+    let (s, v) = w.d.as_token(beta, "POST", "/v1/operations", Some(&create));
+    assert_eq!((s, v["path"].as_str()), (403, Some("base_dir")), "{v}");
     // Outside every tenant, names and snapshot ids of the form `acme--…` are acme's alone.
     let (s, v) =
         w.d.call("POST", "/v1/vms?wait=true", Some(&spec("acme--x", 128)));
