@@ -318,6 +318,10 @@ error_codes! {
     AuditUnavailable = "E_AUDIT_UNAVAILABLE", retryable: true, class: Environment,
         meaning: "The audit log could not be written, so the request was refused before anything was done (hangard fails closed).",
         fix: "Check $HANGAR_HOME/audit.log (`hangar audit verify`), the disk's free space and the daemon's log, then retry.";
+    /// A JSON object names a key twice.
+    SpecDuplicateKey = "E_SPEC_DUPLICATE_KEY", retryable: false, class: Invalid,
+        meaning: "A JSON document (a spec or an API body) has an object with the same key twice; JSON names must be unique, and Hangar will not guess which one was meant.",
+        fix: "Keep one of the two keys at the reported line and column.";
 }
 
 impl fmt::Display for ErrorCode {
@@ -543,6 +547,20 @@ impl Coded for Error {
         match self {
             Error::InvalidName(e) => Some(e.hint()),
             Error::InvalidTransition(e) => Some(e.hint()),
+            _ => None,
+        }
+    }
+
+    fn path(&self) -> Option<String> {
+        match self {
+            // Field-shaped arguments (`boot.kernel`, `disk[0].source`) name the spec field.
+            Error::InvalidArgument { what, .. }
+                if what
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._[]".contains(c)) =>
+            {
+                Some(what.clone())
+            }
             _ => None,
         }
     }

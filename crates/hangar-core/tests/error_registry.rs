@@ -79,6 +79,7 @@ fn released_codes_are_never_removed() {
         "E_FORBIDDEN",
         "E_PATH_NOT_ALLOWED",
         "E_AUDIT_UNAVAILABLE",
+        "E_SPEC_DUPLICATE_KEY",
     ];
     for code in released {
         assert!(

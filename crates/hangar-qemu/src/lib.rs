@@ -615,13 +615,25 @@ impl QemuEngine {
         rec.boot_log_offset = Some(boot_log_offset);
         self.save(rec)?;
 
-        let ctl =
-            Control::connect(self.rt(), Path::new(&plan.qmp_socket), QMP_CONNECT).map_err(|e| {
-                Error::EngineFailed(format!(
-                    "QEMU did not open its control socket: {e}; {}",
+        // A QEMU that refuses its arguments exits at once: say so then, not after the
+        // connect deadline.
+        let socket = Path::new(&plan.qmp_socket);
+        let socket_deadline = Instant::now() + QMP_CONNECT;
+        while !socket.exists() && Instant::now() < socket_deadline {
+            if !process::alive(p) {
+                return Err(Error::EngineFailed(format!(
+                    "QEMU exited before opening its control socket: {}",
                     Self::last_console(plan)
-                ))
-            })?;
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let ctl = Control::connect(self.rt(), socket, QMP_CONNECT).map_err(|e| {
+            Error::EngineFailed(format!(
+                "QEMU did not open its control socket: {e}; {}",
+                Self::last_console(plan)
+            ))
+        })?;
         let timeout = opts.timeout.unwrap_or(self.options.boot_timeout);
         let deadline = started + timeout;
         opts.phase(Phase::Boot);
@@ -832,6 +844,33 @@ impl QemuEngine {
     }
 }
 
+/// Checks that every host file the spec names exists, naming the field of the first that
+/// does not (before anything is made or spawned).
+fn check_inputs(spec: &VmSpec) -> Result<()> {
+    let missing = |field: String, file: &str| {
+        if Path::new(file).exists() {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument {
+                what: field,
+                reason: format!("{file} does not exist"),
+            })
+        }
+    };
+    if let BootSource::Kernel { kernel, initrd, .. } = &spec.boot {
+        missing("boot.kernel".into(), kernel)?;
+        if let Some(initrd) = initrd {
+            missing("boot.initrd".into(), initrd)?;
+        }
+    }
+    for (i, disk) in spec.disks.iter().enumerate() {
+        if let hangar_core::spec::DiskSource::Base { source } = &disk.source {
+            missing(format!("disk[{i}].source"), source)?;
+        }
+    }
+    Ok(())
+}
+
 /// The hash of a spec without what tells clones apart: snapshots restore across equal ones.
 fn clone_hash(spec: &VmSpec) -> String {
     CanonicalSpec::new(spec.clone_template()).hash.0
@@ -952,6 +991,8 @@ impl QemuEngine {
             other => return Err(refuse(vm, other, VmState::Starting)),
         }
         let plan = Self::plan_of(&rec)?;
+        // A missing input is the caller's to fix: refused before the VM moves at all.
+        check_inputs(&rec.spec)?;
         self.step(&mut rec, VmState::Starting, Cause::User)?;
         match self.boot(&mut rec, &plan, None, opts, cancel) {
             Ok(()) => self.step(&mut rec, VmState::Running, Cause::Engine)?,
@@ -1290,6 +1331,7 @@ impl Snapshots for QemuEngine {
             other => return Err(refuse(vm, other, VmState::Waking)),
         };
         self.check_snapshot_fits(&rec, &snap)?;
+        check_inputs(&rec.spec)?;
         cancel.check()?;
         let plan = Self::plan_of(&rec)?;
         // A VM sleeping on this snapshot has not touched its disks since the save; any other

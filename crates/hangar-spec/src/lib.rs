@@ -37,7 +37,7 @@ mod validate;
 
 pub use canonical::{sha256_tagged, CanonicalSpec, SpecHash};
 pub use diag::{Diagnostic, SpecErrors};
-pub use node::Format;
+pub use node::{check_json, Format};
 pub use validate::{defaults, limits, BUILTIN_IMAGES};
 
 /// Field lists of each section, for tools and for the schema drift test.
@@ -94,21 +94,40 @@ pub fn load_document(path: &Path) -> Result<SpecDocument, SpecErrors> {
     };
     let absolute = std::path::absolute(path)
         .map_err(|e| io_error(format!("cannot resolve {}: {e}", path.display())))?;
-    let metadata = std::fs::metadata(&absolute)
-        .map_err(|e| io_error(format!("cannot read {}: {e}", path.display())))?;
-    if metadata.len() > MAX_SPEC_BYTES as u64 {
-        return Err(SpecErrors(vec![Diagnostic::new(
+    let too_large = |len: String| {
+        SpecErrors(vec![Diagnostic::new(
             ErrorCode::SpecTooLarge,
             "",
             format!(
-                "{} is {} bytes, at most {MAX_SPEC_BYTES}",
-                path.display(),
-                metadata.len()
+                "{} is {len} bytes, at most {MAX_SPEC_BYTES}",
+                path.display()
             ),
-        )]));
-    }
-    let bytes = std::fs::read(&absolute)
+        )])
+    };
+    let file = std::fs::File::open(&absolute)
         .map_err(|e| io_error(format!("cannot read {}: {e}", path.display())))?;
+    let metadata = file
+        .metadata()
+        .map_err(|e| io_error(format!("cannot read {}: {e}", path.display())))?;
+    if metadata.is_dir() {
+        return Err(io_error(format!("{} is a directory", path.display())));
+    }
+    if metadata.len() > MAX_SPEC_BYTES as u64 {
+        return Err(too_large(metadata.len().to_string()));
+    }
+    // Special files (`/dev/zero`, a FIFO) report no length: read at most one byte past the
+    // cap, whatever the file says.
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(file, MAX_SPEC_BYTES as u64 + 1),
+        &mut bytes,
+    )
+    .map_err(|e| io_error(format!("cannot read {}: {e}", path.display())))?;
+    if bytes.len() > MAX_SPEC_BYTES {
+        return Err(too_large(
+            "more than".to_string() + &format!(" {MAX_SPEC_BYTES}"),
+        ));
+    }
     let text = String::from_utf8(bytes).map_err(|_| {
         SpecErrors(vec![Diagnostic::new(
             ErrorCode::SpecSyntax,

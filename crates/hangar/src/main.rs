@@ -432,6 +432,7 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), Failure> {
             host_facts,
         } => {
             let spec = hangar_spec::load(&file)?;
+            let host_facts_given = host_facts.is_some();
             let facts = match host_facts {
                 Some(path) => read_facts(&path)?,
                 None => SystemProbe::default().probe(),
@@ -442,6 +443,16 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), Failure> {
                     let _ = out.write_all(plan.to_json().as_bytes());
                 }
                 Output::Text => print_plan(out, &spec, &plan),
+            }
+            // The plan is pure; whether its files are here is this host's business, said
+            // beside it (with --host-facts the plan is for another host: nothing to say).
+            if host_facts_given {
+                return Ok(());
+            }
+            for (field, file) in host_files(&spec.spec) {
+                if !Path::new(&file).exists() {
+                    eprintln!("warning: {field}: {file} does not exist on this host; `hangar up` would refuse to start the VM");
+                }
             }
             Ok(())
         }
@@ -570,6 +581,24 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), Failure> {
         } => vm::events(since, follow, output, out),
         Command::Audit(cmd) => access::audit_command(cmd, out),
     }
+}
+
+/// The host files a spec names, with their fields.
+fn host_files(spec: &hangar_core::spec::VmSpec) -> Vec<(String, String)> {
+    use hangar_core::spec::{BootSource, DiskSource};
+    let mut files = Vec::new();
+    if let BootSource::Kernel { kernel, initrd, .. } = &spec.boot {
+        files.push(("boot.kernel".to_string(), kernel.clone()));
+        if let Some(initrd) = initrd {
+            files.push(("boot.initrd".to_string(), initrd.clone()));
+        }
+    }
+    for (i, d) in spec.disks.iter().enumerate() {
+        if let DiskSource::Base { source } = &d.source {
+            files.push((format!("disk[{i}].source"), source.clone()));
+        }
+    }
+    files
 }
 
 fn read_facts(path: &Path) -> Result<HostFacts, Failure> {

@@ -177,6 +177,29 @@ fn exit_codes() {
     let out = hangar(&["validate", yaml.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("E_SPEC_FORMAT"));
+    // A plan for a spec whose files are missing says so (and is still a plan).
+    let spec = dir.path().join("k.toml");
+    std::fs::write(
+        &spec,
+        "schema_version = 1\nname = \"k\"\n[boot]\nkernel = \"nope/vmlinuz\"\n",
+    )
+    .unwrap();
+    let out = hangar(&["plan", spec.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("warning: boot.kernel:")
+            && text(&out.stderr).contains("does not exist"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A special file that never ends is read only up to the size cap.
+    let out = hangar(&["validate", "/dev/zero"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("E_SPEC_TOO_LARGE"),
+        "{}",
+        text(&out.stderr)
+    );
     // 0.
     assert_eq!(hangar(&["validate", &hello()]).status.code(), Some(0));
 }

@@ -290,7 +290,23 @@ fn vm_name(name: &str) -> ApiResult<VmName> {
     VmName::new(name).map_err(|e| Error::InvalidName(e).into())
 }
 
+/// A request body, refusing one over [`MAX_BODY_BYTES`] and JSON that names a key twice in
+/// one object (which a JSON value would silently resolve to the last one: every body is read
+/// as the sender meant it or not at all). Other syntax errors are left to each route's parser,
+/// which knows what it expected.
 fn body_bytes(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
+    let bytes = read_body(body)?;
+    if let Ok(text) = std::str::from_utf8(&bytes) {
+        if let Err(d) = hangar_spec::check_json(text) {
+            if d.code == ErrorCode::SpecDuplicateKey {
+                return Err(hangar_spec::SpecErrors(vec![d]).into());
+            }
+        }
+    }
+    Ok(bytes)
+}
+
+fn read_body(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
     body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(

@@ -120,6 +120,29 @@ fn bad_input_is_a_coded_4xx_never_a_500() {
         (
             "POST",
             "/v1/vms",
+            Some(r#"{"schema_version":1,"name":"a","name":"b"}"#),
+            400,
+            "E_SPEC_DUPLICATE_KEY",
+        ),
+        (
+            "POST",
+            "/v1/pools",
+            Some(
+                r#"{"id":"p","tenant":"t","spec":{"schema_version":1,"name":"a","machine":{"memory_mib":128,"memory_mib":64}}}"#,
+            ),
+            400,
+            "E_SPEC_DUPLICATE_KEY",
+        ),
+        (
+            "POST",
+            "/v1/operations",
+            Some(r#"{"kind":"start","vm":"a","vm":"b"}"#),
+            400,
+            "E_SPEC_DUPLICATE_KEY",
+        ),
+        (
+            "POST",
+            "/v1/vms",
             Some(r#"{"schema_version":1,"name":"Bad Name"}"#),
             400,
             "E_INVALID_NAME",

@@ -1,0 +1,87 @@
+//! Inputs that cannot work are refused before anything moves, and a QEMU that exits at once is
+//! noticed at once. Needs no guest: the refusals come before a boot, and the early exit is a
+//! stand-in binary that exits straight away.
+
+use hangar_core::cancel::CancelToken;
+use hangar_core::contracts::Lifecycle;
+use hangar_core::error::{Coded, ErrorCode};
+use hangar_core::lifecycle::VmState;
+use hangar_plan::HostProbe;
+use hangar_qemu::{EngineOptions, QemuEngine};
+use std::os::unix::fs::PermissionsExt;
+
+fn spec(name: &str, boot: &str) -> hangar_core::spec::VmSpec {
+    let text = format!(
+        "schema_version = 1\nname = \"{name}\"\n[machine]\nmemory_mib = 128\n[boot]\n{boot}\n"
+    );
+    hangar_spec::parse(&text, hangar_spec::Format::Toml, std::path::Path::new("/"))
+        .unwrap()
+        .spec
+}
+
+#[test]
+fn a_missing_kernel_or_disk_is_refused_at_start_naming_the_field_and_changes_nothing() {
+    let home = tempfile::tempdir().unwrap();
+    let engine = QemuEngine::open(home.path(), EngineOptions::default()).unwrap();
+    let c = CancelToken::new();
+    let s = spec("nokernel", "kernel = \"/nonexistent/vmlinuz\"");
+    engine.define(&s).unwrap();
+    let e = engine.start(&s.name, &c).unwrap_err();
+    assert_eq!(
+        (e.code(), e.path().as_deref()),
+        (ErrorCode::InvalidArgument, Some("boot.kernel")),
+        "{e}"
+    );
+    assert_eq!(engine.status(&s.name).unwrap().state, VmState::Defined);
+    let mut s = spec("nodisk", "image = \"minimal\"");
+    s.disks.push(hangar_core::spec::DiskSpec {
+        name: hangar_core::ids::DeviceName::new("root").unwrap(),
+        source: hangar_core::spec::DiskSource::Base {
+            source: "/nonexistent/root.qcow2".into(),
+        },
+        format: hangar_core::spec::DiskFormat::Qcow2,
+        readonly: false,
+    });
+    engine.define(&s).unwrap();
+    let e = engine.start(&s.name, &c).unwrap_err();
+    assert_eq!(e.path().as_deref(), Some("disk[0].source"), "{e}");
+    assert!(
+        !home.path().join("vms/nodisk/disks").exists(),
+        "nothing was made"
+    );
+}
+
+#[test]
+fn a_qemu_that_exits_at_once_is_reported_without_waiting_for_its_socket() {
+    let home = tempfile::Builder::new()
+        .prefix("hgq-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let mut facts = hangar_plan::probe::SystemProbe {
+        home: home.path().to_path_buf(),
+    }
+    .probe();
+    // A stand-in that prints like a QEMU refusing its arguments and exits.
+    let fake = home.path().join("qemu");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho 'qemu: cannot start: bad argument' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    facts.qemu.binary = fake.display().to_string();
+    facts.qemu.version = Some("10.0.2".into());
+    let kernel = home.path().join("vmlinuz");
+    std::fs::write(&kernel, "not a kernel").unwrap();
+    let engine = QemuEngine::with_facts(home.path(), facts, EngineOptions::default()).unwrap();
+    let s = spec("early", &format!("kernel = \"{}\"", kernel.display()));
+    engine.define(&s).unwrap();
+    let e = engine.start(&s.name, &CancelToken::new()).unwrap_err();
+    let message = e.to_string();
+    assert!(
+        message.contains("exited before opening its control socket")
+            && message.contains("bad argument"),
+        "{message}"
+    );
+    assert_eq!(engine.status(&s.name).unwrap().state, VmState::Failed);
+}
