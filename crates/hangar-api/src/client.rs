@@ -1,10 +1,13 @@
-//! A minimal HTTP/1.1 client for `hangard`'s unix socket: one request per connection
-//! (`Connection: close`), bodies with `Content-Length` or chunked encoding. Enough for the CLI;
-//! it is not a general HTTP client.
+//! A minimal HTTP/1.1 client for `hangard`: over its unix socket, or over TCP with TLS (the
+//! server's certificate pinned by its SHA-256 fingerprint) and a bearer token. One request per
+//! connection (`Connection: close`), bodies with `Content-Length` or chunked encoding. Enough
+//! for the CLI; it is not a general HTTP client.
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A response.
@@ -23,6 +26,8 @@ pub enum ClientError {
     NotRunning(std::io::Error),
     /// The exchange broke or the response was malformed.
     Protocol(String),
+    /// The server is not the one pinned, or TLS failed.
+    Tls(String),
 }
 
 impl std::fmt::Display for ClientError {
@@ -30,13 +35,170 @@ impl std::fmt::Display for ClientError {
         match self {
             ClientError::NotRunning(e) => write!(f, "hangard is not running: {e}"),
             ClientError::Protocol(s) => write!(f, "bad response from hangard: {s}"),
+            ClientError::Tls(s) => write!(f, "TLS with hangard failed: {s}"),
         }
     }
 }
 
 impl std::error::Error for ClientError {}
 
-/// Sends one request and reads the whole response.
+/// Where a daemon answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// Its unix socket (the peer's uid is the principal).
+    Unix(PathBuf),
+    /// TCP (`host:port`), with a bearer token; over TLS when `fingerprint` pins the server's
+    /// certificate (`sha256:<hex>`), else plain HTTP.
+    Tcp {
+        /// `host:port`.
+        addr: String,
+        /// The server certificate's pinned fingerprint; `None` for plain HTTP.
+        fingerprint: Option<String>,
+        /// The bearer token.
+        token: String,
+    },
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Unix(p) => write!(f, "{}", p.display()),
+            Endpoint::Tcp {
+                addr,
+                fingerprint: Some(_),
+                ..
+            } => write!(f, "https://{addr}"),
+            Endpoint::Tcp { addr, .. } => write!(f, "http://{addr}"),
+        }
+    }
+}
+
+/// `sha256:<hex>` of a certificate's DER bytes: how servers are pinned.
+pub fn fingerprint(der: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(der);
+    format!(
+        "sha256:{}",
+        digest
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    )
+}
+
+/// The fingerprint of the first certificate in a PEM document (`hangard`'s `tls/cert.pem`).
+pub fn fingerprint_of_pem(pem: &[u8]) -> Option<String> {
+    use rustls::pki_types::pem::PemObject;
+    let cert = rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .next()?
+        .ok()?;
+    Some(fingerprint(cert.as_ref()))
+}
+
+/// Trusts exactly one certificate, by fingerprint (a self-signed daemon has no CA to check);
+/// signatures are still checked, so only the holder of its key can complete the handshake.
+#[derive(Debug)]
+struct Pinned {
+    fingerprint: String,
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let found = fingerprint(end_entity.as_ref());
+        if found.eq_ignore_ascii_case(&self.fingerprint) {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!(
+                "the server's certificate is {found}, not the pinned {}",
+                self.fingerprint
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// Sends one request to `endpoint` and reads the whole response.
+pub fn send(
+    endpoint: &Endpoint,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<Response, ClientError> {
+    match endpoint {
+        Endpoint::Unix(socket) => request(socket, method, path, body, timeout),
+        Endpoint::Tcp {
+            addr,
+            fingerprint,
+            token,
+        } => {
+            let stream = TcpStream::connect(addr).map_err(ClientError::NotRunning)?;
+            let proto = |e: std::io::Error| ClientError::Protocol(e.to_string());
+            stream.set_read_timeout(Some(timeout)).map_err(proto)?;
+            stream.set_write_timeout(Some(timeout)).map_err(proto)?;
+            let auth = format!("Authorization: Bearer {token}\r\n");
+            match fingerprint {
+                None => exchange(stream, method, path, body, &auth),
+                Some(pin) => {
+                    let provider = Arc::new(rustls::crypto::ring::default_provider());
+                    let verifier = Pinned {
+                        fingerprint: pin.clone(),
+                        algorithms: provider.signature_verification_algorithms,
+                    };
+                    let config = rustls::ClientConfig::builder_with_provider(provider)
+                        .with_safe_default_protocol_versions()
+                        .map_err(|e| ClientError::Tls(e.to_string()))?
+                        .dangerous()
+                        .with_custom_certificate_verifier(Arc::new(verifier))
+                        .with_no_client_auth();
+                    let name = rustls::pki_types::ServerName::try_from("hangard")
+                        .expect("a valid DNS name");
+                    let conn = rustls::ClientConnection::new(Arc::new(config), name)
+                        .map_err(|e| ClientError::Tls(e.to_string()))?;
+                    let mut tls = rustls::StreamOwned::new(conn, stream);
+                    // Finish the handshake first, so a wrong pin reads as such.
+                    while tls.conn.is_handshaking() {
+                        tls.conn
+                            .complete_io(&mut tls.sock)
+                            .map_err(|e| ClientError::Tls(e.to_string()))?;
+                    }
+                    exchange(tls, method, path, body, &auth)
+                }
+            }
+        }
+    }
+}
+
+/// Sends one request over the unix socket at `socket` and reads the whole response.
 pub fn request(
     socket: &Path,
     method: &str,
@@ -44,13 +206,25 @@ pub fn request(
     body: Option<&[u8]>,
     timeout: Duration,
 ) -> Result<Response, ClientError> {
-    let mut stream = UnixStream::connect(socket).map_err(ClientError::NotRunning)?;
+    let stream = UnixStream::connect(socket).map_err(ClientError::NotRunning)?;
     let proto = |e: std::io::Error| ClientError::Protocol(e.to_string());
     stream.set_read_timeout(Some(timeout)).map_err(proto)?;
     stream.set_write_timeout(Some(timeout)).map_err(proto)?;
+    exchange(stream, method, path, body, "")
+}
+
+/// One exchange over a connected stream; `extra` are header lines (each ending in CRLF).
+fn exchange<S: Read + Write>(
+    mut stream: S,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    extra: &str,
+) -> Result<Response, ClientError> {
+    let proto = |e: std::io::Error| ClientError::Protocol(e.to_string());
     let body = body.unwrap_or_default();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: hangard\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: hangard\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n",
         body.len()
     );
     // The server may answer (413) and close before reading all of an oversized body: a failed

@@ -90,9 +90,68 @@ pub fn daemon_running(home: &Path) -> bool {
     std::os::unix::net::UnixStream::connect(socket_path(home)).is_ok()
 }
 
+/// A daemon on another host, from the environment: `HANGAR_REMOTE=https://HOST:PORT` with
+/// `HANGAR_TOKEN` and `HANGAR_TLS_FINGERPRINT` (the daemon's certificate, `sha256:…`, printed
+/// when it starts and by `hangar doctor` there). `http://` works only with a daemon started
+/// `--insecure-plaintext`. `None` when `HANGAR_REMOTE` is unset.
+pub fn remote_from_env() -> Result<Option<Remote>> {
+    let Ok(url) = std::env::var("HANGAR_REMOTE") else {
+        return Ok(None);
+    };
+    let bad = |message: String, hint: &str| {
+        let mut e = ErrorBody::new(ErrorCode::InvalidArgument, message);
+        e.hint = hint.to_string();
+        e
+    };
+    let (tls, addr) = if let Some(a) = url.strip_prefix("https://") {
+        (true, a)
+    } else if let Some(a) = url.strip_prefix("http://") {
+        (false, a)
+    } else {
+        return Err(bad(
+            format!("HANGAR_REMOTE={url:?} is not https://HOST:PORT"),
+            "set HANGAR_REMOTE=https://HOST:PORT (what hangard --listen-tcp serves)",
+        ));
+    };
+    let addr = addr.trim_end_matches('/').to_string();
+    let token = std::env::var("HANGAR_TOKEN").map_err(|_| {
+        bad(
+            "HANGAR_REMOTE is set but HANGAR_TOKEN is not".into(),
+            "create a token on the daemon's host (`hangar token create …`) and set HANGAR_TOKEN",
+        )
+    })?;
+    let fingerprint = if tls {
+        let pin = std::env::var("HANGAR_TLS_FINGERPRINT").map_err(|_| {
+            bad(
+                "HANGAR_REMOTE is https:// but HANGAR_TLS_FINGERPRINT is not set".into(),
+                "set HANGAR_TLS_FINGERPRINT=sha256:… as hangard printed it (or `hangar doctor` on its host shows it)",
+            )
+        })?;
+        let hex = pin.strip_prefix("sha256:").unwrap_or_default();
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad(
+                format!("HANGAR_TLS_FINGERPRINT={pin:?} is not sha256:<64 hex digits>"),
+                "copy the fingerprint hangard printed",
+            ));
+        }
+        Some(pin)
+    } else {
+        None
+    };
+    Ok(Some(Remote::at(hangar_api::client::Endpoint::Tcp {
+        addr,
+        fingerprint,
+        token,
+    })))
+}
+
 /// The daemon if `mode` and reality say so, else `None` (the caller opens a [`Local`]; it is
-/// not opened here because opening probes the host, which the daemon path never needs).
+/// not opened here because opening probes the host, which the daemon path never needs). A
+/// remote daemon (`HANGAR_REMOTE`) is always used when set.
 pub fn remote_for(home: &Path, mode: DaemonMode) -> Result<Option<Remote>> {
+    if let Some(remote) = remote_from_env()? {
+        return Ok(Some(remote));
+    }
     let socket = socket_path(home);
     match mode {
         DaemonMode::Never => Ok(None),

@@ -83,6 +83,25 @@ enum Prepared {
 /// Default graceful-stop timeout, when a request names none.
 pub const DEFAULT_STOP_TIMEOUT_S: u64 = 30;
 
+/// The longest timeout a request may ask for (a day): durations from requests are bounded
+/// so no deadline arithmetic can overflow.
+pub const MAX_TIMEOUT_S: u64 = 86_400;
+
+fn timeout(seconds: Option<u64>) -> Result<Option<Duration>> {
+    match seconds {
+        Some(s) if s > MAX_TIMEOUT_S => {
+            let mut e = ErrorBody::new(
+                ErrorCode::InvalidArgument,
+                format!("timeout_s {s} is longer than the {MAX_TIMEOUT_S} s a request may ask for"),
+            );
+            e.path = Some("timeout_s".into());
+            e.hint = format!("give at most {MAX_TIMEOUT_S} seconds");
+            Err(e)
+        }
+        s => Ok(s.map(Duration::from_secs)),
+    }
+}
+
 fn vm_name(s: &str) -> Result<VmName> {
     VmName::new(s).map_err(|e| Error::InvalidName(e).into())
 }
@@ -287,7 +306,7 @@ impl Local {
                 Prepared::Start {
                     vm: vm_name(vm)?,
                     no_wait: *no_wait,
-                    timeout: timeout_s.map(Duration::from_secs),
+                    timeout: timeout(*timeout_s)?,
                 },
                 vm,
             ),
@@ -302,9 +321,8 @@ impl Local {
                         StopMode::Force
                     } else {
                         StopMode::Graceful {
-                            timeout: Duration::from_secs(
-                                timeout_s.unwrap_or(DEFAULT_STOP_TIMEOUT_S),
-                            ),
+                            timeout: timeout(*timeout_s)?
+                                .unwrap_or(Duration::from_secs(DEFAULT_STOP_TIMEOUT_S)),
                         }
                     },
                 },
@@ -435,7 +453,22 @@ impl Local {
             let _ = self.journal(|s| s.update_operation(&update));
             progress(phase);
         };
-        let outcome = with_operation(&record.id, || self.carry_out(&prepared, &report));
+        // A panic (a bug) fails this operation, recorded like any failure; the caller (the
+        // daemon, with other operations in flight) goes on.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            with_operation(&record.id, || self.carry_out(&prepared, &report))
+        }))
+        .unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            eprintln!("hangar: BUG: operation {} panicked: {message}", record.id);
+            Err(Error::EngineFailed(format!(
+                "internal error (a bug): {message}"
+            )))
+        });
         record.updated_at = self.now();
         match outcome {
             Ok(mut result) => {

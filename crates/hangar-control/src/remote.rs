@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use hangar_api::client::Endpoint;
 use hangar_api::{ErrorBody, EventView, Operation, OperationRequest, VmView};
 use hangar_core::contracts::SnapshotInfo;
 use hangar_core::error::ErrorCode;
@@ -18,13 +19,18 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// `hangard` over its unix socket.
 #[derive(Debug, Clone)]
 pub struct Remote {
-    socket: PathBuf,
+    endpoint: Endpoint,
 }
 
 impl Remote {
     /// A client for the daemon listening on `socket`.
     pub fn new(socket: PathBuf) -> Remote {
-        Remote { socket }
+        Remote::at(Endpoint::Unix(socket))
+    }
+
+    /// A client for the daemon at `endpoint` (a unix socket, or TCP with a token).
+    pub fn at(endpoint: Endpoint) -> Remote {
+        Remote { endpoint }
     }
 
     /// One exchange; a 2xx body is decoded as `T`, anything else as the coded error body.
@@ -35,8 +41,8 @@ impl Remote {
         body: Option<&Value>,
     ) -> Result<T> {
         let bytes = body.map(|b| serde_json::to_vec(b).expect("JSON values serialise"));
-        let response = hangar_api::client::request(
-            &self.socket,
+        let response = hangar_api::client::send(
+            &self.endpoint,
             method,
             path,
             bytes.as_deref(),
@@ -142,6 +148,6 @@ impl Control for Remote {
     }
 
     fn describe(&self) -> String {
-        format!("hangard ({})", self.socket.display())
+        format!("hangard ({})", self.endpoint)
     }
 }

@@ -885,6 +885,18 @@ pub fn doctor(out: &mut dyn Write) -> Result<(), Failure> {
         ),
         Err(e) => check(out, false, "allowed paths", &e.message, &e.hint),
     };
+    if let Ok(pem) = std::fs::read(home.join("tls/cert.pem")) {
+        let fingerprint = hangar_api::client::fingerprint_of_pem(&pem);
+        healthy &= check(
+            out,
+            fingerprint.is_some(),
+            "hangard TLS certificate",
+            &fingerprint
+                .map(|f| format!("{f} (clients set HANGAR_TLS_FINGERPRINT to it)"))
+                .unwrap_or_else(|| "tls/cert.pem is not a PEM certificate".into()),
+            "move $HANGAR_HOME/tls aside; hangard --listen-tcp makes a new one",
+        );
+    }
     if let Ok(Some(remote)) = hangar_control::remote_for(&home, DaemonMode::Auto) {
         match remote.call::<serde_json::Value>("GET", "/v1/host", None) {
             Ok(host) => {

@@ -223,3 +223,79 @@ fn a_unix_socket_user_is_what_the_daemon_maps_it_to_and_nothing_if_unmapped() {
         "{log}"
     );
 }
+
+#[test]
+fn the_cli_reaches_a_remote_daemon_over_tls_with_a_tenant_token() {
+    let dir = tempfile::Builder::new()
+        .prefix("hgtl-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let home = dir.path();
+    let engine =
+        hangar_qemu::QemuEngine::open(home, hangar_qemu::EngineOptions::default()).unwrap();
+    let (_d, addr, pin) = common::serve_tls(home, engine);
+    let admin = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_hangar"))
+            .args(args)
+            .env("HANGAR_HOME", home)
+            .env("HANGAR_DAEMON", "require")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    admin(&["tenant", "create", "acme"]);
+    let socket = home.join("hangard.sock");
+    for body in [
+        r#"{"schema_version": 1, "name": "db", "tenant": "acme", "machine": {"memory_mib": 128}}"#,
+        r#"{"schema_version": 1, "name": "other", "machine": {"memory_mib": 128}}"#,
+    ] {
+        let r = hangar_api::client::request(
+            &socket,
+            "POST",
+            "/v1/vms?wait=true",
+            Some(body.as_bytes()),
+            std::time::Duration::from_secs(30),
+        )
+        .unwrap();
+        assert_eq!(r.status, 200, "{}", text(&r.body));
+    }
+    let token = admin(&["token", "create", "--tenant", "acme", "--role", "viewer"]);
+    // Somewhere else, with nothing but the address, the token and the pin.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let remote = |pin: &str, args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_hangar"))
+            .args(args)
+            .env("HANGAR_HOME", elsewhere.path())
+            .env("HANGAR_REMOTE", format!("https://{addr}"))
+            .env("HANGAR_TOKEN", token.trim())
+            .env("HANGAR_TLS_FINGERPRINT", pin)
+            .output()
+            .unwrap()
+    };
+    let out = remote(&pin, &["ps", "--all", "--output", "json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ps: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<_> = ps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].clone())
+        .collect();
+    assert_eq!(names, [serde_json::json!("acme--db")]);
+    // A viewer may not stop it, through the remote either.
+    let out = remote(&pin, &["stop", "db"]);
+    assert!(
+        text(&out.stderr).contains("E_FORBIDDEN"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Another certificate is refused.
+    let out = remote(&format!("sha256:{}", "1".repeat(64)), &["ps"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("not the pinned"),
+        "{}",
+        text(&out.stderr)
+    );
+}

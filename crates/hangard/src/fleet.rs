@@ -175,7 +175,17 @@ impl Daemon {
         std::thread::Builder::new()
             .name("reconcile".into())
             .spawn(move || loop {
-                daemon.reconcile();
+                // A pass that panics (a bug) is logged and the loop goes on.
+                let pass = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    daemon.reconcile();
+                }));
+                if let Err(panic) = pass {
+                    eprintln!(
+                        "hangard: BUG: a reconcile pass panicked: {}",
+                        crate::panic_message(&*panic)
+                    );
+                    daemon.metrics.reconcile_pass(0.0, true);
+                }
                 daemon.reconciler.wait();
             })
             .expect("spawn the reconcile thread");
@@ -440,7 +450,7 @@ pub(crate) async fn delete_pool(
 ) -> ApiResult<StatusCode> {
     let id = d.visible_pool(&caller, Action::PoolManage, &id)?.id;
     let fleet = d.fleet.clone();
-    blocking(move || fleet.remove_pool(&id)).await?;
+    blocking(move || fleet.remove_pool(&id)).await??;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -456,7 +466,7 @@ pub(crate) async fn claim(
 ) -> ApiResult<Json<Claim>> {
     let id = d.visible_pool(&caller, Action::PoolClaim, &id)?.id;
     let fleet = d.fleet.clone();
-    let claimed = blocking(move || fleet.claim(&id)).await?;
+    let claimed = blocking(move || fleet.claim(&id)).await??;
     d.reconciler.poke();
     Ok(Json(claimed))
 }
@@ -519,7 +529,7 @@ pub(crate) async fn release_instance(
         || hangar_fleet::not_found_instance(&id).into(),
     )?;
     let fleet = d.fleet.clone();
-    blocking(move || fleet.release(&id)).await?;
+    blocking(move || fleet.release(&id)).await??;
     d.reconciler.poke();
     Ok(StatusCode::NO_CONTENT)
 }
@@ -533,7 +543,7 @@ pub(crate) async fn fleet_status(State(d): State<Arc<Daemon>>) -> Json<FleetStat
 /// `POST /v1/fleet/reconcile`: run a pass now and answer with its report (waits for a pass
 /// already running to end first).
 #[utoipa::path(post, path = "/v1/fleet/reconcile", responses((status = 200, body = PassReport)))]
-pub(crate) async fn reconcile_now(State(d): State<Arc<Daemon>>) -> Json<PassReport> {
+pub(crate) async fn reconcile_now(State(d): State<Arc<Daemon>>) -> ApiResult<Json<PassReport>> {
     let daemon = d.clone();
-    Json(blocking(move || daemon.reconcile()).await)
+    Ok(Json(blocking(move || daemon.reconcile()).await?))
 }

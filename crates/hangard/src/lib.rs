@@ -42,6 +42,7 @@ mod admin;
 pub mod auth;
 pub mod fleet;
 pub mod metrics;
+pub mod server;
 pub mod trail;
 
 pub use auth::{Caller, UidMap};
@@ -76,6 +77,8 @@ pub struct Daemon {
     uids: UidMap,
     /// This daemon's effective uid (its peers with the same uid are admins).
     own_uid: u32,
+    /// Connection limits.
+    limits: server::Limits,
 }
 
 /// `GET /v1/vms` as last computed: when, at which transition generation, the views and their
@@ -91,6 +94,8 @@ pub struct Options {
     pub allow_paths: Vec<std::path::PathBuf>,
     /// What unix-socket peers other than root and the daemon's own user may do.
     pub uids: UidMap,
+    /// What one connection and one peer may hold.
+    pub limits: server::Limits,
 }
 
 impl Default for Options {
@@ -99,6 +104,7 @@ impl Default for Options {
             reconcile_interval: fleet::DEFAULT_INTERVAL,
             allow_paths: Vec::new(),
             uids: UidMap::default(),
+            limits: server::Limits::default(),
         }
     }
 }
@@ -112,31 +118,6 @@ pub const LIST_MAX_AGE: Duration = Duration::from_secs(1);
 pub struct Peer {
     uid: Option<u32>,
     tcp: Option<std::net::SocketAddr>,
-}
-
-impl
-    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
-    for Peer
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        Peer {
-            uid: None,
-            tcp: Some(*stream.remote_addr()),
-        }
-    }
-}
-
-impl
-    axum::extract::connect_info::Connected<
-        axum::serve::IncomingStream<'_, tokio::net::UnixListener>,
-    > for Peer
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Self {
-        Peer {
-            uid: stream.io().peer_cred().ok().map(|c| c.uid()),
-            tcp: None,
-        }
-    }
 }
 
 struct Wake(Arc<tokio::sync::Notify>, Arc<std::sync::atomic::AtomicU64>);
@@ -198,6 +179,7 @@ impl Daemon {
             list_cache: tokio::sync::Mutex::new(None),
             uids: options.uids,
             own_uid: rustix::process::geteuid().as_raw(),
+            limits: options.limits,
         })
     }
 }
@@ -277,13 +259,39 @@ type ApiResult<T> = Result<T, ApiError>;
 
 /// Runs a blocking engine call on its own thread (engine calls wait for guests and drive their
 /// own QMP runtime, which must not run inside this one).
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+///
+/// A panic (a bug) fails this one request with a coded 500 and is logged; the daemon goes on.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> ApiResult<T> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
-        let _ = tx.send(f());
+        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
     });
-    rx.await
-        .expect("engine worker thread ended without an answer")
+    match rx.await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(panic)) => Err(internal_error(&*panic)),
+        Err(_) => Err(internal_error(&"the worker thread ended without an answer")),
+    }
+}
+
+/// The message of a caught panic.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// A request that hit a bug: `500 E_ENGINE_FAILED`, logged.
+fn internal_error(panic: &(dyn std::any::Any + Send)) -> ApiError {
+    let message = panic_message(panic);
+    eprintln!("hangard: BUG: a request's worker panicked: {message}");
+    ApiError::new(
+        ErrorCode::EngineFailed,
+        format!("internal error (a bug, logged by hangard): {message}"),
+        None,
+        Some("retry; if it happens again, report it with hangard's log".into()),
+    )
 }
 
 fn vm_name(name: &str) -> ApiResult<VmName> {
@@ -389,7 +397,7 @@ impl Daemon {
             }
         }
         let local = self.local.clone();
-        let views = Arc::new(blocking(move || local.list()).await?);
+        let views = Arc::new(blocking(move || local.list()).await??);
         let body = Bytes::from(serde_json::to_vec(&*views).expect("views serialise"));
         // Refreshing may itself record transitions (a dead QEMU becomes failed): take the
         // generation after it, so the next reader does not recompute for our own changes.
@@ -405,7 +413,7 @@ impl Daemon {
         let vm = vm_name(&resolved)?;
         let local = self.local.clone();
         let lookup = resolved.clone();
-        let view = blocking(move || local.get(&lookup)).await?;
+        let view = blocking(move || local.get(&lookup)).await??;
         caller.allow_owned(action, view.tenant.as_deref(), || {
             Error::VmNotFound(vm).into()
         })?;
@@ -445,7 +453,7 @@ async fn submit(
     wait: bool,
 ) -> ApiResult<Response> {
     let local = d.local.clone();
-    let pending = blocking(move || local.begin(request)).await?;
+    let pending = blocking(move || local.begin(request)).await??;
     let accepted = pending.operation();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let worker = d.clone();
@@ -466,7 +474,9 @@ async fn submit(
     });
     let id = accepted.id.clone();
     let mut response = if wait {
-        let op = rx.await.expect("operation worker ended without an answer");
+        let op = rx
+            .await
+            .map_err(|_| internal_error(&"the operation's worker ended without an answer"))?;
         d.ops_changed.notify_waiters();
         match (&op.error, op.status.as_str()) {
             (Some(e), status) if status != "succeeded" => ApiError::from(e.clone()).into_response(),
@@ -599,7 +609,7 @@ async fn scoped(
             let resolved = caller.resolve(id);
             let snap = SnapshotId::new(&resolved).map_err(Error::InvalidName)?;
             let local = d.local.clone();
-            let all = blocking(move || local.snapshots(None)).await?;
+            let all = blocking(move || local.snapshots(None)).await??;
             let found = all.into_iter().find(|s| s.id == snap);
             let owner = found
                 .as_ref()
@@ -742,7 +752,7 @@ async fn list_operations(
     } else {
         limit
     };
-    let mut ops = blocking(move || local.operations(fetch)).await?;
+    let mut ops = blocking(move || local.operations(fetch)).await??;
     ops.retain(|op| caller.sees(op.request.tenant().as_deref()));
     ops.truncate(limit);
     Ok(Json(ops))
@@ -762,7 +772,7 @@ async fn get_operation(
         let changed = d.ops_changed.notified();
         let local = d.local.clone();
         let lookup = id.clone();
-        let op = blocking(move || local.operation(&lookup)).await?;
+        let op = blocking(move || local.operation(&lookup)).await??;
         caller.allow_owned(
             Action::OperationRead,
             op.request.tenant().as_deref(),
@@ -789,7 +799,7 @@ async fn list_images(State(d): State<Arc<Daemon>>) -> ApiResult<Json<Vec<ImageVi
     let home = d.local.engine().home().to_path_buf();
     Ok(Json(
         blocking(move || hangar_api::images(&home))
-            .await
+            .await?
             .map_err(|e| ApiError::new(ErrorCode::Io, e.to_string(), None, None))?,
     ))
 }
@@ -831,7 +841,9 @@ async fn events(
                 let changed = d.changed.clone();
                 let woken = changed.notified();
                 let local = d.local.clone();
-                let page = blocking(move || local.events_since(after, 256)).await;
+                let page = blocking(move || local.events_since(after, 256))
+                    .await
+                    .and_then(|r| r.map_err(ApiError::from));
                 match page {
                     Ok(page) if !page.is_empty() => {
                         for e in page {
@@ -908,7 +920,7 @@ async fn events_page(
                 }
             }
         })
-        .await?,
+        .await??,
     ))
 }
 
@@ -919,7 +931,7 @@ fn event_owner(e: &EventView) -> Option<&str> {
 }
 
 /// `GET /metrics`: Prometheus text format.
-async fn metrics_text(State(d): State<Arc<Daemon>>) -> Response {
+async fn metrics_text(State(d): State<Arc<Daemon>>) -> ApiResult<Response> {
     let engine = d.engine().clone();
     let (by_state, store_seconds) = blocking(move || {
         let started = Instant::now();
@@ -931,12 +943,12 @@ async fn metrics_text(State(d): State<Arc<Daemon>>) -> Response {
         }
         (by_state, started.elapsed().as_secs_f64())
     })
-    .await;
-    (
+    .await?;
+    Ok((
         [("content-type", "text/plain; version=0.0.4")],
         d.metrics.render(&by_state, store_seconds),
     )
-        .into_response()
+        .into_response())
 }
 
 /// Every request passes here: it finds the caller (a bearer token on TCP, the peer's uid on
@@ -1163,7 +1175,7 @@ async fn list_vm_snapshots(
 ) -> ApiResult<Json<Vec<SnapshotInfo>>> {
     let view = d.visible_vm(&caller, Action::SnapshotRead, &name).await?;
     let local = d.local.clone();
-    let mut list = blocking(move || local.snapshots(Some(&view.name))).await?;
+    let mut list = blocking(move || local.snapshots(Some(&view.name))).await??;
     list.retain(|s| caller.sees(s.tenant.as_ref().map(|t| t.as_str())));
     Ok(Json(list))
 }
@@ -1175,7 +1187,7 @@ async fn list_snapshots(
     Extension(caller): Extension<Caller>,
 ) -> ApiResult<Json<Vec<SnapshotInfo>>> {
     let local = d.local.clone();
-    let mut list = blocking(move || local.snapshots(None)).await?;
+    let mut list = blocking(move || local.snapshots(None)).await??;
     list.retain(|s| caller.sees(s.tenant.as_ref().map(|t| t.as_str())));
     Ok(Json(list))
 }
@@ -1293,29 +1305,49 @@ async fn not_found() -> ApiError {
     e
 }
 
-/// Serves the API on a TCP listener, every request authenticated by a bearer token. Plain
-/// HTTP: put it behind TLS (or keep it on loopback) when it leaves the host.
+async fn method_not_allowed(method: axum::http::Method) -> ApiError {
+    let mut e = ApiError::new(
+        ErrorCode::InvalidArgument,
+        format!("this endpoint does not take {method}"),
+        None,
+        Some("GET /v1/openapi.json lists every endpoint and its methods".into()),
+    );
+    e.0 = 405;
+    e
+}
+
+/// Serves the API on a TCP listener, every request authenticated by a bearer token: over TLS
+/// with `tls` (what `hangard` does unless told `--insecure-plaintext`), else plain HTTP.
 pub async fn serve_tcp(
     listener: tokio::net::TcpListener,
     daemon: Arc<Daemon>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(daemon).into_make_service_with_connect_info::<Peer>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let limits = daemon.limits;
+    server::run(
+        server::Listener::Tcp(listener, tls),
+        router(daemon),
+        limits,
+        shutdown,
+    )
+    .await
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves (used by `main` and by tests).
+/// Serves the API on the unix socket until `shutdown` resolves (used by `main` and by tests).
 pub async fn serve(
     listener: tokio::net::UnixListener,
     daemon: Arc<Daemon>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(daemon).into_make_service_with_connect_info::<Peer>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let limits = daemon.limits;
+    server::run(
+        server::Listener::Unix(listener),
+        router(daemon),
+        limits,
+        shutdown,
+    )
+    .await
 }
 
 /// The OpenAPI 3 document of API v1.
@@ -1459,6 +1491,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         )
         .route("/v1/host", get(admin::host))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(daemon.clone(), gate))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(daemon)

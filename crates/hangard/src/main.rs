@@ -17,12 +17,32 @@ struct Args {
     /// Unix socket to listen on (default: <home>/hangard.sock).
     #[arg(long)]
     socket: Option<PathBuf>,
-    /// Also serve the API on this TCP address (for example 127.0.0.1:7070). Every request must
-    /// carry `Authorization: Bearer <token>` (create one with `hangar token create --admin`,
-    /// or `--tenant T --role R` for a tenant's scope). Plain HTTP: keep it on loopback or put
-    /// TLS in front.
+    /// Also serve the API on this TCP address (for example 127.0.0.1:7070), over TLS. Every
+    /// request must carry `Authorization: Bearer <token>` (create one with `hangar token create
+    /// --admin`, or `--tenant T --role R` for a tenant's scope). Without --tls-cert, a
+    /// self-signed certificate is made once in $HANGAR_HOME/tls; clients pin its fingerprint
+    /// (printed at start, and by `hangar doctor`).
     #[arg(long, value_name = "ADDR")]
     listen_tcp: Option<std::net::SocketAddr>,
+    /// The TCP listener's certificate chain (PEM), instead of the self-signed one.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve the TCP listener as plain HTTP (tokens then cross the network in the clear): only
+    /// for loopback or behind a TLS proxy.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    insecure_plaintext: bool,
+    /// A request's headers must arrive within this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    header_timeout: u64,
+    /// Close a connection with no traffic either way for this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+    idle_timeout: u64,
+    /// Connections one peer (uid on the socket, address on TCP) may hold at once.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    max_connections_per_peer: usize,
     /// Let specs name host files (kernels, initrds, disk images and their qcow2 backing
     /// files) under DIR, besides $HANGAR_HOME/images and $HANGAR_HOME/volumes. Repeatable.
     /// Files are opened without following symlinks; Hangar's own state is never allowed.
@@ -80,10 +100,32 @@ async fn main() -> std::process::ExitCode {
         return std::process::ExitCode::from(2);
     }
     let interval = std::time::Duration::from_secs_f64(args.reconcile_interval);
+    if args.header_timeout == 0 || args.idle_timeout == 0 || args.max_connections_per_peer == 0 {
+        eprintln!("hangard: --header-timeout, --idle-timeout and --max-connections-per-peer must be positive");
+        return std::process::ExitCode::from(2);
+    }
+    let tls = match (&tcp, args.insecure_plaintext) {
+        (Some(_), false) => {
+            let given = args.tls_cert.as_deref().zip(args.tls_key.as_deref());
+            match hangard::server::identity(&home, given) {
+                Ok(identity) => Some(identity),
+                Err(e) => {
+                    eprintln!("hangard: TLS: {e}");
+                    return std::process::ExitCode::from(2);
+                }
+            }
+        }
+        _ => None,
+    };
     let options = hangard::Options {
         reconcile_interval: interval,
         allow_paths: args.allow_paths,
         uids: hangard::UidMap(args.map_uid.into_iter().collect()),
+        limits: hangard::server::Limits {
+            header_read: std::time::Duration::from_secs(args.header_timeout),
+            idle: std::time::Duration::from_secs(args.idle_timeout),
+            per_peer: args.max_connections_per_peer,
+        },
     };
     let daemon = match hangard::Daemon::with_options(engine, options) {
         Ok(d) => Arc::new(d),
@@ -121,12 +163,21 @@ async fn main() -> std::process::ExitCode {
     };
     if let Some(tcp) = tcp {
         if let Ok(addr) = tcp.local_addr() {
-            eprintln!("hangard: listening on tcp {addr} (bearer tokens required)");
+            match &tls {
+                Some(identity) => eprintln!(
+                    "hangard: listening on tcp {addr} over TLS, certificate {} (bearer tokens required)",
+                    identity.fingerprint
+                ),
+                None => eprintln!(
+                    "hangard: listening on tcp {addr} as PLAIN HTTP (--insecure-plaintext; bearer tokens required)"
+                ),
+            }
         }
         let d = daemon.clone();
         let rx = stop_rx.clone();
+        let acceptor = tls.map(|identity| identity.acceptor);
         tokio::spawn(async move {
-            if let Err(e) = hangard::serve_tcp(tcp, d, stopped(rx)).await {
+            if let Err(e) = hangard::serve_tcp(tcp, d, acceptor, stopped(rx)).await {
                 eprintln!("hangard: tcp listener: {e}");
             }
         });

@@ -114,6 +114,8 @@ fn define_is_idempotent_conflicts_are_409_and_delete_removes() {
 #[test]
 fn bad_input_is_a_coded_4xx_never_a_500() {
     let d = TestDaemon::start();
+    let x = r#"{"schema_version": 1, "name": "x", "machine": {"memory_mib": 128}}"#;
+    assert_eq!(d.call("POST", "/v1/vms?wait=true", Some(x)).0, 200);
     let cases: &[(&str, &str, Option<&str>, u16, &str)] = &[
         ("POST", "/v1/vms", Some("{not json"), 400, "E_SPEC_SYNTAX"),
         ("POST", "/v1/vms", Some("[1,2,3]"), 400, "E_SPEC_TYPE"),
@@ -140,6 +142,15 @@ fn bad_input_is_a_coded_4xx_never_a_500() {
             400,
             "E_SPEC_DUPLICATE_KEY",
         ),
+        // A duration no deadline can hold is refused, not a panic in a worker.
+        (
+            "POST",
+            "/v1/vms/x/start",
+            Some(r#"{"timeout_s": 18446744073709551615}"#),
+            400,
+            "E_INVALID_ARGUMENT",
+        ),
+        ("GET", "/v1/vms/x/start", None, 405, "E_INVALID_ARGUMENT"),
         (
             "POST",
             "/v1/vms",
@@ -612,4 +623,28 @@ fn the_fleet_survives_a_restart_and_a_damaged_registry_stops_the_daemon() {
         .err()
         .expect("a damaged registry must stop the daemon");
     assert!(err.contains("E_STORE_CORRUPT"), "{err}");
+}
+
+#[test]
+fn the_openapi_document_passes_a_real_openapi_validator() {
+    // Installed by scripts/setup (openapi-spec-validator from PyPI, in its own venv).
+    let validator = Path::new("/opt/hangar-tools/bin/openapi-spec-validator");
+    if !validator.exists() {
+        eprintln!(
+            "SKIPPED the_openapi_document_passes_a_real_openapi_validator: {} not found (run scripts/setup)",
+            validator.display()
+        );
+        return;
+    }
+    let doc = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schema/openapi-v1.json");
+    let out = std::process::Command::new(validator)
+        .arg(&doc)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -67,3 +67,55 @@ pub fn serve_with(
         thread: Some(thread),
     }
 }
+
+/// Serves `engine` on `home`'s socket and on TLS over TCP (the self-signed identity made in
+/// `home`), no reconcile loop; returns the TCP address and the certificate's fingerprint.
+pub fn serve_tls(
+    home: &Path,
+    engine: hangar_qemu::QemuEngine,
+) -> (Served, std::net::SocketAddr, String) {
+    let socket = home.join("hangard.sock");
+    let identity = hangard::server::identity(home, None).unwrap();
+    let fingerprint = identity.fingerprint.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = hangard::bind(&socket, false).unwrap();
+            let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = tcp.local_addr().unwrap();
+            let daemon = Arc::new(hangard::Daemon::new(engine).unwrap());
+            let (tcp_stop, tcp_stopped) = tokio::sync::oneshot::channel::<()>();
+            let tcp_served = tokio::spawn(hangard::serve_tcp(
+                tcp,
+                daemon.clone(),
+                Some(identity.acceptor),
+                async {
+                    let _ = tcp_stopped.await;
+                },
+            ));
+            ready_tx.send(addr).unwrap();
+            hangard::serve(listener, daemon, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+            let _ = tcp_stop.send(());
+            let _ = tcp_served.await;
+        })
+    });
+    let addr = ready_rx.recv().unwrap();
+    (
+        Served {
+            stop: Some(stop),
+            thread: Some(thread),
+        },
+        addr,
+        fingerprint,
+    )
+}

@@ -15,6 +15,8 @@ pub struct TestDaemon {
     pub home: tempfile::TempDir,
     /// The token-protected TCP listener's address.
     pub tcp: std::net::SocketAddr,
+    /// With TLS on TCP: the certificate's fingerprint.
+    pub fingerprint: Option<String>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -38,7 +40,27 @@ impl TestDaemon {
         home: tempfile::TempDir,
         options: impl FnOnce(&std::path::Path) -> hangard::Options,
     ) -> TestDaemon {
+        TestDaemon::start_full(home, options, false)
+    }
+
+    /// Starts with TLS on the TCP listener (the self-signed identity made in the home).
+    pub fn start_tls() -> TestDaemon {
+        let home = tempfile::Builder::new()
+            .prefix("hgd-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        TestDaemon::start_full(home, |_| hangard::Options::default(), true)
+    }
+
+    fn start_full(
+        home: tempfile::TempDir,
+        options: impl FnOnce(&std::path::Path) -> hangard::Options,
+        tls: bool,
+    ) -> TestDaemon {
         let options = options(home.path());
+        let identity = tls.then(|| hangard::server::identity(home.path(), None).unwrap());
+        let fingerprint = identity.as_ref().map(|i| i.fingerprint.clone());
+        let acceptor = identity.map(|i| i.acceptor);
         let engine = QemuEngine::open(home.path(), EngineOptions::default()).unwrap();
         let socket = home.path().join("hangard.sock");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -56,9 +78,10 @@ impl TestDaemon {
                 let daemon = Arc::new(hangard::Daemon::with_options(engine, options).unwrap());
                 ready_tx.send(addr).unwrap();
                 let (tcp_stop, tcp_stopped) = tokio::sync::oneshot::channel::<()>();
-                let tcp_served = tokio::spawn(hangard::serve_tcp(tcp, daemon.clone(), async {
-                    let _ = tcp_stopped.await;
-                }));
+                let tcp_served =
+                    tokio::spawn(hangard::serve_tcp(tcp, daemon.clone(), acceptor, async {
+                        let _ = tcp_stopped.await;
+                    }));
                 hangard::serve(listener, daemon, async {
                     let _ = stopped.await;
                 })
@@ -72,6 +95,7 @@ impl TestDaemon {
         TestDaemon {
             home,
             tcp,
+            fingerprint,
             stop: Some(stop),
             thread: Some(thread),
         }
