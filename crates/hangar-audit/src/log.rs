@@ -55,11 +55,15 @@ impl AuditLog {
             path: path.clone(),
             source,
         };
+        // Never through a symlink: a link planted in the log's place is an error, not a
+        // redirection of the evidence.
+        let nofollow = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
         let created = OpenOptions::new()
             .read(true)
             .append(true)
             .create_new(true)
             .mode(0o600)
+            .custom_flags(nofollow)
             .open(&path);
         let file = match created {
             Ok(file) => {
@@ -76,6 +80,7 @@ impl AuditLog {
                 let file = OpenOptions::new()
                     .read(true)
                     .append(true)
+                    .custom_flags(nofollow)
                     .open(&path)
                     .map_err(io)?;
                 let meta = file.metadata().map_err(io)?;

@@ -21,8 +21,25 @@ pub fn hangar_home() -> PathBuf {
     if let Some(data) = std::env::var_os("XDG_DATA_HOME").filter(|h| !h.is_empty()) {
         return PathBuf::from(data).join("hangar");
     }
-    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
-    PathBuf::from(home).join(".local/share/hangar")
+    // Without HOME, the user's home from the password database; never a shared directory
+    // such as /tmp, where another user could have made the state directory first.
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+        .or_else(passwd_home)
+        .unwrap_or_else(|| PathBuf::from("/nonexistent-home"));
+    home.join(".local/share/hangar")
+}
+
+/// This user's home directory as `/etc/passwd` has it.
+fn passwd_home() -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self").ok()?.uid().to_string();
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let f: Vec<&str> = line.split(':').collect();
+        (f.len() >= 6 && f[2] == uid && !f[5].is_empty()).then(|| PathBuf::from(f[5]))
+    })
 }
 
 fn is_root() -> bool {

@@ -504,10 +504,17 @@ impl QemuEngine {
     /// Creates the runtime directory, the plan file and every disk the plan declares (existing
     /// disks of a stopped VM are kept: they are its state).
     fn prepare_runtime(&self, plan: &Plan) -> Result<()> {
+        // Directories first, each made private and reached without a symlink; then nothing in
+        // the runtime directory may be a symlink (QEMU, running as root, opens files there).
+        for creation in &plan.creates {
+            if let Creation::Dir { path } = creation {
+                self.own_dir(Path::new(path))?;
+            }
+        }
+        hangar_store::home::no_symlink_in(Path::new(&plan.runtime_dir)).map_err(store_err)?;
         for creation in &plan.creates {
             match creation {
-                Creation::Dir { path } => std::fs::create_dir_all(path)
-                    .map_err(|e| io_err("cannot create", Path::new(path), e))?,
+                Creation::Dir { .. } => {}
                 Creation::Overlay {
                     path,
                     backing,
@@ -558,6 +565,17 @@ impl QemuEngine {
             .and_then(|_| std::fs::rename(&tmp, &plan_path))
             .map_err(|e| io_err("cannot write", &plan_path, e))?;
         Ok(())
+    }
+
+    /// A directory of Hangar's: under the home, made private with no symlink on the way;
+    /// elsewhere (a runtime dir from host facts), made as asked.
+    fn own_dir(&self, dir: &Path) -> Result<PathBuf> {
+        match dir.strip_prefix(&self.home) {
+            Ok(rel) => hangar_store::home::state_dir(&self.home, rel).map_err(store_err),
+            Err(_) => std::fs::create_dir_all(dir)
+                .map(|()| dir.to_path_buf())
+                .map_err(|e| io_err("cannot create", dir, e)),
+        }
     }
 
     /// Removes what only a running QEMU uses: sockets and the pid file.
@@ -1264,10 +1282,14 @@ impl Snapshots for QemuEngine {
             self.step(&mut rec, VmState::Paused, Cause::Engine)?;
         }
         self.step(&mut rec, VmState::Saving, Cause::User)?;
-        let dir = self.home.join("snapshots");
-        std::fs::create_dir_all(&dir).map_err(|e| io_err("cannot create", &dir, e))?;
-        let path = dir.join(format!("{id}.state"));
-        let tmp = dir.join(format!("{id}.state.tmp"));
+        let dir = self.own_dir(&self.home.join("snapshots"))?;
+        // Named after the VM too: two VMs saving under one id at once never share a file
+        // (the store's record decides which of them gets the id; the other removes its own).
+        let path = dir.join(format!("{id}@{vm}.state"));
+        let tmp = dir.join(format!("{id}@{vm}.state.tmp"));
+        for f in [&path, &tmp, &frozen_dir(&path)] {
+            hangar_store::home::no_symlink(f).map_err(store_err)?;
+        }
         let written = ctl
             .migrate_to_file(&tmp, Instant::now() + MIGRATION_DEADLINE)
             .and_then(|()| {
@@ -1300,7 +1322,13 @@ impl Snapshots for QemuEngine {
             tenant: rec.spec.tenant.clone(),
             pool: rec.spec.pool.clone(),
         };
-        self.db(|s| s.insert_snapshot(&record))?;
+        if let Err(e) = self.db(|s| s.insert_snapshot(&record)) {
+            // Another VM took the id meanwhile: its files are its own; remove ours.
+            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_dir_all(frozen_dir(&path));
+            self.step(&mut rec, VmState::Paused, Cause::Fault)?;
+            return Err(e);
+        }
         match mode {
             SaveMode::KeepPaused => self.step(&mut rec, VmState::Paused, Cause::Engine)?,
             SaveMode::Sleep => {

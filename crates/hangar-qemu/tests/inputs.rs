@@ -85,3 +85,37 @@ fn a_qemu_that_exits_at_once_is_reported_without_waiting_for_its_socket() {
     );
     assert_eq!(engine.status(&s.name).unwrap().state, VmState::Failed);
 }
+
+#[test]
+fn a_symlink_planted_in_the_state_directory_is_refused_not_followed() {
+    let home = tempfile::Builder::new()
+        .prefix("hgq-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let mut facts = hangar_plan::probe::SystemProbe {
+        home: home.path().to_path_buf(),
+    }
+    .probe();
+    // Never reached: the refusal comes first.
+    facts.qemu.binary = "/bin/false".into();
+    facts.qemu.version = Some("10.0.2".into());
+    let kernel = home.path().join("vmlinuz");
+    std::fs::write(&kernel, "not a kernel").unwrap();
+    let engine = QemuEngine::with_facts(home.path(), facts, EngineOptions::default()).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    for (vm, plant) in [("evil", "vms/evil"), ("worse", "vms/worse/console.log")] {
+        let s = spec(vm, &format!("kernel = \"{}\"", kernel.display()));
+        engine.define(&s).unwrap();
+        let link = home.path().join(plant);
+        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path().join("x"), &link).unwrap();
+        let e = engine.start(&s.name, &CancelToken::new()).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::StoreCorrupt, "{e}");
+        assert!(e.to_string().contains(plant), "{e}");
+        assert_eq!(
+            std::fs::read_dir(elsewhere.path()).unwrap().count(),
+            0,
+            "nothing was written through {plant}"
+        );
+    }
+}

@@ -20,6 +20,7 @@ use hangar_core::spec::{DiskFormat, VmSpec};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 
+pub mod home;
 mod lock;
 
 pub use lock::VmLock;
@@ -420,10 +421,10 @@ fn cause_str(c: Cause) -> &'static str {
 impl Store {
     /// Opens (creating if needed) `state.db` in `home`.
     pub fn open_in(home: &Path) -> Result<Store> {
-        std::fs::create_dir_all(home).map_err(|e| StoreError::Unavailable {
-            path: home.display().to_string(),
-            message: e.to_string(),
-        })?;
+        home::prepare_home(home)?;
+        for file in ["state.db", "state.db-wal", "state.db-shm"] {
+            home::no_symlink(&home.join(file))?;
+        }
         Self::open(&home.join("state.db"))
     }
 

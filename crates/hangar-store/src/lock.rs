@@ -1,6 +1,7 @@
 //! Per-VM locks: concurrent `hangar` commands on one VM run one at a time.
 
 use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use hangar_core::ids::VmName;
@@ -45,12 +46,13 @@ fn open(
         path: dir.display().to_string(),
         message: e.to_string(),
     };
-    let dir = home.join("locks");
-    std::fs::create_dir_all(&dir).map_err(&fail)?;
+    let dir = crate::home::state_dir(home, "locks")?;
     let file = File::options()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .open(dir.join(format!("{vm}.lock")))
         .map_err(&fail)?;
     Ok((file, fail))

@@ -371,6 +371,8 @@ pub(crate) trait CodedError: Coded + std::fmt::Display {}
 impl<T: Coded + std::fmt::Display> CodedError for T {}
 
 fn main() -> ExitCode {
+    // Everything Hangar (and the QEMUs it starts) creates is private to its user.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
     vm::set_allow_paths(cli.allow_paths);
     let mut stdout = std::io::stdout();

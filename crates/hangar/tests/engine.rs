@@ -169,6 +169,26 @@ fn up_ps_stop_rm_leaves_nothing_behind() {
     );
     let pid = vm["pid"].as_u64().expect("a pid");
     assert!(alive(pid));
+    // Everything Hangar and its QEMU made is private: the store, the overlays, the console
+    // log, the sockets (the shared images are linked in, not made).
+    let mut open_to_others = Vec::new();
+    let mut dirs = vec![home.path().to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let meta = std::fs::symlink_metadata(entry.path()).unwrap();
+            if meta.file_type().is_symlink() {
+                continue;
+            }
+            let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions());
+            if mode & 0o077 != 0 {
+                open_to_others.push(format!("{} {:o}", entry.path().display(), mode & 0o777));
+            }
+            if meta.is_dir() {
+                dirs.push(entry.path());
+            }
+        }
+    }
+    assert!(open_to_others.is_empty(), "{open_to_others:#?}");
     let runtime = home.path().join("vms/hello");
     for f in [
         "qmp.sock",

@@ -1501,7 +1501,19 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
 /// daemon's user connects), or 0666 with `shared` (other users mapped with `--map-uid`
 /// connect; the peer's uid decides what each may do, and unmapped ones are refused).
 pub fn bind(socket: &Path, shared: bool) -> std::io::Result<tokio::net::UnixListener> {
-    if socket.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(socket) {
+        use std::os::unix::fs::FileTypeExt;
+        // Only a stale socket is ever removed: a file, a directory or a symlink at the path
+        // (a typo in --socket, or a trap) is left alone and refused.
+        if !meta.file_type().is_socket() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not a socket; hangard removes only a stale socket of its own",
+                    socket.display()
+                ),
+            ));
+        }
         if std::os::unix::net::UnixStream::connect(socket).is_ok() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AddrInUse,

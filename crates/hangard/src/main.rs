@@ -64,6 +64,8 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    // Everything hangard (and the QEMUs it starts) creates is private to its user.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let args = Args::parse();
     if args.openapi {
         print!("{}", hangard::openapi_json());

@@ -65,6 +65,34 @@ fn socket_is_private() {
         hangard::bind(&d.socket(), false).is_err(),
         "a second daemon must not steal the socket"
     );
+    // A --socket path that names something else is never removed.
+    let not_a_socket = d.home.path().join("precious");
+    std::fs::write(&not_a_socket, "keep me").unwrap();
+    let e = hangard::bind(&not_a_socket, false).unwrap_err();
+    assert!(e.to_string().contains("not a socket"), "{e}");
+    assert_eq!(std::fs::read_to_string(&not_a_socket).unwrap(), "keep me");
+    // The state directory is private.
+    let home_mode = std::fs::metadata(d.home.path())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(home_mode & 0o077, 0, "{home_mode:o}");
+}
+
+#[test]
+fn an_audit_log_that_is_a_symlink_is_never_written_through() {
+    let home = tempfile::Builder::new()
+        .prefix("hgd-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let target = tempfile::NamedTempFile::new().unwrap();
+    std::os::unix::fs::symlink(target.path(), home.path().join("audit.log")).unwrap();
+    let d = TestDaemon::start_in(home, |_| hangard::Options::default());
+    let (s, v) = d.call("PUT", "/v1/tenants/acme", Some("{}"));
+    assert_eq!(s, 503, "{v}");
+    coded(&v, "E_AUDIT_UNAVAILABLE");
+    assert_eq!(std::fs::read(target.path()).unwrap(), b"");
 }
 
 #[test]
