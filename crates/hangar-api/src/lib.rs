@@ -495,7 +495,7 @@ pub fn http_status(code: ErrorCode) -> u16 {
         Unauthorized => 401,
         Forbidden => 403,
         PathNotAllowed => 400,
-        AuditUnavailable => 503,
+        AuditUnavailable | HostCapacity => 503,
         Interrupted => 409,
         VmExists | SnapshotExists | DiskExists | InvalidTransition | SnapshotInUse | DiskInUse
         | DiskHasSnapshots | NicExists | Busy => 409,

@@ -35,6 +35,8 @@ pub struct Home {
     /// The directory.
     pub dir: PathBuf,
     hangar: PathBuf,
+    /// Extra environment for every `hangar` command.
+    env: Vec<(String, String)>,
 }
 
 impl Home {
@@ -58,7 +60,15 @@ impl Home {
         Ok(Home {
             dir,
             hangar: args.hangar.clone(),
+            env: Vec::new(),
         })
+    }
+
+    /// The same home with QEMU unconfined (`HANGAR_CONFINE=off`): the baseline of the
+    /// confinement benchmark.
+    pub fn unconfined(mut self) -> Home {
+        self.env.push(("HANGAR_CONFINE".into(), "off".into()));
+        self
     }
 
     /// Writes spec `name` (the example guest: 1 vCPU, 256 MiB, the minimal image).
@@ -77,6 +87,7 @@ impl Home {
             .args(args)
             .env("HANGAR_HOME", &self.dir)
             .env("HANGAR_DAEMON", "never")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .output()
             .map_err(|e| format!("{}: {e}", self.hangar.display()))?;
@@ -112,6 +123,7 @@ impl Home {
             argv,
             runtime_dir: s("runtime_dir").ok_or("plan has no runtime_dir")?,
             qmp_socket: s("qmp_socket").ok_or("plan has no qmp_socket")?,
+            console_socket: plan["serial"]["socket"].as_str().map(PathBuf::from),
             console: plan["serial"]["log"]
                 .as_str()
                 .map(PathBuf::from)
@@ -154,38 +166,52 @@ pub struct RawPlan {
     argv: Vec<String>,
     runtime_dir: PathBuf,
     qmp_socket: PathBuf,
+    console_socket: Option<PathBuf>,
     console: PathBuf,
 }
 
 /// A QEMU launched directly; killed and its runtime dir emptied on drop.
 struct Raw {
-    child: Child,
+    process: hangar_store::ProcessIdentity,
     runtime_dir: PathBuf,
 }
 
 impl Drop for Raw {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        hangar_qemu::process::terminate(self.process, Duration::from_secs(5));
         let _ = std::fs::remove_dir_all(&self.runtime_dir);
     }
 }
 
+impl Raw {
+    fn alive(&self) -> bool {
+        hangar_qemu::process::alive(self.process)
+    }
+}
+
+/// Launches the plan's argv the way any launcher must: the QMP and console sockets bound and
+/// passed at the descriptors the argv names, nothing else (no user switch, no cgroup).
 fn launch(plan: &RawPlan, extra: &[String]) -> Result<Raw, String> {
+    use hangar_qemu::confine;
     let _ = std::fs::remove_dir_all(&plan.runtime_dir);
     std::fs::create_dir_all(&plan.runtime_dir).map_err(|e| e.to_string())?;
-    let log =
-        std::fs::File::create(plan.runtime_dir.join("qemu.log")).map_err(|e| e.to_string())?;
-    let child = Command::new(&plan.argv[0])
-        .args(&plan.argv[1..])
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().map_err(|e| e.to_string())?)
-        .stderr(log)
-        .spawn()
-        .map_err(|e| format!("{}: {e}", plan.argv[0]))?;
+    let mut launch = confine::Launch::default().pass(
+        hangar_plan::QMP_FD,
+        confine::listen(&plan.qmp_socket).map_err(|e| e.to_string())?,
+    );
+    if let Some(socket) = &plan.console_socket {
+        launch = launch.pass(
+            hangar_plan::CONSOLE_FD,
+            confine::listen(socket).map_err(|e| e.to_string())?,
+        );
+    }
+    let mut argv = plan.argv.clone();
+    argv.extend(extra.iter().cloned());
+    let process =
+        hangar_qemu::process::spawn_detached(&argv, &plan.runtime_dir.join("qemu.log"), launch)
+            .map_err(|e| format!("{}: {e}", plan.argv[0]))?;
     Ok(Raw {
-        child,
+        process,
         runtime_dir: plan.runtime_dir.clone(),
     })
 }
@@ -194,7 +220,7 @@ fn launch(plan: &RawPlan, extra: &[String]) -> Result<Raw, String> {
 /// at the same 10 ms interval Hangar uses. Returns ms from spawn to ready.
 pub fn raw_boot(plan: &RawPlan) -> Result<f64, String> {
     let started = Instant::now();
-    let mut raw = launch(plan, &[])?;
+    let raw = launch(plan, &[])?;
     let deadline = started + Duration::from_secs(120);
     let mut seen = Vec::new();
     loop {
@@ -205,8 +231,8 @@ pub fn raw_boot(plan: &RawPlan) -> Result<f64, String> {
                 return Ok(started.elapsed().as_secs_f64() * 1000.0);
             }
         }
-        if let Ok(Some(status)) = raw.child.try_wait() {
-            return Err(format!("raw QEMU exited {status} before ready"));
+        if !raw.alive() {
+            return Err("raw QEMU exited before ready".into());
         }
         if Instant::now() > deadline {
             return Err("raw QEMU not ready within 120 s".into());
@@ -314,7 +340,7 @@ pub fn restore(args: &Args) -> Result<Value, String> {
     let mut cold = Vec::new();
     cold.push(home.timed(&["up", spec])?);
     home.hangar(&["snapshot", "save", "r0", "s0", "--sleep"])?;
-    let state = home.dir.join("snapshots/s0.state");
+    let state = home.dir.join("snapshots/s0@r0.state");
     if !state.exists() {
         return Err(format!("snapshot file {} missing", state.display()));
     }
@@ -350,6 +376,57 @@ pub fn restore(args: &Args) -> Result<Value, String> {
         "speedup_vs_cold_boot": round(speedup, 1),
         "target_speedup_vs_cold_boot": 5.0,
         "snapshot_bytes": std::fs::metadata(&state).map(|m| m.len()).unwrap_or(0),
+    }))
+}
+
+/// What confining QEMU costs: cold boot (`hangar up`) and clone (`hangar snapshot restore` of
+/// one VM's snapshot into another), with confinement (its own user, seccomp, cgroup) and
+/// without (`HANGAR_CONFINE=off`), alternating within each round.
+pub fn confinement(args: &Args) -> Result<Value, String> {
+    let confined = Home::new(args, "conf")?;
+    let plain = Home::new(args, "noconf")?.unconfined();
+    let mut boot = [Vec::new(), Vec::new()];
+    let mut clone = [Vec::new(), Vec::new()];
+    let homes = [&confined, &plain];
+    for home in homes {
+        let (b0, c0, c1) = (home.spec("b0"), home.spec("c0"), home.spec("c1"));
+        // Untimed: page cache warm, the base snapshot taken, the clone target defined.
+        home.hangar(&["up", b0.to_str().unwrap()])?;
+        home.hangar(&["rm", "--force", "b0"])?;
+        home.hangar(&["up", c0.to_str().unwrap()])?;
+        home.hangar(&["snapshot", "save", "c0", "base", "--sleep"])?;
+        home.hangar(&["up", c1.to_str().unwrap()])?;
+        home.hangar(&["stop", "--force", "c1"])?;
+        home.hangar(&["snapshot", "restore", "c1", "base"])?;
+        home.hangar(&["stop", "--force", "c1"])?;
+    }
+    for round in 0..args.rounds {
+        for confined_turn in turns(round) {
+            let i = usize::from(!confined_turn);
+            let home = homes[i];
+            let b0 = home.dir.join("b0.toml");
+            boot[i].push(home.timed(&["up", b0.to_str().unwrap()])?);
+            home.hangar(&["rm", "--force", "b0"])?;
+            clone[i].push(home.timed(&["snapshot", "restore", "c1", "base"])?);
+            home.hangar(&["stop", "--force", "c1"])?;
+        }
+    }
+    let view: Value =
+        serde_json::from_str(&confined.hangar(&["inspect", "c1"])?).map_err(|e| e.to_string())?;
+    Ok(json!({
+        "benchmark": "confinement",
+        "cold_boot": {
+            "confined": summary(&boot[0]),
+            "unconfined": summary(&boot[1]),
+            "ratio": round(median(&boot[0]) / median(&boot[1]), 3),
+        },
+        "clone": {
+            "confined": summary(&clone[0]),
+            "unconfined": summary(&clone[1]),
+            "ratio": round(median(&clone[0]) / median(&clone[1]), 3),
+        },
+        "target_ratio": 1.03,
+        "confinement": view["plan"]["confinement"],
     }))
 }
 

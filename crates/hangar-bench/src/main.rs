@@ -32,6 +32,8 @@ enum Command {
     Boot(engine::Args),
     /// Restore from a memory snapshot vs raw `-incoming file:`, and vs a cold boot.
     Restore(engine::Args),
+    /// What confining QEMU costs: cold boot and clone, confined vs `HANGAR_CONFINE=off`.
+    Confinement(engine::Args),
     /// N guests started at once (N = 2, 4, 8): time until all are ready, Hangar vs raw.
     Throughput(engine::Args),
     /// hangard RSS with 0/10/50/100 VMs; a running guest's runtime-dir bytes and QEMU RSS.
@@ -124,6 +126,7 @@ fn run(command: Command) -> Result<Value, String> {
         Command::Boot(args) => engine::boot(&args),
         Command::Restore(args) => engine::restore(&args),
         Command::Throughput(args) => engine::throughput(&args, &[2, 4, 8], 2),
+        Command::Confinement(args) => engine::confinement(&args),
         Command::Footprint(args) => engine::footprint(&args),
         Command::Fleet(args) => fleet::run(&args, 50, 5, 5),
         Command::All {
@@ -140,6 +143,7 @@ fn run(command: Command) -> Result<Value, String> {
                 "restore": attempt("restore", || engine::restore(&engine)),
                 "fleet": attempt("fleet", || fleet::run(&engine, 50, 5, 5)),
                 "resume_via_api": attempt("resume_via_api", || engine::warm_proxy(&engine, 50)),
+                "confinement": attempt("confinement", || engine::confinement(&engine)),
                 "throughput": attempt("throughput", || engine::throughput(&engine, &[2, 4, 8], 2)),
                 "footprint": attempt("footprint", || engine::footprint(&engine)),
                 "api": attempt("api", || api::run(&api_args)),

@@ -56,6 +56,7 @@ impl Harness for FakeHarness {
                 memory_mib: 256,
                 accel: AccelRequest::Auto,
                 kind: MachineKind::Microvm,
+                cpu_weight: None,
             },
             boot: BootSource::Image {
                 image: "minimal".into(),

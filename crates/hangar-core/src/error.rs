@@ -322,6 +322,10 @@ error_codes! {
     SpecDuplicateKey = "E_SPEC_DUPLICATE_KEY", retryable: false, class: Invalid,
         meaning: "A JSON document (a spec or an API body) has an object with the same key twice; JSON names must be unique, and Hangar will not guess which one was meant.",
         fix: "Keep one of the two keys at the reported line and column.";
+    /// The host has not enough free memory or disk for the VM.
+    HostCapacity = "E_HOST_CAPACITY", retryable: true, class: Environment,
+        meaning: "The host's available memory or free disk cannot hold the VM now (its RAM plus QEMU's overhead, or its new disks); nothing was started.",
+        fix: "Stop or remove other VMs, free disk space under $HANGAR_HOME, or give the VM less memory or smaller disks; `hangar doctor` shows what the host has.";
 }
 
 impl fmt::Display for ErrorCode {

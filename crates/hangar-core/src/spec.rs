@@ -66,6 +66,10 @@ pub struct MachineSpec {
     /// Machine model.
     #[serde(rename = "type")]
     pub kind: MachineKind,
+    /// CPU weight against other VMs when the host is busy (1-10000; `None`: the default, 100).
+    /// Absent from the canonical form unless set, so older specs keep their hashes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_weight: Option<u32>,
 }
 
 /// Which accelerator the spec asks for.

@@ -80,6 +80,7 @@ fn released_codes_are_never_removed() {
         "E_PATH_NOT_ALLOWED",
         "E_AUDIT_UNAVAILABLE",
         "E_SPEC_DUPLICATE_KEY",
+        "E_HOST_CAPACITY",
     ];
     for code in released {
         assert!(

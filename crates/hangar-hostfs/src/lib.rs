@@ -577,6 +577,7 @@ mod tests {
                 memory_mib: 128,
                 accel: AccelRequest::Auto,
                 kind: MachineKind::Microvm,
+                cpu_weight: None,
             },
             boot: BootSource::Image {
                 image: "minimal".into(),

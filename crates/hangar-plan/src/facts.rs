@@ -22,6 +22,86 @@ pub struct HostFacts {
     pub runtime_dir: String,
     /// Directory of built-in images (`<image_dir>/<image>/vmlinuz`, `initrd.img`).
     pub image_dir: String,
+    /// How QEMU can be confined here (absent in older facts files: not at all).
+    #[serde(default)]
+    pub confinement: ConfinementFacts,
+    /// Free memory and disk, for admission (absent: not checked).
+    #[serde(default)]
+    pub capacity: Option<Capacity>,
+}
+
+/// What this host offers to confine each QEMU.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConfinementFacts {
+    /// Confinement is wanted (`HANGAR_CONFINE=off` turns it off, for measurements).
+    pub enabled: bool,
+    /// Hangar runs as root, so it can start each QEMU as a user of its own.
+    pub root: bool,
+    /// The gid of the `hangar-qemu` group (made by scripts/setup): QEMU's supplementary group,
+    /// which may enter the state directory (and nothing in it but its own runtime directory).
+    pub qemu_group: Option<u32>,
+    /// The gid that owns `/dev/kvm` (a KVM guest's QEMU needs it).
+    pub kvm_group: Option<u32>,
+    /// QEMU can sandbox itself with seccomp (`-sandbox`).
+    pub seccomp: bool,
+    /// The cgroup hierarchy.
+    pub cgroup: CgroupVersion,
+    /// Memory a QEMU uses besides its guest's RAM (TCG's code cache, device models), added to
+    /// the guest's RAM for the cgroup limit.
+    pub memory_overhead_mib: u64,
+}
+
+impl Default for ConfinementFacts {
+    fn default() -> ConfinementFacts {
+        ConfinementFacts {
+            enabled: false,
+            root: false,
+            qemu_group: None,
+            kvm_group: None,
+            seccomp: false,
+            cgroup: CgroupVersion::None,
+            memory_overhead_mib: DEFAULT_MEMORY_OVERHEAD_MIB,
+        }
+    }
+}
+
+/// What QEMU uses besides guest RAM: TCG's translated-code cache grows to a few hundred MiB
+/// under load (a 256 MiB guest that touched all its RAM measured ~300 MiB RSS here).
+pub const DEFAULT_MEMORY_OVERHEAD_MIB: u64 = 256;
+
+/// Which cgroup hierarchy the host mounts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CgroupVersion {
+    /// None usable.
+    #[default]
+    None,
+    /// cgroup v1: one hierarchy per controller (`/sys/fs/cgroup/memory`, `cpu`, `pids`).
+    V1,
+    /// cgroup v2: the unified hierarchy at `/sys/fs/cgroup`.
+    V2,
+}
+
+impl CgroupVersion {
+    /// `v1`, `v2` or `none`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CgroupVersion::None => "none",
+            CgroupVersion::V1 => "v1",
+            CgroupVersion::V2 => "v2",
+        }
+    }
+}
+
+/// Free resources on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capacity {
+    /// `MemAvailable` in MiB.
+    pub memory_available_mib: u64,
+    /// Free disk under the state directory, in MiB.
+    pub disk_free_mib: u64,
 }
 
 /// The QEMU binary.

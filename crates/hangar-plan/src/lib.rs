@@ -19,7 +19,10 @@ mod facts;
 pub mod probe;
 pub mod shell;
 
-pub use facts::{FixedProbe, HostFacts, HostProbe, KvmFacts, QemuFacts};
+pub use facts::{
+    Capacity, CgroupVersion, ConfinementFacts, FixedProbe, HostFacts, HostProbe, KvmFacts,
+    QemuFacts, DEFAULT_MEMORY_OVERHEAD_MIB,
+};
 
 /// Version of the plan document format.
 pub const PLAN_SCHEMA_VERSION: u32 = 1;
@@ -147,6 +150,115 @@ pub struct Plan {
     pub creates: Vec<Creation>,
     /// Things worth knowing that do not stop the plan.
     pub warnings: Vec<String>,
+    /// How QEMU is confined: its user, seccomp, its cgroup's limits (absent where the host
+    /// offers nothing, or confinement is off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confinement: Option<Confinement>,
+}
+
+/// How one QEMU is confined.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confinement {
+    /// The user QEMU runs as (one per VM), when Hangar can start it as another user.
+    pub uid: Option<u32>,
+    /// Its primary group (the same number).
+    pub gid: Option<u32>,
+    /// Its supplementary groups: `hangar-qemu` (to enter the state directory) and, for KVM,
+    /// the group of `/dev/kvm`.
+    pub groups: Vec<u32>,
+    /// `no_new_privs` is set before QEMU starts (always).
+    pub no_new_privs: bool,
+    /// QEMU sandboxes itself with seccomp (`-sandbox on,…`).
+    pub seccomp: bool,
+    /// Its cgroup, if the host has one to give.
+    pub cgroup: Option<CgroupPlan>,
+}
+
+/// A VM's cgroup and its limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupPlan {
+    /// The hierarchy.
+    pub version: CgroupVersion,
+    /// Below each controller's root (v1) or the unified root (v2): `hangar/<vm>`.
+    pub path: String,
+    /// Memory limit: guest RAM plus the QEMU overhead.
+    pub memory_max_bytes: u64,
+    /// CPU time per period (µs): one CPU per vCPU, plus one for QEMU's own threads.
+    pub cpu_quota_us: u64,
+    /// The CPU accounting period (µs).
+    pub cpu_period_us: u64,
+    /// Relative CPU weight (1-10000, 100 = default).
+    pub cpu_weight: u32,
+    /// Processes and threads.
+    pub pids_max: u64,
+}
+
+/// The descriptor QEMU finds its listening QMP socket on.
+pub const QMP_FD: i32 = 3;
+/// The descriptor QEMU finds its listening serial-console socket on.
+pub const CONSOLE_FD: i32 = 4;
+/// The descriptor a restoring QEMU reads its memory snapshot from (`-add-fd`, not in the plan:
+/// which snapshot is chosen at restore).
+pub const INCOMING_FD: i32 = 5;
+
+/// The first uid (and gid) VMs' QEMUs run as: numbers no account uses (2046820352).
+pub const QEMU_UID_BASE: u32 = 0x7A00_0000;
+/// How many of them there are: a VM's uid is `QEMU_UID_BASE + hash(name) % QEMU_UID_SPAN`.
+pub const QEMU_UID_SPAN: u32 = 0x0100_0000;
+/// Threads and processes a QEMU may have.
+pub const QEMU_PIDS_MAX: u64 = 512;
+/// The CPU period cgroup quotas are expressed in (µs).
+pub const CPU_PERIOD_US: u64 = 100_000;
+
+/// The user a VM's QEMU runs as: derived from its name (unique on the host), so every start
+/// and every adoption agrees without a record.
+pub fn qemu_uid(vm: &str) -> u32 {
+    // FNV-1a, stable across builds and platforms.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in vm.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    QEMU_UID_BASE + h % QEMU_UID_SPAN
+}
+
+/// How `vm` is confined on a host with `facts` (`None` when confinement is off).
+fn confinement(
+    vm: &hangar_core::spec::VmSpec,
+    accel: Accel,
+    facts: &ConfinementFacts,
+) -> Option<Confinement> {
+    if !facts.enabled {
+        return None;
+    }
+    let name = vm.name.as_str();
+    let (uid, gid, mut groups) = match (facts.root, facts.qemu_group) {
+        (true, Some(group)) => {
+            let uid = qemu_uid(name);
+            (Some(uid), Some(uid), vec![group])
+        }
+        _ => (None, None, vec![]),
+    };
+    if let (Some(_), Accel::Kvm, Some(kvm)) = (uid, accel, facts.kvm_group) {
+        groups.push(kvm);
+    }
+    let cgroup = (facts.cgroup != CgroupVersion::None).then(|| CgroupPlan {
+        version: facts.cgroup,
+        path: format!("hangar/{name}"),
+        memory_max_bytes: (u64::from(vm.machine.memory_mib) + facts.memory_overhead_mib) << 20,
+        cpu_quota_us: (u64::from(vm.machine.vcpus) + 1) * CPU_PERIOD_US,
+        cpu_period_us: CPU_PERIOD_US,
+        cpu_weight: vm.machine.cpu_weight.unwrap_or(100),
+        pids_max: QEMU_PIDS_MAX,
+    });
+    Some(Confinement {
+        uid,
+        gid,
+        groups,
+        no_new_privs: true,
+        seccomp: facts.seccomp,
+        cgroup,
+    })
 }
 
 impl Plan {
@@ -485,12 +597,20 @@ pub fn plan(spec: &CanonicalSpec, facts: &HostFacts) -> Result<Plan, PlanError> 
     // QMP before serial, so the control channel exists before the guest can say anything.
     // The console log is appended to, never truncated: it keeps every boot of the VM, and
     // readers can follow it across restarts.
+    // Hangar binds both sockets and hands QEMU the listening descriptors (fd 3 and 4): QEMU
+    // never needs to write the runtime directory, so it cannot swap a socket for a symlink to
+    // another VM's.
     let mut sockets = vec![qmp_socket.clone()];
     creates.push(Creation::Socket {
         path: qmp_socket.clone(),
-        purpose: "QMP control".into(),
+        purpose: format!("QMP control (bound by Hangar, passed as fd {QMP_FD})"),
     });
-    push(&["-qmp", &format!("unix:{qmp_socket},server=on,wait=off")]);
+    push(&[
+        "-chardev",
+        &format!("socket,id=qmp,fd={QMP_FD},server=on,wait=off"),
+        "-mon",
+        "chardev=qmp,mode=control",
+    ]);
 
     let log = format!("{runtime_dir}/console.log");
     let serial = match vm.serial.mode {
@@ -499,7 +619,9 @@ pub fn plan(spec: &CanonicalSpec, facts: &HostFacts) -> Result<Plan, PlanError> 
             sockets.push(socket.clone());
             creates.push(Creation::Socket {
                 path: socket.clone(),
-                purpose: "serial console (hangar console)".into(),
+                purpose: format!(
+                    "serial console (hangar console; bound by Hangar, passed as fd {CONSOLE_FD})"
+                ),
             });
             creates.push(Creation::File {
                 path: log.clone(),
@@ -508,7 +630,7 @@ pub fn plan(spec: &CanonicalSpec, facts: &HostFacts) -> Result<Plan, PlanError> 
             push(&[
                 "-chardev",
                 &format!(
-                    "socket,id=serial0,path={socket},server=on,wait=off,logfile={log},logappend=on"
+                    "socket,id=serial0,fd={CONSOLE_FD},server=on,wait=off,logfile={log},logappend=on"
                 ),
                 "-serial",
                 "chardev:serial0",
@@ -555,6 +677,39 @@ pub fn plan(spec: &CanonicalSpec, facts: &HostFacts) -> Result<Plan, PlanError> 
     }
 
     push(&["-name", name]);
+    let confinement = confinement(vm, accel, &facts.confinement);
+    if confinement.as_ref().is_some_and(|c| c.seccomp) {
+        // QEMU's own seccomp filter: no obsolete syscalls, no setuid, no fork/exec, no
+        // scheduler or resource changes.
+        push(&[
+            "-sandbox",
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+        ]);
+    }
+    if let Some(cap) = facts.capacity {
+        let overhead = facts.confinement.memory_overhead_mib;
+        let needed = u64::from(vm.machine.memory_mib) + overhead;
+        if needed > cap.memory_available_mib {
+            warnings.push(format!(
+                "it needs {needed} MiB of memory ({} MiB RAM + {overhead} MiB for QEMU), more than this host has available ({} MiB): it would be refused at start (E_HOST_CAPACITY)",
+                vm.machine.memory_mib, cap.memory_available_mib
+            ));
+        }
+        let disks: u64 = vm
+            .disks
+            .iter()
+            .map(|d| match d.source {
+                DiskSource::Blank { size_mib } => size_mib,
+                DiskSource::Base { .. } => 0,
+            })
+            .sum();
+        if disks > cap.disk_free_mib {
+            warnings.push(format!(
+                "its blank disks ({disks} MiB) are more than the free disk here ({} MiB): it would be refused at start (E_HOST_CAPACITY)",
+                cap.disk_free_mib
+            ));
+        }
+    }
 
     let argv_hash = sha256_tagged(argv.join("\0").as_bytes());
     Ok(Plan {
@@ -572,6 +727,7 @@ pub fn plan(spec: &CanonicalSpec, facts: &HostFacts) -> Result<Plan, PlanError> 
         serial,
         creates,
         warnings,
+        confinement,
     })
 }
 

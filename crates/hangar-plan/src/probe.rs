@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::facts::{HostFacts, HostProbe, KvmFacts, QemuFacts};
+use crate::facts::{
+    Capacity, CgroupVersion, ConfinementFacts, HostFacts, HostProbe, KvmFacts, QemuFacts,
+};
 
 /// The QEMU binary Hangar drives.
 pub const QEMU_BINARY: &str = "qemu-system-x86_64";
@@ -94,8 +96,89 @@ impl HostProbe for SystemProbe {
                 .unwrap_or(1),
             runtime_dir: self.home.join("vms").display().to_string(),
             image_dir: self.home.join("images").display().to_string(),
+            confinement: confinement_facts(),
+            capacity: capacity(&self.home),
         }
     }
+}
+
+/// What this host offers to confine QEMU.
+pub fn confinement_facts() -> ConfinementFacts {
+    let root = is_root();
+    ConfinementFacts {
+        enabled: std::env::var("HANGAR_CONFINE").map_or(true, |v| v != "off"),
+        root,
+        qemu_group: group_id(QEMU_GROUP),
+        kvm_group: std::fs::metadata("/dev/kvm").ok().map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.gid()
+        }),
+        // Debian's QEMU is built with seccomp; a build without it fails on `-sandbox` at the
+        // first boot, saying so in qemu.log (HANGAR_CONFINE=off runs it unconfined).
+        seccomp: true,
+        // Only root can make cgroups (a delegated subtree is not used yet).
+        cgroup: if root {
+            cgroup_version(Path::new("/sys/fs/cgroup"))
+        } else {
+            CgroupVersion::None
+        },
+        memory_overhead_mib: crate::DEFAULT_MEMORY_OVERHEAD_MIB,
+    }
+}
+
+/// The group QEMU's processes belong to besides their own (made by scripts/setup).
+pub const QEMU_GROUP: &str = "hangar-qemu";
+
+/// The gid of group `name` in /etc/group.
+pub fn group_id(name: &str) -> Option<u32> {
+    let groups = std::fs::read_to_string("/etc/group").ok()?;
+    groups.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 3 && f[0] == name).then(|| f[2].parse().ok())?
+    })
+}
+
+/// Which cgroup hierarchy is mounted at `root` with the memory, cpu and pids controllers.
+pub fn cgroup_version(root: &Path) -> CgroupVersion {
+    if let Ok(controllers) = std::fs::read_to_string(root.join("cgroup.controllers")) {
+        let has = |c: &str| controllers.split_whitespace().any(|x| x == c);
+        if has("memory") && has("cpu") && has("pids") {
+            return CgroupVersion::V2;
+        }
+        return CgroupVersion::None;
+    }
+    let v1 = ["memory", "cpu", "pids"]
+        .iter()
+        .all(|c| root.join(c).join("cgroup.procs").exists());
+    if v1 {
+        CgroupVersion::V1
+    } else {
+        CgroupVersion::None
+    }
+}
+
+/// Free memory and disk now.
+pub fn capacity(home: &Path) -> Option<Capacity> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let available_kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    // The home may not exist yet: its nearest existing ancestor is on the same filesystem.
+    let mut at = home.to_path_buf();
+    while !at.exists() {
+        if !at.pop() {
+            break;
+        }
+    }
+    let fs = rustix::fs::statvfs(&at).ok()?;
+    Some(Capacity {
+        memory_available_mib: available_kib / 1024,
+        disk_free_mib: fs.f_bavail.saturating_mul(fs.f_frsize) >> 20,
+    })
 }
 
 /// Looks `name` up in `PATH`.

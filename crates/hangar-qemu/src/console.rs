@@ -125,15 +125,82 @@ impl LogTail {
     }
 }
 
-/// The last `n` lines of a file (for failure reasons).
+/// The last `n` lines of a file (for failure reasons), reading at most its last
+/// [`TAIL_BYTES`] (a console log may be megabytes long).
 pub fn last_lines(path: &Path, n: usize) -> Vec<String> {
-    let text = std::fs::read(path).unwrap_or_default();
+    let mut text = Vec::new();
+    if let Ok(mut f) = std::fs::File::open(path) {
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let from = len.saturating_sub(TAIL_BYTES);
+        if f.seek(SeekFrom::Start(from)).is_ok() {
+            let _ = f.take(TAIL_BYTES).read_to_end(&mut text);
+        }
+        if from > 0 {
+            // The first line is probably cut: drop it.
+            let cut = text
+                .iter()
+                .position(|b| *b == b'\n')
+                .map_or(text.len(), |i| i + 1);
+            text.drain(..cut);
+        }
+    }
     let text = String::from_utf8_lossy(&text);
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     lines[lines.len().saturating_sub(n)..]
         .iter()
         .map(|l| l.to_string())
         .collect()
+}
+
+/// How much of a file's end [`last_lines`] reads.
+pub const TAIL_BYTES: u64 = 64 * 1024;
+
+/// The size at which a console log is rotated: it is copied to `<log>.1` (replacing the one
+/// before) and emptied, so a VM's console never takes more than twice this on disk (plus what
+/// the guest writes between two checks).
+pub const LOG_ROTATE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// The rotated half of a console log.
+pub fn rotated(log: &Path) -> std::path::PathBuf {
+    let mut name = log.as_os_str().to_owned();
+    name.push(".1");
+    name.into()
+}
+
+/// Rotates `log` once it is larger than `limit` bytes. QEMU keeps writing the same file (it
+/// opened it to append), so emptying it in place is what lets it go on. Returns whether it
+/// rotated. Never follows a symlink.
+pub fn rotate(log: &Path, limit: u64) -> std::io::Result<bool> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let nofollow = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
+    let mut current = match std::fs::File::options()
+        .read(true)
+        .write(true)
+        .custom_flags(nofollow)
+        .open(log)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if current.metadata()?.len() <= limit {
+        return Ok(false);
+    }
+    let old = rotated(log);
+    let mut tmp = old.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let mut copy = std::fs::File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nofollow)
+        .open(&tmp)?;
+    std::io::copy(&mut current, &mut copy)?;
+    std::fs::rename(&tmp, &old)?;
+    current.set_len(0)?;
+    Ok(true)
 }
 
 /// File length, 0 if missing.
@@ -165,6 +232,61 @@ pub fn run_argument(argv: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_over_its_limit_is_rotated_in_place_and_its_writer_goes_on() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        // The writer appends, as QEMU's logappend=on does.
+        let mut writer = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        writer.write_all(b"first line\nsecond line\n").unwrap();
+        assert!(!rotate(&log, 1024).unwrap(), "under the limit: untouched");
+        assert!(rotate(&log, 10).unwrap());
+        assert_eq!(
+            std::fs::read_to_string(rotated(&log)).unwrap(),
+            "first line\nsecond line\n"
+        );
+        assert_eq!(std::fs::metadata(&log).unwrap().len(), 0);
+        writer.write_all(b"third line\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "third line\n");
+        // The next rotation replaces the old half: never more than two.
+        writer.write_all(b"fourth line\n").unwrap();
+        assert!(rotate(&log, 10).unwrap());
+        assert_eq!(
+            std::fs::read_to_string(rotated(&log)).unwrap(),
+            "third line\nfourth line\n"
+        );
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 2, "console.log and console.log.1 only");
+        // A symlink is not followed (nor rotated).
+        let link = dir.path().join("link.log");
+        std::os::unix::fs::symlink(&log, &link).unwrap();
+        assert!(rotate(&link, 0).is_err());
+    }
+
+    #[test]
+    fn last_lines_reads_only_the_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("big.log");
+        let mut text = String::new();
+        for i in 0..100_000 {
+            text.push_str(&format!("line {i}\n"));
+        }
+        std::fs::write(&log, &text).unwrap();
+        assert!(text.len() as u64 > 4 * TAIL_BYTES);
+        assert_eq!(last_lines(&log, 2), vec!["line 99998", "line 99999"]);
+        // More lines than the tail holds: only whole lines from the tail, none cut.
+        let many = last_lines(&log, 1_000_000);
+        assert!(many.len() < 100_000);
+        assert!(many.iter().all(|l| l.starts_with("line ")));
+        let first: usize = many[0]["line ".len()..].parse().unwrap();
+        assert_eq!(many.len(), 100_000 - first);
+    }
 
     #[test]
     fn markers() {

@@ -57,6 +57,27 @@ impl<'rt> Control<'rt> {
         Ok(Control { rt, qmp })
     }
 
+    /// [`Control::connect`] that gives up as soon as `alive` says the process is gone (a
+    /// refused connection is otherwise retried until the deadline). `None` when it died.
+    pub fn connect_while(
+        rt: &'rt Runtime,
+        socket: &Path,
+        deadline: Duration,
+        alive: impl Fn() -> bool,
+    ) -> Option<Result<Control<'rt>>> {
+        let qmp = rt.block_on(async {
+            tokio::select! {
+                r = Qmp::connect(socket, deadline) => Some(r),
+                () = async {
+                    while alive() {
+                        tokio::time::sleep(POLL).await;
+                    }
+                } => None,
+            }
+        })?;
+        Some(qmp.map(|qmp| Control { rt, qmp }).map_err(qmp_err))
+    }
+
     /// `query-status`.
     pub fn status(&self) -> Result<Status> {
         self.rt

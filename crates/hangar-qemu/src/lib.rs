@@ -34,13 +34,16 @@ use hangar_store::{
     VolumeRecord,
 };
 
+pub mod confine;
 pub mod console;
 mod control;
 pub mod img;
 pub mod process;
 
+use confine::Launch;
 use console::{LogTail, Marker};
 use control::Control;
+use std::os::unix::fs::OpenOptionsExt;
 
 /// Engine settings.
 #[derive(Debug, Clone)]
@@ -310,6 +313,9 @@ impl QemuEngine {
     /// `failed` (anything else); a running QEMU that reports an internal error is `failed`.
     fn refresh(&self, mut rec: VmRecord) -> Result<VmRecord> {
         let plan = Self::plan_of(&rec)?;
+        if let Some(p) = rec.process.filter(|p| process::alive(*p)) {
+            Self::upkeep(&plan, p);
+        }
         match rec.process {
             Some(p) if !process::alive(p) => {
                 let clean = Self::console_log(&plan)
@@ -322,6 +328,8 @@ impl QemuEngine {
                         })
                     })
                     .unwrap_or(false);
+                // Read before the cgroup goes with the rest of the runtime state.
+                let oom_note = Self::oom_note(&plan);
                 rec.process = None;
                 self.cleanup_runtime(&plan);
                 if clean && rec.state == VmState::Running {
@@ -332,8 +340,9 @@ impl QemuEngine {
                     VmState::Stopped | VmState::Failed | VmState::Sleeping
                 ) {
                     rec.reason = Some(format!(
-                        "QEMU (pid {}) exited while nobody was watching; last output: {}",
+                        "QEMU (pid {}) exited while nobody was watching{}; last output: {}",
                         p.pid,
+                        oom_note.unwrap_or_default(),
                         Self::last_console(&plan)
                     ));
                     self.force(&mut rec, VmState::Failed)?;
@@ -382,14 +391,9 @@ impl QemuEngine {
                     return Ok(rec);
                 };
                 // The owner may have died between spawning QEMU and recording its PID: find that
-                // QEMU by the exact QMP-socket argument of this VM's plan (a path unique to the
-                // VM) before declaring it gone, so it is adopted rather than orphaned.
-                let found = plan
-                    .argv
-                    .iter()
-                    .position(|a| a == "-qmp")
-                    .and_then(|i| plan.argv.get(i + 1))
-                    .and_then(|arg| process::find_by_argument(arg));
+                // QEMU by its standard output (this VM's qemu.log, a path unique to the VM)
+                // before declaring it gone, so it is adopted rather than orphaned.
+                let found = process::find_by_output(&Path::new(&plan.runtime_dir).join("qemu.log"));
                 match found {
                     Some(p) => {
                         rec.process = Some(p);
@@ -415,6 +419,57 @@ impl QemuEngine {
     /// Finishes or rolls back an operation whose owner died, given its live QEMU: a boot whose
     /// guest became ready is finished; one still booting is left for a later refresh until its
     /// timeout; a stop is completed; pause, resume, save and wake settle on what QMP reports.
+    /// What a live QEMU needs now and then: its console log rotated, and (after a restart of
+    /// an older Hangar, or if someone moved it) its cgroup found again.
+    fn upkeep(plan: &Plan, p: ProcessIdentity) {
+        if let Some(log) = Self::console_log(plan) {
+            let _ = console::rotate(&log, console::LOG_ROTATE_BYTES);
+        }
+        if let Some(cg) = plan.confinement.as_ref().and_then(|c| c.cgroup.as_ref()) {
+            if !confine::is_in_cgroup(cg, p.pid) {
+                let _ = confine::join_cgroup(cg, p.pid);
+            }
+        }
+    }
+
+    /// `": killed by its cgroup's out-of-memory killer …"` when that is why QEMU is gone.
+    fn oom_note(plan: &Plan) -> Option<String> {
+        let cg = plan.confinement.as_ref()?.cgroup.as_ref()?;
+        let (kills, peak) = confine::oom_kills(cg)?;
+        (kills > 0).then(|| {
+            format!(
+                ": killed by the out-of-memory killer of its cgroup (limit {} MiB{}: guest RAM + QEMU's overhead)",
+                cg.memory_max_bytes >> 20,
+                peak.map(|p| format!(", peak {} MiB", p >> 20)).unwrap_or_default()
+            )
+        })
+    }
+
+    /// Rotates the console logs of every running VM (hangard calls this every second).
+    pub fn rotate_logs(&self) -> Result<()> {
+        for rec in self.db(|s| s.list_vms())? {
+            if let (Some(p), Ok(plan)) = (rec.process, Self::plan_of(&rec)) {
+                if process::alive(p) {
+                    Self::upkeep(&plan, p);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// How a VM's QEMU is confined, and what its cgroup says now (for `hangar inspect`).
+    pub fn confinement(&self, vm: &VmName) -> Result<Option<serde_json::Value>> {
+        let rec = self.record(vm)?;
+        let plan = Self::plan_of(&rec)?;
+        Ok(plan.confinement.as_ref().map(|c| {
+            let mut v = serde_json::to_value(c).unwrap_or_default();
+            if let (Some(cg), Some(obj)) = (&c.cgroup, v.as_object_mut()) {
+                obj.insert("cgroup_now".into(), confine::read_cgroup(cg));
+            }
+            v
+        }))
+    }
+
     fn adopt(&self, rec: &mut VmRecord, plan: &Plan) -> Result<()> {
         let before = rec.state;
         let pid = rec.process.map(|p| p.pid);
@@ -578,12 +633,158 @@ impl QemuEngine {
         }
     }
 
-    /// Removes what only a running QEMU uses: sockets and the pid file.
+    /// Removes what only a running QEMU uses: sockets, the pid file and its cgroup (made
+    /// again at the next start; an empty cgroup would outlive a home deleted by hand).
     fn cleanup_runtime(&self, plan: &Plan) {
         let dir = Path::new(&plan.runtime_dir);
         for f in ["qmp.sock", "console.sock", "pid"] {
             let _ = std::fs::remove_file(dir.join(f));
         }
+        if let Some(cg) = plan.confinement.as_ref().and_then(|c| c.cgroup.as_ref()) {
+            confine::remove_cgroup(cg);
+        }
+    }
+
+    /// Host admission: refuses (`E_HOST_CAPACITY`) a VM whose memory (RAM plus QEMU's
+    /// overhead) is more than the host has available now, or whose new disks (blank disks not
+    /// made yet, plus `copied_bytes` of disks to copy) are more than the free disk.
+    fn admit(&self, spec: &VmSpec, plan: &Plan, copied_bytes: u64) -> Result<()> {
+        let Some(cap) = hangar_plan::probe::capacity(&self.home) else {
+            return Ok(());
+        };
+        let overhead = self.facts.confinement.memory_overhead_mib;
+        let memory = u64::from(spec.machine.memory_mib) + overhead;
+        if memory > cap.memory_available_mib {
+            return Err(Error::Backend {
+                code: ErrorCode::HostCapacity,
+                message: format!(
+                    "{} needs {memory} MiB of memory ({} MiB RAM + {overhead} MiB for QEMU) but the host has {} MiB available",
+                    spec.name, spec.machine.memory_mib, cap.memory_available_mib
+                ),
+            });
+        }
+        let blank: u64 = plan
+            .creates
+            .iter()
+            .filter_map(|c| match c {
+                Creation::Disk { path, size_mib, .. } if !Path::new(path).exists() => {
+                    Some(*size_mib)
+                }
+                _ => None,
+            })
+            .sum();
+        let disk = blank + copied_bytes.div_ceil(1 << 20);
+        if disk > cap.disk_free_mib {
+            return Err(Error::Backend {
+                code: ErrorCode::HostCapacity,
+                message: format!(
+                    "{} needs {disk} MiB of new disk but the host has {} MiB free under {}",
+                    spec.name,
+                    cap.disk_free_mib,
+                    self.home.display()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Gives the plan's QEMU a uid no other VM here has: the one derived from its name, or,
+    /// if another VM's name hashes to the same, the next free one (kept in the stored plan).
+    fn unique_user(&self, plan: &mut Plan) -> Result<()> {
+        let Some(c) = plan.confinement.as_mut() else {
+            return Ok(());
+        };
+        let Some(mut uid) = c.uid else {
+            return Ok(());
+        };
+        let taken: std::collections::HashSet<u32> = self
+            .db(|s| s.list_vms())?
+            .iter()
+            .filter_map(|r| Self::plan_of(r).ok()?.confinement?.uid)
+            .collect();
+        while taken.contains(&uid) {
+            uid = hangar_plan::QEMU_UID_BASE
+                + (uid - hangar_plan::QEMU_UID_BASE + 1) % hangar_plan::QEMU_UID_SPAN;
+        }
+        c.uid = Some(uid);
+        c.gid = Some(uid);
+        Ok(())
+    }
+
+    /// An empty file in the VM's runtime directory that its QEMU may write a memory snapshot
+    /// to (the directory is root's, so QEMU cannot swap the file for a link).
+    fn state_file_for_qemu(&self, plan: &Plan) -> Result<PathBuf> {
+        let out = Path::new(&plan.runtime_dir).join("save.state");
+        let _ = std::fs::remove_file(&out);
+        let file = std::fs::File::options()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&out)
+            .map_err(|e| io_err("cannot create", &out, e))?;
+        if let Some((uid, gid)) = plan
+            .confinement
+            .as_ref()
+            .and_then(|c| Some((c.uid?, c.gid?)))
+        {
+            rustix::fs::fchown(
+                &file,
+                Some(rustix::process::Uid::from_raw(uid)),
+                Some(rustix::process::Gid::from_raw(gid)),
+            )
+            .map_err(|e| io_err("cannot give to the VM's user", &out, e.into()))?;
+        }
+        Ok(out)
+    }
+
+    /// Before a VM moves: lets the QEMU group into the state directory and refuses inputs
+    /// the VM's QEMU user could not read, naming the field.
+    fn check_reachable(&self, rec: &VmRecord, plan: &Plan) -> Result<()> {
+        let Some((uid, gid, groups)) = plan
+            .confinement
+            .as_ref()
+            .and_then(|c| Some((c.uid?, c.gid?, &c.groups)))
+        else {
+            return Ok(());
+        };
+        if let Some(group) = groups.first() {
+            let runtime = Path::new(&plan.runtime_dir);
+            if let Some(parent) = runtime.parent() {
+                self.own_dir(parent)?;
+            }
+            confine::open_home_to_qemu(&self.home, runtime, *group)?;
+        }
+        let mut gids = groups.clone();
+        gids.push(gid);
+        for (field, file) in read_only_inputs(&rec.spec, plan) {
+            if !confine::can_read(Path::new(&file), uid, &gids) {
+                return Err(Error::InvalidArgument {
+                    what: field,
+                    reason: format!(
+                        "{file} cannot be read by the VM's QEMU (uid {uid}, group {group}): make it and its directories readable by that group (chgrp {group} FILE; chmod g+r FILE) or by everyone",
+                        group = hangar_plan::probe::QEMU_GROUP,
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Gets everything ready for a confined QEMU (its runtime directory laid out for its user,
+    /// its cgroup made with the plan's limits) and says how to launch it.
+    fn confine(&self, plan: &Plan) -> Result<Launch> {
+        let Some(c) = &plan.confinement else {
+            return Ok(Launch::default());
+        };
+        if let (Some(uid), Some(gid)) = (c.uid, c.gid) {
+            confine::own_runtime(plan, uid, gid)?;
+        }
+        let procs = match &c.cgroup {
+            Some(cg) => confine::setup_cgroup(cg)?,
+            None => Vec::new(),
+        };
+        Ok(Launch::of(Some(c), procs))
     }
 
     /// Spawns QEMU from the plan and waits until the guest is up (or, with `incoming`, until
@@ -619,13 +820,32 @@ impl QemuEngine {
         let boot_log_offset = console_path.as_deref().map(console::len).unwrap_or(0);
         let mut tail = LogTail::from(boot_log_offset);
         let mut argv = plan.argv.clone();
+        let mut launch = self.confine(plan)?;
+        launch = launch.pass(
+            hangar_plan::QMP_FD,
+            confine::listen(Path::new(&plan.qmp_socket))?,
+        );
+        if let Some(socket) = &plan.serial.socket {
+            launch = launch.pass(hangar_plan::CONSOLE_FD, confine::listen(Path::new(socket))?);
+        }
         if let Some(state) = incoming {
-            argv.push("-incoming".into());
-            argv.push(format!("file:{}", state.display()));
+            // Opened here and handed over: snapshots are root's and QEMU may not open them.
+            let file = std::fs::File::options()
+                .read(true)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .open(state)
+                .map_err(|e| io_err("cannot open", state, e))?;
+            launch = launch.pass(hangar_plan::INCOMING_FD, file.into());
+            argv.extend([
+                "-add-fd".into(),
+                format!("fd={},set=1", hangar_plan::INCOMING_FD),
+                "-incoming".into(),
+                "file:/dev/fdset/1".into(),
+            ]);
         }
         let started = Instant::now();
         let qemu_log = Path::new(&plan.runtime_dir).join("qemu.log");
-        let p = process::spawn_detached(&argv, &qemu_log)
+        let p = process::spawn_detached(&argv, &qemu_log, launch)
             .map_err(|e| Error::EngineFailed(format!("cannot start {}: {e}", argv[0])))?;
         let pid_file = Path::new(&plan.runtime_dir).join("pid");
         let _ = std::fs::write(&pid_file, format!("{} {}\n", p.pid, p.start_time));
@@ -633,25 +853,27 @@ impl QemuEngine {
         rec.boot_log_offset = Some(boot_log_offset);
         self.save(rec)?;
 
-        // A QEMU that refuses its arguments exits at once: say so then, not after the
-        // connect deadline.
+        // The socket is ours and already listening: the connection waits in its backlog until
+        // QEMU accepts, and a QEMU that refuses its arguments and exits resets it at once
+        // (said then, not after the connect deadline).
         let socket = Path::new(&plan.qmp_socket);
-        let socket_deadline = Instant::now() + QMP_CONNECT;
-        while !socket.exists() && Instant::now() < socket_deadline {
-            if !process::alive(p) {
+        let ctl = match Control::connect_while(self.rt(), socket, QMP_CONNECT, || process::alive(p))
+        {
+            Some(Ok(ctl)) => ctl,
+            Some(Err(e)) if process::alive(p) => {
                 return Err(Error::EngineFailed(format!(
-                    "QEMU exited before opening its control socket: {}",
+                    "QEMU did not answer on its control socket: {e}; {}",
                     Self::last_console(plan)
-                )));
+                )))
             }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        let ctl = Control::connect(self.rt(), socket, QMP_CONNECT).map_err(|e| {
-            Error::EngineFailed(format!(
-                "QEMU did not open its control socket: {e}; {}",
-                Self::last_console(plan)
-            ))
-        })?;
+            // Gone: its connection was reset as it exited, or it exited while we waited.
+            Some(Err(_)) | None => {
+                return Err(Error::EngineFailed(format!(
+                    "QEMU exited during start-up: {}",
+                    Self::last_console(plan)
+                )))
+            }
+        };
         let timeout = opts.timeout.unwrap_or(self.options.boot_timeout);
         let deadline = started + timeout;
         opts.phase(Phase::Boot);
@@ -694,7 +916,8 @@ impl QemuEngine {
             cancel.check()?;
             if !process::alive(p) {
                 return Err(Error::EngineFailed(format!(
-                    "QEMU exited during boot; last output: {}",
+                    "QEMU exited during boot{}; last output: {}",
+                    Self::oom_note(plan).unwrap_or_default(),
                     Self::last_console(plan)
                 )));
             }
@@ -851,11 +1074,11 @@ impl QemuEngine {
         }
         if let Ok(vms) = self.db(|s| s.list_vms()) {
             for rec in vms {
-                if let (Some(p), Ok(plan)) = (rec.process, Self::plan_of(&rec)) {
-                    if process::alive(p) {
-                        let _ = self.shut_down(&rec, &plan, StopMode::Force);
-                    }
-                }
+                let Ok(plan) = Self::plan_of(&rec) else {
+                    continue;
+                };
+                let _ = self.shut_down(&rec, &plan, StopMode::Force);
+                self.cleanup_runtime(&plan);
             }
         }
         let _ = std::fs::remove_dir_all(&self.home);
@@ -887,6 +1110,50 @@ fn check_inputs(spec: &VmSpec) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Moves a file, copying it where a rename cannot (another filesystem).
+fn move_file(from: &Path, to: &Path) -> Result<()> {
+    match std::fs::rename(from, to) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) => {
+            std::fs::copy(from, to)
+                .and_then(|_| std::fs::remove_file(from))
+                .map_err(|e| {
+                    let _ = std::fs::remove_file(to);
+                    io_err("cannot move to", to, e)
+                })
+        }
+        Err(e) => Err(io_err("cannot move", from, e)),
+    }
+}
+
+/// The files a VM's QEMU opens by path and only reads: its kernel and initrd, read-only disks
+/// and the bases of its overlays, each with the spec field that names it.
+fn read_only_inputs(spec: &VmSpec, plan: &Plan) -> Vec<(String, String)> {
+    let mut files = Vec::new();
+    match &spec.boot {
+        BootSource::Kernel { kernel, initrd, .. } => {
+            files.push(("boot.kernel".to_string(), kernel.clone()));
+            if let Some(initrd) = initrd {
+                files.push(("boot.initrd".to_string(), initrd.clone()));
+            }
+        }
+        BootSource::Image { .. } => {
+            let arg = |flag: &str| {
+                let i = plan.argv.iter().position(|a| a == flag)?;
+                plan.argv.get(i + 1).cloned()
+            };
+            files.extend(arg("-kernel").map(|k| ("boot.image".to_string(), k)));
+            files.extend(arg("-initrd").map(|k| ("boot.image".to_string(), k)));
+        }
+    }
+    for (i, disk) in spec.disks.iter().enumerate() {
+        if let hangar_core::spec::DiskSource::Base { source } = &disk.source {
+            files.push((format!("disk[{i}].source"), source.clone()));
+        }
+    }
+    files
 }
 
 /// The hash of a spec without what tells clones apart: snapshots restore across equal ones.
@@ -1011,6 +1278,8 @@ impl QemuEngine {
         let plan = Self::plan_of(&rec)?;
         // A missing input is the caller's to fix: refused before the VM moves at all.
         check_inputs(&rec.spec)?;
+        self.check_reachable(&rec, &plan)?;
+        self.admit(&rec.spec, &plan, 0)?;
         self.step(&mut rec, VmState::Starting, Cause::User)?;
         match self.boot(&mut rec, &plan, None, opts, cancel) {
             Ok(()) => self.step(&mut rec, VmState::Running, Cause::Engine)?,
@@ -1092,7 +1361,7 @@ impl Lifecycle for QemuEngine {
             };
         }
         let _lock = self.lock(&spec.name)?;
-        let (canonical, plan) = self.replan(spec)?;
+        let (canonical, mut plan) = self.replan(spec)?;
         if let Some(existing) = self.db(|s| s.get_vm(&canonical.spec.name))? {
             return if existing.spec_hash == canonical.hash.0 {
                 Ok(Self::status_of(&self.refresh(existing)?))
@@ -1100,6 +1369,7 @@ impl Lifecycle for QemuEngine {
                 Err(Error::VmExists(canonical.spec.name.clone()))
             };
         }
+        self.unique_user(&mut plan)?;
         let machine = StateMachine::new(
             canonical.spec.name.clone(),
             self.clock.clone(),
@@ -1237,6 +1507,9 @@ impl Lifecycle for QemuEngine {
         if dir.exists() {
             std::fs::remove_dir_all(dir).map_err(|e| io_err("cannot remove", dir, e))?;
         }
+        if let Some(cg) = plan.confinement.as_ref().and_then(|c| c.cgroup.as_ref()) {
+            confine::remove_cgroup(cg);
+        }
         self.db(|s| s.delete_vm(vm))
     }
 
@@ -1290,8 +1563,18 @@ impl Snapshots for QemuEngine {
         for f in [&path, &tmp, &frozen_dir(&path)] {
             hangar_store::home::no_symlink(f).map_err(store_err)?;
         }
-        let written = ctl
-            .migrate_to_file(&tmp, Instant::now() + MIGRATION_DEADLINE)
+        // QEMU writes the state into a file of its own in its runtime directory (it may not
+        // open anything under snapshots/), which Hangar then moves there and takes back.
+        let written = self
+            .state_file_for_qemu(&plan)
+            .and_then(|out| {
+                ctl.migrate_to_file(&out, Instant::now() + MIGRATION_DEADLINE)
+                    .and_then(|()| move_file(&out, &tmp))
+                    .inspect_err(|_| {
+                        let _ = std::fs::remove_file(&out);
+                    })
+            })
+            .and_then(|()| confine::take_back(&tmp))
             .and_then(|()| {
                 std::fs::rename(&tmp, &path).map_err(|e| io_err("cannot rename", &tmp, e))
             })
@@ -1360,8 +1643,16 @@ impl Snapshots for QemuEngine {
         };
         self.check_snapshot_fits(&rec, &snap)?;
         check_inputs(&rec.spec)?;
-        cancel.check()?;
+        let thawed_bytes: u64 = snap
+            .disks
+            .iter()
+            .filter_map(|d| std::fs::metadata(&d.path).ok())
+            .map(|m| m.len())
+            .sum();
         let plan = Self::plan_of(&rec)?;
+        self.check_reachable(&rec, &plan)?;
+        self.admit(&rec.spec, &plan, thawed_bytes)?;
+        cancel.check()?;
         // A VM sleeping on this snapshot has not touched its disks since the save; any other
         // restore (a clone, or rolling a VM back) needs the disks as they were at the save.
         let untouched = via == VmState::Waking && rec.sleeping_on.as_ref() == Some(id);
@@ -1573,7 +1864,13 @@ impl QemuEngine {
         }
         let mut spec = rec.spec.clone();
         change(&mut spec.nics)?;
-        let (canonical, plan) = self.replan(spec)?;
+        let (canonical, mut plan) = self.replan(spec)?;
+        // The VM keeps the user it was given at define.
+        if let (Some(new), Some(old)) =
+            (plan.confinement.as_mut(), Self::plan_of(&rec)?.confinement)
+        {
+            (new.uid, new.gid) = (old.uid, old.gid);
+        }
         rec.spec = canonical.spec;
         rec.spec_hash = canonical.hash.0;
         rec.plan_json = plan.to_json();

@@ -2,12 +2,15 @@
 //! is never mistaken for it, waiting for exit, and signalling the exact process.
 
 use std::fs::File;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hangar_store::ProcessIdentity;
+
+use crate::confine::Launch;
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::process::{pidfd_open, pidfd_send_signal, Pid, PidfdFlags, Signal};
 
@@ -42,35 +45,127 @@ pub fn alive(p: ProcessIdentity) -> bool {
 }
 
 /// Spawns `argv` in its own session (so terminal signals aimed at the caller do not reach it),
-/// stdin from /dev/null, stdout and stderr appended to `log`. A background thread reaps it if
-/// it is our child, so no zombie outlives it in long-running callers.
-pub fn spawn_detached(argv: &[String], log: &Path) -> std::io::Result<ProcessIdentity> {
-    let out = File::options().create(true).append(true).open(log)?;
+/// stdin from /dev/null, stdout and stderr appended to `log`, confined as `launch` says (its
+/// cgroups joined and its credentials switched before anything of it runs) and inheriting
+/// `launch.fds` at their numbers (every other descriptor of ours is close-on-exec). A background
+/// thread reaps it if it is our child, so no zombie outlives it in long-running callers.
+pub fn spawn_detached(
+    argv: &[String],
+    log: &Path,
+    launch: Launch,
+) -> std::io::Result<ProcessIdentity> {
+    let out = File::options()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(log)?;
     let err = out.try_clone()?;
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
-    new_session(&mut cmd);
+    // Opened here, written in the child: joining by "0" moves the writer itself.
+    let procs: Vec<OwnedFd> = launch
+        .cgroup_procs
+        .iter()
+        .map(|p| {
+            File::options()
+                .write(true)
+                .open(p)
+                .map(OwnedFd::from)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))
+        })
+        .collect::<std::io::Result<_>>()?;
+    let credentials = launch.credentials.as_ref().map(|(u, g, groups)| {
+        (
+            rustix::process::Uid::from_raw(*u),
+            rustix::process::Gid::from_raw(*g),
+            groups
+                .iter()
+                .map(|g| rustix::process::Gid::from_raw(*g))
+                .collect::<Vec<_>>(),
+        )
+    });
+    // Every passed descriptor first moves above the numbers being assigned, so placing one can
+    // never overwrite another still to be placed.
+    let passed: Vec<(RawFd, OwnedFd)> = launch
+        .fds
+        .iter()
+        .map(|(number, fd)| {
+            Ok((
+                *number,
+                rustix::io::fcntl_dupfd_cloexec(fd, PASSED_FD_FLOOR)?,
+            ))
+        })
+        .collect::<std::io::Result<_>>()?;
+    let procs_raw: Vec<RawFd> = procs.iter().map(AsRawFd::as_raw_fd).collect();
+    let passed_raw: Vec<(RawFd, RawFd)> =
+        passed.iter().map(|(n, fd)| (*n, fd.as_raw_fd())).collect();
+    confine_child(&mut cmd, procs_raw, credentials, passed_raw);
     let mut child = cmd.spawn()?;
+    drop(procs);
+    drop(passed);
+    drop(launch);
     let pid = child.id();
-    let identity = identify(pid);
+    // Our unreaped child: its /proc entry stays until the reaper below waits for it, so its
+    // identity is known even if it has already exited (the caller then finds it not alive and
+    // reports why, from its log).
+    let identity = stat(pid).map(|(start_time, _)| ProcessIdentity { pid, start_time });
     std::thread::Builder::new()
         .name(format!("reap-{pid}"))
         .spawn(move || {
             let _ = child.wait();
         })?;
-    identity.ok_or_else(|| std::io::Error::other(format!("process {pid} exited immediately")))
+    identity.ok_or_else(|| std::io::Error::other(format!("process {pid} vanished at once")))
 }
 
+type Credentials = (
+    rustix::process::Uid,
+    rustix::process::Gid,
+    Vec<rustix::process::Gid>,
+);
+
+/// Passed descriptors are parked at or above this number until the child places them.
+const PASSED_FD_FLOOR: RawFd = 64;
+
+/// What the child does between fork and exec, in this order: a session of its own; into its
+/// cgroups (as root, before any memory is charged elsewhere); `no_new_privs`; its groups, gid
+/// and uid (switching from root to another uid clears every capability); then the descriptors
+/// it must inherit lose close-on-exec.
 #[allow(unsafe_code)]
-fn new_session(cmd: &mut Command) {
+fn confine_child(
+    cmd: &mut Command,
+    procs: Vec<RawFd>,
+    credentials: Option<Credentials>,
+    passed: Vec<(RawFd, RawFd)>,
+) {
     use std::os::unix::process::CommandExt;
-    // SAFETY: the closure runs in the child between fork and exec and only calls setsid(2),
-    // which is async-signal-safe and touches no memory shared with the parent.
+    // SAFETY: the closure runs in the forked child (one thread) and makes only raw system calls
+    // (setsid, write, prctl, setgroups, setresgid, setresuid, dup2), which are
+    // async-signal-safe; it allocates nothing (everything it uses was made before the fork),
+    // and the descriptors it borrows stay open in the parent until `spawn` returns.
     unsafe {
-        cmd.pre_exec(|| rustix::process::setsid().map(drop).map_err(Into::into));
+        cmd.pre_exec(move || {
+            rustix::process::setsid()?;
+            for fd in &procs {
+                rustix::io::write(BorrowedFd::borrow_raw(*fd), b"0")?;
+            }
+            rustix::thread::set_no_new_privs(true)?;
+            if let Some((uid, gid, groups)) = &credentials {
+                rustix::thread::set_thread_groups(groups)?;
+                rustix::thread::set_thread_res_gid(*gid, *gid, *gid)?;
+                rustix::thread::set_thread_res_uid(*uid, *uid, *uid)?;
+            }
+            for (number, fd) in &passed {
+                // dup2 leaves the new number without close-on-exec: QEMU inherits it. The
+                // target is not ours to close (ManuallyDrop): it becomes QEMU's.
+                let mut target = std::mem::ManuallyDrop::new(OwnedFd::from_raw_fd(*number));
+                rustix::io::dup2(BorrowedFd::borrow_raw(*fd), &mut target)?;
+            }
+            Ok(())
+        });
     }
 }
 
@@ -134,19 +229,15 @@ pub fn terminate(p: ProcessIdentity, grace: Duration) -> bool {
     h.wait_exit(Duration::from_secs(10))
 }
 
-/// The live process one of whose arguments is exactly `argument`, if there is exactly one.
-/// Used only to recover a QEMU whose PID was never recorded (its owner died right after
-/// spawning it); the argument is the VM's unique QMP socket, so no other process matches.
-pub fn find_by_argument(argument: &str) -> Option<ProcessIdentity> {
+/// The live process whose standard output is `log`, if there is exactly one. Used only to
+/// recover a QEMU whose PID was never recorded (its owner died right after spawning it): each
+/// VM's QEMU writes to its own `qemu.log`, opened by Hangar, so no other process matches.
+pub fn find_by_output(log: &Path) -> Option<ProcessIdentity> {
     let mut found = std::fs::read_dir("/proc").ok()?.filter_map(|e| {
         let e = e.ok()?;
         let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-        cmdline
-            .split(|b| *b == 0)
-            .any(|a| a == argument.as_bytes())
-            .then(|| identify(pid))
-            .flatten()
+        let out = std::fs::read_link(e.path().join("fd/1")).ok()?;
+        (out == log).then(|| identify(pid)).flatten()
     });
     let first = found.next()?;
     found.next().is_none().then_some(first)
@@ -177,7 +268,7 @@ mod tests {
     fn identity_survives_and_detects_exit() {
         let dir = tempfile::tempdir().unwrap();
         let argv: Vec<String> = ["sleep", "30"].iter().map(|s| s.to_string()).collect();
-        let p = spawn_detached(&argv, &dir.path().join("log")).unwrap();
+        let p = spawn_detached(&argv, &dir.path().join("log"), Launch::default()).unwrap();
         assert!(alive(p));
         let wrong = ProcessIdentity {
             start_time: p.start_time + 1,
@@ -194,36 +285,33 @@ mod tests {
     }
 
     #[test]
-    fn finds_a_process_by_an_exact_argument() {
+    fn finds_a_process_by_its_output() {
         let dir = tempfile::tempdir().unwrap();
-        let marker = format!("unix:{}/qmp.sock,server=on,wait=off", dir.path().display());
-        // sh -c keeps the extra argument in its argv ($0) while it sleeps. The trailing `:`
-        // matters: with a lone command dash execs `sleep` in its place and the argument
-        // vanishes. Even so, for an instant after sh forks its child (before that child execs
-        // `sleep`) two processes carry the argument, and "exactly one" rightly finds none: so
-        // wait, bounded, for the state to settle rather than catch that instant.
-        let argv: Vec<String> = vec![
-            "sh".into(),
-            "-c".into(),
-            "sleep 30; :".into(),
-            marker.clone(),
-        ];
-        let p = spawn_detached(&argv, &dir.path().join("log")).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while find_by_argument(&marker) != Some(p) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "never found exactly {p:?} by its argument"
-            );
-            std::thread::yield_now();
-        }
-        assert_eq!(
-            find_by_argument(&format!("{marker}x")),
-            None,
-            "prefixes do not match"
-        );
+        let log = dir.path().join("qemu.log");
+        let argv: Vec<String> = ["sleep", "30"].iter().map(|s| s.to_string()).collect();
+        let p = spawn_detached(&argv, &log, Launch::default()).unwrap();
+        assert_eq!(find_by_output(&log), Some(p));
+        assert_eq!(find_by_output(&dir.path().join("other.log")), None);
         assert!(terminate(p, Duration::from_secs(5)));
-        assert_eq!(find_by_argument(&marker), None);
+        assert_eq!(find_by_output(&log), None);
+    }
+
+    #[test]
+    fn passes_descriptors_at_their_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("out");
+        let payload = dir.path().join("payload");
+        std::fs::write(&payload, "passed-7").unwrap();
+        // Two descriptors whose targets are each other's current numbers would clobber one
+        // another if placed naively.
+        let a: OwnedFd = File::open(&payload).unwrap().into();
+        let argv: Vec<String> = ["sh", "-c", "cat <&5; echo; ls -l /proc/self/fd/ >/dev/null"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let p = spawn_detached(&argv, &log, Launch::default().pass(5, a)).unwrap();
+        assert!(wait_exit(p, Duration::from_secs(10)));
+        assert_eq!(std::fs::read_to_string(&log).unwrap().trim(), "passed-7");
     }
 
     #[test]

@@ -124,7 +124,7 @@ fn a_snapshot_seeds_a_clone_with_its_own_copy_of_the_disks() {
     assert_eq!(engine.status(&big).unwrap().state, VmState::Defined);
 
     // Deleting the snapshot removes its frozen disks too.
-    let frozen = home.join("snapshots/seed.disks");
+    let frozen = home.join("snapshots/seed@src.disks");
     assert!(frozen.is_dir());
     engine.delete_snapshot(&snap).unwrap();
     assert!(!frozen.exists());

@@ -79,8 +79,7 @@ fn a_qemu_that_exits_at_once_is_reported_without_waiting_for_its_socket() {
     let e = engine.start(&s.name, &CancelToken::new()).unwrap_err();
     let message = e.to_string();
     assert!(
-        message.contains("exited before opening its control socket")
-            && message.contains("bad argument"),
+        message.contains("QEMU exited during start-up") && message.contains("bad argument"),
         "{message}"
     );
     assert_eq!(engine.status(&s.name).unwrap().state, VmState::Failed);

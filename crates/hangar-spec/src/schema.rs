@@ -67,6 +67,10 @@ pub struct MachineFile {
     /// Machine model (default `microvm`).
     #[serde(rename = "type")]
     pub kind: Option<MachineKindFile>,
+    /// CPU weight against other VMs when the host is busy (1-10000; absent: the default,
+    /// 100).
+    #[schemars(range(min = 1, max = 10000))]
+    pub cpu_weight: Option<u32>,
 }
 
 /// Accelerators.

@@ -30,7 +30,7 @@ pub const TOP_FIELDS: &[&str] = &[
     "pool",
 ];
 /// `[machine]` fields.
-pub const MACHINE_FIELDS: &[&str] = &["vcpus", "memory_mib", "accel", "type"];
+pub const MACHINE_FIELDS: &[&str] = &["vcpus", "memory_mib", "accel", "type", "cpu_weight"];
 /// `[boot]` fields.
 pub const BOOT_FIELDS: &[&str] = &["image", "kernel", "initrd", "cmdline"];
 /// `[[disk]]` fields.
@@ -49,6 +49,8 @@ pub mod limits {
     pub const VCPUS: (i64, i64) = (1, 64);
     /// Memory in MiB.
     pub const MEMORY_MIB: (i64, i64) = (64, 262_144);
+    /// CPU weight.
+    pub const CPU_WEIGHT: (i64, i64) = (1, 10_000);
     /// Blank disk size in MiB (2 TiB).
     pub const DISK_MIB: (i64, i64) = (1, 2_097_152);
     /// Disks per VM.
@@ -429,6 +431,7 @@ impl<'a> Walker<'a> {
             memory_mib: defaults::MEMORY_MIB,
             accel: AccelRequest::Auto,
             kind: MachineKind::Microvm,
+            cpu_weight: None,
         };
         let Some(o) = self.section(top, "machine", MACHINE_FIELDS).ok()? else {
             return Some(spec);
@@ -439,6 +442,9 @@ impl<'a> Walker<'a> {
         }
         if let Some(v) = self.int(&o, "memory_mib", limits::MEMORY_MIB, " MiB") {
             spec.memory_mib = v as u32;
+        }
+        if let Some(v) = self.int(&o, "cpu_weight", limits::CPU_WEIGHT, "") {
+            spec.cpu_weight = Some(v as u32);
         }
         let accels = [
             ("auto", AccelRequest::Auto),

@@ -28,7 +28,8 @@ fn symlink(path: &Path) -> StoreError {
 }
 
 /// Creates `home` (`0700`) if absent; refuses one that is a symlink, is not a directory, or
-/// belongs to another user; makes an existing one that everyone may enter `0700`.
+/// belongs to another user; makes an existing one that others may read or write, or its group
+/// write, `0700`.
 pub fn prepare_home(home: &Path) -> Result<()> {
     match std::fs::symlink_metadata(home) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::DirBuilder::new()
@@ -54,9 +55,12 @@ pub fn prepare_home(home: &Path) -> Result<()> {
                     ),
                 ));
             }
-            // Open to everyone: made private. (A group-only 0750 is an operator's choice.)
+            // Readable or writable by others, or writable by its group: made private. Search
+            // only (0711, so users the daemon maps reach its socket) and a group that may read
+            // and search (0750, 0710: the QEMU group passes through) are operators' choices:
+            // every file and directory inside is private on its own.
             let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o007 != 0 {
+            if mode & 0o026 != 0 {
                 std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o700))
                     .map_err(|e| unavailable(home, e))?;
             }
@@ -148,10 +152,18 @@ mod tests {
         prepare_home(&home).unwrap();
         let mode = std::fs::metadata(&home).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
-        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o750)).unwrap();
-        prepare_home(&home).unwrap();
-        let mode = std::fs::metadata(&home).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o750);
+        for chosen in [0o750, 0o710, 0o711] {
+            std::fs::set_permissions(&home, std::fs::Permissions::from_mode(chosen)).unwrap();
+            prepare_home(&home).unwrap();
+            let mode = std::fs::metadata(&home).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, chosen);
+        }
+        for open in [0o755, 0o770, 0o703] {
+            std::fs::set_permissions(&home, std::fs::Permissions::from_mode(open)).unwrap();
+            prepare_home(&home).unwrap();
+            let mode = std::fs::metadata(&home).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{open:o}");
+        }
         // Directories are made private, and a planted link is refused, not followed.
         let made = state_dir(&home, "vms/a/disks").unwrap();
         assert_eq!(

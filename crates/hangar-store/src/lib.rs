@@ -470,6 +470,19 @@ impl Store {
     /// schema version found.
     fn init(path: &Path) -> rusqlite::Result<(Connection, i64)> {
         let conn = Connection::open(path)?;
+        // Private whatever the umask: the state directory is open to the QEMU group. SQLite
+        // gives its -wal and -shm files the database's mode, so this comes before WAL.
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = path.as_os_str().to_owned();
+            file.push(suffix);
+            let file = std::path::PathBuf::from(file);
+            if let Ok(meta) = std::fs::symlink_metadata(&file) {
+                use std::os::unix::fs::PermissionsExt;
+                if meta.is_file() && meta.permissions().mode() & 0o077 != 0 {
+                    let _ = std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600));
+                }
+            }
+        }
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;

@@ -16,6 +16,7 @@ fn spec(name: &str) -> VmSpec {
             memory_mib: 256,
             accel: AccelRequest::Auto,
             kind: MachineKind::Microvm,
+            cpu_weight: None,
         },
         boot: BootSource::Image {
             image: "minimal".into(),

@@ -55,8 +55,9 @@ pub fn private_home(prefix: &str) -> tempfile::TempDir {
     home
 }
 
-/// PIDs of the QEMUs whose command line names `home` (a unique temporary directory): exactly
-/// the guests of one test.
+/// PIDs of the QEMUs of `home` (a unique temporary directory): exactly the guests of one test.
+/// A QEMU's standard output is its VM's `qemu.log` under `home/vms/` (its command line may not
+/// name the home at all: its sockets are passed as descriptors).
 pub fn qemu_pids(home: &Path) -> Vec<i32> {
     let needle = format!("{}/vms/", home.display());
     std::fs::read_dir("/proc")
@@ -64,10 +65,13 @@ pub fn qemu_pids(home: &Path) -> Vec<i32> {
         .filter_map(|e| {
             let e = e.ok()?;
             let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let out = std::fs::read_link(e.path().join("fd/1")).ok()?;
             let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-            String::from_utf8_lossy(&cmdline)
-                .contains(&needle)
-                .then_some(pid)
+            let is_qemu = cmdline.starts_with(b"qemu-system") || {
+                let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+                String::from_utf8_lossy(argv0).contains("qemu")
+            };
+            (is_qemu && out.to_string_lossy().starts_with(&needle)).then_some(pid)
         })
         .collect()
 }

@@ -664,6 +664,40 @@ fn print_plan(out: &mut dyn Write, spec: &CanonicalSpec, plan: &hangar_plan::Pla
         };
         let _ = writeln!(out, "  {line}");
     }
+    match &plan.confinement {
+        None => {
+            let _ = writeln!(out, "confined: no (HANGAR_CONFINE=off)");
+        }
+        Some(c) => {
+            let user = match (c.uid, &c.groups[..]) {
+                (Some(uid), groups) => format!("uid {uid}, groups {groups:?}, no capabilities"),
+                (None, _) => "this user (Hangar is not root)".into(),
+            };
+            let _ = writeln!(
+                out,
+                "confined: {user}; no_new_privs; seccomp {}",
+                if c.seccomp { "on" } else { "off" }
+            );
+            match &c.cgroup {
+                Some(cg) => {
+                    let _ = writeln!(
+                        out,
+                        "cgroup:   {} {}: memory {} MiB, cpu {} µs per {} µs, weight {}, pids {}",
+                        cg.version.as_str(),
+                        cg.path,
+                        cg.memory_max_bytes >> 20,
+                        cg.cpu_quota_us,
+                        cg.cpu_period_us,
+                        cg.cpu_weight,
+                        cg.pids_max
+                    );
+                }
+                None => {
+                    let _ = writeln!(out, "cgroup:   none on this host");
+                }
+            }
+        }
+    }
     for w in &plan.warnings {
         let _ = writeln!(out, "warning: {w}");
     }

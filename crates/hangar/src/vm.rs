@@ -430,6 +430,7 @@ pub fn inspect(name: &str, out: &mut dyn Write) -> Result<(), Failure> {
         "boot_ms": rec.boot_ms,
         "sleeping_on": rec.sleeping_on,
         "runtime_dir": rec.runtime_dir,
+        "confinement": engine.confinement(&vm).map_err(fail)?,
         "history": history,
     });
     let _ = writeln!(out, "{}", serde_json::to_string_pretty(&doc).expect("json"));
@@ -452,6 +453,12 @@ pub fn logs(name: &str, follow: bool, out: &mut dyn Write) -> Result<(), Failure
     let vm = vm_name(name)?;
     let engine = engine()?;
     let path = console_path(&engine, &vm)?;
+    // The half rotated away first, whole (it no longer grows).
+    for line in LogTail::from(0).read_lines(&console::rotated(&path)) {
+        if writeln!(out, "{line}").is_err() {
+            return Ok(());
+        }
+    }
     let mut tail = LogTail::from(0);
     loop {
         for line in tail.read_lines(&path) {
@@ -859,6 +866,58 @@ pub fn doctor(out: &mut dyn Write) -> Result<(), Failure> {
             .map(|b| format!("{} MiB free", b >> 20))
             .unwrap_or_else(|| "unknown".into()),
         "free at least 1 GiB for overlays and snapshots",
+    );
+    if let Some(cap) = facts.capacity {
+        check(
+            out,
+            true,
+            "memory",
+            &format!(
+                "{} MiB available (a VM needs its RAM + {} MiB for QEMU, else E_HOST_CAPACITY)",
+                cap.memory_available_mib, facts.confinement.memory_overhead_mib
+            ),
+            "",
+        );
+    }
+    let c = &facts.confinement;
+    let confined = !c.enabled || !c.root || c.qemu_group.is_some();
+    healthy &= check(
+        out,
+        confined,
+        "QEMU confinement",
+        &if !c.enabled {
+            "off (HANGAR_CONFINE=off): QEMU runs as this user, with seccomp but no cgroup".into()
+        } else if !c.root {
+            "partial: not root, so QEMU runs as this user (no_new_privs, seccomp), with no cgroup"
+                .into()
+        } else {
+            match c.qemu_group {
+                Some(g) => format!(
+                    "each QEMU as a uid of its own in group {} ({g}), no capabilities, no_new_privs, seccomp",
+                    hangar_plan::probe::QEMU_GROUP
+                ),
+                None => format!("group {} is missing", hangar_plan::probe::QEMU_GROUP),
+            }
+        },
+        "run scripts/setup (it creates the hangar-qemu group)",
+    );
+    check(
+        out,
+        true,
+        "cgroups",
+        &match c.cgroup {
+            hangar_plan::CgroupVersion::V1 => {
+                "v1 (memory, cpu, pids under /sys/fs/cgroup/NAME/hangar/<vm>)".to_string()
+            }
+            hangar_plan::CgroupVersion::V2 => "v2 (/sys/fs/cgroup/hangar/<vm>)".to_string(),
+            hangar_plan::CgroupVersion::None if !c.root => {
+                "none (only root makes cgroups)".to_string()
+            }
+            hangar_plan::CgroupVersion::None => {
+                "none (neither v2 with memory, cpu and pids, nor those v1 controllers)".to_string()
+            }
+        },
+        "",
     );
     check(
         out,

@@ -170,7 +170,9 @@ fn up_ps_stop_rm_leaves_nothing_behind() {
     let pid = vm["pid"].as_u64().expect("a pid");
     assert!(alive(pid));
     // Everything Hangar and its QEMU made is private: the store, the overlays, the console
-    // log, the sockets (the shared images are linked in, not made).
+    // log, the sockets (the shared images are linked in, not made). Nothing is open to
+    // others; a group may at most read and search a directory: the QEMU group passes through
+    // the home and vms/, a VM's own QEMU reads its runtime directory.
     let mut open_to_others = Vec::new();
     let mut dirs = vec![home.path().to_path_buf()];
     while let Some(dir) = dirs.pop() {
@@ -180,7 +182,8 @@ fn up_ps_stop_rm_leaves_nothing_behind() {
                 continue;
             }
             let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions());
-            if mode & 0o077 != 0 {
+            let group_may = if meta.is_dir() { 0o050 } else { 0 };
+            if mode & 0o077 & !group_may != 0 {
                 open_to_others.push(format!("{} {:o}", entry.path().display(), mode & 0o777));
             }
             if meta.is_dir() {
@@ -332,14 +335,7 @@ fn concurrent_commands_on_one_vm_are_serialised() {
     let ps = home.ps();
     assert_eq!(ps.as_array().unwrap().len(), 1, "{ps}");
     // Exactly one QEMU runs for it, and the history has exactly one boot.
-    let qemus = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
-        .filter(|c| {
-            String::from_utf8_lossy(c)
-                .contains(&format!("{}/vms/busy/qmp.sock", home.path().display()))
-        })
-        .count();
+    let qemus = hangar_testkit::qemu_pids(home.path()).len();
     assert_eq!(qemus, 1);
     let inspect: serde_json::Value =
         serde_json::from_slice(&home.hangar(&["inspect", "busy"]).stdout).unwrap();

@@ -185,9 +185,9 @@ impl Daemon {
 }
 
 impl Daemon {
-    /// Settles operations a dead process left running (a daemon killed mid-operation). Runs at
-    /// start and then every second in the background, because an operation whose guest is
-    /// still booting can only be settled once the boot ends.
+    /// Settles operations a dead process left running (a daemon killed mid-operation), and
+    /// rotates console logs. Runs at start and then every second in the background, because
+    /// an operation whose guest is still booting can only be settled once the boot ends.
     pub fn recover(self: &Arc<Self>) -> Vec<Operation> {
         let settled = self.local.recover();
         for op in &settled {
@@ -198,6 +198,11 @@ impl Daemon {
         }
         if !settled.is_empty() {
             self.ops_changed.notify_waiters();
+        }
+        // Console logs are capped here too, so a chatty guest is rotated within a second
+        // even when nobody asks about it.
+        if let Err(e) = self.engine().rotate_logs() {
+            eprintln!("hangard: rotating console logs: {e}");
         }
         settled
     }
