@@ -66,6 +66,25 @@ pub fn render(r: &Value) -> String {
             ">= 5x",
         );
     }
+    let c = &r["confinement"];
+    if !err(&mut out, "confined vs HANGAR_CONFINE=off", c) {
+        row(
+            &mut out,
+            "cold boot: confined vs HANGAR_CONFINE=off",
+            ms(&c["cold_boot"]["confined"]["median_ms"]),
+            ms(&c["cold_boot"]["unconfined"]["median_ms"]),
+            num(&c["cold_boot"]["ratio"]),
+            "<= 1.03",
+        );
+        row(
+            &mut out,
+            "clone: confined vs HANGAR_CONFINE=off",
+            ms(&c["clone"]["confined"]["median_ms"]),
+            ms(&c["clone"]["unconfined"]["median_ms"]),
+            num(&c["clone"]["ratio"]),
+            "<= 1.03",
+        );
+    }
     let w = &r["fleet"];
     if !err(
         &mut out,
