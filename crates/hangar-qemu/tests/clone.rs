@@ -5,7 +5,6 @@
 //! Skipped, with the reason, without QEMU or the built image.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use hangar_core::cancel::CancelToken;
@@ -48,13 +47,7 @@ fn a_snapshot_seeds_a_clone_with_its_own_copy_of_the_disks() {
     let home = hangar_testkit::private_home("hgq-");
     let home = home.path();
     let base = home.join("base.qcow2");
-    assert!(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&base)
-        .arg("16M")
-        .status()
-        .unwrap()
-        .success());
+    hangar_testkit::base_qcow2(&base);
     // Ephemeral: the engine stops its guests when dropped, also when an assertion fails.
     let engine = QemuEngine::open(
         home,

@@ -7,7 +7,6 @@
 //! or without QEMU and the built image, each test says SKIPPED and why.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use hangar_core::cancel::CancelToken;
@@ -84,17 +83,29 @@ fn spec(name: &str, memory_mib: u32, base: &Path) -> hangar_core::spec::VmSpec {
     .spec
 }
 
-/// A 16 MiB qcow2 base the VMs' overlays sit on.
-fn base_image(home: &Path) -> PathBuf {
-    let base = home.join("base.qcow2");
-    assert!(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&base)
-        .arg("16M")
-        .status()
-        .unwrap()
-        .success());
-    base
+/// A home of its own with the images linked in, its QEMUs killed when the test ends, a
+/// qcow2 base for overlays, and an engine over it (with `facts` changed as `adjust` says).
+struct Bench {
+    home: tempfile::TempDir,
+    _reaper: hangar_testkit::Reaper,
+    base: PathBuf,
+    engine: QemuEngine,
+}
+
+fn bench(adjust: impl FnOnce(&mut HostFacts)) -> Bench {
+    let home = hangar_testkit::private_home("hgc-");
+    let reaper = hangar_testkit::Reaper(home.path().to_path_buf());
+    let base = home.path().join("base.qcow2");
+    hangar_testkit::base_qcow2(&base);
+    let mut facts = facts(home.path());
+    adjust(&mut facts);
+    let engine = engine(home.path(), facts);
+    Bench {
+        home,
+        _reaper: reaper,
+        base,
+        engine,
+    }
 }
 
 fn plan(engine: &QemuEngine, vm: &str) -> Plan {
@@ -142,20 +153,17 @@ fn a_guest_runs_as_its_own_user_without_privileges_in_its_own_cgroup() {
     if skip(test) {
         return;
     }
-    let home = hangar_testkit::private_home("hgc-");
-    let home = home.path();
-    let _reaper = hangar_testkit::Reaper(home.to_path_buf());
-    let base = base_image(home);
-    let engine = engine(home, facts(home));
+    let b = bench(|_| {});
+    let (home, base, engine) = (b.home.path(), &b.base, &b.engine);
     let c = CancelToken::new();
-    let mut s = spec("conf-a", 128, &base);
+    let mut s = spec("conf-a", 128, base);
     s.machine.cpu_weight = Some(300);
     engine.define(&s).unwrap();
     engine.start(&s.name, &c).unwrap();
-    let plan = plan(&engine, "conf-a");
+    let plan = plan(engine, "conf-a");
     let conf = plan.confinement.clone().expect("the plan confines QEMU");
     let uid = conf.uid.expect("root starts QEMU as a user of its own");
-    let pid = pid(&engine, "conf-a");
+    let pid = pid(engine, "conf-a");
 
     // The process: its own uid and gid everywhere (real, effective, saved, fs), the QEMU group
     // besides, no capability at all, no way to gain one, QEMU's seccomp filter on.
@@ -277,7 +285,7 @@ fn a_guest_runs_as_its_own_user_without_privileges_in_its_own_cgroup() {
         .unwrap();
     engine.restore(&s.name, &snap, &c).unwrap();
     assert_eq!(engine.status(&s.name).unwrap().state, VmState::Running);
-    assert_eq!(status_field(self::pid(&engine, "conf-a"), "Uid"), all(uid));
+    assert_eq!(status_field(self::pid(engine, "conf-a"), "Uid"), all(uid));
 
     // Removed with the VM.
     engine
@@ -296,18 +304,15 @@ fn a_qemu_cannot_open_another_vms_overlay_or_hangars_files() {
     if skip(test) {
         return;
     }
-    let home = hangar_testkit::private_home("hgc-");
-    let home = home.path();
-    let _reaper = hangar_testkit::Reaper(home.to_path_buf());
-    let base = base_image(home);
-    let engine = engine(home, facts(home));
+    let b = bench(|_| {});
+    let (home, base, engine) = (b.home.path(), &b.base, &b.engine);
     let c = CancelToken::new();
     for vm in ["conf-b", "conf-c"] {
-        let s = spec(vm, 128, &base);
+        let s = spec(vm, 128, base);
         engine.define(&s).unwrap();
         engine.start(&s.name, &c).unwrap();
     }
-    let (b, other) = (plan(&engine, "conf-b"), plan(&engine, "conf-c"));
+    let (b, other) = (plan(engine, "conf-b"), plan(engine, "conf-c"));
     assert_ne!(
         b.confinement.as_ref().unwrap().uid,
         other.confinement.as_ref().unwrap().uid
@@ -360,20 +365,15 @@ fn a_guest_using_more_memory_than_allowed_is_stopped_by_its_cgroup() {
     if skip(test) {
         return;
     }
-    let home = hangar_testkit::private_home("hgc-");
-    let home = home.path();
-    let _reaper = hangar_testkit::Reaper(home.to_path_buf());
-    let base = base_image(home);
     // No allowance for QEMU's own memory: the limit is the guest's RAM alone, so a guest that
     // touches all of it takes QEMU over the limit.
-    let mut facts = facts(home);
-    facts.confinement.memory_overhead_mib = 0;
-    let engine = engine(home, facts);
+    let b = bench(|facts| facts.confinement.memory_overhead_mib = 0);
+    let (home, base, engine) = (b.home.path(), &b.base, &b.engine);
     let c = CancelToken::new();
-    let s = spec("conf-hog", 256, &base);
+    let s = spec("conf-hog", 256, base);
     engine.define(&s).unwrap();
     engine.start(&s.name, &c).unwrap();
-    let plan = plan(&engine, "conf-hog");
+    let plan = plan(engine, "conf-hog");
     let cg = plan.confinement.unwrap().cgroup.unwrap();
     assert_eq!(cg.memory_max_bytes, 256 << 20);
     let p = engine.record(&s.name).unwrap().process.unwrap();

@@ -76,6 +76,18 @@ pub fn qemu_pids(home: &Path) -> Vec<i32> {
         .collect()
 }
 
+/// A blank 16 MiB qcow2 image at `path` (a base for VMs' overlays), made by the real
+/// `qemu-img`.
+pub fn base_qcow2(path: &Path) {
+    let made = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(path)
+        .arg("16M")
+        .status()
+        .expect("qemu-img runs");
+    assert!(made.success(), "qemu-img create {}", path.display());
+}
+
 /// SIGKILL to `pid` (gone already is fine).
 pub fn kill9(pid: i32) {
     if let Some(pid) = rustix::process::Pid::from_raw(pid) {

@@ -128,13 +128,7 @@ fn up_ps_stop_rm_leaves_nothing_behind() {
     // lives outside Hangar's state, in a directory `--allow-path` lets specs use.
     let images = tempfile::tempdir().unwrap();
     let base = images.path().join("base.qcow2");
-    assert!(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&base)
-        .arg("16M")
-        .status()
-        .unwrap()
-        .success());
+    hangar_testkit::base_qcow2(&base);
     let spec = images.path().join("vm.toml");
     std::fs::write(
         &spec,

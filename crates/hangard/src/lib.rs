@@ -1538,3 +1538,19 @@ pub fn bind(socket: &Path, shared: bool) -> std::io::Result<tokio::net::UnixList
     }
     Ok(listener)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_worker_fails_its_request_with_a_coded_500_and_the_next_one_runs() {
+        let failed = blocking(|| -> u32 { panic!("boom in a handler") })
+            .await
+            .unwrap_err();
+        assert_eq!(failed.0, 500);
+        assert_eq!(failed.1.error_code(), Some(ErrorCode::EngineFailed));
+        assert!(failed.1.message.contains("boom in a handler"), "{failed:?}");
+        assert_eq!(blocking(|| 7).await.unwrap(), 7);
+    }
+}
