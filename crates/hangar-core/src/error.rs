@@ -508,6 +508,10 @@ pub enum Error {
         /// What happened.
         message: String,
     },
+    /// An adapter's own error, carried whole: its code, hint, field path and source chain
+    /// reach the edge (CLI, API) instead of being flattened into a string here.
+    #[error(transparent)]
+    Adapter(AdapterError),
     /// An error injected by a fake (test knob); reports the chosen code.
     #[error("injected fault {code} on call {call}")]
     Injected {
@@ -544,11 +548,13 @@ impl Coded for Error {
             Error::QuotaExceeded { .. } => ErrorCode::QuotaExceeded,
             Error::Backend { code, .. } => *code,
             Error::Injected { code, .. } => *code,
+            Error::Adapter(e) => e.0.code(),
         }
     }
 
     fn hint(&self) -> Option<String> {
         match self {
+            Error::Adapter(e) => e.0.hint(),
             Error::InvalidName(e) => Some(e.hint()),
             Error::InvalidTransition(e) => Some(e.hint()),
             _ => None,
@@ -557,6 +563,7 @@ impl Coded for Error {
 
     fn path(&self) -> Option<String> {
         match self {
+            Error::Adapter(e) => e.0.path(),
             // Field-shaped arguments (`boot.kernel`, `disk[0].source`) name the spec field.
             Error::InvalidArgument { what, .. }
                 if what
@@ -572,6 +579,56 @@ impl Coded for Error {
 
 /// Result alias for the backend contracts.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An error type an adapter defines for itself: a real error (with its sources) that knows its
+/// stable code.
+pub trait CodedError: std::error::Error + Coded + Send + Sync + 'static {}
+
+impl<T: std::error::Error + Coded + Send + Sync + 'static> CodedError for T {}
+
+/// An adapter's error inside [`Error::Adapter`]: shared (so [`Error`] stays `Clone`), compared
+/// by code and message, and open to [`AdapterError::downcast_ref`] for callers that know the
+/// adapter.
+#[derive(Clone)]
+pub struct AdapterError(std::sync::Arc<dyn CodedError>);
+
+impl AdapterError {
+    /// Wraps an adapter's error.
+    pub fn new(e: impl CodedError) -> AdapterError {
+        AdapterError(std::sync::Arc::new(e))
+    }
+
+    /// The adapter's own error, if it is a `T`.
+    pub fn downcast_ref<T: std::error::Error + 'static>(&self) -> Option<&T> {
+        let e: &(dyn std::error::Error + 'static) = &*self.0;
+        e.downcast_ref()
+    }
+}
+
+impl fmt::Debug for AdapterError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for AdapterError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+impl std::error::Error for AdapterError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl PartialEq for AdapterError {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+            || (self.0.code() == other.0.code() && self.0.to_string() == other.0.to_string())
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -601,6 +658,37 @@ mod tests {
         let back: ErrorCode = serde_json::from_str(&json).unwrap();
         assert_eq!(back, ErrorCode::VmNotFound);
         assert!(serde_json::from_str::<ErrorCode>("\"E_NOPE\"").is_err());
+    }
+
+    #[test]
+    fn an_adapter_error_keeps_its_code_hint_path_and_source() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot reach the thing")]
+        struct Outer(#[source] std::io::Error);
+        impl Coded for Outer {
+            fn code(&self) -> ErrorCode {
+                ErrorCode::Timeout
+            }
+            fn hint(&self) -> Option<String> {
+                Some("wait longer".into())
+            }
+            fn path(&self) -> Option<String> {
+                Some("boot.kernel".into())
+            }
+        }
+        let e = Error::Adapter(AdapterError::new(Outer(std::io::Error::other("inner"))));
+        assert_eq!(e.code(), ErrorCode::Timeout);
+        assert_eq!(e.hint().as_deref(), Some("wait longer"));
+        assert_eq!(e.path().as_deref(), Some("boot.kernel"));
+        assert_eq!(e.to_string(), "cannot reach the thing");
+        let source = std::error::Error::source(&e).expect("the io error is its source");
+        assert_eq!(source.to_string(), "inner");
+        assert_eq!(e.clone(), e);
+        let Error::Adapter(a) = &e else {
+            unreachable!()
+        };
+        assert!(a.downcast_ref::<Outer>().is_some());
+        assert!(a.downcast_ref::<std::io::Error>().is_none());
     }
 
     #[test]

@@ -9,21 +9,15 @@
 //! console log, a snapshot being saved) are its own; files it needs but may not open (its
 //! control sockets, a snapshot to restore) are opened here and passed as descriptors.
 
+use crate::error::QemuError;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use hangar_core::error::{Error, ErrorCode, Result};
+use hangar_core::error::Result;
 use hangar_plan::{CgroupPlan, CgroupVersion, Confinement, Plan};
 
 /// Where the cgroup hierarchies are mounted.
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-
-fn io_err(what: &str, path: &Path, e: std::io::Error) -> Error {
-    Error::Backend {
-        code: ErrorCode::Io,
-        message: format!("{what} {}: {e}", path.display()),
-    }
-}
 
 /// The directories of a VM's cgroup: one per controller (v1) or one (v2).
 pub fn cgroup_dirs(cg: &CgroupPlan) -> Vec<PathBuf> {
@@ -98,16 +92,16 @@ pub fn setup_cgroup(cg: &CgroupPlan) -> Result<Vec<PathBuf>> {
         // Controllers are handed down level by level: the root to `hangar`, `hangar` to VMs.
         let root = Path::new(CGROUP_ROOT);
         let parent = root.join(cg.path.split('/').next().unwrap_or("hangar"));
-        std::fs::create_dir_all(&parent).map_err(|e| io_err("cannot create", &parent, e))?;
+        std::fs::create_dir_all(&parent).map_err(|e| QemuError::io("cannot create", &parent, e))?;
         for dir in [root, parent.as_path()] {
             let control = dir.join("cgroup.subtree_control");
             std::fs::write(&control, "+memory +cpu +pids")
-                .map_err(|e| io_err("cannot enable controllers in", &control, e))?;
+                .map_err(|e| QemuError::io("cannot enable controllers in", &control, e))?;
         }
     }
     let dirs = cgroup_dirs(cg);
     for dir in &dirs {
-        std::fs::create_dir_all(dir).map_err(|e| io_err("cannot create cgroup", dir, e))?;
+        std::fs::create_dir_all(dir).map_err(|e| QemuError::io("cannot create cgroup", dir, e))?;
     }
     for (file, value) in limit_files(cg) {
         // Swap limits exist only where the kernel accounts swap.
@@ -116,7 +110,7 @@ pub fn setup_cgroup(cg: &CgroupPlan) -> Result<Vec<PathBuf>> {
             continue;
         }
         std::fs::write(&file, &value)
-            .map_err(|e| io_err(&format!("cannot set {value} in"), &file, e))?;
+            .map_err(|e| QemuError::io(format!("cannot set {value} in"), &file, e))?;
     }
     Ok(dirs.iter().map(|d| d.join("cgroup.procs")).collect())
 }
@@ -193,18 +187,19 @@ pub fn own_runtime(plan: &Plan, uid: u32, gid: u32) -> Result<()> {
     let give = |p: &Path, owner: u32, mode: u32| {
         std::os::unix::fs::lchown(p, Some(owner), Some(gid))
             .and_then(|()| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)))
-            .map_err(|e| io_err("cannot give to the VM's user", p, e))
+            .map_err(|e| QemuError::io("cannot give to the VM's user", p, e))
     };
     give(dir, 0, 0o750)?;
     let disks = dir.join("disks");
     if disks.is_dir() {
         give(&disks, 0, 0o750)?;
-        let entries = std::fs::read_dir(&disks).map_err(|e| io_err("cannot read", &disks, e))?;
+        let entries =
+            std::fs::read_dir(&disks).map_err(|e| QemuError::io("cannot read", &disks, e))?;
         for entry in entries {
-            let entry = entry.map_err(|e| io_err("cannot read", &disks, e))?;
+            let entry = entry.map_err(|e| QemuError::io("cannot read", &disks, e))?;
             let kind = entry
                 .file_type()
-                .map_err(|e| io_err("cannot read", &entry.path(), e))?;
+                .map_err(|e| QemuError::io("cannot read", &entry.path(), e))?;
             // Only plain files: a symlink was refused before, a directory is not a disk.
             if kind.is_file() {
                 give(&entry.path(), uid, 0o600)?;
@@ -218,13 +213,13 @@ pub fn own_runtime(plan: &Plan, uid: u32, gid: u32) -> Result<()> {
             .mode(0o600)
             .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(log)
-            .map_err(|e| io_err("cannot create", log, e))?;
+            .map_err(|e| QemuError::io("cannot create", log, e))?;
         rustix::fs::fchown(
             &file,
             Some(rustix::process::Uid::from_raw(uid)),
             Some(rustix::process::Gid::from_raw(gid)),
         )
-        .map_err(|e| io_err("cannot give to the VM's user", log, e.into()))?;
+        .map_err(|e| QemuError::io("cannot give to the VM's user", log, e.into()))?;
     }
     Ok(())
 }
@@ -316,7 +311,7 @@ pub fn is_in_cgroup(cg: &CgroupPlan, pid: u32) -> bool {
 pub fn join_cgroup(cg: &CgroupPlan, pid: u32) -> Result<()> {
     for procs in setup_cgroup(cg)? {
         std::fs::write(&procs, pid.to_string())
-            .map_err(|e| io_err(&format!("cannot move {pid} into"), &procs, e))?;
+            .map_err(|e| QemuError::io(format!("cannot move {pid} into"), &procs, e))?;
     }
     Ok(())
 }
@@ -328,20 +323,17 @@ pub fn listen(path: &Path) -> Result<std::os::fd::OwnedFd> {
             let _ = std::fs::remove_file(path);
         }
         Ok(_) => {
-            return Err(Error::Backend {
-                code: ErrorCode::StoreCorrupt,
-                message: format!(
-                    "{} is not a socket; Hangar does not remove it (move it aside)",
-                    path.display()
-                ),
-            })
+            return Err(QemuError::NotASocket {
+                path: path.to_path_buf(),
+            }
+            .into())
         }
         Err(_) => {}
     }
     let listener = std::os::unix::net::UnixListener::bind(path)
-        .map_err(|e| io_err("cannot listen on", path, e))?;
+        .map_err(|e| QemuError::io("cannot listen on", path, e))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| io_err("cannot make private", path, e))?;
+        .map_err(|e| QemuError::io("cannot make private", path, e))?;
     Ok(listener.into())
 }
 
@@ -349,7 +341,7 @@ pub fn listen(path: &Path) -> Result<std::os::fd::OwnedFd> {
 pub fn take_back(file: &Path) -> Result<()> {
     std::os::unix::fs::lchown(file, Some(0), Some(0))
         .and_then(|()| std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)))
-        .map_err(|e| io_err("cannot take back", file, e))
+        .map_err(|e| QemuError::io("cannot take back", file, e).into())
 }
 
 /// Lets the QEMU group enter (search, not list) the state directory and `vms/`, so a QEMU
@@ -358,15 +350,16 @@ pub fn take_back(file: &Path) -> Result<()> {
 /// socket stays open to them).
 pub fn open_home_to_qemu(home: &Path, runtime_dir: &Path, group: u32) -> Result<()> {
     for dir in [home, runtime_dir.parent().unwrap_or(runtime_dir)] {
-        let meta = std::fs::symlink_metadata(dir).map_err(|e| io_err("cannot read", dir, e))?;
+        let meta =
+            std::fs::symlink_metadata(dir).map_err(|e| QemuError::io("cannot read", dir, e))?;
         if meta.gid() != group {
             std::os::unix::fs::lchown(dir, None, Some(group))
-                .map_err(|e| io_err("cannot open to the QEMU group", dir, e))?;
+                .map_err(|e| QemuError::io("cannot open to the QEMU group", dir, e))?;
         }
         let mode = meta.mode() & 0o7777;
         if mode & 0o010 == 0 {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o010))
-                .map_err(|e| io_err("cannot open to the QEMU group", dir, e))?;
+                .map_err(|e| QemuError::io("cannot open to the QEMU group", dir, e))?;
         }
     }
     Ok(())

@@ -4,15 +4,17 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hangar_core::error::{Error, Result};
+use hangar_core::error::Result;
 use hangar_qmp::{MigrationStatus, Qmp, QmpControl, QmpError, QmpQuery, RunState, StatusInfo};
 use tokio::runtime::Runtime;
+
+use crate::error::QemuError;
 
 /// How often long-running QMP states (migration, incoming load) are polled.
 const POLL: Duration = Duration::from_millis(5);
 
-fn qmp_err(e: QmpError) -> Error {
-    Error::EngineFailed(format!("QMP: {e}"))
+fn qmp_err(e: QmpError) -> hangar_core::error::Error {
+    QemuError::Qmp(e).into()
 }
 
 /// A VM's run state, simplified for the engine's decisions.
@@ -43,28 +45,28 @@ impl Status {
 }
 
 /// A connected QMP session.
-pub struct Control<'rt> {
+pub struct QmpSession<'rt> {
     rt: &'rt Runtime,
     qmp: Qmp,
 }
 
-impl<'rt> Control<'rt> {
+impl<'rt> QmpSession<'rt> {
     /// Connects, retrying until the socket answers or `deadline` passes.
-    pub fn connect(rt: &'rt Runtime, socket: &Path, deadline: Duration) -> Result<Control<'rt>> {
+    pub fn connect(rt: &'rt Runtime, socket: &Path, deadline: Duration) -> Result<QmpSession<'rt>> {
         let qmp = rt
             .block_on(Qmp::connect(socket, deadline))
             .map_err(qmp_err)?;
-        Ok(Control { rt, qmp })
+        Ok(QmpSession { rt, qmp })
     }
 
-    /// [`Control::connect`] that gives up as soon as `alive` says the process is gone (a
+    /// [`QmpSession::connect`] that gives up as soon as `alive` says the process is gone (a
     /// refused connection is otherwise retried until the deadline). `None` when it died.
     pub fn connect_while(
         rt: &'rt Runtime,
         socket: &Path,
         deadline: Duration,
         alive: impl Fn() -> bool,
-    ) -> Option<Result<Control<'rt>>> {
+    ) -> Option<std::result::Result<QmpSession<'rt>, QmpError>> {
         let qmp = rt.block_on(async {
             tokio::select! {
                 r = Qmp::connect(socket, deadline) => Some(r),
@@ -75,7 +77,7 @@ impl<'rt> Control<'rt> {
                 } => None,
             }
         })?;
-        Some(qmp.map(|qmp| Control { rt, qmp }).map_err(qmp_err))
+        Some(qmp.map(|qmp| QmpSession { rt, qmp }))
     }
 
     /// `query-status`.
@@ -138,10 +140,17 @@ impl<'rt> Control<'rt> {
                 return Ok(());
             }
             if s.is_fatal() {
-                return Err(Error::EngineFailed(format!("QEMU reports {}", s.name())));
+                return Err(QemuError::Fatal {
+                    status: s.name(),
+                    context: String::new(),
+                }
+                .into());
             }
             if Instant::now() >= deadline {
-                return Err(Error::Timeout(0));
+                return Err(QemuError::Deadline {
+                    what: "waiting for the vCPUs to run",
+                }
+                .into());
             }
             std::thread::sleep(POLL);
         }
@@ -154,16 +163,14 @@ impl<'rt> Control<'rt> {
             match s.0.status {
                 RunState::InMigrate | RunState::Prelaunch => {}
                 RunState::Paused | RunState::PostMigrate | RunState::Running => return Ok(()),
-                _ if s.is_fatal() => {
-                    return Err(Error::EngineFailed(format!(
-                        "loading the snapshot left QEMU {}",
-                        s.name()
-                    )))
-                }
+                _ if s.is_fatal() => return Err(QemuError::LoadFailed { status: s.name() }.into()),
                 _ => return Ok(()),
             }
             if Instant::now() >= deadline {
-                return Err(Error::Timeout(0));
+                return Err(QemuError::Deadline {
+                    what: "loading the memory snapshot",
+                }
+                .into());
             }
             std::thread::sleep(POLL);
         }
@@ -181,15 +188,18 @@ impl<'rt> Control<'rt> {
             match info.status {
                 MigrationStatus::Completed => return Ok(()),
                 MigrationStatus::Failed | MigrationStatus::Cancelled => {
-                    return Err(Error::EngineFailed(format!(
-                        "saving memory failed: {}",
-                        info.error_desc.unwrap_or_else(|| info.status.to_string())
-                    )))
+                    return Err(QemuError::SaveFailed {
+                        detail: info.error_desc.unwrap_or_else(|| info.status.to_string()),
+                    }
+                    .into())
                 }
                 _ => {}
             }
             if Instant::now() >= deadline {
-                return Err(Error::Timeout(0));
+                return Err(QemuError::Deadline {
+                    what: "saving the memory snapshot",
+                }
+                .into());
             }
             std::thread::sleep(POLL);
         }

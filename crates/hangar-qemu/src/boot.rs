@@ -1,0 +1,231 @@
+//! Booting: spawning QEMU from the plan (fresh or from a memory snapshot) and waiting for
+//! the guest.
+
+use crate::error::QemuError;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use hangar_core::cancel::CancelToken;
+use hangar_core::contracts::*;
+use hangar_core::error::{Error, Result};
+use hangar_core::ids::VmName;
+use hangar_core::lifecycle::{Cause, VmState};
+use hangar_core::spec::BootSource;
+use hangar_plan::Plan;
+use hangar_store::{ProcessIdentity, VmRecord};
+
+use crate::confine::{self};
+use crate::console::{self, LogTail, Marker};
+use crate::engine::*;
+use crate::process;
+use crate::qmp::QmpSession;
+use crate::runtime::*;
+
+impl QemuEngine {
+    /// Spawns QEMU from the plan and waits until the guest is up (or, with `incoming`, until
+    /// the memory snapshot is loaded and the vCPUs run).
+    pub(crate) fn boot(
+        &self,
+        rec: &mut VmRecord,
+        plan: &Plan,
+        incoming: Option<&Path>,
+        opts: &StartOptions<'_>,
+        cancel: &CancelToken,
+    ) -> Result<()> {
+        if self.facts.qemu.version.is_none() {
+            return Err(QemuError::QemuMissing {
+                binary: plan.argv[0].clone(),
+            }
+            .into());
+        }
+        if let BootSource::Image { image, .. } = &rec.spec.boot {
+            let kernel = Path::new(&self.facts.image_dir).join(image).join("vmlinuz");
+            if !kernel.exists() {
+                return Err(QemuError::ImageMissing {
+                    image: image.clone(),
+                    kernel,
+                }
+                .into());
+            }
+        }
+        opts.phase(Phase::Disks);
+        self.prepare_runtime(plan)?;
+        self.cleanup_runtime(plan);
+        opts.phase(Phase::Engine);
+        let console_path = Self::console_log(plan);
+        let boot_log_offset = console_path.as_deref().map(console::len).unwrap_or(0);
+        let mut tail = LogTail::from(boot_log_offset);
+        let mut argv = plan.argv.clone();
+        let mut launch = self.confine(plan)?;
+        launch = launch.pass(
+            hangar_plan::QMP_FD,
+            confine::listen(Path::new(&plan.qmp_socket))?,
+        );
+        if let Some(socket) = &plan.serial.socket {
+            launch = launch.pass(hangar_plan::CONSOLE_FD, confine::listen(Path::new(socket))?);
+        }
+        if let Some(state) = incoming {
+            // Opened here and handed over: snapshots are root's and QEMU may not open them.
+            let file = std::fs::File::options()
+                .read(true)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .open(state)
+                .map_err(|e| QemuError::io("cannot open", state, e))?;
+            launch = launch.pass(hangar_plan::INCOMING_FD, file.into());
+            argv.extend([
+                "-add-fd".into(),
+                format!("fd={},set=1", hangar_plan::INCOMING_FD),
+                "-incoming".into(),
+                "file:/dev/fdset/1".into(),
+            ]);
+        }
+        let started = Instant::now();
+        let qemu_log = Path::new(&plan.runtime_dir).join("qemu.log");
+        let p = process::spawn_detached(&argv, &qemu_log, launch).map_err(|source| {
+            QemuError::Spawn {
+                binary: argv[0].clone(),
+                source,
+            }
+        })?;
+        let pid_file = Path::new(&plan.runtime_dir).join("pid");
+        let _ = std::fs::write(&pid_file, format!("{} {}\n", p.pid, p.start_time));
+        rec.process = Some(p);
+        rec.boot_log_offset = Some(boot_log_offset);
+        self.save(rec)?;
+
+        // The socket is ours and already listening: the connection waits in its backlog until
+        // QEMU accepts, and a QEMU that refuses its arguments and exits resets it at once
+        // (said then, not after the connect deadline).
+        let socket = Path::new(&plan.qmp_socket);
+        let ctl =
+            match QmpSession::connect_while(self.rt(), socket, QMP_CONNECT, || process::alive(p)) {
+                Some(Ok(ctl)) => ctl,
+                Some(Err(e)) if process::alive(p) => {
+                    return Err(QemuError::NoAnswer {
+                        source: e,
+                        last_output: Self::last_console(plan),
+                    }
+                    .into())
+                }
+                // Gone: its connection was reset as it exited, or it exited while we waited.
+                Some(Err(_)) | None => {
+                    return Err(QemuError::ExitedAtStartUp {
+                        last_output: Self::last_console(plan),
+                    }
+                    .into())
+                }
+            };
+        let timeout = opts.timeout.unwrap_or(self.options.boot_timeout);
+        let deadline = started + timeout;
+        opts.phase(Phase::Boot);
+        if incoming.is_some() {
+            ctl.wait_incoming_done(deadline)?;
+            ctl.cont()?;
+        } else if opts.no_wait {
+            ctl.wait_running(deadline)?;
+        } else {
+            self.wait_ready(&ctl, p, plan, &mut tail, deadline, timeout, cancel)?;
+        }
+        rec.boot_ms = Some(started.elapsed().as_millis() as u64);
+        opts.phase(Phase::Ready);
+        Ok(())
+    }
+
+    /// Waits for `HANGAR_READY` after the tail's offset, watching the process and QMP.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn wait_ready(
+        &self,
+        ctl: &QmpSession<'_>,
+        p: ProcessIdentity,
+        plan: &Plan,
+        tail: &mut LogTail,
+        deadline: Instant,
+        timeout: Duration,
+        cancel: &CancelToken,
+    ) -> Result<()> {
+        let Some(log) = Self::console_log(plan) else {
+            // No console: the best available signal is QEMU running the vCPUs.
+            return ctl.wait_running(deadline);
+        };
+        let mut last_status_check = Instant::now();
+        loop {
+            for line in tail.read_lines(&log) {
+                if let Some(Marker::Ready { .. }) = console::parse_marker(&line) {
+                    return Ok(());
+                }
+            }
+            cancel.check()?;
+            if !process::alive(p) {
+                return Err(QemuError::ExitedDuringBoot {
+                    oom_note: Self::oom_note(plan).unwrap_or_default(),
+                    last_output: Self::last_console(plan),
+                }
+                .into());
+            }
+            if last_status_check.elapsed() > Duration::from_millis(250) {
+                last_status_check = Instant::now();
+                if let Ok(status) = ctl.status() {
+                    if status.is_fatal() {
+                        return Err(QemuError::Fatal {
+                            status: status.name(),
+                            context: format!(
+                                " during boot; last output: {}",
+                                Self::last_console(plan)
+                            ),
+                        }
+                        .into());
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout(timeout.as_millis() as u64));
+            }
+            // The console is a plain file QEMU appends to; a short poll interval keeps
+            // readiness latency low without inotify plumbing.
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Boots a defined or stopped VM, with progress and per-call settings.
+    pub fn start_with(
+        &self,
+        vm: &VmName,
+        opts: &StartOptions<'_>,
+        cancel: &CancelToken,
+    ) -> Result<VmStatus> {
+        let _lock = self.lock(vm)?;
+        let mut rec = self.record(vm)?;
+        cancel.check()?;
+        match rec.state {
+            VmState::Running => return Ok(Self::status_of(&rec)),
+            VmState::Defined | VmState::Stopped => {}
+            other => return Err(refuse(vm, other, VmState::Starting)),
+        }
+        let plan = Self::plan_of(&rec)?;
+        // A missing input is the caller's to fix: refused before the VM moves at all.
+        check_inputs(&rec.spec)?;
+        self.check_reachable(&rec, &plan)?;
+        self.admit(&rec.spec, &plan, 0)?;
+        self.step(&mut rec, VmState::Starting, Cause::User)?;
+        match self.boot(&mut rec, &plan, None, opts, cancel) {
+            Ok(()) => self.step(&mut rec, VmState::Running, Cause::Engine)?,
+            Err(e) => {
+                self.reap(&mut rec, &plan);
+                rec.reason = Some(match e {
+                    // Other boot errors already quote the console.
+                    Error::Timeout(_) | Error::Cancelled => {
+                        format!(
+                            "boot failed: {e}; last output: {}",
+                            Self::last_console(&plan)
+                        )
+                    }
+                    _ => format!("boot failed: {e}"),
+                });
+                self.step(&mut rec, VmState::Failed, Cause::Fault)?;
+                return Err(e);
+            }
+        }
+        Ok(Self::status_of(&rec))
+    }
+}

@@ -1,0 +1,193 @@
+//! The `Lifecycle` contract.
+
+use crate::error::QemuError;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use hangar_core::cancel::CancelToken;
+use hangar_core::contracts::*;
+use hangar_core::error::{Error, Result};
+use hangar_core::ids::VmName;
+use hangar_core::lifecycle::{current_operation, Cause, LifecycleObserver, StateMachine, VmState};
+use hangar_core::spec::{BootSource, VmSpec};
+use hangar_store::VmRecord;
+
+use crate::console::{self, LogTail};
+use crate::engine::*;
+
+impl Lifecycle for QemuEngine {
+    fn define(&self, spec: &VmSpec) -> Result<VmStatus> {
+        let mut spec = spec.clone();
+        if let (Some(extra), BootSource::Image { cmdline, .. }) =
+            (&self.options.extra_cmdline, &mut spec.boot)
+        {
+            *cmdline = if cmdline.is_empty() {
+                extra.clone()
+            } else {
+                format!("{cmdline} {extra}")
+            };
+        }
+        let _lock = self.lock(&spec.name)?;
+        let (canonical, mut plan) = self.replan(spec)?;
+        if let Some(existing) = self.db(|s| s.get_vm(&canonical.spec.name))? {
+            return if existing.spec_hash == canonical.hash.0 {
+                Ok(Self::status_of(&self.refresh(existing)?))
+            } else {
+                Err(Error::VmExists(canonical.spec.name.clone()))
+            };
+        }
+        self.unique_user(&mut plan)?;
+        let machine = StateMachine::new(
+            canonical.spec.name.clone(),
+            self.clock.clone(),
+            self.observers.clone(),
+            Cause::User,
+            current_operation(),
+        );
+        let event = machine.history()[0].clone();
+        let rec = VmRecord {
+            spec_hash: canonical.hash.0.clone(),
+            plan_json: plan.to_json(),
+            state: VmState::Defined,
+            reason: None,
+            runtime_dir: plan.runtime_dir.clone(),
+            process: None,
+            boot_ms: None,
+            sleeping_on: None,
+            boot_log_offset: None,
+            created_at: event.at,
+            updated_at: event.at,
+            spec: canonical.spec,
+        };
+        self.db(|s| s.commit_transition(&rec, &event, true))?;
+        Ok(Self::status_of(&rec))
+    }
+
+    fn start(&self, vm: &VmName, cancel: &CancelToken) -> Result<VmStatus> {
+        self.start_with(vm, &StartOptions::default(), cancel)
+    }
+
+    fn stop(&self, vm: &VmName, mode: StopMode, cancel: &CancelToken) -> Result<StopOutcome> {
+        self.stop_vm(vm, mode, cancel)
+    }
+
+    fn pause(&self, vm: &VmName) -> Result<VmStatus> {
+        let _lock = self.lock(vm)?;
+        let mut rec = self.record(vm)?;
+        match rec.state {
+            VmState::Paused => {}
+            VmState::Running => {
+                let plan = Self::plan_of(&rec)?;
+                self.step(&mut rec, VmState::Pausing, Cause::User)?;
+                match self.qmp(&plan).and_then(|c| c.stop()) {
+                    Ok(()) => self.step(&mut rec, VmState::Paused, Cause::Engine)?,
+                    Err(e) => {
+                        rec.reason = Some(format!("pause failed: {e}"));
+                        self.step(&mut rec, VmState::Failed, Cause::Fault)?;
+                        return Err(e);
+                    }
+                }
+            }
+            other => return Err(refuse(vm, other, VmState::Pausing)),
+        }
+        Ok(Self::status_of(&rec))
+    }
+
+    fn resume(&self, vm: &VmName) -> Result<VmStatus> {
+        let _lock = self.lock(vm)?;
+        let mut rec = self.record(vm)?;
+        match rec.state {
+            VmState::Running => {}
+            VmState::Paused => {
+                let plan = Self::plan_of(&rec)?;
+                self.step(&mut rec, VmState::Resuming, Cause::User)?;
+                match self.qmp(&plan).and_then(|c| c.cont()) {
+                    Ok(()) => self.step(&mut rec, VmState::Running, Cause::Engine)?,
+                    Err(e) => {
+                        rec.reason = Some(format!("resume failed: {e}"));
+                        self.step(&mut rec, VmState::Failed, Cause::Fault)?;
+                        return Err(e);
+                    }
+                }
+            }
+            other => return Err(refuse(vm, other, VmState::Resuming)),
+        }
+        Ok(Self::status_of(&rec))
+    }
+
+    fn reboot(&self, vm: &VmName, cancel: &CancelToken) -> Result<VmStatus> {
+        let _lock = self.lock(vm)?;
+        let mut rec = self.record(vm)?;
+        cancel.check()?;
+        if rec.state != VmState::Running {
+            return Err(refuse(vm, rec.state, VmState::Running));
+        }
+        let plan = Self::plan_of(&rec)?;
+        let p = rec.process.ok_or(QemuError::NoProcess)?;
+        let mut tail = LogTail::from(
+            Self::console_log(&plan)
+                .as_deref()
+                .map(console::len)
+                .unwrap_or(0),
+        );
+        let ctl = self.qmp(&plan)?;
+        let started = Instant::now();
+        // The firmware and early boot may reset again: keep `reset` until the guest is back.
+        ctl.set_reboot_action(true)?;
+        let rebooted = ctl.reset().and_then(|()| {
+            let timeout = self.options.boot_timeout;
+            self.wait_ready(
+                &ctl,
+                p,
+                &plan,
+                &mut tail,
+                started + timeout,
+                timeout,
+                cancel,
+            )
+        });
+        let restored = ctl.set_reboot_action(false);
+        if let Err(e) = rebooted.and(restored) {
+            rec.reason = Some(format!("reboot failed: {e}"));
+            self.step(&mut rec, VmState::Failed, Cause::Fault)?;
+            return Err(e);
+        }
+        rec.boot_ms = Some(started.elapsed().as_millis() as u64);
+        self.save(&mut rec)?;
+        Ok(Self::status_of(&rec))
+    }
+
+    fn undefine(&self, vm: &VmName) -> Result<()> {
+        let _lock = self.lock(vm)?;
+        let mut rec = self.record(vm)?;
+        if !rec.state.can_transition_to(VmState::Deleted) {
+            return Err(refuse(vm, rec.state, VmState::Deleted));
+        }
+        let plan = Self::plan_of(&rec)?;
+        // A failed VM may still have a paused QEMU (internal error): leave nothing behind.
+        self.reap(&mut rec, &plan);
+        self.step(&mut rec, VmState::Deleted, Cause::User)?;
+        let dir = Path::new(&plan.runtime_dir);
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(|e| QemuError::io("cannot remove", dir, e))?;
+        }
+        self.db(|s| s.delete_vm(vm))
+    }
+
+    fn status(&self, vm: &VmName) -> Result<VmStatus> {
+        Ok(Self::status_of(&self.record(vm)?))
+    }
+
+    fn list(&self) -> Result<Vec<VmStatus>> {
+        let records = self.db(|s| s.list_vms())?;
+        records
+            .into_iter()
+            .map(|r| self.refresh(r).map(|r| Self::status_of(&r)))
+            .collect()
+    }
+
+    fn observe(&self, observer: Arc<dyn LifecycleObserver>) {
+        self.observers.register(observer)
+    }
+}

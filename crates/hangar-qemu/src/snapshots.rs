@@ -1,0 +1,332 @@
+//! Memory snapshots: save, restore (wake, roll back or clone) and their frozen disks.
+
+use crate::error::QemuError;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use hangar_core::cancel::CancelToken;
+use hangar_core::contracts::*;
+use hangar_core::error::{Error, Result};
+use hangar_core::ids::{SnapshotId, VmName};
+use hangar_core::lifecycle::{Cause, VmState};
+use hangar_core::spec::VmSpec;
+use hangar_plan::{Creation, Plan};
+use hangar_spec::CanonicalSpec;
+use hangar_store::{FrozenDisk, SnapshotRecord, VmRecord};
+
+use crate::confine::{self};
+use crate::engine::*;
+use crate::process;
+use crate::runtime::*;
+
+impl QemuEngine {
+    pub(crate) fn check_snapshot_fits(&self, rec: &VmRecord, snap: &SnapshotRecord) -> Result<()> {
+        if let Some(reason) = info(snap).clone_refusal(rec.name(), &rec.spec) {
+            return Err(Error::SnapshotMismatch {
+                snapshot: snap.id.clone(),
+                reason,
+            });
+        }
+        let version = format!(
+            "qemu-{}",
+            self.facts.qemu.version.as_deref().unwrap_or("unknown")
+        );
+        if snap.spec_hash != rec.spec_hash {
+            // Not the same spec: only a clone (same spec but for name, tenant and pool) fits.
+            let reason = match &snap.clone_hash {
+                None => Some(format!(
+                    "taken from spec {} (before clones were supported), but {} has spec {}",
+                    snap.spec_hash,
+                    rec.name(),
+                    rec.spec_hash
+                )),
+                Some(h) if *h != clone_hash(&rec.spec) => Some(format!(
+                    "taken from {}, whose spec differs from {}'s in more than name, tenant and pool",
+                    snap.vm,
+                    rec.name()
+                )),
+                Some(_) => None,
+            };
+            if let Some(reason) = reason {
+                return Err(Error::SnapshotMismatch {
+                    snapshot: snap.id.clone(),
+                    reason,
+                });
+            }
+        }
+        if snap.engine_version != version {
+            return Err(Error::SnapshotMismatch {
+                snapshot: snap.id.clone(),
+                reason: format!(
+                    "written by {} but this host runs {version}",
+                    snap.engine_version
+                ),
+            });
+        }
+        if !Path::new(&snap.path).exists() {
+            return Err(Error::SnapshotMismatch {
+                snapshot: snap.id.clone(),
+                reason: format!("its state file {} is missing", snap.path),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The hash of a spec without what tells clones apart: snapshots restore across equal ones.
+pub(crate) fn clone_hash(spec: &VmSpec) -> String {
+    CanonicalSpec::new(spec.clone_template()).hash.0
+}
+
+/// A plan's writable disks: (disk name, file).
+pub(crate) fn writable_disks(plan: &Plan) -> impl Iterator<Item = (&str, &str)> {
+    plan.creates.iter().filter_map(|c| match c {
+        Creation::Overlay { path, disk, .. } | Creation::Disk { path, disk, .. } => {
+            Some((disk.as_str(), path.as_str()))
+        }
+        _ => None,
+    })
+}
+
+/// Where a snapshot's frozen disks live, beside its state file.
+pub(crate) fn frozen_dir(state_file: &Path) -> PathBuf {
+    state_file.with_extension("disks")
+}
+
+/// Copies a paused VM's writable disks beside the snapshot's state file, so the snapshot can be
+/// restored later (into this VM or a clone) with the disks its memory expects.
+pub(crate) fn freeze_disks(plan: &Plan, state_file: &Path) -> Result<Vec<FrozenDisk>> {
+    let dir = frozen_dir(state_file);
+    let mut frozen = Vec::new();
+    for (disk, file) in writable_disks(plan) {
+        let from = Path::new(file);
+        if !from.exists() {
+            continue;
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| QemuError::io("cannot create", &dir, e))?;
+        let to = dir.join(from.file_name().unwrap_or(disk.as_ref()));
+        std::fs::copy(from, &to).map_err(|e| QemuError::io("cannot copy disk to", &to, e))?;
+        frozen.push(FrozenDisk {
+            disk: disk.to_string(),
+            path: to.display().to_string(),
+        });
+    }
+    Ok(frozen)
+}
+
+/// Puts a snapshot's frozen disks in place of the VM's writable disks (each VM gets its own
+/// copy). A writable disk the snapshot has no copy of is an error for a clone: its memory would
+/// not match the disk.
+pub(crate) fn thaw_disks(snap: &SnapshotRecord, plan: &Plan, clone: bool) -> Result<()> {
+    for (disk, file) in writable_disks(plan) {
+        let to = Path::new(file);
+        match snap.disks.iter().find(|f| f.disk == disk) {
+            Some(f) => {
+                if let Some(dir) = to.parent() {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| QemuError::io("cannot create", dir, e))?;
+                }
+                let tmp = to.with_extension("thaw.tmp");
+                std::fs::copy(&f.path, &tmp)
+                    .and_then(|_| std::fs::rename(&tmp, to))
+                    .map_err(|e| {
+                        let _ = std::fs::remove_file(&tmp);
+                        QemuError::io("cannot copy frozen disk to", to, e)
+                    })?;
+            }
+            None if clone => {
+                return Err(Error::SnapshotMismatch {
+                    snapshot: snap.id.clone(),
+                    reason: format!("it holds no copy of disk {disk}, so it cannot seed a clone"),
+                })
+            }
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+impl Snapshots for QemuEngine {
+    fn save(
+        &self,
+        vm: &VmName,
+        id: &SnapshotId,
+        mode: SaveMode,
+        cancel: &CancelToken,
+    ) -> Result<SnapshotInfo> {
+        let _lock = self.lock(vm)?;
+        let mut rec = self.record(vm)?;
+        if self.db(|s| s.get_snapshot(id))?.is_some() {
+            return Err(Error::SnapshotExists(id.clone()));
+        }
+        if !matches!(rec.state, VmState::Running | VmState::Paused) {
+            return Err(refuse(vm, rec.state, VmState::Saving));
+        }
+        cancel.check()?;
+        let plan = Self::plan_of(&rec)?;
+        let ctl = self.qmp(&plan)?;
+        if rec.state == VmState::Running {
+            self.step(&mut rec, VmState::Pausing, Cause::User)?;
+            ctl.stop()?;
+            self.step(&mut rec, VmState::Paused, Cause::Engine)?;
+        }
+        self.step(&mut rec, VmState::Saving, Cause::User)?;
+        let dir = self.own_dir(&self.home.join("snapshots"))?;
+        // Named after the VM too: two VMs saving under one id at once never share a file
+        // (the store's record decides which of them gets the id; the other removes its own).
+        let path = dir.join(format!("{id}@{vm}.state"));
+        let tmp = dir.join(format!("{id}@{vm}.state.tmp"));
+        for f in [&path, &tmp, &frozen_dir(&path)] {
+            hangar_store::home::no_symlink(f).map_err(QemuError::Store)?;
+        }
+        // QEMU writes the state into a file of its own in its runtime directory (it may not
+        // open anything under snapshots/), which Hangar then moves there and takes back.
+        let written = self
+            .state_file_for_qemu(&plan)
+            .and_then(|out| {
+                ctl.migrate_to_file(&out, Instant::now() + MIGRATION_DEADLINE)
+                    .and_then(|()| move_file(&out, &tmp))
+                    .inspect_err(|_| {
+                        let _ = std::fs::remove_file(&out);
+                    })
+            })
+            .and_then(|()| confine::take_back(&tmp))
+            .and_then(|()| {
+                std::fs::rename(&tmp, &path)
+                    .map_err(|e| QemuError::io("cannot rename", &tmp, e).into())
+            })
+            .and_then(|()| freeze_disks(&plan, &path));
+        let disks = match written {
+            Ok(disks) => disks,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                let _ = std::fs::remove_file(&path);
+                let _ = std::fs::remove_dir_all(frozen_dir(&path));
+                self.step(&mut rec, VmState::Paused, Cause::Fault)?;
+                return Err(e);
+            }
+        };
+        let record = SnapshotRecord {
+            id: id.clone(),
+            vm: vm.clone(),
+            path: path.display().to_string(),
+            spec_hash: rec.spec_hash.clone(),
+            clone_hash: Some(clone_hash(&rec.spec)),
+            disks,
+            engine_version: format!(
+                "qemu-{}",
+                self.facts.qemu.version.as_deref().unwrap_or("unknown")
+            ),
+            size_bytes: std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
+            created_at: self.clock.now(),
+            tenant: rec.spec.tenant.clone(),
+            pool: rec.spec.pool.clone(),
+        };
+        if let Err(e) = self.db(|s| s.insert_snapshot(&record)) {
+            // Another VM took the id meanwhile: its files are its own; remove ours.
+            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_dir_all(frozen_dir(&path));
+            self.step(&mut rec, VmState::Paused, Cause::Fault)?;
+            return Err(e);
+        }
+        match mode {
+            SaveMode::KeepPaused => self.step(&mut rec, VmState::Paused, Cause::Engine)?,
+            SaveMode::Sleep => {
+                let _ = ctl.quit();
+                if let Some(p) = rec.process {
+                    if !process::wait_exit(p, QUIT_GRACE) {
+                        process::terminate(p, TERM_GRACE);
+                    }
+                }
+                self.cleanup_runtime(&plan);
+                rec.process = None;
+                rec.sleeping_on = Some(id.clone());
+                self.step(&mut rec, VmState::Sleeping, Cause::Engine)?;
+            }
+        }
+        Ok(info(&record))
+    }
+
+    fn restore(&self, vm: &VmName, id: &SnapshotId, cancel: &CancelToken) -> Result<VmStatus> {
+        let _lock = self.lock(vm)?;
+        let mut rec = self.record(vm)?;
+        let snap = self
+            .db(|s| s.get_snapshot(id))?
+            .ok_or_else(|| Error::SnapshotNotFound(id.clone()))?;
+        let via = match rec.state {
+            VmState::Sleeping => VmState::Waking,
+            VmState::Defined | VmState::Stopped => VmState::Starting,
+            other => return Err(refuse(vm, other, VmState::Waking)),
+        };
+        self.check_snapshot_fits(&rec, &snap)?;
+        check_inputs(&rec.spec)?;
+        let thawed_bytes: u64 = snap
+            .disks
+            .iter()
+            .filter_map(|d| std::fs::metadata(&d.path).ok())
+            .map(|m| m.len())
+            .sum();
+        let plan = Self::plan_of(&rec)?;
+        self.check_reachable(&rec, &plan)?;
+        self.admit(&rec.spec, &plan, thawed_bytes)?;
+        cancel.check()?;
+        // A VM sleeping on this snapshot has not touched its disks since the save; any other
+        // restore (a clone, or rolling a VM back) needs the disks as they were at the save.
+        let untouched = via == VmState::Waking && rec.sleeping_on.as_ref() == Some(id);
+        let clone = snap.spec_hash != rec.spec_hash || snap.vm != *vm;
+        self.step(&mut rec, via, Cause::User)?;
+        let thawed = if untouched {
+            Ok(())
+        } else {
+            thaw_disks(&snap, &plan, clone)
+        };
+        match thawed.and_then(|()| {
+            self.boot(
+                &mut rec,
+                &plan,
+                Some(Path::new(&snap.path)),
+                &StartOptions::default(),
+                cancel,
+            )
+        }) {
+            Ok(()) => {
+                rec.sleeping_on = None;
+                self.step(&mut rec, VmState::Running, Cause::Engine)?;
+            }
+            Err(e) => {
+                self.reap(&mut rec, &plan);
+                rec.reason = Some(format!("restore from {id} failed: {e}"));
+                self.step(&mut rec, VmState::Failed, Cause::Fault)?;
+                return Err(e);
+            }
+        }
+        Ok(Self::status_of(&rec))
+    }
+
+    fn list_snapshots(&self, vm: Option<&VmName>) -> Result<Vec<SnapshotInfo>> {
+        Ok(self
+            .db(|s| s.list_snapshots(vm))?
+            .iter()
+            .map(info)
+            .collect())
+    }
+
+    fn delete_snapshot(&self, id: &SnapshotId) -> Result<()> {
+        let snap = self
+            .db(|s| s.get_snapshot(id))?
+            .ok_or_else(|| Error::SnapshotNotFound(id.clone()))?;
+        let user = self
+            .db(|s| s.list_vms())?
+            .into_iter()
+            .find(|r| r.state == VmState::Sleeping && r.sleeping_on.as_ref() == Some(id));
+        if let Some(user) = user {
+            return Err(Error::SnapshotInUse {
+                snapshot: id.clone(),
+                vm: user.name().clone(),
+            });
+        }
+        let _ = std::fs::remove_file(&snap.path);
+        let _ = std::fs::remove_dir_all(frozen_dir(Path::new(&snap.path)));
+        self.db(|s| s.delete_snapshot(id))
+    }
+}
