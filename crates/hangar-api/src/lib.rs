@@ -2,11 +2,10 @@
 //! HTTP/1.1 client for `hangard`'s unix socket.
 //!
 //! Keeping the types here is what makes `hangar ps` print the same thing whether it asked the
-//! daemon or read the store itself: both build a [`VmView`] with [`VmView::from_record`].
+//! daemon or read the store itself: both build a [`VmView`] with `hangar_control::view_of`.
+//! This crate depends on `hangar-core` (and the fleet's plain types) only: no engine, no store.
 
 use hangar_core::error::ErrorCode;
-use hangar_qemu::{process, QemuEngine};
-use hangar_store::VmRecord;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -42,25 +41,6 @@ pub struct VmView {
 }
 
 impl VmView {
-    /// The view of a (freshly refreshed) record.
-    pub fn from_record(rec: &VmRecord) -> VmView {
-        VmView {
-            name: rec.name().to_string(),
-            state: rec.state.as_str().to_string(),
-            accel: QemuEngine::plan_of(rec)
-                .map(|p| p.accel_resolved.as_str().to_string())
-                .unwrap_or_default(),
-            vcpus: rec.spec.machine.vcpus,
-            memory_mib: rec.spec.machine.memory_mib,
-            uptime_s: rec.process.and_then(process::uptime).map(|u| u.as_secs()),
-            pid: rec.process.map(|p| p.pid),
-            boot_ms: rec.boot_ms,
-            reason: rec.reason.clone(),
-            spec_hash: rec.spec_hash.clone(),
-            tenant: rec.spec.tenant.as_ref().map(|t| t.to_string()),
-        }
-    }
-
     /// Whether `hangar ps` without `--all` shows it.
     pub fn is_live(&self) -> bool {
         !matches!(self.state.as_str(), "defined" | "stopped" | "deleted")

@@ -26,6 +26,29 @@ pub mod tokens;
 pub use local::{allowed_roots, check_paths, Local, Pending};
 pub use remote::Remote;
 
+/// The view `hangar ps` and `GET /v1/vms` show of a (freshly refreshed) record: built here, at
+/// the edge that knows both the store and the engine, so the wire types need neither.
+pub fn view_of(rec: &hangar_store::VmRecord) -> VmView {
+    VmView {
+        name: rec.name().to_string(),
+        state: rec.state.as_str().to_string(),
+        accel: hangar_qemu::QemuEngine::plan_of(rec)
+            .map(|p| p.accel_resolved.as_str().to_string())
+            .unwrap_or_default(),
+        vcpus: rec.spec.machine.vcpus,
+        memory_mib: rec.spec.machine.memory_mib,
+        uptime_s: rec
+            .process
+            .and_then(hangar_qemu::process::uptime)
+            .map(|u| u.as_secs()),
+        pid: rec.process.map(|p| p.pid),
+        boot_ms: rec.boot_ms,
+        reason: rec.reason.clone(),
+        spec_hash: rec.spec_hash.clone(),
+        tenant: rec.spec.tenant.as_ref().map(|t| t.to_string()),
+    }
+}
+
 /// Results carry the API's error body: code, message, path and hint, whichever side failed.
 pub type Result<T> = std::result::Result<T, ErrorBody>;
 

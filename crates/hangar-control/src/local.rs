@@ -258,7 +258,7 @@ impl Local {
     }
 
     fn view(&self, vm: &VmName) -> std::result::Result<VmView, Error> {
-        self.engine.record(vm).map(|r| VmView::from_record(&r))
+        self.engine.record(vm).map(|r| crate::view_of(&r))
     }
 
     fn prepare(
