@@ -8,6 +8,7 @@
 //! other step, and an instance whose record vanished while its step ran (its pool was removed)
 //! is discarded by that step. Passes are serialised by a second mutex.
 
+use crate::error::FleetError;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -258,12 +259,10 @@ impl State {
 
     /// Whether `tenant`, without `except`, has room for `add`.
     fn check_tenant(&self, tenant: &TenantId, except: Option<&VmName>, add: Usage) -> Result<()> {
-        let t = self.tenants.get(tenant).ok_or_else(|| Error::Backend {
-            code: ErrorCode::TenantNotFound,
-            message: format!(
-                "no tenant {tenant}; an admin creates it with `hangar tenant create {tenant}`"
-            ),
-        })?;
+        let t = self
+            .tenants
+            .get(tenant)
+            .ok_or_else(|| FleetError::TenantNotFound(tenant.clone()))?;
         t.quotas
             .check(&t.id, &self.usage(&t.id, except)?, &add)
             .map_err(Error::from)
@@ -284,20 +283,6 @@ impl State {
             i.state = s.state;
             i.since = s.since;
         }
-    }
-}
-
-fn refuse(message: String) -> Error {
-    Error::Backend {
-        code: ErrorCode::InvalidArgument,
-        message,
-    }
-}
-
-fn busy(id: &InstanceId) -> Error {
-    Error::Backend {
-        code: ErrorCode::Busy,
-        message: format!("instance {id} is in the middle of another step; retry shortly"),
     }
 }
 
@@ -453,19 +438,14 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
     pub fn remove_tenant(&self, id: &TenantId) -> Result<()> {
         let mut s = self.lock();
         if !s.tenants.contains_key(id) {
-            return Err(Error::Backend {
-                code: ErrorCode::TenantNotFound,
-                message: format!("no tenant {id}"),
-            });
+            return Err(FleetError::TenantNotFound(id.clone()).into());
         }
         if let Some(pool) = s.pools.values().find(|p| &p.tenant == id) {
-            return Err(Error::Backend {
-                code: ErrorCode::TenantInUse,
-                message: format!(
-                    "tenant {id} still owns pool {}; remove its pools first",
-                    pool.id
-                ),
-            });
+            return Err(FleetError::TenantInUse {
+                tenant: id.clone(),
+                pool: pool.id.clone(),
+            }
+            .into());
         }
         s.tenants.remove(id);
         drop(s);
@@ -478,22 +458,10 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
         check_pool_id(&pool.id)?;
         let mut s = self.lock();
         if !s.tenants.contains_key(&pool.tenant) {
-            return Err(Error::Backend {
-                code: ErrorCode::TenantNotFound,
-                message: format!(
-                    "no tenant {}; create it first (hangar tenant create {})",
-                    pool.tenant, pool.tenant
-                ),
-            });
+            return Err(FleetError::TenantNotFound(pool.tenant.clone()).into());
         }
         if s.pools.contains_key(&pool.id) {
-            return Err(Error::Backend {
-                code: ErrorCode::PoolExists,
-                message: format!(
-                    "pool {} exists; change it with `hangar pool scale`",
-                    pool.id
-                ),
-            });
+            return Err(FleetError::PoolExists(pool.id.clone()).into());
         }
         s.pools.insert(pool.id.clone(), pool);
         drop(s);
@@ -637,13 +605,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
         };
         let mut s = self.lock();
         if s.pending.contains_key(&spec.name) {
-            return Err(Error::Backend {
-                code: ErrorCode::Busy,
-                message: format!(
-                    "{} is in the middle of another step; retry shortly",
-                    spec.name
-                ),
-            });
+            return Err(FleetError::VmBusy(spec.name.clone()).into());
         }
         s.check_tenant(tenant, Some(&spec.name), check)?;
         s.pending.insert(spec.name.clone(), (tenant.clone(), holds));
@@ -913,9 +875,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
         let Some(rec) = s.find_mut(id) else {
             drop(s);
             self.discard_owned(&before.name);
-            return Err(refuse(format!(
-                "instance {id} was removed (its pool is gone) while it was being worked on"
-            )));
+            return Err(FleetError::InstanceRemoved(id.clone()).into());
         };
         let result = match outcome {
             Ok(status) => {
@@ -947,9 +907,9 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
         let i = s
             .find(id)
             .cloned()
-            .ok_or_else(|| refuse(format!("no instance {id}")))?;
+            .ok_or_else(|| FleetError::InstanceNotFound(id.clone()))?;
         if s.busy.contains_key(id) {
-            return Err(busy(id));
+            return Err(FleetError::InstanceBusy(id.clone()).into());
         }
         check(&s, &i)?;
         s.busy.insert(id.clone(), i.name.clone());
@@ -1078,10 +1038,11 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
                 self.discard_owned(&reserved.name);
                 match outcome {
                     Err(Made::Failed(e)) | Err(Made::NotOurs(e)) => Err(e),
-                    Ok(_) => Err(refuse(format!(
-                        "pool {} was removed while instance {id} was being created",
-                        pool.id
-                    ))),
+                    Ok(_) => Err(FleetError::PoolRemoved {
+                        pool: pool.id.clone(),
+                        instance: id,
+                    }
+                    .into()),
                 }
             }
         }
@@ -1399,18 +1360,12 @@ fn outcome<T>(r: &Result<T>) -> String {
 /// `E_INSTANCE_NOT_FOUND` for `id` (also what another tenant's instance looks like to a
 /// tenant).
 pub fn not_found_instance(id: &InstanceId) -> Error {
-    Error::Backend {
-        code: ErrorCode::InstanceNotFound,
-        message: format!("no instance {id}"),
-    }
+    FleetError::InstanceNotFound(id.clone()).into()
 }
 
 /// `E_POOL_NOT_FOUND` for `pool` (also what another tenant's pool looks like to a tenant).
 pub fn not_found_pool(pool: &PoolId) -> Error {
-    Error::Backend {
-        code: ErrorCode::PoolNotFound,
-        message: format!("no pool {pool}; `hangar pool ls` lists them"),
-    }
+    FleetError::PoolNotFound(pool.clone()).into()
 }
 
 fn action_subject(action: &Action) -> String {

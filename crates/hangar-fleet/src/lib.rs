@@ -15,10 +15,12 @@ use hangar_core::lifecycle::VmState;
 use hangar_core::spec::VmSpec;
 use serde::{Deserialize, Serialize};
 
+mod error;
 mod fleet;
 pub mod quota;
 pub mod reconcile;
 
+pub use error::FleetError;
 pub use fleet::{
     not_found_instance, not_found_pool, Admission, Admit, Base, Claim, ClaimSource, Fleet,
     PassReport, Registry, Step, TenantVm, TenantVms, MAX_POOL_ID_LEN,

@@ -1,6 +1,6 @@
 //! Tenant quotas.
 
-use hangar_core::error::{Error, ErrorCode};
+use hangar_core::error::Error;
 use hangar_core::ids::TenantId;
 use hangar_core::lifecycle::VmState;
 use serde::{Deserialize, Serialize};
@@ -163,10 +163,7 @@ pub struct QuotaExceeded {
 
 impl From<QuotaExceeded> for Error {
     fn from(e: QuotaExceeded) -> Error {
-        Error::Backend {
-            code: ErrorCode::QuotaExceeded,
-            message: e.to_string(),
-        }
+        crate::FleetError::Quota(e).into()
     }
 }
 
