@@ -12,7 +12,9 @@ use axum::Json;
 use hangar_api::{ErrorBody, NewToken, TokenRequest, TokenView};
 use serde::{Deserialize, Serialize};
 
-use crate::{bad_body, body_bytes, ApiResult, Daemon};
+use crate::body::body_bytes;
+use crate::error::{bad_body, ApiResult};
+use crate::state::Daemon;
 
 /// `GET /v1/tokens`: every token (never a secret).
 #[utoipa::path(get, path = "/v1/tokens", responses((status = 200, body = [TokenView]), (status = 403, body = ErrorBody)))]

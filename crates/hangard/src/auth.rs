@@ -2,7 +2,7 @@
 //!
 //! Every request gets a [`Caller`]: a token's scope on TCP, or the unix-socket peer's uid
 //! (`SO_PEERCRED`): root and the daemon's own user are admins, other uids only as mapped with
-//! `--map-uid`. [`ROUTES`] gives every route its [`Action`]; the [`crate::gate`] middleware
+//! `--map-uid`. [`ROUTES`] gives every route its [`Action`]; the `gate` middleware
 //! refuses what the caller's role never allows (`403 E_FORBIDDEN`) before a handler runs, and
 //! handlers decide about the objects they find with the same [`decide`] (another tenant's
 //! object answers exactly like a missing one).

@@ -3,7 +3,7 @@
 //! `/v1/fleet` endpoints.
 //!
 //! Handlers call [`Fleet`] directly; anything that may reach the engine runs on its own thread
-//! (see [`crate::blocking`]). The fleet never holds its lock across an engine call, so a claim
+//! (see `blocking` in the error module). The fleet never holds its lock across an engine call, so a claim
 //! answers in milliseconds even while the loop is booting instances.
 
 use std::path::Path;
@@ -31,7 +31,10 @@ use hangar_fleet::{Pool, Tenant};
 use hangar_spec::Format;
 use serde::Deserialize;
 
-use crate::{bad_body, blocking, body_bytes, ApiError, ApiResult, Caller, Daemon};
+use crate::body::body_bytes;
+use crate::error::{bad_body, blocking, ApiError, ApiResult};
+use crate::state::Daemon;
+use crate::Caller;
 
 /// The subject of reconcile-pass events in the event stream.
 pub const EVENT_SUBJECT: &str = "fleet";
@@ -296,7 +299,7 @@ pub(crate) async fn put_tenant(
 ) -> ApiResult<Json<TenantView>> {
     let id = tenant_id(&id)?;
     let bytes = body_bytes(body)?;
-    let request: TenantRequest = crate::json_or_default(
+    let request: TenantRequest = crate::body::json_or_default(
         &bytes,
         "tenant request",
         "send {\"quotas\": {\"max_vcpus\": 8, \"max_memory_mib\": 4096, …}}",

@@ -1,0 +1,78 @@
+//! Reading requests: names from the path, bounded bodies, specs and JSON bodies.
+
+use std::path::Path;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
+use hangar_core::error::{Error, ErrorCode};
+use hangar_core::ids::VmName;
+use hangar_spec::Format;
+
+use crate::error::*;
+use crate::state::*;
+
+pub(crate) fn vm_name(name: &str) -> ApiResult<VmName> {
+    VmName::new(name).map_err(|e| Error::InvalidName(e).into())
+}
+
+/// A request body, refusing one over [`MAX_BODY_BYTES`] and JSON that names a key twice in
+/// one object (which a JSON value would silently resolve to the last one: every body is read
+/// as the sender meant it or not at all). Other syntax errors are left to each route's parser,
+/// which knows what it expected.
+pub(crate) fn body_bytes(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
+    let bytes = read_body(body)?;
+    if let Ok(text) = std::str::from_utf8(&bytes) {
+        if let Err(d) = hangar_spec::check_json(text) {
+            if d.code == ErrorCode::SpecDuplicateKey {
+                return Err(hangar_spec::SpecErrors(vec![d]).into());
+            }
+        }
+    }
+    Ok(bytes)
+}
+
+pub(crate) fn read_body(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
+    body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                ErrorCode::SpecTooLarge,
+                format!("request body over {MAX_BODY_BYTES} bytes"),
+                None,
+                None,
+            )
+        } else {
+            ApiError::new(
+                ErrorCode::SpecSyntax,
+                r.body_text(),
+                None,
+                Some("send a JSON body".into()),
+            )
+        }
+    })
+}
+
+pub(crate) fn spec_from_body(body: &[u8]) -> ApiResult<hangar_spec::CanonicalSpec> {
+    let text = std::str::from_utf8(body).map_err(|_| {
+        ApiError::new(
+            ErrorCode::SpecSyntax,
+            "the body is not UTF-8",
+            None,
+            Some("send the spec as JSON".into()),
+        )
+    })?;
+    // API callers have no spec file: relative paths resolve against "/".
+    Ok(hangar_spec::parse(text, Format::Json, Path::new("/"))?)
+}
+
+/// Decodes an optional JSON body (empty means the type's default).
+pub(crate) fn json_or_default<T: serde::de::DeserializeOwned + Default>(
+    body: &[u8],
+    what: &str,
+    hint: &str,
+) -> ApiResult<T> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| bad_body(what, e, hint))
+}

@@ -1,0 +1,8 @@
+//! One module per resource; `admin` and `fleet` beside them hold tokens, host, tenants,
+//! pools and instances.
+
+pub(crate) mod events;
+pub(crate) mod operations;
+pub(crate) mod snapshots;
+pub(crate) mod system;
+pub(crate) mod vms;

@@ -1,0 +1,204 @@
+//! `/v1/operations`, and how every mutating call becomes a journaled operation.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use hangar_api::{ErrorBody, Operation, OperationRequest};
+use hangar_control::Control;
+use hangar_core::access::{Action, Resource};
+use hangar_core::error::ErrorCode;
+use serde::Deserialize;
+
+use crate::auth::Caller;
+use crate::body::*;
+use crate::error::*;
+use crate::routes::vms::*;
+use crate::state::*;
+
+/// `?wait=` on every mutating call.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct WaitQuery {
+    /// Answer once the operation has finished (200 with the operation, or its error with the
+    /// error's status) instead of at once (202 with the running operation).
+    #[serde(default)]
+    pub wait: bool,
+}
+
+/// Journals `request`, carries it out on a worker thread and answers with the operation: at
+/// once (202, `Location: /v1/operations/{id}`) or, with `wait`, when it has finished. The
+/// request's names must already be resolved for `caller` and its objects checked; its end is
+/// recorded in the audit log.
+pub(crate) async fn submit(
+    d: Arc<Daemon>,
+    caller: &Caller,
+    request: OperationRequest,
+    wait: bool,
+) -> ApiResult<Response> {
+    let local = d.local.clone();
+    let pending = blocking(move || local.begin(request)).await??;
+    let accepted = pending.operation();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let worker = d.clone();
+    let who = caller.who.clone();
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        let op = worker.local.execute(pending, &|_| {});
+        worker.record_end(&who, &op);
+        worker
+            .metrics
+            .operation(&op.kind, &op.status, started.elapsed().as_secs_f64());
+        if op.kind == "start" && op.status == "succeeded" {
+            if let Some(ms) = op.result.as_ref().and_then(|r| r.vm.as_ref()?.boot_ms) {
+                worker.metrics.boot(ms as f64 / 1000.0);
+            }
+        }
+        let _ = tx.send(op);
+    });
+    let id = accepted.id.clone();
+    let mut response = if wait {
+        let op = rx
+            .await
+            .map_err(|_| internal_error(&"the operation's worker ended without an answer"))?;
+        d.ops_changed.notify_waiters();
+        match (&op.error, op.status.as_str()) {
+            (Some(e), status) if status != "succeeded" => ApiError::from(e.clone()).into_response(),
+            _ => Json(op).into_response(),
+        }
+    } else {
+        let waker = d.clone();
+        tokio::spawn(async move {
+            let _ = rx.await;
+            waker.ops_changed.notify_waiters();
+        });
+        let location = format!("/v1/operations/{id}");
+        (
+            StatusCode::ACCEPTED,
+            [("location", location)],
+            Json(accepted),
+        )
+            .into_response()
+    };
+    if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-hangar-operation", v);
+    }
+    Ok(response)
+}
+
+impl Daemon {
+    /// Records how an operation ended (best effort: the operation is over either way, and
+    /// its end is also in the journal).
+    pub(crate) fn record_end(&self, who: &str, op: &Operation) {
+        let entry = hangar_audit::NewEntry {
+            at: hangar_core::clock::Clock::now(&hangar_core::clock::SystemClock),
+            who: who.to_string(),
+            what: format!("operation.{}", op.kind),
+            target: op.target.clone(),
+            result: op
+                .error
+                .as_ref()
+                .filter(|_| op.status != "succeeded")
+                .map(|e| e.code.clone())
+                .unwrap_or_else(|| "ok".into()),
+            detail: Some(format!("operation {} {}", op.id, op.status)),
+        };
+        if let Err(e) = self.trail.record(entry) {
+            eprintln!("hangard: AUDIT FAILURE recording the end of {}: {e}", op.id);
+            self.metrics.error(ErrorCode::AuditUnavailable.as_str());
+        }
+    }
+}
+
+/// `POST /v1/operations`: any operation, as an OperationRequest (what the CLI sends).
+#[utoipa::path(post, path = "/v1/operations", params(WaitQuery), request_body = OperationRequest,
+    responses((status = 202, body = Operation), (status = 200, body = Operation, description = "With wait=true"),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(crate) async fn create_operation(
+    State(d): State<Arc<Daemon>>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<WaitQuery>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let request: OperationRequest = serde_json::from_slice(&body_bytes(body)?).map_err(|e| {
+        bad_body(
+            "operation request",
+            e,
+            "send {\"kind\": \"start\", \"vm\": \"name\"}; GET /v1/openapi.json lists the kinds",
+        )
+    })?;
+    // The route lets anyone in; what the request does decides.
+    caller.allow(request.action(), Resource::Host, || unreachable!())?;
+    let request = scoped(&d, &caller, request).await?;
+    submit(d, &caller, request, q.wait).await
+}
+
+/// `GET /v1/operations` query.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct OperationsQuery {
+    /// How many, newest first (default 100, at most 10000).
+    pub limit: Option<usize>,
+}
+
+/// `GET /v1/operations`: the journal, newest first.
+#[utoipa::path(get, path = "/v1/operations", params(OperationsQuery),
+    responses((status = 200, body = [Operation])))]
+pub(crate) async fn list_operations(
+    State(d): State<Arc<Daemon>>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<OperationsQuery>,
+) -> ApiResult<Json<Vec<Operation>>> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    let local = d.local.clone();
+    // A tenant's share of the newest 10,000 (the journal is not indexed by tenant).
+    let fetch = if caller.tenant().is_some() {
+        10_000
+    } else {
+        limit
+    };
+    let mut ops = blocking(move || local.operations(fetch)).await??;
+    ops.retain(|op| caller.sees(op.request.tenant().as_deref()));
+    ops.truncate(limit);
+    Ok(Json(ops))
+}
+
+/// `GET /v1/operations/{id}`; with `wait=true`, answers once it has finished (at most 10 min).
+#[utoipa::path(get, path = "/v1/operations/{id}", params(("id" = String, Path, description = "Operation id"), WaitQuery),
+    responses((status = 200, body = Operation), (status = 404, body = ErrorBody)))]
+pub(crate) async fn get_operation(
+    State(d): State<Arc<Daemon>>,
+    Extension(caller): Extension<Caller>,
+    UrlPath(id): UrlPath<String>,
+    Query(q): Query<WaitQuery>,
+) -> ApiResult<Json<Operation>> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let changed = d.ops_changed.notified();
+        let local = d.local.clone();
+        let lookup = id.clone();
+        let op = blocking(move || local.operation(&lookup)).await??;
+        caller.allow_owned(
+            Action::OperationRead,
+            op.request.tenant().as_deref(),
+            || {
+                ApiError::new(
+                    ErrorCode::OperationNotFound,
+                    format!("no operation {id:?}"),
+                    None,
+                    None,
+                )
+            },
+        )?;
+        if !q.wait || op.is_done() || Instant::now() >= deadline {
+            return Ok(Json(op));
+        }
+        // Woken when any operation ends; the timeout covers ones another process finishes.
+        let _ = tokio::time::timeout(Duration::from_millis(500), changed).await;
+    }
+}

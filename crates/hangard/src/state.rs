@@ -1,0 +1,181 @@
+//! The daemon's state: the engine, the control library, the fleet, the token store and the
+//! caches every handler shares.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use hangar_api::{Operation, VmView};
+use hangar_control::Local;
+use hangar_core::contracts::Lifecycle;
+use hangar_core::lifecycle::{LifecycleObserver, TransitionEvent};
+use hangar_qemu::QemuEngine;
+
+use crate::auth::UidMap;
+use crate::{fleet, metrics, server, trail};
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// The daemon's shared state.
+pub struct Daemon {
+    /// Operations and reads, through the engine (the CLI's own library).
+    pub local: Arc<Local>,
+    /// Woken whenever an operation ends or is settled.
+    pub(crate) ops_changed: Arc<tokio::sync::Notify>,
+    /// Token lookups for the TCP listener and fleet event notes (a connection of its own).
+    pub(crate) tokens: std::sync::Mutex<hangar_store::Store>,
+    /// Woken on every transition, so event streams need not poll.
+    pub(crate) changed: Arc<tokio::sync::Notify>,
+    /// Tenants, pools and instances, over the same engine as `local`.
+    pub fleet: Arc<hangar_fleet::Fleet<QemuEngine>>,
+    /// The reconcile loop's schedule and last pass.
+    pub reconciler: fleet::Reconciler,
+    /// Prometheus metrics.
+    pub metrics: metrics::Metrics,
+    /// The audit log (`<home>/audit.log`, signed head in `audit.head`): what every mutating
+    /// request, operation end, reconcile step and failed authentication left.
+    pub(crate) trail: trail::Trail,
+    /// Bumped on every transition this process makes.
+    pub(crate) generation: Arc<std::sync::atomic::AtomicU64>,
+    /// `GET /v1/vms`: (when, generation, the views, serialised).
+    pub(crate) list_cache: tokio::sync::Mutex<Option<ListSnapshot>>,
+    /// Unix-socket peers other than root and this daemon's user.
+    pub(crate) uids: UidMap,
+    /// This daemon's effective uid (its peers with the same uid are admins).
+    pub(crate) own_uid: u32,
+    /// Connection limits.
+    pub(crate) limits: server::Limits,
+}
+
+/// `GET /v1/vms` as last computed: when, at which transition generation, the views and their
+/// JSON.
+pub(crate) type ListSnapshot = (Instant, u64, Arc<Vec<VmView>>, Bytes);
+
+/// How a daemon is set up (`hangard`'s flags).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Seconds between reconcile passes when nothing asks for one sooner.
+    pub reconcile_interval: Duration,
+    /// Directories (besides `$HANGAR_HOME/images` and `volumes`) specs may name files under.
+    pub allow_paths: Vec<std::path::PathBuf>,
+    /// What unix-socket peers other than root and the daemon's own user may do.
+    pub uids: UidMap,
+    /// What one connection and one peer may hold.
+    pub limits: server::Limits,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            reconcile_interval: fleet::DEFAULT_INTERVAL,
+            allow_paths: Vec::new(),
+            uids: UidMap::default(),
+            limits: server::Limits::default(),
+        }
+    }
+}
+
+/// How stale `GET /v1/vms` may be when no transition happened in this daemon: changes made
+/// elsewhere (a QEMU dying, a CLI with HANGAR_DAEMON=never) show within this time.
+pub const LIST_MAX_AGE: Duration = Duration::from_secs(1);
+
+/// Who is on the other end of a connection: the peer's uid from the unix socket.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub(crate) uid: Option<u32>,
+    pub(crate) tcp: Option<std::net::SocketAddr>,
+}
+
+pub(crate) struct Wake(Arc<tokio::sync::Notify>, Arc<std::sync::atomic::AtomicU64>);
+
+impl LifecycleObserver for Wake {
+    fn on_transition(&self, _: &TransitionEvent) {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.notify_waiters();
+    }
+}
+
+impl Daemon {
+    /// Wraps an engine; opens (or creates) the audit log and the operation journal in the
+    /// engine's home, and restores the fleet. Call [`Daemon::recover`] next, then
+    /// [`Daemon::start_reconciler`].
+    pub fn new(engine: QemuEngine) -> Result<Daemon, String> {
+        Daemon::with_options(engine, Options::default())
+    }
+
+    /// [`Daemon::new`], with reconcile passes every `interval` (and whenever something asks).
+    pub fn with_reconcile_interval(
+        engine: QemuEngine,
+        interval: Duration,
+    ) -> Result<Daemon, String> {
+        Daemon::with_options(
+            engine,
+            Options {
+                reconcile_interval: interval,
+                ..Options::default()
+            },
+        )
+    }
+
+    /// [`Daemon::new`] with every setting.
+    pub fn with_options(engine: QemuEngine, options: Options) -> Result<Daemon, String> {
+        let roots = hangar_control::allowed_roots(engine.home(), &options.allow_paths)
+            .map_err(|e| e.message)?;
+        let trail = trail::Trail::open(engine.home());
+        let tokens =
+            hangar_store::Store::open_in(engine.home()).map_err(|e| format!("state store: {e}"))?;
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        engine.observe(Arc::new(Wake(changed.clone(), generation.clone())));
+        let engine = Arc::new(engine);
+        let fleet = hangar_control::fleet::open(engine.clone(), true)
+            .map_err(|e| format!("{}: {}; {}", e.code, e.message, e.hint))?;
+        let local =
+            Local::new(engine, roots, fleet.clone()).map_err(|e| format!("state store: {e}"))?;
+        Ok(Daemon {
+            local: Arc::new(local),
+            ops_changed: Arc::new(tokio::sync::Notify::new()),
+            tokens: std::sync::Mutex::new(tokens),
+            changed,
+            fleet,
+            reconciler: fleet::Reconciler::new(options.reconcile_interval),
+            metrics: metrics::Metrics::default(),
+            trail,
+            generation,
+            list_cache: tokio::sync::Mutex::new(None),
+            uids: options.uids,
+            own_uid: rustix::process::geteuid().as_raw(),
+            limits: options.limits,
+        })
+    }
+}
+
+impl Daemon {
+    /// Settles operations a dead process left running (a daemon killed mid-operation), and
+    /// rotates console logs. Runs at start and then every second in the background, because
+    /// an operation whose guest is still booting can only be settled once the boot ends.
+    pub fn recover(self: &Arc<Self>) -> Vec<Operation> {
+        let settled = self.local.recover();
+        for op in &settled {
+            eprintln!(
+                "hangard: settled interrupted operation {} ({} {}): {}",
+                op.id, op.kind, op.target, op.status
+            );
+        }
+        if !settled.is_empty() {
+            self.ops_changed.notify_waiters();
+        }
+        // Console logs are capped here too, so a chatty guest is rotated within a second
+        // even when nobody asks about it.
+        if let Err(e) = self.engine().rotate_logs() {
+            eprintln!("hangard: rotating console logs: {e}");
+        }
+        settled
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Arc<QemuEngine> {
+        self.local.engine()
+    }
+}
