@@ -13,7 +13,8 @@ use hangar_core::error::ErrorCode;
 use hangar_core::ids::TenantId;
 use serde_json::json;
 
-use crate::vm::{from_body, home, print_json};
+use crate::common::{from_body, home, print_json};
+use crate::table::{Align, Table};
 use crate::{failure, Failure, Output};
 
 /// `hangar token …`
@@ -201,10 +202,12 @@ pub fn token(cmd: TokenCommand, out: &mut dyn Write) -> Result<(), Failure> {
             if output == Output::Json {
                 return print_json(out, &list);
             }
-            let _ = writeln!(out, "{:<14} {:<28} NAME", "ID", "SCOPE");
+            let mut table =
+                Table::new(&[("ID", 14, Align::Left), ("SCOPE", 28, Align::Left)]).free("NAME");
             for t in list {
-                let _ = writeln!(out, "{:<14} {:<28} {}", t.id, t.scope, t.name);
+                table.row(vec![t.id.to_string(), t.scope.to_string()], t.name);
             }
+            table.print(out);
             Ok(())
         }
         TokenCommand::Rm { id } => {

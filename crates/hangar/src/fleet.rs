@@ -13,7 +13,8 @@ use hangar_control::{DaemonMode, Remote};
 use hangar_core::error::ErrorCode;
 use serde_json::{json, Value};
 
-use crate::vm::{from_body, home, print_json};
+use crate::common::{from_body, home, print_json};
+use crate::table::{Align, Table};
 use crate::{Failure, Output};
 
 /// Tenants: isolation and quota boundaries that own pools.
@@ -314,26 +315,32 @@ pub fn tenant(cmd: TenantCommand, out: &mut dyn Write) -> Result<(), Failure> {
             if output == Output::Json {
                 return print_json(out, &list);
             }
-            let _ = writeln!(
-                out,
-                "{:<20} {:>11} {:>13} {:>11} {:>9} {:>13} {:>11}  POOLS",
-                "TENANT", "VCPUS", "MEMORY_MIB", "RUNNING", "WARM", "INSTANCES", "DISK_MIB"
-            );
+            let mut table = Table::new(&[
+                ("TENANT", 20, Align::Left),
+                ("VCPUS", 11, Align::Right),
+                ("MEMORY_MIB", 13, Align::Right),
+                ("RUNNING", 11, Align::Right),
+                ("WARM", 9, Align::Right),
+                ("INSTANCES", 13, Align::Right),
+                ("DISK_MIB", 11, Align::Right),
+            ])
+            .free("POOLS");
             for t in list {
                 let (q, u) = (t.quotas, t.usage);
-                let _ = writeln!(
-                    out,
-                    "{:<20} {:>11} {:>13} {:>11} {:>9} {:>13} {:>11}  {}",
-                    t.id,
-                    format!("{}/{}", u.vcpus, limit(q.max_vcpus)),
-                    format!("{}/{}", u.memory_mib, limit(q.max_memory_mib)),
-                    format!("{}/{}", u.running, limit(q.max_running)),
-                    format!("{}/{}", u.warm, limit(q.max_warm)),
-                    format!("{}/{}", u.instances, limit(q.max_instances)),
-                    format!("{}/{}", u.disk_mib, limit(q.max_disk_mib)),
+                table.row(
+                    vec![
+                        t.id.to_string(),
+                        format!("{}/{}", u.vcpus, limit(q.max_vcpus)),
+                        format!("{}/{}", u.memory_mib, limit(q.max_memory_mib)),
+                        format!("{}/{}", u.running, limit(q.max_running)),
+                        format!("{}/{}", u.warm, limit(q.max_warm)),
+                        format!("{}/{}", u.instances, limit(q.max_instances)),
+                        format!("{}/{}", u.disk_mib, limit(q.max_disk_mib)),
+                    ],
                     t.pools.join(","),
                 );
             }
+            table.print(out);
             Ok(())
         }
         TenantCommand::Rm { id } => {
@@ -438,26 +445,32 @@ pub fn pool(cmd: PoolCommand, out: &mut dyn Write) -> Result<(), Failure> {
             if output == Output::Json {
                 return print_json(out, &list);
             }
-            let _ = writeln!(
-                out,
-                "{:<20} {:<16} {:>9} {:>9} {:>9} {:>8} {:>6}  BASE",
-                "POOL", "TENANT", "RUNNING", "WARM", "SLEEPING", "CLAIMED", "OTHER"
-            );
+            let mut table = Table::new(&[
+                ("POOL", 20, Align::Left),
+                ("TENANT", 16, Align::Left),
+                ("RUNNING", 9, Align::Right),
+                ("WARM", 9, Align::Right),
+                ("SLEEPING", 9, Align::Right),
+                ("CLAIMED", 8, Align::Right),
+                ("OTHER", 6, Align::Right),
+            ])
+            .free("BASE");
             for v in list {
                 let (d, c) = (v.pool.desired, v.counts);
-                let _ = writeln!(
-                    out,
-                    "{:<20} {:<16} {:>9} {:>9} {:>9} {:>8} {:>6}  {}",
-                    v.pool.id.to_string(),
-                    v.pool.tenant.to_string(),
-                    format!("{}/{}", c.running, d.running),
-                    format!("{}/{}", c.warm, d.warm),
-                    format!("{}/{}", c.sleeping, d.sleeping),
-                    c.claimed,
-                    c.other,
+                table.row(
+                    vec![
+                        v.pool.id.to_string(),
+                        v.pool.tenant.to_string(),
+                        format!("{}/{}", c.running, d.running),
+                        format!("{}/{}", c.warm, d.warm),
+                        format!("{}/{}", c.sleeping, d.sleeping),
+                        c.claimed.to_string(),
+                        c.other.to_string(),
+                    ],
                     v.base_snapshot.unwrap_or_else(|| "-".into()),
                 );
             }
+            table.print(out);
             Ok(())
         }
         PoolCommand::Status { pool, output } => {
@@ -557,22 +570,25 @@ pub fn pool(cmd: PoolCommand, out: &mut dyn Write) -> Result<(), Failure> {
 }
 
 fn instance_table(out: &mut dyn Write, list: &[Instance]) {
-    let _ = writeln!(
-        out,
-        "{:<12} {:<24} {:<16} {:<9} {:<7}",
-        "INSTANCE", "NAME", "POOL", "STATE", "CLAIMED"
-    );
+    let mut table = Table::new(&[
+        ("INSTANCE", 12, Align::Left),
+        ("NAME", 24, Align::Left),
+        ("POOL", 16, Align::Left),
+        ("STATE", 9, Align::Left),
+    ])
+    .free("CLAIMED");
     for i in list {
-        let _ = writeln!(
-            out,
-            "{:<12} {:<24} {:<16} {:<9} {:<7}",
-            i.id.to_string(),
-            i.name.to_string(),
-            i.pool.to_string(),
-            i.state.as_str(),
-            if i.claimed { "yes" } else { "no" }
+        table.row(
+            vec![
+                i.id.to_string(),
+                i.name.to_string(),
+                i.pool.to_string(),
+                i.state.as_str().to_string(),
+            ],
+            if i.claimed { "yes" } else { "no" },
         );
     }
+    table.print(out);
 }
 
 /// `hangar instance …`

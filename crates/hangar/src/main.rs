@@ -13,7 +13,15 @@ use hangar_plan::{HostFacts, HostProbe};
 use hangar_spec::{CanonicalSpec, Diagnostic, SpecErrors};
 
 mod access;
+mod common;
+mod console;
+mod doctor;
 mod fleet;
+mod ops;
+mod progress;
+mod run;
+mod snapshot;
+mod table;
 mod vm;
 
 const AFTER_HELP: &str = "\
@@ -171,7 +179,7 @@ enum Command {
         #[arg(long, short)]
         force: bool,
         /// Seconds the guest gets to power off before escalation.
-        #[arg(long, value_name = "SECONDS", default_value_t = vm::DEFAULT_STOP_TIMEOUT)]
+        #[arg(long, value_name = "SECONDS", default_value_t = common::DEFAULT_STOP_TIMEOUT)]
         timeout: u64,
     },
     /// Pause a running VM's vCPUs (memory stays resident).
@@ -313,6 +321,7 @@ enum SnapshotCommand {
 }
 
 /// A failure to report: diagnostics on stderr, and the exit code.
+#[derive(Debug)]
 pub(crate) struct Failure {
     pub(crate) diagnostics: Vec<Diagnostic>,
     /// An explicit exit code (a guest command's), overriding the diagnostics' class.
@@ -374,7 +383,7 @@ fn main() -> ExitCode {
     // Everything Hangar (and the QEMUs it starts) creates is private to its user.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
-    vm::set_allow_paths(cli.allow_paths);
+    common::set_allow_paths(cli.allow_paths);
     let mut stdout = std::io::stdout();
     match run(cli.command, &mut stdout) {
         Ok(()) => ExitCode::SUCCESS,
@@ -517,8 +526,8 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), Failure> {
             timeout,
             command,
         } => {
-            let code = vm::run(
-                vm::RunArgs {
+            let code = run::run(
+                run::RunArgs {
                     image,
                     memory,
                     vcpus,
@@ -554,24 +563,28 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), Failure> {
         Command::Rm { name, force } => vm::rm(&name, force, out),
         Command::Inspect { name } => vm::inspect(&name, out),
         Command::Logs { name, follow } => vm::logs(&name, follow, out),
-        Command::Console { name } => vm::console(&name),
+        Command::Console { name } => console::console(&name),
         Command::Snapshot(cmd) => match cmd {
-            SnapshotCommand::Save { name, id, sleep } => vm::snapshot_save(&name, &id, sleep, out),
-            SnapshotCommand::Restore { name, id } => vm::snapshot_restore(&name, &id, out),
-            SnapshotCommand::Ls { name, output } => vm::snapshot_ls(name.as_deref(), output, out),
-            SnapshotCommand::Rm { id } => vm::snapshot_rm(&id, out),
+            SnapshotCommand::Save { name, id, sleep } => {
+                snapshot::snapshot_save(&name, &id, sleep, out)
+            }
+            SnapshotCommand::Restore { name, id } => snapshot::snapshot_restore(&name, &id, out),
+            SnapshotCommand::Ls { name, output } => {
+                snapshot::snapshot_ls(name.as_deref(), output, out)
+            }
+            SnapshotCommand::Rm { id } => snapshot::snapshot_rm(&id, out),
         },
-        Command::Doctor => vm::doctor(out),
+        Command::Doctor => doctor::doctor(out),
         Command::Ops {
             command: None,
             limit,
             output,
-        } => vm::ops(limit, output, out),
+        } => ops::ops(limit, output, out),
         Command::Ops {
             command: Some(OpsCommand::Show { id }),
             ..
-        } => vm::op_show(&id, out),
-        Command::Images { output } => vm::images(output, out),
+        } => ops::op_show(&id, out),
+        Command::Images { output } => doctor::images(output, out),
         Command::Tenant(cmd) => fleet::tenant(cmd, out),
         Command::Pool(cmd) => fleet::pool(cmd, out),
         Command::Instance(cmd) => fleet::instance(cmd, out),
@@ -580,7 +593,7 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), Failure> {
             since,
             follow,
             output,
-        } => vm::events(since, follow, output, out),
+        } => ops::events(since, follow, output, out),
         Command::Audit(cmd) => access::audit_command(cmd, out),
     }
 }

@@ -1,0 +1,104 @@
+//! `hangar ops` and `hangar events`: the operation journal and the event stream.
+
+use std::io::Write;
+use std::time::Duration;
+
+use hangar_api::EventView;
+
+use crate::table::{Align, Table};
+use crate::{Failure, Output};
+
+use crate::common::*;
+
+/// `hangar ops`: the operation journal, newest first.
+pub fn ops(limit: usize, output: Output, out: &mut dyn Write) -> Result<(), Failure> {
+    let list = control()?.operations(limit).map_err(from_body)?;
+    if output == Output::Json {
+        return print_json(out, &list);
+    }
+    let mut table = Table::new(&[
+        ("ID", 24, Align::Left),
+        ("KIND", 16, Align::Left),
+        ("TARGET", 20, Align::Left),
+        ("STATUS", 11, Align::Left),
+        ("STARTED", 9, Align::Right),
+    ])
+    .free("ERROR");
+    for op in list {
+        table.row(
+            vec![
+                op.id.to_string(),
+                op.kind.to_string(),
+                op.target.to_string(),
+                op.status.to_string(),
+                fmt_time(op.created_at),
+            ],
+            op.error.map(|e| e.code).unwrap_or_default(),
+        );
+    }
+    table.print(out);
+    Ok(())
+}
+
+/// `hangar ops show ID`: one operation as JSON.
+pub fn op_show(id: &str, out: &mut dyn Write) -> Result<(), Failure> {
+    let op = control()?.operation(id).map_err(from_body)?;
+    print_json(out, &op)
+}
+
+/// Prints the event stream (from the daemon when it runs, else from the store: the same
+/// stream either way).
+pub fn events(
+    since: u64,
+    follow: bool,
+    output: Output,
+    out: &mut dyn Write,
+) -> Result<(), Failure> {
+    let control = control()?;
+    let mut after = since;
+    loop {
+        let page = control.events_since(after, 256).map_err(from_body)?;
+        for e in &page {
+            after = e.seq();
+            let line = if output == Output::Json {
+                serde_json::to_string(e).expect("json")
+            } else {
+                match e {
+                    EventView::Transition {
+                        seq,
+                        vm,
+                        from,
+                        to,
+                        at,
+                        cause,
+                        operation,
+                    } => format!(
+                        "{seq:>6}  {}  {vm:<20} {:>9} -> {to:<9} ({cause}){}",
+                        fmt_time(*at),
+                        from.as_deref().unwrap_or("(new)"),
+                        operation
+                            .as_ref()
+                            .map(|o| format!(" {o}"))
+                            .unwrap_or_default()
+                    ),
+                    EventView::Engine {
+                        seq,
+                        vm,
+                        at,
+                        message,
+                    } => format!("{seq:>6}  {}  {vm:<20} engine: {message}", fmt_time(*at)),
+                }
+            };
+            if writeln!(out, "{line}").is_err() {
+                return Ok(());
+            }
+        }
+        let _ = out.flush();
+        if page.is_empty() {
+            if !follow {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}

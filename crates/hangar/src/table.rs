@@ -1,0 +1,97 @@
+//! Listings as aligned columns: every `ls`-style command prints through [`Table`], so
+//! columns line up the same way everywhere (and `--output json` is the machine format).
+
+use std::io::Write;
+
+/// How a column's cells are padded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Align {
+    /// Text: padded on the right.
+    Left,
+    /// Numbers: padded on the left.
+    Right,
+}
+
+/// A listing: fixed-width columns, then optionally one free-width column at the end (a reason,
+/// an error, a list) set off by two spaces.
+pub(crate) struct Table {
+    columns: Vec<(&'static str, usize, Align)>,
+    free: Option<&'static str>,
+    rows: Vec<(Vec<String>, String)>,
+}
+
+impl Table {
+    /// A table with these fixed columns: (title, width, alignment).
+    pub(crate) fn new(columns: &[(&'static str, usize, Align)]) -> Table {
+        Table {
+            columns: columns.to_vec(),
+            free: None,
+            rows: Vec::new(),
+        }
+    }
+
+    /// Adds the free-width last column.
+    pub(crate) fn free(mut self, title: &'static str) -> Table {
+        self.free = Some(title);
+        self
+    }
+
+    /// Adds a row: one cell per fixed column, then the free column's text (ignored without one).
+    pub(crate) fn row(&mut self, cells: Vec<String>, free: impl Into<String>) {
+        debug_assert_eq!(cells.len(), self.columns.len(), "one cell per column");
+        self.rows.push((cells, free.into()));
+    }
+
+    /// Prints the header and every row.
+    pub(crate) fn print(&self, out: &mut dyn Write) {
+        let titles = self.columns.iter().map(|c| c.0.to_string()).collect();
+        let _ = writeln!(out, "{}", self.line(&titles, self.free.unwrap_or("")));
+        for (cells, free) in &self.rows {
+            let _ = writeln!(out, "{}", self.line(cells, free));
+        }
+    }
+
+    fn line(&self, cells: &Vec<String>, free: &str) -> String {
+        let padded: Vec<String> = self
+            .columns
+            .iter()
+            .zip(cells)
+            .map(|(&(_, width, align), cell)| match align {
+                Align::Left => format!("{cell:<width$}"),
+                Align::Right => format!("{cell:>width$}"),
+            })
+            .collect();
+        let mut line = padded.join(" ");
+        if self.free.is_some() {
+            line.push_str("  ");
+            line.push_str(free);
+        }
+        line
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_are_padded_by_alignment_and_the_free_column_follows_two_spaces() {
+        let mut t = Table::new(&[("NAME", 6, Align::Left), ("N", 3, Align::Right)]).free("WHY");
+        t.row(vec!["web".into(), "7".into()], "because");
+        let mut out = Vec::new();
+        t.print(&mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "NAME     N  WHY\nweb      7  because\n"
+        );
+    }
+
+    #[test]
+    fn without_a_free_column_every_column_is_padded() {
+        let mut t = Table::new(&[("A", 3, Align::Left), ("B", 2, Align::Left)]);
+        t.row(vec!["x".into(), "y".into()], "");
+        let mut out = Vec::new();
+        t.print(&mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), "A   B \nx   y \n");
+    }
+}
