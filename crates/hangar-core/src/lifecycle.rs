@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
@@ -131,6 +132,18 @@ impl fmt::Display for VmState {
     }
 }
 
+/// Parses the name [`VmState::as_str`] gives (the same as its serde name), so that a state
+/// written as text reads back as the same state.
+impl FromStr for VmState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<VmState, String> {
+        VmState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| format!("unknown state {s:?}"))
+    }
+}
+
 /// Who or what caused a transition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -143,6 +156,38 @@ pub enum Cause {
     Engine,
     /// Something broke (process died, timeout).
     Fault,
+}
+
+impl Cause {
+    /// Every cause.
+    pub const ALL: [Cause; 4] = [Cause::User, Cause::Reconciler, Cause::Engine, Cause::Fault];
+
+    /// The lower-case name (the same as its serde name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::User => "user",
+            Cause::Reconciler => "reconciler",
+            Cause::Engine => "engine",
+            Cause::Fault => "fault",
+        }
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Parses the name [`Cause::as_str`] gives.
+impl FromStr for Cause {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Cause, String> {
+        Cause::ALL
+            .into_iter()
+            .find(|cause| cause.as_str() == s)
+            .ok_or_else(|| format!("unknown cause {s:?}"))
+    }
 }
 
 /// A completed state change, as observers and the event stream see it.
@@ -422,6 +467,35 @@ mod tests {
             Cause::User,
             None,
         )
+    }
+
+    /// Every state and every cause reads back from its name, and that name is its serde name
+    /// (what the store and the API write); anything else is refused.
+    #[test]
+    fn states_and_causes_round_trip_through_their_names() {
+        for state in VmState::ALL {
+            assert_eq!(state.as_str().parse::<VmState>(), Ok(state));
+            assert_eq!(state.to_string(), state.as_str());
+            assert_eq!(
+                serde_json::to_string(&state).unwrap(),
+                format!("\"{}\"", state.as_str())
+            );
+        }
+        for cause in Cause::ALL {
+            assert_eq!(cause.as_str().parse::<Cause>(), Ok(cause));
+            assert_eq!(cause.to_string(), cause.as_str());
+            assert_eq!(
+                serde_json::to_string(&cause).unwrap(),
+                format!("\"{}\"", cause.as_str())
+            );
+        }
+        assert_eq!(
+            "exploded".parse::<VmState>(),
+            Err("unknown state \"exploded\"".to_string())
+        );
+        assert!("Running".parse::<VmState>().is_err());
+        assert!("".parse::<Cause>().is_err());
+        assert!("users".parse::<Cause>().is_err());
     }
 
     /// The table from the foundation issue, written out independently, compared cell by cell

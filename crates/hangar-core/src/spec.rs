@@ -159,12 +159,26 @@ pub enum DiskFormat {
 }
 
 impl DiskFormat {
+    /// Every format.
+    pub const ALL: [DiskFormat; 2] = [DiskFormat::Qcow2, DiskFormat::Raw];
+
     /// The name QEMU uses.
     pub fn as_str(self) -> &'static str {
         match self {
             DiskFormat::Qcow2 => "qcow2",
             DiskFormat::Raw => "raw",
         }
+    }
+}
+
+/// Parses the name [`DiskFormat::as_str`] gives (the same as its serde name).
+impl std::str::FromStr for DiskFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<DiskFormat, String> {
+        DiskFormat::ALL
+            .into_iter()
+            .find(|format| format.as_str() == s)
+            .ok_or_else(|| format!("unknown format {s:?}"))
     }
 }
 
@@ -245,4 +259,24 @@ pub enum SerialMode {
     Socket,
     /// No serial console.
     None,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_formats_round_trip_through_their_names() {
+        for format in DiskFormat::ALL {
+            assert_eq!(format.as_str().parse::<DiskFormat>(), Ok(format));
+            assert_eq!(
+                serde_json::to_string(&format).unwrap(),
+                format!("\"{}\"", format.as_str())
+            );
+        }
+        assert_eq!(
+            "vmdk".parse::<DiskFormat>(),
+            Err("unknown format \"vmdk\"".to_string())
+        );
+    }
 }
