@@ -1,7 +1,7 @@
 //! `hangar run`: a throwaway guest that runs one command.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use hangar_core::cancel::CancelToken;
@@ -193,6 +193,7 @@ pub fn run(args: RunArgs, out: &mut dyn Write) -> Result<u8, Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn args(vcpus: u32, memory: u32, command: &[&str]) -> RunArgs {
         RunArgs {
