@@ -1,24 +1,29 @@
 //! The fleet over this host's engine, as the daemon runs it and as the CLI consults it for
 //! quotas: restored from the store's registry, counting tenants' own VMs next to their pools.
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use crate::backend::Backend;
 use hangar_api::ErrorBody;
 use hangar_core::clock::{Clock, SystemClock};
 use hangar_core::error::ErrorCode;
 use hangar_fleet::{Fleet, Registry, TenantVm, Usage};
-use hangar_qemu::QemuEngine;
 
 /// Restores the fleet from the store in the engine's home. A registry the store holds but
 /// cannot read is `E_STORE_CORRUPT` (acting on a guess could destroy instances). With
 /// `persist`, every change is written back (the daemon); without, the fleet is a read-only
 /// view for quota checks (the CLI without a daemon).
-pub fn open(engine: Arc<QemuEngine>, persist: bool) -> Result<Arc<Fleet<QemuEngine>>, ErrorBody> {
+pub fn open(
+    engine: Arc<dyn Backend>,
+    home: &Path,
+    persist: bool,
+) -> Result<Arc<Fleet<dyn Backend>>, ErrorBody> {
     let store_failure = |e: hangar_store::StoreError| {
         use hangar_core::error::Coded;
         ErrorBody::new(e.code(), format!("state store: {e}"))
     };
-    let store = hangar_store::Store::open_in(engine.home()).map_err(store_failure)?;
+    let store = hangar_store::Store::open_in(home).map_err(store_failure)?;
     let registry = match store.load_fleet().map_err(store_failure)? {
         None => Registry::default(),
         Some(json) => serde_json::from_str(&json).map_err(|e| {
@@ -28,7 +33,7 @@ pub fn open(engine: Arc<QemuEngine>, persist: bool) -> Result<Arc<Fleet<QemuEngi
             );
             body.hint = format!(
                 "move {} aside to start with an empty fleet",
-                engine.home().join("state.db").display()
+                home.join("state.db").display()
             );
             body
         })?,
@@ -41,14 +46,14 @@ pub fn open(engine: Arc<QemuEngine>, persist: bool) -> Result<Arc<Fleet<QemuEngi
     let records = engine.clone();
     fleet.count_tenant_vms(Box::new(move || {
         Ok(records
-            .records()?
+            .specs()?
             .into_iter()
-            .filter(|r| r.spec.pool.is_none())
-            .filter_map(|r| {
+            .filter(|(_, spec)| spec.pool.is_none())
+            .filter_map(|(state, spec)| {
                 Some(TenantVm {
-                    tenant: r.spec.tenant.clone()?,
-                    name: r.spec.name.clone(),
-                    usage: Usage::of_spec(r.state, &r.spec),
+                    tenant: spec.tenant.clone()?,
+                    name: spec.name.clone(),
+                    usage: Usage::of_spec(state, &spec),
                 })
             })
             .collect())

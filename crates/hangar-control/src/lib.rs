@@ -18,11 +18,13 @@ use hangar_api::{ErrorBody, EventView, Operation, OperationRequest, VmView};
 use hangar_core::contracts::SnapshotInfo;
 use hangar_core::error::ErrorCode;
 
+mod backend;
 pub mod fleet;
 mod local;
 mod remote;
 pub mod tokens;
 
+pub use backend::{Backend, Start};
 pub use local::{allowed_roots, check_paths, Local, Pending};
 pub use remote::Remote;
 

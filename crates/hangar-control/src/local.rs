@@ -8,30 +8,36 @@ use std::time::{Duration, Instant};
 use hangar_api::{ErrorBody, EventView, Operation, OperationRequest, OperationResult, VmView};
 use hangar_core::cancel::CancelToken;
 use hangar_core::clock::{Clock, SystemClock, Timestamp};
-use hangar_core::contracts::{Events, Lifecycle, SaveMode, SnapshotInfo, Snapshots, StopMode};
+use hangar_core::contracts::{SaveMode, SnapshotInfo, StopMode};
 use hangar_core::error::{Error, ErrorCode};
 use hangar_core::ids::{OperationId, SnapshotId, VmName};
 use hangar_core::lifecycle::{with_operation, VmState};
 use hangar_core::spec::VmSpec;
 use hangar_fleet::{Admission, Admit, Fleet};
 use hangar_hostfs::AllowedRoots;
-use hangar_qemu::{process, EngineOptions, QemuEngine, StartOptions};
+use hangar_qemu::{process, EngineOptions, QemuEngine};
 use hangar_store::{OperationRecord, OperationStatus, ProcessIdentity, Store};
 
+use crate::backend::{Backend, Start};
 use crate::{Control, Result};
 
 /// Operations on this host, through the engine, journaled in the store.
 pub struct Local {
-    engine: Arc<QemuEngine>,
+    engine: Arc<dyn Backend>,
+    /// Hangar's home: the journal is its state store.
+    home: std::path::PathBuf,
     /// Where a spec's host files may come from.
     roots: AllowedRoots,
     /// Tenants and their quotas: every VM of a tenant is admitted through it.
-    fleet: Arc<Fleet<QemuEngine>>,
+    fleet: Arc<Fleet<dyn Backend>>,
     /// A connection of its own, so journal writes never wait behind a long engine call.
     journal: Mutex<Store>,
     /// This process, recorded as the owner of the operations it runs.
     me: Option<ProcessIdentity>,
 }
+
+/// Room in a tenant's quotas, held while an operation runs.
+type Held = Admission<dyn Backend>;
 
 /// A request that passed its checks and is journaled, ready to be carried out.
 pub struct Pending {
@@ -39,7 +45,7 @@ pub struct Pending {
     request: OperationRequest,
     prepared: Prepared,
     /// Room in the VM's tenant's quotas, held until the operation has ended.
-    _admission: Option<Admission<QemuEngine>>,
+    _admission: Option<Held>,
 }
 
 impl Pending {
@@ -203,24 +209,27 @@ impl Local {
     /// images and volumes and under `allow` (see [`AllowedRoots`]); quotas are read from the
     /// fleet registry in the store.
     pub fn open(home: &Path, allow: &[std::path::PathBuf]) -> Result<Local> {
-        let engine = Arc::new(QemuEngine::open(home, EngineOptions::default())?);
+        let engine: Arc<dyn Backend> = Arc::new(QemuEngine::open(home, EngineOptions::default())?);
         let roots = allowed_roots(home, allow)?;
-        let fleet = crate::fleet::open(engine.clone(), false)?;
-        let local = Local::new(engine, roots, fleet)?;
+        let fleet = crate::fleet::open(engine.clone(), home, false)?;
+        let local = Local::new(engine, home, roots, fleet)?;
         local.recover();
         Ok(local)
     }
 
-    /// Wraps an engine (its home holds the journal), with the roots specs may name files
-    /// under and the fleet whose tenants' quotas every tenant VM is admitted against.
+    /// Wraps an engine (any [`Backend`]: QEMU, or the fake) with the home whose store holds
+    /// the journal, the roots specs may name files under and the fleet whose tenants' quotas
+    /// every tenant VM is admitted against.
     pub fn new(
-        engine: Arc<QemuEngine>,
+        engine: Arc<dyn Backend>,
+        home: &Path,
         roots: AllowedRoots,
-        fleet: Arc<Fleet<QemuEngine>>,
+        fleet: Arc<Fleet<dyn Backend>>,
     ) -> Result<Local> {
-        let journal = Store::open_in(engine.home()).map_err(store_failure)?;
+        let journal = Store::open_in(home).map_err(store_failure)?;
         Ok(Local {
             engine,
+            home: home.to_path_buf(),
             roots,
             fleet,
             journal: Mutex::new(journal),
@@ -241,8 +250,13 @@ impl Local {
     }
 
     /// The engine.
-    pub fn engine(&self) -> &Arc<QemuEngine> {
+    pub fn engine(&self) -> &Arc<dyn Backend> {
         &self.engine
+    }
+
+    /// Hangar's home.
+    pub fn home(&self) -> &Path {
+        &self.home
     }
 
     fn journal<T>(
@@ -258,15 +272,12 @@ impl Local {
     }
 
     fn view(&self, vm: &VmName) -> std::result::Result<VmView, Error> {
-        self.engine.record(vm).map(|r| crate::view_of(&r))
+        self.engine.view(vm)
     }
 
-    fn prepare(
-        &self,
-        request: &OperationRequest,
-    ) -> Result<(Prepared, String, Option<Admission<QemuEngine>>)> {
+    fn prepare(&self, request: &OperationRequest) -> Result<(Prepared, String, Option<Held>)> {
         use OperationRequest as R;
-        let admit = |spec: &VmSpec, to: Admit| -> Result<Option<Admission<QemuEngine>>> {
+        let admit = |spec: &VmSpec, to: Admit| -> Result<Option<Held>> {
             Ok(Some(self.fleet.admit(spec, to)?))
         };
         let (prepared, target) = match request {
@@ -368,14 +379,14 @@ impl Local {
             }
         };
         // An unknown VM is refused before anything is journaled.
-        let rec = self.engine.record(&vm_name(target)?)?;
+        let spec = self.engine.spec(&vm_name(target)?)?;
         let mut prepared = prepared;
         // A tenant's snapshots live in its namespace, like its VMs: `s1` of a VM of tenant
         // acme is `acme--s1`, so tenants can neither collide nor reach each other's.
         if let Prepared::SnapshotSave { id, .. } | Prepared::SnapshotRestore { id, .. } =
             &mut prepared
         {
-            match &rec.spec.tenant {
+            match &spec.tenant {
                 Some(tenant) => *id = snapshot_id(&hangar_core::ids::qualify(tenant, id.as_str()))?,
                 // Outside every tenant, `tenant--…` ids are reserved like VM names.
                 None if hangar_core::ids::tenant_prefix(id.as_str()).is_some() => {
@@ -395,14 +406,14 @@ impl Local {
         let admission = match &prepared {
             Prepared::Start { .. } | Prepared::SnapshotRestore { .. } => {
                 // Files are checked again before every boot: the roots may have changed.
-                self.check_paths(&rec.spec)?;
-                admit(&rec.spec, Admit::Run)?
+                self.check_paths(&spec)?;
+                admit(&spec, Admit::Run)?
             }
-            Prepared::Resume(_) => admit(&rec.spec, Admit::Run)?,
+            Prepared::Resume(_) => admit(&spec, Admit::Run)?,
             Prepared::SnapshotSave {
                 mode: SaveMode::Sleep,
                 ..
-            } => admit(&rec.spec, Admit::Sleep)?,
+            } => admit(&spec, Admit::Sleep)?,
             _ => None,
         };
         Ok((prepared, target.clone(), admission))
@@ -511,13 +522,12 @@ impl Local {
                 no_wait,
                 timeout,
             } => {
-                let phase = |p: hangar_qemu::Phase| progress(p.as_str());
-                let opts = StartOptions {
+                let start = Start {
                     no_wait: *no_wait,
                     timeout: *timeout,
-                    progress: Some(&phase),
+                    progress,
                 };
-                engine.start_with(vm, &opts, &cancel)?;
+                engine.start_with(vm, &start, &cancel)?;
                 Some(vm)
             }
             Prepared::Stop { vm, mode } => {
@@ -692,9 +702,9 @@ impl Local {
         let Ok(name) = VmName::new(vm) else {
             return Some("absent".into());
         };
-        match self.engine.record(&name) {
-            Ok(rec) if rec.state.is_in_flight() => None,
-            Ok(rec) => Some(rec.state.as_str().to_string()),
+        match self.engine.status(&name) {
+            Ok(s) if s.state.is_in_flight() => None,
+            Ok(s) => Some(s.state.as_str().to_string()),
             Err(Error::VmNotFound(_)) => Some("absent".into()),
             Err(_) => None,
         }
@@ -751,6 +761,6 @@ impl Control for Local {
     }
 
     fn describe(&self) -> String {
-        format!("local ({})", self.engine.home().display())
+        format!("local ({})", self.home.display())
     }
 }

@@ -13,10 +13,11 @@ use hangar_qemu::{EngineOptions, QemuEngine};
 use hangar_store::{OperationRecord, OperationStatus, ProcessIdentity, Store};
 
 fn local(home: &std::path::Path) -> Local {
-    let engine = Arc::new(QemuEngine::open(home, EngineOptions::default()).unwrap());
-    let fleet = hangar_control::fleet::open(engine.clone(), false).unwrap();
+    let engine: Arc<dyn hangar_control::Backend> =
+        Arc::new(QemuEngine::open(home, EngineOptions::default()).unwrap());
+    let fleet = hangar_control::fleet::open(engine.clone(), home, false).unwrap();
     let roots = hangar_control::allowed_roots(home, &[]).unwrap();
-    Local::new(engine, roots, fleet).unwrap()
+    Local::new(engine, home, roots, fleet).unwrap()
 }
 
 fn spec(name: &str) -> serde_json::Value {

@@ -163,6 +163,34 @@ impl FakeEngine {
         lock(&self.inner).history.clone()
     }
 
+    /// One VM's spec (with its NICs as they are now), if it exists.
+    pub fn spec(&self, vm: &VmName) -> Option<VmSpec> {
+        let inner = lock(&self.inner);
+        let v = inner.vms.get(vm)?;
+        Some(VmSpec {
+            nics: v.nics.clone(),
+            ..v.spec.clone()
+        })
+    }
+
+    /// Every VM's state and spec, by name: what a control layer counts for quotas.
+    pub fn specs(&self) -> Vec<(VmState, VmSpec)> {
+        let inner = lock(&self.inner);
+        inner
+            .vms
+            .values()
+            .map(|v| {
+                (
+                    v.machine.state(),
+                    VmSpec {
+                        nics: v.nics.clone(),
+                        ..v.spec.clone()
+                    },
+                )
+            })
+            .collect()
+    }
+
     /// The clock the fake uses.
     pub fn clock(&self) -> Arc<dyn Clock> {
         self.config.clock.clone()

@@ -57,9 +57,23 @@ struct Args {
     /// and every claim asks).
     #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
     reconcile_interval: f64,
+    /// The engine VMs run on. `fake` is the in-memory engine the conformance suite checks
+    /// QEMU against: the API, the fleet and its reconcile loop work as with QEMU, but no guest
+    /// boots and VMs live only as long as the daemon (for simulations and tests).
+    #[arg(long, value_enum, default_value_t = EngineKind::Qemu)]
+    engine: EngineKind,
     /// Print the OpenAPI document and exit.
     #[arg(long)]
     openapi: bool,
+}
+
+/// The engines hangard can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum EngineKind {
+    /// Real QEMU guests (KVM when it works, TCG otherwise).
+    Qemu,
+    /// The in-memory fake engine.
+    Fake,
 }
 
 #[tokio::main]
@@ -73,8 +87,25 @@ async fn main() -> std::process::ExitCode {
     }
     let home = args.home.unwrap_or_else(hangar_plan::probe::hangar_home);
     let socket = args.socket.unwrap_or_else(|| home.join("hangard.sock"));
-    let engine = match QemuEngine::open(&home, EngineOptions::default()) {
-        Ok(e) => e,
+    let opened = match args.engine {
+        EngineKind::Qemu => QemuEngine::open(&home, EngineOptions::default())
+            .map(|e| {
+                let facts = e.facts().clone();
+                (Arc::new(e) as Arc<dyn hangar_control::Backend>, facts)
+            })
+            .map_err(|e| e.to_string()),
+        // The fake needs only the home for the daemon's own state (journal, tokens, audit).
+        EngineKind::Fake => hangar_store::Store::open_in(&home)
+            .map(|_| {
+                use hangar_plan::HostProbe;
+                let facts = hangar_plan::probe::SystemProbe { home: home.clone() }.probe();
+                let fake = hangar_core::fake::FakeEngine::default();
+                (Arc::new(fake) as Arc<dyn hangar_control::Backend>, facts)
+            })
+            .map_err(|e| e.to_string()),
+    };
+    let (engine, facts) = match opened {
+        Ok(opened) => opened,
         Err(e) => {
             eprintln!("hangard: {e}");
             return std::process::ExitCode::from(2);
@@ -129,7 +160,7 @@ async fn main() -> std::process::ExitCode {
             per_peer: args.max_connections_per_peer,
         },
     };
-    let daemon = match hangard::Daemon::with_options(engine, options) {
+    let daemon = match hangard::Daemon::on(engine, &home, facts, options) {
         Ok(d) => Arc::new(d),
         Err(e) => {
             eprintln!("hangard: {e}");
@@ -152,7 +183,14 @@ async fn main() -> std::process::ExitCode {
     let _ = first_pass_done.await;
     // Only after recovery: a pass must see interrupted operations settled.
     daemon.start_reconciler();
-    eprintln!("hangard: listening on {}", socket.display());
+    eprintln!(
+        "hangard: listening on {} ({} engine)",
+        socket.display(),
+        match args.engine {
+            EngineKind::Qemu => "qemu",
+            EngineKind::Fake => "fake",
+        }
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -1,13 +1,13 @@
 //! The daemon's state: the engine, the control library, the fleet, the token store and the
 //! caches every handler shares.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use hangar_api::{Operation, VmView};
-use hangar_control::Local;
-use hangar_core::contracts::Lifecycle;
+use hangar_control::{Backend, Local};
 use hangar_core::lifecycle::{LifecycleObserver, TransitionEvent};
 use hangar_qemu::QemuEngine;
 
@@ -28,7 +28,9 @@ pub struct Daemon {
     /// Woken on every transition, so event streams need not poll.
     pub(crate) changed: Arc<tokio::sync::Notify>,
     /// Tenants, pools and instances, over the same engine as `local`.
-    pub fleet: Arc<hangar_fleet::Fleet<QemuEngine>>,
+    pub fleet: Arc<hangar_fleet::Fleet<dyn Backend>>,
+    /// The host facts plans are made with (`/v1/plan`, `/v1/host`).
+    pub(crate) facts: hangar_plan::HostFacts,
     /// The reconcile loop's schedule and last pass.
     pub reconciler: fleet::Reconciler,
     /// Prometheus metrics.
@@ -120,25 +122,37 @@ impl Daemon {
 
     /// [`Daemon::new`] with every setting.
     pub fn with_options(engine: QemuEngine, options: Options) -> Result<Daemon, String> {
-        let roots = hangar_control::allowed_roots(engine.home(), &options.allow_paths)
-            .map_err(|e| e.message)?;
-        let trail = trail::Trail::open(engine.home());
-        let tokens =
-            hangar_store::Store::open_in(engine.home()).map_err(|e| format!("state store: {e}"))?;
+        let (home, facts) = (engine.home().to_path_buf(), engine.facts().clone());
+        Daemon::on(Arc::new(engine), &home, facts, options)
+    }
+
+    /// A daemon on any engine (the QEMU engine, or the fake for `hangard --engine fake`),
+    /// with its state (journal, tokens, audit log, fleet registry) in `home` and plans made
+    /// with `facts`.
+    pub fn on(
+        engine: Arc<dyn Backend>,
+        home: &Path,
+        facts: hangar_plan::HostFacts,
+        options: Options,
+    ) -> Result<Daemon, String> {
+        let roots =
+            hangar_control::allowed_roots(home, &options.allow_paths).map_err(|e| e.message)?;
+        let trail = trail::Trail::open(home);
+        let tokens = hangar_store::Store::open_in(home).map_err(|e| format!("state store: {e}"))?;
         let changed = Arc::new(tokio::sync::Notify::new());
         let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
         engine.observe(Arc::new(Wake(changed.clone(), generation.clone())));
-        let engine = Arc::new(engine);
-        let fleet = hangar_control::fleet::open(engine.clone(), true)
+        let fleet = hangar_control::fleet::open(engine.clone(), home, true)
             .map_err(|e| format!("{}: {}; {}", e.code, e.message, e.hint))?;
-        let local =
-            Local::new(engine, roots, fleet.clone()).map_err(|e| format!("state store: {e}"))?;
+        let local = Local::new(engine, home, roots, fleet.clone())
+            .map_err(|e| format!("state store: {e}"))?;
         Ok(Daemon {
             local: Arc::new(local),
             ops_changed: Arc::new(tokio::sync::Notify::new()),
             tokens: std::sync::Mutex::new(tokens),
             changed,
             fleet,
+            facts,
             reconciler: fleet::Reconciler::new(options.reconcile_interval),
             metrics: metrics::Metrics::default(),
             trail,
@@ -168,14 +182,14 @@ impl Daemon {
         }
         // Console logs are capped here too, so a chatty guest is rotated within a second
         // even when nobody asks about it.
-        if let Err(e) = self.engine().rotate_logs() {
+        if let Err(e) = self.engine().upkeep() {
             eprintln!("hangard: rotating console logs: {e}");
         }
         settled
     }
 
     /// The engine.
-    pub fn engine(&self) -> &Arc<QemuEngine> {
+    pub fn engine(&self) -> &Arc<dyn Backend> {
         self.local.engine()
     }
 }

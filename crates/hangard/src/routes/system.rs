@@ -8,7 +8,6 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use hangar_api::{Health, ImageView};
-use hangar_core::contracts::Lifecycle;
 use hangar_core::error::ErrorCode;
 
 use crate::error::*;
@@ -18,7 +17,7 @@ use crate::state::*;
 /// `GET /v1/health`
 #[utoipa::path(get, path = "/v1/health", responses((status = 200, body = Health)))]
 pub(crate) async fn health(State(d): State<Arc<Daemon>>) -> Json<Health> {
-    let facts = d.engine().facts();
+    let facts = &d.facts;
     let (kvm, why) = facts.kvm.verdict();
     Json(Health {
         status: "ok".into(),
@@ -35,7 +34,7 @@ pub(crate) async fn health(State(d): State<Arc<Daemon>>) -> Json<Health> {
 /// `GET /v1/images`: the guest images in `$HANGAR_HOME/images`.
 #[utoipa::path(get, path = "/v1/images", responses((status = 200, body = [ImageView])))]
 pub(crate) async fn list_images(State(d): State<Arc<Daemon>>) -> ApiResult<Json<Vec<ImageView>>> {
-    let home = d.local.engine().home().to_path_buf();
+    let home = d.local.home().to_path_buf();
     Ok(Json(
         blocking(move || hangar_api::images(&home))
             .await?

@@ -314,7 +314,7 @@ pub(crate) async fn plan(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let spec = spec_from_body(&body_bytes(body)?)?;
-    let plan = hangar_plan::plan(&spec, d.engine().facts())
+    let plan = hangar_plan::plan(&spec, &d.facts)
         .map_err(|e| ApiError::new(e.code(), e.to_string(), e.path(), None))?;
     Ok(Json(serde_json::to_value(plan).expect("plans serialise")))
 }
