@@ -6,6 +6,7 @@
 //! This crate depends on `hangar-core` (and the fleet's plain types) only: no engine, no store.
 
 use hangar_core::error::ErrorCode;
+pub use hangar_core::operation::{OperationKind, OperationStatus};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -209,18 +210,18 @@ pub enum OperationRequest {
 
 impl OperationRequest {
     /// The kind, as journaled and shown (`start`, `snapshot_save`, …).
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> OperationKind {
         match self {
-            OperationRequest::Create { .. } => "create",
-            OperationRequest::Start { .. } => "start",
-            OperationRequest::Stop { .. } => "stop",
-            OperationRequest::Pause { .. } => "pause",
-            OperationRequest::Resume { .. } => "resume",
-            OperationRequest::Reboot { .. } => "reboot",
-            OperationRequest::Delete { .. } => "delete",
-            OperationRequest::SnapshotSave { .. } => "snapshot_save",
-            OperationRequest::SnapshotRestore { .. } => "snapshot_restore",
-            OperationRequest::SnapshotDelete { .. } => "snapshot_delete",
+            OperationRequest::Create { .. } => OperationKind::Create,
+            OperationRequest::Start { .. } => OperationKind::Start,
+            OperationRequest::Stop { .. } => OperationKind::Stop,
+            OperationRequest::Pause { .. } => OperationKind::Pause,
+            OperationRequest::Resume { .. } => OperationKind::Resume,
+            OperationRequest::Reboot { .. } => OperationKind::Reboot,
+            OperationRequest::Delete { .. } => OperationKind::Delete,
+            OperationRequest::SnapshotSave { .. } => OperationKind::SnapshotSave,
+            OperationRequest::SnapshotRestore { .. } => OperationKind::SnapshotRestore,
+            OperationRequest::SnapshotDelete { .. } => OperationKind::SnapshotDelete,
         }
     }
 
@@ -313,12 +314,14 @@ pub struct OperationResult {
 pub struct Operation {
     /// Id (`op-…`).
     pub id: String,
-    /// Kind (`start`, `stop`, …).
-    pub kind: String,
+    /// What it does (`start`, `stop`, `snapshot_save`, …).
+    #[schema(value_type = String)]
+    pub kind: OperationKind,
     /// What it acts on (a VM name or a snapshot id).
     pub target: String,
     /// `running`, `succeeded`, `failed` or `rolled_back`.
-    pub status: String,
+    #[schema(value_type = String)]
+    pub status: OperationStatus,
     /// The phase it last reported (`spawning`, `qmp`, `booting`, …).
     pub progress: Option<String>,
     /// The request.
@@ -336,7 +339,7 @@ pub struct Operation {
 impl Operation {
     /// Whether it will change no more.
     pub fn is_done(&self) -> bool {
-        self.status != "running"
+        self.status.is_terminal()
     }
 }
 

@@ -175,9 +175,9 @@ fn new_operation_id(now: Timestamp) -> OperationId {
 fn to_operation(rec: &OperationRecord, request: OperationRequest) -> Operation {
     Operation {
         id: rec.id.to_string(),
-        kind: rec.kind.clone(),
+        kind: rec.kind,
         target: rec.target.clone(),
-        status: rec.status.as_str().to_string(),
+        status: rec.status,
         progress: rec.progress.clone(),
         request,
         result: rec
@@ -426,7 +426,7 @@ impl Local {
         let now = self.now();
         let record = OperationRecord {
             id: new_operation_id(now),
-            kind: request.kind().to_string(),
+            kind: request.kind(),
             target,
             request_json: serde_json::to_string(&request).expect("requests serialise"),
             status: OperationStatus::Running,
@@ -582,7 +582,7 @@ impl Local {
         let pending = self.begin(request)?;
         let op = self.execute(pending, progress);
         match &op.error {
-            Some(e) if op.status != "succeeded" => Err(e.clone()),
+            Some(e) if op.status != OperationStatus::Succeeded => Err(e.clone()),
             _ => Ok(op),
         }
     }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use hangar_api::client::Endpoint;
-use hangar_api::{ErrorBody, EventView, Operation, OperationRequest, VmView};
+use hangar_api::{ErrorBody, EventView, Operation, OperationRequest, OperationStatus, VmView};
 use hangar_core::contracts::SnapshotInfo;
 use hangar_core::error::ErrorCode;
 use serde_json::Value;
@@ -101,7 +101,10 @@ impl Control for Remote {
         let mut op: Operation = self.call("POST", "/v1/operations", Some(&body))?;
         let mut reported: Option<String> = None;
         loop {
-            if op.progress.is_some() && op.progress != reported && op.status == "running" {
+            if op.progress.is_some()
+                && op.progress != reported
+                && op.status == OperationStatus::Running
+            {
                 progress(op.progress.as_deref().unwrap_or_default());
                 reported = op.progress.clone();
             }
@@ -111,8 +114,8 @@ impl Control for Remote {
             std::thread::sleep(POLL_INTERVAL);
             op = self.operation(&op.id)?;
         }
-        match op.status.as_str() {
-            "succeeded" => Ok(op),
+        match op.status {
+            OperationStatus::Succeeded => Ok(op),
             _ => Err(op.error.clone().unwrap_or_else(|| {
                 let mut e = ErrorBody::new(
                     ErrorCode::EngineFailed,

@@ -41,7 +41,7 @@ fn orphan(store: &Store, id: &str, request: &OperationRequest, owner: ProcessIde
     store
         .insert_operation(&OperationRecord {
             id: OperationId::new(id).unwrap(),
-            kind: request.kind().into(),
+            kind: request.kind(),
             target,
             request_json: serde_json::to_string(request).unwrap(),
             status: OperationStatus::Running,

@@ -35,6 +35,7 @@ pub mod error;
 pub mod fake;
 pub mod ids;
 pub mod lifecycle;
+pub mod operation;
 pub mod spec;
 
 pub use error::{Coded, Error, ErrorCode, Result};

@@ -20,7 +20,7 @@ fn decode(row: &Row<'_>) -> Result<OperationRecord> {
     };
     Ok(OperationRecord {
         id: f.parse("id")?,
-        kind: f.get("kind")?,
+        kind: f.parse("kind")?,
         target: f.get("target")?,
         request_json: f.json_text("request_json")?,
         status: f.parse("status")?,
@@ -41,7 +41,7 @@ impl Store {
             "operations",
             &op.id,
             "INSERT INTO operations (id, kind, target, request_json, status, progress, result_json, error_json, owner_pid, owner_start_time, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-            params![op.id.as_str(), op.kind, op.target, op.request_json, op.status.as_str(), op.progress, op.result_json, op.error_json, pid, start, op.created_at.0 as i64, op.updated_at.0 as i64],
+            params![op.id.as_str(), op.kind.as_str(), op.target, op.request_json, op.status.as_str(), op.progress, op.result_json, op.error_json, pid, start, op.created_at.0 as i64, op.updated_at.0 as i64],
         )
     }
 
@@ -94,7 +94,7 @@ mod tests {
     fn operation() -> OperationRecord {
         OperationRecord {
             id: OperationId::new("op-1").unwrap(),
-            kind: "start".into(),
+            kind: hangar_core::operation::OperationKind::Start,
             target: "a".into(),
             request_json: r#"{"vm":"a"}"#.into(),
             status: OperationStatus::Running,

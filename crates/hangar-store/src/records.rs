@@ -1,7 +1,5 @@
 //! What the store keeps: one record type per table, as the rest of Hangar sees it.
 
-use std::str::FromStr;
-
 use hangar_core::access::Scope;
 use hangar_core::clock::Timestamp;
 use hangar_core::ids::{OperationId, PoolId, SnapshotId, TenantId, VmName, VolumeId};
@@ -123,55 +121,7 @@ pub struct VolumeRecord {
 /// callers of [`Store::events_since`](crate::Store::events_since)).
 pub type StoredEvent = hangar_core::contracts::EventKind;
 
-/// Where an operation is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OperationStatus {
-    /// Accepted and being carried out.
-    Running,
-    /// Done; the result is recorded.
-    Succeeded,
-    /// Ended with an error; the error is recorded and nothing was left half done.
-    Failed,
-    /// Its owner died before it finished and the recovery undid or abandoned it.
-    RolledBack,
-}
-
-impl OperationStatus {
-    /// Every status.
-    pub const ALL: [OperationStatus; 4] = [
-        OperationStatus::Running,
-        OperationStatus::Succeeded,
-        OperationStatus::Failed,
-        OperationStatus::RolledBack,
-    ];
-
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OperationStatus::Running => "running",
-            OperationStatus::Succeeded => "succeeded",
-            OperationStatus::Failed => "failed",
-            OperationStatus::RolledBack => "rolled_back",
-        }
-    }
-
-    /// Whether it will change no more.
-    pub fn is_terminal(self) -> bool {
-        self != OperationStatus::Running
-    }
-}
-
-/// Parses the wire name [`OperationStatus::as_str`] gives (the same as its serde name).
-impl FromStr for OperationStatus {
-    type Err = String;
-    fn from_str(s: &str) -> Result<OperationStatus, String> {
-        OperationStatus::ALL
-            .into_iter()
-            .find(|status| status.as_str() == s)
-            .ok_or_else(|| format!("unknown status {s:?}"))
-    }
-}
+pub use hangar_core::operation::{OperationKind, OperationStatus};
 
 /// A journaled operation. The store keeps its request, result and error as JSON; their
 /// meaning belongs to `hangar-control`, the store only checks they are JSON.
@@ -179,8 +129,8 @@ impl FromStr for OperationStatus {
 pub struct OperationRecord {
     /// The operation's id, as clients see it.
     pub id: OperationId,
-    /// What it does (`start`, `stop`, …).
-    pub kind: String,
+    /// What it does.
+    pub kind: OperationKind,
     /// What it acts on (a VM name, a snapshot id).
     pub target: String,
     /// The request, as JSON.
@@ -222,7 +172,7 @@ mod tests {
 
     #[test]
     fn operation_statuses_round_trip_through_their_wire_names() {
-        for status in OperationStatus::ALL {
+        for &status in OperationStatus::ALL {
             assert_eq!(status.as_str().parse::<OperationStatus>(), Ok(status));
             assert_eq!(
                 serde_json::to_string(&status).unwrap(),

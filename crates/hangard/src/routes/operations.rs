@@ -9,7 +9,7 @@ use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use hangar_api::{ErrorBody, Operation, OperationRequest};
+use hangar_api::{ErrorBody, Operation, OperationKind, OperationRequest, OperationStatus};
 use hangar_control::Control;
 use hangar_core::access::{Action, Resource};
 use hangar_core::error::ErrorCode;
@@ -51,10 +51,12 @@ pub(crate) async fn submit(
         let started = Instant::now();
         let op = worker.local.execute(pending, &|_| {});
         worker.record_end(&who, &op);
-        worker
-            .metrics
-            .operation(&op.kind, &op.status, started.elapsed().as_secs_f64());
-        if op.kind == "start" && op.status == "succeeded" {
+        worker.metrics.operation(
+            op.kind.as_str(),
+            op.status.as_str(),
+            started.elapsed().as_secs_f64(),
+        );
+        if op.kind == OperationKind::Start && op.status == OperationStatus::Succeeded {
             if let Some(ms) = op.result.as_ref().and_then(|r| r.vm.as_ref()?.boot_ms) {
                 worker.metrics.boot(ms as f64 / 1000.0);
             }
@@ -67,8 +69,10 @@ pub(crate) async fn submit(
             .await
             .map_err(|_| internal_error(&"the operation's worker ended without an answer"))?;
         d.ops_changed.notify_waiters();
-        match (&op.error, op.status.as_str()) {
-            (Some(e), status) if status != "succeeded" => ApiError::from(e.clone()).into_response(),
+        match (&op.error, op.status) {
+            (Some(e), status) if status != OperationStatus::Succeeded => {
+                ApiError::from(e.clone()).into_response()
+            }
             _ => Json(op).into_response(),
         }
     } else {
@@ -103,7 +107,7 @@ impl Daemon {
             result: op
                 .error
                 .as_ref()
-                .filter(|_| op.status != "succeeded")
+                .filter(|_| op.status != OperationStatus::Succeeded)
                 .map(|e| e.code.clone())
                 .unwrap_or_else(|| "ok".into()),
             detail: Some(format!("operation {} {}", op.id, op.status)),
