@@ -6,14 +6,10 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::verify::Defect;
+use crate::defect::{Defect, MAX_LINE_BYTES};
 
 /// The `prev` of the first entry: `sha256:` followed by 64 zeros.
 pub const GENESIS: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
-
-/// The longest line (without its newline) an entry may serialise to: 64 KiB. `append` rejects
-/// longer entries and `verify` reports longer lines, so a reader never buffers more than this.
-pub const MAX_LINE_BYTES: usize = 64 * 1024;
 
 /// The field names of a line, in their fixed order (`detail` is omitted when absent).
 pub(crate) const FIELDS: [&str; 8] = [

@@ -52,6 +52,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod defect;
 mod entry;
 mod error;
 mod lock;
@@ -59,11 +60,12 @@ mod log;
 mod sign;
 mod verify;
 
-pub use entry::{hash_line, Entry, Head, NewEntry, GENESIS, MAX_LINE_BYTES};
+pub use defect::{Defect, MAX_LINE_BYTES};
+pub use entry::{hash_line, Entry, Head, NewEntry, GENESIS};
 pub use error::AuditError;
 pub use log::AuditLog;
 pub use sign::{HeadSigner, SignedHead};
-pub use verify::{verify, verify_against, verify_reader, Defect, Failure, HeadCheck, VerifyReport};
+pub use verify::{verify, verify_against, verify_reader, Failure, HeadCheck, VerifyReport};
 
 /// Where Hangar keeps its audit log in a home directory: the log, the key that signs its heads
 /// (`0600`), and the latest signed head.

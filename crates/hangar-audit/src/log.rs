@@ -5,7 +5,8 @@ use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::entry::{hash_line, parse_line, Entry, Head, NewEntry, MAX_LINE_BYTES};
+use crate::defect::MAX_LINE_BYTES;
+use crate::entry::{hash_line, parse_line, Entry, Head, NewEntry};
 use crate::lock::Flock;
 use crate::sign::{HeadSigner, SignedHead};
 use crate::verify::{check_against, HeadCheck};

@@ -9,7 +9,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::ErrorCode;
+use crate::code::ErrorCode;
 
 /// Longest accepted name, in bytes (a DNS label).
 pub const MAX_NAME_LEN: usize = 63;

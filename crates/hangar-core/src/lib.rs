@@ -30,6 +30,7 @@
 pub mod access;
 pub mod cancel;
 pub mod clock;
+pub mod code;
 pub mod contracts;
 pub mod error;
 pub mod fake;

@@ -286,6 +286,16 @@ impl State {
     }
 }
 
+/// Whom an engine step on an instance is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// The pool's own convergence (a reconcile pass): the instance stays unclaimed.
+    Pool,
+    /// A claim: the instance is marked claimed when reserved, so a concurrent pass already
+    /// plans its replacement, and unmarked again if the step fails.
+    Claim,
+}
+
 /// The snapshot a sleeping instance sleeps on: `<vm>-sleep`. Pool ids are short enough for it
 /// ([`MAX_POOL_ID_LEN`]); a longer one from an old registry is an error, never a panic.
 fn sleep_snapshot(name: &VmName) -> Result<SnapshotId> {
@@ -818,20 +828,20 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
     ) -> Result<()> {
         match action {
             Action::Create { pool, target } => {
-                let (i, cloned) = self.create(pool, *target, false)?;
+                let (i, cloned) = self.create(pool, *target, Purpose::Pool)?;
                 *made = Some(i.name.to_string());
                 report.created += 1;
                 report.cloned += u32::from(cloned);
             }
             Action::Resume { instance } => {
-                self.resume(instance, false)?;
+                self.resume(instance, Purpose::Pool)?;
                 report.started += 1;
             }
             Action::Wake {
                 instance,
                 then_pause,
             } => {
-                self.wake(instance, false)?;
+                self.wake(instance, Purpose::Pool)?;
                 report.woken += 1;
                 if *then_pause {
                     self.pause(instance)?;
@@ -861,12 +871,12 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
     fn step(
         &self,
         id: &InstanceId,
-        claim: bool,
+        purpose: Purpose,
         check: impl FnOnce(&State, &Instance) -> Result<()>,
         work: impl FnOnce(&Instance) -> Result<VmStatus>,
     ) -> Result<Instance> {
-        let before = self.reserve(id, claim, check)?;
-        if claim {
+        let before = self.reserve(id, purpose, check)?;
+        if purpose == Purpose::Claim {
             self.changed();
         }
         let outcome = work(&before);
@@ -884,7 +894,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
                 Ok(rec.clone())
             }
             Err(e) => {
-                if claim {
+                if purpose == Purpose::Claim {
                     rec.claimed = before.claimed;
                 }
                 Err(e)
@@ -900,7 +910,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
     fn reserve(
         &self,
         id: &InstanceId,
-        claim: bool,
+        purpose: Purpose,
         check: impl FnOnce(&State, &Instance) -> Result<()>,
     ) -> Result<Instance> {
         let mut s = self.lock();
@@ -913,7 +923,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
         }
         check(&s, &i)?;
         s.busy.insert(id.clone(), i.name.clone());
-        if claim {
+        if purpose == Purpose::Claim {
             s.find_mut(id).expect("found above").claimed = true;
         }
         Ok(i)
@@ -924,12 +934,17 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
     /// The quota is checked and the instance reserved first, so a refusal creates nothing and
     /// concurrent creations cannot overshoot; a failure on the way removes what was made.
     /// Returns the instance and whether it was cloned.
-    fn create(&self, pool_id: &PoolId, target: VmState, claimed: bool) -> Result<(Instance, bool)> {
+    fn create(
+        &self,
+        pool_id: &PoolId,
+        target: VmState,
+        purpose: Purpose,
+    ) -> Result<(Instance, bool)> {
         // A name taken by a VM the fleet did not make is skipped (never touched): try the next
         // ordinal, a few times.
         let mut attempts = 0;
         loop {
-            match self.create_once(pool_id, target, claimed) {
+            match self.create_once(pool_id, target, purpose) {
                 Err(Error::VmExists(_)) if attempts < 8 => attempts += 1,
                 other => return other,
             }
@@ -940,7 +955,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
         &self,
         pool_id: &PoolId,
         target: VmState,
-        claimed: bool,
+        purpose: Purpose,
     ) -> Result<(Instance, bool)> {
         let (pool, reserved, base) = {
             let mut s = self.lock();
@@ -988,7 +1003,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
                 state: VmState::Starting,
                 since: now,
                 created_at: now,
-                claimed,
+                claimed: purpose == Purpose::Claim,
                 vcpus: pool.template.machine.vcpus,
                 memory_mib: pool.template.machine.memory_mib,
                 disk_mib: disk,
@@ -1156,10 +1171,10 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
         Ok(())
     }
 
-    fn resume(&self, id: &InstanceId, claim: bool) -> Result<Instance> {
+    fn resume(&self, id: &InstanceId, purpose: Purpose) -> Result<Instance> {
         self.step(
             id,
-            claim,
+            purpose,
             |s, i| {
                 s.check_quota(
                     s.pool(&i.pool)?,
@@ -1173,10 +1188,10 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
         )
     }
 
-    fn wake(&self, id: &InstanceId, claim: bool) -> Result<Instance> {
+    fn wake(&self, id: &InstanceId, purpose: Purpose) -> Result<Instance> {
         self.step(
             id,
-            claim,
+            purpose,
             |s, i| {
                 s.check_quota(
                     s.pool(&i.pool)?,
@@ -1199,13 +1214,18 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
     }
 
     fn pause(&self, id: &InstanceId) -> Result<Instance> {
-        self.step(id, false, |_, _| Ok(()), |i| self.engine.pause(&i.name))
+        self.step(
+            id,
+            Purpose::Pool,
+            |_, _| Ok(()),
+            |i| self.engine.pause(&i.name),
+        )
     }
 
     fn sleep(&self, id: &InstanceId) -> Result<Instance> {
         self.step(
             id,
-            false,
+            Purpose::Pool,
             |_, _| Ok(()),
             |i| {
                 let snap = sleep_snapshot(&i.name)?;
@@ -1220,7 +1240,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
 
     /// Stops and deletes an instance, and drops its record.
     fn remove(&self, id: &InstanceId) -> Result<()> {
-        let i = self.reserve(id, false, |_, _| Ok(()))?;
+        let i = self.reserve(id, Purpose::Pool, |_, _| Ok(()))?;
         let done = self.discard(&i.name);
         let mut s = self.lock();
         s.busy.remove(id);
@@ -1248,7 +1268,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
         } else if let Some(i) = self.claim_ready(pool, VmState::Sleeping)? {
             (i, ClaimSource::Sleeping)
         } else {
-            let (i, cloned) = self.create(pool, VmState::Running, true)?;
+            let (i, cloned) = self.create(pool, VmState::Running, Purpose::Claim)?;
             let source = if cloned {
                 ClaimSource::Cloned
             } else {
@@ -1299,8 +1319,8 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
                 Err(e) => return Err(e),
             }
             let claimed = match state {
-                VmState::Paused => self.resume(&id, true),
-                _ => self.wake(&id, true),
+                VmState::Paused => self.resume(&id, Purpose::Claim),
+                _ => self.wake(&id, Purpose::Claim),
             };
             match claimed {
                 Ok(i) => return Ok(Some(i)),

@@ -236,7 +236,7 @@ impl QemuEngine {
         if event.to != VmState::Failed {
             rec.reason = None;
         }
-        self.db(|s| s.commit_transition(rec, event, false))
+        self.db(|s| s.commit_transition(rec, event))
     }
 
     /// Appends an engine event to the event stream. Best effort: failing to report what

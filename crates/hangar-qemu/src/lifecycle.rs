@@ -60,7 +60,7 @@ impl Lifecycle for QemuEngine {
             updated_at: event.at,
             spec: canonical.spec,
         };
-        self.db(|s| s.commit_transition(&rec, &event, true))?;
+        self.db(|s| s.define_vm(&rec, &event))?;
         Ok(Self::status_of(&rec))
     }
 

@@ -117,23 +117,27 @@ impl Store {
         Ok(())
     }
 
+    /// Records a new VM with its first transition (`defined`), in one transaction.
+    pub fn define_vm(&self, vm: &VmRecord, event: &TransitionEvent) -> Result<()> {
+        self.in_transaction(|| {
+            self.insert_vm(vm)
+                .and_then(|()| self.record_transition(event))
+        })
+    }
+
     /// Updates a VM and appends a transition in one transaction.
-    pub fn commit_transition(
-        &self,
-        vm: &VmRecord,
-        event: &TransitionEvent,
-        insert: bool,
-    ) -> Result<()> {
+    pub fn commit_transition(&self, vm: &VmRecord, event: &TransitionEvent) -> Result<()> {
+        self.in_transaction(|| {
+            self.update_vm(vm)
+                .and_then(|()| self.record_transition(event))
+        })
+    }
+
+    fn in_transaction(&self, work: impl FnOnce() -> Result<()>) -> Result<()> {
         self.conn
             .execute_batch("BEGIN IMMEDIATE")
             .map_err(|e| self.err(e))?;
-        let result = if insert {
-            self.insert_vm(vm)
-        } else {
-            self.update_vm(vm)
-        }
-        .and_then(|_| self.record_transition(event));
-        match result {
+        match work() {
             Ok(()) => self.conn.execute_batch("COMMIT").map_err(|e| self.err(e)),
             Err(e) => {
                 let _ = self.conn.execute_batch("ROLLBACK");
