@@ -1,0 +1,102 @@
+//! Claims: hand out a running instance (warm, sleeping, or a fresh clone) and release it.
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use hangar_core::contracts::{Lifecycle, Snapshots};
+use hangar_core::error::{Coded, Error, ErrorCode, Result};
+use hangar_core::ids::{InstanceId, PoolId};
+use hangar_core::lifecycle::VmState;
+
+use crate::Instance;
+
+use super::*;
+
+impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
+    /// Hands out a ready instance of `pool`: from the warm set (resume) if any, else a sleeping
+    /// one (wake), else a new one (cloned from the base snapshot when there is one). The next
+    /// pass refills what was taken.
+    ///
+    /// Only the candidate is checked against the engine (not the whole fleet), so a claim costs
+    /// the same with 3 instances or 3,000; a candidate found dead is skipped and left to the
+    /// next pass to replace. The registry is never locked across an engine call, so a claim
+    /// does not wait for a pass that is booting something.
+    pub fn claim(&self, pool: &PoolId) -> Result<Claim> {
+        let started = Instant::now();
+        self.pool(pool)?;
+        let (instance, source) = if let Some(i) = self.claim_ready(pool, VmState::Paused)? {
+            (i, ClaimSource::Warm)
+        } else if let Some(i) = self.claim_ready(pool, VmState::Sleeping)? {
+            (i, ClaimSource::Sleeping)
+        } else {
+            let (i, cloned) = self.create(pool, VmState::Running, Purpose::Claim)?;
+            let source = if cloned {
+                ClaimSource::Cloned
+            } else {
+                ClaimSource::Created
+            };
+            (i, source)
+        };
+        Ok(Claim {
+            instance,
+            source,
+            took_ms: started.elapsed().as_secs_f64() * 1000.0,
+        })
+    }
+
+    /// Claims the oldest unclaimed, idle instance of `pool` the registry has in `state` and
+    /// the engine confirms is still in it, bringing it to running.
+    pub(super) fn claim_ready(&self, pool: &PoolId, state: VmState) -> Result<Option<Instance>> {
+        let mut tried: BTreeSet<InstanceId> = BTreeSet::new();
+        loop {
+            let candidate = {
+                let s = self.lock();
+                s.instances
+                    .iter()
+                    .filter(|i| {
+                        &i.pool == pool
+                            && !i.claimed
+                            && i.state == state
+                            && !s.busy.contains_key(&i.id)
+                            && !tried.contains(&i.id)
+                    })
+                    .min_by_key(|i| i.ordinal)
+                    .map(|i| (i.id.clone(), i.name.clone()))
+            };
+            let Some((id, name)) = candidate else {
+                return Ok(None);
+            };
+            tried.insert(id.clone());
+            match self.engine.status(&name) {
+                Ok(st) if st.state == state => {}
+                Ok(st) => {
+                    self.lock().note(&id, &st);
+                    continue;
+                }
+                Err(Error::VmNotFound(_)) => {
+                    self.lock().instances.retain(|i| i.id != id);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            let claimed = match state {
+                VmState::Paused => self.resume(&id, Purpose::Claim),
+                _ => self.wake(&id, Purpose::Claim),
+            };
+            match claimed {
+                Ok(i) => return Ok(Some(i)),
+                // Taken by a concurrent claim or pass step between the pick and the reserve.
+                Err(e) if e.code() == ErrorCode::Busy => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Gives a claimed instance back: it is removed.
+    pub fn release(&self, id: &InstanceId) -> Result<()> {
+        if self.lock().find(id).is_none() {
+            return Err(not_found_instance(id));
+        }
+        self.remove(id)
+    }
+}
