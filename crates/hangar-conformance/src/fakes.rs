@@ -50,26 +50,10 @@ impl Harness for FakeHarness {
 
     fn spec(&self, name: &str) -> VmSpec {
         VmSpec {
-            name: VmName::new(name).expect("scenario names are valid"),
-            machine: MachineSpec {
-                vcpus: 1,
-                memory_mib: 256,
-                accel: AccelRequest::Auto,
-                kind: MachineKind::Microvm,
-                cpu_weight: None,
-            },
-            boot: BootSource::Image {
-                image: "minimal".into(),
-                cmdline: String::new(),
-            },
-            disks: vec![],
-            nics: vec![],
             serial: SerialSpec {
                 mode: SerialMode::Log,
             },
-            labels: Default::default(),
-            tenant: None,
-            pool: None,
+            ..VmSpec::new(VmName::new(name).expect("scenario names are valid"))
         }
     }
 

@@ -41,6 +41,34 @@ pub struct VmSpec {
 }
 
 impl VmSpec {
+    /// The spec a file with only `schema_version` and `name` gives: 1 vCPU, 256 MiB, the
+    /// built-in `minimal` image with no extra kernel arguments, no disks, no NICs, the serial
+    /// console on a socket (hangar-spec's tests check the two stay equal).
+    pub fn new(name: VmName) -> VmSpec {
+        VmSpec {
+            name,
+            machine: MachineSpec {
+                vcpus: 1,
+                memory_mib: 256,
+                accel: AccelRequest::Auto,
+                kind: MachineKind::Microvm,
+                cpu_weight: None,
+            },
+            boot: BootSource::Image {
+                image: "minimal".into(),
+                cmdline: String::new(),
+            },
+            disks: Vec::new(),
+            nics: Vec::new(),
+            serial: SerialSpec {
+                mode: SerialMode::Socket,
+            },
+            labels: BTreeMap::new(),
+            tenant: None,
+            pool: None,
+        }
+    }
+
     /// The spec with what tells one clone from another (name, tenant, pool) set to fixed
     /// values. Two VMs whose clone templates are equal have the same virtual hardware and boot
     /// the same guest, so a memory snapshot of one can be restored into the other.

@@ -570,27 +570,9 @@ mod tests {
 
     fn test_spec() -> VmSpec {
         use hangar_core::spec::*;
-        VmSpec {
-            name: hangar_core::ids::VmName::new("t").unwrap(),
-            machine: MachineSpec {
-                vcpus: 1,
-                memory_mib: 128,
-                accel: AccelRequest::Auto,
-                kind: MachineKind::Microvm,
-                cpu_weight: None,
-            },
-            boot: BootSource::Image {
-                image: "minimal".into(),
-                cmdline: String::new(),
-            },
-            disks: vec![],
-            nics: vec![],
-            serial: SerialSpec {
-                mode: SerialMode::Log,
-            },
-            labels: Default::default(),
-            tenant: None,
-            pool: None,
-        }
+        let mut spec = VmSpec::new(hangar_core::ids::VmName::new("t").unwrap());
+        spec.machine.memory_mib = 128;
+        spec.serial.mode = SerialMode::Log;
+        spec
     }
 }

@@ -163,3 +163,10 @@ fn canonical_json_is_rfc8785() {
     assert_eq!(c.hash.0, hangar_spec::sha256_tagged(c.json.as_bytes()));
     assert_eq!(c.hash.0.len(), "sha256:".len() + 64);
 }
+
+#[test]
+fn the_core_default_spec_is_what_a_file_with_only_a_name_gives() {
+    let parsed = toml("schema_version = 1\nname = \"bare\"");
+    let built = hangar_core::spec::VmSpec::new(hangar_core::ids::VmName::new("bare").unwrap());
+    assert_eq!(parsed.spec, built);
+}

@@ -207,37 +207,14 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use hangar_core::error::{Coded, ErrorCode};
-    use hangar_core::spec::{
-        AccelRequest, BootSource, MachineKind, MachineSpec, SerialMode, SerialSpec,
-    };
+    use hangar_core::spec::VmSpec;
 
     use super::*;
     use crate::StoreError;
 
     fn record(name: &str) -> VmRecord {
         VmRecord {
-            spec: VmSpec {
-                name: VmName::new(name).unwrap(),
-                machine: MachineSpec {
-                    vcpus: 1,
-                    memory_mib: 256,
-                    accel: AccelRequest::Auto,
-                    kind: MachineKind::Microvm,
-                    cpu_weight: None,
-                },
-                boot: BootSource::Image {
-                    image: "minimal".into(),
-                    cmdline: String::new(),
-                },
-                disks: vec![],
-                nics: vec![],
-                serial: SerialSpec {
-                    mode: SerialMode::Socket,
-                },
-                labels: Default::default(),
-                tenant: None,
-                pool: None,
-            },
+            spec: VmSpec::new(VmName::new(name).unwrap()),
             spec_hash: "sha256:00".into(),
             plan_json: "{}".into(),
             state: VmState::Running,

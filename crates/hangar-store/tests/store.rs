@@ -9,28 +9,7 @@ use hangar_core::ErrorCode;
 use hangar_store::*;
 
 fn spec(name: &str) -> VmSpec {
-    VmSpec {
-        name: VmName::new(name).unwrap(),
-        machine: MachineSpec {
-            vcpus: 1,
-            memory_mib: 256,
-            accel: AccelRequest::Auto,
-            kind: MachineKind::Microvm,
-            cpu_weight: None,
-        },
-        boot: BootSource::Image {
-            image: "minimal".into(),
-            cmdline: String::new(),
-        },
-        disks: vec![],
-        nics: vec![],
-        serial: SerialSpec {
-            mode: SerialMode::Socket,
-        },
-        labels: Default::default(),
-        tenant: None,
-        pool: None,
-    }
+    VmSpec::new(VmName::new(name).unwrap())
 }
 
 fn record(name: &str) -> VmRecord {

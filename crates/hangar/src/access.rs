@@ -14,7 +14,7 @@ use hangar_core::ids::TenantId;
 use serde_json::json;
 
 use crate::common::{from_body, home, print_json};
-use crate::table::{Align, Table};
+use crate::table::Table;
 use crate::{failure, Failure, Output};
 
 /// `hangar token …`
@@ -202,8 +202,7 @@ pub fn token(cmd: TokenCommand, out: &mut dyn Write) -> Result<(), Failure> {
             if output == Output::Json {
                 return print_json(out, &list);
             }
-            let mut table =
-                Table::new(&[("ID", 14, Align::Left), ("SCOPE", 28, Align::Left)]).free("NAME");
+            let mut table = Table::new("ID<14 SCOPE<28").free("NAME");
             for t in list {
                 table.row(vec![t.id.to_string(), t.scope.to_string()], t.name);
             }

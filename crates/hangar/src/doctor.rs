@@ -6,7 +6,7 @@ use std::path::Path;
 use hangar_control::DaemonMode;
 use hangar_core::error::ErrorCode;
 
-use crate::table::{Align, Table};
+use crate::table::Table;
 use crate::{Failure, Output};
 
 use crate::common::*;
@@ -239,12 +239,7 @@ pub fn images(output: Output, out: &mut dyn Write) -> Result<(), Failure> {
     if output == Output::Json {
         return print_json(out, &list);
     }
-    let mut table = Table::new(&[
-        ("NAME", 16, Align::Left),
-        ("COMPLETE", 9, Align::Left),
-        ("SIZE", 8, Align::Right),
-    ])
-    .free("KERNEL");
+    let mut table = Table::new("NAME<16 COMPLETE<9 SIZE>8").free("KERNEL");
     for i in list {
         let kernel = i
             .manifest

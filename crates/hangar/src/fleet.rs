@@ -14,7 +14,7 @@ use hangar_core::error::ErrorCode;
 use serde_json::{json, Value};
 
 use crate::common::{from_body, home, print_json};
-use crate::table::{Align, Table};
+use crate::table::Table;
 use crate::{Failure, Output};
 
 /// Tenants: isolation and quota boundaries that own pools.
@@ -315,15 +315,9 @@ pub fn tenant(cmd: TenantCommand, out: &mut dyn Write) -> Result<(), Failure> {
             if output == Output::Json {
                 return print_json(out, &list);
             }
-            let mut table = Table::new(&[
-                ("TENANT", 20, Align::Left),
-                ("VCPUS", 11, Align::Right),
-                ("MEMORY_MIB", 13, Align::Right),
-                ("RUNNING", 11, Align::Right),
-                ("WARM", 9, Align::Right),
-                ("INSTANCES", 13, Align::Right),
-                ("DISK_MIB", 11, Align::Right),
-            ])
+            let mut table = Table::new(
+                "TENANT<20 VCPUS>11 MEMORY_MIB>13 RUNNING>11 WARM>9 INSTANCES>13 DISK_MIB>11",
+            )
             .free("POOLS");
             for t in list {
                 let (q, u) = (t.quotas, t.usage);
@@ -445,16 +439,9 @@ pub fn pool(cmd: PoolCommand, out: &mut dyn Write) -> Result<(), Failure> {
             if output == Output::Json {
                 return print_json(out, &list);
             }
-            let mut table = Table::new(&[
-                ("POOL", 20, Align::Left),
-                ("TENANT", 16, Align::Left),
-                ("RUNNING", 9, Align::Right),
-                ("WARM", 9, Align::Right),
-                ("SLEEPING", 9, Align::Right),
-                ("CLAIMED", 8, Align::Right),
-                ("OTHER", 6, Align::Right),
-            ])
-            .free("BASE");
+            let mut table =
+                Table::new("POOL<20 TENANT<16 RUNNING>9 WARM>9 SLEEPING>9 CLAIMED>8 OTHER>6")
+                    .free("BASE");
             for v in list {
                 let (d, c) = (v.pool.desired, v.counts);
                 table.row(
@@ -570,13 +557,7 @@ pub fn pool(cmd: PoolCommand, out: &mut dyn Write) -> Result<(), Failure> {
 }
 
 fn instance_table(out: &mut dyn Write, list: &[Instance]) {
-    let mut table = Table::new(&[
-        ("INSTANCE", 12, Align::Left),
-        ("NAME", 24, Align::Left),
-        ("POOL", 16, Align::Left),
-        ("STATE", 9, Align::Left),
-    ])
-    .free("CLAIMED");
+    let mut table = Table::new("INSTANCE<12 NAME<24 POOL<16 STATE<9").free("CLAIMED");
     for i in list {
         table.row(
             vec![

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use hangar_api::EventView;
 
-use crate::table::{Align, Table};
+use crate::table::Table;
 use crate::{Failure, Output};
 
 use crate::common::*;
@@ -16,14 +16,7 @@ pub fn ops(limit: usize, output: Output, out: &mut dyn Write) -> Result<(), Fail
     if output == Output::Json {
         return print_json(out, &list);
     }
-    let mut table = Table::new(&[
-        ("ID", 24, Align::Left),
-        ("KIND", 16, Align::Left),
-        ("TARGET", 20, Align::Left),
-        ("STATUS", 11, Align::Left),
-        ("STARTED", 9, Align::Right),
-    ])
-    .free("ERROR");
+    let mut table = Table::new("ID<24 KIND<16 TARGET<20 STATUS<11 STARTED>9").free("ERROR");
     for op in list {
         table.row(
             vec![

@@ -8,9 +8,7 @@ use hangar_core::cancel::CancelToken;
 use hangar_core::contracts::{Lifecycle, StopMode};
 use hangar_core::error::{Error, ErrorCode};
 use hangar_core::ids::VmName;
-use hangar_core::spec::{
-    AccelRequest, BootSource, MachineKind, MachineSpec, SerialMode, SerialSpec, VmSpec,
-};
+use hangar_core::spec::{BootSource, SerialMode, VmSpec};
 use hangar_qemu::console::{self, LogTail, Marker};
 use hangar_qemu::{process, Phase, QemuEngine, StartOptions};
 use hangar_spec::{limits, BUILTIN_IMAGES};
@@ -74,28 +72,15 @@ fn run_spec(name: VmName, args: &RunArgs) -> Result<VmSpec, Failure> {
             "pass a shorter command (put a long script in a file on a disk)",
         ));
     }
-    Ok(VmSpec {
-        name,
-        machine: MachineSpec {
-            vcpus: args.vcpus,
-            memory_mib: args.memory,
-            accel: AccelRequest::Auto,
-            kind: MachineKind::Microvm,
-            cpu_weight: None,
-        },
-        boot: BootSource::Image {
-            image: args.image.clone(),
-            cmdline,
-        },
-        disks: Vec::new(),
-        nics: Vec::new(),
-        serial: SerialSpec {
-            mode: SerialMode::Log,
-        },
-        labels: Default::default(),
-        tenant: None,
-        pool: None,
-    })
+    let mut spec = VmSpec::new(name);
+    spec.machine.vcpus = args.vcpus;
+    spec.machine.memory_mib = args.memory;
+    spec.boot = BootSource::Image {
+        image: args.image.clone(),
+        cmdline,
+    };
+    spec.serial.mode = SerialMode::Log;
+    Ok(spec)
 }
 
 /// Boots a throwaway guest that runs one command, streams its output, and returns its exit code.

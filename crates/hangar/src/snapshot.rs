@@ -4,7 +4,7 @@ use std::io::Write;
 
 use hangar_api::OperationRequest;
 
-use crate::table::{Align, Table};
+use crate::table::Table;
 use crate::{Failure, Output};
 
 use crate::common::*;
@@ -64,12 +64,7 @@ pub fn snapshot_ls(name: Option<&str>, output: Output, out: &mut dyn Write) -> R
     if output == Output::Json {
         return print_json(out, &list);
     }
-    let mut table = Table::new(&[
-        ("ID", 24, Align::Left),
-        ("VM", 24, Align::Left),
-        ("SIZE", 8, Align::Right),
-    ])
-    .free("ENGINE");
+    let mut table = Table::new("ID<24 VM<24 SIZE>8").free("ENGINE");
     for s in list {
         table.row(
             vec![

@@ -5,7 +5,7 @@ use std::io::Write;
 
 /// How a column's cells are padded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Align {
+enum Align {
     /// Text: padded on the right.
     Left,
     /// Numbers: padded on the left.
@@ -21,10 +21,34 @@ pub(crate) struct Table {
 }
 
 impl Table {
-    /// A table with these fixed columns: (title, width, alignment).
-    pub(crate) fn new(columns: &[(&'static str, usize, Align)]) -> Table {
+    /// A table with these fixed columns, written like format specs: `TITLE<WIDTH` for text
+    /// padded on the right, `TITLE>WIDTH` for numbers padded on the left, separated by spaces
+    /// (`"NAME<24 STATE<9 VCPUS>5"`).
+    pub(crate) fn new(columns: &'static str) -> Table {
+        let columns = columns
+            .split_whitespace()
+            .map(|c| {
+                let (at, align) = c
+                    .find(['<', '>'])
+                    .map(|i| {
+                        (
+                            i,
+                            if &c[i..=i] == "<" {
+                                Align::Left
+                            } else {
+                                Align::Right
+                            },
+                        )
+                    })
+                    .unwrap_or_else(|| panic!("column {c:?} has no < or >"));
+                let width = c[at + 1..]
+                    .parse()
+                    .unwrap_or_else(|_| panic!("column {c:?} has no width"));
+                (&c[..at], width, align)
+            })
+            .collect();
         Table {
-            columns: columns.to_vec(),
+            columns,
             free: None,
             rows: Vec::new(),
         }
@@ -76,7 +100,7 @@ mod tests {
 
     #[test]
     fn columns_are_padded_by_alignment_and_the_free_column_follows_two_spaces() {
-        let mut t = Table::new(&[("NAME", 6, Align::Left), ("N", 3, Align::Right)]).free("WHY");
+        let mut t = Table::new("NAME<6 N>3").free("WHY");
         t.row(vec!["web".into(), "7".into()], "because");
         let mut out = Vec::new();
         t.print(&mut out);
@@ -88,7 +112,7 @@ mod tests {
 
     #[test]
     fn without_a_free_column_every_column_is_padded() {
-        let mut t = Table::new(&[("A", 3, Align::Left), ("B", 2, Align::Left)]);
+        let mut t = Table::new("A<3 B<2");
         t.row(vec!["x".into(), "y".into()], "");
         let mut out = Vec::new();
         t.print(&mut out);

@@ -11,7 +11,7 @@ use hangar_core::ids::VmName;
 use hangar_qemu::console::{self, LogTail};
 use hangar_qemu::QemuEngine;
 
-use crate::table::{Align, Table};
+use crate::table::Table;
 use crate::{Failure, Output};
 
 use crate::common::*;
@@ -151,16 +151,8 @@ pub fn ps(all: bool, output: Output, out: &mut dyn Write) -> Result<(), Failure>
     if output == Output::Json {
         return print_json(out, &rows);
     }
-    let mut table = Table::new(&[
-        ("NAME", 24, Align::Left),
-        ("STATE", 9, Align::Left),
-        ("ACCEL", 5, Align::Left),
-        ("VCPUS", 5, Align::Right),
-        ("MEMORY", 8, Align::Right),
-        ("UPTIME", 8, Align::Right),
-        ("PID", 8, Align::Right),
-    ])
-    .free("REASON");
+    let mut table =
+        Table::new("NAME<24 STATE<9 ACCEL<5 VCPUS>5 MEMORY>8 UPTIME>8 PID>8").free("REASON");
     for r in rows {
         table.row(
             vec![
