@@ -7,22 +7,26 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use hangar_core::error::{registry_markdown, Coded, ErrorClass, ErrorCode};
+use hangar_core::error::{registry_markdown, ErrorCode};
 use hangar_plan::probe::SystemProbe;
-use hangar_plan::{HostFacts, HostProbe};
-use hangar_spec::{CanonicalSpec, Diagnostic, SpecErrors};
+use hangar_plan::HostProbe;
 
 mod access;
 mod common;
 mod console;
 mod doctor;
+mod failure;
 mod fleet;
 mod ops;
+mod planning;
 mod progress;
 mod run;
 mod snapshot;
 mod table;
 mod vm;
+
+pub(crate) use failure::{coded, failure, Failure};
+use planning::*;
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -320,65 +324,6 @@ enum SnapshotCommand {
     },
 }
 
-/// A failure to report: diagnostics on stderr, and the exit code.
-#[derive(Debug)]
-pub(crate) struct Failure {
-    pub(crate) diagnostics: Vec<Diagnostic>,
-    /// An explicit exit code (a guest command's), overriding the diagnostics' class.
-    pub(crate) exit: Option<u8>,
-}
-
-impl Failure {
-    fn exit_code(&self) -> u8 {
-        if let Some(code) = self.exit {
-            return code;
-        }
-        let env = self
-            .diagnostics
-            .iter()
-            .any(|d| d.code.class() == ErrorClass::Environment);
-        if env {
-            2
-        } else {
-            1
-        }
-    }
-}
-
-impl From<SpecErrors> for Failure {
-    fn from(e: SpecErrors) -> Self {
-        Self {
-            diagnostics: e.0,
-            exit: None,
-        }
-    }
-}
-
-pub(crate) fn coded(e: &dyn CodedError) -> Failure {
-    Failure {
-        diagnostics: vec![
-            Diagnostic::new(e.code(), e.path().unwrap_or_default(), e.to_string())
-                .hint(Coded::hint(e).unwrap_or_else(|| e.code().typical_fix().to_string())),
-        ],
-        exit: None,
-    }
-}
-
-pub(crate) fn failure(code: ErrorCode, message: String, hint: &str) -> Failure {
-    let hint = if hint.is_empty() {
-        code.typical_fix()
-    } else {
-        hint
-    };
-    Failure {
-        diagnostics: vec![Diagnostic::new(code, "", message).hint(hint)],
-        exit: None,
-    }
-}
-
-pub(crate) trait CodedError: Coded + std::fmt::Display {}
-impl<T: Coded + std::fmt::Display> CodedError for T {}
-
 fn main() -> ExitCode {
     // Everything Hangar (and the QEMUs it starts) creates is private to its user.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
@@ -395,14 +340,6 @@ fn main() -> ExitCode {
             ExitCode::from(failure.exit_code())
         }
     }
-}
-
-fn json_line(out: &mut dyn Write, value: &serde_json::Value) {
-    let _ = writeln!(
-        out,
-        "{}",
-        serde_json::to_string_pretty(value).expect("json")
-    );
 }
 
 fn run(command: Command, out: &mut dyn Write) -> Result<(), Failure> {
@@ -595,123 +532,5 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), Failure> {
             output,
         } => ops::events(since, follow, output, out),
         Command::Audit(cmd) => access::audit_command(cmd, out),
-    }
-}
-
-/// The host files a spec names, with their fields.
-fn host_files(spec: &hangar_core::spec::VmSpec) -> Vec<(String, String)> {
-    use hangar_core::spec::{BootSource, DiskSource};
-    let mut files = Vec::new();
-    if let BootSource::Kernel { kernel, initrd, .. } = &spec.boot {
-        files.push(("boot.kernel".to_string(), kernel.clone()));
-        if let Some(initrd) = initrd {
-            files.push(("boot.initrd".to_string(), initrd.clone()));
-        }
-    }
-    for (i, d) in spec.disks.iter().enumerate() {
-        if let DiskSource::Base { source } = &d.source {
-            files.push((format!("disk[{i}].source"), source.clone()));
-        }
-    }
-    files
-}
-
-fn read_facts(path: &Path) -> Result<HostFacts, Failure> {
-    let fail = |code: ErrorCode, message: String, hint: &str| Failure {
-        diagnostics: vec![Diagnostic::new(code, "", message).hint(hint)],
-        exit: None,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        fail(
-            ErrorCode::Io,
-            format!("cannot read {}: {e}", path.display()),
-            "check the --host-facts path",
-        )
-    })?;
-    serde_json::from_str(&text).map_err(|e| {
-        fail(
-            ErrorCode::HostFactsInvalid,
-            format!("{}: {e}", path.display()),
-            "write the file with `hangar host-facts > FACTS.json` and edit it",
-        )
-    })
-}
-
-fn print_plan(out: &mut dyn Write, spec: &CanonicalSpec, plan: &hangar_plan::Plan) {
-    let _ = writeln!(out, "plan for {} ({})", plan.name, spec.hash);
-    let _ = writeln!(
-        out,
-        "accel:    {} (requested {}) — {}",
-        plan.accel_resolved.as_str(),
-        serde_json::to_value(plan.accel_requested)
-            .ok()
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default(),
-        plan.accel_reason
-    );
-    let _ = writeln!(
-        out,
-        "qemu:     {}",
-        plan.qemu_version.as_deref().unwrap_or("not found")
-    );
-    let _ = writeln!(out, "runtime:  {}", plan.runtime_dir);
-    let _ = writeln!(out, "argv:     {}\n", plan.argv_hash);
-    let _ = writeln!(out, "{}\n", plan.shell_command());
-    let _ = writeln!(out, "creates (nothing is created by `plan`):");
-    for c in &plan.creates {
-        let line = match c {
-            hangar_plan::Creation::Dir { path } => format!("dir      {path}"),
-            hangar_plan::Creation::File { path, purpose } => {
-                format!("file     {path}  ({purpose})")
-            }
-            hangar_plan::Creation::Socket { path, purpose } => {
-                format!("socket   {path}  ({purpose})")
-            }
-            hangar_plan::Creation::Overlay { path, backing, .. } => {
-                format!("overlay  {path}  (over {backing})")
-            }
-            hangar_plan::Creation::Disk { path, size_mib, .. } => {
-                format!("disk     {path}  ({size_mib} MiB, blank)")
-            }
-            hangar_plan::Creation::Tap { ifname, nic } => format!("tap      {ifname}  (nic {nic})"),
-        };
-        let _ = writeln!(out, "  {line}");
-    }
-    match &plan.confinement {
-        None => {
-            let _ = writeln!(out, "confined: no (HANGAR_CONFINE=off)");
-        }
-        Some(c) => {
-            let user = match (c.uid, &c.groups[..]) {
-                (Some(uid), groups) => format!("uid {uid}, groups {groups:?}, no capabilities"),
-                (None, _) => "this user (Hangar is not root)".into(),
-            };
-            let _ = writeln!(
-                out,
-                "confined: {user}; no_new_privs; seccomp {}",
-                if c.seccomp { "on" } else { "off" }
-            );
-            match &c.cgroup {
-                Some(cg) => {
-                    let _ = writeln!(
-                        out,
-                        "cgroup:   {} {}: memory {} MiB, cpu {} µs per {} µs, weight {}, pids {}",
-                        cg.version.as_str(),
-                        cg.path,
-                        cg.memory_max_bytes >> 20,
-                        cg.cpu_quota_us,
-                        cg.cpu_period_us,
-                        cg.cpu_weight,
-                        cg.pids_max
-                    );
-                }
-                None => {
-                    let _ = writeln!(out, "cgroup:   none on this host");
-                }
-            }
-        }
-    }
-    for w in &plan.warnings {
-        let _ = writeln!(out, "warning: {w}");
     }
 }
