@@ -21,7 +21,7 @@ pub struct TenantRequest {
 /// A tenant, with what it uses now.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TenantView {
-    /// Id.
+    /// The tenant's id (`acme`); its pools and VMs are named `acme--…`.
     pub id: String,
     /// Its limits.
     pub quotas: Quotas,
@@ -51,7 +51,7 @@ pub struct PoolRequest {
     /// Desired counts (all zero if absent).
     #[serde(default)]
     pub desired: Desired,
-    /// Policy.
+    /// How instances are made and kept (clones or cold boots, back-off).
     #[serde(default)]
     pub policy: Policy,
 }

@@ -16,7 +16,7 @@ pub mod fleet;
 /// One VM as `hangar ps` and `GET /v1/vms` show it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct VmView {
-    /// Name.
+    /// The VM's name (`acme--web` for a tenant's VM).
     pub name: String,
     /// Lifecycle state (`running`, `stopped`, `failed`, …).
     pub state: String,
@@ -322,7 +322,8 @@ pub struct Operation {
     /// `running`, `succeeded`, `failed` or `rolled_back`.
     #[schema(value_type = String)]
     pub status: OperationStatus,
-    /// The phase it last reported (`spawning`, `qmp`, `booting`, …).
+    /// The phase it last reported: a start reports `disks`, `engine`, `boot` and `ready`, in
+    /// that order (`engine` and `ready` on the fake engine); other kinds report none.
     pub progress: Option<String>,
     /// The request.
     pub request: OperationRequest,

@@ -267,7 +267,7 @@ pub enum EventKind {
     Engine {
         /// The VM concerned.
         vm: VmName,
-        /// When.
+        /// When the engine saw it.
         at: Timestamp,
         /// What, in the engine's words.
         message: String,

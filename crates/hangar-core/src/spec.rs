@@ -256,7 +256,7 @@ impl Protocol {
 /// A host port forwarded to a guest port. The host side always binds to loopback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PortForward {
-    /// Protocol.
+    /// TCP or UDP.
     pub proto: Protocol,
     /// Port on the host (127.0.0.1).
     pub host: u16,

@@ -31,7 +31,7 @@ pub use quota::{Quota, QuotaExceeded, Quotas, Usage};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Tenant {
-    /// Id.
+    /// The tenant's id: the prefix of its pools' and VMs' names.
     #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub id: TenantId,
     /// Its limits.
@@ -80,7 +80,7 @@ pub struct Pool {
     /// Id (also the prefix of its instances' names).
     #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub id: PoolId,
-    /// Owner.
+    /// The tenant that owns the pool and whose quotas its instances count against.
     #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub tenant: TenantId,
     /// The spec every instance is made from (its `name` is replaced per instance).
@@ -88,7 +88,7 @@ pub struct Pool {
     pub template: VmSpec,
     /// Desired counts.
     pub desired: Desired,
-    /// Policy.
+    /// How instances are made and kept (clones or cold boots, back-off).
     pub policy: Policy,
 }
 

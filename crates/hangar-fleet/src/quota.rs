@@ -70,7 +70,7 @@ pub struct Usage {
     pub running: u64,
     /// Warm instances.
     pub warm: u64,
-    /// Instances.
+    /// Instances of every state (each counts whether it runs or not).
     pub instances: u64,
     /// Disk (MiB).
     #[serde(default)]

@@ -146,7 +146,7 @@ string_enum! {
         FinishMigrate = "finish-migrate",
         /// Restoring a snapshot (`loadvm`).
         RestoreVm = "restore-vm",
-        /// Running.
+        /// The vCPUs run.
         Running = "running",
         /// Saving a snapshot (`savevm`).
         SaveVm = "save-vm",
@@ -174,7 +174,7 @@ string_enum! {
         Setup = "setup",
         /// Being cancelled.
         Cancelling = "cancelling",
-        /// Cancelled.
+        /// Cancelled by a `migrate_cancel`.
         Cancelled = "cancelled",
         /// In progress.
         Active = "active",
@@ -306,7 +306,7 @@ impl MigrationInfo {
 /// when it could not read the clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timestamp {
-    /// Seconds.
+    /// Whole seconds since the epoch.
     pub seconds: i64,
     /// Microseconds within the second.
     pub microseconds: i64,

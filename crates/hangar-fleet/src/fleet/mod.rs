@@ -150,11 +150,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// [`Fleet::restore`] takes back after a restart.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Registry {
-    /// Tenants.
+    /// Every tenant with its quotas.
     pub tenants: Vec<Tenant>,
-    /// Pools.
+    /// Every pool with its template and desired counts.
     pub pools: Vec<Pool>,
-    /// Instances.
+    /// Every instance the fleet made and still owns.
     pub instances: Vec<Instance>,
     /// Base snapshots, one per pool at most.
     #[serde(default)]

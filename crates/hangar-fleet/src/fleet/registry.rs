@@ -22,7 +22,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
         self.changed();
     }
 
-    /// Tenants.
+    /// Every tenant, by id.
     pub fn tenants(&self) -> Vec<Tenant> {
         self.lock().tenants.values().cloned().collect()
     }
@@ -137,7 +137,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Pools.
+    /// Every pool, by id.
     pub fn pools(&self) -> Vec<Pool> {
         self.lock().pools.values().cloned().collect()
     }
