@@ -86,7 +86,7 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 /// A request that hit a bug: `500 E_ENGINE_FAILED`, logged.
 pub(crate) fn internal_error(panic: &(dyn std::any::Any + Send)) -> ApiError {
     let message = panic_message(panic);
-    eprintln!("hangard: BUG: a request's worker panicked: {message}");
+    tracing::error!("BUG: a request's worker panicked: {message}");
     ApiError::new(
         ErrorCode::EngineFailed,
         format!("internal error (a bug, logged by hangard): {message}"),

@@ -150,7 +150,7 @@ impl Daemon {
                 detail: None,
             };
             if let Err(e) = self.trail.record(entry) {
-                eprintln!("hangard: AUDIT FAILURE recording a reconcile step: {e}");
+                tracing::error!("AUDIT FAILURE recording a reconcile step: {e}");
                 self.metrics.error(ErrorCode::AuditUnavailable.as_str());
             }
         }
@@ -164,7 +164,7 @@ impl Daemon {
                 .unwrap_or_else(|e| e.into_inner())
                 .record_note(&subject, SystemClock.now(), &report.summary());
             if let Err(e) = noted {
-                eprintln!("hangard: cannot record the reconcile pass: {e}");
+                tracing::error!("cannot record the reconcile pass: {e}");
             }
             self.changed.notify_waiters();
         }
@@ -183,8 +183,8 @@ impl Daemon {
                     daemon.reconcile();
                 }));
                 if let Err(panic) = pass {
-                    eprintln!(
-                        "hangard: BUG: a reconcile pass panicked: {}",
+                    tracing::error!(
+                        "BUG: a reconcile pass panicked: {}",
                         crate::panic_message(&*panic)
                     );
                     daemon.metrics.reconcile_pass(0.0, true);

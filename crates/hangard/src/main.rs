@@ -62,9 +62,37 @@ struct Args {
     /// boots and VMs live only as long as the daemon (for simulations and tests).
     #[arg(long, value_enum, default_value_t = EngineKind::Qemu)]
     engine: EngineKind,
+    /// How the log on stderr is written: `text` for people, `json` (one object a line, with
+    /// `timestamp`, `level`, `message` and the event's fields) for log collectors. The level
+    /// comes from `HANGARD_LOG` (`info` by default; `debug`, `warn`, or a tracing filter).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// Print the OpenAPI document and exit.
     #[arg(long)]
     openapi: bool,
+}
+
+/// How the log is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line.
+    Json,
+}
+
+/// Sends `tracing` events to stderr in `format`, filtered by `HANGARD_LOG` (default `info`).
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HANGARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let log = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    match format {
+        LogFormat::Text => log.with_ansi(false).init(),
+        LogFormat::Json => log.json().flatten_event(true).init(),
+    }
 }
 
 /// The engines hangard can run.
@@ -81,6 +109,7 @@ async fn main() -> std::process::ExitCode {
     // Everything hangard (and the QEMUs it starts) creates is private to its user.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let args = Args::parse();
+    init_logging(args.log_format);
     if args.openapi {
         print!("{}", hangard::openapi_json());
         return std::process::ExitCode::SUCCESS;
@@ -107,14 +136,14 @@ async fn main() -> std::process::ExitCode {
     let (engine, facts) = match opened {
         Ok(opened) => opened,
         Err(e) => {
-            eprintln!("hangard: {e}");
+            tracing::error!("{e}");
             return std::process::ExitCode::from(2);
         }
     };
     let listener = match hangard::bind(&socket, !args.map_uid.is_empty()) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("hangard: cannot listen on {}: {e}", socket.display());
+            tracing::error!("cannot listen on {}: {e}", socket.display());
             return std::process::ExitCode::from(2);
         }
     };
@@ -122,19 +151,21 @@ async fn main() -> std::process::ExitCode {
         Some(addr) => match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => Some(l),
             Err(e) => {
-                eprintln!("hangard: cannot listen on tcp {addr}: {e}");
+                tracing::error!("cannot listen on tcp {addr}: {e}");
                 return std::process::ExitCode::from(2);
             }
         },
         None => None,
     };
     if !(args.reconcile_interval > 0.0 && args.reconcile_interval.is_finite()) {
-        eprintln!("hangard: --reconcile-interval must be a positive number of seconds");
+        tracing::error!("--reconcile-interval must be a positive number of seconds");
         return std::process::ExitCode::from(2);
     }
     let interval = std::time::Duration::from_secs_f64(args.reconcile_interval);
     if args.header_timeout == 0 || args.idle_timeout == 0 || args.max_connections_per_peer == 0 {
-        eprintln!("hangard: --header-timeout, --idle-timeout and --max-connections-per-peer must be positive");
+        tracing::error!(
+            "--header-timeout, --idle-timeout and --max-connections-per-peer must be positive"
+        );
         return std::process::ExitCode::from(2);
     }
     let tls = match (&tcp, args.insecure_plaintext) {
@@ -143,7 +174,7 @@ async fn main() -> std::process::ExitCode {
             match hangard::server::identity(&home, given) {
                 Ok(identity) => Some(identity),
                 Err(e) => {
-                    eprintln!("hangard: TLS: {e}");
+                    tracing::error!("TLS: {e}");
                     return std::process::ExitCode::from(2);
                 }
             }
@@ -163,7 +194,7 @@ async fn main() -> std::process::ExitCode {
     let daemon = match hangard::Daemon::on(engine, &home, facts, options) {
         Ok(d) => Arc::new(d),
         Err(e) => {
-            eprintln!("hangard: {e}");
+            tracing::error!("{e}");
             return std::process::ExitCode::from(2);
         }
     };
@@ -183,13 +214,15 @@ async fn main() -> std::process::ExitCode {
     let _ = first_pass_done.await;
     // Only after recovery: a pass must see interrupted operations settled.
     daemon.start_reconciler();
-    eprintln!(
-        "hangard: listening on {} ({} engine)",
-        socket.display(),
-        match args.engine {
-            EngineKind::Qemu => "qemu",
-            EngineKind::Fake => "fake",
-        }
+    let engine_name = match args.engine {
+        EngineKind::Qemu => "qemu",
+        EngineKind::Fake => "fake",
+    };
+    tracing::info!(
+        socket = %socket.display(),
+        engine = engine_name,
+        "listening on {} ({engine_name} engine)",
+        socket.display()
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -204,12 +237,12 @@ async fn main() -> std::process::ExitCode {
     if let Some(tcp) = tcp {
         if let Ok(addr) = tcp.local_addr() {
             match &tls {
-                Some(identity) => eprintln!(
-                    "hangard: listening on tcp {addr} over TLS, certificate {} (bearer tokens required)",
+                Some(identity) => tracing::info!(
+                    "listening on tcp {addr} over TLS, certificate {} (bearer tokens required)",
                     identity.fingerprint
                 ),
-                None => eprintln!(
-                    "hangard: listening on tcp {addr} as PLAIN HTTP (--insecure-plaintext; bearer tokens required)"
+                None => tracing::info!(
+                    "listening on tcp {addr} as PLAIN HTTP (--insecure-plaintext; bearer tokens required)"
                 ),
             }
         }
@@ -218,7 +251,7 @@ async fn main() -> std::process::ExitCode {
         let acceptor = tls.map(|identity| identity.acceptor);
         tokio::spawn(async move {
             if let Err(e) = hangard::serve_tcp(tcp, d, acceptor, stopped(rx)).await {
-                eprintln!("hangard: tcp listener: {e}");
+                tracing::error!("tcp listener: {e}");
             }
         });
     }
@@ -227,7 +260,7 @@ async fn main() -> std::process::ExitCode {
     match served {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("hangard: {e}");
+            tracing::error!("{e}");
             std::process::ExitCode::from(1)
         }
     }

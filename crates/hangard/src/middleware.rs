@@ -103,7 +103,7 @@ pub(crate) async fn gate(
     }
     if mutating {
         if let Err(why) = d.trail.record(entry("requested".into(), None)) {
-            eprintln!("hangard: AUDIT FAILURE, refusing {method} {target}: {why}");
+            tracing::error!("AUDIT FAILURE, refusing {method} {target}: {why}");
             let response = ApiError::new(
                 ErrorCode::AuditUnavailable,
                 format!("the audit log cannot be written, so nothing was done: {why}"),
@@ -144,7 +144,7 @@ pub(crate) async fn gate(
         let detail = (!detail.is_empty()).then(|| detail.join("; "));
         if let Err(e) = d.trail.record(entry(result, detail)) {
             // The action happened but its outcome is not audited (its request is): say so.
-            eprintln!("hangard: AUDIT FAILURE recording the outcome of {method} {target}: {e}");
+            tracing::error!("AUDIT FAILURE recording the outcome of {method} {target}: {e}");
             d.metrics.error(ErrorCode::AuditUnavailable.as_str());
         }
     }

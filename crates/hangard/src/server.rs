@@ -216,7 +216,7 @@ pub async fn run(
             Ok(a) => a,
             // A failed accept (a peer gone, descriptors exhausted) must not stop the server.
             Err(e) => {
-                eprintln!("hangard: accept: {e}");
+                tracing::warn!("accept: {e}");
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             }

@@ -172,9 +172,16 @@ impl Daemon {
     pub fn recover(self: &Arc<Self>) -> Vec<Operation> {
         let settled = self.local.recover();
         for op in &settled {
-            eprintln!(
-                "hangard: settled interrupted operation {} ({} {}): {}",
-                op.id, op.kind, op.target, op.status
+            tracing::info!(
+                operation = %op.id,
+                kind = %op.kind,
+                target = %op.target,
+                status = %op.status,
+                "settled interrupted operation {} ({} {}): {}",
+                op.id,
+                op.kind,
+                op.target,
+                op.status
             );
         }
         if !settled.is_empty() {
@@ -183,7 +190,7 @@ impl Daemon {
         // Console logs are capped here too, so a chatty guest is rotated within a second
         // even when nobody asks about it.
         if let Err(e) = self.engine().upkeep() {
-            eprintln!("hangard: rotating console logs: {e}");
+            tracing::warn!("rotating console logs: {e}");
         }
         settled
     }

@@ -41,14 +41,14 @@ impl Trail {
         match &opened {
             Ok(l) => {
                 if let Some(torn) = l.recovered_tail() {
-                    eprintln!(
-                        "hangard: removed a torn, never-acknowledged audit line: {}",
+                    tracing::error!(
+                        "removed a torn, never-acknowledged audit line: {}",
                         String::from_utf8_lossy(torn)
                     );
                 }
             }
-            Err(e) => eprintln!(
-                "hangard: AUDIT LOG UNAVAILABLE, refusing every change until it is fixed: {e}"
+            Err(e) => tracing::error!(
+                "AUDIT LOG UNAVAILABLE, refusing every change until it is fixed: {e}"
             ),
         }
         Trail {
@@ -130,7 +130,7 @@ impl Trail {
             detail: Some(detail),
         };
         if let Err(e) = self.record(entry) {
-            eprintln!("hangard: cannot record a failed authentication: {e}");
+            tracing::error!("cannot record a failed authentication: {e}");
         }
     }
 }

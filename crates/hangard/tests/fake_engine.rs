@@ -1,7 +1,8 @@
 //! `hangard --engine fake`: the real daemon binary serves the API and runs the fleet on the
 //! in-memory engine, with no QEMU: VMs are defined, started and listed; a pool converges on its
 //! warm count through the reconcile loop; a claim hands out a running instance. What this
-//! proves is that nothing between the API and the engine is tied to QEMU.
+//! proves is that nothing between the API and the engine is tied to QEMU. It also checks
+//! `--log-format json`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,7 +21,14 @@ impl Daemon {
         let socket = home.join("hangard.sock");
         let log = std::fs::File::create(home.join("hangard.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_hangard"))
-            .args(["--home", home.to_str().unwrap(), "--engine", "fake"])
+            .args([
+                "--home",
+                home.to_str().unwrap(),
+                "--engine",
+                "fake",
+                "--log-format",
+                "json",
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -73,8 +81,22 @@ fn the_daemon_serves_vms_and_the_fleet_on_the_fake_engine() {
         .tempdir_in("/tmp")
         .unwrap();
     let d = Daemon::start(home.path());
+    // `--log-format json`: every line of the log is one JSON object; one says it listens on
+    // the fake engine.
     let log = std::fs::read_to_string(home.path().join("hangard.log")).unwrap();
-    assert!(log.contains("(fake engine)"), "{log}");
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["level"] == "INFO"
+            && l["engine"] == "fake"
+            && l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("listening on"))
+            && l["timestamp"].is_string()),
+        "{log}"
+    );
 
     // A VM: create, start, list, stop, remove, all through the API.
     let (s, op) = d.call("POST", "/v1/vms?wait=true", Some(spec("vm1")));

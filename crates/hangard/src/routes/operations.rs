@@ -113,7 +113,7 @@ impl Daemon {
             detail: Some(format!("operation {} {}", op.id, op.status)),
         };
         if let Err(e) = self.trail.record(entry) {
-            eprintln!("hangard: AUDIT FAILURE recording the end of {}: {e}", op.id);
+            tracing::error!("AUDIT FAILURE recording the end of {}: {e}", op.id);
             self.metrics.error(ErrorCode::AuditUnavailable.as_str());
         }
     }
