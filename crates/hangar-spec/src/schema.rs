@@ -1,7 +1,7 @@
 //! The spec file format as Rust types, for the JSON Schema (`schema/vm-spec-v1.json`).
 //!
 //! These types describe what a user writes (optional fields, file paths as written). The
-//! validating walker in `validate.rs` is what actually reads specs, because it reports every
+//! validating walker in `validate/` is what actually reads specs, because it reports every
 //! problem with a code and a hint instead of stopping at the first. Tests keep the two in step:
 //! the field names must match, and every valid corpus spec must deserialize into [`SpecFile`].
 
