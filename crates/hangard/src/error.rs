@@ -7,6 +7,23 @@ use axum::Json;
 use hangar_api::{http_status, ErrorBody};
 use hangar_core::error::{Error, ErrorCode};
 
+/// Why the daemon could not start (it says so and exits with 2).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// An `--allow-path` cannot be used.
+    #[error("--allow-path: {}", .0.message)]
+    AllowedPaths(ErrorBody),
+    /// The state store (tokens) cannot be opened.
+    #[error("state store: {0}")]
+    Store(#[source] hangar_store::StoreError),
+    /// The operation journal cannot be opened.
+    #[error("state store: {}", .0.message)]
+    Journal(ErrorBody),
+    /// The fleet registry cannot be restored.
+    #[error("{}: {}; {}", .0.code, .0.message, .0.hint)]
+    Fleet(ErrorBody),
+}
+
 /// An error response: a status and a coded body.
 #[derive(Debug)]
 pub struct ApiError(pub(crate) u16, pub(crate) Box<ErrorBody>);

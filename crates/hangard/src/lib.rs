@@ -22,7 +22,7 @@ pub mod trail;
 
 pub use app::{bind, router, serve, serve_tcp};
 pub use auth::{Caller, UidMap};
-pub use error::{panic_message, ApiError};
+pub use error::{panic_message, ApiError, StartError};
 pub use openapi::{openapi_json, ApiDoc};
 pub use routes::events::{EventPageQuery, EventsQuery};
 pub use routes::operations::OperationsQuery;

@@ -306,6 +306,51 @@ pub fn fingerprint(der: &[u8]) -> String {
     )
 }
 
+/// Why the TCP listener's TLS identity cannot be loaded or made.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A certificate or key file (or the directory for them) cannot be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file is not PEM of what it should hold.
+    #[error("{}: not a PEM {what}: {detail}", path.display())]
+    NotPem {
+        /// The file.
+        path: std::path::PathBuf,
+        /// `certificate` or `private key`.
+        what: &'static str,
+        /// The parser's complaint.
+        detail: String,
+    },
+    /// The certificate file holds no certificate.
+    #[error("{}: no certificate in it", path.display())]
+    NoCertificate {
+        /// The file.
+        path: std::path::PathBuf,
+    },
+    /// rustls refuses the certificate and key.
+    #[error("TLS: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The self-signed certificate cannot be generated.
+    #[error("TLS: {0}")]
+    Generate(#[from] rcgen::Error),
+}
+
+impl TlsError {
+    fn io(path: &Path, source: std::io::Error) -> TlsError {
+        TlsError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
 /// Where the self-signed identity lives in a home.
 pub fn tls_files(home: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     (home.join("tls/cert.pem"), home.join("tls/key.pem"))
@@ -313,7 +358,7 @@ pub fn tls_files(home: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
 
 /// Loads the TLS identity: `given` (cert, key), or the self-signed one in `home`, made if
 /// absent (key `0600`).
-pub fn identity(home: &Path, given: Option<(&Path, &Path)>) -> Result<Identity, String> {
+pub fn identity(home: &Path, given: Option<(&Path, &Path)>) -> Result<Identity, TlsError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let (cert_file, key_file) = match given {
@@ -326,44 +371,49 @@ pub fn identity(home: &Path, given: Option<(&Path, &Path)>) -> Result<Identity, 
             (c, k)
         }
     };
-    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    let read = |p: &Path| std::fs::read(p).map_err(|e| TlsError::io(p, e));
     let cert_pem = read(&cert_file)?;
     let key_pem = read(&key_file)?;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: not a PEM certificate: {e:?}", cert_file.display()))?;
+        .map_err(|e| TlsError::NotPem {
+            path: cert_file.clone(),
+            what: "certificate",
+            detail: format!("{e:?}"),
+        })?;
     let Some(first) = certs.first() else {
-        return Err(format!("{}: no certificate in it", cert_file.display()));
+        return Err(TlsError::NoCertificate { path: cert_file });
     };
     let fingerprint = fingerprint(first.as_ref());
-    let key = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| format!("{}: not a PEM private key: {e:?}", key_file.display()))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::NotPem {
+        path: key_file.clone(),
+        what: "private key",
+        detail: format!("{e:?}"),
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS: {e}"))?
+        .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("TLS: {e}"))?;
+        .with_single_cert(certs, key)?;
     Ok(Identity {
         acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
         fingerprint,
     })
 }
 
-fn make_self_signed(cert: &Path, key: &Path) -> Result<(), String> {
+fn make_self_signed(cert: &Path, key: &Path) -> Result<(), TlsError> {
     use std::io::Write;
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let names = vec!["hangard".to_string(), "localhost".to_string()];
-    let made = rcgen::generate_simple_self_signed(names).map_err(|e| format!("TLS: {e}"))?;
+    let made = rcgen::generate_simple_self_signed(names)?;
     if let Some(dir) = cert.parent() {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(|e| format!("{}: {e}", dir.display()))?;
+            .map_err(|e| TlsError::io(dir, e))?;
     }
-    let write = |path: &Path, text: &str, mode: u32| -> Result<(), String> {
+    let write = |path: &Path, text: &str, mode: u32| -> Result<(), TlsError> {
         let tmp = path.with_extension("tmp");
         let _ = std::fs::remove_file(&tmp);
         let mut f = std::fs::OpenOptions::new()
@@ -371,11 +421,11 @@ fn make_self_signed(cert: &Path, key: &Path) -> Result<(), String> {
             .create_new(true)
             .mode(mode)
             .open(&tmp)
-            .map_err(|e| format!("{}: {e}", tmp.display()))?;
+            .map_err(|e| TlsError::io(&tmp, e))?;
         f.write_all(text.as_bytes())
             .and_then(|()| f.sync_all())
             .and_then(|()| std::fs::rename(&tmp, path))
-            .map_err(|e| format!("{}: {e}", path.display()))
+            .map_err(|e| TlsError::io(path, e))
     };
     write(key, &made.signing_key.serialize_pem(), 0o600)?;
     write(cert, &made.cert.pem(), 0o644)

@@ -12,6 +12,7 @@ use hangar_core::lifecycle::{LifecycleObserver, TransitionEvent};
 use hangar_qemu::QemuEngine;
 
 use crate::auth::UidMap;
+use crate::error::StartError;
 use crate::{fleet, metrics, server, trail};
 
 /// Largest accepted request body.
@@ -102,7 +103,7 @@ impl Daemon {
     /// Wraps an engine; opens (or creates) the audit log and the operation journal in the
     /// engine's home, and restores the fleet. Call [`Daemon::recover`] next, then
     /// [`Daemon::start_reconciler`].
-    pub fn new(engine: QemuEngine) -> Result<Daemon, String> {
+    pub fn new(engine: QemuEngine) -> Result<Daemon, StartError> {
         Daemon::with_options(engine, Options::default())
     }
 
@@ -110,7 +111,7 @@ impl Daemon {
     pub fn with_reconcile_interval(
         engine: QemuEngine,
         interval: Duration,
-    ) -> Result<Daemon, String> {
+    ) -> Result<Daemon, StartError> {
         Daemon::with_options(
             engine,
             Options {
@@ -121,7 +122,7 @@ impl Daemon {
     }
 
     /// [`Daemon::new`] with every setting.
-    pub fn with_options(engine: QemuEngine, options: Options) -> Result<Daemon, String> {
+    pub fn with_options(engine: QemuEngine, options: Options) -> Result<Daemon, StartError> {
         let (home, facts) = (engine.home().to_path_buf(), engine.facts().clone());
         Daemon::on(Arc::new(engine), &home, facts, options)
     }
@@ -134,18 +135,17 @@ impl Daemon {
         home: &Path,
         facts: hangar_plan::HostFacts,
         options: Options,
-    ) -> Result<Daemon, String> {
-        let roots =
-            hangar_control::allowed_roots(home, &options.allow_paths).map_err(|e| e.message)?;
+    ) -> Result<Daemon, StartError> {
+        let roots = hangar_control::allowed_roots(home, &options.allow_paths)
+            .map_err(StartError::AllowedPaths)?;
         let trail = trail::Trail::open(home);
-        let tokens = hangar_store::Store::open_in(home).map_err(|e| format!("state store: {e}"))?;
+        let tokens = hangar_store::Store::open_in(home).map_err(StartError::Store)?;
         let changed = Arc::new(tokio::sync::Notify::new());
         let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
         engine.observe(Arc::new(Wake(changed.clone(), generation.clone())));
-        let fleet = hangar_control::fleet::open(engine.clone(), home, true)
-            .map_err(|e| format!("{}: {}; {}", e.code, e.message, e.hint))?;
-        let local = Local::new(engine, home, roots, fleet.clone())
-            .map_err(|e| format!("state store: {e}"))?;
+        let fleet =
+            hangar_control::fleet::open(engine.clone(), home, true).map_err(StartError::Fleet)?;
+        let local = Local::new(engine, home, roots, fleet.clone()).map_err(StartError::Journal)?;
         Ok(Daemon {
             local: Arc::new(local),
             ops_changed: Arc::new(tokio::sync::Notify::new()),

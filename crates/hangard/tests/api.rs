@@ -650,7 +650,7 @@ fn the_fleet_survives_a_restart_and_a_damaged_registry_stops_the_daemon() {
     let err = open()
         .err()
         .expect("a damaged registry must stop the daemon");
-    assert!(err.contains("E_STORE_CORRUPT"), "{err}");
+    assert!(err.to_string().contains("E_STORE_CORRUPT"), "{err}");
 }
 
 #[test]
