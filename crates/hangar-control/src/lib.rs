@@ -19,12 +19,14 @@ use hangar_core::contracts::SnapshotInfo;
 use hangar_core::error::ErrorCode;
 
 mod backend;
+mod error;
 pub mod fleet;
 mod local;
 mod remote;
 pub mod tokens;
 
 pub use backend::{Backend, Start};
+pub use error::ControlError;
 pub use local::{allowed_roots, check_paths, Local, Pending};
 pub use remote::Remote;
 
@@ -52,7 +54,7 @@ pub fn view_of(rec: &hangar_store::VmRecord) -> VmView {
 }
 
 /// Results carry the API's error body: code, message, path and hint, whichever side failed.
-pub type Result<T> = std::result::Result<T, ErrorBody>;
+pub type Result<T> = std::result::Result<T, ControlError>;
 
 /// What commands ask of Hangar, locally or through `hangard`.
 pub trait Control: Send + Sync {
@@ -99,7 +101,7 @@ impl DaemonMode {
                     format!("HANGAR_DAEMON={other:?} is not auto, require or never"),
                 );
                 e.hint = "unset HANGAR_DAEMON or set it to auto, require or never".into();
-                Err(e)
+                Err(e.into())
             }
         }
     }
@@ -124,9 +126,7 @@ pub fn remote_from_env() -> Result<Option<Remote>> {
         return Ok(None);
     };
     let bad = |message: String, hint: &str| {
-        let mut e = ErrorBody::new(ErrorCode::InvalidArgument, message);
-        e.hint = hint.to_string();
-        e
+        ControlError::refused(ErrorCode::InvalidArgument, message).hint(hint)
     };
     let (tls, addr) = if let Some(a) = url.strip_prefix("https://") {
         (true, a)

@@ -9,7 +9,7 @@ use hangar_core::contracts::SnapshotInfo;
 use hangar_core::error::ErrorCode;
 use serde_json::Value;
 
-use crate::{Control, Result};
+use crate::{Control, ControlError, Result};
 
 /// How long one HTTP exchange may take (none of them waits for a guest: operations are polled).
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -52,7 +52,7 @@ impl Remote {
             let mut body = ErrorBody::new(ErrorCode::EngineUnavailable, e.to_string());
             body.hint =
                 "start it with `hangard &`, or set HANGAR_DAEMON=never to work without it".into();
-            body
+            ControlError::from(body)
         })?;
         let unreadable = |e: serde_json::Error| {
             ErrorBody::new(
@@ -69,9 +69,11 @@ impl Remote {
             } else {
                 &response.body
             };
-            return serde_json::from_slice(body).map_err(unreadable);
+            return serde_json::from_slice(body).map_err(|e| unreadable(e).into());
         }
-        Err(serde_json::from_slice::<ErrorBody>(&response.body).map_err(unreadable)?)
+        Err(serde_json::from_slice::<ErrorBody>(&response.body)
+            .map_err(unreadable)?
+            .into())
     }
 }
 
@@ -116,14 +118,18 @@ impl Control for Remote {
         }
         match op.status {
             OperationStatus::Succeeded => Ok(op),
-            _ => Err(op.error.clone().unwrap_or_else(|| {
-                let mut e = ErrorBody::new(
-                    ErrorCode::EngineFailed,
-                    format!("operation {} ended {} without an error", op.id, op.status),
-                );
-                e.operation = Some(op.id.clone());
-                e
-            })),
+            _ => Err(op
+                .error
+                .clone()
+                .unwrap_or_else(|| {
+                    let mut e = ErrorBody::new(
+                        ErrorCode::EngineFailed,
+                        format!("operation {} ended {} without an error", op.id, op.status),
+                    );
+                    e.operation = Some(op.id.clone());
+                    e
+                })
+                .into()),
         }
     }
 

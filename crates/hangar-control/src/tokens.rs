@@ -2,6 +2,7 @@
 //! SHA-256 of the whole token, never the token. Tokens are 160 random bits, so a plain hash
 //! (not a slow password hash) is the right tool: there is nothing to brute-force.
 
+use crate::ControlError;
 use std::io::Read;
 
 use hangar_api::{ErrorBody, NewToken, TokenView};
@@ -30,9 +31,8 @@ fn random(n: usize) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
-fn store_failure(e: hangar_store::StoreError) -> ErrorBody {
-    use hangar_core::error::Coded;
-    ErrorBody::new(e.code(), e.to_string())
+fn store_failure(e: hangar_store::StoreError) -> ControlError {
+    ControlError::Store(e)
 }
 
 /// Parses a scope as given on the command line or in `POST /v1/tokens`.
@@ -41,7 +41,7 @@ pub fn parse_scope(scope: &str) -> Result<Scope> {
         let mut e = ErrorBody::new(ErrorCode::InvalidArgument, why);
         e.path = Some("scope".into());
         e.hint = "use admin, or tenant:<id>:<role> with role viewer, operator or owner".into();
-        e
+        ControlError::from(e)
     })
 }
 
@@ -54,7 +54,7 @@ pub fn create(store: &Store, name: &str, scope: &Scope) -> Result<NewToken> {
             format!("token name {name:?} must be 1 to 64 printable characters"),
         );
         e.hint = "name the token after what uses it: `hangar token create --name ci`".into();
-        return Err(e);
+        return Err(e.into());
     }
     let id = format!("tok-{}", hex(&random(4)?));
     let token = format!("hgr_{id}_{}", hex(&random(20)?));
@@ -97,7 +97,7 @@ pub fn remove(store: &Store, id: &str) -> Result<()> {
     } else {
         let mut e = ErrorBody::new(ErrorCode::InvalidArgument, format!("no token {id:?}"));
         e.hint = "list tokens with `hangar token ls`".into();
-        Err(e)
+        Err(e.into())
     }
 }
 

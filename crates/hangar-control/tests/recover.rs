@@ -189,7 +189,8 @@ fn operations_name_their_transitions_and_failures() {
             },
             &|_| {},
         )
-        .unwrap_err();
+        .unwrap_err()
+        .into_body();
     assert_eq!(failed.code, "E_INVALID_TRANSITION");
     let id = failed
         .operation
@@ -204,7 +205,8 @@ fn operations_name_their_transitions_and_failures() {
             },
             &|_| {},
         )
-        .unwrap_err();
+        .unwrap_err()
+        .into_body();
     assert_eq!(
         (refused.code.as_str(), refused.operation),
         ("E_VM_NOT_FOUND", None)
@@ -217,7 +219,8 @@ fn operations_name_their_transitions_and_failures() {
             },
             &|_| {},
         )
-        .unwrap_err();
+        .unwrap_err()
+        .into_body();
     assert_eq!(
         (relative.code.as_str(), relative.path.as_deref()),
         ("E_INVALID_ARGUMENT", Some("base_dir"))

@@ -61,7 +61,8 @@ pub fn control() -> Result<Box<dyn Control>, Failure> {
 }
 
 /// A failure from an API error body (either side's), keeping its code, path and hint.
-pub fn from_body(e: ErrorBody) -> Failure {
+pub fn from_body(e: impl Into<ErrorBody>) -> Failure {
+    let e: ErrorBody = e.into();
     let code = e.error_code().unwrap_or(ErrorCode::EngineFailed);
     let mut message = e.message;
     if let Some(op) = e.operation {

@@ -160,7 +160,10 @@ pub fn doctor(out: &mut dyn Write) -> Result<(), Failure> {
                 .join(", "),
             "",
         ),
-        Err(e) => check(out, false, "allowed paths", &e.message, &e.hint),
+        Err(e) => {
+            let e = hangar_api::ErrorBody::from(e);
+            check(out, false, "allowed paths", &e.message, &e.hint)
+        }
     };
     if let Ok(pem) = std::fs::read(home.join("tls/cert.pem")) {
         let fingerprint = hangar_api::client::fingerprint_of_pem(&pem);
@@ -200,6 +203,7 @@ pub fn doctor(out: &mut dyn Write) -> Result<(), Failure> {
                 );
             }
             Err(e) => {
+                let e = hangar_api::ErrorBody::from(e);
                 check(out, false, "hangard", &e.message, &e.hint);
             }
         }

@@ -11,14 +11,14 @@ use hangar_core::error::{Error, ErrorCode};
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// An `--allow-path` cannot be used.
-    #[error("--allow-path: {}", .0.message)]
-    AllowedPaths(ErrorBody),
+    #[error("--allow-path: {0}")]
+    AllowedPaths(#[source] hangar_control::ControlError),
     /// The state store (tokens) cannot be opened.
     #[error("state store: {0}")]
     Store(#[source] hangar_store::StoreError),
     /// The operation journal cannot be opened.
-    #[error("state store: {}", .0.message)]
-    Journal(ErrorBody),
+    #[error("state store: {0}")]
+    Journal(#[source] hangar_control::ControlError),
     /// The fleet registry cannot be restored.
     #[error("{}: {}; {}", .0.code, .0.message, .0.hint)]
     Fleet(ErrorBody),
@@ -27,6 +27,12 @@ pub enum StartError {
 /// An error response: a status and a coded body.
 #[derive(Debug)]
 pub struct ApiError(pub(crate) u16, pub(crate) Box<ErrorBody>);
+
+impl From<hangar_control::ControlError> for ApiError {
+    fn from(e: hangar_control::ControlError) -> ApiError {
+        ErrorBody::from(e).into()
+    }
+}
 
 impl From<ErrorBody> for ApiError {
     fn from(body: ErrorBody) -> ApiError {

@@ -187,7 +187,7 @@ impl Daemon {
                         who: format!("token:{} ({addr})", t.id),
                     }),
                     Ok(None) => Err((peer, "unknown bearer token".into())),
-                    Err(e) => Err((peer, format!("tokens cannot be checked: {}", e.message))),
+                    Err(e) => Err((peer, format!("tokens cannot be checked: {e}"))),
                 }
             }
             Some(Peer { uid: Some(uid), .. }) => match self.uids.scope_of(uid, self.own_uid) {

@@ -167,7 +167,7 @@ impl Local {
         let pending = self.begin(request)?;
         let op = self.execute(pending, progress);
         match &op.error {
-            Some(e) if op.status != OperationStatus::Succeeded => Err(e.clone()),
+            Some(e) if op.status != OperationStatus::Succeeded => Err(e.clone().into()),
             _ => Ok(op),
         }
     }

@@ -16,7 +16,7 @@ use hangar_qemu::{process, EngineOptions, QemuEngine};
 use hangar_store::{OperationRecord, ProcessIdentity, Store};
 
 use crate::backend::Backend;
-use crate::{Control, Result};
+use crate::{Control, ControlError, Result};
 
 mod execute;
 mod prepare;
@@ -51,9 +51,8 @@ pub const DEFAULT_STOP_TIMEOUT_S: u64 = 30;
 /// so no deadline arithmetic can overflow.
 pub const MAX_TIMEOUT_S: u64 = 86_400;
 
-fn store_failure(e: hangar_store::StoreError) -> ErrorBody {
-    use hangar_core::error::Coded;
-    ErrorBody::new(e.code(), e.to_string())
+fn store_failure(e: hangar_store::StoreError) -> ControlError {
+    ControlError::Store(e)
 }
 
 /// A fresh operation id: `op-` + the time in hex + 32 random bits.
@@ -179,7 +178,7 @@ impl Control for Local {
         let names: Vec<VmName> = self.engine.list()?.into_iter().map(|s| s.name).collect();
         names
             .iter()
-            .map(|n| self.view(n).map_err(ErrorBody::from))
+            .map(|n| self.view(n).map_err(ControlError::from))
             .collect()
     }
 

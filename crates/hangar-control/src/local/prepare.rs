@@ -57,7 +57,7 @@ pub(super) fn timeout(seconds: Option<u64>) -> Result<Option<Duration>> {
             );
             e.path = Some("timeout_s".into());
             e.hint = format!("give at most {MAX_TIMEOUT_S} seconds");
-            Err(e)
+            Err(e.into())
         }
         s => Ok(s.map(Duration::from_secs)),
     }
@@ -76,7 +76,7 @@ pub fn allowed_roots(home: &Path, allow: &[std::path::PathBuf]) -> Result<Allowe
     AllowedRoots::new(home, allow).map_err(|e| {
         let mut body = ErrorBody::new(ErrorCode::PathNotAllowed, e.to_string());
         body.hint = "allow a directory of images or kernels, outside /proc, /sys, /dev and Hangar's state (its images and volumes are allowed already)".into();
-        body
+        body.into()
     })
 }
 
@@ -105,7 +105,8 @@ pub fn check_paths(roots: &AllowedRoots, spec: &VmSpec) -> Result<()> {
             })
             .collect(),
         operation: None,
-    })
+    }
+    .into())
 }
 
 impl Local {
@@ -128,7 +129,7 @@ impl Local {
                     );
                     e.path = Some("base_dir".into());
                     e.hint = "send the absolute directory of the spec file, or omit it".into();
-                    return Err(e);
+                    return Err(e.into());
                 }
                 let spec = hangar_spec::parse(&text, hangar_spec::Format::Json, base)?;
                 if spec.spec.pool.is_some() {
@@ -139,7 +140,7 @@ impl Local {
                     e.path = Some("pool".into());
                     e.hint =
                         "remove `pool` from the spec; `hangar pool create` makes instances".into();
-                    return Err(e);
+                    return Err(e.into());
                 }
                 self.check_paths(&spec.spec)?;
                 let admission = admit(&spec.spec, Admit::Define)?;
@@ -235,7 +236,7 @@ impl Local {
                     );
                     e.path = Some("id".into());
                     e.hint = "use single hyphens in the id".into();
-                    return Err(e);
+                    return Err(e.into());
                 }
                 None => {}
             }

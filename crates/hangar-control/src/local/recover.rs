@@ -7,8 +7,6 @@ use hangar_core::lifecycle::VmState;
 use hangar_qemu::process;
 use hangar_store::OperationStatus;
 
-use crate::Result;
-
 use super::*;
 
 impl Local {
@@ -29,7 +27,7 @@ impl Local {
             }
             let verdict = match decode(&record) {
                 Ok(op) => self.settle(&op.request),
-                Err(e) => Some(Err(e)),
+                Err(e) => Some(Err(e.into())),
             };
             let Some(verdict) = verdict else { continue };
             record.updated_at = self.now();
@@ -62,7 +60,10 @@ impl Local {
 
     /// Whether an orphaned request's goal holds now: `Some(Ok(view))` if it does,
     /// `Some(Err(why))` if it does not, `None` while its VM is still settling.
-    pub(super) fn settle(&self, request: &OperationRequest) -> Option<Result<Option<VmView>>> {
+    pub(super) fn settle(
+        &self,
+        request: &OperationRequest,
+    ) -> Option<std::result::Result<Option<VmView>, ErrorBody>> {
         use OperationRequest as R;
         let interrupted = |what: String| {
             Some(Err(ErrorBody::new(

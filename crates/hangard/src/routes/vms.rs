@@ -297,7 +297,7 @@ pub(crate) async fn validate(
         // The files it names must be ones this host lets specs use.
         Ok(c) => match d.local.check_paths(&c.spec) {
             Ok(()) => serde_json::json!({ "ok": true, "errors": [], "spec_hash": c.hash.0 }),
-            Err(e) => serde_json::json!({ "ok": false, "errors": e.errors }),
+            Err(e) => serde_json::json!({ "ok": false, "errors": ErrorBody::from(e).errors }),
         },
         Err(ApiError(_, e)) if !e.errors.is_empty() => {
             serde_json::json!({ "ok": false, "errors": e.errors })
