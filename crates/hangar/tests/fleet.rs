@@ -249,22 +249,33 @@ fn warm_pool_claim_refill_clone_quota_and_replacement_through_the_cli() {
     ok(home, &["pool", "scale", "acme--web", "--warm", "3"]);
 
     // Kill a warm instance's QEMU: the loop removes it and creates a replacement in one pass.
+    // The victim is one of the pool's warm instances now (which ordinals they have depends on
+    // what the passes above did).
+    let status = json(home, &["pool", "status", "acme--web"]);
+    let warm_name = status["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["state"] == "paused" && i["claimed"] == false)
+        .and_then(|i| i["name"].as_str())
+        .unwrap_or_else(|| panic!("no warm instance: {status:#}"))
+        .to_string();
     let victim = json(home, &["ps"])
         .as_array()
         .unwrap()
         .iter()
-        .find(|v| v["name"] == "acme--web-2")
+        .find(|v| v["name"] == warm_name.as_str())
         .and_then(|v| v["pid"].as_i64())
-        .expect("web-2 has a QEMU") as i32;
+        .unwrap_or_else(|| panic!("{warm_name} has no QEMU")) as i32;
     let since = last_seq(home);
     kill9(victim);
-    let s = wait_for(home, "web-2 replaced", |s| {
+    let s = wait_for(home, "the killed instance replaced", |s| {
         count(s, "warm") == 3
             && s["instances"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .all(|i| i["name"] != "acme--web-2")
+                .all(|i| i["name"] != warm_name.as_str())
     });
     let acted: Vec<String> = fleet_events(home, since)
         .into_iter()
