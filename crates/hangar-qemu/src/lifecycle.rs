@@ -37,6 +37,9 @@ impl Lifecycle for QemuEngine {
                 Err(Error::VmExists(canonical.spec.name.clone()))
             };
         }
+        // Held until the record is in: two defines must not both see a uid as free.
+        let _uids =
+            hangar_store::SharedLock::acquire(&self.home, "uids").map_err(QemuError::Store)?;
         self.unique_user(&mut plan)?;
         let machine = StateMachine::new(
             canonical.spec.name.clone(),

@@ -518,3 +518,56 @@ fn a_vm_the_host_cannot_hold_is_refused_with_e_host_capacity_and_nothing_is_made
         "nothing was started"
     );
 }
+
+#[test]
+fn colliding_names_defined_at_the_same_moment_still_get_different_users() {
+    // Two defines racing: each reads which uids are taken and then records its own; without
+    // one lock around both, the two could pick the same uid. No guest needed.
+    let home = tempfile::tempdir().unwrap();
+    let mut facts = hangar_plan::probe::SystemProbe {
+        home: home.path().to_path_buf(),
+    }
+    .probe();
+    facts.confinement.enabled = true;
+    facts.confinement.root = true;
+    facts.confinement.qemu_group = Some(4242);
+    let engine = QemuEngine::with_facts(home.path(), facts, EngineOptions::default()).unwrap();
+    let kernel = home.path().join("vmlinuz");
+    std::fs::write(&kernel, "k").unwrap();
+    let spec = |name: &str| {
+        hangar_spec::parse(
+            &format!(
+                "schema_version = 1\nname = \"{name}\"\n[boot]\nkernel = \"{}\"\n",
+                kernel.display()
+            ),
+            hangar_spec::Format::Toml,
+            Path::new("/"),
+        )
+        .unwrap()
+        .spec
+    };
+    // Pairs of names whose derived uids collide.
+    let mut seen = std::collections::HashMap::new();
+    let pairs: Vec<(String, String)> = (0..)
+        .filter_map(|i| {
+            let name = format!("race-{i}");
+            seen.insert(hangar_plan::qemu_uid(&name), name.clone())
+                .map(|before| (before, name))
+        })
+        .take(6)
+        .collect();
+    for (first, second) in &pairs {
+        let barrier = std::sync::Barrier::new(2);
+        std::thread::scope(|s| {
+            for name in [first, second] {
+                let (engine, barrier, spec) = (&engine, &barrier, spec(name));
+                s.spawn(move || {
+                    barrier.wait();
+                    engine.define(&spec).unwrap();
+                });
+            }
+        });
+        let uid = |n: &str| plan(&engine, n).confinement.unwrap().uid.unwrap();
+        assert_ne!(uid(first), uid(second), "{first} and {second} share a user");
+    }
+}

@@ -29,7 +29,7 @@ mod vms;
 mod volumes;
 
 pub use error::{Result, StoreError};
-pub use lock::VmLock;
+pub use lock::{SharedLock, VmLock};
 pub use records::{
     FrozenDisk, OperationRecord, OperationStatus, ProcessIdentity, SnapshotRecord, StoredEvent,
     TokenRecord, VmRecord, VolumeRecord,
