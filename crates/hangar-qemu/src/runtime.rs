@@ -315,8 +315,76 @@ pub(crate) fn read_only_inputs(spec: &VmSpec, plan: &Plan) -> Vec<(String, Strin
     }
     for (i, disk) in spec.disks.iter().enumerate() {
         if let hangar_core::spec::DiskSource::Base { source } = &disk.source {
-            files.push((format!("disk[{i}].source"), source.clone()));
+            let field = format!("disk[{i}].source");
+            files.push((field.clone(), source.clone()));
+            // QEMU opens a qcow2's backing and data files by path too, as the VM's user.
+            for file in qcow2_chain(Path::new(source)) {
+                files.push((field.clone(), file));
+            }
         }
     }
     files
+}
+
+/// The files a qcow2 image makes QEMU open (its backing file, its data file, and theirs),
+/// resolved as QEMU does (relative to the image's directory). Stops at what it cannot read
+/// (the allowed-roots check has refused anything dangerous before this runs) and at a depth
+/// no sane chain reaches.
+fn qcow2_chain(image: &Path) -> Vec<String> {
+    const MAX_DEPTH: usize = 16;
+    let mut out = Vec::new();
+    let mut next = vec![image.to_path_buf()];
+    while let Some(file) = next.pop() {
+        if out.len() >= MAX_DEPTH {
+            break;
+        }
+        let Ok(f) = std::fs::File::open(&file) else {
+            continue;
+        };
+        let Ok(refs) = hangar_hostfs::qcow2::references(&f) else {
+            continue;
+        };
+        let dir = file.parent().unwrap_or(Path::new("/"));
+        for name in [refs.backing, refs.data_file].into_iter().flatten() {
+            let path = dir.join(&name);
+            out.push(path.display().to_string());
+            next.push(path);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hangar_core::spec::DiskFormat;
+
+    #[test]
+    fn the_files_a_qcow2_chain_makes_qemu_open_are_inputs_too() {
+        if std::process::Command::new("qemu-img")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            eprintln!("SKIPPED: qemu-img is not installed (scripts/setup installs it)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.raw");
+        std::fs::write(&base, vec![0u8; 1 << 20]).unwrap();
+        let mid = dir.path().join("mid.qcow2");
+        let top = dir.path().join("top.qcow2");
+        crate::img::create_overlay(&mid, &base, DiskFormat::Raw).unwrap();
+        crate::img::create_overlay(&top, &mid, DiskFormat::Qcow2).unwrap();
+        let chain = qcow2_chain(&top);
+        assert_eq!(
+            chain,
+            [mid.display().to_string(), base.display().to_string()],
+            "top → mid → base, in the order QEMU opens them"
+        );
+        assert!(
+            qcow2_chain(&base).is_empty(),
+            "a raw image opens nothing else"
+        );
+    }
 }
