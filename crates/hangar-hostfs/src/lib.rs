@@ -28,6 +28,56 @@ use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
 
 pub mod qcow2;
 
+/// A file name written inside an image (a backing or data file), resolved the way QEMU
+/// resolves it: relative to the image's directory. Protocol names (`json:`, `nbd:…`) and
+/// malformed names are refused, with why.
+pub fn resolve_reference(image: &Path, name: &str) -> Result<PathBuf, String> {
+    if name.starts_with("json:") {
+        return Err(format!(
+            "it refers to {name:?}, a QEMU protocol description; only plain file names are allowed"
+        ));
+    }
+    let before_slash = name.split('/').next().unwrap_or_default();
+    if before_slash.contains(':') {
+        return Err(format!(
+            "it refers to {name:?}, which QEMU reads as a protocol ({}); only plain file names are allowed",
+            before_slash.split(':').next().unwrap_or_default()
+        ));
+    }
+    if name.is_empty() || name.contains('\0') {
+        return Err("it refers to an empty or malformed file name".into());
+    }
+    let base = image.parent().unwrap_or(Path::new("/"));
+    Ok(lexical(&base.join(name)))
+}
+
+/// Every file a qcow2 image makes QEMU open besides itself (backing files and data files,
+/// down the chain), in the order QEMU opens them. What cannot be read or resolved ends its
+/// branch: this lists files, [`AllowedRoots::check_file`] decides whether they may be used.
+pub fn qcow2_references(image: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    let mut next = vec![image.to_path_buf()];
+    while let Some(file) = next.pop() {
+        let Ok(refs) = std::fs::File::open(&file)
+            .map_err(|e| e.to_string())
+            .and_then(|f| qcow2::references(&f).map_err(|e| e.to_string()))
+        else {
+            continue;
+        };
+        for name in [refs.backing, refs.data_file].into_iter().flatten() {
+            let Ok(path) = resolve_reference(&file, &name) else {
+                continue;
+            };
+            if out.len() >= MAX_CHAIN || out.contains(&path) || path == image {
+                return out;
+            }
+            out.push(path.clone());
+            next.push(path);
+        }
+    }
+    out
+}
+
 /// How deep a qcow2 backing chain may go.
 pub const MAX_CHAIN: usize = 16;
 
@@ -246,26 +296,9 @@ impl AllowedRoots {
         }
     }
 
-    /// A file name written inside an image, resolved the way QEMU resolves it (relative to
-    /// the image's directory), refusing protocol names.
+    /// [`resolve_reference`], the reason becoming the refusal.
     fn referenced(&self, image: &Path, name: &str) -> Result<PathBuf, String> {
-        if name.starts_with("json:") {
-            return Err(format!(
-                "it refers to {name:?}, a QEMU protocol description; only plain file names are allowed"
-            ));
-        }
-        let before_slash = name.split('/').next().unwrap_or_default();
-        if before_slash.contains(':') {
-            return Err(format!(
-                "it refers to {name:?}, which QEMU reads as a protocol ({}); only plain file names are allowed",
-                before_slash.split(':').next().unwrap_or_default()
-            ));
-        }
-        if name.is_empty() || name.contains('\0') {
-            return Err("it refers to an empty or malformed file name".into());
-        }
-        let base = image.parent().unwrap_or(Path::new("/"));
-        Ok(lexical(&base.join(name)))
+        resolve_reference(image, name)
     }
 
     /// Opens `path` beneath the root that holds it, refusing symlinks and escapes, and checks

@@ -30,7 +30,8 @@ impl QemuEngine {
                 clean: Self::powered_off(&plan),
             },
         };
-        match verdict(rec.state, seen) {
+        let verdict = verdict(rec.state, seen);
+        match verdict {
             Verdict::Unchanged => {}
             Verdict::PoweredOff | Verdict::Died | Verdict::Forget => {
                 let pid = rec.process.map(|p| p.pid).unwrap_or_default();
@@ -38,7 +39,7 @@ impl QemuEngine {
                 let oom_note = Self::oom_note(&plan);
                 rec.process = None;
                 self.cleanup_runtime(&plan);
-                match verdict(rec.state, seen) {
+                match verdict {
                     Verdict::PoweredOff => {
                         self.step(&mut rec, VmState::Stopping, Cause::Engine)?;
                         self.step(&mut rec, VmState::Stopped, Cause::Engine)?;

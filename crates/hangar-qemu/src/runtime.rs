@@ -318,45 +318,16 @@ pub(crate) fn read_only_inputs(spec: &VmSpec, plan: &Plan) -> Vec<(String, Strin
             let field = format!("disk[{i}].source");
             files.push((field.clone(), source.clone()));
             // QEMU opens a qcow2's backing and data files by path too, as the VM's user.
-            for file in qcow2_chain(Path::new(source)) {
-                files.push((field.clone(), file));
+            for file in hangar_hostfs::qcow2_references(Path::new(source)) {
+                files.push((field.clone(), file.display().to_string()));
             }
         }
     }
     files
 }
 
-/// The files a qcow2 image makes QEMU open (its backing file, its data file, and theirs),
-/// resolved as QEMU does (relative to the image's directory). Stops at what it cannot read
-/// (the allowed-roots check has refused anything dangerous before this runs) and at a depth
-/// no sane chain reaches.
-fn qcow2_chain(image: &Path) -> Vec<String> {
-    const MAX_DEPTH: usize = 16;
-    let mut out = Vec::new();
-    let mut next = vec![image.to_path_buf()];
-    while let Some(file) = next.pop() {
-        if out.len() >= MAX_DEPTH {
-            break;
-        }
-        let Ok(f) = std::fs::File::open(&file) else {
-            continue;
-        };
-        let Ok(refs) = hangar_hostfs::qcow2::references(&f) else {
-            continue;
-        };
-        let dir = file.parent().unwrap_or(Path::new("/"));
-        for name in [refs.backing, refs.data_file].into_iter().flatten() {
-            let path = dir.join(&name);
-            out.push(path.display().to_string());
-            next.push(path);
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
     use hangar_core::spec::DiskFormat;
 
     #[test]
@@ -376,14 +347,14 @@ mod tests {
         let top = dir.path().join("top.qcow2");
         crate::img::create_overlay(&mid, &base, DiskFormat::Raw).unwrap();
         crate::img::create_overlay(&top, &mid, DiskFormat::Qcow2).unwrap();
-        let chain = qcow2_chain(&top);
+        let chain = hangar_hostfs::qcow2_references(&top);
         assert_eq!(
             chain,
-            [mid.display().to_string(), base.display().to_string()],
+            [mid.clone(), base.clone()],
             "top → mid → base, in the order QEMU opens them"
         );
         assert!(
-            qcow2_chain(&base).is_empty(),
+            hangar_hostfs::qcow2_references(&base).is_empty(),
             "a raw image opens nothing else"
         );
     }

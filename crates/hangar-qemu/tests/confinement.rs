@@ -418,15 +418,7 @@ fn a_guest_using_more_memory_than_allowed_is_stopped_by_its_cgroup() {
 #[test]
 fn two_names_with_the_same_derived_uid_still_get_different_users() {
     // No guest needed: uids are given at define.
-    let home = tempfile::tempdir().unwrap();
-    let mut facts = hangar_plan::probe::SystemProbe {
-        home: home.path().to_path_buf(),
-    }
-    .probe();
-    facts.confinement.enabled = true;
-    facts.confinement.root = true;
-    facts.confinement.qemu_group = Some(4242);
-    let engine = QemuEngine::with_facts(home.path(), facts, EngineOptions::default()).unwrap();
+    let (_home, engine, spec) = uid_bench();
     // Two names whose hashes collide, found by search (the space is 2^24).
     let mut seen = std::collections::HashMap::new();
     let (first, second) = (0..)
@@ -440,20 +432,8 @@ fn two_names_with_the_same_derived_uid_still_get_different_users() {
         hangar_plan::qemu_uid(&first),
         hangar_plan::qemu_uid(&second)
     );
-    let kernel = home.path().join("vmlinuz");
-    std::fs::write(&kernel, "k").unwrap();
     let uid_of = |name: &str| {
-        let s = hangar_spec::parse(
-            &format!(
-                "schema_version = 1\nname = \"{name}\"\n[boot]\nkernel = \"{}\"\n",
-                kernel.display()
-            ),
-            hangar_spec::Format::Toml,
-            Path::new("/"),
-        )
-        .unwrap()
-        .spec;
-        engine.define(&s).unwrap();
+        engine.define(&spec(name)).unwrap();
         plan(&engine, name).confinement.unwrap().uid.unwrap()
     };
     let (a, b) = (uid_of(&first), uid_of(&second));
@@ -523,29 +503,7 @@ fn a_vm_the_host_cannot_hold_is_refused_with_e_host_capacity_and_nothing_is_made
 fn colliding_names_defined_at_the_same_moment_still_get_different_users() {
     // Two defines racing: each reads which uids are taken and then records its own; without
     // one lock around both, the two could pick the same uid. No guest needed.
-    let home = tempfile::tempdir().unwrap();
-    let mut facts = hangar_plan::probe::SystemProbe {
-        home: home.path().to_path_buf(),
-    }
-    .probe();
-    facts.confinement.enabled = true;
-    facts.confinement.root = true;
-    facts.confinement.qemu_group = Some(4242);
-    let engine = QemuEngine::with_facts(home.path(), facts, EngineOptions::default()).unwrap();
-    let kernel = home.path().join("vmlinuz");
-    std::fs::write(&kernel, "k").unwrap();
-    let spec = |name: &str| {
-        hangar_spec::parse(
-            &format!(
-                "schema_version = 1\nname = \"{name}\"\n[boot]\nkernel = \"{}\"\n",
-                kernel.display()
-            ),
-            hangar_spec::Format::Toml,
-            Path::new("/"),
-        )
-        .unwrap()
-        .spec
-    };
+    let (_home, engine, spec) = uid_bench();
     // Pairs of names whose derived uids collide.
     let mut seen = std::collections::HashMap::new();
     let pairs: Vec<(String, String)> = (0..)
@@ -570,4 +528,37 @@ fn colliding_names_defined_at_the_same_moment_still_get_different_users() {
         let uid = |n: &str| plan(&engine, n).confinement.unwrap().uid.unwrap();
         assert_ne!(uid(first), uid(second), "{first} and {second} share a user");
     }
+}
+
+/// A confining engine on a private home (no guest is booted), and the spec of a VM named
+/// `name` that boots a kernel file there: what the uid tests define.
+fn uid_bench() -> (
+    tempfile::TempDir,
+    QemuEngine,
+    impl Fn(&str) -> hangar_core::spec::VmSpec,
+) {
+    let home = tempfile::tempdir().unwrap();
+    let mut facts = hangar_plan::probe::SystemProbe {
+        home: home.path().to_path_buf(),
+    }
+    .probe();
+    facts.confinement.enabled = true;
+    facts.confinement.root = true;
+    facts.confinement.qemu_group = Some(4242);
+    let engine = QemuEngine::with_facts(home.path(), facts, EngineOptions::default()).unwrap();
+    let kernel = home.path().join("vmlinuz");
+    std::fs::write(&kernel, "k").unwrap();
+    let spec = move |name: &str| {
+        hangar_spec::parse(
+            &format!(
+                "schema_version = 1\nname = \"{name}\"\n[boot]\nkernel = \"{}\"\n",
+                kernel.display()
+            ),
+            hangar_spec::Format::Toml,
+            Path::new("/"),
+        )
+        .unwrap()
+        .spec
+    };
+    (home, engine, spec)
 }
