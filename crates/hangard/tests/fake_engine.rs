@@ -5,10 +5,12 @@
 //! `--log-format json`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use hangar_api::client::request;
+
+mod common;
 use serde_json::{json, Value};
 
 struct Daemon {
@@ -18,32 +20,11 @@ struct Daemon {
 
 impl Daemon {
     fn start(home: &Path) -> Daemon {
-        let socket = home.join("hangard.sock");
-        let log = std::fs::File::create(home.join("hangard.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_hangard"))
-            .args([
-                "--home",
-                home.to_str().unwrap(),
-                "--engine",
-                "fake",
-                "--log-format",
-                "json",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while request(&socket, "GET", "/v1/health", None, Duration::from_secs(2)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "hangard did not come up; its log:\n{}",
-                std::fs::read_to_string(home.join("hangard.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        let child = common::spawn_hangard(home, &["--engine", "fake", "--log-format", "json"]);
+        Daemon {
+            child,
+            socket: home.join("hangard.sock"),
         }
-        Daemon { child, socket }
     }
 
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {

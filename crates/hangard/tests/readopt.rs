@@ -4,10 +4,12 @@
 //! and nothing is orphaned. Needs QEMU and the built image; otherwise skipped with the reason.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use hangar_api::client::request;
+
+mod common;
 use hangar_testkit::{qemu_pids as pids_of, Reaper};
 
 struct Daemon {
@@ -17,30 +19,11 @@ struct Daemon {
 
 impl Daemon {
     fn start(home: &Path) -> Daemon {
-        let socket = home.join("hangard.sock");
-        let child = Command::new(env!("CARGO_BIN_EXE_hangard"))
-            .args(["--home", home.to_str().unwrap()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(home.join("hangard.log"))
-                    .unwrap(),
-            )
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while request(&socket, "GET", "/v1/health", None, Duration::from_secs(2)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "hangard did not come up; its log:\n{}",
-                std::fs::read_to_string(home.join("hangard.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        let child = common::spawn_hangard(home, &[]);
+        Daemon {
+            child,
+            socket: home.join("hangard.sock"),
         }
-        Daemon { child, socket }
     }
 
     fn kill9(mut self) {

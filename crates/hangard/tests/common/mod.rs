@@ -199,3 +199,36 @@ pub fn coded(v: &serde_json::Value, code: &str) {
     assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
     assert!(v["hint"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
 }
+
+/// Starts the real `hangard` binary on `home` with `args` after `--home`, its stderr appended
+/// to `home/hangard.log` (a restarted daemon adds to it), and waits until it answers
+/// `/v1/health`.
+pub fn spawn_hangard(home: &std::path::Path, args: &[&str]) -> std::process::Child {
+    use std::process::{Command, Stdio};
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(home.join("hangard.log"))
+        .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_hangard"))
+        .args(["--home", home.to_str().unwrap()])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let socket = home.join("hangard.sock");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while hangar_api::client::request(&socket, "GET", "/v1/health", None, Duration::from_secs(2))
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "hangard did not come up; its log:\n{}",
+            std::fs::read_to_string(home.join("hangard.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
