@@ -208,6 +208,25 @@ pub enum OperationRequest {
     },
 }
 
+/// The field naming what a request acts on, borrowed as the request is (shared or mutable):
+/// one list for [`OperationRequest::target`] and [`OperationRequest::target_mut`].
+macro_rules! target_of {
+    ($request:expr) => {
+        match $request {
+            OperationRequest::Create { .. } => None,
+            OperationRequest::Start { vm, .. }
+            | OperationRequest::Stop { vm, .. }
+            | OperationRequest::Pause { vm }
+            | OperationRequest::Resume { vm }
+            | OperationRequest::Reboot { vm }
+            | OperationRequest::Delete { vm, .. }
+            | OperationRequest::SnapshotSave { vm, .. }
+            | OperationRequest::SnapshotRestore { vm, .. } => Some(vm),
+            OperationRequest::SnapshotDelete { id } => Some(id),
+        }
+    };
+}
+
 impl OperationRequest {
     /// The kind, as journaled and shown (`start`, `snapshot_save`, …).
     pub fn kind(&self) -> OperationKind {
@@ -245,35 +264,13 @@ impl OperationRequest {
     /// The VM it acts on, or for `snapshot_delete` the snapshot (`None` for `create`, whose VM
     /// is in its spec).
     pub fn target(&self) -> Option<&str> {
-        match self {
-            OperationRequest::Create { .. } => None,
-            OperationRequest::Start { vm, .. }
-            | OperationRequest::Stop { vm, .. }
-            | OperationRequest::Pause { vm }
-            | OperationRequest::Resume { vm }
-            | OperationRequest::Reboot { vm }
-            | OperationRequest::Delete { vm, .. }
-            | OperationRequest::SnapshotSave { vm, .. }
-            | OperationRequest::SnapshotRestore { vm, .. } => Some(vm),
-            OperationRequest::SnapshotDelete { id } => Some(id),
-        }
+        target_of!(self).map(String::as_str)
     }
 
     /// Mutable access to the name [`OperationRequest::target`] returns (to resolve it in a
     /// principal's namespace).
     pub fn target_mut(&mut self) -> Option<&mut String> {
-        match self {
-            OperationRequest::Create { .. } => None,
-            OperationRequest::Start { vm, .. }
-            | OperationRequest::Stop { vm, .. }
-            | OperationRequest::Pause { vm }
-            | OperationRequest::Resume { vm }
-            | OperationRequest::Reboot { vm }
-            | OperationRequest::Delete { vm, .. }
-            | OperationRequest::SnapshotSave { vm, .. }
-            | OperationRequest::SnapshotRestore { vm, .. } => Some(vm),
-            OperationRequest::SnapshotDelete { id } => Some(id),
-        }
+        target_of!(self)
     }
 
     /// The tenant whose object it acts on: the spec's `tenant` for `create`, else the

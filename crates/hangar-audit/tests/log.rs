@@ -5,7 +5,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use hangar_audit::{hash_line, verify, AuditError, AuditLog, Head, NewEntry, GENESIS};
+use hangar_audit::{
+    hash_line, verify, AuditError, AuditLog, Head, NewEntry, VerifyReport, GENESIS,
+};
 use hangar_core::clock::Timestamp;
 use hangar_core::error::{Coded, ErrorCode};
 
@@ -22,6 +24,14 @@ fn fresh() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");
     (dir, path)
+}
+
+/// The log at `path` verifies, with `entries` entries; the report.
+fn assert_intact(path: &Path, entries: u64) -> VerifyReport {
+    let report = verify(path).unwrap();
+    assert!(report.is_intact(), "{:?}", report.failure);
+    assert_eq!(report.entries, entries);
+    report
 }
 
 #[test]
@@ -47,9 +57,7 @@ fn append_then_verify_round_trip() {
     }
     assert!(text.ends_with('\n'));
 
-    let report = verify(&path).unwrap();
-    assert!(report.is_intact(), "{:?}", report.failure);
-    assert_eq!(report.entries, 5);
+    let report = assert_intact(&path, 5);
     assert_eq!(report.head.seq, 5);
     assert_eq!(report.head.hash, written[4].hash());
     assert_eq!(report.head, *log.head());
@@ -81,9 +89,7 @@ fn reopen_continues_the_chain() {
     let next = log.append(entry(3)).unwrap();
     assert_eq!(next.seq, 3);
     assert_eq!(next.prev, last.hash());
-    let report = verify(&path).unwrap();
-    assert!(report.is_intact(), "{:?}", report.failure);
-    assert_eq!(report.entries, 3);
+    assert_intact(&path, 3);
 }
 
 #[test]
@@ -204,9 +210,7 @@ fn open_removes_a_torn_append_at_the_very_end() {
     assert_eq!(log.recovered_tail(), Some(&torn[..]));
     assert_eq!(fs::read(&path).unwrap(), intact);
     assert_eq!(log.append(entry(4)).unwrap().seq, 4);
-    let report = verify(&path).unwrap();
-    assert!(report.is_intact(), "{:?}", report.failure);
-    assert_eq!(report.entries, 4);
+    assert_intact(&path, 4);
 }
 
 #[test]
@@ -320,9 +324,7 @@ fn concurrent_handles_never_duplicate_or_skip_a_seq() {
         .collect();
     seqs.sort_unstable();
     assert_eq!(seqs, (1..=400).collect::<Vec<u64>>());
-    let report = verify(&path).unwrap();
-    assert!(report.is_intact(), "{:?}", report.failure);
-    assert_eq!(report.entries, 400);
+    assert_intact(&path, 400);
 }
 
 const CHILD_ENV: &str = "HANGAR_AUDIT_TEST_CHILD_LOG";
@@ -363,9 +365,7 @@ fn concurrent_processes_never_duplicate_or_skip_a_seq() {
     for mut child in children {
         assert!(child.wait().unwrap().success());
     }
-    let report = verify(&path).unwrap();
-    assert!(report.is_intact(), "{:?}", report.failure);
-    assert_eq!(report.entries, 300);
+    assert_intact(&path, 300);
     // Three different writers really took part.
     let text = fs::read_to_string(&path).unwrap();
     let mut writers: Vec<&str> = text

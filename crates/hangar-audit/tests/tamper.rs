@@ -40,6 +40,23 @@ fn failure(report: &VerifyReport) -> &Failure {
     report.failure.as_ref().expect("tampering went undetected")
 }
 
+/// Writes `lines` over the log and verifies it: the report and its failure as text.
+fn rewritten(path: &Path, lines: &[String]) -> (VerifyReport, String) {
+    write_lines(path, lines);
+    let report = verify(path).unwrap();
+    let found = failure(&report).to_string();
+    (report, found)
+}
+
+/// Inserts a forged copy of line `at` (0-based) by another user before it, its `prev` correct
+/// for its own position: only what follows can give it away.
+fn insert_forged(lines: &mut Vec<String>, at: usize) {
+    let mut forged = parse(&lines[at]);
+    forged.who = "local:eve".into();
+    forged.prev = hash_line(lines[at - 1].as_bytes());
+    lines.insert(at, forged.to_line());
+}
+
 fn parse(line: &str) -> Entry {
     let v: serde_json::Value = serde_json::from_str(line).unwrap();
     Entry {
@@ -72,12 +89,8 @@ fn entries_read_back_from_lines() {
 fn editing_a_field_of_a_middle_line_is_caught_at_the_next_line() {
     let (_d, path, mut lines) = log_of(8);
     lines[3] = lines[3].replace("local:root", "local:eve");
-    write_lines(&path, &lines);
-    let report = verify(&path).unwrap();
-    assert_eq!(
-        failure(&report).to_string(),
-        "line 5: prev hash does not match line 4"
-    );
+    let (report, found) = rewritten(&path, &lines);
+    assert_eq!(found, "line 5: prev hash does not match line 4");
     assert_eq!(
         failure(&report).defect,
         Defect::PrevMismatch { previous_line: 4 }
@@ -155,71 +168,45 @@ fn field_problems_are_named() {
 fn deleting_a_middle_line_is_caught_where_it_was() {
     let (_d, path, mut lines) = log_of(8);
     lines.remove(3);
-    write_lines(&path, &lines);
-    let report = verify(&path).unwrap();
-    assert_eq!(
-        failure(&report).to_string(),
-        "line 4: seq 5 where 4 was expected"
-    );
+    let (report, found) = rewritten(&path, &lines);
+    assert_eq!(found, "line 4: seq 5 where 4 was expected");
     assert_eq!(report.entries, 3);
 }
 
 #[test]
 fn inserting_a_forged_line_with_a_correct_prev_is_caught_at_the_displaced_line() {
     let (_d, path, mut lines) = log_of(8);
-    let mut forged = parse(&lines[3]);
-    forged.who = "local:eve".into();
-    forged.prev = hash_line(lines[2].as_bytes()); // correct for its own position (line 4)
-    lines.insert(3, forged.to_line());
-    write_lines(&path, &lines);
-    let report = verify(&path).unwrap();
+    insert_forged(&mut lines, 3);
+    let (report, found) = rewritten(&path, &lines);
     // The forged line itself is indistinguishable; the original line 4, now line 5, is not.
-    assert_eq!(
-        failure(&report).to_string(),
-        "line 5: seq 4 where 5 was expected"
-    );
+    assert_eq!(found, "line 5: seq 4 where 5 was expected");
     assert_eq!(report.entries, 4);
 }
 
 #[test]
 fn inserting_a_forged_line_and_renumbering_the_rest_is_caught_by_the_hash() {
     let (_d, path, mut lines) = log_of(8);
-    let mut forged = parse(&lines[3]);
-    forged.who = "local:eve".into();
-    forged.prev = hash_line(lines[2].as_bytes());
-    lines.insert(3, forged.to_line());
+    insert_forged(&mut lines, 3);
     for line in lines.iter_mut().skip(4) {
         let mut e = parse(line);
         e.seq += 1;
         *line = e.to_line();
     }
-    write_lines(&path, &lines);
-    let report = verify(&path).unwrap();
-    assert_eq!(
-        failure(&report).to_string(),
-        "line 5: prev hash does not match line 4"
-    );
+    let (_, found) = rewritten(&path, &lines);
+    assert_eq!(found, "line 5: prev hash does not match line 4");
 }
 
 #[test]
 fn swapping_two_lines_is_caught_at_the_first_of_them() {
     let (_d, path, mut lines) = log_of(8);
     lines.swap(2, 5);
-    write_lines(&path, &lines);
-    let report = verify(&path).unwrap();
-    assert_eq!(
-        failure(&report).to_string(),
-        "line 3: seq 6 where 3 was expected"
-    );
+    let (_, found) = rewritten(&path, &lines);
+    assert_eq!(found, "line 3: seq 6 where 3 was expected");
 
     let (_d, path, mut lines) = log_of(8);
     lines.swap(6, 7);
-    write_lines(&path, &lines);
-    let report = verify(&path).unwrap();
-    assert_eq!(
-        failure(&report).to_string(),
-        "line 7: seq 8 where 7 was expected"
-    );
+    let (_, found) = rewritten(&path, &lines);
+    assert_eq!(found, "line 7: seq 8 where 7 was expected");
 }
 
 #[test]

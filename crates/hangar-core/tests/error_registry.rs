@@ -1,17 +1,17 @@
 //! docs/error-codes.md is generated from the registry; this fails when they drift.
 //! `HANGAR_BLESS=1` rewrites it.
 
+// The shared check, by path: a dev-dependency on hangar-testkit would be a cycle.
+#[path = "../../hangar-testkit/src/golden.rs"]
+mod golden;
+
 #[test]
 fn committed_registry_matches_the_code() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/error-codes.md");
     let generated = hangar_core::error::registry_markdown();
-    if std::env::var_os("HANGAR_BLESS").is_some() {
-        std::fs::write(&path, &generated).unwrap();
-    }
-    let committed = std::fs::read_to_string(&path).expect("docs/error-codes.md is committed");
-    assert!(
-        committed == generated,
-        "docs/error-codes.md is stale: run `HANGAR_BLESS=1 cargo test -p hangar-core --test error_registry`"
+    golden::assert_committed(
+        "docs/error-codes.md",
+        &generated,
+        "cargo test -p hangar-core --test error_registry",
     );
 }
 

@@ -54,6 +54,23 @@ fn pool(name: &str, desired: Desired, policy: Policy) -> Pool {
     }
 }
 
+/// Adds pool `name` wanting `desired`, with the default policy.
+fn add<E: Lifecycle + Snapshots>(fleet: &Fleet<E>, name: &str, desired: Desired) {
+    fleet
+        .add_pool(pool(name, desired, Policy::default()))
+        .unwrap();
+}
+
+/// Every registry the fleet saves from now on.
+fn saved_registries(
+    fleet: &Fleet<FakeEngine>,
+) -> Arc<std::sync::Mutex<Vec<hangar_fleet::Registry>>> {
+    let saved = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = saved.clone();
+    fleet.persist_with(move |r| sink.lock().unwrap().push(r.clone()));
+    saved
+}
+
 fn states(fleet: &Fleet<FakeEngine>) -> Vec<(String, VmState, bool)> {
     fleet
         .instances(None)
@@ -65,9 +82,7 @@ fn states(fleet: &Fleet<FakeEngine>) -> Vec<(String, VmState, bool)> {
 #[test]
 fn a_warm_pool_converges_hands_out_claims_and_refills() {
     let (fleet, _) = fleet(Quotas::default());
-    fleet
-        .add_pool(pool("web", want(0, 3, 0), Policy::default()))
-        .unwrap();
+    add(&fleet, "web", want(0, 3, 0));
     let report = fleet.pass();
     assert_eq!((report.created, report.errors.len()), (3, 0), "{report:?}");
     assert_eq!(
@@ -112,9 +127,7 @@ fn a_warm_pool_converges_hands_out_claims_and_refills() {
 #[test]
 fn a_dead_instance_is_replaced_within_one_pass() {
     let (fleet, _) = fleet(Quotas::default());
-    fleet
-        .add_pool(pool("svc", want(2, 0, 0), Policy::default()))
-        .unwrap();
+    add(&fleet, "svc", want(2, 0, 0));
     fleet.pass();
     fleet
         .engine()
@@ -143,9 +156,7 @@ fn a_quota_refusal_names_the_quota_and_leaves_nothing_behind() {
         max_memory_mib: Some(600),
         ..Quotas::default()
     });
-    fleet
-        .add_pool(pool("big", want(0, 3, 0), Policy::default()))
-        .unwrap();
+    add(&fleet, "big", want(0, 3, 0));
     let report = fleet.pass();
     assert_eq!(
         report.created, 2,
@@ -203,9 +214,7 @@ fn scale_down_removes_the_newest_and_defers_young_instances() {
 fn scale_up_prefers_booted_instances_and_sleep_wake_round_trips() {
     let (fleet, _) = fleet(Quotas::default());
     let id = PoolId::new("mix").unwrap();
-    fleet
-        .add_pool(pool("mix", want(0, 1, 1), Policy::default()))
-        .unwrap();
+    add(&fleet, "mix", want(0, 1, 1));
     let first = fleet.pass();
     assert_eq!(
         (first.created, first.slept, first.warmed),
@@ -230,9 +239,7 @@ fn scale_up_prefers_booted_instances_and_sleep_wake_round_trips() {
 fn a_converged_fleet_plans_nothing() {
     let (fleet, clock) = fleet(Quotas::default());
     for (i, d) in [(0, want(2, 2, 1)), (1, want(0, 4, 0))] {
-        fleet
-            .add_pool(pool(&format!("p{i}"), d, Policy::default()))
-            .unwrap();
+        add(&fleet, &format!("p{i}"), d);
     }
     fleet.pass();
     let pools: Vec<Pool> = fleet.pools();
@@ -245,9 +252,7 @@ fn a_converged_fleet_plans_nothing() {
 fn every_saved_registry_names_the_vms_the_fleet_made_so_a_restart_never_creates_twice() {
     let (fleet, clock, engine) = fleet_with_engine(Quotas::default());
     let id = PoolId::new("app").unwrap();
-    fleet
-        .add_pool(pool("app", want(0, 2, 0), Policy::default()))
-        .unwrap();
+    add(&fleet, "app", want(0, 2, 0));
     // Every registry the fleet hands to its sink, with the VMs the engine had at that moment.
     let saved = Arc::new(std::sync::Mutex::new(Vec::new()));
     let (sink, probe) = (saved.clone(), engine.clone());
@@ -338,9 +343,7 @@ fn a_vm_the_fleet_did_not_make_is_never_touched_whatever_its_name() {
         engine.start(&VmName::new(n).unwrap(), &c).unwrap();
     }
     let id = PoolId::new("web").unwrap();
-    fleet
-        .add_pool(pool("web", want(1, 1, 0), Policy::default()))
-        .unwrap();
+    add(&fleet, "web", want(1, 1, 0));
     for _ in 0..3 {
         let report = fleet.pass();
         assert!(report.errors.is_empty(), "{report:?}");
@@ -376,14 +379,10 @@ fn a_vm_the_fleet_did_not_make_is_never_touched_whatever_its_name() {
 fn a_fleet_vm_whose_pool_is_gone_is_removed_by_the_next_pass_even_after_a_crash() {
     let (fleet, clock, engine) = fleet_with_engine(Quotas::default());
     let id = PoolId::new("web").unwrap();
-    fleet
-        .add_pool(pool("web", want(0, 2, 0), Policy::default()))
-        .unwrap();
+    add(&fleet, "web", want(0, 2, 0));
     fleet.pass();
     // What `pool rm` saves before it touches anything: the pool gone, its VMs retired.
-    let saved = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = saved.clone();
-    fleet.persist_with(move |r| sink.lock().unwrap().push(r.clone()));
+    let saved = saved_registries(&fleet);
     let registry = {
         // Hold the engine's VMs as they are: the process "dies" right after the first save.
         let mut r = fleet.registry();
@@ -432,9 +431,7 @@ fn pool_ids_too_long_for_their_derived_names_are_refused() {
         hangar_core::error::ErrorCode::InvalidName
     );
     let ok = "p".repeat(hangar_fleet::MAX_POOL_ID_LEN);
-    fleet
-        .add_pool(pool(&ok, want(1, 0, 1), Policy::default()))
-        .unwrap();
+    add(&fleet, &ok, want(1, 0, 1));
     let report = fleet.pass();
     assert!(report.errors.is_empty(), "{report:?}");
 }
@@ -443,9 +440,7 @@ fn pool_ids_too_long_for_their_derived_names_are_refused() {
 fn later_instances_are_cloned_from_the_base_snapshot_until_the_template_changes() {
     let (fleet, _, engine) = fleet_with_engine(Quotas::default());
     let id = PoolId::new("web").unwrap();
-    fleet
-        .add_pool(pool("web", want(0, 3, 0), Policy::default()))
-        .unwrap();
+    add(&fleet, "web", want(0, 3, 0));
     let report = fleet.pass();
     assert_eq!((report.created, report.cloned), (3, 2), "{report:?}");
     let base = fleet
@@ -494,104 +489,28 @@ fn cold_boot_pools_never_take_a_base() {
     assert!(engine.list_snapshots(None).unwrap().is_empty());
 }
 
-/// Delegates to a fake engine, but `restore` and `start` block while the gate is armed, after
-/// announcing that they were entered: a way to hold a pass in the middle of a boot.
-struct Gated {
-    inner: FakeEngine,
-    armed: std::sync::atomic::AtomicBool,
-    entered: std::sync::Mutex<std::sync::mpsc::Sender<()>>,
-    release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
-}
-
-impl Gated {
-    fn hold(&self) {
-        if self.armed.load(std::sync::atomic::Ordering::SeqCst) {
-            self.entered.lock().unwrap().send(()).unwrap();
-            self.release.lock().unwrap().recv().unwrap();
-        }
-    }
-}
-
-mod gated_impl {
-    use super::Gated;
-    use hangar_core::cancel::CancelToken;
-    use hangar_core::contracts::*;
-    use hangar_core::ids::{SnapshotId, VmName};
-    use hangar_core::lifecycle::LifecycleObserver;
-    use hangar_core::spec::VmSpec;
-    use hangar_core::Result;
-    use std::sync::Arc;
-
-    impl Lifecycle for Gated {
-        fn define(&self, spec: &VmSpec) -> Result<VmStatus> {
-            self.inner.define(spec)
-        }
-        fn start(&self, vm: &VmName, cancel: &CancelToken) -> Result<VmStatus> {
-            self.hold();
-            self.inner.start(vm, cancel)
-        }
-        fn stop(&self, vm: &VmName, mode: StopMode, cancel: &CancelToken) -> Result<StopOutcome> {
-            self.inner.stop(vm, mode, cancel)
-        }
-        fn pause(&self, vm: &VmName) -> Result<VmStatus> {
-            self.inner.pause(vm)
-        }
-        fn resume(&self, vm: &VmName) -> Result<VmStatus> {
-            self.inner.resume(vm)
-        }
-        fn reboot(&self, vm: &VmName, cancel: &CancelToken) -> Result<VmStatus> {
-            self.inner.reboot(vm, cancel)
-        }
-        fn undefine(&self, vm: &VmName) -> Result<()> {
-            self.inner.undefine(vm)
-        }
-        fn status(&self, vm: &VmName) -> Result<VmStatus> {
-            self.inner.status(vm)
-        }
-        fn list(&self) -> Result<Vec<VmStatus>> {
-            self.inner.list()
-        }
-        fn observe(&self, observer: Arc<dyn LifecycleObserver>) {
-            self.inner.observe(observer)
-        }
-    }
-
-    impl Snapshots for Gated {
-        fn save(
-            &self,
-            vm: &VmName,
-            id: &SnapshotId,
-            mode: SaveMode,
-            cancel: &CancelToken,
-        ) -> Result<SnapshotInfo> {
-            self.inner.save(vm, id, mode, cancel)
-        }
-        fn restore(&self, vm: &VmName, id: &SnapshotId, cancel: &CancelToken) -> Result<VmStatus> {
-            self.hold();
-            self.inner.restore(vm, id, cancel)
-        }
-        fn list_snapshots(&self, vm: Option<&VmName>) -> Result<Vec<SnapshotInfo>> {
-            self.inner.list_snapshots(vm)
-        }
-        fn delete_snapshot(&self, id: &SnapshotId) -> Result<()> {
-            self.inner.delete_snapshot(id)
-        }
-    }
-}
-
 #[test]
 fn a_claim_does_not_wait_for_a_pass_that_is_booting() {
     let clock = Arc::new(ManualClock::default());
     let (entered_tx, entered) = std::sync::mpsc::channel();
     let (release, release_rx) = std::sync::mpsc::channel();
-    let engine = Arc::new(Gated {
-        inner: FakeEngine::new(FakeConfig {
-            clock: clock.clone(),
-            ..FakeConfig::default()
-        }),
-        armed: false.into(),
-        entered: entered_tx.into(),
-        release: release_rx.into(),
+    // Every start and restore announces itself and waits for a release while armed: a way
+    // to hold a pass in the middle of a boot.
+    let engine = Arc::new(FakeEngine::new(FakeConfig {
+        clock: clock.clone(),
+        ..FakeConfig::default()
+    }));
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (gate, entered_tx, release_rx) = (
+        armed.clone(),
+        std::sync::Mutex::new(entered_tx),
+        std::sync::Mutex::new(release_rx),
+    );
+    engine.on_boot(move || {
+        if gate.load(std::sync::atomic::Ordering::SeqCst) {
+            entered_tx.lock().unwrap().send(()).unwrap();
+            release_rx.lock().unwrap().recv().unwrap();
+        }
     });
     let fleet = Fleet::new(engine.clone(), clock);
     fleet.put_tenant(Tenant {
@@ -599,13 +518,9 @@ fn a_claim_does_not_wait_for_a_pass_that_is_booting() {
         quotas: Quotas::default(),
     });
     let id = PoolId::new("web").unwrap();
-    fleet
-        .add_pool(pool("web", want(0, 1, 0), Policy::default()))
-        .unwrap();
+    add(&fleet, "web", want(0, 1, 0));
     assert_eq!(fleet.pass().created, 1);
-    engine
-        .armed
-        .store(true, std::sync::atomic::Ordering::SeqCst);
+    armed.store(true, std::sync::atomic::Ordering::SeqCst);
     fleet.scale(&id, want(0, 3, 0), None).unwrap();
     std::thread::scope(|s| {
         let pass = s.spawn(|| fleet.pass());
@@ -621,9 +536,7 @@ fn a_claim_does_not_wait_for_a_pass_that_is_booting() {
             (ClaimSource::Warm, "web-0", VmState::Running)
         );
         // Let the pass's two creations through.
-        engine
-            .armed
-            .store(false, std::sync::atomic::Ordering::SeqCst);
+        armed.store(false, std::sync::atomic::Ordering::SeqCst);
         release.send(()).unwrap();
         let report = pass.join().unwrap();
         assert_eq!((report.created, report.errors.len()), (2, 0), "{report:?}");
@@ -643,13 +556,9 @@ fn a_claim_does_not_wait_for_a_pass_that_is_booting() {
 fn a_claim_is_persisted_before_its_engine_step() {
     let (fleet, _) = fleet(Quotas::default());
     let id = PoolId::new("web").unwrap();
-    fleet
-        .add_pool(pool("web", want(0, 1, 0), Policy::default()))
-        .unwrap();
+    add(&fleet, "web", want(0, 1, 0));
     fleet.pass();
-    let saved = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = saved.clone();
-    fleet.persist_with(move |r| sink.lock().unwrap().push(r.clone()));
+    let saved = saved_registries(&fleet);
     fleet.claim(&id).unwrap();
     let saved = saved.lock().unwrap();
     let web0 = |r: &hangar_fleet::Registry| {
@@ -705,9 +614,7 @@ fn quotas_count_a_tenants_own_vms_next_to_its_pools_and_reserve_room_atomically(
     other.name = VmName::new("acme--other").unwrap();
     assert!(fleet.admit(&other, Admit::Run).is_err());
     // ... and so is a pool instance: pools and own VMs share one quota.
-    fleet
-        .add_pool(pool("web", want(1, 0, 0), Policy::default()))
-        .unwrap();
+    add(&fleet, "web", want(1, 0, 0));
     let report = fleet.pass();
     assert_eq!(report.errors.len(), 1, "{report:?}");
     assert_eq!(report.errors[0].0, "E_QUOTA_EXCEEDED");

@@ -55,13 +55,7 @@ fn warm_pool_claim_quota_and_replacement_on_real_qemu() {
             ..Quotas::default()
         },
     });
-    let template = hangar_spec::parse(
-        "schema_version = 1\nname = \"t\"\n[machine]\nmemory_mib = 128\n[boot]\nimage = \"minimal\"\n",
-        hangar_spec::Format::Toml,
-        Path::new("/"),
-    )
-    .unwrap()
-    .spec;
+    let template = hangar_testkit::toml_spec("schema_version = 1\nname = \"t\"\n[machine]\nmemory_mib = 128\n[boot]\nimage = \"minimal\"\n");
     let pool = PoolId::new("web").unwrap();
     fleet
         .add_pool(Pool {

@@ -104,7 +104,7 @@ pub struct Plan {
     pub name: String,
     /// Hash of the canonical spec the plan was made from.
     pub spec_hash: String,
-    /// The exact engine argv (argv[0] is the binary). Never passed through a shell.
+    /// The exact engine argv (its first element is the binary). Never passed through a shell.
     pub argv: Vec<String>,
     /// `sha256:` of the argv joined with NUL bytes.
     pub argv_hash: String,

@@ -60,28 +60,18 @@ pub fn create_overlay(
 
 /// Creates a blank image.
 pub fn create_blank(path: &Path, format: DiskFormat, size_mib: u64) -> Result<(), ImgError> {
-    run(&[
-        "create",
-        "-q",
-        "-f",
-        format.as_str(),
-        s(path),
-        &format!("{size_mib}M"),
-    ])
-    .map(drop)
+    sized("create", path, format, size_mib)
 }
 
 /// Grows an image.
 pub fn resize(path: &Path, format: DiskFormat, size_mib: u64) -> Result<(), ImgError> {
-    run(&[
-        "resize",
-        "-q",
-        "-f",
-        format.as_str(),
-        s(path),
-        &format!("{size_mib}M"),
-    ])
-    .map(drop)
+    sized("resize", path, format, size_mib)
+}
+
+/// `qemu-img <command> -q -f <format> <path> <size>M`: the two commands that take a size.
+fn sized(command: &str, path: &Path, format: DiskFormat, size_mib: u64) -> Result<(), ImgError> {
+    let size = format!("{size_mib}M");
+    run(&[command, "-q", "-f", format.as_str(), s(path), &size]).map(drop)
 }
 
 /// Virtual size in MiB.

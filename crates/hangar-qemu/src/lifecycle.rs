@@ -15,6 +15,7 @@ use hangar_store::VmRecord;
 
 use crate::console::{self, LogTail};
 use crate::engine::*;
+use crate::qmp::QmpSession;
 
 impl Lifecycle for QemuEngine {
     fn define(&self, spec: &VmSpec) -> Result<VmStatus> {
@@ -76,47 +77,13 @@ impl Lifecycle for QemuEngine {
     }
 
     fn pause(&self, vm: &VmName) -> Result<VmStatus> {
-        let _lock = self.lock(vm)?;
-        let mut rec = self.record(vm)?;
-        match rec.state {
-            VmState::Paused => {}
-            VmState::Running => {
-                let plan = Self::plan_of(&rec)?;
-                self.step(&mut rec, VmState::Pausing, Cause::User)?;
-                match self.qmp(&plan).and_then(|c| c.stop()) {
-                    Ok(()) => self.step(&mut rec, VmState::Paused, Cause::Engine)?,
-                    Err(e) => {
-                        rec.reason = Some(format!("pause failed: {e}"));
-                        self.step(&mut rec, VmState::Failed, Cause::Fault)?;
-                        return Err(e);
-                    }
-                }
-            }
-            other => return Err(refuse(vm, other, VmState::Pausing)),
-        }
-        Ok(Self::status_of(&rec))
+        let pausing = [VmState::Running, VmState::Pausing, VmState::Paused];
+        self.switch_vcpus(vm, pausing, "pause", |qmp| qmp.stop())
     }
 
     fn resume(&self, vm: &VmName) -> Result<VmStatus> {
-        let _lock = self.lock(vm)?;
-        let mut rec = self.record(vm)?;
-        match rec.state {
-            VmState::Running => {}
-            VmState::Paused => {
-                let plan = Self::plan_of(&rec)?;
-                self.step(&mut rec, VmState::Resuming, Cause::User)?;
-                match self.qmp(&plan).and_then(|c| c.cont()) {
-                    Ok(()) => self.step(&mut rec, VmState::Running, Cause::Engine)?,
-                    Err(e) => {
-                        rec.reason = Some(format!("resume failed: {e}"));
-                        self.step(&mut rec, VmState::Failed, Cause::Fault)?;
-                        return Err(e);
-                    }
-                }
-            }
-            other => return Err(refuse(vm, other, VmState::Resuming)),
-        }
-        Ok(Self::status_of(&rec))
+        let resuming = [VmState::Paused, VmState::Resuming, VmState::Running];
+        self.switch_vcpus(vm, resuming, "resume", |qmp| qmp.cont())
     }
 
     fn reboot(&self, vm: &VmName, cancel: &CancelToken) -> Result<VmStatus> {
@@ -192,5 +159,37 @@ impl Lifecycle for QemuEngine {
 
     fn observe(&self, observer: Arc<dyn LifecycleObserver>) {
         self.observers.register(observer)
+    }
+}
+
+impl QemuEngine {
+    /// Pausing or resuming: moves `vm` from `from` to `to` through `via` with `command`; a VM
+    /// already there is left alone, a failed command (`verb`) leaves it failed with the reason.
+    fn switch_vcpus(
+        &self,
+        vm: &VmName,
+        [from, via, to]: [VmState; 3],
+        verb: &str,
+        command: impl FnOnce(&QmpSession<'_>) -> Result<()>,
+    ) -> Result<VmStatus> {
+        let _lock = self.lock(vm)?;
+        let mut rec = self.record(vm)?;
+        match rec.state {
+            s if s == to => {}
+            s if s == from => {
+                let plan = Self::plan_of(&rec)?;
+                self.step(&mut rec, via, Cause::User)?;
+                match self.qmp(&plan).and_then(|c| command(&c)) {
+                    Ok(()) => self.step(&mut rec, to, Cause::Engine)?,
+                    Err(e) => {
+                        rec.reason = Some(format!("{verb} failed: {e}"));
+                        self.step(&mut rec, VmState::Failed, Cause::Fault)?;
+                        return Err(e);
+                    }
+                }
+            }
+            other => return Err(refuse(vm, other, via)),
+        }
+        Ok(Self::status_of(&rec))
     }
 }

@@ -58,18 +58,7 @@ fn a_snapshot_seeds_a_clone_with_its_own_copy_of_the_disks() {
         },
     )
     .unwrap();
-    let spec = |vm: &str| {
-        hangar_spec::parse(
-            &format!(
-                "schema_version = 1\nname = \"{vm}\"\n[machine]\nmemory_mib = 128\n[boot]\nimage = \"minimal\"\n[[disk]]\nname = \"root\"\nsource = \"{}\"\n",
-                base.display()
-            ),
-            hangar_spec::Format::Toml,
-            Path::new("/"),
-        )
-        .unwrap()
-        .spec
-    };
+    let spec = |vm: &str| hangar_testkit::spec_over(vm, 128, &base);
     let c = CancelToken::new();
     let (src, cl) = (VmName::new("src").unwrap(), VmName::new("cl").unwrap());
     let overlay = |vm: &str| home.join("vms").join(vm).join("disks/root.qcow2");

@@ -69,19 +69,7 @@ fn engine(home: &Path, facts: HostFacts) -> QemuEngine {
     .unwrap()
 }
 
-/// A spec with one writable disk over `base` (so the VM has an overlay of its own).
-fn spec(name: &str, memory_mib: u32, base: &Path) -> hangar_core::spec::VmSpec {
-    hangar_spec::parse(
-        &format!(
-            "schema_version = 1\nname = \"{name}\"\n[machine]\nmemory_mib = {memory_mib}\n[boot]\nimage = \"minimal\"\n[[disk]]\nname = \"root\"\nsource = \"{}\"\n",
-            base.display()
-        ),
-        hangar_spec::Format::Toml,
-        Path::new("/"),
-    )
-    .unwrap()
-    .spec
-}
+use hangar_testkit::{spec_over as spec, toml_spec};
 
 /// A home of its own with the images linked in, its QEMUs killed when the test ends, a
 /// qcow2 base for overlays, and an engine over it (with `facts` changed as `adjust` says).
@@ -92,7 +80,11 @@ struct Bench {
     engine: QemuEngine,
 }
 
-fn bench(adjust: impl FnOnce(&mut HostFacts)) -> Bench {
+/// The bench for `test`, or `None` (said on stderr) where it cannot run here.
+fn bench(test: &str, adjust: impl FnOnce(&mut HostFacts)) -> Option<Bench> {
+    if skip(test) {
+        return None;
+    }
     let home = hangar_testkit::private_home("hgc-");
     let reaper = hangar_testkit::Reaper(home.path().to_path_buf());
     let base = home.path().join("base.qcow2");
@@ -100,12 +92,12 @@ fn bench(adjust: impl FnOnce(&mut HostFacts)) -> Bench {
     let mut facts = facts(home.path());
     adjust(&mut facts);
     let engine = engine(home.path(), facts);
-    Bench {
+    Some(Bench {
         home,
         _reaper: reaper,
         base,
         engine,
-    }
+    })
 }
 
 fn plan(engine: &QemuEngine, vm: &str) -> Plan {
@@ -149,13 +141,13 @@ fn read(path: &Path) -> String {
 
 #[test]
 fn a_guest_runs_as_its_own_user_without_privileges_in_its_own_cgroup() {
-    let test = "a_guest_runs_as_its_own_user_without_privileges_in_its_own_cgroup";
-    if skip(test) {
+    let Some(b) = bench(
+        "a_guest_runs_as_its_own_user_without_privileges_in_its_own_cgroup",
+        |_| {},
+    ) else {
         return;
-    }
-    let b = bench(|_| {});
-    let (home, base, engine) = (b.home.path(), &b.base, &b.engine);
-    let c = CancelToken::new();
+    };
+    let (home, base, engine, c) = (b.home.path(), &b.base, &b.engine, CancelToken::new());
     let mut s = spec("conf-a", 128, base);
     s.machine.cpu_weight = Some(300);
     engine.define(&s).unwrap();
@@ -300,13 +292,13 @@ fn a_guest_runs_as_its_own_user_without_privileges_in_its_own_cgroup() {
 
 #[test]
 fn a_qemu_cannot_open_another_vms_overlay_or_hangars_files() {
-    let test = "a_qemu_cannot_open_another_vms_overlay_or_hangars_files";
-    if skip(test) {
+    let Some(b) = bench(
+        "a_qemu_cannot_open_another_vms_overlay_or_hangars_files",
+        |_| {},
+    ) else {
         return;
-    }
-    let b = bench(|_| {});
-    let (home, base, engine) = (b.home.path(), &b.base, &b.engine);
-    let c = CancelToken::new();
+    };
+    let (home, base, engine, c) = (b.home.path(), &b.base, &b.engine, CancelToken::new());
     for vm in ["conf-b", "conf-c"] {
         let s = spec(vm, 128, base);
         engine.define(&s).unwrap();
@@ -361,15 +353,15 @@ fn a_qemu_cannot_open_another_vms_overlay_or_hangars_files() {
 
 #[test]
 fn a_guest_using_more_memory_than_allowed_is_stopped_by_its_cgroup() {
-    let test = "a_guest_using_more_memory_than_allowed_is_stopped_by_its_cgroup";
-    if skip(test) {
-        return;
-    }
     // No allowance for QEMU's own memory: the limit is the guest's RAM alone, so a guest that
     // touches all of it takes QEMU over the limit.
-    let b = bench(|facts| facts.confinement.memory_overhead_mib = 0);
-    let (home, base, engine) = (b.home.path(), &b.base, &b.engine);
-    let c = CancelToken::new();
+    let Some(b) = bench(
+        "a_guest_using_more_memory_than_allowed_is_stopped_by_its_cgroup",
+        |facts| facts.confinement.memory_overhead_mib = 0,
+    ) else {
+        return;
+    };
+    let (home, base, engine, c) = (b.home.path(), &b.base, &b.engine, CancelToken::new());
     let s = spec("conf-hog", 256, base);
     engine.define(&s).unwrap();
     engine.start(&s.name, &c).unwrap();
@@ -477,16 +469,10 @@ fn a_vm_the_host_cannot_hold_is_refused_with_e_host_capacity_and_nothing_is_made
         );
         return;
     }
-    let s = hangar_spec::parse(
-        &format!(
-            "schema_version = 1\nname = \"huge\"\n[machine]\nmemory_mib = {memory}\n[boot]\nkernel = \"{}\"\n",
-            kernel.display()
-        ),
-        hangar_spec::Format::Toml,
-        Path::new("/"),
-    )
-    .unwrap()
-    .spec;
+    let s = toml_spec(&format!(
+        "schema_version = 1\nname = \"huge\"\n[machine]\nmemory_mib = {memory}\n[boot]\nkernel = \"{}\"\n",
+        kernel.display()
+    ));
     engine.define(&s).unwrap();
     let e = engine.start(&s.name, &CancelToken::new()).unwrap_err();
     assert_eq!(e.code(), ErrorCode::HostCapacity, "{e}");
@@ -549,16 +535,10 @@ fn uid_bench() -> (
     let kernel = home.path().join("vmlinuz");
     std::fs::write(&kernel, "k").unwrap();
     let spec = move |name: &str| {
-        hangar_spec::parse(
-            &format!(
-                "schema_version = 1\nname = \"{name}\"\n[boot]\nkernel = \"{}\"\n",
-                kernel.display()
-            ),
-            hangar_spec::Format::Toml,
-            Path::new("/"),
-        )
-        .unwrap()
-        .spec
+        toml_spec(&format!(
+            "schema_version = 1\nname = \"{name}\"\n[boot]\nkernel = \"{}\"\n",
+            kernel.display()
+        ))
     };
     (home, engine, spec)
 }

@@ -14,9 +14,7 @@ fn spec(name: &str, boot: &str) -> hangar_core::spec::VmSpec {
     let text = format!(
         "schema_version = 1\nname = \"{name}\"\n[machine]\nmemory_mib = 128\n[boot]\n{boot}\n"
     );
-    hangar_spec::parse(&text, hangar_spec::Format::Toml, std::path::Path::new("/"))
-        .unwrap()
-        .spec
+    hangar_testkit::toml_spec(&text)
 }
 
 #[test]
@@ -53,14 +51,7 @@ fn a_missing_kernel_or_disk_is_refused_at_start_naming_the_field_and_changes_not
 
 #[test]
 fn a_qemu_that_exits_at_once_is_reported_without_waiting_for_its_socket() {
-    let home = tempfile::Builder::new()
-        .prefix("hgq-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let mut facts = hangar_plan::probe::SystemProbe {
-        home: home.path().to_path_buf(),
-    }
-    .probe();
+    let (home, mut facts) = home_and_facts();
     // A stand-in that prints like a QEMU refusing its arguments and exits.
     let fake = home.path().join("qemu");
     std::fs::write(
@@ -87,14 +78,7 @@ fn a_qemu_that_exits_at_once_is_reported_without_waiting_for_its_socket() {
 
 #[test]
 fn a_symlink_planted_in_the_state_directory_is_refused_not_followed() {
-    let home = tempfile::Builder::new()
-        .prefix("hgq-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let mut facts = hangar_plan::probe::SystemProbe {
-        home: home.path().to_path_buf(),
-    }
-    .probe();
+    let (home, mut facts) = home_and_facts();
     // Never reached: the refusal comes first.
     facts.qemu.binary = "/bin/false".into();
     facts.qemu.version = Some("10.0.2".into());
@@ -117,4 +101,17 @@ fn a_symlink_planted_in_the_state_directory_is_refused_not_followed() {
             "nothing was written through {plant}"
         );
     }
+}
+
+/// A new home in /tmp and this host's facts for it.
+fn home_and_facts() -> (tempfile::TempDir, hangar_plan::HostFacts) {
+    let home = tempfile::Builder::new()
+        .prefix("hgq-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let facts = hangar_plan::probe::SystemProbe {
+        home: home.path().to_path_buf(),
+    }
+    .probe();
+    (home, facts)
 }

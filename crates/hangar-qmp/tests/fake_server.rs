@@ -19,6 +19,22 @@ fn event_of(item: Option<EventItem>) -> QmpEvent {
     }
 }
 
+/// `res` failed as a protocol error (E_ENGINE_FAILED) whose message contains `expect`;
+/// `context` goes into the failure message.
+fn expect_protocol_error<T: std::fmt::Debug>(
+    res: Result<T, QmpError>,
+    expect: &str,
+    context: &str,
+) {
+    match res {
+        Err(e @ QmpError::Protocol { .. }) => {
+            assert!(e.to_string().contains(expect), "{context}: {e} vs {expect}");
+            assert_eq!(e.code(), ErrorCode::EngineFailed);
+        }
+        other => panic!("{context}: {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn greeting_is_validated_and_version_exposed() {
     let (qmp, mut peer, _fake) = connected().await;
@@ -61,13 +77,7 @@ async fn invalid_greetings_are_protocol_errors() {
                 assert!(p.try_recv().await.is_none());
             }
         });
-        match res {
-            Err(e @ QmpError::Protocol { .. }) => {
-                assert!(e.to_string().contains(expect), "{e} vs {expect}");
-                assert_eq!(e.code(), ErrorCode::EngineFailed);
-            }
-            other => panic!("{:?}: {other:?}", String::from_utf8_lossy(greeting)),
-        }
+        expect_protocol_error(res, expect, &String::from_utf8_lossy(greeting));
     }
 }
 
@@ -462,13 +472,7 @@ async fn malformed_input_is_a_protocol_error_and_closes_the_connection() {
             // The client shuts the socket down.
             assert!(peer.try_recv().await.is_none(), "{name}");
         });
-        match res {
-            Err(e @ QmpError::Protocol { .. }) => {
-                assert!(e.to_string().contains(expect), "{name}: {e}");
-                assert_eq!(e.code(), ErrorCode::EngineFailed);
-            }
-            other => panic!("{name}: {other:?}"),
-        }
+        expect_protocol_error(res, expect, name);
         assert!(!qmp.is_connected(), "{name}");
         assert_eq!(events.recv().await, None, "{name}");
         // Later calls report the same protocol failure.
@@ -488,12 +492,7 @@ async fn a_message_cut_off_by_eof_is_a_protocol_error() {
             .await;
         drop(peer);
     });
-    match res {
-        Err(e @ QmpError::Protocol { .. }) => {
-            assert!(e.to_string().contains("middle of a message"), "{e}")
-        }
-        other => panic!("{other:?}"),
-    }
+    expect_protocol_error(res, "middle of a message", "");
 }
 
 #[tokio::test]
@@ -505,12 +504,7 @@ async fn a_line_over_the_default_16_mib_cap_is_rejected() {
         // The client hangs up part-way; a failed write is expected.
         let _ = peer.w.write_all(&huge).await;
     });
-    match res {
-        Err(e @ QmpError::Protocol { .. }) => {
-            assert!(e.to_string().contains("16777216-byte limit"), "{e}")
-        }
-        other => panic!("{other:?}"),
-    }
+    expect_protocol_error(res, "16777216-byte limit", "");
 }
 
 #[tokio::test]

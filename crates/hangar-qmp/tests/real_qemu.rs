@@ -37,18 +37,11 @@ async fn real_qemu_greets_reports_prelaunch_and_quits() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("qmp.sock");
     let mut child = Command::new(QEMU)
-        .args([
-            "-machine",
-            "microvm",
-            "-accel",
-            "tcg",
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-S",
-            "-qmp",
-        ])
+        // No guest: QEMU stops before running anything (-S), QMP only.
+        .args(
+            "-machine microvm -accel tcg -nodefaults -no-user-config -display none -S -qmp"
+                .split(' '),
+        )
         .arg(format!("unix:{},server=on,wait=off", sock.display()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())

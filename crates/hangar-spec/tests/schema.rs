@@ -1,22 +1,20 @@
 //! The committed JSON Schema matches the types, and the types match the validator's fields.
 //! `HANGAR_BLESS=1` rewrites schema/vm-spec-v1.json.
 
-use std::path::Path;
-
 use hangar_spec::fields::*;
 use hangar_spec::schema::schema_json;
 
+// The shared check, by path: a dev-dependency on hangar-testkit would be a cycle.
+#[path = "../../hangar-testkit/src/golden.rs"]
+mod golden;
+
 #[test]
 fn committed_schema_matches_the_types() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schema/vm-spec-v1.json");
     let generated = schema_json();
-    if std::env::var_os("HANGAR_BLESS").is_some() {
-        std::fs::write(&path, &generated).unwrap();
-    }
-    let committed = std::fs::read_to_string(&path).expect("schema/vm-spec-v1.json is committed");
-    assert!(
-        committed == generated,
-        "schema/vm-spec-v1.json is stale: run `HANGAR_BLESS=1 cargo test -p hangar-spec --test schema` and commit it"
+    golden::assert_committed(
+        "schema/vm-spec-v1.json",
+        &generated,
+        "cargo test -p hangar-spec --test schema",
     );
 }
 

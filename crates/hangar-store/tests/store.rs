@@ -122,25 +122,66 @@ fn corrupt_rows_are_reported_not_used() {
     );
 }
 
+/// Snapshot `s1` of VM `a`: no disks, no clone hash, no tenant.
+fn snapshot() -> SnapshotRecord {
+    SnapshotRecord {
+        id: SnapshotId::new("s1").unwrap(),
+        vm: VmName::new("a").unwrap(),
+        path: "/x/s1.state".into(),
+        spec_hash: "sha256:1".into(),
+        clone_hash: None,
+        disks: vec![],
+        engine_version: "qemu-10.0.2".into(),
+        size_bytes: 64 << 20,
+        created_at: Timestamp(5),
+        tenant: None,
+        pool: None,
+    }
+}
+
+#[test]
+fn a_negative_snapshot_time_or_size_is_corrupt_not_clamped() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_in(dir.path()).unwrap();
+    let snap = snapshot();
+    store.insert_snapshot(&snap).unwrap();
+    assert_eq!(store.get_snapshot(&snap.id).unwrap(), Some(snap.clone()));
+    for (column, bad) in [("created_at", -5), ("size_bytes", -1)] {
+        store
+            .execute_raw(&format!("UPDATE snapshots SET {column} = {bad}"))
+            .unwrap();
+        for err in [
+            store.get_snapshot(&snap.id).unwrap_err(),
+            store.list_snapshots(None).unwrap_err(),
+        ] {
+            assert_eq!(err.code(), ErrorCode::StoreCorrupt, "{err}");
+            assert!(
+                matches!(&err, StoreError::Corrupt { table: "snapshots", key, .. } if key == "s1"),
+                "{err}"
+            );
+            assert!(
+                err.to_string()
+                    .contains(&format!("{column}: {bad} is negative")),
+                "{err}"
+            );
+        }
+        store.delete_snapshot(&snap.id).unwrap();
+        store.insert_snapshot(&snap).unwrap();
+    }
+}
+
 #[test]
 fn snapshots_and_volumes() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open_in(dir.path()).unwrap();
     let snap = SnapshotRecord {
-        id: SnapshotId::new("s1").unwrap(),
-        vm: VmName::new("a").unwrap(),
-        path: "/x/s1.state".into(),
-        spec_hash: "sha256:1".into(),
         clone_hash: Some("sha256:2".into()),
         disks: vec![FrozenDisk {
             disk: "root".into(),
             path: "/x/s1.disks/root.qcow2".into(),
         }],
-        engine_version: "qemu-10.0.2".into(),
-        size_bytes: 64 << 20,
-        created_at: Timestamp(5),
         tenant: Some(hangar_core::ids::TenantId::new("acme").unwrap()),
-        pool: None,
+        ..snapshot()
     };
     store.insert_snapshot(&snap).unwrap();
     assert_eq!(

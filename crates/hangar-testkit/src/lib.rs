@@ -5,9 +5,27 @@
 //! Guests started by a test must not outlive it, even when an assertion fails: keep a
 //! [`Reaper`] for the test's home.
 
+pub mod golden;
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+/// The spec a TOML text describes (host paths in it are absolute); panics when invalid.
+pub fn toml_spec(text: &str) -> hangar_core::spec::VmSpec {
+    hangar_spec::parse(text, hangar_spec::Format::Toml, Path::new("/"))
+        .unwrap_or_else(|e| panic!("{e}\n{text}"))
+        .spec
+}
+
+/// A spec with one writable disk over `base` (so the VM has an overlay of its own), booting
+/// the built-in image.
+pub fn spec_over(name: &str, memory_mib: u32, base: &Path) -> hangar_core::spec::VmSpec {
+    toml_spec(&format!(
+        "schema_version = 1\nname = \"{name}\"\n[machine]\nmemory_mib = {memory_mib}\n[boot]\nimage = \"minimal\"\n[[disk]]\nname = \"root\"\nsource = \"{}\"\n",
+        base.display()
+    ))
+}
 
 /// Where the built images are: `$HANGAR_HOME/images`, else `/var/lib/hangar/images` (where
 /// `scripts/setup` builds them).

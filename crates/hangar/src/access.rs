@@ -14,7 +14,7 @@ use hangar_core::ids::TenantId;
 use serde_json::json;
 
 use crate::common::{from_body, home, print_json};
-use crate::table::Table;
+use crate::table::print_listing;
 use crate::{failure, Failure, Output};
 
 /// `hangar token …`
@@ -199,15 +199,9 @@ pub fn token(cmd: TokenCommand, out: &mut dyn Write) -> Result<(), Failure> {
                 Some(r) => r.call("GET", "/v1/tokens", None).map_err(from_body)?,
                 None => hangar_control::tokens::list(&store()?).map_err(from_body)?,
             };
-            if output == Output::Json {
-                return print_json(out, &list);
-            }
-            let mut table = Table::new("ID<14 SCOPE<28").free("NAME");
-            for t in list {
-                table.row(vec![t.id.to_string(), t.scope.to_string()], t.name);
-            }
-            table.print(out);
-            Ok(())
+            print_listing(out, output, &list, ("ID<14 SCOPE<28", "NAME"), |t| {
+                (vec![t.id.to_string(), t.scope.to_string()], t.name.clone())
+            })
         }
         TokenCommand::Rm { id } => {
             match &remote {

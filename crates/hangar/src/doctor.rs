@@ -6,7 +6,7 @@ use std::path::Path;
 use hangar_control::DaemonMode;
 use hangar_core::error::ErrorCode;
 
-use crate::table::Table;
+use crate::table::print_listing;
 use crate::{Failure, Output};
 
 use crate::common::*;
@@ -240,25 +240,22 @@ pub fn images(output: Output, out: &mut dyn Write) -> Result<(), Failure> {
             "",
         )
     })?;
-    if output == Output::Json {
-        return print_json(out, &list);
-    }
-    let mut table = Table::new("NAME<16 COMPLETE<9 SIZE>8").free("KERNEL");
-    for i in list {
-        let kernel = i
-            .manifest
-            .as_ref()
-            .and_then(|m| m["kernel_release"].as_str())
-            .unwrap_or("-");
-        table.row(
-            vec![
+    print_listing(
+        out,
+        output,
+        &list,
+        ("NAME<16 COMPLETE<9 SIZE>8", "KERNEL"),
+        |i| {
+            let kernel = i
+                .manifest
+                .as_ref()
+                .and_then(|m| m["kernel_release"].as_str());
+            let cells = vec![
                 i.name.clone(),
                 if i.complete { "yes" } else { "no" }.into(),
                 format!("{}M", i.size_bytes >> 20),
-            ],
-            kernel,
-        );
-    }
-    table.print(out);
-    Ok(())
+            ];
+            (cells, kernel.unwrap_or("-").to_string())
+        },
+    )
 }

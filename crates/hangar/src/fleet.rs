@@ -14,7 +14,7 @@ use hangar_core::error::ErrorCode;
 use serde_json::{json, Value};
 
 use crate::common::{from_body, home, print_json};
-use crate::table::Table;
+use crate::table::print_listing;
 use crate::{Failure, Output};
 
 /// Tenants: isolation and quota boundaries that own pools.
@@ -312,30 +312,23 @@ pub fn tenant(cmd: TenantCommand, out: &mut dyn Write) -> Result<(), Failure> {
         }
         TenantCommand::Ls { output } => {
             let list = tenants()?;
-            if output == Output::Json {
-                return print_json(out, &list);
-            }
-            let mut table = Table::new(
+            let columns = (
                 "TENANT<20 VCPUS>11 MEMORY_MIB>13 RUNNING>11 WARM>9 INSTANCES>13 DISK_MIB>11",
-            )
-            .free("POOLS");
-            for t in list {
+                "POOLS",
+            );
+            print_listing(out, output, &list, columns, |t| {
                 let (q, u) = (t.quotas, t.usage);
-                table.row(
-                    vec![
-                        t.id.to_string(),
-                        format!("{}/{}", u.vcpus, limit(q.max_vcpus)),
-                        format!("{}/{}", u.memory_mib, limit(q.max_memory_mib)),
-                        format!("{}/{}", u.running, limit(q.max_running)),
-                        format!("{}/{}", u.warm, limit(q.max_warm)),
-                        format!("{}/{}", u.instances, limit(q.max_instances)),
-                        format!("{}/{}", u.disk_mib, limit(q.max_disk_mib)),
-                    ],
-                    t.pools.join(","),
-                );
-            }
-            table.print(out);
-            Ok(())
+                let cells = vec![
+                    t.id.to_string(),
+                    format!("{}/{}", u.vcpus, limit(q.max_vcpus)),
+                    format!("{}/{}", u.memory_mib, limit(q.max_memory_mib)),
+                    format!("{}/{}", u.running, limit(q.max_running)),
+                    format!("{}/{}", u.warm, limit(q.max_warm)),
+                    format!("{}/{}", u.instances, limit(q.max_instances)),
+                    format!("{}/{}", u.disk_mib, limit(q.max_disk_mib)),
+                ];
+                (cells, t.pools.join(","))
+            })
         }
         TenantCommand::Rm { id } => {
             call::<Value>("DELETE", &format!("/v1/tenants/{id}"), None)?;
@@ -436,29 +429,23 @@ pub fn pool(cmd: PoolCommand, out: &mut dyn Write) -> Result<(), Failure> {
         }
         PoolCommand::Ls { output } => {
             let list: Vec<PoolView> = call("GET", "/v1/pools", None)?;
-            if output == Output::Json {
-                return print_json(out, &list);
-            }
-            let mut table =
-                Table::new("POOL<20 TENANT<16 RUNNING>9 WARM>9 SLEEPING>9 CLAIMED>8 OTHER>6")
-                    .free("BASE");
-            for v in list {
+            let columns = (
+                "POOL<20 TENANT<16 RUNNING>9 WARM>9 SLEEPING>9 CLAIMED>8 OTHER>6",
+                "BASE",
+            );
+            print_listing(out, output, &list, columns, |v| {
                 let (d, c) = (v.pool.desired, v.counts);
-                table.row(
-                    vec![
-                        v.pool.id.to_string(),
-                        v.pool.tenant.to_string(),
-                        format!("{}/{}", c.running, d.running),
-                        format!("{}/{}", c.warm, d.warm),
-                        format!("{}/{}", c.sleeping, d.sleeping),
-                        c.claimed.to_string(),
-                        c.other.to_string(),
-                    ],
-                    v.base_snapshot.unwrap_or_else(|| "-".into()),
-                );
-            }
-            table.print(out);
-            Ok(())
+                let cells = vec![
+                    v.pool.id.to_string(),
+                    v.pool.tenant.to_string(),
+                    format!("{}/{}", c.running, d.running),
+                    format!("{}/{}", c.warm, d.warm),
+                    format!("{}/{}", c.sleeping, d.sleeping),
+                    c.claimed.to_string(),
+                    c.other.to_string(),
+                ];
+                (cells, v.base_snapshot.clone().unwrap_or_else(|| "-".into()))
+            })
         }
         PoolCommand::Status { pool, output } => {
             let s = pool_status(&pool)?;
@@ -513,8 +500,7 @@ pub fn pool(cmd: PoolCommand, out: &mut dyn Write) -> Result<(), Failure> {
                 }
             }
             let _ = writeln!(out);
-            instance_table(out, &s.instances);
-            Ok(())
+            print_instances(out, Output::Text, &s.instances)
         }
         PoolCommand::Claim { pool, output } => {
             let c: Claim = call("POST", &format!("/v1/pools/{pool}/claim"), None)?;
@@ -556,20 +542,17 @@ pub fn pool(cmd: PoolCommand, out: &mut dyn Write) -> Result<(), Failure> {
     }
 }
 
-fn instance_table(out: &mut dyn Write, list: &[Instance]) {
-    let mut table = Table::new("INSTANCE<12 NAME<24 POOL<16 STATE<9").free("CLAIMED");
-    for i in list {
-        table.row(
-            vec![
-                i.id.to_string(),
-                i.name.to_string(),
-                i.pool.to_string(),
-                i.state.as_str().to_string(),
-            ],
-            if i.claimed { "yes" } else { "no" },
-        );
-    }
-    table.print(out);
+fn print_instances(out: &mut dyn Write, output: Output, list: &[Instance]) -> Result<(), Failure> {
+    let columns = ("INSTANCE<12 NAME<24 POOL<16 STATE<9", "CLAIMED");
+    print_listing(out, output, list, columns, |i| {
+        let cells = vec![
+            i.id.to_string(),
+            i.name.to_string(),
+            i.pool.to_string(),
+            i.state.as_str().to_string(),
+        ];
+        (cells, if i.claimed { "yes" } else { "no" }.to_string())
+    })
 }
 
 /// `hangar instance …`
@@ -587,11 +570,7 @@ pub fn instance(cmd: InstanceCommand, out: &mut dyn Write) -> Result<(), Failure
                 None => "/v1/instances".into(),
             };
             let list: Vec<Instance> = call("GET", &path, None)?;
-            if output == Output::Json {
-                return print_json(out, &list);
-            }
-            instance_table(out, &list);
-            Ok(())
+            print_instances(out, output, &list)
         }
         InstanceCommand::Rm { id } => {
             call::<Value>("DELETE", &format!("/v1/instances/{id}"), None)?;

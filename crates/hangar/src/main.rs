@@ -135,26 +135,7 @@ enum Command {
         timeout: Option<u64>,
     },
     /// Boot a throwaway guest, run one command in it, stream its output, exit with its code.
-    Run {
-        /// Built-in image to boot.
-        #[arg(long, default_value = "minimal")]
-        image: String,
-        /// Guest memory in MiB.
-        #[arg(long, default_value_t = 256)]
-        memory: u32,
-        /// Virtual CPUs.
-        #[arg(long, default_value_t = 1)]
-        vcpus: u32,
-        /// Remove the VM afterwards (otherwise it stays, stopped, for `hangar logs`).
-        #[arg(long)]
-        rm: bool,
-        /// Seconds to wait for boot and for the command.
-        #[arg(long, value_name = "SECONDS")]
-        timeout: Option<u64>,
-        /// The command and its arguments (after `--`).
-        #[arg(last = true, required = true)]
-        command: Vec<String>,
-    },
+    Run(run::RunArgs),
     /// List VMs: name, state, accelerator, vCPUs, memory, uptime, pid.
     Ps {
         /// Include VMs that are not running (defined, stopped).
@@ -455,25 +436,8 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), Failure> {
             no_wait,
             timeout,
         } => vm::up(&file, no_wait, timeout, out),
-        Command::Run {
-            image,
-            memory,
-            vcpus,
-            rm,
-            timeout,
-            command,
-        } => {
-            let code = run::run(
-                run::RunArgs {
-                    image,
-                    memory,
-                    vcpus,
-                    rm,
-                    timeout,
-                    command,
-                },
-                out,
-            )?;
+        Command::Run(args) => {
+            let code = run::run(args, out)?;
             if code == 0 {
                 Ok(())
             } else {

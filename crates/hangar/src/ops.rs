@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use hangar_api::EventView;
 
-use crate::table::Table;
+use crate::table::print_listing;
 use crate::{Failure, Output};
 
 use crate::common::*;
@@ -13,24 +13,23 @@ use crate::common::*;
 /// `hangar ops`: the operation journal, newest first.
 pub fn ops(limit: usize, output: Output, out: &mut dyn Write) -> Result<(), Failure> {
     let list = control()?.operations(limit).map_err(from_body)?;
-    if output == Output::Json {
-        return print_json(out, &list);
-    }
-    let mut table = Table::new("ID<24 KIND<16 TARGET<20 STATUS<11 STARTED>9").free("ERROR");
-    for op in list {
-        table.row(
-            vec![
-                op.id.to_string(),
-                op.kind.to_string(),
-                op.target.to_string(),
-                op.status.to_string(),
-                fmt_time(op.created_at),
-            ],
-            op.error.map(|e| e.code).unwrap_or_default(),
-        );
-    }
-    table.print(out);
-    Ok(())
+    let columns = ("ID<24 KIND<16 TARGET<20 STATUS<11 STARTED>9", "ERROR");
+    print_listing(out, output, &list, columns, |op| {
+        let cells = vec![
+            op.id.to_string(),
+            op.kind.to_string(),
+            op.target.to_string(),
+            op.status.to_string(),
+            fmt_time(op.created_at),
+        ];
+        (
+            cells,
+            op.error
+                .as_ref()
+                .map(|e| e.code.to_string())
+                .unwrap_or_default(),
+        )
+    })
 }
 
 /// `hangar ops show ID`: one operation as JSON.
@@ -79,7 +78,9 @@ pub fn events(
                         vm,
                         at,
                         message,
-                    } => format!("{seq:>6}  {}  {vm:<20} engine: {message}", fmt_time(*at)),
+                    } => {
+                        format!("{seq:>6}  {}  {vm:<20} engine: {message}", fmt_time(*at))
+                    }
                 }
             };
             if writeln!(out, "{line}").is_err() {

@@ -27,12 +27,26 @@ pub(crate) fn run_name() -> VmName {
     VmName::new(format!("run-{bits:08x}")).expect("valid")
 }
 
+/// `hangar run`'s flags.
+#[derive(clap::Args)]
 pub struct RunArgs {
+    /// Built-in image to boot.
+    #[arg(long, default_value = "minimal")]
     pub image: String,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 256)]
     pub memory: u32,
+    /// Virtual CPUs.
+    #[arg(long, default_value_t = 1)]
     pub vcpus: u32,
+    /// Remove the VM afterwards (otherwise it stays, stopped, for `hangar logs`).
+    #[arg(long)]
     pub rm: bool,
+    /// Seconds to wait for boot and for the command.
+    #[arg(long, value_name = "SECONDS")]
     pub timeout: Option<u64>,
+    /// The command and its arguments (after `--`).
+    #[arg(last = true, required = true)]
     pub command: Vec<String>,
 }
 

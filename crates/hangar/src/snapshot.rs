@@ -4,7 +4,7 @@ use std::io::Write;
 
 use hangar_api::OperationRequest;
 
-use crate::table::Table;
+use crate::table::print_listing;
 use crate::{Failure, Output};
 
 use crate::common::*;
@@ -61,22 +61,14 @@ pub fn snapshot_ls(name: Option<&str>, output: Output, out: &mut dyn Write) -> R
     let list = control()?
         .snapshots(vm.as_ref().map(|v| v.as_str()))
         .map_err(from_body)?;
-    if output == Output::Json {
-        return print_json(out, &list);
-    }
-    let mut table = Table::new("ID<24 VM<24 SIZE>8").free("ENGINE");
-    for s in list {
-        table.row(
-            vec![
-                s.id.to_string(),
-                s.vm.to_string(),
-                format!("{}M", s.size_bytes >> 20),
-            ],
-            s.engine_version,
-        );
-    }
-    table.print(out);
-    Ok(())
+    print_listing(out, output, &list, ("ID<24 VM<24 SIZE>8", "ENGINE"), |s| {
+        let cells = vec![
+            s.id.to_string(),
+            s.vm.to_string(),
+            format!("{}M", s.size_bytes >> 20),
+        ];
+        (cells, s.engine_version.clone())
+    })
 }
 
 pub fn snapshot_rm(id: &str, out: &mut dyn Write) -> Result<(), Failure> {

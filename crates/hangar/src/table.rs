@@ -94,6 +94,28 @@ impl Table {
     }
 }
 
+/// Prints a listing: `items` as one JSON document with `--output json`, else a [`Table`] with
+/// `columns` (as [`Table::new`]) and the free column `free`, a row per item made by `row` (its
+/// cells, then its free text).
+pub(crate) fn print_listing<T: serde::Serialize>(
+    out: &mut dyn Write,
+    output: crate::Output,
+    items: &[T],
+    (columns, free): (&'static str, &'static str),
+    row: impl Fn(&T) -> (Vec<String>, String),
+) -> Result<(), crate::Failure> {
+    if output == crate::Output::Json {
+        return crate::common::print_json(out, &items);
+    }
+    let mut table = Table::new(columns).free(free);
+    for item in items {
+        let (cells, free) = row(item);
+        table.row(cells, free);
+    }
+    table.print(out);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

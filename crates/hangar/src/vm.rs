@@ -11,7 +11,7 @@ use hangar_core::ids::VmName;
 use hangar_qemu::console::{self, LogTail};
 use hangar_qemu::QemuEngine;
 
-use crate::table::Table;
+use crate::table::print_listing;
 use crate::{Failure, Output};
 
 use crate::common::*;
@@ -148,29 +148,24 @@ pub fn rm(name: &str, force: bool, out: &mut dyn Write) -> Result<(), Failure> {
 pub fn ps(all: bool, output: Output, out: &mut dyn Write) -> Result<(), Failure> {
     let views = control()?.list().map_err(from_body)?;
     let rows: Vec<_> = views.into_iter().filter(|v| all || v.is_live()).collect();
-    if output == Output::Json {
-        return print_json(out, &rows);
-    }
-    let mut table =
-        Table::new("NAME<24 STATE<9 ACCEL<5 VCPUS>5 MEMORY>8 UPTIME>8 PID>8").free("REASON");
-    for r in rows {
-        table.row(
-            vec![
-                r.name,
-                r.state,
-                r.accel,
-                r.vcpus.to_string(),
-                format!("{}M", r.memory_mib),
-                r.uptime_s
-                    .map(|s| fmt_duration(Duration::from_secs(s)))
-                    .unwrap_or_else(|| "-".into()),
-                r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-            ],
-            r.reason.unwrap_or_default(),
-        );
-    }
-    table.print(out);
-    Ok(())
+    let columns = (
+        "NAME<24 STATE<9 ACCEL<5 VCPUS>5 MEMORY>8 UPTIME>8 PID>8",
+        "REASON",
+    );
+    print_listing(out, output, &rows, columns, |r| {
+        let cells = vec![
+            r.name.clone(),
+            r.state.clone(),
+            r.accel.clone(),
+            r.vcpus.to_string(),
+            format!("{}M", r.memory_mib),
+            r.uptime_s
+                .map(|s| fmt_duration(Duration::from_secs(s)))
+                .unwrap_or_else(|| "-".into()),
+            r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+        ];
+        (cells, r.reason.clone().unwrap_or_default())
+    })
 }
 
 pub fn inspect(name: &str, out: &mut dyn Write) -> Result<(), Failure> {

@@ -143,31 +143,7 @@ fn a_unix_socket_user_is_what_the_daemon_maps_it_to_and_nothing_if_unmapped() {
         ..hangard::Options::default()
     };
     let _d = common::serve_with(home, engine, options, false);
-    let admin = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_hangar"))
-            .args(args)
-            .env("HANGAR_HOME", home)
-            .env("HANGAR_DAEMON", "require")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
-    };
-    admin(&["tenant", "create", "acme"]);
-    let socket = home.join("hangard.sock");
-    for body in [
-        r#"{"schema_version": 1, "name": "db", "tenant": "acme", "machine": {"memory_mib": 128}}"#,
-        r#"{"schema_version": 1, "name": "host-vm", "machine": {"memory_mib": 128}}"#,
-    ] {
-        let r = hangar_api::client::request(
-            &socket,
-            "POST",
-            "/v1/vms?wait=true",
-            Some(body.as_bytes()),
-            std::time::Duration::from_secs(30),
-        )
-        .unwrap();
-        assert_eq!(r.status, 200, "{}", text(&r.body));
-    }
+    acme_with_db_and(home, "host-vm");
     let as_user = |uid: u32, args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_hangar"))
             .args(args)
@@ -234,32 +210,8 @@ fn the_cli_reaches_a_remote_daemon_over_tls_with_a_tenant_token() {
     let engine =
         hangar_qemu::QemuEngine::open(home, hangar_qemu::EngineOptions::default()).unwrap();
     let (_d, addr, pin) = common::serve_tls(home, engine);
-    let admin = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_hangar"))
-            .args(args)
-            .env("HANGAR_HOME", home)
-            .env("HANGAR_DAEMON", "require")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
-        text(&out.stdout)
-    };
-    admin(&["tenant", "create", "acme"]);
-    let socket = home.join("hangard.sock");
-    for body in [
-        r#"{"schema_version": 1, "name": "db", "tenant": "acme", "machine": {"memory_mib": 128}}"#,
-        r#"{"schema_version": 1, "name": "other", "machine": {"memory_mib": 128}}"#,
-    ] {
-        let r = hangar_api::client::request(
-            &socket,
-            "POST",
-            "/v1/vms?wait=true",
-            Some(body.as_bytes()),
-            std::time::Duration::from_secs(30),
-        )
-        .unwrap();
-        assert_eq!(r.status, 200, "{}", text(&r.body));
-    }
+    let admin = |args: &[&str]| as_admin(home, args);
+    acme_with_db_and(home, "other");
     let token = admin(&["token", "create", "--tenant", "acme", "--role", "viewer"]);
     // Somewhere else, with nothing but the address, the token and the pin.
     let elsewhere = tempfile::tempdir().unwrap();
@@ -298,4 +250,39 @@ fn the_cli_reaches_a_remote_daemon_over_tls_with_a_tenant_token() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// Tenant `acme` with its VM `db`, and a host VM called `other`, made over the daemon's socket
+/// (as this process's user: an admin).
+fn acme_with_db_and(home: &std::path::Path, other: &str) {
+    as_admin(home, &["tenant", "create", "acme"]);
+    let socket = home.join("hangard.sock");
+    let db =
+        r#"{"schema_version": 1, "name": "db", "tenant": "acme", "machine": {"memory_mib": 128}}"#;
+    let other =
+        format!(r#"{{"schema_version": 1, "name": "{other}", "machine": {{"memory_mib": 128}}}}"#);
+    for body in [db, &other] {
+        let r = hangar_api::client::request(
+            &socket,
+            "POST",
+            "/v1/vms?wait=true",
+            Some(body.as_bytes()),
+            std::time::Duration::from_secs(30),
+        )
+        .unwrap();
+        assert_eq!(r.status, 200, "{}", text(&r.body));
+    }
+}
+
+/// Runs `hangar args` through the daemon on `home` as this process's user (an admin); it must
+/// succeed. Its standard output.
+fn as_admin(home: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_hangar"))
+        .args(args)
+        .env("HANGAR_HOME", home)
+        .env("HANGAR_DAEMON", "require")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+    text(&out.stdout)
 }

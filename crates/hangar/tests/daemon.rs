@@ -28,13 +28,8 @@ fn home() -> tempfile::TempDir {
 fn define_seen(home: &Path) -> hangar_qemu::QemuEngine {
     let engine =
         hangar_qemu::QemuEngine::open(home, hangar_qemu::EngineOptions::default()).unwrap();
-    let spec = hangar_spec::parse(
-        "schema_version = 1\nname = \"seen\"\n",
-        hangar_spec::Format::Toml,
-        Path::new("/"),
-    )
-    .unwrap();
-    hangar_core::contracts::Lifecycle::define(&engine, &spec.spec).unwrap();
+    let spec = hangar_testkit::toml_spec("schema_version = 1\nname = \"seen\"\n");
+    hangar_core::contracts::Lifecycle::define(&engine, &spec).unwrap();
     engine
 }
 

@@ -34,6 +34,14 @@ impl Home {
         Ok(Home { dir })
     }
 
+    /// Writes the spec of a 128 MiB VM called `name` into the home; its path.
+    fn small_spec(&self, name: &str) -> std::path::PathBuf {
+        let spec = self.path().join(format!("{name}.toml"));
+        let text = format!("schema_version = 1\nname = \"{name}\"\n[machine]\nmemory_mib = 128\n");
+        std::fs::write(&spec, text).unwrap();
+        spec
+    }
+
     fn path(&self) -> &Path {
         self.dir.path()
     }
@@ -227,12 +235,7 @@ fn up_ps_stop_rm_leaves_nothing_behind() {
 #[test]
 fn a_killed_qemu_shows_as_failed_with_a_reason() {
     let home = home_or_skip!("a_killed_qemu_shows_as_failed_with_a_reason");
-    let spec = home.path().join("k.toml");
-    std::fs::write(
-        &spec,
-        "schema_version = 1\nname = \"victim\"\n[machine]\nmemory_mib = 128\n",
-    )
-    .unwrap();
+    let spec = home.small_spec("victim");
     let out = home.hangar(&["up", spec.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let pid = home.ps()[0]["pid"].as_u64().unwrap();
@@ -262,12 +265,7 @@ fn a_killed_qemu_shows_as_failed_with_a_reason() {
 fn a_guest_that_misses_its_boot_timeout_is_killed_and_failed_with_its_console() {
     let home =
         home_or_skip!("a_guest_that_misses_its_boot_timeout_is_killed_and_failed_with_its_console");
-    let spec = home.path().join("slow.toml");
-    std::fs::write(
-        &spec,
-        "schema_version = 1\nname = \"slow\"\n[machine]\nmemory_mib = 128\n",
-    )
-    .unwrap();
+    let spec = home.small_spec("slow");
     // A TCG boot takes ~2 s here, so one second is always too short.
     let out = home.hangar(&["up", spec.to_str().unwrap(), "--timeout", "1"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
@@ -298,12 +296,7 @@ fn a_guest_that_misses_its_boot_timeout_is_killed_and_failed_with_its_console() 
 #[test]
 fn concurrent_commands_on_one_vm_are_serialised() {
     let home = home_or_skip!("concurrent_commands_on_one_vm_are_serialised");
-    let spec = home.path().join("c.toml");
-    std::fs::write(
-        &spec,
-        "schema_version = 1\nname = \"busy\"\n[machine]\nmemory_mib = 128\n",
-    )
-    .unwrap();
+    let spec = home.small_spec("busy");
     let spec = spec.to_str().unwrap().to_string();
     // Three `hangar up` at once: one boots, the others wait for the VM lock and find it running.
     let children: Vec<_> = (0..3)

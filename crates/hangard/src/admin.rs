@@ -12,8 +12,8 @@ use axum::Json;
 use hangar_api::{ErrorBody, NewToken, TokenRequest, TokenView};
 use serde::{Deserialize, Serialize};
 
-use crate::body::body_bytes;
-use crate::error::{bad_body, ApiResult};
+use crate::body::json_body;
+use crate::error::ApiResult;
 use crate::state::Daemon;
 
 /// `GET /v1/tokens`: every token (never a secret).
@@ -30,13 +30,7 @@ pub(crate) async fn create_token(
     State(d): State<Arc<Daemon>>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let request: TokenRequest = serde_json::from_slice(&body_bytes(body)?).map_err(|e| {
-        bad_body(
-            "token request",
-            e,
-            "send {\"name\": \"ci\", \"scope\": \"tenant:acme:operator\"} (or \"admin\")",
-        )
-    })?;
+    let request: TokenRequest = json_body(body)?;
     let scope = hangar_control::tokens::parse_scope(&request.scope)?;
     if let Some(tenant) = scope.tenant() {
         // A token for a tenant that does not exist would reach nothing; say so now.

@@ -65,14 +65,48 @@ pub(crate) fn spec_from_body(body: &[u8]) -> ApiResult<hangar_spec::CanonicalSpe
     Ok(hangar_spec::parse(text, Format::Json, Path::new("/"))?)
 }
 
+/// A JSON request body: what errors call it, and how a correct one looks (the hint).
+pub(crate) trait RequestBody: serde::de::DeserializeOwned {
+    /// Its name in errors ("pool request").
+    const WHAT: &'static str;
+    /// An example of a correct body.
+    const HINT: &'static str;
+}
+
+macro_rules! request_bodies {
+    ($($body:ty => $what:literal, $hint:literal;)*) => {
+        $(impl RequestBody for $body {
+            const WHAT: &'static str = $what;
+            const HINT: &'static str = $hint;
+        })*
+    };
+}
+
+request_bodies! {
+    hangar_api::OperationRequest => "operation request",
+        "send {\"kind\": \"start\", \"vm\": \"name\"}; GET /v1/openapi.json lists the kinds";
+    hangar_api::TokenRequest => "token request",
+        "send {\"name\": \"ci\", \"scope\": \"tenant:acme:operator\"} (or \"admin\")";
+    hangar_api::SnapshotRequest => "snapshot request", "send {\"id\": \"name\", \"sleep\": bool}";
+    hangar_api::StartRequest => "start request", "send {\"no_wait\": bool, \"timeout_s\": n} or nothing";
+    hangar_api::StopRequest => "stop request", "send {\"force\": bool, \"timeout_s\": n} or nothing";
+    hangar_api::fleet::TenantRequest => "tenant request",
+        "send {\"quotas\": {\"max_vcpus\": 8, \"max_memory_mib\": 4096, …}}";
+    hangar_api::fleet::PoolRequest => "pool request",
+        "send {\"id\": \"web\", \"tenant\": \"acme\", \"spec\": {…}, \"desired\": {\"running\": 0, \"warm\": 3, \"sleeping\": 0}}";
+    hangar_api::fleet::PoolUpdate => "pool update",
+        "send any of {\"desired\": {…}, \"policy\": {…}, \"spec\": {…}}";
+}
+
+/// Decodes a JSON body (checked as [`body_bytes`] checks it).
+pub(crate) fn json_body<T: RequestBody>(body: Result<Bytes, BytesRejection>) -> ApiResult<T> {
+    serde_json::from_slice(&body_bytes(body)?).map_err(|e| bad_body(T::WHAT, e, T::HINT))
+}
+
 /// Decodes an optional JSON body (empty means the type's default).
-pub(crate) fn json_or_default<T: serde::de::DeserializeOwned + Default>(
-    body: &[u8],
-    what: &str,
-    hint: &str,
-) -> ApiResult<T> {
+pub(crate) fn json_or_default<T: RequestBody + Default>(body: &[u8]) -> ApiResult<T> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|e| bad_body(what, e, hint))
+    serde_json::from_slice(body).map_err(|e| bad_body(T::WHAT, e, T::HINT))
 }

@@ -2,9 +2,10 @@
 //! every change), the reconcile loop, and the `/v1/tenants`, `/v1/pools`, `/v1/instances` and
 //! `/v1/fleet` endpoints.
 //!
-//! Handlers call [`Fleet`] directly; anything that may reach the engine runs on its own thread
-//! (see `blocking` in the error module). The fleet never holds its lock across an engine call, so a claim
-//! answers in milliseconds even while the loop is booting instances.
+//! Handlers call [`Fleet`](hangar_fleet::Fleet) directly; anything that may reach the engine
+//! runs on its own thread (see `blocking` in the error module). The fleet never holds its lock
+//! across an engine call, so a claim answers in milliseconds even while the loop is booting
+//! instances.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +17,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::Json;
 use hangar_api::fleet::{
     Claim, FleetStatus, Instance, PassReport, PoolRequest, PoolStatus, PoolUpdate, PoolView,
     TenantRequest, TenantView,
@@ -31,8 +32,9 @@ use hangar_fleet::{Pool, Tenant};
 use hangar_spec::Format;
 use serde::Deserialize;
 
-use crate::body::body_bytes;
-use crate::error::{bad_body, blocking, ApiError, ApiResult};
+use crate::body::{body_bytes, json_body};
+use crate::error::{blocking, ApiError, ApiResult};
+use crate::middleware::Ctx;
 use crate::state::Daemon;
 use crate::Caller;
 
@@ -264,28 +266,22 @@ impl Daemon {
     }
 }
 
-fn json_body<T: serde::de::DeserializeOwned>(
-    body: Result<Bytes, BytesRejection>,
-    what: &str,
-    hint: &str,
-) -> ApiResult<T> {
-    serde_json::from_slice(&body_bytes(body)?).map_err(|e| bad_body(what, e, hint))
-}
-
 /// `GET /v1/tenants`
 #[utoipa::path(get, path = "/v1/tenants", responses((status = 200, body = [TenantView])))]
-pub(crate) async fn list_tenants(
-    State(d): State<Arc<Daemon>>,
-    Extension(caller): Extension<Caller>,
-) -> Json<Vec<TenantView>> {
+pub(crate) async fn list_tenants(Ctx { d, caller }: Ctx) -> Json<Vec<TenantView>> {
     let tenants = d.fleet.tenants();
-    Json(
-        tenants
-            .into_iter()
-            .filter(|t| caller.sees(Some(t.id.as_str())))
-            .map(|t| d.tenant_view(t))
-            .collect(),
-    )
+    visible(&caller, tenants, |t| t.id.as_str(), |t| d.tenant_view(t))
+}
+
+/// Those of `items` in a tenant `caller` sees (`tenant` says whose each is), as views.
+fn visible<T, V>(
+    caller: &Caller,
+    items: Vec<T>,
+    tenant: impl Fn(&T) -> &str,
+    view: impl Fn(T) -> V,
+) -> Json<Vec<V>> {
+    let seen = items.into_iter().filter(|i| caller.sees(Some(tenant(i))));
+    Json(seen.map(view).collect())
 }
 
 /// `PUT /v1/tenants/{id}`: create a tenant, or replace its quotas.
@@ -299,11 +295,7 @@ pub(crate) async fn put_tenant(
 ) -> ApiResult<Json<TenantView>> {
     let id = tenant_id(&id)?;
     let bytes = body_bytes(body)?;
-    let request: TenantRequest = crate::body::json_or_default(
-        &bytes,
-        "tenant request",
-        "send {\"quotas\": {\"max_vcpus\": 8, \"max_memory_mib\": 4096, …}}",
-    )?;
+    let request: TenantRequest = crate::body::json_or_default(&bytes)?;
     let tenant = Tenant {
         id,
         quotas: request.quotas,
@@ -327,18 +319,9 @@ pub(crate) async fn delete_tenant(
 
 /// `GET /v1/pools`
 #[utoipa::path(get, path = "/v1/pools", responses((status = 200, body = [PoolView])))]
-pub(crate) async fn list_pools(
-    State(d): State<Arc<Daemon>>,
-    Extension(caller): Extension<Caller>,
-) -> Json<Vec<PoolView>> {
+pub(crate) async fn list_pools(Ctx { d, caller }: Ctx) -> Json<Vec<PoolView>> {
     let pools = d.fleet.pools();
-    Json(
-        pools
-            .into_iter()
-            .filter(|p| caller.sees(Some(p.tenant.as_str())))
-            .map(|p| d.pool_view(p))
-            .collect(),
-    )
+    visible(&caller, pools, |p| p.tenant.as_str(), |p| d.pool_view(p))
 }
 
 /// `POST /v1/pools`: a new pool. Nothing is created until the reconcile pass it triggers.
@@ -346,15 +329,10 @@ pub(crate) async fn list_pools(
     responses((status = 201, body = PoolView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)))]
 pub(crate) async fn create_pool(
-    State(d): State<Arc<Daemon>>,
-    Extension(caller): Extension<Caller>,
+    Ctx { d, caller }: Ctx,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let request: PoolRequest = json_body(
-        body,
-        "pool request",
-        "send {\"id\": \"web\", \"tenant\": \"acme\", \"spec\": {…}, \"desired\": {\"running\": 0, \"warm\": 3, \"sleeping\": 0}}",
-    )?;
+    let request: PoolRequest = json_body(body)?;
     let tenant = match (&request.tenant, caller.tenant()) {
         (Some(t), _) => tenant_id(t)?,
         (None, Some(mine)) => mine.clone(),
@@ -389,8 +367,7 @@ pub(crate) async fn create_pool(
 #[utoipa::path(get, path = "/v1/pools/{pool}", params(("pool" = String, Path, description = "Pool id")),
     responses((status = 200, body = PoolStatus), (status = 404, body = ErrorBody)))]
 pub(crate) async fn get_pool(
-    State(d): State<Arc<Daemon>>,
-    Extension(caller): Extension<Caller>,
+    Ctx { d, caller }: Ctx,
     UrlPath(id): UrlPath<String>,
 ) -> ApiResult<Json<PoolStatus>> {
     let pool = d.visible_pool(&caller, Action::PoolRead, &id)?;
@@ -410,18 +387,13 @@ pub(crate) async fn get_pool(
     request_body = PoolUpdate,
     responses((status = 200, body = PoolView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn update_pool(
-    State(d): State<Arc<Daemon>>,
-    Extension(caller): Extension<Caller>,
+    Ctx { d, caller }: Ctx,
     UrlPath(id): UrlPath<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<PoolView>> {
     let current = d.visible_pool(&caller, Action::PoolManage, &id)?;
     let id = current.id.clone();
-    let update: PoolUpdate = json_body(
-        body,
-        "pool update",
-        "send any of {\"desired\": {…}, \"policy\": {…}, \"spec\": {…}}",
-    )?;
+    let update: PoolUpdate = json_body(body)?;
     // Validate everything before changing anything.
     let new_template = match &update.spec {
         Some(spec) => Some(template(&d, &caller, spec, update.base_dir.as_deref())?),
@@ -447,8 +419,7 @@ pub(crate) async fn update_pool(
 #[utoipa::path(delete, path = "/v1/pools/{pool}", params(("pool" = String, Path, description = "Pool id")),
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub(crate) async fn delete_pool(
-    State(d): State<Arc<Daemon>>,
-    Extension(caller): Extension<Caller>,
+    Ctx { d, caller }: Ctx,
     UrlPath(id): UrlPath<String>,
 ) -> ApiResult<StatusCode> {
     let id = d.visible_pool(&caller, Action::PoolManage, &id)?.id;
@@ -463,8 +434,7 @@ pub(crate) async fn delete_pool(
 #[utoipa::path(post, path = "/v1/pools/{pool}/claim", params(("pool" = String, Path, description = "Pool id")),
     responses((status = 200, body = Claim), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub(crate) async fn claim(
-    State(d): State<Arc<Daemon>>,
-    Extension(caller): Extension<Caller>,
+    Ctx { d, caller }: Ctx,
     UrlPath(id): UrlPath<String>,
 ) -> ApiResult<Json<Claim>> {
     let id = d.visible_pool(&caller, Action::PoolClaim, &id)?.id;
@@ -486,8 +456,7 @@ pub struct InstanceQuery {
 #[utoipa::path(get, path = "/v1/instances", params(InstanceQuery),
     responses((status = 200, body = [Instance])))]
 pub(crate) async fn list_instances(
-    State(d): State<Arc<Daemon>>,
-    Extension(caller): Extension<Caller>,
+    Ctx { d, caller }: Ctx,
     Query(q): Query<InstanceQuery>,
 ) -> ApiResult<Json<Vec<Instance>>> {
     let pool = match q.pool.as_deref() {
@@ -515,8 +484,7 @@ impl Daemon {
 #[utoipa::path(delete, path = "/v1/instances/{id}", params(("id" = String, Path, description = "Instance id")),
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub(crate) async fn release_instance(
-    State(d): State<Arc<Daemon>>,
-    Extension(caller): Extension<Caller>,
+    Ctx { d, caller }: Ctx,
     UrlPath(id): UrlPath<String>,
 ) -> ApiResult<StatusCode> {
     let id = InstanceId::new(&id).map_err(|e| bad_id("instance", &id, e))?;

@@ -1,7 +1,7 @@
 //! `hangard`, the node daemon: Hangar's REST API v1 on a unix socket.
 //!
-//! Every handler is a thin translation between HTTP and `hangar-control`'s [`Local`], the same
-//! library the CLI uses without a daemon; the wire types live in `hangar-api`. A mutating call
+//! Every handler is a thin translation between HTTP and `hangar-control`'s
+//! [`Local`](hangar_control::Local), the same library the CLI uses without a daemon; the wire types live in `hangar-api`. A mutating call
 //! is journaled as an operation and carried out on its own thread (engine calls block while
 //! they wait for guests, so they never run on the async runtime's threads). VMs never depend on
 //! the daemon: QEMU processes outlive it; a restarted daemon finds them again through the store
@@ -10,6 +10,7 @@ mod admin;
 mod app;
 pub mod auth;
 mod body;
+pub mod embedded;
 mod error;
 pub mod fleet;
 pub mod metrics;

@@ -206,3 +206,39 @@ impl Daemon {
         }
     }
 }
+
+/// What an authenticated handler starts from: the daemon and who is calling (put in the
+/// request by [`gate`] above, before any handler runs).
+pub(crate) struct Ctx {
+    /// The daemon.
+    pub d: Arc<Daemon>,
+    /// Who is calling.
+    pub caller: Caller,
+}
+
+impl axum::extract::FromRequestParts<Arc<Daemon>> for Ctx {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        d: &Arc<Daemon>,
+    ) -> Result<Ctx, ApiError> {
+        let caller = parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
+            // A route outside the authenticating layer: a bug, never the caller's fault.
+            tracing::error!(
+                "BUG: {} reached a handler without a caller",
+                parts.uri.path()
+            );
+            ApiError::new(
+                ErrorCode::EngineFailed,
+                "internal error (a bug, logged by hangard): no caller on this route",
+                None,
+                Some("report it with hangard's log".into()),
+            )
+        })?;
+        Ok(Ctx {
+            d: d.clone(),
+            caller,
+        })
+    }
+}

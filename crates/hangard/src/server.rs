@@ -293,19 +293,6 @@ pub struct Identity {
     pub fingerprint: String,
 }
 
-/// `sha256:<hex>` of a certificate's DER bytes.
-pub fn fingerprint(der: &[u8]) -> String {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(der);
-    format!(
-        "sha256:{}",
-        digest
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    )
-}
-
 /// Why the TCP listener's TLS identity cannot be loaded or made.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -384,7 +371,7 @@ pub fn identity(home: &Path, given: Option<(&Path, &Path)>) -> Result<Identity, 
     let Some(first) = certs.first() else {
         return Err(TlsError::NoCertificate { path: cert_file });
     };
-    let fingerprint = fingerprint(first.as_ref());
+    let fingerprint = hangar_api::client::fingerprint(first.as_ref());
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::NotPem {
         path: key_file.clone(),
         what: "private key",

@@ -14,15 +14,11 @@ const SPEC: &str = r#"{"schema_version": 1, "name": "api", "machine": {"memory_m
 
 #[test]
 fn committed_openapi_matches_the_code_and_is_served() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schema/openapi-v1.json");
     let generated = hangard::openapi_json();
-    if std::env::var_os("HANGAR_BLESS").is_some() {
-        std::fs::write(&path, &generated).unwrap();
-    }
-    let committed = std::fs::read_to_string(&path).expect("schema/openapi-v1.json is committed");
-    assert!(
-        committed == generated,
-        "schema/openapi-v1.json is stale: HANGAR_BLESS=1 cargo test -p hangard --test api"
+    let committed = hangar_testkit::golden::assert_committed(
+        "schema/openapi-v1.json",
+        &generated,
+        "cargo test -p hangard --test api",
     );
     let d = TestDaemon::start();
     let r = request(

@@ -19,15 +19,7 @@ pub(super) fn l01_round_trip(ctx: &Ctx<'_>) -> Check {
     ensure!(status.state == Defined, "define gave {}", status.state);
     ok(ctx.engine.start(&vm, &CancelToken::new()), "start")?;
     expect_state(ctx, &vm, Running, "start")?;
-    let outcome = ok(
-        ctx.engine.stop(&vm, graceful(ctx), &CancelToken::new()),
-        "stop",
-    )?;
-    ensure!(
-        outcome.status.state == Stopped,
-        "stop gave {}",
-        outcome.status.state
-    );
+    stop_to_stopped(ctx, &vm, graceful(ctx))?;
     ok(ctx.engine.undefine(&vm), "undefine")?;
     expect_code(
         ctx.engine.status(&vm),
@@ -171,15 +163,7 @@ pub(super) fn l07_illegal_transitions(ctx: &Ctx<'_>) -> Check {
 
 pub(super) fn l08_graceful_stop(ctx: &Ctx<'_>) -> Check {
     let vm = running(ctx, "conf-l08")?;
-    let outcome = ok(
-        ctx.engine.stop(&vm, graceful(ctx), &CancelToken::new()),
-        "stop",
-    )?;
-    ensure!(
-        outcome.status.state == Stopped,
-        "stop gave {}",
-        outcome.status.state
-    );
+    let outcome = stop_to_stopped(ctx, &vm, graceful(ctx))?;
     ensure!(
         !outcome.escalated,
         "a cooperative guest's stop was escalated"
@@ -190,16 +174,7 @@ pub(super) fn l08_graceful_stop(ctx: &Ctx<'_>) -> Check {
 pub(super) fn l09_graceful_stop_escalates(ctx: &Ctx<'_>) -> Check {
     let vm = running(ctx, "conf-l09")?;
     let timeout = ctx.harness.graceful_timeout();
-    let outcome = ok(
-        ctx.engine
-            .stop(&vm, StopMode::Graceful { timeout }, &CancelToken::new()),
-        "stop",
-    )?;
-    ensure!(
-        outcome.status.state == Stopped,
-        "stop gave {}",
-        outcome.status.state
-    );
+    let outcome = stop_to_stopped(ctx, &vm, StopMode::Graceful { timeout })?;
     ensure!(
         outcome.escalated,
         "an ignored graceful stop was not escalated"

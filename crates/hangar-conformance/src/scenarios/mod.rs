@@ -74,6 +74,17 @@ fn graceful(ctx: &Ctx<'_>) -> StopMode {
     }
 }
 
+/// Stops `vm` with `mode`; the outcome must leave it stopped.
+fn stop_to_stopped(ctx: &Ctx<'_>, vm: &VmName, mode: StopMode) -> Result<StopOutcome, String> {
+    let outcome = ok(ctx.engine.stop(vm, mode, &CancelToken::new()), "stop")?;
+    ensure!(
+        outcome.status.state == Stopped,
+        "stop gave {}",
+        outcome.status.state
+    );
+    Ok(outcome)
+}
+
 /// Defines and starts a VM from the harness spec.
 fn running(ctx: &Ctx<'_>, n: &str) -> Result<VmName, String> {
     let vm = name(n);

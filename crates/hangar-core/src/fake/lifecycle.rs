@@ -45,6 +45,7 @@ impl Lifecycle for FakeEngine {
     }
 
     fn start(&self, vm: &VmName, cancel: &CancelToken) -> Result<VmStatus> {
+        self.booting();
         self.enter()?;
         let mut inner = lock(&self.inner);
         let state = inner.vm(vm)?.machine.state();
@@ -101,33 +102,19 @@ impl Lifecycle for FakeEngine {
     }
 
     fn pause(&self, vm: &VmName) -> Result<VmStatus> {
-        self.enter()?;
-        self.require(Capability::Pause, "pause")?;
-        let mut inner = lock(&self.inner);
-        match inner.vm(vm)?.machine.state() {
-            VmState::Paused => {}
-            VmState::Running => {
-                self.step(&mut inner, vm, VmState::Pausing, Cause::User)?;
-                self.step(&mut inner, vm, VmState::Paused, Cause::Engine)?;
-            }
-            other => return Err(refuse(vm, other, VmState::Pausing)),
-        }
-        Ok(status_of(vm, inner.vm(vm)?))
+        self.switch_vcpus(
+            vm,
+            [VmState::Running, VmState::Pausing, VmState::Paused],
+            "pause",
+        )
     }
 
     fn resume(&self, vm: &VmName) -> Result<VmStatus> {
-        self.enter()?;
-        self.require(Capability::Pause, "resume")?;
-        let mut inner = lock(&self.inner);
-        match inner.vm(vm)?.machine.state() {
-            VmState::Running => {}
-            VmState::Paused => {
-                self.step(&mut inner, vm, VmState::Resuming, Cause::User)?;
-                self.step(&mut inner, vm, VmState::Running, Cause::Engine)?;
-            }
-            other => return Err(refuse(vm, other, VmState::Resuming)),
-        }
-        Ok(status_of(vm, inner.vm(vm)?))
+        self.switch_vcpus(
+            vm,
+            [VmState::Paused, VmState::Resuming, VmState::Running],
+            "resume",
+        )
     }
 
     fn reboot(&self, vm: &VmName, cancel: &CancelToken) -> Result<VmStatus> {

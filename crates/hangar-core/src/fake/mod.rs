@@ -92,7 +92,11 @@ pub struct FakeEngine {
     calls: AtomicU64,
     injected: Mutex<BTreeMap<u64, ErrorCode>>,
     ignore_graceful_stop: AtomicBool,
+    on_boot: Mutex<Option<BootHook>>,
 }
+
+/// What [`FakeEngine::on_boot`] runs.
+type BootHook = Arc<dyn Fn() + Send + Sync>;
 
 impl Default for FakeEngine {
     fn default() -> Self {
@@ -111,6 +115,22 @@ impl FakeEngine {
             calls: AtomicU64::new(0),
             injected: Mutex::new(BTreeMap::new()),
             ignore_graceful_stop: AtomicBool::new(false),
+            on_boot: Mutex::new(None),
+        }
+    }
+
+    /// Knob: `hook` runs as every `start` and `restore` begins, before the engine does
+    /// anything (and holding none of its locks), so a test can hold a caller in the middle of
+    /// a boot.
+    pub fn on_boot(&self, hook: impl Fn() + Send + Sync + 'static) {
+        *lock(&self.on_boot) = Some(Arc::new(hook));
+    }
+
+    /// Runs the [`FakeEngine::on_boot`] hook, if any.
+    fn booting(&self) {
+        let hook = lock(&self.on_boot).clone();
+        if let Some(hook) = hook {
+            hook();
         }
     }
 
@@ -212,6 +232,27 @@ impl FakeEngine {
             Some(code) => Err(Error::Injected { code, call: n }),
             None => Ok(()),
         }
+    }
+
+    /// Pausing or resuming (`verb`): `from` → `via` → `to`; a VM already at `to` is left alone.
+    fn switch_vcpus(
+        &self,
+        vm: &VmName,
+        [from, via, to]: [VmState; 3],
+        verb: &str,
+    ) -> Result<VmStatus> {
+        self.enter()?;
+        self.require(Capability::Pause, verb)?;
+        let mut inner = lock(&self.inner);
+        match inner.vm(vm)?.machine.state() {
+            s if s == to => {}
+            s if s == from => {
+                self.step(&mut inner, vm, via, Cause::User)?;
+                self.step(&mut inner, vm, to, Cause::Engine)?;
+            }
+            other => return Err(refuse(vm, other, via)),
+        }
+        Ok(status_of(vm, inner.vm(vm)?))
     }
 
     fn require(&self, c: Capability, what: &str) -> Result<()> {

@@ -61,6 +61,7 @@ impl Snapshots for FakeEngine {
     }
 
     fn restore(&self, vm: &VmName, id: &SnapshotId, cancel: &CancelToken) -> Result<VmStatus> {
+        self.booting();
         self.enter()?;
         self.require(Capability::MemorySnapshots, "memory snapshots")?;
         let mut inner = lock(&self.inner);

@@ -327,15 +327,10 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
         self.step(
             id,
             purpose,
-            |s, i| {
-                s.check_quota(
-                    s.pool(&i.pool)?,
-                    Usage {
-                        running: 1,
-                        ..Usage::default()
-                    },
-                )
-            },
+            room_for(|_| Usage {
+                running: 1,
+                ..Usage::default()
+            }),
             |i| self.engine.resume(&i.name),
         )
     }
@@ -344,17 +339,12 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
         self.step(
             id,
             purpose,
-            |s, i| {
-                s.check_quota(
-                    s.pool(&i.pool)?,
-                    Usage {
-                        running: 1,
-                        vcpus: u64::from(i.vcpus),
-                        memory_mib: u64::from(i.memory_mib),
-                        ..Usage::default()
-                    },
-                )
-            },
+            room_for(|i| Usage {
+                running: 1,
+                vcpus: u64::from(i.vcpus),
+                memory_mib: u64::from(i.memory_mib),
+                ..Usage::default()
+            }),
             |i| {
                 let snap = sleep_snapshot(&i.name)?;
                 let s = self.engine.restore(&i.name, &snap, &CancelToken::new())?;
@@ -403,4 +393,11 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
         self.changed();
         done
     }
+}
+
+/// The check of a step that makes an instance run: its pool's quota has room for `usage(it)`.
+fn room_for(
+    usage: impl FnOnce(&Instance) -> Usage,
+) -> impl FnOnce(&State, &Instance) -> Result<()> {
+    move |s, i| s.check_quota(s.pool(&i.pool)?, usage(i))
 }

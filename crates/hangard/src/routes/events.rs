@@ -5,16 +5,15 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Query, State};
+use axum::extract::Query;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::{Extension, Json};
+use axum::Json;
 use hangar_api::EventView;
 use hangar_control::Control;
 use serde::Deserialize;
 
-use crate::auth::Caller;
 use crate::error::*;
-use crate::state::*;
+use crate::middleware::Ctx;
 
 /// `GET /v1/events` query.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -35,8 +34,7 @@ pub struct EventsQuery {
 #[utoipa::path(get, path = "/v1/events", params(EventsQuery),
     responses((status = 200, content_type = "text/event-stream", body = EventView, description = "A stream of events")))]
 pub(crate) async fn events(
-    State(d): State<Arc<Daemon>>,
-    Extension(caller): Extension<Caller>,
+    Ctx { d, caller }: Ctx,
     Query(q): Query<EventsQuery>,
 ) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>> {
     let follow = q.follow.unwrap_or(true);
@@ -104,8 +102,7 @@ pub struct EventPageQuery {
 #[utoipa::path(get, path = "/v1/events/page", params(EventPageQuery),
     responses((status = 200, body = [EventView])))]
 pub(crate) async fn events_page(
-    State(d): State<Arc<Daemon>>,
-    Extension(caller): Extension<Caller>,
+    Ctx { d, caller }: Ctx,
     Query(q): Query<EventPageQuery>,
 ) -> ApiResult<Json<Vec<EventView>>> {
     let limit = q.limit.unwrap_or(256).clamp(1, 10_000);

@@ -5,10 +5,10 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path as UrlPath, Query, State};
+use axum::extract::{Path as UrlPath, Query};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::Json;
 use hangar_api::{ErrorBody, Operation, OperationKind, OperationRequest, OperationStatus};
 use hangar_control::Control;
 use hangar_core::access::{Action, Resource};
@@ -18,6 +18,7 @@ use serde::Deserialize;
 use crate::auth::Caller;
 use crate::body::*;
 use crate::error::*;
+use crate::middleware::Ctx;
 use crate::routes::vms::*;
 use crate::state::*;
 
@@ -124,18 +125,11 @@ impl Daemon {
     responses((status = 202, body = Operation), (status = 200, body = Operation, description = "With wait=true"),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(crate) async fn create_operation(
-    State(d): State<Arc<Daemon>>,
-    Extension(caller): Extension<Caller>,
+    Ctx { d, caller }: Ctx,
     Query(q): Query<WaitQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let request: OperationRequest = serde_json::from_slice(&body_bytes(body)?).map_err(|e| {
-        bad_body(
-            "operation request",
-            e,
-            "send {\"kind\": \"start\", \"vm\": \"name\"}; GET /v1/openapi.json lists the kinds",
-        )
-    })?;
+    let request: OperationRequest = json_body(body)?;
     // The route lets anyone in; what the request does decides.
     caller.allow(request.action(), Resource::Host, || unreachable!())?;
     let request = scoped(&d, &caller, request).await?;
@@ -154,8 +148,7 @@ pub struct OperationsQuery {
 #[utoipa::path(get, path = "/v1/operations", params(OperationsQuery),
     responses((status = 200, body = [Operation])))]
 pub(crate) async fn list_operations(
-    State(d): State<Arc<Daemon>>,
-    Extension(caller): Extension<Caller>,
+    Ctx { d, caller }: Ctx,
     Query(q): Query<OperationsQuery>,
 ) -> ApiResult<Json<Vec<Operation>>> {
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
@@ -176,8 +169,7 @@ pub(crate) async fn list_operations(
 #[utoipa::path(get, path = "/v1/operations/{id}", params(("id" = String, Path, description = "Operation id"), WaitQuery),
     responses((status = 200, body = Operation), (status = 404, body = ErrorBody)))]
 pub(crate) async fn get_operation(
-    State(d): State<Arc<Daemon>>,
-    Extension(caller): Extension<Caller>,
+    Ctx { d, caller }: Ctx,
     UrlPath(id): UrlPath<String>,
     Query(q): Query<WaitQuery>,
 ) -> ApiResult<Json<Operation>> {

@@ -1,30 +1,26 @@
 //! `/v1/snapshots` and `/v1/vms/{name}/snapshots`.
 
-use std::sync::Arc;
-
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path as UrlPath, Query, State};
+use axum::extract::{Path as UrlPath, Query};
 use axum::response::Response;
-use axum::{Extension, Json};
+use axum::Json;
 use hangar_api::{ErrorBody, Operation, OperationRequest, SnapshotRequest};
 use hangar_control::Control;
 use hangar_core::access::Action;
 use hangar_core::contracts::SnapshotInfo;
 
-use crate::auth::Caller;
 use crate::body::*;
 use crate::error::*;
+use crate::middleware::Ctx;
 use crate::routes::operations::*;
 use crate::routes::vms::*;
-use crate::state::*;
 
 /// `GET /v1/vms/{name}/snapshots`
 #[utoipa::path(get, path = "/v1/vms/{name}/snapshots", params(("name" = String, Path, description = "VM name")),
     responses((status = 200, body = Object, description = "SnapshotInfo list")))]
 pub(crate) async fn list_vm_snapshots(
-    State(d): State<Arc<Daemon>>,
-    Extension(caller): Extension<Caller>,
+    Ctx { d, caller }: Ctx,
     UrlPath(name): UrlPath<String>,
 ) -> ApiResult<Json<Vec<SnapshotInfo>>> {
     let view = d.visible_vm(&caller, Action::SnapshotRead, &name).await?;
@@ -36,10 +32,7 @@ pub(crate) async fn list_vm_snapshots(
 
 /// `GET /v1/snapshots`: every snapshot the caller may see.
 #[utoipa::path(get, path = "/v1/snapshots", responses((status = 200, body = Object, description = "SnapshotInfo list")))]
-pub(crate) async fn list_snapshots(
-    State(d): State<Arc<Daemon>>,
-    Extension(caller): Extension<Caller>,
-) -> ApiResult<Json<Vec<SnapshotInfo>>> {
+pub(crate) async fn list_snapshots(Ctx { d, caller }: Ctx) -> ApiResult<Json<Vec<SnapshotInfo>>> {
     let local = d.local.clone();
     let mut list = blocking(move || local.snapshots(None)).await??;
     list.retain(|s| caller.sees(s.tenant.as_ref().map(|t| t.as_str())));
@@ -51,19 +44,12 @@ pub(crate) async fn list_snapshots(
     request_body = SnapshotRequest,
     responses((status = 202, body = Operation), (status = 200, body = Operation, description = "With wait=true"), (status = 409, body = ErrorBody)))]
 pub(crate) async fn save_snapshot(
-    State(d): State<Arc<Daemon>>,
-    Extension(caller): Extension<Caller>,
+    Ctx { d, caller }: Ctx,
     UrlPath(name): UrlPath<String>,
     Query(q): Query<WaitQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let req: SnapshotRequest = serde_json::from_slice(&body_bytes(body)?).map_err(|e| {
-        bad_body(
-            "snapshot request",
-            e,
-            "send {\"id\": \"name\", \"sleep\": bool}",
-        )
-    })?;
+    let req: SnapshotRequest = json_body(body)?;
     let request = OperationRequest::SnapshotSave {
         vm: name,
         id: req.id,
@@ -79,8 +65,7 @@ pub(crate) async fn save_snapshot(
     responses((status = 202, body = Operation), (status = 200, body = Operation, description = "With wait=true"),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(crate) async fn restore_snapshot(
-    State(d): State<Arc<Daemon>>,
-    Extension(caller): Extension<Caller>,
+    Ctx { d, caller }: Ctx,
     UrlPath((name, id)): UrlPath<(String, String)>,
     Query(q): Query<WaitQuery>,
 ) -> ApiResult<Response> {
@@ -100,8 +85,7 @@ pub(crate) async fn restore_snapshot(
     responses((status = 202, body = Operation), (status = 200, body = Operation, description = "With wait=true"),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(crate) async fn delete_snapshot(
-    State(d): State<Arc<Daemon>>,
-    Extension(caller): Extension<Caller>,
+    Ctx { d, caller }: Ctx,
     UrlPath(id): UrlPath<String>,
     Query(q): Query<WaitQuery>,
 ) -> ApiResult<Response> {

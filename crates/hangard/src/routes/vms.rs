@@ -7,7 +7,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::Json;
 use hangar_api::{ErrorBody, Operation, OperationRequest, StartRequest, StopRequest, VmView};
 use hangar_control::Control;
 use hangar_core::access::{Action, Resource};
@@ -18,16 +18,14 @@ use serde::Deserialize;
 use crate::auth::{self, Caller};
 use crate::body::*;
 use crate::error::*;
+use crate::middleware::Ctx;
 use crate::routes::operations::*;
 use crate::state::*;
 
 /// `GET /v1/vms`: every VM the caller may see (a tenant's token: its tenant's), refreshed
 /// against reality.
 #[utoipa::path(get, path = "/v1/vms", responses((status = 200, body = [VmView]), (status = 500, body = ErrorBody)))]
-pub(crate) async fn list_vms(
-    State(d): State<Arc<Daemon>>,
-    Extension(caller): Extension<Caller>,
-) -> ApiResult<Response> {
+pub(crate) async fn list_vms(Ctx { d, caller }: Ctx) -> ApiResult<Response> {
     let (views, body) = d.vm_list().await?;
     let body = if caller.tenant().is_none() {
         body
@@ -87,8 +85,7 @@ impl Daemon {
 #[utoipa::path(get, path = "/v1/vms/{name}", params(("name" = String, Path, description = "VM name")),
     responses((status = 200, body = VmView), (status = 404, body = ErrorBody)))]
 pub(crate) async fn get_vm(
-    State(d): State<Arc<Daemon>>,
-    Extension(caller): Extension<Caller>,
+    Ctx { d, caller }: Ctx,
     UrlPath(name): UrlPath<String>,
 ) -> ApiResult<Json<VmView>> {
     Ok(Json(d.visible_vm(&caller, Action::VmRead, &name).await?))
@@ -101,8 +98,7 @@ pub(crate) async fn get_vm(
     responses((status = 202, body = Operation), (status = 200, body = Operation, description = "With wait=true"),
         (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(crate) async fn create_vm(
-    State(d): State<Arc<Daemon>>,
-    Extension(caller): Extension<Caller>,
+    Ctx { d, caller }: Ctx,
     Query(q): Query<WaitQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
@@ -205,8 +201,7 @@ pub enum VmAction {
     responses((status = 202, body = Operation), (status = 200, body = Operation, description = "With wait=true"),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(crate) async fn vm_action(
-    State(d): State<Arc<Daemon>>,
-    Extension(caller): Extension<Caller>,
+    Ctx { d, caller }: Ctx,
     UrlPath((name, action)): UrlPath<(String, String)>,
     Query(q): Query<WaitQuery>,
     body: Result<Bytes, BytesRejection>,
@@ -224,11 +219,7 @@ pub(crate) async fn vm_action(
     let body = body_bytes(body)?;
     let request = match action {
         VmAction::Start => {
-            let s: StartRequest = json_or_default(
-                &body,
-                "start request",
-                "send {\"no_wait\": bool, \"timeout_s\": n} or nothing",
-            )?;
+            let s: StartRequest = json_or_default(&body)?;
             OperationRequest::Start {
                 vm: name,
                 no_wait: s.no_wait,
@@ -236,11 +227,7 @@ pub(crate) async fn vm_action(
             }
         }
         VmAction::Stop => {
-            let s: StopRequest = json_or_default(
-                &body,
-                "stop request",
-                "send {\"force\": bool, \"timeout_s\": n} or nothing",
-            )?;
+            let s: StopRequest = json_or_default(&body)?;
             OperationRequest::Stop {
                 vm: name,
                 force: s.force,
@@ -272,8 +259,7 @@ pub struct DeleteQuery {
     responses((status = 202, body = Operation), (status = 200, body = Operation, description = "With wait=true"),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(crate) async fn delete_vm(
-    State(d): State<Arc<Daemon>>,
-    Extension(caller): Extension<Caller>,
+    Ctx { d, caller }: Ctx,
     UrlPath(name): UrlPath<String>,
     Query(q): Query<DeleteQuery>,
 ) -> ApiResult<Response> {

@@ -4,21 +4,21 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use hangar_api::client::{request, Response};
 use hangar_qemu::{EngineOptions, QemuEngine};
+use hangard::embedded::{Embedded, Embedding, Tcp};
 
 /// A daemon serving on a temporary home; stops when dropped.
 pub struct TestDaemon {
+    // First, so the daemon stops before its home is removed.
+    _served: Embedded,
     pub home: tempfile::TempDir,
     /// The token-protected TCP listener's address.
     pub tcp: std::net::SocketAddr,
     /// With TLS on TCP: the certificate's fingerprint.
     pub fingerprint: Option<String>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl TestDaemon {
@@ -60,44 +60,24 @@ impl TestDaemon {
         let options = options(home.path());
         let identity = tls.then(|| hangard::server::identity(home.path(), None).unwrap());
         let fingerprint = identity.as_ref().map(|i| i.fingerprint.clone());
-        let acceptor = identity.map(|i| i.acceptor);
+        let how = Embedding {
+            socket: home.path().join("hangard.sock"),
+            shared_socket: false,
+            tcp: match identity {
+                Some(identity) => Tcp::Tls(identity.acceptor),
+                None => Tcp::Plain,
+            },
+            reconcile: false,
+        };
         let engine = QemuEngine::open(home.path(), EngineOptions::default()).unwrap();
-        let socket = home.path().join("hangard.sock");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = hangard::bind(&socket, false).unwrap();
-                let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                let addr = tcp.local_addr().unwrap();
-                let daemon = Arc::new(hangard::Daemon::with_options(engine, options).unwrap());
-                ready_tx.send(addr).unwrap();
-                let (tcp_stop, tcp_stopped) = tokio::sync::oneshot::channel::<()>();
-                let tcp_served =
-                    tokio::spawn(hangard::serve_tcp(tcp, daemon.clone(), acceptor, async {
-                        let _ = tcp_stopped.await;
-                    }));
-                hangard::serve(listener, daemon, async {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
-                let _ = tcp_stop.send(());
-                tcp_served.await.unwrap().unwrap();
-            });
+        let served = Embedded::start(how, move || {
+            hangard::Daemon::with_options(engine, options).unwrap()
         });
-        let tcp = ready_rx.recv().unwrap();
         TestDaemon {
+            tcp: served.tcp.unwrap(),
+            _served: served,
             home,
-            tcp,
             fingerprint,
-            stop: Some(stop),
-            thread: Some(thread),
         }
     }
 
@@ -180,17 +160,6 @@ pub fn json(body: &[u8]) -> serde_json::Value {
     } else {
         // Server-sent events and Prometheus text are not JSON.
         serde_json::Value::String(String::from_utf8_lossy(body).into_owned())
-    }
-}
-
-impl Drop for TestDaemon {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
