@@ -250,10 +250,8 @@ impl Frame {
             serde_json::from_slice(p).map_err(|e| bad(e.to_string()))
         };
         fn typed<T: DeserializeOwned>(kind: Kind, p: &[u8]) -> Result<T, ProtoError> {
-            serde_json::from_slice(p).map_err(|e| ProtoError::BadPayload {
-                kind,
-                detail: e.to_string(),
-            })
+            serde_json::from_slice(p)
+                .map_err(|e| ProtoError::BadPayload { kind, detail: e.to_string() })
         }
         let fixed = |n: usize| -> Result<&[u8], ProtoError> {
             (p.len() == n)
@@ -264,30 +262,15 @@ impl Frame {
         Ok(match kind {
             Kind::Hello => Frame::Hello(typed(kind, p)?),
             Kind::Welcome => Frame::Welcome(typed(kind, p)?),
-            Kind::Sync => Frame::Sync {
-                nonce: u64_of(fixed(8)?),
-            },
-            Kind::SyncOk => Frame::SyncOk {
-                nonce: u64_of(fixed(8)?),
-            },
-            Kind::Open => Frame::Open {
-                session,
-                request: typed(kind, p)?,
-            },
+            Kind::Sync => Frame::Sync { nonce: u64_of(fixed(8)?) },
+            Kind::SyncOk => Frame::SyncOk { nonce: u64_of(fixed(8)?) },
+            Kind::Open => Frame::Open { session, request: typed(kind, p)? },
             Kind::Data => {
-                let (stream, bytes) = p
-                    .split_first()
-                    .ok_or_else(|| bad("no stream byte".into()))?;
-                Frame::Data {
-                    session,
-                    stream: *stream,
-                    bytes: bytes.to_vec(),
-                }
+                let (stream, bytes) =
+                    p.split_first().ok_or_else(|| bad("no stream byte".into()))?;
+                Frame::Data { session, stream: *stream, bytes: bytes.to_vec() }
             }
-            Kind::Eof => Frame::Eof {
-                session,
-                stream: fixed(1)?[0],
-            },
+            Kind::Eof => Frame::Eof { session, stream: fixed(1)?[0] },
             Kind::Credit => {
                 let b = fixed(5)?;
                 Frame::Credit {
@@ -308,18 +291,9 @@ impl Frame {
                     cols: u16::from_be_bytes([b[2], b[3]]),
                 }
             }
-            Kind::Exit => Frame::Exit {
-                session,
-                status: typed(kind, p)?,
-            },
-            Kind::Error => Frame::Error {
-                session,
-                error: typed(kind, p)?,
-            },
-            Kind::Reply => Frame::Reply {
-                session,
-                value: json(p)?,
-            },
+            Kind::Exit => Frame::Exit { session, status: typed(kind, p)? },
+            Kind::Error => Frame::Error { session, error: typed(kind, p)? },
+            Kind::Reply => Frame::Reply { session, value: json(p)? },
         })
     }
 }
@@ -342,18 +316,12 @@ impl Default for Decoder {
 impl Decoder {
     /// A decoder waiting for a [`MARKER`].
     pub fn new() -> Decoder {
-        Decoder {
-            buf: Vec::new(),
-            synced: false,
-        }
+        Decoder { buf: Vec::new(), synced: false }
     }
 
     /// A decoder that trusts the stream from its first byte (a fresh pipe in tests).
     pub fn synced() -> Decoder {
-        Decoder {
-            buf: Vec::new(),
-            synced: true,
-        }
+        Decoder { buf: Vec::new(), synced: true }
     }
 
     /// Adds bytes read from the stream.
@@ -418,10 +386,8 @@ impl Decoder {
             h
         };
         let (sync, ok) = (header(Kind::Sync), header(Kind::SyncOk));
-        let found = self
-            .buf
-            .windows(sync.len())
-            .position(|w| w == sync.as_slice() || w == ok.as_slice());
+        let found =
+            self.buf.windows(sync.len()).position(|w| w == sync.as_slice() || w == ok.as_slice());
         match found {
             Some(at) => {
                 self.buf.drain(..=at);

@@ -55,40 +55,18 @@ fn frame() -> impl Strategy<Value = Frame> {
         any::<u64>().prop_map(|nonce| Frame::SyncOk { nonce }),
         (session.clone(), request())
             .prop_map(|(session, request)| Frame::Open { session, request }),
-        (
-            session.clone(),
-            0u8..3,
-            prop::collection::vec(any::<u8>(), 0..300)
-        )
-            .prop_map(|(session, stream, bytes)| Frame::Data {
-                session,
-                stream,
-                bytes
-            }),
+        (session.clone(), 0u8..3, prop::collection::vec(any::<u8>(), 0..300))
+            .prop_map(|(session, stream, bytes)| Frame::Data { session, stream, bytes }),
         (session.clone(), 0u8..3).prop_map(|(session, stream)| Frame::Eof { session, stream }),
-        (session.clone(), 0u8..3, any::<u32>()).prop_map(|(session, stream, bytes)| {
-            Frame::Credit {
-                session,
-                stream,
-                bytes,
-            }
-        }),
+        (session.clone(), 0u8..3, any::<u32>())
+            .prop_map(|(session, stream, bytes)| { Frame::Credit { session, stream, bytes } }),
         (session.clone(), any::<i32>())
             .prop_map(|(session, signal)| Frame::Signal { session, signal }),
-        (session.clone(), any::<u16>(), any::<u16>()).prop_map(|(session, rows, cols)| {
-            Frame::Resize {
-                session,
-                rows,
-                cols,
-            }
-        }),
+        (session.clone(), any::<u16>(), any::<u16>())
+            .prop_map(|(session, rows, cols)| { Frame::Resize { session, rows, cols } }),
         (session.clone(), any::<i32>(), any::<bool>()).prop_map(|(session, n, sig)| Frame::Exit {
             session,
-            status: if sig {
-                ExitStatus::Signal(n)
-            } else {
-                ExitStatus::Code(n)
-            }
+            status: if sig { ExitStatus::Signal(n) } else { ExitStatus::Code(n) }
         }),
         (session, ".{0,8}", ".{0,20}").prop_map(|(session, code, message)| Frame::Error {
             session,
@@ -146,10 +124,7 @@ proptest! {
 fn an_oversized_length_is_refused_before_anything_is_buffered() {
     let mut d = Decoder::synced();
     d.push(&(MAX_FRAME as u32 + 1).to_be_bytes());
-    assert_eq!(
-        d.next_frame(),
-        Err(ProtoError::Oversized { len: MAX_FRAME + 1 })
-    );
+    assert_eq!(d.next_frame(), Err(ProtoError::Oversized { len: MAX_FRAME + 1 }));
     // Lost now: the rest of that "frame" is skipped up to the next marker.
     d.push(&[0u8; 64]);
     assert_eq!(d.next_frame(), Ok(None));
@@ -171,10 +146,7 @@ fn bad_payloads_and_unknown_kinds_are_coded_errors() {
     for (bytes, want) in [
         (frame(0x7e, b""), "unknown frame kind 0x7e"),
         (frame(0x10, b"{\"op\":\"format_disk\"}"), "bad Open payload"),
-        (
-            frame(0x03, b"\x01\x02"),
-            "bad Sync payload: 2 bytes where 8 belong",
-        ),
+        (frame(0x03, b"\x01\x02"), "bad Sync payload: 2 bytes where 8 belong"),
         (frame(0x12, b""), "bad Eof payload"),
     ] {
         let mut d = Decoder::synced();
@@ -190,11 +162,7 @@ fn bad_payloads_and_unknown_kinds_are_coded_errors() {
 #[test]
 fn a_frame_never_starts_with_the_marker_and_a_sync_always_does() {
     let mut b = Vec::new();
-    Frame::Eof {
-        session: u32::MAX,
-        stream: 2,
-    }
-    .encode(&mut b);
+    Frame::Eof { session: u32::MAX, stream: 2 }.encode(&mut b);
     assert_eq!(b[0], 0, "lengths stay under 2^24");
     let mut s = Vec::new();
     Frame::SyncOk { nonce: 1 }.encode(&mut s);

@@ -63,11 +63,7 @@ impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Endpoint::Unix(p) => write!(f, "{}", p.display()),
-            Endpoint::Tcp {
-                addr,
-                fingerprint: Some(_),
-                ..
-            } => write!(f, "https://{addr}"),
+            Endpoint::Tcp { addr, fingerprint: Some(_), .. } => write!(f, "https://{addr}"),
             Endpoint::Tcp { addr, .. } => write!(f, "http://{addr}"),
         }
     }
@@ -77,21 +73,13 @@ impl std::fmt::Display for Endpoint {
 pub fn fingerprint(der: &[u8]) -> String {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(der);
-    format!(
-        "sha256:{}",
-        digest
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    )
+    format!("sha256:{}", digest.iter().map(|b| format!("{b:02x}")).collect::<String>())
 }
 
 /// The fingerprint of the first certificate in a PEM document (`hangard`'s `tls/cert.pem`).
 pub fn fingerprint_of_pem(pem: &[u8]) -> Option<String> {
     use rustls::pki_types::pem::PemObject;
-    let cert = rustls::pki_types::CertificateDer::pem_slice_iter(pem)
-        .next()?
-        .ok()?;
+    let cert = rustls::pki_types::CertificateDer::pem_slice_iter(pem).next()?.ok()?;
     Some(fingerprint(cert.as_ref()))
 }
 
@@ -105,11 +93,9 @@ struct Pinned {
 
 impl rustls::client::danger::ServerCertVerifier for Pinned {
     fn verify_server_cert(
-        &self,
-        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        &self, end_entity: &rustls::pki_types::CertificateDer<'_>,
         _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp: &[u8],
+        _server_name: &rustls::pki_types::ServerName<'_>, _ocsp: &[u8],
         _now: rustls::pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
         let found = fingerprint(end_entity.as_ref());
@@ -124,18 +110,14 @@ impl rustls::client::danger::ServerCertVerifier for Pinned {
     }
 
     fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
+        &self, message: &[u8], cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
     fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
+        &self, message: &[u8], cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
@@ -148,19 +130,11 @@ impl rustls::client::danger::ServerCertVerifier for Pinned {
 
 /// Sends one request to `endpoint` and reads the whole response.
 pub fn send(
-    endpoint: &Endpoint,
-    method: &str,
-    path: &str,
-    body: Option<&[u8]>,
-    timeout: Duration,
+    endpoint: &Endpoint, method: &str, path: &str, body: Option<&[u8]>, timeout: Duration,
 ) -> Result<Response, ClientError> {
     match endpoint {
         Endpoint::Unix(socket) => request(socket, method, path, body, timeout),
-        Endpoint::Tcp {
-            addr,
-            fingerprint,
-            token,
-        } => {
+        Endpoint::Tcp { addr, fingerprint, token } => {
             let stream = TcpStream::connect(addr).map_err(ClientError::NotRunning)?;
             let proto = |e: std::io::Error| ClientError::Protocol(e.to_string());
             stream.set_read_timeout(Some(timeout)).map_err(proto)?;
@@ -200,11 +174,7 @@ pub fn send(
 
 /// Sends one request over the unix socket at `socket` and reads the whole response.
 pub fn request(
-    socket: &Path,
-    method: &str,
-    path: &str,
-    body: Option<&[u8]>,
-    timeout: Duration,
+    socket: &Path, method: &str, path: &str, body: Option<&[u8]>, timeout: Duration,
 ) -> Result<Response, ClientError> {
     let stream = UnixStream::connect(socket).map_err(ClientError::NotRunning)?;
     let proto = |e: std::io::Error| ClientError::Protocol(e.to_string());
@@ -215,11 +185,7 @@ pub fn request(
 
 /// One exchange over a connected stream; `extra` are header lines (each ending in CRLF).
 fn exchange<S: Read + Write>(
-    mut stream: S,
-    method: &str,
-    path: &str,
-    body: Option<&[u8]>,
-    extra: &str,
+    mut stream: S, method: &str, path: &str, body: Option<&[u8]>, extra: &str,
 ) -> Result<Response, ClientError> {
     let proto = |e: std::io::Error| ClientError::Protocol(e.to_string());
     let body = body.unwrap_or_default();
@@ -229,9 +195,7 @@ fn exchange<S: Read + Write>(
     );
     // The server may answer (413) and close before reading all of an oversized body: a failed
     // write is only an error if no response can be read either.
-    let written = stream
-        .write_all(head.as_bytes())
-        .and_then(|_| stream.write_all(body));
+    let written = stream.write_all(head.as_bytes()).and_then(|_| stream.write_all(body));
     let mut reader = BufReader::new(stream);
     if let Err(e) = written {
         if reader.fill_buf().map(|b| b.is_empty()).unwrap_or(true) {

@@ -143,10 +143,6 @@ impl PoolView {
             };
             *slot += 1;
         }
-        PoolView {
-            pool,
-            counts,
-            base_snapshot,
-        }
+        PoolView { pool, counts, base_snapshot }
     }
 }

@@ -277,14 +277,10 @@ impl OperationRequest {
     /// tenant prefix of its target (a tenant's VMs and snapshots are named `tenant--name`).
     pub fn tenant(&self) -> Option<String> {
         match self {
-            OperationRequest::Create { spec, .. } => spec
-                .get("tenant")
-                .and_then(|t| t.as_str())
-                .map(str::to_string),
-            _ => self
-                .target()
-                .and_then(hangar_core::ids::tenant_prefix)
-                .map(str::to_string),
+            OperationRequest::Create { spec, .. } => {
+                spec.get("tenant").and_then(|t| t.as_str()).map(str::to_string)
+            }
+            _ => self.target().and_then(hangar_core::ids::tenant_prefix).map(str::to_string),
         }
     }
 }

@@ -67,10 +67,7 @@ impl fmt::Display for Defect {
                 f.write_str("incomplete line (no trailing newline): torn write or truncation")
             }
             Defect::TooLong { len } => {
-                write!(
-                    f,
-                    "line is {len} bytes, longer than the {MAX_LINE_BYTES}-byte limit"
-                )
+                write!(f, "line is {len} bytes, longer than the {MAX_LINE_BYTES}-byte limit")
             }
             Defect::NotJson(e) => write!(f, "not valid JSON ({e})"),
             Defect::NotObject => f.write_str("not a JSON object"),

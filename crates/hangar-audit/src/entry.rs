@@ -12,9 +12,8 @@ use crate::defect::{Defect, MAX_LINE_BYTES};
 pub const GENESIS: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
 
 /// The field names of a line, in their fixed order (`detail` is omitted when absent).
-pub(crate) const FIELDS: [&str; 8] = [
-    "seq", "at", "who", "what", "target", "result", "detail", "prev",
-];
+pub(crate) const FIELDS: [&str; 8] =
+    ["seq", "at", "who", "what", "target", "result", "detail", "prev"];
 
 /// `sha256:<lowercase hex>` of `line` (the line's exact bytes, without the newline).
 pub fn hash_line(line: &[u8]) -> String {
@@ -43,10 +42,7 @@ pub struct Head {
 impl Head {
     /// The head of an empty log.
     pub fn genesis() -> Head {
-        Head {
-            seq: 0,
-            hash: GENESIS.to_owned(),
-        }
+        Head { seq: 0, hash: GENESIS.to_owned() }
     }
 }
 
@@ -120,10 +116,7 @@ pub struct NewEntry {
 impl NewEntry {
     /// A successful action.
     pub fn ok(
-        at: Timestamp,
-        who: impl Into<String>,
-        what: impl Into<String>,
-        target: impl Into<String>,
+        at: Timestamp, who: impl Into<String>, what: impl Into<String>, target: impl Into<String>,
     ) -> NewEntry {
         NewEntry {
             at,
@@ -137,16 +130,10 @@ impl NewEntry {
 
     /// A failed action, recorded with its error code.
     pub fn failed(
-        at: Timestamp,
-        who: impl Into<String>,
-        what: impl Into<String>,
-        target: impl Into<String>,
+        at: Timestamp, who: impl Into<String>, what: impl Into<String>, target: impl Into<String>,
         code: ErrorCode,
     ) -> NewEntry {
-        NewEntry {
-            result: code.as_str().to_owned(),
-            ..NewEntry::ok(at, who, what, target)
-        }
+        NewEntry { result: code.as_str().to_owned(), ..NewEntry::ok(at, who, what, target) }
     }
 
     /// Adds free-form context.
@@ -157,11 +144,7 @@ impl NewEntry {
 
     /// Checks the fields `append` would write; the reason names the field.
     pub(crate) fn validate(&self) -> Result<(), String> {
-        for (field, value) in [
-            ("who", &self.who),
-            ("what", &self.what),
-            ("target", &self.target),
-        ] {
+        for (field, value) in [("who", &self.who), ("what", &self.what), ("target", &self.target)] {
             check_text(field, value)?;
         }
         check_result(&self.result)
@@ -192,9 +175,7 @@ fn check_text(field: &str, value: &str) -> Result<(), String> {
 fn check_result(result: &str) -> Result<(), String> {
     let code_shaped = result.strip_prefix("E_").is_some_and(|rest| {
         !rest.is_empty()
-            && rest
-                .bytes()
-                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+            && rest.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
     });
     if matches!(result, "ok" | "accepted" | "requested") || code_shaped {
         Ok(())
@@ -207,10 +188,7 @@ fn check_result(result: &str) -> Result<(), String> {
 
 fn is_hash(s: &str) -> bool {
     s.strip_prefix("sha256:").is_some_and(|hex| {
-        hex.len() == 64
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
 }
 
@@ -238,12 +216,7 @@ pub(crate) fn parse_line(line: &[u8]) -> Result<Entry, Defect> {
         detail: match map.get("detail") {
             None => None,
             Some(Value::String(s)) => Some(s.clone()),
-            Some(_) => {
-                return Err(Defect::WrongType {
-                    field: "detail",
-                    expected: "a string",
-                })
-            }
+            Some(_) => return Err(Defect::WrongType { field: "detail", expected: "a string" }),
         },
         prev: text(&map, "prev")?,
     };
@@ -253,10 +226,8 @@ pub(crate) fn parse_line(line: &[u8]) -> Result<Entry, Defect> {
             reason: "sequence numbers start at 1".to_owned(),
         });
     }
-    check_result(&entry.result).map_err(|reason| Defect::InvalidValue {
-        field: "result",
-        reason,
-    })?;
+    check_result(&entry.result)
+        .map_err(|reason| Defect::InvalidValue { field: "result", reason })?;
     if !is_hash(&entry.prev) {
         return Err(Defect::InvalidValue {
             field: "prev",
@@ -274,22 +245,15 @@ fn get<'a>(map: &'a Map<String, Value>, field: &'static str) -> Result<&'a Value
 }
 
 fn integer(map: &Map<String, Value>, field: &'static str) -> Result<u64, Defect> {
-    get(map, field)?.as_u64().ok_or(Defect::WrongType {
-        field,
-        expected: "a non-negative integer",
-    })
+    get(map, field)?.as_u64().ok_or(Defect::WrongType { field, expected: "a non-negative integer" })
 }
 
 fn text(map: &Map<String, Value>, field: &'static str) -> Result<String, Defect> {
     match get(map, field)? {
-        Value::String(s) if s.is_empty() => Err(Defect::InvalidValue {
-            field,
-            reason: "must not be empty".to_owned(),
-        }),
+        Value::String(s) if s.is_empty() => {
+            Err(Defect::InvalidValue { field, reason: "must not be empty".to_owned() })
+        }
         Value::String(s) => Ok(s.clone()),
-        _ => Err(Defect::WrongType {
-            field,
-            expected: "a string",
-        }),
+        _ => Err(Defect::WrongType { field, expected: "a string" }),
     }
 }

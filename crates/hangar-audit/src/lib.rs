@@ -72,9 +72,5 @@ pub use verify::{verify, verify_against, verify_reader, Failure, HeadCheck, Veri
 pub fn files_in(
     home: &std::path::Path,
 ) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    (
-        home.join("audit.log"),
-        home.join("audit.key"),
-        home.join("audit.head"),
-    )
+    (home.join("audit.log"), home.join("audit.key"), home.join("audit.head"))
 }

@@ -52,10 +52,7 @@ impl AuditLog {
     /// documentation), and with [`AuditError::Io`] if the file cannot be opened, locked or read.
     pub fn open(path: impl AsRef<Path>) -> Result<AuditLog, AuditError> {
         let path = path.as_ref().to_owned();
-        let io = |source| AuditError::Io {
-            path: path.clone(),
-            source,
-        };
+        let io = |source| AuditError::Io { path: path.clone(), source };
         // Never through a symlink: a link planted in the log's place is an error, not a
         // redirection of the evidence.
         let nofollow = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
@@ -89,8 +86,7 @@ impl AuditLog {
                     return Err(io(std::io::Error::other("not a regular file")));
                 }
                 if meta.permissions().mode() & 0o077 != 0 {
-                    file.set_permissions(Permissions::from_mode(0o600))
-                        .map_err(io)?;
+                    file.set_permissions(Permissions::from_mode(0o600)).map_err(io)?;
                 }
                 file
             }
@@ -120,41 +116,26 @@ impl AuditLog {
     /// head file (for a log that has entries and a key that already existed) are
     /// [`AuditError::Corrupt`]: the caller must not build on such a log.
     pub fn open_signed(
-        path: impl AsRef<Path>,
-        key: &Path,
-        head: &Path,
+        path: impl AsRef<Path>, key: &Path, head: &Path,
     ) -> Result<AuditLog, AuditError> {
         let path = path.as_ref();
         let new_key = !key.exists();
         let signer = HeadSigner::load_or_create(key)?;
         let mut log = AuditLog::open(path)?;
-        let corrupt = |reason: String| AuditError::Corrupt {
-            path: path.to_owned(),
-            reason,
-        };
-        let _lock = Flock::exclusive(&log.file).map_err(|source| AuditError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
+        let corrupt = |reason: String| AuditError::Corrupt { path: path.to_owned(), reason };
+        let _lock = Flock::exclusive(&log.file)
+            .map_err(|source| AuditError::Io { path: path.to_owned(), source })?;
         match SignedHead::read(head)? {
             Some(signed) => {
                 signed.check(&signer.public_key()).map_err(|why| {
-                    corrupt(format!(
-                        "its signed head {} is not valid: {why}",
-                        head.display()
-                    ))
+                    corrupt(format!("its signed head {} is not valid: {why}", head.display()))
                 })?;
                 // Read through a descriptor of its own (the append handle's offset is the
                 // end), under the lock already held.
-                let reader = File::open(path).map_err(|source| AuditError::Io {
-                    path: path.to_owned(),
-                    source,
-                })?;
-                let (report, check) =
-                    check_against(&reader, &signed.head()).map_err(|source| AuditError::Io {
-                        path: path.to_owned(),
-                        source,
-                    })?;
+                let reader = File::open(path)
+                    .map_err(|source| AuditError::Io { path: path.to_owned(), source })?;
+                let (report, check) = check_against(&reader, &signed.head())
+                    .map_err(|source| AuditError::Io { path: path.to_owned(), source })?;
                 if let Some(failure) = report.failure {
                     return Err(corrupt(format!("{failure}")));
                 }
@@ -197,9 +178,7 @@ impl AuditLog {
     /// The signed head file and the public key that signs it, for a log opened with
     /// [`AuditLog::open_signed`].
     pub fn signing(&self) -> Option<(&Path, String)> {
-        self.signing
-            .as_ref()
-            .map(|(signer, file)| (file.as_path(), signer.public_key()))
+        self.signing.as_ref().map(|(signer, file)| (file.as_path(), signer.public_key()))
     }
 
     /// Appends one entry and returns it as written.
@@ -215,13 +194,8 @@ impl AuditLog {
     /// truncated back to its previous length (best effort) and the entry must be treated as not
     /// logged.
     pub fn append(&mut self, entry: NewEntry) -> Result<Entry, AuditError> {
-        entry
-            .validate()
-            .map_err(|reason| AuditError::InvalidEntry { reason })?;
-        let io = |source| AuditError::Io {
-            path: self.path.clone(),
-            source,
-        };
+        entry.validate().map_err(|reason| AuditError::InvalidEntry { reason })?;
+        let io = |source| AuditError::Io { path: self.path.clone(), source };
         let _lock = Flock::exclusive(&self.file).map_err(io)?;
         let (head, len, torn) = recover(&self.path, &self.file, &self.head)?;
         if torn.is_some() {
@@ -241,18 +215,12 @@ impl AuditLog {
         }
         let hash = hash_line(&bytes);
         bytes.push(b'\n');
-        if let Err(e) = (&self.file)
-            .write_all(&bytes)
-            .and_then(|()| self.file.sync_data())
-        {
+        if let Err(e) = (&self.file).write_all(&bytes).and_then(|()| self.file.sync_data()) {
             let _ = self.file.set_len(len);
             let _ = self.file.sync_data();
             return Err(io(e));
         }
-        self.head = Head {
-            seq: entry.seq,
-            hash,
-        };
+        self.head = Head { seq: entry.seq, hash };
         // The entry is logged; a head that cannot be signed is still a failure the caller
         // must see (the next verification would find the log ahead of its signed head).
         self.write_signed_head()?;
@@ -299,11 +267,7 @@ fn read_tail(file: &File) -> Result<Result<Tail, String>, std::io::Error> {
     file.read_exact_at(&mut buf, start)?;
     let Some(last_nl) = buf.iter().rposition(|&b| b == b'\n') else {
         if start == 0 {
-            return Ok(Ok(Tail {
-                complete_len: 0,
-                last_line: None,
-                torn: buf,
-            }));
+            return Ok(Ok(Tail { complete_len: 0, last_line: None, torn: buf }));
         }
         return Ok(Err(format!("the last {window} bytes contain no newline")));
     };
@@ -317,29 +281,17 @@ fn read_tail(file: &File) -> Result<Result<Tail, String>, std::io::Error> {
             )))
         }
     };
-    Ok(Ok(Tail {
-        complete_len: start + last_nl as u64 + 1,
-        last_line: Some(last_line),
-        torn,
-    }))
+    Ok(Ok(Tail { complete_len: start + last_nl as u64 + 1, last_line: Some(last_line), torn }))
 }
 
 /// Under the exclusive lock: finds the head, checks it did not go backwards from `known`, and
 /// removes a torn append. Returns the head, the file length after any removal, and the removed
 /// bytes. Modifies the file only when everything checks out.
 fn recover(
-    path: &Path,
-    file: &File,
-    known: &Head,
+    path: &Path, file: &File, known: &Head,
 ) -> Result<(Head, u64, Option<Vec<u8>>), AuditError> {
-    let io = |source| AuditError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let corrupt = |reason: String| AuditError::Corrupt {
-        path: path.to_owned(),
-        reason,
-    };
+    let io = |source| AuditError::Io { path: path.to_owned(), source };
+    let corrupt = |reason: String| AuditError::Corrupt { path: path.to_owned(), reason };
     let tail = read_tail(file)
         .map_err(io)?
         .map_err(|reason| corrupt(format!("{reason}; run verify for the first bad line")))?;
@@ -352,10 +304,7 @@ fn recover(
                      first bad line"
                 ))
             })?;
-            Head {
-                seq: entry.seq,
-                hash: hash_line(line),
-            }
+            Head { seq: entry.seq, hash: hash_line(line) }
         }
     };
     if head.seq < known.seq || (head.seq == known.seq && head.hash != known.hash) {
@@ -380,8 +329,6 @@ fn recover(
             head.seq + 1
         )));
     }
-    file.set_len(tail.complete_len)
-        .and_then(|()| file.sync_data())
-        .map_err(io)?;
+    file.set_len(tail.complete_len).and_then(|()| file.sync_data()).map_err(io)?;
     Ok((head, tail.complete_len, Some(tail.torn)))
 }

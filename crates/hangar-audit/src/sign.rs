@@ -60,9 +60,7 @@ pub struct HeadSigner {
 
 impl std::fmt::Debug for HeadSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HeadSigner")
-            .field("public_key", &self.public_key())
-            .finish_non_exhaustive()
+        f.debug_struct("HeadSigner").field("public_key", &self.public_key()).finish_non_exhaustive()
     }
 }
 
@@ -70,10 +68,7 @@ impl HeadSigner {
     /// Loads the key at `path` (64 hex digits: the Ed25519 seed), creating it from
     /// `/dev/urandom` with mode `0600` if absent. A key file others can read is refused.
     pub fn load_or_create(path: &Path) -> Result<HeadSigner, AuditError> {
-        let io = |source| AuditError::Io {
-            path: path.to_owned(),
-            source,
-        };
+        let io = |source| AuditError::Io { path: path.to_owned(), source };
         match std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -90,9 +85,7 @@ impl HeadSigner {
                 file.write_all(format!("{}\n", hex(&seed)).as_bytes())
                     .and_then(|()| file.sync_all())
                     .map_err(io)?;
-                Ok(HeadSigner {
-                    key: SigningKey::from_bytes(&seed),
-                })
+                Ok(HeadSigner { key: SigningKey::from_bytes(&seed) })
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => HeadSigner::load(path),
             Err(e) => Err(io(e)),
@@ -101,22 +94,14 @@ impl HeadSigner {
 
     /// Loads the key at `path`.
     pub fn load(path: &Path) -> Result<HeadSigner, AuditError> {
-        let corrupt = |reason: String| AuditError::Corrupt {
-            path: path.to_owned(),
-            reason,
-        };
+        let corrupt = |reason: String| AuditError::Corrupt { path: path.to_owned(), reason };
         let file = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(path)
-            .map_err(|source| AuditError::Io {
-                path: path.to_owned(),
-                source,
-            })?;
-        let meta = file.metadata().map_err(|source| AuditError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
+            .map_err(|source| AuditError::Io { path: path.to_owned(), source })?;
+        let meta =
+            file.metadata().map_err(|source| AuditError::Io { path: path.to_owned(), source })?;
         if !meta.is_file() || meta.permissions().mode() & 0o077 != 0 {
             return Err(corrupt(
                 "the audit signing key must be a regular file only its owner can read (0600)"
@@ -127,15 +112,10 @@ impl HeadSigner {
         (&file)
             .take(256)
             .read_to_string(&mut text)
-            .map_err(|source| AuditError::Io {
-                path: path.to_owned(),
-                source,
-            })?;
+            .map_err(|source| AuditError::Io { path: path.to_owned(), source })?;
         let seed = unhex::<32>(text.trim())
             .ok_or_else(|| corrupt("the audit signing key is not 64 hex digits".into()))?;
-        Ok(HeadSigner {
-            key: SigningKey::from_bytes(&seed),
-        })
+        Ok(HeadSigner { key: SigningKey::from_bytes(&seed) })
     }
 
     /// The public key (`ed25519:<hex>`): what verifies this signer's heads.
@@ -176,20 +156,14 @@ pub struct SignedHead {
 impl SignedHead {
     /// The head itself.
     pub fn head(&self) -> Head {
-        Head {
-            seq: self.seq,
-            hash: self.hash.clone(),
-        }
+        Head { seq: self.seq, hash: self.hash.clone() }
     }
 
     /// Checks the signature, and that it was made by `trusted` (`ed25519:<hex>`; the key in
     /// the document itself proves nothing, anyone can sign with a key of their own).
     pub fn check(&self, trusted: &str) -> Result<(), String> {
         if self.key != trusted {
-            return Err(format!(
-                "it is signed by {}, not by the trusted key {trusted}",
-                self.key
-            ));
+            return Err(format!("it is signed by {}, not by the trusted key {trusted}", self.key));
         }
         let key = parse_public_key(&self.key)?;
         let sig = unhex::<64>(&self.sig)
@@ -204,28 +178,18 @@ impl SignedHead {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(AuditError::Io {
-                    path: path.to_owned(),
-                    source,
-                })
-            }
+            Err(source) => return Err(AuditError::Io { path: path.to_owned(), source }),
         };
-        serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|e| AuditError::Corrupt {
-                path: path.to_owned(),
-                reason: format!("not a signed head: {e}"),
-            })
+        serde_json::from_str(&text).map(Some).map_err(|e| AuditError::Corrupt {
+            path: path.to_owned(),
+            reason: format!("not a signed head: {e}"),
+        })
     }
 
     /// Writes it to `path` atomically (a temporary file, then a rename), mode `0600`.
     pub fn write(&self, path: &Path) -> Result<(), AuditError> {
         let tmp: PathBuf = path.with_extension("tmp");
-        let io = |source| AuditError::Io {
-            path: path.to_owned(),
-            source,
-        };
+        let io = |source| AuditError::Io { path: path.to_owned(), source };
         let _ = std::fs::remove_file(&tmp);
         let mut file = std::fs::OpenOptions::new()
             .write(true)
@@ -250,10 +214,7 @@ mod tests {
         let signer = HeadSigner::load_or_create(&dir.path().join("k")).unwrap();
         let again = HeadSigner::load_or_create(&dir.path().join("k")).unwrap();
         assert_eq!(signer.public_key(), again.public_key());
-        let head = Head {
-            seq: 7,
-            hash: format!("sha256:{}", "a".repeat(64)),
-        };
+        let head = Head { seq: 7, hash: format!("sha256:{}", "a".repeat(64)) };
         let signed = signer.sign(&head, 99);
         signed.check(&signer.public_key()).unwrap();
         let mut moved = signed.clone();
@@ -266,10 +227,7 @@ mod tests {
         assert!(forged.check(&signer.public_key()).is_err());
         // Round trip through the file.
         signed.write(&dir.path().join("head")).unwrap();
-        assert_eq!(
-            SignedHead::read(&dir.path().join("head")).unwrap(),
-            Some(signed)
-        );
+        assert_eq!(SignedHead::read(&dir.path().join("head")).unwrap(), Some(signed));
         // A readable key file is refused.
         std::fs::set_permissions(dir.path().join("k"), std::fs::Permissions::from_mode(0o644))
             .unwrap();

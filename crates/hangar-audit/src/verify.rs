@@ -63,10 +63,7 @@ impl VerifyReport {
 /// Compare [`VerifyReport::head`] with a copy of the head kept elsewhere to detect tail
 /// rewrites.
 pub fn verify(path: &Path) -> Result<VerifyReport, AuditError> {
-    let io = |source| AuditError::Io {
-        path: path.to_owned(),
-        source,
-    };
+    let io = |source| AuditError::Io { path: path.to_owned(), source };
     let file = File::open(path).map_err(io)?;
     let _lock = Flock::shared(&file).map_err(io)?;
     verify_reader(BufReader::new(&file)).map_err(io)
@@ -111,10 +108,7 @@ impl fmt::Display for HeadCheck {
 
 /// [`verify`], and how the log relates to `expect` (a head kept elsewhere).
 pub fn verify_against(path: &Path, expect: &Head) -> Result<(VerifyReport, HeadCheck), AuditError> {
-    let io = |source| AuditError::Io {
-        path: path.to_owned(),
-        source,
-    };
+    let io = |source| AuditError::Io { path: path.to_owned(), source };
     let file = File::open(path).map_err(io)?;
     let _lock = Flock::shared(&file).map_err(io)?;
     check_against(&file, expect).map_err(io)
@@ -122,8 +116,7 @@ pub fn verify_against(path: &Path, expect: &Head) -> Result<(VerifyReport, HeadC
 
 /// [`verify_against`] on an open file, without locking it (the caller holds the lock).
 pub(crate) fn check_against(
-    file: &File,
-    expect: &Head,
+    file: &File, expect: &Head,
 ) -> std::io::Result<(VerifyReport, HeadCheck)> {
     use std::io::{Seek, SeekFrom};
     let mut file = file.try_clone()?;
@@ -133,9 +126,7 @@ pub(crate) fn check_against(
         _ if expect.seq == 0 => HeadCheck::Contains,
         Some(hash) if hash == expect.hash => HeadCheck::Contains,
         Some(found) => HeadCheck::Rewritten { found },
-        None => HeadCheck::Truncated {
-            ends_at: report.entries,
-        },
+        None => HeadCheck::Truncated { ends_at: report.entries },
     };
     Ok((report, check))
 }
@@ -147,8 +138,7 @@ pub fn verify_reader<R: BufRead>(reader: R) -> std::io::Result<VerifyReport> {
 
 /// Verifies the stream; also returns the hash of entry `want` if the valid chain reaches it.
 fn walk<R: BufRead>(
-    mut reader: R,
-    want: Option<u64>,
+    mut reader: R, want: Option<u64>,
 ) -> std::io::Result<(VerifyReport, Option<String>)> {
     let mut found = None;
     let mut head = Head::genesis();
@@ -167,10 +157,7 @@ fn walk<R: BufRead>(
         let fail = |defect| VerifyReport {
             entries: line_no - 1,
             head: head.clone(),
-            failure: Some(Failure {
-                line: line_no,
-                defect,
-            }),
+            failure: Some(Failure { line: line_no, defect }),
         };
         let Some(line) = buf.strip_suffix(b"\n") else {
             if buf.len() > MAX_LINE_BYTES {
@@ -184,38 +171,20 @@ fn walk<R: BufRead>(
         };
         let expected = head.seq + 1;
         if entry.seq != expected {
-            return Ok((
-                fail(Defect::Seq {
-                    found: entry.seq,
-                    expected,
-                }),
-                found,
-            ));
+            return Ok((fail(Defect::Seq { found: entry.seq, expected }), found));
         }
         if entry.prev != head.hash {
             let defect = if line_no == 1 {
                 Defect::PrevNotGenesis
             } else {
-                Defect::PrevMismatch {
-                    previous_line: line_no - 1,
-                }
+                Defect::PrevMismatch { previous_line: line_no - 1 }
             };
             return Ok((fail(defect), found));
         }
-        head = Head {
-            seq: entry.seq,
-            hash: hash_line(line),
-        };
+        head = Head { seq: entry.seq, hash: hash_line(line) };
         if want == Some(entry.seq) {
             found = Some(head.hash.clone());
         }
     }
-    Ok((
-        VerifyReport {
-            entries: line_no,
-            head,
-            failure: None,
-        },
-        found,
-    ))
+    Ok((VerifyReport { entries: line_no, head, failure: None }, found))
 }

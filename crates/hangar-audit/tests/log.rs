@@ -12,12 +12,7 @@ use hangar_core::clock::Timestamp;
 use hangar_core::error::{Coded, ErrorCode};
 
 fn entry(i: u64) -> NewEntry {
-    NewEntry::ok(
-        Timestamp(1_700_000_000_000 + i),
-        "local:root",
-        "vm.start",
-        format!("vm/vm{i}"),
-    )
+    NewEntry::ok(Timestamp(1_700_000_000_000 + i), "local:root", "vm.start", format!("vm/vm{i}"))
 }
 
 fn fresh() -> (tempfile::TempDir, PathBuf) {
@@ -96,13 +91,8 @@ fn reopen_continues_the_chain() {
 fn lines_are_exactly_the_pinned_bytes() {
     let (_dir, path) = fresh();
     let mut log = AuditLog::open(&path).unwrap();
-    log.append(NewEntry::ok(
-        Timestamp(1_700_000_000_000),
-        "local:root",
-        "vm.start",
-        "vm/hello",
-    ))
-    .unwrap();
+    log.append(NewEntry::ok(Timestamp(1_700_000_000_000), "local:root", "vm.start", "vm/hello"))
+        .unwrap();
     log.append(
         NewEntry::failed(
             Timestamp(1_700_000_000_500),
@@ -149,22 +139,10 @@ fn invalid_entries_are_rejected_and_nothing_is_written() {
     log.append(entry(1)).unwrap();
     let before = fs::read(&path).unwrap();
     let bad = [
-        NewEntry {
-            who: String::new(),
-            ..entry(2)
-        },
-        NewEntry {
-            target: String::new(),
-            ..entry(2)
-        },
-        NewEntry {
-            result: "failed".into(),
-            ..entry(2)
-        },
-        NewEntry {
-            result: "E_".into(),
-            ..entry(2)
-        },
+        NewEntry { who: String::new(), ..entry(2) },
+        NewEntry { target: String::new(), ..entry(2) },
+        NewEntry { result: "failed".into(), ..entry(2) },
+        NewEntry { result: "E_".into(), ..entry(2) },
         entry(2).with_detail("x".repeat(70_000)),
     ];
     for e in bad {
@@ -186,12 +164,7 @@ fn write_log(path: &Path, n: u64) {
 
 fn append_raw(path: &Path, bytes: &[u8]) {
     use std::io::Write;
-    fs::OpenOptions::new()
-        .append(true)
-        .open(path)
-        .unwrap()
-        .write_all(bytes)
-        .unwrap();
+    fs::OpenOptions::new().append(true).open(path).unwrap().write_all(bytes).unwrap();
 }
 
 #[test]
@@ -240,10 +213,7 @@ fn append_removes_a_torn_tail_left_by_another_process() {
     log.append(entry(1)).unwrap();
     append_raw(&path, br#"{"seq":2,"at":1,"who":"lo"#);
     assert_eq!(log.append(entry(2)).unwrap().seq, 2);
-    assert_eq!(
-        log.recovered_tail(),
-        Some(&br#"{"seq":2,"at":1,"who":"lo"#[..])
-    );
+    assert_eq!(log.recovered_tail(), Some(&br#"{"seq":2,"at":1,"who":"lo"#[..]));
     assert!(verify(&path).unwrap().is_intact());
 }
 
@@ -318,10 +288,7 @@ fn concurrent_handles_never_duplicate_or_skip_a_seq() {
             })
         })
         .collect();
-    let mut seqs: Vec<u64> = threads
-        .into_iter()
-        .flat_map(|t| t.join().unwrap())
-        .collect();
+    let mut seqs: Vec<u64> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
     seqs.sort_unstable();
     assert_eq!(seqs, (1..=400).collect::<Vec<u64>>());
     assert_intact(&path, 400);
@@ -370,14 +337,7 @@ fn concurrent_processes_never_duplicate_or_skip_a_seq() {
     let text = fs::read_to_string(&path).unwrap();
     let mut writers: Vec<&str> = text
         .lines()
-        .map(|l| {
-            l.split("\"who\":\"")
-                .nth(1)
-                .unwrap()
-                .split('"')
-                .next()
-                .unwrap()
-        })
+        .map(|l| l.split("\"who\":\"").nth(1).unwrap().split('"').next().unwrap())
         .collect();
     writers.sort_unstable();
     writers.dedup();

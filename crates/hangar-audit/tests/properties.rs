@@ -58,10 +58,7 @@ fn build(entries: &[Fields]) -> Vec<Vec<u8>> {
 }
 
 fn join(lines: &[Vec<u8>]) -> Vec<u8> {
-    lines
-        .iter()
-        .flat_map(|l| l.iter().copied().chain([b'\n']))
-        .collect()
+    lines.iter().flat_map(|l| l.iter().copied().chain([b'\n'])).collect()
 }
 
 #[derive(Debug, Clone)]

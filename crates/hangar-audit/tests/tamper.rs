@@ -23,11 +23,7 @@ fn log_of(n: u64) -> (tempfile::TempDir, PathBuf, Vec<String>) {
         )
         .unwrap();
     }
-    let lines = fs::read_to_string(&path)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect();
+    let lines = fs::read_to_string(&path).unwrap().lines().map(str::to_owned).collect();
     (dir, path, lines)
 }
 
@@ -79,10 +75,7 @@ fn entries_read_back_from_lines() {
     assert_eq!(e.to_line(), lines[1]);
     assert_eq!(e.prev, hash_line(lines[0].as_bytes()));
     let spaced = lines[1].replacen(':', ": ", 1);
-    assert_eq!(
-        Entry::from_line(spaced.as_bytes()),
-        Err(Defect::NotCanonical)
-    );
+    assert_eq!(Entry::from_line(spaced.as_bytes()), Err(Defect::NotCanonical));
 }
 
 #[test]
@@ -91,10 +84,7 @@ fn editing_a_field_of_a_middle_line_is_caught_at_the_next_line() {
     lines[3] = lines[3].replace("local:root", "local:eve");
     let (report, found) = rewritten(&path, &lines);
     assert_eq!(found, "line 5: prev hash does not match line 4");
-    assert_eq!(
-        failure(&report).defect,
-        Defect::PrevMismatch { previous_line: 4 }
-    );
+    assert_eq!(failure(&report).defect, Defect::PrevMismatch { previous_line: 4 });
     assert_eq!(report.entries, 4);
 }
 
@@ -123,23 +113,14 @@ fn reformatting_a_line_is_caught_at_that_line() {
 fn field_problems_are_named() {
     let (_d, path, lines) = log_of(3);
     let cases: [(String, Defect); 6] = [
-        (
-            lines[1].replace(r#""who":"local:root","#, ""),
-            Defect::MissingField("who"),
-        ),
+        (lines[1].replace(r#""who":"local:root","#, ""), Defect::MissingField("who")),
         (
             lines[1].replace(r#""seq":2"#, r#""seq":"2""#),
-            Defect::WrongType {
-                field: "seq",
-                expected: "a non-negative integer",
-            },
+            Defect::WrongType { field: "seq", expected: "a non-negative integer" },
         ),
         (
             lines[1].replace(r#""detail":"attempt 2""#, r#""detail":null"#),
-            Defect::WrongType {
-                field: "detail",
-                expected: "a string",
-            },
+            Defect::WrongType { field: "detail", expected: "a string" },
         ),
         (
             lines[1].replace(r#"{"seq":2"#, r#"{"admin":true,"seq":2"#),
@@ -292,11 +273,7 @@ fn signed_log_of(n: u64) -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf, Vec<S
         .unwrap();
     }
     drop(log);
-    let lines = fs::read_to_string(&path)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect();
+    let lines = fs::read_to_string(&path).unwrap().lines().map(str::to_owned).collect();
     (dir, path, key, head, lines)
 }
 
@@ -332,8 +309,7 @@ fn an_untouched_signed_log_verifies_and_reopens() {
     assert!(!caught(&path, &key, &head));
     // Reopening and appending moves the signed head along.
     let mut log = AuditLog::open_signed(&path, &key, &head).unwrap();
-    log.append(NewEntry::ok(Timestamp(1), "local:root", "vm.start", "vm/x"))
-        .unwrap();
+    log.append(NewEntry::ok(Timestamp(1), "local:root", "vm.start", "vm/x")).unwrap();
     let signed = hangar_audit::SignedHead::read(&head).unwrap().unwrap();
     assert_eq!(signed.seq, 6);
     assert!(!caught(&path, &key, &head));

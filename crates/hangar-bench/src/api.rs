@@ -31,12 +31,7 @@ pub struct Args {
 impl Args {
     /// The defaults, with this hangard.
     pub fn with_hangard(hangard: PathBuf) -> Args {
-        Args {
-            hangard,
-            vms: 100,
-            concurrency: 1000,
-            rounds: 7,
-        }
+        Args { hangard, vms: 100, concurrency: 1000, rounds: 7 }
     }
 }
 
@@ -67,10 +62,7 @@ fn rss_mib(pid: u32) -> f64 {
 }
 
 pub fn call(
-    socket: &Path,
-    method: &str,
-    path: &str,
-    body: Option<&[u8]>,
+    socket: &Path, method: &str, path: &str, body: Option<&[u8]>,
 ) -> Result<(u16, Vec<u8>), String> {
     hangar_api::client::request(socket, method, path, body, Duration::from_secs(60))
         .map(|r| (r.status, r.body))
@@ -82,11 +74,7 @@ async fn exchange(conn: &mut BufReader<UnixStream>, request: &[u8]) -> std::io::
     conn.get_mut().write_all(request).await?;
     let mut line = String::new();
     conn.read_line(&mut line).await?;
-    let status = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let status = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let mut length = 0usize;
     loop {
         line.clear();
@@ -109,9 +97,8 @@ async fn exchange(conn: &mut BufReader<UnixStream>, request: &[u8]) -> std::io::
 /// One burst: every connection sends `path` at the same instant. Returns sorted latencies
 /// (ms), the error count and the burst's wall time.
 async fn burst(conns: &mut Vec<BufReader<UnixStream>>, path: &str) -> (Vec<f64>, usize, f64) {
-    let request: Arc<[u8]> = format!("GET {path} HTTP/1.1\r\nHost: hangard\r\n\r\n")
-        .into_bytes()
-        .into();
+    let request: Arc<[u8]> =
+        format!("GET {path} HTTP/1.1\r\nHost: hangard\r\n\r\n").into_bytes().into();
     let gate = Arc::new(tokio::sync::Barrier::new(conns.len()));
     let started = Instant::now();
     let tasks: Vec<_> = conns
@@ -169,12 +156,8 @@ pub fn run(args: &Args) -> Result<serde_json::Value, String> {
     }
     for i in 0..args.vms {
         let spec = json!({"schema_version": 1, "name": format!("load-{i:03}"), "machine": {"memory_mib": 128}});
-        let (status, body) = call(
-            &socket,
-            "POST",
-            "/v1/vms?wait=true",
-            Some(spec.to_string().as_bytes()),
-        )?;
+        let (status, body) =
+            call(&socket, "POST", "/v1/vms?wait=true", Some(spec.to_string().as_bytes()))?;
         if status != 200 {
             return Err(format!(
                 "defining load-{i:03}: {status} {}",
@@ -186,11 +169,7 @@ pub fn run(args: &Args) -> Result<serde_json::Value, String> {
     let listed: Vec<serde_json::Value> =
         serde_json::from_slice(&body).map_err(|e| e.to_string())?;
     if listed.len() != args.vms {
-        return Err(format!(
-            "GET /v1/vms listed {} VMs, expected {}",
-            listed.len(),
-            args.vms
-        ));
+        return Err(format!("GET /v1/vms listed {} VMs, expected {}", listed.len(), args.vms));
     }
     let rss_idle = rss_mib(daemon.child.id());
     // The client gets one thread, so the daemon keeps the machine's other core(s).
@@ -201,9 +180,7 @@ pub fn run(args: &Args) -> Result<serde_json::Value, String> {
     let measured = rt.block_on(async {
         let mut conns = Vec::with_capacity(args.concurrency);
         for _ in 0..args.concurrency {
-            let stream = UnixStream::connect(&socket)
-                .await
-                .map_err(|e| e.to_string())?;
+            let stream = UnixStream::connect(&socket).await.map_err(|e| e.to_string())?;
             conns.push(BufReader::new(stream));
         }
         // Warm-up: first requests pay for connection setup in the server.

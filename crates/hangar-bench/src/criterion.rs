@@ -16,9 +16,8 @@ pub fn collect(dir: &Path) -> Value {
     names.sort();
     for name in names {
         let estimates = dir.join(&name).join("new/estimates.json");
-        let Some(v) = std::fs::read(&estimates)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        let Some(v) =
+            std::fs::read(&estimates).ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok())
         else {
             continue;
         };

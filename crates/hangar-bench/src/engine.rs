@@ -42,10 +42,7 @@ pub struct Home {
 impl Home {
     pub fn new(args: &Args, tag: &str) -> Result<Home, String> {
         if !args.images.join("minimal/vmlinuz").exists() {
-            return Err(format!(
-                "no built image in {} (run scripts/setup)",
-                args.images.display()
-            ));
+            return Err(format!("no built image in {} (run scripts/setup)", args.images.display()));
         }
         if !args.hangar.exists() {
             return Err(format!(
@@ -57,11 +54,7 @@ impl Home {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         std::os::unix::fs::symlink(&args.images, dir.join("images")).map_err(|e| e.to_string())?;
-        Ok(Home {
-            dir,
-            hangar: args.hangar.clone(),
-            env: Vec::new(),
-        })
+        Ok(Home { dir, hangar: args.hangar.clone(), env: Vec::new() })
     }
 
     /// The same home with QEMU unconfined (`HANGAR_CONFINE=off`): the baseline of the
@@ -151,9 +144,7 @@ fn pids_naming(needle: &str) -> Vec<u32> {
                 .filter_map(|e| {
                     let pid: u32 = e.file_name().to_str()?.parse().ok()?;
                     let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
-                    String::from_utf8_lossy(&cmd)
-                        .contains(needle)
-                        .then_some(pid)
+                    String::from_utf8_lossy(&cmd).contains(needle).then_some(pid)
                 })
                 .collect()
         })
@@ -195,25 +186,18 @@ fn launch(plan: &RawPlan, extra: &[String]) -> Result<Raw, String> {
     use hangar_qemu::confine;
     let _ = std::fs::remove_dir_all(&plan.runtime_dir);
     std::fs::create_dir_all(&plan.runtime_dir).map_err(|e| e.to_string())?;
-    let mut launch = confine::Launch::default().pass(
-        hangar_plan::QMP_FD,
-        confine::listen(&plan.qmp_socket).map_err(|e| e.to_string())?,
-    );
+    let mut launch = confine::Launch::default()
+        .pass(hangar_plan::QMP_FD, confine::listen(&plan.qmp_socket).map_err(|e| e.to_string())?);
     if let Some(socket) = &plan.console_socket {
-        launch = launch.pass(
-            hangar_plan::CONSOLE_FD,
-            confine::listen(socket).map_err(|e| e.to_string())?,
-        );
+        launch = launch
+            .pass(hangar_plan::CONSOLE_FD, confine::listen(socket).map_err(|e| e.to_string())?);
     }
     let mut argv = plan.argv.clone();
     argv.extend(extra.iter().cloned());
     let process =
         hangar_qemu::process::spawn_detached(&argv, &plan.runtime_dir.join("qemu.log"), launch)
             .map_err(|e| format!("{}: {e}", plan.argv[0]))?;
-    Ok(Raw {
-        process,
-        runtime_dir: plan.runtime_dir.clone(),
-    })
+    Ok(Raw { process, runtime_dir: plan.runtime_dir.clone() })
 }
 
 /// The raw baseline for a cold boot: spawn the argv, poll the console file for the ready line
@@ -245,10 +229,7 @@ pub fn raw_boot(plan: &RawPlan) -> Result<f64, String> {
 /// the state to load, `cont`, and return ms from spawn to vCPUs running.
 pub fn raw_restore(plan: &RawPlan, state: &Path) -> Result<f64, String> {
     let started = Instant::now();
-    let _raw = launch(
-        plan,
-        &["-incoming".into(), format!("file:{}", state.display())],
-    )?;
+    let _raw = launch(plan, &["-incoming".into(), format!("file:{}", state.display())])?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -435,10 +416,7 @@ pub fn throughput(args: &Args, sizes: &[usize], rounds: usize) -> Result<Value, 
     let home = Home::new(args, "tput")?;
     let max = sizes.iter().copied().max().unwrap_or(0);
     let specs: Vec<PathBuf> = (0..max).map(|i| home.spec(&format!("t{i}"))).collect();
-    let plans: Vec<RawPlan> = specs
-        .iter()
-        .map(|s| home.plan(s))
-        .collect::<Result<_, _>>()?;
+    let plans: Vec<RawPlan> = specs.iter().map(|s| home.plan(s)).collect::<Result<_, _>>()?;
     let mut results = Vec::new();
     for &n in sizes {
         let (mut hangar, mut raw) = (Vec::new(), Vec::new());
@@ -524,9 +502,7 @@ impl Drop for Daemon {
 }
 
 pub(crate) fn daemon(
-    args: &Args,
-    home: &Home,
-    extra: &[&str],
+    args: &Args, home: &Home, extra: &[&str],
 ) -> Result<(Daemon, PathBuf), String> {
     let child = Command::new(&args.hangard)
         .arg("--home")

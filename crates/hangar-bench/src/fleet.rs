@@ -21,10 +21,7 @@ fn call(socket: &Path, method: &str, path: &str, body: Option<&Value>) -> Result
     let (status, body) =
         crate::api::call(socket, method, path, bytes.as_deref().map(str::as_bytes))?;
     if !(200..300).contains(&status) {
-        return Err(format!(
-            "{method} {path}: {status} {}",
-            String::from_utf8_lossy(&body)
-        ));
+        return Err(format!("{method} {path}: {status} {}", String::from_utf8_lossy(&body)));
     }
     if body.is_empty() {
         return Ok(Value::Null);
@@ -55,9 +52,7 @@ fn claim(socket: &Path, pool: &str, expect: &str) -> Result<(f64, Value), String
     let c = call(socket, "POST", &format!("/v1/pools/{pool}/claim"), None)?;
     let ms = t.elapsed().as_secs_f64() * 1000.0;
     if c["source"] != expect || c["instance"]["state"] != "running" {
-        return Err(format!(
-            "claim from {pool}: expected {expect}, running; got {c}"
-        ));
+        return Err(format!("claim from {pool}: expected {expect}, running; got {c}"));
     }
     Ok((ms, c))
 }
@@ -95,12 +90,7 @@ pub fn run(args: &Args, claims: usize, wakes: usize, creations: usize) -> Result
     call(&socket, "PUT", "/v1/tenants/bench", Some(&json!({})))?;
 
     // Warm claims.
-    pool(
-        &socket,
-        "bench--warm",
-        json!({"running": 0, "warm": 2, "sleeping": 0}),
-        false,
-    )?;
+    pool(&socket, "bench--warm", json!({"running": 0, "warm": 2, "sleeping": 0}), false)?;
     converge(&socket, "bench--warm")?;
     let (mut warm_ms, mut warm_server_ms) = (Vec::new(), Vec::new());
     for _ in 0..claims {

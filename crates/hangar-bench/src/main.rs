@@ -70,12 +70,7 @@ fn now_utc() -> String {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
     let t = secs % 86_400;
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        t / 3600,
-        (t / 60) % 60,
-        t % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", t / 3600, (t / 60) % 60, t % 60)
 }
 
 fn machine() -> Value {
@@ -90,14 +85,7 @@ fn machine() -> Value {
         .unwrap_or_default();
     let mem_gib = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| {
-            m.lines()
-                .next()?
-                .split_whitespace()
-                .nth(1)?
-                .parse::<f64>()
-                .ok()
-        })
+        .and_then(|m| m.lines().next()?.split_whitespace().nth(1)?.parse::<f64>().ok())
         .map(|kib| stats::round(kib / 1024.0 / 1024.0, 1));
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .unwrap_or_default()
@@ -129,11 +117,7 @@ fn run(command: Command) -> Result<Value, String> {
         Command::Confinement(args) => engine::confinement(&args),
         Command::Footprint(args) => engine::footprint(&args),
         Command::Fleet(args) => fleet::run(&args, 50, 5, 5),
-        Command::All {
-            engine,
-            criterion_dir,
-            out,
-        } => {
+        Command::All { engine, criterion_dir, out } => {
             let api_args = api::Args::with_hangard(engine.hangard.clone());
             let results = json!({
                 "when": now_utc(),

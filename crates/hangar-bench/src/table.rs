@@ -5,9 +5,7 @@ use std::fmt::Write;
 use serde_json::Value;
 
 fn ms(v: &Value) -> String {
-    v.as_f64()
-        .map(|x| format!("{x:.1} ms"))
-        .unwrap_or_else(|| "-".into())
+    v.as_f64().map(|x| format!("{x:.1} ms")).unwrap_or_else(|| "-".into())
 }
 
 fn num(v: &Value) -> String {
@@ -86,11 +84,7 @@ pub fn render(r: &Value) -> String {
         );
     }
     let w = &r["fleet"];
-    if !err(
-        &mut out,
-        "fleet: warm claim via API p50 (p99 in baseline column)",
-        w,
-    ) {
+    if !err(&mut out, "fleet: warm claim via API p50 (p99 in baseline column)", w) {
         row(
             &mut out,
             "fleet: warm claim via API p50 (p99 in baseline column)",

@@ -20,9 +20,7 @@ pub struct FakeHarness {
 
 impl Default for FakeHarness {
     fn default() -> Self {
-        Self {
-            capabilities: CapabilitySet::all(),
-        }
+        Self { capabilities: CapabilitySet::all() }
     }
 }
 
@@ -50,9 +48,7 @@ impl Harness for FakeHarness {
 
     fn spec(&self, name: &str) -> VmSpec {
         VmSpec {
-            serial: SerialSpec {
-                mode: SerialMode::Log,
-            },
+            serial: SerialSpec { mode: SerialMode::Log },
             ..VmSpec::new(VmName::new(name).expect("scenario names are valid"))
         }
     }

@@ -99,18 +99,11 @@ pub fn run(harness: &dyn Harness, id: &str) -> Outcome {
         Err(reason) => return Outcome::Skipped(reason),
     };
     let capabilities = engine.capabilities();
-    let missing: Vec<_> = scenario
-        .requires
-        .iter()
-        .filter(|c| !capabilities.has(**c))
-        .collect();
+    let missing: Vec<_> = scenario.requires.iter().filter(|c| !capabilities.has(**c)).collect();
     if !missing.is_empty() {
         return Outcome::Skipped(format!("engine lacks capability {missing:?}"));
     }
-    let ctx = Ctx {
-        engine: engine.as_ref(),
-        harness,
-    };
+    let ctx = Ctx { engine: engine.as_ref(), harness };
     match (scenario.run)(&ctx) {
         Ok(()) => Outcome::Passed,
         Err(message) if message.starts_with(SKIP_PREFIX) => {

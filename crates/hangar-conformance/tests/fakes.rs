@@ -52,8 +52,7 @@ fn an_engine_the_host_cannot_run_skips_every_scenario() {
     struct NoEngine;
     impl hangar_conformance::Harness for NoEngine {
         fn engine(
-            &self,
-            _: hangar_conformance::Knobs,
+            &self, _: hangar_conformance::Knobs,
         ) -> Result<Box<dyn hangar_core::contracts::Engine>, String> {
             Err("qemu-system-x86_64 not found".into())
         }
@@ -65,9 +64,6 @@ fn an_engine_the_host_cannot_run_skips_every_scenario() {
         }
     }
     for s in SCENARIOS {
-        assert_eq!(
-            run(&NoEngine, s.id),
-            Outcome::Skipped("qemu-system-x86_64 not found".into())
-        );
+        assert_eq!(run(&NoEngine, s.id), Outcome::Skipped("qemu-system-x86_64 not found".into()));
     }
 }

@@ -84,9 +84,7 @@ fn apply(engine: &FakeEngine, op: &Op) -> Result<(), ErrorCode> {
             let mode = if *force {
                 StopMode::Force
             } else {
-                StopMode::Graceful {
-                    timeout: Duration::from_secs(5),
-                }
+                StopMode::Graceful { timeout: Duration::from_secs(5) }
             };
             engine.stop(&vm(*i), mode, &c).map(drop)
         }
@@ -95,11 +93,7 @@ fn apply(engine: &FakeEngine, op: &Op) -> Result<(), ErrorCode> {
         Op::Reboot(i) => engine.reboot(&vm(*i), &c).map(drop),
         Op::Undefine(i) => engine.undefine(&vm(*i)),
         Op::Save(i, s, sleep) => {
-            let mode = if *sleep {
-                SaveMode::Sleep
-            } else {
-                SaveMode::KeepPaused
-            };
+            let mode = if *sleep { SaveMode::Sleep } else { SaveMode::KeepPaused };
             engine.save(&vm(*i), &snap(*s), mode, &c).map(drop)
         }
         Op::Restore(i, s) => engine.restore(&vm(*i), &snap(*s), &c).map(drop),

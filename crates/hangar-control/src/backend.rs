@@ -34,10 +34,7 @@ pub trait Backend: Engine {
     fn specs(&self) -> Result<Vec<(VmState, VmSpec)>, Error>;
     /// Boots a defined or stopped VM with per-call settings.
     fn start_with(
-        &self,
-        vm: &VmName,
-        start: &Start<'_>,
-        cancel: &CancelToken,
+        &self, vm: &VmName, start: &Start<'_>, cancel: &CancelToken,
     ) -> Result<VmStatus, Error>;
     /// How a VM's engine process is confined, for `hangar inspect` (`None`: not confined).
     fn confinement(&self, _vm: &VmName) -> Result<Option<serde_json::Value>, Error> {
@@ -59,25 +56,15 @@ impl Backend for QemuEngine {
     }
 
     fn specs(&self) -> Result<Vec<(VmState, VmSpec)>, Error> {
-        Ok(self
-            .records()?
-            .into_iter()
-            .map(|r| (r.state, r.spec))
-            .collect())
+        Ok(self.records()?.into_iter().map(|r| (r.state, r.spec)).collect())
     }
 
     fn start_with(
-        &self,
-        vm: &VmName,
-        start: &Start<'_>,
-        cancel: &CancelToken,
+        &self, vm: &VmName, start: &Start<'_>, cancel: &CancelToken,
     ) -> Result<VmStatus, Error> {
         let phase = |p: hangar_qemu::Phase| (start.progress)(p.as_str());
-        let opts = StartOptions {
-            no_wait: start.no_wait,
-            timeout: start.timeout,
-            progress: Some(&phase),
-        };
+        let opts =
+            StartOptions { no_wait: start.no_wait, timeout: start.timeout, progress: Some(&phase) };
         QemuEngine::start_with(self, vm, &opts, cancel)
     }
 
@@ -119,10 +106,7 @@ impl Backend for FakeEngine {
     }
 
     fn start_with(
-        &self,
-        vm: &VmName,
-        start: &Start<'_>,
-        cancel: &CancelToken,
+        &self, vm: &VmName, start: &Start<'_>, cancel: &CancelToken,
     ) -> Result<VmStatus, Error> {
         (start.progress)("engine");
         let status = self.start(vm, cancel)?;

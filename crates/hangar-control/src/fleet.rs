@@ -15,9 +15,7 @@ use hangar_fleet::{Fleet, Registry, TenantVm, Usage};
 /// `persist`, every change is written back (the daemon); without, the fleet is a read-only
 /// view for quota checks (the CLI without a daemon).
 pub fn open(
-    engine: Arc<dyn Backend>,
-    home: &Path,
-    persist: bool,
+    engine: Arc<dyn Backend>, home: &Path, persist: bool,
 ) -> Result<Arc<Fleet<dyn Backend>>, ErrorBody> {
     let store_failure = |e: hangar_store::StoreError| {
         use hangar_core::error::Coded;
@@ -38,11 +36,7 @@ pub fn open(
             body
         })?,
     };
-    let fleet = Arc::new(Fleet::restore(
-        engine.clone(),
-        Arc::new(SystemClock),
-        registry,
-    ));
+    let fleet = Arc::new(Fleet::restore(engine.clone(), Arc::new(SystemClock), registry));
     let records = engine.clone();
     fleet.count_tenant_vms(Box::new(move || {
         Ok(records

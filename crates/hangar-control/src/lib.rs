@@ -41,10 +41,7 @@ pub fn view_of(rec: &hangar_store::VmRecord) -> VmView {
             .unwrap_or_default(),
         vcpus: rec.spec.machine.vcpus,
         memory_mib: rec.spec.machine.memory_mib,
-        uptime_s: rec
-            .process
-            .and_then(hangar_qemu::process::uptime)
-            .map(|u| u.as_secs()),
+        uptime_s: rec.process.and_then(hangar_qemu::process::uptime).map(|u| u.as_secs()),
         pid: rec.process.map(|p| p.pid),
         boot_ms: rec.boot_ms,
         reason: rec.reason.clone(),
@@ -163,11 +160,7 @@ pub fn remote_from_env() -> Result<Option<Remote>> {
     } else {
         None
     };
-    Ok(Some(Remote::at(hangar_api::client::Endpoint::Tcp {
-        addr,
-        fingerprint,
-        token,
-    })))
+    Ok(Some(Remote::at(hangar_api::client::Endpoint::Tcp { addr, fingerprint, token })))
 }
 
 /// The daemon if `mode` and reality say so, else `None` (the caller opens a [`Local`]; it is

@@ -35,10 +35,7 @@ impl Remote {
 
     /// One exchange; a 2xx body is decoded as `T`, anything else as the coded error body.
     pub fn call<T: serde::de::DeserializeOwned>(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&Value>,
+        &self, method: &str, path: &str, body: Option<&Value>,
     ) -> Result<T> {
         let bytes = body.map(|b| serde_json::to_vec(b).expect("JSON values serialise"));
         let response = hangar_api::client::send(
@@ -57,23 +54,14 @@ impl Remote {
         let unreadable = |e: serde_json::Error| {
             ErrorBody::new(
                 ErrorCode::EngineFailed,
-                format!(
-                    "hangard answered {} with an unreadable body: {e}",
-                    response.status
-                ),
+                format!("hangard answered {} with an unreadable body: {e}", response.status),
             )
         };
         if (200..300).contains(&response.status) {
-            let body = if response.body.is_empty() {
-                b"null".as_slice()
-            } else {
-                &response.body
-            };
+            let body = if response.body.is_empty() { b"null".as_slice() } else { &response.body };
             return serde_json::from_slice(body).map_err(|e| unreadable(e).into());
         }
-        Err(serde_json::from_slice::<ErrorBody>(&response.body)
-            .map_err(unreadable)?
-            .into())
+        Err(serde_json::from_slice::<ErrorBody>(&response.body).map_err(unreadable)?.into())
     }
 }
 
@@ -149,11 +137,7 @@ impl Control for Remote {
     }
 
     fn events_since(&self, after: u64, limit: usize) -> Result<Vec<EventView>> {
-        self.call(
-            "GET",
-            &format!("/v1/events/page?since={after}&limit={limit}"),
-            None,
-        )
+        self.call("GET", &format!("/v1/events/page?since={after}&limit={limit}"), None)
     }
 
     fn describe(&self) -> String {

@@ -67,12 +67,7 @@ pub fn create(store: &Store, name: &str, scope: &Scope) -> Result<NewToken> {
             created_at: SystemClock.now(),
         })
         .map_err(store_failure)?;
-    Ok(NewToken {
-        id,
-        name: name.to_string(),
-        scope: scope.to_string(),
-        token,
-    })
+    Ok(NewToken { id, name: name.to_string(), scope: scope.to_string(), token })
 }
 
 /// Every token, oldest first.

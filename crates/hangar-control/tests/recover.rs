@@ -26,10 +26,7 @@ fn spec(name: &str) -> serde_json::Value {
 
 /// A process identity nobody has: a real PID whose start time does not match.
 fn dead_owner() -> ProcessIdentity {
-    ProcessIdentity {
-        pid: std::process::id(),
-        start_time: 1,
-    }
+    ProcessIdentity { pid: std::process::id(), start_time: 1 }
 }
 
 fn orphan(store: &Store, id: &str, request: &OperationRequest, owner: ProcessIdentity) {
@@ -59,79 +56,44 @@ fn orphan(store: &Store, id: &str, request: &OperationRequest, owner: ProcessIde
 fn orphans_are_finished_or_rolled_back_and_live_owners_are_left_alone() {
     let home = tempfile::tempdir().unwrap();
     let local = local(home.path());
-    local
-        .run(
-            OperationRequest::Create {
-                spec: spec("kept"),
-                base_dir: None,
-            },
-            &|_| {},
-        )
-        .unwrap();
+    local.run(OperationRequest::Create { spec: spec("kept"), base_dir: None }, &|_| {}).unwrap();
     let store = Store::open_in(home.path()).unwrap();
     let me = hangar_qemu::process::identify(std::process::id()).unwrap();
     // The define happened before the owner died: finished.
     orphan(
         &store,
         "op-a",
-        &OperationRequest::Create {
-            spec: spec("kept"),
-            base_dir: None,
-        },
+        &OperationRequest::Create { spec: spec("kept"), base_dir: None },
         dead_owner(),
     );
     // The owner died before the define: rolled back, nothing to undo.
     orphan(
         &store,
         "op-b",
-        &OperationRequest::Create {
-            spec: spec("never"),
-            base_dir: None,
-        },
+        &OperationRequest::Create { spec: spec("never"), base_dir: None },
         dead_owner(),
     );
     // A stop whose VM never left `defined` did not reach its goal.
     orphan(
         &store,
         "op-c",
-        &OperationRequest::Stop {
-            vm: "kept".into(),
-            force: true,
-            timeout_s: None,
-        },
+        &OperationRequest::Stop { vm: "kept".into(), force: true, timeout_s: None },
         dead_owner(),
     );
     // A delete whose VM is gone reached it.
     orphan(
         &store,
         "op-d",
-        &OperationRequest::Delete {
-            vm: "gone".into(),
-            force: false,
-        },
+        &OperationRequest::Delete { vm: "gone".into(), force: false },
         dead_owner(),
     );
     // Owned by a live process: not ours to settle.
-    orphan(
-        &store,
-        "op-e",
-        &OperationRequest::Delete {
-            vm: "kept".into(),
-            force: false,
-        },
-        me,
-    );
+    orphan(&store, "op-e", &OperationRequest::Delete { vm: "kept".into(), force: false }, me);
 
     let settled = local.recover();
     let mut summary: Vec<_> = settled
         .iter()
-        .map(|o| {
-            (
-                o.id.as_str(),
-                o.status.as_str(),
-                o.error.as_ref().map(|e| e.code.as_str()),
-            )
-        })
+        .map(|o| (o.id.as_str(), o.status.as_str(), o.error.as_ref().map(|e| e.code.as_str())))
         .collect();
     summary.sort();
     assert_eq!(
@@ -148,17 +110,7 @@ fn orphans_are_finished_or_rolled_back_and_live_owners_are_left_alone() {
     assert!(e.message.contains("kept is defined"), "{}", e.message);
     assert_eq!(e.operation.as_deref(), Some("op-c"));
     assert_eq!(local.operation("op-e").unwrap().status, "running");
-    assert_eq!(
-        local
-            .operation("op-a")
-            .unwrap()
-            .result
-            .unwrap()
-            .vm
-            .unwrap()
-            .state,
-        "defined"
-    );
+    assert_eq!(local.operation("op-a").unwrap().result.unwrap().vm.unwrap().state, "defined");
     // Settling is idempotent: nothing left to do.
     assert!(local.recover().is_empty());
     // Nothing was defined by the rolled-back create.
@@ -170,53 +122,28 @@ fn operations_name_their_transitions_and_failures() {
     let home = tempfile::tempdir().unwrap();
     let local = local(home.path());
     let op = local
-        .run(
-            OperationRequest::Create {
-                spec: spec("tagged"),
-                base_dir: None,
-            },
-            &|_| {},
-        )
+        .run(OperationRequest::Create { spec: spec("tagged"), base_dir: None }, &|_| {})
         .unwrap();
     assert_eq!(op.status, "succeeded");
     let events = local.events_since(0, 10).unwrap();
     let json = serde_json::to_value(&events).unwrap();
     assert_eq!(json[0]["operation"], serde_json::json!(op.id), "{json}");
     let failed = local
-        .run(
-            OperationRequest::Pause {
-                vm: "tagged".into(),
-            },
-            &|_| {},
-        )
+        .run(OperationRequest::Pause { vm: "tagged".into() }, &|_| {})
         .unwrap_err()
         .into_body();
     assert_eq!(failed.code, "E_INVALID_TRANSITION");
-    let id = failed
-        .operation
-        .clone()
-        .expect("the failure names its operation");
+    let id = failed.operation.clone().expect("the failure names its operation");
     assert_eq!(local.operation(&id).unwrap().status, "failed");
     // Refused before journaling: no operation.
     let refused = local
-        .run(
-            OperationRequest::Pause {
-                vm: "absent".into(),
-            },
-            &|_| {},
-        )
+        .run(OperationRequest::Pause { vm: "absent".into() }, &|_| {})
         .unwrap_err()
         .into_body();
-    assert_eq!(
-        (refused.code.as_str(), refused.operation),
-        ("E_VM_NOT_FOUND", None)
-    );
+    assert_eq!((refused.code.as_str(), refused.operation), ("E_VM_NOT_FOUND", None));
     let relative = local
         .run(
-            OperationRequest::Create {
-                spec: spec("rel"),
-                base_dir: Some("relative/dir".into()),
-            },
+            OperationRequest::Create { spec: spec("rel"), base_dir: Some("relative/dir".into()) },
             &|_| {},
         )
         .unwrap_err()

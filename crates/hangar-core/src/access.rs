@@ -142,9 +142,7 @@ impl Serialize for Scope {
 
 impl<'de> Deserialize<'de> for Scope {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Scope, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -337,10 +335,7 @@ mod tests {
     use super::*;
 
     fn tenant(t: &str, role: Role) -> Scope {
-        Scope::Tenant {
-            tenant: TenantId::new(t).unwrap(),
-            role,
-        }
+        Scope::Tenant { tenant: TenantId::new(t).unwrap(), role }
     }
 
     #[test]
@@ -383,15 +378,9 @@ mod tests {
         for action in Action::ALL {
             for role in Role::ALL {
                 let s = tenant("acme", role);
-                assert_eq!(
-                    decide(&s, action, Resource::Owned(Some(&beta))),
-                    Decision::Hidden
-                );
+                assert_eq!(decide(&s, action, Resource::Owned(Some(&beta))), Decision::Hidden);
                 assert_eq!(decide(&s, action, Resource::Owned(None)), Decision::Hidden);
-                assert_eq!(
-                    decide(&s, action, Resource::Tenant(&beta)),
-                    Decision::Hidden
-                );
+                assert_eq!(decide(&s, action, Resource::Tenant(&beta)), Decision::Hidden);
             }
         }
     }
@@ -401,13 +390,7 @@ mod tests {
         for s in ["admin", "tenant:acme:viewer", "tenant:a-b:owner"] {
             assert_eq!(s.parse::<Scope>().unwrap().to_string(), s);
         }
-        for bad in [
-            "root",
-            "tenant:acme",
-            "tenant:acme:god",
-            "tenant:A:owner",
-            "tenant::owner",
-        ] {
+        for bad in ["root", "tenant:acme", "tenant:acme:god", "tenant:A:owner", "tenant::owner"] {
             assert!(bad.parse::<Scope>().is_err(), "{bad}");
         }
         let s = tenant("acme", Role::Owner);

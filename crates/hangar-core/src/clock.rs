@@ -40,9 +40,8 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> Timestamp {
-        let since_epoch = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
+        let since_epoch =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         Timestamp(since_epoch.as_millis() as u64)
     }
 
@@ -60,15 +59,12 @@ pub struct ManualClock {
 impl ManualClock {
     /// A clock reading `start`.
     pub fn new(start: Timestamp) -> Self {
-        Self {
-            now_ms: AtomicU64::new(start.0),
-        }
+        Self { now_ms: AtomicU64::new(start.0) }
     }
 
     /// Moves time forward by `d`.
     pub fn advance(&self, d: Duration) {
-        self.now_ms
-            .fetch_add(d.as_millis() as u64, Ordering::SeqCst);
+        self.now_ms.fetch_add(d.as_millis() as u64, Ordering::SeqCst);
     }
 }
 

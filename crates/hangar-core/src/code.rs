@@ -393,8 +393,7 @@ mod tests {
             assert!(seen.insert(s), "duplicate {s}");
             assert!(s.starts_with("E_"), "{s}");
             assert!(
-                s.chars()
-                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'),
+                s.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'),
                 "{s}"
             );
             assert_eq!(ErrorCode::parse(s), Some(*code));

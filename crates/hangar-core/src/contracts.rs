@@ -162,11 +162,7 @@ fn owner_name(t: Option<&TenantId>) -> String {
 pub trait Snapshots: Send + Sync {
     /// Saves a running or paused VM's memory (pausing it first if running).
     fn save(
-        &self,
-        vm: &VmName,
-        id: &SnapshotId,
-        mode: SaveMode,
-        cancel: &CancelToken,
+        &self, vm: &VmName, id: &SnapshotId, mode: SaveMode, cancel: &CancelToken,
     ) -> Result<SnapshotInfo>;
     /// Restores a sleeping, stopped or defined VM from a snapshot; it ends up running.
     ///
@@ -322,10 +318,7 @@ impl EventCursor {
         if page.gap.is_none() {
             if let Some(first) = page.events.first() {
                 if first.seq > self.after + 1 {
-                    page.gap = Some(Gap {
-                        from: self.after + 1,
-                        to: first.seq - 1,
-                    });
+                    page.gap = Some(Gap { from: self.after + 1, to: first.seq - 1 });
                 }
             }
         }

@@ -188,9 +188,7 @@ impl Coded for Error {
             Error::Adapter(e) => e.0.path(),
             // Field-shaped arguments (`boot.kernel`, `disk[0].source`) name the spec field.
             Error::InvalidArgument { what, .. }
-                if what
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "._[]".contains(c)) =>
+                if what.chars().all(|c| c.is_ascii_alphanumeric() || "._[]".contains(c)) =>
             {
                 Some(what.clone())
             }
@@ -280,19 +278,14 @@ mod tests {
         let source = std::error::Error::source(&e).expect("the io error is its source");
         assert_eq!(source.to_string(), "inner");
         assert_eq!(e.clone(), e);
-        let Error::Adapter(a) = &e else {
-            unreachable!()
-        };
+        let Error::Adapter(a) = &e else { unreachable!() };
         assert!(a.downcast_ref::<Outer>().is_some());
         assert!(a.downcast_ref::<std::io::Error>().is_none());
     }
 
     #[test]
     fn injected_errors_report_the_chosen_code() {
-        let e = Error::Injected {
-            code: ErrorCode::Timeout,
-            call: 3,
-        };
+        let e = Error::Injected { code: ErrorCode::Timeout, call: 3 };
         assert_eq!(e.code(), ErrorCode::Timeout);
         assert!(e.retryable());
     }

@@ -116,22 +116,15 @@ pub const SHELL_METACHARACTERS: &[char] = &[
 
 /// Checks `value` against the shared name grammar.
 pub fn check_name(kind: &'static str, value: &str) -> Result<(), InvalidName> {
-    let fail = |reason| {
-        Err(InvalidName {
-            kind,
-            value: value.to_string(),
-            reason,
-        })
-    };
+    let fail = |reason| Err(InvalidName { kind, value: value.to_string(), reason });
     if value.is_empty() {
         return fail(NameRule::Empty);
     }
     if let Some(c) = value.chars().find(|c| SHELL_METACHARACTERS.contains(c)) {
         return fail(NameRule::ShellMetacharacter(c));
     }
-    if let Some(c) = value
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    if let Some(c) =
+        value.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
     {
         return fail(NameRule::BadChar(c));
     }
@@ -156,9 +149,7 @@ pub fn suggest_name(value: &str) -> String {
         }
     }
     let trimmed = out.trim_matches('-');
-    trimmed[..trimmed.len().min(MAX_NAME_LEN)]
-        .trim_end_matches('-')
-        .to_string()
+    trimmed[..trimmed.len().min(MAX_NAME_LEN)].trim_end_matches('-').to_string()
 }
 
 /// Separates a tenant id from a name in a tenant-qualified name: VM `web` of tenant `acme` is
@@ -171,21 +162,12 @@ pub const MAX_TENANT_ID_LEN: usize = 24;
 
 fn check_tenant_id(kind: &'static str, value: &str) -> Result<(), InvalidName> {
     check_name(kind, value)?;
-    let fail = |reason| {
-        Err(InvalidName {
-            kind,
-            value: value.to_string(),
-            reason,
-        })
-    };
+    let fail = |reason| Err(InvalidName { kind, value: value.to_string(), reason });
     if value.contains(TENANT_SEPARATOR) {
         return fail(NameRule::Separator);
     }
     if value.len() > MAX_TENANT_ID_LEN {
-        return fail(NameRule::LongerThan {
-            len: value.len(),
-            max: MAX_TENANT_ID_LEN,
-        });
+        return fail(NameRule::LongerThan { len: value.len(), max: MAX_TENANT_ID_LEN });
     }
     Ok(())
 }
@@ -321,17 +303,11 @@ impl InstanceId {
         let value = value.into();
         let ok = value.len() == 10
             && value.starts_with("i-")
-            && value[2..]
-                .chars()
-                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c));
+            && value[2..].chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c));
         if ok {
             Ok(Self(value))
         } else {
-            Err(InvalidName {
-                kind: "instance id",
-                value,
-                reason: NameRule::BadInstanceId,
-            })
+            Err(InvalidName { kind: "instance id", value, reason: NameRule::BadInstanceId })
         }
     }
 
@@ -392,18 +368,12 @@ mod tests {
             let err = VmName::new(input).unwrap_err();
             assert_eq!(err.reason, rule, "{input:?}");
         }
-        assert_eq!(
-            VmName::new("x".repeat(64)).unwrap_err().reason,
-            NameRule::TooLong(64)
-        );
+        assert_eq!(VmName::new("x".repeat(64)).unwrap_err().reason, NameRule::TooLong(64));
     }
 
     #[test]
     fn metacharacters_have_their_own_code() {
-        assert_eq!(
-            VmName::new("a|b").unwrap_err().code(),
-            ErrorCode::SpecShellMetachar
-        );
+        assert_eq!(VmName::new("a|b").unwrap_err().code(), ErrorCode::SpecShellMetachar);
         assert_eq!(VmName::new("A").unwrap_err().code(), ErrorCode::InvalidName);
     }
 
@@ -426,10 +396,7 @@ mod tests {
     fn tenant_ids_are_short_and_have_no_separator() {
         assert!(TenantId::new("acme").is_ok());
         assert!(TenantId::new("a-b").is_ok());
-        assert_eq!(
-            TenantId::new("a--b").unwrap_err().reason,
-            NameRule::Separator
-        );
+        assert_eq!(TenantId::new("a--b").unwrap_err().reason, NameRule::Separator);
         assert_eq!(
             TenantId::new("x".repeat(25)).unwrap_err().reason,
             NameRule::LongerThan { len: 25, max: 24 }

@@ -79,11 +79,7 @@ impl VmState {
 
     /// The states this one may move to.
     pub fn allowed_targets(self) -> &'static [VmState] {
-        TRANSITIONS
-            .iter()
-            .find(|(from, _)| *from == self)
-            .map(|(_, to)| *to)
-            .unwrap_or(&[])
+        TRANSITIONS.iter().find(|(from, _)| *from == self).map(|(_, to)| *to).unwrap_or(&[])
     }
 
     /// Whether `self → to` is a legal move.
@@ -95,10 +91,7 @@ impl VmState {
     /// one a VM rests in. Finding a VM in one with nobody working on it means its command's
     /// owner died.
     pub fn is_in_flight(self) -> bool {
-        matches!(
-            self,
-            Starting | Stopping | Pausing | Resuming | Saving | Waking
-        )
+        matches!(self, Starting | Stopping | Pausing | Resuming | Saving | Waking)
     }
 
     /// Whether no move leaves this state.
@@ -227,11 +220,7 @@ impl InvalidTransition {
             format!("{} is {}, which is final", self.vm, self.from)
         } else {
             let names: Vec<&str> = targets.iter().map(|s| s.as_str()).collect();
-            format!(
-                "from {} the VM can only go to: {}",
-                self.from,
-                names.join(", ")
-            )
+            format!("from {} the VM can only go to: {}", self.from, names.join(", "))
         }
     }
 }
@@ -270,18 +259,12 @@ impl fmt::Debug for Observers {
 impl Observers {
     /// Adds an observer after the existing ones.
     pub fn register(&self, observer: Arc<dyn LifecycleObserver>) {
-        self.0
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(observer);
+        self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner()).push(observer);
     }
 
     /// How many are registered.
     pub fn len(&self) -> usize {
-        self.0
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .len()
+        self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner()).len()
     }
 
     /// Whether none are registered.
@@ -292,11 +275,7 @@ impl Observers {
     /// Calls every observer in registration order; panics are caught and returned.
     pub fn notify(&self, event: &TransitionEvent) -> Vec<ObserverFault> {
         // Snapshot the list so an observer may register another without deadlocking.
-        let list: Vec<_> = self
-            .0
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
+        let list: Vec<_> = self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
         let mut faults = Vec::new();
         for (index, observer) in list.iter().enumerate() {
             if let Err(payload) = catch_unwind(AssertUnwindSafe(|| observer.on_transition(event))) {
@@ -305,11 +284,7 @@ impl Observers {
                     .map(|s| s.to_string())
                     .or_else(|| payload.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "observer panicked".to_string());
-                faults.push(ObserverFault {
-                    observer: index,
-                    event: event.clone(),
-                    message,
-                });
+                faults.push(ObserverFault { observer: index, event: event.clone(), message });
             }
         }
         faults
@@ -339,10 +314,7 @@ impl fmt::Debug for StateMachine {
 impl StateMachine {
     /// Creates the machine: the move from "(new)" to [`INITIAL_STATE`], reported to observers.
     pub fn new(
-        vm: VmName,
-        clock: Arc<dyn Clock>,
-        observers: Observers,
-        cause: Cause,
+        vm: VmName, clock: Arc<dyn Clock>, observers: Observers, cause: Cause,
         operation: Option<OperationId>,
     ) -> Self {
         let mut machine = Self {
@@ -359,20 +331,10 @@ impl StateMachine {
 
     /// Rebuilds a machine in a known state (for example from a store), without emitting events.
     pub fn restore(
-        vm: VmName,
-        state: VmState,
-        history: Vec<TransitionEvent>,
-        clock: Arc<dyn Clock>,
+        vm: VmName, state: VmState, history: Vec<TransitionEvent>, clock: Arc<dyn Clock>,
         observers: Observers,
     ) -> Self {
-        Self {
-            vm,
-            state,
-            history,
-            observers,
-            clock,
-            faults: Vec::new(),
-        }
+        Self { vm, state, history, observers, clock, faults: Vec::new() }
     }
 
     /// The VM this machine belongs to.
@@ -397,17 +359,10 @@ impl StateMachine {
 
     /// Makes a legal move, or returns [`InvalidTransition`] and changes nothing.
     pub fn transition(
-        &mut self,
-        to: VmState,
-        cause: Cause,
-        operation: Option<OperationId>,
+        &mut self, to: VmState, cause: Cause, operation: Option<OperationId>,
     ) -> Result<TransitionEvent, InvalidTransition> {
         if !self.state.can_transition_to(to) {
-            return Err(InvalidTransition {
-                vm: self.vm.clone(),
-                from: self.state,
-                to,
-            });
+            return Err(InvalidTransition { vm: self.vm.clone(), from: self.state, to });
         }
         Ok(self.commit(Some(self.state), to, cause, operation))
     }
@@ -416,26 +371,16 @@ impl StateMachine {
     /// contradicts the record (a process died while nobody watched). Leaving `deleted` is still
     /// refused: a deleted VM never comes back.
     pub fn force(
-        &mut self,
-        to: VmState,
-        operation: Option<OperationId>,
+        &mut self, to: VmState, operation: Option<OperationId>,
     ) -> Result<TransitionEvent, InvalidTransition> {
         if self.state == Deleted && to != Deleted {
-            return Err(InvalidTransition {
-                vm: self.vm.clone(),
-                from: self.state,
-                to,
-            });
+            return Err(InvalidTransition { vm: self.vm.clone(), from: self.state, to });
         }
         Ok(self.commit(Some(self.state), to, Cause::Reconciler, operation))
     }
 
     fn commit(
-        &mut self,
-        from: Option<VmState>,
-        to: VmState,
-        cause: Cause,
-        operation: Option<OperationId>,
+        &mut self, from: Option<VmState>, to: VmState, cause: Cause, operation: Option<OperationId>,
     ) -> TransitionEvent {
         self.state = to;
         let event = TransitionEvent {
@@ -476,23 +421,14 @@ mod tests {
         for state in VmState::ALL {
             assert_eq!(state.as_str().parse::<VmState>(), Ok(state));
             assert_eq!(state.to_string(), state.as_str());
-            assert_eq!(
-                serde_json::to_string(&state).unwrap(),
-                format!("\"{}\"", state.as_str())
-            );
+            assert_eq!(serde_json::to_string(&state).unwrap(), format!("\"{}\"", state.as_str()));
         }
         for cause in Cause::ALL {
             assert_eq!(cause.as_str().parse::<Cause>(), Ok(cause));
             assert_eq!(cause.to_string(), cause.as_str());
-            assert_eq!(
-                serde_json::to_string(&cause).unwrap(),
-                format!("\"{}\"", cause.as_str())
-            );
+            assert_eq!(serde_json::to_string(&cause).unwrap(), format!("\"{}\"", cause.as_str()));
         }
-        assert_eq!(
-            "exploded".parse::<VmState>(),
-            Err("unknown state \"exploded\"".to_string())
-        );
+        assert_eq!("exploded".parse::<VmState>(), Err("unknown state \"exploded\"".to_string()));
         assert!("Running".parse::<VmState>().is_err());
         assert!("".parse::<Cause>().is_err());
         assert!("users".parse::<Cause>().is_err());
@@ -622,15 +558,8 @@ mod tests {
 
     #[test]
     fn hint_lists_the_allowed_moves() {
-        let e = InvalidTransition {
-            vm: VmName::new("a").unwrap(),
-            from: Stopped,
-            to: Paused,
-        };
-        assert_eq!(
-            e.hint(),
-            "from stopped the VM can only go to: starting, deleted"
-        );
+        let e = InvalidTransition { vm: VmName::new("a").unwrap(), from: Stopped, to: Paused };
+        assert_eq!(e.hint(), "from stopped the VM can only go to: starting, deleted");
     }
 }
 

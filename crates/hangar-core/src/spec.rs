@@ -54,15 +54,10 @@ impl VmSpec {
                 kind: MachineKind::Microvm,
                 cpu_weight: None,
             },
-            boot: BootSource::Image {
-                image: "minimal".into(),
-                cmdline: String::new(),
-            },
+            boot: BootSource::Image { image: "minimal".into(), cmdline: String::new() },
             disks: Vec::new(),
             nics: Vec::new(),
-            serial: SerialSpec {
-                mode: SerialMode::Socket,
-            },
+            serial: SerialSpec { mode: SerialMode::Socket },
             labels: BTreeMap::new(),
             tenant: None,
             pool: None,
@@ -297,14 +292,8 @@ mod tests {
     fn disk_formats_round_trip_through_their_names() {
         for format in DiskFormat::ALL {
             assert_eq!(format.as_str().parse::<DiskFormat>(), Ok(format));
-            assert_eq!(
-                serde_json::to_string(&format).unwrap(),
-                format!("\"{}\"", format.as_str())
-            );
+            assert_eq!(serde_json::to_string(&format).unwrap(), format!("\"{}\"", format.as_str()));
         }
-        assert_eq!(
-            "vmdk".parse::<DiskFormat>(),
-            Err("unknown format \"vmdk\"".to_string())
-        );
+        assert_eq!("vmdk".parse::<DiskFormat>(), Err("unknown format \"vmdk\"".to_string()));
     }
 }

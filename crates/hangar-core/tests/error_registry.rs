@@ -83,10 +83,7 @@ fn released_codes_are_never_removed() {
         "E_HOST_CAPACITY",
     ];
     for code in released {
-        assert!(
-            hangar_core::ErrorCode::parse(code).is_some(),
-            "{code} was removed or renamed"
-        );
+        assert!(hangar_core::ErrorCode::parse(code).is_some(), "{code} was removed or renamed");
     }
     assert_eq!(
         hangar_core::ErrorCode::ALL.len(),

@@ -17,26 +17,16 @@ use common::template;
 
 fn benches(c: &mut Criterion) {
     let clock = Arc::new(ManualClock::default());
-    let engine = FakeEngine::new(FakeConfig {
-        clock: clock.clone(),
-        ..FakeConfig::default()
-    });
+    let engine = FakeEngine::new(FakeConfig { clock: clock.clone(), ..FakeConfig::default() });
     let fleet = Fleet::new(Arc::new(engine), clock.clone());
-    fleet.put_tenant(Tenant {
-        id: TenantId::new("bench").unwrap(),
-        quotas: Quotas::default(),
-    });
+    fleet.put_tenant(Tenant { id: TenantId::new("bench").unwrap(), quotas: Quotas::default() });
     for p in 0..100 {
         fleet
             .add_pool(Pool {
                 id: PoolId::new(format!("pool{p:03}")).unwrap(),
                 tenant: TenantId::new("bench").unwrap(),
                 template: template(),
-                desired: Desired {
-                    running: 40,
-                    warm: 40,
-                    sleeping: 20,
-                },
+                desired: Desired { running: 40, warm: 40, sleeping: 20 },
                 policy: Policy::default(),
             })
             .unwrap();

@@ -68,9 +68,9 @@ impl Coded for FleetError {
 
     fn hint(&self) -> Option<String> {
         match self {
-            FleetError::TenantNotFound(t) => Some(format!(
-                "an admin creates it with `hangar tenant create {t}`"
-            )),
+            FleetError::TenantNotFound(t) => {
+                Some(format!("an admin creates it with `hangar tenant create {t}`"))
+            }
             _ => None,
         }
     }
@@ -89,10 +89,8 @@ mod tests {
     #[test]
     fn a_missing_instance_is_instance_not_found_however_it_went() {
         let id = InstanceId::from_bits(0x2a);
-        for e in [
-            FleetError::InstanceNotFound(id.clone()),
-            FleetError::InstanceRemoved(id.clone()),
-        ] {
+        for e in [FleetError::InstanceNotFound(id.clone()), FleetError::InstanceRemoved(id.clone())]
+        {
             assert_eq!(Error::from(e).code(), ErrorCode::InstanceNotFound);
         }
         let t = TenantId::new("acme").unwrap();

@@ -90,11 +90,7 @@ impl Usage {
     /// What one VM of that size uses in `state`: a process holds its vCPUs and memory; a
     /// sleeping VM's memory is on disk.
     pub fn of_vm(state: VmState, vcpus: u32, memory_mib: u32, disk_mib: u64) -> Usage {
-        let mut u = Usage {
-            instances: 1,
-            disk_mib,
-            ..Usage::default()
-        };
+        let mut u = Usage { instances: 1, disk_mib, ..Usage::default() };
         if state == VmState::Sleeping {
             u.disk_mib += u64::from(memory_mib);
         }
@@ -171,27 +167,12 @@ impl Quotas {
     /// Whether adding `add` to `used` stays within every limit; the first quota broken if not.
     pub fn check(&self, tenant: &TenantId, used: &Usage, add: &Usage) -> Result<(), QuotaExceeded> {
         let limits = [
-            (
-                Quota::Instances,
-                self.max_instances,
-                used.instances,
-                add.instances,
-            ),
+            (Quota::Instances, self.max_instances, used.instances, add.instances),
             (Quota::Running, self.max_running, used.running, add.running),
             (Quota::Warm, self.max_warm, used.warm, add.warm),
             (Quota::Vcpus, self.max_vcpus, used.vcpus, add.vcpus),
-            (
-                Quota::MemoryMib,
-                self.max_memory_mib,
-                used.memory_mib,
-                add.memory_mib,
-            ),
-            (
-                Quota::DiskMib,
-                self.max_disk_mib,
-                used.disk_mib,
-                add.disk_mib,
-            ),
+            (Quota::MemoryMib, self.max_memory_mib, used.memory_mib, add.memory_mib),
+            (Quota::DiskMib, self.max_disk_mib, used.disk_mib, add.disk_mib),
         ];
         for (quota, limit, current, requested) in limits {
             if let Some(limit) = limit {

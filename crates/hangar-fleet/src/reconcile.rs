@@ -120,16 +120,13 @@ fn plan_pool(pool: &Pool, members: &[&Instance], now: Timestamp, out: &mut Plan)
     for &i in members {
         if i.claimed {
             match i.state {
-                VmState::Failed | VmState::Stopped => out.actions.push(Action::Remove {
-                    instance: i.id.clone(),
-                    why: RemoveReason::Dead,
-                }),
+                VmState::Failed | VmState::Stopped => out
+                    .actions
+                    .push(Action::Remove { instance: i.id.clone(), why: RemoveReason::Dead }),
                 VmState::Paused => {
                     if let Some(idle) = pool.policy.idle_sleep_s {
                         if now.since(i.since).as_secs() >= idle {
-                            out.actions.push(Action::Sleep {
-                                instance: i.id.clone(),
-                            });
+                            out.actions.push(Action::Sleep { instance: i.id.clone() });
                         }
                     }
                 }
@@ -142,10 +139,7 @@ fn plan_pool(pool: &Pool, members: &[&Instance], now: Timestamp, out: &mut Plan)
             VmState::Paused => warm.push(i),
             VmState::Sleeping => sleeping.push(i),
             VmState::Failed | VmState::Stopped | VmState::Defined => {
-                out.actions.push(Action::Remove {
-                    instance: i.id.clone(),
-                    why: RemoveReason::Dead,
-                })
+                out.actions.push(Action::Remove { instance: i.id.clone(), why: RemoveReason::Dead })
             }
             VmState::Deleted => {}
             s => {
@@ -170,16 +164,11 @@ fn plan_pool(pool: &Pool, members: &[&Instance], now: Timestamp, out: &mut Plan)
     while running.len() + count(&creates, VmState::Running) < want_running {
         if !warm.is_empty() {
             let i = warm.remove(0);
-            out.actions.push(Action::Resume {
-                instance: i.id.clone(),
-            });
+            out.actions.push(Action::Resume { instance: i.id.clone() });
             running.push(i);
         } else if !sleeping.is_empty() {
             let i = sleeping.remove(0);
-            out.actions.push(Action::Wake {
-                instance: i.id.clone(),
-                then_pause: false,
-            });
+            out.actions.push(Action::Wake { instance: i.id.clone(), then_pause: false });
             running.push(i);
         } else {
             creates.push(VmState::Running);
@@ -188,16 +177,11 @@ fn plan_pool(pool: &Pool, members: &[&Instance], now: Timestamp, out: &mut Plan)
     while warm.len() + count(&creates, VmState::Paused) < want_warm {
         if running.len() > want_running {
             let i = running.pop().expect("non-empty");
-            out.actions.push(Action::Pause {
-                instance: i.id.clone(),
-            });
+            out.actions.push(Action::Pause { instance: i.id.clone() });
             warm.push(i);
         } else if sleeping.len() > want_sleeping {
             let i = sleeping.remove(0);
-            out.actions.push(Action::Wake {
-                instance: i.id.clone(),
-                then_pause: true,
-            });
+            out.actions.push(Action::Wake { instance: i.id.clone(), then_pause: true });
             warm.push(i);
         } else {
             creates.push(VmState::Paused);
@@ -206,25 +190,18 @@ fn plan_pool(pool: &Pool, members: &[&Instance], now: Timestamp, out: &mut Plan)
     while sleeping.len() + count(&creates, VmState::Sleeping) < want_sleeping {
         if warm.len() > want_warm {
             let i = warm.pop().expect("non-empty");
-            out.actions.push(Action::Sleep {
-                instance: i.id.clone(),
-            });
+            out.actions.push(Action::Sleep { instance: i.id.clone() });
             sleeping.push(i);
         } else if running.len() > want_running {
             let i = running.pop().expect("non-empty");
-            out.actions.push(Action::Sleep {
-                instance: i.id.clone(),
-            });
+            out.actions.push(Action::Sleep { instance: i.id.clone() });
             sleeping.push(i);
         } else {
             creates.push(VmState::Sleeping);
         }
     }
     for target in creates {
-        out.actions.push(Action::Create {
-            pool: pool.id.clone(),
-            target,
-        });
+        out.actions.push(Action::Create { pool: pool.id.clone(), target });
     }
     // Scale down, newest first.
     while running.len() > want_running {
@@ -239,19 +216,15 @@ fn plan_pool(pool: &Pool, members: &[&Instance], now: Timestamp, out: &mut Plan)
                 ),
             });
         } else {
-            out.actions.push(Action::Remove {
-                instance: i.id.clone(),
-                why: RemoveReason::ScaleDown,
-            });
+            out.actions
+                .push(Action::Remove { instance: i.id.clone(), why: RemoveReason::ScaleDown });
         }
     }
     for (list, keep) in [(&mut warm, want_warm), (&mut sleeping, want_sleeping)] {
         while list.len() > keep {
             let i = list.pop().expect("non-empty");
-            out.actions.push(Action::Remove {
-                instance: i.id.clone(),
-                why: RemoveReason::ScaleDown,
-            });
+            out.actions
+                .push(Action::Remove { instance: i.id.clone(), why: RemoveReason::ScaleDown });
         }
     }
 }

@@ -17,11 +17,7 @@ use common::template;
 
 /// Desired counts: running, warm, sleeping.
 fn want(running: u32, warm: u32, sleeping: u32) -> Desired {
-    Desired {
-        running,
-        warm,
-        sleeping,
-    }
+    Desired { running, warm, sleeping }
 }
 
 fn fleet(quotas: Quotas) -> (Fleet<FakeEngine>, Arc<ManualClock>) {
@@ -31,16 +27,10 @@ fn fleet(quotas: Quotas) -> (Fleet<FakeEngine>, Arc<ManualClock>) {
 
 fn fleet_with_engine(quotas: Quotas) -> (Fleet<FakeEngine>, Arc<ManualClock>, Arc<FakeEngine>) {
     let clock = Arc::new(ManualClock::default());
-    let engine = FakeEngine::new(FakeConfig {
-        clock: clock.clone(),
-        ..FakeConfig::default()
-    });
+    let engine = FakeEngine::new(FakeConfig { clock: clock.clone(), ..FakeConfig::default() });
     let engine = Arc::new(engine);
     let fleet = Fleet::new(engine.clone(), clock.clone());
-    fleet.put_tenant(Tenant {
-        id: TenantId::new("acme").unwrap(),
-        quotas,
-    });
+    fleet.put_tenant(Tenant { id: TenantId::new("acme").unwrap(), quotas });
     (fleet, clock, engine)
 }
 
@@ -56,9 +46,7 @@ fn pool(name: &str, desired: Desired, policy: Policy) -> Pool {
 
 /// Adds pool `name` wanting `desired`, with the default policy.
 fn add<E: Lifecycle + Snapshots>(fleet: &Fleet<E>, name: &str, desired: Desired) {
-    fleet
-        .add_pool(pool(name, desired, Policy::default()))
-        .unwrap();
+    fleet.add_pool(pool(name, desired, Policy::default())).unwrap();
 }
 
 /// Every registry the fleet saves from now on.
@@ -72,11 +60,7 @@ fn saved_registries(
 }
 
 fn states(fleet: &Fleet<FakeEngine>) -> Vec<(String, VmState, bool)> {
-    fleet
-        .instances(None)
-        .iter()
-        .map(|i| (i.name.to_string(), i.state, i.claimed))
-        .collect()
+    fleet.instances(None).iter().map(|i| (i.name.to_string(), i.state, i.claimed)).collect()
 }
 
 #[test]
@@ -99,25 +83,15 @@ fn a_warm_pool_converges_hands_out_claims_and_refills() {
 
     let claim = fleet.claim(&PoolId::new("web").unwrap()).unwrap();
     assert_eq!(claim.source, ClaimSource::Warm);
-    assert_eq!(
-        claim.instance.name.as_str(),
-        "web-0",
-        "the oldest warm instance"
-    );
+    assert_eq!(claim.instance.name.as_str(), "web-0", "the oldest warm instance");
     assert_eq!(claim.instance.state, VmState::Running);
-    let engine_state = fleet
-        .engine()
-        .status(&VmName::new("web-0").unwrap())
-        .unwrap();
+    let engine_state = fleet.engine().status(&VmName::new("web-0").unwrap()).unwrap();
     assert_eq!(engine_state.state, VmState::Running);
 
     let refill = fleet.pass();
     assert_eq!(refill.created, 1, "{refill:?}");
-    let warm = fleet
-        .instances(None)
-        .iter()
-        .filter(|i| !i.claimed && i.state == VmState::Paused)
-        .count();
+    let warm =
+        fleet.instances(None).iter().filter(|i| !i.claimed && i.state == VmState::Paused).count();
     assert_eq!(warm, 3, "the warm set is back to 3: {:?}", states(&fleet));
     // The claimed instance is left alone by later passes.
     fleet.pass();
@@ -129,10 +103,7 @@ fn a_dead_instance_is_replaced_within_one_pass() {
     let (fleet, _) = fleet(Quotas::default());
     add(&fleet, "svc", want(2, 0, 0));
     fleet.pass();
-    fleet
-        .engine()
-        .crash(&VmName::new("svc-0").unwrap(), "qemu killed")
-        .unwrap();
+    fleet.engine().crash(&VmName::new("svc-0").unwrap(), "qemu killed").unwrap();
     let report = fleet.pass();
     assert_eq!((report.stopped, report.created), (1, 1), "{report:?}");
     let running: Vec<_> = states(&fleet)
@@ -142,26 +113,17 @@ fn a_dead_instance_is_replaced_within_one_pass() {
         .collect();
     assert_eq!(running, ["svc-1", "svc-2"]);
     assert!(
-        fleet
-            .engine()
-            .status(&VmName::new("svc-0").unwrap())
-            .is_err(),
+        fleet.engine().status(&VmName::new("svc-0").unwrap()).is_err(),
         "the dead VM's record is gone"
     );
 }
 
 #[test]
 fn a_quota_refusal_names_the_quota_and_leaves_nothing_behind() {
-    let (fleet, _) = fleet(Quotas {
-        max_memory_mib: Some(600),
-        ..Quotas::default()
-    });
+    let (fleet, _) = fleet(Quotas { max_memory_mib: Some(600), ..Quotas::default() });
     add(&fleet, "big", want(0, 3, 0));
     let report = fleet.pass();
-    assert_eq!(
-        report.created, 2,
-        "256 MiB each fits twice in 600: {report:?}"
-    );
+    assert_eq!(report.created, 2, "256 MiB each fits twice in 600: {report:?}");
     assert_eq!(report.errors.len(), 1, "{report:?}");
     let (code, message) = &report.errors[0];
     assert_eq!(code, "E_QUOTA_EXCEEDED");
@@ -175,9 +137,7 @@ fn a_quota_refusal_names_the_quota_and_leaves_nothing_behind() {
     assert_eq!(fleet.instances(None).len(), 2);
     assert_eq!(fleet.engine().list().unwrap().len(), 2);
     // Sleeping instances hold no memory, so they fit.
-    fleet
-        .scale(&PoolId::new("big").unwrap(), want(0, 2, 2), None)
-        .unwrap();
+    fleet.scale(&PoolId::new("big").unwrap(), want(0, 2, 2), None).unwrap();
     let report = fleet.pass();
     assert!(report.errors.is_empty(), "{report:?}");
     assert_eq!(fleet.instances(None).len(), 4);
@@ -191,11 +151,7 @@ fn scale_down_removes_the_newest_and_defers_young_instances() {
         .add_pool(pool(
             "api",
             want(3, 0, 0),
-            Policy {
-                idle_sleep_s: None,
-                min_running_s: 600,
-                cold_boot: false,
-            },
+            Policy { idle_sleep_s: None, min_running_s: 600, cold_boot: false },
         ))
         .unwrap();
     fleet.pass();
@@ -257,12 +213,7 @@ fn every_saved_registry_names_the_vms_the_fleet_made_so_a_restart_never_creates_
     let saved = Arc::new(std::sync::Mutex::new(Vec::new()));
     let (sink, probe) = (saved.clone(), engine.clone());
     fleet.persist_with(move |r| {
-        let vms: Vec<String> = probe
-            .list()
-            .unwrap()
-            .iter()
-            .map(|v| v.name.to_string())
-            .collect();
+        let vms: Vec<String> = probe.list().unwrap().iter().map(|v| v.name.to_string()).collect();
         sink.lock().unwrap().push((r.clone(), vms));
     });
     fleet.pass();
@@ -290,27 +241,17 @@ fn every_saved_registry_names_the_vms_the_fleet_made_so_a_restart_never_creates_
         .unwrap()
         .clone();
     assert!(!vms.contains(&"app-1".to_string()), "{vms:?}");
-    let app1 = reserved
-        .instances
-        .iter()
-        .find(|i| i.name.as_str() == "app-1")
-        .unwrap();
+    let app1 = reserved.instances.iter().find(|i| i.name.as_str() == "app-1").unwrap();
     assert_eq!(app1.state, VmState::Starting);
     drop(fleet); // the process dies; the engine's VMs live on
     let restored = Fleet::restore(engine.clone(), clock.clone(), reserved);
     let report = restored.pass();
     assert_eq!(report.created, 0, "{report:?}");
-    let names: Vec<_> = restored
-        .instances(Some(&id))
-        .iter()
-        .map(|i| (i.name.to_string(), i.state))
-        .collect();
+    let names: Vec<_> =
+        restored.instances(Some(&id)).iter().map(|i| (i.name.to_string(), i.state)).collect();
     assert_eq!(
         names,
-        [
-            ("app-0".to_string(), VmState::Paused),
-            ("app-1".to_string(), VmState::Paused)
-        ]
+        [("app-0".to_string(), VmState::Paused), ("app-1".to_string(), VmState::Paused)]
     );
     // Had the process died before app-1's VM existed, the instance is dropped and made anew.
     restored.observe().unwrap();
@@ -349,29 +290,17 @@ fn a_vm_the_fleet_did_not_make_is_never_touched_whatever_its_name() {
         assert!(report.errors.is_empty(), "{report:?}");
         clock.advance(Duration::from_secs(60));
     }
-    let names: Vec<_> = fleet
-        .instances(Some(&id))
-        .iter()
-        .map(|i| i.name.to_string())
-        .collect();
+    let names: Vec<_> = fleet.instances(Some(&id)).iter().map(|i| i.name.to_string()).collect();
     assert_eq!(names, ["web-1", "web-2"]);
     for n in ["web-0", "web-7"] {
         let vm = VmName::new(n).unwrap();
         assert_eq!(engine.status(&vm).unwrap().state, VmState::Running, "{n}");
         let moves = engine.history().iter().filter(|t| t.vm == vm).count();
-        assert_eq!(
-            moves, 3,
-            "{n} saw no transition but the user's define and start"
-        );
+        assert_eq!(moves, 3, "{n} saw no transition but the user's define and start");
     }
     // Removing the pool removes its instances only.
     fleet.remove_pool(&id).unwrap();
-    let left: Vec<_> = engine
-        .list()
-        .unwrap()
-        .iter()
-        .map(|v| v.name.to_string())
-        .collect();
+    let left: Vec<_> = engine.list().unwrap().iter().map(|v| v.name.to_string()).collect();
     assert_eq!(left, ["web-0", "web-7"]);
 }
 
@@ -408,13 +337,7 @@ fn a_fleet_vm_whose_pool_is_gone_is_removed_by_the_next_pass_even_after_a_crash(
     let restored = Fleet::restore(engine.clone(), clock, registry);
     let report = restored.pass();
     assert_eq!(report.stopped, 2, "{report:?}");
-    assert!(
-        report
-            .steps
-            .iter()
-            .all(|s| s.action == "discard" && s.result == "ok"),
-        "{report:?}"
-    );
+    assert!(report.steps.iter().all(|s| s.action == "discard" && s.result == "ok"), "{report:?}");
     assert!(engine.list().unwrap().is_empty());
     assert!(restored.registry().retired.is_empty());
 }
@@ -423,13 +346,8 @@ fn a_fleet_vm_whose_pool_is_gone_is_removed_by_the_next_pass_even_after_a_crash(
 fn pool_ids_too_long_for_their_derived_names_are_refused() {
     let (fleet, _) = fleet(Quotas::default());
     let long = "p".repeat(hangar_fleet::MAX_POOL_ID_LEN + 1);
-    let e = fleet
-        .add_pool(pool(&long, want(0, 1, 0), Policy::default()))
-        .unwrap_err();
-    assert_eq!(
-        hangar_core::error::Coded::code(&e),
-        hangar_core::error::ErrorCode::InvalidName
-    );
+    let e = fleet.add_pool(pool(&long, want(0, 1, 0), Policy::default())).unwrap_err();
+    assert_eq!(hangar_core::error::Coded::code(&e), hangar_core::error::ErrorCode::InvalidName);
     let ok = "p".repeat(hangar_fleet::MAX_POOL_ID_LEN);
     add(&fleet, &ok, want(1, 0, 1));
     let report = fleet.pass();
@@ -443,16 +361,11 @@ fn later_instances_are_cloned_from_the_base_snapshot_until_the_template_changes(
     add(&fleet, "web", want(0, 3, 0));
     let report = fleet.pass();
     assert_eq!((report.created, report.cloned), (3, 2), "{report:?}");
-    let base = fleet
-        .base(&id)
-        .expect("the first boot left a base snapshot");
+    let base = fleet.base(&id).expect("the first boot left a base snapshot");
     assert_eq!(base.template, template());
     let snapshots = engine.list_snapshots(None).unwrap();
     assert_eq!(
-        snapshots
-            .iter()
-            .map(|s| s.id.to_string())
-            .collect::<Vec<_>>(),
+        snapshots.iter().map(|s| s.id.to_string()).collect::<Vec<_>>(),
         ["web-base"],
         "one base, taken from the first instance"
     );
@@ -479,10 +392,7 @@ fn later_instances_are_cloned_from_the_base_snapshot_until_the_template_changes(
 #[test]
 fn cold_boot_pools_never_take_a_base() {
     let (fleet, _, engine) = fleet_with_engine(Quotas::default());
-    let policy = Policy {
-        cold_boot: true,
-        ..Policy::default()
-    };
+    let policy = Policy { cold_boot: true, ..Policy::default() };
     fleet.add_pool(pool("web", want(2, 0, 0), policy)).unwrap();
     let report = fleet.pass();
     assert_eq!((report.created, report.cloned), (2, 0), "{report:?}");
@@ -496,16 +406,11 @@ fn a_claim_does_not_wait_for_a_pass_that_is_booting() {
     let (release, release_rx) = std::sync::mpsc::channel();
     // Every start and restore announces itself and waits for a release while armed: a way
     // to hold a pass in the middle of a boot.
-    let engine = Arc::new(FakeEngine::new(FakeConfig {
-        clock: clock.clone(),
-        ..FakeConfig::default()
-    }));
+    let engine =
+        Arc::new(FakeEngine::new(FakeConfig { clock: clock.clone(), ..FakeConfig::default() }));
     let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (gate, entered_tx, release_rx) = (
-        armed.clone(),
-        std::sync::Mutex::new(entered_tx),
-        std::sync::Mutex::new(release_rx),
-    );
+    let (gate, entered_tx, release_rx) =
+        (armed.clone(), std::sync::Mutex::new(entered_tx), std::sync::Mutex::new(release_rx));
     engine.on_boot(move || {
         if gate.load(std::sync::atomic::Ordering::SeqCst) {
             entered_tx.lock().unwrap().send(()).unwrap();
@@ -513,10 +418,7 @@ fn a_claim_does_not_wait_for_a_pass_that_is_booting() {
         }
     });
     let fleet = Fleet::new(engine.clone(), clock);
-    fleet.put_tenant(Tenant {
-        id: TenantId::new("acme").unwrap(),
-        quotas: Quotas::default(),
-    });
+    fleet.put_tenant(Tenant { id: TenantId::new("acme").unwrap(), quotas: Quotas::default() });
     let id = PoolId::new("web").unwrap();
     add(&fleet, "web", want(0, 1, 0));
     assert_eq!(fleet.pass().created, 1);
@@ -528,11 +430,7 @@ fn a_claim_does_not_wait_for_a_pass_that_is_booting() {
         entered.recv().unwrap();
         let claim = fleet.claim(&id).expect("a claim while the pass is booting");
         assert_eq!(
-            (
-                claim.source,
-                claim.instance.name.as_str(),
-                claim.instance.state
-            ),
+            (claim.source, claim.instance.name.as_str(), claim.instance.state),
             (ClaimSource::Warm, "web-0", VmState::Running)
         );
         // Let the pass's two creations through.
@@ -575,11 +473,7 @@ fn a_claim_is_persisted_before_its_engine_step() {
 #[test]
 fn quotas_count_a_tenants_own_vms_next_to_its_pools_and_reserve_room_atomically() {
     use hangar_fleet::{Admit, TenantVm, Usage};
-    let quotas = Quotas {
-        max_vcpus: Some(2),
-        max_memory_mib: Some(1024),
-        ..Quotas::default()
-    };
+    let quotas = Quotas { max_vcpus: Some(2), max_memory_mib: Some(1024), ..Quotas::default() };
     let (fleet, _) = fleet(quotas);
     let fleet = Arc::new(fleet);
     let acme = TenantId::new("acme").unwrap();
@@ -598,10 +492,7 @@ fn quotas_count_a_tenants_own_vms_next_to_its_pools_and_reserve_room_atomically(
     big.tenant = Some(acme.clone());
     big.machine.vcpus = 64;
     let e = fleet.admit(&big, Admit::Define).err().unwrap();
-    assert_eq!(
-        hangar_core::error::Coded::code(&e),
-        hangar_core::error::ErrorCode::QuotaExceeded
-    );
+    assert_eq!(hangar_core::error::Coded::code(&e), hangar_core::error::ErrorCode::QuotaExceeded);
     assert!(e.to_string().contains("max_vcpus"), "{e}");
 
     let mut small = template();
@@ -624,9 +515,6 @@ fn quotas_count_a_tenants_own_vms_next_to_its_pools_and_reserve_room_atomically(
     let mut stray = template();
     stray.tenant = Some(TenantId::new("nobody").unwrap());
     let e = fleet.admit(&stray, Admit::Define).err().unwrap();
-    assert_eq!(
-        hangar_core::error::Coded::code(&e),
-        hangar_core::error::ErrorCode::TenantNotFound
-    );
+    assert_eq!(hangar_core::error::Coded::code(&e), hangar_core::error::ErrorCode::TenantNotFound);
     assert!(fleet.admit(&template(), Admit::Run).is_ok());
 }

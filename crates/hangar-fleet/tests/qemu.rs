@@ -15,9 +15,7 @@ use hangar_fleet::{ClaimSource, Desired, Fleet, Policy, Pool, Quotas, Tenant};
 use hangar_qemu::{EngineOptions, QemuEngine};
 
 fn runtime_dirs(home: &Path) -> usize {
-    std::fs::read_dir(home.join("vms"))
-        .map(|d| d.count())
-        .unwrap_or(0)
+    std::fs::read_dir(home.join("vms")).map(|d| d.count()).unwrap_or(0)
 }
 
 fn warm(fleet: &Fleet<QemuEngine>) -> Vec<String> {
@@ -50,10 +48,7 @@ fn warm_pool_claim_quota_and_replacement_on_real_qemu() {
     // Room for exactly three 128 MiB guests holding memory.
     fleet.put_tenant(Tenant {
         id: tenant.clone(),
-        quotas: Quotas {
-            max_memory_mib: Some(384),
-            ..Quotas::default()
-        },
+        quotas: Quotas { max_memory_mib: Some(384), ..Quotas::default() },
     });
     let template = hangar_testkit::toml_spec("schema_version = 1\nname = \"t\"\n[machine]\nmemory_mib = 128\n[boot]\nimage = \"minimal\"\n");
     let pool = PoolId::new("web").unwrap();
@@ -62,11 +57,7 @@ fn warm_pool_claim_quota_and_replacement_on_real_qemu() {
             id: pool.clone(),
             tenant,
             template,
-            desired: Desired {
-                running: 0,
-                warm: 3,
-                sleeping: 0,
-            },
+            desired: Desired { running: 0, warm: 3, sleeping: 0 },
             policy: Policy::default(),
         })
         .unwrap();
@@ -83,73 +74,38 @@ fn warm_pool_claim_quota_and_replacement_on_real_qemu() {
     let claim = fleet.claim(&pool).unwrap();
     assert_eq!(claim.source, ClaimSource::Warm);
     let claimed = claim.instance.name.clone();
-    assert_eq!(
-        fleet.engine().status(&claimed).unwrap().state,
-        VmState::Running
-    );
+    assert_eq!(fleet.engine().status(&claimed).unwrap().state, VmState::Running);
 
     // Refilling would need a fourth guest's memory: refused, and nothing is left behind.
     let refused = fleet.pass();
     assert_eq!(refused.created, 0, "{refused:?}");
     assert_eq!(refused.errors.len(), 1, "{refused:?}");
     assert_eq!(refused.errors[0].0, "E_QUOTA_EXCEEDED", "{refused:?}");
-    assert!(
-        refused.errors[0].1.contains("max_memory_mib"),
-        "{refused:?}"
-    );
+    assert!(refused.errors[0].1.contains("max_memory_mib"), "{refused:?}");
     assert_eq!(fleet.engine().list().unwrap().len(), 3);
-    assert_eq!(
-        runtime_dirs(home.path()),
-        3,
-        "no runtime dir for the refused guest"
-    );
+    assert_eq!(runtime_dirs(home.path()), 3, "no runtime dir for the refused guest");
 
     // Giving the claimed guest back frees its memory; the warm set refills (after the
     // backoff the refusal started, which `scale` clears).
     fleet.release(&claim.instance.id).unwrap();
-    fleet
-        .scale(
-            &pool,
-            Desired {
-                running: 0,
-                warm: 3,
-                sleeping: 0,
-            },
-            None,
-        )
-        .unwrap();
+    fleet.scale(&pool, Desired { running: 0, warm: 3, sleeping: 0 }, None).unwrap();
     let refill = fleet.pass();
     assert_eq!((refill.created, refill.errors.len()), (1, 0), "{refill:?}");
     assert_eq!(warm(&fleet).len(), 3);
 
     // Kill one guest's QEMU outright: the next pass removes it and boots a replacement.
     let victim = warm(&fleet)[0].clone();
-    let qemu = fleet
-        .engine()
-        .record(&victim.parse().unwrap())
-        .unwrap()
-        .process
-        .unwrap();
+    let qemu = fleet.engine().record(&victim.parse().unwrap()).unwrap().process.unwrap();
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(qemu.pid as i32).unwrap(),
         rustix::process::Signal::KILL,
     )
     .unwrap();
-    assert!(hangar_qemu::process::wait_exit(
-        qemu,
-        Duration::from_secs(10)
-    ));
+    assert!(hangar_qemu::process::wait_exit(qemu, Duration::from_secs(10)));
     let healed = fleet.pass();
     assert_eq!((healed.stopped, healed.created), (1, 1), "{healed:?}");
     let now_warm = warm(&fleet);
     assert_eq!(now_warm.len(), 3, "{now_warm:?}");
-    assert!(
-        !now_warm.contains(&victim),
-        "{victim} was replaced: {now_warm:?}"
-    );
-    assert_eq!(
-        runtime_dirs(home.path()),
-        3,
-        "the dead guest's runtime dir is gone"
-    );
+    assert!(!now_warm.contains(&victim), "{victim} was replaced: {now_warm:?}");
+    assert_eq!(runtime_dirs(home.path()), 3, "the dead guest's runtime dir is gone");
 }

@@ -139,9 +139,7 @@ fn lexical(p: &Path) -> PathBuf {
     let joined = if p.is_absolute() {
         p.to_path_buf()
     } else {
-        std::env::current_dir()
-            .unwrap_or_else(|_| PathBuf::from("/"))
-            .join(p)
+        std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")).join(p)
     };
     let mut out = PathBuf::from("/");
     for c in joined.components() {
@@ -165,21 +163,13 @@ impl AllowedRoots {
         let mut roots = vec![home.join("images"), home.join("volumes")];
         let home_real = std::fs::canonicalize(&home).ok().filter(|r| *r != home);
         for root in extra {
-            let bad = |reason: String| BadRoot {
-                root: root.display().to_string(),
-                reason,
-            };
+            let bad = |reason: String| BadRoot { root: root.display().to_string(), reason };
             let r = lexical(root);
-            if FORBIDDEN_ROOTS
-                .iter()
-                .any(|f| r == Path::new(f) || r.starts_with(f))
-            {
+            if FORBIDDEN_ROOTS.iter().any(|f| r == Path::new(f) || r.starts_with(f)) {
                 return Err(bad("a pseudo filesystem cannot hold VM inputs".into()));
             }
             let inside_home = r.starts_with(&home) && r != home
-                || home_real
-                    .as_ref()
-                    .is_some_and(|h| r.starts_with(h) && r != *h);
+                || home_real.as_ref().is_some_and(|h| r.starts_with(h) && r != *h);
             if inside_home && !roots.iter().any(|own| r.starts_with(own)) {
                 return Err(bad(format!(
                     "it is inside Hangar's state directory {}, whose files belong to VMs",
@@ -190,11 +180,7 @@ impl AllowedRoots {
                 roots.push(r);
             }
         }
-        Ok(AllowedRoots {
-            roots,
-            home,
-            home_real,
-        })
+        Ok(AllowedRoots { roots, home, home_real })
     }
 
     /// The roots, Hangar's own first.
@@ -242,10 +228,7 @@ impl AllowedRoots {
 
     /// Checks one file named by spec field `field`; with `format` qcow2, its whole chain too.
     pub fn check_file(
-        &self,
-        field: &str,
-        file: &str,
-        format: Option<DiskFormat>,
+        &self, field: &str, file: &str, format: Option<DiskFormat>,
     ) -> Result<(), Denied> {
         let mut seen: Vec<PathBuf> = Vec::new();
         let mut current = PathBuf::from(file);
@@ -279,15 +262,10 @@ impl AllowedRoots {
             };
             let next = self.referenced(&current, &backing).map_err(&deny)?;
             if seen.contains(&next) {
-                return Err(deny(format!(
-                    "its backing chain loops back to {}",
-                    next.display()
-                )));
+                return Err(deny(format!("its backing chain loops back to {}", next.display())));
             }
             if seen.len() >= MAX_CHAIN {
-                return Err(deny(format!(
-                    "its backing chain is deeper than {MAX_CHAIN} images"
-                )));
+                return Err(deny(format!("its backing chain is deeper than {MAX_CHAIN} images")));
             }
             current = next;
             // A backing file's format is probed by QEMU unless recorded; follow it as qcow2
@@ -321,11 +299,7 @@ impl AllowedRoots {
         let Some(root) = self.roots.iter().find(|r| path.starts_with(r)) else {
             return Err(not_allowed(format!(
                 "it is outside the allowed directories ({})",
-                self.roots
-                    .iter()
-                    .map(|r| r.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                self.roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ")
             )));
         };
         let rel = path.strip_prefix(root).expect("checked by starts_with");
@@ -365,17 +339,10 @@ impl AllowedRoots {
                 "this kernel lacks openat2 (Linux 5.6+), so the path cannot be checked safely"
                     .into(),
             ),
-            e => deny(
-                ErrorCode::InvalidArgument,
-                format!("it cannot be opened: {e}"),
-            ),
+            e => deny(ErrorCode::InvalidArgument, format!("it cannot be opened: {e}")),
         })?;
-        let stat = rustix::fs::fstat(&fd).map_err(|e| {
-            deny(
-                ErrorCode::InvalidArgument,
-                format!("it cannot be examined: {e}"),
-            )
-        })?;
+        let stat = rustix::fs::fstat(&fd)
+            .map_err(|e| deny(ErrorCode::InvalidArgument, format!("it cannot be examined: {e}")))?;
         if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
             return Err(not_allowed(
                 "it is not a regular file (devices, FIFOs and directories are never VM inputs)"
@@ -389,12 +356,7 @@ impl AllowedRoots {
             OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY,
             Mode::empty(),
         )
-        .map_err(|e| {
-            deny(
-                ErrorCode::InvalidArgument,
-                format!("it cannot be read: {e}"),
-            )
-        })
+        .map_err(|e| deny(ErrorCode::InvalidArgument, format!("it cannot be read: {e}")))
     }
 }
 
@@ -415,24 +377,16 @@ mod tests {
         let home = dir.path().join("home");
         let extra = dir.path().join("srv");
         let outside = dir.path().join("secret");
-        for d in [
-            home.join("images/minimal"),
-            home.join("vms/other"),
-            extra.clone(),
-            outside.clone(),
-        ] {
+        for d in
+            [home.join("images/minimal"), home.join("vms/other"), extra.clone(), outside.clone()]
+        {
             std::fs::create_dir_all(d).unwrap();
         }
         std::fs::write(home.join("images/minimal/vmlinuz"), b"kernel").unwrap();
         std::fs::write(home.join("vms/other/root.qcow2"), b"their disk").unwrap();
         std::fs::write(extra.join("base.raw"), b"raw").unwrap();
         std::fs::write(outside.join("shadow"), b"root:x").unwrap();
-        Host {
-            _dir: dir,
-            home,
-            extra,
-            outside,
-        }
+        Host { _dir: dir, home, extra, outside }
     }
 
     fn roots(h: &Host) -> AllowedRoots {
@@ -473,13 +427,7 @@ mod tests {
         symlink("/proc/self/mounts", h.extra.join("mtab")).unwrap();
         symlink(&h.outside, h.extra.join("dir")).unwrap();
         symlink(h.extra.join("base.raw"), h.extra.join("inside.raw")).unwrap();
-        for link in [
-            "innocent.raw",
-            "proc.raw",
-            "mtab",
-            "dir/shadow",
-            "inside.raw",
-        ] {
+        for link in ["innocent.raw", "proc.raw", "mtab", "dir/shadow", "inside.raw"] {
             let e = check(&r, &h.extra.join(link), None).unwrap_err();
             assert_eq!(e.code, ErrorCode::PathNotAllowed, "{link}: {e}");
             assert!(e.reason.contains("symbolic link"), "{link}: {e}");
@@ -513,40 +461,22 @@ mod tests {
         write("ok.qcow2", qcow2::tests::image(Some("base.raw"), None));
         check(&r, &h.extra.join("ok.qcow2"), Some(DiskFormat::Qcow2)).unwrap();
         // As raw, QEMU never reads the header: nothing to follow.
-        write(
-            "evil.qcow2",
-            qcow2::tests::image(Some("../secret/shadow"), None),
-        );
+        write("evil.qcow2", qcow2::tests::image(Some("../secret/shadow"), None));
         check(&r, &h.extra.join("evil.qcow2"), Some(DiskFormat::Raw)).unwrap();
         let shadow = h.outside.join("shadow").display().to_string();
         write("abs.qcow2", qcow2::tests::image(Some(&shadow), None));
         write("data.qcow2", qcow2::tests::image(None, Some(&shadow)));
         write(
             "json.qcow2",
-            qcow2::tests::image(
-                Some(r#"json:{"driver":"file","filename":"/etc/shadow"}"#),
-                None,
-            ),
+            qcow2::tests::image(Some(r#"json:{"driver":"file","filename":"/etc/shadow"}"#), None),
         );
-        write(
-            "nbd.qcow2",
-            qcow2::tests::image(Some("nbd:127.0.0.1:10809"), None),
-        );
-        write(
-            "state.qcow2",
-            qcow2::tests::image(Some("../home/vms/other/root.qcow2"), None),
-        );
+        write("nbd.qcow2", qcow2::tests::image(Some("nbd:127.0.0.1:10809"), None));
+        write("state.qcow2", qcow2::tests::image(Some("../home/vms/other/root.qcow2"), None));
         write("loop.qcow2", qcow2::tests::image(Some("loop.qcow2"), None));
         write("deep.qcow2", qcow2::tests::image(Some("evil.qcow2"), None));
-        for bad in [
-            "evil", "abs", "data", "json", "nbd", "state", "loop", "deep",
-        ] {
-            let e = check(
-                &r,
-                &h.extra.join(format!("{bad}.qcow2")),
-                Some(DiskFormat::Qcow2),
-            )
-            .unwrap_err();
+        for bad in ["evil", "abs", "data", "json", "nbd", "state", "loop", "deep"] {
+            let e = check(&r, &h.extra.join(format!("{bad}.qcow2")), Some(DiskFormat::Qcow2))
+                .unwrap_err();
             assert_eq!(e.code, ErrorCode::PathNotAllowed, "{bad}: {e}");
         }
     }
@@ -560,17 +490,12 @@ mod tests {
             h.home.join("vms"),
             h.home.join("snapshots/x"),
         ] {
-            assert!(
-                AllowedRoots::new(&h.home, std::slice::from_ref(&bad)).is_err(),
-                "{bad:?}"
-            );
+            assert!(AllowedRoots::new(&h.home, std::slice::from_ref(&bad)).is_err(), "{bad:?}");
         }
         // Covering the state directory is allowed, but its files stay refused.
         let r = AllowedRoots::new(&h.home, &[h.home.parent().unwrap().to_path_buf()]).unwrap();
         assert_eq!(
-            check(&r, &h.home.join("vms/other/root.qcow2"), None)
-                .unwrap_err()
-                .code,
+            check(&r, &h.home.join("vms/other/root.qcow2"), None).unwrap_err().code,
             ErrorCode::PathNotAllowed
         );
         check(&r, &h.outside.join("shadow"), None).unwrap();
@@ -588,9 +513,7 @@ mod tests {
             },
             disks: vec![hangar_core::spec::DiskSpec {
                 name: hangar_core::ids::DeviceName::new("root").unwrap(),
-                source: DiskSource::Base {
-                    source: h.outside.join("shadow").display().to_string(),
-                },
+                source: DiskSource::Base { source: h.outside.join("shadow").display().to_string() },
                 format: DiskFormat::Raw,
                 readonly: true,
             }],

@@ -47,10 +47,7 @@ fn be64(b: &[u8], at: usize) -> Option<u64> {
 
 fn name(bytes: &[u8], what: &str) -> Result<String, HeaderError> {
     if bytes.len() > MAX_NAME {
-        return Err(HeaderError::Damaged(format!(
-            "its {what} name is {} bytes long",
-            bytes.len()
-        )));
+        return Err(HeaderError::Damaged(format!("its {what} name is {} bytes long", bytes.len())));
     }
     String::from_utf8(bytes.to_vec())
         .map_err(|_| HeaderError::Damaged(format!("its {what} name is not UTF-8")))

@@ -68,12 +68,7 @@ pub struct CpioWriter<W: Write> {
 impl<W: Write> CpioWriter<W> {
     /// Starts an empty archive.
     pub fn new(out: W) -> Self {
-        CpioWriter {
-            out,
-            next_ino: 1,
-            written: BTreeSet::new(),
-            offset: 0,
-        }
+        CpioWriter { out, next_ino: 1, written: BTreeSet::new(), offset: 0 }
     }
 
     /// Adds a directory with permission bits `mode` (e.g. `0o755`).
@@ -96,11 +91,7 @@ impl<W: Write> CpioWriter<W> {
 
     /// Adds a character device node `major:minor` with permission bits `mode`.
     pub fn char_device(
-        &mut self,
-        path: &str,
-        mode: u32,
-        major: u32,
-        minor: u32,
+        &mut self, path: &str, mode: u32, major: u32, minor: u32,
     ) -> Result<(), CpioError> {
         let path = self.prepare(path)?;
         self.entry(&path, S_IFCHR | (mode & 0o7777), 1, major, minor, &[])
@@ -135,18 +126,10 @@ impl<W: Write> CpioWriter<W> {
     }
 
     fn entry(
-        &mut self,
-        path: &str,
-        mode: u32,
-        nlink: u32,
-        rdev_major: u32,
-        rdev_minor: u32,
-        data: &[u8],
+        &mut self, path: &str, mode: u32, nlink: u32, rdev_major: u32, rdev_minor: u32, data: &[u8],
     ) -> Result<(), CpioError> {
-        let size = u32::try_from(data.len()).map_err(|_| CpioError::TooLarge {
-            path: path.to_owned(),
-            size: data.len() as u64,
-        })?;
+        let size = u32::try_from(data.len())
+            .map_err(|_| CpioError::TooLarge { path: path.to_owned(), size: data.len() as u64 })?;
         let ino = self.next_ino;
         self.next_ino += 1;
         self.header(ino, mode, nlink, size, rdev_major, rdev_minor, path)?;
@@ -158,14 +141,8 @@ impl<W: Write> CpioWriter<W> {
 
     #[allow(clippy::too_many_arguments)]
     fn header(
-        &mut self,
-        ino: u32,
-        mode: u32,
-        nlink: u32,
-        filesize: u32,
-        rdev_major: u32,
-        rdev_minor: u32,
-        name: &str,
+        &mut self, ino: u32, mode: u32, nlink: u32, filesize: u32, rdev_major: u32,
+        rdev_minor: u32, name: &str,
     ) -> Result<(), CpioError> {
         let namesize = name.len() as u32 + 1;
         let fields = [
@@ -205,10 +182,7 @@ impl<W: Write> CpioWriter<W> {
 /// Normalises an archive path: strips leading `/`, rejects empty, `.`, `..` and empty
 /// components and NUL bytes.
 pub fn normalise(path: &str) -> Result<String, CpioError> {
-    let invalid = |reason| CpioError::InvalidPath {
-        path: path.to_owned(),
-        reason,
-    };
+    let invalid = |reason| CpioError::InvalidPath { path: path.to_owned(), reason };
     let trimmed = path.trim_start_matches('/');
     if trimmed.is_empty() {
         return Err(invalid("empty path"));
@@ -257,10 +231,7 @@ mod tests {
         )
         .as_bytes();
 
-        assert_eq!(
-            String::from_utf8_lossy(&bytes),
-            String::from_utf8_lossy(expected)
-        );
+        assert_eq!(String::from_utf8_lossy(&bytes), String::from_utf8_lossy(expected));
         assert_eq!(bytes.len() % 4, 0);
     }
 
@@ -269,8 +240,7 @@ mod tests {
         let build = || {
             let mut w = CpioWriter::new(Vec::new());
             w.dir("etc", 0o755).unwrap();
-            w.file("etc/hangar/modules", 0o644, b"a.ko\nb.ko\n")
-                .unwrap();
+            w.file("etc/hangar/modules", 0o644, b"a.ko\nb.ko\n").unwrap();
             w.file("init", 0o755, &[0xAB; 1001]).unwrap();
             w.symlink("bin/ls", "busybox").unwrap();
             w.finish().unwrap()
@@ -303,10 +273,7 @@ mod tests {
             w.dir("bin", 0o755),
             Err(CpioError::Duplicate { path }) if path == "bin"
         ));
-        assert!(matches!(
-            w.symlink("/bin/x", "y"),
-            Err(CpioError::Duplicate { .. })
-        ));
+        assert!(matches!(w.symlink("/bin/x", "y"), Err(CpioError::Duplicate { .. })));
     }
 
     /// Reads back the entry names of an archive (a minimal parser for the tests).

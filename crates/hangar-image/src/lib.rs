@@ -77,14 +77,9 @@ pub enum ImageError {
 
 impl ImageError {
     pub(crate) fn io(
-        action: &'static str,
-        path: impl Into<PathBuf>,
+        action: &'static str, path: impl Into<PathBuf>,
     ) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
-        move |source| ImageError::Io {
-            action,
-            path,
-            source,
-        }
+        move |source| ImageError::Io { action, path, source }
     }
 }

@@ -3,10 +3,7 @@
 use std::process::Command;
 
 fn hangar_image(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_hangar-image"))
-        .args(args)
-        .output()
-        .expect("run hangar-image")
+    Command::new(env!("CARGO_BIN_EXE_hangar-image")).args(args).output().expect("run hangar-image")
 }
 
 #[test]

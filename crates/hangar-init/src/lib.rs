@@ -111,10 +111,7 @@ pub fn parse_cmdline(cmdline: &str) -> Result<BootConfig, CmdlineError> {
         let Some((key, value)) = word.split_once('=') else {
             continue;
         };
-        let value = value
-            .strip_prefix('"')
-            .and_then(|v| v.strip_suffix('"'))
-            .unwrap_or(value);
+        let value = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(value);
         match key {
             "hangar.run" => run_raw = Some(value),
             "hangar.ignore_poweroff" => ignore_raw = Some(value),
@@ -135,10 +132,7 @@ pub fn parse_cmdline(cmdline: &str) -> Result<BootConfig, CmdlineError> {
         None => None,
         Some(raw) => Some(decode_run_argv(raw)?),
     };
-    Ok(BootConfig {
-        run,
-        ignore_poweroff,
-    })
+    Ok(BootConfig { run, ignore_poweroff })
 }
 
 /// Decodes a `hangar.run=` value: unpadded base64url of a JSON array of strings.
@@ -198,11 +192,7 @@ impl std::error::Error for Base64Error {}
 pub fn base64url_encode(data: &[u8]) -> String {
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
+        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         let chars = chunk.len() + 1;
         for i in 0..chars {
@@ -230,12 +220,7 @@ pub fn base64url_decode(text: &str) -> Result<Vec<u8>, Base64Error> {
                 b'0'..=b'9' => byte - b'0' + 52,
                 b'-' => 62,
                 b'_' => 63,
-                _ => {
-                    return Err(Base64Error::InvalidByte {
-                        offset: ci * 4 + i,
-                        byte,
-                    })
-                }
+                _ => return Err(Base64Error::InvalidByte { offset: ci * 4 + i, byte }),
             };
             n |= u32::from(v) << (18 - 6 * i);
         }
@@ -288,42 +273,21 @@ fn line<T: Serialize>(prefix: &str, payload: &T) -> String {
 
 /// `HANGAR_READY {"kernel":…,"uptime_ms":…}`.
 pub fn ready_line(kernel: &str, uptime_ms: u64) -> String {
-    line(
-        READY,
-        &Ready {
-            kernel: kernel.to_owned(),
-            uptime_ms,
-        },
-    )
+    line(READY, &Ready { kernel: kernel.to_owned(), uptime_ms })
 }
 
 /// `HANGAR_EXIT {"code":n}` or `HANGAR_EXIT {"code":null,"signal":n}`.
 pub fn exit_line(outcome: ExitOutcome) -> String {
     let payload = match outcome {
-        ExitOutcome::Code(code) => Exit {
-            code: Some(code),
-            signal: None,
-            error: None,
-        },
-        ExitOutcome::Signal(sig) => Exit {
-            code: None,
-            signal: Some(sig),
-            error: None,
-        },
+        ExitOutcome::Code(code) => Exit { code: Some(code), signal: None, error: None },
+        ExitOutcome::Signal(sig) => Exit { code: None, signal: Some(sig), error: None },
     };
     line(EXIT, &payload)
 }
 
 /// `HANGAR_EXIT {"code":127,"error":…}`: the command could not be started.
 pub fn spawn_error_line(error: &str) -> String {
-    line(
-        EXIT,
-        &Exit {
-            code: Some(127),
-            signal: None,
-            error: Some(error.to_owned()),
-        },
-    )
+    line(EXIT, &Exit { code: Some(127), signal: None, error: Some(error.to_owned()) })
 }
 
 #[derive(Serialize)]
@@ -358,9 +322,8 @@ pub fn error_line(message: &str) -> String {
 pub fn parse_line(text: &str) -> Option<(&'static str, serde_json::Value)> {
     let text = text.trim();
     let (prefix, rest) = text.split_once(' ')?;
-    let prefix = [READY, EXIT, POWEROFF, POWEROFF_IGNORED, ERROR]
-        .into_iter()
-        .find(|p| *p == prefix)?;
+    let prefix =
+        [READY, EXIT, POWEROFF, POWEROFF_IGNORED, ERROR].into_iter().find(|p| *p == prefix)?;
     let value: serde_json::Value = serde_json::from_str(rest).ok()?;
     value.is_object().then_some((prefix, value))
 }
@@ -470,19 +433,10 @@ mod tests {
     fn base64url_rejects_bad_input() {
         assert_eq!(
             base64url_decode("Zg=="),
-            Err(Base64Error::InvalidByte {
-                offset: 2,
-                byte: b'='
-            })
+            Err(Base64Error::InvalidByte { offset: 2, byte: b'=' })
         );
-        assert!(matches!(
-            base64url_decode("+/8"),
-            Err(Base64Error::InvalidByte { offset: 0, .. })
-        ));
-        assert_eq!(
-            base64url_decode("Zm9vY"),
-            Err(Base64Error::InvalidLength(5))
-        );
+        assert!(matches!(base64url_decode("+/8"), Err(Base64Error::InvalidByte { offset: 0, .. })));
+        assert_eq!(base64url_decode("Zm9vY"), Err(Base64Error::InvalidLength(5)));
         assert_eq!(base64url_decode("Zh"), Err(Base64Error::TrailingBits));
         assert!(base64url_decode("Zm 9v").is_err());
     }
@@ -500,13 +454,7 @@ mod tests {
         let cfg = parse_cmdline(&cmdline).unwrap();
         assert_eq!(
             cfg.run.as_deref(),
-            Some(
-                &[
-                    "sh".to_owned(),
-                    "-c".into(),
-                    "echo 'hi there' && exit 7".into()
-                ][..]
-            )
+            Some(&["sh".to_owned(), "-c".into(), "echo 'hi there' && exit 7".into()][..])
         );
         assert!(cfg.ignore_poweroff);
         // Quoted values and last-one-wins.
@@ -520,10 +468,7 @@ mod tests {
 
     #[test]
     fn cmdline_errors_are_reported() {
-        assert!(matches!(
-            parse_cmdline("hangar.run=Zg=="),
-            Err(CmdlineError::Base64(_))
-        ));
+        assert!(matches!(parse_cmdline("hangar.run=Zg=="), Err(CmdlineError::Base64(_))));
         let not_list = base64url_encode(br#"{"a":1}"#);
         assert!(matches!(
             parse_cmdline(&format!("hangar.run={not_list}")),
@@ -539,10 +484,7 @@ mod tests {
             Err(CmdlineError::EmptyArgv)
         );
         let err = parse_cmdline("hangar.ignore_poweroff=yes").unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "hangar.ignore_poweroff: expected 0 or 1, found \"yes\""
-        );
+        assert_eq!(err.to_string(), "hangar.ignore_poweroff: expected 0 or 1, found \"yes\"");
     }
 
     #[test]
@@ -552,18 +494,12 @@ mod tests {
             r#"HANGAR_READY {"kernel":"6.1.0-56-cloud-amd64","uptime_ms":3120}"#
         );
         assert_eq!(exit_line(ExitOutcome::Code(0)), r#"HANGAR_EXIT {"code":0}"#);
-        assert_eq!(
-            exit_line(ExitOutcome::Signal(9)),
-            r#"HANGAR_EXIT {"code":null,"signal":9}"#
-        );
+        assert_eq!(exit_line(ExitOutcome::Signal(9)), r#"HANGAR_EXIT {"code":null,"signal":9}"#);
         assert_eq!(
             spawn_error_line("No such file or directory (os error 2)"),
             r#"HANGAR_EXIT {"code":127,"error":"No such file or directory (os error 2)"}"#
         );
-        assert_eq!(
-            poweroff_line("power-button"),
-            r#"HANGAR_POWEROFF {"reason":"power-button"}"#
-        );
+        assert_eq!(poweroff_line("power-button"), r#"HANGAR_POWEROFF {"reason":"power-button"}"#);
         assert_eq!(
             poweroff_ignored_line("power-button"),
             r#"HANGAR_POWEROFF_IGNORED {"reason":"power-button"}"#
@@ -608,14 +544,7 @@ mod tests {
         raw[18..20].copy_from_slice(&KEY_POWER.to_le_bytes());
         raw[20..24].copy_from_slice(&1i32.to_le_bytes());
         let ev = InputEvent::decode(&raw);
-        assert_eq!(
-            ev,
-            InputEvent {
-                kind: 1,
-                code: 116,
-                value: 1
-            }
-        );
+        assert_eq!(ev, InputEvent { kind: 1, code: 116, value: 1 });
         assert!(ev.is_power_press());
         raw[20..24].copy_from_slice(&0i32.to_le_bytes());
         assert!(!InputEvent::decode(&raw).is_power_press(), "release");

@@ -148,9 +148,7 @@ fn run() -> Result<Never, String> {
     emit(&ready_line(&release, uptime_ms));
 
     match config {
-        BootConfig {
-            run: Some(argv), ..
-        } => run_command(&argv),
+        BootConfig { run: Some(argv), .. } => run_command(&argv),
         BootConfig { run: None, .. } => interactive(),
     }
 }
@@ -188,19 +186,13 @@ fn load_modules(release: &str) {
         let file = match File::open(&path) {
             Ok(f) => f,
             Err(e) => {
-                warn(&format!(
-                    "module {}: cannot open {path}: {e}",
-                    module_name(&rel)
-                ));
+                warn(&format!("module {}: cannot open {path}: {e}", module_name(&rel)));
                 continue;
             }
         };
         match rustix::system::finit_module(&file, c"", 0) {
             Ok(()) | Err(Errno::EXIST) => {}
-            Err(e) => warn(&format!(
-                "module {}: cannot load {path}: {e}",
-                module_name(&rel)
-            )),
+            Err(e) => warn(&format!("module {}: cannot load {path}: {e}", module_name(&rel))),
         }
     }
 }
@@ -212,15 +204,11 @@ fn watch_power_button() {
             .filter_map(Result::ok)
             .map(|e| e.path())
             .filter(|p| {
-                p.file_name()
-                    .and_then(OsStr::to_str)
-                    .is_some_and(|n| n.starts_with("event"))
+                p.file_name().and_then(OsStr::to_str).is_some_and(|n| n.starts_with("event"))
             })
             .collect(),
         Err(e) => {
-            warn(&format!(
-                "no /dev/input ({e}): the power button will not be handled"
-            ));
+            warn(&format!("no /dev/input ({e}): the power button will not be handled"));
             return;
         }
     };
@@ -237,30 +225,25 @@ fn watch_power_button() {
             }
         };
         let name = path.display().to_string();
-        let spawned = std::thread::Builder::new()
-            .name(format!("input-{name}"))
-            .spawn(move || {
-                let mut raw = [0u8; INPUT_EVENT_SIZE];
-                loop {
-                    match file.read_exact(&mut raw) {
-                        Ok(()) => {
-                            if InputEvent::decode(&raw).is_power_press() {
-                                power_request("power-button");
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => {
-                            warn(&format!("reading {name}: {e}; no longer watched"));
-                            return;
+        let spawned = std::thread::Builder::new().name(format!("input-{name}")).spawn(move || {
+            let mut raw = [0u8; INPUT_EVENT_SIZE];
+            loop {
+                match file.read_exact(&mut raw) {
+                    Ok(()) => {
+                        if InputEvent::decode(&raw).is_power_press() {
+                            power_request("power-button");
                         }
                     }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        warn(&format!("reading {name}: {e}; no longer watched"));
+                        return;
+                    }
                 }
-            });
+            }
+        });
         if let Err(e) = spawned {
-            warn(&format!(
-                "cannot start a thread for {}: {e}",
-                path.display()
-            ));
+            warn(&format!("cannot start a thread for {}: {e}", path.display()));
         }
     }
 }
@@ -276,18 +259,16 @@ fn watch_signals() {
             return;
         }
     };
-    let spawned = std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            for signal in signals.forever() {
-                let reason = match signal {
-                    SIGUSR2 => "poweroff",
-                    SIGUSR1 => "halt",
-                    _ => "reboot",
-                };
-                power_request(reason);
-            }
-        });
+    let spawned = std::thread::Builder::new().name("signals".into()).spawn(move || {
+        for signal in signals.forever() {
+            let reason = match signal {
+                SIGUSR2 => "poweroff",
+                SIGUSR1 => "halt",
+                _ => "reboot",
+            };
+            power_request(reason);
+        }
+    });
     if let Err(e) = spawned {
         warn(&format!("cannot start the signal thread: {e}"));
     }
@@ -350,10 +331,7 @@ fn run_command(argv: &[String]) -> Result<Never, String> {
             let outcome = wait_for(child.id())?;
             shutdown(&exit_line(outcome))
         }
-        Err(e) => shutdown(&spawn_error_line(&format!(
-            "cannot start {:?}: {e}",
-            argv[0]
-        ))),
+        Err(e) => shutdown(&spawn_error_line(&format!("cannot start {:?}: {e}", argv[0]))),
     }
 }
 
@@ -363,20 +341,15 @@ fn interactive() -> Result<Never, String> {
     let argv: Vec<String> = if exists("/bin/setsid") && exists("/bin/cttyhack") {
         // A new session whose controlling terminal is the real console tty (cttyhack finds
         // it), so job control and ^C work in the shell.
-        vec![
-            "/bin/setsid".into(),
-            "/bin/cttyhack".into(),
-            "/bin/sh".into(),
-        ]
+        vec!["/bin/setsid".into(), "/bin/cttyhack".into(), "/bin/sh".into()]
     } else {
         vec!["/bin/sh".into()]
     };
     loop {
         let started = Instant::now();
         let mut cmd = command(&argv)?;
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start the shell {:?}: {e}", argv.join(" ")))?;
+        let child =
+            cmd.spawn().map_err(|e| format!("cannot start the shell {:?}: {e}", argv.join(" ")))?;
         let outcome = wait_for(child.id())?;
         let how = match outcome {
             ExitOutcome::Code(c) => format!("exited with code {c}"),

@@ -37,11 +37,7 @@ fn image_dir() -> Result<PathBuf, String> {
     }
     Err(format!(
         "no built image (looked in {}); run scripts/build-image",
-        candidates
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
+        candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
     ))
 }
 
@@ -52,10 +48,9 @@ fn note_if_stale(test: &str, dir: &std::path::Path) {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
     let init = target.join("x86_64-unknown-linux-gnu/release/hangar-init");
-    let (Ok(bin), Ok(manifest)) = (
-        std::fs::read(&init),
-        std::fs::read_to_string(dir.join("manifest.json")),
-    ) else {
+    let (Ok(bin), Ok(manifest)) =
+        (std::fs::read(&init), std::fs::read_to_string(dir.join("manifest.json")))
+    else {
         return;
     };
     let Ok(manifest) = serde_json::from_str::<serde_json::Value>(&manifest) else {
@@ -166,12 +161,9 @@ impl Guest {
         .args(["-serial", "stdio"]);
         let qmp = with_qmp.then(|| tmp.path().join("qmp.sock"));
         if let Some(sock) = &qmp {
-            cmd.arg("-qmp")
-                .arg(format!("unix:{},server=on,wait=off", sock.display()));
+            cmd.arg("-qmp").arg(format!("unix:{},server=on,wait=off", sock.display()));
         }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn qemu-system-x86_64");
         let (tx, rx) = mpsc::channel();
         let stdout = child.stdout.take().expect("stdout");
@@ -191,14 +183,7 @@ impl Guest {
                 }
             });
         }
-        Some(Guest {
-            child,
-            lines: rx,
-            log: Vec::new(),
-            qmp,
-            started: Instant::now(),
-            _tmp: tmp,
-        })
+        Some(Guest { child, lines: rx, log: Vec::new(), qmp, started: Instant::now(), _tmp: tmp })
     }
 
     fn transcript(&self) -> String {
@@ -207,9 +192,7 @@ impl Guest {
 
     /// Waits for a console line satisfying `pred`, up to `within`. `Err` on timeout or EOF.
     fn wait_line(
-        &mut self,
-        within: Duration,
-        pred: impl Fn(&str) -> bool,
+        &mut self, within: Duration, pred: impl Fn(&str) -> bool,
     ) -> Result<String, String> {
         let deadline = Instant::now() + within;
         loop {
@@ -233,10 +216,7 @@ impl Guest {
         let within = BOOT_DEADLINE.saturating_sub(self.started.elapsed());
         match self.wait_line(within, |l| parse_line(l).is_some_and(|(p, _)| p == prefix)) {
             Ok(line) => parse_line(&line).map(|(_, v)| v).unwrap_or_default(),
-            Err(why) => panic!(
-                "no {prefix} line ({why}); console so far:\n{}",
-                self.transcript()
-            ),
+            Err(why) => panic!("no {prefix} line ({why}); console so far:\n{}", self.transcript()),
         }
     }
 
@@ -244,12 +224,9 @@ impl Guest {
     fn wait_exit(&mut self) -> ExitStatus {
         let deadline = self.started + BOOT_DEADLINE;
         // Drain the console until EOF (QEMU exiting closes it), then reap.
-        while self
-            .wait_line(deadline.saturating_duration_since(Instant::now()), |_| {
-                false
-            })
-            .is_ok()
-        {}
+        while self.wait_line(deadline.saturating_duration_since(Instant::now()), |_| false).is_ok()
+        {
+        }
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status;
@@ -267,9 +244,7 @@ impl Guest {
     fn system_powerdown(&mut self) {
         let sock = self.qmp.clone().expect("booted with QMP");
         let stream = UnixStream::connect(&sock).expect("connect to the QMP socket");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("set_read_timeout");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("set_read_timeout");
         let mut reader = BufReader::new(stream.try_clone().expect("clone"));
         let mut writer = stream;
         let mut read_until = |want: &str| {
@@ -284,13 +259,9 @@ impl Guest {
             }
         };
         read_until("\"QMP\"");
-        writer
-            .write_all(b"{\"execute\":\"qmp_capabilities\"}\n")
-            .expect("write to QMP");
+        writer.write_all(b"{\"execute\":\"qmp_capabilities\"}\n").expect("write to QMP");
         read_until("\"return\"");
-        writer
-            .write_all(b"{\"execute\":\"system_powerdown\"}\n")
-            .expect("write to QMP");
+        writer.write_all(b"{\"execute\":\"system_powerdown\"}\n").expect("write to QMP");
         read_until("\"return\"");
     }
 }
@@ -308,10 +279,7 @@ fn run_uname_prints_release_between_ready_and_exit() {
     let ready = g.expect(READY);
     let release = ready["kernel"].as_str().expect("kernel").to_owned();
     assert!(release.starts_with("6.1.0-"), "{ready}");
-    assert!(
-        ready["uptime_ms"].as_u64().is_some_and(|ms| ms > 0),
-        "{ready}"
-    );
+    assert!(ready["uptime_ms"].as_u64().is_some_and(|ms| ms > 0), "{ready}");
     let after_ready = g.log.len();
     let exit = g.expect(EXIT);
     assert_eq!(exit, serde_json::json!({"code": 0}));
@@ -333,12 +301,9 @@ fn run_uname_prints_release_between_ready_and_exit() {
 
 #[test]
 fn run_exit_code_is_reported() {
-    let Some(mut g) = Guest::boot(
-        "run_exit_code_is_reported",
-        Some(&["sh", "-c", "exit 7"]),
-        "",
-        false,
-    ) else {
+    let Some(mut g) =
+        Guest::boot("run_exit_code_is_reported", Some(&["sh", "-c", "exit 7"]), "", false)
+    else {
         return;
     };
     g.expect(READY);
@@ -358,15 +323,8 @@ fn run_killed_by_signal_and_missing_command() {
     };
     g.expect(READY);
     // Output without a final newline must not swallow the EXIT line.
-    assert_eq!(
-        g.expect(EXIT),
-        serde_json::json!({"code": null, "signal": 9})
-    );
-    assert!(
-        g.log.iter().any(|l| l == "no-final-newline"),
-        "{}",
-        g.transcript()
-    );
+    assert_eq!(g.expect(EXIT), serde_json::json!({"code": null, "signal": 9}));
+    assert!(g.log.iter().any(|l| l == "no-final-newline"), "{}", g.transcript());
     assert_eq!(g.wait_exit().code(), Some(0));
     drop(g);
 
@@ -381,12 +339,7 @@ fn run_killed_by_signal_and_missing_command() {
     g.expect(READY);
     let exit = g.expect(EXIT);
     assert_eq!(exit["code"], 127, "{exit}");
-    assert!(
-        exit["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("no-such-command")),
-        "{exit}"
-    );
+    assert!(exit["error"].as_str().is_some_and(|e| e.contains("no-such-command")), "{exit}");
     assert_eq!(g.wait_exit().code(), Some(0));
 }
 
@@ -398,30 +351,21 @@ fn power_button_powers_off_interactive_guest() {
     };
     g.expect(READY);
     g.system_powerdown();
-    assert_eq!(
-        g.expect(POWEROFF),
-        serde_json::json!({"reason": "power-button"})
-    );
+    assert_eq!(g.expect(POWEROFF), serde_json::json!({"reason": "power-button"}));
     assert_eq!(g.wait_exit().code(), Some(0), "{}", g.transcript());
 }
 
 #[test]
 fn ignore_poweroff_keeps_guest_running() {
-    let Some(mut g) = Guest::boot(
-        "ignore_poweroff_keeps_guest_running",
-        None,
-        "hangar.ignore_poweroff=1",
-        true,
-    ) else {
+    let Some(mut g) =
+        Guest::boot("ignore_poweroff_keeps_guest_running", None, "hangar.ignore_poweroff=1", true)
+    else {
         return;
     };
     g.expect(READY);
     g.system_powerdown();
     // The guest saw the press and said it ignores it...
-    assert_eq!(
-        g.expect(POWEROFF_IGNORED),
-        serde_json::json!({"reason": "power-button"})
-    );
+    assert_eq!(g.expect(POWEROFF_IGNORED), serde_json::json!({"reason": "power-button"}));
     // ...and within a short window neither powers off nor exits.
     let window = Duration::from_secs(3);
     let outcome = g.wait_line(window, |l| {
@@ -433,29 +377,18 @@ fn ignore_poweroff_keeps_guest_running() {
         "guest powered off despite hangar.ignore_poweroff=1:\n{}",
         g.transcript()
     );
-    assert!(
-        g.child.try_wait().expect("try_wait").is_none(),
-        "QEMU exited"
-    );
+    assert!(g.child.try_wait().expect("try_wait").is_none(), "QEMU exited");
     // Drop kills QEMU by its PID.
 }
 
 #[test]
 fn bad_run_parameter_is_a_reported_error() {
-    let Some(mut g) = Guest::boot(
-        "bad_run_parameter_is_a_reported_error",
-        None,
-        "hangar.run=not*base64",
-        false,
-    ) else {
+    let Some(mut g) =
+        Guest::boot("bad_run_parameter_is_a_reported_error", None, "hangar.run=not*base64", false)
+    else {
         return;
     };
     let err = g.expect(hangar_init::ERROR);
-    assert!(
-        err["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("hangar.run")),
-        "{err}"
-    );
+    assert!(err["message"].as_str().is_some_and(|m| m.contains("hangar.run")), "{err}");
     assert_eq!(g.wait_exit().code(), Some(0), "{}", g.transcript());
 }

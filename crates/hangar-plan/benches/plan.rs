@@ -52,9 +52,7 @@ fn benches(c: &mut Criterion) {
         b.iter(|| parse(black_box(TYPICAL), Format::Toml, base).unwrap())
     });
     let spec = parse(TYPICAL, Format::Toml, base).unwrap();
-    c.bench_function("plan_only", |b| {
-        b.iter(|| plan(black_box(&spec), &facts).unwrap())
-    });
+    c.bench_function("plan_only", |b| b.iter(|| plan(black_box(&spec), &facts).unwrap()));
     c.bench_function("canonicalize_only", |b| {
         b.iter(|| hangar_spec::CanonicalSpec::new(black_box(spec.spec.clone())))
     });

@@ -6,8 +6,7 @@ use crate::{Accel, KvmFacts, PlanError};
 
 /// Decides the accelerator: kvm only when it really works (see [`KvmFacts::verdict`]).
 pub fn resolve_accel(
-    requested: AccelRequest,
-    kvm: &KvmFacts,
+    requested: AccelRequest, kvm: &KvmFacts,
 ) -> Result<(Accel, String), PlanError> {
     let (usable, why) = kvm.verdict();
     match requested {
@@ -27,11 +26,7 @@ mod tests {
     use hangar_core::error::{Coded, ErrorCode};
 
     fn kvm(rw: bool, flags: bool, pvm: bool) -> KvmFacts {
-        KvmFacts {
-            dev_kvm_rw: rw,
-            cpu_virt_flags: flags,
-            kvm_pvm: pvm,
-        }
+        KvmFacts { dev_kvm_rw: rw, cpu_virt_flags: flags, kvm_pvm: pvm }
     }
 
     #[test]
@@ -41,11 +36,7 @@ mod tests {
         assert_eq!(resolve_accel(Auto, &good).unwrap().0, Accel::Kvm);
         assert_eq!(resolve_accel(Kvm, &good).unwrap().0, Accel::Kvm);
         assert_eq!(resolve_accel(Tcg, &good).unwrap().0, Accel::Tcg);
-        for bad in [
-            kvm(false, true, false),
-            kvm(true, false, false),
-            kvm(true, true, true),
-        ] {
+        for bad in [kvm(false, true, false), kvm(true, false, false), kvm(true, true, true)] {
             let (accel, reason) = resolve_accel(Auto, &bad).unwrap();
             assert_eq!(accel, Accel::Tcg);
             assert!(reason.starts_with("tcg: "), "{reason}");

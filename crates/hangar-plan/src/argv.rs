@@ -44,10 +44,7 @@ fn tap_name(vm: &str, nic: &str) -> String {
 }
 
 fn check_facts(facts: &HostFacts) -> Result<(), PlanError> {
-    for (field, value) in [
-        ("runtime_dir", &facts.runtime_dir),
-        ("image_dir", &facts.image_dir),
-    ] {
+    for (field, value) in [("runtime_dir", &facts.runtime_dir), ("image_dir", &facts.image_dir)] {
         let problem = if !value.starts_with('/') {
             Some("must be an absolute path")
         } else if value.contains(',') {
@@ -58,10 +55,7 @@ fn check_facts(facts: &HostFacts) -> Result<(), PlanError> {
             None
         };
         if let Some(reason) = problem {
-            return Err(PlanError::HostFacts {
-                field: field.into(),
-                reason: reason.into(),
-            });
+            return Err(PlanError::HostFacts { field: field.into(), reason: reason.into() });
         }
     }
     if facts.qemu.binary.is_empty() {
@@ -83,9 +77,7 @@ pub fn plan(spec: &CanonicalSpec, facts: &HostFacts) -> Result<Plan, PlanError> 
     let qmp_socket = format!("{runtime_dir}/qmp.sock");
     let mut warnings = Vec::new();
     let mut creates = vec![
-        Creation::Dir {
-            path: runtime_dir.clone(),
-        },
+        Creation::Dir { path: runtime_dir.clone() },
         Creation::File {
             path: format!("{runtime_dir}/plan.json"),
             purpose: "this plan, as run".into(),
@@ -121,13 +113,7 @@ pub fn plan(spec: &CanonicalSpec, facts: &HostFacts) -> Result<Plan, PlanError> 
 
     // Machine + accelerator, and the flags that keep QEMU from adding anything unplanned.
     push(&["-machine", machine, "-accel", accel.as_str()]);
-    push(&[
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-no-reboot",
-    ]);
+    push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
     // CPU, SMP, memory.
     let cpu = match accel {
         Accel::Kvm => "host",
@@ -149,17 +135,9 @@ pub fn plan(spec: &CanonicalSpec, facts: &HostFacts) -> Result<Plan, PlanError> 
                 line.push(' ');
                 line.push_str(cmdline);
             }
-            (
-                format!("{dir}/vmlinuz"),
-                Some(format!("{dir}/initrd.img")),
-                line,
-            )
+            (format!("{dir}/vmlinuz"), Some(format!("{dir}/initrd.img")), line)
         }
-        BootSource::Kernel {
-            kernel,
-            initrd,
-            cmdline,
-        } => {
+        BootSource::Kernel { kernel, initrd, cmdline } => {
             if vm.serial.mode != SerialMode::None && !cmdline.contains("console=") {
                 warnings.push(
                     "the kernel command line has no console=; add console=ttyS0 to see boot output"
@@ -193,9 +171,7 @@ pub fn plan(spec: &CanonicalSpec, facts: &HostFacts) -> Result<Plan, PlanError> 
 
     // Disks, in spec order.
     if !vm.disks.is_empty() {
-        creates.push(Creation::Dir {
-            path: format!("{runtime_dir}/disks"),
-        });
+        creates.push(Creation::Dir { path: format!("{runtime_dir}/disks") });
     }
     for disk in &vm.disks {
         let id = format!("disk-{}", disk.name);
@@ -222,11 +198,8 @@ pub fn plan(spec: &CanonicalSpec, facts: &HostFacts) -> Result<Plan, PlanError> 
                 (path, disk.format, false)
             }
         };
-        let mut drive = format!(
-            "id={id},file={},format={},if=none",
-            qemu_escape(&file),
-            format.as_str()
-        );
+        let mut drive =
+            format!("id={id},file={},format={},if=none", qemu_escape(&file), format.as_str());
         if readonly {
             drive.push_str(",readonly=on");
         }
@@ -238,10 +211,7 @@ pub fn plan(spec: &CanonicalSpec, facts: &HostFacts) -> Result<Plan, PlanError> 
         let id = format!("nic-{}", nic.name);
         let netdev = match nic.mode {
             NicMode::None => {
-                warnings.push(format!(
-                    "nic {} has mode none and is not attached",
-                    nic.name
-                ));
+                warnings.push(format!("nic {} has mode none and is not attached", nic.name));
                 continue;
             }
             NicMode::User => {
@@ -258,10 +228,7 @@ pub fn plan(spec: &CanonicalSpec, facts: &HostFacts) -> Result<Plan, PlanError> 
             }
             NicMode::Tap => {
                 let ifname = tap_name(name, nic.name.as_str());
-                creates.push(Creation::Tap {
-                    ifname: ifname.clone(),
-                    nic: nic.name.to_string(),
-                });
+                creates.push(Creation::Tap { ifname: ifname.clone(), nic: nic.name.to_string() });
                 format!("tap,id={id},ifname={ifname},script=no,downscript=no")
             }
         };
@@ -298,10 +265,8 @@ pub fn plan(spec: &CanonicalSpec, facts: &HostFacts) -> Result<Plan, PlanError> 
                     "serial console (hangar console; bound by Hangar, passed as fd {CONSOLE_FD})"
                 ),
             });
-            creates.push(Creation::File {
-                path: log.clone(),
-                purpose: "serial console log".into(),
-            });
+            creates
+                .push(Creation::File { path: log.clone(), purpose: "serial console log".into() });
             push(&[
                 "-chardev",
                 &format!(
@@ -310,44 +275,27 @@ pub fn plan(spec: &CanonicalSpec, facts: &HostFacts) -> Result<Plan, PlanError> 
                 "-serial",
                 "chardev:serial0",
             ]);
-            SerialPlan {
-                mode: SerialMode::Socket,
-                log: Some(log),
-                socket: Some(socket),
-            }
+            SerialPlan { mode: SerialMode::Socket, log: Some(log), socket: Some(socket) }
         }
         SerialMode::Log => {
-            creates.push(Creation::File {
-                path: log.clone(),
-                purpose: "serial console log".into(),
-            });
+            creates
+                .push(Creation::File { path: log.clone(), purpose: "serial console log".into() });
             push(&[
                 "-chardev",
                 &format!("file,id=serial0,path={log},append=on"),
                 "-serial",
                 "chardev:serial0",
             ]);
-            SerialPlan {
-                mode: SerialMode::Log,
-                log: Some(log),
-                socket: None,
-            }
+            SerialPlan { mode: SerialMode::Log, log: Some(log), socket: None }
         }
         SerialMode::None => {
             push(&["-serial", "none"]);
-            SerialPlan {
-                mode: SerialMode::None,
-                log: None,
-                socket: None,
-            }
+            SerialPlan { mode: SerialMode::None, log: None, socket: None }
         }
     };
     for socket in sockets {
         if socket.len() > MAX_SOCKET_PATH {
-            return Err(PlanError::PathTooLong {
-                path: socket,
-                limit: MAX_SOCKET_PATH,
-            });
+            return Err(PlanError::PathTooLong { path: socket, limit: MAX_SOCKET_PATH });
         }
     }
 

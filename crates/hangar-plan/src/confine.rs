@@ -26,9 +26,7 @@ pub fn qemu_uid(vm: &str) -> u32 {
 
 /// How `vm` is confined on a host with `facts` (`None` when confinement is off).
 pub(crate) fn confinement(
-    vm: &hangar_core::spec::VmSpec,
-    accel: Accel,
-    facts: &ConfinementFacts,
+    vm: &hangar_core::spec::VmSpec, accel: Accel, facts: &ConfinementFacts,
 ) -> Option<Confinement> {
     if !facts.enabled {
         return None;
@@ -53,12 +51,5 @@ pub(crate) fn confinement(
         cpu_weight: vm.machine.cpu_weight.unwrap_or(100),
         pids_max: QEMU_PIDS_MAX,
     });
-    Some(Confinement {
-        uid,
-        gid,
-        groups,
-        no_new_privs: true,
-        seccomp: facts.seccomp,
-        cgroup,
-    })
+    Some(Confinement { uid, gid, groups, no_new_privs: true, seccomp: facts.seccomp, cgroup })
 }

@@ -47,9 +47,7 @@ fn passwd_home() -> Option<PathBuf> {
 fn is_root() -> bool {
     use std::os::unix::fs::MetadataExt;
     // /proc/self is owned by the process's effective uid; no unsafe libc call needed.
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false)
+    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
 }
 
 /// Probes the machine it runs on.
@@ -61,9 +59,7 @@ pub struct SystemProbe {
 
 impl Default for SystemProbe {
     fn default() -> Self {
-        Self {
-            home: hangar_home(),
-        }
+        Self { home: hangar_home() }
     }
 }
 
@@ -91,9 +87,7 @@ impl HostProbe for SystemProbe {
                 kvm_pvm: Path::new("/sys/module/kvm_pvm").exists(),
             },
             tsc_khz: tsc_khz(&cpuinfo),
-            cpu_count: std::thread::available_parallelism()
-                .map(|n| n.get() as u32)
-                .unwrap_or(1),
+            cpu_count: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
             runtime_dir: self.home.join("vms").display().to_string(),
             image_dir: self.home.join("images").display().to_string(),
             confinement: confinement_facts(),
@@ -147,9 +141,7 @@ pub fn cgroup_version(root: &Path) -> CgroupVersion {
         }
         return CgroupVersion::None;
     }
-    let v1 = ["memory", "cpu", "pids"]
-        .iter()
-        .all(|c| root.join(c).join("cgroup.procs").exists());
+    let v1 = ["memory", "cpu", "pids"].iter().all(|c| root.join(c).join("cgroup.procs").exists());
     if v1 {
         CgroupVersion::V1
     } else {
@@ -184,9 +176,7 @@ pub fn capacity(home: &Path) -> Option<Capacity> {
 /// Looks `name` up in `PATH`.
 pub fn find_in_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|candidate| candidate.is_file())
 }
 
 /// What identifies one installed QEMU binary: path, size, modification time and inode. A
@@ -194,14 +184,7 @@ pub fn find_in_path(name: &str) -> Option<PathBuf> {
 fn binary_key(binary: &Path) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(binary).ok()?;
-    Some(format!(
-        "{}|{}|{}.{}|{}",
-        binary.display(),
-        m.len(),
-        m.mtime(),
-        m.mtime_nsec(),
-        m.ino()
-    ))
+    Some(format!("{}|{}|{}.{}|{}", binary.display(), m.len(), m.mtime(), m.mtime_nsec(), m.ino()))
 }
 
 fn version_cache(home: &Path) -> PathBuf {
@@ -246,10 +229,7 @@ fn qemu_version(binary: &Path) -> Option<String> {
 /// `QEMU emulator version 10.0.2 (Debian …)` → `10.0.2`.
 pub fn parse_qemu_version(text: &str) -> Option<String> {
     let rest = text.split("version ").nth(1)?;
-    let version: String = rest
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == '.')
-        .collect();
+    let version: String = rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
     (!version.is_empty()).then_some(version)
 }
 
@@ -297,19 +277,14 @@ mod version_cache_tests {
         std::fs::write(&binary, b"one").unwrap();
         assert_eq!(cached_qemu_version(&home, &binary), None);
         remember_qemu_version(&home, &binary, "10.0.2");
-        assert_eq!(
-            cached_qemu_version(&home, &binary).as_deref(),
-            Some("10.0.2")
-        );
+        assert_eq!(cached_qemu_version(&home, &binary).as_deref(), Some("10.0.2"));
         // An upgraded binary (new size and mtime) is asked again.
         std::fs::write(&binary, b"a newer qemu").unwrap();
         assert_eq!(cached_qemu_version(&home, &binary), None);
         // A damaged cache is ignored, not trusted.
         remember_qemu_version(&home, &binary, "10.0.2");
         let cache = home.join("cache/qemu-version");
-        let text = std::fs::read_to_string(&cache)
-            .unwrap()
-            .replace("10.0.2", "x; rm -rf");
+        let text = std::fs::read_to_string(&cache).unwrap().replace("10.0.2", "x; rm -rf");
         std::fs::write(&cache, text).unwrap();
         assert_eq!(cached_qemu_version(&home, &binary), None);
         std::fs::remove_dir_all(&home).unwrap();

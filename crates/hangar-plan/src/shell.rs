@@ -4,9 +4,7 @@
 /// Quotes one word for a POSIX shell (single quotes, unless it needs none).
 pub fn quote(word: &str) -> String {
     let safe = !word.is_empty()
-        && word
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c));
+        && word.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c));
     if safe {
         word.to_string()
     } else {

@@ -17,10 +17,7 @@ fn compare_or_bless(path: &std::path::Path, actual: &str, failures: &mut Vec<Str
             "{} differs:\n--- expected\n{expected}\n--- actual\n{actual}",
             path.display()
         )),
-        Err(_) => failures.push(format!(
-            "{} is missing (run with HANGAR_BLESS=1)",
-            path.display()
-        )),
+        Err(_) => failures.push(format!("{} is missing (run with HANGAR_BLESS=1)", path.display())),
     }
 }
 
@@ -63,10 +60,9 @@ fn invalid_cases_report_exactly_their_expected_errors() {
             .map(String::from)
             .collect();
         match run(case) {
-            Ok(_) => failures.push(format!(
-                "{}: expected {expected:?}, but it is valid",
-                case.name
-            )),
+            Ok(_) => {
+                failures.push(format!("{}: expected {expected:?}, but it is valid", case.name))
+            }
             Err(mut errors) => {
                 // expected.errors files are written by hand and never blessed: they state intent.
                 let mut want = expected.clone();

@@ -18,13 +18,7 @@ use seccompiler::{
 };
 
 fn kill_on_side_effects() {
-    let write_flags = [
-        libc::O_WRONLY,
-        libc::O_RDWR,
-        libc::O_CREAT,
-        libc::O_TRUNC,
-        libc::O_APPEND,
-    ];
+    let write_flags = [libc::O_WRONLY, libc::O_RDWR, libc::O_CREAT, libc::O_TRUNC, libc::O_APPEND];
     let flag_rules = |arg: u8| -> Vec<SeccompRule> {
         write_flags
             .iter()
@@ -119,13 +113,7 @@ fn dry_run_child() {
 
 fn child(mode: &str) -> std::process::Output {
     std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--ignored",
-            "--exact",
-            "dry_run_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["--ignored", "--exact", "dry_run_child", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, mode)
         .output()
         .unwrap()
@@ -139,11 +127,7 @@ fn planning_touches_nothing() {
 
     let out = child("plan");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "planning child died ({:?}): {stdout}",
-        out.status
-    );
+    assert!(out.status.success(), "planning child died ({:?}): {stdout}", out.status);
     let want = format!("planned {valid} of {valid}, refused {invalid} of {invalid}");
     assert!(stdout.contains(&want), "expected {want:?} in {stdout}");
 

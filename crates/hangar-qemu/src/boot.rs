@@ -26,27 +26,16 @@ impl QemuEngine {
     /// Spawns QEMU from the plan and waits until the guest is up (or, with `incoming`, until
     /// the memory snapshot is loaded and the vCPUs run).
     pub(crate) fn boot(
-        &self,
-        rec: &mut VmRecord,
-        plan: &Plan,
-        incoming: Option<&Path>,
-        opts: &StartOptions<'_>,
+        &self, rec: &mut VmRecord, plan: &Plan, incoming: Option<&Path>, opts: &StartOptions<'_>,
         cancel: &CancelToken,
     ) -> Result<()> {
         if self.facts.qemu.version.is_none() {
-            return Err(QemuError::QemuMissing {
-                binary: plan.argv[0].clone(),
-            }
-            .into());
+            return Err(QemuError::QemuMissing { binary: plan.argv[0].clone() }.into());
         }
         if let BootSource::Image { image, .. } = &rec.spec.boot {
             let kernel = Path::new(&self.facts.image_dir).join(image).join("vmlinuz");
             if !kernel.exists() {
-                return Err(QemuError::ImageMissing {
-                    image: image.clone(),
-                    kernel,
-                }
-                .into());
+                return Err(QemuError::ImageMissing { image: image.clone(), kernel }.into());
             }
         }
         opts.phase(Phase::Disks);
@@ -58,10 +47,7 @@ impl QemuEngine {
         let mut tail = LogTail::from(boot_log_offset);
         let mut argv = plan.argv.clone();
         let mut launch = self.confine(plan)?;
-        launch = launch.pass(
-            hangar_plan::QMP_FD,
-            confine::listen(Path::new(&plan.qmp_socket))?,
-        );
+        launch = launch.pass(hangar_plan::QMP_FD, confine::listen(Path::new(&plan.qmp_socket))?);
         if let Some(socket) = &plan.serial.socket {
             launch = launch.pass(hangar_plan::CONSOLE_FD, confine::listen(Path::new(socket))?);
         }
@@ -82,12 +68,8 @@ impl QemuEngine {
         }
         let started = Instant::now();
         let qemu_log = Path::new(&plan.runtime_dir).join("qemu.log");
-        let p = process::spawn_detached(&argv, &qemu_log, launch).map_err(|source| {
-            QemuError::Spawn {
-                binary: argv[0].clone(),
-                source,
-            }
-        })?;
+        let p = process::spawn_detached(&argv, &qemu_log, launch)
+            .map_err(|source| QemuError::Spawn { binary: argv[0].clone(), source })?;
         let pid_file = Path::new(&plan.runtime_dir).join("pid");
         let _ = std::fs::write(&pid_file, format!("{} {}\n", p.pid, p.start_time));
         rec.process = Some(p);
@@ -98,24 +80,24 @@ impl QemuEngine {
         // QEMU accepts, and a QEMU that refuses its arguments and exits resets it at once
         // (said then, not after the connect deadline).
         let socket = Path::new(&plan.qmp_socket);
-        let ctl =
-            match QmpSession::connect_while(self.rt(), socket, QMP_CONNECT, || process::alive(p)) {
-                Some(Ok(ctl)) => ctl,
-                Some(Err(e)) if process::alive(p) => {
-                    return Err(QemuError::NoAnswer {
-                        source: e,
-                        last_output: Self::last_console(plan),
-                    }
-                    .into())
+        let ctl = match QmpSession::connect_while(self.rt(), socket, QMP_CONNECT, || {
+            process::alive(p)
+        }) {
+            Some(Ok(ctl)) => ctl,
+            Some(Err(e)) if process::alive(p) => {
+                return Err(QemuError::NoAnswer {
+                    source: e,
+                    last_output: Self::last_console(plan),
                 }
-                // Gone: its connection was reset as it exited, or it exited while we waited.
-                Some(Err(_)) | None => {
-                    return Err(QemuError::ExitedAtStartUp {
-                        last_output: Self::last_console(plan),
-                    }
-                    .into())
-                }
-            };
+                .into())
+            }
+            // Gone: its connection was reset as it exited, or it exited while we waited.
+            Some(Err(_)) | None => {
+                return Err(
+                    QemuError::ExitedAtStartUp { last_output: Self::last_console(plan) }.into()
+                )
+            }
+        };
         let timeout = opts.timeout.unwrap_or(self.options.boot_timeout);
         let deadline = started + timeout;
         opts.phase(Phase::Boot);
@@ -135,14 +117,8 @@ impl QemuEngine {
     /// Waits for `HANGAR_READY` after the tail's offset, watching the process and QMP.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn wait_ready(
-        &self,
-        ctl: &QmpSession<'_>,
-        p: ProcessIdentity,
-        plan: &Plan,
-        tail: &mut LogTail,
-        deadline: Instant,
-        timeout: Duration,
-        cancel: &CancelToken,
+        &self, ctl: &QmpSession<'_>, p: ProcessIdentity, plan: &Plan, tail: &mut LogTail,
+        deadline: Instant, timeout: Duration, cancel: &CancelToken,
     ) -> Result<()> {
         let Some(log) = Self::console_log(plan) else {
             // No console: the best available signal is QEMU running the vCPUs.
@@ -189,10 +165,7 @@ impl QemuEngine {
 
     /// Boots a defined or stopped VM, with progress and per-call settings.
     pub fn start_with(
-        &self,
-        vm: &VmName,
-        opts: &StartOptions<'_>,
-        cancel: &CancelToken,
+        &self, vm: &VmName, opts: &StartOptions<'_>, cancel: &CancelToken,
     ) -> Result<VmStatus> {
         let _lock = self.lock(vm)?;
         let mut rec = self.record(vm)?;
@@ -215,10 +188,7 @@ impl QemuEngine {
                 rec.reason = Some(match e {
                     // Other boot errors already quote the console.
                     Error::Timeout(_) | Error::Cancelled => {
-                        format!(
-                            "boot failed: {e}; last output: {}",
-                            Self::last_console(&plan)
-                        )
+                        format!("boot failed: {e}; last output: {}", Self::last_console(&plan))
                     }
                     _ => format!("boot failed: {e}"),
                 });

@@ -23,10 +23,9 @@ pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 pub fn cgroup_dirs(cg: &CgroupPlan) -> Vec<PathBuf> {
     let root = Path::new(CGROUP_ROOT);
     match cg.version {
-        CgroupVersion::V1 => ["memory", "cpu", "pids"]
-            .iter()
-            .map(|c| root.join(c).join(&cg.path))
-            .collect(),
+        CgroupVersion::V1 => {
+            ["memory", "cpu", "pids"].iter().map(|c| root.join(c).join(&cg.path)).collect()
+        }
         CgroupVersion::V2 => vec![root.join(&cg.path)],
         CgroupVersion::None => vec![],
     }
@@ -42,17 +41,11 @@ fn limit_files(cg: &CgroupPlan) -> Vec<(PathBuf, String)> {
             // With swap accounting (memsw), memory + swap is limited too, else the guest's
             // RAM could spill into swap past the limit. memsw may never be below the memory
             // limit: lifted first, set last.
-            let swap = if memsw.exists() {
-                vec![(memsw.clone(), "-1".to_string())]
-            } else {
-                vec![]
-            };
+            let swap =
+                if memsw.exists() { vec![(memsw.clone(), "-1".to_string())] } else { vec![] };
             let mut files = swap.clone();
             files.extend([
-                (
-                    at("memory", "memory.limit_in_bytes"),
-                    cg.memory_max_bytes.to_string(),
-                ),
+                (at("memory", "memory.limit_in_bytes"), cg.memory_max_bytes.to_string()),
                 (at("cpu", "cpu.cfs_period_us"), cg.cpu_period_us.to_string()),
                 (at("cpu", "cpu.cfs_quota_us"), cg.cpu_quota_us.to_string()),
                 // v1 shares: 1024 is the default weight (100).
@@ -73,10 +66,7 @@ fn limit_files(cg: &CgroupPlan) -> Vec<(PathBuf, String)> {
                 (at("memory.max"), cg.memory_max_bytes.to_string()),
                 // No swap: RAM and swap together stay within the limit, as v1's memsw does.
                 (at("memory.swap.max"), "0".to_string()),
-                (
-                    at("cpu.max"),
-                    format!("{} {}", cg.cpu_quota_us, cg.cpu_period_us),
-                ),
+                (at("cpu.max"), format!("{} {}", cg.cpu_quota_us, cg.cpu_period_us)),
                 (at("cpu.weight"), cg.cpu_weight.to_string()),
                 (at("pids.max"), cg.pids_max.to_string()),
             ]
@@ -142,10 +132,7 @@ pub fn remove_cgroup(cg: &CgroupPlan) {
 pub fn read_cgroup(cg: &CgroupPlan) -> serde_json::Value {
     let mut limits = serde_json::Map::new();
     for (file, _) in limit_files(cg) {
-        let name = file
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let value = std::fs::read_to_string(&file)
             .map(|v| v.trim().to_string())
             .unwrap_or_else(|_| "(absent)".into());
@@ -154,21 +141,15 @@ pub fn read_cgroup(cg: &CgroupPlan) -> serde_json::Value {
     let root = Path::new(CGROUP_ROOT);
     let (usage, events) = match cg.version {
         CgroupVersion::V1 => (
-            root.join("memory")
-                .join(&cg.path)
-                .join("memory.usage_in_bytes"),
+            root.join("memory").join(&cg.path).join("memory.usage_in_bytes"),
             root.join("memory").join(&cg.path).join("memory.failcnt"),
         ),
-        _ => (
-            root.join(&cg.path).join("memory.current"),
-            root.join(&cg.path).join("memory.events"),
-        ),
+        _ => {
+            (root.join(&cg.path).join("memory.current"), root.join(&cg.path).join("memory.events"))
+        }
     };
-    let read = |p: &Path| {
-        std::fs::read_to_string(p)
-            .map(|v| v.trim().to_string())
-            .unwrap_or_default()
-    };
+    let read =
+        |p: &Path| std::fs::read_to_string(p).map(|v| v.trim().to_string()).unwrap_or_default();
     serde_json::json!({
         "version": cg.version.as_str(),
         "path": cg.path,
@@ -197,9 +178,8 @@ pub fn own_runtime(plan: &Plan, uid: u32, gid: u32) -> Result<()> {
             std::fs::read_dir(&disks).map_err(|e| QemuError::io("cannot read", &disks, e))?;
         for entry in entries {
             let entry = entry.map_err(|e| QemuError::io("cannot read", &disks, e))?;
-            let kind = entry
-                .file_type()
-                .map_err(|e| QemuError::io("cannot read", &entry.path(), e))?;
+            let kind =
+                entry.file_type().map_err(|e| QemuError::io("cannot read", &entry.path(), e))?;
             // Only plain files: a symlink was refused before, a directory is not a disk.
             if kind.is_file() {
                 give(&entry.path(), uid, 0o600)?;
@@ -256,10 +236,7 @@ pub fn oom_kills(cg: &CgroupPlan) -> Option<(u64, Option<u64>)> {
     let (events, peak) = match cg.version {
         CgroupVersion::V1 => {
             let dir = root.join("memory").join(&cg.path);
-            (
-                dir.join("memory.oom_control"),
-                dir.join("memory.max_usage_in_bytes"),
-            )
+            (dir.join("memory.oom_control"), dir.join("memory.max_usage_in_bytes"))
         }
         CgroupVersion::V2 => {
             let dir = root.join(&cg.path);
@@ -274,9 +251,7 @@ pub fn oom_kills(cg: &CgroupPlan) -> Option<(u64, Option<u64>)> {
         .trim()
         .parse()
         .ok()?;
-    let peak = std::fs::read_to_string(peak)
-        .ok()
-        .and_then(|p| p.trim().parse().ok());
+    let peak = std::fs::read_to_string(peak).ok().and_then(|p| p.trim().parse().ok());
     Some((kills, peak))
 }
 
@@ -296,13 +271,9 @@ pub fn is_in_cgroup(cg: &CgroupPlan, pid: u32) -> bool {
         .collect();
     match cg.version {
         CgroupVersion::V1 => ["memory", "cpu", "pids"].iter().all(|c| {
-            lines
-                .iter()
-                .any(|(ctl, path)| ctl.split(',').any(|x| x == *c) && *path == want)
+            lines.iter().any(|(ctl, path)| ctl.split(',').any(|x| x == *c) && *path == want)
         }),
-        CgroupVersion::V2 => lines
-            .iter()
-            .any(|(ctl, path)| ctl.is_empty() && *path == want),
+        CgroupVersion::V2 => lines.iter().any(|(ctl, path)| ctl.is_empty() && *path == want),
         CgroupVersion::None => true,
     }
 }
@@ -322,12 +293,7 @@ pub fn listen(path: &Path) -> Result<std::os::fd::OwnedFd> {
         Ok(m) if m.file_type().is_socket() => {
             let _ = std::fs::remove_file(path);
         }
-        Ok(_) => {
-            return Err(QemuError::NotASocket {
-                path: path.to_path_buf(),
-            }
-            .into())
-        }
+        Ok(_) => return Err(QemuError::NotASocket { path: path.to_path_buf() }.into()),
         Err(_) => {}
     }
     let listener = std::os::unix::net::UnixListener::bind(path)

@@ -44,24 +44,17 @@ pub fn parse_marker(line: &str) -> Option<Marker> {
     let (prefix, json) = line.split_once(' ')?;
     let value: serde_json::Value = serde_json::from_str(json).ok()?;
     match prefix {
-        "HANGAR_READY" => Some(Marker::Ready {
-            kernel: value.get("kernel")?.as_str()?.to_string(),
-        }),
+        "HANGAR_READY" => {
+            Some(Marker::Ready { kernel: value.get("kernel")?.as_str()?.to_string() })
+        }
         "HANGAR_EXIT" => Some(Marker::Exit {
             code: value.get("code").and_then(|c| c.as_i64()).map(|c| c as i32),
-            signal: value
-                .get("signal")
-                .and_then(|c| c.as_i64())
-                .map(|c| c as i32),
+            signal: value.get("signal").and_then(|c| c.as_i64()).map(|c| c as i32),
         }),
         "HANGAR_POWEROFF" => Some(Marker::PowerOff),
         "HANGAR_POWEROFF_IGNORED" => Some(Marker::PowerOffIgnored),
         "HANGAR_ERROR" => Some(Marker::Error {
-            message: value
-                .get("message")
-                .and_then(|m| m.as_str())
-                .unwrap_or_default()
-                .to_string(),
+            message: value.get("message").and_then(|m| m.as_str()).unwrap_or_default().to_string(),
         }),
         _ => None,
     }
@@ -82,10 +75,7 @@ pub struct LogTail {
 impl LogTail {
     /// Starts at `offset` (0 for the beginning, or the file's length to see only new output).
     pub fn from(offset: u64) -> Self {
-        Self {
-            offset,
-            partial: Vec::new(),
-        }
+        Self { offset, partial: Vec::new() }
     }
 
     /// Current byte offset.
@@ -115,11 +105,7 @@ impl LogTail {
         let mut lines = Vec::new();
         while let Some(pos) = self.partial.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = self.partial.drain(..=pos).collect();
-            lines.push(
-                String::from_utf8_lossy(&line)
-                    .trim_end_matches(['\r', '\n'])
-                    .to_string(),
-            );
+            lines.push(String::from_utf8_lossy(&line).trim_end_matches(['\r', '\n']).to_string());
         }
         lines
     }
@@ -137,19 +123,13 @@ pub fn last_lines(path: &Path, n: usize) -> Vec<String> {
         }
         if from > 0 {
             // The first line is probably cut: drop it.
-            let cut = text
-                .iter()
-                .position(|b| *b == b'\n')
-                .map_or(text.len(), |i| i + 1);
+            let cut = text.iter().position(|b| *b == b'\n').map_or(text.len(), |i| i + 1);
             text.drain(..cut);
         }
     }
     let text = String::from_utf8_lossy(&text);
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(n)..]
-        .iter()
-        .map(|l| l.to_string())
-        .collect()
+    lines[lines.len().saturating_sub(n)..].iter().map(|l| l.to_string()).collect()
 }
 
 /// How much of a file's end [`last_lines`] reads.
@@ -173,16 +153,12 @@ pub fn rotated(log: &Path) -> std::path::PathBuf {
 pub fn rotate(log: &Path, limit: u64) -> std::io::Result<bool> {
     use std::os::unix::fs::OpenOptionsExt;
     let nofollow = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
-    let mut current = match std::fs::File::options()
-        .read(true)
-        .write(true)
-        .custom_flags(nofollow)
-        .open(log)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e),
-    };
+    let mut current =
+        match std::fs::File::options().read(true).write(true).custom_flags(nofollow).open(log) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
     if current.metadata()?.len() <= limit {
         return Ok(false);
     }
@@ -216,11 +192,7 @@ pub fn run_argument(argv: &[String]) -> String {
     let mut out = String::with_capacity(json.len() * 4 / 3 + 16);
     out.push_str("hangar.run=");
     for chunk in json.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..=chunk.len() {
             out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
@@ -239,28 +211,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("console.log");
         // The writer appends, as QEMU's logappend=on does.
-        let mut writer = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
+        let mut writer = std::fs::File::options().create(true).append(true).open(&log).unwrap();
         writer.write_all(b"first line\nsecond line\n").unwrap();
         assert!(!rotate(&log, 1024).unwrap(), "under the limit: untouched");
         assert!(rotate(&log, 10).unwrap());
-        assert_eq!(
-            std::fs::read_to_string(rotated(&log)).unwrap(),
-            "first line\nsecond line\n"
-        );
+        assert_eq!(std::fs::read_to_string(rotated(&log)).unwrap(), "first line\nsecond line\n");
         assert_eq!(std::fs::metadata(&log).unwrap().len(), 0);
         writer.write_all(b"third line\n").unwrap();
         assert_eq!(std::fs::read_to_string(&log).unwrap(), "third line\n");
         // The next rotation replaces the old half: never more than two.
         writer.write_all(b"fourth line\n").unwrap();
         assert!(rotate(&log, 10).unwrap());
-        assert_eq!(
-            std::fs::read_to_string(rotated(&log)).unwrap(),
-            "third line\nfourth line\n"
-        );
+        assert_eq!(std::fs::read_to_string(rotated(&log)).unwrap(), "third line\nfourth line\n");
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 2, "console.log and console.log.1 only");
         // A symlink is not followed (nor rotated).
@@ -292,23 +254,15 @@ mod tests {
     fn markers() {
         assert_eq!(
             parse_marker("HANGAR_READY {\"kernel\":\"6.1\",\"uptime_ms\":12}\r\n"),
-            Some(Marker::Ready {
-                kernel: "6.1".into()
-            })
+            Some(Marker::Ready { kernel: "6.1".into() })
         );
         assert_eq!(
             parse_marker("HANGAR_EXIT {\"code\":7}"),
-            Some(Marker::Exit {
-                code: Some(7),
-                signal: None
-            })
+            Some(Marker::Exit { code: Some(7), signal: None })
         );
         assert_eq!(
             parse_marker("HANGAR_EXIT {\"code\":null,\"signal\":9}"),
-            Some(Marker::Exit {
-                code: None,
-                signal: Some(9)
-            })
+            Some(Marker::Exit { code: None, signal: Some(9) })
         );
         assert_eq!(
             parse_marker("HANGAR_POWEROFF {\"reason\":\"power-button\"}"),
@@ -320,9 +274,7 @@ mod tests {
         );
         assert_eq!(
             parse_marker("HANGAR_ERROR {\"message\":\"boom\"}"),
-            Some(Marker::Error {
-                message: "boom".into()
-            })
+            Some(Marker::Error { message: "boom".into() })
         );
         assert_eq!(parse_marker("HANGAR_READY not-json"), None);
         assert_eq!(parse_marker("[    0.1] HANGAR_READY {}"), None);
@@ -340,11 +292,7 @@ mod tests {
         assert_eq!(tail.read_lines(&p), ["bc"]);
         assert_eq!(last_lines(&p, 1), ["bc"]);
         std::fs::write(&p, "x\n").unwrap();
-        assert_eq!(
-            tail.read_lines(&p),
-            ["x"],
-            "a truncated file is read from its start"
-        );
+        assert_eq!(tail.read_lines(&p), ["x"], "a truncated file is read from its start");
     }
 }
 

@@ -32,10 +32,7 @@ impl Disks for QemuEngine {
             }
             VolumeSource::Overlay { base } => {
                 let b = self.volume_record(base)?;
-                (
-                    Some(base.clone()),
-                    img::create_overlay(&path, Path::new(&b.path), b.format),
-                )
+                (Some(base.clone()), img::create_overlay(&path, Path::new(&b.path), b.format))
             }
             VolumeSource::ImageFile { path: file, format } => {
                 (None, img::create_overlay(&path, Path::new(file), *format))
@@ -81,15 +78,10 @@ impl Disks for QemuEngine {
     fn delete_volume(&self, id: &VolumeId) -> Result<()> {
         let v = self.volume_record(id)?;
         if !v.snapshots.is_empty() {
-            return Err(Error::DiskHasSnapshots {
-                disk: id.clone(),
-                count: v.snapshots.len(),
-            });
+            return Err(Error::DiskHasSnapshots { disk: id.clone(), count: v.snapshots.len() });
         }
-        if let Some(overlay) = self
-            .db(|s| s.list_volumes())?
-            .into_iter()
-            .find(|o| o.base.as_ref() == Some(id))
+        if let Some(overlay) =
+            self.db(|s| s.list_volumes())?.into_iter().find(|o| o.base.as_ref() == Some(id))
         {
             return Err(Error::DiskInUse {
                 disk: id.clone(),
@@ -97,13 +89,7 @@ impl Disks for QemuEngine {
             });
         }
         std::fs::remove_file(&v.path)
-            .or_else(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            })
+            .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
             .map_err(|e| QemuError::io("cannot remove", Path::new(&v.path), e))?;
         self.db(|s| s.delete_volume(id))
     }
@@ -136,10 +122,6 @@ impl Disks for QemuEngine {
     }
 
     fn list_volumes(&self) -> Result<Vec<VolumeInfo>> {
-        Ok(self
-            .db(|s| s.list_volumes())?
-            .iter()
-            .map(volume_info)
-            .collect())
+        Ok(self.db(|s| s.list_volumes())?.iter().map(volume_info).collect())
     }
 }

@@ -116,10 +116,7 @@ pub struct QemuEngine {
 impl QemuEngine {
     /// Opens the engine over `home` (state store, runtime dirs, images), probing the host.
     pub fn open(home: &Path, options: EngineOptions) -> Result<QemuEngine> {
-        let facts = SystemProbe {
-            home: home.to_path_buf(),
-        }
-        .probe();
+        let facts = SystemProbe { home: home.to_path_buf() }.probe();
         let engine = Self::with_facts(home, facts, options)?;
         if let Some(version) = &engine.facts.qemu.version {
             hangar_plan::probe::remember_qemu_version(
@@ -164,8 +161,7 @@ impl QemuEngine {
     }
 
     pub(crate) fn db<T>(
-        &self,
-        f: impl FnOnce(&Store) -> std::result::Result<T, StoreError>,
+        &self, f: impl FnOnce(&Store) -> std::result::Result<T, StoreError>,
     ) -> Result<T> {
         let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
         Ok(f(&store).map_err(QemuError::Store)?)
@@ -177,9 +173,7 @@ impl QemuEngine {
 
     /// A VM's record after refreshing it against reality.
     pub fn record(&self, vm: &VmName) -> Result<VmRecord> {
-        let rec = self
-            .db(|s| s.get_vm(vm))?
-            .ok_or_else(|| Error::VmNotFound(vm.clone()))?;
+        let rec = self.db(|s| s.get_vm(vm))?.ok_or_else(|| Error::VmNotFound(vm.clone()))?;
         self.refresh(rec)
     }
 
@@ -191,12 +185,8 @@ impl QemuEngine {
 
     /// The plan a VM runs.
     pub fn plan_of(rec: &VmRecord) -> Result<Plan> {
-        Ok(
-            serde_json::from_str(&rec.plan_json).map_err(|source| QemuError::PlanUnreadable {
-                vm: rec.name().to_string(),
-                source,
-            })?,
-        )
+        Ok(serde_json::from_str(&rec.plan_json)
+            .map_err(|source| QemuError::PlanUnreadable { vm: rec.name().to_string(), source })?)
     }
 
     /// A VM's full transition history (this incarnation).
@@ -218,9 +208,7 @@ impl QemuEngine {
 
     /// One legal move, persisted with its transition in one transaction.
     pub(crate) fn step(&self, rec: &mut VmRecord, to: VmState, cause: Cause) -> Result<()> {
-        let event = self
-            .machine(rec)
-            .transition(to, cause, current_operation())?;
+        let event = self.machine(rec).transition(to, cause, current_operation())?;
         self.commit(rec, &event)
     }
 
@@ -252,11 +240,7 @@ impl QemuEngine {
     }
 
     pub(crate) fn qmp(&self, plan: &Plan) -> Result<QmpSession<'_>> {
-        QmpSession::connect(
-            self.rt(),
-            Path::new(&plan.qmp_socket),
-            Duration::from_secs(2),
-        )
+        QmpSession::connect(self.rt(), Path::new(&plan.qmp_socket), Duration::from_secs(2))
     }
 
     pub(crate) fn console_log(plan: &Plan) -> Option<PathBuf> {
@@ -264,9 +248,7 @@ impl QemuEngine {
     }
 
     pub(crate) fn last_console(plan: &Plan) -> String {
-        let lines = Self::console_log(plan)
-            .map(|p| console::last_lines(&p, 8))
-            .unwrap_or_default();
+        let lines = Self::console_log(plan).map(|p| console::last_lines(&p, 8)).unwrap_or_default();
         if lines.is_empty() {
             let qemu_log = Path::new(&plan.runtime_dir).join("qemu.log");
             console::last_lines(&qemu_log, 4).join(" | ")
@@ -291,14 +273,11 @@ impl QemuEngine {
     }
 
     pub(crate) fn volume_path(&self, id: &VolumeId, format: DiskFormat) -> PathBuf {
-        self.home
-            .join("volumes")
-            .join(format!("{id}.{}", format.as_str()))
+        self.home.join("volumes").join(format!("{id}.{}", format.as_str()))
     }
 
     pub(crate) fn volume_record(&self, id: &VolumeId) -> Result<VolumeRecord> {
-        self.db(|s| s.get_volume(id))?
-            .ok_or_else(|| Error::DiskNotFound(id.clone()))
+        self.db(|s| s.get_volume(id))?.ok_or_else(|| Error::DiskNotFound(id.clone()))
     }
 }
 
@@ -351,12 +330,7 @@ pub(crate) fn volume_info(v: &VolumeRecord) -> VolumeInfo {
 }
 
 pub(crate) fn refuse(vm: &VmName, from: VmState, to: VmState) -> Error {
-    hangar_core::lifecycle::InvalidTransition {
-        vm: vm.clone(),
-        from,
-        to,
-    }
-    .into()
+    hangar_core::lifecycle::InvalidTransition { vm: vm.clone(), from, to }.into()
 }
 
 impl Events for QemuEngine {

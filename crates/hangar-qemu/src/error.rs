@@ -183,11 +183,7 @@ pub enum QemuError {
 impl QemuError {
     /// An I/O error on `path`.
     pub fn io(what: impl Into<String>, path: &Path, source: std::io::Error) -> QemuError {
-        QemuError::Io {
-            what: what.into(),
-            path: path.to_path_buf(),
-            source,
-        }
+        QemuError::Io { what: what.into(), path: path.to_path_buf(), source }
     }
 }
 
@@ -265,44 +261,22 @@ mod tests {
         .into();
         assert_eq!(e.code(), ErrorCode::Timeout);
         assert_eq!(e.to_string(), "QMP: QMP stop timed out after 7 ms");
-        let Error::Adapter(a) = &e else {
-            panic!("{e:?}")
-        };
-        assert!(matches!(
-            a.downcast_ref::<QemuError>(),
-            Some(QemuError::Qmp(_))
-        ));
+        let Error::Adapter(a) = &e else { panic!("{e:?}") };
+        assert!(matches!(a.downcast_ref::<QemuError>(), Some(QemuError::Qmp(_))));
     }
 
     #[test]
     fn input_errors_name_the_field_and_capacity_is_its_own_code() {
-        let e: Error = QemuError::InputMissing {
-            field: "boot.kernel".into(),
-            file: "/nope".into(),
-        }
-        .into();
+        let e: Error =
+            QemuError::InputMissing { field: "boot.kernel".into(), file: "/nope".into() }.into();
         assert_eq!(e.code(), ErrorCode::InvalidArgument);
         assert_eq!(e.path().as_deref(), Some("boot.kernel"));
-        assert_eq!(
-            e.to_string(),
-            "invalid argument boot.kernel: /nope does not exist"
-        );
-        let e = QemuError::HostDisk {
-            vm: "a".into(),
-            needed_mib: 2,
-            free_mib: 1,
-            home: "/h".into(),
-        };
+        assert_eq!(e.to_string(), "invalid argument boot.kernel: /nope does not exist");
+        let e =
+            QemuError::HostDisk { vm: "a".into(), needed_mib: 2, free_mib: 1, home: "/h".into() };
         assert_eq!(e.code(), ErrorCode::HostCapacity);
-        let io = QemuError::io(
-            "cannot create",
-            Path::new("/x"),
-            std::io::Error::other("full"),
-        );
+        let io = QemuError::io("cannot create", Path::new("/x"), std::io::Error::other("full"));
         assert_eq!(io.to_string(), "cannot create /x: full");
-        assert_eq!(
-            std::error::Error::source(&io).map(|s| s.to_string()),
-            Some("full".into())
-        );
+        assert_eq!(std::error::Error::source(&io).map(|s| s.to_string()), Some("full".into()));
     }
 }

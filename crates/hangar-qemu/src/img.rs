@@ -17,10 +17,7 @@ pub struct ImgError {
 }
 
 fn run(args: &[&str]) -> Result<String, ImgError> {
-    let fail = |message: String| ImgError {
-        args: args.join(" "),
-        message,
-    };
+    let fail = |message: String| ImgError { args: args.join(" "), message };
     let out = Command::new("qemu-img")
         .args(args)
         .output()
@@ -28,9 +25,7 @@ fn run(args: &[&str]) -> Result<String, ImgError> {
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        Err(fail(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ))
+        Err(fail(String::from_utf8_lossy(&out.stderr).trim().to_string()))
     }
 }
 
@@ -40,22 +35,10 @@ fn s(p: &Path) -> &str {
 
 /// Creates a qcow2 overlay whose base is never written.
 pub fn create_overlay(
-    path: &Path,
-    backing: &Path,
-    backing_format: DiskFormat,
+    path: &Path, backing: &Path, backing_format: DiskFormat,
 ) -> Result<(), ImgError> {
-    run(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        s(backing),
-        "-F",
-        backing_format.as_str(),
-        s(path),
-    ])
-    .map(drop)
+    run(&["create", "-q", "-f", "qcow2", "-b", s(backing), "-F", backing_format.as_str(), s(path)])
+        .map(drop)
 }
 
 /// Creates a blank image.
@@ -81,13 +64,10 @@ pub fn virtual_size_mib(path: &Path) -> Result<u64, ImgError> {
         args: format!("info {}", path.display()),
         message: format!("unreadable JSON: {e}"),
     })?;
-    v["virtual-size"]
-        .as_u64()
-        .map(|b| b.div_ceil(1 << 20))
-        .ok_or_else(|| ImgError {
-            args: format!("info {}", path.display()),
-            message: "no virtual-size".into(),
-        })
+    v["virtual-size"].as_u64().map(|b| b.div_ceil(1 << 20)).ok_or_else(|| ImgError {
+        args: format!("info {}", path.display()),
+        message: "no virtual-size".into(),
+    })
 }
 
 /// Checks an image's consistency.

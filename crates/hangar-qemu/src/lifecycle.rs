@@ -23,11 +23,8 @@ impl Lifecycle for QemuEngine {
         if let (Some(extra), BootSource::Image { cmdline, .. }) =
             (&self.options.extra_cmdline, &mut spec.boot)
         {
-            *cmdline = if cmdline.is_empty() {
-                extra.clone()
-            } else {
-                format!("{cmdline} {extra}")
-            };
+            *cmdline =
+                if cmdline.is_empty() { extra.clone() } else { format!("{cmdline} {extra}") };
         }
         let _lock = self.lock(&spec.name)?;
         let (canonical, mut plan) = self.replan(spec)?;
@@ -95,27 +92,15 @@ impl Lifecycle for QemuEngine {
         }
         let plan = Self::plan_of(&rec)?;
         let p = rec.process.ok_or(QemuError::NoProcess)?;
-        let mut tail = LogTail::from(
-            Self::console_log(&plan)
-                .as_deref()
-                .map(console::len)
-                .unwrap_or(0),
-        );
+        let mut tail =
+            LogTail::from(Self::console_log(&plan).as_deref().map(console::len).unwrap_or(0));
         let ctl = self.qmp(&plan)?;
         let started = Instant::now();
         // The firmware and early boot may reset again: keep `reset` until the guest is back.
         ctl.set_reboot_action(true)?;
         let rebooted = ctl.reset().and_then(|()| {
             let timeout = self.options.boot_timeout;
-            self.wait_ready(
-                &ctl,
-                p,
-                &plan,
-                &mut tail,
-                started + timeout,
-                timeout,
-                cancel,
-            )
+            self.wait_ready(&ctl, p, &plan, &mut tail, started + timeout, timeout, cancel)
         });
         let restored = ctl.set_reboot_action(false);
         if let Err(e) = rebooted.and(restored) {
@@ -151,10 +136,7 @@ impl Lifecycle for QemuEngine {
 
     fn list(&self) -> Result<Vec<VmStatus>> {
         let records = self.db(|s| s.list_vms())?;
-        records
-            .into_iter()
-            .map(|r| self.refresh(r).map(|r| Self::status_of(&r)))
-            .collect()
+        records.into_iter().map(|r| self.refresh(r).map(|r| Self::status_of(&r))).collect()
     }
 
     fn observe(&self, observer: Arc<dyn LifecycleObserver>) {
@@ -166,10 +148,7 @@ impl QemuEngine {
     /// Pausing or resuming: moves `vm` from `from` to `to` through `via` with `command`; a VM
     /// already there is left alone, a failed command (`verb`) leaves it failed with the reason.
     fn switch_vcpus(
-        &self,
-        vm: &VmName,
-        [from, via, to]: [VmState; 3],
-        verb: &str,
+        &self, vm: &VmName, [from, via, to]: [VmState; 3], verb: &str,
         command: impl FnOnce(&QmpSession<'_>) -> Result<()>,
     ) -> Result<VmStatus> {
         let _lock = self.lock(vm)?;

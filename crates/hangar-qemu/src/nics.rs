@@ -10,9 +10,7 @@ use crate::engine::*;
 
 impl QemuEngine {
     fn change_nics(
-        &self,
-        vm: &VmName,
-        change: impl FnOnce(&mut Vec<NicSpec>) -> Result<()>,
+        &self, vm: &VmName, change: impl FnOnce(&mut Vec<NicSpec>) -> Result<()>,
     ) -> Result<()> {
         let _lock = self.lock(vm)?;
         let mut rec = self.record(vm)?;
@@ -42,10 +40,7 @@ impl Nics for QemuEngine {
     fn attach_nic(&self, vm: &VmName, nic: &NicSpec) -> Result<()> {
         self.change_nics(vm, |nics| {
             if nics.iter().any(|n| n.name == nic.name) {
-                return Err(Error::NicExists {
-                    vm: vm.clone(),
-                    nic: nic.name.to_string(),
-                });
+                return Err(Error::NicExists { vm: vm.clone(), nic: nic.name.to_string() });
             }
             nics.push(nic.clone());
             Ok(())
@@ -57,10 +52,7 @@ impl Nics for QemuEngine {
             let before = nics.len();
             nics.retain(|n| n.name != *nic);
             if nics.len() == before {
-                return Err(Error::NicNotFound {
-                    vm: vm.clone(),
-                    nic: nic.to_string(),
-                });
+                return Err(Error::NicNotFound { vm: vm.clone(), nic: nic.to_string() });
             }
             Ok(())
         })

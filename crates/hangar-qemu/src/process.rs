@@ -50,9 +50,7 @@ pub fn alive(p: ProcessIdentity) -> bool {
 /// `launch.fds` at their numbers (every other descriptor of ours is close-on-exec). A background
 /// thread reaps it if it is our child, so no zombie outlives it in long-running callers.
 pub fn spawn_detached(
-    argv: &[String],
-    log: &Path,
-    launch: Launch,
+    argv: &[String], log: &Path, launch: Launch,
 ) -> std::io::Result<ProcessIdentity> {
     let out = File::options()
         .create(true)
@@ -62,10 +60,7 @@ pub fn spawn_detached(
         .open(log)?;
     let err = out.try_clone()?;
     let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..])
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err);
+    cmd.args(&argv[1..]).stdin(Stdio::null()).stdout(out).stderr(err);
     // Opened here, written in the child: joining by "0" moves the writer itself.
     let procs: Vec<OwnedFd> = launch
         .cgroup_procs
@@ -82,10 +77,7 @@ pub fn spawn_detached(
         (
             rustix::process::Uid::from_raw(*u),
             rustix::process::Gid::from_raw(*g),
-            groups
-                .iter()
-                .map(|g| rustix::process::Gid::from_raw(*g))
-                .collect::<Vec<_>>(),
+            groups.iter().map(|g| rustix::process::Gid::from_raw(*g)).collect::<Vec<_>>(),
         )
     });
     // Every passed descriptor first moves above the numbers being assigned, so placing one can
@@ -93,12 +85,7 @@ pub fn spawn_detached(
     let passed: Vec<(RawFd, OwnedFd)> = launch
         .fds
         .iter()
-        .map(|(number, fd)| {
-            Ok((
-                *number,
-                rustix::io::fcntl_dupfd_cloexec(fd, PASSED_FD_FLOOR)?,
-            ))
-        })
+        .map(|(number, fd)| Ok((*number, rustix::io::fcntl_dupfd_cloexec(fd, PASSED_FD_FLOOR)?)))
         .collect::<std::io::Result<_>>()?;
     let procs_raw: Vec<RawFd> = procs.iter().map(AsRawFd::as_raw_fd).collect();
     let passed_raw: Vec<(RawFd, RawFd)> =
@@ -113,19 +100,13 @@ pub fn spawn_detached(
     // identity is known even if it has already exited (the caller then finds it not alive and
     // reports why, from its log).
     let identity = stat(pid).map(|(start_time, _)| ProcessIdentity { pid, start_time });
-    std::thread::Builder::new()
-        .name(format!("reap-{pid}"))
-        .spawn(move || {
-            let _ = child.wait();
-        })?;
+    std::thread::Builder::new().name(format!("reap-{pid}")).spawn(move || {
+        let _ = child.wait();
+    })?;
     identity.ok_or_else(|| std::io::Error::other(format!("process {pid} vanished at once")))
 }
 
-type Credentials = (
-    rustix::process::Uid,
-    rustix::process::Gid,
-    Vec<rustix::process::Gid>,
-);
+type Credentials = (rustix::process::Uid, rustix::process::Gid, Vec<rustix::process::Gid>);
 
 /// Passed descriptors are parked at or above this number until the child places them.
 const PASSED_FD_FLOOR: RawFd = 64;
@@ -136,9 +117,7 @@ const PASSED_FD_FLOOR: RawFd = 64;
 /// it must inherit lose close-on-exec.
 #[allow(unsafe_code)]
 fn confine_child(
-    cmd: &mut Command,
-    procs: Vec<RawFd>,
-    credentials: Option<Credentials>,
+    cmd: &mut Command, procs: Vec<RawFd>, credentials: Option<Credentials>,
     passed: Vec<(RawFd, RawFd)>,
 ) {
     use std::os::unix::process::CommandExt;
@@ -188,10 +167,8 @@ impl ProcessHandle {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let ts = Timespec {
-                tv_sec: left.as_secs() as i64,
-                tv_nsec: i64::from(left.subsec_nanos()),
-            };
+            let ts =
+                Timespec { tv_sec: left.as_secs() as i64, tv_nsec: i64::from(left.subsec_nanos()) };
             let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
             match poll(&mut fds, Some(&ts)) {
                 Ok(n) if n > 0 => return true,
@@ -250,12 +227,8 @@ pub fn uptime(p: ProcessIdentity) -> Option<Duration> {
     if !alive(p) {
         return None;
     }
-    let up: f64 = std::fs::read_to_string("/proc/uptime")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
+    let up: f64 =
+        std::fs::read_to_string("/proc/uptime").ok()?.split_whitespace().next()?.parse().ok()?;
     let started = p.start_time as f64 / TICKS_PER_SEC;
     Some(Duration::from_secs_f64((up - started).max(0.0)))
 }
@@ -270,14 +243,8 @@ mod tests {
         let argv: Vec<String> = ["sleep", "30"].iter().map(|s| s.to_string()).collect();
         let p = spawn_detached(&argv, &dir.path().join("log"), Launch::default()).unwrap();
         assert!(alive(p));
-        let wrong = ProcessIdentity {
-            start_time: p.start_time + 1,
-            ..p
-        };
-        assert!(
-            !alive(wrong),
-            "a different start time is a different process"
-        );
+        let wrong = ProcessIdentity { start_time: p.start_time + 1, ..p };
+        assert!(!alive(wrong), "a different start time is a different process");
         assert!(ProcessHandle::open(wrong).is_none());
         assert!(!wait_exit(p, Duration::from_millis(50)));
         assert!(terminate(p, Duration::from_secs(5)));

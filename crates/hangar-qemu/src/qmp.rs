@@ -53,19 +53,14 @@ pub struct QmpSession<'rt> {
 impl<'rt> QmpSession<'rt> {
     /// Connects, retrying until the socket answers or `deadline` passes.
     pub fn connect(rt: &'rt Runtime, socket: &Path, deadline: Duration) -> Result<QmpSession<'rt>> {
-        let qmp = rt
-            .block_on(Qmp::connect(socket, deadline))
-            .map_err(qmp_err)?;
+        let qmp = rt.block_on(Qmp::connect(socket, deadline)).map_err(qmp_err)?;
         Ok(QmpSession { rt, qmp })
     }
 
     /// [`QmpSession::connect`] that gives up as soon as `alive` says the process is gone (a
     /// refused connection is otherwise retried until the deadline). `None` when it died.
     pub fn connect_while(
-        rt: &'rt Runtime,
-        socket: &Path,
-        deadline: Duration,
-        alive: impl Fn() -> bool,
+        rt: &'rt Runtime, socket: &Path, deadline: Duration, alive: impl Fn() -> bool,
     ) -> Option<std::result::Result<QmpSession<'rt>, QmpError>> {
         let qmp = rt.block_on(async {
             tokio::select! {
@@ -82,10 +77,7 @@ impl<'rt> QmpSession<'rt> {
 
     /// `query-status`.
     pub fn status(&self) -> Result<Status> {
-        self.rt
-            .block_on(self.qmp.query_status())
-            .map(Status)
-            .map_err(qmp_err)
+        self.rt.block_on(self.qmp.query_status()).map(Status).map_err(qmp_err)
     }
 
     /// Pauses the vCPUs.
@@ -100,9 +92,7 @@ impl<'rt> QmpSession<'rt> {
 
     /// Presses the ACPI power button.
     pub fn powerdown(&self) -> Result<()> {
-        self.rt
-            .block_on(self.qmp.system_powerdown())
-            .map_err(qmp_err)
+        self.rt.block_on(self.qmp.system_powerdown()).map_err(qmp_err)
     }
 
     /// Resets the machine (a hard reboot of the guest).
@@ -116,10 +106,7 @@ impl<'rt> QmpSession<'rt> {
     pub fn set_reboot_action(&self, reset: bool) -> Result<()> {
         let action = if reset { "reset" } else { "shutdown" };
         self.rt
-            .block_on(
-                self.qmp
-                    .execute("set-action", Some(serde_json::json!({ "reboot": action }))),
-            )
+            .block_on(self.qmp.execute("set-action", Some(serde_json::json!({ "reboot": action }))))
             .map(drop)
             .map_err(qmp_err)
     }
@@ -140,17 +127,10 @@ impl<'rt> QmpSession<'rt> {
                 return Ok(());
             }
             if s.is_fatal() {
-                return Err(QemuError::Fatal {
-                    status: s.name(),
-                    context: String::new(),
-                }
-                .into());
+                return Err(QemuError::Fatal { status: s.name(), context: String::new() }.into());
             }
             if Instant::now() >= deadline {
-                return Err(QemuError::Deadline {
-                    what: "waiting for the vCPUs to run",
-                }
-                .into());
+                return Err(QemuError::Deadline { what: "waiting for the vCPUs to run" }.into());
             }
             std::thread::sleep(POLL);
         }
@@ -167,10 +147,7 @@ impl<'rt> QmpSession<'rt> {
                 _ => return Ok(()),
             }
             if Instant::now() >= deadline {
-                return Err(QemuError::Deadline {
-                    what: "loading the memory snapshot",
-                }
-                .into());
+                return Err(QemuError::Deadline { what: "loading the memory snapshot" }.into());
             }
             std::thread::sleep(POLL);
         }
@@ -181,10 +158,7 @@ impl<'rt> QmpSession<'rt> {
         let uri = format!("file:{}", path.display());
         self.rt.block_on(self.qmp.migrate(&uri)).map_err(qmp_err)?;
         loop {
-            let info = self
-                .rt
-                .block_on(self.qmp.query_migrate())
-                .map_err(qmp_err)?;
+            let info = self.rt.block_on(self.qmp.query_migrate()).map_err(qmp_err)?;
             match info.status {
                 MigrationStatus::Completed => return Ok(()),
                 MigrationStatus::Failed | MigrationStatus::Cancelled => {
@@ -196,10 +170,7 @@ impl<'rt> QmpSession<'rt> {
                 _ => {}
             }
             if Instant::now() >= deadline {
-                return Err(QemuError::Deadline {
-                    what: "saving the memory snapshot",
-                }
-                .into());
+                return Err(QemuError::Deadline { what: "saving the memory snapshot" }.into());
             }
             std::thread::sleep(POLL);
         }

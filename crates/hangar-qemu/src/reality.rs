@@ -26,9 +26,7 @@ impl QemuEngine {
                 Self::upkeep(&plan, p);
                 Seen::Alive
             }
-            Some(_) => Seen::Exited {
-                clean: Self::powered_off(&plan),
-            },
+            Some(_) => Seen::Exited { clean: Self::powered_off(&plan) },
         };
         let verdict = verdict(rec.state, seen);
         match verdict {
@@ -179,10 +177,7 @@ impl QemuEngine {
             let pid = pid.map(|p| format!(" (QEMU pid {p})")).unwrap_or_default();
             self.engine_event(
                 rec,
-                format!(
-                    "settled a {before} whose command was interrupted{pid}: now {}",
-                    rec.state
-                ),
+                format!("settled a {before} whose command was interrupted{pid}: now {}", rec.state),
             );
         }
         Ok(())
@@ -278,10 +273,7 @@ pub(crate) enum Verdict {
 /// Decides what a refresh does from the recorded state and what was seen: no I/O, so every
 /// case is unit-tested without QEMU.
 pub(crate) fn verdict(state: VmState, seen: Seen) -> Verdict {
-    let down = matches!(
-        state,
-        VmState::Stopped | VmState::Failed | VmState::Sleeping
-    );
+    let down = matches!(state, VmState::Stopped | VmState::Failed | VmState::Sleeping);
     match seen {
         Seen::Exited { clean: true } if state == VmState::Running => Verdict::PoweredOff,
         Seen::Exited { .. } if down => Verdict::Forget,
@@ -341,10 +333,7 @@ pub(crate) enum Settlement {
 
 /// Decides how an interrupted operation ends: no I/O, unit-tested without QEMU.
 pub(crate) fn settlement(
-    state: VmState,
-    qmp: Option<QmpSeen>,
-    guest_ready: bool,
-    boot_overdue: bool,
+    state: VmState, qmp: Option<QmpSeen>, guest_ready: bool, boot_overdue: bool,
 ) -> Settlement {
     if qmp == Some(QmpSeen::Fatal) {
         return Settlement::Fail;
@@ -371,24 +360,12 @@ mod tests {
 
     #[test]
     fn a_gone_qemu_is_a_stop_after_a_power_off_a_failure_otherwise_and_forgotten_when_down() {
-        assert_eq!(
-            verdict(Running, Seen::Exited { clean: true }),
-            Verdict::PoweredOff
-        );
-        assert_eq!(
-            verdict(Running, Seen::Exited { clean: false }),
-            Verdict::Died
-        );
+        assert_eq!(verdict(Running, Seen::Exited { clean: true }), Verdict::PoweredOff);
+        assert_eq!(verdict(Running, Seen::Exited { clean: false }), Verdict::Died);
         // A power-off is only a clean stop from `running`: anywhere else QEMU was not
         // expected to go.
-        for s in [
-            Starting, Paused, Pausing, Resuming, Saving, Waking, Stopping,
-        ] {
-            assert_eq!(
-                verdict(s, Seen::Exited { clean: true }),
-                Verdict::Died,
-                "{s}"
-            );
+        for s in [Starting, Paused, Pausing, Resuming, Saving, Waking, Stopping] {
+            assert_eq!(verdict(s, Seen::Exited { clean: true }), Verdict::Died, "{s}");
         }
         for s in [Stopped, Failed, Sleeping] {
             for clean in [true, false] {
@@ -411,9 +388,7 @@ mod tests {
 
     #[test]
     fn no_process_where_one_should_run_is_looked_for_and_elsewhere_is_normal() {
-        for s in [
-            Starting, Running, Pausing, Paused, Resuming, Saving, Waking, Stopping,
-        ] {
+        for s in [Starting, Running, Pausing, Paused, Resuming, Saving, Waking, Stopping] {
             assert_eq!(verdict(s, Seen::NoProcess), Verdict::LookForOrphan, "{s}");
         }
         for s in [Defined, Stopped, Failed, Sleeping] {
@@ -425,50 +400,25 @@ mod tests {
     fn an_interrupted_boot_finishes_when_ready_fails_when_overdue_and_waits_otherwise() {
         let r = Some(QmpSeen::Running);
         assert_eq!(settlement(Starting, r, true, true), Settlement::Booted);
-        assert_eq!(
-            settlement(Starting, r, false, true),
-            Settlement::BootTimedOut
-        );
+        assert_eq!(settlement(Starting, r, false, true), Settlement::BootTimedOut);
         assert_eq!(settlement(Starting, r, false, false), Settlement::Wait);
         assert_eq!(settlement(Starting, None, false, false), Settlement::Wait);
         // A fatal QEMU fails whatever was under way, even a ready guest.
-        assert_eq!(
-            settlement(Starting, Some(QmpSeen::Fatal), true, false),
-            Settlement::Fail
-        );
-        assert_eq!(
-            settlement(Stopping, Some(QmpSeen::Fatal), false, false),
-            Settlement::Fail
-        );
+        assert_eq!(settlement(Starting, Some(QmpSeen::Fatal), true, false), Settlement::Fail);
+        assert_eq!(settlement(Stopping, Some(QmpSeen::Fatal), false, false), Settlement::Fail);
     }
 
     #[test]
     fn interrupted_pauses_resumes_saves_and_wakes_settle_on_what_qmp_reports() {
-        assert_eq!(
-            settlement(Stopping, None, false, false),
-            Settlement::FinishStop
-        );
+        assert_eq!(settlement(Stopping, None, false, false), Settlement::FinishStop);
         for s in [Pausing, Resuming, Saving, Waking] {
-            assert_eq!(
-                settlement(s, Some(QmpSeen::Running), false, false),
-                Settlement::Running
-            );
-            assert_eq!(
-                settlement(s, None, false, true),
-                Settlement::Wait,
-                "{s}: QMP silent"
-            );
+            assert_eq!(settlement(s, Some(QmpSeen::Running), false, false), Settlement::Running);
+            assert_eq!(settlement(s, None, false, true), Settlement::Wait, "{s}: QMP silent");
         }
         for s in [Pausing, Resuming, Saving] {
-            assert_eq!(
-                settlement(s, Some(QmpSeen::Paused), false, false),
-                Settlement::Paused
-            );
+            assert_eq!(settlement(s, Some(QmpSeen::Paused), false, false), Settlement::Paused);
         }
         // A loaded snapshot never continued is finished, never left `paused`.
-        assert_eq!(
-            settlement(Waking, Some(QmpSeen::Paused), false, false),
-            Settlement::FinishWake
-        );
+        assert_eq!(settlement(Waking, Some(QmpSeen::Paused), false, false), Settlement::FinishWake);
     }
 }

@@ -30,12 +30,7 @@ impl QemuEngine {
         for creation in &plan.creates {
             match creation {
                 Creation::Dir { .. } => {}
-                Creation::Overlay {
-                    path,
-                    backing,
-                    backing_format,
-                    ..
-                } => {
+                Creation::Overlay { path, backing, backing_format, .. } => {
                     let path = Path::new(path);
                     if !path.exists() {
                         if !Path::new(backing).exists() {
@@ -53,12 +48,7 @@ impl QemuEngine {
                         )?;
                     }
                 }
-                Creation::Disk {
-                    path,
-                    format,
-                    size_mib,
-                    ..
-                } => {
+                Creation::Disk { path, format, size_mib, .. } => {
                     let path = Path::new(path);
                     if !path.exists() {
                         img::create_blank(path, *format, *size_mib).map_err(|e| {
@@ -185,11 +175,7 @@ impl QemuEngine {
             .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(&out)
             .map_err(|e| QemuError::io("cannot create", &out, e))?;
-        if let Some((uid, gid)) = plan
-            .confinement
-            .as_ref()
-            .and_then(|c| Some((c.uid?, c.gid?)))
-        {
+        if let Some((uid, gid)) = plan.confinement.as_ref().and_then(|c| Some((c.uid?, c.gid?))) {
             rustix::fs::fchown(
                 &file,
                 Some(rustix::process::Uid::from_raw(uid)),
@@ -203,10 +189,8 @@ impl QemuEngine {
     /// Before a VM moves: lets the QEMU group into the state directory and refuses inputs
     /// the VM's QEMU user could not read, naming the field.
     pub(crate) fn check_reachable(&self, rec: &VmRecord, plan: &Plan) -> Result<()> {
-        let Some((uid, gid, groups)) = plan
-            .confinement
-            .as_ref()
-            .and_then(|c| Some((c.uid?, c.gid?, &c.groups)))
+        let Some((uid, gid, groups)) =
+            plan.confinement.as_ref().and_then(|c| Some((c.uid?, c.gid?, &c.groups)))
         else {
             return Ok(());
         };
@@ -257,10 +241,7 @@ pub(crate) fn check_inputs(spec: &VmSpec) -> Result<()> {
         if Path::new(file).exists() {
             Ok(())
         } else {
-            Err(QemuError::InputMissing {
-                field,
-                file: file.to_string(),
-            })
+            Err(QemuError::InputMissing { field, file: file.to_string() })
         }
     };
     if let BootSource::Kernel { kernel, initrd, .. } = &spec.boot {
@@ -282,12 +263,10 @@ pub(crate) fn move_file(from: &Path, to: &Path) -> Result<()> {
     match std::fs::rename(from, to) {
         Ok(()) => Ok(()),
         Err(e) if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) => {
-            std::fs::copy(from, to)
-                .and_then(|_| std::fs::remove_file(from))
-                .map_err(|e| {
-                    let _ = std::fs::remove_file(to);
-                    QemuError::io("cannot move to", to, e).into()
-                })
+            std::fs::copy(from, to).and_then(|_| std::fs::remove_file(from)).map_err(|e| {
+                let _ = std::fs::remove_file(to);
+                QemuError::io("cannot move to", to, e).into()
+            })
         }
         Err(e) => Err(QemuError::io("cannot move", from, e).into()),
     }
@@ -332,11 +311,7 @@ mod tests {
 
     #[test]
     fn the_files_a_qcow2_chain_makes_qemu_open_are_inputs_too() {
-        if std::process::Command::new("qemu-img")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
+        if std::process::Command::new("qemu-img").arg("--version").output().is_err() {
             eprintln!("SKIPPED: qemu-img is not installed (scripts/setup installs it)");
             return;
         }

@@ -22,15 +22,9 @@ use crate::runtime::*;
 impl QemuEngine {
     pub(crate) fn check_snapshot_fits(&self, rec: &VmRecord, snap: &SnapshotRecord) -> Result<()> {
         if let Some(reason) = info(snap).clone_refusal(rec.name(), &rec.spec) {
-            return Err(Error::SnapshotMismatch {
-                snapshot: snap.id.clone(),
-                reason,
-            });
+            return Err(Error::SnapshotMismatch { snapshot: snap.id.clone(), reason });
         }
-        let version = format!(
-            "qemu-{}",
-            self.facts.qemu.version.as_deref().unwrap_or("unknown")
-        );
+        let version = format!("qemu-{}", self.facts.qemu.version.as_deref().unwrap_or("unknown"));
         if snap.spec_hash != rec.spec_hash {
             // Not the same spec: only a clone (same spec but for name, tenant and pool) fits.
             let reason = match &snap.clone_hash {
@@ -48,19 +42,13 @@ impl QemuEngine {
                 Some(_) => None,
             };
             if let Some(reason) = reason {
-                return Err(Error::SnapshotMismatch {
-                    snapshot: snap.id.clone(),
-                    reason,
-                });
+                return Err(Error::SnapshotMismatch { snapshot: snap.id.clone(), reason });
             }
         }
         if snap.engine_version != version {
             return Err(Error::SnapshotMismatch {
                 snapshot: snap.id.clone(),
-                reason: format!(
-                    "written by {} but this host runs {version}",
-                    snap.engine_version
-                ),
+                reason: format!("written by {} but this host runs {version}", snap.engine_version),
             });
         }
         if !Path::new(&snap.path).exists() {
@@ -106,10 +94,7 @@ pub(crate) fn freeze_disks(plan: &Plan, state_file: &Path) -> Result<Vec<FrozenD
         std::fs::create_dir_all(&dir).map_err(|e| QemuError::io("cannot create", &dir, e))?;
         let to = dir.join(from.file_name().unwrap_or(disk.as_ref()));
         std::fs::copy(from, &to).map_err(|e| QemuError::io("cannot copy disk to", &to, e))?;
-        frozen.push(FrozenDisk {
-            disk: disk.to_string(),
-            path: to.display().to_string(),
-        });
+        frozen.push(FrozenDisk { disk: disk.to_string(), path: to.display().to_string() });
     }
     Ok(frozen)
 }
@@ -127,12 +112,12 @@ pub(crate) fn thaw_disks(snap: &SnapshotRecord, plan: &Plan, clone: bool) -> Res
                         .map_err(|e| QemuError::io("cannot create", dir, e))?;
                 }
                 let tmp = to.with_extension("thaw.tmp");
-                std::fs::copy(&f.path, &tmp)
-                    .and_then(|_| std::fs::rename(&tmp, to))
-                    .map_err(|e| {
+                std::fs::copy(&f.path, &tmp).and_then(|_| std::fs::rename(&tmp, to)).map_err(
+                    |e| {
                         let _ = std::fs::remove_file(&tmp);
                         QemuError::io("cannot copy frozen disk to", to, e)
-                    })?;
+                    },
+                )?;
             }
             None if clone => {
                 return Err(Error::SnapshotMismatch {
@@ -148,11 +133,7 @@ pub(crate) fn thaw_disks(snap: &SnapshotRecord, plan: &Plan, clone: bool) -> Res
 
 impl Snapshots for QemuEngine {
     fn save(
-        &self,
-        vm: &VmName,
-        id: &SnapshotId,
-        mode: SaveMode,
-        cancel: &CancelToken,
+        &self, vm: &VmName, id: &SnapshotId, mode: SaveMode, cancel: &CancelToken,
     ) -> Result<SnapshotInfo> {
         let _lock = self.lock(vm)?;
         let mut rec = self.record(vm)?;
@@ -250,9 +231,8 @@ impl Snapshots for QemuEngine {
     fn restore(&self, vm: &VmName, id: &SnapshotId, cancel: &CancelToken) -> Result<VmStatus> {
         let _lock = self.lock(vm)?;
         let mut rec = self.record(vm)?;
-        let snap = self
-            .db(|s| s.get_snapshot(id))?
-            .ok_or_else(|| Error::SnapshotNotFound(id.clone()))?;
+        let snap =
+            self.db(|s| s.get_snapshot(id))?.ok_or_else(|| Error::SnapshotNotFound(id.clone()))?;
         let via = match rec.state {
             VmState::Sleeping => VmState::Waking,
             VmState::Defined | VmState::Stopped => VmState::Starting,
@@ -275,11 +255,7 @@ impl Snapshots for QemuEngine {
         let untouched = via == VmState::Waking && rec.sleeping_on.as_ref() == Some(id);
         let clone = snap.spec_hash != rec.spec_hash || snap.vm != *vm;
         self.step(&mut rec, via, Cause::User)?;
-        let thawed = if untouched {
-            Ok(())
-        } else {
-            thaw_disks(&snap, &plan, clone)
-        };
+        let thawed = if untouched { Ok(()) } else { thaw_disks(&snap, &plan, clone) };
         match thawed.and_then(|()| {
             self.boot(
                 &mut rec,
@@ -304,26 +280,18 @@ impl Snapshots for QemuEngine {
     }
 
     fn list_snapshots(&self, vm: Option<&VmName>) -> Result<Vec<SnapshotInfo>> {
-        Ok(self
-            .db(|s| s.list_snapshots(vm))?
-            .iter()
-            .map(info)
-            .collect())
+        Ok(self.db(|s| s.list_snapshots(vm))?.iter().map(info).collect())
     }
 
     fn delete_snapshot(&self, id: &SnapshotId) -> Result<()> {
-        let snap = self
-            .db(|s| s.get_snapshot(id))?
-            .ok_or_else(|| Error::SnapshotNotFound(id.clone()))?;
+        let snap =
+            self.db(|s| s.get_snapshot(id))?.ok_or_else(|| Error::SnapshotNotFound(id.clone()))?;
         let user = self
             .db(|s| s.list_vms())?
             .into_iter()
             .find(|r| r.state == VmState::Sleeping && r.sleeping_on.as_ref() == Some(id));
         if let Some(user) = user {
-            return Err(Error::SnapshotInUse {
-                snapshot: id.clone(),
-                vm: user.name().clone(),
-            });
+            return Err(Error::SnapshotInUse { snapshot: id.clone(), vm: user.name().clone() });
         }
         let _ = std::fs::remove_file(&snap.path);
         let _ = std::fs::remove_dir_all(frozen_dir(Path::new(&snap.path)));

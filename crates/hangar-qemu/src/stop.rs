@@ -67,10 +67,7 @@ impl QemuEngine {
 
     /// The stop ladder behind [`Lifecycle::stop`].
     pub fn stop_vm(
-        &self,
-        vm: &VmName,
-        mode: StopMode,
-        cancel: &CancelToken,
+        &self, vm: &VmName, mode: StopMode, cancel: &CancelToken,
     ) -> Result<StopOutcome> {
         let started = Instant::now();
         let _lock = self.lock(vm)?;
@@ -92,19 +89,12 @@ impl QemuEngine {
                 rec.state = VmState::Stopping;
                 self.cleanup_runtime(&plan);
                 rec.process = None;
-                let cause = if escalated || mode == StopMode::Force {
-                    Cause::User
-                } else {
-                    Cause::Engine
-                };
+                let cause =
+                    if escalated || mode == StopMode::Force { Cause::User } else { Cause::Engine };
                 self.step(&mut rec, VmState::Stopped, cause)?;
             }
             other => return Err(refuse(vm, other, VmState::Stopping)),
         }
-        Ok(StopOutcome {
-            status: Self::status_of(&rec),
-            escalated,
-            took: started.elapsed(),
-        })
+        Ok(StopOutcome { status: Self::status_of(&rec), escalated, took: started.elapsed() })
     }
 }

@@ -15,11 +15,7 @@ use hangar_qemu::{EngineOptions, QemuEngine};
 
 /// Types on `vm`'s console; see [`hangar_testkit::console`].
 fn console(home: &Path, vm: &str, command: &str, expect: &str) -> String {
-    hangar_testkit::console(
-        &home.join("vms").join(vm).join("console.sock"),
-        command,
-        expect,
-    )
+    hangar_testkit::console(&home.join("vms").join(vm).join("console.sock"), command, expect)
 }
 
 fn holds(file: &Path, needle: &str) -> bool {
@@ -73,10 +69,7 @@ fn a_snapshot_seeds_a_clone_with_its_own_copy_of_the_disks() {
     write_disk(home, "src", "MARK-AFTER-SAVE", 4096, 2);
 
     engine.define(&spec("cl")).unwrap();
-    assert_eq!(
-        engine.restore(&cl, &snap, &c).unwrap().state,
-        VmState::Running
-    );
+    assert_eq!(engine.restore(&cl, &snap, &c).unwrap().state, VmState::Running);
     // Its own copy, as at the save: the source's later write is not in it.
     assert!(holds(&overlay("cl"), "MARK-BEFORE-SAVE"));
     assert!(!holds(&overlay("cl"), "MARK-AFTER-SAVE"));

@@ -48,10 +48,7 @@ fn skip(test: &str) -> bool {
 }
 
 fn facts(home: &Path) -> HostFacts {
-    let facts = hangar_plan::probe::SystemProbe {
-        home: home.to_path_buf(),
-    }
-    .probe();
+    let facts = hangar_plan::probe::SystemProbe { home: home.to_path_buf() }.probe();
     assert!(facts.confinement.enabled, "HANGAR_CONFINE=off is set");
     facts
 }
@@ -61,10 +58,7 @@ fn engine(home: &Path, facts: HostFacts) -> QemuEngine {
     QemuEngine::with_facts(
         home,
         facts,
-        EngineOptions {
-            ephemeral: true,
-            ..EngineOptions::default()
-        },
+        EngineOptions { ephemeral: true, ..EngineOptions::default() },
     )
     .unwrap()
 }
@@ -92,12 +86,7 @@ fn bench(test: &str, adjust: impl FnOnce(&mut HostFacts)) -> Option<Bench> {
     let mut facts = facts(home.path());
     adjust(&mut facts);
     let engine = engine(home.path(), facts);
-    Some(Bench {
-        home,
-        _reaper: reaper,
-        base,
-        engine,
-    })
+    Some(Bench { home, _reaper: reaper, base, engine })
 }
 
 fn plan(engine: &QemuEngine, vm: &str) -> Plan {
@@ -141,10 +130,9 @@ fn read(path: &Path) -> String {
 
 #[test]
 fn a_guest_runs_as_its_own_user_without_privileges_in_its_own_cgroup() {
-    let Some(b) = bench(
-        "a_guest_runs_as_its_own_user_without_privileges_in_its_own_cgroup",
-        |_| {},
-    ) else {
+    let Some(b) =
+        bench("a_guest_runs_as_its_own_user_without_privileges_in_its_own_cgroup", |_| {})
+    else {
         return;
     };
     let (home, base, engine, c) = (b.home.path(), &b.base, &b.engine, CancelToken::new());
@@ -164,20 +152,12 @@ fn a_guest_runs_as_its_own_user_without_privileges_in_its_own_cgroup() {
     assert_eq!(status_field(pid, "Gid"), all(conf.gid.unwrap()));
     assert_eq!(
         status_field(pid, "Groups"),
-        conf.groups
-            .iter()
-            .map(u32::to_string)
-            .collect::<Vec<_>>()
-            .join(" ")
+        conf.groups.iter().map(u32::to_string).collect::<Vec<_>>().join(" ")
     );
     assert_eq!(status_field(pid, "CapEff"), "0000000000000000");
     assert_eq!(status_field(pid, "CapPrm"), "0000000000000000");
     assert_eq!(status_field(pid, "NoNewPrivs"), "1");
-    assert_eq!(
-        status_field(pid, "Seccomp"),
-        "2",
-        "2 is SECCOMP_MODE_FILTER"
-    );
+    assert_eq!(status_field(pid, "Seccomp"), "2", "2 is SECCOMP_MODE_FILTER");
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
     assert!(
         String::from_utf8_lossy(&cmdline)
@@ -221,10 +201,7 @@ fn a_guest_runs_as_its_own_user_without_privileges_in_its_own_cgroup() {
         }
         _ => {
             assert!(in_cgroup.contains("0::/hangar/conf-a"), "{in_cgroup}");
-            assert_eq!(
-                read(&dir("").join("memory.max")),
-                cg.memory_max_bytes.to_string()
-            );
+            assert_eq!(read(&dir("").join("memory.max")), cg.memory_max_bytes.to_string());
             assert_eq!(read(&dir("").join("cpu.max")), "200000 100000");
             assert_eq!(read(&dir("").join("cpu.weight")), "300");
             assert_eq!(read(&dir("").join("pids.max")), "512");
@@ -257,32 +234,23 @@ fn a_guest_runs_as_its_own_user_without_privileges_in_its_own_cgroup() {
     assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o750));
     let overlay = std::fs::metadata(runtime.join("disks/root.qcow2")).unwrap();
     assert_eq!((overlay.uid(), overlay.mode() & 0o777), (uid, 0o600));
-    assert_eq!(
-        std::fs::metadata(runtime.join("qmp.sock")).unwrap().uid(),
-        0
-    );
+    assert_eq!(std::fs::metadata(runtime.join("qmp.sock")).unwrap().uid(), 0);
 
     // A snapshot QEMU wrote is taken back: root's, private.
     let snap = SnapshotId::new("conf-snap").unwrap();
-    engine
-        .save(&s.name, &snap, SaveMode::KeepPaused, &c)
-        .unwrap();
+    engine.save(&s.name, &snap, SaveMode::KeepPaused, &c).unwrap();
     let state = home.join("snapshots/conf-snap@conf-a.state");
     let m = std::fs::metadata(&state).unwrap();
     assert_eq!((m.uid(), m.mode() & 0o777), (0, 0o600));
     assert!(!runtime.join("save.state").exists(), "nothing left behind");
     // ... and restored through a descriptor QEMU could not have opened itself.
-    engine
-        .stop(&s.name, hangar_core::contracts::StopMode::Force, &c)
-        .unwrap();
+    engine.stop(&s.name, hangar_core::contracts::StopMode::Force, &c).unwrap();
     engine.restore(&s.name, &snap, &c).unwrap();
     assert_eq!(engine.status(&s.name).unwrap().state, VmState::Running);
     assert_eq!(status_field(self::pid(engine, "conf-a"), "Uid"), all(uid));
 
     // Removed with the VM.
-    engine
-        .stop(&s.name, hangar_core::contracts::StopMode::Force, &c)
-        .unwrap();
+    engine.stop(&s.name, hangar_core::contracts::StopMode::Force, &c).unwrap();
     engine.delete_snapshot(&snap).unwrap();
     engine.undefine(&s.name).unwrap();
     for c in ["memory", "cpu", "pids"] {
@@ -292,10 +260,7 @@ fn a_guest_runs_as_its_own_user_without_privileges_in_its_own_cgroup() {
 
 #[test]
 fn a_qemu_cannot_open_another_vms_overlay_or_hangars_files() {
-    let Some(b) = bench(
-        "a_qemu_cannot_open_another_vms_overlay_or_hangars_files",
-        |_| {},
-    ) else {
+    let Some(b) = bench("a_qemu_cannot_open_another_vms_overlay_or_hangars_files", |_| {}) else {
         return;
     };
     let (home, base, engine, c) = (b.home.path(), &b.base, &b.engine, CancelToken::new());
@@ -305,19 +270,13 @@ fn a_qemu_cannot_open_another_vms_overlay_or_hangars_files() {
         engine.start(&s.name, &c).unwrap();
     }
     let (b, other) = (plan(engine, "conf-b"), plan(engine, "conf-c"));
-    assert_ne!(
-        b.confinement.as_ref().unwrap().uid,
-        other.confinement.as_ref().unwrap().uid
-    );
+    assert_ne!(b.confinement.as_ref().unwrap().uid, other.confinement.as_ref().unwrap().uid);
     let theirs = format!("{}/disks/root.qcow2", other.runtime_dir);
     let own = format!("{}/disks/root.qcow2", b.runtime_dir);
     let store = home.join("state.db").display().to_string();
 
     // Ask conf-b's QEMU itself, over QMP, to open files: what a compromised QEMU could try.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let open = |file: &str, node: &str| -> Result<(), String> {
         rt.block_on(async {
             let qmp = hangar_qmp::Qmp::connect(&b.qmp_socket, Duration::from_secs(10))
@@ -344,10 +303,7 @@ fn a_qemu_cannot_open_another_vms_overlay_or_hangars_files() {
         let e = open(file, &format!("stolen{i}"))
             .err()
             .unwrap_or_else(|| panic!("conf-b's QEMU opened {file}"));
-        assert!(
-            e.contains("Permission denied"),
-            "conf-b's QEMU opening {file}: {e}"
-        );
+        assert!(e.contains("Permission denied"), "conf-b's QEMU opening {file}: {e}");
     }
 }
 
@@ -355,10 +311,11 @@ fn a_qemu_cannot_open_another_vms_overlay_or_hangars_files() {
 fn a_guest_using_more_memory_than_allowed_is_stopped_by_its_cgroup() {
     // No allowance for QEMU's own memory: the limit is the guest's RAM alone, so a guest that
     // touches all of it takes QEMU over the limit.
-    let Some(b) = bench(
-        "a_guest_using_more_memory_than_allowed_is_stopped_by_its_cgroup",
-        |facts| facts.confinement.memory_overhead_mib = 0,
-    ) else {
+    let Some(b) =
+        bench("a_guest_using_more_memory_than_allowed_is_stopped_by_its_cgroup", |facts| {
+            facts.confinement.memory_overhead_mib = 0
+        })
+    else {
         return;
     };
     let (home, base, engine, c) = (b.home.path(), &b.base, &b.engine, CancelToken::new());
@@ -420,10 +377,7 @@ fn two_names_with_the_same_derived_uid_still_get_different_users() {
             seen.insert(uid, name.clone()).map(|before| (before, name))
         })
         .unwrap();
-    assert_eq!(
-        hangar_plan::qemu_uid(&first),
-        hangar_plan::qemu_uid(&second)
-    );
+    assert_eq!(hangar_plan::qemu_uid(&first), hangar_plan::qemu_uid(&second));
     let uid_of = |name: &str| {
         engine.define(&spec(name)).unwrap();
         plan(&engine, name).confinement.unwrap().uid.unwrap()
@@ -449,16 +403,11 @@ fn two_names_with_the_same_derived_uid_still_get_different_users() {
 #[test]
 fn a_vm_the_host_cannot_hold_is_refused_with_e_host_capacity_and_nothing_is_made() {
     // No guest needed: admission comes before anything is made.
-    let home = tempfile::Builder::new()
-        .prefix("hgc-")
-        .tempdir_in("/tmp")
-        .unwrap();
+    let home = tempfile::Builder::new().prefix("hgc-").tempdir_in("/tmp").unwrap();
     let engine = QemuEngine::open(home.path(), EngineOptions::default()).unwrap();
     let kernel = home.path().join("vmlinuz");
     std::fs::write(&kernel, "k").unwrap();
-    let available = hangar_plan::probe::capacity(home.path())
-        .unwrap()
-        .memory_available_mib;
+    let available = hangar_plan::probe::capacity(home.path()).unwrap().memory_available_mib;
     // More than the host has, within what a spec may ask (64 GiB steps up to the maximum).
     let memory = (available / 65536 + 1) * 65536;
     if memory > 262_144 {
@@ -495,8 +444,7 @@ fn colliding_names_defined_at_the_same_moment_still_get_different_users() {
     let pairs: Vec<(String, String)> = (0..)
         .filter_map(|i| {
             let name = format!("race-{i}");
-            seen.insert(hangar_plan::qemu_uid(&name), name.clone())
-                .map(|before| (before, name))
+            seen.insert(hangar_plan::qemu_uid(&name), name.clone()).map(|before| (before, name))
         })
         .take(6)
         .collect();
@@ -518,16 +466,9 @@ fn colliding_names_defined_at_the_same_moment_still_get_different_users() {
 
 /// A confining engine on a private home (no guest is booted), and the spec of a VM named
 /// `name` that boots a kernel file there: what the uid tests define.
-fn uid_bench() -> (
-    tempfile::TempDir,
-    QemuEngine,
-    impl Fn(&str) -> hangar_core::spec::VmSpec,
-) {
+fn uid_bench() -> (tempfile::TempDir, QemuEngine, impl Fn(&str) -> hangar_core::spec::VmSpec) {
     let home = tempfile::tempdir().unwrap();
-    let mut facts = hangar_plan::probe::SystemProbe {
-        home: home.path().to_path_buf(),
-    }
-    .probe();
+    let mut facts = hangar_plan::probe::SystemProbe { home: home.path().to_path_buf() }.probe();
     facts.confinement.enabled = true;
     facts.confinement.root = true;
     facts.confinement.qemu_group = Some(4242);

@@ -34,19 +34,14 @@ fn a_missing_kernel_or_disk_is_refused_at_start_naming_the_field_and_changes_not
     let mut s = spec("nodisk", "image = \"minimal\"");
     s.disks.push(hangar_core::spec::DiskSpec {
         name: hangar_core::ids::DeviceName::new("root").unwrap(),
-        source: hangar_core::spec::DiskSource::Base {
-            source: "/nonexistent/root.qcow2".into(),
-        },
+        source: hangar_core::spec::DiskSource::Base { source: "/nonexistent/root.qcow2".into() },
         format: hangar_core::spec::DiskFormat::Qcow2,
         readonly: false,
     });
     engine.define(&s).unwrap();
     let e = engine.start(&s.name, &c).unwrap_err();
     assert_eq!(e.path().as_deref(), Some("disk[0].source"), "{e}");
-    assert!(
-        !home.path().join("vms/nodisk/disks").exists(),
-        "nothing was made"
-    );
+    assert!(!home.path().join("vms/nodisk/disks").exists(), "nothing was made");
 }
 
 #[test]
@@ -54,11 +49,8 @@ fn a_qemu_that_exits_at_once_is_reported_without_waiting_for_its_socket() {
     let (home, mut facts) = home_and_facts();
     // A stand-in that prints like a QEMU refusing its arguments and exits.
     let fake = home.path().join("qemu");
-    std::fs::write(
-        &fake,
-        "#!/bin/sh\necho 'qemu: cannot start: bad argument' >&2\nexit 1\n",
-    )
-    .unwrap();
+    std::fs::write(&fake, "#!/bin/sh\necho 'qemu: cannot start: bad argument' >&2\nexit 1\n")
+        .unwrap();
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
     facts.qemu.binary = fake.display().to_string();
     facts.qemu.version = Some("10.0.2".into());
@@ -105,13 +97,7 @@ fn a_symlink_planted_in_the_state_directory_is_refused_not_followed() {
 
 /// A new home in /tmp and this host's facts for it.
 fn home_and_facts() -> (tempfile::TempDir, hangar_plan::HostFacts) {
-    let home = tempfile::Builder::new()
-        .prefix("hgq-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let facts = hangar_plan::probe::SystemProbe {
-        home: home.path().to_path_buf(),
-    }
-    .probe();
+    let home = tempfile::Builder::new().prefix("hgq-").tempdir_in("/tmp").unwrap();
+    let facts = hangar_plan::probe::SystemProbe { home: home.path().to_path_buf() }.probe();
     (home, facts)
 }

@@ -75,18 +75,12 @@ fn fmt_command(command: &Option<String>) -> String {
 impl QmpError {
     /// A protocol error not tied to a command.
     pub(crate) fn protocol(detail: impl Into<String>) -> QmpError {
-        QmpError::Protocol {
-            command: None,
-            detail: detail.into(),
-        }
+        QmpError::Protocol { command: None, detail: detail.into() }
     }
 
     /// A protocol error in the reply to `command`.
     pub(crate) fn bad_reply(command: &str, detail: impl Into<String>) -> QmpError {
-        QmpError::Protocol {
-            command: Some(command.to_string()),
-            detail: detail.into(),
-        }
+        QmpError::Protocol { command: Some(command.to_string()), detail: detail.into() }
     }
 }
 
@@ -129,10 +123,8 @@ mod tests {
         assert_eq!(connect.code(), ErrorCode::EngineUnavailable);
         assert!(connect.hint().unwrap().contains("/x.sock"));
         assert!(connect.to_string().contains("/x.sock"));
-        let timeout = QmpError::Timeout {
-            operation: "stop".into(),
-            after: Duration::from_millis(7),
-        };
+        let timeout =
+            QmpError::Timeout { operation: "stop".into(), after: Duration::from_millis(7) };
         assert_eq!(timeout.code(), ErrorCode::Timeout);
         assert_eq!(timeout.to_string(), "QMP stop timed out after 7 ms");
         let cmd = QmpError::Command {
@@ -141,24 +133,15 @@ mod tests {
             desc: "nope".into(),
         };
         assert_eq!(cmd.code(), ErrorCode::EngineFailed);
-        assert_eq!(
-            cmd.to_string(),
-            "QMP command cont failed: GenericError: nope"
-        );
+        assert_eq!(cmd.to_string(), "QMP command cont failed: GenericError: nope");
         let proto = QmpError::bad_reply("query-status", "missing field running");
         assert_eq!(proto.code(), ErrorCode::EngineFailed);
         assert_eq!(
             proto.to_string(),
             "QMP protocol error (command query-status): missing field running"
         );
-        assert_eq!(
-            QmpError::protocol("bad").to_string(),
-            "QMP protocol error: bad"
-        );
-        let gone = QmpError::Disconnected {
-            command: None,
-            reason: "EOF".into(),
-        };
+        assert_eq!(QmpError::protocol("bad").to_string(), "QMP protocol error: bad");
+        let gone = QmpError::Disconnected { command: None, reason: "EOF".into() };
         assert_eq!(gone.code(), ErrorCode::EngineFailed);
         assert_eq!(gone.to_string(), "QMP connection closed: EOF");
     }

@@ -62,10 +62,8 @@ impl Greeting {
     pub(crate) fn parse(v: &Value) -> Result<Greeting, String> {
         let obj = as_object(v, "greeting")?;
         let qmp = as_object(field(obj, "QMP", "greeting")?, "greeting.QMP")?;
-        let version = VersionInfo::parse(
-            field(qmp, "version", "greeting.QMP")?,
-            "greeting.QMP.version",
-        )?;
+        let version =
+            VersionInfo::parse(field(qmp, "version", "greeting.QMP")?, "greeting.QMP.version")?;
         let caps = field(qmp, "capabilities", "greeting.QMP")?
             .as_array()
             .ok_or("greeting.QMP.capabilities: expected an array")?;
@@ -77,10 +75,7 @@ impl Greeting {
                     .ok_or_else(|| "greeting.QMP.capabilities: expected strings".to_string())
             })
             .collect::<Result<_, _>>()?;
-        Ok(Greeting {
-            version,
-            capabilities,
-        })
+        Ok(Greeting { version, capabilities })
     }
 }
 
@@ -269,11 +264,7 @@ impl MigrationInfo {
         };
         let error_desc = match obj.get("error-desc") {
             None => None,
-            Some(d) => Some(
-                d.as_str()
-                    .ok_or("return.error-desc: expected a string")?
-                    .to_string(),
-            ),
+            Some(d) => Some(d.as_str().ok_or("return.error-desc: expected a string")?.to_string()),
         };
         let ram = match obj.get("ram") {
             None => None,
@@ -288,17 +279,9 @@ impl MigrationInfo {
         };
         let total_time_ms = match obj.get("total-time") {
             None => None,
-            Some(t) => Some(
-                t.as_u64()
-                    .ok_or("return.total-time: expected an unsigned integer")?,
-            ),
+            Some(t) => Some(t.as_u64().ok_or("return.total-time: expected an unsigned integer")?),
         };
-        Ok(MigrationInfo {
-            status,
-            error_desc,
-            ram,
-            total_time_ms,
-        })
+        Ok(MigrationInfo { status, error_desc, ram, total_time_ms })
     }
 }
 
@@ -374,12 +357,7 @@ impl QmpEvent {
         };
         let data = obj.get("data").cloned().unwrap_or(Value::Null);
         let kind = Event::parse(&name, &data)?;
-        Ok(QmpEvent {
-            name,
-            data,
-            timestamp,
-            kind,
-        })
+        Ok(QmpEvent { name, data, timestamp, kind })
     }
 }
 
@@ -405,70 +383,46 @@ impl Event {
                 let d = as_object(data, &ctx)?;
                 Event::MigrationStatus(MigrationStatus::from_wire(get_str(d, "status", &ctx)?))
             }
-            other => Event::Other {
-                name: other.to_string(),
-                data: data.clone(),
-            },
+            other => Event::Other { name: other.to_string(), data: data.clone() },
         })
     }
 }
 
 pub(crate) fn as_object<'a>(v: &'a Value, ctx: &str) -> Result<&'a Map<String, Value>, String> {
-    v.as_object()
-        .ok_or_else(|| format!("{ctx}: expected an object, got {}", kind_of(v)))
+    v.as_object().ok_or_else(|| format!("{ctx}: expected an object, got {}", kind_of(v)))
 }
 
 pub(crate) fn field<'a>(
-    obj: &'a Map<String, Value>,
-    name: &str,
-    ctx: &str,
+    obj: &'a Map<String, Value>, name: &str, ctx: &str,
 ) -> Result<&'a Value, String> {
-    obj.get(name)
-        .ok_or_else(|| format!("{ctx}: missing field {name:?}"))
+    obj.get(name).ok_or_else(|| format!("{ctx}: missing field {name:?}"))
 }
 
 pub(crate) fn get_str<'a>(
-    obj: &'a Map<String, Value>,
-    name: &str,
-    ctx: &str,
+    obj: &'a Map<String, Value>, name: &str, ctx: &str,
 ) -> Result<&'a str, String> {
     let v = field(obj, name, ctx)?;
-    v.as_str().ok_or_else(|| {
-        format!(
-            "{ctx}: field {name:?}: expected a string, got {}",
-            kind_of(v)
-        )
-    })
+    v.as_str()
+        .ok_or_else(|| format!("{ctx}: field {name:?}: expected a string, got {}", kind_of(v)))
 }
 
 fn get_bool(obj: &Map<String, Value>, name: &str, ctx: &str) -> Result<bool, String> {
     let v = field(obj, name, ctx)?;
-    v.as_bool().ok_or_else(|| {
-        format!(
-            "{ctx}: field {name:?}: expected a boolean, got {}",
-            kind_of(v)
-        )
-    })
+    v.as_bool()
+        .ok_or_else(|| format!("{ctx}: field {name:?}: expected a boolean, got {}", kind_of(v)))
 }
 
 fn get_u64(obj: &Map<String, Value>, name: &str, ctx: &str) -> Result<u64, String> {
     let v = field(obj, name, ctx)?;
     v.as_u64().ok_or_else(|| {
-        format!(
-            "{ctx}: field {name:?}: expected an unsigned integer, got {}",
-            kind_of(v)
-        )
+        format!("{ctx}: field {name:?}: expected an unsigned integer, got {}", kind_of(v))
     })
 }
 
 fn get_i64(obj: &Map<String, Value>, name: &str, ctx: &str) -> Result<i64, String> {
     let v = field(obj, name, ctx)?;
-    v.as_i64().ok_or_else(|| {
-        format!(
-            "{ctx}: field {name:?}: expected an integer, got {}",
-            kind_of(v)
-        )
-    })
+    v.as_i64()
+        .ok_or_else(|| format!("{ctx}: field {name:?}: expected an integer, got {}", kind_of(v)))
 }
 
 pub(crate) fn kind_of(v: &Value) -> &'static str {
@@ -532,10 +486,7 @@ mod tests {
             assert!(!matches!(st, RunState::Other(_)), "{s}");
             assert_eq!(st.as_str(), s);
         }
-        assert_eq!(
-            RunState::from_wire("warp-speed"),
-            RunState::Other("warp-speed".into())
-        );
+        assert_eq!(RunState::from_wire("warp-speed"), RunState::Other("warp-speed".into()));
         assert_eq!(RunState::InternalError.to_string(), "internal-error");
     }
 
@@ -557,9 +508,7 @@ mod tests {
             MigrationInfo::parse(&json!({"status": "failed", "error-desc": "disk full"})).unwrap();
         assert_eq!(failed.error_desc.as_deref(), Some("disk full"));
         assert_eq!(
-            MigrationInfo::parse(&json!({"status": "postcopy-exotic"}))
-                .unwrap()
-                .status,
+            MigrationInfo::parse(&json!({"status": "postcopy-exotic"})).unwrap().status,
             MigrationStatus::Other("postcopy-exotic".into())
         );
         assert!(MigrationInfo::parse(&json!({"status": 3})).is_err());
@@ -573,46 +522,17 @@ mod tests {
         let ts = json!({"seconds": 1, "microseconds": 2});
         let parse = |v: Value| QmpEvent::parse(v.as_object().unwrap());
         let e = parse(json!({"event": "SHUTDOWN", "data": {"guest": false, "reason": "host-qmp-quit"}, "timestamp": ts})).unwrap();
-        assert_eq!(
-            e.kind,
-            Event::Shutdown {
-                guest: false,
-                reason: "host-qmp-quit".into()
-            }
-        );
-        assert_eq!(
-            e.timestamp,
-            Timestamp {
-                seconds: 1,
-                microseconds: 2
-            }
-        );
-        assert_eq!(
-            parse(json!({"event": "STOP", "timestamp": ts}))
-                .unwrap()
-                .kind,
-            Event::Stop
-        );
-        assert_eq!(
-            parse(json!({"event": "STOP", "timestamp": ts}))
-                .unwrap()
-                .data,
-            Value::Null
-        );
-        assert_eq!(
-            parse(json!({"event": "RESUME", "timestamp": ts}))
-                .unwrap()
-                .kind,
-            Event::Resume
-        );
+        assert_eq!(e.kind, Event::Shutdown { guest: false, reason: "host-qmp-quit".into() });
+        assert_eq!(e.timestamp, Timestamp { seconds: 1, microseconds: 2 });
+        assert_eq!(parse(json!({"event": "STOP", "timestamp": ts})).unwrap().kind, Event::Stop);
+        assert_eq!(parse(json!({"event": "STOP", "timestamp": ts})).unwrap().data, Value::Null);
+        assert_eq!(parse(json!({"event": "RESUME", "timestamp": ts})).unwrap().kind, Event::Resume);
         assert_eq!(
             parse(json!({"event": "RESET", "data": {"guest": true, "reason": "guest-reset"}, "timestamp": ts})).unwrap().kind,
             Event::Reset
         );
         assert_eq!(
-            parse(json!({"event": "POWERDOWN", "timestamp": ts}))
-                .unwrap()
-                .kind,
+            parse(json!({"event": "POWERDOWN", "timestamp": ts})).unwrap().kind,
             Event::Powerdown
         );
         assert_eq!(
@@ -633,10 +553,7 @@ mod tests {
             )
             .unwrap()
             .kind,
-            Event::Other {
-                name: "NIC_RX_FILTER_CHANGED".into(),
-                data: json!({"path": "/x"})
-            }
+            Event::Other { name: "NIC_RX_FILTER_CHANGED".into(), data: json!({"path": "/x"}) }
         );
         for bad in [
             json!({"event": 5, "timestamp": ts}),

@@ -22,9 +22,7 @@ fn event_of(item: Option<EventItem>) -> QmpEvent {
 /// `res` failed as a protocol error (E_ENGINE_FAILED) whose message contains `expect`;
 /// `context` goes into the failure message.
 fn expect_protocol_error<T: std::fmt::Debug>(
-    res: Result<T, QmpError>,
-    expect: &str,
-    context: &str,
+    res: Result<T, QmpError>, expect: &str, context: &str,
 ) {
     match res {
         Err(e @ QmpError::Protocol { .. }) => {
@@ -45,11 +43,8 @@ async fn greeting_is_validated_and_version_exposed() {
     assert_eq!(qmp.timeout(), DEFAULT_CALL_TIMEOUT);
     let (v, ()) = tokio::join!(qmp.query_version(), async {
         let cmd = peer.expect("query-version").await;
-        peer.reply(
-            &cmd,
-            json!({"qemu": {"major": 10, "minor": 0, "micro": 2}, "package": ""}),
-        )
-        .await;
+        peer.reply(&cmd, json!({"qemu": {"major": 10, "minor": 0, "micro": 2}, "package": ""}))
+            .await;
     });
     assert_eq!(v.unwrap().to_string(), "10.0.2");
 }
@@ -116,12 +111,8 @@ async fn refused_capabilities_are_a_command_error() {
         let mut p = fake.accept().await;
         p.send(greeting()).await;
         let cmd = p.expect("qmp_capabilities").await;
-        p.reply_error(
-            &cmd,
-            "CommandNotFound",
-            "Capabilities negotiation is already complete",
-        )
-        .await;
+        p.reply_error(&cmd, "CommandNotFound", "Capabilities negotiation is already complete")
+            .await;
         assert!(p.try_recv().await.is_none());
     });
     match res {
@@ -172,14 +163,9 @@ async fn events_interleave_with_replies() {
     let (status, ()) = tokio::join!(qmp.query_status(), async {
         let cmd = peer.expect("query-status").await;
         peer.event("STOP", None).await;
-        peer.reply(&cmd, json!({"running": false, "status": "paused"}))
-            .await;
+        peer.reply(&cmd, json!({"running": false, "status": "paused"})).await;
         peer.event("RESUME", None).await;
-        peer.event(
-            "SHUTDOWN",
-            Some(json!({"guest": true, "reason": "guest-shutdown"})),
-        )
-        .await;
+        peer.event("SHUTDOWN", Some(json!({"guest": true, "reason": "guest-shutdown"}))).await;
     });
     let status = status.unwrap();
     assert!(!status.running);
@@ -189,20 +175,11 @@ async fn events_interleave_with_replies() {
     assert_eq!(stop.kind, Event::Stop);
     assert_eq!(stop.name, "STOP");
     assert_eq!(stop.data, Value::Null);
-    assert_eq!(
-        stop.timestamp,
-        Timestamp {
-            seconds: 1_700_000_000,
-            microseconds: 123_456
-        }
-    );
+    assert_eq!(stop.timestamp, Timestamp { seconds: 1_700_000_000, microseconds: 123_456 });
     assert_eq!(event_of(events.recv().await).kind, Event::Resume);
     assert_eq!(
         event_of(events.recv().await).kind,
-        Event::Shutdown {
-            guest: true,
-            reason: "guest-shutdown".into()
-        }
+        Event::Shutdown { guest: true, reason: "guest-shutdown".into() }
     );
     // Every subscriber sees every event.
     for want in [Event::Stop, Event::Resume] {
@@ -215,20 +192,11 @@ async fn command_errors_map_to_the_command_variant() {
     let (qmp, mut peer, _fake) = connected().await;
     let (res, ()) = tokio::join!(qmp.execute("bogus", None), async {
         let cmd = peer.expect("bogus").await;
-        peer.reply_error(
-            &cmd,
-            "CommandNotFound",
-            "The command bogus has not been found",
-        )
-        .await;
+        peer.reply_error(&cmd, "CommandNotFound", "The command bogus has not been found").await;
     });
     let err = res.unwrap_err();
     match &err {
-        QmpError::Command {
-            command,
-            class,
-            desc,
-        } => {
+        QmpError::Command { command, class, desc } => {
             assert_eq!(command, "bogus");
             assert_eq!(class, "CommandNotFound");
             assert_eq!(desc, "The command bogus has not been found");
@@ -247,10 +215,7 @@ async fn command_errors_map_to_the_command_variant() {
 
 #[tokio::test]
 async fn calls_time_out_and_late_replies_are_discarded() {
-    let options = QmpOptions {
-        call_timeout: Duration::from_millis(100),
-        ..QmpOptions::default()
-    };
+    let options = QmpOptions { call_timeout: Duration::from_millis(100), ..QmpOptions::default() };
     let (qmp, mut peer, _fake) = connected_with(options).await;
     let (timed_out_tx, timed_out_rx) = tokio::sync::oneshot::channel();
     let client = async {
@@ -265,9 +230,7 @@ async fn calls_time_out_and_late_replies_are_discarded() {
         assert_eq!(err.code(), ErrorCode::Timeout);
         timed_out_tx.send(()).unwrap();
         // A per-call override: this one gets a long limit.
-        qmp.with_timeout(Duration::from_secs(30))
-            .execute("next", None)
-            .await
+        qmp.with_timeout(Duration::from_secs(30)).execute("next", None).await
     };
     let server = async {
         let slow = peer.expect("slow").await;
@@ -351,10 +314,7 @@ async fn disconnect_fails_pending_calls_and_ends_events() {
     assert_eq!(event_of(events.recv().await).kind, Event::Stop);
     assert_eq!(events.recv().await, None);
     assert!(!qmp.is_connected());
-    assert!(matches!(
-        qmp.stop().await,
-        Err(QmpError::Disconnected { .. })
-    ));
+    assert!(matches!(qmp.stop().await, Err(QmpError::Disconnected { .. })));
     assert_eq!(qmp.events().recv().await, None);
     assert_eq!(qmp.events().try_recv(), TryRecv::Ended);
 }
@@ -365,20 +325,13 @@ async fn quit_counts_a_close_before_the_reply_as_success() {
     let mut events = qmp.events();
     let (res, ()) = tokio::join!(qmp.quit(), async move {
         peer.expect("quit").await;
-        peer.event(
-            "SHUTDOWN",
-            Some(json!({"guest": false, "reason": "host-qmp-quit"})),
-        )
-        .await;
+        peer.event("SHUTDOWN", Some(json!({"guest": false, "reason": "host-qmp-quit"}))).await;
         drop(peer);
     });
     res.unwrap();
     assert_eq!(
         event_of(events.recv().await).kind,
-        Event::Shutdown {
-            guest: false,
-            reason: "host-qmp-quit".into()
-        }
+        Event::Shutdown { guest: false, reason: "host-qmp-quit".into() }
     );
     assert_eq!(events.recv().await, None);
 }
@@ -390,16 +343,8 @@ async fn malformed_input_is_a_protocol_error_and_closes_the_connection() {
     let cases: Vec<(&str, BadInput, &str)> = vec![
         ("not json", |_| b"{not json}\n".to_vec(), "malformed JSON"),
         ("not utf-8", |_| b"\xff\xfe\n".to_vec(), "malformed JSON"),
-        (
-            "not an object",
-            |_| b"[1, 2, 3]\n".to_vec(),
-            "expected an object",
-        ),
-        (
-            "unknown id",
-            |_| b"{\"return\": {}, \"id\": 999}\n".to_vec(),
-            "unknown id 999",
-        ),
+        ("not an object", |_| b"[1, 2, 3]\n".to_vec(), "expected an object"),
+        ("unknown id", |_| b"{\"return\": {}, \"id\": 999}\n".to_vec(), "unknown id 999"),
         (
             "string id",
             |_| b"{\"return\": {}, \"id\": \"abc\"}\n".to_vec(),
@@ -409,11 +354,8 @@ async fn malformed_input_is_a_protocol_error_and_closes_the_connection() {
         (
             "error without desc",
             |cmd| {
-                format!(
-                    "{{\"error\": {{\"class\": \"GenericError\"}}, \"id\": {}}}\n",
-                    cmd["id"]
-                )
-                .into_bytes()
+                format!("{{\"error\": {{\"class\": \"GenericError\"}}, \"id\": {}}}\n", cmd["id"])
+                    .into_bytes()
             },
             "missing field \"desc\"",
         ),
@@ -435,11 +377,7 @@ async fn malformed_input_is_a_protocol_error_and_closes_the_connection() {
             },
             "missing field \"reason\"",
         ),
-        (
-            "unrecognised message",
-            |_| b"{\"hello\": 1}\n".to_vec(),
-            "unrecognised message",
-        ),
+        ("unrecognised message", |_| b"{\"hello\": 1}\n".to_vec(), "unrecognised message"),
         (
             "second greeting",
             |_| {
@@ -460,10 +398,7 @@ async fn malformed_input_is_a_protocol_error_and_closes_the_connection() {
         ),
     ];
     for (name, bad, expect) in cases {
-        let options = QmpOptions {
-            max_line_bytes: 1024,
-            ..QmpOptions::default()
-        };
+        let options = QmpOptions { max_line_bytes: 1024, ..QmpOptions::default() };
         let (qmp, mut peer, _fake) = connected_with(options).await;
         let mut events = qmp.events();
         let (res, ()) = tokio::join!(qmp.execute("probe", None), async {
@@ -476,10 +411,7 @@ async fn malformed_input_is_a_protocol_error_and_closes_the_connection() {
         assert!(!qmp.is_connected(), "{name}");
         assert_eq!(events.recv().await, None, "{name}");
         // Later calls report the same protocol failure.
-        assert!(
-            matches!(qmp.stop().await, Err(QmpError::Protocol { .. })),
-            "{name}"
-        );
+        assert!(matches!(qmp.stop().await, Err(QmpError::Protocol { .. })), "{name}");
     }
 }
 
@@ -488,8 +420,7 @@ async fn a_message_cut_off_by_eof_is_a_protocol_error() {
     let (qmp, mut peer, _fake) = connected().await;
     let (res, ()) = tokio::join!(qmp.execute("probe", None), async move {
         let cmd = peer.expect("probe").await;
-        peer.send_raw(format!("{{\"return\": {{}}, \"id\": {}", cmd["id"]).as_bytes())
-            .await;
+        peer.send_raw(format!("{{\"return\": {{}}, \"id\": {}", cmd["id"]).as_bytes()).await;
         drop(peer);
     });
     expect_protocol_error(res, "middle of a message", "");
@@ -524,8 +455,7 @@ async fn a_typed_reply_with_missing_fields_is_a_protocol_error() {
     // The stream itself was well-formed, so the connection stays usable.
     let (res, ()) = tokio::join!(qmp.query_status(), async {
         let cmd = peer.expect("query-status").await;
-        peer.reply(&cmd, json!({"running": true, "status": "running"}))
-            .await;
+        peer.reply(&cmd, json!({"running": true, "status": "running"})).await;
     });
     assert_eq!(res.unwrap().status, RunState::Running);
 }
@@ -535,17 +465,8 @@ async fn typed_queries_and_control_commands() {
     let (qmp, mut peer, _fake) = connected().await;
     let client = async {
         let status = qmp.query_status().await.unwrap();
-        assert_eq!(
-            status,
-            StatusInfo {
-                running: false,
-                status: RunState::Prelaunch
-            }
-        );
-        assert_eq!(
-            qmp.query_status().await.unwrap().status,
-            RunState::InternalError
-        );
+        assert_eq!(status, StatusInfo { running: false, status: RunState::Prelaunch });
+        assert_eq!(qmp.query_status().await.unwrap().status, RunState::InternalError);
         assert_eq!(
             qmp.query_status().await.unwrap().status,
             RunState::Other("brand-new-state".into())
@@ -555,14 +476,7 @@ async fn typed_queries_and_control_commands() {
         let mig = qmp.query_migrate().await.unwrap();
         assert_eq!(mig.status, MigrationStatus::Failed);
         assert_eq!(mig.error_desc.as_deref(), Some("No space left on device"));
-        assert_eq!(
-            mig.ram,
-            Some(RamStats {
-                transferred: 1,
-                remaining: 2,
-                total: 3
-            })
-        );
+        assert_eq!(mig.ram, Some(RamStats { transferred: 1, remaining: 2, total: 3 }));
         qmp.stop().await.unwrap();
         qmp.cont().await.unwrap();
         qmp.system_powerdown().await.unwrap();
@@ -574,8 +488,7 @@ async fn typed_queries_and_control_commands() {
     let server = async {
         for st in ["prelaunch", "internal-error", "brand-new-state"] {
             let cmd = peer.expect("query-status").await;
-            peer.reply(&cmd, json!({"running": false, "status": st}))
-                .await;
+            peer.reply(&cmd, json!({"running": false, "status": st})).await;
         }
         let cmd = peer.expect("query-migrate").await;
         peer.reply(&cmd, json!({})).await;
@@ -613,18 +526,14 @@ async fn queries_work_through_the_read_only_trait() {
     let (qmp, mut peer, _fake) = connected().await;
     let (st, ()) = tokio::join!(observe(&qmp), async {
         let cmd = peer.expect("query-status").await;
-        peer.reply(&cmd, json!({"running": true, "status": "running"}))
-            .await;
+        peer.reply(&cmd, json!({"running": true, "status": "running"})).await;
     });
     assert_eq!(st, RunState::Running);
 }
 
 #[tokio::test]
 async fn a_lagging_subscriber_gets_an_explicit_lag_item() {
-    let options = QmpOptions {
-        event_capacity: 2,
-        ..QmpOptions::default()
-    };
+    let options = QmpOptions { event_capacity: 2, ..QmpOptions::default() };
     let (qmp, mut peer, _fake) = connected_with(options).await;
     let mut events = qmp.events();
     assert_eq!(events.capacity(), 2);
@@ -640,13 +549,7 @@ async fn a_lagging_subscriber_gets_an_explicit_lag_item() {
     assert_eq!(events.recv().await, Some(EventItem::Lagged { missed: 3 }));
     for n in 3..5 {
         let e = event_of(events.recv().await);
-        assert_eq!(
-            e.kind,
-            Event::Other {
-                name: "TICK".into(),
-                data: json!({"n": n})
-            }
-        );
+        assert_eq!(e.kind, Event::Other { name: "TICK".into(), data: json!({"n": n}) });
     }
     assert_eq!(events.try_recv(), TryRecv::Empty);
 }
@@ -672,10 +575,7 @@ async fn connect_retries_until_the_socket_appears() {
         let listener = tokio::net::UnixListener::bind(&server_path).unwrap();
         let (stream, _) = listener.accept().await.unwrap();
         let (r, w) = stream.into_split();
-        let mut peer = Peer {
-            r: tokio::io::BufReader::new(r),
-            w,
-        };
+        let mut peer = Peer { r: tokio::io::BufReader::new(r), w };
         peer.handshake().await;
         peer
     });
@@ -695,10 +595,9 @@ async fn connect_gives_up_at_the_deadline() {
     // Exists but nobody listens (a stale socket from a dead QEMU).
     let stale = dir.path().join("stale.sock");
     drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
-    for (path, kind) in [
-        (missing, std::io::ErrorKind::NotFound),
-        (stale, std::io::ErrorKind::ConnectionRefused),
-    ] {
+    for (path, kind) in
+        [(missing, std::io::ErrorKind::NotFound), (stale, std::io::ErrorKind::ConnectionRefused)]
+    {
         let deadline = Duration::from_millis(150);
         let started = Instant::now();
         let err = Qmp::connect(&path, deadline).await.unwrap_err();
@@ -707,11 +606,7 @@ async fn connect_gives_up_at_the_deadline() {
         assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
         assert_eq!(err.code(), ErrorCode::EngineUnavailable);
         match err {
-            QmpError::Connect {
-                path: p,
-                waited,
-                source,
-            } => {
+            QmpError::Connect { path: p, waited, source } => {
                 assert_eq!(p, path);
                 assert!(waited >= deadline);
                 assert_eq!(source.kind(), kind);
@@ -727,9 +622,7 @@ async fn connect_fails_fast_on_an_error_retrying_cannot_fix() {
     // Longer than sun_path allows.
     let path = dir.path().join("x".repeat(200));
     let started = Instant::now();
-    let err = Qmp::connect(&path, Duration::from_secs(30))
-        .await
-        .unwrap_err();
+    let err = Qmp::connect(&path, Duration::from_secs(30)).await.unwrap_err();
     assert!(matches!(err, QmpError::Connect { .. }), "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(5));
 }

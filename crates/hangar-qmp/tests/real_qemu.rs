@@ -100,9 +100,8 @@ async fn real_qemu_greets_reports_prelaunch_and_quits() {
         assert!(!qmp.is_connected());
         v
     };
-    let version = tokio::time::timeout(HARD_TIMEOUT, scenario)
-        .await
-        .expect("the scenario finished in time");
+    let version =
+        tokio::time::timeout(HARD_TIMEOUT, scenario).await.expect("the scenario finished in time");
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
         .await
         .expect("qemu exited after quit")

@@ -134,10 +134,7 @@ mod tests {
     fn distance_and_suggestions() {
         assert_eq!(edit_distance("kitten", "sitting"), 3);
         assert_eq!(closest("vcpu", &["vcpus", "memory_mib"]), Some("vcpus"));
-        assert_eq!(
-            closest("memroy_mib", &["vcpus", "memory_mib"]),
-            Some("memory_mib")
-        );
+        assert_eq!(closest("memroy_mib", &["vcpus", "memory_mib"]), Some("memory_mib"));
         assert_eq!(closest("zzz", &["vcpus", "memory_mib"]), None);
     }
 }

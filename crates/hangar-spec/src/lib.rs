@@ -61,9 +61,7 @@ pub fn parse(text: &str, format: Format, base_dir: &Path) -> Result<CanonicalSpe
         )]));
     }
     let root = node::parse(text, format).map_err(|d| SpecErrors(vec![d]))?;
-    let spec = validate::Walker::new(base_dir)
-        .spec(&root)
-        .map_err(SpecErrors)?;
+    let spec = validate::Walker::new(base_dir).spec(&root).map_err(SpecErrors)?;
     Ok(CanonicalSpec::new(spec))
 }
 
@@ -98,17 +96,13 @@ pub fn load_document(path: &Path) -> Result<SpecDocument, SpecErrors> {
         SpecErrors(vec![Diagnostic::new(
             ErrorCode::SpecTooLarge,
             "",
-            format!(
-                "{} is {len} bytes, at most {MAX_SPEC_BYTES}",
-                path.display()
-            ),
+            format!("{} is {len} bytes, at most {MAX_SPEC_BYTES}", path.display()),
         )])
     };
     let file = std::fs::File::open(&absolute)
         .map_err(|e| io_error(format!("cannot read {}: {e}", path.display())))?;
-    let metadata = file
-        .metadata()
-        .map_err(|e| io_error(format!("cannot read {}: {e}", path.display())))?;
+    let metadata =
+        file.metadata().map_err(|e| io_error(format!("cannot read {}: {e}", path.display())))?;
     if metadata.is_dir() {
         return Err(io_error(format!("{} is a directory", path.display())));
     }
@@ -124,9 +118,7 @@ pub fn load_document(path: &Path) -> Result<SpecDocument, SpecErrors> {
     )
     .map_err(|e| io_error(format!("cannot read {}: {e}", path.display())))?;
     if bytes.len() > MAX_SPEC_BYTES {
-        return Err(too_large(
-            "more than".to_string() + &format!(" {MAX_SPEC_BYTES}"),
-        ));
+        return Err(too_large("more than".to_string() + &format!(" {MAX_SPEC_BYTES}")));
     }
     let text = String::from_utf8(bytes).map_err(|_| {
         SpecErrors(vec![Diagnostic::new(
@@ -146,9 +138,5 @@ pub fn load_document(path: &Path) -> Result<SpecDocument, SpecErrors> {
         Format::Toml => toml::from_str::<serde_json::Value>(&text).map_err(|e| e.to_string()),
     }
     .map_err(|e| SpecErrors(vec![Diagnostic::new(ErrorCode::SpecSyntax, "", e)]))?;
-    Ok(SpecDocument {
-        canonical,
-        document,
-        base_dir: base_dir.to_path_buf(),
-    })
+    Ok(SpecDocument { canonical, document, base_dir: base_dir.to_path_buf() })
 }

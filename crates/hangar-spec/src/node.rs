@@ -46,17 +46,13 @@ impl Format {
     /// Picks the format from a file name, or from the content when the name says nothing
     /// (standard input): a document starting with `{` is JSON.
     pub fn detect(file_name: Option<&str>, text: &str) -> Result<Format, Diagnostic> {
-        let ext = file_name
-            .and_then(|n| n.rsplit_once('.'))
-            .map(|(_, e)| e.to_ascii_lowercase());
+        let ext = file_name.and_then(|n| n.rsplit_once('.')).map(|(_, e)| e.to_ascii_lowercase());
         match ext.as_deref() {
             Some("toml") => Ok(Format::Toml),
             Some("json") => Ok(Format::Json),
-            None => Ok(if text.trim_start().starts_with('{') {
-                Format::Json
-            } else {
-                Format::Toml
-            }),
+            None => {
+                Ok(if text.trim_start().starts_with('{') { Format::Json } else { Format::Toml })
+            }
             Some(other) => Err(Diagnostic::new(
                 ErrorCode::SpecFormat,
                 "",
@@ -122,9 +118,7 @@ const DUPLICATE: &str = "duplicate key ";
 /// Checks that `text` is JSON with no object holding a key twice (what `serde_json::Value`
 /// silently resolves to the last one). A syntax error is reported too.
 pub fn check_json(text: &str) -> Result<(), Diagnostic> {
-    serde_json::from_str::<JsonNode>(text)
-        .map(|_| ())
-        .map_err(|e| json_error(&e))
+    serde_json::from_str::<JsonNode>(text).map(|_| ()).map_err(|e| json_error(&e))
 }
 
 /// A JSON document read straight into a [`Node`], refusing duplicate keys.
@@ -233,10 +227,7 @@ mod tests {
         ] {
             let d = parse(doc, Format::Json).unwrap_err();
             assert_eq!(d.code, ErrorCode::SpecDuplicateKey, "{doc}");
-            assert!(
-                d.line.is_some() && d.message.contains("appears twice"),
-                "{d:?}"
-            );
+            assert!(d.line.is_some() && d.message.contains("appears twice"), "{d:?}");
         }
         assert!(parse(r#"{"a": {"x": 1}, "b": {"x": 1}}"#, Format::Json).is_ok());
         assert_eq!(
@@ -257,9 +248,6 @@ mod tests {
         assert_eq!(Format::detect(Some("a.json"), "").unwrap(), Format::Json);
         assert_eq!(Format::detect(None, "  {}").unwrap(), Format::Json);
         assert_eq!(Format::detect(None, "name = 1").unwrap(), Format::Toml);
-        assert_eq!(
-            Format::detect(Some("a.yaml"), "").unwrap_err().code,
-            ErrorCode::SpecFormat
-        );
+        assert_eq!(Format::detect(Some("a.yaml"), "").unwrap_err().code, ErrorCode::SpecFormat);
     }
 }

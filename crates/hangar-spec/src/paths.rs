@@ -23,11 +23,7 @@ pub(crate) fn normalize(raw: &str, base_dir: &Path) -> Result<String, PathProble
     if raw.contains('\0') {
         return Err(PathProblem::Invalid("it contains a NUL byte"));
     }
-    let joined = if Path::new(raw).is_absolute() {
-        PathBuf::from(raw)
-    } else {
-        base_dir.join(raw)
-    };
+    let joined = if Path::new(raw).is_absolute() { PathBuf::from(raw) } else { base_dir.join(raw) };
     let mut out = PathBuf::from("/");
     for component in joined.components() {
         match component {
@@ -38,14 +34,8 @@ pub(crate) fn normalize(raw: &str, base_dir: &Path) -> Result<String, PathProble
             Component::Normal(part) => out.push(part),
         }
     }
-    let text = out
-        .to_str()
-        .ok_or(PathProblem::Invalid("it is not valid UTF-8"))?
-        .to_string();
-    if FORBIDDEN_ROOTS
-        .iter()
-        .any(|root| text == *root || text.starts_with(&format!("{root}/")))
-    {
+    let text = out.to_str().ok_or(PathProblem::Invalid("it is not valid UTF-8"))?.to_string();
+    if FORBIDDEN_ROOTS.iter().any(|root| text == *root || text.starts_with(&format!("{root}/"))) {
         return Err(PathProblem::Forbidden(text));
     }
     Ok(text)
@@ -59,14 +49,8 @@ mod tests {
     fn resolves_and_normalises() {
         let base = Path::new("/specs/web");
         assert_eq!(normalize("vmlinuz", base).unwrap(), "/specs/web/vmlinuz");
-        assert_eq!(
-            normalize("./a/../vmlinuz", base).unwrap(),
-            "/specs/web/vmlinuz"
-        );
-        assert_eq!(
-            normalize("../img/base.qcow2", base).unwrap(),
-            "/specs/img/base.qcow2"
-        );
+        assert_eq!(normalize("./a/../vmlinuz", base).unwrap(), "/specs/web/vmlinuz");
+        assert_eq!(normalize("../img/base.qcow2", base).unwrap(), "/specs/img/base.qcow2");
         assert_eq!(normalize("/x//y/./z", base).unwrap(), "/x/y/z");
         assert_eq!(normalize("/../../etc", base).unwrap(), "/etc");
     }
@@ -75,23 +59,14 @@ mod tests {
     fn refuses_pseudo_filesystems_even_through_dot_dot() {
         let base = Path::new("/specs");
         for p in ["/proc/self/mem", "/sys", "/tmp/../sys/x", "../dev/sda"] {
-            assert!(
-                matches!(normalize(p, base), Err(PathProblem::Forbidden(_))),
-                "{p}"
-            );
+            assert!(matches!(normalize(p, base), Err(PathProblem::Forbidden(_))), "{p}");
         }
         assert!(normalize("/process/x", base).is_ok());
     }
 
     #[test]
     fn refuses_empty_and_nul() {
-        assert!(matches!(
-            normalize(" ", Path::new("/")),
-            Err(PathProblem::Invalid(_))
-        ));
-        assert!(matches!(
-            normalize("a\0b", Path::new("/")),
-            Err(PathProblem::Invalid(_))
-        ));
+        assert!(matches!(normalize(" ", Path::new("/")), Err(PathProblem::Invalid(_))));
+        assert!(matches!(normalize("a\0b", Path::new("/")), Err(PathProblem::Invalid(_))));
     }
 }

@@ -19,10 +19,7 @@ pub struct SpecFile {
     #[schemars(range(min = 1, max = 1))]
     pub schema_version: u32,
     /// VM name: 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'.
-    #[schemars(
-        length(min = 1, max = 63),
-        regex(pattern = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
-    )]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"))]
     pub name: String,
     /// Virtual hardware; every field has a default.
     #[serde(default, skip_serializing_if = "Option::is_none")]

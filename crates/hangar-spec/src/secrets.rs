@@ -33,9 +33,7 @@ pub(crate) fn looks_secret(value: &str) -> Option<&'static str> {
                 return Some("credential assignment");
             }
         }
-        if is_prefixed_token(word, "AKIA", 16, |c| {
-            c.is_ascii_uppercase() || c.is_ascii_digit()
-        }) {
+        if is_prefixed_token(word, "AKIA", 16, |c| c.is_ascii_uppercase() || c.is_ascii_digit()) {
             return Some("cloud access key");
         }
         for prefix in ["ghp_", "gho_", "ghs_", "github_pat_", "glpat-", "sk-"] {
@@ -55,8 +53,7 @@ pub(crate) fn looks_secret(value: &str) -> Option<&'static str> {
 }
 
 fn is_prefixed_token(word: &str, prefix: &str, min_len: usize, ok: impl Fn(char) -> bool) -> bool {
-    word.strip_prefix(prefix)
-        .is_some_and(|rest| rest.len() >= min_len && rest.chars().all(ok))
+    word.strip_prefix(prefix).is_some_and(|rest| rest.len() >= min_len && rest.chars().all(ok))
 }
 
 #[cfg(test)]
@@ -79,14 +76,9 @@ mod tests {
 
     #[test]
     fn leaves_ordinary_values_alone() {
-        for s in [
-            "console=ttyS0 quiet",
-            "web",
-            "token",
-            "AKIA",
-            "root=/dev/vda rw",
-            "root=LABEL=rootfs",
-        ] {
+        for s in
+            ["console=ttyS0 quiet", "web", "token", "AKIA", "root=/dev/vda rw", "root=LABEL=rootfs"]
+        {
             assert_eq!(looks_secret(s), None, "{s}");
         }
         assert!(secret_key("db_password"));

@@ -124,10 +124,7 @@ fn different_meanings_hash_differently() {
         ("memory_mib = 512", "memory_mib = 513"),
         ("\"8080:80\"", "\"udp:8080:80\""),
         ("source = \"root.qcow2\"", "source = \"root2.qcow2\""),
-        (
-            "cmdline = \"console=ttyS0 quiet\"",
-            "cmdline = \"quiet console=ttyS0\"",
-        ),
+        ("cmdline = \"console=ttyS0 quiet\"", "cmdline = \"quiet console=ttyS0\""),
         ("tier = \"1\"", "tier = \"2\""),
         ("name = \"web\"", "name = \"web2\""),
     ];
@@ -148,15 +145,8 @@ fn canonical_json_is_rfc8785() {
     let c = toml(
         "schema_version = 1\nname = \"a\"\n[labels]\nb = \"\u{20ac} \\\"q\\\" \\\\\"\nab = \"x\"\n",
     );
-    assert!(
-        c.json.contains(r#""labels":{"ab":"x","b":"€ \"q\" \\"}"#),
-        "{}",
-        c.json
-    );
-    assert!(
-        !c.json.contains(' ') || c.json.contains("€ "),
-        "no insignificant whitespace"
-    );
+    assert!(c.json.contains(r#""labels":{"ab":"x","b":"€ \"q\" \\"}"#), "{}", c.json);
+    assert!(!c.json.contains(' ') || c.json.contains("€ "), "no insignificant whitespace");
     let reparsed: serde_json::Value = serde_json::from_str(&c.json).unwrap();
     let recanonicalised = serde_json_canonicalizer::to_string(&reparsed).unwrap();
     assert_eq!(recanonicalised, c.json, "canonical form is a fixed point");

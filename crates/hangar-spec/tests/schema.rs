@@ -43,15 +43,9 @@ fn sorted(fields: &[&str]) -> Vec<String> {
 fn schema_and_validator_know_the_same_fields() {
     let schema: serde_json::Value = serde_json::from_str(&schema_json()).unwrap();
     assert_eq!(properties(&schema, None), sorted(TOP_FIELDS));
-    assert_eq!(
-        properties(&schema, Some("MachineFile")),
-        sorted(MACHINE_FIELDS)
-    );
+    assert_eq!(properties(&schema, Some("MachineFile")), sorted(MACHINE_FIELDS));
     assert_eq!(properties(&schema, Some("BootFile")), sorted(BOOT_FIELDS));
     assert_eq!(properties(&schema, Some("DiskFile")), sorted(DISK_FIELDS));
     assert_eq!(properties(&schema, Some("NicFile")), sorted(NIC_FIELDS));
-    assert_eq!(
-        properties(&schema, Some("SerialFile")),
-        sorted(SERIAL_FIELDS)
-    );
+    assert_eq!(properties(&schema, Some("SerialFile")), sorted(SERIAL_FIELDS));
 }

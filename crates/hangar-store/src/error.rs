@@ -40,12 +40,8 @@ impl Coded for StoreError {
             StoreError::Unavailable { .. } => ErrorCode::StoreUnavailable,
             StoreError::Corrupt { .. } => ErrorCode::StoreCorrupt,
             StoreError::Exists { table: "vms", .. } => ErrorCode::VmExists,
-            StoreError::Exists {
-                table: "snapshots", ..
-            } => ErrorCode::SnapshotExists,
-            StoreError::Exists {
-                table: "volumes", ..
-            } => ErrorCode::DiskExists,
+            StoreError::Exists { table: "snapshots", .. } => ErrorCode::SnapshotExists,
+            StoreError::Exists { table: "volumes", .. } => ErrorCode::DiskExists,
             // Generated ids (operations, tokens): a clash is a bug or a replay, not user input.
             StoreError::Exists { .. } => ErrorCode::InvalidArgument,
         }
@@ -57,9 +53,5 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// A [`StoreError::Corrupt`] for the row `key` of `table`.
 pub(crate) fn corrupt(table: &'static str, key: &str, detail: impl ToString) -> StoreError {
-    StoreError::Corrupt {
-        table,
-        key: key.to_string(),
-        detail: detail.to_string(),
-    }
+    StoreError::Corrupt { table, key: key.to_string(), detail: detail.to_string() }
 }

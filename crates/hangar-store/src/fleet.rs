@@ -27,10 +27,6 @@ impl Store {
 
     /// The fleet registry, if one was saved; validated as JSON.
     pub fn load_fleet(&self) -> Result<Option<String>> {
-        self.one(
-            "SELECT id, registry_json FROM fleet WHERE id = 1",
-            [],
-            decode,
-        )
+        self.one("SELECT id, registry_json FROM fleet WHERE id = 1", [], decode)
     }
 }

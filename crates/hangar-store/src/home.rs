@@ -13,10 +13,7 @@ use std::path::{Component, Path, PathBuf};
 use crate::{Result, StoreError};
 
 fn unavailable(path: &Path, message: impl ToString) -> StoreError {
-    StoreError::Unavailable {
-        path: path.display().to_string(),
-        message: message.to_string(),
-    }
+    StoreError::Unavailable { path: path.display().to_string(), message: message.to_string() }
 }
 
 fn symlink(path: &Path) -> StoreError {
@@ -166,10 +163,7 @@ mod tests {
         }
         // Directories are made private, and a planted link is refused, not followed.
         let made = state_dir(&home, "vms/a/disks").unwrap();
-        assert_eq!(
-            std::fs::metadata(&made).unwrap().permissions().mode() & 0o777,
-            0o700
-        );
+        assert_eq!(std::fs::metadata(&made).unwrap().permissions().mode() & 0o777, 0o700);
         let elsewhere = dir.path().join("elsewhere");
         std::fs::create_dir(&elsewhere).unwrap();
         link(&elsewhere, home.join("vms/b")).unwrap();

@@ -57,8 +57,7 @@ impl SharedLock {
 /// Opens (creating) the lock file `locks/<stem>.lock`; also returns how to report a failure on
 /// it.
 fn open(
-    home: &Path,
-    stem: &str,
+    home: &Path, stem: &str,
 ) -> Result<(File, impl Fn(std::io::Error) -> StoreError), StoreError> {
     let dir = home.join("locks");
     let fail = move |e: std::io::Error| StoreError::Unavailable {

@@ -57,24 +57,14 @@ impl Store {
 
     /// One operation.
     pub fn get_operation(&self, id: &OperationId) -> Result<Option<OperationRecord>> {
-        self.one(
-            &format!("{OPERATION_COLUMNS} WHERE id = ?1"),
-            [id.as_str()],
-            decode,
-        )
+        self.one(&format!("{OPERATION_COLUMNS} WHERE id = ?1"), [id.as_str()], decode)
     }
 
     /// The newest `limit` operations, newest first; only running ones with `running_only`.
     pub fn list_operations(
-        &self,
-        running_only: bool,
-        limit: usize,
+        &self, running_only: bool, limit: usize,
     ) -> Result<Vec<OperationRecord>> {
-        let filter = if running_only {
-            "WHERE status = 'running'"
-        } else {
-            ""
-        };
+        let filter = if running_only { "WHERE status = 'running'" } else { "" };
         self.all(
             &format!("{OPERATION_COLUMNS} {filter} ORDER BY created_at DESC, id DESC LIMIT ?1"),
             [limit as i64],
@@ -101,10 +91,7 @@ mod tests {
             progress: Some("booting".into()),
             result_json: None,
             error_json: None,
-            owner: Some(ProcessIdentity {
-                pid: 7,
-                start_time: 1234,
-            }),
+            owner: Some(ProcessIdentity { pid: 7, start_time: 1234 }),
             created_at: Timestamp(10),
             updated_at: Timestamp(11),
         }
@@ -113,9 +100,7 @@ mod tests {
     /// Reading `operations/op-1` back, alone and in a list, fails as corrupt naming `detail`.
     fn assert_corrupt(store: &Store, detail: &str) {
         for err in [
-            store
-                .get_operation(&OperationId::new("op-1").unwrap())
-                .unwrap_err(),
+            store.get_operation(&OperationId::new("op-1").unwrap()).unwrap_err(),
             store.list_operations(false, 10).unwrap_err(),
         ] {
             assert_eq!(err.code(), ErrorCode::StoreCorrupt, "{err}");
@@ -135,27 +120,17 @@ mod tests {
         store.insert_operation(&op).unwrap();
         assert_eq!(store.get_operation(&op.id).unwrap(), Some(op.clone()));
         assert_eq!(store.list_operations(true, 10).unwrap(), vec![op.clone()]);
-        for (column, bad) in [
-            ("owner_start_time", -1),
-            ("created_at", -10),
-            ("updated_at", -11),
-        ] {
-            store
-                .execute_raw(&format!("UPDATE operations SET {column} = {bad}"))
-                .unwrap();
+        for (column, bad) in [("owner_start_time", -1), ("created_at", -10), ("updated_at", -11)] {
+            store.execute_raw(&format!("UPDATE operations SET {column} = {bad}")).unwrap();
             assert_corrupt(&store, &format!("{column}: {bad} is negative"));
             store
                 .execute_raw("UPDATE operations SET owner_start_time = 1234, created_at = 10, updated_at = 11")
                 .unwrap();
             assert_eq!(store.get_operation(&op.id).unwrap(), Some(op.clone()));
         }
-        store
-            .execute_raw("UPDATE operations SET owner_pid = -7")
-            .unwrap();
+        store.execute_raw("UPDATE operations SET owner_pid = -7").unwrap();
         assert_corrupt(&store, "owner_pid: -7 is not a process id");
-        store
-            .execute_raw("UPDATE operations SET owner_pid = 7, status = 'paused'")
-            .unwrap();
+        store.execute_raw("UPDATE operations SET owner_pid = 7, status = 'paused'").unwrap();
         assert_corrupt(&store, "status: unknown status \"paused\"");
         store
             .execute_raw("UPDATE operations SET status = 'running', result_json = '{oops'")

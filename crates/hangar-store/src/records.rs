@@ -174,10 +174,7 @@ mod tests {
     fn operation_statuses_round_trip_through_their_wire_names() {
         for &status in OperationStatus::ALL {
             assert_eq!(status.as_str().parse::<OperationStatus>(), Ok(status));
-            assert_eq!(
-                serde_json::to_string(&status).unwrap(),
-                format!("\"{}\"", status.as_str())
-            );
+            assert_eq!(serde_json::to_string(&status).unwrap(), format!("\"{}\"", status.as_str()));
         }
         assert!("rolled-back".parse::<OperationStatus>().is_err());
     }

@@ -62,9 +62,7 @@ impl<'a, 'r> Fields<'a, 'r> {
 
     /// A nullable unsigned integer column.
     pub(crate) fn opt_u64(&self, column: &str) -> Result<Option<u64>> {
-        self.get::<Option<i64>>(column)?
-            .map(|value| self.unsigned(column, value))
-            .transpose()
+        self.get::<Option<i64>>(column)?.map(|value| self.unsigned(column, value)).transpose()
     }
 
     fn unsigned(&self, column: &str, value: i64) -> Result<u64> {

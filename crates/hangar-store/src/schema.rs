@@ -116,13 +116,7 @@ ALTER TABLE snapshots ADD COLUMN pool TEXT;
 ";
 
 /// Every migration, in order: `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 5] = [
-    MIGRATION_1,
-    MIGRATION_2,
-    MIGRATION_3,
-    MIGRATION_4,
-    MIGRATION_5,
-];
+const MIGRATIONS: [&str; 5] = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5];
 
 // Each migration moves the version by one.
 const _: () = assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION);
@@ -194,10 +188,7 @@ impl Store {
                 ),
             });
         }
-        Ok(Store {
-            conn,
-            path: path.to_path_buf(),
-        })
+        Ok(Store { conn, path: path.to_path_buf() })
     }
 
     /// Opens the connection, sets it up and migrates a new database (exactly once, even with
@@ -259,8 +250,7 @@ mod migration_tests {
         let path = dir.path().join("state.db");
         {
             let conn = Connection::open(&path).unwrap();
-            conn.execute_batch(&format!("{MIGRATION_1} PRAGMA user_version = 1;"))
-                .unwrap();
+            conn.execute_batch(&format!("{MIGRATION_1} PRAGMA user_version = 1;")).unwrap();
             conn.execute(
                 "INSERT INTO transitions (vm, from_state, to_state, at, cause) VALUES ('old', NULL, 'defined', 5, 'user')",
                 [],
@@ -268,10 +258,8 @@ mod migration_tests {
             .unwrap();
         }
         let store = Store::open(&path).unwrap();
-        let version: i64 = store
-            .conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .unwrap();
+        let version: i64 =
+            store.conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
         assert_eq!(version, SCHEMA_VERSION);
         let events = store.events_since(0, 10).unwrap();
         assert!(
@@ -281,27 +269,17 @@ mod migration_tests {
         assert!(store.list_operations(false, 10).unwrap().is_empty());
         // Engine events join the stream but never a VM's history.
         let old = VmName::new("old").unwrap();
-        store
-            .record_engine_event(&old, VmState::Defined, Timestamp(6), "noticed")
-            .unwrap();
+        store.record_engine_event(&old, VmState::Defined, Timestamp(6), "noticed").unwrap();
         assert_eq!(store.events_since(1, 10).unwrap().len(), 1);
         assert_eq!(store.transitions(&old).unwrap().len(), 1);
         // Version 3: the fleet registry round-trips, and a damaged one is refused, not used.
         assert_eq!(store.load_fleet().unwrap(), None);
         store.save_fleet(r#"{"pools":[]}"#, Timestamp(7)).unwrap();
         store.save_fleet(r#"{"pools":[1]}"#, Timestamp(8)).unwrap();
-        assert_eq!(
-            store.load_fleet().unwrap().as_deref(),
-            Some(r#"{"pools":[1]}"#)
-        );
+        assert_eq!(store.load_fleet().unwrap().as_deref(), Some(r#"{"pools":[1]}"#));
         assert!(store.save_fleet("{not json", Timestamp(9)).is_err());
-        store
-            .execute_raw("UPDATE fleet SET registry_json = '{broken' WHERE id = 1")
-            .unwrap();
-        assert!(matches!(
-            store.load_fleet(),
-            Err(StoreError::Corrupt { table: "fleet", .. })
-        ));
+        store.execute_raw("UPDATE fleet SET registry_json = '{broken' WHERE id = 1").unwrap();
+        assert!(matches!(store.load_fleet(), Err(StoreError::Corrupt { table: "fleet", .. })));
         drop(store);
         // Opening again migrates nothing.
         Store::open(&path).unwrap();
@@ -314,8 +292,7 @@ mod migration_tests {
         {
             let conn = Connection::open(&path).unwrap();
             for (i, sql) in MIGRATIONS[..4].iter().enumerate() {
-                conn.execute_batch(&format!("{sql} PRAGMA user_version = {};", i + 1))
-                    .unwrap();
+                conn.execute_batch(&format!("{sql} PRAGMA user_version = {};", i + 1)).unwrap();
             }
             conn.execute(
                 "INSERT INTO tokens (id, name, sha256, created_at) VALUES ('tok-1', 'ci', 'abc', 5)",
@@ -331,10 +308,7 @@ mod migration_tests {
             .unwrap();
         assert!(matches!(
             store.token_by_hash("abc"),
-            Err(StoreError::Corrupt {
-                table: "tokens",
-                ..
-            })
+            Err(StoreError::Corrupt { table: "tokens", .. })
         ));
     }
 
@@ -342,10 +316,7 @@ mod migration_tests {
     fn a_negative_schema_version_is_corrupt_not_a_new_store() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
-        Store::open(&path)
-            .unwrap()
-            .execute_raw("PRAGMA user_version = -1")
-            .unwrap();
+        Store::open(&path).unwrap().execute_raw("PRAGMA user_version = -1").unwrap();
         let err = Store::open(&path).unwrap_err();
         assert_eq!(err.code(), ErrorCode::StoreCorrupt);
         assert!(

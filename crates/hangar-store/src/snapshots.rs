@@ -41,11 +41,7 @@ impl Store {
 
     /// One snapshot.
     pub fn get_snapshot(&self, id: &SnapshotId) -> Result<Option<SnapshotRecord>> {
-        self.one(
-            "SELECT * FROM snapshots WHERE id = ?1",
-            [id.as_str()],
-            decode,
-        )
+        self.one("SELECT * FROM snapshots WHERE id = ?1", [id.as_str()], decode)
     }
 
     /// Snapshots, optionally of one VM, sorted by id.

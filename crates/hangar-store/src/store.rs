@@ -23,10 +23,7 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// A failure of SQLite itself (not of a row's contents).
     pub(crate) fn err(&self, e: rusqlite::Error) -> StoreError {
-        StoreError::Unavailable {
-            path: self.path.display().to_string(),
-            message: e.to_string(),
-        }
+        StoreError::Unavailable { path: self.path.display().to_string(), message: e.to_string() }
     }
 
     /// Runs one statement; returns how many rows it changed.
@@ -36,21 +33,14 @@ impl Store {
 
     /// Runs an INSERT into `table`: a taken primary key is `Exists`, not a store failure.
     pub(crate) fn insert(
-        &self,
-        table: &'static str,
-        key: impl ToString,
-        sql: &str,
-        params: impl rusqlite::Params,
+        &self, table: &'static str, key: impl ToString, sql: &str, params: impl rusqlite::Params,
     ) -> Result<()> {
         match self.conn.execute(sql, params) {
             Ok(_) => Ok(()),
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == rusqlite::ErrorCode::ConstraintViolation =>
             {
-                Err(StoreError::Exists {
-                    table,
-                    key: key.to_string(),
-                })
+                Err(StoreError::Exists { table, key: key.to_string() })
             }
             Err(e) => Err(self.err(e)),
         }
@@ -58,10 +48,7 @@ impl Store {
 
     /// The first row `sql` returns, if any, read by `decode`.
     pub(crate) fn one<T>(
-        &self,
-        sql: &str,
-        params: impl rusqlite::Params,
-        decode: impl Fn(&Row<'_>) -> Result<T>,
+        &self, sql: &str, params: impl rusqlite::Params, decode: impl Fn(&Row<'_>) -> Result<T>,
     ) -> Result<Option<T>> {
         let mut stmt = self.conn.prepare(sql).map_err(|e| self.err(e))?;
         let mut rows = stmt.query(params).map_err(|e| self.err(e))?;
@@ -74,10 +61,7 @@ impl Store {
     /// Every row `sql` returns, each read by `decode` (a row that fails validation fails the
     /// whole read, naming itself).
     pub(crate) fn all<T>(
-        &self,
-        sql: &str,
-        params: impl rusqlite::Params,
-        decode: impl Fn(&Row<'_>) -> Result<T>,
+        &self, sql: &str, params: impl rusqlite::Params, decode: impl Fn(&Row<'_>) -> Result<T>,
     ) -> Result<Vec<T>> {
         let mut stmt = self.conn.prepare(sql).map_err(|e| self.err(e))?;
         let mut rows = stmt.query(params).map_err(|e| self.err(e))?;

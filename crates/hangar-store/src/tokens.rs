@@ -28,32 +28,18 @@ impl Store {
             "tokens",
             &t.id,
             "INSERT INTO tokens (id, name, sha256, created_at, scope) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                t.id,
-                t.name,
-                t.sha256,
-                t.created_at.0 as i64,
-                t.scope.to_string()
-            ],
+            params![t.id, t.name, t.sha256, t.created_at.0 as i64, t.scope.to_string()],
         )
     }
 
     /// The token whose secret hashes to `sha256`, if any.
     pub fn token_by_hash(&self, sha256: &str) -> Result<Option<TokenRecord>> {
-        self.one(
-            &format!("{TOKEN_COLUMNS} WHERE sha256 = ?1"),
-            [sha256],
-            decode,
-        )
+        self.one(&format!("{TOKEN_COLUMNS} WHERE sha256 = ?1"), [sha256], decode)
     }
 
     /// Every token, oldest first.
     pub fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
-        self.all(
-            &format!("{TOKEN_COLUMNS} ORDER BY created_at, id"),
-            [],
-            decode,
-        )
+        self.all(&format!("{TOKEN_COLUMNS} ORDER BY created_at, id"), [], decode)
     }
 
     /// Revokes a token; false if there was none with that id.

@@ -59,11 +59,7 @@ fn decode_event(row: &Row<'_>) -> Result<(u64, StoredEvent)> {
         operation: f.opt_parse("operation")?,
     };
     let event = match f.get::<Option<String>>("message")? {
-        Some(message) => StoredEvent::Engine {
-            vm: transition.vm,
-            at: transition.at,
-            message,
-        },
+        Some(message) => StoredEvent::Engine { vm: transition.vm, at: transition.at, message },
         None => StoredEvent::Transition(transition),
     };
     Ok((seq, event))
@@ -119,24 +115,16 @@ impl Store {
 
     /// Records a new VM with its first transition (`defined`), in one transaction.
     pub fn define_vm(&self, vm: &VmRecord, event: &TransitionEvent) -> Result<()> {
-        self.in_transaction(|| {
-            self.insert_vm(vm)
-                .and_then(|()| self.record_transition(event))
-        })
+        self.in_transaction(|| self.insert_vm(vm).and_then(|()| self.record_transition(event)))
     }
 
     /// Updates a VM and appends a transition in one transaction.
     pub fn commit_transition(&self, vm: &VmRecord, event: &TransitionEvent) -> Result<()> {
-        self.in_transaction(|| {
-            self.update_vm(vm)
-                .and_then(|()| self.record_transition(event))
-        })
+        self.in_transaction(|| self.update_vm(vm).and_then(|()| self.record_transition(event)))
     }
 
     fn in_transaction(&self, work: impl FnOnce() -> Result<()>) -> Result<()> {
-        self.conn
-            .execute_batch("BEGIN IMMEDIATE")
-            .map_err(|e| self.err(e))?;
+        self.conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| self.err(e))?;
         match work() {
             Ok(()) => self.conn.execute_batch("COMMIT").map_err(|e| self.err(e)),
             Err(e) => {
@@ -158,11 +146,7 @@ impl Store {
     /// Appends an engine event (something the engine observed that is not a state change) to
     /// the event stream; it never appears in a VM's history.
     pub fn record_engine_event(
-        &self,
-        vm: &VmName,
-        state: VmState,
-        at: Timestamp,
-        message: &str,
+        &self, vm: &VmName, state: VmState, at: Timestamp, message: &str,
     ) -> Result<()> {
         self.execute(
             "INSERT INTO transitions (vm, from_state, to_state, at, cause, message) VALUES (?1, ?2, ?2, ?3, 'engine', ?4)",
@@ -220,10 +204,7 @@ mod tests {
             state: VmState::Running,
             reason: None,
             runtime_dir: format!("/run/{name}"),
-            process: Some(ProcessIdentity {
-                pid: 42,
-                start_time: 99,
-            }),
+            process: Some(ProcessIdentity { pid: 42, start_time: 99 }),
             boot_ms: Some(3300),
             sleeping_on: None,
             boot_log_offset: Some(7),
@@ -235,10 +216,7 @@ mod tests {
     /// Reading `vms/a` fails as corrupt, naming the table, the key and `column`.
     fn assert_corrupt_column(store: &Store, column: &str) {
         let name = VmName::new("a").unwrap();
-        for err in [
-            store.get_vm(&name).unwrap_err(),
-            store.list_vms().unwrap_err(),
-        ] {
+        for err in [store.get_vm(&name).unwrap_err(), store.list_vms().unwrap_err()] {
             assert_eq!(err.code(), ErrorCode::StoreCorrupt, "{err}");
             assert!(
                 matches!(&err, StoreError::Corrupt { table: "vms", key, .. } if key == "a"),
@@ -272,18 +250,11 @@ mod tests {
                 .to_string()
                 .contains(&format!("{column}: {bad} is negative")));
             store.update_vm(&good).unwrap();
-            store
-                .execute_raw("UPDATE vms SET created_at = 1 WHERE name = 'a'")
-                .unwrap();
-            assert_eq!(
-                store.get_vm(&VmName::new("a").unwrap()).unwrap(),
-                Some(good.clone())
-            );
+            store.execute_raw("UPDATE vms SET created_at = 1 WHERE name = 'a'").unwrap();
+            assert_eq!(store.get_vm(&VmName::new("a").unwrap()).unwrap(), Some(good.clone()));
         }
         // A pid beyond u32 is not truncated into some other process.
-        store
-            .execute_raw("UPDATE vms SET pid = 4294967338 WHERE name = 'a'")
-            .unwrap();
+        store.execute_raw("UPDATE vms SET pid = 4294967338 WHERE name = 'a'").unwrap();
         assert_corrupt_column(&store, "pid");
     }
 
@@ -292,9 +263,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_in(dir.path()).unwrap();
         let vm = VmName::new("a").unwrap();
-        store
-            .record_engine_event(&vm, VmState::Defined, Timestamp(3), "noticed")
-            .unwrap();
+        store.record_engine_event(&vm, VmState::Defined, Timestamp(3), "noticed").unwrap();
         store.execute_raw("UPDATE transitions SET at = -3").unwrap();
         let err = store.events_since(0, 10).unwrap_err();
         assert_eq!(err.code(), ErrorCode::StoreCorrupt);

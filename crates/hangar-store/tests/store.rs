@@ -39,24 +39,13 @@ fn vm_round_trip_and_conflicts() {
     let err = store.insert_vm(&record("a")).unwrap_err();
     assert_eq!(err.code(), ErrorCode::VmExists);
     a.state = VmState::Running;
-    a.process = Some(ProcessIdentity {
-        pid: 42,
-        start_time: 99,
-    });
+    a.process = Some(ProcessIdentity { pid: 42, start_time: 99 });
     a.boot_ms = Some(3300);
     store.update_vm(&a).unwrap();
     // A second connection (another hangar process) sees the committed state.
     let other = Store::open_in(dir.path()).unwrap();
-    assert_eq!(
-        other.get_vm(&VmName::new("a").unwrap()).unwrap(),
-        Some(a.clone())
-    );
-    let names: Vec<_> = other
-        .list_vms()
-        .unwrap()
-        .iter()
-        .map(|r| r.name().to_string())
-        .collect();
+    assert_eq!(other.get_vm(&VmName::new("a").unwrap()).unwrap(), Some(a.clone()));
+    let names: Vec<_> = other.list_vms().unwrap().iter().map(|r| r.name().to_string()).collect();
     assert_eq!(names, ["a", "b"]);
     other.delete_vm(&VmName::new("a").unwrap()).unwrap();
     assert_eq!(store.get_vm(&VmName::new("a").unwrap()).unwrap(), None);
@@ -84,12 +73,7 @@ fn transitions_keep_order() {
             })
             .unwrap();
     }
-    let got: Vec<_> = store
-        .transitions(&vm)
-        .unwrap()
-        .iter()
-        .map(|e| (e.from, e.to))
-        .collect();
+    let got: Vec<_> = store.transitions(&vm).unwrap().iter().map(|e| (e.from, e.to)).collect();
     assert_eq!(got, moves);
 }
 
@@ -98,9 +82,7 @@ fn corrupt_rows_are_reported_not_used() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open_in(dir.path()).unwrap();
     store.insert_vm(&record("a")).unwrap();
-    store
-        .execute_raw("UPDATE vms SET state = 'exploded' WHERE name = 'a'")
-        .unwrap();
+    store.execute_raw("UPDATE vms SET state = 'exploded' WHERE name = 'a'").unwrap();
     let err = store.get_vm(&VmName::new("a").unwrap()).unwrap_err();
     assert_eq!(err.code(), ErrorCode::StoreCorrupt);
     assert!(err.to_string().contains("vms/a"), "{err}");
@@ -109,13 +91,8 @@ fn corrupt_rows_are_reported_not_used() {
             "UPDATE vms SET state = 'defined', spec_json = '{\"name\":\"b\"}' WHERE name = 'a'",
         )
         .unwrap();
-    assert_eq!(
-        store.list_vms().unwrap_err().code(),
-        ErrorCode::StoreCorrupt
-    );
-    store
-        .execute_raw("UPDATE vms SET spec_json = 'not json' WHERE name = 'a'")
-        .unwrap();
+    assert_eq!(store.list_vms().unwrap_err().code(), ErrorCode::StoreCorrupt);
+    store.execute_raw("UPDATE vms SET spec_json = 'not json' WHERE name = 'a'").unwrap();
     assert_eq!(
         store.get_vm(&VmName::new("a").unwrap()).unwrap_err().code(),
         ErrorCode::StoreCorrupt
@@ -147,23 +124,16 @@ fn a_negative_snapshot_time_or_size_is_corrupt_not_clamped() {
     store.insert_snapshot(&snap).unwrap();
     assert_eq!(store.get_snapshot(&snap.id).unwrap(), Some(snap.clone()));
     for (column, bad) in [("created_at", -5), ("size_bytes", -1)] {
-        store
-            .execute_raw(&format!("UPDATE snapshots SET {column} = {bad}"))
-            .unwrap();
-        for err in [
-            store.get_snapshot(&snap.id).unwrap_err(),
-            store.list_snapshots(None).unwrap_err(),
-        ] {
+        store.execute_raw(&format!("UPDATE snapshots SET {column} = {bad}")).unwrap();
+        for err in
+            [store.get_snapshot(&snap.id).unwrap_err(), store.list_snapshots(None).unwrap_err()]
+        {
             assert_eq!(err.code(), ErrorCode::StoreCorrupt, "{err}");
             assert!(
                 matches!(&err, StoreError::Corrupt { table: "snapshots", key, .. } if key == "s1"),
                 "{err}"
             );
-            assert!(
-                err.to_string()
-                    .contains(&format!("{column}: {bad} is negative")),
-                "{err}"
-            );
+            assert!(err.to_string().contains(&format!("{column}: {bad} is negative")), "{err}");
         }
         store.delete_snapshot(&snap.id).unwrap();
         store.insert_snapshot(&snap).unwrap();
@@ -176,28 +146,14 @@ fn snapshots_and_volumes() {
     let store = Store::open_in(dir.path()).unwrap();
     let snap = SnapshotRecord {
         clone_hash: Some("sha256:2".into()),
-        disks: vec![FrozenDisk {
-            disk: "root".into(),
-            path: "/x/s1.disks/root.qcow2".into(),
-        }],
+        disks: vec![FrozenDisk { disk: "root".into(), path: "/x/s1.disks/root.qcow2".into() }],
         tenant: Some(hangar_core::ids::TenantId::new("acme").unwrap()),
         ..snapshot()
     };
     store.insert_snapshot(&snap).unwrap();
-    assert_eq!(
-        store.insert_snapshot(&snap).unwrap_err().code(),
-        ErrorCode::SnapshotExists
-    );
-    assert_eq!(
-        store
-            .list_snapshots(Some(&VmName::new("a").unwrap()))
-            .unwrap(),
-        vec![snap.clone()]
-    );
-    assert!(store
-        .list_snapshots(Some(&VmName::new("b").unwrap()))
-        .unwrap()
-        .is_empty());
+    assert_eq!(store.insert_snapshot(&snap).unwrap_err().code(), ErrorCode::SnapshotExists);
+    assert_eq!(store.list_snapshots(Some(&VmName::new("a").unwrap())).unwrap(), vec![snap.clone()]);
+    assert!(store.list_snapshots(Some(&VmName::new("b").unwrap())).unwrap().is_empty());
     store.delete_snapshot(&snap.id).unwrap();
     assert_eq!(store.get_snapshot(&snap.id).unwrap(), None);
 
@@ -213,22 +169,14 @@ fn snapshots_and_volumes() {
     vol.snapshots.push(SnapshotId::new("d1").unwrap());
     store.update_volume(&vol).unwrap();
     assert_eq!(store.get_volume(&vol.id).unwrap(), Some(vol.clone()));
-    store
-        .execute_raw("UPDATE volumes SET format = 'vmdk'")
-        .unwrap();
-    assert_eq!(
-        store.list_volumes().unwrap_err().code(),
-        ErrorCode::StoreCorrupt
-    );
+    store.execute_raw("UPDATE volumes SET format = 'vmdk'").unwrap();
+    assert_eq!(store.list_volumes().unwrap_err().code(), ErrorCode::StoreCorrupt);
 }
 
 #[test]
 fn a_newer_schema_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    Store::open_in(dir.path())
-        .unwrap()
-        .execute_raw("PRAGMA user_version = 99")
-        .unwrap();
+    Store::open_in(dir.path()).unwrap().execute_raw("PRAGMA user_version = 99").unwrap();
     let err = Store::open_in(dir.path()).unwrap_err();
     assert_eq!(err.code(), ErrorCode::StoreUnavailable);
 }
@@ -239,9 +187,7 @@ fn vm_locks_are_exclusive_and_released_on_drop() {
     let vm = VmName::new("a").unwrap();
     let held = VmLock::acquire(dir.path(), &vm).unwrap();
     assert!(VmLock::try_acquire(dir.path(), &vm).unwrap().is_none());
-    assert!(VmLock::try_acquire(dir.path(), &VmName::new("b").unwrap())
-        .unwrap()
-        .is_some());
+    assert!(VmLock::try_acquire(dir.path(), &VmName::new("b").unwrap()).unwrap().is_some());
     drop(held);
     assert!(VmLock::try_acquire(dir.path(), &vm).unwrap().is_some());
 }

@@ -65,10 +65,8 @@ pub fn skip(test: &str) -> bool {
 /// A private Hangar home under /tmp (unix socket paths are limited to 107 bytes) with the built
 /// images linked in.
 pub fn private_home(prefix: &str) -> tempfile::TempDir {
-    let home = tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir_in("/tmp")
-        .expect("a temporary home");
+    let home =
+        tempfile::Builder::new().prefix(prefix).tempdir_in("/tmp").expect("a temporary home");
     std::os::unix::fs::symlink(image_dir(), home.path().join("images")).expect("link the images");
     home
 }
@@ -128,18 +126,11 @@ impl Drop for Reaper {
 /// `expect` in what comes back; returns everything read. The console echoes what is typed, so
 /// `expect` must not appear in `command` (compute it: `echo done-$((1+1))` expects `done-2`).
 pub fn console(socket: &Path, command: &str, expect: &str) -> String {
-    assert!(
-        !command.contains(expect),
-        "the console's echo of {command:?} would match {expect:?}"
-    );
+    assert!(!command.contains(expect), "the console's echo of {command:?} would match {expect:?}");
     let mut stream = std::os::unix::net::UnixStream::connect(socket)
         .unwrap_or_else(|e| panic!("{}: {e}", socket.display()));
-    stream
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .expect("a read timeout");
-    stream
-        .write_all(format!("{command}\n").as_bytes())
-        .expect("type on the console");
+    stream.set_read_timeout(Some(Duration::from_millis(200))).expect("a read timeout");
+    stream.write_all(format!("{command}\n").as_bytes()).expect("type on the console");
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];

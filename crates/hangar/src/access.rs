@@ -59,12 +59,7 @@ pub struct ScopeArgs {
     #[arg(long, value_name = "TENANT", required_unless_present = "admin")]
     tenant: Option<String>,
     /// With --tenant: viewer, operator or owner.
-    #[arg(
-        long,
-        value_name = "ROLE",
-        default_value = "viewer",
-        requires = "tenant"
-    )]
+    #[arg(long, value_name = "ROLE", default_value = "viewer", requires = "tenant")]
     role: String,
 }
 
@@ -77,11 +72,7 @@ impl ScopeArgs {
         let tenant = TenantId::new(tenant)
             .map_err(|e| failure(ErrorCode::InvalidName, e.to_string(), &e.hint()))?;
         let role: Role = self.role.parse().map_err(|e: String| {
-            failure(
-                ErrorCode::InvalidArgument,
-                e,
-                "use --role viewer, operator or owner",
-            )
+            failure(ErrorCode::InvalidArgument, e, "use --role viewer, operator or owner")
         })?;
         Ok(Scope::Tenant { tenant, role })
     }
@@ -149,30 +140,18 @@ pub fn token(cmd: TokenCommand, out: &mut dyn Write) -> Result<(), Failure> {
     let remote = daemon()?;
     let store = || hangar_store::Store::open_in(&home()).map_err(|e| crate::coded(&e));
     match cmd {
-        TokenCommand::Create {
-            name,
-            scope,
-            output,
-        } => {
+        TokenCommand::Create { name, scope, output } => {
             let scope = scope.scope()?;
             let token: NewToken = match &remote {
                 Some(r) => r
                     .call(
                         "POST",
                         "/v1/tokens",
-                        Some(&json!(TokenRequest {
-                            name,
-                            scope: scope.to_string()
-                        })),
+                        Some(&json!(TokenRequest { name, scope: scope.to_string() })),
                     )
                     .map_err(from_body)?,
                 None => {
-                    audit(
-                        "token.create",
-                        "tokens",
-                        "requested",
-                        Some(format!("scope {scope}")),
-                    )?;
+                    audit("token.create", "tokens", "requested", Some(format!("scope {scope}")))?;
                     let t = hangar_control::tokens::create(&store()?, &name, &scope)
                         .map_err(from_body)?;
                     audit(
@@ -240,13 +219,7 @@ fn expected_head(s: &str) -> Result<(hangar_audit::Head, Option<SignedHead>), Fa
     if !hash.starts_with("sha256:") || hash.len() != 7 + 64 {
         return Err(bad());
     }
-    Ok((
-        hangar_audit::Head {
-            seq,
-            hash: hash.to_string(),
-        },
-        None,
-    ))
+    Ok((hangar_audit::Head { seq, hash: hash.to_string() }, None))
 }
 
 /// The key heads must be signed with: given, or read from the signing key beside the log.
@@ -257,9 +230,7 @@ fn trusted_key(given: Option<String>, key_file: &Path) -> Result<Option<String>,
     if !key_file.exists() {
         return Ok(None);
     }
-    HeadSigner::load(key_file)
-        .map(|k| Some(k.public_key()))
-        .map_err(|e| crate::coded(&e))
+    HeadSigner::load(key_file).map(|k| Some(k.public_key())).map_err(|e| crate::coded(&e))
 }
 
 /// `hangar audit …`
@@ -294,11 +265,7 @@ pub fn audit_command(cmd: AuditCommand, out: &mut dyn Write) -> Result<(), Failu
             );
             Ok(())
         }
-        AuditCommand::Verify {
-            file,
-            expect_head,
-            public_key,
-        } => {
+        AuditCommand::Verify { file, expect_head, public_key } => {
             let path = file.unwrap_or(default_log);
             let head_file = path.with_file_name("audit.head");
             let report = hangar_audit::verify(&path).map_err(|e| crate::coded(&e))?;
@@ -332,10 +299,7 @@ pub fn audit_command(cmd: AuditCommand, out: &mut dyn Write) -> Result<(), Failu
                         head_file.display()
                     ),
                 }
-                heads.push((
-                    format!("signed head ({})", head_file.display()),
-                    signed.head(),
-                ));
+                heads.push((format!("signed head ({})", head_file.display()), signed.head()));
             } else if report.entries > 0 && key_file.exists() {
                 return Err(failure(
                     ErrorCode::StoreCorrupt,

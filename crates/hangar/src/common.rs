@@ -76,9 +76,7 @@ pub fn from_body(e: impl Into<ErrorBody>) -> Failure {
 
 /// Runs `request` through `control`, showing its phases on stderr.
 pub(crate) fn run_op(
-    control: &dyn Control,
-    what: String,
-    request: OperationRequest,
+    control: &dyn Control, what: String, request: OperationRequest,
 ) -> Result<Operation, Failure> {
     let progress = Progress::new(what);
     let result = control.run(request, &|p| progress.phase(p));
@@ -87,28 +85,20 @@ pub(crate) fn run_op(
 }
 
 pub(crate) fn vm_after(op: &Operation) -> Result<VmView, Failure> {
-    op.result
-        .as_ref()
-        .and_then(|r| r.vm.clone())
-        .ok_or_else(|| {
-            crate::failure(
-                ErrorCode::EngineFailed,
-                format!("operation {} finished without the VM's state", op.id),
-                "",
-            )
-        })
+    op.result.as_ref().and_then(|r| r.vm.clone()).ok_or_else(|| {
+        crate::failure(
+            ErrorCode::EngineFailed,
+            format!("operation {} finished without the VM's state", op.id),
+            "",
+        )
+    })
 }
 
 /// `--output json` for listings: one pretty-printed document.
 pub(crate) fn print_json(
-    out: &mut dyn Write,
-    value: &impl serde::Serialize,
+    out: &mut dyn Write, value: &impl serde::Serialize,
 ) -> Result<(), Failure> {
-    let _ = writeln!(
-        out,
-        "{}",
-        serde_json::to_string_pretty(value).expect("listings serialise")
-    );
+    let _ = writeln!(out, "{}", serde_json::to_string_pretty(value).expect("listings serialise"));
     Ok(())
 }
 

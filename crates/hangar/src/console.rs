@@ -64,11 +64,7 @@ pub fn console(name: &str) -> Result<(), Failure> {
         .write(true)
         .open(&lock_path)
         .map_err(|e| crate::failure(ErrorCode::Io, e.to_string(), "check the runtime directory"))?;
-    if rustix::fs::flock(
-        &lock_file,
-        rustix::fs::FlockOperation::NonBlockingLockExclusive,
-    )
-    .is_err()
+    if rustix::fs::flock(&lock_file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err()
     {
         return Err(crate::failure(
             ErrorCode::Busy,
@@ -85,19 +81,13 @@ pub fn console(name: &str) -> Result<(), Failure> {
     })?;
     eprintln!("connected to {vm}'s console; press Ctrl-] to detach\r");
     let raw = RawMode::enter();
-    let mut reader = stream
-        .try_clone()
-        .map_err(|e| crate::failure(ErrorCode::Io, e.to_string(), ""))?;
+    let mut reader =
+        stream.try_clone().map_err(|e| crate::failure(ErrorCode::Io, e.to_string(), ""))?;
     let printer = std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
         let mut stdout = std::io::stdout();
         while let Ok(n) = reader.read(&mut buf) {
-            if n == 0
-                || stdout
-                    .write_all(&buf[..n])
-                    .and_then(|_| stdout.flush())
-                    .is_err()
-            {
+            if n == 0 || stdout.write_all(&buf[..n]).and_then(|_| stdout.flush()).is_err() {
                 break;
             }
         }

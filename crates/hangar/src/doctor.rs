@@ -40,9 +40,7 @@ pub fn doctor(out: &mut dyn Write) -> Result<(), Failure> {
         out,
         qemu_img.is_some(),
         "qemu-img",
-        &qemu_img
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "not found".into()),
+        &qemu_img.map(|p| p.display().to_string()).unwrap_or_else(|| "not found".into()),
         "apt-get install qemu-utils",
     );
     let (kvm_ok, why) = facts.kvm.verdict();
@@ -50,11 +48,7 @@ pub fn doctor(out: &mut dyn Write) -> Result<(), Failure> {
         out,
         true,
         "accelerator",
-        &if kvm_ok {
-            format!("kvm ({why})")
-        } else {
-            format!("tcg, because {why}")
-        },
+        &if kvm_ok { format!("kvm ({why})") } else { format!("tcg, because {why}") },
         "",
     );
     let image = Path::new(&facts.image_dir).join("minimal");
@@ -80,9 +74,7 @@ pub fn doctor(out: &mut dyn Write) -> Result<(), Failure> {
         out,
         enough,
         "disk space",
-        &free
-            .map(|b| format!("{} MiB free", b >> 20))
-            .unwrap_or_else(|| "unknown".into()),
+        &free.map(|b| format!("{} MiB free", b >> 20)).unwrap_or_else(|| "unknown".into()),
         "free at least 1 GiB for overlays and snapshots",
     );
     if let Some(cap) = facts.capacity {
@@ -152,12 +144,7 @@ pub fn doctor(out: &mut dyn Write) -> Result<(), Failure> {
             out,
             true,
             "allowed paths (without hangard)",
-            &roots
-                .roots()
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
+            &roots.roots().iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
             "",
         ),
         Err(e) => {
@@ -211,10 +198,7 @@ pub fn doctor(out: &mut dyn Write) -> Result<(), Failure> {
     if healthy {
         Ok(())
     } else {
-        Err(Failure {
-            diagnostics: vec![],
-            exit: Some(2),
-        })
+        Err(Failure { diagnostics: vec![], exit: Some(2) })
     }
 }
 
@@ -234,28 +218,15 @@ pub(crate) fn free_bytes(dir: &Path) -> Option<u64> {
 pub fn images(output: Output, out: &mut dyn Write) -> Result<(), Failure> {
     let home = home();
     let list = hangar_api::images(&home).map_err(|e| {
-        crate::failure(
-            ErrorCode::Io,
-            format!("{}: {e}", home.join("images").display()),
-            "",
-        )
+        crate::failure(ErrorCode::Io, format!("{}: {e}", home.join("images").display()), "")
     })?;
-    print_listing(
-        out,
-        output,
-        &list,
-        ("NAME<16 COMPLETE<9 SIZE>8", "KERNEL"),
-        |i| {
-            let kernel = i
-                .manifest
-                .as_ref()
-                .and_then(|m| m["kernel_release"].as_str());
-            let cells = vec![
-                i.name.clone(),
-                if i.complete { "yes" } else { "no" }.into(),
-                format!("{}M", i.size_bytes >> 20),
-            ];
-            (cells, kernel.unwrap_or("-").to_string())
-        },
-    )
+    print_listing(out, output, &list, ("NAME<16 COMPLETE<9 SIZE>8", "KERNEL"), |i| {
+        let kernel = i.manifest.as_ref().and_then(|m| m["kernel_release"].as_str());
+        let cells = vec![
+            i.name.clone(),
+            if i.complete { "yes" } else { "no" }.into(),
+            format!("{}M", i.size_bytes >> 20),
+        ];
+        (cells, kernel.unwrap_or("-").to_string())
+    })
 }

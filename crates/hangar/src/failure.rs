@@ -16,10 +16,7 @@ impl Failure {
         if let Some(code) = self.exit {
             return code;
         }
-        let env = self
-            .diagnostics
-            .iter()
-            .any(|d| d.code.class() == ErrorClass::Environment);
+        let env = self.diagnostics.iter().any(|d| d.code.class() == ErrorClass::Environment);
         if env {
             2
         } else {
@@ -30,33 +27,21 @@ impl Failure {
 
 impl From<SpecErrors> for Failure {
     fn from(e: SpecErrors) -> Self {
-        Self {
-            diagnostics: e.0,
-            exit: None,
-        }
+        Self { diagnostics: e.0, exit: None }
     }
 }
 
 pub(crate) fn coded(e: &dyn CodedError) -> Failure {
     Failure {
-        diagnostics: vec![
-            Diagnostic::new(e.code(), e.path().unwrap_or_default(), e.to_string())
-                .hint(Coded::hint(e).unwrap_or_else(|| e.code().typical_fix().to_string())),
-        ],
+        diagnostics: vec![Diagnostic::new(e.code(), e.path().unwrap_or_default(), e.to_string())
+            .hint(Coded::hint(e).unwrap_or_else(|| e.code().typical_fix().to_string()))],
         exit: None,
     }
 }
 
 pub(crate) fn failure(code: ErrorCode, message: String, hint: &str) -> Failure {
-    let hint = if hint.is_empty() {
-        code.typical_fix()
-    } else {
-        hint
-    };
-    Failure {
-        diagnostics: vec![Diagnostic::new(code, "", message).hint(hint)],
-        exit: None,
-    }
+    let hint = if hint.is_empty() { code.typical_fix() } else { hint };
+    Failure { diagnostics: vec![Diagnostic::new(code, "", message).hint(hint)], exit: None }
 }
 
 pub(crate) trait CodedError: Coded + std::fmt::Display {}

@@ -257,13 +257,9 @@ fn daemon() -> Result<Remote, Failure> {
 }
 
 fn call<T: serde::de::DeserializeOwned>(
-    method: &str,
-    path: &str,
-    body: Option<Value>,
+    method: &str, path: &str, body: Option<Value>,
 ) -> Result<T, Failure> {
-    daemon()?
-        .call(method, path, body.as_ref())
-        .map_err(from_body)
+    daemon()?.call(method, path, body.as_ref()).map_err(from_body)
 }
 
 fn limit(v: Option<u64>) -> String {
@@ -292,9 +288,7 @@ pub fn tenant(cmd: TenantCommand, out: &mut dyn Write) -> Result<(), Failure> {
                     "change its limits with `hangar tenant quota`",
                 ));
             }
-            let body = TenantRequest {
-                quotas: quotas.over(Quotas::default()),
-            };
+            let body = TenantRequest { quotas: quotas.over(Quotas::default()) };
             let t: TenantView = call("PUT", &format!("/v1/tenants/{id}"), Some(json!(body)))?;
             let _ = writeln!(out, "created tenant {}", t.id);
             Ok(())
@@ -303,9 +297,7 @@ pub fn tenant(cmd: TenantCommand, out: &mut dyn Write) -> Result<(), Failure> {
             let current = tenants()?.into_iter().find(|t| t.id == id).ok_or_else(|| {
                 crate::failure(ErrorCode::TenantNotFound, format!("no tenant {id}"), "")
             })?;
-            let body = TenantRequest {
-                quotas: quotas.over(current.quotas),
-            };
+            let body = TenantRequest { quotas: quotas.over(current.quotas) };
             let t: TenantView = call("PUT", &format!("/v1/tenants/{id}"), Some(json!(body)))?;
             let _ = writeln!(out, "tenant {}: {}", t.id, quota_line(&t.quotas));
             Ok(())
@@ -357,14 +349,7 @@ fn pool_status(pool: &str) -> Result<PoolStatus, Failure> {
 /// `hangar pool …`
 pub fn pool(cmd: PoolCommand, out: &mut dyn Write) -> Result<(), Failure> {
     match cmd {
-        PoolCommand::Create {
-            pool,
-            tenant,
-            spec,
-            counts,
-            policy,
-            cold_boot,
-        } => {
+        PoolCommand::Create { pool, tenant, spec, counts, policy, cold_boot } => {
             let (document, base_dir) = template(&spec)?;
             let mut p = policy.over(Policy::default());
             p.cold_boot = cold_boot;
@@ -385,11 +370,7 @@ pub fn pool(cmd: PoolCommand, out: &mut dyn Write) -> Result<(), Failure> {
             );
             Ok(())
         }
-        PoolCommand::Scale {
-            pool,
-            counts,
-            policy,
-        } => {
+        PoolCommand::Scale { pool, counts, policy } => {
             if !counts.given() && !policy.given() {
                 return Err(crate::failure(
                     ErrorCode::InvalidArgument,
@@ -429,10 +410,8 @@ pub fn pool(cmd: PoolCommand, out: &mut dyn Write) -> Result<(), Failure> {
         }
         PoolCommand::Ls { output } => {
             let list: Vec<PoolView> = call("GET", "/v1/pools", None)?;
-            let columns = (
-                "POOL<20 TENANT<16 RUNNING>9 WARM>9 SLEEPING>9 CLAIMED>8 OTHER>6",
-                "BASE",
-            );
+            let columns =
+                ("POOL<20 TENANT<16 RUNNING>9 WARM>9 SLEEPING>9 CLAIMED>8 OTHER>6", "BASE");
             print_listing(out, output, &list, columns, |v| {
                 let (d, c) = (v.pool.desired, v.counts);
                 let cells = vec![
@@ -469,20 +448,13 @@ pub fn pool(cmd: PoolCommand, out: &mut dyn Write) -> Result<(), Failure> {
             let _ = writeln!(
                 out,
                 "base      {}",
-                s.view
-                    .base_snapshot
-                    .as_deref()
-                    .unwrap_or(if p.policy.cold_boot {
-                        "- (cold boot)"
-                    } else {
-                        "- (taken at the next creation)"
-                    })
+                s.view.base_snapshot.as_deref().unwrap_or(if p.policy.cold_boot {
+                    "- (cold boot)"
+                } else {
+                    "- (taken at the next creation)"
+                })
             );
-            if let Some(r) = s
-                .last_pass
-                .as_ref()
-                .filter(|r| Some(*r) != s.last_change.as_ref())
-            {
+            if let Some(r) = s.last_pass.as_ref().filter(|r| Some(*r) != s.last_change.as_ref()) {
                 let _ = writeln!(out, "last pass {}", r.summary());
             }
             match &s.last_change {

@@ -355,11 +355,7 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), Failure> {
             let _ = writeln!(out, "{}", c.json);
             Ok(())
         }
-        Command::Plan {
-            file,
-            output,
-            host_facts,
-        } => {
+        Command::Plan { file, output, host_facts } => {
             let spec = hangar_spec::load(&file)?;
             let host_facts_given = host_facts.is_some();
             let facts = match host_facts {
@@ -431,33 +427,18 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), Failure> {
             json_line(out, &serde_json::to_value(&facts).expect("facts serialise"));
             Ok(())
         }
-        Command::Up {
-            file,
-            no_wait,
-            timeout,
-        } => vm::up(&file, no_wait, timeout, out),
+        Command::Up { file, no_wait, timeout } => vm::up(&file, no_wait, timeout, out),
         Command::Run(args) => {
             let code = run::run(args, out)?;
             if code == 0 {
                 Ok(())
             } else {
-                Err(Failure {
-                    diagnostics: vec![],
-                    exit: Some(code),
-                })
+                Err(Failure { diagnostics: vec![], exit: Some(code) })
             }
         }
         Command::Ps { all, output } => vm::ps(all, output, out),
-        Command::Start {
-            name,
-            no_wait,
-            timeout,
-        } => vm::start(&name, no_wait, timeout, out),
-        Command::Stop {
-            name,
-            force,
-            timeout,
-        } => vm::stop(&name, force, timeout, out),
+        Command::Start { name, no_wait, timeout } => vm::start(&name, no_wait, timeout, out),
+        Command::Stop { name, force, timeout } => vm::stop(&name, force, timeout, out),
         Command::Pause { name } => vm::simple(&name, "pause", out),
         Command::Resume { name } => vm::simple(&name, "resume", out),
         Command::Reboot { name } => vm::simple(&name, "reboot", out),
@@ -476,25 +457,14 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), Failure> {
             SnapshotCommand::Rm { id } => snapshot::snapshot_rm(&id, out),
         },
         Command::Doctor => doctor::doctor(out),
-        Command::Ops {
-            command: None,
-            limit,
-            output,
-        } => ops::ops(limit, output, out),
-        Command::Ops {
-            command: Some(OpsCommand::Show { id }),
-            ..
-        } => ops::op_show(&id, out),
+        Command::Ops { command: None, limit, output } => ops::ops(limit, output, out),
+        Command::Ops { command: Some(OpsCommand::Show { id }), .. } => ops::op_show(&id, out),
         Command::Images { output } => doctor::images(output, out),
         Command::Tenant(cmd) => fleet::tenant(cmd, out),
         Command::Pool(cmd) => fleet::pool(cmd, out),
         Command::Instance(cmd) => fleet::instance(cmd, out),
         Command::Token(cmd) => access::token(cmd, out),
-        Command::Events {
-            since,
-            follow,
-            output,
-        } => ops::events(since, follow, output, out),
+        Command::Events { since, follow, output } => ops::events(since, follow, output, out),
         Command::Audit(cmd) => access::audit_command(cmd, out),
     }
 }

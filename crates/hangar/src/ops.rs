@@ -22,13 +22,7 @@ pub fn ops(limit: usize, output: Output, out: &mut dyn Write) -> Result<(), Fail
             op.status.to_string(),
             fmt_time(op.created_at),
         ];
-        (
-            cells,
-            op.error
-                .as_ref()
-                .map(|e| e.code.to_string())
-                .unwrap_or_default(),
-        )
+        (cells, op.error.as_ref().map(|e| e.code.to_string()).unwrap_or_default())
     })
 }
 
@@ -41,10 +35,7 @@ pub fn op_show(id: &str, out: &mut dyn Write) -> Result<(), Failure> {
 /// Prints the event stream (from the daemon when it runs, else from the store: the same
 /// stream either way).
 pub fn events(
-    since: u64,
-    follow: bool,
-    output: Output,
-    out: &mut dyn Write,
+    since: u64, follow: bool, output: Output, out: &mut dyn Write,
 ) -> Result<(), Failure> {
     let control = control()?;
     let mut after = since;
@@ -56,29 +47,13 @@ pub fn events(
                 serde_json::to_string(e).expect("json")
             } else {
                 match e {
-                    EventView::Transition {
-                        seq,
-                        vm,
-                        from,
-                        to,
-                        at,
-                        cause,
-                        operation,
-                    } => format!(
+                    EventView::Transition { seq, vm, from, to, at, cause, operation } => format!(
                         "{seq:>6}  {}  {vm:<20} {:>9} -> {to:<9} ({cause}){}",
                         fmt_time(*at),
                         from.as_deref().unwrap_or("(new)"),
-                        operation
-                            .as_ref()
-                            .map(|o| format!(" {o}"))
-                            .unwrap_or_default()
+                        operation.as_ref().map(|o| format!(" {o}")).unwrap_or_default()
                     ),
-                    EventView::Engine {
-                        seq,
-                        vm,
-                        at,
-                        message,
-                    } => {
+                    EventView::Engine { seq, vm, at, message } => {
                         format!("{seq:>6}  {}  {vm:<20} engine: {message}", fmt_time(*at))
                     }
                 }

@@ -11,11 +11,7 @@ use hangar_spec::{CanonicalSpec, Diagnostic};
 use crate::*;
 
 pub(crate) fn json_line(out: &mut dyn Write, value: &serde_json::Value) {
-    let _ = writeln!(
-        out,
-        "{}",
-        serde_json::to_string_pretty(value).expect("json")
-    );
+    let _ = writeln!(out, "{}", serde_json::to_string_pretty(value).expect("json"));
 }
 
 /// The host files a spec names, with their fields.
@@ -69,11 +65,7 @@ pub(crate) fn print_plan(out: &mut dyn Write, spec: &CanonicalSpec, plan: &hanga
             .unwrap_or_default(),
         plan.accel_reason
     );
-    let _ = writeln!(
-        out,
-        "qemu:     {}",
-        plan.qemu_version.as_deref().unwrap_or("not found")
-    );
+    let _ = writeln!(out, "qemu:     {}", plan.qemu_version.as_deref().unwrap_or("not found"));
     let _ = writeln!(out, "runtime:  {}", plan.runtime_dir);
     let _ = writeln!(out, "argv:     {}\n", plan.argv_hash);
     let _ = writeln!(out, "{}\n", plan.shell_command());

@@ -39,13 +39,7 @@ impl Progress {
                 eprint!("\r\x1b[2K");
             })
         });
-        Progress {
-            phase,
-            done,
-            ticker,
-            tty,
-            started,
-        }
+        Progress { phase, done, ticker, tty, started }
     }
 
     pub(crate) fn phase(&self, p: &str) {

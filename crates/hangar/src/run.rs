@@ -89,10 +89,7 @@ fn run_spec(name: VmName, args: &RunArgs) -> Result<VmSpec, Failure> {
     let mut spec = VmSpec::new(name);
     spec.machine.vcpus = args.vcpus;
     spec.machine.memory_mib = args.memory;
-    spec.boot = BootSource::Image {
-        image: args.image.clone(),
-        cmdline,
-    };
+    spec.boot = BootSource::Image { image: args.image.clone(), cmdline };
     spec.serial.mode = SerialMode::Log;
     Ok(spec)
 }
@@ -169,9 +166,7 @@ pub fn run(args: RunArgs, out: &mut dyn Write) -> Result<u8, Failure> {
         }
         if Instant::now() > deadline {
             cleanup(&engine);
-            return Err(crate::coded(&Error::Timeout(
-                args.timeout.unwrap_or(0) * 1000,
-            )));
+            return Err(crate::coded(&Error::Timeout(args.timeout.unwrap_or(0) * 1000)));
         }
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -224,11 +219,7 @@ mod tests {
         let name = VmName::new("run-0000002a").unwrap();
         let e = run_spec(name.clone(), &args(0, 256, &["true"])).unwrap_err();
         assert_eq!(e.diagnostics[0].code, ErrorCode::SpecOutOfRange);
-        assert!(
-            e.diagnostics[0].message.contains("--vcpus 0"),
-            "{:?}",
-            e.diagnostics
-        );
+        assert!(e.diagnostics[0].message.contains("--vcpus 0"), "{:?}", e.diagnostics);
         let e = run_spec(name.clone(), &args(1, 16, &["true"])).unwrap_err();
         assert!(e.diagnostics[0].message.contains("--memory 16"));
         let mut a = args(1, 256, &["true"]);

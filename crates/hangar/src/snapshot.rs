@@ -10,20 +10,13 @@ use crate::{Failure, Output};
 use crate::common::*;
 
 pub fn snapshot_save(
-    name: &str,
-    id: &str,
-    sleep: bool,
-    out: &mut dyn Write,
+    name: &str, id: &str, sleep: bool, out: &mut dyn Write,
 ) -> Result<(), Failure> {
     let vm = vm_name(name)?;
     let op = run_op(
         &*control()?,
         format!("saving {vm}"),
-        OperationRequest::SnapshotSave {
-            vm: vm.to_string(),
-            id: id.to_string(),
-            sleep,
-        },
+        OperationRequest::SnapshotSave { vm: vm.to_string(), id: id.to_string(), sleep },
     )?;
     let result = op.result.unwrap_or_default();
     let size = result.snapshot.map(|s| s.size_bytes).unwrap_or_default();
@@ -41,10 +34,7 @@ pub fn snapshot_restore(name: &str, id: &str, out: &mut dyn Write) -> Result<(),
     let op = run_op(
         &*control()?,
         format!("restoring {vm}"),
-        OperationRequest::SnapshotRestore {
-            vm: vm.to_string(),
-            id: id.to_string(),
-        },
+        OperationRequest::SnapshotRestore { vm: vm.to_string(), id: id.to_string() },
     )?;
     let view = vm_after(&op)?;
     let _ = writeln!(
@@ -58,25 +48,16 @@ pub fn snapshot_restore(name: &str, id: &str, out: &mut dyn Write) -> Result<(),
 
 pub fn snapshot_ls(name: Option<&str>, output: Output, out: &mut dyn Write) -> Result<(), Failure> {
     let vm = name.map(vm_name).transpose()?;
-    let list = control()?
-        .snapshots(vm.as_ref().map(|v| v.as_str()))
-        .map_err(from_body)?;
+    let list = control()?.snapshots(vm.as_ref().map(|v| v.as_str())).map_err(from_body)?;
     print_listing(out, output, &list, ("ID<24 VM<24 SIZE>8", "ENGINE"), |s| {
-        let cells = vec![
-            s.id.to_string(),
-            s.vm.to_string(),
-            format!("{}M", s.size_bytes >> 20),
-        ];
+        let cells = vec![s.id.to_string(), s.vm.to_string(), format!("{}M", s.size_bytes >> 20)];
         (cells, s.engine_version.clone())
     })
 }
 
 pub fn snapshot_rm(id: &str, out: &mut dyn Write) -> Result<(), Failure> {
     control()?
-        .run(
-            OperationRequest::SnapshotDelete { id: id.to_string() },
-            &|_| {},
-        )
+        .run(OperationRequest::SnapshotDelete { id: id.to_string() }, &|_| {})
         .map_err(from_body)?;
     let _ = writeln!(out, "{id}: removed");
     Ok(())

@@ -30,28 +30,14 @@ impl Table {
             .map(|c| {
                 let (at, align) = c
                     .find(['<', '>'])
-                    .map(|i| {
-                        (
-                            i,
-                            if &c[i..=i] == "<" {
-                                Align::Left
-                            } else {
-                                Align::Right
-                            },
-                        )
-                    })
+                    .map(|i| (i, if &c[i..=i] == "<" { Align::Left } else { Align::Right }))
                     .unwrap_or_else(|| panic!("column {c:?} has no < or >"));
-                let width = c[at + 1..]
-                    .parse()
-                    .unwrap_or_else(|_| panic!("column {c:?} has no width"));
+                let width =
+                    c[at + 1..].parse().unwrap_or_else(|_| panic!("column {c:?} has no width"));
                 (&c[..at], width, align)
             })
             .collect();
-        Table {
-            columns,
-            free: None,
-            rows: Vec::new(),
-        }
+        Table { columns, free: None, rows: Vec::new() }
     }
 
     /// Adds the free-width last column.
@@ -98,11 +84,8 @@ impl Table {
 /// `columns` (as [`Table::new`]) and the free column `free`, a row per item made by `row` (its
 /// cells, then its free text).
 pub(crate) fn print_listing<T: serde::Serialize>(
-    out: &mut dyn Write,
-    output: crate::Output,
-    items: &[T],
-    (columns, free): (&'static str, &'static str),
-    row: impl Fn(&T) -> (Vec<String>, String),
+    out: &mut dyn Write, output: crate::Output, items: &[T],
+    (columns, free): (&'static str, &'static str), row: impl Fn(&T) -> (Vec<String>, String),
 ) -> Result<(), crate::Failure> {
     if output == crate::Output::Json {
         return crate::common::print_json(out, &items);
@@ -126,10 +109,7 @@ mod tests {
         t.row(vec!["web".into(), "7".into()], "because");
         let mut out = Vec::new();
         t.print(&mut out);
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "NAME     N  WHY\nweb      7  because\n"
-        );
+        assert_eq!(String::from_utf8(out).unwrap(), "NAME     N  WHY\nweb      7  because\n");
     }
 
     #[test]

@@ -17,40 +17,23 @@ use crate::{Failure, Output};
 use crate::common::*;
 
 pub(crate) fn boot_and_report(
-    control: &dyn Control,
-    vm: &str,
-    no_wait: bool,
-    timeout: Option<u64>,
-    out: &mut dyn Write,
+    control: &dyn Control, vm: &str, no_wait: bool, timeout: Option<u64>, out: &mut dyn Write,
 ) -> Result<(), Failure> {
     let op = run_op(
         control,
         format!("starting {vm}"),
-        OperationRequest::Start {
-            vm: vm.to_string(),
-            no_wait,
-            timeout_s: timeout,
-        },
+        OperationRequest::Start { vm: vm.to_string(), no_wait, timeout_s: timeout },
     )?;
     let view = vm_after(&op)?;
-    let boot = view
-        .boot_ms
-        .map(|ms| format!(" in {:.2} s", ms as f64 / 1000.0))
-        .unwrap_or_default();
-    let what = if no_wait {
-        "vCPUs running"
-    } else {
-        "guest ready"
-    };
+    let boot =
+        view.boot_ms.map(|ms| format!(" in {:.2} s", ms as f64 / 1000.0)).unwrap_or_default();
+    let what = if no_wait { "vCPUs running" } else { "guest ready" };
     let _ = writeln!(out, "{vm}: {} ({}), {what}{boot}", view.state, view.accel);
     Ok(())
 }
 
 pub fn up(
-    file: &Path,
-    no_wait: bool,
-    timeout: Option<u64>,
-    out: &mut dyn Write,
+    file: &Path, no_wait: bool, timeout: Option<u64>, out: &mut dyn Write,
 ) -> Result<(), Failure> {
     // Validate here first: a bad spec is reported with every diagnostic, daemon or not.
     let doc = hangar_spec::load_document(file)?;
@@ -69,10 +52,7 @@ pub fn up(
 }
 
 pub fn start(
-    name: &str,
-    no_wait: bool,
-    timeout: Option<u64>,
-    out: &mut dyn Write,
+    name: &str, no_wait: bool, timeout: Option<u64>, out: &mut dyn Write,
 ) -> Result<(), Failure> {
     let vm = vm_name(name)?;
     boot_and_report(&*control()?, vm.as_str(), no_wait, timeout, out)
@@ -82,11 +62,7 @@ pub fn stop(name: &str, force: bool, timeout: u64, out: &mut dyn Write) -> Resul
     let vm = vm_name(name)?;
     let op = control()?
         .run(
-            OperationRequest::Stop {
-                vm: vm.to_string(),
-                force,
-                timeout_s: Some(timeout),
-            },
+            OperationRequest::Stop { vm: vm.to_string(), force, timeout_s: Some(timeout) },
             &|_| {},
         )
         .map_err(from_body)?;
@@ -98,12 +74,7 @@ pub fn stop(name: &str, force: bool, timeout: u64, out: &mut dyn Write) -> Resul
         String::new()
     };
     let took = op.result.as_ref().map(|r| r.took_ms).unwrap_or_default();
-    let _ = writeln!(
-        out,
-        "{vm}: {}{how} ({:.2} s)",
-        view.state,
-        took as f64 / 1000.0
-    );
+    let _ = writeln!(out, "{vm}: {}{how} ({:.2} s)", view.state, took as f64 / 1000.0);
     Ok(())
 }
 
@@ -122,15 +93,8 @@ pub fn simple(name: &str, op: &str, out: &mut dyn Write) -> Result<(), Failure> 
 
 pub fn rm(name: &str, force: bool, out: &mut dyn Write) -> Result<(), Failure> {
     let vm = vm_name(name)?;
-    control()?
-        .run(
-            OperationRequest::Delete {
-                vm: vm.to_string(),
-                force,
-            },
-            &|_| {},
-        )
-        .map_err(|e| {
+    control()?.run(OperationRequest::Delete { vm: vm.to_string(), force }, &|_| {}).map_err(
+        |e| {
             let mut f = from_body(e);
             if let Some(d) = f.diagnostics.first_mut() {
                 if d.code == ErrorCode::InvalidTransition {
@@ -140,7 +104,8 @@ pub fn rm(name: &str, force: bool, out: &mut dyn Write) -> Result<(), Failure> {
                 }
             }
             f
-        })?;
+        },
+    )?;
     let _ = writeln!(out, "{vm}: removed");
     Ok(())
 }
@@ -148,10 +113,7 @@ pub fn rm(name: &str, force: bool, out: &mut dyn Write) -> Result<(), Failure> {
 pub fn ps(all: bool, output: Output, out: &mut dyn Write) -> Result<(), Failure> {
     let views = control()?.list().map_err(from_body)?;
     let rows: Vec<_> = views.into_iter().filter(|v| all || v.is_live()).collect();
-    let columns = (
-        "NAME<24 STATE<9 ACCEL<5 VCPUS>5 MEMORY>8 UPTIME>8 PID>8",
-        "REASON",
-    );
+    let columns = ("NAME<24 STATE<9 ACCEL<5 VCPUS>5 MEMORY>8 UPTIME>8 PID>8", "REASON");
     print_listing(out, output, &rows, columns, |r| {
         let cells = vec![
             r.name.clone(),
@@ -159,9 +121,7 @@ pub fn ps(all: bool, output: Output, out: &mut dyn Write) -> Result<(), Failure>
             r.accel.clone(),
             r.vcpus.to_string(),
             format!("{}M", r.memory_mib),
-            r.uptime_s
-                .map(|s| fmt_duration(Duration::from_secs(s)))
-                .unwrap_or_else(|| "-".into()),
+            r.uptime_s.map(|s| fmt_duration(Duration::from_secs(s))).unwrap_or_else(|| "-".into()),
             r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
         ];
         (cells, r.reason.clone().unwrap_or_default())

@@ -23,11 +23,7 @@ fn text(b: &[u8]) -> String {
 
 fn ok(home: &Path, args: &[&str]) -> String {
     let out = hangar(home, args);
-    assert!(
-        out.status.success(),
-        "hangar {args:?}: {}",
-        text(&out.stderr)
-    );
+    assert!(out.status.success(), "hangar {args:?}: {}", text(&out.stderr));
     text(&out.stdout)
 }
 
@@ -36,34 +32,18 @@ fn tokens_have_scopes_and_every_change_is_in_a_verifiable_signed_log() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path();
     // A scope must be given, and be a real one.
-    assert_eq!(
-        hangar(home, &["token", "create", "--name", "x"])
-            .status
-            .code(),
-        Some(2)
-    );
-    let out = hangar(
-        home,
-        &["token", "create", "--tenant", "acme", "--role", "god"],
-    );
+    assert_eq!(hangar(home, &["token", "create", "--name", "x"]).status.code(), Some(2));
+    let out = hangar(home, &["token", "create", "--tenant", "acme", "--role", "god"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("E_INVALID_ARGUMENT"));
-    let secret = ok(
-        home,
-        &[
-            "token", "create", "--name", "ci", "--tenant", "acme", "--role", "operator",
-        ],
-    );
+    let secret =
+        ok(home, &["token", "create", "--name", "ci", "--tenant", "acme", "--role", "operator"]);
     assert!(secret.trim().starts_with("hgr_tok-"), "{secret}");
     ok(home, &["token", "create", "--name", "ops", "--admin"]);
     let list: serde_json::Value =
         serde_json::from_str(&ok(home, &["token", "ls", "--output", "json"])).unwrap();
-    let scopes: Vec<_> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["scope"].as_str().unwrap())
-        .collect();
+    let scopes: Vec<_> =
+        list.as_array().unwrap().iter().map(|t| t["scope"].as_str().unwrap()).collect();
     assert_eq!(scopes, ["tenant:acme:operator", "admin"]);
     let id = list[0]["id"].as_str().unwrap().to_string();
     ok(home, &["token", "rm", &id]);
@@ -73,12 +53,7 @@ fn tokens_have_scopes_and_every_change_is_in_a_verifiable_signed_log() {
     let whats: Vec<(String, String)> = log
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .map(|e| {
-            (
-                e["what"].as_str().unwrap().into(),
-                e["result"].as_str().unwrap().into(),
-            )
-        })
+        .map(|e| (e["what"].as_str().unwrap().into(), e["result"].as_str().unwrap().into()))
         .collect();
     assert_eq!(whats.len(), 6, "{whats:?}");
     assert_eq!(whats[1], ("token.create".to_string(), "ok".to_string()));
@@ -92,30 +67,15 @@ fn tokens_have_scopes_and_every_change_is_in_a_verifiable_signed_log() {
 
     // Dropping the last entry leaves a valid chain, but not the signed or the kept head.
     let lines: Vec<&str> = log.lines().collect();
-    std::fs::write(
-        home.join("audit.log"),
-        format!("{}\n", lines[..5].join("\n")),
-    )
-    .unwrap();
+    std::fs::write(home.join("audit.log"), format!("{}\n", lines[..5].join("\n"))).unwrap();
     let out = hangar(home, &["audit", "verify"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
-    assert!(
-        text(&out.stderr).contains("entries were removed"),
-        "{}",
-        text(&out.stderr)
-    );
-    let out = hangar(
-        home,
-        &["audit", "verify", "--expect-head", &head, "--file", "x"],
-    );
+    assert!(text(&out.stderr).contains("entries were removed"), "{}", text(&out.stderr));
+    let out = hangar(home, &["audit", "verify", "--expect-head", &head, "--file", "x"]);
     assert!(!out.status.success());
     // And nothing more is written on top of it: token changes fail closed.
     let out = hangar(home, &["token", "create", "--admin"]);
-    assert!(
-        text(&out.stderr).contains("E_AUDIT_UNAVAILABLE"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(text(&out.stderr).contains("E_AUDIT_UNAVAILABLE"), "{}", text(&out.stderr));
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(&ok(home, &["token", "ls", "--output", "json"]))
             .unwrap()
@@ -128,10 +88,7 @@ fn tokens_have_scopes_and_every_change_is_in_a_verifiable_signed_log() {
 
 #[test]
 fn a_unix_socket_user_is_what_the_daemon_maps_it_to_and_nothing_if_unmapped() {
-    let dir = tempfile::Builder::new()
-        .prefix("hgac-")
-        .tempdir_in("/tmp")
-        .unwrap();
+    let dir = tempfile::Builder::new().prefix("hgac-").tempdir_in("/tmp").unwrap();
     let home = dir.path();
     // Other users must reach the socket (the daemon decides what they may do).
     std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o711)).unwrap();
@@ -158,38 +115,21 @@ fn a_unix_socket_user_is_what_the_daemon_maps_it_to_and_nothing_if_unmapped() {
     let out = as_user(65534, &["ps", "--all", "--output", "json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let ps: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let names: Vec<_> = ps
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["name"].clone())
-        .collect();
+    let names: Vec<_> = ps.as_array().unwrap().iter().map(|v| v["name"].clone()).collect();
     assert_eq!(names, [serde_json::json!("acme--db")]);
     let out = as_user(65534, &["stop", "db"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("E_FORBIDDEN"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(text(&out.stderr).contains("E_FORBIDDEN"), "{}", text(&out.stderr));
     // Any other user gets nothing at all.
     let out = as_user(65533, &["ps", "--all"]);
     assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("E_UNAUTHORIZED"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(text(&out.stderr).contains("E_UNAUTHORIZED"), "{}", text(&out.stderr));
     // Both attempts that changed or reached nothing are evidence.
     let log = std::fs::read_to_string(home.join("audit.log")).unwrap();
-    let entries: Vec<serde_json::Value> = log
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let entries: Vec<serde_json::Value> =
+        log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert!(
-        entries
-            .iter()
-            .any(|e| e["who"] == "local:uid=65534" && e["result"] == "E_FORBIDDEN"),
+        entries.iter().any(|e| e["who"] == "local:uid=65534" && e["result"] == "E_FORBIDDEN"),
         "{log}"
     );
     assert!(
@@ -202,10 +142,7 @@ fn a_unix_socket_user_is_what_the_daemon_maps_it_to_and_nothing_if_unmapped() {
 
 #[test]
 fn the_cli_reaches_a_remote_daemon_over_tls_with_a_tenant_token() {
-    let dir = tempfile::Builder::new()
-        .prefix("hgtl-")
-        .tempdir_in("/tmp")
-        .unwrap();
+    let dir = tempfile::Builder::new().prefix("hgtl-").tempdir_in("/tmp").unwrap();
     let home = dir.path();
     let engine =
         hangar_qemu::QemuEngine::open(home, hangar_qemu::EngineOptions::default()).unwrap();
@@ -228,28 +165,15 @@ fn the_cli_reaches_a_remote_daemon_over_tls_with_a_tenant_token() {
     let out = remote(&pin, &["ps", "--all", "--output", "json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let ps: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let names: Vec<_> = ps
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["name"].clone())
-        .collect();
+    let names: Vec<_> = ps.as_array().unwrap().iter().map(|v| v["name"].clone()).collect();
     assert_eq!(names, [serde_json::json!("acme--db")]);
     // A viewer may not stop it, through the remote either.
     let out = remote(&pin, &["stop", "db"]);
-    assert!(
-        text(&out.stderr).contains("E_FORBIDDEN"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(text(&out.stderr).contains("E_FORBIDDEN"), "{}", text(&out.stderr));
     // Another certificate is refused.
     let out = remote(&format!("sha256:{}", "1".repeat(64)), &["ps"]);
     assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("not the pinned"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(text(&out.stderr).contains("not the pinned"), "{}", text(&out.stderr));
 }
 
 /// Tenant `acme` with its VM `db`, and a host VM called `other`, made over the daemon's socket

@@ -29,10 +29,7 @@ fn hello() -> String {
 }
 
 fn facts() -> String {
-    root()
-        .join("tests/corpus/host-facts.json")
-        .display()
-        .to_string()
+    root().join("tests/corpus/host-facts.json").display().to_string()
 }
 
 #[test]
@@ -50,17 +47,8 @@ fn plan_is_deterministic_and_key_order_does_not_matter() {
     )
     .unwrap();
     let body = std::fs::read_to_string(&reordered).unwrap();
-    std::fs::write(
-        &reordered,
-        format!("name = \"hello\"\nschema_version = 1\n{body}"),
-    )
-    .unwrap();
-    let c = json(&hangar(&[
-        "plan",
-        reordered.to_str().unwrap(),
-        "--output",
-        "json",
-    ]));
+    std::fs::write(&reordered, format!("name = \"hello\"\nschema_version = 1\n{body}")).unwrap();
+    let c = json(&hangar(&["plan", reordered.to_str().unwrap(), "--output", "json"]));
     for key in ["spec_hash", "argv_hash"] {
         assert_eq!(a[key], c[key], "{key}");
         assert!(a[key].as_str().unwrap().starts_with("sha256:"));
@@ -69,14 +57,7 @@ fn plan_is_deterministic_and_key_order_does_not_matter() {
 
 #[test]
 fn plan_with_fixed_facts_matches_the_corpus_golden() {
-    let out = hangar(&[
-        "plan",
-        &hello(),
-        "--output",
-        "json",
-        "--host-facts",
-        &facts(),
-    ]);
+    let out = hangar(&["plan", &hello(), "--output", "json", "--host-facts", &facts()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let golden =
         std::fs::read_to_string(root().join("tests/corpus/hello/expected.plan.json")).unwrap();
@@ -93,27 +74,17 @@ fn plan_text_shows_a_quoted_command_and_metadata() {
     let out = hangar(&["plan", &hello(), "--host-facts", &facts()]);
     let s = text(&out.stdout);
     assert!(out.status.success());
-    assert!(
-        s.contains("/usr/bin/qemu-system-x86_64 \\\n    -machine microvm"),
-        "{s}"
-    );
+    assert!(s.contains("/usr/bin/qemu-system-x86_64 \\\n    -machine microvm"), "{s}");
     assert!(s.contains("-append 'console=ttyS0 quiet"), "{s}");
     assert!(s.contains("tcg (requested auto)"), "{s}");
-    assert!(
-        s.contains("socket   /var/lib/hangar/vms/hello/qmp.sock"),
-        "{s}"
-    );
+    assert!(s.contains("socket   /var/lib/hangar/vms/hello/qmp.sock"), "{s}");
 }
 
 #[test]
 fn validate_json_reports_every_error() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
-    std::fs::write(
-        &bad,
-        "schema_version = 1\nname = \"Bad\"\n[machine]\nvcpu = 2\n",
-    )
-    .unwrap();
+    std::fs::write(&bad, "schema_version = 1\nname = \"Bad\"\n[machine]\nvcpu = 2\n").unwrap();
     let out = hangar(&["validate", bad.to_str().unwrap(), "--output", "json"]);
     assert_eq!(out.status.code(), Some(1));
     let v = json(&out);
@@ -139,19 +110,12 @@ fn validate_json_reports_every_error() {
 fn errors_go_to_stderr_with_code_and_hint() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
-    std::fs::write(
-        &bad,
-        "schema_version = 1\nname = \"x\"\n[machine]\naccel = \"kvm\"\n",
-    )
-    .unwrap();
+    std::fs::write(&bad, "schema_version = 1\nname = \"x\"\n[machine]\naccel = \"kvm\"\n").unwrap();
     let out = hangar(&["plan", bad.to_str().unwrap(), "--host-facts", &facts()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
     let err = text(&out.stderr);
-    assert!(
-        err.contains("E_ACCEL_UNAVAILABLE at machine.accel"),
-        "{err}"
-    );
+    assert!(err.contains("E_ACCEL_UNAVAILABLE at machine.accel"), "{err}");
     assert!(err.contains("hint: "), "{err}");
 }
 
@@ -179,11 +143,8 @@ fn exit_codes() {
     assert!(text(&out.stderr).contains("E_SPEC_FORMAT"));
     // A plan for a spec whose files are missing says so (and is still a plan).
     let spec = dir.path().join("k.toml");
-    std::fs::write(
-        &spec,
-        "schema_version = 1\nname = \"k\"\n[boot]\nkernel = \"nope/vmlinuz\"\n",
-    )
-    .unwrap();
+    std::fs::write(&spec, "schema_version = 1\nname = \"k\"\n[boot]\nkernel = \"nope/vmlinuz\"\n")
+        .unwrap();
     let out = hangar(&["plan", spec.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0));
     assert!(
@@ -195,11 +156,7 @@ fn exit_codes() {
     // A special file that never ends is read only up to the size cap.
     let out = hangar(&["validate", "/dev/zero"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("E_SPEC_TOO_LARGE"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(text(&out.stderr).contains("E_SPEC_TOO_LARGE"), "{}", text(&out.stderr));
     // 0.
     assert_eq!(hangar(&["validate", &hello()]).status.code(), Some(0));
 }
@@ -220,18 +177,9 @@ fn garbage_input_never_panics() {
         std::fs::write(&path, bytes).unwrap();
         for cmd in ["validate", "plan", "canonicalize"] {
             let out = hangar(&[cmd, path.to_str().unwrap()]);
-            assert_eq!(
-                out.status.code(),
-                Some(1),
-                "{cmd} {i}: {}",
-                text(&out.stderr)
-            );
+            assert_eq!(out.status.code(), Some(1), "{cmd} {i}: {}", text(&out.stderr));
             assert!(!text(&out.stderr).contains("panicked"), "{cmd} {i}");
-            assert!(
-                text(&out.stderr).contains("error: E_"),
-                "{cmd} {i}: {}",
-                text(&out.stderr)
-            );
+            assert!(text(&out.stderr).contains("error: E_"), "{cmd} {i}: {}", text(&out.stderr));
         }
     }
 }
@@ -241,10 +189,7 @@ fn canonicalize_prints_the_canonical_bytes() {
     let out = hangar(&["canonicalize", &hello()]);
     assert!(out.status.success());
     let s = text(&out.stdout);
-    assert!(
-        s.starts_with("{\"boot\":{\"cmdline\":\"\",\"image\":\"minimal\"}"),
-        "{s}"
-    );
+    assert!(s.starts_with("{\"boot\":{\"cmdline\":\"\",\"image\":\"minimal\"}"), "{s}");
     let validate = json(&hangar(&["validate", &hello(), "--output", "json"]));
     let hash = hangar_spec::sha256_tagged(s.trim_end_matches('\n').as_bytes());
     assert_eq!(validate["spec_hash"], hash);

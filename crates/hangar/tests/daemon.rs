@@ -18,10 +18,7 @@ fn hangar(home: &Path, daemon: &str, args: &[&str]) -> std::process::Output {
 }
 
 fn home() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("hgcd-")
-        .tempdir_in("/tmp")
-        .unwrap()
+    tempfile::Builder::new().prefix("hgcd-").tempdir_in("/tmp").unwrap()
 }
 
 /// Defines VM `seen` directly through the engine.
@@ -50,13 +47,7 @@ fn normalise(out: &std::process::Output) -> String {
     }
     masked.push_str(rest);
     // Times and durations: `"at": 1763…` (pretty or compact), `hh:mm:ss` in tables.
-    for key in [
-        "\"at\":",
-        "\"created_at\":",
-        "\"updated_at\":",
-        "\"took_ms\":",
-        "\"boot_ms\":",
-    ] {
+    for key in ["\"at\":", "\"created_at\":", "\"updated_at\":", "\"took_ms\":", "\"boot_ms\":"] {
         let mut out = String::new();
         let mut rest = masked.as_str();
         while let Some(i) = rest.find(key) {
@@ -100,12 +91,7 @@ fn every_command_prints_the_same_through_the_daemon() {
     // Without a daemon, `require` is an environment error.
     let lonely = home();
     let out = hangar(lonely.path(), "require", &["ps", "--all"]);
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("E_ENGINE_UNAVAILABLE"));
 
     let remote_home = home();
@@ -143,10 +129,7 @@ fn every_command_prints_the_same_through_the_daemon() {
         .unwrap()
         .iter()
         .map(|o| {
-            (
-                o["kind"].as_str().unwrap().to_string(),
-                o["status"].as_str().unwrap().to_string(),
-            )
+            (o["kind"].as_str().unwrap().to_string(), o["status"].as_str().unwrap().to_string())
         })
         .collect();
     // (An unknown snapshot, like an unknown VM, is refused before an operation is made.)
@@ -157,10 +140,7 @@ fn every_command_prints_the_same_through_the_daemon() {
     ];
     assert_eq!(
         summary,
-        expected
-            .iter()
-            .map(|(k, s)| (k.to_string(), s.to_string()))
-            .collect::<Vec<_>>()
+        expected.iter().map(|(k, s)| (k.to_string(), s.to_string())).collect::<Vec<_>>()
     );
     let events = hangar(remote_home.path(), "require", &["events"]);
     let text = String::from_utf8_lossy(&events.stdout);
@@ -175,25 +155,14 @@ fn fleet_commands_need_the_daemon_and_go_through_it() {
         let out = hangar(h.path(), mode, &["pool", "ls"]);
         assert_eq!(out.status.code(), Some(2), "{out:?}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            err.contains("E_ENGINE_UNAVAILABLE") && err.contains("hangard"),
-            "{err}"
-        );
+        assert!(err.contains("E_ENGINE_UNAVAILABLE") && err.contains("hangard"), "{err}");
     }
     let engine =
         hangar_qemu::QemuEngine::open(h.path(), hangar_qemu::EngineOptions::default()).unwrap();
     let _served = serve(h.path(), engine, None);
-    let out = hangar(
-        h.path(),
-        "require",
-        &["tenant", "create", "acme", "--max-vcpus", "4"],
-    );
+    let out = hangar(h.path(), "require", &["tenant", "create", "acme", "--max-vcpus", "4"]);
     assert!(out.status.success(), "{out:?}");
-    let out = hangar(
-        h.path(),
-        "require",
-        &["tenant", "quota", "acme", "--max-warm", "2"],
-    );
+    let out = hangar(h.path(), "require", &["tenant", "quota", "acme", "--max-warm", "2"]);
     assert!(out.status.success(), "{out:?}");
     let out = hangar(h.path(), "require", &["tenant", "ls", "--output", "json"]);
     let tenants: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -203,23 +172,11 @@ fn fleet_commands_need_the_daemon_and_go_through_it() {
     assert_eq!(tenants[0]["quotas"]["max_warm"], 2);
     // A bad spec file is reported with its diagnostics before anything reaches the daemon.
     let bad = h.path().join("bad.toml");
-    std::fs::write(
-        &bad,
-        "schema_version = 1\nname = \"t\"\n[machine]\nmemory_mib = 1\n",
-    )
-    .unwrap();
+    std::fs::write(&bad, "schema_version = 1\nname = \"t\"\n[machine]\nmemory_mib = 1\n").unwrap();
     let out = hangar(
         h.path(),
         "require",
-        &[
-            "pool",
-            "create",
-            "web",
-            "--tenant",
-            "acme",
-            "--spec",
-            bad.to_str().unwrap(),
-        ],
+        &["pool", "create", "web", "--tenant", "acme", "--spec", bad.to_str().unwrap()],
     );
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("machine.memory_mib"));

@@ -20,10 +20,7 @@ impl Home {
             .map(|h| PathBuf::from(h).join("images"))
             .unwrap_or_else(|| PathBuf::from("/var/lib/hangar/images"));
         if !images.join("minimal/vmlinuz").exists() {
-            return Err(format!(
-                "no built image at {} (run scripts/setup)",
-                images.display()
-            ));
+            return Err(format!("no built image at {} (run scripts/setup)", images.display()));
         }
         let dir = tempfile::Builder::new()
             .prefix("hge-")
@@ -56,11 +53,7 @@ impl Home {
 
     fn ps(&self) -> serde_json::Value {
         let out = self.hangar(&["ps", "--all", "--output", "json"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).unwrap()
     }
 }
@@ -116,14 +109,7 @@ fn run_prints_the_guest_kernel_release_and_its_exit_code() {
     );
     assert!(release.ends_with("-cloud-amd64"), "{release}");
 
-    let out = home.hangar(&[
-        "run",
-        "--rm",
-        "--",
-        "sh",
-        "-c",
-        "echo hi from the guest; exit 7",
-    ]);
+    let out = home.hangar(&["run", "--rm", "--", "sh", "-c", "echo hi from the guest; exit 7"]);
     assert_eq!(out.status.code(), Some(7), "stderr: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout).trim(), "hi from the guest");
     assert_eq!(home.ps(), serde_json::json!([]), "--rm left a VM behind");
@@ -156,11 +142,7 @@ fn up_ps_stop_rm_leaves_nothing_behind() {
     let allow = images.path().to_str().unwrap();
     let out = home.hangar(&["up", spec.to_str().unwrap(), "--allow-path", allow]);
     assert!(out.status.success(), "up failed: {}", text(&out.stderr));
-    assert!(
-        text(&out.stdout).contains("hello: running"),
-        "{}",
-        text(&out.stdout)
-    );
+    assert!(text(&out.stdout).contains("hello: running"), "{}", text(&out.stdout));
 
     let ps = home.ps();
     let vm = &ps[0];
@@ -208,11 +190,7 @@ fn up_ps_stop_rm_leaves_nothing_behind() {
 
     let out = home.hangar(&["stop", "hello"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stdout).contains("hello: stopped"),
-        "{}",
-        text(&out.stdout)
-    );
+    assert!(text(&out.stdout).contains("hello: stopped"), "{}", text(&out.stdout));
     assert!(
         !text(&out.stdout).contains("forced"),
         "a cooperative guest needed force: {}",
@@ -220,10 +198,7 @@ fn up_ps_stop_rm_leaves_nothing_behind() {
     );
     assert!(!alive(pid), "QEMU {pid} still running after stop");
     assert!(!runtime.join("qmp.sock").exists() && !runtime.join("console.sock").exists());
-    assert!(
-        runtime.join("disks/root.qcow2").exists(),
-        "a stopped VM keeps its disks"
-    );
+    assert!(runtime.join("disks/root.qcow2").exists(), "a stopped VM keeps its disks");
 
     let out = home.hangar(&["rm", "hello"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -249,16 +224,9 @@ fn a_killed_qemu_shows_as_failed_with_a_reason() {
     let vm = &home.ps()[0];
     assert_eq!(vm["state"], "failed", "{vm}");
     let reason = vm["reason"].as_str().unwrap_or_default();
-    assert!(
-        reason.contains(&format!("pid {pid}")) && reason.contains("exited"),
-        "{reason}"
-    );
+    assert!(reason.contains(&format!("pid {pid}")) && reason.contains("exited"), "{reason}");
     let out = home.hangar(&["rm", "victim"]);
-    assert!(
-        out.status.success(),
-        "a failed VM can be removed: {}",
-        text(&out.stderr)
-    );
+    assert!(out.status.success(), "a failed VM can be removed: {}", text(&out.stderr));
 }
 
 #[test]
@@ -269,22 +237,12 @@ fn a_guest_that_misses_its_boot_timeout_is_killed_and_failed_with_its_console() 
     // A TCG boot takes ~2 s here, so one second is always too short.
     let out = home.hangar(&["up", spec.to_str().unwrap(), "--timeout", "1"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("E_TIMEOUT"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(text(&out.stderr).contains("E_TIMEOUT"), "{}", text(&out.stderr));
     let vm = &home.ps()[0];
     assert_eq!(vm["state"], "failed", "{vm}");
-    assert!(
-        vm["pid"].is_null(),
-        "the QEMU of a failed boot must be gone: {vm}"
-    );
+    assert!(vm["pid"].is_null(), "the QEMU of a failed boot must be gone: {vm}");
     let reason = vm["reason"].as_str().unwrap();
-    assert!(
-        reason.contains("boot failed") && reason.contains("last output:"),
-        "{vm}"
-    );
+    assert!(reason.contains("boot failed") && reason.contains("last output:"), "{vm}");
     assert!(!home.path().join("vms/slow/qmp.sock").exists());
     // A failed VM can be started again.
     let out = home.hangar(&["stop", "slow"]);
@@ -313,11 +271,7 @@ fn concurrent_commands_on_one_vm_are_serialised() {
     for child in children {
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "{}", text(&out.stderr));
-        assert!(
-            text(&out.stdout).contains("busy: running"),
-            "{}",
-            text(&out.stdout)
-        );
+        assert!(text(&out.stdout).contains("busy: running"), "{}", text(&out.stdout));
     }
     let ps = home.ps();
     assert_eq!(ps.as_array().unwrap().len(), 1, "{ps}");
@@ -326,11 +280,7 @@ fn concurrent_commands_on_one_vm_are_serialised() {
     assert_eq!(qemus, 1);
     let inspect: serde_json::Value =
         serde_json::from_slice(&home.hangar(&["inspect", "busy"]).stdout).unwrap();
-    let starts = inspect["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["to"] == "starting")
-        .count();
+    let starts =
+        inspect["history"].as_array().unwrap().iter().filter(|e| e["to"] == "starting").count();
     assert_eq!(starts, 1, "{}", inspect["history"]);
 }

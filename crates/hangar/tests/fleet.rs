@@ -61,9 +61,7 @@ fn wait_for(home: &Path, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
 }
 
 fn runtime_dirs(home: &Path) -> usize {
-    std::fs::read_dir(home.join("vms"))
-        .map(|d| d.count())
-        .unwrap_or(0)
+    std::fs::read_dir(home.join("vms")).map(|d| d.count()).unwrap_or(0)
 }
 
 fn count(s: &Value, what: &str) -> u64 {
@@ -78,18 +76,12 @@ fn console_says(home: &Path, vm: &str, command: &str, expect: &str) {
 
 /// Reconcile-pass events after `since`, as (seq, message).
 fn fleet_events(home: &Path, since: u64) -> Vec<(u64, String)> {
-    let out = ok(
-        home,
-        &["events", "--since", &since.to_string(), "--output", "json"],
-    );
+    let out = ok(home, &["events", "--since", &since.to_string(), "--output", "json"]);
     out.lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|e| e["vm"] == "fleet")
         .map(|e| {
-            (
-                e["seq"].as_u64().unwrap(),
-                e["message"].as_str().unwrap_or_default().to_string(),
-            )
+            (e["seq"].as_u64().unwrap(), e["message"].as_str().unwrap_or_default().to_string())
         })
         .collect()
 }
@@ -121,10 +113,7 @@ fn warm_pool_claim_refill_clone_quota_and_replacement_through_the_cli() {
     .unwrap();
 
     // Room for four 128 MiB guests holding memory: three warm plus one claimed.
-    ok(
-        home,
-        &["tenant", "create", "acme", "--max-memory-mib", "512"],
-    );
+    ok(home, &["tenant", "create", "acme", "--max-memory-mib", "512"]);
     let spec = home.join("t.toml");
     ok(
         home,
@@ -141,12 +130,8 @@ fn warm_pool_claim_refill_clone_quota_and_replacement_through_the_cli() {
         ],
     );
     let s = wait_for(home, "3 warm", |s| count(s, "warm") == 3);
-    let names: Vec<&str> = s["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["name"].as_str().unwrap())
-        .collect();
+    let names: Vec<&str> =
+        s["instances"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["acme--web-0", "acme--web-1", "acme--web-2"]);
     assert_eq!(s["base_snapshot"], "acme--web-base", "{s:#}");
     assert_eq!(qemus(home).len(), 3);
@@ -155,16 +140,10 @@ fn warm_pool_claim_refill_clone_quota_and_replacement_through_the_cli() {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let events = fleet_events(home, 0);
-        if events
-            .iter()
-            .any(|(_, m)| m.contains("(cloned 2)") || m.contains("(cloned 1)"))
-        {
+        if events.iter().any(|(_, m)| m.contains("(cloned 2)") || m.contains("(cloned 1)")) {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "no pass reported clones: {events:?}"
-        );
+        assert!(Instant::now() < deadline, "no pass reported clones: {events:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
 
@@ -175,17 +154,11 @@ fn warm_pool_claim_refill_clone_quota_and_replacement_through_the_cli() {
     assert_eq!(claim["instance"]["claimed"], true);
     let claimed = claim["instance"]["name"].as_str().unwrap().to_string();
     let ps = json(home, &["ps"]);
-    let row = ps
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == claimed.as_str())
-        .unwrap();
+    let row = ps.as_array().unwrap().iter().find(|v| v["name"] == claimed.as_str()).unwrap();
     assert_eq!(row["state"], "running", "{ps:#}");
     // The loop refills the warm set behind it.
-    let s = wait_for(home, "refilled to 3 warm", |s| {
-        count(s, "warm") == 3 && count(s, "claimed") == 1
-    });
+    let s =
+        wait_for(home, "refilled to 3 warm", |s| count(s, "warm") == 3 && count(s, "claimed") == 1);
     assert_eq!(qemus(home).len(), 4, "{s:#}");
 
     // A second claim takes the next warm instance: a clone. It is a live guest of its own: its
@@ -198,52 +171,30 @@ fn warm_pool_claim_refill_clone_quota_and_replacement_through_the_cli() {
     );
     console_says(home, "acme--web-1", "echo clone-$((6*7))", "clone-42");
     // Released, it is removed, and the loop is back to three warm and one claimed.
-    ok(
-        home,
-        &["instance", "rm", clone["instance"]["id"].as_str().unwrap()],
-    );
+    ok(home, &["instance", "rm", clone["instance"]["id"].as_str().unwrap()]);
     wait_for(home, "back to 3 warm after the release", |s| {
         count(s, "warm") == 3
             && count(s, "claimed") == 1
-            && s["instances"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|i| i["name"] != "acme--web-1")
+            && s["instances"].as_array().unwrap().iter().all(|i| i["name"] != "acme--web-1")
     });
 
     // At the memory limit: one more warm instance is refused, and nothing is made.
-    let before = (
-        qemus(home).len(),
-        runtime_dirs(home),
-        json(home, &["instance", "ls"]),
-    );
+    let before = (qemus(home).len(), runtime_dirs(home), json(home, &["instance", "ls"]));
     let since = last_seq(home);
     ok(home, &["pool", "scale", "acme--web", "--warm", "4"]);
     let s = wait_for(home, "refused on quota", |s| {
-        s["last_change"]["errors"]
-            .as_array()
-            .is_some_and(|e| !e.is_empty())
+        s["last_change"]["errors"].as_array().is_some_and(|e| !e.is_empty())
     });
     let (code, message) = (
         s["last_change"]["errors"][0][0].as_str().unwrap(),
         s["last_change"]["errors"][0][1].as_str().unwrap(),
     );
     assert_eq!(code, "E_QUOTA_EXCEEDED");
-    assert!(
-        message.contains("max_memory_mib") && message.contains("limit 512"),
-        "{message}"
-    );
-    let after = (
-        qemus(home).len(),
-        runtime_dirs(home),
-        json(home, &["instance", "ls"]),
-    );
+    assert!(message.contains("max_memory_mib") && message.contains("limit 512"), "{message}");
+    let after = (qemus(home).len(), runtime_dirs(home), json(home, &["instance", "ls"]));
     assert_eq!(before, after, "a refused creation left something behind");
     assert!(
-        fleet_events(home, since)
-            .iter()
-            .any(|(_, m)| m.contains("E_QUOTA_EXCEEDED")),
+        fleet_events(home, since).iter().any(|(_, m)| m.contains("E_QUOTA_EXCEEDED")),
         "the refusal is in the event stream"
     );
     ok(home, &["pool", "scale", "acme--web", "--warm", "3"]);
@@ -271,11 +222,7 @@ fn warm_pool_claim_refill_clone_quota_and_replacement_through_the_cli() {
     kill9(victim);
     let s = wait_for(home, "the killed instance replaced", |s| {
         count(s, "warm") == 3
-            && s["instances"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|i| i["name"] != warm_name.as_str())
+            && s["instances"].as_array().unwrap().iter().all(|i| i["name"] != warm_name.as_str())
     });
     let acted: Vec<String> = fleet_events(home, since)
         .into_iter()
@@ -285,9 +232,7 @@ fn warm_pool_claim_refill_clone_quota_and_replacement_through_the_cli() {
         })
         .collect();
     assert!(
-        acted
-            .first()
-            .is_some_and(|m| m.contains("created 1") && m.contains("stopped 1")),
+        acted.first().is_some_and(|m| m.contains("created 1") && m.contains("stopped 1")),
         "the first pass that acted after the kill should replace it: {acted:?}; {s:#}"
     );
     assert_eq!(qemus(home).len(), 4);
@@ -318,15 +263,7 @@ fn warm_pool_claim_refill_clone_quota_and_replacement_through_the_cli() {
             )
         })
         .collect();
-    assert!(
-        steps.contains(&("fleet.create", "acme--web-0", "ok")),
-        "{steps:?}"
-    );
-    assert!(
-        steps.contains(&("fleet.remove", "acme--web-2", "ok")),
-        "{steps:?}"
-    );
-    assert!(hangar_audit::verify(&home.join("audit.log"))
-        .unwrap()
-        .is_intact());
+    assert!(steps.contains(&("fleet.create", "acme--web-0", "ok")), "{steps:?}");
+    assert!(steps.contains(&("fleet.remove", "acme--web-2", "ok")), "{steps:?}");
+    assert!(hangar_audit::verify(&home.join("audit.log")).unwrap().is_intact());
 }

@@ -27,8 +27,7 @@ pub(crate) async fn list_tokens(State(d): State<Arc<Daemon>>) -> ApiResult<Json<
 #[utoipa::path(post, path = "/v1/tokens", request_body = TokenRequest,
     responses((status = 201, body = NewToken), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub(crate) async fn create_token(
-    State(d): State<Arc<Daemon>>,
-    body: Result<Bytes, BytesRejection>,
+    State(d): State<Arc<Daemon>>, body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let request: TokenRequest = json_body(body)?;
     let scope = hangar_control::tokens::parse_scope(&request.scope)?;
@@ -59,8 +58,7 @@ pub(crate) async fn create_token(
 #[utoipa::path(delete, path = "/v1/tokens/{id}", params(("id" = String, Path, description = "Token id")),
     responses((status = 204), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub(crate) async fn delete_token(
-    State(d): State<Arc<Daemon>>,
-    UrlPath(id): UrlPath<String>,
+    State(d): State<Arc<Daemon>>, UrlPath(id): UrlPath<String>,
 ) -> ApiResult<Response> {
     {
         let store = d.tokens.lock().unwrap_or_else(|p| p.into_inner());
@@ -93,13 +91,7 @@ pub struct HostView {
 pub(crate) async fn host(State(d): State<Arc<Daemon>>) -> Json<HostView> {
     let head = d.trail.head();
     Json(HostView {
-        allowed_paths: d
-            .local
-            .roots()
-            .roots()
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect(),
+        allowed_paths: d.local.roots().roots().iter().map(|p| p.display().to_string()).collect(),
         audit: d.trail.unavailable().unwrap_or_else(|| "ok".into()),
         audit_key: head.as_ref().map(|(_, k)| k.clone()),
         audit_head: head.map(|(h, _)| h),

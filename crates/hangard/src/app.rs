@@ -19,35 +19,20 @@ use crate::{admin, fleet, server};
 /// Serves the API on a TCP listener, every request authenticated by a bearer token: over TLS
 /// with `tls` (what `hangard` does unless told `--insecure-plaintext`), else plain HTTP.
 pub async fn serve_tcp(
-    listener: tokio::net::TcpListener,
-    daemon: Arc<Daemon>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    listener: tokio::net::TcpListener, daemon: Arc<Daemon>, tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let limits = daemon.limits;
-    server::run(
-        server::Listener::Tcp(listener, tls),
-        router(daemon),
-        limits,
-        shutdown,
-    )
-    .await
+    server::run(server::Listener::Tcp(listener, tls), router(daemon), limits, shutdown).await
 }
 
 /// Serves the API on the unix socket until `shutdown` resolves (used by `main` and by tests).
 pub async fn serve(
-    listener: tokio::net::UnixListener,
-    daemon: Arc<Daemon>,
+    listener: tokio::net::UnixListener, daemon: Arc<Daemon>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let limits = daemon.limits;
-    server::run(
-        server::Listener::Unix(listener),
-        router(daemon),
-        limits,
-        shutdown,
-    )
-    .await
+    server::run(server::Listener::Unix(listener), router(daemon), limits, shutdown).await
 }
 
 /// The API's routes.
@@ -56,22 +41,13 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/health", get(health))
         .route("/v1/vms", get(list_vms).post(create_vm))
         .route("/v1/vms/{name}", get(get_vm).delete(delete_vm))
-        .route(
-            "/v1/vms/{name}/snapshots",
-            get(list_vm_snapshots).post(save_snapshot),
-        )
+        .route("/v1/vms/{name}/snapshots", get(list_vm_snapshots).post(save_snapshot))
         .route("/v1/snapshots", get(list_snapshots))
-        .route(
-            "/v1/operations",
-            get(list_operations).post(create_operation),
-        )
+        .route("/v1/operations", get(list_operations).post(create_operation))
         .route("/v1/operations/{id}", get(get_operation))
         .route("/v1/images", get(list_images))
         .route("/v1/events/page", get(events_page))
-        .route(
-            "/v1/vms/{name}/snapshots/{id}/restore",
-            post(restore_snapshot),
-        )
+        .route("/v1/vms/{name}/snapshots/{id}/restore", post(restore_snapshot))
         .route("/v1/vms/{name}/{action}", post(vm_action))
         .route("/v1/snapshots/{id}", axum::routing::delete(delete_snapshot))
         .route("/v1/validate", post(validate))
@@ -87,26 +63,15 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/pools", get(fleet::list_pools).post(fleet::create_pool))
         .route(
             "/v1/pools/{pool}",
-            get(fleet::get_pool)
-                .patch(fleet::update_pool)
-                .delete(fleet::delete_pool),
+            get(fleet::get_pool).patch(fleet::update_pool).delete(fleet::delete_pool),
         )
         .route("/v1/pools/{pool}/claim", post(fleet::claim))
         .route("/v1/instances", get(fleet::list_instances))
-        .route(
-            "/v1/instances/{id}",
-            axum::routing::delete(fleet::release_instance),
-        )
+        .route("/v1/instances/{id}", axum::routing::delete(fleet::release_instance))
         .route("/v1/fleet", get(fleet::fleet_status))
         .route("/v1/fleet/reconcile", post(fleet::reconcile_now))
-        .route(
-            "/v1/tokens",
-            get(admin::list_tokens).post(admin::create_token),
-        )
-        .route(
-            "/v1/tokens/{id}",
-            axum::routing::delete(admin::delete_token),
-        )
+        .route("/v1/tokens", get(admin::list_tokens).post(admin::create_token))
+        .route("/v1/tokens/{id}", axum::routing::delete(admin::delete_token))
         .route("/v1/host", get(admin::host))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

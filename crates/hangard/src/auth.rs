@@ -41,99 +41,40 @@ pub const ROUTES: &[(&str, &str, Gate)] = &[
     ("POST", "/v1/vms", Gate::Action(Action::VmCreate)),
     ("GET", "/v1/vms/{name}", Gate::Action(Action::VmRead)),
     ("DELETE", "/v1/vms/{name}", Gate::Action(Action::VmDelete)),
-    (
-        "POST",
-        "/v1/vms/{name}/{action}",
-        Gate::Action(Action::VmOperate),
-    ),
-    (
-        "GET",
-        "/v1/vms/{name}/snapshots",
-        Gate::Action(Action::SnapshotRead),
-    ),
-    (
-        "POST",
-        "/v1/vms/{name}/snapshots",
-        Gate::Action(Action::SnapshotSave),
-    ),
-    (
-        "POST",
-        "/v1/vms/{name}/snapshots/{id}/restore",
-        Gate::Action(Action::SnapshotRestore),
-    ),
+    ("POST", "/v1/vms/{name}/{action}", Gate::Action(Action::VmOperate)),
+    ("GET", "/v1/vms/{name}/snapshots", Gate::Action(Action::SnapshotRead)),
+    ("POST", "/v1/vms/{name}/snapshots", Gate::Action(Action::SnapshotSave)),
+    ("POST", "/v1/vms/{name}/snapshots/{id}/restore", Gate::Action(Action::SnapshotRestore)),
     ("GET", "/v1/snapshots", Gate::Action(Action::SnapshotRead)),
-    (
-        "DELETE",
-        "/v1/snapshots/{id}",
-        Gate::Action(Action::SnapshotDelete),
-    ),
+    ("DELETE", "/v1/snapshots/{id}", Gate::Action(Action::SnapshotDelete)),
     ("GET", "/v1/operations", Gate::Action(Action::OperationRead)),
     ("POST", "/v1/operations", Gate::PerRequest),
-    (
-        "GET",
-        "/v1/operations/{id}",
-        Gate::Action(Action::OperationRead),
-    ),
+    ("GET", "/v1/operations/{id}", Gate::Action(Action::OperationRead)),
     ("GET", "/v1/events", Gate::Action(Action::EventRead)),
     ("GET", "/v1/events/page", Gate::Action(Action::EventRead)),
     ("GET", "/metrics", Gate::Action(Action::MetricsRead)),
     ("GET", "/v1/tenants", Gate::Action(Action::TenantRead)),
-    (
-        "PUT",
-        "/v1/tenants/{id}",
-        Gate::Action(Action::TenantManage),
-    ),
-    (
-        "DELETE",
-        "/v1/tenants/{id}",
-        Gate::Action(Action::TenantManage),
-    ),
+    ("PUT", "/v1/tenants/{id}", Gate::Action(Action::TenantManage)),
+    ("DELETE", "/v1/tenants/{id}", Gate::Action(Action::TenantManage)),
     ("GET", "/v1/pools", Gate::Action(Action::PoolRead)),
     ("POST", "/v1/pools", Gate::Action(Action::PoolManage)),
     ("GET", "/v1/pools/{pool}", Gate::Action(Action::PoolRead)),
-    (
-        "PATCH",
-        "/v1/pools/{pool}",
-        Gate::Action(Action::PoolManage),
-    ),
-    (
-        "DELETE",
-        "/v1/pools/{pool}",
-        Gate::Action(Action::PoolManage),
-    ),
-    (
-        "POST",
-        "/v1/pools/{pool}/claim",
-        Gate::Action(Action::PoolClaim),
-    ),
+    ("PATCH", "/v1/pools/{pool}", Gate::Action(Action::PoolManage)),
+    ("DELETE", "/v1/pools/{pool}", Gate::Action(Action::PoolManage)),
+    ("POST", "/v1/pools/{pool}/claim", Gate::Action(Action::PoolClaim)),
     ("GET", "/v1/instances", Gate::Action(Action::InstanceRead)),
-    (
-        "DELETE",
-        "/v1/instances/{id}",
-        Gate::Action(Action::InstanceRelease),
-    ),
+    ("DELETE", "/v1/instances/{id}", Gate::Action(Action::InstanceRelease)),
     ("GET", "/v1/fleet", Gate::Action(Action::FleetRead)),
-    (
-        "POST",
-        "/v1/fleet/reconcile",
-        Gate::Action(Action::FleetReconcile),
-    ),
+    ("POST", "/v1/fleet/reconcile", Gate::Action(Action::FleetReconcile)),
     ("GET", "/v1/tokens", Gate::Action(Action::TokenManage)),
     ("POST", "/v1/tokens", Gate::Action(Action::TokenManage)),
-    (
-        "DELETE",
-        "/v1/tokens/{id}",
-        Gate::Action(Action::TokenManage),
-    ),
+    ("DELETE", "/v1/tokens/{id}", Gate::Action(Action::TokenManage)),
     ("GET", "/v1/host", Gate::Action(Action::HostRead)),
 ];
 
 /// What `route` (a matched path pattern) needs under `method`; `None` if the table lacks it.
 pub fn gate_of(method: &Method, route: &str) -> Option<Gate> {
-    ROUTES
-        .iter()
-        .find(|(m, r, _)| *m == method.as_str() && *r == route)
-        .map(|(_, _, g)| *g)
+    ROUTES.iter().find(|(m, r, _)| *m == method.as_str() && *r == route).map(|(_, _, g)| *g)
 }
 
 /// The principal behind a request.
@@ -167,10 +108,7 @@ impl Caller {
     /// The policy's answer for `action` on `resource`: `Ok` to go ahead; `E_FORBIDDEN`; or
     /// for a hidden object, `hidden` (the very error a missing object gives).
     pub fn allow(
-        &self,
-        action: Action,
-        resource: Resource<'_>,
-        hidden: impl FnOnce() -> ApiError,
+        &self, action: Action, resource: Resource<'_>, hidden: impl FnOnce() -> ApiError,
     ) -> Result<(), ApiError> {
         match decide(&self.scope, action, resource) {
             Decision::Allow => Ok(()),
@@ -195,10 +133,7 @@ impl Caller {
 
     /// [`Caller::allow`] for an object whose owner is a tenant id as a string.
     pub fn allow_owned(
-        &self,
-        action: Action,
-        owner: Option<&str>,
-        hidden: impl FnOnce() -> ApiError,
+        &self, action: Action, owner: Option<&str>, hidden: impl FnOnce() -> ApiError,
     ) -> Result<(), ApiError> {
         let owner = owner.and_then(|o| TenantId::new(o).ok());
         self.allow(action, Resource::Owned(owner.as_ref()), hidden)
@@ -243,9 +178,7 @@ impl UidMap {
         let (uid, scope) = s.split_once('=').ok_or_else(|| {
             format!("{s:?} is not UID=SCOPE (for example 1001=tenant:acme:operator)")
         })?;
-        let uid = uid
-            .parse()
-            .map_err(|_| format!("{uid:?} is not a numeric uid"))?;
+        let uid = uid.parse().map_err(|_| format!("{uid:?} is not a numeric uid"))?;
         Ok((uid, scope.parse()?))
     }
 }

@@ -56,17 +56,12 @@ impl Embedded {
             rt.block_on(serve(how, make, ready_tx, stopped));
         });
         let tcp = ready_rx.recv().expect("the embedded daemon started");
-        Embedded {
-            tcp,
-            stop: Some(stop),
-            thread: Some(thread),
-        }
+        Embedded { tcp, stop: Some(stop), thread: Some(thread) }
     }
 }
 
 async fn serve(
-    how: Embedding,
-    make: impl FnOnce() -> Daemon,
+    how: Embedding, make: impl FnOnce() -> Daemon,
     ready: std::sync::mpsc::Sender<Option<SocketAddr>>,
     stopped: tokio::sync::oneshot::Receiver<()>,
 ) {
@@ -80,9 +75,7 @@ async fn serve(
         Tcp::Plain => (Some(tcp_listener().await), None),
         Tcp::Tls(acceptor) => (Some(tcp_listener().await), Some(acceptor)),
     };
-    let addr = tcp
-        .as_ref()
-        .map(|l| l.local_addr().expect("a bound address"));
+    let addr = tcp.as_ref().map(|l| l.local_addr().expect("a bound address"));
     let (tcp_stop, tcp_stopped) = tokio::sync::oneshot::channel::<()>();
     let tcp_served = tcp.map(|listener| {
         tokio::spawn(crate::serve_tcp(listener, daemon.clone(), tls, async {
@@ -97,17 +90,12 @@ async fn serve(
     .expect("serve the socket");
     let _ = tcp_stop.send(());
     if let Some(served) = tcp_served {
-        served
-            .await
-            .expect("the TCP server did not panic")
-            .expect("serve TCP");
+        served.await.expect("the TCP server did not panic").expect("serve TCP");
     }
 }
 
 async fn tcp_listener() -> tokio::net::TcpListener {
-    tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind 127.0.0.1:0")
+    tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0")
 }
 
 impl Drop for Embedded {

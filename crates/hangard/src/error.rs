@@ -43,10 +43,7 @@ impl From<ErrorBody> for ApiError {
 
 impl ApiError {
     pub(crate) fn new(
-        code: ErrorCode,
-        message: impl Into<String>,
-        path: Option<String>,
-        hint: Option<String>,
+        code: ErrorCode, message: impl Into<String>, path: Option<String>, hint: Option<String>,
     ) -> ApiError {
         let mut body = ErrorBody::new(code, message);
         body.path = path;
@@ -131,9 +128,7 @@ mod tests {
     #[tokio::test]
     pub(crate) async fn a_panicking_worker_fails_its_request_with_a_coded_500_and_the_next_one_runs(
     ) {
-        let failed = blocking(|| -> u32 { panic!("boom in a handler") })
-            .await
-            .unwrap_err();
+        let failed = blocking(|| -> u32 { panic!("boom in a handler") }).await.unwrap_err();
         assert_eq!(failed.0, 500);
         assert_eq!(failed.1.error_code(), Some(ErrorCode::EngineFailed));
         assert!(failed.1.message.contains("boom in a handler"), "{failed:?}");

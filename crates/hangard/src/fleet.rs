@@ -94,10 +94,7 @@ impl Reconciler {
 
     /// The last pass that changed something or failed in a new way.
     pub fn last_change(&self) -> Option<PassReport> {
-        self.last_change
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.last_change.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// What `GET /v1/fleet` shows.
@@ -156,15 +153,14 @@ impl Daemon {
                 self.metrics.error(ErrorCode::AuditUnavailable.as_str());
             }
         }
-        self.metrics
-            .reconcile_pass(report.took_ms / 1000.0, !report.errors.is_empty());
+        self.metrics.reconcile_pass(report.took_ms / 1000.0, !report.errors.is_empty());
         if self.reconciler.record(&report) {
             let subject = VmName::new(EVENT_SUBJECT).expect("a valid name");
-            let noted = self
-                .tokens
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .record_note(&subject, SystemClock.now(), &report.summary());
+            let noted = self.tokens.lock().unwrap_or_else(|e| e.into_inner()).record_note(
+                &subject,
+                SystemClock.now(),
+                &report.summary(),
+            );
             if let Err(e) = noted {
                 tracing::error!("cannot record the reconcile pass: {e}");
             }
@@ -240,10 +236,7 @@ fn pool_id(s: &str) -> ApiResult<PoolId> {
 /// Validates a template document like `hangar up` validates a spec file, and the host files
 /// it names like the daemon checks every spec's.
 fn template(
-    d: &Daemon,
-    caller: &Caller,
-    spec: &serde_json::Value,
-    base_dir: Option<&str>,
+    d: &Daemon, caller: &Caller, spec: &serde_json::Value, base_dir: Option<&str>,
 ) -> ApiResult<VmSpec> {
     caller.may_use_base_dir(base_dir)?;
     let text = serde_json::to_string(spec).expect("JSON values serialise");
@@ -275,10 +268,7 @@ pub(crate) async fn list_tenants(Ctx { d, caller }: Ctx) -> Json<Vec<TenantView>
 
 /// Those of `items` in a tenant `caller` sees (`tenant` says whose each is), as views.
 fn visible<T, V>(
-    caller: &Caller,
-    items: Vec<T>,
-    tenant: impl Fn(&T) -> &str,
-    view: impl Fn(T) -> V,
+    caller: &Caller, items: Vec<T>, tenant: impl Fn(&T) -> &str, view: impl Fn(T) -> V,
 ) -> Json<Vec<V>> {
     let seen = items.into_iter().filter(|i| caller.sees(Some(tenant(i))));
     Json(seen.map(view).collect())
@@ -289,17 +279,12 @@ fn visible<T, V>(
     request_body = TenantRequest,
     responses((status = 200, body = TenantView), (status = 400, body = ErrorBody)))]
 pub(crate) async fn put_tenant(
-    State(d): State<Arc<Daemon>>,
-    UrlPath(id): UrlPath<String>,
-    body: Result<Bytes, BytesRejection>,
+    State(d): State<Arc<Daemon>>, UrlPath(id): UrlPath<String>, body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<TenantView>> {
     let id = tenant_id(&id)?;
     let bytes = body_bytes(body)?;
     let request: TenantRequest = crate::body::json_or_default(&bytes)?;
-    let tenant = Tenant {
-        id,
-        quotas: request.quotas,
-    };
+    let tenant = Tenant { id, quotas: request.quotas };
     d.fleet.put_tenant(tenant.clone());
     // Raised quotas may unblock a pool.
     d.reconciler.poke();
@@ -310,8 +295,7 @@ pub(crate) async fn put_tenant(
 #[utoipa::path(delete, path = "/v1/tenants/{id}", params(("id" = String, Path, description = "Tenant id")),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(crate) async fn delete_tenant(
-    State(d): State<Arc<Daemon>>,
-    UrlPath(id): UrlPath<String>,
+    State(d): State<Arc<Daemon>>, UrlPath(id): UrlPath<String>,
 ) -> ApiResult<StatusCode> {
     d.fleet.remove_tenant(&tenant_id(&id)?)?;
     Ok(StatusCode::NO_CONTENT)
@@ -329,8 +313,7 @@ pub(crate) async fn list_pools(Ctx { d, caller }: Ctx) -> Json<Vec<PoolView>> {
     responses((status = 201, body = PoolView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)))]
 pub(crate) async fn create_pool(
-    Ctx { d, caller }: Ctx,
-    body: Result<Bytes, BytesRejection>,
+    Ctx { d, caller }: Ctx, body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let request: PoolRequest = json_body(body)?;
     let tenant = match (&request.tenant, caller.tenant()) {
@@ -367,8 +350,7 @@ pub(crate) async fn create_pool(
 #[utoipa::path(get, path = "/v1/pools/{pool}", params(("pool" = String, Path, description = "Pool id")),
     responses((status = 200, body = PoolStatus), (status = 404, body = ErrorBody)))]
 pub(crate) async fn get_pool(
-    Ctx { d, caller }: Ctx,
-    UrlPath(id): UrlPath<String>,
+    Ctx { d, caller }: Ctx, UrlPath(id): UrlPath<String>,
 ) -> ApiResult<Json<PoolStatus>> {
     let pool = d.visible_pool(&caller, Action::PoolRead, &id)?;
     let id = pool.id.clone();
@@ -387,9 +369,7 @@ pub(crate) async fn get_pool(
     request_body = PoolUpdate,
     responses((status = 200, body = PoolView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn update_pool(
-    Ctx { d, caller }: Ctx,
-    UrlPath(id): UrlPath<String>,
-    body: Result<Bytes, BytesRejection>,
+    Ctx { d, caller }: Ctx, UrlPath(id): UrlPath<String>, body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<PoolView>> {
     let current = d.visible_pool(&caller, Action::PoolManage, &id)?;
     let id = current.id.clone();
@@ -403,11 +383,7 @@ pub(crate) async fn update_pool(
         d.fleet.set_template(&id, t)?;
     }
     if update.desired.is_some() || update.policy.is_some() {
-        d.fleet.scale(
-            &id,
-            update.desired.unwrap_or(current.desired),
-            update.policy,
-        )?;
+        d.fleet.scale(&id, update.desired.unwrap_or(current.desired), update.policy)?;
     }
     d.reconciler.poke();
     let pool = d.fleet.pool(&id)?;
@@ -419,8 +395,7 @@ pub(crate) async fn update_pool(
 #[utoipa::path(delete, path = "/v1/pools/{pool}", params(("pool" = String, Path, description = "Pool id")),
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub(crate) async fn delete_pool(
-    Ctx { d, caller }: Ctx,
-    UrlPath(id): UrlPath<String>,
+    Ctx { d, caller }: Ctx, UrlPath(id): UrlPath<String>,
 ) -> ApiResult<StatusCode> {
     let id = d.visible_pool(&caller, Action::PoolManage, &id)?.id;
     let fleet = d.fleet.clone();
@@ -434,8 +409,7 @@ pub(crate) async fn delete_pool(
 #[utoipa::path(post, path = "/v1/pools/{pool}/claim", params(("pool" = String, Path, description = "Pool id")),
     responses((status = 200, body = Claim), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub(crate) async fn claim(
-    Ctx { d, caller }: Ctx,
-    UrlPath(id): UrlPath<String>,
+    Ctx { d, caller }: Ctx, UrlPath(id): UrlPath<String>,
 ) -> ApiResult<Json<Claim>> {
     let id = d.visible_pool(&caller, Action::PoolClaim, &id)?.id;
     let fleet = d.fleet.clone();
@@ -456,8 +430,7 @@ pub struct InstanceQuery {
 #[utoipa::path(get, path = "/v1/instances", params(InstanceQuery),
     responses((status = 200, body = [Instance])))]
 pub(crate) async fn list_instances(
-    Ctx { d, caller }: Ctx,
-    Query(q): Query<InstanceQuery>,
+    Ctx { d, caller }: Ctx, Query(q): Query<InstanceQuery>,
 ) -> ApiResult<Json<Vec<Instance>>> {
     let pool = match q.pool.as_deref() {
         Some(p) => Some(d.visible_pool(&caller, Action::InstanceRead, p)?.id),
@@ -465,8 +438,7 @@ pub(crate) async fn list_instances(
     };
     let mut instances = d.fleet.instances(pool.as_ref());
     instances.retain(|i| {
-        d.instance_owner(i)
-            .is_some_and(|t| caller.sees(Some(t.as_str())))
+        d.instance_owner(i).is_some_and(|t| caller.sees(Some(t.as_str())))
             || caller.tenant().is_none()
     });
     Ok(Json(instances))
@@ -484,21 +456,14 @@ impl Daemon {
 #[utoipa::path(delete, path = "/v1/instances/{id}", params(("id" = String, Path, description = "Instance id")),
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub(crate) async fn release_instance(
-    Ctx { d, caller }: Ctx,
-    UrlPath(id): UrlPath<String>,
+    Ctx { d, caller }: Ctx, UrlPath(id): UrlPath<String>,
 ) -> ApiResult<StatusCode> {
     let id = InstanceId::new(&id).map_err(|e| bad_id("instance", &id, e))?;
-    let owner = d
-        .fleet
-        .instances(None)
-        .into_iter()
-        .find(|i| i.id == id)
-        .and_then(|i| d.instance_owner(&i));
-    caller.allow(
-        Action::InstanceRelease,
-        Resource::Owned(owner.as_ref()),
-        || hangar_fleet::not_found_instance(&id).into(),
-    )?;
+    let owner =
+        d.fleet.instances(None).into_iter().find(|i| i.id == id).and_then(|i| d.instance_owner(&i));
+    caller.allow(Action::InstanceRelease, Resource::Owned(owner.as_ref()), || {
+        hangar_fleet::not_found_instance(&id).into()
+    })?;
     let fleet = d.fleet.clone();
     blocking(move || fleet.release(&id)).await??;
     d.reconciler.poke();

@@ -5,9 +5,8 @@ use std::fmt::Write;
 use std::sync::Mutex;
 
 /// Upper bounds (seconds) of the latency histogram buckets.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
+const LATENCY_BUCKETS: &[f64] =
+    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 /// Upper bounds (seconds) of the boot-time histogram buckets.
 const BOOT_BUCKETS: &[f64] = &[0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 60.0];
 
@@ -21,12 +20,7 @@ struct Histogram {
 
 impl Histogram {
     fn new(bounds: &'static [f64]) -> Self {
-        Self {
-            bounds,
-            counts: vec![0; bounds.len()],
-            sum: 0.0,
-            count: 0,
-        }
+        Self { bounds, counts: vec![0; bounds.len()], sum: 0.0, count: 0 }
     }
 
     fn observe(&mut self, v: f64) {
@@ -44,16 +38,8 @@ impl Histogram {
         for (b, c) in self.bounds.iter().zip(&self.counts) {
             let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {c}");
         }
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
-            self.count
-        );
-        let braces = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", self.count);
+        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
         let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
         let _ = writeln!(out, "{name}_count{braces} {}", self.count);
     }
@@ -76,18 +62,14 @@ struct Inner {
 pub struct Metrics(Mutex<Inner>);
 
 fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 impl Metrics {
     /// Records one API request.
     pub fn request(&self, method: &str, route: &str, status: u16, seconds: f64) {
         let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        *m.requests
-            .entry((method.to_string(), route.to_string(), status))
-            .or_default() += 1;
+        *m.requests.entry((method.to_string(), route.to_string(), status)).or_default() += 1;
         m.latency
             .entry(route.to_string())
             .or_insert_with(|| Histogram::new(LATENCY_BUCKETS))
@@ -108,9 +90,7 @@ impl Metrics {
     /// Records a finished operation by kind and final status.
     pub fn operation(&self, kind: &str, status: &str, seconds: f64) {
         let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        *m.operations
-            .entry((kind.to_string(), status.to_string()))
-            .or_default() += 1;
+        *m.operations.entry((kind.to_string(), status.to_string())).or_default() += 1;
         m.operation_latency
             .entry(kind.to_string())
             .or_insert_with(|| Histogram::new(LATENCY_BUCKETS))
@@ -120,9 +100,7 @@ impl Metrics {
     /// Records a reconcile pass: how long it took and whether a step failed.
     pub fn reconcile_pass(&self, seconds: f64, failed: bool) {
         let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        m.reconcile
-            .get_or_insert_with(|| Histogram::new(LATENCY_BUCKETS))
-            .observe(seconds);
+        m.reconcile.get_or_insert_with(|| Histogram::new(LATENCY_BUCKETS)).observe(seconds);
         m.reconcile_failed += u64::from(failed);
     }
 
@@ -164,11 +142,7 @@ impl Metrics {
         }
         out.push_str("# HELP hangar_api_errors_total Error responses by stable code (QMP failures count as E_ENGINE_FAILED).\n# TYPE hangar_api_errors_total counter\n");
         for (code, n) in &m.errors {
-            let _ = writeln!(
-                out,
-                "hangar_api_errors_total{{code=\"{}\"}} {n}",
-                escape(code)
-            );
+            let _ = writeln!(out, "hangar_api_errors_total{{code=\"{}\"}} {n}", escape(code));
         }
         out.push_str("# HELP hangar_operations_total Operations by kind and final status.\n# TYPE hangar_operations_total counter\n");
         for ((kind, status), n) in &m.operations {
@@ -188,21 +162,19 @@ impl Metrics {
             );
         }
         out.push_str("# HELP hangar_boot_seconds Spawn to guest-ready, per boot started through the API.\n# TYPE hangar_boot_seconds histogram\n");
-        m.boot
-            .clone()
-            .unwrap_or_else(|| Histogram::new(BOOT_BUCKETS))
-            .render(&mut out, "hangar_boot_seconds", "");
-        out.push_str("# HELP hangar_reconcile_pass_seconds Reconcile pass duration (observe, plan, act).\n# TYPE hangar_reconcile_pass_seconds histogram\n");
-        m.reconcile
-            .clone()
-            .unwrap_or_else(|| Histogram::new(LATENCY_BUCKETS))
-            .render(&mut out, "hangar_reconcile_pass_seconds", "");
-        out.push_str("# HELP hangar_reconcile_failed_passes_total Reconcile passes with at least one failed step.\n# TYPE hangar_reconcile_failed_passes_total counter\n");
-        let _ = writeln!(
-            out,
-            "hangar_reconcile_failed_passes_total {}",
-            m.reconcile_failed
+        m.boot.clone().unwrap_or_else(|| Histogram::new(BOOT_BUCKETS)).render(
+            &mut out,
+            "hangar_boot_seconds",
+            "",
         );
+        out.push_str("# HELP hangar_reconcile_pass_seconds Reconcile pass duration (observe, plan, act).\n# TYPE hangar_reconcile_pass_seconds histogram\n");
+        m.reconcile.clone().unwrap_or_else(|| Histogram::new(LATENCY_BUCKETS)).render(
+            &mut out,
+            "hangar_reconcile_pass_seconds",
+            "",
+        );
+        out.push_str("# HELP hangar_reconcile_failed_passes_total Reconcile passes with at least one failed step.\n# TYPE hangar_reconcile_failed_passes_total counter\n");
+        let _ = writeln!(out, "hangar_reconcile_failed_passes_total {}", m.reconcile_failed);
         out.push_str("# HELP hangar_store_read_seconds Time to read every VM record for this scrape.\n# TYPE hangar_store_read_seconds gauge\n");
         let _ = writeln!(out, "hangar_store_read_seconds {store_seconds}");
         out

@@ -20,9 +20,7 @@ use crate::state::*;
 /// records a mutating request in the audit log *before* it runs (refusing it with `503
 /// E_AUDIT_UNAVAILABLE` if that fails) and its outcome after, and counts and times it.
 pub(crate) async fn gate(
-    State(d): State<Arc<Daemon>>,
-    mut request: Request,
-    next: Next,
+    State(d): State<Arc<Daemon>>, mut request: Request, next: Next,
 ) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
@@ -32,24 +30,12 @@ pub(crate) async fn gate(
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
     let target = request.uri().path().to_string();
-    let peer = request
-        .extensions()
-        .get::<axum::extract::ConnectInfo<Peer>>()
-        .map(|c| c.0);
+    let peer = request.extensions().get::<axum::extract::ConnectInfo<Peer>>().map(|c| c.0);
     let gate = auth::gate_of(&method, &route);
     let finish = |d: &Daemon, response: Response| {
         let status = response.status().as_u16();
-        d.metrics.request(
-            method.as_str(),
-            &route,
-            status,
-            started.elapsed().as_secs_f64(),
-        );
-        if let Some(code) = response
-            .headers()
-            .get("x-hangar-error")
-            .and_then(|v| v.to_str().ok())
-        {
+        d.metrics.request(method.as_str(), &route, status, started.elapsed().as_secs_f64());
+        if let Some(code) = response.headers().get("x-hangar-error").and_then(|v| v.to_str().ok()) {
             d.metrics.error(code);
         }
         response
@@ -61,8 +47,7 @@ pub(crate) async fn gate(
     let caller = match d.caller(&request, peer) {
         Ok(c) => c,
         Err((peer_name, why)) => {
-            d.trail
-                .failed_auth(&peer_name, &format!("{method} {route}"), &target, &why);
+            d.trail.failed_auth(&peer_name, &format!("{method} {route}"), &target, &why);
             let mut response = auth::unauthorized(&why).into_response();
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
@@ -86,9 +71,9 @@ pub(crate) async fn gate(
     };
     // What the caller's role never allows is refused before any handler looks at it.
     let refused = match gate {
-        Some(auth::Gate::Action(action)) => caller
-            .allow(action, Resource::Host, || unreachable!())
-            .err(),
+        Some(auth::Gate::Action(action)) => {
+            caller.allow(action, Resource::Host, || unreachable!()).err()
+        }
         _ => None,
     };
     if let Some(refusal) = refused {
@@ -124,10 +109,7 @@ pub(crate) async fn gate(
             .and_then(|v| v.to_str().ok())
             .map(String::from);
         let mut detail: Vec<String> = Vec::new();
-        if let Some(op) = response
-            .headers()
-            .get("x-hangar-operation")
-            .and_then(|v| v.to_str().ok())
+        if let Some(op) = response.headers().get("x-hangar-operation").and_then(|v| v.to_str().ok())
         {
             detail.push(format!("operation {op}"));
         }
@@ -155,23 +137,17 @@ impl Daemon {
     /// Who sent `request`: on TCP the holder of a stored bearer token (the `Bearer` scheme in
     /// any case), on the unix socket the peer's uid. Else the peer and why it was refused.
     pub(crate) fn caller(
-        &self,
-        request: &Request,
-        peer: Option<Peer>,
+        &self, request: &Request, peer: Option<Peer>,
     ) -> Result<Caller, (String, String)> {
         match peer {
-            Some(Peer {
-                tcp: Some(addr), ..
-            }) => {
+            Some(Peer { tcp: Some(addr), .. }) => {
                 let presented = request
                     .headers()
                     .get(axum::http::header::AUTHORIZATION)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| {
                         let (scheme, token) = v.trim().split_once(' ')?;
-                        scheme
-                            .eq_ignore_ascii_case("bearer")
-                            .then(|| token.trim().to_string())
+                        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string())
                     });
                 let peer = addr.ip().to_string();
                 let Some(token) = presented else {
@@ -182,19 +158,15 @@ impl Daemon {
                     hangar_control::tokens::authenticate(&store, &token)
                 };
                 match found {
-                    Ok(Some(t)) => Ok(Caller {
-                        scope: t.scope,
-                        who: format!("token:{} ({addr})", t.id),
-                    }),
+                    Ok(Some(t)) => {
+                        Ok(Caller { scope: t.scope, who: format!("token:{} ({addr})", t.id) })
+                    }
                     Ok(None) => Err((peer, "unknown bearer token".into())),
                     Err(e) => Err((peer, format!("tokens cannot be checked: {e}"))),
                 }
             }
             Some(Peer { uid: Some(uid), .. }) => match self.uids.scope_of(uid, self.own_uid) {
-                Some(scope) => Ok(Caller {
-                    scope,
-                    who: format!("local:uid={uid}"),
-                }),
+                Some(scope) => Ok(Caller { scope, who: format!("local:uid={uid}") }),
                 None => Err((
                     format!("uid {uid}"),
                     format!(
@@ -220,15 +192,11 @@ impl axum::extract::FromRequestParts<Arc<Daemon>> for Ctx {
     type Rejection = ApiError;
 
     async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        d: &Arc<Daemon>,
+        parts: &mut axum::http::request::Parts, d: &Arc<Daemon>,
     ) -> Result<Ctx, ApiError> {
         let caller = parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
             // A route outside the authenticating layer: a bug, never the caller's fault.
-            tracing::error!(
-                "BUG: {} reached a handler without a caller",
-                parts.uri.path()
-            );
+            tracing::error!("BUG: {} reached a handler without a caller", parts.uri.path());
             ApiError::new(
                 ErrorCode::EngineFailed,
                 "internal error (a bug, logged by hangard): no caller on this route",
@@ -236,9 +204,6 @@ impl axum::extract::FromRequestParts<Arc<Daemon>> for Ctx {
                 Some("report it with hangard's log".into()),
             )
         })?;
-        Ok(Ctx {
-            d: d.clone(),
-            caller,
-        })
+        Ok(Ctx { d: d.clone(), caller })
     }
 }

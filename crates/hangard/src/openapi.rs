@@ -88,9 +88,7 @@ impl utoipa::Modify for BearerAuth {
 
 /// The OpenAPI document as served and committed (`schema/openapi-v1.json`).
 pub fn openapi_json() -> String {
-    let mut s = ApiDoc::openapi()
-        .to_pretty_json()
-        .expect("openapi serialises");
+    let mut s = ApiDoc::openapi().to_pretty_json().expect("openapi serialises");
     s.push('\n');
     s
 }

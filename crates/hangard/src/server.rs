@@ -94,16 +94,13 @@ struct Tracked<T> {
 
 impl<T> Tracked<T> {
     fn touch(&self) {
-        self.last
-            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
     fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
+        mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
@@ -116,9 +113,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
     fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
+        mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, data);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
@@ -139,9 +134,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
 /// Resolves once nothing has moved for `idle`.
 async fn idle_for(last: Arc<AtomicU64>, epoch: Instant, idle: Duration) {
     loop {
-        let quiet = epoch
-            .elapsed()
-            .saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
+        let quiet =
+            epoch.elapsed().saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
         if quiet >= idle {
             return;
         }
@@ -151,21 +145,14 @@ async fn idle_for(last: Arc<AtomicU64>, epoch: Instant, idle: Duration) {
 
 /// Serves one connection until it ends, stays idle too long, or `stop` fires.
 async fn connection<S>(
-    stream: S,
-    peer: Peer,
-    router: Router,
-    limits: Limits,
+    stream: S, peer: Peer, router: Router, limits: Limits,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let epoch = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
-    let io = Tracked {
-        inner: stream,
-        last: last.clone(),
-        epoch,
-    };
+    let io = Tracked { inner: stream, last: last.clone(), epoch };
     let service = tower::ServiceExt::map_request(
         router,
         move |mut request: axum::extract::Request<hyper::body::Incoming>| {
@@ -174,9 +161,7 @@ async fn connection<S>(
         },
     );
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read);
+    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read);
     let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
     tokio::pin!(conn);
     tokio::select! {
@@ -199,9 +184,7 @@ pub enum Listener {
 
 /// Serves `router` on `listener` until `shutdown` resolves.
 pub async fn run(
-    listener: Listener,
-    router: Router,
-    limits: Limits,
+    listener: Listener, router: Router, limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let counts = Counts::default();
@@ -272,14 +255,7 @@ async fn accept(listener: &Listener) -> std::io::Result<(Stream, Peer, PeerKey)>
         Listener::Tcp(l, _) => {
             let (s, addr) = l.accept().await?;
             let _ = s.set_nodelay(true);
-            Ok((
-                Stream::Tcp(s),
-                Peer {
-                    uid: None,
-                    tcp: Some(addr),
-                },
-                PeerKey::Ip(addr.ip()),
-            ))
+            Ok((Stream::Tcp(s), Peer { uid: None, tcp: Some(addr) }, PeerKey::Ip(addr.ip())))
         }
     }
 }
@@ -331,10 +307,7 @@ pub enum TlsError {
 
 impl TlsError {
     fn io(path: &Path, source: std::io::Error) -> TlsError {
-        TlsError::Io {
-            path: path.to_path_buf(),
-            source,
-        }
+        TlsError::Io { path: path.to_path_buf(), source }
     }
 }
 
@@ -382,10 +355,7 @@ pub fn identity(home: &Path, given: Option<(&Path, &Path)>) -> Result<Identity, 
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
-    Ok(Identity {
-        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
-        fingerprint,
-    })
+    Ok(Identity { acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)), fingerprint })
 }
 
 fn make_self_signed(cert: &Path, key: &Path) -> Result<(), TlsError> {

@@ -109,16 +109,9 @@ impl Daemon {
 
     /// [`Daemon::new`], with reconcile passes every `interval` (and whenever something asks).
     pub fn with_reconcile_interval(
-        engine: QemuEngine,
-        interval: Duration,
+        engine: QemuEngine, interval: Duration,
     ) -> Result<Daemon, StartError> {
-        Daemon::with_options(
-            engine,
-            Options {
-                reconcile_interval: interval,
-                ..Options::default()
-            },
-        )
+        Daemon::with_options(engine, Options { reconcile_interval: interval, ..Options::default() })
     }
 
     /// [`Daemon::new`] with every setting.
@@ -131,10 +124,7 @@ impl Daemon {
     /// with its state (journal, tokens, audit log, fleet registry) in `home` and plans made
     /// with `facts`.
     pub fn on(
-        engine: Arc<dyn Backend>,
-        home: &Path,
-        facts: hangar_plan::HostFacts,
-        options: Options,
+        engine: Arc<dyn Backend>, home: &Path, facts: hangar_plan::HostFacts, options: Options,
     ) -> Result<Daemon, StartError> {
         let roots = hangar_control::allowed_roots(home, &options.allow_paths)
             .map_err(StartError::AllowedPaths)?;

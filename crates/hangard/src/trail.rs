@@ -51,11 +51,7 @@ impl Trail {
                 "AUDIT LOG UNAVAILABLE, refusing every change until it is fixed: {e}"
             ),
         }
-        Trail {
-            log: Mutex::new(opened),
-            head_file: head,
-            failures: Mutex::new(HashMap::new()),
-        }
+        Trail { log: Mutex::new(opened), head_file: head, failures: Mutex::new(HashMap::new()) }
     }
 
     /// Appends an entry; the reason on failure (the caller fails closed).
@@ -69,12 +65,7 @@ impl Trail {
 
     /// Why the log cannot be written, if it cannot (as known from opening it).
     pub fn unavailable(&self) -> Option<String> {
-        self.log
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .err()
-            .cloned()
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).as_ref().err().cloned()
     }
 
     /// The latest signed head, and the key that signs heads.

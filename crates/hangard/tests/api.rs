@@ -21,18 +21,8 @@ fn committed_openapi_matches_the_code_and_is_served() {
         "cargo test -p hangard --test api",
     );
     let d = TestDaemon::start();
-    let r = request(
-        &d.socket(),
-        "GET",
-        "/v1/openapi.json",
-        None,
-        Duration::from_secs(10),
-    )
-    .unwrap();
-    assert_eq!(
-        (r.status, String::from_utf8(r.body).unwrap()),
-        (200, committed)
-    );
+    let r = request(&d.socket(), "GET", "/v1/openapi.json", None, Duration::from_secs(10)).unwrap();
+    assert_eq!((r.status, String::from_utf8(r.body).unwrap()), (200, committed));
     let doc: serde_json::Value = serde_json::from_str(&generated).unwrap();
     for p in [
         "/v1/vms",
@@ -68,20 +58,13 @@ fn socket_is_private() {
     assert!(e.to_string().contains("not a socket"), "{e}");
     assert_eq!(std::fs::read_to_string(&not_a_socket).unwrap(), "keep me");
     // The state directory is private.
-    let home_mode = std::fs::metadata(d.home.path())
-        .unwrap()
-        .permissions()
-        .mode()
-        & 0o777;
+    let home_mode = std::fs::metadata(d.home.path()).unwrap().permissions().mode() & 0o777;
     assert_eq!(home_mode & 0o077, 0, "{home_mode:o}");
 }
 
 #[test]
 fn an_audit_log_that_is_a_symlink_is_never_written_through() {
-    let home = tempfile::Builder::new()
-        .prefix("hgd-")
-        .tempdir_in("/tmp")
-        .unwrap();
+    let home = tempfile::Builder::new().prefix("hgd-").tempdir_in("/tmp").unwrap();
     let target = tempfile::NamedTempFile::new().unwrap();
     std::os::unix::fs::symlink(target.path(), home.path().join("audit.log")).unwrap();
     let d = TestDaemon::start_in(home, |_| hangard::Options::default());
@@ -97,28 +80,13 @@ fn define_is_idempotent_conflicts_are_409_and_delete_removes() {
     let (s, op) = d.call("POST", "/v1/vms?wait=true", Some(SPEC));
     assert_eq!((s, op["status"].as_str()), (200, Some("succeeded")), "{op}");
     let v = &op["result"]["vm"];
-    assert_eq!(
-        (v["name"].as_str(), v["state"].as_str()),
-        (Some("api"), Some("defined"))
-    );
+    assert_eq!((v["name"].as_str(), v["state"].as_str()), (Some("api"), Some("defined")));
     let (s, again) = d.call("POST", "/v1/vms?wait=true", Some(SPEC));
-    assert_eq!(
-        (s, &again["result"]["vm"]["spec_hash"]),
-        (200, &v["spec_hash"])
-    );
-    let (s, e) = d.call(
-        "POST",
-        "/v1/vms?wait=true",
-        Some(&SPEC.replace("128", "256")),
-    );
+    assert_eq!((s, &again["result"]["vm"]["spec_hash"]), (200, &v["spec_hash"]));
+    let (s, e) = d.call("POST", "/v1/vms?wait=true", Some(&SPEC.replace("128", "256")));
     assert_eq!(s, 409);
     coded(&e, "E_VM_EXISTS");
-    assert!(
-        e["operation"]
-            .as_str()
-            .is_some_and(|o| o.starts_with("op-")),
-        "{e}"
-    );
+    assert!(e["operation"].as_str().is_some_and(|o| o.starts_with("op-")), "{e}");
     let (s, list) = d.call("GET", "/v1/vms", None);
     assert_eq!((s, list.as_array().unwrap().len()), (200, 1));
     let (s, e) = d.call("POST", "/v1/vms/api/pause?wait=true", None);
@@ -127,10 +95,7 @@ fn define_is_idempotent_conflicts_are_409_and_delete_removes() {
     let (s, _) = d.call("DELETE", "/v1/vms/api?wait=true", None);
     assert_eq!(s, 200);
     let (s, e) = d.call("DELETE", "/v1/vms/api?wait=true", None);
-    assert_eq!(
-        s, 404,
-        "an unknown VM is refused before an operation is made"
-    );
+    assert_eq!(s, 404, "an unknown VM is refused before an operation is made");
     coded(&e, "E_VM_NOT_FOUND");
     assert!(e.get("operation").is_none(), "{e}");
 }
@@ -192,20 +157,8 @@ fn bad_input_is_a_coded_4xx_never_a_500() {
         ("GET", "/v1/vms/nope", None, 404, "E_VM_NOT_FOUND"),
         ("GET", "/v1/vms/Not_A_Name", None, 400, "E_INVALID_NAME"),
         ("POST", "/v1/vms/x/explode", None, 400, "E_INVALID_ARGUMENT"),
-        (
-            "POST",
-            "/v1/vms/x/stop",
-            Some("{\"force\": \"yes\"}"),
-            400,
-            "E_INVALID_ARGUMENT",
-        ),
-        (
-            "POST",
-            "/v1/vms/x/snapshots",
-            Some("{}"),
-            400,
-            "E_INVALID_ARGUMENT",
-        ),
+        ("POST", "/v1/vms/x/stop", Some("{\"force\": \"yes\"}"), 400, "E_INVALID_ARGUMENT"),
+        ("POST", "/v1/vms/x/snapshots", Some("{}"), 400, "E_INVALID_ARGUMENT"),
         ("GET", "/v1/nothing-here", None, 404, "E_INVALID_ARGUMENT"),
     ];
     for (method, path, body, status, code) in cases {
@@ -222,27 +175,14 @@ fn bad_input_is_a_coded_4xx_never_a_500() {
 #[test]
 fn mutating_calls_answer_at_once_with_an_operation_that_can_be_awaited() {
     let d = TestDaemon::start();
-    let r = request(
-        &d.socket(),
-        "POST",
-        "/v1/vms",
-        Some(SPEC.as_bytes()),
-        Duration::from_secs(30),
-    )
-    .unwrap();
+    let r = request(&d.socket(), "POST", "/v1/vms", Some(SPEC.as_bytes()), Duration::from_secs(30))
+        .unwrap();
     assert_eq!(r.status, 202);
     let op: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     let id = op["id"].as_str().unwrap().to_string();
-    assert_eq!(
-        (op["kind"].as_str(), op["target"].as_str()),
-        (Some("create"), Some("api"))
-    );
+    assert_eq!((op["kind"].as_str(), op["target"].as_str()), (Some("create"), Some("api")));
     let (s, done) = d.call("GET", &format!("/v1/operations/{id}?wait=true"), None);
-    assert_eq!(
-        (s, done["status"].as_str()),
-        (200, Some("succeeded")),
-        "{done}"
-    );
+    assert_eq!((s, done["status"].as_str()), (200, Some("succeeded")), "{done}");
     assert_eq!(done["result"]["vm"]["state"], "defined");
     // The transition it made names it.
     let (_, events) = d.call("GET", "/v1/events/page?since=0", None);
@@ -256,22 +196,14 @@ fn mutating_calls_answer_at_once_with_an_operation_that_can_be_awaited() {
     coded(&failed["error"], "E_INVALID_TRANSITION");
     // The journal lists both, newest first; unknown ids are a coded 404.
     let (_, ops) = d.call("GET", "/v1/operations", None);
-    let ids: Vec<_> = ops
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o["id"].as_str().unwrap())
-        .collect();
+    let ids: Vec<_> = ops.as_array().unwrap().iter().map(|o| o["id"].as_str().unwrap()).collect();
     assert_eq!(ids, [pause, id.as_str()]);
     let (s, e) = d.call("GET", "/v1/operations/op-nope", None);
     assert_eq!(s, 404);
     coded(&e, "E_OPERATION_NOT_FOUND");
     // The generic endpoint takes any request; malformed ones are coded.
-    let (s, op) = d.call(
-        "POST",
-        "/v1/operations?wait=true",
-        Some(r#"{"kind":"delete","vm":"api"}"#),
-    );
+    let (s, op) =
+        d.call("POST", "/v1/operations?wait=true", Some(r#"{"kind":"delete","vm":"api"}"#));
     assert_eq!((s, op["status"].as_str()), (200, Some("succeeded")), "{op}");
     let (s, e) = d.call("POST", "/v1/operations", Some(r#"{"kind":"explode"}"#));
     assert_eq!(s, 400);
@@ -292,10 +224,7 @@ fn images_lists_what_is_installed() {
     assert_eq!(v[0]["complete"], false, "no initrd yet: {v}");
     std::fs::write(dir.join("initrd.img"), b"i").unwrap();
     let (_, v) = d.call("GET", "/v1/images", None);
-    assert_eq!(
-        (v[0]["complete"].as_bool(), v[0]["size_bytes"].as_u64()),
-        (Some(true), Some(18))
-    );
+    assert_eq!((v[0]["complete"].as_bool(), v[0]["size_bytes"].as_u64()), (Some(true), Some(18)));
     assert_eq!(v[0]["manifest"]["image"], "tiny");
 }
 
@@ -308,26 +237,16 @@ fn validate_and_plan_touch_nothing() {
         Some(r#"{"schema_version":1,"name":"X","machine":{"vcpu":1}}"#),
     );
     assert_eq!((s, &v["ok"]), (200, &serde_json::json!(false)));
-    let codes: Vec<_> = v["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["code"].as_str().unwrap())
-        .collect();
+    let codes: Vec<_> =
+        v["errors"].as_array().unwrap().iter().map(|e| e["code"].as_str().unwrap()).collect();
     assert_eq!(codes, ["E_INVALID_NAME", "E_SPEC_UNKNOWN_FIELD"]);
     let (s, v) = d.call("POST", "/v1/validate", Some(SPEC));
     assert_eq!((s, &v["ok"]), (200, &serde_json::json!(true)));
     let (s, p) = d.call("POST", "/v1/plan", Some(SPEC));
     assert_eq!(s, 200, "{p}");
     assert_eq!(p["spec_hash"], v["spec_hash"]);
-    assert!(p["argv"][0]
-        .as_str()
-        .unwrap()
-        .ends_with("qemu-system-x86_64"));
-    assert!(
-        !d.home.path().join("vms/api").exists(),
-        "plan created the runtime dir"
-    );
+    assert!(p["argv"][0].as_str().unwrap().ends_with("qemu-system-x86_64"));
+    assert!(!d.home.path().join("vms/api").exists(), "plan created the runtime dir");
     let (_, list) = d.call("GET", "/v1/vms", None);
     assert_eq!(list, serde_json::json!([]));
 }
@@ -387,30 +306,17 @@ fn events_replay_every_transition_in_order_from_any_position() {
         .collect();
     let moves: Vec<_> = events
         .iter()
-        .map(|e| {
-            (
-                e["seq"].as_u64().unwrap(),
-                e["from"].clone(),
-                e["to"].clone(),
-            )
-        })
+        .map(|e| (e["seq"].as_u64().unwrap(), e["from"].clone(), e["to"].clone()))
         .collect();
     assert_eq!(
         moves,
         vec![
             (1, serde_json::Value::Null, serde_json::json!("defined")),
-            (
-                2,
-                serde_json::json!("defined"),
-                serde_json::json!("deleted")
-            ),
+            (2, serde_json::json!("defined"), serde_json::json!("deleted")),
             (3, serde_json::Value::Null, serde_json::json!("defined")),
         ]
     );
-    assert!(
-        text.contains("id: 2\n") || text.contains("id:2\n"),
-        "{text}"
-    );
+    assert!(text.contains("id: 2\n") || text.contains("id:2\n"), "{text}");
     let (_, tail) = raw(&d, "/v1/events?since=2&follow=false");
     assert_eq!(
         tail.lines().filter(|l| l.starts_with("data:")).count(),
@@ -434,10 +340,7 @@ fn metrics_count_requests_errors_and_vm_states() {
         ),
         "{text}"
     );
-    assert!(
-        text.contains("hangar_api_errors_total{code=\"E_VM_NOT_FOUND\"} 1"),
-        "{text}"
-    );
+    assert!(text.contains("hangar_api_errors_total{code=\"E_VM_NOT_FOUND\"} 1"), "{text}");
     assert!(
         text.contains("hangar_api_request_duration_seconds_count{route=\"/v1/vms\"}"),
         "{text}"
@@ -492,17 +395,11 @@ fn every_mutating_request_is_audited_and_tampering_is_detected() {
     assert_eq!(signed.seq, 9);
     let key = hangar_audit::HeadSigner::load(&d.home.path().join("audit.key")).unwrap();
     signed.check(&key.public_key()).unwrap();
-    let uid = std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
-        .unwrap();
-    assert!(
-        lines.iter().all(|e| e["who"] == format!("local:uid={uid}")),
-        "{lines:?}"
-    );
+    let uid =
+        std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap();
+    assert!(lines.iter().all(|e| e["who"] == format!("local:uid={uid}")), "{lines:?}");
     // Editing an entry breaks the chain at the next line.
-    let text = std::fs::read_to_string(&log)
-        .unwrap()
-        .replace("E_INVALID_TRANSITION", "ok");
+    let text = std::fs::read_to_string(&log).unwrap().replace("E_INVALID_TRANSITION", "ok");
     std::fs::write(&log, text).unwrap();
     // Line 5 still parses, so the chain breaks where line 6's `prev` no longer matches it.
     let report = hangar_audit::verify(&log).unwrap();
@@ -517,11 +414,7 @@ const POOL_SPEC: &str = r#"{"schema_version": 1, "name": "t", "machine": {"memor
 fn fleet_endpoints_validate_everything_and_answer_with_codes() {
     let d = TestDaemon::start();
     // Tenants: create, list with usage, quota update.
-    let (s, t) = d.call(
-        "PUT",
-        "/v1/tenants/acme",
-        Some(r#"{"quotas": {"max_memory_mib": 512}}"#),
-    );
+    let (s, t) = d.call("PUT", "/v1/tenants/acme", Some(r#"{"quotas": {"max_memory_mib": 512}}"#));
     assert_eq!(s, 200, "{t}");
     assert_eq!(t["quotas"]["max_memory_mib"], 512);
     assert_eq!(t["usage"]["instances"], 0);
@@ -613,39 +506,22 @@ fn fleet_endpoints_validate_everything_and_answer_with_codes() {
 
 #[test]
 fn the_fleet_survives_a_restart_and_a_damaged_registry_stops_the_daemon() {
-    let home = tempfile::Builder::new()
-        .prefix("hgd-")
-        .tempdir_in("/tmp")
-        .unwrap();
+    let home = tempfile::Builder::new().prefix("hgd-").tempdir_in("/tmp").unwrap();
     let open =
         || hangard::Daemon::new(QemuEngine::open(home.path(), EngineOptions::default()).unwrap());
     let d = open().unwrap();
     d.fleet.put_tenant(hangar_fleet::Tenant {
         id: hangar_core::ids::TenantId::new("acme").unwrap(),
-        quotas: hangar_fleet::Quotas {
-            max_running: Some(2),
-            ..Default::default()
-        },
+        quotas: hangar_fleet::Quotas { max_running: Some(2), ..Default::default() },
     });
     let before = d.fleet.registry();
     drop(d);
     let d = open().unwrap();
-    assert_eq!(
-        d.fleet.registry(),
-        before,
-        "the registry came back as saved"
-    );
+    assert_eq!(d.fleet.registry(), before, "the registry came back as saved");
     drop(d);
     let store = hangar_store::Store::open_in(home.path()).unwrap();
-    store
-        .save_fleet(
-            r#"{"tenants": "not a list"}"#,
-            hangar_core::clock::Timestamp(1),
-        )
-        .unwrap();
-    let err = open()
-        .err()
-        .expect("a damaged registry must stop the daemon");
+    store.save_fleet(r#"{"tenants": "not a list"}"#, hangar_core::clock::Timestamp(1)).unwrap();
+    let err = open().err().expect("a damaged registry must stop the daemon");
     assert!(err.to_string().contains("E_STORE_CORRUPT"), "{err}");
 }
 
@@ -661,10 +537,7 @@ fn the_openapi_document_passes_a_real_openapi_validator() {
         return;
     }
     let doc = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schema/openapi-v1.json");
-    let out = std::process::Command::new(validator)
-        .arg(&doc)
-        .output()
-        .unwrap();
+    let out = std::process::Command::new(validator).arg(&doc).output().unwrap();
     assert!(
         out.status.success(),
         "{}{}",

@@ -46,8 +46,7 @@ fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
 fn a_client_that_never_finishes_its_headers_is_cut_off() {
     let d = TestDaemon::start_with(|_| limits(1, 300, 64));
     let mut s = TcpStream::connect(d.tcp).unwrap();
-    s.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n")
-        .unwrap();
+    s.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n").unwrap();
     assert!(closed_within(&mut s, Duration::from_secs(20)));
     // A complete request is served as usual.
     assert_eq!(d.over_tcp("GET", "/v1/health", None, None).0, 200);
@@ -69,9 +68,7 @@ fn one_peer_cannot_hold_more_connections_than_the_cap() {
     assert!(closed_within(&mut fourth, Duration::from_secs(20)));
     // The ones it holds still work; letting one go makes room again.
     let mut first = held.into_iter().next().unwrap();
-    first
-        .write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
+    first.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
     let mut answer = String::new();
     first.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
@@ -82,10 +79,7 @@ fn one_peer_cannot_hold_more_connections_than_the_cap() {
         if status == 200 {
             break;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the slot never came back"
-        );
+        assert!(std::time::Instant::now() < deadline, "the slot never came back");
     }
 }
 
@@ -100,38 +94,20 @@ fn tcp_is_tls_with_a_pinned_certificate() {
         fingerprint,
         token: token.to_string(),
     };
-    let r = send(
-        &at(Some(pin.clone()), &token),
-        "GET",
-        "/v1/vms",
-        None,
-        Duration::from_secs(10),
-    )
-    .unwrap();
+    let r = send(&at(Some(pin.clone()), &token), "GET", "/v1/vms", None, Duration::from_secs(10))
+        .unwrap();
     assert_eq!((r.status, r.body.as_slice()), (200, b"[]".as_slice()));
     // Another certificate (a server in the middle) is refused before a byte of the request.
     let wrong = format!("sha256:{}", "0".repeat(64));
-    match send(
-        &at(Some(wrong), &token),
-        "GET",
-        "/v1/vms",
-        None,
-        Duration::from_secs(10),
-    ) {
+    match send(&at(Some(wrong), &token), "GET", "/v1/vms", None, Duration::from_secs(10)) {
         Err(ClientError::Tls(e)) => assert!(e.contains("not the pinned"), "{e}"),
         other => panic!("expected a pin failure, got {other:?}"),
     }
     // Plain HTTP to the TLS listener gets nowhere.
-    assert!(send(
-        &at(None, &token),
-        "GET",
-        "/v1/vms",
-        None,
-        Duration::from_secs(10)
-    )
-    .map(|r| r.status == 200)
-    .unwrap_or(false)
-    .eq(&false));
+    assert!(send(&at(None, &token), "GET", "/v1/vms", None, Duration::from_secs(10))
+        .map(|r| r.status == 200)
+        .unwrap_or(false)
+        .eq(&false));
     // The identity is made once and kept (0600 key), so the pin holds across restarts.
     let (cert, key) = hangard::server::tls_files(d.home.path());
     let mode =

@@ -21,10 +21,7 @@ struct Daemon {
 impl Daemon {
     fn start(home: &Path) -> Daemon {
         let child = common::spawn_hangard(home, &["--engine", "fake", "--log-format", "json"]);
-        Daemon {
-            child,
-            socket: home.join("hangard.sock"),
-        }
+        Daemon { child, socket: home.join("hangard.sock") }
     }
 
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -37,10 +34,7 @@ impl Daemon {
             Duration::from_secs(30),
         )
         .unwrap();
-        (
-            r.status,
-            serde_json::from_slice(&r.body).unwrap_or(Value::Null),
-        )
+        (r.status, serde_json::from_slice(&r.body).unwrap_or(Value::Null))
     }
 }
 
@@ -57,10 +51,7 @@ fn spec(name: &str) -> Value {
 
 #[test]
 fn the_daemon_serves_vms_and_the_fleet_on_the_fake_engine() {
-    let home = tempfile::Builder::new()
-        .prefix("hgd-fake-")
-        .tempdir_in("/tmp")
-        .unwrap();
+    let home = tempfile::Builder::new().prefix("hgd-fake-").tempdir_in("/tmp").unwrap();
     let d = Daemon::start(home.path());
     // `--log-format json`: every line of the log is one JSON object; one says it listens on
     // the fake engine.
@@ -72,9 +63,7 @@ fn the_daemon_serves_vms_and_the_fleet_on_the_fake_engine() {
     assert!(
         lines.iter().any(|l| l["level"] == "INFO"
             && l["engine"] == "fake"
-            && l["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("listening on"))
+            && l["message"].as_str().is_some_and(|m| m.starts_with("listening on"))
             && l["timestamp"].is_string()),
         "{log}"
     );
@@ -89,18 +78,11 @@ fn the_daemon_serves_vms_and_the_fleet_on_the_fake_engine() {
     assert_eq!(s, 200, "{vm}");
     assert_eq!(vm["state"], "running");
     assert_eq!(vm["accel"], "fake");
-    assert_eq!(
-        (vm["vcpus"].as_u64(), vm["memory_mib"].as_u64()),
-        (Some(2), Some(128))
-    );
+    assert_eq!((vm["vcpus"].as_u64(), vm["memory_mib"].as_u64()), (Some(2), Some(128)));
     assert_eq!(vm["pid"], Value::Null, "the fake has no process");
     let (_, list) = d.call("GET", "/v1/vms", None);
     assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
-    let (s, op) = d.call(
-        "POST",
-        "/v1/vms/vm1/stop?wait=true",
-        Some(json!({ "force": true })),
-    );
+    let (s, op) = d.call("POST", "/v1/vms/vm1/stop?wait=true", Some(json!({ "force": true })));
     assert_eq!((s, &op["status"]), (200, &json!("succeeded")), "{op}");
     assert_eq!(d.call("GET", "/v1/vms/vm1", None).1["state"], "stopped");
     let (s, _) = d.call("GET", "/v1/vms/nope", None);
@@ -128,16 +110,8 @@ fn the_daemon_serves_vms_and_the_fleet_on_the_fake_engine() {
     };
     assert_eq!(counts["warm"], 2, "{counts}");
     let (_, vms) = d.call("GET", "/v1/vms", None);
-    let paused = vms
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|v| v["state"] == "paused")
-        .count();
-    assert_eq!(
-        paused, 2,
-        "warm instances are paused VMs on the fake: {vms}"
-    );
+    let paused = vms.as_array().unwrap().iter().filter(|v| v["state"] == "paused").count();
+    assert_eq!(paused, 2, "warm instances are paused VMs on the fake: {vms}");
     let (s, claimed) = d.call("POST", "/v1/pools/acme--web/claim", Some(json!({})));
     assert_eq!(s, 200, "{claimed}");
     assert_eq!(claimed["instance"]["state"], "running", "{claimed}");

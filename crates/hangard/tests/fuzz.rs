@@ -46,42 +46,22 @@ fn seeds() -> Vec<(&'static str, String, String)> {
         ("POST", s("/v1/vms?wait=true"), s(SPEC)),
         ("GET", s("/v1/vms/nope"), s("")),
         ("DELETE", s("/v1/vms/nope?force=true"), s("")),
-        (
-            "POST",
-            s("/v1/vms/nope/start"),
-            s(r#"{"no_wait": true, "timeout_s": 5}"#),
-        ),
-        (
-            "POST",
-            s("/v1/vms/nope/stop"),
-            s(r#"{"force": false, "timeout_s": 5}"#),
-        ),
+        ("POST", s("/v1/vms/nope/start"), s(r#"{"no_wait": true, "timeout_s": 5}"#)),
+        ("POST", s("/v1/vms/nope/stop"), s(r#"{"force": false, "timeout_s": 5}"#)),
         ("POST", s("/v1/vms/nope/pause"), s("")),
         ("GET", s("/v1/vms/nope/snapshots"), s("")),
-        (
-            "POST",
-            s("/v1/vms/nope/snapshots"),
-            s(r#"{"id": "s1", "sleep": true}"#),
-        ),
+        ("POST", s("/v1/vms/nope/snapshots"), s(r#"{"id": "s1", "sleep": true}"#)),
         ("POST", s("/v1/vms/nope/snapshots/s1/restore"), s("")),
         ("GET", s("/v1/snapshots"), s("")),
         ("DELETE", s("/v1/snapshots/s1"), s("")),
         ("GET", s("/v1/operations?limit=5"), s("")),
-        (
-            "POST",
-            s("/v1/operations"),
-            s(r#"{"kind": "start", "vm": "nope", "timeout_s": 1}"#),
-        ),
+        ("POST", s("/v1/operations"), s(r#"{"kind": "start", "vm": "nope", "timeout_s": 1}"#)),
         ("GET", s("/v1/operations/op-1-00000000"), s("")),
         ("GET", s("/v1/events?follow=false&since=0"), s("")),
         ("GET", s("/v1/events/page?since=0&limit=10"), s("")),
         ("GET", s("/metrics"), s("")),
         ("GET", s("/v1/tenants"), s("")),
-        (
-            "PUT",
-            s("/v1/tenants/fzt"),
-            s(r#"{"quotas": {"max_vcpus": 4, "max_memory_mib": 512}}"#),
-        ),
+        ("PUT", s("/v1/tenants/fzt"), s(r#"{"quotas": {"max_vcpus": 4, "max_memory_mib": 512}}"#)),
         ("DELETE", s("/v1/tenants/nobody"), s("")),
         ("GET", s("/v1/pools"), s("")),
         (
@@ -92,22 +72,14 @@ fn seeds() -> Vec<(&'static str, String, String)> {
             ),
         ),
         ("GET", s("/v1/pools/nopool"), s("")),
-        (
-            "PATCH",
-            s("/v1/pools/nopool"),
-            s(r#"{"desired": {"running": 2}}"#),
-        ),
+        ("PATCH", s("/v1/pools/nopool"), s(r#"{"desired": {"running": 2}}"#)),
         ("DELETE", s("/v1/pools/nopool"), s("")),
         ("POST", s("/v1/pools/nopool/claim"), s("")),
         ("GET", s("/v1/instances?pool=nopool"), s("")),
         ("DELETE", s("/v1/instances/i-00000000"), s("")),
         ("GET", s("/v1/fleet"), s("")),
         ("GET", s("/v1/tokens"), s("")),
-        (
-            "POST",
-            s("/v1/tokens"),
-            s(r#"{"name": "fz", "scope": "tenant:fzt:viewer"}"#),
-        ),
+        ("POST", s("/v1/tokens"), s(r#"{"name": "fz", "scope": "tenant:fzt:viewer"}"#)),
         ("DELETE", s("/v1/tokens/tok-nope"), s("")),
         ("GET", s("/v1/host"), s("")),
     ]
@@ -212,13 +184,7 @@ fn mutate_path(rng: &mut Rng, path: &str) -> String {
     parts
         .iter()
         .enumerate()
-        .map(|(j, p)| {
-            if j == i && j >= 3 {
-                rng.pick(SEGMENTS).to_string()
-            } else {
-                p.to_string()
-            }
-        })
+        .map(|(j, p)| if j == i && j >= 3 { rng.pick(SEGMENTS).to_string() } else { p.to_string() })
         .collect::<Vec<_>>()
         .join("/")
 }
@@ -242,19 +208,13 @@ fn random_and_mutated_requests_get_only_successes_and_coded_4xx() {
             } else {
                 mutate(&mut rng, if body.is_empty() { "{}" } else { body })
             };
-            let r = request(
-                &d.socket(),
-                method,
-                &path,
-                Some(&bytes),
-                Duration::from_secs(60),
-            )
-            .unwrap_or_else(|e| {
-                panic!(
-                    "seed {seed:#x}: {method} {path} with {:?}: no answer: {e}",
-                    String::from_utf8_lossy(&bytes)
-                )
-            });
+            let r = request(&d.socket(), method, &path, Some(&bytes), Duration::from_secs(60))
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "seed {seed:#x}: {method} {path} with {:?}: no answer: {e}",
+                        String::from_utf8_lossy(&bytes)
+                    )
+                });
             sent += 1;
             let shown = || {
                 format!(

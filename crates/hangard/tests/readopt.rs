@@ -20,10 +20,7 @@ struct Daemon {
 impl Daemon {
     fn start(home: &Path) -> Daemon {
         let child = common::spawn_hangard(home, &[]);
-        Daemon {
-            child,
-            socket: home.join("hangard.sock"),
-        }
+        Daemon { child, socket: home.join("hangard.sock") }
     }
 
     fn kill9(mut self) {
@@ -42,18 +39,10 @@ impl Drop for Daemon {
 
 impl Daemon {
     fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
-        let r = request(
-            &self.socket,
-            method,
-            path,
-            body.map(str::as_bytes),
-            Duration::from_secs(120),
-        )
-        .unwrap();
-        (
-            r.status,
-            serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null),
-        )
+        let r =
+            request(&self.socket, method, path, body.map(str::as_bytes), Duration::from_secs(120))
+                .unwrap();
+        (r.status, serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null))
     }
 
     /// Waits (server side) until the operation has ended, and returns it.
@@ -69,10 +58,7 @@ impl Daemon {
 
     /// Polls until `pred` holds for the VM (a bounded wait on a condition).
     fn wait_for(
-        &self,
-        name: &str,
-        what: &str,
-        pred: impl Fn(&serde_json::Value) -> bool,
+        &self, name: &str, what: &str, pred: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
@@ -106,11 +92,7 @@ fn kill_9_at_several_points_loses_nothing_and_orphans_nothing() {
 
     // 1. Idle: a running VM survives the daemon and is re-adopted with the same QEMU.
     let d = Daemon::start(home.path());
-    assert_eq!(
-        d.call("POST", "/v1/vms?wait=true", Some(&spec("steady", "")))
-            .0,
-        200
-    );
+    assert_eq!(d.call("POST", "/v1/vms?wait=true", Some(&spec("steady", ""))).0, 200);
     let (s, op) = d.call("POST", "/v1/vms/steady/start?wait=true", None);
     let v = &op["result"]["vm"];
     assert_eq!((s, v["state"].as_str()), (200, Some("running")), "{op}");
@@ -125,11 +107,7 @@ fn kill_9_at_several_points_loses_nothing_and_orphans_nothing() {
     );
 
     // 2. Mid-boot: the start's waiter dies with the daemon; the restarted daemon finishes the boot.
-    assert_eq!(
-        d.call("POST", "/v1/vms?wait=true", Some(&spec("booting", "")))
-            .0,
-        200
-    );
+    assert_eq!(d.call("POST", "/v1/vms?wait=true", Some(&spec("booting", ""))).0, 200);
     let (s, op) = d.call("POST", "/v1/vms/booting/start", None);
     assert_eq!(s, 202, "{op}");
     let boot_op = op["id"].as_str().unwrap().to_string();
@@ -150,16 +128,10 @@ fn kill_9_at_several_points_loses_nothing_and_orphans_nothing() {
     d.kill9();
     let console =
         std::fs::read_to_string(home.path().join("vms/booting/console.log")).unwrap_or_default();
-    assert!(
-        !console.contains("HANGAR_READY"),
-        "the daemon was not killed mid-boot"
-    );
+    assert!(!console.contains("HANGAR_READY"), "the daemon was not killed mid-boot");
     let d = Daemon::start(home.path());
     let op = d.settled(&boot_op);
-    assert_eq!(
-        op["status"], "succeeded",
-        "the interrupted start was finished: {op}"
-    );
+    assert_eq!(op["status"], "succeeded", "the interrupted start was finished: {op}");
     let v = d.vm("booting");
     assert_eq!(
         (v["state"].as_str(), v["pid"].as_u64()),
@@ -170,73 +142,37 @@ fn kill_9_at_several_points_loses_nothing_and_orphans_nothing() {
     // 3. Mid-stop: a guest that ignores power-off keeps the stop waiting; the daemon dies; the
     //    restarted daemon completes the stop.
     assert_eq!(
-        d.call(
-            "POST",
-            "/v1/vms?wait=true",
-            Some(&spec("stubborn", "hangar.ignore_poweroff=1"))
-        )
-        .0,
+        d.call("POST", "/v1/vms?wait=true", Some(&spec("stubborn", "hangar.ignore_poweroff=1"))).0,
         200
     );
-    assert_eq!(
-        d.call("POST", "/v1/vms/stubborn/start?wait=true", None).0,
-        200
-    );
-    let (s, op) = d.call(
-        "POST",
-        "/v1/vms/stubborn/stop",
-        Some(r#"{"timeout_s": 60}"#),
-    );
+    assert_eq!(d.call("POST", "/v1/vms/stubborn/start?wait=true", None).0, 200);
+    let (s, op) = d.call("POST", "/v1/vms/stubborn/stop", Some(r#"{"timeout_s": 60}"#));
     assert_eq!(s, 202, "{op}");
     let stop_op = op["id"].as_str().unwrap().to_string();
     d.wait_for("stubborn", "stopping", |v| v["state"] == "stopping");
     d.kill9();
     let d = Daemon::start(home.path());
     let op = d.settled(&stop_op);
-    assert_eq!(
-        op["status"], "succeeded",
-        "the interrupted stop was finished: {op}"
-    );
+    assert_eq!(op["status"], "succeeded", "the interrupted stop was finished: {op}");
     let v = d.vm("stubborn");
     assert_eq!(v["state"], "stopped", "{v}");
     assert!(v["pid"].is_null(), "{v}");
     // No operation is left running, and the journal names what each did.
     let (_, ops) = d.call("GET", "/v1/operations", None);
-    assert!(
-        ops.as_array()
-            .unwrap()
-            .iter()
-            .all(|o| o["status"] != "running"),
-        "{ops}"
-    );
+    assert!(ops.as_array().unwrap().iter().all(|o| o["status"] != "running"), "{ops}");
 
     // Nothing lost, nothing orphaned: three records, exactly the two running QEMUs.
     let (_, all) = d.call("GET", "/v1/vms", None);
-    let names: Vec<_> = all
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["name"].as_str().unwrap().to_string())
-        .collect();
+    let names: Vec<_> =
+        all.as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap().to_string()).collect();
     assert_eq!(names, ["booting", "steady", "stubborn"]);
     assert_eq!(qemus_of(home.path()), 2);
     for name in ["booting", "steady", "stubborn"] {
-        assert_eq!(
-            d.call(
-                "DELETE",
-                &format!("/v1/vms/{name}?force=true&wait=true"),
-                None
-            )
-            .0,
-            200
-        );
+        assert_eq!(d.call("DELETE", &format!("/v1/vms/{name}?force=true&wait=true"), None).0, 200);
     }
     assert_eq!(qemus_of(home.path()), 0, "orphaned QEMU");
     assert!(
-        std::fs::read_dir(home.path().join("vms"))
-            .unwrap()
-            .next()
-            .is_none(),
+        std::fs::read_dir(home.path().join("vms")).unwrap().next().is_none(),
         "runtime dirs left behind"
     );
     d.kill9();

@@ -25,10 +25,7 @@ struct World {
 fn world() -> World {
     let d = TestDaemon::start();
     for t in ["acme", "beta"] {
-        assert_eq!(
-            d.call("PUT", &format!("/v1/tenants/{t}"), Some("{}")).0,
-            200
-        );
+        assert_eq!(d.call("PUT", &format!("/v1/tenants/{t}"), Some("{}")).0, 200);
     }
     let (s, v) = d.call(
         "POST",
@@ -40,10 +37,7 @@ fn world() -> World {
     let (s, v) = d.call(
         "POST",
         "/v1/pools",
-        Some(&format!(
-            r#"{{"id": "web", "tenant": "acme", "spec": {}}}"#,
-            spec("t", 128)
-        )),
+        Some(&format!(r#"{{"id": "web", "tenant": "acme", "spec": {}}}"#, spec("t", 128))),
     );
     assert_eq!(s, 201, "{v}");
     let admin = d.token("admin");
@@ -54,10 +48,7 @@ fn world() -> World {
         ("acme", Role::Owner),
         ("beta", Role::Owner),
     ] {
-        let scope = Scope::Tenant {
-            tenant: TenantId::new(tenant).unwrap(),
-            role,
-        };
+        let scope = Scope::Tenant { tenant: TenantId::new(tenant).unwrap(), role };
         tokens.push((scope.clone(), d.token(&scope.to_string())));
     }
     World { d, admin, tokens }
@@ -70,42 +61,17 @@ fn requests() -> Vec<(&'static str, String, Option<String>, Option<Action>)> {
     vec![
         ("GET", s("/v1/health"), None, None),
         ("GET", s("/v1/openapi.json"), None, Some(Action::ApiRead)),
-        (
-            "POST",
-            s("/v1/validate"),
-            Some(spec("x", 128)),
-            Some(Action::ApiRead),
-        ),
-        (
-            "POST",
-            s("/v1/plan"),
-            Some(spec("x", 128)),
-            Some(Action::ApiRead),
-        ),
+        ("POST", s("/v1/validate"), Some(spec("x", 128)), Some(Action::ApiRead)),
+        ("POST", s("/v1/plan"), Some(spec("x", 128)), Some(Action::ApiRead)),
         ("GET", s("/v1/images"), None, Some(Action::ImageRead)),
         ("GET", s("/v1/vms"), None, Some(Action::VmRead)),
         // Makes a VM in the caller's own namespace (idempotent).
-        (
-            "POST",
-            s("/v1/vms?wait=true"),
-            Some(spec("made", 128)),
-            Some(Action::VmCreate),
-        ),
+        ("POST", s("/v1/vms?wait=true"), Some(spec("made", 128)), Some(Action::VmCreate)),
         ("GET", s("/v1/vms/vm1"), None, Some(Action::VmRead)),
         ("DELETE", s("/v1/vms/gone"), None, Some(Action::VmDelete)),
         // A defined VM cannot pause: allowed callers get E_INVALID_TRANSITION.
-        (
-            "POST",
-            s("/v1/vms/vm1/pause?wait=true"),
-            None,
-            Some(Action::VmOperate),
-        ),
-        (
-            "GET",
-            s("/v1/vms/vm1/snapshots"),
-            None,
-            Some(Action::SnapshotRead),
-        ),
+        ("POST", s("/v1/vms/vm1/pause?wait=true"), None, Some(Action::VmOperate)),
+        ("GET", s("/v1/vms/vm1/snapshots"), None, Some(Action::SnapshotRead)),
         (
             "POST",
             s("/v1/vms/vm1/snapshots?wait=true"),
@@ -119,51 +85,21 @@ fn requests() -> Vec<(&'static str, String, Option<String>, Option<Action>)> {
             Some(Action::SnapshotRestore),
         ),
         ("GET", s("/v1/snapshots"), None, Some(Action::SnapshotRead)),
-        (
-            "DELETE",
-            s("/v1/snapshots/s1"),
-            None,
-            Some(Action::SnapshotDelete),
-        ),
-        (
-            "GET",
-            s("/v1/operations"),
-            None,
-            Some(Action::OperationRead),
-        ),
+        ("DELETE", s("/v1/snapshots/s1"), None, Some(Action::SnapshotDelete)),
+        ("GET", s("/v1/operations"), None, Some(Action::OperationRead)),
         (
             "POST",
             s("/v1/operations?wait=true"),
             Some(s(r#"{"kind": "pause", "vm": "vm1"}"#)),
             Some(Action::VmOperate),
         ),
-        (
-            "GET",
-            s("/v1/operations/op-0-00000000"),
-            None,
-            Some(Action::OperationRead),
-        ),
-        (
-            "GET",
-            s("/v1/events?follow=false"),
-            None,
-            Some(Action::EventRead),
-        ),
+        ("GET", s("/v1/operations/op-0-00000000"), None, Some(Action::OperationRead)),
+        ("GET", s("/v1/events?follow=false"), None, Some(Action::EventRead)),
         ("GET", s("/v1/events/page"), None, Some(Action::EventRead)),
         ("GET", s("/metrics"), None, Some(Action::MetricsRead)),
         ("GET", s("/v1/tenants"), None, Some(Action::TenantRead)),
-        (
-            "PUT",
-            s("/v1/tenants/gamma"),
-            Some(s("{}")),
-            Some(Action::TenantManage),
-        ),
-        (
-            "DELETE",
-            s("/v1/tenants/nobody"),
-            None,
-            Some(Action::TenantManage),
-        ),
+        ("PUT", s("/v1/tenants/gamma"), Some(s("{}")), Some(Action::TenantManage)),
+        ("DELETE", s("/v1/tenants/nobody"), None, Some(Action::TenantManage)),
         ("GET", s("/v1/pools"), None, Some(Action::PoolRead)),
         // No tenant: a tenant's token means its own; an admin's must say (400).
         (
@@ -173,38 +109,13 @@ fn requests() -> Vec<(&'static str, String, Option<String>, Option<Action>)> {
             Some(Action::PoolManage),
         ),
         ("GET", s("/v1/pools/web"), None, Some(Action::PoolRead)),
-        (
-            "PATCH",
-            s("/v1/pools/web"),
-            Some(s("{}")),
-            Some(Action::PoolManage),
-        ),
-        (
-            "DELETE",
-            s("/v1/pools/gone"),
-            None,
-            Some(Action::PoolManage),
-        ),
-        (
-            "POST",
-            s("/v1/pools/gone/claim"),
-            None,
-            Some(Action::PoolClaim),
-        ),
+        ("PATCH", s("/v1/pools/web"), Some(s("{}")), Some(Action::PoolManage)),
+        ("DELETE", s("/v1/pools/gone"), None, Some(Action::PoolManage)),
+        ("POST", s("/v1/pools/gone/claim"), None, Some(Action::PoolClaim)),
         ("GET", s("/v1/instances"), None, Some(Action::InstanceRead)),
-        (
-            "DELETE",
-            s("/v1/instances/i-00000000"),
-            None,
-            Some(Action::InstanceRelease),
-        ),
+        ("DELETE", s("/v1/instances/i-00000000"), None, Some(Action::InstanceRelease)),
         ("GET", s("/v1/fleet"), None, Some(Action::FleetRead)),
-        (
-            "POST",
-            s("/v1/fleet/reconcile"),
-            None,
-            Some(Action::FleetReconcile),
-        ),
+        ("POST", s("/v1/fleet/reconcile"), None, Some(Action::FleetReconcile)),
         ("GET", s("/v1/tokens"), None, Some(Action::TokenManage)),
         (
             "POST",
@@ -212,12 +123,7 @@ fn requests() -> Vec<(&'static str, String, Option<String>, Option<Action>)> {
             Some(s(r#"{"name": "n", "scope": "tenant:beta:viewer"}"#)),
             Some(Action::TokenManage),
         ),
-        (
-            "DELETE",
-            s("/v1/tokens/tok-nope"),
-            None,
-            Some(Action::TokenManage),
-        ),
+        ("DELETE", s("/v1/tokens/tok-nope"), None, Some(Action::TokenManage)),
         ("GET", s("/v1/host"), None, Some(Action::HostRead)),
     ]
 }
@@ -255,17 +161,11 @@ fn every_route_and_role_behaves_as_the_policy_table_says() {
     assert_eq!(checked, w.tokens.len() * routes.len());
     // Spot checks of the table itself.
     let viewer = &w.tokens[1].1;
-    assert_eq!(
-        w.d.as_token(viewer, "POST", "/v1/vms/vm1/stop", None).0,
-        403
-    );
+    assert_eq!(w.d.as_token(viewer, "POST", "/v1/vms/vm1/stop", None).0, 403);
     let operator = &w.tokens[2].1;
     assert_eq!(w.d.as_token(operator, "DELETE", "/v1/vms/vm1", None).0, 403);
     let owner = &w.tokens[3].1;
-    assert_eq!(
-        w.d.as_token(owner, "PUT", "/v1/tenants/acme", Some("{}")).0,
-        403
-    );
+    assert_eq!(w.d.as_token(owner, "PUT", "/v1/tenants/acme", Some("{}")).0, 403);
     assert_eq!(w.d.as_token(owner, "POST", "/v1/tokens", Some("{}")).0, 403);
     // Without a token only /v1/health answers.
     assert_eq!(w.d.over_tcp("GET", "/v1/health", None, None).0, 200);
@@ -289,9 +189,7 @@ fn every_route_and_role_behaves_as_the_policy_table_says() {
 fn matches_route(route: &str, path: &str) -> bool {
     let (r, p): (Vec<_>, Vec<_>) = (route.split('/').collect(), path.split('/').collect());
     r.len() == p.len()
-        && r.iter()
-            .zip(&p)
-            .all(|(r, p)| r == p || (r.starts_with('{') && r.ends_with('}')))
+        && r.iter().zip(&p).all(|(r, p)| r == p || (r.starts_with('{') && r.ends_with('}')))
 }
 
 #[test]
@@ -302,49 +200,24 @@ fn a_tenant_sees_nothing_of_another_touches_nothing_and_learns_no_names() {
     // Acme's owner sees its VM and pool, by short name or full name.
     let (s, v) = w.d.as_token(acme_owner, "GET", "/v1/vms/vm1", None);
     assert_eq!((s, v["name"].as_str()), (200, Some("acme--vm1")), "{v}");
-    assert_eq!(
-        w.d.as_token(acme_owner, "GET", "/v1/vms/acme--vm1", None).0,
-        200
-    );
-    assert_eq!(
-        w.d.as_token(acme_owner, "GET", "/v1/pools/web", None).0,
-        200
-    );
+    assert_eq!(w.d.as_token(acme_owner, "GET", "/v1/vms/acme--vm1", None).0, 200);
+    assert_eq!(w.d.as_token(acme_owner, "GET", "/v1/pools/web", None).0, 200);
     // Beta's lists hold nothing of acme's.
-    for list in [
-        "/v1/vms",
-        "/v1/pools",
-        "/v1/instances",
-        "/v1/snapshots",
-        "/v1/operations",
-    ] {
+    for list in ["/v1/vms", "/v1/pools", "/v1/instances", "/v1/snapshots", "/v1/operations"] {
         let (s, v) = w.d.as_token(beta, "GET", list, None);
         assert_eq!((s, v.clone()), (200, serde_json::json!([])), "{list}");
     }
     let (_, tenants) = w.d.as_token(beta, "GET", "/v1/tenants", None);
-    let ids: Vec<_> = tenants
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["id"].clone())
-        .collect();
+    let ids: Vec<_> = tenants.as_array().unwrap().iter().map(|t| t["id"].clone()).collect();
     assert_eq!(ids, [serde_json::json!("beta")]);
     let (_, page) = w.d.as_token(beta, "GET", "/v1/events/page", None);
-    assert_eq!(
-        page,
-        serde_json::json!([]),
-        "acme's VM's events are not beta's"
-    );
-    let (_, sse) =
-        w.d.over_tcp("GET", "/v1/events?follow=false", Some(beta), None);
+    assert_eq!(page, serde_json::json!([]), "acme's VM's events are not beta's");
+    let (_, sse) = w.d.over_tcp("GET", "/v1/events?follow=false", Some(beta), None);
     assert!(!sse.contains("acme"), "{sse}");
     // Acme's events are acme's.
     let (_, page) = w.d.as_token(acme_owner, "GET", "/v1/events/page", None);
     assert!(
-        page.as_array()
-            .unwrap()
-            .iter()
-            .all(|e| e["vm"].as_str().unwrap().starts_with("acme--")),
+        page.as_array().unwrap().iter().all(|e| e["vm"].as_str().unwrap().starts_with("acme--")),
         "{page}"
     );
     assert!(!page.as_array().unwrap().is_empty());
@@ -359,11 +232,7 @@ fn a_tenant_sees_nothing_of_another_touches_nothing_and_learns_no_names() {
         ("POST", "/v1/vms/{}/snapshots", Some(r#"{"id": "x"}"#)),
         ("POST", "/v1/vms/{}/snapshots/s1/restore", None),
         ("GET", "/v1/pools/{}", None),
-        (
-            "PATCH",
-            "/v1/pools/{}",
-            Some(r#"{"desired": {"running": 5}}"#),
-        ),
+        ("PATCH", "/v1/pools/{}", Some(r#"{"desired": {"running": 5}}"#)),
         ("POST", "/v1/pools/{}/claim", None),
         ("DELETE", "/v1/pools/{}", None),
         ("GET", "/v1/instances?pool={}", None),
@@ -385,52 +254,25 @@ fn a_tenant_sees_nothing_of_another_touches_nothing_and_learns_no_names() {
     }
     // Operations and instances are found by id: another tenant's look missing too.
     let (_, ops) = w.d.call("GET", "/v1/operations", None);
-    let acme_op = ops
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|o| o["target"] == "acme--vm1")
-        .expect("acme's create")["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let (s1, v1) =
-        w.d.as_token(beta, "GET", &format!("/v1/operations/{acme_op}"), None);
-    let (s2, v2) =
-        w.d.as_token(beta, "GET", "/v1/operations/op-1-00000000", None);
+    let acme_op =
+        ops.as_array().unwrap().iter().find(|o| o["target"] == "acme--vm1").expect("acme's create")
+            ["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    let (s1, v1) = w.d.as_token(beta, "GET", &format!("/v1/operations/{acme_op}"), None);
+    let (s2, v2) = w.d.as_token(beta, "GET", "/v1/operations/op-1-00000000", None);
     assert_eq!((s1, s2), (404, 404));
     assert_eq!(
         v1.to_string().replace(&acme_op, "ID"),
         v2.to_string().replace("op-1-00000000", "ID")
     );
-    assert_eq!(
-        w.d.as_token(
-            acme_owner,
-            "GET",
-            &format!("/v1/operations/{acme_op}"),
-            None
-        )
-        .0,
-        200
-    );
+    assert_eq!(w.d.as_token(acme_owner, "GET", &format!("/v1/operations/{acme_op}"), None).0, 200);
     // A VM beta makes is beta's, even named like acme's: tenants have namespaces of their own.
-    let (s, v) =
-        w.d.as_token(beta, "POST", "/v1/vms?wait=true", Some(&spec("vm1", 128)));
-    assert_eq!(
-        (s, v["result"]["vm"]["name"].as_str()),
-        (200, Some("beta--vm1")),
-        "{v}"
-    );
-    let (s, v) = w.d.as_token(
-        beta,
-        "POST",
-        "/v1/vms?wait=true",
-        Some(&spec("acme--vm1", 128)),
-    );
-    assert_eq!(
-        s, 400,
-        "a name with another tenant's prefix is refused: {v}"
-    );
+    let (s, v) = w.d.as_token(beta, "POST", "/v1/vms?wait=true", Some(&spec("vm1", 128)));
+    assert_eq!((s, v["result"]["vm"]["name"].as_str()), (200, Some("beta--vm1")), "{v}");
+    let (s, v) = w.d.as_token(beta, "POST", "/v1/vms?wait=true", Some(&spec("acme--vm1", 128)));
+    assert_eq!(s, 400, "a name with another tenant's prefix is refused: {v}");
     // Naming another tenant in a spec or a pool is forbidden, whether it exists or not.
     for tenant in ["acme", "nobody"] {
         let body =
@@ -438,34 +280,19 @@ fn a_tenant_sees_nothing_of_another_touches_nothing_and_learns_no_names() {
         let (s, v) = w.d.as_token(beta, "POST", "/v1/vms", Some(&body));
         assert_eq!(s, 403, "{v}");
         coded(&v, "E_FORBIDDEN");
-        let pool = format!(
-            r#"{{"id": "p", "tenant": "{tenant}", "spec": {}}}"#,
-            spec("t", 128)
-        );
+        let pool = format!(r#"{{"id": "p", "tenant": "{tenant}", "spec": {}}}"#, spec("t", 128));
         assert_eq!(w.d.as_token(beta, "POST", "/v1/pools", Some(&pool)).0, 403);
     }
     // Nor may a tenant say where relative paths resolve on the host.
-    let create = format!(
-        r#"{{"kind": "create", "spec": {}, "base_dir": "/etc"}}"#,
-        spec("y", 128)
-    );
+    let create = format!(r#"{{"kind": "create", "spec": {}, "base_dir": "/etc"}}"#, spec("y", 128));
     let (s, v) = w.d.as_token(beta, "POST", "/v1/operations", Some(&create));
     assert_eq!((s, v["path"].as_str()), (403, Some("base_dir")), "{v}");
     // Outside every tenant, names and snapshot ids of the form `acme--…` are acme's alone.
-    let (s, v) =
-        w.d.call("POST", "/v1/vms?wait=true", Some(&spec("acme--x", 128)));
+    let (s, v) = w.d.call("POST", "/v1/vms?wait=true", Some(&spec("acme--x", 128)));
     assert_eq!(s, 400, "{v}");
     coded(&v, "E_INVALID_NAME");
-    assert_eq!(
-        w.d.call("POST", "/v1/vms?wait=true", Some(&spec("hostvm", 128)))
-            .0,
-        200
-    );
-    let (s, v) = w.d.call(
-        "POST",
-        "/v1/vms/hostvm/snapshots",
-        Some(r#"{"id": "acme--s1"}"#),
-    );
+    assert_eq!(w.d.call("POST", "/v1/vms?wait=true", Some(&spec("hostvm", 128))).0, 200);
+    let (s, v) = w.d.call("POST", "/v1/vms/hostvm/snapshots", Some(r#"{"id": "acme--s1"}"#));
     assert_eq!((s, v["path"].as_str()), (400, Some("id")), "{v}");
     // Nothing of acme's changed.
     let (_, vm) = w.d.call("GET", "/v1/vms/acme--vm1", None);
@@ -474,10 +301,7 @@ fn a_tenant_sees_nothing_of_another_touches_nothing_and_learns_no_names() {
     assert_eq!(pool["pool"]["desired"]["running"], 0, "{pool}");
     // What a pool shows a tenant says nothing of the passes over other tenants' pools.
     let (_, mine) = w.d.as_token(acme_owner, "GET", "/v1/pools/web", None);
-    assert!(
-        mine["last_pass"].is_null() && mine["last_change"].is_null(),
-        "{mine}"
-    );
+    assert!(mine["last_pass"].is_null() && mine["last_change"].is_null(), "{mine}");
 }
 
 #[test]
@@ -498,11 +322,7 @@ fn specs_may_name_only_host_files_under_the_allowed_roots() {
         std::fs::create_dir_all(home.join(dir)).unwrap();
     }
     std::fs::write(home.join("vms/other/root.qcow2"), "their disk").unwrap();
-    std::fs::write(
-        home.join("snapshots/s.disks/root.qcow2"),
-        "their saved disk",
-    )
-    .unwrap();
+    std::fs::write(home.join("snapshots/s.disks/root.qcow2"), "their saved disk").unwrap();
     std::os::unix::fs::symlink("/proc/self/environ", allowed.path().join("environ.raw")).unwrap();
     std::os::unix::fs::symlink(&secret, allowed.path().join("innocent.raw")).unwrap();
     std::fs::write(allowed.path().join("ok.raw"), vec![0u8; 4096]).unwrap();
@@ -568,19 +388,12 @@ fn specs_may_name_only_host_files_under_the_allowed_roots() {
         let pool = format!(r#"{{"id": "p{i}", "tenant": "t", "spec": {body}}}"#);
         d.call("PUT", "/v1/tenants/t", Some("{}"));
         let (s, v) = d.call("POST", "/v1/pools", Some(&pool));
-        assert_eq!(
-            (s, v["code"].as_str()),
-            (400, Some("E_PATH_NOT_ALLOWED")),
-            "{v}"
-        );
+        assert_eq!((s, v["code"].as_str()), (400, Some("E_PATH_NOT_ALLOWED")), "{v}");
     }
     // Nothing was created: no VM, no runtime directory, no operation.
     let (_, list) = d.call("GET", "/v1/vms", None);
     assert_eq!(list, serde_json::json!([]));
-    assert_eq!(
-        std::fs::read_dir(home.join("vms")).unwrap().count(),
-        vms_before
-    );
+    assert_eq!(std::fs::read_dir(home.join("vms")).unwrap().count(), vms_before);
     let (_, ops) = d.call("GET", "/v1/operations", None);
     assert_eq!(ops, serde_json::json!([]));
     // A file under the allowed directory is fine.
@@ -593,14 +406,7 @@ fn specs_may_name_only_host_files_under_the_allowed_roots() {
     // The daemon says which directories are allowed.
     let (_, host) = d.call("GET", "/v1/host", None);
     let roots: Vec<String> = serde_json::from_value(host["allowed_paths"].clone()).unwrap();
-    assert_eq!(
-        roots,
-        [
-            p(&home.join("images")),
-            p(&home.join("volumes")),
-            p(allowed.path())
-        ]
-    );
+    assert_eq!(roots, [p(&home.join("images")), p(&home.join("volumes")), p(allowed.path())]);
 }
 
 #[test]
@@ -616,10 +422,7 @@ fn quotas_apply_to_vms_made_through_the_api_and_nothing_is_left_of_a_refusal() {
     let huge =
         r#"{"schema_version": 1, "name": "huge", "machine": {"vcpus": 64, "memory_mib": 262144}}"#;
     for (who, body) in [
-        (
-            None,
-            huge.replace("\"name\"", "\"tenant\": \"acme\", \"name\""),
-        ),
+        (None, huge.replace("\"name\"", "\"tenant\": \"acme\", \"name\"")),
         (Some(&owner), huge.to_string()),
     ] {
         let (s, v) = match who {
@@ -633,10 +436,7 @@ fn quotas_apply_to_vms_made_through_the_api_and_nothing_is_left_of_a_refusal() {
     // Nothing was made: no record, no runtime directory, no operation.
     assert_eq!(d.call("GET", "/v1/vms", None).1, serde_json::json!([]));
     assert!(!d.home.path().join("vms/acme--huge").exists());
-    assert_eq!(
-        d.call("GET", "/v1/operations", None).1,
-        serde_json::json!([])
-    );
+    assert_eq!(d.call("GET", "/v1/operations", None).1, serde_json::json!([]));
     // Within the quota: fine, until the instance count is reached; the usage shows it.
     for n in ["a", "b"] {
         let (s, v) = d.as_token(&owner, "POST", "/v1/vms?wait=true", Some(&spec(n, 256)));
@@ -644,10 +444,7 @@ fn quotas_apply_to_vms_made_through_the_api_and_nothing_is_left_of_a_refusal() {
     }
     let (s, v) = d.as_token(&owner, "POST", "/v1/vms?wait=true", Some(&spec("c", 256)));
     assert_eq!(s, 429, "{v}");
-    assert!(
-        v["message"].as_str().unwrap().contains("max_instances"),
-        "{v}"
-    );
+    assert!(v["message"].as_str().unwrap().contains("max_instances"), "{v}");
     let (_, tenants) = d.as_token(&owner, "GET", "/v1/tenants", None);
     assert_eq!(tenants[0]["usage"]["instances"], 2, "{tenants}");
     // A VM of a tenant that does not exist is refused too.
@@ -679,10 +476,7 @@ fn a_plain_vm_named_like_a_pool_instance_survives_reconcile_passes_untouched() {
     let (s, v) = d.call(
         "POST",
         "/v1/pools",
-        Some(&format!(
-            r#"{{"id": "web", "tenant": "acme", "spec": {}}}"#,
-            spec("t", 128)
-        )),
+        Some(&format!(r#"{{"id": "web", "tenant": "acme", "spec": {}}}"#, spec("t", 128))),
     );
     assert_eq!(s, 201, "{v}");
     let events_before = d.call("GET", "/v1/events/page?limit=10000", None).1;
@@ -723,11 +517,7 @@ fn a_failed_audit_write_refuses_the_request_and_does_nothing() {
         ("POST", "/v1/vms?wait=true", Some(spec("x", 128))),
         ("PUT", "/v1/tenants/beta", Some("{}".to_string())),
         ("DELETE", "/v1/tenants/acme", None),
-        (
-            "POST",
-            "/v1/tokens",
-            Some(r#"{"name": "n", "scope": "admin"}"#.to_string()),
-        ),
+        ("POST", "/v1/tokens", Some(r#"{"name": "n", "scope": "admin"}"#.to_string())),
     ] {
         let (s, v) = d.call(method, path, body.as_deref());
         assert_eq!(s, 503, "{method} {path}: {v}");
@@ -744,10 +534,7 @@ fn a_failed_audit_write_refuses_the_request_and_does_nothing() {
 
 #[test]
 fn a_tampered_log_keeps_a_restarted_daemon_from_changing_anything() {
-    let home = tempfile::Builder::new()
-        .prefix("hgd-")
-        .tempdir_in("/tmp")
-        .unwrap();
+    let home = tempfile::Builder::new().prefix("hgd-").tempdir_in("/tmp").unwrap();
     let open = || {
         hangard::Daemon::new(
             hangar_qemu::QemuEngine::open(home.path(), hangar_qemu::EngineOptions::default())
@@ -779,17 +566,10 @@ fn a_tampered_log_keeps_a_restarted_daemon_from_changing_anything() {
 fn failed_authentications_and_token_changes_are_audited() {
     let d = TestDaemon::start();
     for _ in 0..5 {
-        assert_eq!(
-            d.over_tcp("GET", "/v1/vms", Some("hgr_tok-00000000_00"), None)
-                .0,
-            401
-        );
+        assert_eq!(d.over_tcp("GET", "/v1/vms", Some("hgr_tok-00000000_00"), None).0, 401);
     }
     let token = d.token("admin");
-    let id = d.call("GET", "/v1/tokens", None).1[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = d.call("GET", "/v1/tokens", None).1[0]["id"].as_str().unwrap().to_string();
     assert_eq!(d.call("DELETE", &format!("/v1/tokens/{id}"), None).0, 204);
     assert_eq!(d.over_tcp("GET", "/v1/vms", Some(&token), None).0, 401);
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(d.home.path().join("audit.log"))
@@ -797,10 +577,8 @@ fn failed_authentications_and_token_changes_are_audited() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let failed: Vec<_> = lines
-        .iter()
-        .filter(|e| e["what"].as_str().unwrap().starts_with("auth.failed"))
-        .collect();
+    let failed: Vec<_> =
+        lines.iter().filter(|e| e["what"].as_str().unwrap().starts_with("auth.failed")).collect();
     // Six failures from one peer within the window: one entry (rate-limited).
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert_eq!(failed[0]["result"], "E_UNAUTHORIZED");
@@ -809,14 +587,7 @@ fn failed_authentications_and_token_changes_are_audited() {
         .iter()
         .find(|e| e["what"] == "POST /v1/tokens" && e["result"] == "ok")
         .expect("token creation recorded");
-    assert!(
-        made["detail"].as_str().unwrap().contains("scope admin"),
-        "{made}"
-    );
-    assert!(lines
-        .iter()
-        .any(|e| e["what"] == "DELETE /v1/tokens/{id}" && e["result"] == "ok"));
-    assert!(hangar_audit::verify(&d.home.path().join("audit.log"))
-        .unwrap()
-        .is_intact());
+    assert!(made["detail"].as_str().unwrap().contains("scope admin"), "{made}");
+    assert!(lines.iter().any(|e| e["what"] == "DELETE /v1/tokens/{id}" && e["result"] == "ok"));
+    assert!(hangar_audit::verify(&d.home.path().join("audit.log")).unwrap().is_intact());
 }

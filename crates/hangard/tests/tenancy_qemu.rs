@@ -23,44 +23,24 @@ fn snapshots_never_cross_tenants() {
     let _reaper = Reaper(home.path().to_path_buf());
     let d = TestDaemon::start_in(home, |_| hangard::Options::default());
     for t in ["acme", "beta"] {
-        assert_eq!(
-            d.call("PUT", &format!("/v1/tenants/{t}"), Some("{}")).0,
-            200
-        );
+        assert_eq!(d.call("PUT", &format!("/v1/tenants/{t}"), Some("{}")).0, 200);
     }
     let acme = d.token("tenant:acme:owner");
     let beta = d.token("tenant:beta:owner");
     // acme boots a VM and saves its memory as `s1` (acme--s1: acme's namespace).
-    let (s, v) = d.as_token(
-        &acme,
-        "POST",
-        "/v1/vms?wait=true",
-        Some(&spec("acme", "db")),
-    );
+    let (s, v) = d.as_token(&acme, "POST", "/v1/vms?wait=true", Some(&spec("acme", "db")));
     assert_eq!(s, 200, "{v}");
     let (s, v) = d.as_token(&acme, "POST", "/v1/vms/db/start?wait=true", None);
     assert_eq!(s, 200, "{v}");
-    let (s, v) = d.as_token(
-        &acme,
-        "POST",
-        "/v1/vms/db/snapshots?wait=true",
-        Some(r#"{"id": "s1"}"#),
-    );
+    let (s, v) =
+        d.as_token(&acme, "POST", "/v1/vms/db/snapshots?wait=true", Some(r#"{"id": "s1"}"#));
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["result"]["snapshot"]["id"], "acme--s1", "{v}");
     assert_eq!(v["result"]["snapshot"]["tenant"], "acme", "{v}");
     // beta, with a VM of exactly the same hardware, cannot see, restore or delete it.
-    let (s, v) = d.as_token(
-        &beta,
-        "POST",
-        "/v1/vms?wait=true",
-        Some(&spec("beta", "db")),
-    );
+    let (s, v) = d.as_token(&beta, "POST", "/v1/vms?wait=true", Some(&spec("beta", "db")));
     assert_eq!(s, 200, "{v}");
-    assert_eq!(
-        d.as_token(&beta, "GET", "/v1/snapshots", None).1,
-        serde_json::json!([])
-    );
+    assert_eq!(d.as_token(&beta, "GET", "/v1/snapshots", None).1, serde_json::json!([]));
     for id in ["s1", "acme--s1"] {
         let (s, v) = d.as_token(
             &beta,
@@ -75,40 +55,18 @@ fn snapshots_never_cross_tenants() {
     }
     // Not even an admin can restore it into beta's VM: a restore looks its snapshot up in the
     // VM's tenant (and the engine itself refuses a clone across tenants: CONF-S-07).
-    let (s, v) = d.call(
-        "POST",
-        "/v1/vms/beta--db/snapshots/acme--s1/restore?wait=true",
-        None,
-    );
+    let (s, v) = d.call("POST", "/v1/vms/beta--db/snapshots/acme--s1/restore?wait=true", None);
     assert_eq!(s, 404, "{v}");
     coded(&v, "E_SNAPSHOT_NOT_FOUND");
     let (_, vm) = d.call("GET", "/v1/vms/beta--db", None);
-    assert_eq!(
-        vm["state"], "defined",
-        "a refused restore changes nothing: {vm}"
-    );
+    assert_eq!(vm["state"], "defined", "a refused restore changes nothing: {vm}");
     // acme itself restores it into a clone of its own.
-    let (s, v) = d.as_token(
-        &acme,
-        "POST",
-        "/v1/vms?wait=true",
-        Some(&spec("acme", "db2")),
-    );
+    let (s, v) = d.as_token(&acme, "POST", "/v1/vms?wait=true", Some(&spec("acme", "db2")));
     assert_eq!(s, 200, "{v}");
-    let (s, v) = d.as_token(
-        &acme,
-        "POST",
-        "/v1/vms/db2/snapshots/s1/restore?wait=true",
-        None,
-    );
+    let (s, v) = d.as_token(&acme, "POST", "/v1/vms/db2/snapshots/s1/restore?wait=true", None);
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["result"]["vm"]["state"], "running", "{v}");
     for vm in ["db", "db2"] {
-        d.as_token(
-            &acme,
-            "DELETE",
-            &format!("/v1/vms/{vm}?force=true&wait=true"),
-            None,
-        );
+        d.as_token(&acme, "DELETE", &format!("/v1/vms/{vm}?force=true&wait=true"), None);
     }
 }

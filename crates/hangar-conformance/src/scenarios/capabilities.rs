@@ -31,12 +31,7 @@ pub(super) fn c01_missing_capabilities_are_refused(ctx: &Ctx<'_>) -> Check {
             Reboot => code(ctx.engine.reboot(&vm, &c).map(|_| ()))?,
             MemorySnapshots => code(
                 ctx.engine
-                    .save(
-                        &vm,
-                        &SnapshotId::new("conf-c01").unwrap(),
-                        SaveMode::KeepPaused,
-                        &c,
-                    )
+                    .save(&vm, &SnapshotId::new("conf-c01").unwrap(), SaveMode::KeepPaused, &c)
                     .map(|_| ()),
             )?,
             Volumes => code(

@@ -69,19 +69,13 @@ fn expect_state(ctx: &Ctx<'_>, vm: &VmName, want: VmState, after: &str) -> Check
 }
 
 fn graceful(ctx: &Ctx<'_>) -> StopMode {
-    StopMode::Graceful {
-        timeout: ctx.harness.graceful_timeout(),
-    }
+    StopMode::Graceful { timeout: ctx.harness.graceful_timeout() }
 }
 
 /// Stops `vm` with `mode`; the outcome must leave it stopped.
 fn stop_to_stopped(ctx: &Ctx<'_>, vm: &VmName, mode: StopMode) -> Result<StopOutcome, String> {
     let outcome = ok(ctx.engine.stop(vm, mode, &CancelToken::new()), "stop")?;
-    ensure!(
-        outcome.status.state == Stopped,
-        "stop gave {}",
-        outcome.status.state
-    );
+    ensure!(outcome.status.state == Stopped, "stop gave {}", outcome.status.state);
     Ok(outcome)
 }
 
@@ -96,10 +90,7 @@ fn running(ctx: &Ctx<'_>, n: &str) -> Result<VmName, String> {
 
 /// Stops (force) and undefines, so real engines leave nothing behind.
 fn teardown(ctx: &Ctx<'_>, vm: &VmName) -> Check {
-    ok(
-        ctx.engine.stop(vm, StopMode::Force, &CancelToken::new()),
-        "teardown stop",
-    )?;
+    ok(ctx.engine.stop(vm, StopMode::Force, &CancelToken::new()), "teardown stop")?;
     ok(ctx.engine.undefine(vm), "teardown undefine")
 }
 
@@ -108,12 +99,7 @@ struct Recorder(Mutex<Vec<TransitionEvent>>);
 
 impl Recorder {
     fn moves(&self) -> Vec<(Option<VmState>, VmState)> {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|e| (e.from, e.to))
-            .collect()
+        self.0.lock().unwrap().iter().map(|e| (e.from, e.to)).collect()
     }
 }
 
@@ -132,25 +118,17 @@ fn recorder(ctx: &Ctx<'_>) -> Arc<Recorder> {
 /// Asserts that `op` fails with `E_INVALID_TRANSITION` and that neither the state nor the
 /// transition record changed.
 fn refused<T: Debug>(
-    ctx: &Ctx<'_>,
-    rec: &Recorder,
-    vm: &VmName,
-    what: &str,
+    ctx: &Ctx<'_>, rec: &Recorder, vm: &VmName, what: &str,
     op: impl FnOnce() -> hangar_core::Result<T>,
 ) -> Check {
     let before = (state(ctx, vm)?, rec.moves().len());
     expect_code(op(), ErrorCode::InvalidTransition, what)?;
     let after = (state(ctx, vm)?, rec.moves().len());
-    ensure!(
-        before == after,
-        "{what}: refused but changed something: {before:?} -> {after:?}"
-    );
+    ensure!(before == after, "{what}: refused but changed something: {before:?} -> {after:?}");
     Ok(())
 }
 
-const NONE: Knobs = Knobs {
-    ignore_graceful_stop: false,
-};
+const NONE: Knobs = Knobs { ignore_graceful_stop: false };
 
 /// Every scenario, in id order. Append-only: never renumber.
 pub static SCENARIOS: &[Scenario] = &[
@@ -214,9 +192,7 @@ pub static SCENARIOS: &[Scenario] = &[
         id: "CONF-L-09",
         title: "a graceful stop the guest ignores escalates to force after the timeout",
         requires: &[],
-        knobs: Knobs {
-            ignore_graceful_stop: true,
-        },
+        knobs: Knobs { ignore_graceful_stop: true },
         run: l09_graceful_stop_escalates,
     },
     Scenario {

@@ -18,21 +18,10 @@ pub(super) fn n01_nics(ctx: &Ctx<'_>) -> Check {
         forward: vec![],
     };
     ok(ctx.engine.attach_nic(&vm, &nic), "attach")?;
-    expect_code(
-        ctx.engine.attach_nic(&vm, &nic),
-        ErrorCode::NicExists,
-        "attach twice",
-    )?;
+    expect_code(ctx.engine.attach_nic(&vm, &nic), ErrorCode::NicExists, "attach twice")?;
     let nics = ok(ctx.engine.list_nics(&vm), "list")?;
-    ensure!(
-        nics.len() == before + 1 && nics.last() == Some(&nic),
-        "nics now {nics:?}"
-    );
+    ensure!(nics.len() == before + 1 && nics.last() == Some(&nic), "nics now {nics:?}");
     ok(ctx.engine.detach_nic(&vm, &nic.name), "detach")?;
-    expect_code(
-        ctx.engine.detach_nic(&vm, &nic.name),
-        ErrorCode::NicNotFound,
-        "detach twice",
-    )?;
+    expect_code(ctx.engine.detach_nic(&vm, &nic.name), ErrorCode::NicNotFound, "detach twice")?;
     ok(ctx.engine.undefine(&vm), "undefine")
 }

@@ -15,10 +15,7 @@ use super::*;
 pub(super) fn o01_observers_in_order(ctx: &Ctx<'_>) -> Check {
     let rec = recorder(ctx);
     let vm = running(ctx, "conf-o01")?;
-    ok(
-        ctx.engine.stop(&vm, StopMode::Force, &CancelToken::new()),
-        "stop",
-    )?;
+    ok(ctx.engine.stop(&vm, StopMode::Force, &CancelToken::new()), "stop")?;
     ok(ctx.engine.undefine(&vm), "undefine")?;
     let want = vec![
         (None, Defined),
@@ -31,14 +28,8 @@ pub(super) fn o01_observers_in_order(ctx: &Ctx<'_>) -> Check {
     let got = rec.moves();
     ensure!(got == want, "observer saw {got:?}, expected {want:?}");
     let events = rec.0.lock().unwrap().clone();
-    ensure!(
-        events.iter().all(|e| e.vm == vm),
-        "events name the wrong VM"
-    );
-    ensure!(
-        events.windows(2).all(|w| w[0].at <= w[1].at),
-        "event timestamps go backwards"
-    );
+    ensure!(events.iter().all(|e| e.vm == vm), "events name the wrong VM");
+    ensure!(events.windows(2).all(|w| w[0].at <= w[1].at), "event timestamps go backwards");
     Ok(())
 }
 
@@ -53,10 +44,6 @@ pub(super) fn o02_panicking_observer(ctx: &Ctx<'_>) -> Check {
     ctx.engine.observe(Arc::new(Panicker));
     let rec = recorder(ctx);
     let vm = running(ctx, "conf-o02")?;
-    ensure!(
-        rec.moves().len() == 3,
-        "observer after a panicking one saw {:?}",
-        rec.moves()
-    );
+    ensure!(rec.moves().len() == 3, "observer after a panicking one saw {:?}", rec.moves());
     teardown(ctx, &vm)
 }

@@ -15,29 +15,19 @@ use super::*;
 pub(super) fn s01_snapshot_round_trip(ctx: &Ctx<'_>) -> Check {
     let vm = running(ctx, "conf-s01")?;
     let id = SnapshotId::new("conf-s01-snap").unwrap();
-    let info = ok(
-        ctx.engine
-            .save(&vm, &id, SaveMode::KeepPaused, &CancelToken::new()),
-        "save",
-    )?;
+    let info = ok(ctx.engine.save(&vm, &id, SaveMode::KeepPaused, &CancelToken::new()), "save")?;
     ensure!(info.id == id && info.vm == vm, "snapshot info {info:?}");
     ensure!(info.size_bytes > 0, "snapshot has no bytes");
     expect_state(ctx, &vm, Paused, "save (keep paused)")?;
     let listed = ok(ctx.engine.list_snapshots(Some(&vm)), "list snapshots")?;
     ensure!(listed == vec![info.clone()], "listed {listed:?}");
-    ok(
-        ctx.engine.stop(&vm, StopMode::Force, &CancelToken::new()),
-        "stop",
-    )?;
+    ok(ctx.engine.stop(&vm, StopMode::Force, &CancelToken::new()), "stop")?;
     ok(ctx.engine.restore(&vm, &id, &CancelToken::new()), "restore")?;
     expect_state(ctx, &vm, Running, "restore")?;
     teardown(ctx, &vm)?;
     ok(ctx.engine.delete_snapshot(&id), "delete snapshot")?;
     let listed = ok(ctx.engine.list_snapshots(None), "list snapshots")?;
-    ensure!(
-        listed.iter().all(|s| s.id != id),
-        "deleted snapshot still listed"
-    );
+    ensure!(listed.iter().all(|s| s.id != id), "deleted snapshot still listed");
     Ok(())
 }
 
@@ -47,8 +37,7 @@ pub(super) fn s02_save_needs_a_guest(ctx: &Ctx<'_>) -> Check {
     ok(ctx.engine.define(&ctx.spec("conf-s02")), "define")?;
     let id = SnapshotId::new("conf-s02-snap").unwrap();
     refused(ctx, &rec, &vm, "save a defined VM", || {
-        ctx.engine
-            .save(&vm, &id, SaveMode::KeepPaused, &CancelToken::new())
+        ctx.engine.save(&vm, &id, SaveMode::KeepPaused, &CancelToken::new())
     })?;
     let listed = ok(ctx.engine.list_snapshots(None), "list")?;
     ensure!(listed.is_empty(), "a refused save left {listed:?}");
@@ -65,28 +54,16 @@ pub(super) fn s03_restore_missing(ctx: &Ctx<'_>) -> Check {
         "restore",
     )?;
     expect_state(ctx, &vm, Defined, "failed restore")?;
-    expect_code(
-        ctx.engine.delete_snapshot(&missing),
-        ErrorCode::SnapshotNotFound,
-        "delete",
-    )?;
+    expect_code(ctx.engine.delete_snapshot(&missing), ErrorCode::SnapshotNotFound, "delete")?;
     ok(ctx.engine.undefine(&vm), "undefine")
 }
 
 pub(super) fn s04_sleep_wake(ctx: &Ctx<'_>) -> Check {
     let vm = running(ctx, "conf-s04")?;
     let id = SnapshotId::new("conf-s04-snap").unwrap();
-    ok(
-        ctx.engine
-            .save(&vm, &id, SaveMode::Sleep, &CancelToken::new()),
-        "save",
-    )?;
+    ok(ctx.engine.save(&vm, &id, SaveMode::Sleep, &CancelToken::new()), "save")?;
     expect_state(ctx, &vm, Sleeping, "save (sleep)")?;
-    expect_code(
-        ctx.engine.delete_snapshot(&id),
-        ErrorCode::SnapshotInUse,
-        "delete in use",
-    )?;
+    expect_code(ctx.engine.delete_snapshot(&id), ErrorCode::SnapshotInUse, "delete in use")?;
     ok(ctx.engine.restore(&vm, &id, &CancelToken::new()), "wake")?;
     expect_state(ctx, &vm, Running, "wake")?;
     teardown(ctx, &vm)?;
@@ -97,20 +74,11 @@ pub(super) fn s06_restore_into_a_clone(ctx: &Ctx<'_>) -> Check {
     let source = running(ctx, "conf-s06")?;
     let id = SnapshotId::new("conf-s06-base").unwrap();
     let c = CancelToken::new();
-    ok(
-        ctx.engine.save(&source, &id, SaveMode::KeepPaused, &c),
-        "save",
-    )?;
+    ok(ctx.engine.save(&source, &id, SaveMode::KeepPaused, &c), "save")?;
     // Same spec under another name: a clone.
     let clone = name("conf-s06-clone");
-    ok(
-        ctx.engine.define(&ctx.spec("conf-s06-clone")),
-        "define clone",
-    )?;
-    ok(
-        ctx.engine.restore(&clone, &id, &c),
-        "restore into the clone",
-    )?;
+    ok(ctx.engine.define(&ctx.spec("conf-s06-clone")), "define clone")?;
+    ok(ctx.engine.restore(&clone, &id, &c), "restore into the clone")?;
     expect_state(ctx, &clone, Running, "clone restore")?;
     // The source is untouched by the clone.
     expect_state(ctx, &source, Paused, "source after the clone restore")?;
@@ -142,10 +110,7 @@ pub(super) fn s07_clones_stay_in_their_tenant_and_pool(ctx: &Ctx<'_>) -> Check {
     ok(ctx.engine.define(&spec), "define the source")?;
     ok(ctx.engine.start(&source, &c), "start the source")?;
     let id = SnapshotId::new("conf-s07-base").unwrap();
-    let info = ok(
-        ctx.engine.save(&source, &id, SaveMode::KeepPaused, &c),
-        "save",
-    )?;
+    let info = ok(ctx.engine.save(&source, &id, SaveMode::KeepPaused, &c), "save")?;
     ensure!(
         info.tenant == spec.tenant && info.pool == spec.pool,
         "the snapshot records its source's tenant and pool, got {:?} / {:?}",
@@ -164,11 +129,7 @@ pub(super) fn s07_clones_stay_in_their_tenant_and_pool(ctx: &Ctx<'_>) -> Check {
         other.tenant = t;
         other.pool = p;
         ok(ctx.engine.define(&other), "define")?;
-        expect_code(
-            ctx.engine.restore(&other.name, &id, &c),
-            ErrorCode::SnapshotMismatch,
-            n,
-        )?;
+        expect_code(ctx.engine.restore(&other.name, &id, &c), ErrorCode::SnapshotMismatch, n)?;
         expect_state(ctx, &other.name, Defined, "refused restore")?;
         refused.push(other.name);
     }
@@ -177,10 +138,7 @@ pub(super) fn s07_clones_stay_in_their_tenant_and_pool(ctx: &Ctx<'_>) -> Check {
     sibling.tenant = tenant("acme");
     sibling.pool = pool("web");
     ok(ctx.engine.define(&sibling), "define a sibling")?;
-    ok(
-        ctx.engine.restore(&sibling.name, &id, &c),
-        "restore into a sibling of the same pool",
-    )?;
+    ok(ctx.engine.restore(&sibling.name, &id, &c), "restore into a sibling of the same pool")?;
     expect_state(ctx, &sibling.name, Running, "sibling restore")?;
     for vm in refused {
         ok(ctx.engine.undefine(&vm), "undefine")?;

@@ -34,12 +34,7 @@ impl Local {
     /// Carries out a journaled operation and records how it ended. Engine transitions made on
     /// the way name the operation.
     pub fn execute(&self, pending: Pending, progress: &dyn Fn(&str)) -> Operation {
-        let Pending {
-            mut record,
-            request,
-            prepared,
-            _admission,
-        } = pending;
+        let Pending { mut record, request, prepared, _admission } = pending;
         let started = Instant::now();
         let report = |phase: &str| {
             let mut update = record.clone();
@@ -61,9 +56,7 @@ impl Local {
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "a panic without a message".into());
             eprintln!("hangar: BUG: operation {} panicked: {message}", record.id);
-            Err(Error::EngineFailed(format!(
-                "internal error (a bug): {message}"
-            )))
+            Err(Error::EngineFailed(format!("internal error (a bug): {message}")))
         });
         record.updated_at = self.now();
         match outcome {
@@ -90,9 +83,7 @@ impl Local {
     }
 
     pub(super) fn carry_out(
-        &self,
-        prepared: &Prepared,
-        progress: &dyn Fn(&str),
+        &self, prepared: &Prepared, progress: &dyn Fn(&str),
     ) -> std::result::Result<OperationResult, Error> {
         let engine = &self.engine;
         let cancel = CancelToken::new();
@@ -102,16 +93,8 @@ impl Local {
                 engine.define(spec)?;
                 Some(&spec.name)
             }
-            Prepared::Start {
-                vm,
-                no_wait,
-                timeout,
-            } => {
-                let start = Start {
-                    no_wait: *no_wait,
-                    timeout: *timeout,
-                    progress,
-                };
+            Prepared::Start { vm, no_wait, timeout } => {
+                let start = Start { no_wait: *no_wait, timeout: *timeout, progress };
                 engine.start_with(vm, &start, &cancel)?;
                 Some(vm)
             }
@@ -160,9 +143,7 @@ impl Local {
 
     /// Journals and carries out `request` on this thread.
     pub fn run_here(
-        &self,
-        request: OperationRequest,
-        progress: &dyn Fn(&str),
+        &self, request: OperationRequest, progress: &dyn Fn(&str),
     ) -> Result<Operation> {
         let pending = self.begin(request)?;
         let op = self.execute(pending, progress);

@@ -58,9 +58,8 @@ fn store_failure(e: hangar_store::StoreError) -> ControlError {
 /// A fresh operation id: `op-` + the time in hex + 32 random bits.
 fn new_operation_id(now: Timestamp) -> OperationId {
     let mut random = [0u8; 4];
-    let filled = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut random))
-        .is_ok();
+    let filled =
+        std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut random)).is_ok();
     if !filled {
         // Uniqueness then rests on the time and this process id.
         random = (std::process::id() ^ now.0 as u32).to_le_bytes();
@@ -77,14 +76,8 @@ fn to_operation(rec: &OperationRecord, request: OperationRequest) -> Operation {
         status: rec.status,
         progress: rec.progress.clone(),
         request,
-        result: rec
-            .result_json
-            .as_deref()
-            .and_then(|j| serde_json::from_str(j).ok()),
-        error: rec
-            .error_json
-            .as_deref()
-            .and_then(|j| serde_json::from_str(j).ok()),
+        result: rec.result_json.as_deref().and_then(|j| serde_json::from_str(j).ok()),
+        error: rec.error_json.as_deref().and_then(|j| serde_json::from_str(j).ok()),
         created_at: rec.created_at.0,
         updated_at: rec.updated_at.0,
     }
@@ -118,10 +111,7 @@ impl Local {
     /// the journal, the roots specs may name files under and the fleet whose tenants' quotas
     /// every tenant VM is admitted against.
     pub fn new(
-        engine: Arc<dyn Backend>,
-        home: &Path,
-        roots: AllowedRoots,
-        fleet: Arc<Fleet<dyn Backend>>,
+        engine: Arc<dyn Backend>, home: &Path, roots: AllowedRoots, fleet: Arc<Fleet<dyn Backend>>,
     ) -> Result<Local> {
         let journal = Store::open_in(home).map_err(store_failure)?;
         Ok(Local {
@@ -157,8 +147,7 @@ impl Local {
     }
 
     pub(super) fn journal<T>(
-        &self,
-        f: impl FnOnce(&Store) -> std::result::Result<T, hangar_store::StoreError>,
+        &self, f: impl FnOnce(&Store) -> std::result::Result<T, hangar_store::StoreError>,
     ) -> Result<T> {
         let store = self.journal.lock().unwrap_or_else(|p| p.into_inner());
         f(&store).map_err(store_failure)
@@ -176,10 +165,7 @@ impl Local {
 impl Control for Local {
     fn list(&self) -> Result<Vec<VmView>> {
         let names: Vec<VmName> = self.engine.list()?.into_iter().map(|s| s.name).collect();
-        names
-            .iter()
-            .map(|n| self.view(n).map_err(ControlError::from))
-            .collect()
+        names.iter().map(|n| self.view(n).map_err(ControlError::from)).collect()
     }
 
     fn get(&self, vm: &str) -> Result<VmView> {
@@ -194,17 +180,12 @@ impl Control for Local {
         let not_found =
             || ErrorBody::new(ErrorCode::OperationNotFound, format!("no operation {id:?}"));
         let id = OperationId::new(id).map_err(|_| not_found())?;
-        let record = self
-            .journal(|s| s.get_operation(&id))?
-            .ok_or_else(not_found)?;
+        let record = self.journal(|s| s.get_operation(&id))?.ok_or_else(not_found)?;
         decode(&record)
     }
 
     fn operations(&self, limit: usize) -> Result<Vec<Operation>> {
-        self.journal(|s| s.list_operations(false, limit))?
-            .iter()
-            .map(decode)
-            .collect()
+        self.journal(|s| s.list_operations(false, limit))?.iter().map(decode).collect()
     }
 
     fn snapshots(&self, vm: Option<&str>) -> Result<Vec<SnapshotInfo>> {

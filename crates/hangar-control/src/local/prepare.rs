@@ -20,31 +20,14 @@ use super::*;
 /// A request with its names parsed and its spec validated.
 pub(super) enum Prepared {
     Create(Box<VmSpec>),
-    Start {
-        vm: VmName,
-        no_wait: bool,
-        timeout: Option<Duration>,
-    },
-    Stop {
-        vm: VmName,
-        mode: StopMode,
-    },
+    Start { vm: VmName, no_wait: bool, timeout: Option<Duration> },
+    Stop { vm: VmName, mode: StopMode },
     Pause(VmName),
     Resume(VmName),
     Reboot(VmName),
-    Delete {
-        vm: VmName,
-        force: bool,
-    },
-    SnapshotSave {
-        vm: VmName,
-        id: SnapshotId,
-        mode: SaveMode,
-    },
-    SnapshotRestore {
-        vm: VmName,
-        id: SnapshotId,
-    },
+    Delete { vm: VmName, force: bool },
+    SnapshotSave { vm: VmName, id: SnapshotId, mode: SaveMode },
+    SnapshotRestore { vm: VmName, id: SnapshotId },
     SnapshotDelete(SnapshotId),
 }
 
@@ -111,8 +94,7 @@ pub fn check_paths(roots: &AllowedRoots, spec: &VmSpec) -> Result<()> {
 
 impl Local {
     pub(super) fn prepare(
-        &self,
-        request: &OperationRequest,
+        &self, request: &OperationRequest,
     ) -> Result<(Prepared, String, Option<Held>)> {
         use OperationRequest as R;
         let admit = |spec: &VmSpec, to: Admit| -> Result<Option<Held>> {
@@ -147,11 +129,7 @@ impl Local {
                 let name = spec.spec.name.to_string();
                 return Ok((Prepared::Create(Box::new(spec.spec)), name, admission));
             }
-            R::Start {
-                vm,
-                no_wait,
-                timeout_s,
-            } => (
+            R::Start { vm, no_wait, timeout_s } => (
                 Prepared::Start {
                     vm: vm_name(vm)?,
                     no_wait: *no_wait,
@@ -159,11 +137,7 @@ impl Local {
                 },
                 vm,
             ),
-            R::Stop {
-                vm,
-                force,
-                timeout_s,
-            } => (
+            R::Stop { vm, force, timeout_s } => (
                 Prepared::Stop {
                     vm: vm_name(vm)?,
                     mode: if *force {
@@ -180,32 +154,18 @@ impl Local {
             R::Pause { vm } => (Prepared::Pause(vm_name(vm)?), vm),
             R::Resume { vm } => (Prepared::Resume(vm_name(vm)?), vm),
             R::Reboot { vm } => (Prepared::Reboot(vm_name(vm)?), vm),
-            R::Delete { vm, force } => (
-                Prepared::Delete {
-                    vm: vm_name(vm)?,
-                    force: *force,
-                },
-                vm,
-            ),
+            R::Delete { vm, force } => (Prepared::Delete { vm: vm_name(vm)?, force: *force }, vm),
             R::SnapshotSave { vm, id, sleep } => (
                 Prepared::SnapshotSave {
                     vm: vm_name(vm)?,
                     id: snapshot_id(id)?,
-                    mode: if *sleep {
-                        SaveMode::Sleep
-                    } else {
-                        SaveMode::KeepPaused
-                    },
+                    mode: if *sleep { SaveMode::Sleep } else { SaveMode::KeepPaused },
                 },
                 vm,
             ),
-            R::SnapshotRestore { vm, id } => (
-                Prepared::SnapshotRestore {
-                    vm: vm_name(vm)?,
-                    id: snapshot_id(id)?,
-                },
-                vm,
-            ),
+            R::SnapshotRestore { vm, id } => {
+                (Prepared::SnapshotRestore { vm: vm_name(vm)?, id: snapshot_id(id)? }, vm)
+            }
             R::SnapshotDelete { id } => {
                 let id = snapshot_id(id)?;
                 // An unknown snapshot is refused before anything is journaled, like a VM.
@@ -248,10 +208,7 @@ impl Local {
                 admit(&spec, Admit::Run)?
             }
             Prepared::Resume(_) => admit(&spec, Admit::Run)?,
-            Prepared::SnapshotSave {
-                mode: SaveMode::Sleep,
-                ..
-            } => admit(&spec, Admit::Sleep)?,
+            Prepared::SnapshotSave { mode: SaveMode::Sleep, .. } => admit(&spec, Admit::Sleep)?,
             _ => None,
         };
         Ok((prepared, target.clone(), admission))
@@ -276,11 +233,6 @@ impl Local {
             updated_at: now,
         };
         self.journal(|s| s.insert_operation(&record))?;
-        Ok(Pending {
-            record,
-            request,
-            prepared,
-            _admission: admission,
-        })
+        Ok(Pending { record, request, prepared, _admission: admission })
     }
 }

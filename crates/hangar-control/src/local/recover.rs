@@ -35,10 +35,7 @@ impl Local {
                 Ok(vm) => {
                     record.status = OperationStatus::Succeeded;
                     record.progress = Some("done (settled after its owner died)".into());
-                    let result = OperationResult {
-                        vm,
-                        ..OperationResult::default()
-                    };
+                    let result = OperationResult { vm, ..OperationResult::default() };
                     record.result_json =
                         Some(serde_json::to_string(&result).expect("results serialise"));
                 }
@@ -61,8 +58,7 @@ impl Local {
     /// Whether an orphaned request's goal holds now: `Some(Ok(view))` if it does,
     /// `Some(Err(why))` if it does not, `None` while its VM is still settling.
     pub(super) fn settle(
-        &self,
-        request: &OperationRequest,
+        &self, request: &OperationRequest,
     ) -> Option<std::result::Result<Option<VmView>, ErrorBody>> {
         use OperationRequest as R;
         let interrupted = |what: String| {
@@ -72,17 +68,12 @@ impl Local {
             )))
         };
         let snapshot_exists = |id: &str| {
-            self.engine
-                .list_snapshots(None)
-                .map(|all| all.iter().any(|s| s.id.as_str() == id))
+            self.engine.list_snapshots(None).map(|all| all.iter().any(|s| s.id.as_str() == id))
         };
         let (vm, goal) = match request {
-            R::Create { spec, .. } => (
-                spec.get("name")
-                    .and_then(|n| n.as_str())
-                    .unwrap_or_default(),
-                None,
-            ),
+            R::Create { spec, .. } => {
+                (spec.get("name").and_then(|n| n.as_str()).unwrap_or_default(), None)
+            }
             R::Start { vm, .. } | R::Resume { vm } | R::Reboot { vm } => {
                 (vm.as_str(), Some(VmState::Running))
             }
@@ -92,9 +83,9 @@ impl Local {
             R::Delete { vm, .. } => (vm.as_str(), Some(VmState::Deleted)),
             R::SnapshotSave { vm, id, .. } => {
                 return match snapshot_exists(id) {
-                    Ok(true) => Some(Ok(VmName::new(vm.as_str())
-                        .ok()
-                        .and_then(|v| self.view(&v).ok()))),
+                    Ok(true) => {
+                        Some(Ok(VmName::new(vm.as_str()).ok().and_then(|v| self.view(&v).ok())))
+                    }
                     Ok(false) => self.settled_vm(vm).and_then(|state| {
                         interrupted(format!("no snapshot {id} was recorded; {vm} is {state}"))
                     }),

@@ -22,9 +22,7 @@ fn volume_info(id: &VolumeId, v: &FakeVolume) -> VolumeInfo {
 
 impl Inner {
     fn volume(&mut self, id: &VolumeId) -> Result<&mut FakeVolume> {
-        self.volumes
-            .get_mut(id)
-            .ok_or_else(|| Error::DiskNotFound(id.clone()))
+        self.volumes.get_mut(id).ok_or_else(|| Error::DiskNotFound(id.clone()))
     }
 }
 
@@ -94,20 +92,11 @@ impl Disks for FakeEngine {
         let mut inner = lock(&self.inner);
         let count = inner.volume(id)?.snapshots.len();
         if count > 0 {
-            return Err(Error::DiskHasSnapshots {
-                disk: id.clone(),
-                count,
-            });
+            return Err(Error::DiskHasSnapshots { disk: id.clone(), count });
         }
-        if let Some((overlay, _)) = inner
-            .volumes
-            .iter()
-            .find(|(_, v)| v.base.as_ref() == Some(id))
+        if let Some((overlay, _)) = inner.volumes.iter().find(|(_, v)| v.base.as_ref() == Some(id))
         {
-            return Err(Error::DiskInUse {
-                disk: id.clone(),
-                user: format!("overlay {overlay}"),
-            });
+            return Err(Error::DiskInUse { disk: id.clone(), user: format!("overlay {overlay}") });
         }
         inner.volumes.remove(id);
         Ok(())
@@ -145,10 +134,6 @@ impl Disks for FakeEngine {
     fn list_volumes(&self) -> Result<Vec<VolumeInfo>> {
         self.enter()?;
         let inner = lock(&self.inner);
-        Ok(inner
-            .volumes
-            .iter()
-            .map(|(id, v)| volume_info(id, v))
-            .collect())
+        Ok(inner.volumes.iter().map(|(id, v)| volume_info(id, v)).collect())
     }
 }

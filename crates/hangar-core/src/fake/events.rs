@@ -11,19 +11,10 @@ impl Events for FakeEngine {
         let inner = lock(&self.inner);
         let oldest = inner.events.front().map(|e| e.seq);
         let gap = match oldest {
-            Some(oldest) if after + 1 < oldest => Some(Gap {
-                from: after + 1,
-                to: oldest - 1,
-            }),
+            Some(oldest) if after + 1 < oldest => Some(Gap { from: after + 1, to: oldest - 1 }),
             _ => None,
         };
-        let events = inner
-            .events
-            .iter()
-            .filter(|e| e.seq > after)
-            .take(limit)
-            .cloned()
-            .collect();
+        let events = inner.events.iter().filter(|e| e.seq > after).take(limit).cloned().collect();
         Ok(EventPage { events, gap })
     }
 }

@@ -85,11 +85,8 @@ impl Lifecycle for FakeEngine {
                         escalated = true;
                     }
                 }
-                let cause = if escalated || mode == StopMode::Force {
-                    Cause::User
-                } else {
-                    Cause::Engine
-                };
+                let cause =
+                    if escalated || mode == StopMode::Force { Cause::User } else { Cause::Engine };
                 self.step(&mut inner, vm, VmState::Stopped, cause)?;
             }
             other => return Err(refuse(vm, other, VmState::Stopping)),
@@ -102,19 +99,11 @@ impl Lifecycle for FakeEngine {
     }
 
     fn pause(&self, vm: &VmName) -> Result<VmStatus> {
-        self.switch_vcpus(
-            vm,
-            [VmState::Running, VmState::Pausing, VmState::Paused],
-            "pause",
-        )
+        self.switch_vcpus(vm, [VmState::Running, VmState::Pausing, VmState::Paused], "pause")
     }
 
     fn resume(&self, vm: &VmName) -> Result<VmStatus> {
-        self.switch_vcpus(
-            vm,
-            [VmState::Paused, VmState::Resuming, VmState::Running],
-            "resume",
-        )
+        self.switch_vcpus(vm, [VmState::Paused, VmState::Resuming, VmState::Running], "resume")
     }
 
     fn reboot(&self, vm: &VmName, cancel: &CancelToken) -> Result<VmStatus> {

@@ -161,12 +161,9 @@ impl FakeEngine {
         let mut inner = lock(&self.inner);
         let state = inner.vm(vm)?.machine.state();
         if !state.can_transition_to(VmState::Failed) {
-            return Err(InvalidTransition {
-                vm: vm.clone(),
-                from: state,
-                to: VmState::Failed,
-            }
-            .into());
+            return Err(
+                InvalidTransition { vm: vm.clone(), from: state, to: VmState::Failed }.into()
+            );
         }
         self.step(&mut inner, vm, VmState::Failed, Cause::Fault)?;
         let fake = inner.vm_mut(vm)?;
@@ -196,10 +193,7 @@ impl FakeEngine {
     pub fn spec(&self, vm: &VmName) -> Option<VmSpec> {
         let inner = lock(&self.inner);
         let v = inner.vms.get(vm)?;
-        Some(VmSpec {
-            nics: v.nics.clone(),
-            ..v.spec.clone()
-        })
+        Some(VmSpec { nics: v.nics.clone(), ..v.spec.clone() })
     }
 
     /// Every VM's state and spec, by name: what a control layer counts for quotas.
@@ -208,15 +202,7 @@ impl FakeEngine {
         inner
             .vms
             .values()
-            .map(|v| {
-                (
-                    v.machine.state(),
-                    VmSpec {
-                        nics: v.nics.clone(),
-                        ..v.spec.clone()
-                    },
-                )
-            })
+            .map(|v| (v.machine.state(), VmSpec { nics: v.nics.clone(), ..v.spec.clone() }))
             .collect()
     }
 
@@ -236,10 +222,7 @@ impl FakeEngine {
 
     /// Pausing or resuming (`verb`): `from` → `via` → `to`; a VM already at `to` is left alone.
     fn switch_vcpus(
-        &self,
-        vm: &VmName,
-        [from, via, to]: [VmState; 3],
-        verb: &str,
+        &self, vm: &VmName, [from, via, to]: [VmState; 3], verb: &str,
     ) -> Result<VmStatus> {
         self.enter()?;
         self.require(Capability::Pause, verb)?;
@@ -298,23 +281,13 @@ fn status_of(name: &VmName, vm: &FakeVm) -> VmStatus {
     VmStatus {
         name: name.clone(),
         state: vm.machine.state(),
-        since: vm
-            .machine
-            .history()
-            .last()
-            .map(|e| e.at)
-            .unwrap_or(Timestamp(0)),
+        since: vm.machine.history().last().map(|e| e.at).unwrap_or(Timestamp(0)),
         reason: vm.reason.clone(),
     }
 }
 
 fn refuse(vm: &VmName, from: VmState, to: VmState) -> Error {
-    InvalidTransition {
-        vm: vm.clone(),
-        from,
-        to,
-    }
-    .into()
+    InvalidTransition { vm: vm.clone(), from, to }.into()
 }
 
 impl Inner {
@@ -335,10 +308,7 @@ impl Inner {
     fn record(&mut self, event: TransitionEvent, capacity: usize) {
         self.history.push(event.clone());
         self.last_seq += 1;
-        let event = Event {
-            seq: self.last_seq,
-            kind: EventKind::Transition(event),
-        };
+        let event = Event { seq: self.last_seq, kind: EventKind::Transition(event) };
         self.push_event(event, capacity);
     }
 

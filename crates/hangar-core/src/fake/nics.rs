@@ -16,9 +16,7 @@ impl FakeEngine {
             VmState::Defined | VmState::Stopped | VmState::Failed | VmState::Sleeping
         );
         if live && !lock(&self.capabilities).has(Capability::NicHotplug) {
-            return Err(Error::Unsupported(format!(
-                "changing NICs while the VM is {state}"
-            )));
+            return Err(Error::Unsupported(format!("changing NICs while the VM is {state}")));
         }
         Ok(())
     }
@@ -31,10 +29,7 @@ impl Nics for FakeEngine {
         self.check_nic_change(&inner, vm)?;
         let fake = inner.vm_mut(vm)?;
         if fake.nics.iter().any(|n| n.name == nic.name) {
-            return Err(Error::NicExists {
-                vm: vm.clone(),
-                nic: nic.name.to_string(),
-            });
+            return Err(Error::NicExists { vm: vm.clone(), nic: nic.name.to_string() });
         }
         fake.nics.push(nic.clone());
         Ok(())
@@ -48,10 +43,7 @@ impl Nics for FakeEngine {
         let before = fake.nics.len();
         fake.nics.retain(|n| n.name != *nic);
         if fake.nics.len() == before {
-            return Err(Error::NicNotFound {
-                vm: vm.clone(),
-                nic: nic.to_string(),
-            });
+            return Err(Error::NicNotFound { vm: vm.clone(), nic: nic.to_string() });
         }
         Ok(())
     }

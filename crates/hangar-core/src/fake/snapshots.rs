@@ -11,11 +11,7 @@ use super::{lock, refuse, status_of, FakeEngine, FakeSnapshot};
 
 impl Snapshots for FakeEngine {
     fn save(
-        &self,
-        vm: &VmName,
-        id: &SnapshotId,
-        mode: SaveMode,
-        cancel: &CancelToken,
+        &self, vm: &VmName, id: &SnapshotId, mode: SaveMode, cancel: &CancelToken,
     ) -> Result<SnapshotInfo> {
         self.enter()?;
         self.require(Capability::MemorySnapshots, "memory snapshots")?;
@@ -43,13 +39,7 @@ impl Snapshots for FakeEngine {
             tenant: spec.tenant.clone(),
             pool: spec.pool.clone(),
         };
-        inner.snapshots.insert(
-            id.clone(),
-            FakeSnapshot {
-                info: info.clone(),
-                spec,
-            },
-        );
+        inner.snapshots.insert(id.clone(), FakeSnapshot { info: info.clone(), spec });
         match mode {
             SaveMode::KeepPaused => self.step(&mut inner, vm, VmState::Paused, Cause::Engine)?,
             SaveMode::Sleep => {
@@ -67,21 +57,12 @@ impl Snapshots for FakeEngine {
         let mut inner = lock(&self.inner);
         let (state, template, spec) = {
             let fake = inner.vm(vm)?;
-            (
-                fake.machine.state(),
-                fake.spec.clone_template(),
-                fake.spec.clone(),
-            )
+            (fake.machine.state(), fake.spec.clone_template(), fake.spec.clone())
         };
-        let snapshot = inner
-            .snapshots
-            .get(id)
-            .ok_or_else(|| Error::SnapshotNotFound(id.clone()))?;
+        let snapshot =
+            inner.snapshots.get(id).ok_or_else(|| Error::SnapshotNotFound(id.clone()))?;
         if let Some(reason) = snapshot.info.clone_refusal(vm, &spec) {
-            return Err(Error::SnapshotMismatch {
-                snapshot: id.clone(),
-                reason,
-            });
+            return Err(Error::SnapshotMismatch { snapshot: id.clone(), reason });
         }
         if snapshot.spec.clone_template() != template {
             return Err(Error::SnapshotMismatch {
@@ -125,10 +106,7 @@ impl Snapshots for FakeEngine {
             vm.sleeping_on.as_ref() == Some(id) && vm.machine.state() == VmState::Sleeping
         });
         if let Some((name, _)) = user {
-            return Err(Error::SnapshotInUse {
-                snapshot: id.clone(),
-                vm: name.clone(),
-            });
+            return Err(Error::SnapshotInUse { snapshot: id.clone(), vm: name.clone() });
         }
         inner.snapshots.remove(id);
         Ok(())

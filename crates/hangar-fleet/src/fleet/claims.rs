@@ -30,18 +30,10 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
             (i, ClaimSource::Sleeping)
         } else {
             let (i, cloned) = self.create(pool, VmState::Running, Purpose::Claim)?;
-            let source = if cloned {
-                ClaimSource::Cloned
-            } else {
-                ClaimSource::Created
-            };
+            let source = if cloned { ClaimSource::Cloned } else { ClaimSource::Created };
             (i, source)
         };
-        Ok(Claim {
-            instance,
-            source,
-            took_ms: started.elapsed().as_secs_f64() * 1000.0,
-        })
+        Ok(Claim { instance, source, took_ms: started.elapsed().as_secs_f64() * 1000.0 })
     }
 
     /// Claims the oldest unclaimed, idle instance of `pool` the registry has in `state` and

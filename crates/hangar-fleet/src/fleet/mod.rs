@@ -263,13 +263,9 @@ impl State {
 
     /// Whether `tenant`, without `except`, has room for `add`.
     fn check_tenant(&self, tenant: &TenantId, except: Option<&VmName>, add: Usage) -> Result<()> {
-        let t = self
-            .tenants
-            .get(tenant)
-            .ok_or_else(|| FleetError::TenantNotFound(tenant.clone()))?;
-        t.quotas
-            .check(&t.id, &self.usage(&t.id, except)?, &add)
-            .map_err(Error::from)
+        let t =
+            self.tenants.get(tenant).ok_or_else(|| FleetError::TenantNotFound(tenant.clone()))?;
+        t.quotas.check(&t.id, &self.usage(&t.id, except)?, &add).map_err(Error::from)
     }
 
     fn fresh_id(&mut self) -> InstanceId {
@@ -367,22 +363,10 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
     pub fn restore(engine: Arc<E>, clock: Arc<dyn Clock>, registry: Registry) -> Fleet<E> {
         let seed = (clock.now().0 as u32).wrapping_mul(2_654_435_761);
         let state = State {
-            tenants: registry
-                .tenants
-                .into_iter()
-                .map(|t| (t.id.clone(), t))
-                .collect(),
-            pools: registry
-                .pools
-                .into_iter()
-                .map(|p| (p.id.clone(), p))
-                .collect(),
+            tenants: registry.tenants.into_iter().map(|t| (t.id.clone(), t)).collect(),
+            pools: registry.pools.into_iter().map(|p| (p.id.clone(), p)).collect(),
             instances: registry.instances,
-            bases: registry
-                .bases
-                .into_iter()
-                .map(|b| (b.pool.clone(), b))
-                .collect(),
+            bases: registry.bases.into_iter().map(|b| (b.pool.clone(), b)).collect(),
             busy: BTreeMap::new(),
             retired: registry.retired.into_iter().collect(),
             ordinal_floor: BTreeMap::new(),

@@ -24,16 +24,9 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
     pub fn observe(&self) -> Result<()> {
         let listed = self.engine.list()?;
         let mut s = self.lock();
-        let mut seen: BTreeMap<VmName, (VmState, Timestamp)> = listed
-            .into_iter()
-            .map(|st| (st.name, (st.state, st.since)))
-            .collect();
-        let State {
-            instances,
-            busy,
-            retired,
-            ..
-        } = &mut *s;
+        let mut seen: BTreeMap<VmName, (VmState, Timestamp)> =
+            listed.into_iter().map(|st| (st.name, (st.state, st.since))).collect();
+        let State { instances, busy, retired, .. } = &mut *s;
         for i in instances.iter_mut() {
             let found = seen.remove(&i.name);
             if busy.contains_key(&i.id) {
@@ -59,11 +52,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
     pub(super) fn discard_retired(&self, report: &mut PassReport) {
         let doomed: Vec<VmName> = {
             let s = self.lock();
-            s.retired
-                .iter()
-                .filter(|n| !s.busy.values().any(|b| b == *n))
-                .cloned()
-                .collect()
+            s.retired.iter().filter(|n| !s.busy.values().any(|b| b == *n)).cloned().collect()
         };
         for name in doomed {
             let result = self.discard(&name);
@@ -77,9 +66,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
                     self.lock().retired.remove(&name);
                     report.stopped += 1;
                 }
-                Err(e) => report
-                    .errors
-                    .push((e.code().as_str().into(), e.to_string())),
+                Err(e) => report.errors.push((e.code().as_str().into(), e.to_string())),
             }
         }
     }
@@ -92,9 +79,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
         let started = Instant::now();
         let mut report = PassReport::default();
         if let Err(e) = self.observe() {
-            report
-                .errors
-                .push((e.code().as_str().into(), e.to_string()));
+            report.errors.push((e.code().as_str().into(), e.to_string()));
             return report;
         }
         self.discard_retired(&mut report);
@@ -190,11 +175,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
         let mut made = None;
         let result = self.act_on(action, report, &mut made);
         // A busy instance was not acted on: nothing to record.
-        if result
-            .as_ref()
-            .err()
-            .is_none_or(|e| e.code() != ErrorCode::Busy)
-        {
+        if result.as_ref().err().is_none_or(|e| e.code() != ErrorCode::Busy) {
             report.steps.push(Step {
                 action: name.into(),
                 target: made.unwrap_or(target),
@@ -205,10 +186,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
     }
 
     pub(super) fn act_on(
-        &self,
-        action: &Action,
-        report: &mut PassReport,
-        made: &mut Option<String>,
+        &self, action: &Action, report: &mut PassReport, made: &mut Option<String>,
     ) -> Result<()> {
         match action {
             Action::Create { pool, target } => {
@@ -221,10 +199,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
                 self.resume(instance, Purpose::Pool)?;
                 report.started += 1;
             }
-            Action::Wake {
-                instance,
-                then_pause,
-            } => {
+            Action::Wake { instance, then_pause } => {
                 self.wake(instance, Purpose::Pool)?;
                 report.woken += 1;
                 if *then_pause {

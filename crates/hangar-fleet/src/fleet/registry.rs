@@ -39,11 +39,9 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
             return Err(FleetError::TenantNotFound(id.clone()).into());
         }
         if let Some(pool) = s.pools.values().find(|p| &p.tenant == id) {
-            return Err(FleetError::TenantInUse {
-                tenant: id.clone(),
-                pool: pool.id.clone(),
-            }
-            .into());
+            return Err(
+                FleetError::TenantInUse { tenant: id.clone(), pool: pool.id.clone() }.into()
+            );
         }
         s.tenants.remove(id);
         drop(s);
@@ -105,17 +103,14 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
             s.pools.remove(pool);
             s.backoff.remove(pool);
             let base = s.bases.remove(pool);
-            let (doomed, kept): (Vec<Instance>, Vec<Instance>) = std::mem::take(&mut s.instances)
-                .into_iter()
-                .partition(|i| &i.pool == pool);
+            let (doomed, kept): (Vec<Instance>, Vec<Instance>) =
+                std::mem::take(&mut s.instances).into_iter().partition(|i| &i.pool == pool);
             s.instances = kept;
             // Every one of them is retired (and so persisted) before any is touched: if this
             // process dies half way, the next pass finishes the job, busy ones included.
             s.retired.extend(doomed.iter().map(|i| i.name.clone()));
-            let idle: Vec<Instance> = doomed
-                .into_iter()
-                .filter(|i| !s.busy.contains_key(&i.id))
-                .collect();
+            let idle: Vec<Instance> =
+                doomed.into_iter().filter(|i| !s.busy.contains_key(&i.id)).collect();
             (idle, base)
         };
         self.changed();
@@ -175,10 +170,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
     /// without a check; one whose tenant does not exist is `E_TENANT_NOT_FOUND`.
     pub fn admit(self: &Arc<Self>, spec: &VmSpec, to: Admit) -> Result<Admission<E>> {
         let Some(tenant) = &spec.tenant else {
-            return Ok(Admission {
-                fleet: self.clone(),
-                vm: None,
-            });
+            return Ok(Admission { fleet: self.clone(), vm: None });
         };
         let (vcpus, memory, disk) = (spec.machine.vcpus, spec.machine.memory_mib, disk_mib(spec));
         let (check, holds) = match to {
@@ -207,10 +199,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
         }
         s.check_tenant(tenant, Some(&spec.name), check)?;
         s.pending.insert(spec.name.clone(), (tenant.clone(), holds));
-        Ok(Admission {
-            fleet: self.clone(),
-            vm: Some(spec.name.clone()),
-        })
+        Ok(Admission { fleet: self.clone(), vm: Some(spec.name.clone()) })
     }
 
     /// Makes quotas count tenants' own VMs (those made outside any pool), read through

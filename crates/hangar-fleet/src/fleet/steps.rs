@@ -21,9 +21,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
     /// replacement), run `work` unlocked, then record the outcome. If the instance's record was
     /// removed meanwhile, the VM is discarded and the step reports it.
     pub(super) fn step(
-        &self,
-        id: &InstanceId,
-        purpose: Purpose,
+        &self, id: &InstanceId, purpose: Purpose,
         check: impl FnOnce(&State, &Instance) -> Result<()>,
         work: impl FnOnce(&Instance) -> Result<VmStatus>,
     ) -> Result<Instance> {
@@ -60,16 +58,11 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
     /// Marks an idle instance busy once `check` passes (and claimed, with `claim`), returning it
     /// as it was; `E_BUSY` if another step has it.
     pub(super) fn reserve(
-        &self,
-        id: &InstanceId,
-        purpose: Purpose,
+        &self, id: &InstanceId, purpose: Purpose,
         check: impl FnOnce(&State, &Instance) -> Result<()>,
     ) -> Result<Instance> {
         let mut s = self.lock();
-        let i = s
-            .find(id)
-            .cloned()
-            .ok_or_else(|| FleetError::InstanceNotFound(id.clone()))?;
+        let i = s.find(id).cloned().ok_or_else(|| FleetError::InstanceNotFound(id.clone()))?;
         if s.busy.contains_key(id) {
             return Err(FleetError::InstanceBusy(id.clone()).into());
         }
@@ -87,10 +80,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
     /// concurrent creations cannot overshoot; a failure on the way removes what was made.
     /// Returns the instance and whether it was cloned.
     pub(super) fn create(
-        &self,
-        pool_id: &PoolId,
-        target: VmState,
-        purpose: Purpose,
+        &self, pool_id: &PoolId, target: VmState, purpose: Purpose,
     ) -> Result<(Instance, bool)> {
         // A name taken by a VM the fleet did not make is skipped (never touched): try the next
         // ordinal, a few times.
@@ -104,10 +94,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
     }
 
     pub(super) fn create_once(
-        &self,
-        pool_id: &PoolId,
-        target: VmState,
-        purpose: Purpose,
+        &self, pool_id: &PoolId, target: VmState, purpose: Purpose,
     ) -> Result<(Instance, bool)> {
         let (pool, reserved, base) = {
             let mut s = self.lock();
@@ -189,8 +176,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
                 // Another VM has the name: never touch it; the next creation takes the next
                 // ordinal.
                 s.instances.retain(|i| i.id != id);
-                s.ordinal_floor
-                    .insert(pool.id.clone(), reserved.ordinal + 1);
+                s.ordinal_floor.insert(pool.id.clone(), reserved.ordinal + 1);
                 drop(s);
                 self.changed();
                 Err(e)
@@ -205,11 +191,9 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
                 self.discard_owned(&reserved.name);
                 match outcome {
                     Err(Made::Failed(e)) | Err(Made::NotOurs(e)) => Err(e),
-                    Ok(_) => Err(FleetError::PoolRemoved {
-                        pool: pool.id.clone(),
-                        instance: id,
+                    Ok(_) => {
+                        Err(FleetError::PoolRemoved { pool: pool.id.clone(), instance: id }.into())
                     }
-                    .into()),
                 }
             }
         }
@@ -226,11 +210,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
 
     /// The engine half of [`Fleet::create`]: define, clone or boot, then bring to `target`.
     pub(super) fn make(
-        &self,
-        pool: &Pool,
-        i: &Instance,
-        target: VmState,
-        base: Option<&SnapshotId>,
+        &self, pool: &Pool, i: &Instance, target: VmState, base: Option<&SnapshotId>,
     ) -> std::result::Result<(VmStatus, bool), Made> {
         match self.engine.define(&instance_spec(pool, &i.name)) {
             Ok(_) => {}
@@ -242,11 +222,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
 
     /// The rest of [`Fleet::make`], once the VM is defined (and so the fleet's to discard).
     pub(super) fn bring_up(
-        &self,
-        pool: &Pool,
-        i: &Instance,
-        target: VmState,
-        base: Option<&SnapshotId>,
+        &self, pool: &Pool, i: &Instance, target: VmState, base: Option<&SnapshotId>,
     ) -> Result<(VmStatus, bool)> {
         let cancel = CancelToken::new();
         let mut cloned = false;
@@ -293,15 +269,10 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
         let snapshot = base_snapshot(&pool.id)?;
         let _ = self.engine.delete_snapshot(&snapshot);
         self.lock().bases.remove(&pool.id);
-        self.engine
-            .save(vm, &snapshot, SaveMode::KeepPaused, &CancelToken::new())?;
+        self.engine.save(vm, &snapshot, SaveMode::KeepPaused, &CancelToken::new())?;
         self.lock().bases.insert(
             pool.id.clone(),
-            Base {
-                pool: pool.id.clone(),
-                snapshot,
-                template: pool.template.clone(),
-            },
+            Base { pool: pool.id.clone(), snapshot, template: pool.template.clone() },
         );
         Ok(())
     }
@@ -324,15 +295,9 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
     }
 
     pub(super) fn resume(&self, id: &InstanceId, purpose: Purpose) -> Result<Instance> {
-        self.step(
-            id,
-            purpose,
-            room_for(|_| Usage {
-                running: 1,
-                ..Usage::default()
-            }),
-            |i| self.engine.resume(&i.name),
-        )
+        self.step(id, purpose, room_for(|_| Usage { running: 1, ..Usage::default() }), |i| {
+            self.engine.resume(&i.name)
+        })
     }
 
     pub(super) fn wake(&self, id: &InstanceId, purpose: Purpose) -> Result<Instance> {
@@ -356,12 +321,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
     }
 
     pub(super) fn pause(&self, id: &InstanceId) -> Result<Instance> {
-        self.step(
-            id,
-            Purpose::Pool,
-            |_, _| Ok(()),
-            |i| self.engine.pause(&i.name),
-        )
+        self.step(id, Purpose::Pool, |_, _| Ok(()), |i| self.engine.pause(&i.name))
     }
 
     pub(super) fn sleep(&self, id: &InstanceId) -> Result<Instance> {
@@ -373,8 +333,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
                 let snap = sleep_snapshot(&i.name)?;
                 // A leftover from an interrupted earlier sleep would block the save.
                 let _ = self.engine.delete_snapshot(&snap);
-                self.engine
-                    .save(&i.name, &snap, SaveMode::Sleep, &CancelToken::new())?;
+                self.engine.save(&i.name, &snap, SaveMode::Sleep, &CancelToken::new())?;
                 self.engine.status(&i.name)
             },
         )

@@ -54,26 +54,12 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Build {
-            kernel_root,
-            busybox,
-            init,
-            out,
-        } => {
-            let inputs = MinimalInputs {
-                kernel_root,
-                busybox,
-                init,
-                out_dir: out,
-            };
+        Command::Build { kernel_root, busybox, init, out } => {
+            let inputs = MinimalInputs { kernel_root, busybox, init, out_dir: out };
             match build_minimal(&inputs) {
                 Ok(report) => {
                     let m = &report.manifest;
-                    let verb = if report.changed {
-                        "built"
-                    } else {
-                        "unchanged:"
-                    };
+                    let verb = if report.changed { "built" } else { "unchanged:" };
                     println!(
                         "{verb} {} image in {} (kernel {}, vmlinuz {} bytes, initrd.img {} bytes, sha256 {})",
                         m.image,

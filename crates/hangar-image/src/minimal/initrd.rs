@@ -19,10 +19,7 @@ pub fn module_list_text(modules: &[&str]) -> String {
 ///
 /// `modules` pairs each path of [`MODULES`](super::MODULES) with its contents.
 pub fn initrd_bytes(
-    release: &str,
-    init: &[u8],
-    busybox: &[u8],
-    modules: &[(&str, Vec<u8>)],
+    release: &str, init: &[u8], busybox: &[u8], modules: &[(&str, Vec<u8>)],
 ) -> Result<Vec<u8>, ImageError> {
     let mut w = CpioWriter::new(Vec::new());
     w.dir("dev", 0o755)?;
@@ -70,14 +67,9 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle:?}");
         }
-        for applet in [
-            "sh", "ls", "cat", "echo", "mount", "uname", "sleep", "poweroff",
-        ] {
+        for applet in ["sh", "ls", "cat", "echo", "mount", "uname", "sleep", "poweroff"] {
             assert!(APPLETS.contains(&applet), "{applet}");
         }
-        assert_eq!(
-            bytes,
-            initrd_bytes(RELEASE, b"INIT", b"BUSYBOX", &modules).unwrap()
-        );
+        assert_eq!(bytes, initrd_bytes(RELEASE, b"INIT", b"BUSYBOX", &modules).unwrap());
     }
 }

@@ -19,10 +19,7 @@ pub(super) fn read_modules(module_dir: &Path) -> Result<Vec<(&'static str, Vec<u
         let path = module_dir.join(rel);
         let data = fs::read(&path).map_err(|source| {
             if source.kind() == std::io::ErrorKind::NotFound {
-                ImageError::MissingModule {
-                    module: module_name(rel),
-                    path: path.clone(),
-                }
+                ImageError::MissingModule { module: module_name(rel), path: path.clone() }
             } else {
                 ImageError::io("read", &path)(source)
             }
@@ -40,11 +37,7 @@ pub fn find_kernel(kernel_root: &Path) -> Result<(String, PathBuf), ImageError> 
     let mut releases = Vec::new();
     for entry in entries {
         let entry = entry.map_err(ImageError::io("read the directory", &boot))?;
-        if let Some(release) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.strip_prefix("vmlinuz-"))
-        {
+        if let Some(release) = entry.file_name().to_str().and_then(|n| n.strip_prefix("vmlinuz-")) {
             if !release.is_empty() {
                 releases.push(release.to_owned());
             }
@@ -54,19 +47,11 @@ pub fn find_kernel(kernel_root: &Path) -> Result<(String, PathBuf), ImageError> 
     let release = match releases.len() {
         0 => return Err(ImageError::NoKernel { dir: boot }),
         1 => releases.remove(0),
-        _ => {
-            return Err(ImageError::SeveralKernels {
-                dir: boot,
-                releases,
-            })
-        }
+        _ => return Err(ImageError::SeveralKernels { dir: boot, releases }),
     };
     let modules = kernel_root.join("lib/modules").join(&release);
     if !modules.is_dir() {
-        return Err(ImageError::MissingModulesDir {
-            release,
-            path: modules,
-        });
+        return Err(ImageError::MissingModulesDir { release, path: modules });
     }
     let vmlinuz = boot.join(format!("vmlinuz-{release}"));
     Ok((release, vmlinuz))
@@ -81,19 +66,13 @@ pub fn check_static_elf(what: &'static str, path: &Path, bytes: &[u8]) -> Result
         reason: reason.to_owned(),
     };
     let u16_at = |off: usize| -> Option<u16> {
-        Some(u16::from_le_bytes(
-            bytes.get(off..off + 2)?.try_into().ok()?,
-        ))
+        Some(u16::from_le_bytes(bytes.get(off..off + 2)?.try_into().ok()?))
     };
     let u32_at = |off: usize| -> Option<u32> {
-        Some(u32::from_le_bytes(
-            bytes.get(off..off + 4)?.try_into().ok()?,
-        ))
+        Some(u32::from_le_bytes(bytes.get(off..off + 4)?.try_into().ok()?))
     };
     let u64_at = |off: usize| -> Option<u64> {
-        Some(u64::from_le_bytes(
-            bytes.get(off..off + 8)?.try_into().ok()?,
-        ))
+        Some(u64::from_le_bytes(bytes.get(off..off + 8)?.try_into().ok()?))
     };
     if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" {
         return Err(reject("not an ELF file"));

@@ -51,10 +51,7 @@ pub(super) fn install(out: &Path, files: &[(&str, &[u8])]) -> Result<(), ImageEr
             .map_err(ImageError::io("remove the stale directory", &staging_path))?;
     }
     fs::create_dir(&staging_path).map_err(ImageError::io("create the directory", &staging_path))?;
-    let mut staging = Staging {
-        path: staging_path,
-        armed: true,
-    };
+    let mut staging = Staging { path: staging_path, armed: true };
     for (file_name, bytes) in files {
         let path = staging.path.join(file_name);
         let mut f = File::create(&path).map_err(ImageError::io("create", &path))?;
@@ -82,7 +79,5 @@ pub(super) fn install(out: &Path, files: &[(&str, &[u8])]) -> Result<(), ImageEr
 }
 
 fn sync_dir(dir: &Path) -> Result<(), ImageError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(ImageError::io("sync the directory", dir))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(ImageError::io("sync the directory", dir))
 }

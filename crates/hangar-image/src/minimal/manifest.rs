@@ -25,10 +25,7 @@ pub struct FileDigest {
 impl FileDigest {
     /// Digest of `bytes`.
     pub fn of(bytes: &[u8]) -> FileDigest {
-        FileDigest {
-            sha256: sha256_hex(bytes),
-            size: bytes.len() as u64,
-        }
+        FileDigest { sha256: sha256_hex(bytes), size: bytes.len() as u64 }
     }
 }
 

@@ -74,15 +74,9 @@ pub fn build_minimal(inputs: &MinimalInputs) -> Result<BuildReport, ImageError> 
     let manifest = Manifest {
         format: MANIFEST_FORMAT,
         image: IMAGE_NAME.to_owned(),
-        builder: Builder {
-            name: "hangar-image".to_owned(),
-            version: BUILDER_VERSION.to_owned(),
-        },
+        builder: Builder { name: "hangar-image".to_owned(), version: BUILDER_VERSION.to_owned() },
         kernel_release: release,
-        files: OutputFiles {
-            vmlinuz: FileDigest::of(&vmlinuz),
-            initrd: FileDigest::of(&initrd),
-        },
+        files: OutputFiles { vmlinuz: FileDigest::of(&vmlinuz), initrd: FileDigest::of(&initrd) },
         inputs: InputFiles {
             hangar_init: FileDigest::of(&init),
             busybox: FileDigest::of(&busybox),
@@ -97,10 +91,7 @@ pub fn build_minimal(inputs: &MinimalInputs) -> Result<BuildReport, ImageError> 
         Ok(meta) if !meta.is_dir() => return Err(ImageError::OutputNotDir { path: out.clone() }),
         Ok(_) => {
             if is_unchanged(out, &manifest_json, &manifest) {
-                return Ok(BuildReport {
-                    manifest,
-                    changed: false,
-                });
+                return Ok(BuildReport { manifest, changed: false });
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -108,16 +99,9 @@ pub fn build_minimal(inputs: &MinimalInputs) -> Result<BuildReport, ImageError> 
     }
     install(
         out,
-        &[
-            ("vmlinuz", &vmlinuz),
-            ("initrd.img", &initrd),
-            ("manifest.json", &manifest_json),
-        ],
+        &[("vmlinuz", &vmlinuz), ("initrd.img", &initrd), ("manifest.json", &manifest_json)],
     )?;
-    Ok(BuildReport {
-        manifest,
-        changed: true,
-    })
+    Ok(BuildReport { manifest, changed: true })
 }
 
 #[cfg(test)]
@@ -150,11 +134,7 @@ mod tests {
     fn fixture(dir: &Path) -> MinimalInputs {
         let root = dir.join("kernel");
         fs::create_dir_all(root.join("boot")).unwrap();
-        fs::write(
-            root.join(format!("boot/vmlinuz-{RELEASE}")),
-            b"fake bzImage",
-        )
-        .unwrap();
+        fs::write(root.join(format!("boot/vmlinuz-{RELEASE}")), b"fake bzImage").unwrap();
         fs::write(root.join(format!("boot/config-{RELEASE}")), b"CONFIG_X=y").unwrap();
         for m in MODULES {
             let p = root.join("lib/modules").join(RELEASE).join(m);
@@ -189,32 +169,18 @@ mod tests {
         assert_eq!(parsed, first.manifest);
 
         // Identical inputs: nothing rewritten.
-        let mtime = fs::metadata(out.join("initrd.img"))
-            .unwrap()
-            .modified()
-            .unwrap();
+        let mtime = fs::metadata(out.join("initrd.img")).unwrap().modified().unwrap();
         let second = build_minimal(&inputs).unwrap();
         assert!(!second.changed);
         assert_eq!(second.manifest, first.manifest);
-        assert_eq!(
-            fs::metadata(out.join("initrd.img"))
-                .unwrap()
-                .modified()
-                .unwrap(),
-            mtime
-        );
+        assert_eq!(fs::metadata(out.join("initrd.img")).unwrap().modified().unwrap(), mtime);
 
         // Same inputs into another directory: byte-identical outputs.
-        let other = MinimalInputs {
-            out_dir: tmp.path().join("elsewhere/minimal"),
-            ..inputs.clone()
-        };
+        let other =
+            MinimalInputs { out_dir: tmp.path().join("elsewhere/minimal"), ..inputs.clone() };
         assert!(build_minimal(&other).unwrap().changed);
         assert_eq!(fs::read(other.out_dir.join("initrd.img")).unwrap(), initrd1);
-        assert_eq!(
-            fs::read(other.out_dir.join("manifest.json")).unwrap(),
-            manifest1
-        );
+        assert_eq!(fs::read(other.out_dir.join("manifest.json")).unwrap(), manifest1);
 
         // A changed input replaces the image (atomic exchange), leaving no staging dirs.
         let mut init = fake_elf(false);
@@ -223,10 +189,8 @@ mod tests {
         let third = build_minimal(&inputs).unwrap();
         assert!(third.changed);
         assert_ne!(fs::read(out.join("initrd.img")).unwrap(), initrd1);
-        let leftovers: Vec<_> = fs::read_dir(out.parent().unwrap())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let leftovers: Vec<_> =
+            fs::read_dir(out.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(leftovers, vec![std::ffi::OsString::from("minimal")]);
     }
 
@@ -244,10 +208,7 @@ mod tests {
         assert!(
             matches!(err, ImageError::MissingModule { ref module, .. } if module == "virtio-rng")
         );
-        assert!(
-            err.to_string().contains(&rng.display().to_string()),
-            "{err}"
-        );
+        assert!(err.to_string().contains(&rng.display().to_string()), "{err}");
         assert!(!inputs.out_dir.exists());
         assert!(!inputs.out_dir.parent().unwrap().exists());
 
@@ -260,10 +221,8 @@ mod tests {
         let err = find_kernel(empty.path()).unwrap_err();
         assert!(err.to_string().contains("a, b"), "{err}");
 
-        let bad = MinimalInputs {
-            busybox: tmp.path().join("no-such-busybox"),
-            ..fixture(tmp.path())
-        };
+        let bad =
+            MinimalInputs { busybox: tmp.path().join("no-such-busybox"), ..fixture(tmp.path()) };
         fs::write(&rng, b"back").unwrap();
         let err = build_minimal(&bad).unwrap_err();
         assert!(err.to_string().contains("no-such-busybox"), "{err}");

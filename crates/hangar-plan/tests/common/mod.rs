@@ -29,34 +29,19 @@ pub struct Case {
 pub fn cases(dir: &Path) -> Vec<Case> {
     let default_facts = read_facts(&corpus_dir().join("host-facts.json"));
     let mut out = Vec::new();
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
     entries.sort();
     for case_dir in entries {
-        let spec_path = ["spec.toml", "spec.json"]
-            .iter()
-            .map(|f| case_dir.join(f))
-            .find(|p| p.exists());
+        let spec_path =
+            ["spec.toml", "spec.json"].iter().map(|f| case_dir.join(f)).find(|p| p.exists());
         let Some(spec_path) = spec_path else { continue };
         let facts_path = case_dir.join("host-facts.json");
-        let facts = if facts_path.exists() {
-            read_facts(&facts_path)
-        } else {
-            default_facts.clone()
-        };
+        let facts =
+            if facts_path.exists() { read_facts(&facts_path) } else { default_facts.clone() };
         let name = case_dir.file_name().unwrap().to_str().unwrap().to_string();
         let text = std::fs::read_to_string(&spec_path).unwrap();
         let format = Format::detect(spec_path.file_name().and_then(|n| n.to_str()), &text).unwrap();
-        out.push(Case {
-            name,
-            dir: case_dir,
-            spec_path,
-            text,
-            format,
-            facts,
-        });
+        out.push(Case { name, dir: case_dir, spec_path, text, format, facts });
     }
     out
 }

@@ -42,18 +42,13 @@ impl Qmp {
     /// with a `GenericError`) and returns QEMU's `return` value. This is the escape hatch for commands without a typed method; it may change
     /// state, which is why it lives here and not on [`QmpQuery`](super::QmpQuery).
     pub async fn execute(
-        &self,
-        command: &str,
-        arguments: Option<Value>,
+        &self, command: &str, arguments: Option<Value>,
     ) -> Result<Value, QmpError> {
         self.call(command, arguments, self.timeout).await
     }
 
     pub(super) async fn call(
-        &self,
-        command: &str,
-        arguments: Option<Value>,
-        timeout: Duration,
+        &self, command: &str, arguments: Option<Value>, timeout: Duration,
     ) -> Result<Value, QmpError> {
         let shared = &*self.conn.shared;
         let id = self.conn.next_id.fetch_add(1, Ordering::Relaxed);
@@ -63,13 +58,7 @@ impl Qmp {
             if let Some(reason) = &st.closed {
                 return Err(reason.to_error(command));
             }
-            st.pending.insert(
-                id,
-                Pending {
-                    command: command.to_string(),
-                    reply: tx,
-                },
-            );
+            st.pending.insert(id, Pending { command: command.to_string(), reply: tx });
         }
         let _guard = PendingGuard { shared, id };
         let mut msg = Map::new();
@@ -98,17 +87,12 @@ impl Qmp {
         };
         match tokio::time::timeout(timeout, exchange).await {
             Ok(result) => result,
-            Err(_) => Err(QmpError::Timeout {
-                operation: command.to_string(),
-                after: timeout,
-            }),
+            Err(_) => Err(QmpError::Timeout { operation: command.to_string(), after: timeout }),
         }
     }
 
     pub(super) async fn call_unit(
-        &self,
-        command: &str,
-        arguments: Option<Value>,
+        &self, command: &str, arguments: Option<Value>,
     ) -> Result<(), QmpError> {
         self.call(command, arguments, self.timeout).await.map(drop)
     }

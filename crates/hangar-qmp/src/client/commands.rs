@@ -94,7 +94,6 @@ impl QmpControl for Qmp {
     }
 
     async fn migrate_incoming(&self, uri: &str) -> Result<(), QmpError> {
-        self.call_unit("migrate-incoming", Some(json!({ "uri": uri })))
-            .await
+        self.call_unit("migrate-incoming", Some(json!({ "uri": uri }))).await
     }
 }

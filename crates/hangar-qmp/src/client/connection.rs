@@ -47,9 +47,7 @@ impl Qmp {
 
     /// [`Qmp::connect`] with explicit options.
     pub async fn connect_with(
-        path: impl AsRef<Path>,
-        deadline: Duration,
-        options: QmpOptions,
+        path: impl AsRef<Path>, deadline: Duration, options: QmpOptions,
     ) -> Result<Qmp, QmpError> {
         let path = path.as_ref().to_path_buf();
         let started = Instant::now();
@@ -60,10 +58,7 @@ impl Qmp {
 
         let greeting_line = match tokio::time::timeout_at(until, lines.next_line()).await {
             Err(_) => {
-                return Err(QmpError::Timeout {
-                    operation: "greeting".into(),
-                    after: deadline,
-                })
+                return Err(QmpError::Timeout { operation: "greeting".into(), after: deadline })
             }
             Ok(Err(e)) => return Err(e.into_error("reading the greeting")),
             Ok(Ok(None)) => {
@@ -106,23 +101,16 @@ impl Qmp {
             timeout: options.call_timeout,
         };
         let remaining = until.saturating_duration_since(Instant::now());
-        qmp.call("qmp_capabilities", None, remaining)
-            .await
-            .map_err(|e| match e {
-                QmpError::Timeout { operation, .. } => QmpError::Timeout {
-                    operation,
-                    after: deadline,
-                },
-                other => other,
-            })?;
+        qmp.call("qmp_capabilities", None, remaining).await.map_err(|e| match e {
+            QmpError::Timeout { operation, .. } => QmpError::Timeout { operation, after: deadline },
+            other => other,
+        })?;
         Ok(qmp)
     }
 }
 
 async fn connect_retrying(
-    path: &Path,
-    started: Instant,
-    until: Instant,
+    path: &Path, started: Instant, until: Instant,
 ) -> Result<UnixStream, QmpError> {
     let mut backoff = BACKOFF_START;
     loop {
@@ -131,10 +119,8 @@ async fn connect_retrying(
             Ok(Err(e)) => e,
             Err(_) => io::Error::new(io::ErrorKind::TimedOut, "connect did not complete"),
         };
-        let retryable = matches!(
-            err.kind(),
-            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
-        );
+        let retryable =
+            matches!(err.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused);
         let now = Instant::now();
         if !retryable || now >= until {
             return Err(QmpError::Connect {
@@ -149,9 +135,7 @@ async fn connect_retrying(
 }
 
 async fn write_loop(
-    mut write: OwnedWriteHalf,
-    mut queue: mpsc::Receiver<Vec<u8>>,
-    shared: Arc<Shared>,
+    mut write: OwnedWriteHalf, mut queue: mpsc::Receiver<Vec<u8>>, shared: Arc<Shared>,
 ) {
     loop {
         tokio::select! {
@@ -220,10 +204,7 @@ fn dispatch(line: &[u8], shared: &Shared) -> Result<(), String> {
     }
     let id = match obj.get("id") {
         None => {
-            let what = obj
-                .get("error")
-                .map(|e| format!(" (error {e})"))
-                .unwrap_or_default();
+            let what = obj.get("error").map(|e| format!(" (error {e})")).unwrap_or_default();
             return Err(format!("reply without an id{what}"));
         }
         Some(v) => v
@@ -243,17 +224,12 @@ fn dispatch(line: &[u8], shared: &Shared) -> Result<(), String> {
             let ctx = format!("error reply to {}", pending.command);
             let err = as_object(err, &ctx);
             let parsed = err.and_then(|e| {
-                Ok((
-                    get_str(e, "class", &ctx)?.to_string(),
-                    get_str(e, "desc", &ctx)?.to_string(),
-                ))
+                Ok((get_str(e, "class", &ctx)?.to_string(), get_str(e, "desc", &ctx)?.to_string()))
             });
             match parsed {
-                Ok((class, desc)) => Err(QmpError::Command {
-                    command: pending.command.clone(),
-                    class,
-                    desc,
-                }),
+                Ok((class, desc)) => {
+                    Err(QmpError::Command { command: pending.command.clone(), class, desc })
+                }
                 Err(detail) => {
                     let _ = pending
                         .reply

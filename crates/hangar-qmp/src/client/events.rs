@@ -15,10 +15,7 @@ impl Qmp {
             Some(tx) => tx.subscribe(),
             None => broadcast::channel(1).1,
         };
-        EventStream {
-            rx,
-            capacity: st.event_capacity,
-        }
+        EventStream { rx, capacity: st.event_capacity }
     }
 }
 

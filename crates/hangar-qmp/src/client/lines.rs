@@ -32,10 +32,9 @@ impl LineError {
 
     pub(super) fn into_error(self, doing: &str) -> QmpError {
         match self {
-            LineError::Io(e) => QmpError::Disconnected {
-                command: None,
-                reason: format!("{doing}: {e}"),
-            },
+            LineError::Io(e) => {
+                QmpError::Disconnected { command: None, reason: format!("{doing}: {e}") }
+            }
             other => QmpError::protocol(format!("{doing}: {}", other.detail())),
         }
     }
@@ -43,10 +42,7 @@ impl LineError {
 
 impl<R: AsyncRead + Unpin> LineReader<R> {
     pub(super) fn new(read: R, max: usize) -> Self {
-        LineReader {
-            inner: BufReader::with_capacity(64 * 1024, read),
-            max,
-        }
+        LineReader { inner: BufReader::with_capacity(64 * 1024, read), max }
     }
 
     /// The next line without its terminator; `None` at a clean EOF. Cancel-safe only between

@@ -136,10 +136,9 @@ impl CloseReason {
                 command: Some(command.to_string()),
                 reason: reason.clone(),
             },
-            CloseReason::Protocol(detail) => QmpError::Protocol {
-                command: Some(command.to_string()),
-                detail: detail.clone(),
-            },
+            CloseReason::Protocol(detail) => {
+                QmpError::Protocol { command: Some(command.to_string()), detail: detail.clone() }
+            }
         }
     }
 }
@@ -195,10 +194,7 @@ impl Qmp {
     /// A handle to the same connection whose calls use `timeout` instead; for a per-call
     /// override write `qmp.with_timeout(t).query_migrate().await`.
     pub fn with_timeout(&self, timeout: Duration) -> Qmp {
-        Qmp {
-            conn: self.conn.clone(),
-            timeout,
-        }
+        Qmp { conn: self.conn.clone(), timeout }
     }
 
     /// Whether the connection is still open (no EOF, I/O failure or protocol error seen yet).

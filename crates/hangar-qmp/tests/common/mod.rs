@@ -38,20 +38,13 @@ impl Fake {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("qmp.sock");
         let listener = UnixListener::bind(&path).unwrap();
-        Fake {
-            dir,
-            path,
-            listener,
-        }
+        Fake { dir, path, listener }
     }
 
     pub async fn accept(&self) -> Peer {
         let (stream, _) = self.listener.accept().await.unwrap();
         let (r, w) = stream.into_split();
-        Peer {
-            r: BufReader::new(r),
-            w,
-        }
+        Peer { r: BufReader::new(r), w }
     }
 }
 
@@ -98,8 +91,7 @@ impl Peer {
 
     /// Replies with a QMP error to `cmd`.
     pub async fn reply_error(&mut self, cmd: &Value, class: &str, desc: &str) {
-        self.send(json!({"error": {"class": class, "desc": desc}, "id": cmd["id"]}))
-            .await;
+        self.send(json!({"error": {"class": class, "desc": desc}, "id": cmd["id"]})).await;
     }
 
     /// Sends an event.

@@ -32,9 +32,9 @@ impl Walker<'_> {
                     );
                     None
                 }
-                (true, false) => self
-                    .file_path(o, "source")
-                    .map(|source| DiskSource::Base { source }),
+                (true, false) => {
+                    self.file_path(o, "source").map(|source| DiskSource::Base { source })
+                }
                 (false, true) => {
                     if readonly == Some(true) {
                         self.push(
@@ -47,9 +47,7 @@ impl Walker<'_> {
                         );
                     }
                     self.int(o, "size_mib", limits::DISK_MIB, " MiB")
-                        .map(|size_mib| DiskSource::Blank {
-                            size_mib: size_mib as u64,
-                        })
+                        .map(|size_mib| DiskSource::Blank { size_mib: size_mib as u64 })
                 }
             };
             if let (Some(name), Some(source)) = (name, source) {

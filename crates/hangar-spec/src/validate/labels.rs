@@ -72,9 +72,7 @@ impl Walker<'_> {
 
 fn valid_label_key(key: &str) -> bool {
     let mut chars = key.chars();
-    let first_ok = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
     first_ok
         && key.len() <= 63
         && key.chars().all(|c| {

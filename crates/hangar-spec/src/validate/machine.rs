@@ -29,11 +29,8 @@ impl Walker<'_> {
         if let Some(v) = self.int(&o, "cpu_weight", limits::CPU_WEIGHT, "") {
             spec.cpu_weight = Some(v as u32);
         }
-        let accels = [
-            ("auto", AccelRequest::Auto),
-            ("kvm", AccelRequest::Kvm),
-            ("tcg", AccelRequest::Tcg),
-        ];
+        let accels =
+            [("auto", AccelRequest::Auto), ("kvm", AccelRequest::Kvm), ("tcg", AccelRequest::Tcg)];
         if let Some(v) = self.choice(&o, "accel", &accels) {
             spec.accel = v;
         }
@@ -118,17 +115,12 @@ impl Walker<'_> {
         let cmdline = self.cmdline(&o);
         let source = if has("kernel") {
             let kernel = self.file_path(&o, "kernel");
-            let initrd = if has("initrd") {
-                self.file_path(&o, "initrd").map(Some)
-            } else {
-                Some(None)
-            };
+            let initrd =
+                if has("initrd") { self.file_path(&o, "initrd").map(Some) } else { Some(None) };
             match (kernel, initrd, cmdline) {
-                (Some(kernel), Some(initrd), Some(cmdline)) => Some(BootSource::Kernel {
-                    kernel,
-                    initrd,
-                    cmdline,
-                }),
+                (Some(kernel), Some(initrd), Some(cmdline)) => {
+                    Some(BootSource::Kernel { kernel, initrd, cmdline })
+                }
                 _ => None,
             }
         } else {

@@ -57,10 +57,7 @@ pub(crate) struct Walker<'a> {
 
 impl<'a> Walker<'a> {
     pub(crate) fn new(base_dir: &'a Path) -> Self {
-        Self {
-            errors: Vec::new(),
-            base_dir,
-        }
+        Self { errors: Vec::new(), base_dir }
     }
 
     fn push(&mut self, d: Diagnostic) {
@@ -91,9 +88,7 @@ impl<'a> Walker<'a> {
                 None
             }
             None => None,
-            Some(n) => VmName::new(n)
-                .map_err(|e| self.name_error("name".into(), e))
-                .ok(),
+            Some(n) => VmName::new(n).map_err(|e| self.name_error("name".into(), e)).ok(),
         };
         let machine = self.machine(&top);
         let boot = self.boot(&top);
@@ -101,16 +96,12 @@ impl<'a> Walker<'a> {
         let nics = self.nics(&top);
         let serial = self.serial(&top);
         let labels = self.labels(&top);
-        let tenant = self.string(&top, "tenant").and_then(|t| {
-            TenantId::new(t)
-                .map_err(|e| self.name_error("tenant".into(), e))
-                .ok()
-        });
-        let pool = self.string(&top, "pool").and_then(|p| {
-            PoolId::new(p)
-                .map_err(|e| self.name_error("pool".into(), e))
-                .ok()
-        });
+        let tenant = self
+            .string(&top, "tenant")
+            .and_then(|t| TenantId::new(t).map_err(|e| self.name_error("tenant".into(), e)).ok());
+        let pool = self
+            .string(&top, "pool")
+            .and_then(|p| PoolId::new(p).map_err(|e| self.name_error("pool".into(), e)).ok());
 
         let name = name.and_then(|n| self.tenant_name(n, tenant.as_ref()));
 
@@ -129,17 +120,7 @@ impl<'a> Walker<'a> {
         else {
             unreachable!("a section failed without reporting why");
         };
-        Ok(VmSpec {
-            name,
-            machine,
-            boot,
-            disks,
-            nics,
-            serial,
-            labels,
-            tenant,
-            pool,
-        })
+        Ok(VmSpec { name, machine, boot, disks, nics, serial, labels, tenant, pool })
     }
 
     /// A tenant's VM lives in its namespace: `web` of tenant `acme` is `acme--web` (see

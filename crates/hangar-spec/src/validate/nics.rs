@@ -19,11 +19,7 @@ impl Walker<'_> {
         let mut out = Vec::new();
         for o in &items {
             let name = self.device_name(o, &mut seen, "nic");
-            let modes = [
-                ("user", NicMode::User),
-                ("tap", NicMode::Tap),
-                ("none", NicMode::None),
-            ];
+            let modes = [("user", NicMode::User), ("tap", NicMode::Tap), ("none", NicMode::None)];
             let mode = if o.map.contains_key("mode") {
                 self.choice(o, "mode", &modes)
             } else {
@@ -31,20 +27,14 @@ impl Walker<'_> {
             };
             let forward = self.forwards(o, mode, &mut ports);
             if let (Some(name), Some(mode), Some(forward)) = (name, mode, forward) {
-                out.push(NicSpec {
-                    name,
-                    mode,
-                    forward,
-                });
+                out.push(NicSpec { name, mode, forward });
             }
         }
         (self.errors.len() == before).then_some(out)
     }
 
     pub(super) fn forwards(
-        &mut self,
-        o: &Obj<'_>,
-        mode: Option<NicMode>,
+        &mut self, o: &Obj<'_>, mode: Option<NicMode>,
         ports: &mut BTreeMap<(Protocol, u16), String>,
     ) -> Option<Vec<PortForward>> {
         let Some(node) = o.map.get("forward") else {
@@ -128,16 +118,9 @@ fn parse_forward(rule: &str) -> Result<PortForward, ForwardProblem> {
             return Err(ForwardProblem::Syntax);
         }
         let n: u64 = s.parse().map_err(|_| ForwardProblem::Syntax)?;
-        u16::try_from(n)
-            .ok()
-            .filter(|p| *p > 0)
-            .ok_or(ForwardProblem::Port(n))
+        u16::try_from(n).ok().filter(|p| *p > 0).ok_or(ForwardProblem::Port(n))
     };
-    Ok(PortForward {
-        proto,
-        host: port(host)?,
-        guest: port(guest)?,
-    })
+    Ok(PortForward { proto, host: port(host)?, guest: port(guest)? })
 }
 
 #[cfg(test)]
@@ -152,13 +135,7 @@ mod tests {
         assert!(f("sctp:1:2").is_none());
         assert!(f("80").is_none());
         assert!(f("a:b").is_none());
-        assert!(matches!(
-            parse_forward("0:80"),
-            Err(ForwardProblem::Port(0))
-        ));
-        assert!(matches!(
-            parse_forward("70000:80"),
-            Err(ForwardProblem::Port(70000))
-        ));
+        assert!(matches!(parse_forward("0:80"), Err(ForwardProblem::Port(0))));
+        assert!(matches!(parse_forward("70000:80"), Err(ForwardProblem::Port(70000))));
     }
 }

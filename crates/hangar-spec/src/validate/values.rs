@@ -28,10 +28,7 @@ impl Walker<'_> {
 
     /// A table whose keys must all be in `known`.
     pub(super) fn obj<'n>(
-        &mut self,
-        node: &'n Node,
-        path: String,
-        known: &[&str],
+        &mut self, node: &'n Node, path: String, known: &[&str],
     ) -> Option<Obj<'n>> {
         let Node::Obj(map) = node else {
             self.type_error(path, "a table", node);
@@ -73,11 +70,7 @@ impl Walker<'_> {
     }
 
     pub(super) fn int(
-        &mut self,
-        o: &Obj<'_>,
-        key: &str,
-        (min, max): (i64, i64),
-        unit: &str,
+        &mut self, o: &Obj<'_>, key: &str, (min, max): (i64, i64), unit: &str,
     ) -> Option<i64> {
         match o.map.get(key)? {
             Node::Int(i) if (min..=max).contains(i) => Some(*i),
@@ -110,10 +103,7 @@ impl Walker<'_> {
     }
 
     pub(super) fn choice<T: Copy>(
-        &mut self,
-        o: &Obj<'_>,
-        key: &str,
-        choices: &[(&str, T)],
+        &mut self, o: &Obj<'_>, key: &str, choices: &[(&str, T)],
     ) -> Option<T> {
         let value = self.string(o, key)?;
         if let Some((_, v)) = choices.iter().find(|(name, _)| *name == value) {
@@ -187,10 +177,7 @@ impl Walker<'_> {
     }
 
     pub(super) fn section<'n>(
-        &mut self,
-        top: &Obj<'n>,
-        key: &str,
-        known: &[&str],
+        &mut self, top: &Obj<'n>, key: &str, known: &[&str],
     ) -> Result<Option<Obj<'n>>, ()> {
         match top.map.get(key) {
             None => Ok(None),
@@ -199,22 +186,14 @@ impl Walker<'_> {
     }
 
     pub(super) fn array_of_tables<'n>(
-        &mut self,
-        top: &Obj<'n>,
-        key: &str,
-        known: &[&str],
-        max: usize,
+        &mut self, top: &Obj<'n>, key: &str, known: &[&str], max: usize,
     ) -> Option<Vec<Obj<'n>>> {
         let node = match top.map.get(key) {
             None => return Some(Vec::new()),
             Some(node) => node,
         };
         let Node::Arr(items) = node else {
-            self.type_error(
-                top.at(key),
-                &format!("an array of tables ([[{key}]])"),
-                node,
-            );
+            self.type_error(top.at(key), &format!("an array of tables ([[{key}]])"), node);
             return None;
         };
         if items.len() > max {
@@ -240,10 +219,7 @@ impl Walker<'_> {
     }
 
     pub(super) fn device_name(
-        &mut self,
-        o: &Obj<'_>,
-        seen: &mut BTreeSet<String>,
-        what: &str,
+        &mut self, o: &Obj<'_>, seen: &mut BTreeSet<String>, what: &str,
     ) -> Option<DeviceName> {
         let Some(raw) = self.string(o, "name") else {
             if !o.map.contains_key("name") {
@@ -251,9 +227,7 @@ impl Walker<'_> {
             }
             return None;
         };
-        let name = DeviceName::new(raw)
-            .map_err(|e| self.name_error(o.at("name"), e))
-            .ok()?;
+        let name = DeviceName::new(raw).map_err(|e| self.name_error(o.at("name"), e)).ok()?;
         if !seen.insert(raw.to_string()) {
             self.push(
                 Diagnostic::new(

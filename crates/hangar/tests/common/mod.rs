@@ -24,10 +24,7 @@ pub fn serve(home: &Path, engine: hangar_qemu::QemuEngine, reconcile: Option<Dur
 /// Serves `engine` with `options`; the reconcile loop runs only with `reconcile`. With uids
 /// mapped, the socket is open to other users (as `hangard --map-uid` makes it).
 pub fn serve_with(
-    home: &Path,
-    engine: hangar_qemu::QemuEngine,
-    options: hangard::Options,
-    reconcile: bool,
+    home: &Path, engine: hangar_qemu::QemuEngine, options: hangard::Options, reconcile: bool,
 ) -> Served {
     let how = Embedding {
         socket: home.join("hangard.sock"),
@@ -35,16 +32,13 @@ pub fn serve_with(
         tcp: Tcp::Off,
         reconcile,
     };
-    Embedded::start(how, move || {
-        hangard::Daemon::with_options(engine, options).unwrap()
-    })
+    Embedded::start(how, move || hangard::Daemon::with_options(engine, options).unwrap())
 }
 
 /// Serves `engine` on `home`'s socket and on TLS over TCP (the self-signed identity made in
 /// `home`), no reconcile loop; returns the TCP address and the certificate's fingerprint.
 pub fn serve_tls(
-    home: &Path,
-    engine: hangar_qemu::QemuEngine,
+    home: &Path, engine: hangar_qemu::QemuEngine,
 ) -> (Served, std::net::SocketAddr, String) {
     let identity = hangard::server::identity(home, None).unwrap();
     let how = Embedding {

@@ -34,8 +34,7 @@ pub struct EventsQuery {
 #[utoipa::path(get, path = "/v1/events", params(EventsQuery),
     responses((status = 200, content_type = "text/event-stream", body = EventView, description = "A stream of events")))]
 pub(crate) async fn events(
-    Ctx { d, caller }: Ctx,
-    Query(q): Query<EventsQuery>,
+    Ctx { d, caller }: Ctx, Query(q): Query<EventsQuery>,
 ) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>> {
     let follow = q.follow.unwrap_or(true);
     let state = (q.since, VecDeque::new(), d.clone());
@@ -102,8 +101,7 @@ pub struct EventPageQuery {
 #[utoipa::path(get, path = "/v1/events/page", params(EventPageQuery),
     responses((status = 200, body = [EventView])))]
 pub(crate) async fn events_page(
-    Ctx { d, caller }: Ctx,
-    Query(q): Query<EventPageQuery>,
+    Ctx { d, caller }: Ctx, Query(q): Query<EventPageQuery>,
 ) -> ApiResult<Json<Vec<EventView>>> {
     let limit = q.limit.unwrap_or(256).clamp(1, 10_000);
     let local = d.local.clone();

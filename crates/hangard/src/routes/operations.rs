@@ -37,10 +37,7 @@ pub struct WaitQuery {
 /// request's names must already be resolved for `caller` and its objects checked; its end is
 /// recorded in the audit log.
 pub(crate) async fn submit(
-    d: Arc<Daemon>,
-    caller: &Caller,
-    request: OperationRequest,
-    wait: bool,
+    d: Arc<Daemon>, caller: &Caller, request: OperationRequest, wait: bool,
 ) -> ApiResult<Response> {
     let local = d.local.clone();
     let pending = blocking(move || local.begin(request)).await??;
@@ -83,12 +80,7 @@ pub(crate) async fn submit(
             waker.ops_changed.notify_waiters();
         });
         let location = format!("/v1/operations/{id}");
-        (
-            StatusCode::ACCEPTED,
-            [("location", location)],
-            Json(accepted),
-        )
-            .into_response()
+        (StatusCode::ACCEPTED, [("location", location)], Json(accepted)).into_response()
     };
     if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-hangar-operation", v);
@@ -125,9 +117,7 @@ impl Daemon {
     responses((status = 202, body = Operation), (status = 200, body = Operation, description = "With wait=true"),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(crate) async fn create_operation(
-    Ctx { d, caller }: Ctx,
-    Query(q): Query<WaitQuery>,
-    body: Result<Bytes, BytesRejection>,
+    Ctx { d, caller }: Ctx, Query(q): Query<WaitQuery>, body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let request: OperationRequest = json_body(body)?;
     // The route lets anyone in; what the request does decides.
@@ -148,17 +138,12 @@ pub struct OperationsQuery {
 #[utoipa::path(get, path = "/v1/operations", params(OperationsQuery),
     responses((status = 200, body = [Operation])))]
 pub(crate) async fn list_operations(
-    Ctx { d, caller }: Ctx,
-    Query(q): Query<OperationsQuery>,
+    Ctx { d, caller }: Ctx, Query(q): Query<OperationsQuery>,
 ) -> ApiResult<Json<Vec<Operation>>> {
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
     let local = d.local.clone();
     // A tenant's share of the newest 10,000 (the journal is not indexed by tenant).
-    let fetch = if caller.tenant().is_some() {
-        10_000
-    } else {
-        limit
-    };
+    let fetch = if caller.tenant().is_some() { 10_000 } else { limit };
     let mut ops = blocking(move || local.operations(fetch)).await??;
     ops.retain(|op| caller.sees(op.request.tenant().as_deref()));
     ops.truncate(limit);
@@ -169,9 +154,7 @@ pub(crate) async fn list_operations(
 #[utoipa::path(get, path = "/v1/operations/{id}", params(("id" = String, Path, description = "Operation id"), WaitQuery),
     responses((status = 200, body = Operation), (status = 404, body = ErrorBody)))]
 pub(crate) async fn get_operation(
-    Ctx { d, caller }: Ctx,
-    UrlPath(id): UrlPath<String>,
-    Query(q): Query<WaitQuery>,
+    Ctx { d, caller }: Ctx, UrlPath(id): UrlPath<String>, Query(q): Query<WaitQuery>,
 ) -> ApiResult<Json<Operation>> {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
@@ -179,18 +162,9 @@ pub(crate) async fn get_operation(
         let local = d.local.clone();
         let lookup = id.clone();
         let op = blocking(move || local.operation(&lookup)).await??;
-        caller.allow_owned(
-            Action::OperationRead,
-            op.request.tenant().as_deref(),
-            || {
-                ApiError::new(
-                    ErrorCode::OperationNotFound,
-                    format!("no operation {id:?}"),
-                    None,
-                    None,
-                )
-            },
-        )?;
+        caller.allow_owned(Action::OperationRead, op.request.tenant().as_deref(), || {
+            ApiError::new(ErrorCode::OperationNotFound, format!("no operation {id:?}"), None, None)
+        })?;
         if !q.wait || op.is_done() || Instant::now() >= deadline {
             return Ok(Json(op));
         }

@@ -20,8 +20,7 @@ use crate::routes::vms::*;
 #[utoipa::path(get, path = "/v1/vms/{name}/snapshots", params(("name" = String, Path, description = "VM name")),
     responses((status = 200, body = Object, description = "SnapshotInfo list")))]
 pub(crate) async fn list_vm_snapshots(
-    Ctx { d, caller }: Ctx,
-    UrlPath(name): UrlPath<String>,
+    Ctx { d, caller }: Ctx, UrlPath(name): UrlPath<String>,
 ) -> ApiResult<Json<Vec<SnapshotInfo>>> {
     let view = d.visible_vm(&caller, Action::SnapshotRead, &name).await?;
     let local = d.local.clone();
@@ -44,17 +43,11 @@ pub(crate) async fn list_snapshots(Ctx { d, caller }: Ctx) -> ApiResult<Json<Vec
     request_body = SnapshotRequest,
     responses((status = 202, body = Operation), (status = 200, body = Operation, description = "With wait=true"), (status = 409, body = ErrorBody)))]
 pub(crate) async fn save_snapshot(
-    Ctx { d, caller }: Ctx,
-    UrlPath(name): UrlPath<String>,
-    Query(q): Query<WaitQuery>,
+    Ctx { d, caller }: Ctx, UrlPath(name): UrlPath<String>, Query(q): Query<WaitQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let req: SnapshotRequest = json_body(body)?;
-    let request = OperationRequest::SnapshotSave {
-        vm: name,
-        id: req.id,
-        sleep: req.sleep,
-    };
+    let request = OperationRequest::SnapshotSave { vm: name, id: req.id, sleep: req.sleep };
     let request = scoped(&d, &caller, request).await?;
     submit(d, &caller, request, q.wait).await
 }
@@ -65,18 +58,12 @@ pub(crate) async fn save_snapshot(
     responses((status = 202, body = Operation), (status = 200, body = Operation, description = "With wait=true"),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(crate) async fn restore_snapshot(
-    Ctx { d, caller }: Ctx,
-    UrlPath((name, id)): UrlPath<(String, String)>,
+    Ctx { d, caller }: Ctx, UrlPath((name, id)): UrlPath<(String, String)>,
     Query(q): Query<WaitQuery>,
 ) -> ApiResult<Response> {
     // The snapshot id is resolved in the VM's tenant by the engine's side (hangar-control),
     // so a tenant reaches only its own snapshots.
-    let request = scoped(
-        &d,
-        &caller,
-        OperationRequest::SnapshotRestore { vm: name, id },
-    )
-    .await?;
+    let request = scoped(&d, &caller, OperationRequest::SnapshotRestore { vm: name, id }).await?;
     submit(d, &caller, request, q.wait).await
 }
 
@@ -85,9 +72,7 @@ pub(crate) async fn restore_snapshot(
     responses((status = 202, body = Operation), (status = 200, body = Operation, description = "With wait=true"),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(crate) async fn delete_snapshot(
-    Ctx { d, caller }: Ctx,
-    UrlPath(id): UrlPath<String>,
-    Query(q): Query<WaitQuery>,
+    Ctx { d, caller }: Ctx, UrlPath(id): UrlPath<String>, Query(q): Query<WaitQuery>,
 ) -> ApiResult<Response> {
     let request = scoped(&d, &caller, OperationRequest::SnapshotDelete { id }).await?;
     submit(d, &caller, request, q.wait).await

@@ -23,11 +23,7 @@ pub(crate) async fn health(State(d): State<Arc<Daemon>>) -> Json<Health> {
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
         qemu: facts.qemu.version.clone(),
-        accel: if kvm {
-            format!("kvm: {why}")
-        } else {
-            format!("tcg: {why}")
-        },
+        accel: if kvm { format!("kvm: {why}") } else { format!("tcg: {why}") },
     })
 }
 

@@ -30,10 +30,8 @@ pub(crate) async fn list_vms(Ctx { d, caller }: Ctx) -> ApiResult<Response> {
     let body = if caller.tenant().is_none() {
         body
     } else {
-        let mine: Vec<&VmView> = views
-            .iter()
-            .filter(|v| caller.sees(v.tenant.as_deref()))
-            .collect();
+        let mine: Vec<&VmView> =
+            views.iter().filter(|v| caller.sees(v.tenant.as_deref())).collect();
         Bytes::from(serde_json::to_vec(&mine).expect("views serialise"))
     };
     Ok(([("content-type", "application/json")], body).into_response())
@@ -64,19 +62,14 @@ impl Daemon {
     /// The VM `name` means to `caller` (inside a tenant's namespace), if the caller may do
     /// `action` to it: its view. Another tenant's VM, like a missing one, is `E_VM_NOT_FOUND`.
     pub(crate) async fn visible_vm(
-        &self,
-        caller: &Caller,
-        action: Action,
-        name: &str,
+        &self, caller: &Caller, action: Action, name: &str,
     ) -> ApiResult<VmView> {
         let resolved = caller.resolve(name);
         let vm = vm_name(&resolved)?;
         let local = self.local.clone();
         let lookup = resolved.clone();
         let view = blocking(move || local.get(&lookup)).await??;
-        caller.allow_owned(action, view.tenant.as_deref(), || {
-            Error::VmNotFound(vm).into()
-        })?;
+        caller.allow_owned(action, view.tenant.as_deref(), || Error::VmNotFound(vm).into())?;
         Ok(view)
     }
 }
@@ -85,8 +78,7 @@ impl Daemon {
 #[utoipa::path(get, path = "/v1/vms/{name}", params(("name" = String, Path, description = "VM name")),
     responses((status = 200, body = VmView), (status = 404, body = ErrorBody)))]
 pub(crate) async fn get_vm(
-    Ctx { d, caller }: Ctx,
-    UrlPath(name): UrlPath<String>,
+    Ctx { d, caller }: Ctx, UrlPath(name): UrlPath<String>,
 ) -> ApiResult<Json<VmView>> {
     Ok(Json(d.visible_vm(&caller, Action::VmRead, &name).await?))
 }
@@ -98,23 +90,13 @@ pub(crate) async fn get_vm(
     responses((status = 202, body = Operation), (status = 200, body = Operation, description = "With wait=true"),
         (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(crate) async fn create_vm(
-    Ctx { d, caller }: Ctx,
-    Query(q): Query<WaitQuery>,
-    body: Result<Bytes, BytesRejection>,
+    Ctx { d, caller }: Ctx, Query(q): Query<WaitQuery>, body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let body = body_bytes(body)?;
     // Refuse a bad spec with every diagnostic before an operation is made.
     spec_from_body(&body)?;
     let spec = serde_json::from_slice(&body).expect("a spec that parsed is JSON");
-    let request = scoped(
-        &d,
-        &caller,
-        OperationRequest::Create {
-            spec,
-            base_dir: None,
-        },
-    )
-    .await?;
+    let request = scoped(&d, &caller, OperationRequest::Create { spec, base_dir: None }).await?;
     submit(d, &caller, request, q.wait).await
 }
 
@@ -122,18 +104,13 @@ pub(crate) async fn create_vm(
 /// put in the caller's tenant, and the policy asked about the object it acts on (another
 /// tenant's VM or snapshot answers exactly like a missing one).
 pub(crate) async fn scoped(
-    d: &Daemon,
-    caller: &Caller,
-    mut request: OperationRequest,
+    d: &Daemon, caller: &Caller, mut request: OperationRequest,
 ) -> ApiResult<OperationRequest> {
     let action = request.action();
     match &mut request {
         OperationRequest::Create { spec, base_dir } => {
             caller.may_use_base_dir(base_dir.as_deref())?;
-            let named = spec
-                .get("tenant")
-                .and_then(|t| t.as_str())
-                .map(String::from);
+            let named = spec.get("tenant").and_then(|t| t.as_str()).map(String::from);
             let tenant = match (caller.tenant(), named) {
                 (Some(mine), None) => {
                     if let Some(obj) = spec.as_object_mut() {
@@ -157,9 +134,7 @@ pub(crate) async fn scoped(
             let local = d.local.clone();
             let all = blocking(move || local.snapshots(None)).await??;
             let found = all.into_iter().find(|s| s.id == snap);
-            let owner = found
-                .as_ref()
-                .and_then(|s| s.tenant.as_ref().map(|t| t.to_string()));
+            let owner = found.as_ref().and_then(|s| s.tenant.as_ref().map(|t| t.to_string()));
             if found.is_none() {
                 return Err(Error::SnapshotNotFound(snap).into());
             }
@@ -201,10 +176,8 @@ pub enum VmAction {
     responses((status = 202, body = Operation), (status = 200, body = Operation, description = "With wait=true"),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(crate) async fn vm_action(
-    Ctx { d, caller }: Ctx,
-    UrlPath((name, action)): UrlPath<(String, String)>,
-    Query(q): Query<WaitQuery>,
-    body: Result<Bytes, BytesRejection>,
+    Ctx { d, caller }: Ctx, UrlPath((name, action)): UrlPath<(String, String)>,
+    Query(q): Query<WaitQuery>, body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     vm_name(&name)?;
     let action: VmAction = serde_json::from_value(serde_json::Value::String(action.clone()))
@@ -220,19 +193,11 @@ pub(crate) async fn vm_action(
     let request = match action {
         VmAction::Start => {
             let s: StartRequest = json_or_default(&body)?;
-            OperationRequest::Start {
-                vm: name,
-                no_wait: s.no_wait,
-                timeout_s: s.timeout_s,
-            }
+            OperationRequest::Start { vm: name, no_wait: s.no_wait, timeout_s: s.timeout_s }
         }
         VmAction::Stop => {
             let s: StopRequest = json_or_default(&body)?;
-            OperationRequest::Stop {
-                vm: name,
-                force: s.force,
-                timeout_s: s.timeout_s,
-            }
+            OperationRequest::Stop { vm: name, force: s.force, timeout_s: s.timeout_s }
         }
         VmAction::Pause => OperationRequest::Pause { vm: name },
         VmAction::Resume => OperationRequest::Resume { vm: name },
@@ -259,14 +224,9 @@ pub struct DeleteQuery {
     responses((status = 202, body = Operation), (status = 200, body = Operation, description = "With wait=true"),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(crate) async fn delete_vm(
-    Ctx { d, caller }: Ctx,
-    UrlPath(name): UrlPath<String>,
-    Query(q): Query<DeleteQuery>,
+    Ctx { d, caller }: Ctx, UrlPath(name): UrlPath<String>, Query(q): Query<DeleteQuery>,
 ) -> ApiResult<Response> {
-    let request = OperationRequest::Delete {
-        vm: name,
-        force: q.force,
-    };
+    let request = OperationRequest::Delete { vm: name, force: q.force };
     let request = scoped(&d, &caller, request).await?;
     submit(d, &caller, request, q.wait).await
 }
@@ -275,8 +235,7 @@ pub(crate) async fn delete_vm(
 #[utoipa::path(post, path = "/v1/validate", request_body(content = Object, description = "A VM spec"),
     responses((status = 200, body = Object, description = "{ok, errors, spec_hash}")))]
 pub(crate) async fn validate(
-    State(d): State<Arc<Daemon>>,
-    body: Result<Bytes, BytesRejection>,
+    State(d): State<Arc<Daemon>>, body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let body = body_bytes(body)?;
     Ok(Json(match spec_from_body(&body) {
@@ -296,8 +255,7 @@ pub(crate) async fn validate(
 #[utoipa::path(post, path = "/v1/plan", request_body(content = Object, description = "A VM spec"),
     responses((status = 200, body = Object, description = "A plan"), (status = 400, body = ErrorBody)))]
 pub(crate) async fn plan(
-    State(d): State<Arc<Daemon>>,
-    body: Result<Bytes, BytesRejection>,
+    State(d): State<Arc<Daemon>>, body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let spec = spec_from_body(&body_bytes(body)?)?;
     let plan = hangar_plan::plan(&spec, &d.facts)

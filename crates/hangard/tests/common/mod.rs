@@ -28,33 +28,25 @@ impl TestDaemon {
 
     /// Starts with the options `options` makes for the new home.
     pub fn start_with(options: impl FnOnce(&std::path::Path) -> hangard::Options) -> TestDaemon {
-        let home = tempfile::Builder::new()
-            .prefix("hgd-")
-            .tempdir_in("/tmp")
-            .unwrap();
+        let home = tempfile::Builder::new().prefix("hgd-").tempdir_in("/tmp").unwrap();
         TestDaemon::start_in(home, options)
     }
 
     /// Starts on `home` (for example a private home with the built images linked in).
     pub fn start_in(
-        home: tempfile::TempDir,
-        options: impl FnOnce(&std::path::Path) -> hangard::Options,
+        home: tempfile::TempDir, options: impl FnOnce(&std::path::Path) -> hangard::Options,
     ) -> TestDaemon {
         TestDaemon::start_full(home, options, false)
     }
 
     /// Starts with TLS on the TCP listener (the self-signed identity made in the home).
     pub fn start_tls() -> TestDaemon {
-        let home = tempfile::Builder::new()
-            .prefix("hgd-")
-            .tempdir_in("/tmp")
-            .unwrap();
+        let home = tempfile::Builder::new().prefix("hgd-").tempdir_in("/tmp").unwrap();
         TestDaemon::start_full(home, |_| hangard::Options::default(), true)
     }
 
     fn start_full(
-        home: tempfile::TempDir,
-        options: impl FnOnce(&std::path::Path) -> hangard::Options,
+        home: tempfile::TempDir, options: impl FnOnce(&std::path::Path) -> hangard::Options,
         tls: bool,
     ) -> TestDaemon {
         let options = options(home.path());
@@ -70,15 +62,9 @@ impl TestDaemon {
             reconcile: false,
         };
         let engine = QemuEngine::open(home.path(), EngineOptions::default()).unwrap();
-        let served = Embedded::start(how, move || {
-            hangard::Daemon::with_options(engine, options).unwrap()
-        });
-        TestDaemon {
-            tcp: served.tcp.unwrap(),
-            _served: served,
-            home,
-            fingerprint,
-        }
+        let served =
+            Embedded::start(how, move || hangard::Daemon::with_options(engine, options).unwrap());
+        TestDaemon { tcp: served.tcp.unwrap(), _served: served, home, fingerprint }
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -87,30 +73,19 @@ impl TestDaemon {
 
     /// One exchange on the unix socket (as this process's user: an admin).
     pub fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
-        let Response { status, body } = request(
-            &self.socket(),
-            method,
-            path,
-            body.map(str::as_bytes),
-            Duration::from_secs(60),
-        )
-        .unwrap();
+        let Response { status, body } =
+            request(&self.socket(), method, path, body.map(str::as_bytes), Duration::from_secs(60))
+                .unwrap();
         (status, json(&body))
     }
 
     /// One HTTP/1.1 exchange over TCP, by hand (the CLI's client speaks only unix sockets).
     pub fn over_tcp(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<&str>,
+        &self, method: &str, path: &str, token: Option<&str>, body: Option<&str>,
     ) -> (u16, String) {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(self.tcp).unwrap();
-        let auth = token
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
         let body = body.unwrap_or("");
         write!(
             s,
@@ -121,20 +96,13 @@ impl TestDaemon {
         let mut text = String::new();
         s.read_to_string(&mut text).unwrap();
         let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
         (status, body)
     }
 
     /// [`TestDaemon::over_tcp`] with the body decoded as JSON (`Null` when empty).
     pub fn as_token(
-        &self,
-        token: &str,
-        method: &str,
-        path: &str,
-        body: Option<&str>,
+        &self, token: &str, method: &str, path: &str, body: Option<&str>,
     ) -> (u16, serde_json::Value) {
         let (s, b) = self.over_tcp(method, path, Some(token), body);
         (s, json(b.as_bytes()))
