@@ -196,7 +196,8 @@ impl Frame {
         }
     }
 
-    fn session(&self) -> u32 {
+    /// The session the frame belongs to (0 for the connection's own frames).
+    pub fn session(&self) -> u32 {
         match self {
             Frame::Hello(_) | Frame::Welcome(_) | Frame::Sync { .. } | Frame::SyncOk { .. } => 0,
             Frame::Open { session, .. }

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 
+mod agent;
 mod api;
 mod criterion;
 mod engine;
@@ -40,6 +41,8 @@ enum Command {
     Footprint(engine::Args),
     /// A pool on real QEMU: claim latency from the warm set, wake from sleep, cold boot.
     Fleet(engine::Args),
+    /// The guest agent: `hangar exec -- true` (CLI and library) vs `hangar run -- true`; stdout MiB/s.
+    Exec(engine::Args),
     /// Everything above plus the criterion results; writes the JSON and prints the table.
     All {
         #[command(flatten)]
@@ -117,6 +120,7 @@ fn run(command: Command) -> Result<Value, String> {
         Command::Confinement(args) => engine::confinement(&args),
         Command::Footprint(args) => engine::footprint(&args),
         Command::Fleet(args) => fleet::run(&args, 50, 5, 5),
+        Command::Exec(args) => agent::exec(&args, 50),
         Command::All { engine, criterion_dir, out } => {
             let api_args = api::Args::with_hangard(engine.hangard.clone());
             let results = json!({
@@ -126,6 +130,7 @@ fn run(command: Command) -> Result<Value, String> {
                 "cold_boot": attempt("cold_boot", || engine::boot(&engine)),
                 "restore": attempt("restore", || engine::restore(&engine)),
                 "fleet": attempt("fleet", || fleet::run(&engine, 50, 5, 5)),
+                "exec": attempt("exec", || agent::exec(&engine, 50)),
                 "resume_via_api": attempt("resume_via_api", || engine::warm_proxy(&engine, 50)),
                 "confinement": attempt("confinement", || engine::confinement(&engine)),
                 "throughput": attempt("throughput", || engine::throughput(&engine, &[2, 4, 8], 2)),

@@ -121,6 +121,41 @@ pub fn render(r: &Value) -> String {
             "-",
         );
     }
+    let x = &r["exec"];
+    if !err(&mut out, "exec: hangar exec -- true p50 (p99 in baseline column)", x) {
+        row(
+            &mut out,
+            "exec: hangar exec -- true p50 (p99 in baseline column)",
+            ms(&x["cli_exec_true"]["p50_ms"]),
+            ms(&x["cli_exec_true"]["p99_ms"]),
+            "-".into(),
+            "<= 40 ms",
+        );
+        row(
+            &mut out,
+            "exec: agent client library, true p50 (p99)",
+            ms(&x["library_exec_true"]["p50_ms"]),
+            ms(&x["library_exec_true"]["p99_ms"]),
+            "-".into(),
+            "<= 15 ms",
+        );
+        row(
+            &mut out,
+            "exec vs hangar run -- true (speedup)",
+            ms(&x["cli_exec_true"]["p50_ms"]),
+            ms(&x["cold_run_true"]["p50_ms"]),
+            format!("{}x", num(&x["cli_speedup_vs_cold_run"])),
+            "-",
+        );
+        row(
+            &mut out,
+            "exec: guest stdout MiB/s, head (dd bs=32K in baseline column)",
+            num(&x["stdout_mib_s"]["head_64_mib"]),
+            num(&x["stdout_mib_s"]["dd_bs32k_64_mib"]),
+            "-".into(),
+            ">= 50 MiB/s",
+        );
+    }
     let t = &r["throughput"];
     if !err(&mut out, "throughput", t) {
         for run in t["runs"].as_array().into_iter().flatten() {

@@ -319,6 +319,18 @@ error_codes! {
     HostCapacity = "E_HOST_CAPACITY", retryable: true, class: Environment,
         meaning: "The host's available memory or free disk cannot hold the VM now (its RAM plus QEMU's overhead, or its new disks); nothing was started.",
         fix: "Stop or remove other VMs, free disk space under $HANGAR_HOME, or give the VM less memory or smaller disks; `hangar doctor` shows what the host has.";
+    /// The guest agent does not answer.
+    AgentUnavailable = "E_AGENT_UNAVAILABLE", retryable: true, class: Environment,
+        meaning: "The VM's guest agent did not answer on its channel in time: the VM is not running, its image has no agent (only the built-in images do), the guest is still booting or hung, or another client held the channel too long.",
+        fix: "Check that the VM runs (`hangar ps`) and boots an image with the agent, then retry; `hangar logs NAME` shows the guest's console.";
+    /// The guest agent cannot do what was asked.
+    AgentUnsupported = "E_AGENT_UNSUPPORTED", retryable: false, class: Invalid,
+        meaning: "The guest's agent speaks no protocol version the host speaks, or lacks the capability asked for (its version is in the message).",
+        fix: "Rebuild the image with this Hangar's agent (`scripts/build-image`), or use what the agent supports.";
+    /// The guest agent reported a failure.
+    AgentFailed = "E_AGENT_FAILED", retryable: false, class: Invalid,
+        meaning: "The guest agent could not do what was asked (its own code and message say why: an invalid request, an I/O error in the guest).",
+        fix: "Read the agent's message; fix the request or the guest.";
 }
 
 impl fmt::Display for ErrorCode {

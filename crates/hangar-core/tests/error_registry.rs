@@ -81,6 +81,9 @@ fn released_codes_are_never_removed() {
         "E_AUDIT_UNAVAILABLE",
         "E_SPEC_DUPLICATE_KEY",
         "E_HOST_CAPACITY",
+        "E_AGENT_UNAVAILABLE",
+        "E_AGENT_UNSUPPORTED",
+        "E_AGENT_FAILED",
     ];
     for code in released {
         assert!(hangar_core::ErrorCode::parse(code).is_some(), "{code} was removed or renamed");

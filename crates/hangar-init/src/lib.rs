@@ -31,6 +31,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod agent;
+
 /// Prefix of the readiness line.
 pub const READY: &str = "HANGAR_READY";
 /// Prefix of the line reporting how the `hangar.run` command ended.

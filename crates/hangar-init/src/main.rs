@@ -14,9 +14,10 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use hangar_init::agent::{Agent, Reaper};
 use hangar_init::{
     error_line, exit_line, module_name, parse_cmdline, parse_module_list, parse_uptime_ms,
     poweroff_ignored_line, poweroff_line, ready_line, spawn_error_line, BootConfig, ExitOutcome,
@@ -35,6 +36,8 @@ static CONSOLE_LOCK: Mutex<()> = Mutex::new(());
 static IGNORE_POWEROFF: AtomicBool = AtomicBool::new(false);
 /// Set once a shutdown has begun; later requests just wait for it.
 static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
+/// Where the wait loop hands the guest agent the ends of its children.
+static REAPER: OnceLock<Arc<Reaper>> = OnceLock::new();
 
 fn main() {
     if !rustix::process::getpid().is_init() {
@@ -140,6 +143,7 @@ fn run() -> Result<Never, String> {
     // would be lost.
     watch_power_button();
     watch_signals();
+    start_agent();
 
     let uptime = std::fs::read_to_string("/proc/uptime")
         .map_err(|e| format!("cannot read /proc/uptime: {e}"))?;
@@ -274,6 +278,42 @@ fn watch_signals() {
     }
 }
 
+/// Serves the host's agent sessions on the virtio-serial port `org.hangar.agent.0`, if the VM
+/// has one (a VM started without it gets no agent, and says so on the console).
+fn start_agent() {
+    let reaper = REAPER.get_or_init(|| Arc::new(Reaper::default())).clone();
+    let spawned = std::thread::Builder::new().name("agent".into()).spawn(move || {
+        // The port appears when virtio_console has probed it, shortly after its module loads.
+        let mut port = None;
+        for _ in 0..100 {
+            port = hangar_init::agent::find_port(std::path::Path::new("/sys/class/virtio-ports"));
+            if port.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let Some(port) = port else {
+            warn("no virtio-serial port org.hangar.agent.0: no guest agent");
+            return;
+        };
+        let opened = File::options().read(true).write(true).open(&port);
+        let (reader, writer) = match opened.and_then(|f| f.try_clone().map(|w| (f, w))) {
+            Ok(pair) => pair,
+            Err(e) => {
+                warn(&format!("cannot open the agent port {}: {e}", port.display()));
+                return;
+            }
+        };
+        let agent = Agent::new(Box::new(writer), reaper);
+        // With no host connected the port reads end-of-file at once: poll it (50 ms apart
+        // when idle; see `Agent::serve`).
+        agent.serve(reader, Some(Duration::from_millis(50)));
+    });
+    if let Err(e) = spawned {
+        warn(&format!("cannot start the agent thread: {e}"));
+    }
+}
+
 fn console_stdio() -> Result<(Stdio, Stdio, Stdio), String> {
     let Some(console) = CONSOLE.get() else {
         return Ok((Stdio::inherit(), Stdio::inherit(), Stdio::inherit()));
@@ -307,14 +347,20 @@ fn wait_for(child: u32) -> Result<ExitOutcome, String> {
     loop {
         match rustix::process::wait(WaitOptions::empty()) {
             Ok(Some((pid, status))) => {
-                if pid.as_raw_nonzero().get().unsigned_abs() != child {
-                    continue; // an orphan reparented to us: reaped
+                let outcome = if let Some(code) = status.exit_status() {
+                    ExitOutcome::Code(code)
+                } else if let Some(signal) = status.terminating_signal() {
+                    ExitOutcome::Signal(signal)
+                } else {
+                    continue;
+                };
+                let pid = pid.as_raw_nonzero().get().unsigned_abs();
+                if pid == child {
+                    return Ok(outcome);
                 }
-                if let Some(code) = status.exit_status() {
-                    return Ok(ExitOutcome::Code(code));
-                }
-                if let Some(signal) = status.terminating_signal() {
-                    return Ok(ExitOutcome::Signal(signal));
+                // The agent's (or an orphan reparented to us: then nobody asks).
+                if let Some(reaper) = REAPER.get() {
+                    reaper.deliver(pid, outcome);
                 }
             }
             Ok(None) => {}

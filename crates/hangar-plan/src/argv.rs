@@ -21,6 +21,11 @@ pub const MINIMAL_IMAGE_CMDLINE: &str = "console=ttyS0 quiet panic=-1 mitigation
 pub const QMP_FD: i32 = 3;
 /// The descriptor QEMU finds its listening serial-console socket on.
 pub const CONSOLE_FD: i32 = 4;
+/// The descriptor QEMU finds the guest agent's listening socket on.
+pub const AGENT_FD: i32 = 6;
+/// The name of the guest agent's virtio-serial port (what the agent looks for in
+/// `/sys/class/virtio-ports/*/name`).
+pub const AGENT_PORT: &str = "org.hangar.agent.0";
 /// The descriptor a restoring QEMU reads its memory snapshot from (`-add-fd`, not in the plan:
 /// which snapshot is chosen at restore).
 pub const INCOMING_FD: i32 = 5;
@@ -293,6 +298,28 @@ pub fn plan(spec: &CanonicalSpec, facts: &HostFacts) -> Result<Plan, PlanError> 
             SerialPlan { mode: SerialMode::None, log: None, socket: None }
         }
     };
+    // The guest agent's channel (docs/agent-protocol.md), for images whose init runs the
+    // agent: the built-in images do. Last among the devices, so the disks' and NICs' order
+    // (and so their names in the guest) is what it was without it.
+    let agent_socket = matches!(vm.boot, BootSource::Image { .. }).then(|| {
+        let socket = format!("{runtime_dir}/agent.sock");
+        sockets.push(socket.clone());
+        creates.push(Creation::Socket {
+            path: socket.clone(),
+            purpose: format!(
+                "guest agent (hangar exec; bound by Hangar, passed as fd {AGENT_FD}, mode 0600)"
+            ),
+        });
+        push(&[
+            "-device",
+            "virtio-serial-device,id=vser0",
+            "-chardev",
+            &format!("socket,id=agent0,fd={AGENT_FD},server=on,wait=off"),
+            "-device",
+            &format!("virtserialport,bus=vser0.0,chardev=agent0,id=agent0,name={AGENT_PORT}"),
+        ]);
+        socket
+    });
     for socket in sockets {
         if socket.len() > MAX_SOCKET_PATH {
             return Err(PlanError::PathTooLong { path: socket, limit: MAX_SOCKET_PATH });
@@ -348,6 +375,7 @@ pub fn plan(spec: &CanonicalSpec, facts: &HostFacts) -> Result<Plan, PlanError> 
         runtime_dir,
         qmp_socket,
         serial,
+        agent_socket,
         creates,
         warnings,
         confinement,

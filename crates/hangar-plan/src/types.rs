@@ -122,6 +122,9 @@ pub struct Plan {
     pub qmp_socket: String,
     /// Serial console.
     pub serial: SerialPlan,
+    /// The guest agent's socket (`hangar exec`), for images that run the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_socket: Option<String>,
     /// Everything a run would create, in creation order.
     pub creates: Vec<Creation>,
     /// Things worth knowing that do not stop the plan.

@@ -51,6 +51,9 @@ impl QemuEngine {
         if let Some(socket) = &plan.serial.socket {
             launch = launch.pass(hangar_plan::CONSOLE_FD, confine::listen(Path::new(socket))?);
         }
+        if let Some(socket) = &plan.agent_socket {
+            launch = launch.pass(hangar_plan::AGENT_FD, confine::listen(Path::new(socket))?);
+        }
         if let Some(state) = incoming {
             // Opened here and handed over: snapshots are root's and QEMU may not open them.
             let file = std::fs::File::options()

@@ -90,7 +90,7 @@ impl QemuEngine {
     /// again at the next start; an empty cgroup would outlive a home deleted by hand).
     pub(crate) fn cleanup_runtime(&self, plan: &Plan) {
         let dir = Path::new(&plan.runtime_dir);
-        for f in ["qmp.sock", "console.sock", "pid"] {
+        for f in ["qmp.sock", "console.sock", "agent.sock", "pid"] {
             let _ = std::fs::remove_file(dir.join(f));
         }
         if let Some(cg) = plan.confinement.as_ref().and_then(|c| c.cgroup.as_ref()) {

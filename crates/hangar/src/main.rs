@@ -15,6 +15,7 @@ mod access;
 mod common;
 mod console;
 mod doctor;
+mod exec;
 mod failure;
 mod fleet;
 mod ops;
@@ -136,6 +137,9 @@ enum Command {
     },
     /// Boot a throwaway guest, run one command in it, stream its output, exit with its code.
     Run(run::RunArgs),
+    /// Run a command in a running VM through its guest agent; exits with the command's code
+    /// (126 not executable, 127 not found, 128+N killed by signal N).
+    Exec(exec::ExecArgs),
     /// List VMs: name, state, accelerator, vCPUs, memory, uptime, pid.
     Ps {
         /// Include VMs that are not running (defined, stopped).
@@ -428,14 +432,8 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), Failure> {
             Ok(())
         }
         Command::Up { file, no_wait, timeout } => vm::up(&file, no_wait, timeout, out),
-        Command::Run(args) => {
-            let code = run::run(args, out)?;
-            if code == 0 {
-                Ok(())
-            } else {
-                Err(Failure { diagnostics: vec![], exit: Some(code) })
-            }
-        }
+        Command::Run(args) => exit_with(run::run(args, out)?),
+        Command::Exec(args) => exit_with(exec::exec(args, out)?),
         Command::Ps { all, output } => vm::ps(all, output, out),
         Command::Start { name, no_wait, timeout } => vm::start(&name, no_wait, timeout, out),
         Command::Stop { name, force, timeout } => vm::stop(&name, force, timeout, out),
@@ -466,5 +464,14 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), Failure> {
         Command::Token(cmd) => access::token(cmd, out),
         Command::Events { since, follow, output } => ops::events(since, follow, output, out),
         Command::Audit(cmd) => access::audit_command(cmd, out),
+    }
+}
+
+/// A command's own exit code as the CLI's: 0 is success, anything else exits with it.
+fn exit_with(code: u8) -> Result<(), Failure> {
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(Failure { diagnostics: vec![], exit: Some(code) })
     }
 }

@@ -284,3 +284,54 @@ fn concurrent_commands_on_one_vm_are_serialised() {
         inspect["history"].as_array().unwrap().iter().filter(|e| e["to"] == "starting").count();
     assert_eq!(starts, 1, "{}", inspect["history"]);
 }
+
+#[test]
+fn exec_runs_commands_in_a_running_vm_with_docker_exit_codes_and_survives_sleep() {
+    let home = home_or_skip!(
+        "exec_runs_commands_in_a_running_vm_with_docker_exit_codes_and_survives_sleep"
+    );
+    let spec = home.small_spec("ex");
+    let out = home.hangar(&["up", spec.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let exec = |args: &[&str]| {
+        let out = home.hangar(&[&["exec", "ex", "--"][..], args].concat());
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    let (code, stdout, _) = exec(&["sh", "-c", "uname -r; exit 7"]);
+    assert_eq!(code, Some(7));
+    assert!(stdout.starts_with("6."), "the guest's kernel release: {stdout:?}");
+    let (code, _, stderr) = exec(&["no-such-command"]);
+    assert_eq!(code, Some(127), "{stderr}");
+    assert_eq!(exec(&["sh", "-c", "kill -9 $$"]).0, Some(137));
+    // Standard input with -i.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hangar"))
+        .args(["exec", "-i", "ex", "--", "cat"])
+        .env("HANGAR_HOME", home.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"hi\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!((out.status.code(), text(&out.stdout)), (Some(0), "hi\n".to_string()));
+    // Ten at once: each gets its own output and code.
+    let results: Vec<_> = std::thread::scope(|s| {
+        let runs: Vec<_> = (1..=10)
+            .map(|i| s.spawn(move || exec(&["sh", "-c", &format!("echo n{i}; exit {i}")])))
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    for (i, (code, stdout, stderr)) in (1..=10).zip(results) {
+        assert_eq!((code, stdout), (Some(i), format!("n{i}\n")), "{stderr}");
+    }
+    // Asleep (memory saved, process gone) and woken: the agent answers the new QEMU.
+    assert_eq!(exec(&["sh", "-c", "echo kept > /tmp/mark"]).0, Some(0));
+    let out = home.hangar(&["snapshot", "save", "--sleep", "ex", "nap"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (code, _, stderr) = exec(&["true"]);
+    assert_ne!(code, Some(0), "a sleeping VM has no agent to answer: {stderr}");
+    assert!(stderr.contains("E_AGENT_UNAVAILABLE"), "{stderr}");
+    let out = home.hangar(&["snapshot", "restore", "ex", "nap"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(exec(&["cat", "/tmp/mark"]), (Some(0), "kept\n".to_string(), String::new()));
+}

@@ -1,0 +1,561 @@
+//! The guest agent (`docs/agent-protocol.md`): serves the host's sessions over one byte stream,
+//! the virtio-serial port `org.hangar.agent.0` in a guest, a socket pair in tests.
+//!
+//! One thread reads and dispatches frames; each exec session has a thread per output stream
+//! (waiting for the host's credit before sending), one writing the program's stdin, and one
+//! waiting for the program to end. Frames go out whole under one lock. Every sync the reader
+//! finds starts a new connection: the old one's programs are killed and its sessions forgotten.
+//!
+//! The agent never waits for a child itself: as PID 1 `hangar-init` reaps every process, so it
+//! is handed a [`Reap`] that returns a child's end however the process is organised.
+
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use hangar_agent_proto::{
+    AgentError, Decoder, ExitStatus, Frame, Hello, Request, Welcome, CONTROL_SESSION, VERSIONS,
+};
+
+use crate::{ExitOutcome, PATH};
+
+/// The virtio-serial port's name (`virtserialport,name=`).
+pub const PORT_NAME: &str = "org.hangar.agent.0";
+
+/// Bytes of a stream either side may send before the receiver's first credit.
+pub const WINDOW: u32 = 64 * 1024;
+
+/// What the agent reports it can do.
+pub const CAPABILITIES: &[&str] = &["exec", "info", "sync"];
+
+/// The agent's own name and version, as the handshake reports it.
+pub const AGENT: &str = concat!("hangar-init ", env!("CARGO_PKG_VERSION"));
+
+/// Largest chunk of a stream in one frame: with the frame's 10 header bytes it fits one
+/// virtio-serial write, which the guest driver caps at 32 KiB (a larger one costs two round
+/// trips to the host).
+const CHUNK: usize = 32 * 1024 - 16;
+
+/// Credit granted on top of [`WINDOW`] when a session opens: the window is one round trip's
+/// worth of bytes, and a round trip through virtio-serial under TCG takes milliseconds.
+pub const EXTRA_CREDIT: u32 = 4 << 20;
+
+/// Starts children and returns how they ended, whoever reaps them.
+pub trait Reap: Send + Sync + 'static {
+    /// Starts `cmd`, so that [`Reap::wait`] can later return its end.
+    fn spawn(&self, cmd: &mut Command) -> std::io::Result<std::process::Child> {
+        cmd.spawn()
+    }
+    /// Blocks until process `pid` (started with [`Reap::spawn`]) has ended.
+    fn wait(&self, pid: u32) -> ExitOutcome;
+}
+
+/// Reaps with `waitpid` on the one child: for a process that is not PID 1 (tests).
+pub struct WaitPid;
+
+impl Reap for WaitPid {
+    fn wait(&self, pid: u32) -> ExitOutcome {
+        let pid = rustix::process::Pid::from_raw(pid as i32).expect("a child's pid is positive");
+        loop {
+            match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()) {
+                Ok(Some((_, status))) => {
+                    if let Some(code) = status.exit_status() {
+                        return ExitOutcome::Code(code);
+                    }
+                    if let Some(signal) = status.terminating_signal() {
+                        return ExitOutcome::Signal(signal);
+                    }
+                }
+                Ok(None) | Err(rustix::io::Errno::INTR) => {}
+                Err(_) => return ExitOutcome::Signal(9),
+            }
+        }
+    }
+}
+
+/// Where the reaper of PID 1 hands the statuses of the agent's children: `wait` blocks until
+/// [`Reaper::deliver`] is called for that pid (before or after).
+/// Only the agent's own children are remembered (an orphan reparented to PID 1 is not), and
+/// each until its status is taken.
+#[derive(Default)]
+pub struct Reaper {
+    /// The agent's children: `None` while running, then how each ended.
+    children: Mutex<HashMap<u32, Option<ExitOutcome>>>,
+    changed: Condvar,
+}
+
+impl Reaper {
+    /// Records that `pid` ended (PID 1's wait loop calls this for every child it did not start
+    /// itself).
+    pub fn deliver(&self, pid: u32, outcome: ExitOutcome) {
+        if let Some(slot) = lock(&self.children).get_mut(&pid) {
+            *slot = Some(outcome);
+            self.changed.notify_all();
+        }
+    }
+}
+
+impl Reap for Reaper {
+    fn spawn(&self, cmd: &mut Command) -> std::io::Result<std::process::Child> {
+        // Registered under the lock: PID 1 may reap the child before `spawn` returns, and its
+        // `deliver` must find it.
+        let mut children = lock(&self.children);
+        let child = cmd.spawn()?;
+        children.insert(child.id(), None);
+        Ok(child)
+    }
+
+    fn wait(&self, pid: u32) -> ExitOutcome {
+        let mut children = lock(&self.children);
+        loop {
+            if let Some(Some(outcome)) = children.get(&pid) {
+                let outcome = *outcome;
+                children.remove(&pid);
+                return outcome;
+            }
+            children = self.changed.wait(children).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How much more of a stream may be sent; senders block at zero.
+struct Window {
+    state: Mutex<(u64, bool)>,
+    changed: Condvar,
+}
+
+impl Window {
+    fn new() -> Arc<Window> {
+        Arc::new(Window { state: Mutex::new((u64::from(WINDOW), false)), changed: Condvar::new() })
+    }
+
+    /// Takes up to `want` bytes of credit, waiting while there is none; 0 once closed.
+    fn take(&self, want: usize) -> usize {
+        let mut s = lock(&self.state);
+        loop {
+            if s.1 {
+                return 0;
+            }
+            if s.0 > 0 {
+                let n = (want as u64).min(s.0);
+                s.0 -= n;
+                return n as usize;
+            }
+            s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn grant(&self, bytes: u32) {
+        lock(&self.state).0 += u64::from(bytes);
+        self.changed.notify_all();
+    }
+
+    fn close(&self) {
+        lock(&self.state).1 = true;
+        self.changed.notify_all();
+    }
+}
+
+/// One exec session the host has open.
+struct Session {
+    pid: u32,
+    stdin: Option<std::sync::mpsc::Sender<Vec<u8>>>,
+    windows: [Arc<Window>; 2],
+}
+
+/// The agent on one transport: frames out through `out`.
+pub struct Agent {
+    out: Mutex<Box<dyn Write + Send>>,
+    sessions: Mutex<HashMap<u32, Session>>,
+    reap: Arc<dyn Reap>,
+    /// Bumped on every sync: frames of an older connection's sessions are not sent.
+    connection: Mutex<u64>,
+}
+
+impl Agent {
+    /// An agent writing to `out` whose children are reaped by `reap`.
+    pub fn new(out: Box<dyn Write + Send>, reap: Arc<dyn Reap>) -> Arc<Agent> {
+        Arc::new(Agent {
+            out: Mutex::new(out),
+            sessions: Mutex::new(HashMap::new()),
+            reap,
+            connection: Mutex::new(0),
+        })
+    }
+
+    /// Reads frames from `input` and serves them. A read of 0 bytes means the host side is
+    /// closed: with `idle` set, the agent waits and reads again (a virtio-serial port without
+    /// a host), 1 ms apart for two seconds after the last bytes (a host that just hung up
+    /// often comes back at once: the next `hangar exec`), then `idle` apart; without, it
+    /// returns.
+    pub fn serve(self: &Arc<Agent>, mut input: impl Read, idle: Option<Duration>) {
+        let mut decoder = Decoder::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut last_bytes = std::time::Instant::now();
+        loop {
+            let n = match input.read(&mut buf) {
+                Ok(n) if n > 0 => n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                // End of file or an error: no host on the other side.
+                _ => match idle {
+                    // Not synchronisation: the port gives no event when a host connects
+                    // (poll reports it readable while nobody is there).
+                    Some(pause) => {
+                        let recent = last_bytes.elapsed() < Duration::from_secs(2);
+                        std::thread::sleep(if recent { Duration::from_millis(1) } else { pause });
+                        continue;
+                    }
+                    None => return,
+                },
+            };
+            last_bytes = std::time::Instant::now();
+            decoder.push(&buf[..n]);
+            loop {
+                match decoder.next_frame() {
+                    Ok(Some(frame)) => self.handle(frame),
+                    Ok(None) => break,
+                    // The decoder is lost until the host's next sync; nothing else to do.
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+
+    fn send(&self, frame: &Frame) {
+        let mut bytes = Vec::new();
+        frame.encode(&mut bytes);
+        let mut out = lock(&self.out);
+        // A write fails only when the transport is gone; the reader notices that.
+        let _ = out.write_all(&bytes).and_then(|()| out.flush());
+    }
+
+    /// Sends `frame` if `connection` is still the current one.
+    fn send_for(&self, connection: u64, frame: &Frame) {
+        if *lock(&self.connection) == connection {
+            self.send(frame);
+        }
+    }
+
+    fn error(&self, session: u32, code: &str, message: impl Into<String>) {
+        let error = AgentError { code: code.into(), message: message.into() };
+        self.send(&Frame::Error { session, error });
+    }
+
+    fn handle(self: &Arc<Agent>, frame: Frame) {
+        match frame {
+            Frame::Sync { nonce } => {
+                *lock(&self.connection) += 1;
+                for (_, s) in lock(&self.sessions).drain() {
+                    end_session(&s);
+                }
+                self.send(&Frame::SyncOk { nonce });
+            }
+            Frame::Hello(Hello { versions, .. }) => {
+                match VERSIONS.iter().filter(|v| versions.contains(v)).max() {
+                    Some(&version) => self.send(&Frame::Welcome(Welcome {
+                        version,
+                        agent: AGENT.into(),
+                        capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+                    })),
+                    None => self.error(
+                        CONTROL_SESSION,
+                        "E_AGENT_UNSUPPORTED",
+                        format!(
+                            "{AGENT} speaks protocol versions {VERSIONS:?}, the host {versions:?}"
+                        ),
+                    ),
+                }
+            }
+            Frame::Open { session, request } => self.open(session, request),
+            Frame::Data { session, stream: 0, bytes } => {
+                let sessions = lock(&self.sessions);
+                if let Some(stdin) = sessions.get(&session).and_then(|s| s.stdin.as_ref()) {
+                    let _ = stdin.send(bytes);
+                }
+            }
+            Frame::Eof { session, stream: 0 } => {
+                if let Some(s) = lock(&self.sessions).get_mut(&session) {
+                    s.stdin = None;
+                }
+            }
+            Frame::Credit { session, stream: stream @ 1..=2, bytes } => {
+                if let Some(s) = lock(&self.sessions).get(&session) {
+                    s.windows[usize::from(stream) - 1].grant(bytes);
+                }
+            }
+            Frame::Signal { session, signal } => {
+                if let Some(s) = lock(&self.sessions).get(&session) {
+                    kill(s.pid, signal);
+                }
+            }
+            // Terminals are not served yet (no `tty` capability); the rest is not for the agent.
+            other => {
+                if other.session() != CONTROL_SESSION {
+                    self.error(other.session(), "E_AGENT_PROTOCOL", "unexpected frame");
+                }
+            }
+        }
+    }
+
+    fn open(self: &Arc<Agent>, session: u32, request: Request) {
+        if session == CONTROL_SESSION || lock(&self.sessions).contains_key(&session) {
+            return self.error(session, "E_AGENT_PROTOCOL", format!("session {session} in use"));
+        }
+        match request {
+            Request::Exec { argv, env, cwd, user, tty: None } => {
+                self.exec(session, &argv, &env, cwd.as_deref(), user.as_deref())
+            }
+            Request::Exec { tty: Some(_), .. } => self.error(
+                session,
+                "E_AGENT_UNSUPPORTED",
+                format!("{AGENT} cannot give a program a terminal yet"),
+            ),
+            Request::Info => self.send(&Frame::Reply { session, value: info() }),
+            Request::Sync => {
+                rustix::fs::sync();
+                self.send(&Frame::Reply { session, value: serde_json::json!({}) });
+            }
+            Request::Get { .. } | Request::Put { .. } => {
+                self.error(session, "E_AGENT_UNSUPPORTED", format!("{AGENT} cannot copy files yet"))
+            }
+        }
+    }
+
+    fn exec(
+        self: &Arc<Agent>, session: u32, argv: &[String], env: &[String], cwd: Option<&str>,
+        user: Option<&str>,
+    ) {
+        let Some((program, args)) = argv.split_first() else {
+            return self.error(session, "E_AGENT_NOT_FOUND", "an empty argv names no program");
+        };
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", PATH)
+            .env("HOME", "/root")
+            .env("TERM", "linux")
+            .current_dir(cwd.unwrap_or("/"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for pair in env {
+            match pair.split_once('=') {
+                Some((k, v)) if !k.is_empty() => {
+                    cmd.env(k, v);
+                }
+                _ => {
+                    return self.error(
+                        session,
+                        "E_INVALID_ARGUMENT",
+                        format!("environment entry {pair:?} is not KEY=VALUE"),
+                    )
+                }
+            }
+        }
+        if let Some(user) = user {
+            use std::os::unix::process::CommandExt;
+            match parse_user(user) {
+                Some((uid, gid)) => {
+                    cmd.uid(uid).gid(gid);
+                }
+                None => {
+                    return self.error(
+                        session,
+                        "E_INVALID_ARGUMENT",
+                        format!("user {user:?} is not UID or UID:GID"),
+                    )
+                }
+            }
+        }
+        let mut child = match self.reap.spawn(&mut cmd) {
+            Ok(c) => c,
+            Err(e) => {
+                let code = match e.kind() {
+                    ErrorKind::NotFound => "E_AGENT_NOT_FOUND",
+                    ErrorKind::PermissionDenied => "E_AGENT_DENIED",
+                    _ => "E_IO",
+                };
+                return self.error(session, code, format!("cannot start {program:?}: {e}"));
+            }
+        };
+        let connection = *lock(&self.connection);
+        let pid = child.id();
+        let (stdin_tx, stdin_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let windows = [Window::new(), Window::new()];
+        lock(&self.sessions)
+            .insert(session, Session { pid, stdin: Some(stdin_tx), windows: windows.clone() });
+        // More room for stdin than the protocol's first window: a pipe takes it at once.
+        self.send(&Frame::Credit { session, stream: 0, bytes: EXTRA_CREDIT });
+        let mut stdin = child.stdin.take().expect("piped");
+        let agent = self.clone();
+        spawn("exec-stdin", move || {
+            for bytes in stdin_rx {
+                if stdin.write_all(&bytes).is_err() {
+                    break;
+                }
+                agent.send_for(
+                    connection,
+                    &Frame::Credit { session, stream: 0, bytes: bytes.len() as u32 },
+                );
+            }
+            // Dropping `stdin` closes the program's input.
+        });
+        let stdout = child.stdout.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
+        let pumps = [
+            self.pump(connection, session, 1, Box::new(stdout), windows[0].clone()),
+            self.pump(connection, session, 2, Box::new(stderr), windows[1].clone()),
+        ];
+        let agent = self.clone();
+        spawn("exec-wait", move || {
+            let outcome = agent.reap.wait(pid);
+            for pump in pumps.into_iter().flatten() {
+                let _ = pump.join();
+            }
+            let status = match outcome {
+                ExitOutcome::Code(c) => ExitStatus::Code(c),
+                ExitOutcome::Signal(s) => ExitStatus::Signal(s),
+            };
+            lock(&agent.sessions).remove(&session);
+            agent.send_for(connection, &Frame::Exit { session, status });
+        });
+    }
+
+    /// Copies one output stream to the host within its window, then sends its end.
+    fn pump(
+        self: &Arc<Agent>, connection: u64, session: u32, stream: u8,
+        mut from: Box<dyn Read + Send>, window: Arc<Window>,
+    ) -> Option<std::thread::JoinHandle<()>> {
+        let agent = self.clone();
+        spawn("exec-out", move || {
+            let mut buf = vec![0u8; CHUNK];
+            loop {
+                let n = match from.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                };
+                let mut sent = 0;
+                while sent < n {
+                    let granted = window.take(n - sent);
+                    if granted == 0 {
+                        return; // the session ended under us
+                    }
+                    let bytes = buf[sent..sent + granted].to_vec();
+                    agent.send_for(connection, &Frame::Data { session, stream, bytes });
+                    sent += granted;
+                }
+            }
+            agent.send_for(connection, &Frame::Eof { session, stream });
+        })
+    }
+}
+
+/// Kills a session's program and releases its senders.
+fn end_session(s: &Session) {
+    kill(s.pid, 9);
+    for w in &s.windows {
+        w.close();
+    }
+}
+
+fn kill(pid: u32, signal: i32) {
+    let (Some(pid), Some(signal)) = (
+        rustix::process::Pid::from_raw(pid as i32),
+        rustix::process::Signal::from_named_raw(signal),
+    ) else {
+        return;
+    };
+    let _ = rustix::process::kill_process(pid, signal);
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Option<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name(name.into()).spawn(f).ok()
+}
+
+/// `UID` or `UID:GID` (the group defaults to the uid).
+pub fn parse_user(user: &str) -> Option<(u32, u32)> {
+    match user.split_once(':') {
+        Some((u, g)) => Some((u.parse().ok()?, g.parse().ok()?)),
+        None => {
+            let u = user.parse().ok()?;
+            Some((u, u))
+        }
+    }
+}
+
+/// The guest's facts for an `info` request, read from /proc and /sys.
+fn info() -> serde_json::Value {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let uname = rustix::system::uname();
+    let meminfo = read("/proc/meminfo");
+    let kib = |key: &str| {
+        meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    };
+    let load: Vec<f64> =
+        read("/proc/loadavg").split_whitespace().take(3).filter_map(|v| v.parse().ok()).collect();
+    let uptime_s = read("/proc/uptime")
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_default();
+    let filesystems: Vec<serde_json::Value> = read("/proc/mounts")
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 3).then(|| serde_json::json!({"device": f[0], "path": f[1], "type": f[2]}))
+        })
+        .collect();
+    serde_json::json!({
+        "agent": AGENT,
+        "kernel": uname.release().to_string_lossy(),
+        "uptime_s": uptime_s,
+        "load": load,
+        "memory": {"total_kib": kib("MemTotal:"), "available_kib": kib("MemAvailable:")},
+        "filesystems": filesystems,
+        "addresses": local_addresses(&read("/proc/net/fib_trie")),
+    })
+}
+
+/// The IPv4 addresses of this host's interfaces: the `/32 host LOCAL` leaves of
+/// `/proc/net/fib_trie`, each preceded by its address line.
+pub fn local_addresses(fib_trie: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut last = None;
+    for line in fib_trie.lines() {
+        let t = line.trim_start_matches([' ', '|', '+', '-']).trim();
+        if t.contains("host LOCAL") {
+            if let Some(addr) = last.take() {
+                if !out.contains(&addr) {
+                    out.push(addr);
+                }
+            }
+        } else if t.split('.').count() == 4 && t.parse::<std::net::Ipv4Addr>().is_ok() {
+            last = Some(t.to_string());
+        }
+    }
+    out
+}
+
+/// The device node of the agent's port: the `/dev/<port>` whose
+/// `/sys/class/virtio-ports/<port>/name` is [`PORT_NAME`].
+pub fn find_port(sys_class: &std::path::Path) -> Option<std::path::PathBuf> {
+    let dir = std::fs::read_dir(sys_class).ok()?;
+    for entry in dir.flatten() {
+        let name = std::fs::read_to_string(entry.path().join("name")).unwrap_or_default();
+        if name.trim() == PORT_NAME {
+            return Some(std::path::Path::new("/dev").join(entry.file_name()));
+        }
+    }
+    None
+}
