@@ -95,6 +95,17 @@ pub struct Exec {
     pub user: Option<String>,
 }
 
+/// A guest file's metadata, as `get` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileMeta {
+    /// Permission bits.
+    pub mode: u32,
+    /// Modification time, seconds since the epoch.
+    pub mtime: i64,
+    /// Bytes.
+    pub size: u64,
+}
+
 /// One connection to an agent, synchronised and past the handshake.
 pub struct Connection {
     reader: UnixStream,
@@ -249,6 +260,63 @@ impl Connection {
     /// Flushes the guest's filesystems.
     pub fn sync(&mut self) -> Result<()> {
         self.ask("sync", Request::Sync).map(drop)
+    }
+
+    /// Copies the guest's regular file `path` to `out`; its mode, mtime and size.
+    pub fn get(&mut self, path: &str, out: &mut dyn Write) -> Result<FileMeta> {
+        self.require("files")?;
+        let session = self.open_session(Request::Get { path: path.into() })?;
+        self.send(&Frame::Credit { session, stream: 1, bytes: EXTRA_CREDIT })?;
+        loop {
+            match self.next()? {
+                Frame::Data { session: s, stream: 1, bytes } if s == session => {
+                    out.write_all(&bytes)?;
+                    self.send(&Frame::Credit { session, stream: 1, bytes: bytes.len() as u32 })?;
+                }
+                Frame::Reply { session: s, value } if s == session => {
+                    let field = |k: &str| value[k].as_i64();
+                    return match (field("mode"), field("mtime"), field("size")) {
+                        (Some(mode), Some(mtime), Some(size)) => {
+                            Ok(FileMeta { mode: mode as u32, mtime, size: size as u64 })
+                        }
+                        _ => Err(AgentClientError::Unexpected(format!("file metadata {value}"))),
+                    };
+                }
+                Frame::Error { session: s, error } if s == session || s == CONTROL_SESSION => {
+                    return Err(AgentClientError::Agent(error))
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Writes `input` to the guest's `path` (atomically: a temporary file renamed over it)
+    /// with `mode` and `mtime`.
+    pub fn put(
+        &mut self, path: &str, mode: u32, mtime: i64, input: Box<dyn Read + Send>,
+    ) -> Result<()> {
+        self.require("files")?;
+        let session = self.open_session(Request::Put { path: path.into(), mode, mtime })?;
+        let window = Arc::new((Mutex::new(u64::from(WINDOW)), Condvar::new()));
+        let feeder = feed(input, session, self.writer.clone(), window.clone());
+        let result = loop {
+            match self.next() {
+                Ok(Frame::Credit { session: s, stream: 0, bytes }) if s == session => {
+                    *window.0.lock().unwrap_or_else(|e| e.into_inner()) += u64::from(bytes);
+                    window.1.notify_all();
+                }
+                Ok(Frame::Reply { session: s, .. }) if s == session => break Ok(()),
+                Ok(Frame::Error { session: s, error }) if s == session || s == CONTROL_SESSION => {
+                    break Err(AgentClientError::Agent(error))
+                }
+                Ok(_) => {}
+                Err(e) => break Err(e),
+            }
+        };
+        *window.0.lock().unwrap_or_else(|e| e.into_inner()) = u64::MAX;
+        window.1.notify_all();
+        let _ = feeder.join();
+        result
     }
 
     /// Runs a program: `stdin` (if any) is copied to it, its stdout and stderr to `stdout` and

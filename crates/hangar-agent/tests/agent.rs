@@ -151,3 +151,32 @@ fn info_and_sync_answer() {
     assert!(info["memory"]["total_kib"].as_u64().unwrap() > 0, "{info}");
     c.sync().unwrap();
 }
+
+#[test]
+fn files_go_in_and_out_whole_with_their_mode_and_mtime() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let (_d, socket) = agent(b"");
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("copied");
+    // 5 MiB of varied bytes: more than the window and the extra credit's first grant.
+    let data: Vec<u8> =
+        (0..5u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let mut c = Connection::open(&socket).unwrap();
+    let input: &'static [u8] = Box::leak(data.clone().into_boxed_slice());
+    c.put(target.to_str().unwrap(), 0o640, 1_700_000_000, Box::new(input)).unwrap();
+    let meta = std::fs::metadata(&target).unwrap();
+    assert_eq!(std::fs::read(&target).unwrap(), data);
+    assert_eq!((meta.permissions().mode() & 0o7777, meta.mtime()), (0o640, 1_700_000_000));
+    let mut back = Vec::new();
+    let got = c.get(target.to_str().unwrap(), &mut back).unwrap();
+    assert_eq!(back, data);
+    assert_eq!((got.mode, got.mtime, got.size), (0o640, 1_700_000_000, data.len() as u64));
+    // Failures are coded and leave nothing behind; the connection goes on.
+    let e = c.get(dir.path().join("missing").to_str().unwrap(), &mut Vec::new()).unwrap_err();
+    assert!(matches!(&e, AgentClientError::Agent(a) if a.code == "E_IO"), "{e}");
+    let nowhere = dir.path().join("no/such/dir/f");
+    let e = c.put(nowhere.to_str().unwrap(), 0o644, 0, Box::new(&b"x"[..])).unwrap_err();
+    assert!(matches!(&e, AgentClientError::Agent(a) if a.code == "E_IO"), "{e}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "only the copied file");
+    assert_eq!(run(&mut c, sh("exit 0"), None).0, ExitStatus::Code(0));
+}

@@ -17,6 +17,14 @@ use crate::stats::{median, quantile, round};
 pub fn exec(args: &Args, runs: usize) -> Result<Value, String> {
     let home = Home::new(args, "exec")?;
     let spec = home.spec("x0");
+    // The 64 MiB copy lands in the guest's RAM-backed root.
+    std::fs::write(
+        &spec,
+        std::fs::read_to_string(&spec)
+            .map_err(|e| e.to_string())?
+            .replace("memory_mib = 256", "memory_mib = 384"),
+    )
+    .map_err(|e| e.to_string())?;
     home.hangar(&["up", spec.to_str().unwrap()])?;
     let socket = home.dir.join("vms/x0/agent.sock");
     // One untimed exec of each first (page cache, the agent's first connection).
@@ -40,6 +48,7 @@ pub fn exec(args: &Args, runs: usize) -> Result<Value, String> {
     // CPU is the limit, so `dd bs=32K` shows what the channel itself carries.
     let head = stream_mib_s(&socket, &["head", "-c", &(64u64 << 20).to_string(), "/dev/zero"], 64)?;
     let dd = stream_mib_s(&socket, &["dd", "if=/dev/zero", "bs=32768", "count=2048"], 64)?;
+    let (cp_in, cp_out) = copy_mib_s(&socket, 64)?;
     home.hangar(&["rm", "--force", "x0"])?;
     Ok(json!({
         "benchmark": "exec",
@@ -48,6 +57,7 @@ pub fn exec(args: &Args, runs: usize) -> Result<Value, String> {
         "cold_run_true": latency(&cold),
         "cli_speedup_vs_cold_run": round(median(&cold) / median(&cli), 1),
         "stdout_mib_s": {"head_64_mib": head, "dd_bs32k_64_mib": dd},
+        "copy_mib_s": {"into_guest_64_mib": cp_in, "out_of_guest_64_mib": cp_out},
         "targets": {"cli_p50_ms": 40, "api_p50_ms": 15, "stdout_mib_s": 50},
     }))
 }
@@ -99,4 +109,24 @@ fn stream_mib_s(socket: &Path, argv: &[&str], mib: u64) -> Result<f64, String> {
         return Err(format!("{} bytes arrived of {}", out.0, mib << 20));
     }
     Ok(round(mib as f64 / secs, 1))
+}
+
+/// MiB/s of a `mib` MiB file copied into the guest and back through the client library (what
+/// `hangar cp` does), checked byte for byte.
+fn copy_mib_s(socket: &Path, mib: u64) -> Result<(f64, f64), String> {
+    let data: Vec<u8> =
+        (0..(mib << 20)).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let input: &'static [u8] = Box::leak(data.clone().into_boxed_slice());
+    let mut c = Connection::open(socket).map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    c.put("/root/bench-copy", 0o600, 0, Box::new(input)).map_err(|e| e.to_string())?;
+    let put = started.elapsed().as_secs_f64();
+    let mut back = Vec::with_capacity(data.len());
+    let started = Instant::now();
+    c.get("/root/bench-copy", &mut back).map_err(|e| e.to_string())?;
+    let get = started.elapsed().as_secs_f64();
+    if back != data {
+        return Err("the copy back differs".into());
+    }
+    Ok((round(mib as f64 / put, 1), round(mib as f64 / get, 1)))
 }

@@ -155,6 +155,14 @@ pub fn render(r: &Value) -> String {
             "-".into(),
             ">= 50 MiB/s",
         );
+        row(
+            &mut out,
+            "cp 64 MiB, MiB/s into the guest (out of it in baseline column)",
+            num(&x["copy_mib_s"]["into_guest_64_mib"]),
+            num(&x["copy_mib_s"]["out_of_guest_64_mib"]),
+            "-".into(),
+            "-",
+        );
     }
     let t = &r["throughput"];
     if !err(&mut out, "throughput", t) {

@@ -28,7 +28,7 @@ pub const PORT_NAME: &str = "org.hangar.agent.0";
 pub const WINDOW: u32 = 64 * 1024;
 
 /// What the agent reports it can do.
-pub const CAPABILITIES: &[&str] = &["exec", "info", "sync"];
+pub const CAPABILITIES: &[&str] = &["exec", "files", "info", "sync"];
 
 /// The agent's own name and version, as the handshake reports it.
 pub const AGENT: &str = concat!("hangar-init ", env!("CARGO_PKG_VERSION"));
@@ -162,9 +162,10 @@ impl Window {
     }
 }
 
-/// One exec session the host has open.
+/// One session the host has open: an exec (with its program) or a file copy.
 struct Session {
-    pid: u32,
+    /// The program, for an exec.
+    pid: Option<u32>,
     stdin: Option<std::sync::mpsc::Sender<Vec<u8>>>,
     windows: [Arc<Window>; 2],
 }
@@ -290,8 +291,8 @@ impl Agent {
                 }
             }
             Frame::Signal { session, signal } => {
-                if let Some(s) = lock(&self.sessions).get(&session) {
-                    kill(s.pid, signal);
+                if let Some(pid) = lock(&self.sessions).get(&session).and_then(|s| s.pid) {
+                    kill(pid, signal);
                 }
             }
             // Terminals are not served yet (no `tty` capability); the rest is not for the agent.
@@ -321,9 +322,8 @@ impl Agent {
                 rustix::fs::sync();
                 self.send(&Frame::Reply { session, value: serde_json::json!({}) });
             }
-            Request::Get { .. } | Request::Put { .. } => {
-                self.error(session, "E_AGENT_UNSUPPORTED", format!("{AGENT} cannot copy files yet"))
-            }
+            Request::Get { path } => self.get(session, &path),
+            Request::Put { path, mode, mtime } => self.put(session, &path, mode, mtime),
         }
     }
 
@@ -388,8 +388,10 @@ impl Agent {
         let pid = child.id();
         let (stdin_tx, stdin_rx) = std::sync::mpsc::channel::<Vec<u8>>();
         let windows = [Window::new(), Window::new()];
-        lock(&self.sessions)
-            .insert(session, Session { pid, stdin: Some(stdin_tx), windows: windows.clone() });
+        lock(&self.sessions).insert(
+            session,
+            Session { pid: Some(pid), stdin: Some(stdin_tx), windows: windows.clone() },
+        );
         // More room for stdin than the protocol's first window: a pipe takes it at once.
         self.send(&Frame::Credit { session, stream: 0, bytes: EXTRA_CREDIT });
         let mut stdin = child.stdin.take().expect("piped");
@@ -427,6 +429,93 @@ impl Agent {
         });
     }
 
+    /// Sends a regular file's bytes on stream 1, its end, then a Reply with its mode, mtime and
+    /// size.
+    fn get(self: &Arc<Agent>, session: u32, path: &str) {
+        let opened = std::fs::File::open(path).and_then(|f| f.metadata().map(|m| (f, m)));
+        let (file, meta) = match opened {
+            Ok((f, m)) if m.is_file() => (f, m),
+            Ok(_) => {
+                return self.error(
+                    session,
+                    "E_INVALID_ARGUMENT",
+                    format!("{path} is not a regular file"),
+                )
+            }
+            Err(e) => return self.error(session, "E_IO", format!("{path}: {e}")),
+        };
+        use std::os::unix::fs::MetadataExt;
+        let reply = serde_json::json!({"mode": meta.mode() & 0o7777, "mtime": meta.mtime(), "size": meta.len()});
+        let connection = *lock(&self.connection);
+        let window = Window::new();
+        lock(&self.sessions).insert(
+            session,
+            Session { pid: None, stdin: None, windows: [window.clone(), Window::new()] },
+        );
+        let pump = self.pump(connection, session, 1, Box::new(file), window);
+        let agent = self.clone();
+        spawn("file-get", move || {
+            if let Some(p) = pump {
+                let _ = p.join();
+            }
+            lock(&agent.sessions).remove(&session);
+            agent.send_for(connection, &Frame::Reply { session, value: reply });
+        });
+    }
+
+    /// Writes stream 0 to a temporary file beside `path`; at its end sets the mode and mtime
+    /// and renames it over `path`, then replies. A failure leaves no temporary file behind.
+    fn put(self: &Arc<Agent>, session: u32, path: &str, mode: u32, mtime: i64) {
+        let target = std::path::PathBuf::from(path);
+        let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else {
+            return self.error(session, "E_INVALID_ARGUMENT", format!("{path} names no file"));
+        };
+        let temp = dir.join(format!(".{}.hangar-{session}", name.to_string_lossy()));
+        let mut file = match std::fs::File::options().write(true).create_new(true).open(&temp) {
+            Ok(f) => f,
+            Err(e) => return self.error(session, "E_IO", format!("{}: {e}", temp.display())),
+        };
+        let connection = *lock(&self.connection);
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        lock(&self.sessions).insert(
+            session,
+            Session { pid: None, stdin: Some(tx), windows: [Window::new(), Window::new()] },
+        );
+        self.send(&Frame::Credit { session, stream: 0, bytes: EXTRA_CREDIT });
+        let (agent, path) = (self.clone(), path.to_string());
+        spawn("file-put", move || {
+            let mut failed = None;
+            for bytes in rx {
+                if failed.is_none() {
+                    failed = file.write_all(&bytes).err();
+                }
+                agent.send_for(
+                    connection,
+                    &Frame::Credit { session, stream: 0, bytes: bytes.len() as u32 },
+                );
+            }
+            // The channel ends at the host's Eof, or when a sync ended the session.
+            let ended = !lock(&agent.sessions).contains_key(&session);
+            let done = match failed {
+                Some(e) => Err(e),
+                None if ended => {
+                    Err(std::io::Error::other("the session ended before its end of file"))
+                }
+                None => finish_put(&file, &temp, &target, mode, mtime),
+            };
+            lock(&agent.sessions).remove(&session);
+            match done {
+                Ok(()) => agent
+                    .send_for(connection, &Frame::Reply { session, value: serde_json::json!({}) }),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&temp);
+                    let error = AgentError { code: "E_IO".into(), message: format!("{path}: {e}") };
+                    agent.send_for(connection, &Frame::Error { session, error });
+                }
+            }
+        });
+    }
+
     /// Copies one output stream to the host within its window, then sends its end.
     fn pump(
         self: &Arc<Agent>, connection: u64, session: u32, stream: u8,
@@ -460,7 +549,9 @@ impl Agent {
 
 /// Kills a session's program and releases its senders.
 fn end_session(s: &Session) {
-    kill(s.pid, 9);
+    if let Some(pid) = s.pid {
+        kill(pid, 9);
+    }
     for w in &s.windows {
         w.close();
     }
@@ -558,4 +649,16 @@ pub fn find_port(sys_class: &std::path::Path) -> Option<std::path::PathBuf> {
         }
     }
     None
+}
+
+/// Mode, mtime, data on disk, then the rename that makes the file appear whole.
+fn finish_put(
+    file: &std::fs::File, temp: &std::path::Path, target: &std::path::Path, mode: u32, mtime: i64,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))?;
+    let when = std::time::UNIX_EPOCH + Duration::from_secs(mtime.max(0) as u64);
+    file.set_modified(when)?;
+    file.sync_all()?;
+    std::fs::rename(temp, target)
 }

@@ -15,9 +15,9 @@ mod access;
 mod common;
 mod console;
 mod doctor;
-mod exec;
 mod failure;
 mod fleet;
+mod guest;
 mod ops;
 mod planning;
 mod progress;
@@ -139,7 +139,9 @@ enum Command {
     Run(run::RunArgs),
     /// Run a command in a running VM through its guest agent; exits with the command's code
     /// (126 not executable, 127 not found, 128+N killed by signal N).
-    Exec(exec::ExecArgs),
+    Exec(guest::ExecArgs),
+    /// Copy a file into or out of a running VM (NAME:/path on one side), keeping mode and mtime.
+    Cp(guest::CpArgs),
     /// List VMs: name, state, accelerator, vCPUs, memory, uptime, pid.
     Ps {
         /// Include VMs that are not running (defined, stopped).
@@ -433,7 +435,8 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), Failure> {
         }
         Command::Up { file, no_wait, timeout } => vm::up(&file, no_wait, timeout, out),
         Command::Run(args) => exit_with(run::run(args, out)?),
-        Command::Exec(args) => exit_with(exec::exec(args, out)?),
+        Command::Exec(args) => exit_with(guest::exec(args, out)?),
+        Command::Cp(args) => guest::cp(args, out),
         Command::Ps { all, output } => vm::ps(all, output, out),
         Command::Start { name, no_wait, timeout } => vm::start(&name, no_wait, timeout, out),
         Command::Stop { name, force, timeout } => vm::stop(&name, force, timeout, out),

@@ -134,6 +134,7 @@ pub fn inspect(name: &str, out: &mut dyn Write) -> Result<(), Failure> {
     let rec = engine.record(&vm).map_err(fail)?;
     let plan = QemuEngine::plan_of(&rec).map_err(fail)?;
     let history = engine.history(&vm).map_err(fail)?;
+    let guest = crate::guest::info(&rec.state, plan.agent_socket.as_deref());
     let doc = serde_json::json!({
         "name": vm.as_str(),
         "state": rec.state,
@@ -147,6 +148,7 @@ pub fn inspect(name: &str, out: &mut dyn Write) -> Result<(), Failure> {
         "runtime_dir": rec.runtime_dir,
         "confinement": engine.confinement(&vm).map_err(fail)?,
         "history": history,
+        "guest": guest,
     });
     let _ = writeln!(out, "{}", serde_json::to_string_pretty(&doc).expect("json"));
     Ok(())

@@ -290,7 +290,10 @@ fn exec_runs_commands_in_a_running_vm_with_docker_exit_codes_and_survives_sleep(
     let home = home_or_skip!(
         "exec_runs_commands_in_a_running_vm_with_docker_exit_codes_and_survives_sleep"
     );
-    let spec = home.small_spec("ex");
+    // Room in the guest's RAM-backed root for the 64 MiB copy below.
+    let spec = home.path().join("ex.toml");
+    std::fs::write(&spec, "schema_version = 1\nname = \"ex\"\n[machine]\nmemory_mib = 384\n")
+        .unwrap();
     let out = home.hangar(&["up", spec.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let exec = |args: &[&str]| {
@@ -300,6 +303,11 @@ fn exec_runs_commands_in_a_running_vm_with_docker_exit_codes_and_survives_sleep(
     let (code, stdout, _) = exec(&["sh", "-c", "uname -r; exit 7"]);
     assert_eq!(code, Some(7));
     assert!(stdout.starts_with("6."), "the guest's kernel release: {stdout:?}");
+    // inspect asks the agent about the guest.
+    let out = home.hangar(&["inspect", "ex"]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["guest"]["kernel"].as_str(), Some(stdout.trim()), "{}", doc["guest"]);
+    assert!(doc["guest"]["agent"].as_str().is_some_and(|a| a.starts_with("hangar-init ")));
     let (code, _, stderr) = exec(&["no-such-command"]);
     assert_eq!(code, Some(127), "{stderr}");
     assert_eq!(exec(&["sh", "-c", "kill -9 $$"]).0, Some(137));
@@ -324,6 +332,38 @@ fn exec_runs_commands_in_a_running_vm_with_docker_exit_codes_and_survives_sleep(
     for (i, (code, stdout, stderr)) in (1..=10).zip(results) {
         assert_eq!((code, stdout), (Some(i), format!("n{i}\n")), "{stderr}");
     }
+    // 64 MiB of random bytes in and back out: identical, with mode and mtime kept.
+    let data: Vec<u8> = {
+        let mut f = std::fs::File::open("/dev/urandom").unwrap();
+        let mut d = vec![0u8; 64 << 20];
+        std::io::Read::read_exact(&mut f, &mut d).unwrap();
+        d
+    };
+    let (local, back) = (home.path().join("rand"), home.path().join("rand.back"));
+    std::fs::write(&local, &data).unwrap();
+    std::fs::set_permissions(&local, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let cp = |src: &str, dst: &str| {
+        let out = home.hangar(&["cp", src, dst]);
+        assert!(out.status.success(), "cp {src} {dst}: {}", text(&out.stderr));
+    };
+    cp(local.to_str().unwrap(), "ex:/root/rand");
+    let (_, sum, _) = exec(&["sha256sum", "/root/rand"]);
+    let expected = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&data).iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    assert!(sum.starts_with(&expected), "guest {sum:?} vs host {expected}");
+    assert_eq!(exec(&["stat", "-c", "%a", "/root/rand"]).1, "600\n");
+    cp("ex:/root/rand", back.to_str().unwrap());
+    assert!(std::fs::read(&back).unwrap() == data, "the copy back differs");
+    let (l, b) = (std::fs::metadata(&local).unwrap(), std::fs::metadata(&back).unwrap());
+    assert_eq!(
+        (
+            std::os::unix::fs::PermissionsExt::mode(&b.permissions()) & 0o777,
+            b.modified().unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+        ),
+        (0o600, l.modified().unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs())
+    );
     // Asleep (memory saved, process gone) and woken: the agent answers the new QEMU.
     assert_eq!(exec(&["sh", "-c", "echo kept > /tmp/mark"]).0, Some(0));
     let out = home.hangar(&["snapshot", "save", "--sleep", "ex", "nap"]);

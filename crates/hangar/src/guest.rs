@@ -1,0 +1,197 @@
+//! What goes through a running VM's guest agent: `hangar exec` (docker exec's exit codes: the
+//! program's own; 126 not executable, 127 not found, 128+N killed by signal N) and `hangar cp`.
+
+use std::io::Write;
+
+use hangar_agent::{AgentClientError, Connection, Exec};
+use hangar_core::error::ErrorCode;
+use hangar_core::lifecycle::VmState;
+use hangar_qemu::QemuEngine;
+
+use crate::common::*;
+use crate::Failure;
+
+/// `hangar exec`'s flags.
+#[derive(clap::Args)]
+pub struct ExecArgs {
+    /// Send this terminal's stdin to the program (without, it reads end-of-file).
+    #[arg(long, short)]
+    pub interactive: bool,
+    /// Give the program a terminal (the agent does not offer one yet: refused).
+    #[arg(long, short)]
+    pub tty: bool,
+    /// Set an environment variable for the program (repeatable).
+    #[arg(long = "env", short, value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Working directory in the guest (default /).
+    #[arg(long, short = 'w', value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Run as this user (default root).
+    #[arg(long, short, value_name = "UID[:GID]")]
+    pub user: Option<String>,
+    /// The VM (running, booted from an image with the agent: the built-in ones).
+    pub name: String,
+    /// The command and its arguments (after `--`).
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+/// Runs the command; its exit code, docker exec's way.
+pub fn exec(args: ExecArgs, out: &mut dyn Write) -> Result<u8, Failure> {
+    if args.tty {
+        return Err(crate::failure(
+            ErrorCode::AgentUnsupported,
+            "the guest agent cannot give a program a terminal yet".into(),
+            "run without -t (stdin still works with -i)",
+        ));
+    }
+    let mut agent = connect(&args.name)?;
+    let request = Exec { argv: args.command, env: args.env, cwd: args.workdir, user: args.user };
+    let stdin =
+        args.interactive.then(|| Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>);
+    let mut stderr = std::io::stderr();
+    match agent.exec(request, stdin, out, &mut stderr) {
+        // A wait status is 0..=255, a signal's 128 + N at most 255.
+        Ok(status) => Ok(u8::try_from(status.shell_code()).unwrap_or(255)),
+        Err(AgentClientError::Agent(e)) if e.code == "E_AGENT_NOT_FOUND" => {
+            let _ = writeln!(stderr, "hangar exec: {}", e.message);
+            Ok(127)
+        }
+        Err(AgentClientError::Agent(e)) if e.code == "E_AGENT_DENIED" => {
+            let _ = writeln!(stderr, "hangar exec: {}", e.message);
+            Ok(126)
+        }
+        Err(e) => Err(crate::coded(&e)),
+    }
+}
+
+/// What the guest agent says of a running VM (for `hangar inspect`): its facts, `null` when
+/// the VM does not run or has no agent, or `{"error": …}` when it does not answer within a
+/// second (inspect must not hang on a busy or broken guest).
+pub fn info(state: &VmState, agent_socket: Option<&str>) -> serde_json::Value {
+    let Some(socket) = agent_socket.filter(|_| *state == VmState::Running) else {
+        return serde_json::Value::Null;
+    };
+    let asked =
+        Connection::open_with(std::path::Path::new(socket), std::time::Duration::from_secs(1), 1)
+            .and_then(|mut c| c.info());
+    match asked {
+        Ok(info) => info,
+        Err(e) => {
+            serde_json::json!({"error": {"code": hangar_core::error::Coded::code(&e), "message": e.to_string()}})
+        }
+    }
+}
+
+/// A connection to the agent of running VM `name`.
+fn connect(name: &str) -> Result<Connection, Failure> {
+    let vm = vm_name(name)?;
+    let engine = engine()?;
+    let rec = engine.record(&vm).map_err(fail)?;
+    if rec.state != VmState::Running {
+        return Err(crate::failure(
+            ErrorCode::AgentUnavailable,
+            format!("{vm} is {}, not running: its agent cannot answer", rec.state),
+            &format!("start it first: hangar start {vm}"),
+        ));
+    }
+    let plan = QemuEngine::plan_of(&rec).map_err(fail)?;
+    let Some(socket) = plan.agent_socket else {
+        return Err(crate::failure(
+            ErrorCode::AgentUnsupported,
+            format!("{vm} boots its own kernel, which has no Hangar agent"),
+            "boot a built-in image (boot.image) to use the guest agent",
+        ));
+    };
+    Connection::open(std::path::Path::new(&socket)).map_err(|e| crate::coded(&e))
+}
+
+/// `hangar cp`'s arguments.
+#[derive(clap::Args)]
+pub struct CpArgs {
+    /// What to copy: a local file, or NAME:/path for a file in a running VM.
+    pub src: String,
+    /// Where to: NAME:/path when SRC is local, a local path when SRC is in a VM (an existing
+    /// directory, or a path ending in /, gets SRC's file name).
+    pub dst: String,
+}
+
+/// `NAME:/absolute/path` as (NAME, path); anything else is a local path.
+fn remote(arg: &str) -> Option<(&str, &str)> {
+    let (name, path) = arg.split_once(':')?;
+    (path.starts_with('/') && hangar_core::ids::VmName::new(name).is_ok()).then_some((name, path))
+}
+
+/// Copies one regular file into or out of a running VM, keeping its mode and mtime.
+pub fn cp(args: CpArgs, out: &mut dyn Write) -> Result<(), Failure> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let started = std::time::Instant::now();
+    let bytes = match (remote(&args.src), remote(&args.dst)) {
+        (Some((name, path)), None) => {
+            let mut dst = std::path::PathBuf::from(&args.dst);
+            if args.dst.ends_with('/') || dst.is_dir() {
+                dst.push(path.rsplit('/').next().unwrap_or("file"));
+            }
+            let temp = dst.with_file_name(format!(
+                ".{}.hangar-cp",
+                dst.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+            ));
+            let io = |what: &str, e: std::io::Error| {
+                crate::failure(ErrorCode::Io, format!("{what} {}: {e}", temp.display()), "")
+            };
+            let mut file = std::fs::File::create(&temp).map_err(|e| io("cannot create", e))?;
+            let got = connect(name)?.get(path, &mut file);
+            let done = got.map_err(|e| crate::coded(&e)).and_then(|meta| {
+                file.set_permissions(std::fs::Permissions::from_mode(meta.mode))
+                    .and_then(|()| {
+                        let when = std::time::UNIX_EPOCH
+                            + std::time::Duration::from_secs(meta.mtime.max(0) as u64);
+                        file.set_modified(when)
+                    })
+                    .and_then(|()| std::fs::rename(&temp, &dst))
+                    .map_err(|e| io("cannot finish", e))
+                    .map(|()| meta.size)
+            });
+            if done.is_err() {
+                let _ = std::fs::remove_file(&temp);
+            }
+            done?
+        }
+        (None, Some((name, path))) => {
+            let src = std::path::Path::new(&args.src);
+            let io = |e: std::io::Error| {
+                crate::failure(ErrorCode::Io, format!("{}: {e}", src.display()), "")
+            };
+            let file = std::fs::File::open(src).map_err(io)?;
+            let meta = file.metadata().map_err(io)?;
+            if !meta.is_file() {
+                return Err(crate::failure(
+                    ErrorCode::InvalidArgument,
+                    format!("{} is not a regular file", src.display()),
+                    "copy one file at a time (directories are not supported yet)",
+                ));
+            }
+            let mut dst = path.to_string();
+            if dst.ends_with('/') {
+                dst.push_str(&src.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
+            }
+            connect(name)?
+                .put(&dst, meta.mode() & 0o7777, meta.mtime(), Box::new(file))
+                .map_err(|e| crate::coded(&e))?;
+            meta.len()
+        }
+        _ => {
+            return Err(crate::failure(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "one of {:?} and {:?} must be NAME:/path, the other local",
+                    args.src, args.dst
+                ),
+                "hangar cp ./file vm:/root/file, or hangar cp vm:/etc/hostname .",
+            ))
+        }
+    };
+    let secs = started.elapsed().as_secs_f64();
+    let _ = writeln!(out, "copied {bytes} bytes in {secs:.2} s");
+    Ok(())
+}
