@@ -113,6 +113,26 @@ pub struct Connection {
     decoder: Decoder,
     welcome: Welcome,
     next_session: u32,
+    /// The exec session running now (0: none), for [`Signaller`]s.
+    running: Arc<std::sync::atomic::AtomicU32>,
+}
+
+/// Sends signals to the program of whatever exec a [`Connection`] is running; usable from
+/// another thread (a signal handler's) while `exec` blocks.
+#[derive(Clone)]
+pub struct Signaller {
+    writer: Arc<Mutex<UnixStream>>,
+    running: Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl Signaller {
+    /// Sends `signal` to the running program; nothing when no exec runs.
+    pub fn signal(&self, signal: i32) -> Result<()> {
+        match self.running.load(std::sync::atomic::Ordering::SeqCst) {
+            0 => Ok(()),
+            session => send(&self.writer, &Frame::Signal { session, signal }),
+        }
+    }
 }
 
 impl Connection {
@@ -134,6 +154,7 @@ impl Connection {
             decoder: Decoder::new(),
             welcome: Welcome { version: 0, agent: String::new(), capabilities: vec![] },
             next_session: 1,
+            running: Arc::default(),
         };
         let mut synced = false;
         for attempt in 0..tries {
@@ -162,6 +183,11 @@ impl Connection {
         }
         c.reader.set_read_timeout(None)?;
         Ok(c)
+    }
+
+    /// A handle that signals the program of this connection's running exec.
+    pub fn signaller(&self) -> Signaller {
+        Signaller { writer: self.writer.clone(), running: self.running.clone() }
     }
 
     /// What the agent said of itself in the handshake.
@@ -348,7 +374,9 @@ impl Connection {
                 None
             }
         };
+        self.running.store(session, std::sync::atomic::Ordering::SeqCst);
         let result = self.pump(session, &window, stdout, stderr);
+        self.running.store(0, std::sync::atomic::Ordering::SeqCst);
         // Unblock a feeder still waiting for credit; it ends on its own when its input does.
         *window.0.lock().unwrap_or_else(|e| e.into_inner()) = u64::MAX;
         window.1.notify_all();

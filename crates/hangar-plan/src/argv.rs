@@ -327,7 +327,7 @@ pub fn plan(spec: &CanonicalSpec, facts: &HostFacts) -> Result<Plan, PlanError> 
     }
 
     push(&["-name", name]);
-    let confinement = confinement(vm, accel, &facts.confinement);
+    let confinement = confinement(vm, accel, &facts.confinement, &facts.runtime_dir);
     if confinement.as_ref().is_some_and(|c| c.seccomp) {
         // QEMU's own seccomp filter: no obsolete syscalls, no setuid, no fork/exec, no
         // scheduler or resource changes.

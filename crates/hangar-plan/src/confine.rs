@@ -24,9 +24,20 @@ pub fn qemu_uid(vm: &str) -> u32 {
     QEMU_UID_BASE + h % QEMU_UID_SPAN
 }
 
+/// Eight hex digits naming a home (from its VMs' runtime root): what keeps two homes' cgroups
+/// apart.
+pub fn home_tag(runtime_root: &str) -> String {
+    let hash = hangar_spec::sha256_tagged(runtime_root.trim_end_matches('/').as_bytes());
+    hash.trim_start_matches("sha256:")[..8].to_string()
+}
+
 /// How `vm` is confined on a host with `facts` (`None` when confinement is off).
+///
+/// The cgroup is named after the VM and its home (`hangar/<home tag>-<name>`): cgroups are
+/// host-wide, and two homes (two daemons, a test beside a daemon) may both have a VM called
+/// `web`; one shared cgroup would put both QEMUs under one limit.
 pub(crate) fn confinement(
-    vm: &hangar_core::spec::VmSpec, accel: Accel, facts: &ConfinementFacts,
+    vm: &hangar_core::spec::VmSpec, accel: Accel, facts: &ConfinementFacts, runtime_root: &str,
 ) -> Option<Confinement> {
     if !facts.enabled {
         return None;
@@ -44,7 +55,7 @@ pub(crate) fn confinement(
     }
     let cgroup = (facts.cgroup != CgroupVersion::None).then(|| CgroupPlan {
         version: facts.cgroup,
-        path: format!("hangar/{name}"),
+        path: format!("hangar/{}-{name}", home_tag(runtime_root)),
         memory_max_bytes: (u64::from(vm.machine.memory_mib) + facts.memory_overhead_mib) << 20,
         cpu_quota_us: (u64::from(vm.machine.vcpus) + 1) * CPU_PERIOD_US,
         cpu_period_us: CPU_PERIOD_US,

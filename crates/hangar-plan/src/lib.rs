@@ -26,7 +26,7 @@ pub use argv::{
     plan, AGENT_FD, AGENT_PORT, CONSOLE_FD, INCOMING_FD, MAX_SOCKET_PATH, MINIMAL_IMAGE_CMDLINE,
     QMP_FD,
 };
-pub use confine::{qemu_uid, CPU_PERIOD_US, QEMU_PIDS_MAX, QEMU_UID_BASE, QEMU_UID_SPAN};
+pub use confine::{home_tag, qemu_uid, CPU_PERIOD_US, QEMU_PIDS_MAX, QEMU_UID_BASE, QEMU_UID_SPAN};
 pub use error::PlanError;
 pub use facts::{
     Capacity, CgroupVersion, ConfinementFacts, FixedProbe, HostFacts, HostProbe, KvmFacts,

@@ -167,7 +167,8 @@ fn a_guest_runs_as_its_own_user_without_privileges_in_its_own_cgroup() {
 
     // The cgroup: QEMU is in it, and its limits are the plan's.
     let cg = conf.cgroup.clone().expect("a cgroup on this host");
-    assert_eq!(cg.path, "hangar/conf-a");
+    let tag = hangar_plan::home_tag(&format!("{}/vms", home.display()));
+    assert_eq!(cg.path, format!("hangar/{tag}-conf-a"));
     assert_eq!(cg.memory_max_bytes, (128 + 256) << 20);
     assert_eq!(cg.cpu_quota_us, 2 * 100_000, "one vCPU plus one for QEMU");
     let in_cgroup = read(Path::new(&format!("/proc/{pid}/cgroup")));
@@ -182,7 +183,7 @@ fn a_guest_runs_as_its_own_user_without_privileges_in_its_own_cgroup() {
                         .unwrap()
                         .split(',')
                         .any(|x| x == c)
-                        && l.ends_with(":/hangar/conf-a")),
+                        && l.ends_with(&format!(":/{}", cg.path))),
                     "QEMU is not in its {c} cgroup: {in_cgroup}"
                 );
             }
@@ -200,7 +201,7 @@ fn a_guest_runs_as_its_own_user_without_privileges_in_its_own_cgroup() {
             assert_eq!(read(&dir("pids").join("pids.max")), "512");
         }
         _ => {
-            assert!(in_cgroup.contains("0::/hangar/conf-a"), "{in_cgroup}");
+            assert!(in_cgroup.contains(&format!("0::/{}", cg.path)), "{in_cgroup}");
             assert_eq!(read(&dir("").join("memory.max")), cg.memory_max_bytes.to_string());
             assert_eq!(read(&dir("").join("cpu.max")), "200000 100000");
             assert_eq!(read(&dir("").join("cpu.weight")), "300");
@@ -219,7 +220,7 @@ fn a_guest_runs_as_its_own_user_without_privileges_in_its_own_cgroup() {
     for procs in &root_procs {
         std::fs::write(procs, pid.to_string()).unwrap();
     }
-    assert!(!read(Path::new(&format!("/proc/{pid}/cgroup"))).contains("/hangar/conf-a"));
+    assert!(!read(Path::new(&format!("/proc/{pid}/cgroup"))).contains(&format!("/{}", cg.path)));
     engine.list().unwrap();
     assert_eq!(read(Path::new(&format!("/proc/{pid}/cgroup"))), in_cgroup);
     // `hangar inspect` shows them as the kernel has them.

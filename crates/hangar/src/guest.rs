@@ -49,6 +49,7 @@ pub fn exec(args: ExecArgs, out: &mut dyn Write) -> Result<u8, Failure> {
     let request = Exec { argv: args.command, env: args.env, cwd: args.workdir, user: args.user };
     let stdin =
         args.interactive.then(|| Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>);
+    forward_signals(agent.signaller());
     let mut stderr = std::io::stderr();
     match agent.exec(request, stdin, out, &mut stderr) {
         // A wait status is 0..=255, a signal's 128 + N at most 255.
@@ -81,6 +82,20 @@ pub fn info(state: &VmState, agent_socket: Option<&str>) -> serde_json::Value {
             serde_json::json!({"error": {"code": hangar_core::error::Coded::code(&e), "message": e.to_string()}})
         }
     }
+}
+
+/// Ctrl-C (SIGINT) and SIGTERM go to the program in the guest instead of ending this process:
+/// the program decides, and its exit (130 for an unhandled SIGINT) comes back as usual.
+fn forward_signals(signaller: hangar_agent::Signaller) {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else {
+        return; // the defaults stay: a Ctrl-C ends hangar, and the agent's next sync the program
+    };
+    let _ = std::thread::Builder::new().name("signals".into()).spawn(move || {
+        for signal in signals.forever() {
+            let _ = signaller.signal(signal);
+        }
+    });
 }
 
 /// A connection to the agent of running VM `name`.

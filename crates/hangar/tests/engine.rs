@@ -332,6 +332,29 @@ fn exec_runs_commands_in_a_running_vm_with_docker_exit_codes_and_survives_sleep(
     for (i, (code, stdout, stderr)) in (1..=10).zip(results) {
         assert_eq!((code, stdout), (Some(i), format!("n{i}\n")), "{stderr}");
     }
+    // Ctrl-C reaches the program in the guest: `sleep` dies of SIGINT, hangar exits 130.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hangar"))
+        .args(["exec", "ex", "--", "sh", "-c", "echo started; exec sleep 300"])
+        .env("HANGAR_HOME", home.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut started = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut started,
+    )
+    .unwrap();
+    assert_eq!(started, "started\n");
+    let interrupted_at = std::time::Instant::now();
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    assert!(
+        interrupted_at.elapsed() < std::time::Duration::from_secs(60),
+        "the guest's sleep ended early"
+    );
     // 64 MiB of random bytes in and back out: identical, with mode and mtime kept.
     let data: Vec<u8> = {
         let mut f = std::fs::File::open("/dev/urandom").unwrap();
