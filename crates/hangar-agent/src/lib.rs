@@ -146,23 +146,34 @@ impl Connection {
     pub fn open_with(socket: &Path, wait: Duration, tries: u32) -> Result<Connection> {
         let unavailable =
             |why: String| AgentClientError::Unavailable { socket: socket.to_path_buf(), why };
-        let stream = UnixStream::connect(socket).map_err(|e| unavailable(e.to_string()))?;
-        let writer = Arc::new(Mutex::new(stream.try_clone()?));
-        let mut c = Connection {
-            reader: stream,
-            writer,
-            decoder: Decoder::new(),
-            welcome: Welcome { version: 0, agent: String::new(), capabilities: vec![] },
-            next_session: 1,
-            running: Arc::default(),
+        let connect = || -> Result<Connection> {
+            let stream = UnixStream::connect(socket).map_err(|e| unavailable(e.to_string()))?;
+            let writer = Arc::new(Mutex::new(stream.try_clone()?));
+            Ok(Connection {
+                reader: stream,
+                writer,
+                decoder: Decoder::new(),
+                welcome: Welcome { version: 0, agent: String::new(), capabilities: vec![] },
+                next_session: 1,
+                running: Arc::default(),
+            })
         };
+        let mut c = connect()?;
         let mut synced = false;
         for attempt in 0..tries {
             let nonce = nonce(attempt);
-            c.send(&Frame::Sync { nonce })?;
-            if c.await_sync_ok(nonce, wait)? {
-                synced = true;
-                break;
+            // QEMU may close a connection it accepted as the previous client's was still being
+            // torn down: then connect again, as one of the tries.
+            let answered =
+                c.send(&Frame::Sync { nonce }).and_then(|()| c.await_sync_ok(nonce, wait));
+            match answered {
+                Ok(true) => {
+                    synced = true;
+                    break;
+                }
+                Ok(false) => {}
+                Err(AgentClientError::Io(_)) => c = connect()?,
+                Err(e) => return Err(e),
             }
         }
         if !synced {
