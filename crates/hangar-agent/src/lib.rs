@@ -334,13 +334,12 @@ impl Connection {
     ) -> Result<()> {
         self.require("files")?;
         let session = self.open_session(Request::Put { path: path.into(), mode, mtime })?;
-        let window = Arc::new((Mutex::new(u64::from(WINDOW)), Condvar::new()));
+        let window = Credit::new();
         let feeder = feed(input, session, self.writer.clone(), window.clone());
         let result = loop {
             match self.next() {
                 Ok(Frame::Credit { session: s, stream: 0, bytes }) if s == session => {
-                    *window.0.lock().unwrap_or_else(|e| e.into_inner()) += u64::from(bytes);
-                    window.1.notify_all();
+                    window.grant(bytes);
                 }
                 Ok(Frame::Reply { session: s, .. }) if s == session => break Ok(()),
                 Ok(Frame::Error { session: s, error }) if s == session || s == CONTROL_SESSION => {
@@ -350,8 +349,7 @@ impl Connection {
                 Err(e) => break Err(e),
             }
         };
-        *window.0.lock().unwrap_or_else(|e| e.into_inner()) = u64::MAX;
-        window.1.notify_all();
+        window.open();
         let _ = feeder.join();
         result
     }
@@ -377,7 +375,7 @@ impl Connection {
         for stream in [1, 2] {
             self.send(&Frame::Credit { session, stream, bytes: EXTRA_CREDIT })?;
         }
-        let window = Arc::new((Mutex::new(u64::from(WINDOW)), Condvar::new()));
+        let window = Credit::new();
         let feeder = match stdin {
             Some(input) => Some(feed(input, session, self.writer.clone(), window.clone())),
             None => {
@@ -389,15 +387,13 @@ impl Connection {
         let result = self.pump(session, &window, stdout, stderr);
         self.running.store(0, std::sync::atomic::Ordering::SeqCst);
         // Unblock a feeder still waiting for credit; it ends on its own when its input does.
-        *window.0.lock().unwrap_or_else(|e| e.into_inner()) = u64::MAX;
-        window.1.notify_all();
+        window.open();
         drop(feeder);
         result
     }
 
     fn pump(
-        &mut self, session: u32, window: &(Mutex<u64>, Condvar), stdout: &mut dyn Write,
-        stderr: &mut dyn Write,
+        &mut self, session: u32, window: &Credit, stdout: &mut dyn Write, stderr: &mut dyn Write,
     ) -> Result<ExitStatus> {
         loop {
             match self.next()? {
@@ -408,8 +404,7 @@ impl Connection {
                     self.send(&Frame::Credit { session, stream, bytes: bytes.len() as u32 })?;
                 }
                 Frame::Credit { session: s, stream: 0, bytes } if s == session => {
-                    *window.0.lock().unwrap_or_else(|e| e.into_inner()) += u64::from(bytes);
-                    window.1.notify_all();
+                    window.grant(bytes);
                 }
                 Frame::Exit { session: s, status } if s == session => return Ok(status),
                 Frame::Error { session: s, error } if s == session || s == CONTROL_SESSION => {
@@ -421,10 +416,49 @@ impl Connection {
     }
 }
 
+/// How many more bytes of stdin the agent will take: the first window plus its credits.
+struct Credit {
+    bytes: Mutex<u64>,
+    changed: Condvar,
+}
+
+impl Credit {
+    fn new() -> Arc<Credit> {
+        Arc::new(Credit { bytes: Mutex::new(u64::from(WINDOW)), changed: Condvar::new() })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.bytes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The agent's `Credit` frame.
+    fn grant(&self, bytes: u32) {
+        *self.lock() += u64::from(bytes);
+        self.changed.notify_all();
+    }
+
+    /// Unblocks a feeder for good (the session is over; its writes go nowhere).
+    fn open(&self) {
+        *self.lock() = u64::MAX;
+        self.changed.notify_all();
+    }
+
+    /// Takes up to `want` bytes, waiting while there are none.
+    fn take(&self, want: usize) -> usize {
+        let mut avail = self.lock();
+        while *avail == 0 {
+            avail = self.changed.wait(avail).unwrap_or_else(|e| e.into_inner());
+        }
+        let granted = (*avail).min(want as u64);
+        *avail -= granted;
+        granted as usize
+    }
+}
+
 /// Copies `input` to the session's stream 0 within the agent's credit, then sends its end.
 fn feed(
     mut input: Box<dyn Read + Send>, session: u32, writer: Arc<Mutex<UnixStream>>,
-    window: Arc<(Mutex<u64>, Condvar)>,
+    window: Arc<Credit>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut buf = vec![0u8; CHUNK];
@@ -435,16 +469,7 @@ fn feed(
             };
             let mut sent = 0;
             while sent < n {
-                let granted = {
-                    let (lock, changed) = &*window;
-                    let mut avail = lock.lock().unwrap_or_else(|e| e.into_inner());
-                    while *avail == 0 {
-                        avail = changed.wait(avail).unwrap_or_else(|e| e.into_inner());
-                    }
-                    let g = (*avail).min((n - sent) as u64) as usize;
-                    *avail -= g as u64;
-                    g
-                };
+                let granted = window.take(n - sent);
                 let bytes = buf[sent..sent + granted].to_vec();
                 if send(&writer, &Frame::Data { session, stream: 0, bytes }).is_err() {
                     return;
