@@ -93,6 +93,10 @@ pub struct Exec {
     pub cwd: Option<String>,
     /// `UID` or `UID:GID`.
     pub user: Option<String>,
+    /// A pseudo-terminal of `[rows, cols]` (the agent's `tty` capability): the program's
+    /// stdout and stderr both come as stdout, and its terminal is resized with
+    /// [`Signaller::resize`].
+    pub tty: Option<[u16; 2]>,
 }
 
 /// A guest file's metadata, as `get` reports it.
@@ -131,6 +135,15 @@ impl Signaller {
         match self.running.load(std::sync::atomic::Ordering::SeqCst) {
             0 => Ok(()),
             session => send(&self.writer, &Frame::Signal { session, signal }),
+        }
+    }
+
+    /// Resizes the running program's terminal (its foreground programs get SIGWINCH);
+    /// nothing when no exec runs or it has no terminal.
+    pub fn resize(&self, rows: u16, cols: u16) -> Result<()> {
+        match self.running.load(std::sync::atomic::Ordering::SeqCst) {
+            0 => Ok(()),
+            session => send(&self.writer, &Frame::Resize { session, rows, cols }),
         }
     }
 }
@@ -362,12 +375,15 @@ impl Connection {
         stderr: &mut dyn Write,
     ) -> Result<ExitStatus> {
         self.require("exec")?;
+        if exec.tty.is_some() {
+            self.require("tty")?;
+        }
         let request = Request::Exec {
             argv: exec.argv,
             env: exec.env,
             cwd: exec.cwd,
             user: exec.user,
-            tty: None,
+            tty: exec.tty,
         };
         let session = self.open_session(request)?;
         // More room than the protocol's first window, which is one round trip's worth: the

@@ -27,8 +27,12 @@ pub const PORT_NAME: &str = "org.hangar.agent.0";
 /// Bytes of a stream either side may send before the receiver's first credit.
 pub const WINDOW: u32 = 64 * 1024;
 
-/// What the agent reports it can do.
+/// What every agent reports it can do; one started [`Agent::with_terminals`] adds `tty`.
 pub const CAPABILITIES: &[&str] = &["exec", "files", "info", "sync"];
+
+/// The first argument that makes `hangar-init` the terminal helper ([`tty_exec`]) instead of
+/// PID 1.
+pub const TTY_EXEC: &str = "--hangar-tty-exec";
 
 /// The agent's own name and version, as the handshake reports it.
 pub const AGENT: &str = concat!("hangar-init ", env!("CARGO_PKG_VERSION"));
@@ -166,6 +170,8 @@ impl Window {
 struct Session {
     /// The program, for an exec.
     pid: Option<u32>,
+    /// The pseudo-terminal's controlling side, for an exec with a terminal (resized there).
+    tty: Option<Arc<std::fs::File>>,
     stdin: Option<std::sync::mpsc::Sender<Vec<u8>>>,
     windows: [Arc<Window>; 2],
 }
@@ -177,17 +183,41 @@ pub struct Agent {
     reap: Arc<dyn Reap>,
     /// Bumped on every sync: frames of an older connection's sessions are not sent.
     connection: Mutex<u64>,
+    /// The program that gives an exec its terminal ([`tty_exec`]): `hangar-init` itself in a
+    /// guest; none in tests that run the agent inside a test binary.
+    tty_helper: Option<std::path::PathBuf>,
 }
 
 impl Agent {
     /// An agent writing to `out` whose children are reaped by `reap`.
     pub fn new(out: Box<dyn Write + Send>, reap: Arc<dyn Reap>) -> Arc<Agent> {
+        Agent::build(out, reap, None)
+    }
+
+    /// An agent that also gives programs terminals (`tty`), through `helper`: a `hangar-init`
+    /// binary, run as `helper --hangar-tty-exec PROGRAM ARGV0 ARGS…` ([`tty_exec`]).
+    pub fn with_terminals(
+        out: Box<dyn Write + Send>, reap: Arc<dyn Reap>, helper: std::path::PathBuf,
+    ) -> Arc<Agent> {
+        Agent::build(out, reap, Some(helper))
+    }
+
+    fn build(
+        out: Box<dyn Write + Send>, reap: Arc<dyn Reap>, tty_helper: Option<std::path::PathBuf>,
+    ) -> Arc<Agent> {
         Arc::new(Agent {
             out: Mutex::new(out),
             sessions: Mutex::new(HashMap::new()),
             reap,
             connection: Mutex::new(0),
+            tty_helper,
         })
+    }
+
+    /// What this agent announces in its Welcome.
+    pub fn capabilities(&self) -> Vec<String> {
+        let tty = self.tty_helper.as_ref().map(|_| "tty");
+        CAPABILITIES.iter().copied().chain(tty).map(String::from).collect()
     }
 
     /// Reads frames from `input` and serves them. A read of 0 bytes means the host side is
@@ -262,7 +292,7 @@ impl Agent {
                     Some(&version) => self.send(&Frame::Welcome(Welcome {
                         version,
                         agent: AGENT.into(),
-                        capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+                        capabilities: self.capabilities(),
                     })),
                     None => self.error(
                         CONTROL_SESSION,
@@ -295,7 +325,18 @@ impl Agent {
                     kill(pid, signal);
                 }
             }
-            // Terminals are not served yet (no `tty` capability); the rest is not for the agent.
+            Frame::Resize { session, rows, cols } => {
+                if let Some(tty) = lock(&self.sessions).get(&session).and_then(|s| s.tty.clone()) {
+                    // The kernel sends the terminal's foreground programs SIGWINCH.
+                    let size = rustix::termios::Winsize {
+                        ws_row: rows,
+                        ws_col: cols,
+                        ws_xpixel: 0,
+                        ws_ypixel: 0,
+                    };
+                    let _ = rustix::termios::tcsetwinsize(&*tty, size);
+                }
+            }
             other => {
                 if other.session() != CONTROL_SESSION {
                     self.error(other.session(), "E_AGENT_PROTOCOL", "unexpected frame");
@@ -309,14 +350,14 @@ impl Agent {
             return self.error(session, "E_AGENT_PROTOCOL", format!("session {session} in use"));
         }
         match request {
-            Request::Exec { argv, env, cwd, user, tty: None } => {
-                self.exec(session, &argv, &env, cwd.as_deref(), user.as_deref())
-            }
-            Request::Exec { tty: Some(_), .. } => self.error(
+            Request::Exec { tty: Some(_), .. } if self.tty_helper.is_none() => self.error(
                 session,
                 "E_AGENT_UNSUPPORTED",
-                format!("{AGENT} cannot give a program a terminal yet"),
+                format!("this {AGENT} cannot give a program a terminal"),
             ),
+            Request::Exec { argv, env, cwd, user, tty } => {
+                self.exec(session, &argv, &env, cwd.as_deref(), user.as_deref(), tty)
+            }
             Request::Info => self.send(&Frame::Reply { session, value: info() }),
             Request::Sync => {
                 rustix::fs::sync();
@@ -329,21 +370,53 @@ impl Agent {
 
     fn exec(
         self: &Arc<Agent>, session: u32, argv: &[String], env: &[String], cwd: Option<&str>,
-        user: Option<&str>,
+        user: Option<&str>, tty: Option<[u16; 2]>,
     ) {
         let Some((program, args)) = argv.split_first() else {
             return self.error(session, "E_AGENT_NOT_FOUND", "an empty argv names no program");
         };
-        let mut cmd = Command::new(program);
-        cmd.args(args)
-            .env_clear()
+        let (mut cmd, terminal) = match (tty, &self.tty_helper) {
+            (Some([rows, cols]), Some(helper)) => {
+                // The helper starts a session on the terminal and then becomes the program, so
+                // a missing or non-executable program is found here, where it can be reported
+                // with its code.
+                let resolved = match find_program(program) {
+                    Ok(path) => path,
+                    Err((code, why)) => return self.error(session, code, why),
+                };
+                let terminal = match open_terminal(rows, cols) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        return self.error(session, "E_IO", format!("no pseudo-terminal: {e}"))
+                    }
+                };
+                let mut cmd = Command::new(helper);
+                cmd.arg(TTY_EXEC).arg(resolved).arg(program).args(args);
+                (cmd, Some(terminal))
+            }
+            _ => {
+                let mut cmd = Command::new(program);
+                cmd.args(args);
+                (cmd, None)
+            }
+        };
+        cmd.env_clear()
             .env("PATH", PATH)
             .env("HOME", "/root")
             .env("TERM", "linux")
-            .current_dir(cwd.unwrap_or("/"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .current_dir(cwd.unwrap_or("/"));
+        match &terminal {
+            Some((_, child_side)) => {
+                let stdio = || child_side.try_clone().map(Stdio::from);
+                match (stdio(), stdio(), stdio()) {
+                    (Ok(i), Ok(o), Ok(e)) => cmd.stdin(i).stdout(o).stderr(e),
+                    _ => return self.error(session, "E_IO", "cannot duplicate the terminal"),
+                };
+            }
+            None => {
+                cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+            }
+        }
         for pair in env {
             match pair.split_once('=') {
                 Some((k, v)) if !k.is_empty() => {
@@ -373,7 +446,12 @@ impl Agent {
                 }
             }
         }
-        let mut child = match self.reap.spawn(&mut cmd) {
+        let spawned = self.reap.spawn(&mut cmd);
+        // The agent keeps only the controlling side: once the program (and whatever it
+        // started) has closed the terminal, reading it ends.
+        drop(cmd);
+        let master = terminal.map(|(master, _)| Arc::new(master));
+        let mut child = match spawned {
             Ok(c) => c,
             Err(e) => {
                 let code = match e.kind() {
@@ -390,13 +468,29 @@ impl Agent {
         let windows = [Window::new(), Window::new()];
         lock(&self.sessions).insert(
             session,
-            Session { pid: Some(pid), stdin: Some(stdin_tx), windows: windows.clone() },
+            Session {
+                pid: Some(pid),
+                tty: master.clone(),
+                stdin: Some(stdin_tx),
+                windows: windows.clone(),
+            },
         );
         // More room for stdin than the protocol's first window: a pipe takes it at once.
         self.send(&Frame::Credit { session, stream: 0, bytes: EXTRA_CREDIT });
-        let mut stdin = child.stdin.take().expect("piped");
+        let (stdin, outputs): (Box<dyn Write + Send>, Vec<(u8, Output)>) = match &master {
+            // A terminal has one output: stdout and stderr both are the terminal.
+            Some(m) => (Box::new(m.clone()), vec![(1, Box::new(m.clone()) as Output)]),
+            None => (
+                Box::new(child.stdin.take().expect("piped")),
+                vec![
+                    (1, Box::new(child.stdout.take().expect("piped"))),
+                    (2, Box::new(child.stderr.take().expect("piped"))),
+                ],
+            ),
+        };
         let agent = self.clone();
         spawn("exec-stdin", move || {
+            let mut stdin = stdin;
             for bytes in stdin_rx {
                 if stdin.write_all(&bytes).is_err() {
                     break;
@@ -406,14 +500,15 @@ impl Agent {
                     &Frame::Credit { session, stream: 0, bytes: bytes.len() as u32 },
                 );
             }
-            // Dropping `stdin` closes the program's input.
+            // Dropping `stdin` closes the program's input (a pipe; a terminal stays open).
         });
-        let stdout = child.stdout.take().expect("piped");
-        let stderr = child.stderr.take().expect("piped");
-        let pumps = [
-            self.pump(connection, session, 1, Box::new(stdout), windows[0].clone()),
-            self.pump(connection, session, 2, Box::new(stderr), windows[1].clone()),
-        ];
+        let pumps: Vec<_> = outputs
+            .into_iter()
+            .map(|(stream, from)| {
+                let window = windows[usize::from(stream) - 1].clone();
+                self.pump(connection, session, stream, from, window)
+            })
+            .collect();
         let agent = self.clone();
         spawn("exec-wait", move || {
             let outcome = agent.reap.wait(pid);
@@ -450,7 +545,7 @@ impl Agent {
         let window = Window::new();
         lock(&self.sessions).insert(
             session,
-            Session { pid: None, stdin: None, windows: [window.clone(), Window::new()] },
+            Session { pid: None, tty: None, stdin: None, windows: [window.clone(), Window::new()] },
         );
         let pump = self.pump(connection, session, 1, Box::new(file), window);
         let agent = self.clone();
@@ -479,7 +574,12 @@ impl Agent {
         let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
         lock(&self.sessions).insert(
             session,
-            Session { pid: None, stdin: Some(tx), windows: [Window::new(), Window::new()] },
+            Session {
+                pid: None,
+                tty: None,
+                stdin: Some(tx),
+                windows: [Window::new(), Window::new()],
+            },
         );
         self.send(&Frame::Credit { session, stream: 0, bytes: EXTRA_CREDIT });
         let (agent, path) = (self.clone(), path.to_string());
@@ -546,6 +646,9 @@ impl Agent {
         })
     }
 }
+
+/// One output stream of a program: its stream number and where it is read.
+type Output = Box<dyn Read + Send>;
 
 /// Kills a session's program and releases its senders.
 fn end_session(s: &Session) {
@@ -661,4 +764,66 @@ fn finish_put(
     file.set_modified(when)?;
     file.sync_all()?;
     std::fs::rename(temp, target)
+}
+
+/// A new pseudo-terminal of `rows` × `cols`: (the agent's controlling side, the program's
+/// side).
+fn open_terminal(rows: u16, cols: u16) -> std::io::Result<(std::fs::File, std::fs::File)> {
+    use rustix::pty::OpenptFlags;
+    let master =
+        rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
+    rustix::pty::grantpt(&master)?;
+    rustix::pty::unlockpt(&master)?;
+    let size = rustix::termios::Winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    rustix::termios::tcsetwinsize(&master, size)?;
+    let child_side = rustix::pty::ioctl_tiocgptpeer(
+        &master,
+        OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC,
+    )?;
+    Ok((master.into(), child_side.into()))
+}
+
+/// Where `program` is, the way `execvp` would look for it in [`PATH`]; or the agent's error
+/// code for a program that is missing (`E_AGENT_NOT_FOUND`) or not executable
+/// (`E_AGENT_DENIED`).
+pub fn find_program(program: &str) -> Result<std::path::PathBuf, (&'static str, String)> {
+    use rustix::fs::Access;
+    let candidates: Vec<std::path::PathBuf> = if program.contains('/') {
+        vec![program.into()]
+    } else {
+        PATH.split(':').map(|dir| std::path::Path::new(dir).join(program)).collect()
+    };
+    let mut denied = None;
+    for path in candidates {
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() && rustix::fs::access(&path, Access::EXEC_OK).is_ok() => {
+                return Ok(path)
+            }
+            Ok(_) => denied = denied.or(Some(path)),
+            Err(_) => {}
+        }
+    }
+    match denied {
+        Some(path) => Err(("E_AGENT_DENIED", format!("{} is not executable", path.display()))),
+        None => Err(("E_AGENT_NOT_FOUND", format!("{program:?} not found in {PATH}"))),
+    }
+}
+
+/// The terminal helper, `hangar-init --hangar-tty-exec PROGRAM ARGV0 ARGS…`: started by the
+/// agent with a pseudo-terminal on its stdin, stdout and stderr, it makes itself a session
+/// leader with that terminal as its controlling terminal (so the terminal's Ctrl-C, job control
+/// and SIGWINCH reach the program) and then becomes PROGRAM. Returns only if that fails, with
+/// the error.
+pub fn tty_exec(args: &[std::ffi::OsString]) -> std::io::Error {
+    use std::os::unix::process::CommandExt;
+    let [program, argv0, rest @ ..] = args else {
+        return std::io::Error::new(ErrorKind::InvalidInput, "usage: PROGRAM ARGV0 [ARGS...]");
+    };
+    if let Err(e) = rustix::process::setsid() {
+        return e.into();
+    }
+    if let Err(e) = rustix::process::ioctl_tiocsctty(std::io::stdin()) {
+        return e.into();
+    }
+    Command::new(program).arg0(argv0).args(rest).exec()
 }

@@ -1,13 +1,14 @@
 //! `hangar-init`: PID 1 of Hangar's built-in guest images.
 //!
-//! In order: mount `/proc`, `/sys` and `/dev` (devtmpfs); load the kernel modules listed in
+//! In order: mount `/proc`, `/sys`, `/dev` (devtmpfs) and `/dev/pts`; load the kernel modules listed in
 //! `/etc/hangar/modules`; open the input devices so a press of the ACPI power button is never
 //! missed; print `HANGAR_READY {…}` on the console; then either run the `hangar.run=` argv and
 //! power off, or supervise an interactive `/bin/sh` until a power-off request.
 //!
 //! As PID 1 it never exits (that would panic the kernel): every fatal error, panic included,
 //! ends in `HANGAR_ERROR {…}` and a power-off. It refuses to run as any other PID, so starting
-//! it by mistake on a host does nothing.
+//! it by mistake on a host does nothing. The one exception is `hangar-init --hangar-tty-exec
+//! …`, the guest agent's terminal helper (see `agent::tty_exec`).
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -40,6 +41,13 @@ static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
 static REAPER: OnceLock<Arc<Reaper>> = OnceLock::new();
 
 fn main() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == hangar_init::agent::TTY_EXEC) {
+        // Not PID 1: the agent's terminal helper, which becomes the program.
+        let error = hangar_init::agent::tty_exec(&args[2..]);
+        eprintln!("hangar-init: cannot start the program on its terminal: {error}");
+        std::process::exit(if error.kind() == io::ErrorKind::NotFound { 127 } else { 126 });
+    }
     if !rustix::process::getpid().is_init() {
         eprintln!(
             "hangar-init: must run as PID 1 inside a Hangar guest image; refusing to run here"
@@ -159,10 +167,12 @@ fn run() -> Result<Never, String> {
 
 fn mount_filesystems() -> Result<(), String> {
     let nosuid_nodev_noexec = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
-    let mounts: [(&str, &str, MountFlags, &std::ffi::CStr); 3] = [
+    let mounts: [(&str, &str, MountFlags, &std::ffi::CStr); 4] = [
         ("proc", "/proc", nosuid_nodev_noexec, c""),
         ("sysfs", "/sys", nosuid_nodev_noexec, c""),
         ("devtmpfs", "/dev", MountFlags::NOSUID, c"mode=0755"),
+        // Pseudo-terminals, for the agent's `exec -t` (/dev/ptmx opens one here).
+        ("devpts", "/dev/pts", MountFlags::NOSUID | MountFlags::NOEXEC, c"mode=0620,ptmxmode=0666"),
     ];
     for (fstype, target, flags, data) in mounts {
         std::fs::create_dir_all(target).map_err(|e| format!("cannot create {target}: {e}"))?;
@@ -304,7 +314,9 @@ fn start_agent() {
                 return;
             }
         };
-        let agent = Agent::new(Box::new(writer), reaper);
+        // This binary is also the terminal helper (`--hangar-tty-exec`).
+        let helper = std::path::PathBuf::from("/proc/self/exe");
+        let agent = Agent::with_terminals(Box::new(writer), reaper, helper);
         // With no host connected the port reads end-of-file at once: poll it (50 ms apart
         // when idle; see `Agent::serve`).
         agent.serve(reader, Some(Duration::from_millis(50)));

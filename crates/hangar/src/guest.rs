@@ -17,7 +17,9 @@ pub struct ExecArgs {
     /// Send this terminal's stdin to the program (without, it reads end-of-file).
     #[arg(long, short)]
     pub interactive: bool,
-    /// Give the program a terminal (the agent does not offer one yet: refused).
+    /// Give the program a pseudo-terminal the size of this one (window size changes follow);
+    /// with -i this terminal is in raw mode meanwhile, so Ctrl-C and the like reach the program
+    /// as keys, and it is restored however hangar ends.
     #[arg(long, short)]
     pub tty: bool,
     /// Set an environment variable for the program (repeatable).
@@ -38,18 +40,25 @@ pub struct ExecArgs {
 
 /// Runs the command; its exit code, docker exec's way.
 pub fn exec(args: ExecArgs, out: &mut dyn Write) -> Result<u8, Failure> {
-    if args.tty {
-        return Err(crate::failure(
-            ErrorCode::AgentUnsupported,
-            "the guest agent cannot give a program a terminal yet".into(),
-            "run without -t (stdin still works with -i)",
-        ));
-    }
     let mut agent = connect(&args.name)?;
-    let request = Exec { argv: args.command, env: args.env, cwd: args.workdir, user: args.user };
+    let mut env = args.env;
+    if args.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
+        // The program draws for this terminal, as ssh and docker exec -t arrange.
+        env.extend(std::env::var("TERM").ok().map(|t| format!("TERM={t}")));
+    }
+    let request = Exec {
+        argv: args.command,
+        env,
+        cwd: args.workdir,
+        user: args.user,
+        tty: args.tty.then(terminal_size),
+    };
     let stdin =
         args.interactive.then(|| Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>);
     forward_signals(agent.signaller());
+    // Dropped on every way out of this function, which restores the terminal (a panic unwinds
+    // through it too).
+    let _raw = (args.tty && args.interactive).then(RawMode::enter).flatten();
     let mut stderr = std::io::stderr();
     match agent.exec(request, stdin, out, &mut stderr) {
         // A wait status is 0..=255, a signal's 128 + N at most 255.
@@ -85,17 +94,64 @@ pub fn info(state: &VmState, agent_socket: Option<&str>) -> serde_json::Value {
 }
 
 /// Ctrl-C (SIGINT) and SIGTERM go to the program in the guest instead of ending this process:
-/// the program decides, and its exit (130 for an unhandled SIGINT) comes back as usual.
+/// the program decides, and its exit (130 for an unhandled SIGINT) comes back as usual. A
+/// change of this terminal's size (SIGWINCH) resizes the program's terminal, if it has one.
 fn forward_signals(signaller: hangar_agent::Signaller) {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else {
+    use signal_hook::consts::{SIGINT, SIGTERM, SIGWINCH};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGWINCH]) else {
         return; // the defaults stay: a Ctrl-C ends hangar, and the agent's next sync the program
     };
     let _ = std::thread::Builder::new().name("signals".into()).spawn(move || {
         for signal in signals.forever() {
-            let _ = signaller.signal(signal);
+            let _ = match signal {
+                SIGWINCH => {
+                    let [rows, cols] = terminal_size();
+                    signaller.resize(rows, cols)
+                }
+                _ => signaller.signal(signal),
+            };
         }
     });
+}
+
+/// This process's terminal size as `[rows, cols]` (stdout's, else stdin's); 24 × 80 without
+/// a terminal.
+fn terminal_size() -> [u16; 2] {
+    [
+        rustix::termios::tcgetwinsize(std::io::stdout()),
+        rustix::termios::tcgetwinsize(std::io::stdin()),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|w| w.ws_row > 0 && w.ws_col > 0)
+    .map_or([24, 80], |w| [w.ws_row, w.ws_col])
+}
+
+/// The local terminal (stdin) in raw mode: keys go to the program as typed, without echo or
+/// line editing here. Restores the saved settings when dropped.
+struct RawMode {
+    saved: rustix::termios::Termios,
+}
+
+impl RawMode {
+    /// Raw mode on stdin, if stdin is a terminal (piped input needs none).
+    fn enter() -> Option<RawMode> {
+        use rustix::termios::{tcgetattr, tcsetattr, OptionalActions};
+        let stdin = std::io::stdin();
+        let saved = tcgetattr(&stdin).ok()?;
+        let mut raw = saved.clone();
+        raw.make_raw();
+        tcsetattr(&stdin, OptionalActions::Now, &raw).ok()?;
+        Some(RawMode { saved })
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        use rustix::termios::{tcsetattr, OptionalActions};
+        // Drain: what the program printed last is written before echo comes back.
+        let _ = tcsetattr(std::io::stdin(), OptionalActions::Drain, &self.saved);
+    }
 }
 
 /// A connection to the agent of running VM `name`.

@@ -332,6 +332,60 @@ fn exec_runs_commands_in_a_running_vm_with_docker_exit_codes_and_survives_sleep(
     for (i, (code, stdout, stderr)) in (1..=10).zip(results) {
         assert_eq!((code, stdout), (Some(i), format!("n{i}\n")), "{stderr}");
     }
+    // -it under a real pseudo-terminal (ours, made the controlling terminal of hangar's session
+    // by util-linux setsid, as a terminal emulator would): the guest sees its size and a
+    // resize, a typed Ctrl-C interrupts the program, and our terminal comes back as it was.
+    {
+        use rustix::pty::OpenptFlags;
+        use rustix::termios::{tcgetattr, tcsetwinsize, Winsize};
+        let size = |ws_row, ws_col| Winsize { ws_row, ws_col, ws_xpixel: 0, ws_ypixel: 0 };
+        let flags = OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC;
+        let master = rustix::pty::openpt(flags).unwrap();
+        rustix::pty::grantpt(&master).unwrap();
+        rustix::pty::unlockpt(&master).unwrap();
+        tcsetwinsize(&master, size(31, 97)).unwrap();
+        let ours = std::fs::File::from(rustix::pty::ioctl_tiocgptpeer(&master, flags).unwrap());
+        let before = tcgetattr(&ours).unwrap();
+        let mut child = Command::new("setsid")
+            .args(["--ctty", "--wait", env!("CARGO_BIN_EXE_hangar"), "exec", "-it", "ex", "--"])
+            // The trap runs between two sleeps: the resize shows within a second.
+            .args(["sh", "-c", "trap 'stty size' WINCH; stty size; while :; do sleep 1; done"])
+            .env("HANGAR_HOME", home.path())
+            .stdin(ours.try_clone().unwrap())
+            .stdout(ours.try_clone().unwrap())
+            .stderr(ours.try_clone().unwrap())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut screen = std::fs::File::from(master.try_clone().unwrap());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = std::io::Read::read(&mut screen, &mut buf) {
+                let _ = tx.send(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        });
+        let mut seen = String::new();
+        let mut wait_for = |want: &str| {
+            while !seen.contains(want) {
+                match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+                    Ok(chunk) => seen.push_str(&chunk),
+                    Err(e) => panic!("no {want:?} on the terminal: {seen:?} ({e})"),
+                }
+            }
+        };
+        wait_for("31 97");
+        tcsetwinsize(&master, size(44, 132)).unwrap();
+        wait_for("44 132");
+        std::io::Write::write_all(&mut std::fs::File::from(master), &[0x03]).unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(130), "{status:?}");
+        let after = tcgetattr(&ours).unwrap();
+        assert_eq!(
+            (after.local_modes, after.input_modes, after.output_modes),
+            (before.local_modes, before.input_modes, before.output_modes),
+            "the terminal is restored"
+        );
+    }
     // Ctrl-C reaches the program in the guest: `sleep` dies of SIGINT, hangar exits 130.
     let mut child = Command::new(env!("CARGO_BIN_EXE_hangar"))
         .args(["exec", "ex", "--", "sh", "-c", "echo started; exec sleep 300"])
