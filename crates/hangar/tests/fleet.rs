@@ -170,6 +170,15 @@ fn warm_pool_claim_refill_clone_quota_and_replacement_through_the_cli() {
         "{clone:#}"
     );
     console_says(home, "acme--web-1", "echo clone-$((6*7))", "clone-42");
+    // Its guest agent answers too (the clone's own socket, an agent restored mid-wait).
+    let out =
+        hangar(home, &["exec", "acme--web-1", "--", "sh", "-c", "echo agent-$((6*7)); exit 3"]);
+    assert_eq!(
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned()),
+        (Some(3), "agent-42\n".to_string()),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Released, it is removed, and the loop is back to three warm and one claimed.
     ok(home, &["instance", "rm", clone["instance"]["id"].as_str().unwrap()]);
     wait_for(home, "back to 3 warm after the release", |s| {
