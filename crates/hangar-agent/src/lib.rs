@@ -14,9 +14,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use hangar_agent_proto::{
-    AgentError, Decoder, ExitStatus, Frame, Hello, ProtoError, Request, Welcome, CONTROL_SESSION,
-    VERSIONS,
+    AgentError, Decoder, Frame, Hello, ProtoError, Request, Welcome, CONTROL_SESSION, VERSIONS,
 };
+use hangar_core::contracts::ExitStatus;
 use hangar_core::error::{Coded, ErrorCode};
 
 /// Bytes of a stream either side may send before the receiver's first credit.
@@ -50,6 +50,12 @@ pub enum AgentClientError {
     /// The stream broke mid-session.
     #[error("the agent connection broke: {0}")]
     Io(#[from] std::io::Error),
+    /// The connection closed before the agent said anything about the session: QEMU sometimes
+    /// closes a connection it has just accepted while it tears down the previous client's.
+    /// Whatever the session started was killed by the agent's next sync; a call with no input
+    /// consumed may be retried on a new connection.
+    #[error("the agent connection closed before the session began: {0}")]
+    Dropped(std::io::Error),
     /// The agent sent bytes that are not the protocol.
     #[error("the agent sent a malformed frame: {0}")]
     Protocol(#[from] ProtoError),
@@ -61,9 +67,9 @@ pub enum AgentClientError {
 impl Coded for AgentClientError {
     fn code(&self) -> ErrorCode {
         match self {
-            AgentClientError::Unavailable { .. } | AgentClientError::Io(_) => {
-                ErrorCode::AgentUnavailable
-            }
+            AgentClientError::Unavailable { .. }
+            | AgentClientError::Io(_)
+            | AgentClientError::Dropped(_) => ErrorCode::AgentUnavailable,
             AgentClientError::Unsupported(_) => ErrorCode::AgentUnsupported,
             AgentClientError::Agent(e) if e.code == "E_AGENT_UNSUPPORTED" => {
                 ErrorCode::AgentUnsupported
@@ -82,22 +88,8 @@ impl Coded for AgentClientError {
 /// Shorthand.
 pub type Result<T, E = AgentClientError> = std::result::Result<T, E>;
 
-/// What to run.
-#[derive(Debug, Clone, Default)]
-pub struct Exec {
-    /// The program and its arguments.
-    pub argv: Vec<String>,
-    /// Extra environment, `KEY=VALUE`.
-    pub env: Vec<String>,
-    /// Working directory (`/` if absent).
-    pub cwd: Option<String>,
-    /// `UID` or `UID:GID`.
-    pub user: Option<String>,
-    /// A pseudo-terminal of `[rows, cols]` (the agent's `tty` capability): the program's
-    /// stdout and stderr both come as stdout, and its terminal is resized with
-    /// [`Signaller::resize`].
-    pub tty: Option<[u16; 2]>,
-}
+/// What to run: the `Guest` contract's request, which the agent protocol carries as is.
+pub type Exec = hangar_core::contracts::ExecRequest;
 
 /// A guest file's metadata, as `get` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -400,7 +392,12 @@ impl Connection {
             }
         };
         self.running.store(session, std::sync::atomic::Ordering::SeqCst);
-        let result = self.pump(session, &window, stdout, stderr);
+        let mut begun = false;
+        let result = self.pump(session, &window, stdout, stderr, &mut begun);
+        let result = match result {
+            Err(AgentClientError::Io(e)) if !begun => Err(AgentClientError::Dropped(e)),
+            other => other,
+        };
         self.running.store(0, std::sync::atomic::Ordering::SeqCst);
         // Unblock a feeder still waiting for credit; it ends on its own when its input does.
         window.open();
@@ -410,9 +407,12 @@ impl Connection {
 
     fn pump(
         &mut self, session: u32, window: &Credit, stdout: &mut dyn Write, stderr: &mut dyn Write,
+        begun: &mut bool,
     ) -> Result<ExitStatus> {
         loop {
-            match self.next()? {
+            let frame = self.next()?;
+            *begun |= frame.session() == session;
+            match frame {
                 Frame::Data { session: s, stream, bytes } if s == session => {
                     let out: &mut dyn Write = if stream == 2 { stderr } else { stdout };
                     out.write_all(&bytes)?;
@@ -422,7 +422,12 @@ impl Connection {
                 Frame::Credit { session: s, stream: 0, bytes } if s == session => {
                     window.grant(bytes);
                 }
-                Frame::Exit { session: s, status } if s == session => return Ok(status),
+                Frame::Exit { session: s, status } if s == session => {
+                    return Ok(match status {
+                        hangar_agent_proto::ExitStatus::Code(c) => ExitStatus::Code(c),
+                        hangar_agent_proto::ExitStatus::Signal(n) => ExitStatus::Signal(n),
+                    })
+                }
                 Frame::Error { session: s, error } if s == session || s == CONTROL_SESSION => {
                     return Err(AgentClientError::Agent(error))
                 }

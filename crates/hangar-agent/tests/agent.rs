@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hangar_agent::{AgentClientError, Connection, Exec};
-use hangar_agent_proto::ExitStatus;
+use hangar_core::contracts::ExitStatus;
 use hangar_core::error::{Coded, ErrorCode};
 use hangar_init::agent::{Agent, WaitPid};
 

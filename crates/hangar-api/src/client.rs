@@ -17,6 +17,15 @@ pub struct Response {
     pub status: u16,
     /// Body bytes.
     pub body: Vec<u8>,
+    /// Header names (lower case) and values, in order.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Response {
+    /// The first value of header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
 }
 
 /// Why a request failed before a response arrived.
@@ -211,6 +220,7 @@ fn exchange<S: Read + Write>(
         .ok_or_else(|| ClientError::Protocol(format!("status line {line:?}")))?;
     let mut length = None;
     let mut chunked = false;
+    let mut headers = Vec::new();
     loop {
         line.clear();
         reader.read_line(&mut line).map_err(proto)?;
@@ -225,6 +235,7 @@ fn exchange<S: Read + Write>(
             } else if name == "transfer-encoding" && value.eq_ignore_ascii_case("chunked") {
                 chunked = true;
             }
+            headers.push((name, value.to_string()));
         }
     }
     let mut body = Vec::new();
@@ -247,5 +258,78 @@ fn exchange<S: Read + Write>(
     } else {
         reader.read_to_end(&mut body).map_err(proto)?;
     }
-    Ok(Response { status, body })
+    Ok(Response { status, body, headers })
+}
+
+/// The two halves of a WebSocket connection to `hangard`: frames are read from one and written
+/// to the other (see [`crate::ws`]).
+pub type WebSocketHalves = (Box<dyn Read + Send>, Box<dyn Write + Send>);
+
+/// Opens a WebSocket with `POST path` (`hangard`'s `exec`). A refusal (any status but 101) is
+/// `Err(Ok(response))` with the coded body; a failure to talk at all is `Err(Err(_))`. Over
+/// TLS this is not built yet (a TLS stream cannot be read and written from two threads here):
+/// that is a [`ClientError::Tls`].
+#[allow(clippy::result_large_err)]
+pub fn websocket(
+    endpoint: &Endpoint, path: &str,
+) -> Result<WebSocketHalves, Result<Response, ClientError>> {
+    let proto = |e: std::io::Error| Err::<Response, _>(ClientError::Protocol(e.to_string()));
+    let (reader, writer, auth): (Box<dyn Read + Send>, Box<dyn Write + Send>, String) =
+        match endpoint {
+            Endpoint::Unix(socket) => {
+                let s = UnixStream::connect(socket).map_err(|e| Err(ClientError::NotRunning(e)))?;
+                (Box::new(s.try_clone().map_err(proto)?), Box::new(s), String::new())
+            }
+            Endpoint::Tcp { addr, fingerprint: None, token } => {
+                let s = TcpStream::connect(addr).map_err(|e| Err(ClientError::NotRunning(e)))?;
+                let auth = format!("Authorization: Bearer {token}\r\n");
+                (Box::new(s.try_clone().map_err(proto)?), Box::new(s), auth)
+            }
+            Endpoint::Tcp { .. } => {
+                return Err(Err(ClientError::Tls(
+                    "exec through hangard over TLS is not supported yet; run hangar on the daemon's host".into(),
+                )))
+            }
+        };
+    let (mut reader, mut writer) = (reader, writer);
+    let key = crate::ws::key();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: hangard\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\nContent-Length: 0\r\n{auth}\r\n"
+    );
+    writer.write_all(head.as_bytes()).map_err(proto)?;
+    // Byte by byte up to the blank line: what follows it is the WebSocket's, not a buffer's.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8];
+        match reader.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            Ok(_) => return Err(Err(ClientError::Protocol("the daemon hung up".into()))),
+            Err(e) => return Err(proto(e)),
+        }
+        if head.len() > 64 * 1024 {
+            return Err(Err(ClientError::Protocol("an endless response head".into())));
+        }
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let mut lines = text.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| Err(ClientError::Protocol(format!("status line in {text:?}"))))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    if status == 101 {
+        return Ok((reader, writer));
+    }
+    let length = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; length.min(1 << 20)];
+    reader.read_exact(&mut body).map_err(proto)?;
+    Err(Ok(Response { status, body, headers }))
 }

@@ -12,6 +12,7 @@ use utoipa::ToSchema;
 
 pub mod client;
 pub mod fleet;
+pub mod ws;
 
 /// One VM as `hangar ps` and `GET /v1/vms` show it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -158,6 +158,8 @@ macro_rules! conformance_suite {
                 conf_n_01 = "CONF-N-01",
                 conf_e_01 = "CONF-E-01", conf_e_02 = "CONF-E-02",
                 conf_c_01 = "CONF-C-01",
+                conf_g_01 = "CONF-G-01", conf_g_02 = "CONF-G-02", conf_g_03 = "CONF-G-03",
+                conf_g_04 = "CONF-G-04",
             );
         }
     };

@@ -13,6 +13,7 @@ conformance_suite!(
         hangar_core::contracts::Capability::DiskSnapshots,
         hangar_core::contracts::Capability::NicHotplug,
         hangar_core::contracts::Capability::Reboot,
+        hangar_core::contracts::Capability::GuestAgent,
     ])
 );
 

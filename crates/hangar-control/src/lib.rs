@@ -23,6 +23,7 @@ mod error;
 pub mod fleet;
 mod local;
 mod remote;
+mod remote_guest;
 pub mod tokens;
 
 pub use backend::{Backend, Start};
@@ -72,6 +73,9 @@ pub trait Control: Send + Sync {
     fn events_since(&self, after: u64, limit: usize) -> Result<Vec<EventView>>;
     /// Where requests go, for messages (`local` or the daemon's socket).
     fn describe(&self) -> String;
+    /// Work inside running guests (exec, files, info), the same way: through the daemon when
+    /// it runs (which checks and audits it), else straight to the VM's agent.
+    fn guest(&self) -> &dyn hangar_core::contracts::Guest;
 }
 
 /// Whether to use `hangard`: the value of `HANGAR_DAEMON`.

@@ -19,7 +19,7 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// `hangard` over its unix socket.
 #[derive(Debug, Clone)]
 pub struct Remote {
-    endpoint: Endpoint,
+    pub(crate) endpoint: Endpoint,
 }
 
 impl Remote {
@@ -65,7 +65,7 @@ impl Remote {
     }
 }
 
-fn encode(segment: &str) -> String {
+pub(crate) fn encode(segment: &str) -> String {
     // Names and ids are [a-z0-9-]; anything else is refused by the daemon with a coded error,
     // so only characters that would break the request line need escaping.
     segment
@@ -138,6 +138,10 @@ impl Control for Remote {
 
     fn events_since(&self, after: u64, limit: usize) -> Result<Vec<EventView>> {
         self.call("GET", &format!("/v1/events/page?since={after}&limit={limit}"), None)
+    }
+
+    fn guest(&self) -> &dyn hangar_core::contracts::Guest {
+        self
     }
 
     fn describe(&self) -> String {

@@ -197,11 +197,13 @@ pub enum Action {
     MetricsRead,
     /// Read the audit log's head and the host's settings.
     HostRead,
+    /// Run programs in a VM's guest and read or write its files (through its agent).
+    GuestExec,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Action; 24] = [
+    pub const ALL: [Action; 25] = [
         Action::ApiRead,
         Action::ImageRead,
         Action::VmRead,
@@ -226,6 +228,7 @@ impl Action {
         Action::TokenManage,
         Action::MetricsRead,
         Action::HostRead,
+        Action::GuestExec,
     ];
 
     /// The least role a tenant principal needs, or `None` when only an admin may.
@@ -234,9 +237,8 @@ impl Action {
         match self {
             ApiRead | ImageRead | VmRead | SnapshotRead | OperationRead | EventRead
             | TenantRead | PoolRead | InstanceRead => Some(Role::Viewer),
-            VmOperate | SnapshotSave | SnapshotRestore | PoolClaim | InstanceRelease => {
-                Some(Role::Operator)
-            }
+            VmOperate | SnapshotSave | SnapshotRestore | PoolClaim | InstanceRelease
+            | GuestExec => Some(Role::Operator),
             VmCreate | VmDelete | SnapshotDelete | PoolManage => Some(Role::Owner),
             TenantManage | FleetRead | FleetReconcile | TokenManage | MetricsRead | HostRead => {
                 None
@@ -272,6 +274,7 @@ impl Action {
             TokenManage => "token.manage",
             MetricsRead => "metrics.read",
             HostRead => "host.read",
+            GuestExec => "guest.exec",
         }
     }
 }

@@ -348,11 +348,13 @@ pub enum Capability {
     DiskSnapshots,
     /// NICs can be added or removed while running.
     NicHotplug,
+    /// A guest agent: exec, files, info and sync in a running guest ([`Guest`]).
+    GuestAgent,
 }
 
 impl Capability {
     /// Every capability.
-    pub const ALL: [Capability; 7] = [
+    pub const ALL: [Capability; 8] = [
         Capability::GracefulStop,
         Capability::Pause,
         Capability::Reboot,
@@ -360,6 +362,7 @@ impl Capability {
         Capability::Volumes,
         Capability::DiskSnapshots,
         Capability::NicHotplug,
+        Capability::GuestAgent,
     ];
 }
 
@@ -391,7 +394,149 @@ pub trait Capabilities: Send + Sync {
     fn capabilities(&self) -> CapabilitySet;
 }
 
-/// Everything an engine adapter implements; the conformance suite runs against this.
-pub trait Engine: Lifecycle + Snapshots + Disks + Nics + Events + Capabilities {}
+/// What to run in a guest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    /// The program and its arguments (no shell unless argv names one).
+    pub argv: Vec<String>,
+    /// Extra environment, `KEY=VALUE`.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Working directory (`/` if absent).
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// `UID` or `UID:GID` (root if absent).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// A pseudo-terminal of `[rows, cols]`: stdout and stderr are then one stream (stdout).
+    #[serde(default)]
+    pub tty: Option<[u16; 2]>,
+}
 
-impl<T: Lifecycle + Snapshots + Disks + Nics + Events + Capabilities> Engine for T {}
+/// How a guest program ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitStatus {
+    /// It exited with this code (127: no such program, 126: not executable, as a shell says).
+    Code(i32),
+    /// A signal killed it.
+    Signal(i32),
+}
+
+impl ExitStatus {
+    /// The shell's (and docker exec's) number: the code, or 128 + the signal.
+    pub fn shell_code(self) -> i32 {
+        match self {
+            ExitStatus::Code(c) => c,
+            ExitStatus::Signal(s) => 128 + s,
+        }
+    }
+}
+
+/// Sent to a running guest program from outside (a Ctrl-C, a terminal resize).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecControl {
+    /// Deliver this signal to the program.
+    Signal(i32),
+    /// Its terminal is now `[rows, cols]` (ignored without one).
+    Resize([u16; 2]),
+}
+
+/// The streams of one exec. The caller keeps the sending side of `control` for as long as
+/// it may signal the program; the exec ends without waiting for it.
+pub struct ExecIo<'a> {
+    /// The program's standard input; `None` gives it end-of-file at once.
+    pub stdin: Option<Box<dyn std::io::Read + Send>>,
+    /// Where its standard output goes, as it comes.
+    pub stdout: &'a mut dyn std::io::Write,
+    /// Where its standard error goes (nothing with a terminal).
+    pub stderr: &'a mut dyn std::io::Write,
+    /// Signals and resizes for the program while it runs.
+    pub control: Option<std::sync::mpsc::Receiver<ExecControl>>,
+}
+
+/// A guest file's metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestFile {
+    /// Permission bits.
+    pub mode: u32,
+    /// Modification time, seconds since the epoch.
+    pub mtime: i64,
+    /// Bytes.
+    pub size: u64,
+}
+
+/// What a running guest says of itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuestInfo {
+    /// The agent's name and version (`hangar-init 0.1.0`).
+    pub agent: String,
+    /// The guest kernel's release.
+    pub kernel: String,
+    /// Seconds since the guest booted.
+    pub uptime_s: f64,
+    /// Load averages over 1, 5 and 15 minutes.
+    #[serde(default)]
+    pub load: Vec<f64>,
+    /// Memory, as the guest sees it.
+    #[serde(default)]
+    pub memory: GuestMemory,
+    /// Mounted filesystems.
+    #[serde(default)]
+    pub filesystems: Vec<GuestFilesystem>,
+    /// The guest's IPv4 addresses.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+}
+
+/// A guest's memory, in KiB.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestMemory {
+    /// Total.
+    pub total_kib: Option<u64>,
+    /// Available to programs.
+    pub available_kib: Option<u64>,
+}
+
+/// One mounted filesystem in a guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestFilesystem {
+    /// What is mounted.
+    pub device: String,
+    /// Where.
+    pub path: String,
+    /// Its type.
+    #[serde(rename = "type")]
+    pub fs_type: String,
+}
+
+/// Work inside a running guest, through its agent ([`Capability::GuestAgent`]).
+///
+/// Rules (checked by the conformance suite, `CONF-G-xx`): every call needs the VM running,
+/// else `E_AGENT_UNAVAILABLE` (an unknown VM is `E_VM_NOT_FOUND`); a program that does not
+/// exist ends with code 127 and one not executable with 126, like a shell, not with an error;
+/// files keep their bytes, mode and mtime both ways; an agent that does not answer is
+/// `E_AGENT_UNAVAILABLE` within a bounded time, never a hang.
+pub trait Guest: Send + Sync {
+    /// Runs a program and streams its I/O; how it ended.
+    fn exec(&self, vm: &VmName, request: &ExecRequest, io: ExecIo<'_>) -> Result<ExitStatus>;
+    /// Copies the guest's regular file `path` into `out`.
+    fn read_file(&self, vm: &VmName, path: &str, out: &mut dyn std::io::Write)
+        -> Result<GuestFile>;
+    /// Writes `input` to the guest's `path` whole (a reader never sees half of it), with
+    /// `mode` and `mtime`.
+    fn write_file(
+        &self, vm: &VmName, path: &str, mode: u32, mtime: i64, input: Box<dyn std::io::Read + Send>,
+    ) -> Result<()>;
+    /// The guest's facts.
+    fn guest_info(&self, vm: &VmName) -> Result<GuestInfo>;
+    /// Flushes the guest's filesystems (before its memory is saved).
+    fn sync_guest(&self, vm: &VmName) -> Result<()>;
+}
+
+/// Everything an engine adapter implements; the conformance suite runs against this.
+pub trait Engine: Lifecycle + Snapshots + Disks + Nics + Events + Capabilities + Guest {}
+
+impl<T: Lifecycle + Snapshots + Disks + Nics + Events + Capabilities + Guest> Engine for T {}

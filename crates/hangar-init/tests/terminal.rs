@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hangar_agent::{AgentClientError, Connection, Exec};
-use hangar_agent_proto::ExitStatus;
+use hangar_core::contracts::ExitStatus;
 use hangar_init::agent::{Agent, WaitPid};
 
 /// An agent that gives terminals, serving connections on a fresh socket.

@@ -22,6 +22,7 @@ mod boot;
 mod disks;
 mod engine;
 mod error;
+mod guest;
 mod lifecycle;
 mod nics;
 mod qmp;

@@ -3,10 +3,10 @@
 
 use std::io::Write;
 
-use hangar_agent::{AgentClientError, Connection, Exec};
+use hangar_agent::Connection;
+use hangar_core::contracts::{ExecControl, ExecIo, ExecRequest};
 use hangar_core::error::ErrorCode;
 use hangar_core::lifecycle::VmState;
-use hangar_qemu::QemuEngine;
 
 use crate::common::*;
 use crate::Failure;
@@ -38,15 +38,17 @@ pub struct ExecArgs {
     pub command: Vec<String>,
 }
 
-/// Runs the command; its exit code, docker exec's way.
+/// Runs the command; its exit code, docker exec's way. Through hangard when it runs (which
+/// checks the caller may and audits it), else straight to the VM's agent.
 pub fn exec(args: ExecArgs, out: &mut dyn Write) -> Result<u8, Failure> {
-    let mut agent = connect(&args.name)?;
+    let vm = vm_name(&args.name)?;
+    let control = control()?;
     let mut env = args.env;
     if args.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
         // The program draws for this terminal, as ssh and docker exec -t arrange.
         env.extend(std::env::var("TERM").ok().map(|t| format!("TERM={t}")));
     }
-    let request = Exec {
+    let request = ExecRequest {
         argv: args.command,
         env,
         cwd: args.workdir,
@@ -55,22 +57,16 @@ pub fn exec(args: ExecArgs, out: &mut dyn Write) -> Result<u8, Failure> {
     };
     let stdin =
         args.interactive.then(|| Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>);
-    forward_signals(agent.signaller());
+    let (signals, control_rx) = std::sync::mpsc::channel();
+    forward_signals(signals);
     // Dropped on every way out of this function, which restores the terminal (a panic unwinds
     // through it too).
     let _raw = (args.tty && args.interactive).then(RawMode::enter).flatten();
     let mut stderr = std::io::stderr();
-    match agent.exec(request, stdin, out, &mut stderr) {
+    let io = ExecIo { stdin, stdout: out, stderr: &mut stderr, control: Some(control_rx) };
+    match control.guest().exec(&vm, &request, io) {
         // A wait status is 0..=255, a signal's 128 + N at most 255.
         Ok(status) => Ok(u8::try_from(status.shell_code()).unwrap_or(255)),
-        Err(AgentClientError::Agent(e)) if e.code == "E_AGENT_NOT_FOUND" => {
-            let _ = writeln!(stderr, "hangar exec: {}", e.message);
-            Ok(127)
-        }
-        Err(AgentClientError::Agent(e)) if e.code == "E_AGENT_DENIED" => {
-            let _ = writeln!(stderr, "hangar exec: {}", e.message);
-            Ok(126)
-        }
         Err(e) => Err(crate::coded(&e)),
     }
 }
@@ -96,20 +92,17 @@ pub fn info(state: &VmState, agent_socket: Option<&str>) -> serde_json::Value {
 /// Ctrl-C (SIGINT) and SIGTERM go to the program in the guest instead of ending this process:
 /// the program decides, and its exit (130 for an unhandled SIGINT) comes back as usual. A
 /// change of this terminal's size (SIGWINCH) resizes the program's terminal, if it has one.
-fn forward_signals(signaller: hangar_agent::Signaller) {
+fn forward_signals(to: std::sync::mpsc::Sender<ExecControl>) {
     use signal_hook::consts::{SIGINT, SIGTERM, SIGWINCH};
     let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGWINCH]) else {
         return; // the defaults stay: a Ctrl-C ends hangar, and the agent's next sync the program
     };
     let _ = std::thread::Builder::new().name("signals".into()).spawn(move || {
         for signal in signals.forever() {
-            let _ = match signal {
-                SIGWINCH => {
-                    let [rows, cols] = terminal_size();
-                    signaller.resize(rows, cols)
-                }
-                _ => signaller.signal(signal),
-            };
+            let _ = to.send(match signal {
+                SIGWINCH => ExecControl::Resize(terminal_size()),
+                _ => ExecControl::Signal(signal),
+            });
         }
     });
 }
@@ -154,29 +147,6 @@ impl Drop for RawMode {
     }
 }
 
-/// A connection to the agent of running VM `name`.
-fn connect(name: &str) -> Result<Connection, Failure> {
-    let vm = vm_name(name)?;
-    let engine = engine()?;
-    let rec = engine.record(&vm).map_err(fail)?;
-    if rec.state != VmState::Running {
-        return Err(crate::failure(
-            ErrorCode::AgentUnavailable,
-            format!("{vm} is {}, not running: its agent cannot answer", rec.state),
-            &format!("start it first: hangar start {vm}"),
-        ));
-    }
-    let plan = QemuEngine::plan_of(&rec).map_err(fail)?;
-    let Some(socket) = plan.agent_socket else {
-        return Err(crate::failure(
-            ErrorCode::AgentUnsupported,
-            format!("{vm} boots its own kernel, which has no Hangar agent"),
-            "boot a built-in image (boot.image) to use the guest agent",
-        ));
-    };
-    Connection::open(std::path::Path::new(&socket)).map_err(|e| crate::coded(&e))
-}
-
 /// `hangar cp`'s arguments.
 #[derive(clap::Args)]
 pub struct CpArgs {
@@ -211,7 +181,7 @@ pub fn cp(args: CpArgs, out: &mut dyn Write) -> Result<(), Failure> {
                 crate::failure(ErrorCode::Io, format!("{what} {}: {e}", temp.display()), "")
             };
             let mut file = std::fs::File::create(&temp).map_err(|e| io("cannot create", e))?;
-            let got = connect(name)?.get(path, &mut file);
+            let got = control()?.guest().read_file(&vm_name(name)?, path, &mut file);
             let done = got.map_err(|e| crate::coded(&e)).and_then(|meta| {
                 file.set_permissions(std::fs::Permissions::from_mode(meta.mode))
                     .and_then(|()| {
@@ -246,8 +216,15 @@ pub fn cp(args: CpArgs, out: &mut dyn Write) -> Result<(), Failure> {
             if dst.ends_with('/') {
                 dst.push_str(&src.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
             }
-            connect(name)?
-                .put(&dst, meta.mode() & 0o7777, meta.mtime(), Box::new(file))
+            control()?
+                .guest()
+                .write_file(
+                    &vm_name(name)?,
+                    &dst,
+                    meta.mode() & 0o7777,
+                    meta.mtime(),
+                    Box::new(file),
+                )
                 .map_err(|e| crate::coded(&e))?;
             meta.len()
         }

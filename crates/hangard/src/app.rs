@@ -9,6 +9,7 @@ use axum::Router;
 
 use crate::middleware::*;
 use crate::routes::events::*;
+use crate::routes::guest;
 use crate::routes::operations::*;
 use crate::routes::snapshots::*;
 use crate::routes::system::*;
@@ -48,6 +49,9 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/images", get(list_images))
         .route("/v1/events/page", get(events_page))
         .route("/v1/vms/{name}/snapshots/{id}/restore", post(restore_snapshot))
+        .route("/v1/vms/{name}/guest", get(guest::guest_info))
+        .route("/v1/vms/{name}/files", get(guest::get_file).put(guest::put_file))
+        .route("/v1/vms/{name}/exec", post(guest::exec))
         .route("/v1/vms/{name}/{action}", post(vm_action))
         .route("/v1/snapshots/{id}", axum::routing::delete(delete_snapshot))
         .route("/v1/validate", post(validate))

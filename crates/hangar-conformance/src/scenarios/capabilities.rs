@@ -47,6 +47,7 @@ pub(super) fn c01_missing_capabilities_are_refused(ctx: &Ctx<'_>) -> Check {
                     forward: vec![],
                 },
             ))?,
+            GuestAgent => code(ctx.engine.guest_info(&vm).map(|_| ()))?,
             // Observable only through other operations: a stop must still work (by force).
             GracefulStop | DiskSnapshots => {}
         }

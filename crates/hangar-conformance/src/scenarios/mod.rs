@@ -15,6 +15,7 @@ use crate::{Ctx, Knobs, Scenario};
 use capabilities::*;
 use disks::*;
 use events::*;
+use guest::*;
 use lifecycle::*;
 use nics::*;
 use observers::*;
@@ -37,6 +38,7 @@ macro_rules! ensure {
 mod capabilities;
 mod disks;
 mod events;
+mod guest;
 mod lifecycle;
 mod nics;
 mod observers;
@@ -370,5 +372,33 @@ pub static SCENARIOS: &[Scenario] = &[
         requires: &[],
         knobs: NONE,
         run: c01_missing_capabilities_are_refused,
+    },
+    Scenario {
+        id: "CONF-G-01",
+        title: "exec: exit codes, signals, 127 for a missing program, stdout and stdin",
+        requires: &[GuestAgent],
+        knobs: NONE,
+        run: g01_exec_codes_and_output,
+    },
+    Scenario {
+        id: "CONF-G-02",
+        title: "files written and read back keep their bytes, mode and mtime",
+        requires: &[GuestAgent],
+        knobs: NONE,
+        run: g02_files_keep_bytes_mode_and_mtime,
+    },
+    Scenario {
+        id: "CONF-G-03",
+        title: "guest info names the agent, kernel and root filesystem; sync answers",
+        requires: &[GuestAgent],
+        knobs: NONE,
+        run: g03_info_and_sync,
+    },
+    Scenario {
+        id: "CONF-G-04",
+        title: "no agent unless the VM runs: E_AGENT_UNAVAILABLE, E_VM_NOT_FOUND",
+        requires: &[GuestAgent],
+        knobs: NONE,
+        run: g04_no_agent_unless_running,
     },
 ];

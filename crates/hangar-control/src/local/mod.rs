@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 
 use hangar_api::{ErrorBody, EventView, Operation, OperationRequest, VmView};
 use hangar_core::clock::{Clock, SystemClock, Timestamp};
-use hangar_core::contracts::SnapshotInfo;
+use hangar_core::contracts::{
+    ExecIo, ExecRequest, ExitStatus, Guest, GuestFile, GuestInfo, SnapshotInfo,
+};
 use hangar_core::error::{Error, ErrorCode};
 use hangar_core::ids::{OperationId, VmName};
 use hangar_core::spec::VmSpec;
@@ -205,5 +207,38 @@ impl Control for Local {
 
     fn describe(&self) -> String {
         format!("local ({})", self.home.display())
+    }
+
+    fn guest(&self) -> &dyn Guest {
+        self
+    }
+}
+
+/// Straight to the engine's agents.
+impl Guest for Local {
+    fn exec(
+        &self, vm: &VmName, request: &ExecRequest, io: ExecIo<'_>,
+    ) -> hangar_core::Result<ExitStatus> {
+        self.engine.exec(vm, request, io)
+    }
+
+    fn read_file(
+        &self, vm: &VmName, path: &str, out: &mut dyn std::io::Write,
+    ) -> hangar_core::Result<GuestFile> {
+        self.engine.read_file(vm, path, out)
+    }
+
+    fn write_file(
+        &self, vm: &VmName, path: &str, mode: u32, mtime: i64, input: Box<dyn std::io::Read + Send>,
+    ) -> hangar_core::Result<()> {
+        self.engine.write_file(vm, path, mode, mtime, input)
+    }
+
+    fn guest_info(&self, vm: &VmName) -> hangar_core::Result<GuestInfo> {
+        self.engine.guest_info(vm)
+    }
+
+    fn sync_guest(&self, vm: &VmName) -> hangar_core::Result<()> {
+        self.engine.sync_guest(vm)
     }
 }

@@ -4,6 +4,8 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use std::collections::BTreeMap;
+
 use crate::cancel::CancelToken;
 use crate::contracts::*;
 use crate::error::{Error, Result};
@@ -39,6 +41,7 @@ impl Lifecycle for FakeEngine {
             nics: spec.nics.clone(),
             reason: None,
             sleeping_on: None,
+            files: BTreeMap::new(),
         };
         inner.vms.insert(spec.name.clone(), vm);
         Ok(status_of(&spec.name, inner.vm(&spec.name)?))

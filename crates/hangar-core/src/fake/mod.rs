@@ -7,8 +7,8 @@
 //! capability toggles. It also backs tests of everything above the engine layer.
 //!
 //! This module holds the engine, its settings, its knobs and the in-memory state; each
-//! contract is implemented in its own module: `lifecycle`, `snapshots`, `disks`, `nics` and
-//! `events`.
+//! contract is implemented in its own module: `lifecycle`, `snapshots`, `disks`, `nics`,
+//! `events` and `guest`.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,6 +25,7 @@ use crate::spec::{DiskFormat, NicSpec, VmSpec};
 
 mod disks;
 mod events;
+mod guest;
 mod lifecycle;
 mod nics;
 mod snapshots;
@@ -59,6 +60,16 @@ struct FakeVm {
     nics: Vec<NicSpec>,
     reason: Option<String>,
     sleeping_on: Option<SnapshotId>,
+    /// The guest's files, by absolute path (what `write_file` put there).
+    files: BTreeMap<String, FakeFile>,
+}
+
+/// A file in a fake guest.
+#[derive(Clone)]
+struct FakeFile {
+    bytes: Vec<u8>,
+    mode: u32,
+    mtime: i64,
 }
 
 struct FakeSnapshot {

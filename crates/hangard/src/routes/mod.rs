@@ -2,6 +2,7 @@
 //! pools and instances.
 
 pub(crate) mod events;
+pub(crate) mod guest;
 pub(crate) mod operations;
 pub(crate) mod snapshots;
 pub(crate) mod system;

@@ -73,7 +73,7 @@ impl TestDaemon {
 
     /// One exchange on the unix socket (as this process's user: an admin).
     pub fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
-        let Response { status, body } =
+        let Response { status, body, .. } =
             request(&self.socket(), method, path, body.map(str::as_bytes), Duration::from_secs(60))
                 .unwrap();
         (status, json(&body))
