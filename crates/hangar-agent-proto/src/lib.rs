@@ -83,6 +83,24 @@ pub enum Request {
         /// Modification time, seconds since the epoch.
         mtime: i64,
     },
+    /// Sends a directory as a tar stream (regular files and directories only, `hangar-tree`)
+    /// on stream 1, its end, then a [`Frame::Reply`] with what it held.
+    GetTree {
+        /// Absolute path of a directory in the guest.
+        path: String,
+    },
+    /// Unpacks the tar stream on stream 0 into a new directory (it must not exist), whole or
+    /// not at all; then a [`Frame::Reply`] with what it held.
+    PutTree {
+        /// Absolute path in the guest; must not exist.
+        path: String,
+    },
+    /// Configures the guest's network (capability `network`), then a [`Frame::Reply`] with
+    /// what was done.
+    Network {
+        /// Interfaces, DNS, hostname.
+        config: NetworkConfig,
+    },
     /// The guest's facts, in a [`Frame::Reply`].
     Info,
     /// Flushes the guest's filesystems (before a memory snapshot).
@@ -116,4 +134,40 @@ pub struct AgentError {
     pub code: String,
     /// What happened.
     pub message: String,
+}
+
+/// What to configure.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Interfaces, each found by MAC address or name.
+    #[serde(default)]
+    pub nics: Vec<NicConfig>,
+    /// DNS servers for `/etc/resolv.conf` (left alone when empty).
+    #[serde(default)]
+    pub dns: Vec<std::net::Ipv4Addr>,
+    /// The guest's hostname (left alone when absent).
+    #[serde(default)]
+    pub hostname: Option<String>,
+}
+
+/// One interface.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NicConfig {
+    /// Its MAC address (`52:54:00:…`); or
+    #[serde(default)]
+    pub mac: Option<String>,
+    /// its kernel name (`eth0`, `lo`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// IPv4 addresses with prefix length (`10.0.0.5/24`); they replace the ones it has.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// The default route's gateway through this interface.
+    #[serde(default)]
+    pub gateway: Option<std::net::Ipv4Addr>,
+    /// Its MTU.
+    #[serde(default)]
+    pub mtu: Option<u32>,
 }

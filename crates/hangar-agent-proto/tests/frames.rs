@@ -41,6 +41,8 @@ fn request() -> impl Strategy<Value = Request> {
             mode,
             mtime
         }),
+        "/[a-z/]{0,20}".prop_map(|path| Request::GetTree { path }),
+        "/[a-z/]{0,20}".prop_map(|path| Request::PutTree { path }),
         Just(Request::Info),
         Just(Request::Sync),
     ]

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use hangar_agent_proto::{
     AgentError, Decoder, Frame, Hello, ProtoError, Request, Welcome, CONTROL_SESSION, VERSIONS,
 };
-use hangar_core::contracts::ExitStatus;
+use hangar_core::contracts::{ExitStatus, TreeCounts};
 use hangar_core::error::{Coded, ErrorCode};
 
 /// Bytes of a stream either side may send before the receiver's first credit.
@@ -73,6 +73,9 @@ impl Coded for AgentClientError {
             AgentClientError::Unsupported(_) => ErrorCode::AgentUnsupported,
             AgentClientError::Agent(e) if e.code == "E_AGENT_UNSUPPORTED" => {
                 ErrorCode::AgentUnsupported
+            }
+            AgentClientError::Agent(e) if e.code == "E_INVALID_ARGUMENT" => {
+                ErrorCode::InvalidArgument
             }
             AgentClientError::Agent(_)
             | AgentClientError::Protocol(_)
@@ -201,6 +204,12 @@ impl Connection {
         Ok(c)
     }
 
+    /// Bounds every later wait for the agent (`None`: wait as long as it takes, the default
+    /// after the handshake); a wait that runs out is an [`AgentClientError::Io`].
+    pub fn set_timeout(&self, timeout: Option<Duration>) -> Result<()> {
+        Ok(self.reader.set_read_timeout(timeout)?)
+    }
+
     /// A handle that signals the program of this connection's running exec.
     pub fn signaller(&self) -> Signaller {
         Signaller { writer: self.writer.clone(), running: self.running.clone() }
@@ -299,6 +308,14 @@ impl Connection {
         self.ask("info", Request::Info)
     }
 
+    /// Configures the guest's network: interfaces (found by MAC or name) with their addresses,
+    /// MTU and default route, DNS servers, hostname. What the agent did.
+    pub fn configure_network(
+        &mut self, config: hangar_agent_proto::NetworkConfig,
+    ) -> Result<serde_json::Value> {
+        self.ask("network", Request::Network { config })
+    }
+
     /// Flushes the guest's filesystems.
     pub fn sync(&mut self) -> Result<()> {
         self.ask("sync", Request::Sync).map(drop)
@@ -307,7 +324,28 @@ impl Connection {
     /// Copies the guest's regular file `path` to `out`; its mode, mtime and size.
     pub fn get(&mut self, path: &str, out: &mut dyn Write) -> Result<FileMeta> {
         self.require("files")?;
-        let session = self.open_session(Request::Get { path: path.into() })?;
+        let value = self.download(Request::Get { path: path.into() }, out)?;
+        let field = |k: &str| value[k].as_i64();
+        match (field("mode"), field("mtime"), field("size")) {
+            (Some(mode), Some(mtime), Some(size)) => {
+                Ok(FileMeta { mode: mode as u32, mtime, size: size as u64 })
+            }
+            _ => Err(AgentClientError::Unexpected(format!("file metadata {value}"))),
+        }
+    }
+
+    /// Writes the guest directory `path` to `out` as a tar stream (regular files and
+    /// directories only); what it held.
+    pub fn get_tree(&mut self, path: &str, out: &mut dyn Write) -> Result<TreeCounts> {
+        self.require("tree")?;
+        let value = self.download(Request::GetTree { path: path.into() }, out)?;
+        serde_json::from_value(value.clone())
+            .map_err(|_| AgentClientError::Unexpected(format!("tree counts {value}")))
+    }
+
+    /// Opens a session whose bytes come on stream 1 into `out` and which ends with a Reply.
+    fn download(&mut self, request: Request, out: &mut dyn Write) -> Result<serde_json::Value> {
+        let session = self.open_session(request)?;
         self.send(&Frame::Credit { session, stream: 1, bytes: EXTRA_CREDIT })?;
         loop {
             match self.next()? {
@@ -315,15 +353,7 @@ impl Connection {
                     out.write_all(&bytes)?;
                     self.send(&Frame::Credit { session, stream: 1, bytes: bytes.len() as u32 })?;
                 }
-                Frame::Reply { session: s, value } if s == session => {
-                    let field = |k: &str| value[k].as_i64();
-                    return match (field("mode"), field("mtime"), field("size")) {
-                        (Some(mode), Some(mtime), Some(size)) => {
-                            Ok(FileMeta { mode: mode as u32, mtime, size: size as u64 })
-                        }
-                        _ => Err(AgentClientError::Unexpected(format!("file metadata {value}"))),
-                    };
-                }
+                Frame::Reply { session: s, value } if s == session => return Ok(value),
                 Frame::Error { session: s, error } if s == session || s == CONTROL_SESSION => {
                     return Err(AgentClientError::Agent(error))
                 }
@@ -338,7 +368,23 @@ impl Connection {
         &mut self, path: &str, mode: u32, mtime: i64, input: Box<dyn Read + Send>,
     ) -> Result<()> {
         self.require("files")?;
-        let session = self.open_session(Request::Put { path: path.into(), mode, mtime })?;
+        self.upload(Request::Put { path: path.into(), mode, mtime }, input).map(drop)
+    }
+
+    /// Unpacks the tar stream `input` into the new guest directory `path`; what it held.
+    pub fn put_tree(&mut self, path: &str, input: Box<dyn Read + Send>) -> Result<TreeCounts> {
+        self.require("tree")?;
+        let value = self.upload(Request::PutTree { path: path.into() }, input)?;
+        serde_json::from_value(value.clone())
+            .map_err(|_| AgentClientError::Unexpected(format!("tree counts {value}")))
+    }
+
+    /// Opens a session fed `input` on stream 0 (within the agent's credit) and which ends with
+    /// a Reply.
+    fn upload(
+        &mut self, request: Request, input: Box<dyn Read + Send>,
+    ) -> Result<serde_json::Value> {
+        let session = self.open_session(request)?;
         let window = Credit::new();
         let feeder = feed(input, session, self.writer.clone(), window.clone());
         let result = loop {
@@ -346,7 +392,7 @@ impl Connection {
                 Ok(Frame::Credit { session: s, stream: 0, bytes }) if s == session => {
                     window.grant(bytes);
                 }
-                Ok(Frame::Reply { session: s, .. }) if s == session => break Ok(()),
+                Ok(Frame::Reply { session: s, value }) if s == session => break Ok(value),
                 Ok(Frame::Error { session: s, error }) if s == session || s == CONTROL_SESSION => {
                     break Err(AgentClientError::Agent(error))
                 }

@@ -152,32 +152,102 @@ pub fn send(
             match fingerprint {
                 None => exchange(stream, method, path, body, &auth),
                 Some(pin) => {
-                    let provider = Arc::new(rustls::crypto::ring::default_provider());
-                    let verifier = Pinned {
-                        fingerprint: pin.clone(),
-                        algorithms: provider.signature_verification_algorithms,
-                    };
-                    let config = rustls::ClientConfig::builder_with_provider(provider)
-                        .with_safe_default_protocol_versions()
-                        .map_err(|e| ClientError::Tls(e.to_string()))?
-                        .dangerous()
-                        .with_custom_certificate_verifier(Arc::new(verifier))
-                        .with_no_client_auth();
-                    let name = rustls::pki_types::ServerName::try_from("hangard")
-                        .expect("a valid DNS name");
-                    let conn = rustls::ClientConnection::new(Arc::new(config), name)
-                        .map_err(|e| ClientError::Tls(e.to_string()))?;
-                    let mut tls = rustls::StreamOwned::new(conn, stream);
-                    // Finish the handshake first, so a wrong pin reads as such.
-                    while tls.conn.is_handshaking() {
-                        tls.conn
-                            .complete_io(&mut tls.sock)
-                            .map_err(|e| ClientError::Tls(e.to_string()))?;
-                    }
+                    let (conn, stream) = tls_handshake(stream, pin)?;
+                    let tls = rustls::StreamOwned::new(conn, stream);
                     exchange(tls, method, path, body, &auth)
                 }
             }
         }
+    }
+}
+
+/// The TLS handshake with a server pinned by fingerprint, finished before anything else is
+/// sent (so a wrong pin reads as such).
+fn tls_handshake(
+    mut stream: TcpStream, pin: &str,
+) -> Result<(rustls::ClientConnection, TcpStream), ClientError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Pinned {
+        fingerprint: pin.to_string(),
+        algorithms: provider.signature_verification_algorithms,
+    };
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("hangard").expect("a valid DNS name");
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), name)
+        .map_err(|e| ClientError::Tls(e.to_string()))?;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut stream).map_err(|e| ClientError::Tls(e.to_string()))?;
+    }
+    Ok((conn, stream))
+}
+
+/// One TLS connection used from two threads (a WebSocket's reader and writer): the socket is
+/// cloned, and the TLS state is shared under a lock that is never held while the reader waits
+/// on the socket.
+struct TlsShared {
+    conn: std::sync::Mutex<rustls::ClientConnection>,
+    sock: TcpStream,
+}
+
+impl TlsShared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, rustls::ClientConnection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends whatever TLS records the connection has queued.
+    fn flush_tls(&self, conn: &mut rustls::ClientConnection) -> std::io::Result<()> {
+        while conn.wants_write() {
+            conn.write_tls(&mut &self.sock)?;
+        }
+        Ok(())
+    }
+}
+
+/// The reading half of a [`TlsShared`].
+struct TlsReader {
+    shared: Arc<TlsShared>,
+    sock: TcpStream,
+}
+
+impl Read for TlsReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            match self.shared.lock().reader().read(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                done => return done,
+            }
+            let mut raw = [0u8; 16 * 1024];
+            let n = self.sock.read(&mut raw)?;
+            if n == 0 {
+                return Ok(0);
+            }
+            let mut conn = self.shared.lock();
+            conn.read_tls(&mut &raw[..n])?;
+            conn.process_new_packets().map_err(std::io::Error::other)?;
+            self.shared.flush_tls(&mut conn)?;
+        }
+    }
+}
+
+/// The writing half of a [`TlsShared`].
+struct TlsWriter(Arc<TlsShared>);
+
+impl Write for TlsWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut conn = self.0.lock();
+        conn.writer().write_all(buf)?;
+        self.0.flush_tls(&mut conn)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let mut conn = self.0.lock();
+        self.0.flush_tls(&mut conn)
     }
 }
 
@@ -265,10 +335,9 @@ fn exchange<S: Read + Write>(
 /// to the other (see [`crate::ws`]).
 pub type WebSocketHalves = (Box<dyn Read + Send>, Box<dyn Write + Send>);
 
-/// Opens a WebSocket with `POST path` (`hangard`'s `exec`). A refusal (any status but 101) is
-/// `Err(Ok(response))` with the coded body; a failure to talk at all is `Err(Err(_))`. Over
-/// TLS this is not built yet (a TLS stream cannot be read and written from two threads here):
-/// that is a [`ClientError::Tls`].
+/// Opens a WebSocket with `POST path` (`hangard`'s `exec`): over the unix socket, plain TCP,
+/// or TLS (one connection shared by a reading and a writing half). A refusal (any status but
+/// 101) is `Err(Ok(response))` with the coded body; a failure to talk at all is `Err(Err(_))`.
 #[allow(clippy::result_large_err)]
 pub fn websocket(
     endpoint: &Endpoint, path: &str,
@@ -285,10 +354,17 @@ pub fn websocket(
                 let auth = format!("Authorization: Bearer {token}\r\n");
                 (Box::new(s.try_clone().map_err(proto)?), Box::new(s), auth)
             }
-            Endpoint::Tcp { .. } => {
-                return Err(Err(ClientError::Tls(
-                    "exec through hangard over TLS is not supported yet; run hangar on the daemon's host".into(),
-                )))
+            Endpoint::Tcp { addr, fingerprint: Some(pin), token } => {
+                let s = TcpStream::connect(addr).map_err(|e| Err(ClientError::NotRunning(e)))?;
+                let (conn, sock) = tls_handshake(s, pin).map_err(Err)?;
+                let reader_sock = sock.try_clone().map_err(proto)?;
+                let shared = Arc::new(TlsShared { conn: std::sync::Mutex::new(conn), sock });
+                let auth = format!("Authorization: Bearer {token}\r\n");
+                (
+                    Box::new(TlsReader { shared: shared.clone(), sock: reader_sock }),
+                    Box::new(TlsWriter(shared)),
+                    auth,
+                )
             }
         };
     let (mut reader, mut writer) = (reader, writer);

@@ -483,7 +483,9 @@ pub fn http_status(code: ErrorCode) -> u16 {
         QuotaExceeded => 429,
         Cancelled => 409,
         EngineFailed | StoreCorrupt | Io => 500,
-        Unsupported => 501,
+        Unsupported | AgentUnsupported => 501,
+        // Retryable: the guest is not running or its agent does not answer yet.
+        AgentUnavailable => 503,
         _ => match code.class() {
             hangar_core::error::ErrorClass::Invalid => 400,
             hangar_core::error::ErrorClass::Environment => 500,

@@ -1,7 +1,9 @@
 //! The guest agent: `hangar exec NAME -- true` from CLI process start to exit, and the same
-//! through the client library alone (no CLI process: what the daemon's route will cost, less
-//! HTTP), alternated, against `hangar run -- true` (a throwaway guest's cold boot) in the same
-//! run; and stdout streaming throughput (64 MiB of zeros from `head` and from `dd` in the guest).
+//! through the client library alone (no CLI process, no daemon), alternated; then through
+//! hangard: the API alone (the WebSocket exec, as `hangar_control::Remote` speaks it) and the
+//! CLI routed through the daemon, alternated; against `hangar run -- true` (a throwaway guest's
+//! cold boot) in the same run; and stdout streaming throughput (64 MiB of zeros from `head`
+//! and from `dd` in the guest).
 
 use std::io::Write;
 use std::path::Path;
@@ -40,6 +42,22 @@ pub fn exec(args: &Args, runs: usize) -> Result<Value, String> {
             cli.push(home.timed(&["exec", "x0", "--", "true"])?);
         }
     }
+    // Through hangard.
+    let (daemon, api_socket) = crate::engine::daemon(args, &home, &[])?;
+    let remote = hangar_control::Remote::new(api_socket);
+    api_true(&remote)?;
+    home.hangar_via("require", &["exec", "x0", "--", "true"])?;
+    let (mut api, mut cli_daemon) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        if i % 2 == 0 {
+            api.push(api_true(&remote)?);
+            cli_daemon.push(home.timed_via("require", &["exec", "x0", "--", "true"])?);
+        } else {
+            cli_daemon.push(home.timed_via("require", &["exec", "x0", "--", "true"])?);
+            api.push(api_true(&remote)?);
+        }
+    }
+    drop(daemon);
     let mut cold = Vec::new();
     for _ in 0..args.rounds.max(1) {
         cold.push(home.timed(&["run", "--rm", "--", "true"])?);
@@ -54,6 +72,8 @@ pub fn exec(args: &Args, runs: usize) -> Result<Value, String> {
         "benchmark": "exec",
         "cli_exec_true": latency(&cli),
         "library_exec_true": latency(&library),
+        "api_exec_true": latency(&api),
+        "cli_via_daemon_exec_true": latency(&cli_daemon),
         "cold_run_true": latency(&cold),
         "cli_speedup_vs_cold_run": round(median(&cold) / median(&cli), 1),
         "stdout_mib_s": {"head_64_mib": head, "dd_bs32k_64_mib": dd},
@@ -80,6 +100,21 @@ fn library_true(socket: &Path) -> Result<f64, String> {
     let status = c
         .exec(exec, None, &mut std::io::sink(), &mut std::io::sink())
         .map_err(|e| e.to_string())?;
+    if status.shell_code() != 0 {
+        return Err(format!("true exited {status:?}"));
+    }
+    Ok(started.elapsed().as_secs_f64() * 1000.0)
+}
+
+/// One `true` through hangard's WebSocket exec (connect, upgrade, run, exit), in milliseconds.
+fn api_true(remote: &hangar_control::Remote) -> Result<f64, String> {
+    use hangar_core::contracts::{ExecIo, ExecRequest, Guest};
+    let vm = hangar_core::ids::VmName::new("x0").map_err(|e| e.to_string())?;
+    let request = ExecRequest { argv: vec!["true".into()], ..ExecRequest::default() };
+    let started = Instant::now();
+    let (mut out, mut err) = (std::io::sink(), std::io::sink());
+    let io = ExecIo { stdin: None, stdout: &mut out, stderr: &mut err, control: None };
+    let status = remote.exec(&vm, &request, io).map_err(|e| e.to_string())?;
     if status.shell_code() != 0 {
         return Err(format!("true exited {status:?}"));
     }

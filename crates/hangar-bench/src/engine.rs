@@ -76,10 +76,15 @@ impl Home {
 
     /// Runs `hangar` on this home, without a daemon; fails on a non-zero exit.
     pub fn hangar(&self, args: &[&str]) -> Result<String, String> {
+        self.hangar_via("never", args)
+    }
+
+    /// [`Home::hangar`] with `HANGAR_DAEMON=daemon` (`require`: through a running hangard).
+    pub fn hangar_via(&self, daemon: &str, args: &[&str]) -> Result<String, String> {
         let out = Command::new(&self.hangar)
             .args(args)
             .env("HANGAR_HOME", &self.dir)
-            .env("HANGAR_DAEMON", "never")
+            .env("HANGAR_DAEMON", daemon)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .output()
@@ -96,8 +101,13 @@ impl Home {
 
     /// Wall time of one `hangar` command.
     pub fn timed(&self, args: &[&str]) -> Result<f64, String> {
+        self.timed_via("never", args)
+    }
+
+    /// [`Home::timed`] with `HANGAR_DAEMON=daemon`.
+    pub fn timed_via(&self, daemon: &str, args: &[&str]) -> Result<f64, String> {
         let t = Instant::now();
-        self.hangar(args)?;
+        self.hangar_via(daemon, args)?;
         Ok(t.elapsed().as_secs_f64() * 1000.0)
     }
 

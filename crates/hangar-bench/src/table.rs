@@ -137,7 +137,23 @@ pub fn render(r: &Value) -> String {
             ms(&x["library_exec_true"]["p50_ms"]),
             ms(&x["library_exec_true"]["p99_ms"]),
             "-".into(),
+            "-",
+        );
+        row(
+            &mut out,
+            "exec: through the API alone (WebSocket), true p50 (p99)",
+            ms(&x["api_exec_true"]["p50_ms"]),
+            ms(&x["api_exec_true"]["p99_ms"]),
+            "-".into(),
             "<= 15 ms",
+        );
+        row(
+            &mut out,
+            "exec: hangar exec through hangard, true p50 (p99)",
+            ms(&x["cli_via_daemon_exec_true"]["p50_ms"]),
+            ms(&x["cli_via_daemon_exec_true"]["p99_ms"]),
+            "-".into(),
+            "<= 40 ms",
         );
         row(
             &mut out,

@@ -159,7 +159,7 @@ macro_rules! conformance_suite {
                 conf_e_01 = "CONF-E-01", conf_e_02 = "CONF-E-02",
                 conf_c_01 = "CONF-C-01",
                 conf_g_01 = "CONF-G-01", conf_g_02 = "CONF-G-02", conf_g_03 = "CONF-G-03",
-                conf_g_04 = "CONF-G-04",
+                conf_g_04 = "CONF-G-04", conf_g_05 = "CONF-G-05", conf_g_06 = "CONF-G-06",
             );
         }
     };

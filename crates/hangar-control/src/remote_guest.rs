@@ -169,6 +169,34 @@ impl Guest for Remote {
         self.exchange("PUT", &url, Some(&body)).map(drop)
     }
 
+    fn read_tree(&self, vm: &VmName, path: &str, out: &mut dyn Write) -> Result<TreeCounts> {
+        let url =
+            format!("/v1/vms/{}/files?path={}&tree=true", encode(vm.as_str()), path_query(path));
+        let response = self.exchange("GET", &url, None)?;
+        out.write_all(&response.body)
+            .map_err(|e| Error::Backend { code: ErrorCode::Io, message: e.to_string() })?;
+        Ok(response
+            .header("x-hangar-tree")
+            .and_then(|t| serde_json::from_str(t).ok())
+            .unwrap_or_default())
+    }
+
+    fn write_tree(
+        &self, vm: &VmName, path: &str, mut input: Box<dyn Read + Send>,
+    ) -> Result<TreeCounts> {
+        let mut body = Vec::new();
+        input
+            .read_to_end(&mut body)
+            .map_err(|e| Error::Backend { code: ErrorCode::Io, message: e.to_string() })?;
+        let url =
+            format!("/v1/vms/{}/files?path={}&tree=true", encode(vm.as_str()), path_query(path));
+        let response = self.exchange("PUT", &url, Some(&body))?;
+        serde_json::from_slice(&response.body).map_err(|e| Error::Backend {
+            code: ErrorCode::EngineFailed,
+            message: format!("hangard's tree counts are unreadable: {e}"),
+        })
+    }
+
     fn guest_info(&self, vm: &VmName) -> Result<GuestInfo> {
         let response =
             self.exchange("GET", &format!("/v1/vms/{}/guest", encode(vm.as_str())), None)?;
@@ -180,5 +208,9 @@ impl Guest for Remote {
 
     fn sync_guest(&self, _vm: &VmName) -> Result<()> {
         Err(Error::Unsupported("flushing a guest's filesystems through hangard".into()))
+    }
+
+    fn configure_network(&self, _vm: &VmName, _network: &GuestNetwork) -> Result<()> {
+        Err(Error::Unsupported("configuring a guest's network through hangard".into()))
     }
 }

@@ -468,6 +468,56 @@ pub struct GuestFile {
     pub size: u64,
 }
 
+/// A guest's network as its agent configures it (addresses, routes, DNS, hostname); what a
+/// clone gets to re-address it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestNetwork {
+    /// Interfaces, each found by MAC address or kernel name.
+    #[serde(default)]
+    pub nics: Vec<GuestNic>,
+    /// DNS servers (`/etc/resolv.conf`), unchanged when empty.
+    #[serde(default)]
+    pub dns: Vec<std::net::Ipv4Addr>,
+    /// The hostname, unchanged when absent.
+    #[serde(default)]
+    pub hostname: Option<String>,
+}
+
+/// One guest interface's configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestNic {
+    /// Its MAC address; or
+    #[serde(default)]
+    pub mac: Option<String>,
+    /// its kernel name (`eth0`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// IPv4 `ADDRESS/PREFIX`es; they replace the ones it has.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// The default route's gateway through it.
+    #[serde(default)]
+    pub gateway: Option<std::net::Ipv4Addr>,
+    /// Its MTU.
+    #[serde(default)]
+    pub mtu: Option<u32>,
+}
+
+/// What a directory copy moved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeCounts {
+    /// Regular files.
+    pub files: u64,
+    /// Directories, the top one included.
+    pub dirs: u64,
+    /// Entries left out: neither files nor directories (symlinks, devices, …).
+    pub skipped: u64,
+    /// Bytes of file content.
+    pub bytes: u64,
+}
+
 /// What a running guest says of itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GuestInfo {
@@ -530,10 +580,23 @@ pub trait Guest: Send + Sync {
     fn write_file(
         &self, vm: &VmName, path: &str, mode: u32, mtime: i64, input: Box<dyn std::io::Read + Send>,
     ) -> Result<()>;
+    /// Writes the guest directory `path` as a tar stream into `out`: regular files and
+    /// directories with their modes and mtimes, nothing else (see `hangar-tree`).
+    fn read_tree(
+        &self, vm: &VmName, path: &str, out: &mut dyn std::io::Write,
+    ) -> Result<TreeCounts>;
+    /// Unpacks the tar stream `input` into the new guest directory `path` (which must not
+    /// exist), whole or not at all.
+    fn write_tree(
+        &self, vm: &VmName, path: &str, input: Box<dyn std::io::Read + Send>,
+    ) -> Result<TreeCounts>;
     /// The guest's facts.
     fn guest_info(&self, vm: &VmName) -> Result<GuestInfo>;
     /// Flushes the guest's filesystems (before its memory is saved).
     fn sync_guest(&self, vm: &VmName) -> Result<()>;
+    /// Configures the guest's network: links up, addresses replaced, default route, DNS,
+    /// hostname; the addresses show in [`GuestInfo::addresses`] afterwards.
+    fn configure_network(&self, vm: &VmName, network: &GuestNetwork) -> Result<()>;
 }
 
 /// Everything an engine adapter implements; the conformance suite runs against this.

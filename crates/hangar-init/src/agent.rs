@@ -27,8 +27,9 @@ pub const PORT_NAME: &str = "org.hangar.agent.0";
 /// Bytes of a stream either side may send before the receiver's first credit.
 pub const WINDOW: u32 = 64 * 1024;
 
-/// What every agent reports it can do; one started [`Agent::with_terminals`] adds `tty`.
-pub const CAPABILITIES: &[&str] = &["exec", "files", "info", "sync"];
+/// What every agent reports it can do; one started [`Agent::in_guest`] adds `tty` and
+/// `network`.
+pub const CAPABILITIES: &[&str] = &["exec", "files", "info", "sync", "tree"];
 
 /// The first argument that makes `hangar-init` the terminal helper ([`tty_exec`]) instead of
 /// PID 1.
@@ -194,9 +195,11 @@ impl Agent {
         Agent::build(out, reap, None)
     }
 
-    /// An agent that also gives programs terminals (`tty`), through `helper`: a `hangar-init`
-    /// binary, run as `helper --hangar-tty-exec PROGRAM ARGV0 ARGS…` ([`tty_exec`]).
-    pub fn with_terminals(
+    /// The agent as it runs in a guest: it also gives programs terminals (`tty`), through
+    /// `helper` (a `hangar-init` binary, run as `helper --hangar-tty-exec PROGRAM ARGV0 ARGS…`,
+    /// see [`tty_exec`]), and configures the network (`network`: links, addresses and routes
+    /// of the machine it runs on, so never in a test on a host).
+    pub fn in_guest(
         out: Box<dyn Write + Send>, reap: Arc<dyn Reap>, helper: std::path::PathBuf,
     ) -> Arc<Agent> {
         Agent::build(out, reap, Some(helper))
@@ -216,8 +219,13 @@ impl Agent {
 
     /// What this agent announces in its Welcome.
     pub fn capabilities(&self) -> Vec<String> {
-        let tty = self.tty_helper.as_ref().map(|_| "tty");
-        CAPABILITIES.iter().copied().chain(tty).map(String::from).collect()
+        let guest_only = self.tty_helper.as_ref().map(|_| ["tty", "network"]);
+        CAPABILITIES
+            .iter()
+            .copied()
+            .chain(guest_only.into_iter().flatten())
+            .map(String::from)
+            .collect()
     }
 
     /// Reads frames from `input` and serves them. A read of 0 bytes means the host side is
@@ -304,15 +312,19 @@ impl Agent {
                 }
             }
             Frame::Open { session, request } => self.open(session, request),
-            Frame::Data { session, stream: 0, bytes } => {
+            // An empty chunk is how the agent marks a stream's end inside itself.
+            Frame::Data { session, stream: 0, bytes } if !bytes.is_empty() => {
                 let sessions = lock(&self.sessions);
                 if let Some(stdin) = sessions.get(&session).and_then(|s| s.stdin.as_ref()) {
                     let _ = stdin.send(bytes);
                 }
             }
             Frame::Eof { session, stream: 0 } => {
-                if let Some(s) = lock(&self.sessions).get_mut(&session) {
-                    s.stdin = None;
+                if let Some(tx) =
+                    lock(&self.sessions).get_mut(&session).and_then(|s| s.stdin.take())
+                {
+                    // The end, marked: a channel that merely closes means the session was ended.
+                    let _ = tx.send(Vec::new());
                 }
             }
             Frame::Credit { session, stream: stream @ 1..=2, bytes } => {
@@ -359,11 +371,27 @@ impl Agent {
                 self.exec(session, &argv, &env, cwd.as_deref(), user.as_deref(), tty)
             }
             Request::Info => self.send(&Frame::Reply { session, value: info() }),
+            Request::Network { .. } if self.tty_helper.is_none() => self.error(
+                session,
+                "E_AGENT_UNSUPPORTED",
+                format!("this {AGENT} does not configure the network"),
+            ),
+            Request::Network { config } => {
+                match crate::net::apply(&config, std::path::Path::new("/")) {
+                    Ok(value) => self.send(&Frame::Reply { session, value }),
+                    Err(e) if e.kind() == ErrorKind::InvalidInput => {
+                        self.error(session, "E_INVALID_ARGUMENT", e.to_string())
+                    }
+                    Err(e) => self.error(session, "E_IO", format!("network: {e}")),
+                }
+            }
             Request::Sync => {
                 rustix::fs::sync();
                 self.send(&Frame::Reply { session, value: serde_json::json!({}) });
             }
             Request::Get { path } => self.get(session, &path),
+            Request::GetTree { path } => self.get_tree(session, &path),
+            Request::PutTree { path } => self.put_tree(session, &path),
             Request::Put { path, mode, mtime } => self.put(session, &path, mode, mtime),
         }
     }
@@ -492,6 +520,9 @@ impl Agent {
         spawn("exec-stdin", move || {
             let mut stdin = stdin;
             for bytes in stdin_rx {
+                if bytes.is_empty() {
+                    break; // the host's end of stdin
+                }
                 if stdin.write_all(&bytes).is_err() {
                     break;
                 }
@@ -585,7 +616,12 @@ impl Agent {
         let (agent, path) = (self.clone(), path.to_string());
         spawn("file-put", move || {
             let mut failed = None;
+            let mut ended_well = false;
             for bytes in rx {
+                if bytes.is_empty() {
+                    ended_well = true;
+                    break;
+                }
                 if failed.is_none() {
                     failed = file.write_all(&bytes).err();
                 }
@@ -594,11 +630,10 @@ impl Agent {
                     &Frame::Credit { session, stream: 0, bytes: bytes.len() as u32 },
                 );
             }
-            // The channel ends at the host's Eof, or when a sync ended the session.
-            let ended = !lock(&agent.sessions).contains_key(&session);
+            // The host's Eof is marked; a channel that just closes was ended by a sync.
             let done = match failed {
                 Some(e) => Err(e),
-                None if ended => {
+                None if !ended_well => {
                     Err(std::io::Error::other("the session ended before its end of file"))
                 }
                 None => finish_put(&file, &temp, &target, mode, mtime),
@@ -613,6 +648,87 @@ impl Agent {
                     agent.send_for(connection, &Frame::Error { session, error });
                 }
             }
+        });
+    }
+
+    /// Sends the directory `path` as a tar stream on stream 1, its end, then a Reply with what
+    /// it held (an Error if packing failed part way).
+    fn get_tree(self: &Arc<Agent>, session: u32, path: &str) {
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return self.error(
+                    session,
+                    "E_INVALID_ARGUMENT",
+                    format!("{path} is not a directory"),
+                )
+            }
+            Err(e) => return self.error(session, "E_IO", format!("{path}: {e}")),
+        }
+        let (from, to) = match rustix::pipe::pipe() {
+            Ok((r, w)) => (std::fs::File::from(r), std::fs::File::from(w)),
+            Err(e) => return self.error(session, "E_IO", format!("no pipe: {e}")),
+        };
+        let dir = std::path::PathBuf::from(path);
+        let packer = std::thread::Builder::new()
+            .name("tree-pack".into())
+            .spawn(move || hangar_tree::pack(&dir, to));
+        let Ok(packer) = packer else {
+            return self.error(session, "E_IO", "cannot start packing");
+        };
+        let connection = *lock(&self.connection);
+        let window = Window::new();
+        lock(&self.sessions).insert(
+            session,
+            Session { pid: None, tty: None, stdin: None, windows: [window.clone(), Window::new()] },
+        );
+        let pump = self.pump(connection, session, 1, Box::new(from), window);
+        let (agent, path) = (self.clone(), path.to_string());
+        spawn("tree-get", move || {
+            if let Some(p) = pump {
+                let _ = p.join();
+            }
+            let packed = packer.join().unwrap_or_else(|_| Err(std::io::Error::other("panicked")));
+            lock(&agent.sessions).remove(&session);
+            let frame = match packed {
+                Ok(c) => Frame::Reply { session, value: counts(c) },
+                Err(e) => Frame::Error {
+                    session,
+                    error: AgentError { code: "E_IO".into(), message: format!("{path}: {e}") },
+                },
+            };
+            agent.send_for(connection, &frame);
+        });
+    }
+
+    /// Unpacks stream 0 (a tar stream) into the new directory `path`, then replies.
+    fn put_tree(self: &Arc<Agent>, session: u32, path: &str) {
+        let connection = *lock(&self.connection);
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        lock(&self.sessions).insert(
+            session,
+            Session {
+                pid: None,
+                tty: None,
+                stdin: Some(tx),
+                windows: [Window::new(), Window::new()],
+            },
+        );
+        self.send(&Frame::Credit { session, stream: 0, bytes: EXTRA_CREDIT });
+        let input =
+            StreamIn { rx, chunk: Vec::new(), at: 0, agent: self.clone(), connection, session };
+        let (agent, path) = (self.clone(), path.to_string());
+        spawn("tree-put", move || {
+            let unpacked = hangar_tree::unpack(input, std::path::Path::new(&path));
+            lock(&agent.sessions).remove(&session);
+            let frame = match unpacked {
+                Ok(c) => Frame::Reply { session, value: counts(c) },
+                Err(e) => Frame::Error {
+                    session,
+                    error: AgentError { code: "E_IO".into(), message: format!("{path}: {e}") },
+                },
+            };
+            agent.send_for(connection, &frame);
         });
     }
 
@@ -644,6 +760,52 @@ impl Agent {
             }
             agent.send_for(connection, &Frame::Eof { session, stream });
         })
+    }
+}
+
+/// A tree's counts as a Reply's JSON.
+fn counts(c: hangar_tree::Counts) -> serde_json::Value {
+    serde_json::json!({"files": c.files, "dirs": c.dirs, "skipped": c.skipped, "bytes": c.bytes})
+}
+
+/// Stream 0 of a session as a reader: each chunk is credited back as it is taken; the host's
+/// end of stream is end-of-file, a session ended by a sync an error (so nothing half-copied is
+/// kept).
+struct StreamIn {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    chunk: Vec<u8>,
+    at: usize,
+    agent: Arc<Agent>,
+    connection: u64,
+    session: u32,
+}
+
+impl Read for StreamIn {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(chunk) if chunk.is_empty() => return Ok(0),
+                Ok(chunk) => {
+                    let credit = Frame::Credit {
+                        session: self.session,
+                        stream: 0,
+                        bytes: chunk.len() as u32,
+                    };
+                    self.agent.send_for(self.connection, &credit);
+                    (self.chunk, self.at) = (chunk, 0);
+                }
+                Err(_) => {
+                    return Err(std::io::Error::new(
+                        ErrorKind::UnexpectedEof,
+                        "the session ended before its end of file",
+                    ))
+                }
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.at);
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
     }
 }
 
@@ -728,7 +890,8 @@ pub fn local_addresses(fib_trie: &str) -> Vec<String> {
     let mut last = None;
     for line in fib_trie.lines() {
         let t = line.trim_start_matches([' ', '|', '+', '-']).trim();
-        if t.contains("host LOCAL") {
+        // `/8 host LOCAL` under 127.0.0.0 is the loopback range, not an address.
+        if t.starts_with("/32 host LOCAL") {
             if let Some(addr) = last.take() {
                 if !out.contains(&addr) {
                     out.push(addr);

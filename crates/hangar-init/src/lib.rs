@@ -32,6 +32,7 @@
 use serde::{Deserialize, Serialize};
 
 pub mod agent;
+pub mod net;
 
 /// Prefix of the readiness line.
 pub const READY: &str = "HANGAR_READY";
@@ -65,6 +66,9 @@ pub struct BootConfig {
     pub run: Option<Vec<String>>,
     /// `hangar.ignore_poweroff=1`: ignore power-off requests.
     pub ignore_poweroff: bool,
+    /// `hangar.agent=0`: do not serve the guest agent (the port stays silent: for tests of a
+    /// host facing an agent that never answers, and for guests that want none).
+    pub no_agent: bool,
 }
 
 /// A malformed Hangar parameter on the kernel command line.
@@ -76,7 +80,7 @@ pub enum CmdlineError {
     Json(String),
     /// `hangar.run=` decodes to an empty array.
     EmptyArgv,
-    /// `hangar.ignore_poweroff=` has a value other than `0` or `1`.
+    /// `hangar.ignore_poweroff=` or `hangar.agent=` has a value other than `0` or `1`.
     BadFlag {
         /// The parameter name.
         name: String,
@@ -109,6 +113,7 @@ impl std::error::Error for CmdlineError {}
 pub fn parse_cmdline(cmdline: &str) -> Result<BootConfig, CmdlineError> {
     let mut run_raw: Option<&str> = None;
     let mut ignore_raw: Option<&str> = None;
+    let mut agent_raw: Option<&str> = None;
     for word in cmdline.split_ascii_whitespace() {
         let Some((key, value)) = word.split_once('=') else {
             continue;
@@ -117,24 +122,23 @@ pub fn parse_cmdline(cmdline: &str) -> Result<BootConfig, CmdlineError> {
         match key {
             "hangar.run" => run_raw = Some(value),
             "hangar.ignore_poweroff" => ignore_raw = Some(value),
+            "hangar.agent" => agent_raw = Some(value),
             _ => {}
         }
     }
-    let ignore_poweroff = match ignore_raw {
-        None | Some("0") => false,
-        Some("1") => true,
-        Some(other) => {
-            return Err(CmdlineError::BadFlag {
-                name: "hangar.ignore_poweroff".into(),
-                value: other.into(),
-            })
-        }
+    let flag = |name: &str, raw: Option<&str>, default: bool| match raw {
+        None => Ok(default),
+        Some("0") => Ok(false),
+        Some("1") => Ok(true),
+        Some(other) => Err(CmdlineError::BadFlag { name: name.into(), value: other.into() }),
     };
+    let ignore_poweroff = flag("hangar.ignore_poweroff", ignore_raw, false)?;
+    let no_agent = !flag("hangar.agent", agent_raw, true)?;
     let run = match run_raw {
         None => None,
         Some(raw) => Some(decode_run_argv(raw)?),
     };
-    Ok(BootConfig { run, ignore_poweroff })
+    Ok(BootConfig { run, ignore_poweroff, no_agent })
 }
 
 /// Decodes a `hangar.run=` value: unpadded base64url of a JSON array of strings.

@@ -151,7 +151,14 @@ fn run() -> Result<Never, String> {
     // would be lost.
     watch_power_button();
     watch_signals();
-    start_agent();
+    if let Err(e) = hangar_init::net::loopback_up() {
+        warn(&format!("cannot bring up loopback: {e}"));
+    }
+    if config.no_agent {
+        warn("hangar.agent=0: no guest agent");
+    } else {
+        start_agent();
+    }
 
     let uptime = std::fs::read_to_string("/proc/uptime")
         .map_err(|e| format!("cannot read /proc/uptime: {e}"))?;
@@ -316,7 +323,7 @@ fn start_agent() {
         };
         // This binary is also the terminal helper (`--hangar-tty-exec`).
         let helper = std::path::PathBuf::from("/proc/self/exe");
-        let agent = Agent::with_terminals(Box::new(writer), reaper, helper);
+        let agent = Agent::in_guest(Box::new(writer), reaper, helper);
         // With no host connected the port reads end-of-file at once: poll it (50 ms apart
         // when idle; see `Agent::serve`).
         agent.serve(reader, Some(Duration::from_millis(50)));

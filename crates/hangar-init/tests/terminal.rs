@@ -24,7 +24,7 @@ fn agent(terminals: bool) -> (tempfile::TempDir, PathBuf) {
             let out = Box::new(stream.try_clone().unwrap());
             let agent = if terminals {
                 let helper = PathBuf::from(env!("CARGO_BIN_EXE_hangar-init"));
-                Agent::with_terminals(out, Arc::new(WaitPid), helper)
+                Agent::in_guest(out, Arc::new(WaitPid), helper)
             } else {
                 Agent::new(out, Arc::new(WaitPid))
             };

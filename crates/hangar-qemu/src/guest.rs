@@ -93,6 +93,16 @@ impl Guest for QemuEngine {
         self.agent(vm)?.put(path, mode, mtime, input).map_err(agent_error)
     }
 
+    fn read_tree(&self, vm: &VmName, path: &str, out: &mut dyn Write) -> Result<TreeCounts> {
+        self.agent(vm)?.get_tree(path, out).map_err(agent_error)
+    }
+
+    fn write_tree(
+        &self, vm: &VmName, path: &str, input: Box<dyn Read + Send>,
+    ) -> Result<TreeCounts> {
+        self.agent(vm)?.put_tree(path, input).map_err(agent_error)
+    }
+
     fn guest_info(&self, vm: &VmName) -> Result<GuestInfo> {
         // Idempotent: a connection QEMU dropped at once is retried (`AgentClientError::Dropped`).
         let value = match self.agent(vm)?.info() {
@@ -104,6 +114,15 @@ impl Guest for QemuEngine {
             code: ErrorCode::AgentFailed,
             message: format!("the agent's info does not read as guest facts ({e}): {value}"),
         })
+    }
+
+    fn configure_network(&self, vm: &VmName, network: &GuestNetwork) -> Result<()> {
+        // The same JSON on both sides of the crate boundary (core's type, the wire's type).
+        let config =
+            serde_json::to_value(network).and_then(serde_json::from_value).map_err(|e| {
+                Error::Backend { code: ErrorCode::InvalidArgument, message: e.to_string() }
+            })?;
+        self.agent(vm)?.configure_network(config).map(drop).map_err(agent_error)
     }
 
     fn sync_guest(&self, vm: &VmName) -> Result<()> {

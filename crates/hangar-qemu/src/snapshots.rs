@@ -147,6 +147,7 @@ impl Snapshots for QemuEngine {
         let plan = Self::plan_of(&rec)?;
         let ctl = self.qmp(&plan)?;
         if rec.state == VmState::Running {
+            flush_guest(plan.agent_socket.as_deref());
             self.step(&mut rec, VmState::Pausing, Cause::User)?;
             ctl.stop()?;
             self.step(&mut rec, VmState::Paused, Cause::Engine)?;
@@ -297,4 +298,16 @@ impl Snapshots for QemuEngine {
         let _ = std::fs::remove_dir_all(frozen_dir(Path::new(&snap.path)));
         self.db(|s| s.delete_snapshot(id))
     }
+}
+
+/// Asks the guest's agent, if it has one, to flush its filesystems before its memory is saved,
+/// so the disks saved beside the memory hold what the guest wrote. Best effort and bounded: a
+/// guest without an agent, or one that does not answer within half a second, is saved as it
+/// is (the memory image is consistent with its disks either way; this only shortens what a
+/// disk read without the memory would miss).
+fn flush_guest(agent_socket: Option<&str>) {
+    let Some(socket) = agent_socket else { return };
+    let wait = std::time::Duration::from_millis(500);
+    let _ = hangar_agent::Connection::open_with(std::path::Path::new(socket), wait, 1)
+        .and_then(|mut agent| agent.set_timeout(Some(wait)).and_then(|()| agent.sync()));
 }

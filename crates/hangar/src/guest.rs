@@ -150,11 +150,79 @@ impl Drop for RawMode {
 /// `hangar cp`'s arguments.
 #[derive(clap::Args)]
 pub struct CpArgs {
-    /// What to copy: a local file, or NAME:/path for a file in a running VM.
+    /// What to copy: a local file or directory, or NAME:/path for one in a running VM.
+    /// Directories carry regular files and subdirectories with their modes and times;
+    /// symlinks, devices and the like are left out (and counted).
     pub src: String,
-    /// Where to: NAME:/path when SRC is local, a local path when SRC is in a VM (an existing
-    /// directory, or a path ending in /, gets SRC's file name).
+    /// Where to: NAME:/path when SRC is local, a local path when SRC is in a VM. A path ending
+    /// in / (or, locally, an existing directory) gets SRC's name inside it. A directory is
+    /// never merged into an existing one: its destination must not exist yet.
     pub dst: String,
+}
+
+/// Whether the guest path `path` of `vm` is a directory (asked with `test -d`).
+fn guest_is_dir(
+    guest: &dyn hangar_core::contracts::Guest, vm: &hangar_core::ids::VmName, path: &str,
+) -> Result<bool, Failure> {
+    let request =
+        ExecRequest { argv: vec!["test".into(), "-d".into(), path.into()], ..Default::default() };
+    let (mut sink_out, mut sink_err) = (std::io::sink(), std::io::sink());
+    let io = ExecIo { stdin: None, stdout: &mut sink_out, stderr: &mut sink_err, control: None };
+    let status = guest.exec(vm, &request, io).map_err(|e| crate::coded(&e))?;
+    Ok(status.shell_code() == 0)
+}
+
+/// Copies a directory out of a guest into `dst` (which must not exist): spooled beside it,
+/// then unpacked whole. What it held.
+fn tree_out(
+    guest: &dyn hangar_core::contracts::Guest, vm: &hangar_core::ids::VmName, path: &str,
+    dst: &std::path::Path,
+) -> Result<hangar_tree::Counts, Failure> {
+    let parent =
+        dst.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let io =
+        |e: std::io::Error| crate::failure(ErrorCode::Io, format!("{}: {e}", dst.display()), "");
+    if std::fs::symlink_metadata(dst).is_ok() {
+        return Err(crate::failure(
+            ErrorCode::InvalidArgument,
+            format!("{} exists; a directory is copied to a new name", dst.display()),
+            "choose a destination that does not exist yet",
+        ));
+    }
+    let mut spool = tempfile_in(parent).map_err(io)?;
+    guest.read_tree(vm, path, &mut spool).map_err(|e| crate::coded(&e))?;
+    std::io::Seek::rewind(&mut spool).map_err(io)?;
+    hangar_tree::unpack(std::io::BufReader::new(spool), dst).map_err(io)
+}
+
+/// An unnamed file in `dir` (gone when closed).
+fn tempfile_in(dir: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::open(
+        dir,
+        OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?;
+    Ok(std::fs::File::from(fd))
+}
+
+/// Copies the local directory `src` into the guest as the new directory `path`.
+fn tree_in(
+    guest: &dyn hangar_core::contracts::Guest, vm: &hangar_core::ids::VmName,
+    src: &std::path::Path, path: &str,
+) -> Result<hangar_core::contracts::TreeCounts, Failure> {
+    let (from, to) = rustix::pipe::pipe()
+        .map_err(|e| crate::failure(ErrorCode::Io, format!("no pipe: {e}"), ""))?;
+    let src_owned = src.to_path_buf();
+    let packer = std::thread::spawn(move || hangar_tree::pack(&src_owned, std::fs::File::from(to)));
+    let written = guest.write_tree(vm, path, Box::new(std::fs::File::from(from)));
+    let packed = packer.join().unwrap_or_else(|_| Err(std::io::Error::other("packing panicked")));
+    let mut counts = written.map_err(|e| crate::coded(&e))?;
+    let packed =
+        packed.map_err(|e| crate::failure(ErrorCode::Io, format!("{}: {e}", src.display()), ""))?;
+    // What was left out here never reached the guest.
+    counts.skipped += packed.skipped;
+    Ok(counts)
 }
 
 /// `NAME:/absolute/path` as (NAME, path); anything else is a local path.
@@ -171,7 +239,12 @@ pub fn cp(args: CpArgs, out: &mut dyn Write) -> Result<(), Failure> {
         (Some((name, path)), None) => {
             let mut dst = std::path::PathBuf::from(&args.dst);
             if args.dst.ends_with('/') || dst.is_dir() {
-                dst.push(path.rsplit('/').next().unwrap_or("file"));
+                dst.push(path.trim_end_matches('/').rsplit('/').next().unwrap_or("file"));
+            }
+            let (control, vm) = (control()?, vm_name(name)?);
+            if guest_is_dir(control.guest(), &vm, path)? {
+                let c = tree_out(control.guest(), &vm, path, &dst)?;
+                return report_tree(out, c.files, c.dirs, c.skipped, c.bytes, started);
             }
             let temp = dst.with_file_name(format!(
                 ".{}.hangar-cp",
@@ -181,7 +254,7 @@ pub fn cp(args: CpArgs, out: &mut dyn Write) -> Result<(), Failure> {
                 crate::failure(ErrorCode::Io, format!("{what} {}: {e}", temp.display()), "")
             };
             let mut file = std::fs::File::create(&temp).map_err(|e| io("cannot create", e))?;
-            let got = control()?.guest().read_file(&vm_name(name)?, path, &mut file);
+            let got = control.guest().read_file(&vm, path, &mut file);
             let done = got.map_err(|e| crate::coded(&e)).and_then(|meta| {
                 file.set_permissions(std::fs::Permissions::from_mode(meta.mode))
                     .and_then(|()| {
@@ -203,18 +276,22 @@ pub fn cp(args: CpArgs, out: &mut dyn Write) -> Result<(), Failure> {
             let io = |e: std::io::Error| {
                 crate::failure(ErrorCode::Io, format!("{}: {e}", src.display()), "")
             };
+            let mut dst = path.to_string();
+            if dst.ends_with('/') {
+                dst.push_str(&src.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
+            }
+            if std::fs::metadata(src).map_err(io)?.is_dir() {
+                let c = tree_in(control()?.guest(), &vm_name(name)?, src, &dst)?;
+                return report_tree(out, c.files, c.dirs, c.skipped, c.bytes, started);
+            }
             let file = std::fs::File::open(src).map_err(io)?;
             let meta = file.metadata().map_err(io)?;
             if !meta.is_file() {
                 return Err(crate::failure(
                     ErrorCode::InvalidArgument,
-                    format!("{} is not a regular file", src.display()),
-                    "copy one file at a time (directories are not supported yet)",
+                    format!("{} is neither a regular file nor a directory", src.display()),
+                    "copy regular files and directories",
                 ));
-            }
-            let mut dst = path.to_string();
-            if dst.ends_with('/') {
-                dst.push_str(&src.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
             }
             control()?
                 .guest()
@@ -241,5 +318,22 @@ pub fn cp(args: CpArgs, out: &mut dyn Write) -> Result<(), Failure> {
     };
     let secs = started.elapsed().as_secs_f64();
     let _ = writeln!(out, "copied {bytes} bytes in {secs:.2} s");
+    Ok(())
+}
+
+/// `hangar cp`'s line for a directory.
+fn report_tree(
+    out: &mut dyn Write, files: u64, dirs: u64, skipped: u64, bytes: u64,
+    started: std::time::Instant,
+) -> Result<(), Failure> {
+    let secs = started.elapsed().as_secs_f64();
+    let left_out = match skipped {
+        0 => String::new(),
+        n => format!("; {n} left out (neither files nor directories)"),
+    };
+    let _ = writeln!(
+        out,
+        "copied {files} files in {dirs} directories, {bytes} bytes in {secs:.2} s{left_out}"
+    );
     Ok(())
 }

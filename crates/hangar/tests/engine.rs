@@ -441,6 +441,31 @@ fn exec_runs_commands_in_a_running_vm_with_docker_exit_codes_and_survives_sleep(
         ),
         (0o600, l.modified().unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs())
     );
+    // A directory, both ways: nested files with their modes; a symlink left out; the copy
+    // back identical; a second copy onto the same name refused (never merged).
+    let tree = home.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub/deeper")).unwrap();
+    std::fs::write(tree.join("top.txt"), "top\n").unwrap();
+    std::fs::write(tree.join("sub/deeper/data"), &data[..300_000]).unwrap();
+    std::fs::set_permissions(
+        tree.join("top.txt"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o751),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", tree.join("link")).unwrap();
+    let out = home.hangar(&["cp", tree.to_str().unwrap(), "ex:/root/"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("copied 2 files in 3 directories"), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("1 left out"), "{}", text(&out.stdout));
+    assert_eq!(exec(&["stat", "-c", "%a", "/root/tree/top.txt"]).1, "751\n");
+    assert_eq!(exec(&["cat", "/root/tree/top.txt"]).1, "top\n");
+    let again = home.hangar(&["cp", tree.to_str().unwrap(), "ex:/root/"]);
+    assert!(!again.status.success(), "a directory is not merged into an existing one");
+    let tree_back = home.path().join("tree.back");
+    cp("ex:/root/tree", tree_back.to_str().unwrap());
+    assert_eq!(std::fs::read(tree_back.join("sub/deeper/data")).unwrap(), &data[..300_000]);
+    assert_eq!(std::fs::read_to_string(tree_back.join("top.txt")).unwrap(), "top\n");
+    assert!(!tree_back.join("link").exists());
     // Asleep (memory saved, process gone) and woken: the agent answers the new QEMU.
     assert_eq!(exec(&["sh", "-c", "echo kept > /tmp/mark"]).0, Some(0));
     let out = home.hangar(&["snapshot", "save", "--sleep", "ex", "nap"]);
@@ -451,4 +476,26 @@ fn exec_runs_commands_in_a_running_vm_with_docker_exit_codes_and_survives_sleep(
     let out = home.hangar(&["snapshot", "restore", "ex", "nap"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(exec(&["cat", "/tmp/mark"]), (Some(0), "kept\n".to_string(), String::new()));
+}
+
+#[test]
+fn a_guest_whose_agent_never_answers_is_a_coded_error_within_a_bound() {
+    let home = home_or_skip!("a_guest_whose_agent_never_answers_is_a_coded_error_within_a_bound");
+    // The guest boots with its agent switched off: the port exists, nobody reads it.
+    let spec = home.path().join("mute.toml");
+    let text_spec = "schema_version = 1\nname = \"mute\"\n[machine]\nmemory_mib = 128\n[boot]\nimage = \"minimal\"\ncmdline = \"hangar.agent=0\"\n";
+    std::fs::write(&spec, text_spec).unwrap();
+    let out = home.hangar(&["up", spec.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let started = std::time::Instant::now();
+    let out = home.hangar(&["exec", "mute", "--", "true"]);
+    let took = started.elapsed();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(text(&out.stderr).contains("E_AGENT_UNAVAILABLE"), "{}", text(&out.stderr));
+    // Three syncs of five seconds each, then the answer: bounded, well below a minute.
+    assert!(took < std::time::Duration::from_secs(60), "took {took:?}");
+    // inspect says so too, within its own one-second bound, instead of hanging.
+    let out = home.hangar(&["inspect", "mute"]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["guest"]["error"]["code"], "E_AGENT_UNAVAILABLE", "{}", doc["guest"]);
 }

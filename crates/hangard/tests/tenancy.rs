@@ -71,6 +71,12 @@ fn requests() -> Vec<(&'static str, String, Option<String>, Option<Action>)> {
         ("DELETE", s("/v1/vms/gone"), None, Some(Action::VmDelete)),
         // A defined VM cannot pause: allowed callers get E_INVALID_TRANSITION.
         ("POST", s("/v1/vms/vm1/pause?wait=true"), None, Some(Action::VmOperate)),
+        // vm1 is defined, not running: allowed callers get E_AGENT_UNAVAILABLE (503), or 400
+        // for an exec that is not a WebSocket upgrade.
+        ("GET", s("/v1/vms/vm1/guest"), None, Some(Action::VmRead)),
+        ("GET", s("/v1/vms/vm1/files?path=/etc/hostname"), None, Some(Action::GuestExec)),
+        ("PUT", s("/v1/vms/vm1/files?path=/tmp/x"), Some(s("data")), Some(Action::GuestExec)),
+        ("POST", s("/v1/vms/vm1/exec"), None, Some(Action::GuestExec)),
         ("GET", s("/v1/vms/vm1/snapshots"), None, Some(Action::SnapshotRead)),
         (
             "POST",
@@ -151,7 +157,8 @@ fn every_route_and_role_behaves_as_the_policy_table_says() {
                     coded(&v, "E_FORBIDDEN");
                 }
                 _ => assert!(
-                    ![401, 403].contains(&status) && status < 500,
+                    ![401, 403].contains(&status)
+                        && (status < 500 || (status == 503 && v["code"] == "E_AGENT_UNAVAILABLE")),
                     "{scope} {method} {path} must be allowed: {status} {v}"
                 ),
             }

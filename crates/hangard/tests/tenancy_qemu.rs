@@ -21,7 +21,7 @@ fn snapshots_never_cross_tenants() {
     }
     let home = private_home("hgd-snap-");
     let _reaper = Reaper(home.path().to_path_buf());
-    let d = TestDaemon::start_in(home, |_| hangard::Options::default());
+    let d = TestDaemon::start_in_tls(home, |_| hangard::Options::default());
     for t in ["acme", "beta"] {
         assert_eq!(d.call("PUT", &format!("/v1/tenants/{t}"), Some("{}")).0, 200);
     }
@@ -32,6 +32,37 @@ fn snapshots_never_cross_tenants() {
     assert_eq!(s, 200, "{v}");
     let (s, v) = d.as_token(&acme, "POST", "/v1/vms/db/start?wait=true", None);
     assert_eq!(s, 200, "{v}");
+    // acme runs a program in its VM over TLS with its token (exec is a WebSocket); beta cannot
+    // even name the VM, and acme's viewer may not exec.
+    {
+        use hangar_core::contracts::{ExecIo, ExecRequest, ExitStatus, Guest};
+        use hangar_core::error::{Coded, ErrorCode};
+        let run = |token: &str| {
+            let remote = hangar_control::Remote::at(hangar_api::client::Endpoint::Tcp {
+                addr: d.tcp.to_string(),
+                fingerprint: d.fingerprint.clone(),
+                token: token.into(),
+            });
+            let request = ExecRequest {
+                argv: vec!["sh".into(), "-c".into(), "read x; echo tls-$x".into()],
+                ..Default::default()
+            };
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            let io = ExecIo {
+                stdin: Some(Box::new(&b"42\n"[..])),
+                stdout: &mut out,
+                stderr: &mut err,
+                control: None,
+            };
+            let vm = hangar_core::ids::VmName::new("db").unwrap();
+            remote.exec(&vm, &request, io).map(|s| (s, String::from_utf8_lossy(&out).into_owned()))
+        };
+        assert!(d.fingerprint.is_some(), "the daemon serves TLS");
+        assert_eq!(run(&acme).unwrap(), (ExitStatus::Code(0), "tls-42\n".to_string()));
+        assert_eq!(run(&beta).unwrap_err().code(), ErrorCode::VmNotFound);
+        let viewer = d.token("tenant:acme:viewer");
+        assert_eq!(run(&viewer).unwrap_err().code(), ErrorCode::Forbidden);
+    }
     let (s, v) =
         d.as_token(&acme, "POST", "/v1/vms/db/snapshots?wait=true", Some(r#"{"id": "s1"}"#));
     assert_eq!(s, 200, "{v}");

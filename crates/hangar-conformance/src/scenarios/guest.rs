@@ -111,3 +111,69 @@ pub(super) fn g04_no_agent_unless_running(ctx: &Ctx<'_>) -> Check {
     ok(ctx.engine.undefine(&vm), "undefine")?;
     expect_code(ctx.engine.guest_info(&vm), ErrorCode::VmNotFound, "info on no VM")
 }
+
+pub(super) fn g05_directories_round_trip_whole(ctx: &Ctx<'_>) -> Check {
+    use std::os::unix::fs::PermissionsExt;
+    let vm = running(ctx, "conf-g05")?;
+    let local = std::env::temp_dir().join(format!("conf-g05-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&local);
+    let (src, back) = (local.join("src"), local.join("back"));
+    let io = |e: std::io::Error| format!("local files: {e}");
+    std::fs::create_dir_all(src.join("sub/deeper")).map_err(io)?;
+    std::fs::write(src.join("a.txt"), b"alpha\n").map_err(io)?;
+    std::fs::write(src.join("sub/deeper/b.bin"), vec![9u8; 70_000]).map_err(io)?;
+    std::fs::set_permissions(src.join("a.txt"), std::fs::Permissions::from_mode(0o640))
+        .map_err(io)?;
+    let mut tar = Vec::new();
+    hangar_tree::pack(&src, &mut tar).map_err(io)?;
+    let path = "/tmp/conf-g05";
+    ok(
+        ctx.engine.write_tree(&vm, path, Box::new(std::io::Cursor::new(tar.clone()))),
+        "write_tree",
+    )?;
+    let again = ctx.engine.write_tree(&vm, path, Box::new(std::io::Cursor::new(tar)));
+    expect_code(again, ErrorCode::AgentFailed, "writing over an existing directory")?;
+    let mut out = Vec::new();
+    ok(ctx.engine.read_tree(&vm, path, &mut out), "read_tree")?;
+    hangar_tree::unpack(&out[..], &back).map_err(io)?;
+    let same = |rel: &str| std::fs::read(src.join(rel)).ok() == std::fs::read(back.join(rel)).ok();
+    let mode =
+        |p: std::path::PathBuf| std::fs::metadata(p).map(|m| m.permissions().mode() & 0o777).ok();
+    let checked = same("a.txt")
+        && same("sub/deeper/b.bin")
+        && mode(back.join("a.txt")) == Some(0o640)
+        && back.join("sub/deeper").is_dir();
+    let _ = std::fs::remove_dir_all(&local);
+    ensure!(checked, "the tree read back differs from the one written");
+    teardown(ctx, &vm)
+}
+
+pub(super) fn g06_network_configuration_shows_in_the_guest(ctx: &Ctx<'_>) -> Check {
+    let vm = running(ctx, "conf-g06")?;
+    let bad = GuestNetwork { nics: vec![GuestNic::default()], ..GuestNetwork::default() };
+    expect_code(
+        ctx.engine.configure_network(&vm, &bad),
+        ErrorCode::InvalidArgument,
+        "a NIC named by nothing",
+    )?;
+    // Loopback exists in every guest: an extra address on it, and a hostname.
+    let network = GuestNetwork {
+        nics: vec![GuestNic {
+            name: Some("lo".into()),
+            addresses: vec!["127.0.0.1/8".into(), "10.123.45.67/32".into()],
+            ..GuestNic::default()
+        }],
+        dns: vec![],
+        hostname: Some("conf-g06".into()),
+    };
+    ok(ctx.engine.configure_network(&vm, &network), "configure_network")?;
+    let info = ok(ctx.engine.guest_info(&vm), "guest_info")?;
+    ensure!(
+        info.addresses.iter().any(|a| a == "10.123.45.67"),
+        "the new address is not among {:?}",
+        info.addresses
+    );
+    let (status, out, _) = exec(ctx, &vm, &["hostname"], None, None)?;
+    ensure!((status, out.as_str()) == (ExitStatus::Code(0), "conf-g06\n"), "hostname: {out:?}");
+    teardown(ctx, &vm)
+}

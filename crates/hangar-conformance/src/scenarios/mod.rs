@@ -401,4 +401,18 @@ pub static SCENARIOS: &[Scenario] = &[
         knobs: NONE,
         run: g04_no_agent_unless_running,
     },
+    Scenario {
+        id: "CONF-G-05",
+        title: "a directory written as a tar stream reads back the same; no merging into one",
+        requires: &[GuestAgent],
+        knobs: NONE,
+        run: g05_directories_round_trip_whole,
+    },
+    Scenario {
+        id: "CONF-G-06",
+        title: "network configuration: a bad NIC refused; an address and hostname show inside",
+        requires: &[GuestAgent],
+        knobs: NONE,
+        run: g06_network_configuration_shows_in_the_guest,
+    },
 ];

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use hangar_api::{ErrorBody, EventView, Operation, OperationRequest, VmView};
 use hangar_core::clock::{Clock, SystemClock, Timestamp};
 use hangar_core::contracts::{
-    ExecIo, ExecRequest, ExitStatus, Guest, GuestFile, GuestInfo, SnapshotInfo,
+    ExecIo, ExecRequest, ExitStatus, Guest, GuestFile, GuestInfo, SnapshotInfo, TreeCounts,
 };
 use hangar_core::error::{Error, ErrorCode};
 use hangar_core::ids::{OperationId, VmName};
@@ -234,11 +234,29 @@ impl Guest for Local {
         self.engine.write_file(vm, path, mode, mtime, input)
     }
 
+    fn read_tree(
+        &self, vm: &VmName, path: &str, out: &mut dyn std::io::Write,
+    ) -> hangar_core::Result<TreeCounts> {
+        self.engine.read_tree(vm, path, out)
+    }
+
+    fn write_tree(
+        &self, vm: &VmName, path: &str, input: Box<dyn std::io::Read + Send>,
+    ) -> hangar_core::Result<TreeCounts> {
+        self.engine.write_tree(vm, path, input)
+    }
+
     fn guest_info(&self, vm: &VmName) -> hangar_core::Result<GuestInfo> {
         self.engine.guest_info(vm)
     }
 
     fn sync_guest(&self, vm: &VmName) -> hangar_core::Result<()> {
         self.engine.sync_guest(vm)
+    }
+
+    fn configure_network(
+        &self, vm: &VmName, network: &hangar_core::contracts::GuestNetwork,
+    ) -> hangar_core::Result<()> {
+        self.engine.configure_network(vm, network)
     }
 }

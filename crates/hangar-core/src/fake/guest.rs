@@ -1,6 +1,7 @@
 //! [`Guest`] for the fake: a guest with an in-memory filesystem and a handful of programs, the
-//! ones the conformance scenarios run (`echo`, `cat`, `true`, `false`, `sh -c 'exit N'` and
-//! `sh -c 'kill -9 $$'`). Anything else is "not found" (127), as in a shell.
+//! ones the conformance scenarios run (`echo`, `cat`, `true`, `false`, `hostname`,
+//! `sh -c 'exit N'` and `sh -c 'kill -9 $$'`). Anything else is "not found" (127), as in a shell. A directory
+//! written as a tar stream is kept as those bytes and read back as them.
 
 use std::io::{Read, Write};
 
@@ -29,6 +30,10 @@ impl FakeEngine {
         Ok(())
     }
 
+    fn network_of(&self, vm: &VmName) -> Result<Option<GuestNetwork>> {
+        Ok(lock(&self.inner).vm(vm)?.network.clone())
+    }
+
     fn file(&self, vm: &VmName, path: &str) -> Result<FakeFile> {
         let inner = lock(&self.inner);
         inner.vm(vm)?.files.get(path).cloned().ok_or_else(|| Error::Backend {
@@ -52,6 +57,11 @@ impl Guest for FakeEngine {
         let argv: Vec<&str> = request.argv.iter().map(String::as_str).collect();
         match argv.as_slice() {
             ["true"] => Ok(ExitStatus::Code(0)),
+            ["hostname"] => {
+                let name = self.network_of(vm)?.and_then(|n| n.hostname).unwrap_or("fake".into());
+                out(stdout, format!("{name}\n").as_bytes())?;
+                Ok(ExitStatus::Code(0))
+            }
             ["false"] => Ok(ExitStatus::Code(1)),
             ["echo", words @ ..] => {
                 out(stdout, format!("{}\n", words.join(" ")).as_bytes())?;
@@ -114,6 +124,33 @@ impl Guest for FakeEngine {
         Ok(())
     }
 
+    /// The fake keeps a written tree as its tar bytes, under its path, and reads them back.
+    fn read_tree(&self, vm: &VmName, path: &str, out: &mut dyn Write) -> Result<TreeCounts> {
+        self.guest_ready(vm)?;
+        let tree = self.file(vm, &format!("{path}/"))?;
+        out.write_all(&tree.bytes).map_err(io)?;
+        Ok(TreeCounts { bytes: tree.bytes.len() as u64, ..TreeCounts::default() })
+    }
+
+    fn write_tree(
+        &self, vm: &VmName, path: &str, mut input: Box<dyn Read + Send>,
+    ) -> Result<TreeCounts> {
+        self.guest_ready(vm)?;
+        let key = format!("{path}/");
+        if lock(&self.inner).vm(vm)?.files.contains_key(&key) {
+            return Err(Error::Backend {
+                code: ErrorCode::AgentFailed,
+                message: format!("E_IO: {path} exists; copy to a new name"),
+            });
+        }
+        let mut bytes = Vec::new();
+        input.read_to_end(&mut bytes).map_err(io)?;
+        let counts = TreeCounts { bytes: bytes.len() as u64, ..TreeCounts::default() };
+        let tree = FakeFile { bytes, mode: 0o755, mtime: 0 };
+        lock(&self.inner).vm_mut(vm)?.files.insert(key, tree);
+        Ok(counts)
+    }
+
     fn guest_info(&self, vm: &VmName) -> Result<GuestInfo> {
         self.guest_ready(vm)?;
         Ok(GuestInfo {
@@ -127,8 +164,30 @@ impl Guest for FakeEngine {
                 path: "/".into(),
                 fs_type: "rootfs".into(),
             }],
-            addresses: vec!["127.0.0.1".into()],
+            addresses: self.network_of(vm)?.map_or(vec!["127.0.0.1".into()], |n| {
+                let mut all = vec!["127.0.0.1".to_string()];
+                for nic in &n.nics {
+                    for a in &nic.addresses {
+                        all.push(a.split('/').next().unwrap_or(a).to_string());
+                    }
+                }
+                all
+            }),
         })
+    }
+
+    fn configure_network(&self, vm: &VmName, network: &GuestNetwork) -> Result<()> {
+        self.guest_ready(vm)?;
+        for nic in &network.nics {
+            if nic.mac.is_none() && nic.name.is_none() {
+                return Err(Error::InvalidArgument {
+                    what: "nics".into(),
+                    reason: "a NIC needs a mac or a name".into(),
+                });
+            }
+        }
+        lock(&self.inner).vm_mut(vm)?.network = Some(network.clone());
+        Ok(())
     }
 
     fn sync_guest(&self, vm: &VmName) -> Result<()> {

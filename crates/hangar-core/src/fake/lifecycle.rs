@@ -42,6 +42,7 @@ impl Lifecycle for FakeEngine {
             reason: None,
             sleeping_on: None,
             files: BTreeMap::new(),
+            network: None,
         };
         inner.vms.insert(spec.name.clone(), vm);
         Ok(status_of(&spec.name, inner.vm(&spec.name)?))

@@ -62,6 +62,8 @@ struct FakeVm {
     sleeping_on: Option<SnapshotId>,
     /// The guest's files, by absolute path (what `write_file` put there).
     files: BTreeMap<String, FakeFile>,
+    /// The guest's network as last configured.
+    network: Option<GuestNetwork>,
 }
 
 /// A file in a fake guest.

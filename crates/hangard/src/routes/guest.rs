@@ -10,7 +10,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{Path as UrlPath, Query};
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::{SinkExt, StreamExt};
 use hangar_api::ErrorBody;
@@ -84,6 +84,10 @@ pub struct FileQuery {
     pub mode: Option<u32>,
     /// Modification time for a write, seconds since the epoch (default now).
     pub mtime: Option<i64>,
+    /// A directory as a tar stream (regular files and directories only) instead of one file;
+    /// a write needs a path that does not exist yet.
+    #[serde(default)]
+    pub tree: bool,
 }
 
 fn absolute(path: &str) -> ApiResult<()> {
@@ -99,8 +103,9 @@ fn absolute(path: &str) -> ApiResult<()> {
 }
 
 /// `GET /v1/vms/{name}/files?path=`: a regular file's bytes; its mode and mtime in the
-/// `X-Hangar-Mode` (octal) and `X-Hangar-Mtime` headers. The file is spooled to disk on the
-/// host first (its metadata comes at its end), then streamed.
+/// `X-Hangar-Mode` (octal) and `X-Hangar-Mtime` headers. With `tree=true`, a directory as a
+/// tar stream, what it held in `X-Hangar-Tree`. Spooled to disk on the host first (the agent
+/// reports the metadata at the end), then streamed.
 #[utoipa::path(get, path = "/v1/vms/{name}/files", params(("name" = String, Path, description = "VM name"), FileQuery),
     responses((status = 200, content_type = "application/octet-stream", description = "The file's bytes"),
         (status = 404, body = ErrorBody), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
@@ -111,12 +116,19 @@ pub(crate) async fn get_file(
     let vm = d.guest_vm(&caller, Action::GuestExec, &name).await?;
     let (local, path) = (d.local.clone(), q.path.clone());
     let home = d.local.home().to_path_buf();
-    let (meta, spool) = blocking(move || -> Result<_, ApiError> {
+    let tree = q.tree;
+    let (meta, counts, spool) = blocking(move || -> Result<_, ApiError> {
         let mut spool = tempfile::tempfile_in(&home).map_err(|e| {
             ApiError::new(ErrorCode::Io, format!("cannot spool the file: {e}"), None, None)
         })?;
+        if tree {
+            let counts = local.engine().read_tree(&vm, &path, &mut spool)?;
+            let size = std::io::Seek::stream_position(&mut spool).unwrap_or_default();
+            let meta = hangar_core::contracts::GuestFile { mode: 0o755, mtime: 0, size };
+            return Ok((meta, Some(counts), spool));
+        }
         let meta = local.engine().read_file(&vm, &path, &mut spool)?;
-        Ok((meta, spool))
+        Ok((meta, None, spool))
     })
     .await??;
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(4);
@@ -141,13 +153,21 @@ pub(crate) async fn get_file(
     });
     let mut response = Response::new(Body::from_stream(stream));
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(meta.size));
-    headers.insert(
-        "x-hangar-mode",
-        HeaderValue::from_str(&format!("{:o}", meta.mode)).expect("octal"),
-    );
-    headers.insert("x-hangar-mtime", HeaderValue::from(meta.mtime));
+    match counts {
+        Some(c) => {
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-tar"));
+            let json = serde_json::to_string(&c).expect("counts serialise");
+            headers.insert("x-hangar-tree", HeaderValue::from_str(&json).expect("ASCII JSON"));
+        }
+        None => {
+            headers
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            let mode = HeaderValue::from_str(&format!("{:o}", meta.mode)).expect("octal");
+            headers.insert("x-hangar-mode", mode);
+            headers.insert("x-hangar-mtime", HeaderValue::from(meta.mtime));
+        }
+    }
     Ok(response)
 }
 
@@ -180,17 +200,20 @@ impl Read for ChannelReader {
 }
 
 /// `PUT /v1/vms/{name}/files?path=&mode=&mtime=`: writes the body to the guest file whole (a
-/// temporary file renamed over it).
+/// temporary file renamed over it); with `tree=true`, unpacks the tar body into a new
+/// directory.
 #[utoipa::path(put, path = "/v1/vms/{name}/files", params(("name" = String, Path, description = "VM name"), FileQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The file's bytes"),
-    responses((status = 204, description = "Written"), (status = 404, body = ErrorBody), (status = 400, body = ErrorBody),
+    responses((status = 204, description = "Written"), (status = 200, body = Object, description = "A tree written: files, dirs, skipped, bytes"),
+        (status = 404, body = ErrorBody), (status = 400, body = ErrorBody),
         (status = 503, body = ErrorBody)))]
 pub(crate) async fn put_file(
     Ctx { d, caller }: Ctx, UrlPath(name): UrlPath<String>, Query(q): Query<FileQuery>, body: Body,
 ) -> ApiResult<Response> {
     absolute(&q.path)?;
     let vm = d.guest_vm(&caller, Action::GuestExec, &name).await?;
-    d.audit_guest(&caller.who, "guest.write", &vm, format!("path {}", q.path))?;
+    let what = if q.tree { "directory" } else { "path" };
+    d.audit_guest(&caller.who, "guest.write", &vm, format!("{what} {}", q.path))?;
     let mode = q.mode.unwrap_or(0o644);
     let mtime = q.mtime.unwrap_or_else(|| {
         std::time::SystemTime::now()
@@ -200,9 +223,13 @@ pub(crate) async fn put_file(
     });
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
     let local = d.local.clone();
-    let path = q.path.clone();
+    let (path, tree) = (q.path.clone(), q.tree);
     let writer = blocking(move || {
-        local.engine().write_file(&vm, &path, mode, mtime, Box::new(ChannelReader::new(rx)))
+        let input = Box::new(ChannelReader::new(rx));
+        match tree {
+            true => local.engine().write_tree(&vm, &path, input).map(Some),
+            false => local.engine().write_file(&vm, &path, mode, mtime, input).map(|()| None),
+        }
     });
     let mut stream = body.into_data_stream();
     let feed = async move {
@@ -222,11 +249,16 @@ pub(crate) async fn put_file(
         Ok::<(), ApiError>(())
     };
     let (fed, written) = tokio::join!(feed, writer);
-    written??;
+    let counts = written??;
     fed?;
-    let mut response = Response::new(Body::empty());
-    *response.status_mut() = StatusCode::NO_CONTENT;
-    Ok(response)
+    Ok(match counts {
+        Some(c) => Json(c).into_response(),
+        None => {
+            let mut response = Response::new(Body::empty());
+            *response.status_mut() = StatusCode::NO_CONTENT;
+            response
+        }
+    })
 }
 
 /// `POST /v1/vms/{name}/exec`, upgraded to a WebSocket: the client's first message is the

@@ -39,6 +39,14 @@ impl TestDaemon {
         TestDaemon::start_full(home, options, false)
     }
 
+    /// [`TestDaemon::start_in`] with TLS on the TCP listener.
+    #[allow(dead_code)]
+    pub fn start_in_tls(
+        home: tempfile::TempDir, options: impl FnOnce(&std::path::Path) -> hangard::Options,
+    ) -> TestDaemon {
+        TestDaemon::start_full(home, options, true)
+    }
+
     /// Starts with TLS on the TCP listener (the self-signed identity made in the home).
     pub fn start_tls() -> TestDaemon {
         let home = tempfile::Builder::new().prefix("hgd-").tempdir_in("/tmp").unwrap();
@@ -79,11 +87,28 @@ impl TestDaemon {
         (status, json(&body))
     }
 
-    /// One HTTP/1.1 exchange over TCP, by hand (the CLI's client speaks only unix sockets).
+    /// One HTTP/1.1 exchange over TCP: by hand over plain TCP, through the CLI's client over TLS.
     pub fn over_tcp(
         &self, method: &str, path: &str, token: Option<&str>, body: Option<&str>,
     ) -> (u16, String) {
         use std::io::{Read, Write};
+        if let (Some(pin), Some(token)) = (&self.fingerprint, token) {
+            // Over TLS, through the CLI's client.
+            let endpoint = hangar_api::client::Endpoint::Tcp {
+                addr: self.tcp.to_string(),
+                fingerprint: Some(pin.clone()),
+                token: token.to_string(),
+            };
+            let r = hangar_api::client::send(
+                &endpoint,
+                method,
+                path,
+                body.map(str::as_bytes),
+                Duration::from_secs(60),
+            )
+            .unwrap();
+            return (r.status, String::from_utf8_lossy(&r.body).into_owned());
+        }
         let mut s = std::net::TcpStream::connect(self.tcp).unwrap();
         let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
         let body = body.unwrap_or("");
