@@ -11,6 +11,9 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The domain's types that cross the wire as they are: what to run, how it ended, a network.
+pub use hangar_core::contracts::{ExecRequest, ExitStatus, GuestNetwork, GuestNic};
+
 mod frame;
 
 pub use frame::{Decoder, Frame, Kind, ProtoError};
@@ -52,23 +55,9 @@ pub struct Welcome {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
-    /// Runs a program; its stdin, stdout and stderr are streams 0, 1 and 2 of the session.
-    Exec {
-        /// The program and its arguments (never through a shell unless argv says so).
-        argv: Vec<String>,
-        /// Extra environment, `KEY=VALUE`.
-        #[serde(default)]
-        env: Vec<String>,
-        /// Working directory (`/` if absent).
-        #[serde(default)]
-        cwd: Option<String>,
-        /// `uid` or `uid:gid` to run as (root if absent).
-        #[serde(default)]
-        user: Option<String>,
-        /// A pseudo-terminal of this size (`[rows, cols]`), or plain pipes.
-        #[serde(default)]
-        tty: Option<[u16; 2]>,
-    },
+    /// Runs a program; its stdin, stdout and stderr are streams 0, 1 and 2 of the session
+    /// (one stream, 1, with a terminal). The fields are the `Guest` contract's request.
+    Exec(ExecRequest),
     /// Sends a file's bytes on stream 1, then a [`Frame::Reply`] with its mode and mtime.
     Get {
         /// Absolute path in the guest.
@@ -99,32 +88,12 @@ pub enum Request {
     /// what was done.
     Network {
         /// Interfaces, DNS, hostname.
-        config: NetworkConfig,
+        config: GuestNetwork,
     },
     /// The guest's facts, in a [`Frame::Reply`].
     Info,
     /// Flushes the guest's filesystems (before a memory snapshot).
     Sync,
-}
-
-/// How a program ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ExitStatus {
-    /// It exited with this code.
-    Code(i32),
-    /// A signal killed it.
-    Signal(i32),
-}
-
-impl ExitStatus {
-    /// The shell's convention: the code, or 128 + the signal.
-    pub fn shell_code(self) -> i32 {
-        match self {
-            ExitStatus::Code(c) => c,
-            ExitStatus::Signal(s) => 128 + s,
-        }
-    }
 }
 
 /// A session's failure, as the agent reports it.
@@ -134,40 +103,4 @@ pub struct AgentError {
     pub code: String,
     /// What happened.
     pub message: String,
-}
-
-/// What to configure.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NetworkConfig {
-    /// Interfaces, each found by MAC address or name.
-    #[serde(default)]
-    pub nics: Vec<NicConfig>,
-    /// DNS servers for `/etc/resolv.conf` (left alone when empty).
-    #[serde(default)]
-    pub dns: Vec<std::net::Ipv4Addr>,
-    /// The guest's hostname (left alone when absent).
-    #[serde(default)]
-    pub hostname: Option<String>,
-}
-
-/// One interface.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NicConfig {
-    /// Its MAC address (`52:54:00:…`); or
-    #[serde(default)]
-    pub mac: Option<String>,
-    /// its kernel name (`eth0`, `lo`).
-    #[serde(default)]
-    pub name: Option<String>,
-    /// IPv4 addresses with prefix length (`10.0.0.5/24`); they replace the ones it has.
-    #[serde(default)]
-    pub addresses: Vec<String>,
-    /// The default route's gateway through this interface.
-    #[serde(default)]
-    pub gateway: Option<std::net::Ipv4Addr>,
-    /// Its MTU.
-    #[serde(default)]
-    pub mtu: Option<u32>,
 }

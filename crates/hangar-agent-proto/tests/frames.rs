@@ -28,13 +28,13 @@ fn request() -> impl Strategy<Value = Request> {
             proptest::option::of("/[a-z]{0,8}"),
             proptest::option::of(any::<[u16; 2]>()),
         )
-            .prop_map(|(argv, env, cwd, tty)| Request::Exec {
+            .prop_map(|(argv, env, cwd, tty)| Request::Exec(ExecRequest {
                 argv,
                 env,
                 cwd,
                 user: None,
                 tty
-            }),
+            })),
         "/[a-z/]{0,20}".prop_map(|path| Request::Get { path }),
         ("/[a-z]{1,8}", any::<u32>(), any::<i64>()).prop_map(|(path, mode, mtime)| Request::Put {
             path,

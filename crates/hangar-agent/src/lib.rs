@@ -311,7 +311,7 @@ impl Connection {
     /// Configures the guest's network: interfaces (found by MAC or name) with their addresses,
     /// MTU and default route, DNS servers, hostname. What the agent did.
     pub fn configure_network(
-        &mut self, config: hangar_agent_proto::NetworkConfig,
+        &mut self, config: hangar_core::contracts::GuestNetwork,
     ) -> Result<serde_json::Value> {
         self.ask("network", Request::Network { config })
     }
@@ -416,13 +416,7 @@ impl Connection {
         if exec.tty.is_some() {
             self.require("tty")?;
         }
-        let request = Request::Exec {
-            argv: exec.argv,
-            env: exec.env,
-            cwd: exec.cwd,
-            user: exec.user,
-            tty: exec.tty,
-        };
+        let request = Request::Exec(exec);
         let session = self.open_session(request)?;
         // More room than the protocol's first window, which is one round trip's worth: the
         // output is written out as it comes, so the host can take it.
@@ -468,12 +462,7 @@ impl Connection {
                 Frame::Credit { session: s, stream: 0, bytes } if s == session => {
                     window.grant(bytes);
                 }
-                Frame::Exit { session: s, status } if s == session => {
-                    return Ok(match status {
-                        hangar_agent_proto::ExitStatus::Code(c) => ExitStatus::Code(c),
-                        hangar_agent_proto::ExitStatus::Signal(n) => ExitStatus::Signal(n),
-                    })
-                }
+                Frame::Exit { session: s, status } if s == session => return Ok(status),
                 Frame::Error { session: s, error } if s == session || s == CONTROL_SESSION => {
                     return Err(AgentClientError::Agent(error))
                 }

@@ -16,7 +16,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use hangar_agent_proto::{
-    AgentError, Decoder, ExitStatus, Frame, Hello, Request, Welcome, CONTROL_SESSION, VERSIONS,
+    AgentError, Decoder, ExecRequest, ExitStatus, Frame, Hello, Request, Welcome, CONTROL_SESSION,
+    VERSIONS,
 };
 
 use crate::{ExitOutcome, PATH};
@@ -362,12 +363,13 @@ impl Agent {
             return self.error(session, "E_AGENT_PROTOCOL", format!("session {session} in use"));
         }
         match request {
-            Request::Exec { tty: Some(_), .. } if self.tty_helper.is_none() => self.error(
-                session,
-                "E_AGENT_UNSUPPORTED",
-                format!("this {AGENT} cannot give a program a terminal"),
-            ),
-            Request::Exec { argv, env, cwd, user, tty } => {
+            Request::Exec(ExecRequest { tty: Some(_), .. }) if self.tty_helper.is_none() => self
+                .error(
+                    session,
+                    "E_AGENT_UNSUPPORTED",
+                    format!("this {AGENT} cannot give a program a terminal"),
+                ),
+            Request::Exec(ExecRequest { argv, env, cwd, user, tty }) => {
                 self.exec(session, &argv, &env, cwd.as_deref(), user.as_deref(), tty)
             }
             Request::Info => self.send(&Frame::Reply { session, value: info() }),
@@ -690,14 +692,7 @@ impl Agent {
             }
             let packed = packer.join().unwrap_or_else(|_| Err(std::io::Error::other("panicked")));
             lock(&agent.sessions).remove(&session);
-            let frame = match packed {
-                Ok(c) => Frame::Reply { session, value: counts(c) },
-                Err(e) => Frame::Error {
-                    session,
-                    error: AgentError { code: "E_IO".into(), message: format!("{path}: {e}") },
-                },
-            };
-            agent.send_for(connection, &frame);
+            agent.send_for(connection, &tree_answer(session, &path, packed));
         });
     }
 
@@ -721,14 +716,7 @@ impl Agent {
         spawn("tree-put", move || {
             let unpacked = hangar_tree::unpack(input, std::path::Path::new(&path));
             lock(&agent.sessions).remove(&session);
-            let frame = match unpacked {
-                Ok(c) => Frame::Reply { session, value: counts(c) },
-                Err(e) => Frame::Error {
-                    session,
-                    error: AgentError { code: "E_IO".into(), message: format!("{path}: {e}") },
-                },
-            };
-            agent.send_for(connection, &frame);
+            agent.send_for(connection, &tree_answer(session, &path, unpacked));
         });
     }
 
@@ -763,9 +751,18 @@ impl Agent {
     }
 }
 
-/// A tree's counts as a Reply's JSON.
-fn counts(c: hangar_tree::Counts) -> serde_json::Value {
-    serde_json::json!({"files": c.files, "dirs": c.dirs, "skipped": c.skipped, "bytes": c.bytes})
+/// How a tree session ends: a Reply with its counts, or the Error that stopped it.
+fn tree_answer(session: u32, path: &str, done: std::io::Result<hangar_tree::Counts>) -> Frame {
+    match done {
+        Ok(c) => Frame::Reply {
+            session,
+            value: serde_json::json!({"files": c.files, "dirs": c.dirs, "skipped": c.skipped, "bytes": c.bytes}),
+        },
+        Err(e) => Frame::Error {
+            session,
+            error: AgentError { code: "E_IO".into(), message: format!("{path}: {e}") },
+        },
+    }
 }
 
 /// Stream 0 of a session as a reader: each chunk is credited back as it is taken; the host's

@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
-use hangar_agent_proto::NetworkConfig;
+use hangar_agent_proto::GuestNetwork as NetworkConfig;
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketType};
 
 const RTM_NEWLINK: u16 = 16;

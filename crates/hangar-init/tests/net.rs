@@ -4,7 +4,7 @@
 
 use std::net::Ipv4Addr;
 
-use hangar_agent_proto::{NetworkConfig, NicConfig};
+use hangar_agent_proto::{GuestNetwork as NetworkConfig, GuestNic as NicConfig};
 
 /// Runs `f` on a thread of its own in fresh network and UTS namespaces; its result.
 fn in_namespaces<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {

@@ -156,3 +156,25 @@ pub fn console(socket: &Path, command: &str, expect: &str) -> String {
         String::from_utf8_lossy(&seen)
     );
 }
+
+/// Runs `argv` in VM `vm` through `guest` (an engine, or `hangar_control::Remote`), `stdin` fed
+/// in: how it ended, its stdout and its stderr.
+pub fn exec_in(
+    guest: &dyn hangar_core::contracts::Guest, vm: &str, argv: &[&str],
+    stdin: Option<&'static [u8]>,
+) -> hangar_core::Result<(hangar_core::contracts::ExitStatus, String, String)> {
+    use hangar_core::contracts::{ExecIo, ExecRequest};
+    let vm = hangar_core::ids::VmName::new(vm).expect("a valid VM name");
+    let request =
+        ExecRequest { argv: argv.iter().map(|a| a.to_string()).collect(), ..Default::default() };
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let io = ExecIo {
+        stdin: stdin.map(|b| Box::new(b) as Box<dyn std::io::Read + Send>),
+        stdout: &mut out,
+        stderr: &mut err,
+        control: None,
+    };
+    let status = guest.exec(&vm, &request, io)?;
+    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+    Ok((status, text(out), text(err)))
+}

@@ -108,27 +108,14 @@ fn kill_9_at_several_points_loses_nothing_and_orphans_nothing() {
     // Its guest agent answers through the restarted daemon (exec is a WebSocket), and the exec
     // is in the audit log with its argv.
     {
-        use hangar_core::contracts::{ExecIo, ExecRequest, ExitStatus, Guest};
+        use hangar_core::contracts::{ExitStatus, Guest};
         let remote = hangar_control::Remote::new(home.path().join("hangard.sock"));
+        let script = "read x; echo adopted-$x; exit 5";
+        let (status, out, err) =
+            hangar_testkit::exec_in(&remote, "steady", &["sh", "-c", script], Some(b"42\n"))
+                .unwrap();
+        assert_eq!((status, out.as_str()), (ExitStatus::Code(5), "adopted-42\n"), "{err}");
         let vm = hangar_core::ids::VmName::new("steady").unwrap();
-        let request = ExecRequest {
-            argv: vec!["sh".into(), "-c".into(), "read x; echo adopted-$x; exit 5".into()],
-            ..Default::default()
-        };
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        let io = ExecIo {
-            stdin: Some(Box::new(&b"42\n"[..])),
-            stdout: &mut out,
-            stderr: &mut err,
-            control: None,
-        };
-        let status = remote.exec(&vm, &request, io).unwrap();
-        assert_eq!(
-            (status, String::from_utf8_lossy(&out).into_owned()),
-            (ExitStatus::Code(5), "adopted-42\n".to_string()),
-            "{}",
-            String::from_utf8_lossy(&err)
-        );
         let info = remote.guest_info(&vm).unwrap();
         assert!(info.agent.starts_with("hangar-init"), "{info:?}");
         let audit = std::fs::read_to_string(home.path().join("audit.log")).unwrap();

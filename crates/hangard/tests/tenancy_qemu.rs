@@ -35,7 +35,7 @@ fn snapshots_never_cross_tenants() {
     // acme runs a program in its VM over TLS with its token (exec is a WebSocket); beta cannot
     // even name the VM, and acme's viewer may not exec.
     {
-        use hangar_core::contracts::{ExecIo, ExecRequest, ExitStatus, Guest};
+        use hangar_core::contracts::ExitStatus;
         use hangar_core::error::{Coded, ErrorCode};
         let run = |token: &str| {
             let remote = hangar_control::Remote::at(hangar_api::client::Endpoint::Tcp {
@@ -43,19 +43,8 @@ fn snapshots_never_cross_tenants() {
                 fingerprint: d.fingerprint.clone(),
                 token: token.into(),
             });
-            let request = ExecRequest {
-                argv: vec!["sh".into(), "-c".into(), "read x; echo tls-$x".into()],
-                ..Default::default()
-            };
-            let (mut out, mut err) = (Vec::new(), Vec::new());
-            let io = ExecIo {
-                stdin: Some(Box::new(&b"42\n"[..])),
-                stdout: &mut out,
-                stderr: &mut err,
-                control: None,
-            };
-            let vm = hangar_core::ids::VmName::new("db").unwrap();
-            remote.exec(&vm, &request, io).map(|s| (s, String::from_utf8_lossy(&out).into_owned()))
+            let argv = ["sh", "-c", "read x; echo tls-$x"];
+            hangar_testkit::exec_in(&remote, "db", &argv, Some(b"42\n")).map(|(s, out, _)| (s, out))
         };
         assert!(d.fingerprint.is_some(), "the daemon serves TLS");
         assert_eq!(run(&acme).unwrap(), (ExitStatus::Code(0), "tls-42\n".to_string()));
