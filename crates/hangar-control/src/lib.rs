@@ -182,6 +182,19 @@ pub fn remote_for(home: &Path, mode: DaemonMode) -> Result<Option<Remote>> {
     }
 }
 
+/// Where guest calls (exec, files, info) go: the daemon when `mode` and reality say so, else
+/// straight to the engine's agents. Lighter than [`connect`]: a guest call needs neither the
+/// operation journal nor the fleet registry, and opening them costs a CLI exec ~10 ms.
+pub fn guest_for(home: &Path, mode: DaemonMode) -> Result<Box<dyn hangar_core::contracts::Guest>> {
+    match remote_for(home, mode)? {
+        Some(remote) => Ok(Box::new(remote)),
+        None => Ok(Box::new(hangar_qemu::QemuEngine::open(
+            home,
+            hangar_qemu::EngineOptions::default(),
+        )?)),
+    }
+}
+
 /// The [`Control`] commands use: the daemon when `mode` and reality say so, else a [`Local`]
 /// over `home` whose specs may name host files under `allow` too (the daemon has its own
 /// allowed roots: `hangard --allow-path`).

@@ -42,7 +42,7 @@ pub struct ExecArgs {
 /// checks the caller may and audits it), else straight to the VM's agent.
 pub fn exec(args: ExecArgs, out: &mut dyn Write) -> Result<u8, Failure> {
     let vm = vm_name(&args.name)?;
-    let control = control()?;
+    let guest = guest()?;
     let mut env = args.env;
     if args.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
         // The program draws for this terminal, as ssh and docker exec -t arrange.
@@ -64,7 +64,7 @@ pub fn exec(args: ExecArgs, out: &mut dyn Write) -> Result<u8, Failure> {
     let _raw = (args.tty && args.interactive).then(RawMode::enter).flatten();
     let mut stderr = std::io::stderr();
     let io = ExecIo { stdin, stdout: out, stderr: &mut stderr, control: Some(control_rx) };
-    match control.guest().exec(&vm, &request, io) {
+    match guest.exec(&vm, &request, io) {
         // A wait status is 0..=255, a signal's 128 + N at most 255.
         Ok(status) => Ok(u8::try_from(status.shell_code()).unwrap_or(255)),
         Err(e) => Err(crate::coded(&e)),
@@ -160,6 +160,12 @@ pub struct CpArgs {
     pub dst: String,
 }
 
+/// Where guest calls go: hangard when it runs (`HANGAR_DAEMON`), else the VMs' agents.
+fn guest() -> Result<Box<dyn hangar_core::contracts::Guest>, Failure> {
+    let mode = hangar_control::DaemonMode::from_env().map_err(from_body)?;
+    hangar_control::guest_for(&home(), mode).map_err(from_body)
+}
+
 /// Whether the guest path `path` of `vm` is a directory (asked with `test -d`).
 fn guest_is_dir(
     guest: &dyn hangar_core::contracts::Guest, vm: &hangar_core::ids::VmName, path: &str,
@@ -241,9 +247,9 @@ pub fn cp(args: CpArgs, out: &mut dyn Write) -> Result<(), Failure> {
             if args.dst.ends_with('/') || dst.is_dir() {
                 dst.push(path.trim_end_matches('/').rsplit('/').next().unwrap_or("file"));
             }
-            let (control, vm) = (control()?, vm_name(name)?);
-            if guest_is_dir(control.guest(), &vm, path)? {
-                let c = tree_out(control.guest(), &vm, path, &dst)?;
+            let (guest, vm) = (guest()?, vm_name(name)?);
+            if guest_is_dir(&*guest, &vm, path)? {
+                let c = tree_out(&*guest, &vm, path, &dst)?;
                 return report_tree(out, c.files, c.dirs, c.skipped, c.bytes, started);
             }
             let temp = dst.with_file_name(format!(
@@ -254,7 +260,7 @@ pub fn cp(args: CpArgs, out: &mut dyn Write) -> Result<(), Failure> {
                 crate::failure(ErrorCode::Io, format!("{what} {}: {e}", temp.display()), "")
             };
             let mut file = std::fs::File::create(&temp).map_err(|e| io("cannot create", e))?;
-            let got = control.guest().read_file(&vm, path, &mut file);
+            let got = guest.read_file(&vm, path, &mut file);
             let done = got.map_err(|e| crate::coded(&e)).and_then(|meta| {
                 file.set_permissions(std::fs::Permissions::from_mode(meta.mode))
                     .and_then(|()| {
@@ -281,7 +287,7 @@ pub fn cp(args: CpArgs, out: &mut dyn Write) -> Result<(), Failure> {
                 dst.push_str(&src.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
             }
             if std::fs::metadata(src).map_err(io)?.is_dir() {
-                let c = tree_in(control()?.guest(), &vm_name(name)?, src, &dst)?;
+                let c = tree_in(&*guest()?, &vm_name(name)?, src, &dst)?;
                 return report_tree(out, c.files, c.dirs, c.skipped, c.bytes, started);
             }
             let file = std::fs::File::open(src).map_err(io)?;
@@ -293,8 +299,7 @@ pub fn cp(args: CpArgs, out: &mut dyn Write) -> Result<(), Failure> {
                     "copy regular files and directories",
                 ));
             }
-            control()?
-                .guest()
+            guest()?
                 .write_file(
                     &vm_name(name)?,
                     &dst,
