@@ -40,6 +40,10 @@ pub struct VmView {
     /// The tenant it belongs to, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    /// The guest's IPv4 addresses (`ADDRESS/PREFIX`) while it runs: what Hangar configured
+    /// (a `user` NIC's guest is 10.0.2.15/24, reachable through its forwarded ports).
+    #[serde(default)]
+    pub addresses: Vec<String>,
 }
 
 impl VmView {

@@ -94,6 +94,7 @@ impl Backend for FakeEngine {
             reason: status.reason,
             spec_hash: hangar_spec::CanonicalSpec::new(spec.clone()).hash.0,
             tenant: spec.tenant.as_ref().map(|t| t.to_string()),
+            addresses: Vec::new(),
         })
     }
 

@@ -34,12 +34,20 @@ pub use remote::Remote;
 /// The view `hangar ps` and `GET /v1/vms` show of a (freshly refreshed) record: built here, at
 /// the edge that knows both the store and the engine, so the wire types need neither.
 pub fn view_of(rec: &hangar_store::VmRecord) -> VmView {
+    let plan = hangar_qemu::QemuEngine::plan_of(rec).ok();
+    let addresses = match (&plan, rec.state) {
+        (Some(plan), hangar_core::lifecycle::VmState::Running) => plan
+            .guest_network
+            .iter()
+            .flat_map(|n| &n.nics)
+            .flat_map(|n| n.addresses.iter().cloned())
+            .collect(),
+        _ => Vec::new(),
+    };
     VmView {
         name: rec.name().to_string(),
         state: rec.state.as_str().to_string(),
-        accel: hangar_qemu::QemuEngine::plan_of(rec)
-            .map(|p| p.accel_resolved.as_str().to_string())
-            .unwrap_or_default(),
+        accel: plan.map(|p| p.accel_resolved.as_str().to_string()).unwrap_or_default(),
         vcpus: rec.spec.machine.vcpus,
         memory_mib: rec.spec.machine.memory_mib,
         uptime_s: rec.process.and_then(hangar_qemu::process::uptime).map(|u| u.as_secs()),
@@ -48,6 +56,7 @@ pub fn view_of(rec: &hangar_store::VmRecord) -> VmView {
         reason: rec.reason.clone(),
         spec_hash: rec.spec_hash.clone(),
         tenant: rec.spec.tenant.as_ref().map(|t| t.to_string()),
+        addresses,
     }
 }
 

@@ -477,10 +477,10 @@ pub struct GuestNetwork {
     #[serde(default)]
     pub nics: Vec<GuestNic>,
     /// DNS servers (`/etc/resolv.conf`), unchanged when empty.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dns: Vec<std::net::Ipv4Addr>,
     /// The hostname, unchanged when absent.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
 }
 
@@ -489,19 +489,19 @@ pub struct GuestNetwork {
 #[serde(deny_unknown_fields)]
 pub struct GuestNic {
     /// Its MAC address; or
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
     /// its kernel name (`eth0`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// IPv4 `ADDRESS/PREFIX`es; they replace the ones it has.
     #[serde(default)]
     pub addresses: Vec<String>,
     /// The default route's gateway through it.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<std::net::Ipv4Addr>,
     /// Its MTU.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
 }
 

@@ -11,7 +11,7 @@
 //!
 //! | line | when |
 //! |---|---|
-//! | `HANGAR_READY {"kernel":"6.1.0-…","uptime_ms":3120}` | once, after mounts and modules |
+//! | `HANGAR_READY {"kernel":"6.1.0-…","uptime_ms":3120,"nics":[{"name":"eth0","mac":"52:54:00:…","addresses":["10.0.2.15/24"]}]}` | once, after mounts, modules and the network (`network_error` says why `hangar.net=` failed) |
 //! | `HANGAR_EXIT {"code":0}` / `{"code":null,"signal":9}` / `{"code":127,"error":"…"}` | after the `hangar.run` command ends (or failed to start) |
 //! | `HANGAR_POWEROFF {"reason":"power-button"}` | just before a graceful power-off |
 //! | `HANGAR_POWEROFF_IGNORED {"reason":"power-button"}` | a power-off request under `hangar.ignore_poweroff=1` |
@@ -69,6 +69,10 @@ pub struct BootConfig {
     /// `hangar.agent=0`: do not serve the guest agent (the port stays silent: for tests of a
     /// host facing an agent that never answers, and for guests that want none).
     pub no_agent: bool,
+    /// `hangar.net=`: the network to configure at boot (unpadded base64url of the
+    /// [`GuestNetwork`](hangar_agent_proto::GuestNetwork) JSON the agent's `network` request
+    /// takes).
+    pub network: Option<hangar_agent_proto::GuestNetwork>,
 }
 
 /// A malformed Hangar parameter on the kernel command line.
@@ -80,6 +84,8 @@ pub enum CmdlineError {
     Json(String),
     /// `hangar.run=` decodes to an empty array.
     EmptyArgv,
+    /// `hangar.net=` is not base64url of a network configuration.
+    Network(String),
     /// `hangar.ignore_poweroff=` or `hangar.agent=` has a value other than `0` or `1`.
     BadFlag {
         /// The parameter name.
@@ -97,6 +103,7 @@ impl std::fmt::Display for CmdlineError {
                 write!(f, "hangar.run: not a JSON array of strings: {e}")
             }
             CmdlineError::EmptyArgv => write!(f, "hangar.run: the argv is empty"),
+            CmdlineError::Network(e) => write!(f, "hangar.net: {e}"),
             CmdlineError::BadFlag { name, value } => {
                 write!(f, "{name}: expected 0 or 1, found {value:?}")
             }
@@ -114,6 +121,7 @@ pub fn parse_cmdline(cmdline: &str) -> Result<BootConfig, CmdlineError> {
     let mut run_raw: Option<&str> = None;
     let mut ignore_raw: Option<&str> = None;
     let mut agent_raw: Option<&str> = None;
+    let mut net_raw: Option<&str> = None;
     for word in cmdline.split_ascii_whitespace() {
         let Some((key, value)) = word.split_once('=') else {
             continue;
@@ -123,6 +131,7 @@ pub fn parse_cmdline(cmdline: &str) -> Result<BootConfig, CmdlineError> {
             "hangar.run" => run_raw = Some(value),
             "hangar.ignore_poweroff" => ignore_raw = Some(value),
             "hangar.agent" => agent_raw = Some(value),
+            "hangar.net" => net_raw = Some(value),
             _ => {}
         }
     }
@@ -138,7 +147,14 @@ pub fn parse_cmdline(cmdline: &str) -> Result<BootConfig, CmdlineError> {
         None => None,
         Some(raw) => Some(decode_run_argv(raw)?),
     };
-    Ok(BootConfig { run, ignore_poweroff, no_agent })
+    let network = match net_raw {
+        None => None,
+        Some(raw) => {
+            let bytes = base64url_decode(raw).map_err(|e| CmdlineError::Network(e.to_string()))?;
+            Some(serde_json::from_slice(&bytes).map_err(|e| CmdlineError::Network(e.to_string()))?)
+        }
+    };
+    Ok(BootConfig { run, ignore_poweroff, no_agent, network })
 }
 
 /// Decodes a `hangar.run=` value: unpadded base64url of a JSON array of strings.
@@ -247,6 +263,23 @@ pub struct Ready {
     pub kernel: String,
     /// Milliseconds since the guest kernel booted (from `/proc/uptime`).
     pub uptime_ms: u64,
+    /// Every interface but loopback with its IPv4 addresses, as the kernel has them.
+    #[serde(default)]
+    pub nics: Vec<ReadyNic>,
+    /// Why `hangar.net=` could not be applied, if it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_error: Option<String>,
+}
+
+/// One interface in the readiness line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadyNic {
+    /// Kernel name (`eth0`).
+    pub name: String,
+    /// MAC address.
+    pub mac: String,
+    /// IPv4 `ADDRESS/PREFIX`es.
+    pub addresses: Vec<String>,
 }
 
 /// How the `hangar.run` command ended.
@@ -277,9 +310,9 @@ fn line<T: Serialize>(prefix: &str, payload: &T) -> String {
     format!("{prefix} {json}")
 }
 
-/// `HANGAR_READY {"kernel":…,"uptime_ms":…}`.
-pub fn ready_line(kernel: &str, uptime_ms: u64) -> String {
-    line(READY, &Ready { kernel: kernel.to_owned(), uptime_ms })
+/// `HANGAR_READY {"kernel":…,"uptime_ms":…,"nics":[…]}`.
+pub fn ready_line(ready: &Ready) -> String {
+    line(READY, ready)
 }
 
 /// `HANGAR_EXIT {"code":n}` or `HANGAR_EXIT {"code":null,"signal":n}`.
@@ -489,15 +522,32 @@ mod tests {
             parse_cmdline(&format!("hangar.run={}", base64url_encode(b"[]"))),
             Err(CmdlineError::EmptyArgv)
         );
+        assert!(matches!(parse_cmdline("hangar.net=e30"), Ok(BootConfig { network: Some(_), .. })));
+        let not_network = base64url_encode(br#"{"nics":5}"#);
+        assert!(matches!(
+            parse_cmdline(&format!("hangar.net={not_network}")),
+            Err(CmdlineError::Network(_))
+        ));
         let err = parse_cmdline("hangar.ignore_poweroff=yes").unwrap_err();
         assert_eq!(err.to_string(), "hangar.ignore_poweroff: expected 0 or 1, found \"yes\"");
     }
 
     #[test]
     fn line_formats_are_exact() {
+        let nic = ReadyNic {
+            name: "eth0".into(),
+            mac: "52:54:00:12:34:56".into(),
+            addresses: vec!["10.0.2.15/24".into()],
+        };
+        let ready = Ready {
+            kernel: "6.1.0-56-cloud-amd64".into(),
+            uptime_ms: 3120,
+            nics: vec![nic],
+            network_error: None,
+        };
         assert_eq!(
-            ready_line("6.1.0-56-cloud-amd64", 3120),
-            r#"HANGAR_READY {"kernel":"6.1.0-56-cloud-amd64","uptime_ms":3120}"#
+            ready_line(&ready),
+            r#"HANGAR_READY {"kernel":"6.1.0-56-cloud-amd64","uptime_ms":3120,"nics":[{"name":"eth0","mac":"52:54:00:12:34:56","addresses":["10.0.2.15/24"]}]}"#
         );
         assert_eq!(exit_line(ExitOutcome::Code(0)), r#"HANGAR_EXIT {"code":0}"#);
         assert_eq!(exit_line(ExitOutcome::Signal(9)), r#"HANGAR_EXIT {"code":null,"signal":9}"#);

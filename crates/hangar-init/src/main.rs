@@ -13,6 +13,7 @@
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read, Write};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -22,7 +23,7 @@ use hangar_init::agent::{Agent, Reaper};
 use hangar_init::{
     error_line, exit_line, module_name, parse_cmdline, parse_module_list, parse_uptime_ms,
     poweroff_ignored_line, poweroff_line, ready_line, spawn_error_line, BootConfig, ExitOutcome,
-    InputEvent, INPUT_EVENT_SIZE, MODULE_LIST, PATH,
+    InputEvent, Ready, INPUT_EVENT_SIZE, MODULE_LIST, PATH,
 };
 use rustix::io::Errno;
 use rustix::mount::MountFlags;
@@ -154,6 +155,16 @@ fn run() -> Result<Never, String> {
     if let Err(e) = hangar_init::net::loopback_up() {
         warn(&format!("cannot bring up loopback: {e}"));
     }
+    // The network before readiness: a guest announced ready is reachable at its addresses.
+    let network_error = config.network.as_ref().and_then(|network| {
+        let error = hangar_init::net::apply(network, Path::new("/")).err()?.to_string();
+        warn(&format!("cannot configure the network: {error}"));
+        Some(error)
+    });
+    let nics = hangar_init::net::report().unwrap_or_else(|e| {
+        warn(&format!("cannot list the network interfaces: {e}"));
+        Vec::new()
+    });
     if config.no_agent {
         warn("hangar.agent=0: no guest agent");
     } else {
@@ -164,7 +175,7 @@ fn run() -> Result<Never, String> {
         .map_err(|e| format!("cannot read /proc/uptime: {e}"))?;
     let uptime_ms =
         parse_uptime_ms(&uptime).ok_or_else(|| format!("cannot parse /proc/uptime: {uptime:?}"))?;
-    emit(&ready_line(&release, uptime_ms));
+    emit(&ready_line(&Ready { kernel: release, uptime_ms, nics, network_error }));
 
     match config {
         BootConfig { run: Some(argv), .. } => run_command(&argv),

@@ -255,6 +255,28 @@ pub fn apply(config: &NetworkConfig, root: &Path) -> io::Result<serde_json::Valu
     Ok(serde_json::json!({"nics": done, "dns": config.dns, "hostname": config.hostname}))
 }
 
+/// Every interface but loopback, with its MAC and IPv4 addresses as the kernel has them (for
+/// the readiness line), sorted by name.
+pub fn report() -> io::Result<Vec<crate::ReadyNic>> {
+    let mut rtnl = Rtnl::open()?;
+    let mut nics = Vec::new();
+    for entry in std::fs::read_dir("/sys/class/net")?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == "lo" {
+            continue;
+        }
+        let mac = std::fs::read_to_string(entry.path().join("address")).unwrap_or_default();
+        let addresses = rtnl
+            .addresses(index_of(&name)?)?
+            .into_iter()
+            .map(|(addr, prefix)| format!("{addr}/{prefix}"))
+            .collect();
+        nics.push(crate::ReadyNic { name, mac: mac.trim().to_owned(), addresses });
+    }
+    nics.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(nics)
+}
+
 /// Loopback up with 127.0.0.1/8 (the kernel adds the address once the link is up).
 pub fn loopback_up() -> io::Result<()> {
     let mut rtnl = Rtnl::open()?;

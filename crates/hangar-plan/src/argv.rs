@@ -2,6 +2,9 @@
 //! argv (machine, CPU and memory, kernel, disks, NICs, QMP, serial, confinement) together with
 //! everything a run would create.
 
+use std::net::Ipv4Addr;
+
+use hangar_core::contracts::{GuestNetwork, GuestNic};
 use hangar_core::spec::*;
 use hangar_spec::{sha256_tagged, CanonicalSpec};
 
@@ -29,6 +32,56 @@ pub const AGENT_PORT: &str = "org.hangar.agent.0";
 /// The descriptor a restoring QEMU reads its memory snapshot from (`-add-fd`, not in the plan:
 /// which snapshot is chosen at restore).
 pub const INCOMING_FD: i32 = 5;
+
+/// The address a `user` NIC's guest gets: QEMU's user-mode network (slirp) is always
+/// 10.0.2.0/24, the guest at .15, the host's gateway at .2 and its DNS forwarder at .3.
+pub const USER_GUEST_ADDRESS: &str = "10.0.2.15/24";
+const USER_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+const USER_DNS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 3);
+
+/// `NAME=<base64url, no padding, of bytes>`: how Hangar passes structured values to
+/// `hangar-init` on the kernel command line (no spaces, quotes or `=` to escape).
+pub fn kernel_argument(name: &str, bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(name.len() + 1 + bytes.len() * 4 / 3 + 4);
+    out.push_str(name);
+    out.push('=');
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// What the built-in image's `hangar-init` configures at boot (`hangar.net=`): the first
+/// `user` NIC gets slirp's fixed address, gateway and DNS; the hostname is the VM's name.
+/// Further `user` NICs would sit on the same 10.0.2.0/24: they stay unaddressed, with a warning.
+fn guest_network(vm: &VmSpec, warnings: &mut Vec<String>) -> Option<GuestNetwork> {
+    let mut network = GuestNetwork { hostname: Some(vm.name.to_string()), ..Default::default() };
+    for nic in &vm.nics {
+        if nic.mode != NicMode::User {
+            continue;
+        }
+        if network.nics.is_empty() {
+            network.nics.push(GuestNic {
+                mac: Some(mac_for(vm.name.as_str(), nic.name.as_str())),
+                addresses: vec![USER_GUEST_ADDRESS.into()],
+                gateway: Some(USER_GATEWAY),
+                ..Default::default()
+            });
+            network.dns.push(USER_DNS);
+        } else {
+            warnings.push(format!(
+                "nic {} (user) is left unaddressed: only the first user NIC gets 10.0.2.15/24",
+                nic.name
+            ));
+        }
+    }
+    (!network.nics.is_empty()).then_some(network)
+}
 
 /// QEMU parses `,` as an option separator; a literal comma in a value is written `,,`.
 fn qemu_escape(value: &str) -> String {
@@ -128,13 +181,22 @@ pub fn plan(spec: &CanonicalSpec, facts: &HostFacts) -> Result<Plan, PlanError> 
     let mem = vm.machine.memory_mib.to_string();
     push(&["-cpu", cpu, "-smp", &smp, "-m", &mem]);
 
-    // Kernel, initrd, command line.
+    // Kernel, initrd, command line. Only the built-in image's init reads `hangar.net=`.
+    let guest_network = match vm.boot {
+        BootSource::Image { .. } => guest_network(vm, &mut warnings),
+        BootSource::Kernel { .. } => None,
+    };
     let (kernel, initrd, mut cmdline) = match &vm.boot {
         BootSource::Image { image, cmdline } => {
             let dir = format!("{}/{image}", facts.image_dir.trim_end_matches('/'));
             let mut line = MINIMAL_IMAGE_CMDLINE.to_string();
             if vm.machine.kind == MachineKind::Microvm {
                 line.push_str(" pci=off");
+            }
+            if let Some(network) = &guest_network {
+                let json = serde_json::to_vec(network).expect("a network serialises");
+                line.push(' ');
+                line.push_str(&kernel_argument("hangar.net", &json));
             }
             if !cmdline.is_empty() {
                 line.push(' ');
@@ -376,6 +438,7 @@ pub fn plan(spec: &CanonicalSpec, facts: &HostFacts) -> Result<Plan, PlanError> 
         qmp_socket,
         serial,
         agent_socket,
+        guest_network,
         creates,
         warnings,
         confinement,

@@ -23,8 +23,8 @@ mod types;
 
 pub use accel::resolve_accel;
 pub use argv::{
-    plan, AGENT_FD, AGENT_PORT, CONSOLE_FD, INCOMING_FD, MAX_SOCKET_PATH, MINIMAL_IMAGE_CMDLINE,
-    QMP_FD,
+    kernel_argument, plan, AGENT_FD, AGENT_PORT, CONSOLE_FD, INCOMING_FD, MAX_SOCKET_PATH,
+    MINIMAL_IMAGE_CMDLINE, QMP_FD, USER_GUEST_ADDRESS,
 };
 pub use confine::{home_tag, qemu_uid, CPU_PERIOD_US, QEMU_PIDS_MAX, QEMU_UID_BASE, QEMU_UID_SPAN};
 pub use error::PlanError;

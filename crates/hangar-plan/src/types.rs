@@ -125,6 +125,10 @@ pub struct Plan {
     /// The guest agent's socket (`hangar exec`), for images that run the agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_socket: Option<String>,
+    /// The network the guest's init configures at boot (`hangar.net=` on its command line):
+    /// addresses, gateway, DNS, hostname. Absent when nothing is addressed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_network: Option<hangar_core::contracts::GuestNetwork>,
     /// Everything a run would create, in creation order.
     pub creates: Vec<Creation>,
     /// Things worth knowing that do not stop the plan.

@@ -110,18 +110,20 @@ impl QemuEngine {
         } else if opts.no_wait {
             ctl.wait_running(deadline)?;
         } else {
-            self.wait_ready(&ctl, p, plan, &mut tail, deadline, timeout, cancel)?;
+            self.wait_ready(rec, &ctl, p, plan, &mut tail, deadline, timeout, cancel)?;
         }
         rec.boot_ms = Some(started.elapsed().as_millis() as u64);
         opts.phase(Phase::Ready);
         Ok(())
     }
 
-    /// Waits for `HANGAR_READY` after the tail's offset, watching the process and QMP.
+    /// Waits for `HANGAR_READY` after the tail's offset, watching the process and QMP. A
+    /// planned address the guest did not report becomes an engine event for `rec` (the VM is up
+    /// and its console says why; failing the boot would hide the guest from the user fixing it).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn wait_ready(
-        &self, ctl: &QmpSession<'_>, p: ProcessIdentity, plan: &Plan, tail: &mut LogTail,
-        deadline: Instant, timeout: Duration, cancel: &CancelToken,
+        &self, rec: &VmRecord, ctl: &QmpSession<'_>, p: ProcessIdentity, plan: &Plan,
+        tail: &mut LogTail, deadline: Instant, timeout: Duration, cancel: &CancelToken,
     ) -> Result<()> {
         let Some(log) = Self::console_log(plan) else {
             // No console: the best available signal is QEMU running the vCPUs.
@@ -130,7 +132,12 @@ impl QemuEngine {
         let mut last_status_check = Instant::now();
         loop {
             for line in tail.read_lines(&log) {
-                if let Some(Marker::Ready { .. }) = console::parse_marker(&line) {
+                if let Some(Marker::Ready { addresses, network_error, .. }) =
+                    console::parse_marker(&line)
+                {
+                    if let Some(problem) = network_problem(plan, &addresses, network_error) {
+                        self.engine_event(rec, problem);
+                    }
                     return Ok(());
                 }
             }
@@ -201,4 +208,18 @@ impl QemuEngine {
         }
         Ok(Self::status_of(&rec))
     }
+}
+
+/// What is wrong with the guest's network after boot, if anything: its init's error, or a
+/// planned address it does not have.
+fn network_problem(plan: &Plan, reported: &[String], init_error: Option<String>) -> Option<String> {
+    if let Some(error) = init_error {
+        return Some(format!("the guest could not configure its network: {error}"));
+    }
+    let planned = plan.guest_network.iter().flat_map(|n| &n.nics).flat_map(|n| &n.addresses);
+    let missing: Vec<&String> =
+        planned.filter(|a| !reported.iter().any(|r| r.ends_with(&format!(" {a}")))).collect();
+    (!missing.is_empty()).then(|| {
+        format!("the guest came up without {missing:?} (it has {reported:?}); see `hangar logs`")
+    })
 }

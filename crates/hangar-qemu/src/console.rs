@@ -1,7 +1,8 @@
 //! The guest console log and the lines `hangar-init` prints on it.
 //!
 //! Protocol (one line each, a fixed prefix, a space, JSON):
-//! `HANGAR_READY {"kernel":…,"uptime_ms":…}` once the guest is up;
+//! `HANGAR_READY {"kernel":…,"uptime_ms":…,"nics":[{"name","mac","addresses"}…]}` once the
+//! guest is up (with `network_error` when its network could not be configured);
 //! `HANGAR_EXIT {"code":N}` (or `{"code":null,"signal":N}`) after a `hangar run` command;
 //! `HANGAR_POWEROFF {"reason":…}` when it powers off on request;
 //! `HANGAR_POWEROFF_IGNORED {…}` when told to ignore power-off requests;
@@ -19,6 +20,10 @@ pub enum Marker {
     Ready {
         /// Its kernel release.
         kernel: String,
+        /// Its interfaces' IPv4 addresses, `eth0 10.0.2.15/24` (interface, space, address).
+        addresses: Vec<String>,
+        /// Why its init could not configure the network it was given, if it could not.
+        network_error: Option<String>,
     },
     /// The `hangar run` command finished.
     Exit {
@@ -45,7 +50,26 @@ pub fn parse_marker(line: &str) -> Option<Marker> {
     let value: serde_json::Value = serde_json::from_str(json).ok()?;
     match prefix {
         "HANGAR_READY" => {
-            Some(Marker::Ready { kernel: value.get("kernel")?.as_str()?.to_string() })
+            let nics = value.get("nics").and_then(|n| n.as_array()).cloned().unwrap_or_default();
+            let addresses = nics
+                .iter()
+                .flat_map(|nic| {
+                    let name = nic.get("name").and_then(|n| n.as_str()).unwrap_or("?");
+                    let list = nic.get("addresses").and_then(|a| a.as_array());
+                    list.into_iter()
+                        .flatten()
+                        .filter_map(|a| a.as_str())
+                        .map(move |a| format!("{name} {a}"))
+                })
+                .collect();
+            Some(Marker::Ready {
+                kernel: value.get("kernel")?.as_str()?.to_string(),
+                addresses,
+                network_error: value
+                    .get("network_error")
+                    .and_then(|e| e.as_str())
+                    .map(str::to_string),
+            })
         }
         "HANGAR_EXIT" => Some(Marker::Exit {
             code: value.get("code").and_then(|c| c.as_i64()).map(|c| c as i32),
@@ -187,18 +211,8 @@ pub fn len(path: &Path) -> u64 {
 /// The kernel argument that makes `hangar-init` run `argv` and power off:
 /// `hangar.run=<base64url, no padding, of the JSON array>`.
 pub fn run_argument(argv: &[String]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let json = serde_json::to_vec(argv).expect("strings serialise");
-    let mut out = String::with_capacity(json.len() * 4 / 3 + 16);
-    out.push_str("hangar.run=");
-    for chunk in json.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..=chunk.len() {
-            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-        }
-    }
-    out
+    hangar_plan::kernel_argument("hangar.run", &json)
 }
 
 #[cfg(test)]
@@ -254,7 +268,7 @@ mod tests {
     fn markers() {
         assert_eq!(
             parse_marker("HANGAR_READY {\"kernel\":\"6.1\",\"uptime_ms\":12}\r\n"),
-            Some(Marker::Ready { kernel: "6.1".into() })
+            Some(Marker::Ready { kernel: "6.1".into(), addresses: vec![], network_error: None })
         );
         assert_eq!(
             parse_marker("HANGAR_EXIT {\"code\":7}"),

@@ -100,7 +100,7 @@ impl Lifecycle for QemuEngine {
         ctl.set_reboot_action(true)?;
         let rebooted = ctl.reset().and_then(|()| {
             let timeout = self.options.boot_timeout;
-            self.wait_ready(&ctl, p, &plan, &mut tail, started + timeout, timeout, cancel)
+            self.wait_ready(&rec, &ctl, p, &plan, &mut tail, started + timeout, timeout, cancel)
         });
         let restored = ctl.set_reboot_action(false);
         if let Err(e) = rebooted.and(restored) {

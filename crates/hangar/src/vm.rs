@@ -113,7 +113,7 @@ pub fn rm(name: &str, force: bool, out: &mut dyn Write) -> Result<(), Failure> {
 pub fn ps(all: bool, output: Output, out: &mut dyn Write) -> Result<(), Failure> {
     let views = control()?.list().map_err(from_body)?;
     let rows: Vec<_> = views.into_iter().filter(|v| all || v.is_live()).collect();
-    let columns = ("NAME<24 STATE<9 ACCEL<5 VCPUS>5 MEMORY>8 UPTIME>8 PID>8", "REASON");
+    let columns = ("NAME<24 STATE<9 ACCEL<5 VCPUS>5 MEMORY>8 UPTIME>8 PID>8 ADDRESS<18", "REASON");
     print_listing(out, output, &rows, columns, |r| {
         let cells = vec![
             r.name.clone(),
@@ -123,6 +123,7 @@ pub fn ps(all: bool, output: Output, out: &mut dyn Write) -> Result<(), Failure>
             format!("{}M", r.memory_mib),
             r.uptime_s.map(|s| fmt_duration(Duration::from_secs(s))).unwrap_or_else(|| "-".into()),
             r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            r.addresses.first().cloned().unwrap_or_else(|| "-".into()),
         ];
         (cells, r.reason.clone().unwrap_or_default())
     })
@@ -144,6 +145,7 @@ pub fn inspect(name: &str, out: &mut dyn Write) -> Result<(), Failure> {
         "plan": plan,
         "process": rec.process.map(|p| serde_json::json!({"pid": p.pid, "start_time": p.start_time})),
         "boot_ms": rec.boot_ms,
+        "addresses": hangar_control::view_of(&rec).addresses,
         "sleeping_on": rec.sleeping_on,
         "runtime_dir": rec.runtime_dir,
         "confinement": engine.confinement(&vm).map_err(fail)?,

@@ -43,7 +43,7 @@ fn plan_is_deterministic_and_key_order_does_not_matter() {
     let reordered = dir.path().join("hello.toml");
     std::fs::write(
         &reordered,
-        "[labels]\nexample = \"hello\"\n\n[boot]\nimage = \"minimal\"\n\n[machine]\nmemory_mib = 256\nvcpus = 1\n",
+        "[[nic]]\nname = \"net0\"\n\n[labels]\nexample = \"hello\"\n\n[boot]\nimage = \"minimal\"\n\n[machine]\nmemory_mib = 256\nvcpus = 1\n",
     )
     .unwrap();
     let body = std::fs::read_to_string(&reordered).unwrap();

@@ -499,3 +499,76 @@ fn a_guest_whose_agent_never_answers_is_a_coded_error_within_a_bound() {
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["guest"]["error"]["code"], "E_AGENT_UNAVAILABLE", "{}", doc["guest"]);
 }
+
+/// A port nobody listens on right now (the kernel's pick; free until someone else takes it).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One HTTP/1.0 GET on loopback; the whole response.
+fn http_get(port: u16) -> String {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    stream.write_all(b"GET / HTTP/1.0\r\nHost: guest\r\n\r\n").unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+}
+
+#[test]
+fn a_user_nic_guest_is_online_with_its_address_forwards_and_egress() {
+    let home = home_or_skip!("a_user_nic_guest_is_online_with_its_address_forwards_and_egress");
+    let (published, upstream) = (free_port(), std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let upstream_port = upstream.local_addr().unwrap().port();
+    let spec = home.path().join("web.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "schema_version = 1\nname = \"web\"\n[machine]\nmemory_mib = 128\n\
+             [[nic]]\nname = \"net0\"\nforward = [\"{published}:80\"]\n"
+        ),
+    )
+    .unwrap();
+    let out = home.hangar(&["up", spec.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // The readiness line reports what the kernel has; ps and inspect show the address.
+    let logs = text(&home.hangar(&["logs", "web"]).stdout);
+    let ready = logs.lines().find(|l| l.starts_with("HANGAR_READY ")).expect("a ready line");
+    assert!(ready.contains(r#""addresses":["10.0.2.15/24"]"#), "{ready}");
+    assert!(!ready.contains("network_error"), "{ready}");
+    assert_eq!(home.ps()[0]["addresses"], serde_json::json!(["10.0.2.15/24"]));
+    let doc: serde_json::Value =
+        serde_json::from_slice(&home.hangar(&["inspect", "web"]).stdout).unwrap();
+    assert_eq!(doc["addresses"], serde_json::json!(["10.0.2.15/24"]));
+    let out = home.hangar(&["ps"]);
+    assert!(text(&out.stdout).contains("10.0.2.15/24"), "{}", text(&out.stdout));
+
+    let exec = |script: &str| {
+        let out = home.hangar(&["exec", "web", "--", "sh", "-c", script]);
+        assert!(out.status.success(), "{script}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    // Hostname and DNS from the plan, the default route through slirp's gateway.
+    assert_eq!(exec("hostname").trim(), "web");
+    assert_eq!(exec("cat /etc/resolv.conf").trim(), "nameserver 10.0.2.3");
+    assert!(exec("ip route").contains("default via 10.0.2.2"));
+
+    // A published port: host 127.0.0.1:<published> reaches the guest's httpd on port 80.
+    exec("mkdir -p /www && echo hello-from-the-guest > /www/index.html && busybox httpd -p 80 -h /www");
+    let page = http_get(published);
+    assert!(page.contains("200 OK") && page.contains("hello-from-the-guest"), "{page:?}");
+
+    // Egress: the guest reaches a server on the host's loopback through slirp's 10.0.2.2.
+    let server = std::thread::spawn(move || {
+        use std::io::Read;
+        let (mut conn, _) = upstream.accept().unwrap();
+        let mut request = [0u8; 1024];
+        let _ = conn.read(&mut request).unwrap();
+        conn.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 9\r\n\r\nupstream\n").unwrap();
+    });
+    let body = exec(&format!("busybox wget -q -O - http://10.0.2.2:{upstream_port}/"));
+    assert_eq!(body, "upstream\n");
+    server.join().unwrap();
+}
