@@ -6,6 +6,7 @@
 //! [`Reaper`] for the test's home.
 
 pub mod golden;
+pub mod netns;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
