@@ -331,6 +331,30 @@ error_codes! {
     AgentFailed = "E_AGENT_FAILED", retryable: false, class: Invalid,
         meaning: "The guest agent could not do what was asked (its own code and message say why: an invalid request, an I/O error in the guest).",
         fix: "Read the agent's message; fix the request or the guest.";
+    /// No network of that name.
+    NetworkNotFound = "E_NETWORK_NOT_FOUND", retryable: false, class: Invalid,
+        meaning: "No network of that name exists (for this tenant).",
+        fix: "Check `hangar network ls`, or create it with `hangar network create NAME --subnet CIDR`.";
+    /// A network of that name exists.
+    NetworkExists = "E_NETWORK_EXISTS", retryable: false, class: Invalid,
+        meaning: "A network of that name already exists.",
+        fix: "Choose another name, or remove the old network first (`hangar network rm`).";
+    /// The network still has VMs on it.
+    NetworkInUse = "E_NETWORK_IN_USE", retryable: false, class: Invalid,
+        meaning: "The network still has leases: VMs with NICs on it (named in the message).",
+        fix: "Remove those VMs (`hangar rm`) first.";
+    /// Every address of the network's subnet is leased.
+    NetworkExhausted = "E_NETWORK_EXHAUSTED", retryable: false, class: Invalid,
+        meaning: "Every host address of the network's subnet is leased to a NIC.",
+        fix: "Remove VMs from the network, or create a network with a larger subnet.";
+    /// The subnet overlaps another network's.
+    NetworkOverlap = "E_NETWORK_OVERLAP", retryable: false, class: Invalid,
+        meaning: "The subnet overlaps the subnet of another Hangar network (named in the message); their guests could not be routed apart.",
+        fix: "Pick a subnet that overlaps no other (`hangar network ls` lists them).";
+    /// The host cannot set up the network.
+    NetworkUnavailable = "E_NETWORK_UNAVAILABLE", retryable: false, class: Environment,
+        meaning: "The host refused to create a network device or rule (no bridge or TUN support, not root, no nf_tables); the kernel's reason is in the message.",
+        fix: "Run as root on a kernel with bridge, tun and nf_tables support; `hangar doctor` checks each.";
 }
 
 impl fmt::Display for ErrorCode {

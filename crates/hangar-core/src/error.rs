@@ -7,7 +7,7 @@
 use std::fmt;
 
 pub use crate::code::{registry_markdown, Coded, ErrorClass, ErrorCode};
-use crate::ids::{InvalidName, SnapshotId, VmName, VolumeId};
+use crate::ids::{InvalidName, NetworkName, SnapshotId, VmName, VolumeId};
 use crate::lifecycle::InvalidTransition;
 
 /// The error type of the backend contracts. Every variant carries the context needed to act on
@@ -94,6 +94,41 @@ pub enum Error {
         /// The NIC name.
         nic: String,
     },
+    /// No such network.
+    #[error("network {0} not found")]
+    NetworkNotFound(NetworkName),
+    /// A network of that name exists.
+    #[error("network {0} already exists")]
+    NetworkExists(NetworkName),
+    /// The network has leases.
+    #[error("network {network} is in use by {vms:?}")]
+    NetworkInUse {
+        /// The network.
+        network: NetworkName,
+        /// The VMs with NICs on it.
+        vms: Vec<String>,
+    },
+    /// No address left.
+    #[error("network {network} ({subnet}) has no free address")]
+    NetworkExhausted {
+        /// The network.
+        network: NetworkName,
+        /// Its subnet.
+        subnet: String,
+    },
+    /// The subnet overlaps another network's.
+    #[error("subnet {subnet} overlaps network {other} ({other_subnet})")]
+    NetworkOverlap {
+        /// The subnet asked for.
+        subnet: String,
+        /// The network it overlaps.
+        other: NetworkName,
+        /// That network's subnet.
+        other_subnet: String,
+    },
+    /// The host cannot build the network.
+    #[error("the host network cannot be set up: {0}")]
+    NetworkUnavailable(String),
     /// The engine lacks a capability.
     #[error("the engine does not support {0}")]
     Unsupported(String),
@@ -162,6 +197,12 @@ impl Coded for Error {
             Error::DiskInUse { .. } => ErrorCode::DiskInUse,
             Error::NicNotFound { .. } => ErrorCode::NicNotFound,
             Error::NicExists { .. } => ErrorCode::NicExists,
+            Error::NetworkNotFound(_) => ErrorCode::NetworkNotFound,
+            Error::NetworkExists(_) => ErrorCode::NetworkExists,
+            Error::NetworkInUse { .. } => ErrorCode::NetworkInUse,
+            Error::NetworkExhausted { .. } => ErrorCode::NetworkExhausted,
+            Error::NetworkOverlap { .. } => ErrorCode::NetworkOverlap,
+            Error::NetworkUnavailable(_) => ErrorCode::NetworkUnavailable,
             Error::Unsupported(_) => ErrorCode::Unsupported,
             Error::EngineUnavailable(_) => ErrorCode::EngineUnavailable,
             Error::EngineFailed(_) => ErrorCode::EngineFailed,

@@ -262,6 +262,11 @@ name_type!(
     check_tenant_id
 );
 name_type!(
+    /// A network (one host bridge and subnet); `tenant--name` for a tenant's, as for VMs.
+    NetworkName,
+    "network name"
+);
+name_type!(
     /// A pool of interchangeable instances belonging to a tenant.
     PoolId,
     "pool id"

@@ -36,6 +36,7 @@ pub mod error;
 pub mod fake;
 pub mod ids;
 pub mod lifecycle;
+pub mod network;
 pub mod operation;
 pub mod spec;
 

@@ -84,6 +84,12 @@ fn released_codes_are_never_removed() {
         "E_AGENT_UNAVAILABLE",
         "E_AGENT_UNSUPPORTED",
         "E_AGENT_FAILED",
+        "E_NETWORK_NOT_FOUND",
+        "E_NETWORK_EXISTS",
+        "E_NETWORK_IN_USE",
+        "E_NETWORK_EXHAUSTED",
+        "E_NETWORK_OVERLAP",
+        "E_NETWORK_UNAVAILABLE",
     ];
     for code in released {
         assert!(hangar_core::ErrorCode::parse(code).is_some(), "{code} was removed or renamed");

@@ -42,6 +42,7 @@ impl Coded for StoreError {
             StoreError::Exists { table: "vms", .. } => ErrorCode::VmExists,
             StoreError::Exists { table: "snapshots", .. } => ErrorCode::SnapshotExists,
             StoreError::Exists { table: "volumes", .. } => ErrorCode::DiskExists,
+            StoreError::Exists { table: "networks", .. } => ErrorCode::NetworkExists,
             // Generated ids (operations, tokens): a clash is a bug or a replay, not user input.
             StoreError::Exists { .. } => ErrorCode::InvalidArgument,
         }

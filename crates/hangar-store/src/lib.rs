@@ -18,6 +18,7 @@ mod error;
 mod fleet;
 pub mod home;
 mod lock;
+mod networks;
 mod operations;
 mod records;
 mod row;
@@ -30,6 +31,7 @@ mod volumes;
 
 pub use error::{Result, StoreError};
 pub use lock::{SharedLock, VmLock};
+pub use networks::{Leased, NetworkCreated};
 pub use records::{
     FrozenDisk, OperationRecord, OperationStatus, ProcessIdentity, SnapshotRecord, StoredEvent,
     TokenRecord, VmRecord, VolumeRecord,

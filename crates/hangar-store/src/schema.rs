@@ -12,7 +12,7 @@ use crate::home;
 use crate::store::Store;
 
 /// Current schema version (SQLite `user_version`).
-pub(crate) const SCHEMA_VERSION: i64 = 5;
+pub(crate) const SCHEMA_VERSION: i64 = 6;
 
 const MIGRATION_1: &str = "
 CREATE TABLE vms (
@@ -115,8 +115,31 @@ ALTER TABLE snapshots ADD COLUMN tenant TEXT;
 ALTER TABLE snapshots ADD COLUMN pool TEXT;
 ";
 
+/// Version 6: networks (a subnet behind one host bridge) and the address leases of the NICs on
+/// them. An address is leased once per network (the primary key), a NIC holds one lease.
+const MIGRATION_6: &str = "
+CREATE TABLE networks (
+    name TEXT PRIMARY KEY,
+    tenant TEXT,
+    subnet TEXT NOT NULL,
+    nat INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE leases (
+    network TEXT NOT NULL,
+    address TEXT NOT NULL,
+    vm TEXT NOT NULL,
+    nic TEXT NOT NULL,
+    mac TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (network, address),
+    UNIQUE (vm, nic)
+);
+";
+
 /// Every migration, in order: `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 5] = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5];
+const MIGRATIONS: [&str; 6] =
+    [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5, MIGRATION_6];
 
 // Each migration moves the version by one.
 const _: () = assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION);

@@ -123,7 +123,7 @@ impl Store {
         self.in_transaction(|| self.update_vm(vm).and_then(|()| self.record_transition(event)))
     }
 
-    fn in_transaction(&self, work: impl FnOnce() -> Result<()>) -> Result<()> {
+    pub(crate) fn in_transaction(&self, work: impl FnOnce() -> Result<()>) -> Result<()> {
         self.conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| self.err(e))?;
         match work() {
             Ok(()) => self.conn.execute_batch("COMMIT").map_err(|e| self.err(e)),
