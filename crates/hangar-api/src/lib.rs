@@ -467,6 +467,62 @@ pub struct TokenView {
     pub created_at: u64,
 }
 
+/// A network as `hangar network ls` and `GET /v1/networks` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NetworkView {
+    /// Its name (`acme--default` for a tenant's).
+    pub name: String,
+    /// The tenant that owns it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Its subnet (`10.88.0.0/24`).
+    pub subnet: String,
+    /// The gateway: the host bridge's address.
+    pub gateway: String,
+    /// The host bridge's name.
+    pub bridge: String,
+    /// Whether guests reach beyond the host (masqueraded).
+    pub nat: bool,
+    /// Addresses leased to VMs' NICs.
+    pub leases: Vec<LeaseView>,
+    /// Host addresses left for new NICs.
+    pub free: u32,
+}
+
+/// One leased address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LeaseView {
+    /// The address.
+    pub address: String,
+    /// The VM holding it.
+    pub vm: String,
+    /// Its NIC.
+    pub nic: String,
+    /// The NIC's MAC address.
+    pub mac: String,
+}
+
+/// `POST /v1/networks` body.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkRequest {
+    /// Its name; a tenant's network is named `tenant--name` (given `tenant`, the prefix is
+    /// added).
+    pub name: String,
+    /// Its subnet: a private IPv4 range, prefix 16 to 29 (`10.88.0.0/24`).
+    pub subnet: String,
+    /// The tenant that owns it.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// Masquerade guests' traffic out of the host (default true).
+    #[serde(default = "default_true")]
+    pub nat: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
 /// The HTTP status an error code maps to.
 pub fn http_status(code: ErrorCode) -> u16 {
     use ErrorCode::*;

@@ -40,6 +40,17 @@ pub trait Backend: Engine {
     fn confinement(&self, _vm: &VmName) -> Result<Option<serde_json::Value>, Error> {
         Ok(None)
     }
+    /// Makes (`present`) or removes a network's host side (its bridge). A fake engine has no
+    /// host side: nothing to do.
+    fn host_network(
+        &self, _network: &hangar_core::network::Network, _present: bool,
+    ) -> Result<(), Error> {
+        Ok(())
+    }
+    /// Releases leases whose VM was never recorded (a define killed midway).
+    fn sweep_leases(&self) -> Result<(), Error> {
+        Ok(())
+    }
     /// What live VMs need now and then (console logs rotated); `hangard` calls it every second.
     fn upkeep(&self) -> Result<(), Error> {
         Ok(())
@@ -47,6 +58,20 @@ pub trait Backend: Engine {
 }
 
 impl Backend for QemuEngine {
+    fn host_network(
+        &self, network: &hangar_core::network::Network, present: bool,
+    ) -> Result<(), Error> {
+        if present {
+            hangar_net::host::ensure_bridge(network).map(drop)
+        } else {
+            hangar_net::host::remove_bridge(network).map(drop)
+        }
+    }
+
+    fn sweep_leases(&self) -> Result<(), Error> {
+        QemuEngine::sweep_leases(self).map(drop)
+    }
+
     fn view(&self, vm: &VmName) -> Result<VmView, Error> {
         self.record(vm).map(|r| crate::view_of(&r))
     }

@@ -27,6 +27,7 @@ mod remote_guest;
 pub mod tokens;
 
 pub use backend::{Backend, Start};
+pub mod networks;
 pub use error::ControlError;
 pub use local::{allowed_roots, check_paths, Local, Pending};
 pub use remote::Remote;
@@ -85,6 +86,12 @@ pub trait Control: Send + Sync {
     /// Work inside running guests (exec, files, info), the same way: through the daemon when
     /// it runs (which checks and audits it), else straight to the VM's agent.
     fn guest(&self) -> &dyn hangar_core::contracts::Guest;
+    /// Every network with its leases.
+    fn networks(&self) -> Result<Vec<hangar_api::NetworkView>>;
+    /// Creates a network (and its host bridge).
+    fn create_network(&self, req: &hangar_api::NetworkRequest) -> Result<hangar_api::NetworkView>;
+    /// Removes a network no VM uses (and its host bridge).
+    fn remove_network(&self, name: &str) -> Result<()>;
 }
 
 /// Whether to use `hangard`: the value of `HANGAR_DAEMON`.

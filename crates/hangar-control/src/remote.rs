@@ -144,6 +144,20 @@ impl Control for Remote {
         self
     }
 
+    fn networks(&self) -> Result<Vec<hangar_api::NetworkView>> {
+        self.call("GET", "/v1/networks", None)
+    }
+
+    fn create_network(&self, req: &hangar_api::NetworkRequest) -> Result<hangar_api::NetworkView> {
+        self.call("POST", "/v1/networks", Some(&serde_json::to_value(req).expect("serialises")))
+    }
+
+    fn remove_network(&self, name: &str) -> Result<()> {
+        let _: serde_json::Value =
+            self.call("DELETE", &format!("/v1/networks/{}", encode(name)), None)?;
+        Ok(())
+    }
+
     fn describe(&self) -> String {
         format!("hangard ({})", self.endpoint)
     }

@@ -199,11 +199,15 @@ pub enum Action {
     HostRead,
     /// Run programs in a VM's guest and read or write its files (through its agent).
     GuestExec,
+    /// List or inspect networks and their leases.
+    NetworkRead,
+    /// Create or remove networks (subnets are the host's to hand out).
+    NetworkManage,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Action; 25] = [
+    pub const ALL: [Action; 27] = [
         Action::ApiRead,
         Action::ImageRead,
         Action::VmRead,
@@ -229,6 +233,8 @@ impl Action {
         Action::MetricsRead,
         Action::HostRead,
         Action::GuestExec,
+        Action::NetworkRead,
+        Action::NetworkManage,
     ];
 
     /// The least role a tenant principal needs, or `None` when only an admin may.
@@ -236,13 +242,12 @@ impl Action {
         use Action::*;
         match self {
             ApiRead | ImageRead | VmRead | SnapshotRead | OperationRead | EventRead
-            | TenantRead | PoolRead | InstanceRead => Some(Role::Viewer),
+            | TenantRead | PoolRead | InstanceRead | NetworkRead => Some(Role::Viewer),
             VmOperate | SnapshotSave | SnapshotRestore | PoolClaim | InstanceRelease
             | GuestExec => Some(Role::Operator),
             VmCreate | VmDelete | SnapshotDelete | PoolManage => Some(Role::Owner),
-            TenantManage | FleetRead | FleetReconcile | TokenManage | MetricsRead | HostRead => {
-                None
-            }
+            TenantManage | FleetRead | FleetReconcile | TokenManage | MetricsRead | HostRead
+            | NetworkManage => None,
         }
     }
 
@@ -275,6 +280,8 @@ impl Action {
             MetricsRead => "metrics.read",
             HostRead => "host.read",
             GuestExec => "guest.exec",
+            NetworkRead => "network.read",
+            NetworkManage => "network.manage",
         }
     }
 }

@@ -214,6 +214,10 @@ pub struct NicSpec {
     pub mode: NicMode,
     /// Host ports forwarded to the guest (user mode only).
     pub forward: Vec<PortForward>,
+    /// The network a `bridge` NIC joins (a tenant's VM names its tenant's networks without
+    /// the `tenant--` prefix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::ids::NetworkName>,
 }
 
 /// How a NIC reaches the outside.
@@ -224,6 +228,8 @@ pub enum NicMode {
     User,
     /// A host TAP device.
     Tap,
+    /// A port of a Hangar network's bridge, with an address leased from its subnet.
+    Bridge,
     /// Declared but not connected.
     None,
 }

@@ -57,27 +57,45 @@ pub fn kernel_argument(name: &str, bytes: &[u8]) -> String {
 }
 
 /// What the built-in image's `hangar-init` configures at boot (`hangar.net=`): the first
-/// `user` NIC gets slirp's fixed address, gateway and DNS; the hostname is the VM's name.
-/// Further `user` NICs would sit on the same 10.0.2.0/24: they stay unaddressed, with a warning.
-fn guest_network(vm: &VmSpec, warnings: &mut Vec<String>) -> Option<GuestNetwork> {
+/// `user` NIC gets slirp's fixed address and DNS, each bridge NIC its lease; the first NIC
+/// addressed carries the default route; the hostname is the VM's name. Further `user` NICs
+/// would sit on the same 10.0.2.0/24: they stay unaddressed, with a warning.
+fn guest_network(
+    vm: &VmSpec, facts: &HostFacts, warnings: &mut Vec<String>,
+) -> Option<GuestNetwork> {
     let mut network = GuestNetwork { hostname: Some(vm.name.to_string()), ..Default::default() };
+    let mut user_addressed = false;
     for nic in &vm.nics {
-        if nic.mode != NicMode::User {
-            continue;
-        }
-        if network.nics.is_empty() {
-            network.nics.push(GuestNic {
-                mac: Some(mac_for(vm.name.as_str(), nic.name.as_str())),
-                addresses: vec![USER_GUEST_ADDRESS.into()],
-                gateway: Some(USER_GATEWAY),
-                ..Default::default()
-            });
-            network.dns.push(USER_DNS);
-        } else {
-            warnings.push(format!(
+        let mac = Some(mac_for(vm.name.as_str(), nic.name.as_str()));
+        let gateway_free = network.nics.iter().all(|n| n.gateway.is_none());
+        match nic.mode {
+            NicMode::User if !user_addressed => {
+                user_addressed = true;
+                network.nics.push(GuestNic {
+                    mac,
+                    addresses: vec![USER_GUEST_ADDRESS.into()],
+                    gateway: gateway_free.then_some(USER_GATEWAY),
+                    ..Default::default()
+                });
+                network.dns.push(USER_DNS);
+            }
+            NicMode::User => warnings.push(format!(
                 "nic {} (user) is left unaddressed: only the first user NIC gets 10.0.2.15/24",
                 nic.name
-            ));
+            )),
+            NicMode::Bridge => {
+                let Some(place) = facts.nic_networks.get(nic.name.as_str()) else {
+                    continue;
+                };
+                let prefix = place.subnet.rsplit('/').next().unwrap_or("24");
+                network.nics.push(GuestNic {
+                    mac,
+                    addresses: vec![format!("{}/{prefix}", place.address)],
+                    gateway: gateway_free.then_some(place.gateway),
+                    ..Default::default()
+                });
+            }
+            NicMode::Tap | NicMode::None => {}
         }
     }
     (!network.nics.is_empty()).then_some(network)
@@ -89,14 +107,23 @@ fn qemu_escape(value: &str) -> String {
 }
 
 /// A stable, locally administered MAC for a NIC: the same VM and NIC always get the same one.
-fn mac_for(vm: &str, nic: &str) -> String {
+pub fn mac_for(vm: &str, nic: &str) -> String {
     let hash = sha256_tagged(format!("{vm}/{nic}").as_bytes());
     let hex = &hash["sha256:".len()..];
     format!("52:54:00:{}:{}:{}", &hex[0..2], &hex[2..4], &hex[4..6])
 }
 
+/// The descriptor QEMU finds its first bridge NIC's TAP on (the next ones follow).
+pub const TAP_FD_BASE: i32 = 10;
+
+/// A network's stable bridge name, at most 15 bytes.
+pub fn bridge_name(network: &str) -> String {
+    let hash = sha256_tagged(format!("bridge/{network}").as_bytes());
+    format!("hgb-{}", &hash["sha256:".len().."sha256:".len() + 11])
+}
+
 /// A stable TAP name of at most 15 bytes (the kernel's IFNAMSIZ - 1).
-fn tap_name(vm: &str, nic: &str) -> String {
+pub fn tap_name(vm: &str, nic: &str) -> String {
     let hash = sha256_tagged(format!("tap/{vm}/{nic}").as_bytes());
     format!("hg-{}", &hash["sha256:".len().."sha256:".len() + 12])
 }
@@ -183,7 +210,7 @@ pub fn plan(spec: &CanonicalSpec, facts: &HostFacts) -> Result<Plan, PlanError> 
 
     // Kernel, initrd, command line. Only the built-in image's init reads `hangar.net=`.
     let guest_network = match vm.boot {
-        BootSource::Image { .. } => guest_network(vm, &mut warnings),
+        BootSource::Image { .. } => guest_network(vm, facts, &mut warnings),
         BootSource::Kernel { .. } => None,
     };
     let (kernel, initrd, mut cmdline) = match &vm.boot {
@@ -274,7 +301,8 @@ pub fn plan(spec: &CanonicalSpec, facts: &HostFacts) -> Result<Plan, PlanError> 
     }
 
     // NICs, in spec order.
-    for nic in &vm.nics {
+    let mut bridge_ports = 0;
+    for (index, nic) in vm.nics.iter().enumerate() {
         let id = format!("nic-{}", nic.name);
         let netdev = match nic.mode {
             NicMode::None => {
@@ -292,6 +320,29 @@ pub fn plan(spec: &CanonicalSpec, facts: &HostFacts) -> Result<Plan, PlanError> 
                     ));
                 }
                 s
+            }
+            NicMode::Bridge => {
+                let network = nic.network.as_ref().map(|n| n.to_string()).unwrap_or_default();
+                let place = facts
+                    .nic_networks
+                    .get(nic.name.as_str())
+                    .ok_or(PlanError::UnknownNetwork { index, network })?;
+                let fd = TAP_FD_BASE + bridge_ports;
+                bridge_ports += 1;
+                creates.push(Creation::Lease {
+                    network: place.network.clone(),
+                    nic: nic.name.to_string(),
+                    address: place.address.to_string(),
+                    leased: place.leased,
+                });
+                creates.push(Creation::BridgePort {
+                    ifname: tap_name(name, nic.name.as_str()),
+                    nic: nic.name.to_string(),
+                    bridge: place.bridge.clone(),
+                    network: place.network.clone(),
+                    fd,
+                });
+                format!("tap,id={id},fd={fd}")
             }
             NicMode::Tap => {
                 let ifname = tap_name(name, nic.name.as_str());

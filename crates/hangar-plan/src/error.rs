@@ -19,6 +19,13 @@ pub enum PlanError {
         /// Its limit.
         limit: usize,
     },
+    /// A bridge NIC's network is not known to the host (no such network, or no lease).
+    UnknownNetwork {
+        /// The NIC's index in the spec.
+        index: usize,
+        /// The network it names.
+        network: String,
+    },
     /// The host facts are unusable.
     HostFacts {
         /// The field.
@@ -38,6 +45,7 @@ impl fmt::Display for PlanError {
                 write!(f, "{path} is {} bytes, longer than {limit}", path.len())
             }
             PlanError::HostFacts { field, reason } => write!(f, "host facts {field}: {reason}"),
+            PlanError::UnknownNetwork { network, .. } => write!(f, "there is no network {network}"),
         }
     }
 }
@@ -50,6 +58,7 @@ impl Coded for PlanError {
             PlanError::AccelUnavailable { .. } => ErrorCode::AccelUnavailable,
             PlanError::PathTooLong { .. } => ErrorCode::PathTooLong,
             PlanError::HostFacts { .. } => ErrorCode::HostFactsInvalid,
+            PlanError::UnknownNetwork { .. } => ErrorCode::NetworkNotFound,
         }
     }
 
@@ -58,6 +67,17 @@ impl Coded for PlanError {
             PlanError::AccelUnavailable { .. } => Some("machine.accel".into()),
             PlanError::HostFacts { field, .. } => Some(field.clone()),
             PlanError::PathTooLong { .. } => None,
+            PlanError::UnknownNetwork { index, .. } => Some(format!("nic[{index}].network")),
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        match self {
+            PlanError::UnknownNetwork { .. } => Some(
+                "create it (`hangar network create NAME --subnet CIDR`) or pick one from `hangar network ls`"
+                    .into(),
+            ),
+            _ => None,
         }
     }
 }

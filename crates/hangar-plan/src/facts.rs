@@ -28,6 +28,29 @@ pub struct HostFacts {
     /// Free memory and disk, for admission (absent: not checked).
     #[serde(default)]
     pub capacity: Option<Capacity>,
+    /// What each bridge NIC of the VM being planned gets from its network, by NIC name: the
+    /// engine looks these up in its store (a lease, or for a dry run the address a lease would
+    /// get); nothing is probed.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub nic_networks: std::collections::BTreeMap<String, NicNetwork>,
+}
+
+/// A bridge NIC's place on its network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NicNetwork {
+    /// The network's full name (`tenant--name` for a tenant's).
+    pub network: String,
+    /// Its host bridge.
+    pub bridge: String,
+    /// Its subnet, `10.88.0.0/24`.
+    pub subnet: String,
+    /// The NIC's address.
+    pub address: std::net::Ipv4Addr,
+    /// The gateway (the bridge's address).
+    pub gateway: std::net::Ipv4Addr,
+    /// Whether the NIC holds that lease already (`false`: the address a lease would get now).
+    pub leased: bool,
 }
 
 /// What this host offers to confine each QEMU.

@@ -23,13 +23,13 @@ mod types;
 
 pub use accel::resolve_accel;
 pub use argv::{
-    kernel_argument, plan, AGENT_FD, AGENT_PORT, CONSOLE_FD, INCOMING_FD, MAX_SOCKET_PATH,
-    MINIMAL_IMAGE_CMDLINE, QMP_FD, USER_GUEST_ADDRESS,
+    bridge_name, kernel_argument, mac_for, plan, tap_name, AGENT_FD, AGENT_PORT, CONSOLE_FD,
+    INCOMING_FD, MAX_SOCKET_PATH, MINIMAL_IMAGE_CMDLINE, QMP_FD, TAP_FD_BASE, USER_GUEST_ADDRESS,
 };
 pub use confine::{home_tag, qemu_uid, CPU_PERIOD_US, QEMU_PIDS_MAX, QEMU_UID_BASE, QEMU_UID_SPAN};
 pub use error::PlanError;
 pub use facts::{
     Capacity, CgroupVersion, ConfinementFacts, FixedProbe, HostFacts, HostProbe, KvmFacts,
-    QemuFacts, DEFAULT_MEMORY_OVERHEAD_MIB,
+    NicNetwork, QemuFacts, DEFAULT_MEMORY_OVERHEAD_MIB,
 };
 pub use types::{Accel, CgroupPlan, Confinement, Creation, Plan, SerialPlan, PLAN_SCHEMA_VERSION};

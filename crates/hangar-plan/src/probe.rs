@@ -92,6 +92,7 @@ impl HostProbe for SystemProbe {
             image_dir: self.home.join("images").display().to_string(),
             confinement: confinement_facts(),
             capacity: capacity(&self.home),
+            nic_networks: Default::default(),
         }
     }
 }

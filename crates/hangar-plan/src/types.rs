@@ -75,6 +75,31 @@ pub enum Creation {
         /// The disk it belongs to.
         disk: String,
     },
+    /// An address lease on a network, recorded in the store.
+    Lease {
+        /// The network.
+        network: String,
+        /// The NIC.
+        nic: String,
+        /// The address.
+        address: String,
+        /// Whether the lease exists already (`false`: a run would take it).
+        leased: bool,
+    },
+    /// A TAP device made by Hangar, a port of a network's bridge, handed to QEMU as a
+    /// descriptor (it disappears with QEMU).
+    BridgePort {
+        /// Interface name (at most 15 bytes).
+        ifname: String,
+        /// The NIC it belongs to.
+        nic: String,
+        /// The bridge (created if missing, with the gateway address).
+        bridge: String,
+        /// The network.
+        network: String,
+        /// The descriptor number QEMU finds it on.
+        fd: i32,
+    },
     /// A TAP network device.
     Tap {
         /// Interface name (at most 15 bytes).

@@ -54,6 +54,11 @@ impl QemuEngine {
         if let Some(socket) = &plan.agent_socket {
             launch = launch.pass(hangar_plan::AGENT_FD, confine::listen(Path::new(socket))?);
         }
+        for creation in &plan.creates {
+            if let hangar_plan::Creation::BridgePort { ifname, network, fd, .. } = creation {
+                launch = launch.pass(*fd, self.bridge_port(network, ifname)?);
+            }
+        }
         if let Some(state) = incoming {
             // Opened here and handed over: snapshots are root's and QEMU may not open them.
             let file = std::fs::File::options()
@@ -115,6 +120,14 @@ impl QemuEngine {
         rec.boot_ms = Some(started.elapsed().as_millis() as u64);
         opts.phase(Phase::Ready);
         Ok(())
+    }
+
+    /// A TAP on `network`'s bridge for QEMU (the bridge comes back if the host lost it).
+    fn bridge_port(&self, network: &str, ifname: &str) -> Result<std::os::fd::OwnedFd> {
+        let name = hangar_core::ids::NetworkName::new(network).map_err(Error::InvalidName)?;
+        let record = self.db(|s| s.network(&name))?;
+        let record = record.ok_or(Error::NetworkNotFound(name))?;
+        hangar_net::host::open_port(&record, ifname)
     }
 
     /// Waits for `HANGAR_READY` after the tail's offset, watching the process and QMP. A

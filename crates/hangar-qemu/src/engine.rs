@@ -266,10 +266,48 @@ impl QemuEngine {
         }
     }
 
+    /// Plans `spec` on this host, its bridge NICs holding their leases (taken now if new;
+    /// leases of NICs it no longer has are released).
     pub(crate) fn replan(&self, spec: VmSpec) -> Result<(CanonicalSpec, Plan)> {
         let canonical = CanonicalSpec::new(spec);
-        let plan = hangar_plan::plan(&canonical, &self.facts).map_err(QemuError::Plan)?;
+        let facts = self.facts_for(&canonical.spec, hangar_net::Leasing::Take)?;
+        let plan = hangar_plan::plan(&canonical, &facts).map_err(QemuError::Plan)?;
         Ok((canonical, plan))
+    }
+
+    /// The host facts with what `spec`'s bridge NICs get from their networks.
+    pub fn facts_for(&self, spec: &VmSpec, leasing: hangar_net::Leasing) -> Result<HostFacts> {
+        let mut facts = self.facts.clone();
+        if spec.nics.iter().any(|n| n.mode == hangar_core::spec::NicMode::Bridge) {
+            let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+            facts.nic_networks = hangar_net::nic_networks(&store, spec, leasing, self.clock.now())?;
+        }
+        Ok(facts)
+    }
+
+    /// Releases leases whose VM has no record (its define was killed between leasing and
+    /// recording): only those whose VM lock is free, so a define in progress keeps its own.
+    /// How many were released.
+    pub fn sweep_leases(&self) -> Result<usize> {
+        let leases = self.db(|s| s.leases(None))?;
+        let mut released = 0;
+        let vms: std::collections::BTreeSet<VmName> = leases.into_iter().map(|l| l.vm).collect();
+        for vm in vms {
+            let Some(_lock) = VmLock::try_acquire(&self.home, &vm).map_err(QemuError::Store)?
+            else {
+                continue;
+            };
+            if self.db(|s| s.get_vm(&vm))?.is_none() {
+                released += self.with_store(|s| hangar_net::release(s, &vm))?;
+            }
+        }
+        Ok(released)
+    }
+
+    /// Runs `f` with the store (for `hangar-net`'s record keeping).
+    pub fn with_store<T>(&self, f: impl FnOnce(&Store) -> Result<T>) -> Result<T> {
+        let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        f(&store)
     }
 
     pub(crate) fn volume_path(&self, id: &VolumeId, format: DiskFormat) -> PathBuf {

@@ -27,42 +27,19 @@ impl Lifecycle for QemuEngine {
                 if cmdline.is_empty() { extra.clone() } else { format!("{cmdline} {extra}") };
         }
         let _lock = self.lock(&spec.name)?;
-        let (canonical, mut plan) = self.replan(spec)?;
-        if let Some(existing) = self.db(|s| s.get_vm(&canonical.spec.name))? {
-            return if existing.spec_hash == canonical.hash.0 {
+        if let Some(existing) = self.db(|s| s.get_vm(&spec.name))? {
+            let hash = hangar_spec::CanonicalSpec::new(spec.clone()).hash.0;
+            return if existing.spec_hash == hash {
                 Ok(Self::status_of(&self.refresh(existing)?))
             } else {
-                Err(Error::VmExists(canonical.spec.name.clone()))
+                Err(Error::VmExists(spec.name.clone()))
             };
         }
-        // Held until the record is in: two defines must not both see a uid as free.
-        let _uids =
-            hangar_store::SharedLock::acquire(&self.home, "uids").map_err(QemuError::Store)?;
-        self.unique_user(&mut plan)?;
-        let machine = StateMachine::new(
-            canonical.spec.name.clone(),
-            self.clock.clone(),
-            self.observers.clone(),
-            Cause::User,
-            current_operation(),
-        );
-        let event = machine.history()[0].clone();
-        let rec = VmRecord {
-            spec_hash: canonical.hash.0.clone(),
-            plan_json: plan.to_json(),
-            state: VmState::Defined,
-            reason: None,
-            runtime_dir: plan.runtime_dir.clone(),
-            process: None,
-            boot_ms: None,
-            sleeping_on: None,
-            boot_log_offset: None,
-            created_at: event.at,
-            updated_at: event.at,
-            spec: canonical.spec,
-        };
-        self.db(|s| s.define_vm(&rec, &event))?;
-        Ok(Self::status_of(&rec))
+        let name = spec.name.clone();
+        // Leases are taken while planning: a define that fails gives them back.
+        self.define_new(spec).inspect_err(|_| {
+            let _ = self.with_store(|s| hangar_net::release(s, &name));
+        })
     }
 
     fn start(&self, vm: &VmName, cancel: &CancelToken) -> Result<VmStatus> {
@@ -127,7 +104,10 @@ impl Lifecycle for QemuEngine {
         if dir.exists() {
             std::fs::remove_dir_all(dir).map_err(|e| QemuError::io("cannot remove", dir, e))?;
         }
-        self.db(|s| s.delete_vm(vm))
+        self.db(|s| s.delete_vm(vm))?;
+        // Its TAPs went with its QEMU; its addresses go back to their networks.
+        self.with_store(|s| hangar_net::release(s, vm))?;
+        self.sweep_leases().map(drop)
     }
 
     fn status(&self, vm: &VmName) -> Result<VmStatus> {
@@ -169,6 +149,42 @@ impl QemuEngine {
             }
             other => return Err(refuse(vm, other, via)),
         }
+        Ok(Self::status_of(&rec))
+    }
+}
+
+impl QemuEngine {
+    /// Defines a VM whose name is free (the caller holds its lock).
+    fn define_new(&self, spec: VmSpec) -> Result<VmStatus> {
+        let (canonical, mut plan) = self.replan(spec)?;
+
+        // Held until the record is in: two defines must not both see a uid as free.
+        let _uids =
+            hangar_store::SharedLock::acquire(&self.home, "uids").map_err(QemuError::Store)?;
+        self.unique_user(&mut plan)?;
+        let machine = StateMachine::new(
+            canonical.spec.name.clone(),
+            self.clock.clone(),
+            self.observers.clone(),
+            Cause::User,
+            current_operation(),
+        );
+        let event = machine.history()[0].clone();
+        let rec = VmRecord {
+            spec_hash: canonical.hash.0.clone(),
+            plan_json: plan.to_json(),
+            state: VmState::Defined,
+            reason: None,
+            runtime_dir: plan.runtime_dir.clone(),
+            process: None,
+            boot_ms: None,
+            sleeping_on: None,
+            boot_log_offset: None,
+            created_at: event.at,
+            updated_at: event.at,
+            spec: canonical.spec,
+        };
+        self.db(|s| s.define_vm(&rec, &event))?;
         Ok(Self::status_of(&rec))
     }
 }

@@ -62,7 +62,11 @@ impl QemuEngine {
                         "tap networking ({ifname}) is not implemented yet"
                     )));
                 }
-                Creation::File { .. } | Creation::Socket { .. } => {}
+                // Leases are taken at define; TAPs are made at boot, handed to QEMU.
+                Creation::File { .. }
+                | Creation::Socket { .. }
+                | Creation::Lease { .. }
+                | Creation::BridgePort { .. } => {}
             }
         }
         let plan_path = Path::new(&plan.runtime_dir).join("plan.json");

@@ -392,6 +392,7 @@ fn two_names_with_the_same_derived_uid_still_get_different_users() {
         .attach_nic(
             &VmName::new(&second).unwrap(),
             &hangar_core::spec::NicSpec {
+                network: None,
                 name: hangar_core::ids::DeviceName::new("net9").unwrap(),
                 mode: hangar_core::spec::NicMode::None,
                 forward: vec![],

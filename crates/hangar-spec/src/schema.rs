@@ -144,6 +144,8 @@ pub struct NicFile {
     /// Port forwards `[tcp:|udp:]HOST_PORT:GUEST_PORT` (user mode only; host side binds 127.0.0.1).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub forward: Vec<String>,
+    /// The network a `bridge` NIC joins (`hangar network ls`).
+    pub network: Option<String>,
 }
 
 /// NIC modes.
@@ -154,6 +156,8 @@ pub enum NicModeFile {
     User,
     /// A host TAP device.
     Tap,
+    /// A port of a Hangar network (`network = "NAME"`), with a leased address.
+    Bridge,
     /// Not connected.
     None,
 }

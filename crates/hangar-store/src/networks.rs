@@ -190,6 +190,11 @@ impl Store {
         )
     }
 
+    /// Releases the lease of NIC `nic` of `vm`, if it holds one.
+    pub fn release_lease(&self, vm: &VmName, nic: &DeviceName) -> Result<usize> {
+        self.execute("DELETE FROM leases WHERE vm = ?1 AND nic = ?2", [vm.as_str(), nic.as_str()])
+    }
+
     /// Releases every lease `vm` holds; how many there were.
     pub fn release_leases(&self, vm: &VmName) -> Result<usize> {
         self.execute("DELETE FROM leases WHERE vm = ?1", [vm.as_str()])

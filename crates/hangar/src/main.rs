@@ -18,6 +18,7 @@ mod doctor;
 mod failure;
 mod fleet;
 mod guest;
+mod network;
 mod ops;
 mod planning;
 mod progress;
@@ -243,6 +244,9 @@ enum Command {
     /// admin, or one tenant with a role.
     #[command(subcommand)]
     Token(access::TokenCommand),
+    /// Networks: a subnet behind one host bridge; VMs join with `[[nic]] mode = "bridge"`.
+    #[command(subcommand)]
+    Network(network::NetworkCommand),
     /// Tenants: quota boundaries that own pools (needs hangard).
     #[command(subcommand)]
     Tenant(fleet::TenantCommand),
@@ -364,10 +368,13 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), Failure> {
         Command::Plan { file, output, host_facts } => {
             let spec = hangar_spec::load(&file)?;
             let host_facts_given = host_facts.is_some();
-            let facts = match host_facts {
+            let mut facts = match host_facts {
                 Some(path) => read_facts(&path)?,
                 None => SystemProbe::default().probe(),
             };
+            if !host_facts_given {
+                facts.nic_networks = planning::nic_networks(&spec.spec)?;
+            }
             let plan = hangar_plan::plan(&spec, &facts).map_err(|e| coded(&e))?;
             match output {
                 Output::Json => {
@@ -461,6 +468,7 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), Failure> {
         Command::Ops { command: None, limit, output } => ops::ops(limit, output, out),
         Command::Ops { command: Some(OpsCommand::Show { id }), .. } => ops::op_show(&id, out),
         Command::Images { output } => doctor::images(output, out),
+        Command::Network(cmd) => network::network(cmd, out),
         Command::Tenant(cmd) => fleet::tenant(cmd, out),
         Command::Pool(cmd) => fleet::pool(cmd, out),
         Command::Instance(cmd) => fleet::instance(cmd, out),

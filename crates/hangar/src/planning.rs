@@ -86,6 +86,13 @@ pub(crate) fn print_plan(out: &mut dyn Write, spec: &CanonicalSpec, plan: &hanga
                 format!("disk     {path}  ({size_mib} MiB, blank)")
             }
             hangar_plan::Creation::Tap { ifname, nic } => format!("tap      {ifname}  (nic {nic})"),
+            hangar_plan::Creation::Lease { network, nic, address, leased } => {
+                let held = if *leased { "held" } else { "to take" };
+                format!("lease    {address} on {network}  (nic {nic}, {held})")
+            }
+            hangar_plan::Creation::BridgePort { ifname, nic, bridge, fd, .. } => {
+                format!("port     {ifname} on bridge {bridge}  (nic {nic}, QEMU fd {fd})")
+            }
         };
         let _ = writeln!(out, "  {line}");
     }
@@ -126,4 +133,22 @@ pub(crate) fn print_plan(out: &mut dyn Write, spec: &CanonicalSpec, plan: &hanga
     for w in &plan.warnings {
         let _ = writeln!(out, "warning: {w}");
     }
+}
+
+/// What a dry run's bridge NICs would get: the lease each holds, or the address a lease would
+/// get now. Read from an existing store only (`plan` creates nothing; without a store there
+/// are no networks, and the planner says so with the NIC's field).
+pub(crate) fn nic_networks(
+    spec: &hangar_core::spec::VmSpec,
+) -> Result<std::collections::BTreeMap<String, hangar_plan::NicNetwork>, Failure> {
+    let bridged = spec.nics.iter().any(|n| n.mode == hangar_core::spec::NicMode::Bridge);
+    let home = crate::common::home();
+    if !bridged || !home.join("state.db").exists() {
+        return Ok(Default::default());
+    }
+    let store = hangar_store::Store::open_in(&home)
+        .map_err(|e| crate::common::fail(hangar_qemu::QemuError::Store(e).into()))?;
+    let now = hangar_core::clock::Clock::now(&hangar_core::clock::SystemClock);
+    hangar_net::nic_networks(&store, spec, hangar_net::Leasing::Look, now)
+        .map_err(crate::common::fail)
 }

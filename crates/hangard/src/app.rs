@@ -77,6 +77,16 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/tokens", get(admin::list_tokens).post(admin::create_token))
         .route("/v1/tokens/{id}", axum::routing::delete(admin::delete_token))
         .route("/v1/host", get(admin::host))
+        .route(
+            "/v1/networks",
+            get(crate::routes::networks::list_networks)
+                .post(crate::routes::networks::create_network),
+        )
+        .route(
+            "/v1/networks/{name}",
+            get(crate::routes::networks::get_network)
+                .delete(crate::routes::networks::delete_network),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(daemon.clone(), gate))

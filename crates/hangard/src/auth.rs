@@ -74,6 +74,10 @@ pub const ROUTES: &[(&str, &str, Gate)] = &[
     ("POST", "/v1/tokens", Gate::Action(Action::TokenManage)),
     ("DELETE", "/v1/tokens/{id}", Gate::Action(Action::TokenManage)),
     ("GET", "/v1/host", Gate::Action(Action::HostRead)),
+    ("GET", "/v1/networks", Gate::Action(Action::NetworkRead)),
+    ("POST", "/v1/networks", Gate::Action(Action::NetworkManage)),
+    ("GET", "/v1/networks/{name}", Gate::Action(Action::NetworkRead)),
+    ("DELETE", "/v1/networks/{name}", Gate::Action(Action::NetworkManage)),
 ];
 
 /// What `route` (a matched path pattern) needs under `method`; `None` if the table lacks it.

@@ -61,11 +61,16 @@ use crate::{admin, fleet};
         admin::list_tokens,
         admin::create_token,
         admin::delete_token,
-        admin::host
+        admin::host,
+        crate::routes::networks::list_networks,
+        crate::routes::networks::get_network,
+        crate::routes::networks::create_network,
+        crate::routes::networks::delete_network
     ),
     components(schemas(VmView, ErrorBody, Health, StartRequest, StopRequest, SnapshotRequest, VmAction,
         Operation, OperationRequest, OperationResult, EventView, ImageView, TokenRequest, TokenView,
-        NewToken, admin::HostView)),
+        NewToken, admin::HostView, hangar_api::NetworkView, hangar_api::LeaseView,
+        hangar_api::NetworkRequest)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

@@ -131,6 +131,16 @@ fn requests() -> Vec<(&'static str, String, Option<String>, Option<Action>)> {
         ),
         ("DELETE", s("/v1/tokens/tok-nope"), None, Some(Action::TokenManage)),
         ("GET", s("/v1/host"), None, Some(Action::HostRead)),
+        ("GET", s("/v1/networks"), None, Some(Action::NetworkRead)),
+        ("GET", s("/v1/networks/nope"), None, Some(Action::NetworkRead)),
+        // A subnet that is not private: refused before anything is made.
+        (
+            "POST",
+            s("/v1/networks"),
+            Some(s(r#"{"name":"n","subnet":"8.8.8.0/24"}"#)),
+            Some(Action::NetworkManage),
+        ),
+        ("DELETE", s("/v1/networks/nope"), None, Some(Action::NetworkManage)),
     ]
 }
 

@@ -42,6 +42,7 @@ pub(super) fn c01_missing_capabilities_are_refused(ctx: &Ctx<'_>) -> Check {
             NicHotplug => code(ctx.engine.attach_nic(
                 &vm,
                 &NicSpec {
+                    network: None,
                     name: DeviceName::new("conf-hot").unwrap(),
                     mode: NicMode::User,
                     forward: vec![],

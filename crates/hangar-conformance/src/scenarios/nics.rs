@@ -13,6 +13,7 @@ pub(super) fn n01_nics(ctx: &Ctx<'_>) -> Check {
     ok(ctx.engine.define(&ctx.spec("conf-n01")), "define")?;
     let before = ok(ctx.engine.list_nics(&vm), "list")?.len();
     let nic = NicSpec {
+        network: None,
         name: DeviceName::new("conf-net9").unwrap(),
         mode: NicMode::User,
         forward: vec![],

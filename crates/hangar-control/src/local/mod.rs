@@ -212,6 +212,26 @@ impl Control for Local {
     fn guest(&self) -> &dyn Guest {
         self
     }
+
+    fn networks(&self) -> Result<Vec<hangar_api::NetworkView>> {
+        let store = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        let list = hangar_net::list(&store, None)?;
+        Ok(list.iter().map(|(n, leases)| crate::networks::view(n, leases)).collect())
+    }
+
+    fn create_network(&self, req: &hangar_api::NetworkRequest) -> Result<hangar_api::NetworkView> {
+        let network = crate::networks::network_of(req)?;
+        let store = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        hangar_net::create(&store, &network, self.now(), |n| self.engine.host_network(n, true))?;
+        Ok(crate::networks::view(&network, &[]))
+    }
+
+    fn remove_network(&self, name: &str) -> Result<()> {
+        let name = crate::networks::name_of(name)?;
+        self.engine.sweep_leases()?;
+        let store = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(hangar_net::remove(&store, &name, |n| self.engine.host_network(n, false))?)
+    }
 }
 
 /// Straight to the engine's agents.

@@ -21,7 +21,7 @@ pub const BOOT_FIELDS: &[&str] = &["image", "kernel", "initrd", "cmdline"];
 /// `[[disk]]` fields.
 pub const DISK_FIELDS: &[&str] = &["name", "source", "size_mib", "format", "readonly"];
 /// `[[nic]]` fields.
-pub const NIC_FIELDS: &[&str] = &["name", "mode", "forward"];
+pub const NIC_FIELDS: &[&str] = &["name", "mode", "forward", "network"];
 /// `[serial]` fields.
 pub const SERIAL_FIELDS: &[&str] = &["mode"];
 

@@ -19,18 +19,60 @@ impl Walker<'_> {
         let mut out = Vec::new();
         for o in &items {
             let name = self.device_name(o, &mut seen, "nic");
-            let modes = [("user", NicMode::User), ("tap", NicMode::Tap), ("none", NicMode::None)];
+            let modes = [
+                ("user", NicMode::User),
+                ("tap", NicMode::Tap),
+                ("bridge", NicMode::Bridge),
+                ("none", NicMode::None),
+            ];
             let mode = if o.map.contains_key("mode") {
                 self.choice(o, "mode", &modes)
             } else {
                 Some(NicMode::User)
             };
             let forward = self.forwards(o, mode, &mut ports);
-            if let (Some(name), Some(mode), Some(forward)) = (name, mode, forward) {
-                out.push(NicSpec { name, mode, forward });
+            let network = self.nic_network(o, mode);
+            if let (Some(name), Some(mode), Some(forward), Some(network)) =
+                (name, mode, forward, network)
+            {
+                out.push(NicSpec { name, mode, forward, network });
             }
         }
         (self.errors.len() == before).then_some(out)
+    }
+
+    /// `network`: required with `mode = "bridge"`, refused with any other mode. `Some(None)`
+    /// is "valid and absent".
+    fn nic_network(
+        &mut self, o: &Obj<'_>, mode: Option<NicMode>,
+    ) -> Option<Option<hangar_core::ids::NetworkName>> {
+        let bridge = mode == Some(NicMode::Bridge);
+        if !o.map.contains_key("network") {
+            if bridge {
+                self.missing(o, "network", "`network = \"default\"` (see `hangar network ls`)");
+                return None;
+            }
+            return Some(None);
+        }
+        let raw = self.string(o, "network")?;
+        if !bridge {
+            self.push(
+                Diagnostic::new(
+                    ErrorCode::SpecInvalidValue,
+                    o.at("network"),
+                    "`network` is for bridge NICs",
+                )
+                .hint("set mode = \"bridge\" on this NIC, or remove `network`"),
+            );
+            return None;
+        }
+        match hangar_core::ids::NetworkName::new(raw) {
+            Ok(name) => Some(Some(name)),
+            Err(e) => {
+                self.name_error(o.at("network"), e);
+                None
+            }
+        }
     }
 
     pub(super) fn forwards(
