@@ -62,9 +62,11 @@ impl Backend for QemuEngine {
         &self, network: &hangar_core::network::Network, present: bool,
     ) -> Result<(), Error> {
         if present {
-            hangar_net::host::ensure_bridge(network).map(drop)
+            hangar_net::host::ensure_bridge(network)?;
+            self.with_store(|s| hangar_net::rules::sync(s, None))
         } else {
-            hangar_net::host::remove_bridge(network).map(drop)
+            hangar_net::host::remove_bridge(network)?;
+            self.with_store(|s| hangar_net::rules::sync(s, Some(&network.name)))
         }
     }
 

@@ -10,6 +10,7 @@
 //! ([`hangar_netlink`]). This crate maps both to the core's coded errors.
 
 pub mod host;
+pub mod rules;
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -10,6 +10,7 @@
 //! Everything acts on the network namespace of the calling thread: a test that
 //! `unshare(CLONE_NEWNET)`s a thread sees and changes only its own namespace.
 
+pub mod nft;
 pub mod route;
 pub mod tap;
 
@@ -101,6 +102,13 @@ impl Socket {
         // Protocol 0 (route) is "no protocol" to rustix.
         let protocol = std::num::NonZeroU32::new(protocol).map(rustix::net::Protocol::from_raw);
         let fd = rustix::net::socket(AddressFamily::NETLINK, SocketType::RAW, protocol)?;
+        // A reply that never comes (a kernel that dropped an aborted batch's acknowledgements)
+        // is an error after a while, not a hang.
+        rustix::net::sockopt::set_socket_timeout(
+            &fd,
+            rustix::net::sockopt::Timeout::Recv,
+            Some(std::time::Duration::from_secs(10)),
+        )?;
         Ok(Socket { fd, seq: 0 })
     }
 
@@ -113,18 +121,39 @@ impl Socket {
         self.replies(self.seq, flags & NLM_F_DUMP == NLM_F_DUMP)
     }
 
-    /// Sends several messages as one datagram (an nf_tables batch) and waits for the
-    /// acknowledgement of the last; the first error answer among them is returned.
-    pub fn call_batch(&mut self, messages: &[(u16, u16, Vec<u8>)]) -> io::Result<()> {
+    /// Sends `messages` as one nf_tables batch, framed by `begin` and `end` (type and body,
+    /// sent without acknowledgement), in one datagram; waits until every message is
+    /// acknowledged. The kernel applies a batch whole or not at all; the first error it
+    /// reports is returned.
+    pub fn call_framed_batch(
+        &mut self, begin: (u16, Vec<u8>), messages: &[(u16, u16, Vec<u8>)], end: (u16, Vec<u8>),
+    ) -> io::Result<()> {
         let mut datagram = Vec::new();
+        self.seq = self.seq.wrapping_add(1);
+        datagram.extend(self.message(begin.0, NLM_F_REQUEST, &begin.1));
         let first = self.seq.wrapping_add(1);
         for (kind, flags, body) in messages {
             self.seq = self.seq.wrapping_add(1);
             datagram.extend(self.message(*kind, flags | NLM_F_REQUEST | NLM_F_ACK, body));
         }
+        let last = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        datagram.extend(self.message(end.0, NLM_F_REQUEST, &end.1));
         rustix::net::send(&self.fd, &datagram, SendFlags::empty())?;
-        for seq in first..=self.seq {
-            self.replies(seq, false)?;
+        // Errors (and the acknowledgements) arrive when the kernel has processed the batch,
+        // several to a datagram.
+        let mut pending: std::collections::BTreeSet<u32> = (first..=last).collect();
+        let mut buf = vec![0u8; 256 * 1024];
+        while !pending.is_empty() {
+            let n = rustix::net::recv(&self.fd, &mut buf, RecvFlags::empty())?.0;
+            for (seq, kind, payload) in messages_in(&buf[..n])? {
+                if kind == NLMSG_ERROR && pending.remove(&seq) {
+                    let errno = errno_of(payload);
+                    if errno != 0 {
+                        return Err(io::Error::from_raw_os_error(-errno));
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -145,40 +174,50 @@ impl Socket {
         let mut buf = vec![0u8; 256 * 1024];
         loop {
             let n = rustix::net::recv(&self.fd, &mut buf, RecvFlags::empty())?.0;
-            let mut at = 0;
-            while at + 16 <= n {
-                let word =
-                    |o: usize| u32::from_ne_bytes(buf[at + o..at + o + 4].try_into().unwrap());
-                let len = word(0) as usize;
-                let kind = u16::from_ne_bytes([buf[at + 4], buf[at + 5]]);
-                if len < 16 || at + len > n {
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, "a torn netlink reply"));
+            for (got, kind, payload) in messages_in(&buf[..n])? {
+                if got != seq {
+                    continue;
                 }
-                let payload = buf[at + 16..at + len].to_vec();
-                if word(8) == seq {
-                    match kind {
-                        NLMSG_ERROR => {
-                            let errno = payload
-                                .get(..4)
-                                .map(|b| i32::from_ne_bytes(b.try_into().unwrap()))
-                                .unwrap_or(-EPROTO);
-                            if errno != 0 {
-                                return Err(io::Error::from_raw_os_error(-errno));
-                            }
-                            // The acknowledgement comes last (after a dump's DONE too).
-                            return Ok(replies);
+                match kind {
+                    NLMSG_ERROR => {
+                        let errno = errno_of(payload);
+                        if errno != 0 {
+                            return Err(io::Error::from_raw_os_error(-errno));
                         }
-                        // A dump ends here (whether an acknowledgement follows depends on the
-                        // kernel).
-                        NLMSG_DONE if dump => return Ok(replies),
-                        NLMSG_DONE => {}
-                        _ => replies.push((kind, payload)),
+                        // The acknowledgement comes last (after a dump's DONE too).
+                        return Ok(replies);
                     }
+                    // A dump ends here (whether an acknowledgement follows depends on the
+                    // kernel).
+                    NLMSG_DONE if dump => return Ok(replies),
+                    NLMSG_DONE => {}
+                    _ => replies.push((kind, payload.to_vec())),
                 }
-                at += len.next_multiple_of(4);
             }
         }
     }
+}
+
+/// The (sequence number, type, payload) of every message in a datagram.
+fn messages_in(buf: &[u8]) -> io::Result<Vec<(u32, u16, &[u8])>> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 16 <= buf.len() {
+        let len = u32::from_ne_bytes(buf[at..at + 4].try_into().unwrap()) as usize;
+        if len < 16 || at + len > buf.len() {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "a torn netlink reply"));
+        }
+        let kind = u16::from_ne_bytes([buf[at + 4], buf[at + 5]]);
+        let seq = u32::from_ne_bytes(buf[at + 8..at + 12].try_into().unwrap());
+        out.push((seq, kind, &buf[at + 16..at + len]));
+        at += len.next_multiple_of(4);
+    }
+    Ok(out)
+}
+
+/// The (negative) errno of an error answer; 0 for an acknowledgement.
+fn errno_of(payload: &[u8]) -> i32 {
+    payload.get(..4).map(|b| i32::from_ne_bytes(b.try_into().unwrap())).unwrap_or(-EPROTO)
 }
 
 /// "Protocol error": an error answer too short to carry its errno.

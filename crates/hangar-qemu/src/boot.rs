@@ -54,10 +54,17 @@ impl QemuEngine {
         if let Some(socket) = &plan.agent_socket {
             launch = launch.pass(hangar_plan::AGENT_FD, confine::listen(Path::new(socket))?);
         }
+        let mut bridged = false;
         for creation in &plan.creates {
             if let hangar_plan::Creation::BridgePort { ifname, network, fd, .. } = creation {
                 launch = launch.pass(*fd, self.bridge_port(network, ifname)?);
+                bridged = true;
             }
+        }
+        if bridged {
+            // Its anti-spoofing rules before its first frame (and every network's rules back
+            // after a host reboot).
+            self.with_store(|s| hangar_net::rules::sync(s, None))?;
         }
         if let Some(state) = incoming {
             // Opened here and handed over: snapshots are root's and QEMU may not open them.

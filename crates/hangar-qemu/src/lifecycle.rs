@@ -105,9 +105,12 @@ impl Lifecycle for QemuEngine {
             std::fs::remove_dir_all(dir).map_err(|e| QemuError::io("cannot remove", dir, e))?;
         }
         self.db(|s| s.delete_vm(vm))?;
-        // Its TAPs went with its QEMU; its addresses go back to their networks.
-        self.with_store(|s| hangar_net::release(s, vm))?;
-        self.sweep_leases().map(drop)
+        // Its TAPs went with its QEMU; its addresses go back to their networks, and its rules
+        // go.
+        if self.with_store(|s| hangar_net::release(s, vm))? + self.sweep_leases()? > 0 {
+            self.with_store(|s| hangar_net::rules::sync(s, None))?;
+        }
+        Ok(())
     }
 
     fn status(&self, vm: &VmName) -> Result<VmStatus> {

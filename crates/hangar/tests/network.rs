@@ -7,6 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use hangar_netlink::nft;
 use hangar_netlink::route::Rtnl;
 use hangar_testkit::netns::Netns;
 
@@ -164,14 +165,123 @@ fn two_vms_on_one_network_reach_each_other_and_rm_leaves_nothing() {
 
         let out = home.hangar(&["network", "rm", "lab"]);
         let err = text(&out.stderr);
-        assert!(err.contains("E_NETWORK_IN_USE") && err.contains('a') , "{err}");
+        assert!(err.contains("E_NETWORK_IN_USE") && err.contains('a'), "{err}");
         home.ok(&["rm", "--force", "a"]);
         home.ok(&["rm", "--force", "b"]);
         let net = home.json(&["network", "inspect", "lab"]);
         assert_eq!(net["leases"], serde_json::json!([]), "rm released the leases");
         assert!(!link_names().iter().any(|l| l.starts_with("hg-")), "no TAP left: {:?}", link_names());
+        assert_eq!(nft::rule_count(nft::Family::Bridge, "hangar").unwrap(), 0, "no VM, no per-NIC rule");
         home.ok(&["network", "rm", "lab"]);
         assert_eq!(link_names(), ["lo"], "nothing left in the namespace");
+        assert_eq!(nft::tables().unwrap(), [], "no rule left");
     });
     assert_eq!(link_names(), root_links, "the machine's links unchanged");
+}
+
+/// Reads one line from each of `count` connections to `listener`; the peers' addresses.
+fn record_peers(
+    listener: std::net::TcpListener, count: usize,
+) -> std::thread::JoinHandle<Vec<String>> {
+    std::thread::spawn(move || {
+        (0..count)
+            .map(|_| {
+                let (mut conn, peer) = listener.accept().unwrap();
+                conn.write_all(b"hello from upstream\n").unwrap();
+                peer.ip().to_string()
+            })
+            .collect()
+    })
+}
+
+#[test]
+fn networks_are_isolated_spoofing_is_dropped_and_nat_hides_guests_upstream() {
+    let test = "networks_are_isolated_spoofing_is_dropped_and_nat_hides_guests_upstream";
+    let host = or_skip!(test, Netns::new());
+    let home = or_skip!(test, Home::new());
+    // The outside world: another namespace behind a veth pair, the host's default route.
+    let upstream = Netns::new().unwrap();
+    let upstream_fd = upstream.fd().try_clone().unwrap();
+    host.run(move || {
+        let mut rtnl = Rtnl::open().unwrap();
+        rtnl.create_veth("hgt-up", "hgt-peer", Some(std::os::fd::AsFd::as_fd(&upstream_fd)))
+            .unwrap();
+        let up = rtnl.index_of("hgt-up").unwrap();
+        rtnl.add_address(up, "10.250.0.1".parse().unwrap(), 24).unwrap();
+        rtnl.set_up(up, None).unwrap();
+        rtnl.set_default_route(up, "10.250.0.2".parse().unwrap()).unwrap();
+    });
+    let listener = upstream.run(|| {
+        let mut rtnl = Rtnl::open().unwrap();
+        let peer = rtnl.index_of("hgt-peer").unwrap();
+        rtnl.add_address(peer, "10.250.0.2".parse().unwrap(), 24).unwrap();
+        rtnl.set_up(peer, None).unwrap();
+        std::net::TcpListener::bind("10.250.0.2:9000").unwrap()
+    });
+    let peers = record_peers(listener, 1);
+    host.run(move || {
+        home.ok(&["network", "create", "lab", "--subnet", "10.77.0.0/24"]);
+        home.ok(&["network", "create", "dark", "--subnet", "10.78.0.0/24", "--no-nat"]);
+        let ls = home.json(&["network", "ls", "--output", "json"]);
+        assert_eq!(ls[0]["name"], "dark");
+        assert_eq!((ls[0]["nat"].as_bool(), ls[1]["nat"].as_bool()), (Some(false), Some(true)));
+        home.up_bridged("a", "lab");
+        home.up_bridged("b", "lab");
+        home.up_bridged("c", "dark");
+        assert_eq!(
+            nft::tables().unwrap(),
+            [
+                (nft::Family::Ipv4, "hangar".to_string()),
+                (nft::Family::Bridge, "hangar".to_string())
+            ]
+        );
+        assert_eq!(nft::rule_count(nft::Family::Bridge, "hangar").unwrap(), 12, "4 per NIC");
+        let ok = |vm: &str, script: &str| {
+            let out = home.exec(vm, script);
+            assert!(
+                out.status.success(),
+                "{vm}: {script}: {} {}",
+                text(&out.stdout),
+                text(&out.stderr)
+            );
+            text(&out.stdout)
+        };
+        let fails = |vm: &str, script: &str| {
+            let out = home.exec(vm, script);
+            let reply = text(&out.stdout);
+            let answered = reply.contains("hello")
+                || reply.contains("page-of-b")
+                || reply.contains(" 0% packet loss");
+            assert!(!out.status.success() && !answered, "{vm}: {script} got through: {reply}");
+        };
+        ok("b", "mkdir -p /www && echo page-of-b > /www/index.html && busybox httpd -p 80 -h /www");
+        let get = "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5";
+        assert!(ok("a", &format!("{get} 10.77.0.3 80")).contains("page-of-b"));
+
+        // Egress through NAT: upstream sees the host's address, not the guest's.
+        assert_eq!(ok("a", "nc -w 10 10.250.0.2 9000 </dev/null"), "hello from upstream\n");
+        assert_eq!(peers.join().unwrap(), ["10.250.0.1"]);
+        // A network without NAT sends nothing out; nor reaches another network.
+        fails("c", "nc -w 3 10.250.0.2 9000 </dev/null");
+        fails("c", &format!("{get} 10.77.0.3 80"));
+        fails("c", "ping -c 1 -W 3 10.77.0.3");
+        // Guests do not reach services on the host (hangard's API among them) ...
+        let service = std::net::TcpListener::bind("10.77.0.1:9100").unwrap();
+        service.set_nonblocking(true).unwrap();
+        fails("a", "nc -w 3 10.77.0.1 9100 </dev/null");
+        assert!(service.accept().is_err(), "a guest connected to the host");
+        // ... and a guest sending from an address not its own is dropped.
+        ok("a", "ping -c 1 -W 5 -I 10.77.0.2 10.77.0.3");
+        ok("a", "ip addr add 10.77.0.99/24 dev eth0");
+        fails("a", "ping -c 1 -W 3 -I 10.77.0.99 10.77.0.3");
+
+        for vm in ["a", "b", "c"] {
+            home.ok(&["rm", "--force", vm]);
+        }
+        home.ok(&["network", "rm", "lab"]);
+        assert_eq!(nft::rule_count(nft::Family::Bridge, "hangar").unwrap(), 0);
+        home.ok(&["network", "rm", "dark"]);
+        assert_eq!(nft::tables().unwrap(), [], "no rule left");
+        assert_eq!(link_names(), ["hgt-up", "lo"], "no bridge or TAP left");
+    });
 }

@@ -1,0 +1,212 @@
+//! Hangar's packet rules, derived from the store alone (networks and leases) and programmed as
+//! two nf_tables tables named `hangar` (family `ip`: NAT and isolation between networks and
+//! from the host; family `bridge`: each NIC may send only from its own MAC and address).
+//! Every change rebuilds both tables in one transaction each; with no network they are removed.
+//!
+//! `ip hangar`:
+//! - `postrouting` (nat): a NAT network's traffic leaving by any other interface is
+//!   masqueraded behind the host's address there;
+//! - `forward` (filter): nothing crosses from one Hangar network to another (what stays
+//!   inside one, seen here when `br_netfilter` is loaded, passes); nothing enters a
+//!   network unasked (new connections from outside); a network without NAT sends nothing out;
+//! - `input` (filter): a guest reaches the host only with replies and ICMP (not hangard's API,
+//!   nor anything else listening on the host).
+//!
+//! `bridge hangar`, `prerouting`: a frame from a NIC's TAP must carry its MAC, IPv4 or ARP only,
+//! and (in IPv4 and ARP) its leased address.
+
+use hangar_core::error::{Error, Result};
+use hangar_core::ids::NetworkName;
+use hangar_core::network::{Lease, Network};
+use hangar_netlink::nft::{self, Base, Chain, Cmp, Expr, Family, Hook, Meta, Verdict};
+use hangar_store::Store;
+
+/// The tables' name (one per family).
+pub const TABLE: &str = "hangar";
+/// What every Hangar bridge's name starts with.
+const BRIDGE_PREFIX: &[u8] = b"hgb-";
+const ETH_IP: [u8; 2] = [0x08, 0x00];
+const ETH_ARP: [u8; 2] = [0x08, 0x06];
+/// Conntrack state bits: established | related, and new.
+const CT_ESTABLISHED_RELATED: u32 = 2 | 4;
+const CT_NEW: u32 = 8;
+const ICMP: u8 = 1;
+
+fn iif(name: &str) -> [Expr; 2] {
+    [Expr::Meta(Meta::IifName), Expr::Cmp(Cmp::Eq, nft::ifname(name))]
+}
+
+fn oif(op: Cmp, name: &str) -> [Expr; 2] {
+    [Expr::Meta(Meta::OifName), Expr::Cmp(op, nft::ifname(name))]
+}
+
+fn ct(bits: u32) -> [Expr; 3] {
+    [Expr::CtState, Expr::And(bits.to_ne_bytes().to_vec()), Expr::Cmp(Cmp::Neq, vec![0; 4])]
+}
+
+fn rule<const N: usize>(parts: &[&[Expr]], verdict: [Expr; N]) -> Vec<Expr> {
+    parts.iter().flat_map(|p| p.iter().cloned()).chain(verdict).collect()
+}
+
+fn mac_bytes(mac: &str) -> Option<Vec<u8>> {
+    let bytes: Vec<u8> = mac
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16))
+        .collect::<std::result::Result<_, _>>()
+        .ok()?;
+    (bytes.len() == 6).then_some(bytes)
+}
+
+/// The `ip hangar` chains for `networks`.
+pub fn ip_chains(networks: &[Network]) -> Vec<Chain> {
+    let drop = [Expr::Verdict(Verdict::Drop)];
+    let accept = [Expr::Verdict(Verdict::Accept)];
+    let (mut nat, mut forward, mut input) = (Vec::new(), Vec::new(), Vec::new());
+    for n in networks {
+        let bridge = hangar_plan::bridge_name(n.name.as_str());
+        let mask = u32::MAX << (32 - n.subnet.prefix());
+        let from_subnet = [
+            Expr::Payload(Base::Network, 12, 4),
+            Expr::And(mask.to_be_bytes().to_vec()),
+            Expr::Cmp(Cmp::Eq, n.subnet.network().octets().to_vec()),
+        ];
+        if n.nat {
+            nat.push(rule(&[&from_subnet, &oif(Cmp::Neq, &bridge)], [Expr::Masquerade]));
+        }
+        let to_hangar = [Expr::Meta(Meta::OifName), Expr::Cmp(Cmp::Eq, BRIDGE_PREFIX.to_vec())];
+        // With br_netfilter loaded, frames bridged within the network show up here too, in
+        // and out of the same bridge: they are the network's own business.
+        forward.push(rule(&[&iif(&bridge), &oif(Cmp::Eq, &bridge)], accept.clone()));
+        forward.push(rule(&[&iif(&bridge), &to_hangar], drop.clone()));
+        forward.push(rule(&[&oif(Cmp::Eq, &bridge), &ct(CT_NEW)], drop.clone()));
+        if !n.nat {
+            forward.push(rule(&[&iif(&bridge)], drop.clone()));
+        }
+        input.push(rule(&[&iif(&bridge), &ct(CT_ESTABLISHED_RELATED)], accept.clone()));
+        let icmp = [Expr::Meta(Meta::L4Proto), Expr::Cmp(Cmp::Eq, vec![ICMP])];
+        input.push(rule(&[&iif(&bridge), &icmp], accept.clone()));
+        input.push(rule(&[&iif(&bridge)], drop.clone()));
+    }
+    let chain = |name: &str, kind, hook, priority, rules| Chain {
+        name: name.into(),
+        kind,
+        hook,
+        priority,
+        rules,
+    };
+    vec![
+        chain("postrouting", "nat", Hook::Postrouting, 100, nat),
+        chain("forward", "filter", Hook::Forward, 0, forward),
+        chain("input", "filter", Hook::Input, 0, input),
+    ]
+}
+
+/// The `bridge hangar` chain for `leases` (anti-spoofing on each NIC's TAP).
+pub fn bridge_chains(leases: &[Lease]) -> Vec<Chain> {
+    let drop = [Expr::Verdict(Verdict::Drop)];
+    let mut rules = Vec::new();
+    for lease in leases {
+        let Some(mac) = mac_bytes(&lease.mac) else { continue };
+        let tap = hangar_plan::tap_name(lease.vm.as_str(), lease.nic.as_str());
+        let from = iif(&tap);
+        let ether_type =
+            |op, t: [u8; 2]| [Expr::Payload(Base::Link, 12, 2), Expr::Cmp(op, t.to_vec())];
+        let address = lease.address.octets().to_vec();
+        let not_mac = [Expr::Payload(Base::Link, 6, 6), Expr::Cmp(Cmp::Neq, mac)];
+        rules.push(rule(&[&from, &not_mac], drop.clone()));
+        let not_ip_source =
+            [Expr::Payload(Base::Network, 12, 4), Expr::Cmp(Cmp::Neq, address.clone())];
+        rules.push(rule(&[&from, &ether_type(Cmp::Eq, ETH_IP), &not_ip_source], drop.clone()));
+        let not_arp_sender = [Expr::Payload(Base::Network, 14, 4), Expr::Cmp(Cmp::Neq, address)];
+        rules.push(rule(&[&from, &ether_type(Cmp::Eq, ETH_ARP), &not_arp_sender], drop.clone()));
+        rules.push(rule(
+            &[&from, &ether_type(Cmp::Neq, ETH_IP), &ether_type(Cmp::Neq, ETH_ARP)],
+            drop.clone(),
+        ));
+    }
+    vec![Chain {
+        name: "prerouting".into(),
+        kind: "filter",
+        hook: Hook::Prerouting,
+        priority: -200,
+        rules,
+    }]
+}
+
+/// Programs the rules for every network in the store but `except` (a network being removed)
+/// and every lease on them; removes both tables when no network is left. Turns on IPv4
+/// forwarding when a network masquerades (guests' traffic must be routed out).
+pub fn sync(store: &Store, except: Option<&NetworkName>) -> Result<()> {
+    let unavailable = |what: &str, e: std::io::Error| {
+        Error::NetworkUnavailable(format!(
+            "{what}: {e} (is nf_tables in the kernel? see `hangar doctor`)"
+        ))
+    };
+    let store_error = |e: hangar_store::StoreError| {
+        use hangar_core::error::Coded;
+        Error::Backend { code: e.code(), message: e.to_string() }
+    };
+    let networks: Vec<Network> = store
+        .networks()
+        .map_err(store_error)?
+        .into_iter()
+        .filter(|n| Some(&n.name) != except)
+        .collect();
+    let leases: Vec<Lease> = store
+        .leases(None)
+        .map_err(store_error)?
+        .into_iter()
+        .filter(|l| networks.iter().any(|n| n.name == l.network))
+        .collect();
+    if networks.is_empty() {
+        nft::replace_table(Family::Ipv4, TABLE, None)
+            .map_err(|e| unavailable("removing rules", e))?;
+        return nft::replace_table(Family::Bridge, TABLE, None)
+            .map_err(|e| unavailable("removing rules", e));
+    }
+    if networks.iter().any(|n| n.nat) {
+        forwarding_on().map_err(|e| unavailable("turning on IPv4 forwarding", e))?;
+    }
+    nft::replace_table(Family::Ipv4, TABLE, Some(&ip_chains(&networks)))
+        .map_err(|e| unavailable("programming the ip rules", e))?;
+    nft::replace_table(Family::Bridge, TABLE, Some(&bridge_chains(&leases)))
+        .map_err(|e| unavailable("programming the bridge rules", e))
+}
+
+/// `net.ipv4.ip_forward = 1` in the calling thread's network namespace.
+fn forwarding_on() -> std::io::Result<()> {
+    let path = "/proc/sys/net/ipv4/ip_forward";
+    if std::fs::read_to_string(path)?.trim() != "1" {
+        std::fs::write(path, "1")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    #[test]
+    fn every_network_gets_its_isolation_and_only_nat_networks_masquerade() {
+        let net = |name: &str, subnet: &str, nat| Network {
+            name: NetworkName::new(name).unwrap(),
+            tenant: None,
+            subnet: subnet.parse().unwrap(),
+            nat,
+        };
+        let chains = ip_chains(&[net("a", "10.1.0.0/24", true), net("b", "10.2.0.0/24", false)]);
+        let count = |name: &str| chains.iter().find(|c| c.name == name).unwrap().rules.len();
+        assert_eq!((count("postrouting"), count("forward"), count("input")), (1, 7, 6));
+        let lease = Lease {
+            network: NetworkName::new("a").unwrap(),
+            address: Ipv4Addr::new(10, 1, 0, 2),
+            vm: hangar_core::ids::VmName::new("v").unwrap(),
+            nic: hangar_core::ids::DeviceName::new("net0").unwrap(),
+            mac: "52:54:00:aa:bb:cc".into(),
+        };
+        let bridge = bridge_chains(&[lease.clone(), Lease { mac: "garbage".into(), ..lease }]);
+        assert_eq!(bridge[0].rules.len(), 4, "a lease with an unreadable MAC gets no rules");
+    }
+}
