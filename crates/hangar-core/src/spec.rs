@@ -263,11 +263,26 @@ pub struct PortForward {
     pub host: u16,
     /// Port in the guest.
     pub guest: u16,
+    /// Published on every host address (`0.0.0.0:HOST:GUEST`), not only 127.0.0.1.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all_addresses: bool,
+}
+
+impl PortForward {
+    /// The host address it binds: `127.0.0.1`, or `0.0.0.0` when asked.
+    pub fn bind_address(&self) -> &'static str {
+        if self.all_addresses {
+            "0.0.0.0"
+        } else {
+            "127.0.0.1"
+        }
+    }
 }
 
 impl fmt::Display for PortForward {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}", self.proto.as_str(), self.host, self.guest)
+        let all = if self.all_addresses { "0.0.0.0:" } else { "" };
+        write!(f, "{}:{all}{}:{}", self.proto.as_str(), self.host, self.guest)
     }
 }
 

@@ -35,6 +35,10 @@ pub fn ensure_bridge(network: &Network) -> Result<u32> {
         rtnl.set_up(index, None)
     })();
     made.map_err(|e| unavailable(&format!("configuring bridge {bridge}"), e))?;
+    // Published ports reached on 127.0.0.1 are routed out of this bridge after their
+    // destination NAT; the kernel allows loopback sources there only with route_localnet.
+    let localnet = format!("/proc/sys/net/ipv4/conf/{bridge}/route_localnet");
+    std::fs::write(&localnet, "1").map_err(|e| unavailable(&format!("writing {localnet}"), e))?;
     Ok(index)
 }
 

@@ -18,6 +18,7 @@
 use hangar_core::error::{Error, Result};
 use hangar_core::ids::NetworkName;
 use hangar_core::network::{Lease, Network};
+use hangar_core::spec::{NicMode, PortForward, Protocol};
 use hangar_netlink::nft::{self, Base, Chain, Cmp, Expr, Family, Hook, Meta, Verdict};
 use hangar_store::Store;
 
@@ -57,11 +58,59 @@ fn mac_bytes(mac: &str) -> Option<Vec<u8>> {
     (bytes.len() == 6).then_some(bytes)
 }
 
-/// The `ip hangar` chains for `networks`.
-pub fn ip_chains(networks: &[Network]) -> Vec<Chain> {
+/// A port a bridged NIC publishes on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The guest's address.
+    pub address: std::net::Ipv4Addr,
+    /// Which port to which, bound where.
+    pub forward: PortForward,
+}
+
+/// The destination NAT of one published port, for traffic matched by `to`.
+fn dnat(p: &Published, to: &[Expr]) -> Vec<Expr> {
+    let l4 = match p.forward.proto {
+        Protocol::Tcp => 6,
+        Protocol::Udp => 17,
+    };
+    let port = [
+        Expr::Meta(Meta::L4Proto),
+        Expr::Cmp(Cmp::Eq, vec![l4]),
+        Expr::Payload(Base::Transport, 2, 2),
+        Expr::Cmp(Cmp::Eq, p.forward.host.to_be_bytes().to_vec()),
+    ];
+    let target = [
+        Expr::Load(1, p.address.octets().to_vec()),
+        Expr::Load(2, p.forward.guest.to_be_bytes().to_vec()),
+        Expr::Dnat,
+    ];
+    rule(&[&port, to], target)
+}
+
+/// The `ip hangar` chains for `networks` and the ports their NICs publish.
+pub fn ip_chains(networks: &[Network], published: &[Published]) -> Vec<Chain> {
     let drop = [Expr::Verdict(Verdict::Drop)];
     let accept = [Expr::Verdict(Verdict::Accept)];
     let (mut nat, mut forward, mut input) = (Vec::new(), Vec::new(), Vec::new());
+    let local = [Expr::FibDaddrType, Expr::Cmp(Cmp::Eq, nft::RTN_LOCAL.to_ne_bytes().to_vec())];
+    let to_loopback = [Expr::Payload(Base::Network, 16, 4), Expr::Cmp(Cmp::Eq, vec![127, 0, 0, 1])];
+    // Published ports: from other hosts only when bound on every address (prerouting); from
+    // this host to 127.0.0.1, or to any of its addresses when bound on every address (output).
+    let mut prerouting = Vec::new();
+    let mut output = Vec::new();
+    for p in published {
+        if p.forward.all_addresses {
+            prerouting.push(dnat(p, &local));
+            output.push(dnat(p, &local));
+        } else {
+            output.push(dnat(p, &to_loopback));
+        }
+    }
+    let from_loopback = [
+        Expr::Payload(Base::Network, 12, 4),
+        Expr::And(vec![255, 0, 0, 0]),
+        Expr::Cmp(Cmp::Eq, vec![127, 0, 0, 0]),
+    ];
     for n in networks {
         let bridge = hangar_plan::bridge_name(n.name.as_str());
         let mask = u32::MAX << (32 - n.subnet.prefix());
@@ -73,11 +122,19 @@ pub fn ip_chains(networks: &[Network]) -> Vec<Chain> {
         if n.nat {
             nat.push(rule(&[&from_subnet, &oif(Cmp::Neq, &bridge)], [Expr::Masquerade]));
         }
+        // A published port reached on 127.0.0.1: the guest answers the bridge's address.
+        nat.push(rule(&[&from_loopback, &oif(Cmp::Eq, &bridge)], [Expr::Masquerade]));
         let to_hangar = [Expr::Meta(Meta::OifName), Expr::Cmp(Cmp::Eq, BRIDGE_PREFIX.to_vec())];
         // With br_netfilter loaded, frames bridged within the network show up here too, in
         // and out of the same bridge: they are the network's own business.
         forward.push(rule(&[&iif(&bridge), &oif(Cmp::Eq, &bridge)], accept.clone()));
         forward.push(rule(&[&iif(&bridge), &to_hangar], drop.clone()));
+        let published_here = [
+            Expr::CtStatus,
+            Expr::And(nft::IPS_DST_NAT.to_ne_bytes().to_vec()),
+            Expr::Cmp(Cmp::Neq, vec![0; 4]),
+        ];
+        forward.push(rule(&[&oif(Cmp::Eq, &bridge), &published_here], accept.clone()));
         forward.push(rule(&[&oif(Cmp::Eq, &bridge), &ct(CT_NEW)], drop.clone()));
         if !n.nat {
             forward.push(rule(&[&iif(&bridge)], drop.clone()));
@@ -95,6 +152,8 @@ pub fn ip_chains(networks: &[Network]) -> Vec<Chain> {
         rules,
     };
     vec![
+        chain("prerouting", "nat", Hook::Prerouting, -100, prerouting),
+        chain("output", "nat", Hook::Output, -100, output),
         chain("postrouting", "nat", Hook::Postrouting, 100, nat),
         chain("forward", "filter", Hook::Forward, 0, forward),
         chain("input", "filter", Hook::Input, 0, input),
@@ -167,7 +226,18 @@ pub fn sync(store: &Store, except: Option<&NetworkName>) -> Result<()> {
     if networks.iter().any(|n| n.nat) {
         forwarding_on().map_err(|e| unavailable("turning on IPv4 forwarding", e))?;
     }
-    nft::replace_table(Family::Ipv4, TABLE, Some(&ip_chains(&networks)))
+    let mut published = Vec::new();
+    for vm in store.list_vms().map_err(store_error)? {
+        for nic in vm.spec.nics.iter().filter(|n| n.mode == NicMode::Bridge) {
+            let lease = leases.iter().find(|l| l.vm == vm.spec.name && l.nic == nic.name);
+            if let Some(lease) = lease {
+                published.extend(
+                    nic.forward.iter().map(|f| Published { address: lease.address, forward: *f }),
+                );
+            }
+        }
+    }
+    nft::replace_table(Family::Ipv4, TABLE, Some(&ip_chains(&networks, &published)))
         .map_err(|e| unavailable("programming the ip rules", e))?;
     nft::replace_table(Family::Bridge, TABLE, Some(&bridge_chains(&leases)))
         .map_err(|e| unavailable("programming the bridge rules", e))
@@ -196,9 +266,25 @@ mod tests {
             subnet: subnet.parse().unwrap(),
             nat,
         };
-        let chains = ip_chains(&[net("a", "10.1.0.0/24", true), net("b", "10.2.0.0/24", false)]);
+        let published = |all_addresses| Published {
+            address: Ipv4Addr::new(10, 1, 0, 2),
+            forward: PortForward { proto: Protocol::Tcp, host: 8080, guest: 80, all_addresses },
+        };
+        let chains = ip_chains(
+            &[net("a", "10.1.0.0/24", true), net("b", "10.2.0.0/24", false)],
+            &[published(false), published(true)],
+        );
         let count = |name: &str| chains.iter().find(|c| c.name == name).unwrap().rules.len();
-        assert_eq!((count("postrouting"), count("forward"), count("input")), (1, 7, 6));
+        assert_eq!(
+            [
+                count("prerouting"),
+                count("output"),
+                count("postrouting"),
+                count("forward"),
+                count("input")
+            ],
+            [1, 2, 3, 9, 6]
+        );
         let lease = Lease {
             network: NetworkName::new("a").unwrap(),
             address: Ipv4Addr::new(10, 1, 0, 2),

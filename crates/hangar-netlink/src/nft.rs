@@ -74,6 +74,8 @@ pub enum Hook {
     Input = 1,
     /// Routed through this host.
     Forward = 2,
+    /// Made by this host.
+    Output = 3,
     /// After routing, leaving.
     Postrouting = 4,
 }
@@ -150,7 +152,20 @@ pub enum Expr {
     Verdict(Verdict),
     /// Source NAT to the outgoing interface's address.
     Masquerade,
+    /// Put `value` in register `reg` (1 or 2).
+    Load(u32, Vec<u8>),
+    /// Destination NAT to the IPv4 address in register 1 and the port in register 2.
+    Dnat,
+    /// Load the routing type of the destination address (host-endian u32; 2 is local).
+    FibDaddrType,
+    /// Load the conntrack status bits (host-endian u32; 0x20: destination NAT applied).
+    CtStatus,
 }
+
+/// The routing type of a local address (`RTN_LOCAL`), as [`Expr::FibDaddrType`] loads it.
+pub const RTN_LOCAL: u32 = 2;
+/// The conntrack status bit of a destination-NATed connection (`IPS_DST_NAT`).
+pub const IPS_DST_NAT: u32 = 0x20;
 
 /// An interface name as `meta iifname` loads it: 16 bytes, NUL-padded.
 pub fn ifname(name: &str) -> Vec<u8> {
@@ -177,6 +192,10 @@ fn expr(out: &mut Vec<u8>, e: &Expr) {
             Expr::Cmp(..) => b"cmp\0",
             Expr::Verdict(_) => b"immediate\0",
             Expr::Masquerade => b"masq\0",
+            Expr::Load(..) => b"immediate\0",
+            Expr::Dnat => b"nat\0",
+            Expr::FibDaddrType => b"fib\0",
+            Expr::CtStatus => b"ct\0",
         };
         attr(elem, NFTA_EXPR_NAME, name);
         nested(elem, NFTA_EXPR_DATA, |d| match e {
@@ -221,6 +240,29 @@ fn expr(out: &mut Vec<u8>, e: &Expr) {
                 });
             }
             Expr::Masquerade => {}
+            // immediate: DREG 1, DATA 2 (a value).
+            Expr::Load(reg, value) => {
+                be32(d, 1, *reg);
+                data(d, 2, value);
+            }
+            // nat: TYPE 1 (dnat = 1), FAMILY 2 (ipv4), REG_ADDR_MIN 3, REG_PROTO_MIN 5.
+            Expr::Dnat => {
+                be32(d, 1, 1);
+                be32(d, 2, Family::Ipv4 as u32);
+                be32(d, 3, 1);
+                be32(d, 5, 2);
+            }
+            // fib: DREG 1, RESULT 2 (address type = 3), FLAGS 3 (by destination address = 2).
+            Expr::FibDaddrType => {
+                be32(d, 1, REG);
+                be32(d, 2, 3);
+                be32(d, 3, 2);
+            }
+            // ct: DREG 1, KEY 2 (NFT_CT_STATUS = 2).
+            Expr::CtStatus => {
+                be32(d, 1, REG);
+                be32(d, 2, 2);
+            }
         });
     });
 }

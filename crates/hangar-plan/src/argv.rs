@@ -313,8 +313,9 @@ pub fn plan(spec: &CanonicalSpec, facts: &HostFacts) -> Result<Plan, PlanError> 
                 let mut s = format!("user,id={id}");
                 for f in &nic.forward {
                     s.push_str(&format!(
-                        ",hostfwd={}:127.0.0.1:{}-:{}",
+                        ",hostfwd={}:{}:{}-:{}",
                         f.proto.as_str(),
+                        f.bind_address(),
                         f.host,
                         f.guest
                     ));

@@ -141,7 +141,7 @@ pub struct NicFile {
     pub name: String,
     /// How the NIC connects (default `user`).
     pub mode: Option<NicModeFile>,
-    /// Port forwards `[tcp:|udp:]HOST_PORT:GUEST_PORT` (user mode only; host side binds 127.0.0.1).
+    /// Published ports `[tcp:|udp:][0.0.0.0:]HOST_PORT:GUEST_PORT` (user and bridge NICs; the host side binds 127.0.0.1 unless `0.0.0.0:` says every address).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub forward: Vec<String>,
     /// The network a `bridge` NIC joins (`hangar network ls`).

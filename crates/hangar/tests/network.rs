@@ -56,10 +56,16 @@ impl Home {
 
     /// A 128 MiB VM with one bridge NIC on `network`, up.
     fn up_bridged(&self, name: &str, network: &str) {
+        self.up_publishing(name, network, &[]);
+    }
+
+    /// A 128 MiB VM with one bridge NIC on `network` publishing `forward`, up.
+    fn up_publishing(&self, name: &str, network: &str, forward: &[&str]) {
         let spec = self.path().join(format!("{name}.toml"));
         let text = format!(
             "schema_version = 1\nname = \"{name}\"\n[machine]\nmemory_mib = 128\n\
-             [[nic]]\nname = \"net0\"\nmode = \"bridge\"\nnetwork = \"{network}\"\n"
+             [[nic]]\nname = \"net0\"\nmode = \"bridge\"\nnetwork = \"{network}\"\n\
+             forward = {forward:?}\n"
         );
         std::fs::write(&spec, text).unwrap();
         self.ok(&["up", spec.to_str().unwrap()]);
@@ -226,7 +232,7 @@ fn networks_are_isolated_spoofing_is_dropped_and_nat_hides_guests_upstream() {
         assert_eq!(ls[0]["name"], "dark");
         assert_eq!((ls[0]["nat"].as_bool(), ls[1]["nat"].as_bool()), (Some(false), Some(true)));
         home.up_bridged("a", "lab");
-        home.up_bridged("b", "lab");
+        home.up_publishing("b", "lab", &["8080:80", "0.0.0.0:8081:80"]);
         home.up_bridged("c", "dark");
         assert_eq!(
             nft::tables().unwrap(),
@@ -258,6 +264,10 @@ fn networks_are_isolated_spoofing_is_dropped_and_nat_hides_guests_upstream() {
         let get = "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5";
         assert!(ok("a", &format!("{get} 10.77.0.3 80")).contains("page-of-b"));
 
+        // Published ports: 127.0.0.1:8080 from the host; 8081 from the outside too.
+        assert!(http_get("127.0.0.1:8080").contains("page-of-b"));
+        assert!(http_get("127.0.0.1:8081").contains("page-of-b"));
+
         // Egress through NAT: upstream sees the host's address, not the guest's.
         assert_eq!(ok("a", "nc -w 10 10.250.0.2 9000 </dev/null"), "hello from upstream\n");
         assert_eq!(peers.join().unwrap(), ["10.250.0.1"]);
@@ -275,13 +285,40 @@ fn networks_are_isolated_spoofing_is_dropped_and_nat_hides_guests_upstream() {
         ok("a", "ip addr add 10.77.0.99/24 dev eth0");
         fails("a", "ping -c 1 -W 3 -I 10.77.0.99 10.77.0.3");
 
-        for vm in ["a", "b", "c"] {
-            home.ok(&["rm", "--force", vm]);
-        }
-        home.ok(&["network", "rm", "lab"]);
-        assert_eq!(nft::rule_count(nft::Family::Bridge, "hangar").unwrap(), 0);
-        home.ok(&["network", "rm", "dark"]);
-        assert_eq!(nft::tables().unwrap(), [], "no rule left");
-        assert_eq!(link_names(), ["hgt-up", "lo"], "no bridge or TAP left");
-    });
+        Ok::<_, ()>(home)
+    })
+    .map(|home| {
+        upstream.run(|| {
+            assert!(
+                http_get("10.250.0.1:8081").contains("page-of-b"),
+                "published on every address"
+            );
+            let loopback_only = std::net::TcpStream::connect("10.250.0.1:8080");
+            assert!(loopback_only.is_err(), "8080 is published on 127.0.0.1 only");
+        });
+        home
+    })
+    .map(|home| {
+        host.run(move || {
+            for vm in ["a", "b", "c"] {
+                home.ok(&["rm", "--force", vm]);
+            }
+            home.ok(&["network", "rm", "lab"]);
+            assert_eq!(nft::rule_count(nft::Family::Bridge, "hangar").unwrap(), 0);
+            home.ok(&["network", "rm", "dark"]);
+            assert_eq!(nft::tables().unwrap(), [], "no rule left");
+            assert_eq!(link_names(), ["hgt-up", "lo"], "no bridge or TAP left");
+        })
+    })
+    .unwrap();
+}
+
+/// One HTTP/1.0 GET; the whole response.
+fn http_get(address: &str) -> String {
+    let mut conn = std::net::TcpStream::connect(address).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    conn.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut page = String::new();
+    let _ = std::io::Read::read_to_string(&mut conn, &mut page);
+    page
 }

@@ -86,14 +86,15 @@ impl Walker<'_> {
             self.type_error(o.at("forward"), "an array of strings", node);
             return None;
         };
-        if !items.is_empty() && mode.is_some_and(|m| m != NicMode::User) {
+        if !items.is_empty() && mode.is_some_and(|m| !matches!(m, NicMode::User | NicMode::Bridge))
+        {
             self.push(
                 Diagnostic::new(
                     ErrorCode::SpecForward,
                     o.at("forward"),
-                    "port forwards need user-mode networking",
+                    "port forwards need a user or bridge NIC",
                 )
-                .hint("set mode = \"user\" on this NIC, or remove `forward`"),
+                .hint("set mode = \"user\" or \"bridge\" on this NIC, or remove `forward`"),
             );
             return None;
         }
@@ -142,17 +143,22 @@ enum ForwardProblem {
 /// Parses `[tcp:|udp:]HOST:GUEST`. The protocol defaults to tcp, so `"8080:80"` and
 /// `"tcp:8080:80"` are the same rule.
 fn parse_forward(rule: &str) -> Result<PortForward, ForwardProblem> {
-    let parts: Vec<&str> = rule.trim().split(':').collect();
-    let (proto, host, guest) = match parts.as_slice() {
-        [host, guest] => (Protocol::Tcp, *host, *guest),
-        [proto, host, guest] => {
-            let proto = match proto.to_ascii_lowercase().as_str() {
-                "tcp" => Protocol::Tcp,
-                "udp" => Protocol::Udp,
-                _ => return Err(ForwardProblem::Syntax),
-            };
-            (proto, *host, *guest)
+    let mut parts: Vec<&str> = rule.trim().split(':').collect();
+    let proto = match parts.first().map(|p| p.to_ascii_lowercase()).as_deref() {
+        Some("tcp") => {
+            parts.remove(0);
+            Protocol::Tcp
         }
+        Some("udp") => {
+            parts.remove(0);
+            Protocol::Udp
+        }
+        _ => Protocol::Tcp,
+    };
+    let (all_addresses, host, guest) = match parts.as_slice() {
+        [host, guest] => (false, *host, *guest),
+        ["127.0.0.1", host, guest] => (false, *host, *guest),
+        ["0.0.0.0", host, guest] => (true, *host, *guest),
         _ => return Err(ForwardProblem::Syntax),
     };
     let port = |s: &str| -> Result<u16, ForwardProblem> {
@@ -162,7 +168,7 @@ fn parse_forward(rule: &str) -> Result<PortForward, ForwardProblem> {
         let n: u64 = s.parse().map_err(|_| ForwardProblem::Syntax)?;
         u16::try_from(n).ok().filter(|p| *p > 0).ok_or(ForwardProblem::Port(n))
     };
-    Ok(PortForward { proto, host: port(host)?, guest: port(guest)? })
+    Ok(PortForward { proto, host: port(host)?, guest: port(guest)?, all_addresses })
 }
 
 #[cfg(test)]
@@ -179,5 +185,9 @@ mod tests {
         assert!(f("a:b").is_none());
         assert!(matches!(parse_forward("0:80"), Err(ForwardProblem::Port(0))));
         assert!(matches!(parse_forward("70000:80"), Err(ForwardProblem::Port(70000))));
+        assert!(f("0.0.0.0:8080:80").unwrap().all_addresses);
+        assert!(f("udp:0.0.0.0:53:53").unwrap().all_addresses);
+        assert_eq!(f("127.0.0.1:8080:80"), f("8080:80"));
+        assert!(f("10.0.0.1:8080:80").is_none(), "only loopback or every address");
     }
 }
