@@ -225,7 +225,7 @@ fn networks_are_isolated_spoofing_is_dropped_and_nat_hides_guests_upstream() {
         std::net::TcpListener::bind("10.250.0.2:9000").unwrap()
     });
     let peers = record_peers(listener, 1);
-    host.run(move || {
+    let home = host.run(move || {
         home.ok(&["network", "create", "lab", "--subnet", "10.77.0.0/24"]);
         home.ok(&["network", "create", "dark", "--subnet", "10.78.0.0/24", "--no-nat"]);
         let ls = home.json(&["network", "ls", "--output", "json"]);
@@ -285,32 +285,23 @@ fn networks_are_isolated_spoofing_is_dropped_and_nat_hides_guests_upstream() {
         ok("a", "ip addr add 10.77.0.99/24 dev eth0");
         fails("a", "ping -c 1 -W 3 -I 10.77.0.99 10.77.0.3");
 
-        Ok::<_, ()>(home)
-    })
-    .map(|home| {
-        upstream.run(|| {
-            assert!(
-                http_get("10.250.0.1:8081").contains("page-of-b"),
-                "published on every address"
-            );
-            let loopback_only = std::net::TcpStream::connect("10.250.0.1:8080");
-            assert!(loopback_only.is_err(), "8080 is published on 127.0.0.1 only");
-        });
         home
-    })
-    .map(|home| {
-        host.run(move || {
-            for vm in ["a", "b", "c"] {
-                home.ok(&["rm", "--force", vm]);
-            }
-            home.ok(&["network", "rm", "lab"]);
-            assert_eq!(nft::rule_count(nft::Family::Bridge, "hangar").unwrap(), 0);
-            home.ok(&["network", "rm", "dark"]);
-            assert_eq!(nft::tables().unwrap(), [], "no rule left");
-            assert_eq!(link_names(), ["hgt-up", "lo"], "no bridge or TAP left");
-        })
-    })
-    .unwrap();
+    });
+    upstream.run(|| {
+        assert!(http_get("10.250.0.1:8081").contains("page-of-b"), "published on every address");
+        let loopback_only = std::net::TcpStream::connect("10.250.0.1:8080");
+        assert!(loopback_only.is_err(), "8080 is published on 127.0.0.1 only");
+    });
+    host.run(move || {
+        for vm in ["a", "b", "c"] {
+            home.ok(&["rm", "--force", vm]);
+        }
+        home.ok(&["network", "rm", "lab"]);
+        assert_eq!(nft::rule_count(nft::Family::Bridge, "hangar").unwrap(), 0);
+        home.ok(&["network", "rm", "dark"]);
+        assert_eq!(nft::tables().unwrap(), [], "no rule left");
+        assert_eq!(link_names(), ["hgt-up", "lo"], "no bridge or TAP left");
+    });
 }
 
 /// One HTTP/1.0 GET; the whole response.
