@@ -139,6 +139,7 @@ pub fn doctor(out: &mut dyn Write) -> Result<(), Failure> {
         ),
         "",
     );
+    network_checks(out);
     healthy &= match hangar_control::allowed_roots(&home, allow_paths()) {
         Ok(roots) => check(
             out,
@@ -229,4 +230,61 @@ pub fn images(output: Output, out: &mut dyn Write) -> Result<(), Failure> {
         ];
         (cells, kernel.unwrap_or("-").to_string())
     })
+}
+
+/// What bridge networks need (`hangar network`); `user` NICs need none of it, so these never
+/// fail the doctor as a whole.
+fn network_checks(out: &mut dyn Write) {
+    let root = rustix::process::geteuid().is_root();
+    check(
+        out,
+        root,
+        "bridge networks: privileges",
+        if root { "root" } else { "not root" },
+        "run hangar (or hangard) as root to create bridges, TAPs and rules",
+    );
+    let tun = std::path::Path::new("/dev/net/tun").exists();
+    check(
+        out,
+        tun,
+        "bridge networks: TUN/TAP",
+        if tun { "/dev/net/tun" } else { "/dev/net/tun is missing" },
+        "load the tun module (modprobe tun), or use a kernel with CONFIG_TUN",
+    );
+    let bridge = std::path::Path::new("/sys/module/bridge").exists();
+    check(
+        out,
+        bridge,
+        "bridge networks: Linux bridge",
+        if bridge { "bridge support loaded" } else { "no bridge support" },
+        "load the bridge module (modprobe bridge), or use a kernel with CONFIG_BRIDGE",
+    );
+    let nft = hangar_netlink::nft::tables();
+    check(
+        out,
+        nft.is_ok(),
+        "bridge networks: nf_tables",
+        &match &nft {
+            Ok(tables) => format!(
+                "answers ({} table(s); Hangar's are `ip hangar` and `bridge hangar`)",
+                tables.len()
+            ),
+            Err(e) => format!("cannot list tables: {e}"),
+        },
+        "use a kernel with nf_tables (CONFIG_NF_TABLES, with NAT and masquerade), as root",
+    );
+    let forwarding = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
+        .map(|v| v.trim() == "1")
+        .unwrap_or(false);
+    check(
+        out,
+        true,
+        "bridge networks: IPv4 forwarding",
+        if forwarding {
+            "on"
+        } else {
+            "off (Hangar turns it on when it creates a network with NAT)"
+        },
+        "",
+    );
 }

@@ -119,6 +119,7 @@ fn two_vms_on_one_network_reach_each_other_and_rm_leaves_nothing() {
     let ns = or_skip!(test, Netns::new());
     let home = or_skip!(test, Home::new());
     let root_links = link_names();
+    let root_tables = nft::tables().unwrap();
     ns.run(move || {
         let out = home.ok(&["network", "create", "lab", "--subnet", "10.77.0.0/24"]);
         assert!(out.contains("gateway 10.77.0.1"), "{out}");
@@ -183,6 +184,7 @@ fn two_vms_on_one_network_reach_each_other_and_rm_leaves_nothing() {
         assert_eq!(nft::tables().unwrap(), [], "no rule left");
     });
     assert_eq!(link_names(), root_links, "the machine's links unchanged");
+    assert_eq!(nft::tables().unwrap(), root_tables, "the machine's rules unchanged");
 }
 
 /// Reads one line from each of `count` connections to `listener`; the peers' addresses.
@@ -225,7 +227,12 @@ fn networks_are_isolated_spoofing_is_dropped_and_nat_hides_guests_upstream() {
         std::net::TcpListener::bind("10.250.0.2:9000").unwrap()
     });
     let peers = record_peers(listener, 1);
-    let home = host.run(move || {
+    // `home` never leaves the host namespace's thread: its cleanup (`hangar rm`) reprograms
+    // the rules, which must happen there, whatever fails.
+    let upstream = std::sync::Arc::new(upstream);
+    let outside = upstream.clone();
+    let root_tables = nft::tables().unwrap();
+    host.run(move || {
         home.ok(&["network", "create", "lab", "--subnet", "10.77.0.0/24"]);
         home.ok(&["network", "create", "dark", "--subnet", "10.78.0.0/24", "--no-nat"]);
         let ls = home.json(&["network", "ls", "--output", "json"]);
@@ -285,14 +292,14 @@ fn networks_are_isolated_spoofing_is_dropped_and_nat_hides_guests_upstream() {
         ok("a", "ip addr add 10.77.0.99/24 dev eth0");
         fails("a", "ping -c 1 -W 3 -I 10.77.0.99 10.77.0.3");
 
-        home
-    });
-    upstream.run(|| {
-        assert!(http_get("10.250.0.1:8081").contains("page-of-b"), "published on every address");
-        let loopback_only = std::net::TcpStream::connect("10.250.0.1:8080");
-        assert!(loopback_only.is_err(), "8080 is published on 127.0.0.1 only");
-    });
-    host.run(move || {
+        outside.run(|| {
+            assert!(
+                http_get("10.250.0.1:8081").contains("page-of-b"),
+                "published on every address"
+            );
+            let loopback_only = std::net::TcpStream::connect("10.250.0.1:8080");
+            assert!(loopback_only.is_err(), "8080 is published on 127.0.0.1 only");
+        });
         for vm in ["a", "b", "c"] {
             home.ok(&["rm", "--force", vm]);
         }
@@ -302,6 +309,8 @@ fn networks_are_isolated_spoofing_is_dropped_and_nat_hides_guests_upstream() {
         assert_eq!(nft::tables().unwrap(), [], "no rule left");
         assert_eq!(link_names(), ["hgt-up", "lo"], "no bridge or TAP left");
     });
+    drop(upstream);
+    assert_eq!(nft::tables().unwrap(), root_tables, "the machine's rules unchanged");
 }
 
 /// One HTTP/1.0 GET; the whole response.
