@@ -503,6 +503,9 @@ pub struct GuestNic {
     /// Its MTU.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
+    /// A MAC address to give it first: a clone wakes with its base's, and takes its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_mac: Option<String>,
 }
 
 /// What a directory copy moved.

@@ -50,6 +50,13 @@ pub fn apply(config: &NetworkConfig, root: &Path) -> io::Result<serde_json::Valu
             .iter()
             .map(|a| parse_cidr(a).ok_or_else(|| invalid(format!("{a:?} is not ADDRESS/PREFIX"))))
             .collect::<io::Result<Vec<_>>>()?;
+        if let Some(mac) = &nic.set_mac {
+            let ok = mac.len() == 17
+                && mac.split(':').all(|h| h.len() == 2 && u8::from_str_radix(h, 16).is_ok());
+            if !ok {
+                return Err(invalid(format!("{mac:?} is not a MAC address")));
+            }
+        }
         plans.push((name, addresses, nic));
     }
     if let Some(h) = &config.hostname {
@@ -64,6 +71,9 @@ pub fn apply(config: &NetworkConfig, root: &Path) -> io::Result<serde_json::Valu
     let mut done = Vec::new();
     for (name, addresses, nic) in plans {
         let index = rtnl.index_of(&name)?;
+        if let Some(mac) = &nic.set_mac {
+            rtnl.set_mac(index, mac)?;
+        }
         rtnl.set_up(index, nic.mtu)?;
         rtnl.set_addresses(index, &addresses)?;
         if let Some(gateway) = nic.gateway {

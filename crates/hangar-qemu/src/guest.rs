@@ -34,6 +34,21 @@ impl QemuEngine {
         })
     }
 
+    /// Configures the guest behind agent socket `socket` (a VM not yet marked running: a clone
+    /// being re-addressed). A connection QEMU dropped as the guest woke is retried once.
+    pub(crate) fn configure_network_at(&self, socket: &str, network: &GuestNetwork) -> Result<()> {
+        let attempt = || {
+            Connection::open(std::path::Path::new(socket))
+                .and_then(|mut agent| agent.configure_network(network.clone()))
+        };
+        match attempt() {
+            Err(AgentClientError::Dropped(_)) => attempt(),
+            other => other,
+        }
+        .map(drop)
+        .map_err(agent_error)
+    }
+
     /// A connection to `vm`'s agent, synchronised and past the handshake.
     pub fn agent(&self, vm: &VmName) -> Result<Connection> {
         Connection::open(&self.agent_socket(vm)?).map_err(agent_error)

@@ -9,7 +9,7 @@ use hangar_core::contracts::*;
 use hangar_core::error::{Error, Result};
 use hangar_core::ids::{SnapshotId, VmName};
 use hangar_core::lifecycle::{Cause, VmState};
-use hangar_core::spec::VmSpec;
+use hangar_core::spec::{NicMode, VmSpec};
 use hangar_plan::{Creation, Plan};
 use hangar_spec::CanonicalSpec;
 use hangar_store::{FrozenDisk, SnapshotRecord, VmRecord};
@@ -264,7 +264,15 @@ impl Snapshots for QemuEngine {
                 Some(Path::new(&snap.path)),
                 &StartOptions::default(),
                 cancel,
-            )
+            )?;
+            // A clone wakes with its base's MACs and addresses: on a shared bridge it takes its
+            // own before anyone may use it.
+            if snap.vm != *vm
+                && plan.creates.iter().any(|c| matches!(c, Creation::BridgePort { .. }))
+            {
+                self.readdress(&rec, &snap.vm, &plan)?;
+            }
+            Ok(())
         }) {
             Ok(()) => {
                 rec.sleeping_on = None;
@@ -310,4 +318,33 @@ fn flush_guest(agent_socket: Option<&str>) {
     let wait = std::time::Duration::from_millis(500);
     let _ = hangar_agent::Connection::open_with(std::path::Path::new(socket), wait, 1)
         .and_then(|mut agent| agent.set_timeout(Some(wait)).and_then(|()| agent.sync()));
+}
+
+impl QemuEngine {
+    /// Gives a freshly restored clone its own MAC on every NIC and its own addresses, through
+    /// its agent (the base's MACs find its interfaces).
+    fn readdress(&self, rec: &VmRecord, base: &VmName, plan: &Plan) -> Result<()> {
+        let planned = plan.guest_network.clone().unwrap_or_default();
+        let mut network = GuestNetwork {
+            nics: Vec::new(),
+            dns: planned.dns.clone(),
+            hostname: Some(rec.name().to_string()),
+        };
+        for nic in rec.spec.nics.iter().filter(|n| n.mode != NicMode::None) {
+            let own = hangar_plan::mac_for(rec.name().as_str(), nic.name.as_str());
+            let addressed = planned.nics.iter().find(|n| n.mac.as_deref() == Some(own.as_str()));
+            network.nics.push(GuestNic {
+                mac: Some(hangar_plan::mac_for(base.as_str(), nic.name.as_str())),
+                set_mac: Some(own),
+                ..addressed.cloned().unwrap_or_default()
+            });
+        }
+        let socket = plan.agent_socket.as_deref().ok_or_else(|| {
+            Error::Unsupported(format!(
+                "re-addressing clone {}: its kernel has no Hangar agent (boot a built-in image)",
+                rec.name()
+            ))
+        })?;
+        self.configure_network_at(socket, &network)
+    }
 }

@@ -104,3 +104,86 @@ fn a_snapshot_seeds_a_clone_with_its_own_copy_of_the_disks() {
     engine.delete_snapshot(&snap).unwrap();
     assert!(!frozen.exists());
 }
+
+/// Clones of one bridged base wake with its MAC and address; each takes its own (through its
+/// agent) before the restore returns, and they reach each other. In a network namespace the
+/// test creates; skipped, with the reason, without one.
+#[test]
+fn clones_of_a_bridged_base_take_their_own_mac_and_address_and_reach_each_other() {
+    let test = "clones_of_a_bridged_base_take_their_own_mac_and_address_and_reach_each_other";
+    if hangar_testkit::skip(test) {
+        return;
+    }
+    let ns = match hangar_testkit::netns::Netns::new() {
+        Ok(ns) => ns,
+        Err(reason) => {
+            eprintln!("SKIPPED {test}: {reason}");
+            return;
+        }
+    };
+    ns.run(|| {
+        let home = hangar_testkit::private_home("hgq-");
+        let engine = QemuEngine::open(
+            home.path(),
+            EngineOptions {
+                boot_timeout: Duration::from_secs(120),
+                extra_cmdline: None,
+                ephemeral: true,
+            },
+        )
+        .unwrap();
+        let lab = hangar_core::network::Network {
+            name: hangar_core::ids::NetworkName::new("lab").unwrap(),
+            tenant: None,
+            subnet: "10.66.0.0/24".parse().unwrap(),
+            nat: false,
+        };
+        engine
+            .with_store(|s| {
+                hangar_net::create(s, &lab, hangar_core::clock::Timestamp(1), |n| {
+                    hangar_net::host::ensure_bridge(n)?;
+                    hangar_net::rules::sync(s, None)
+                })
+            })
+            .unwrap();
+        let spec = |vm: &str| {
+            hangar_testkit::toml_spec(&format!(
+                "schema_version = 1\nname = \"{vm}\"\n[machine]\nmemory_mib = 128\n\
+                 [[nic]]\nname = \"net0\"\nmode = \"bridge\"\nnetwork = \"lab\"\n"
+            ))
+        };
+        let c = CancelToken::new();
+        let base = VmName::new("base").unwrap();
+        engine.define(&spec("base")).unwrap();
+        engine.start(&base, &c).unwrap();
+        let snap = SnapshotId::new("seed").unwrap();
+        engine.save(&base, &snap, SaveMode::KeepPaused, &c).unwrap();
+        for clone in ["c1", "c2"] {
+            engine.define(&spec(clone)).unwrap();
+            let status = engine.restore(&VmName::new(clone).unwrap(), &snap, &c).unwrap();
+            assert_eq!(status.state, VmState::Running);
+        }
+        let sh = |vm: &str, script: &str| {
+            let (status, out, err) =
+                hangar_testkit::exec_in(&engine, vm, &["sh", "-c", script], None).unwrap();
+            assert_eq!(
+                status,
+                hangar_core::contracts::ExitStatus::Code(0),
+                "{vm}: {script}: {out} {err}"
+            );
+            out
+        };
+        for (clone, address) in [("c1", "10.66.0.3/24"), ("c2", "10.66.0.4/24")] {
+            let mac = sh(clone, "cat /sys/class/net/eth0/address");
+            assert_eq!(mac.trim(), hangar_plan::mac_for(clone, "net0"), "{clone}'s own MAC");
+            let addresses = sh(clone, "ip -4 -o addr show dev eth0");
+            assert!(
+                addresses.contains(address) && !addresses.contains("10.66.0.2/"),
+                "{clone}: {addresses}"
+            );
+            assert_eq!(sh(clone, "hostname").trim(), clone);
+        }
+        sh("c1", "ping -c 1 -W 10 10.66.0.4");
+        sh("c2", "ping -c 1 -W 10 10.66.0.3");
+    });
+}
