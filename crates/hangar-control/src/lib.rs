@@ -92,6 +92,14 @@ pub trait Control: Send + Sync {
     fn create_network(&self, req: &hangar_api::NetworkRequest) -> Result<hangar_api::NetworkView>;
     /// Removes a network no VM uses (and its host bridge).
     fn remove_network(&self, name: &str) -> Result<()>;
+    /// Records `tenant`'s default network if it has none (`TENANT--default`).
+    fn ensure_tenant_network(&self, _tenant: &hangar_core::ids::TenantId) -> Result<()> {
+        Ok(())
+    }
+    /// Removes every network of `tenant` (refused while a VM uses one).
+    fn remove_tenant_networks(&self, _tenant: &hangar_core::ids::TenantId) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Whether to use `hangard`: the value of `HANGAR_DAEMON`.

@@ -89,6 +89,46 @@ pub fn remove(
     }
 }
 
+/// The name of a tenant's default network: `TENANT--default`.
+pub fn default_name(tenant: &hangar_core::ids::TenantId) -> NetworkName {
+    NetworkName::new(qualify(tenant, "default")).expect("a tenant id and `default` make a name")
+}
+
+/// Where tenants' default networks are carved from: the first free /24 of 10.200.0.0/16.
+const DEFAULT_SUBNETS: std::ops::RangeInclusive<u8> = 0..=255;
+
+/// A tenant's default network, recorded if it has none: the first /24 of 10.200.0.0/16 no
+/// network overlaps, NAT on. Only the record: its bridge is made when its first VM boots.
+pub fn ensure_default(
+    store: &Store, tenant: &hangar_core::ids::TenantId, at: Timestamp,
+) -> Result<Network> {
+    let name = default_name(tenant);
+    for _ in 0..3 {
+        if let Some(existing) = store.network(&name).map_err(store_error)? {
+            return Ok(existing);
+        }
+        let taken = store.networks().map_err(store_error)?;
+        let free = DEFAULT_SUBNETS
+            .map(|i| format!("10.200.{i}.0/24").parse::<hangar_core::network::Subnet>())
+            .filter_map(|s| s.ok())
+            .find(|s| !taken.iter().any(|n| n.subnet.overlaps(s)));
+        let Some(subnet) = free else {
+            return Err(Error::NetworkExhausted {
+                network: name,
+                subnet: "10.200.0.0/16 (every /24 is taken)".into(),
+            });
+        };
+        let network =
+            Network { name: name.clone(), tenant: Some(tenant.clone()), subnet, nat: true };
+        match create(store, &network, at, |_| Ok(())) {
+            // Another process took that subnet (or made the network) meanwhile: look again.
+            Err(Error::NetworkOverlap { .. } | Error::NetworkExists(_)) => continue,
+            other => return other.map(|()| network),
+        }
+    }
+    Err(Error::NetworkUnavailable(format!("could not record {name}: the store kept changing")))
+}
+
 /// Whether to take leases or only look (a dry run: `hangar plan`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Leasing {

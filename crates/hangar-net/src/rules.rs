@@ -192,9 +192,11 @@ pub fn bridge_chains(leases: &[Lease]) -> Vec<Chain> {
     }]
 }
 
-/// Programs the rules for every network in the store but `except` (a network being removed)
-/// and every lease on them; removes both tables when no network is left. Turns on IPv4
-/// forwarding when a network masquerades (guests' traffic must be routed out).
+/// Programs the rules for every network in the store whose bridge exists here (but `except`, a
+/// network being removed) and every lease on them; removes both tables when no such network is
+/// left, and touches nothing when there were none and are none (a network is made on the host
+/// at its creation or its first VM's boot, and syncs then). Turns on IPv4 forwarding when a
+/// network masquerades (guests' traffic must be routed out).
 pub fn sync(store: &Store, except: Option<&NetworkName>) -> Result<()> {
     let unavailable = |what: &str, e: std::io::Error| {
         Error::NetworkUnavailable(format!(
@@ -205,11 +207,18 @@ pub fn sync(store: &Store, except: Option<&NetworkName>) -> Result<()> {
         use hangar_core::error::Coded;
         Error::Backend { code: e.code(), message: e.to_string() }
     };
+    let bridges: Vec<String> = hangar_netlink::route::Rtnl::open()
+        .and_then(|mut r| r.links())
+        .map_err(|e| unavailable("listing links", e))?
+        .into_iter()
+        .map(|l| l.name)
+        .collect();
     let networks: Vec<Network> = store
         .networks()
         .map_err(store_error)?
         .into_iter()
         .filter(|n| Some(&n.name) != except)
+        .filter(|n| bridges.contains(&hangar_plan::bridge_name(n.name.as_str())))
         .collect();
     let leases: Vec<Lease> = store
         .leases(None)
@@ -218,6 +227,10 @@ pub fn sync(store: &Store, except: Option<&NetworkName>) -> Result<()> {
         .filter(|l| networks.iter().any(|n| n.name == l.network))
         .collect();
     if networks.is_empty() {
+        let ours = nft::tables().map_err(|e| unavailable("listing rules", e))?;
+        if !ours.iter().any(|(_, name)| name == TABLE) {
+            return Ok(());
+        }
         nft::replace_table(Family::Ipv4, TABLE, None)
             .map_err(|e| unavailable("removing rules", e))?;
         return nft::replace_table(Family::Bridge, TABLE, None)

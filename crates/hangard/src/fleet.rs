@@ -7,6 +7,7 @@
 //! across an engine call, so a claim answers in milliseconds even while the loop is booting
 //! instances.
 
+use hangar_control::Control;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -284,7 +285,10 @@ pub(crate) async fn put_tenant(
     let id = tenant_id(&id)?;
     let bytes = body_bytes(body)?;
     let request: TenantRequest = crate::body::json_or_default(&bytes)?;
-    let tenant = Tenant { id, quotas: request.quotas };
+    let tenant = Tenant { id: id.clone(), quotas: request.quotas };
+    // Its default network first: a tenant that exists has one.
+    let local = d.local.clone();
+    blocking(move || local.ensure_tenant_network(&id)).await??;
     d.fleet.put_tenant(tenant.clone());
     // Raised quotas may unblock a pool.
     d.reconciler.poke();
@@ -297,7 +301,25 @@ pub(crate) async fn put_tenant(
 pub(crate) async fn delete_tenant(
     State(d): State<Arc<Daemon>>, UrlPath(id): UrlPath<String>,
 ) -> ApiResult<StatusCode> {
-    d.fleet.remove_tenant(&tenant_id(&id)?)?;
+    let id = tenant_id(&id)?;
+    // Its networks go with it (their bridges and rules too): refused while a VM holds an
+    // address on one, before anything changes.
+    let local = d.local.clone();
+    let networks = blocking(move || local.networks()).await??;
+    if let Some(busy) =
+        networks.iter().find(|n| n.tenant.as_deref() == Some(id.as_str()) && !n.leases.is_empty())
+    {
+        let vms: Vec<&str> = busy.leases.iter().map(|l| l.vm.as_str()).collect();
+        return Err(ApiError::new(
+            ErrorCode::NetworkInUse,
+            format!("tenant {id}'s network {} is in use by {vms:?}", busy.name),
+            None,
+            Some("remove those VMs first".into()),
+        ));
+    }
+    d.fleet.remove_tenant(&id)?;
+    let local = d.local.clone();
+    blocking(move || local.remove_tenant_networks(&id)).await??;
     Ok(StatusCode::NO_CONTENT)
 }
 

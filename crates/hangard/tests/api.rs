@@ -548,3 +548,49 @@ fn the_openapi_document_passes_a_real_openapi_validator() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_tenant_gets_a_default_network_that_only_it_sees_and_that_goes_with_it() {
+    let d = TestDaemon::start();
+    for tenant in ["acme", "beta"] {
+        let (s, v) = d.call("PUT", &format!("/v1/tenants/{tenant}"), Some("{}"));
+        assert_eq!(s, 200, "{v}");
+    }
+    // A quota change keeps the network it has.
+    assert_eq!(d.call("PUT", "/v1/tenants/acme", Some("{}")).0, 200);
+    let (s, all) = d.call("GET", "/v1/networks", None);
+    assert_eq!(s, 200);
+    let summary: Vec<(String, String, String)> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            let field = |k: &str| n[k].as_str().unwrap().to_string();
+            (field("name"), field("tenant"), field("subnet"))
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("acme--default".into(), "acme".into(), "10.200.0.0/24".into()),
+            ("beta--default".into(), "beta".into(), "10.200.1.0/24".into())
+        ]
+    );
+    // A tenant's token sees its own only, by its short name too; it may not make one.
+    let acme = d.token("tenant:acme:owner");
+    let (_, mine) = d.as_token(&acme, "GET", "/v1/networks", None);
+    assert_eq!(mine.as_array().unwrap().len(), 1, "{mine}");
+    assert_eq!(d.as_token(&acme, "GET", "/v1/networks/default", None).0, 200);
+    assert_eq!(d.as_token(&acme, "GET", "/v1/networks/beta--default", None).0, 404);
+    let made =
+        d.as_token(&acme, "POST", "/v1/networks", Some(r#"{"name":"x","subnet":"10.9.0.0/24"}"#));
+    assert_eq!(made.0, 403, "{}", made.1);
+    // An overlapping subnet is refused, naming the network it overlaps.
+    let (s, v) = d.call("POST", "/v1/networks", Some(r#"{"name":"lab","subnet":"10.200.0.0/16"}"#));
+    assert_eq!(s, 409);
+    coded(&v, "E_NETWORK_OVERLAP");
+    assert_eq!(d.call("DELETE", "/v1/tenants/acme", None).0, 204);
+    let (_, left) = d.call("GET", "/v1/networks", None);
+    assert_eq!(left.as_array().unwrap().len(), 1, "{left}");
+    assert_eq!(left[0]["name"], "beta--default");
+}

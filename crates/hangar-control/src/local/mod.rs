@@ -226,6 +226,24 @@ impl Control for Local {
         Ok(crate::networks::view(&network, &[]))
     }
 
+    fn ensure_tenant_network(&self, tenant: &hangar_core::ids::TenantId) -> Result<()> {
+        let store = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        hangar_net::ensure_default(&store, tenant, self.now()).map(drop).map_err(Into::into)
+    }
+
+    fn remove_tenant_networks(&self, tenant: &hangar_core::ids::TenantId) -> Result<()> {
+        let mine: Vec<String> = self
+            .networks()?
+            .into_iter()
+            .filter(|n| n.tenant.as_deref() == Some(tenant.as_str()))
+            .map(|n| n.name)
+            .collect();
+        for name in mine {
+            self.remove_network(&name)?;
+        }
+        Ok(())
+    }
+
     fn remove_network(&self, name: &str) -> Result<()> {
         let name = crate::networks::name_of(name)?;
         self.engine.sweep_leases()?;
