@@ -14,6 +14,7 @@ mod api;
 mod criterion;
 mod engine;
 mod fleet;
+mod net;
 mod stats;
 mod table;
 
@@ -43,6 +44,9 @@ enum Command {
     Fleet(engine::Args),
     /// The guest agent: `hangar exec -- true` (CLI and library) vs `hangar run -- true`; stdout MiB/s.
     Exec(engine::Args),
+    /// Networking, in a namespace of its own: cold boot with a bridged NIC vs none, TCP
+    /// throughput and round trips (bridged vs user), nf_tables syncs per second.
+    Net(engine::Args),
     /// Everything above plus the criterion results; writes the JSON and prints the table.
     All {
         #[command(flatten)]
@@ -121,6 +125,7 @@ fn run(command: Command) -> Result<Value, String> {
         Command::Footprint(args) => engine::footprint(&args),
         Command::Fleet(args) => fleet::run(&args, 50, 5, 5),
         Command::Exec(args) => agent::exec(&args, 50),
+        Command::Net(args) => net::run(&args),
         Command::All { engine, criterion_dir, out } => {
             let api_args = api::Args::with_hangard(engine.hangard.clone());
             let results = json!({
@@ -131,6 +136,7 @@ fn run(command: Command) -> Result<Value, String> {
                 "restore": attempt("restore", || engine::restore(&engine)),
                 "fleet": attempt("fleet", || fleet::run(&engine, 50, 5, 5)),
                 "exec": attempt("exec", || agent::exec(&engine, 50)),
+                "net": attempt("net", || net::run(&engine)),
                 "resume_via_api": attempt("resume_via_api", || engine::warm_proxy(&engine, 50)),
                 "confinement": attempt("confinement", || engine::confinement(&engine)),
                 "throughput": attempt("throughput", || engine::throughput(&engine, &[2, 4, 8], 2)),

@@ -139,6 +139,17 @@ impl Socket {
         let last = self.seq;
         self.seq = self.seq.wrapping_add(1);
         datagram.extend(self.message(end.0, NLM_F_REQUEST, &end.1));
+        // A batch is one datagram, and one with hundreds of rules outgrows the default socket
+        // buffers (ENOBUFS), as do its acknowledgements: size both to it (root may exceed the
+        // system's maximum, as nft does; otherwise ask for what is allowed).
+        let room = datagram.len() * 2 + (1 << 16);
+        use rustix::net::sockopt as opt;
+        if opt::set_socket_send_buffer_size_force(&self.fd, room).is_err() {
+            opt::set_socket_send_buffer_size(&self.fd, room)?;
+        }
+        if opt::set_socket_recv_buffer_size_force(&self.fd, room).is_err() {
+            opt::set_socket_recv_buffer_size(&self.fd, room)?;
+        }
         rustix::net::send(&self.fd, &datagram, SendFlags::empty())?;
         // Errors (and the acknowledgements) arrive when the kernel has processed the batch,
         // several to a datagram.
