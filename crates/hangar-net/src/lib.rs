@@ -145,6 +145,9 @@ pub enum Leasing {
 pub fn nic_networks(
     store: &Store, spec: &VmSpec, leasing: Leasing, at: Timestamp,
 ) -> Result<BTreeMap<String, NicNetwork>> {
+    if leasing == Leasing::Take {
+        refuse_taken_ports(store, spec)?;
+    }
     let mut out = BTreeMap::new();
     let mut kept = Vec::new();
     let mut would_take: BTreeMap<NetworkName, BTreeSet<std::net::Ipv4Addr>> = BTreeMap::new();
@@ -210,6 +213,44 @@ pub fn nic_networks(
         }
     }
     Ok(out)
+}
+
+/// Refuses a bridge NIC publishing a host port another VM's bridge NIC publishes already (both
+/// rules would exist and the first would win). User NICs need no check: QEMU itself binds.
+fn refuse_taken_ports(store: &Store, spec: &VmSpec) -> Result<()> {
+    let published = |s: &VmSpec| -> Vec<(usize, usize, hangar_core::spec::PortForward)> {
+        s.nics
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.mode == NicMode::Bridge)
+            .flat_map(|(i, n)| n.forward.iter().enumerate().map(move |(j, f)| (i, j, *f)))
+            .collect()
+    };
+    let mine = published(spec);
+    if mine.is_empty() {
+        return Ok(());
+    }
+    for other in store.list_vms().map_err(store_error)? {
+        if other.spec.name == spec.name {
+            continue;
+        }
+        for (_, _, theirs) in published(&other.spec) {
+            if let Some((i, j, _)) =
+                mine.iter().find(|(_, _, f)| f.proto == theirs.proto && f.host == theirs.host)
+            {
+                return Err(Error::InvalidArgument {
+                    what: format!("nic[{i}].forward[{j}]"),
+                    reason: format!(
+                        "host port {}/{} is already published by VM {}",
+                        theirs.host,
+                        theirs.proto.as_str(),
+                        other.spec.name
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Releases every lease `vm` holds (its removal, or a define that failed).

@@ -336,13 +336,40 @@ pub fn plan(spec: &CanonicalSpec, facts: &HostFacts) -> Result<Plan, PlanError> 
                     address: place.address.to_string(),
                     leased: place.leased,
                 });
+                let ifname = tap_name(name, nic.name.as_str());
                 creates.push(Creation::BridgePort {
-                    ifname: tap_name(name, nic.name.as_str()),
+                    ifname: ifname.clone(),
                     nic: nic.name.to_string(),
                     bridge: place.bridge.clone(),
                     network: place.network.clone(),
                     fd,
                 });
+                let mac = mac_for(name, nic.name.as_str());
+                let rule = |table: &str, rule: String| Creation::Rule {
+                    table: table.into(),
+                    nic: nic.name.to_string(),
+                    rule,
+                };
+                creates.push(rule(
+                    "bridge hangar",
+                    format!(
+                        "frames from {ifname} only from {mac}, IPv4 and ARP only, only from {}",
+                        place.address
+                    ),
+                ));
+                for f in &nic.forward {
+                    creates.push(rule(
+                        "ip hangar",
+                        format!(
+                            "{} {}:{} -> {}:{} (destination NAT)",
+                            f.proto.as_str(),
+                            f.bind_address(),
+                            f.host,
+                            place.address,
+                            f.guest
+                        ),
+                    ));
+                }
                 format!("tap,id={id},fd={fd}")
             }
             NicMode::Tap => {

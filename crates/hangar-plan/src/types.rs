@@ -100,6 +100,16 @@ pub enum Creation {
         /// The descriptor number QEMU finds it on.
         fd: i32,
     },
+    /// A packet rule in one of Hangar's nf_tables tables (`ip hangar`, `bridge hangar`),
+    /// programmed when the VM boots and removed with it.
+    Rule {
+        /// The table.
+        table: String,
+        /// The NIC it is for.
+        nic: String,
+        /// What it does.
+        rule: String,
+    },
     /// A TAP network device.
     Tap {
         /// Interface name (at most 15 bytes).

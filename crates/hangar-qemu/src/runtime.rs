@@ -66,6 +66,7 @@ impl QemuEngine {
                 Creation::File { .. }
                 | Creation::Socket { .. }
                 | Creation::Lease { .. }
+                | Creation::Rule { .. }
                 | Creation::BridgePort { .. } => {}
             }
         }

@@ -93,6 +93,9 @@ pub(crate) fn print_plan(out: &mut dyn Write, spec: &CanonicalSpec, plan: &hanga
             hangar_plan::Creation::BridgePort { ifname, nic, bridge, fd, .. } => {
                 format!("port     {ifname} on bridge {bridge}  (nic {nic}, QEMU fd {fd})")
             }
+            hangar_plan::Creation::Rule { table, nic, rule } => {
+                format!("rule     {table}: {rule}  (nic {nic})")
+            }
         };
         let _ = writeln!(out, "  {line}");
     }

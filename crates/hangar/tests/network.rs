@@ -135,11 +135,16 @@ fn two_vms_on_one_network_reach_each_other_and_rm_leaves_nothing() {
         let spec = home.path().join("dry.toml");
         std::fs::write(
             &spec,
-            "schema_version = 1\nname = \"dry\"\n[[nic]]\nname = \"net0\"\nmode = \"bridge\"\nnetwork = \"lab\"\n",
+            "schema_version = 1\nname = \"dry\"\n[[nic]]\nname = \"net0\"\nmode = \"bridge\"\nnetwork = \"lab\"\nforward = [\"8080:80\"]\n",
         )
         .unwrap();
         let plan = home.ok(&["plan", spec.to_str().unwrap()]);
         assert!(plan.contains("lease    10.77.0.2 on lab  (nic net0, to take)"), "{plan}");
+        let tap = hangar_plan::tap_name("dry", "net0");
+        assert!(plan.contains(&format!("port     {tap} on bridge {bridge}")), "{plan}");
+        let only = format!("rule     bridge hangar: frames from {tap} only from {}", hangar_plan::mac_for("dry", "net0"));
+        assert!(plan.contains(&only), "{plan}");
+        assert!(plan.contains("rule     ip hangar: tcp 127.0.0.1:8080 -> 10.77.0.2:80 (destination NAT)"), "{plan}");
         let nowhere = spec.with_file_name("nowhere.toml");
         std::fs::write(&nowhere, std::fs::read_to_string(&spec).unwrap().replace("\"lab\"", "\"nowhere\"")).unwrap();
         let out = home.hangar(&["plan", nowhere.to_str().unwrap()]);
@@ -241,6 +246,18 @@ fn networks_are_isolated_spoofing_is_dropped_and_nat_hides_guests_upstream() {
         home.up_bridged("a", "lab");
         home.up_publishing("b", "lab", &["8080:80", "0.0.0.0:8081:80"]);
         home.up_bridged("c", "dark");
+        // A host port another VM publishes is refused, naming the field; nothing is leased.
+        let twin = home.path().join("twin.toml");
+        let b_spec = std::fs::read_to_string(home.path().join("b.toml")).unwrap();
+        std::fs::write(&twin, b_spec.replace("name = \"b\"", "name = \"twin\"")).unwrap();
+        let out = home.hangar(&["up", twin.to_str().unwrap()]);
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("nic[0].forward[0]") && err.contains("already published by VM b"),
+            "{err}"
+        );
+        let leases = home.json(&["network", "inspect", "lab"])["leases"].as_array().unwrap().len();
+        assert_eq!(leases, 2, "the refused VM holds no address");
         assert_eq!(
             nft::tables().unwrap(),
             [
