@@ -51,9 +51,7 @@ pub fn apply(config: &NetworkConfig, root: &Path) -> io::Result<serde_json::Valu
             .map(|a| parse_cidr(a).ok_or_else(|| invalid(format!("{a:?} is not ADDRESS/PREFIX"))))
             .collect::<io::Result<Vec<_>>>()?;
         if let Some(mac) = &nic.set_mac {
-            let ok = mac.len() == 17
-                && mac.split(':').all(|h| h.len() == 2 && u8::from_str_radix(h, 16).is_ok());
-            if !ok {
+            if hangar_netlink::parse_mac(mac).is_none() {
                 return Err(invalid(format!("{mac:?} is not a MAC address")));
             }
         }

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use hangar_core::clock::Timestamp;
 use hangar_core::error::{Error, Result};
-use hangar_core::ids::{qualify, DeviceName, NetworkName, VmName};
+use hangar_core::ids::{qualify, NetworkName, VmName};
 use hangar_core::network::{Lease, Network};
 use hangar_core::spec::{NicMode, VmSpec};
 use hangar_plan::NicNetwork;
@@ -258,21 +258,15 @@ pub fn release(store: &Store, vm: &VmName) -> Result<usize> {
     store.release_leases(vm).map_err(store_error)
 }
 
-/// Every network with its leases (a tenant's only, when `tenant` is given).
-pub fn list(store: &Store, tenant: Option<&str>) -> Result<Vec<(Network, Vec<Lease>)>> {
+/// Every network with its leases.
+pub fn list(store: &Store) -> Result<Vec<(Network, Vec<Lease>)>> {
     let networks = store.networks().map_err(store_error)?;
     let leases = store.leases(None).map_err(store_error)?;
     Ok(networks
         .into_iter()
-        .filter(|n| tenant.is_none() || n.tenant.as_ref().map(|t| t.as_str()) == tenant)
         .map(|n| {
             let held = leases.iter().filter(|l| l.network == n.name).cloned().collect();
             (n, held)
         })
         .collect())
-}
-
-/// A NIC name, for callers holding a string.
-pub fn nic_name(name: &str) -> Result<DeviceName> {
-    DeviceName::new(name).map_err(Error::InvalidName)
 }

@@ -49,15 +49,6 @@ fn rule<const N: usize>(parts: &[&[Expr]], verdict: [Expr; N]) -> Vec<Expr> {
     parts.iter().flat_map(|p| p.iter().cloned()).chain(verdict).collect()
 }
 
-fn mac_bytes(mac: &str) -> Option<Vec<u8>> {
-    let bytes: Vec<u8> = mac
-        .split(':')
-        .map(|h| u8::from_str_radix(h, 16))
-        .collect::<std::result::Result<_, _>>()
-        .ok()?;
-    (bytes.len() == 6).then_some(bytes)
-}
-
 /// A port a bridged NIC publishes on the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
@@ -165,13 +156,13 @@ pub fn bridge_chains(leases: &[Lease]) -> Vec<Chain> {
     let drop = [Expr::Verdict(Verdict::Drop)];
     let mut rules = Vec::new();
     for lease in leases {
-        let Some(mac) = mac_bytes(&lease.mac) else { continue };
+        let Some(mac) = hangar_netlink::parse_mac(&lease.mac) else { continue };
         let tap = hangar_plan::tap_name(lease.vm.as_str(), lease.nic.as_str());
         let from = iif(&tap);
         let ether_type =
             |op, t: [u8; 2]| [Expr::Payload(Base::Link, 12, 2), Expr::Cmp(op, t.to_vec())];
         let address = lease.address.octets().to_vec();
-        let not_mac = [Expr::Payload(Base::Link, 6, 6), Expr::Cmp(Cmp::Neq, mac)];
+        let not_mac = [Expr::Payload(Base::Link, 6, 6), Expr::Cmp(Cmp::Neq, mac.to_vec())];
         rules.push(rule(&[&from, &not_mac], drop.clone()));
         let not_ip_source =
             [Expr::Payload(Base::Network, 12, 4), Expr::Cmp(Cmp::Neq, address.clone())];

@@ -79,6 +79,17 @@ pub fn attrs(data: &[u8]) -> Vec<(u16, &[u8])> {
     out
 }
 
+/// The six bytes of a MAC address written `aa:bb:cc:dd:ee:ff`, if it is one.
+pub fn parse_mac(mac: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = mac.split(':');
+    for byte in &mut out {
+        let part = parts.next().filter(|p| p.len() == 2)?;
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
 /// A `u32` attribute value, if it is one.
 pub fn u32_of(value: &[u8]) -> Option<u32> {
     Some(u32::from_ne_bytes(value.get(..4)?.try_into().ok()?))

@@ -157,15 +157,9 @@ impl Rtnl {
     /// Gives link `index` the MAC address `mac` (`aa:bb:cc:dd:ee:ff`), taking it down for the
     /// change (most drivers refuse a new address while up) and back up.
     pub fn set_mac(&mut self, index: u32, mac: &str) -> io::Result<()> {
-        let bytes: Vec<u8> = mac
-            .split(':')
-            .map(|h| u8::from_str_radix(h, 16))
-            .collect::<Result<_, _>>()
-            .ok()
-            .filter(|b: &Vec<u8>| b.len() == 6)
-            .ok_or_else(|| {
-                io::Error::new(io::ErrorKind::InvalidInput, format!("{mac:?} is not a MAC address"))
-            })?;
+        let bytes = parse_mac(mac).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("{mac:?} is not a MAC address"))
+        })?;
         self.0.call(RTM_NEWLINK, 0, &ifinfomsg(AF_UNSPEC, index, 0, IFF_UP))?;
         let mut body = ifinfomsg(AF_UNSPEC, index, 0, 0);
         attr(&mut body, IFLA_ADDRESS, &bytes);

@@ -4,7 +4,7 @@
 //! namespace, each test prints `SKIPPED …` with the reason and checks nothing.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use hangar_netlink::nft;
@@ -16,15 +16,10 @@ struct Home(tempfile::TempDir);
 
 impl Home {
     fn new() -> Result<Home, String> {
-        if hangar_plan::probe::find_in_path("qemu-system-x86_64").is_none() {
-            return Err("qemu-system-x86_64 not found (run scripts/setup)".into());
+        if let Some(reason) = hangar_testkit::real_engine_missing() {
+            return Err(reason);
         }
-        let images = std::env::var_os("HANGAR_HOME")
-            .map(|h| PathBuf::from(h).join("images"))
-            .unwrap_or_else(|| PathBuf::from("/var/lib/hangar/images"));
-        if !images.join("minimal/vmlinuz").exists() {
-            return Err(format!("no built image at {} (run scripts/setup)", images.display()));
-        }
+        let images = hangar_testkit::image_dir();
         let dir = tempfile::Builder::new().prefix("hgn-").tempdir_in("/tmp").unwrap();
         std::os::unix::fs::symlink(&images, dir.path().join("images")).unwrap();
         Ok(Home(dir))

@@ -215,7 +215,7 @@ impl Control for Local {
 
     fn networks(&self) -> Result<Vec<hangar_api::NetworkView>> {
         let store = self.journal.lock().unwrap_or_else(|p| p.into_inner());
-        let list = hangar_net::list(&store, None)?;
+        let list = hangar_net::list(&store)?;
         Ok(list.iter().map(|(n, leases)| crate::networks::view(n, leases)).collect())
     }
 
