@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{DeviceName, NetworkName, TenantId, VmName};
 
+/// The network a bridge NIC that names none joins; for a tenant's VM, its tenant's default
+/// network (`TENANT--default`, recorded with the tenant).
+pub const DEFAULT_NETWORK: &str = "default";
+
 /// The shortest prefix a network may have: a /16 is 65 534 guests, more than any host runs.
 pub const MIN_PREFIX: u8 = 16;
 /// The longest: a /29 leaves a gateway and five guests.

@@ -215,7 +215,8 @@ pub struct NicSpec {
     /// Host ports forwarded to the guest (user mode only).
     pub forward: Vec<PortForward>,
     /// The network a `bridge` NIC joins (a tenant's VM names its tenant's networks without
-    /// the `tenant--` prefix).
+    /// the `tenant--` prefix; validation makes an absent one `default`, so a tenant's VMs and
+    /// pool instances join their tenant's default network).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<crate::ids::NetworkName>,
 }

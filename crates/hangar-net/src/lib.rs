@@ -91,7 +91,8 @@ pub fn remove(
 
 /// The name of a tenant's default network: `TENANT--default`.
 pub fn default_name(tenant: &hangar_core::ids::TenantId) -> NetworkName {
-    NetworkName::new(qualify(tenant, "default")).expect("a tenant id and `default` make a name")
+    NetworkName::new(qualify(tenant, hangar_core::network::DEFAULT_NETWORK))
+        .expect("a tenant id and `default` make a name")
 }
 
 /// Where tenants' default networks are carved from: the first free /24 of 10.200.0.0/16.
@@ -154,7 +155,14 @@ pub fn nic_networks(
     for nic in spec.nics.iter().filter(|n| n.mode == NicMode::Bridge) {
         let Some(named) = &nic.network else { continue };
         let name = network_of(spec, named)?;
-        let Some(network) = store.network(&name).map_err(store_error)? else {
+        let mut network = store.network(&name).map_err(store_error)?;
+        if let (None, Leasing::Take, Some(tenant)) = (&network, leasing, &spec.tenant) {
+            // A tenant recorded before networks existed gets its default network on first use.
+            if name == default_name(tenant) {
+                network = Some(ensure_default(store, tenant, at)?);
+            }
+        }
+        let Some(network) = network else {
             // The planner reports it, with the NIC's field path.
             continue;
         };

@@ -144,7 +144,7 @@ pub struct NicFile {
     /// Published ports `[tcp:|udp:][0.0.0.0:]HOST_PORT:GUEST_PORT` (user and bridge NICs; the host side binds 127.0.0.1 unless `0.0.0.0:` says every address).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub forward: Vec<String>,
-    /// The network a `bridge` NIC joins (`hangar network ls`).
+    /// The network a `bridge` NIC joins (`hangar network ls`); default `default` (a tenant's VM, pool instances included: its tenant's default network).
     pub network: Option<String>,
 }
 

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use hangar_core::error::ErrorCode;
+use hangar_core::network::DEFAULT_NETWORK;
 use hangar_core::spec::*;
 
 use super::constants::{limits, NIC_FIELDS};
@@ -41,18 +42,17 @@ impl Walker<'_> {
         (self.errors.len() == before).then_some(out)
     }
 
-    /// `network`: required with `mode = "bridge"`, refused with any other mode. `Some(None)`
-    /// is "valid and absent".
+    /// `network`: with `mode = "bridge"`, `default` when absent (a tenant's VM, a pool
+    /// instance among them, so joins its tenant's default network); refused with any other
+    /// mode. `Some(None)` is "valid and absent".
     fn nic_network(
         &mut self, o: &Obj<'_>, mode: Option<NicMode>,
     ) -> Option<Option<hangar_core::ids::NetworkName>> {
         let bridge = mode == Some(NicMode::Bridge);
         if !o.map.contains_key("network") {
-            if bridge {
-                self.missing(o, "network", "`network = \"default\"` (see `hangar network ls`)");
-                return None;
-            }
-            return Some(None);
+            return Some(bridge.then(|| {
+                hangar_core::ids::NetworkName::new(DEFAULT_NETWORK).expect("a valid name")
+            }));
         }
         let raw = self.string(o, "network")?;
         if !bridge {

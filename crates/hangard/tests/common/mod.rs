@@ -194,3 +194,74 @@ pub fn spawn_hangard(home: &std::path::Path, args: &[&str]) -> std::process::Chi
     }
     child
 }
+
+/// The real `hangard` binary on a home, spawned by the calling thread (so in its network
+/// namespace); killed when dropped.
+pub struct SpawnedDaemon {
+    child: std::process::Child,
+    socket: PathBuf,
+}
+
+impl SpawnedDaemon {
+    /// Starts it and waits until it answers.
+    pub fn start(home: &std::path::Path) -> SpawnedDaemon {
+        let child = spawn_hangard(home, &[]);
+        SpawnedDaemon { child, socket: home.join("hangard.sock") }
+    }
+
+    /// `kill -9`, and reaped.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for SpawnedDaemon {
+    fn drop(&mut self) {
+        // Also on a failed assertion: never leave a daemon behind.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl SpawnedDaemon {
+    /// One request over the unix socket (as the admin): status and JSON body.
+    pub fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+        let r = hangar_api::client::request(
+            &self.socket,
+            method,
+            path,
+            body.map(str::as_bytes),
+            Duration::from_secs(120),
+        )
+        .unwrap();
+        (r.status, serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Waits (server side) until the operation has ended, and returns it.
+    pub fn settled(&self, id: &str) -> serde_json::Value {
+        let (s, op) = self.call("GET", &format!("/v1/operations/{id}?wait=true"), None);
+        assert_eq!(s, 200, "{op}");
+        op
+    }
+
+    /// `GET /v1/vms/NAME`.
+    pub fn vm(&self, name: &str) -> serde_json::Value {
+        self.call("GET", &format!("/v1/vms/{name}"), None).1
+    }
+
+    /// Polls until `pred` holds for the VM (a bounded wait on a condition).
+    pub fn wait_for(
+        &self, name: &str, what: &str, pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            let v = self.vm(name);
+            if pred(&v) {
+                return v;
+            }
+            assert!(std::time::Instant::now() < deadline, "{name} never became {what}: {v}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
