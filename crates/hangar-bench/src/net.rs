@@ -84,11 +84,64 @@ fn serve_big(listener: std::net::TcpListener) -> std::thread::JoinHandle<Result<
     })
 }
 
-/// Starts busybox httpd in `vm` serving `/big` ([`MIB`] MiB) on port 80.
+/// Starts busybox httpd in `vm` serving `/big` ([`MIB`] MiB) and `/small` (one byte) on port 80.
 fn http_server(home: &Home, vm: &str) -> Result<(), String> {
-    let make =
-        format!("mkdir -p /www && dd if=/dev/zero of=/www/big bs=1048576 count={MIB} 2>/dev/null");
+    let make = format!(
+        "mkdir -p /www && echo > /www/small && dd if=/dev/zero of=/www/big bs=1048576 count={MIB} 2>/dev/null"
+    );
     sh(home, vm, &format!("{make} && busybox httpd -p 80 -h /www")).map(drop)
+}
+
+/// Median ms of `n` HTTP/1.0 requests for `/small` from the host to `address`, each from
+/// connect to the server closing (a TCP round trip plus busybox httpd's own work, which is the
+/// same on both sides of the comparison).
+fn request_ms(address: &str, n: usize) -> Result<f64, String> {
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let mut conn =
+            std::net::TcpStream::connect(address).map_err(|e| format!("{address}: {e}"))?;
+        conn.write_all(b"GET /small HTTP/1.0\r\n\r\n").map_err(|e| e.to_string())?;
+        let mut reply = Vec::new();
+        conn.read_to_end(&mut reply).map_err(|e| e.to_string())?;
+        samples.push(millis(t));
+        if !reply.starts_with(b"HTTP/1.") || !reply.ends_with(b"\r\n\r\n\n") {
+            return Err(format!("{address}: {:?}", String::from_utf8_lossy(&reply)));
+        }
+    }
+    Ok(round(median(&samples), 2))
+}
+
+/// Clone (`hangar snapshot restore` of one VM's snapshot into another), no NIC vs one bridged
+/// NIC, alternated: the bridged clone also opens its TAP, syncs the rules and is re-addressed
+/// (MAC included) through its guest agent before it counts as restored.
+fn clones(home: &Home, rounds: usize) -> Result<(Vec<f64>, Vec<f64>), String> {
+    for (base, target, nic) in [("cp0", "cp1", ""), ("cb0", "cb1", BRIDGED)] {
+        // Untimed: the base snapshot taken, the target defined, one restore to warm caches.
+        home.hangar(&["up", &spec(home, base, nic)?])?;
+        home.hangar(&["snapshot", "save", base, base, "--sleep"])?;
+        home.hangar(&["up", &spec(home, target, nic)?])?;
+        home.hangar(&["stop", "--force", target])?;
+        home.hangar(&["snapshot", "restore", target, base])?;
+        home.hangar(&["stop", "--force", target])?;
+    }
+    let (mut none_ms, mut bridge_ms) = (Vec::new(), Vec::new());
+    for round_ in 0..rounds {
+        let mut order = [("cp1", "cp0", &mut none_ms), ("cb1", "cb0", &mut bridge_ms)];
+        if round_ % 2 == 1 {
+            order.reverse();
+        }
+        for (target, base, out) in order {
+            let t = Instant::now();
+            home.hangar(&["snapshot", "restore", target, base])?;
+            out.push(millis(t));
+            home.hangar(&["stop", "--force", target])?;
+        }
+    }
+    for vm in ["cp0", "cp1", "cb0", "cb1"] {
+        home.hangar(&["rm", "--force", vm])?;
+    }
+    Ok((none_ms, bridge_ms))
 }
 
 fn ping_avg_ms(out: &str) -> Option<f64> {
@@ -118,6 +171,8 @@ fn measure(args: &Args) -> Result<Value, String> {
         }
     }
 
+    let (clone_none_ms, clone_bridge_ms) = clones(&home, args.rounds)?;
+
     // Two bridged guests and one user-mode guest (forward 127.0.0.1:15002 → 5002).
     let user = spec(&home, "u", "[[nic]]\nname = \"net0\"\nforward = [\"15002:80\"]\n")?;
     for (vm, file) in [("a", spec(&home, "a", BRIDGED)?), ("b", bridged), ("u", user)] {
@@ -134,6 +189,8 @@ fn measure(args: &Args) -> Result<Value, String> {
     let host_to_guest_user = guest_download(&home, "u", "10.0.2.2", 15003)?;
     server.join().map_err(|_| "server thread panicked".to_string())??;
     let rtt_bridged = ping_avg_ms(&sh(&home, "a", "ping -c 10 -i 0.2 10.99.0.3")?);
+    let request_bridged = request_ms("10.99.0.3:80", 50)?;
+    let request_user = request_ms("127.0.0.1:15002", 50)?;
 
     // Rules: each of 200 leases followed by a full sync (what each VM's define + boot costs).
     let store = hangar_store::Store::open_in(&home.dir).map_err(|e| e.to_string())?;
@@ -164,6 +221,9 @@ fn measure(args: &Args) -> Result<Value, String> {
         "benchmark": "net",
         "cold_boot_ms": {"no_nic": boot(&none_ms), "bridged": boot(&bridge_ms),
             "added_ms": round(median(&bridge_ms) - median(&none_ms), 0), "rounds": args.rounds},
+        "clone_ms": {"no_nic": boot(&clone_none_ms), "bridged": boot(&clone_bridge_ms),
+            "added_ms": round(median(&clone_bridge_ms) - median(&clone_none_ms), 0),
+            "rounds": args.rounds},
         "tcp_mib_s": {
             "what": "one HTTP/1.0 download of 32 MiB, sender to receiver",
             "guest_to_guest_bridged": guest_guest,
@@ -171,7 +231,11 @@ fn measure(args: &Args) -> Result<Value, String> {
             "guest_to_host_user": guest_to_host_user,
             "host_to_guest_user": host_to_guest_user,
         },
-        "rtt_ms": {"guest_to_guest_bridged": rtt_bridged, "user": "not measured (slirp answers no ICMP here)"},
+        "rtt_ms": {"guest_to_guest_bridged_ping": rtt_bridged,
+            "user_ping": "not measured (slirp answers no ICMP here)",
+            "host_to_guest_request": {"what": "median of 50 HTTP/1.0 requests for 1 byte, connect to close",
+                "bridged": request_bridged, "user": request_user,
+                "ratio_user_to_bridged": round(request_user / request_bridged, 2)}},
         "rules": {"syncs": 200, "seconds": round(secs, 2), "syncs_per_s": round(200.0 / secs, 0),
             "rules_programmed": rules, "rules_per_s": round(rules as f64 / secs, 0)},
     }))
