@@ -209,6 +209,7 @@ pub fn nic_networks(
                 address,
                 gateway: network.subnet.gateway(),
                 leased,
+                nat: network.nat,
             },
         );
     }
@@ -223,15 +224,21 @@ pub fn nic_networks(
     Ok(out)
 }
 
-/// Refuses a bridge NIC publishing a host port another VM's bridge NIC publishes already (both
-/// rules would exist and the first would win). User NICs need no check: QEMU itself binds.
+/// Refuses a host port another VM publishes already when either side is a bridge NIC: a
+/// bridge NIC's port is a destination NAT rule from define to removal, which would take the
+/// port from another bridge NIC's rule or from QEMU's own listener for a user NIC without a
+/// word. Two user NICs need no check here: QEMU itself binds, and says so.
 fn refuse_taken_ports(store: &Store, spec: &VmSpec) -> Result<()> {
-    let published = |s: &VmSpec| -> Vec<(usize, usize, hangar_core::spec::PortForward)> {
+    type Published = (usize, usize, bool, hangar_core::spec::PortForward);
+    let published = |s: &VmSpec| -> Vec<Published> {
         s.nics
             .iter()
             .enumerate()
-            .filter(|(_, n)| n.mode == NicMode::Bridge)
-            .flat_map(|(i, n)| n.forward.iter().enumerate().map(move |(j, f)| (i, j, *f)))
+            .filter(|(_, n)| matches!(n.mode, NicMode::Bridge | NicMode::User))
+            .flat_map(|(i, n)| {
+                let bridged = n.mode == NicMode::Bridge;
+                n.forward.iter().enumerate().map(move |(j, f)| (i, j, bridged, *f))
+            })
             .collect()
     };
     let mine = published(spec);
@@ -242,10 +249,10 @@ fn refuse_taken_ports(store: &Store, spec: &VmSpec) -> Result<()> {
         if other.spec.name == spec.name {
             continue;
         }
-        for (_, _, theirs) in published(&other.spec) {
-            if let Some((i, j, _)) =
-                mine.iter().find(|(_, _, f)| f.proto == theirs.proto && f.host == theirs.host)
-            {
+        for (_, _, their_bridge, theirs) in published(&other.spec) {
+            if let Some((i, j, _, _)) = mine.iter().find(|(_, _, my_bridge, f)| {
+                (*my_bridge || their_bridge) && f.proto == theirs.proto && f.host == theirs.host
+            }) {
                 return Err(Error::InvalidArgument {
                     what: format!("nic[{i}].forward[{j}]"),
                     reason: format!(

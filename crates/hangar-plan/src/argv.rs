@@ -57,8 +57,9 @@ pub fn kernel_argument(name: &str, bytes: &[u8]) -> String {
 }
 
 /// What the built-in image's `hangar-init` configures at boot (`hangar.net=`): the first
-/// `user` NIC gets slirp's fixed address and DNS, each bridge NIC its lease; the first NIC
-/// addressed carries the default route; the hostname is the VM's name. Further `user` NICs
+/// `user` NIC gets slirp's fixed address and DNS, each bridge NIC its lease (and, on a NAT
+/// network, the host's nameservers); the first NIC addressed carries the default route; the
+/// hostname is the VM's name. Further `user` NICs
 /// would sit on the same 10.0.2.0/24: they stay unaddressed, with a warning.
 fn guest_network(
     vm: &VmSpec, facts: &HostFacts, warnings: &mut Vec<String>,
@@ -94,6 +95,20 @@ fn guest_network(
                     gateway: gateway_free.then_some(place.gateway),
                     ..Default::default()
                 });
+                if place.nat {
+                    if facts.nameservers.is_empty() {
+                        warnings.push(format!(
+                            "nic {} gets no DNS server: the host's /etc/resolv.conf names no \
+                             IPv4 nameserver a guest can reach (loopback ones cannot be)",
+                            nic.name
+                        ));
+                    }
+                    for server in &facts.nameservers {
+                        if !network.dns.contains(server) {
+                            network.dns.push(*server);
+                        }
+                    }
+                }
             }
             NicMode::Tap | NicMode::None => {}
         }

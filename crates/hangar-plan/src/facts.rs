@@ -33,6 +33,11 @@ pub struct HostFacts {
     /// get); nothing is probed.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub nic_networks: std::collections::BTreeMap<String, NicNetwork>,
+    /// The host's own IPv4 nameservers (`/etc/resolv.conf`, loopback ones left out: a guest
+    /// cannot reach the host's 127.0.0.53), given to guests on NAT networks, whose queries
+    /// are masqueraded like the rest of their traffic.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nameservers: Vec<std::net::Ipv4Addr>,
 }
 
 /// A bridge NIC's place on its network.
@@ -51,6 +56,10 @@ pub struct NicNetwork {
     pub gateway: std::net::Ipv4Addr,
     /// Whether the NIC holds that lease already (`false`: the address a lease would get now).
     pub leased: bool,
+    /// Whether the network masquerades out of the host (then its guests get the host's
+    /// nameservers).
+    #[serde(default)]
+    pub nat: bool,
 }
 
 /// What this host offers to confine each QEMU.

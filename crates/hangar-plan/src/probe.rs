@@ -93,8 +93,21 @@ impl HostProbe for SystemProbe {
             confinement: confinement_facts(),
             capacity: capacity(&self.home),
             nic_networks: Default::default(),
+            nameservers: nameservers(
+                &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+            ),
         }
     }
+}
+
+/// The IPv4 `nameserver` lines of a resolv.conf, loopback ones left out.
+pub fn nameservers(resolv_conf: &str) -> Vec<std::net::Ipv4Addr> {
+    resolv_conf
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|rest| rest.trim().parse::<std::net::Ipv4Addr>().ok())
+        .filter(|a| !a.is_loopback() && !a.is_unspecified())
+        .collect()
 }
 
 /// What this host offers to confine QEMU.
@@ -269,6 +282,17 @@ mod tests {
 #[cfg(test)]
 mod version_cache_tests {
     use super::*;
+
+    #[test]
+    fn nameservers_leave_out_loopback_and_ipv6() {
+        let text = "# comment\nnameserver 127.0.0.53\nnameserver 10.255.255.53\n\
+                    nameserver ::1\nnameserver fd00::1\n  nameserver 192.168.0.53  \noptions edns0\n";
+        assert_eq!(
+            nameservers(text),
+            [std::net::Ipv4Addr::new(10, 255, 255, 53), std::net::Ipv4Addr::new(192, 168, 0, 53)]
+        );
+        assert!(nameservers("nameserver 127.0.0.1\n").is_empty());
+    }
 
     #[test]
     fn the_cached_version_is_used_only_for_the_same_binary() {

@@ -275,10 +275,14 @@ impl QemuEngine {
         Ok((canonical, plan))
     }
 
-    /// The host facts with what `spec`'s bridge NICs get from their networks.
+    /// The host facts with what `spec`'s bridge NICs get from their networks. With
+    /// [`Leasing::Take`](hangar_net::Leasing) every spec is checked (a NIC that left bridge mode
+    /// gives its lease back; a user NIC's forward may not take a host port a bridge NIC
+    /// publishes).
     pub fn facts_for(&self, spec: &VmSpec, leasing: hangar_net::Leasing) -> Result<HostFacts> {
         let mut facts = self.facts.clone();
-        if spec.nics.iter().any(|n| n.mode == hangar_core::spec::NicMode::Bridge) {
+        let bridged = spec.nics.iter().any(|n| n.mode == hangar_core::spec::NicMode::Bridge);
+        if bridged || leasing == hangar_net::Leasing::Take {
             let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
             facts.nic_networks = hangar_net::nic_networks(&store, spec, leasing, self.clock.now())?;
         }

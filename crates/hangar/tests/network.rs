@@ -253,6 +253,17 @@ fn networks_are_isolated_spoofing_is_dropped_and_nat_hides_guests_upstream() {
         );
         let leases = home.json(&["network", "inspect", "lab"])["leases"].as_array().unwrap().len();
         assert_eq!(leases, 2, "the refused VM holds no address");
+        // So is a user NIC's forward of that port (b's rule would take it from QEMU's listener).
+        let user = home.path().join("user.toml");
+        std::fs::write(
+            &user,
+            "schema_version = 1\nname = \"user\"\n[[nic]]\nname = \"net0\"\nforward = [\"8081:80\"]\n",
+        )
+        .unwrap();
+        let out = home.hangar(&["up", user.to_str().unwrap()]);
+        let err = text(&out.stderr);
+        assert!(err.contains("nic[0].forward[0]") && err.contains("8081/tcp is already published by VM b"), "{err}");
+        assert!(home.json(&["ps", "--all", "--output", "json"]).as_array().unwrap().iter().all(|v| v["name"] != "user"));
         assert_eq!(
             nft::tables().unwrap(),
             [
@@ -279,6 +290,15 @@ fn networks_are_isolated_spoofing_is_dropped_and_nat_hides_guests_upstream() {
                 || reply.contains(" 0% packet loss");
             assert!(!out.status.success() && !answered, "{vm}: {script} got through: {reply}");
         };
+        // DNS: a guest on a NAT network has the host's (reachable) nameservers; one on a
+        // network without NAT has none (no query could get out).
+        let host_dns = hangar_plan::probe::nameservers(
+            &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        );
+        let expected: String = host_dns.iter().map(|d| format!("nameserver {d}\n")).collect();
+        let resolv = |vm: &str| text(&home.exec(vm, "cat /etc/resolv.conf 2>/dev/null").stdout);
+        assert_eq!(resolv("a"), expected);
+        assert_eq!(resolv("c"), "", "no DNS without NAT");
         ok("b", "mkdir -p /www && echo page-of-b > /www/index.html && busybox httpd -p 80 -h /www");
         let get = "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5";
         assert!(ok("a", &format!("{get} 10.77.0.3 80")).contains("page-of-b"));
