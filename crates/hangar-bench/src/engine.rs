@@ -127,6 +127,7 @@ impl Home {
             runtime_dir: s("runtime_dir").ok_or("plan has no runtime_dir")?,
             qmp_socket: s("qmp_socket").ok_or("plan has no qmp_socket")?,
             console_socket: plan["serial"]["socket"].as_str().map(PathBuf::from),
+            agent_socket: s("agent_socket"),
             console: plan["serial"]["log"]
                 .as_str()
                 .map(PathBuf::from)
@@ -168,6 +169,7 @@ pub struct RawPlan {
     runtime_dir: PathBuf,
     qmp_socket: PathBuf,
     console_socket: Option<PathBuf>,
+    agent_socket: Option<PathBuf>,
     console: PathBuf,
 }
 
@@ -201,6 +203,10 @@ fn launch(plan: &RawPlan, extra: &[String]) -> Result<Raw, String> {
     if let Some(socket) = &plan.console_socket {
         launch = launch
             .pass(hangar_plan::CONSOLE_FD, confine::listen(socket).map_err(|e| e.to_string())?);
+    }
+    if let Some(socket) = &plan.agent_socket {
+        launch =
+            launch.pass(hangar_plan::AGENT_FD, confine::listen(socket).map_err(|e| e.to_string())?);
     }
     let mut argv = plan.argv.clone();
     argv.extend(extra.iter().cloned());
@@ -307,6 +313,69 @@ pub fn boot(args: &Args) -> Result<Value, String> {
         "hangar_up": summary(&hangar),
         "raw_qemu": summary(&raw),
         "ratio": round(ratio, 3),
+        "target_ratio": 1.02,
+    }))
+}
+
+/// The raw baseline for `hangar run`: spawn the argv (whose guest runs the command and powers
+/// off) and wait for QEMU to exit, polling every 5 ms. Returns ms from spawn to exit.
+fn raw_run(plan: &RawPlan) -> Result<f64, String> {
+    let started = Instant::now();
+    let raw = launch(plan, &[])?;
+    let deadline = started + Duration::from_secs(120);
+    while raw.alive() {
+        if Instant::now() > deadline {
+            return Err("raw QEMU still running after 120 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    let console = std::fs::read_to_string(&plan.console).unwrap_or_default();
+    if !console.contains("HANGAR_EXIT") {
+        let qemu = std::fs::read_to_string(plan.runtime_dir.join("qemu.log")).unwrap_or_default();
+        return Err(format!(
+            "the raw guest never printed its exit line; console: {:?}; QEMU: {qemu:?}",
+            console.lines().rev().take(3).collect::<Vec<_>>()
+        ));
+    }
+    Ok(ms)
+}
+
+/// `hangar run --rm -- true` (define, boot, run, report the exit, remove everything) vs the
+/// plan of the same spec run raw: its guest runs `true` and powers off, and QEMU exits.
+pub fn run_rm(args: &Args) -> Result<Value, String> {
+    let home = Home::new(args, "run")?;
+    // The spec `hangar run -- true` makes (its defaults: 1 vCPU, 256 MiB, a console log).
+    let spec = home.dir.join("r0.toml");
+    let cmdline = hangar_qemu::console::run_argument(&["true".to_string()]);
+    let text = format!(
+        "schema_version = 1\nname = \"r0\"\n[machine]\nvcpus = 1\nmemory_mib = 256\n\
+         [boot]\nimage = \"minimal\"\ncmdline = {cmdline:?}\n[serial]\nmode = \"log\"\n"
+    );
+    std::fs::write(&spec, text).map_err(|e| e.to_string())?;
+    let plan = home.plan(&spec)?;
+    let run = ["run", "--rm", "--", "true"];
+    // One untimed run of each first: page cache, image files.
+    home.hangar(&run)?;
+    raw_run(&plan)?;
+    let (mut hangar, mut raw) = (Vec::new(), Vec::new());
+    for round in 0..args.rounds {
+        for hangar_turn in turns(round) {
+            if hangar_turn {
+                hangar.push(home.timed(&run)?);
+            } else {
+                raw.push(raw_run(&plan)?);
+            }
+        }
+    }
+    if home.hangar(&["ps", "--all", "--output", "json"])?.trim() != "[]" {
+        return Err("`hangar run --rm` left a VM behind".into());
+    }
+    Ok(json!({
+        "benchmark": "run_rm",
+        "hangar_run_rm": summary(&hangar),
+        "raw_qemu": summary(&raw),
+        "ratio": round(median(&hangar) / median(&raw), 3),
         "target_ratio": 1.02,
     }))
 }

@@ -32,6 +32,8 @@ enum Command {
     Api(api::Args),
     /// Cold boot: `hangar up` to guest-ready vs the plan's argv launched directly.
     Boot(engine::Args),
+    /// `hangar run --rm -- true` vs the same plan's argv run until QEMU exits.
+    Run(engine::Args),
     /// Restore from a memory snapshot vs raw `-incoming file:`, and vs a cold boot.
     Restore(engine::Args),
     /// What confining QEMU costs: cold boot and clone, confined vs `HANGAR_CONFINE=off`.
@@ -119,6 +121,7 @@ fn run(command: Command) -> Result<Value, String> {
     match command {
         Command::Api(args) => api::run(&args),
         Command::Boot(args) => engine::boot(&args),
+        Command::Run(args) => engine::run_rm(&args),
         Command::Restore(args) => engine::restore(&args),
         Command::Throughput(args) => engine::throughput(&args, &[2, 4, 8], 2),
         Command::Confinement(args) => engine::confinement(&args),
@@ -133,6 +136,7 @@ fn run(command: Command) -> Result<Value, String> {
                 "machine": machine(),
                 "accel": "see `hangar doctor`; the figures are from the accelerator plans resolve to on this host",
                 "cold_boot": attempt("cold_boot", || engine::boot(&engine)),
+                "run_rm": attempt("run_rm", || engine::run_rm(&engine)),
                 "restore": attempt("restore", || engine::restore(&engine)),
                 "fleet": attempt("fleet", || fleet::run(&engine, 50, 5, 5)),
                 "exec": attempt("exec", || agent::exec(&engine, 50)),

@@ -45,6 +45,17 @@ pub fn render(r: &Value) -> String {
             "<= 1.02",
         );
     }
+    let b = &r["run_rm"];
+    if !err(&mut out, "run --rm -- true (vs raw argv to exit)", b) {
+        row(
+            &mut out,
+            "run --rm -- true (vs raw argv to exit)",
+            ms(&b["hangar_run_rm"]["median_ms"]),
+            ms(&b["raw_qemu"]["median_ms"]),
+            num(&b["ratio"]),
+            "<= 1.02",
+        );
+    }
     let s = &r["restore"];
     if !err(&mut out, "restore (vs raw -incoming)", s) {
         row(

@@ -127,6 +127,13 @@ pub fn run(args: RunArgs, out: &mut dyn Write) -> Result<u8, Failure> {
     // hangar-init puts an empty line before each marker; hold empty lines until we know.
     let mut held_empty = 0usize;
     let deadline = Instant::now() + Duration::from_secs(args.timeout.unwrap_or(24 * 3600));
+    // The console file gives no event: it is read every 5 ms (which bounds how late the exit
+    // line is seen), the VM's record (is QEMU still there?) looked at every LOOK_EVERY.
+    const LOOK_EVERY: Duration = Duration::from_millis(100);
+    let mut last_look = Instant::now();
+    // QEMU seen gone: the console is read once more (the exit line may have landed just
+    // before it went) before that counts as the guest dying early.
+    let mut gone: Option<String> = None;
     let code = loop {
         let mut exit = None;
         for line in tail.read_lines(&log) {
@@ -152,33 +159,41 @@ pub fn run(args: RunArgs, out: &mut dyn Write) -> Result<u8, Failure> {
         if let Some(code) = exit {
             break code;
         }
-        let rec = engine.record(&name).map_err(fail)?;
-        if rec.process.is_none() {
+        if let Some(why) = gone {
             cleanup(&engine);
             return Err(crate::failure(
                 ErrorCode::EngineFailed,
-                format!(
-                    "the guest stopped before the command finished ({})",
-                    rec.reason.unwrap_or_else(|| rec.state.to_string())
-                ),
+                format!("the guest stopped before the command finished ({why})"),
                 "run `hangar logs` on the VM (without --rm) to see its console",
             ));
+        }
+        if last_look.elapsed() < LOOK_EVERY {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        }
+        last_look = Instant::now();
+        let rec = engine.record(&name).map_err(fail)?;
+        if rec.process.is_none() {
+            gone = Some(rec.reason.unwrap_or_else(|| rec.state.to_string()));
+            continue;
         }
         if Instant::now() > deadline {
             cleanup(&engine);
             return Err(crate::coded(&Error::Timeout(args.timeout.unwrap_or(0) * 1000)));
         }
-        std::thread::sleep(Duration::from_millis(20));
     };
-    // The guest powers itself off after the exit line; wait for that, then tidy up.
-    if let Ok(rec) = engine.record(&name) {
-        if let Some(p) = rec.process {
-            process::wait_exit(p, Duration::from_secs(10));
-        }
-    }
     if args.rm {
+        // The command has ended and nothing of the VM is kept: no need to wait for the guest
+        // to power itself off (its disks are overlays about to be deleted).
         cleanup(&engine);
     } else {
+        // The guest powers itself off after the exit line (flushing its disks); wait for
+        // that, then tidy up.
+        if let Ok(rec) = engine.record(&name) {
+            if let Some(p) = rec.process {
+                process::wait_exit(p, Duration::from_secs(10));
+            }
+        }
         let _ = engine.stop(&name, StopMode::Force, &CancelToken::new());
     }
     Ok(u8::try_from(code.clamp(0, 255)).unwrap_or(1))

@@ -41,8 +41,11 @@ pub struct Daemon {
     pub(crate) trail: trail::Trail,
     /// Bumped on every transition this process makes.
     pub(crate) generation: Arc<std::sync::atomic::AtomicU64>,
-    /// `GET /v1/vms`: (when, generation, the views, serialised).
-    pub(crate) list_cache: tokio::sync::Mutex<Option<ListSnapshot>>,
+    /// `GET /v1/vms`: (when, generation, the views, serialised). Readers that find it fresh
+    /// only take the read lock, never held across an await.
+    pub(crate) list_cache: std::sync::RwLock<Option<ListSnapshot>>,
+    /// Held while the list is recomputed: one refresh serves every reader waiting for it.
+    pub(crate) list_refresh: tokio::sync::Mutex<()>,
     /// Unix-socket peers other than root and this daemon's user.
     pub(crate) uids: UidMap,
     /// This daemon's effective uid (its peers with the same uid are admins).
@@ -147,7 +150,8 @@ impl Daemon {
             metrics: metrics::Metrics::default(),
             trail,
             generation,
-            list_cache: tokio::sync::Mutex::new(None),
+            list_cache: std::sync::RwLock::new(None),
+            list_refresh: tokio::sync::Mutex::new(()),
             uids: options.uids,
             own_uid: rustix::process::geteuid().as_raw(),
             limits: options.limits,

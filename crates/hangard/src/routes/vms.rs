@@ -41,13 +41,15 @@ impl Daemon {
     /// Every VM, from a snapshot at most [`LIST_MAX_AGE`] old and invalidated by any
     /// transition: the views and their JSON.
     pub(crate) async fn vm_list(&self) -> ApiResult<(Arc<Vec<VmView>>, Bytes)> {
-        // One refresh serves every concurrent reader: the lock makes the others wait for it.
-        let mut cache = self.list_cache.lock().await;
-        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
-        if let Some((at, seen, views, body)) = cache.as_ref() {
-            if *seen == generation && at.elapsed() < LIST_MAX_AGE {
-                return Ok((views.clone(), body.clone()));
-            }
+        // A burst of readers must not queue behind one another: a fresh list is a read lock
+        // and two reference counts.
+        if let Some(fresh) = self.fresh_list() {
+            return Ok(fresh);
+        }
+        // One refresh serves every concurrent reader: the others wait for it, then find it.
+        let _refreshing = self.list_refresh.lock().await;
+        if let Some(fresh) = self.fresh_list() {
+            return Ok(fresh);
         }
         let local = self.local.clone();
         let views = Arc::new(blocking(move || local.list()).await??);
@@ -55,8 +57,18 @@ impl Daemon {
         // Refreshing may itself record transitions (a dead QEMU becomes failed): take the
         // generation after it, so the next reader does not recompute for our own changes.
         let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
-        *cache = Some((Instant::now(), generation, views.clone(), body.clone()));
+        let snapshot = (Instant::now(), generation, views.clone(), body.clone());
+        *self.list_cache.write().unwrap_or_else(|p| p.into_inner()) = Some(snapshot);
         Ok((views, body))
+    }
+
+    /// The cached list, if no transition happened since it was made and it is younger than
+    /// [`LIST_MAX_AGE`].
+    fn fresh_list(&self) -> Option<(Arc<Vec<VmView>>, Bytes)> {
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
+        let cache = self.list_cache.read().unwrap_or_else(|p| p.into_inner());
+        let (at, seen, views, body) = cache.as_ref()?;
+        (*seen == generation && at.elapsed() < LIST_MAX_AGE).then(|| (views.clone(), body.clone()))
     }
 
     /// The VM `name` means to `caller` (inside a tenant's namespace), if the caller may do
