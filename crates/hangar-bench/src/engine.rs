@@ -241,6 +241,28 @@ pub fn raw_boot(plan: &RawPlan) -> Result<f64, String> {
     }
 }
 
+/// QEMU's own start-up floor for the plan's argv: spawn it with `-S` (no vCPU runs, no guest),
+/// and return ms from spawn to its first QMP answer. Nothing that starts a VM from this argv
+/// can be faster.
+pub fn raw_floor(plan: &RawPlan) -> Result<f64, String> {
+    let started = Instant::now();
+    let _raw = launch(plan, &["-S".into()])?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let qmp = Qmp::connect(&plan.qmp_socket, Duration::from_secs(10))
+            .await
+            .map_err(|e| e.to_string())?;
+        let s = qmp.query_status().await.map_err(|e| e.to_string())?;
+        if s.running {
+            return Err("QEMU started with -S is running its vCPUs".to_string());
+        }
+        Ok(started.elapsed().as_secs_f64() * 1000.0)
+    })
+}
+
 /// The raw baseline for a restore: spawn the argv with `-incoming file:…`, wait over QMP for
 /// the state to load, `cont`, and return ms from spawn to vCPUs running.
 pub fn raw_restore(plan: &RawPlan, state: &Path) -> Result<f64, String> {
@@ -408,7 +430,8 @@ pub fn restore(args: &Args) -> Result<Value, String> {
     home.hangar(&["snapshot", "restore", "r0", "s0"])?;
     home.hangar(&["stop", "--force", "r0"])?;
     raw_restore(&plan, &state)?;
-    let (mut hangar, mut raw) = (Vec::new(), Vec::new());
+    raw_floor(&plan)?;
+    let (mut hangar, mut raw, mut floor) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..args.rounds {
         let order = turns(round);
         for hangar_turn in order {
@@ -417,6 +440,7 @@ pub fn restore(args: &Args) -> Result<Value, String> {
                 home.hangar(&["stop", "--force", "r0"])?;
             } else {
                 raw.push(raw_restore(&plan, &state)?);
+                floor.push(raw_floor(&plan)?);
             }
         }
         // A cold boot of the same VM in the same round, for the restore-vs-boot ratio.
@@ -433,6 +457,8 @@ pub fn restore(args: &Args) -> Result<Value, String> {
         "hangar_cold_boot": summary(&cold),
         "ratio_vs_raw": round(ratio, 3),
         "target_ratio_vs_raw": 1.05,
+        "floor_spawn_to_qmp": summary(&floor),
+        "ratio_vs_floor": round(median(&hangar) / median(&floor), 2),
         "speedup_vs_cold_boot": round(speedup, 1),
         "target_speedup_vs_cold_boot": 5.0,
         "snapshot_bytes": std::fs::metadata(&state).map(|m| m.len()).unwrap_or(0),
