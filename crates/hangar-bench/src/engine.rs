@@ -241,20 +241,26 @@ pub fn raw_boot(plan: &RawPlan) -> Result<f64, String> {
     }
 }
 
+/// A runtime and a QMP session (past its greeting and capabilities) to the raw QEMU of `plan`.
+fn raw_qmp(plan: &RawPlan) -> Result<(tokio::runtime::Runtime, Qmp), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let qmp = rt
+        .block_on(Qmp::connect(&plan.qmp_socket, Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    Ok((rt, qmp))
+}
+
 /// QEMU's own start-up floor for the plan's argv: spawn it with `-S` (no vCPU runs, no guest),
 /// and return ms from spawn to its first QMP answer. Nothing that starts a VM from this argv
 /// can be faster.
 pub fn raw_floor(plan: &RawPlan) -> Result<f64, String> {
     let started = Instant::now();
     let _raw = launch(plan, &["-S".into()])?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+    let (rt, qmp) = raw_qmp(plan)?;
     rt.block_on(async {
-        let qmp = Qmp::connect(&plan.qmp_socket, Duration::from_secs(10))
-            .await
-            .map_err(|e| e.to_string())?;
         let s = qmp.query_status().await.map_err(|e| e.to_string())?;
         if s.running {
             return Err("QEMU started with -S is running its vCPUs".to_string());
@@ -268,14 +274,8 @@ pub fn raw_floor(plan: &RawPlan) -> Result<f64, String> {
 pub fn raw_restore(plan: &RawPlan, state: &Path) -> Result<f64, String> {
     let started = Instant::now();
     let _raw = launch(plan, &["-incoming".into(), format!("file:{}", state.display())])?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+    let (rt, qmp) = raw_qmp(plan)?;
     rt.block_on(async {
-        let qmp = Qmp::connect(&plan.qmp_socket, Duration::from_secs(10))
-            .await
-            .map_err(|e| e.to_string())?;
         let deadline = started + Duration::from_secs(120);
         loop {
             let s = qmp.query_status().await.map_err(|e| e.to_string())?;

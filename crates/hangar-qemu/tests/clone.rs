@@ -111,16 +111,7 @@ fn a_snapshot_seeds_a_clone_with_its_own_copy_of_the_disks() {
 #[test]
 fn clones_of_a_bridged_base_take_their_own_mac_and_address_and_reach_each_other() {
     let test = "clones_of_a_bridged_base_take_their_own_mac_and_address_and_reach_each_other";
-    if hangar_testkit::skip(test) {
-        return;
-    }
-    let ns = match hangar_testkit::netns::Netns::new() {
-        Ok(ns) => ns,
-        Err(reason) => {
-            eprintln!("SKIPPED {test}: {reason}");
-            return;
-        }
-    };
+    let Some(ns) = hangar_testkit::real_netns(test) else { return };
     ns.run(|| {
         let home = hangar_testkit::private_home("hgq-");
         let engine = QemuEngine::open(

@@ -63,6 +63,22 @@ pub fn skip(test: &str) -> bool {
     }
 }
 
+/// For a real-engine networking test: a network namespace of its own, or `None` when `test`
+/// must be skipped (no QEMU or image, or no right to make a namespace), said on stderr with
+/// the reason as [`skip`] does.
+pub fn real_netns(test: &str) -> Option<netns::Netns> {
+    if skip(test) {
+        return None;
+    }
+    match netns::Netns::new() {
+        Ok(ns) => Some(ns),
+        Err(reason) => {
+            let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
+            None
+        }
+    }
+}
+
 /// A private Hangar home under /tmp (unix socket paths are limited to 107 bytes) with the built
 /// images linked in.
 pub fn private_home(prefix: &str) -> tempfile::TempDir {

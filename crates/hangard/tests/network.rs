@@ -28,16 +28,7 @@ fn converge(d: &Daemon, pool: &str) -> Value {
 #[test]
 fn pool_instances_join_their_tenants_network_with_their_own_addresses() {
     let test = "pool_instances_join_their_tenants_network_with_their_own_addresses";
-    if hangar_testkit::skip(test) {
-        return;
-    }
-    let ns = match hangar_testkit::netns::Netns::new() {
-        Ok(ns) => ns,
-        Err(reason) => {
-            eprintln!("SKIPPED {test}: {reason}");
-            return;
-        }
-    };
+    let Some(ns) = hangar_testkit::real_netns(test) else { return };
     let root_tables = hangar_netlink::nft::tables().unwrap();
     ns.run(|| {
         let home = hangar_testkit::private_home("hgd-net-");

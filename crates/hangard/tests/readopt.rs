@@ -168,16 +168,7 @@ fn host_network_state(d: &Daemon) -> (Vec<String>, usize, usize, serde_json::Val
 #[test]
 fn kill_9_while_creating_a_bridged_vm_leaks_no_tap_rule_or_lease() {
     let test = "kill_9_while_creating_a_bridged_vm_leaks_no_tap_rule_or_lease";
-    if hangar_testkit::skip(test) {
-        return;
-    }
-    let ns = match hangar_testkit::netns::Netns::new() {
-        Ok(ns) => ns,
-        Err(reason) => {
-            eprintln!("SKIPPED {test}: {reason}");
-            return;
-        }
-    };
+    let Some(ns) = hangar_testkit::real_netns(test) else { return };
     let root_tables = hangar_netlink::nft::tables().unwrap();
     ns.run(|| {
         let home = hangar_testkit::private_home("hgk-");
