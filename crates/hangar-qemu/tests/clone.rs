@@ -1,7 +1,8 @@
 //! Snapshot clones on real QEMU, disks included: a snapshot taken from one VM restores into
 //! another VM with the same spec but its name, and the clone gets its own copy of each writable
 //! disk as it was at the save. Writes made by the source after the save, and by the clone after
-//! the restore, stay on their own side. The guests are driven through their serial consoles.
+//! the restore, stay on their own side; so do writes to guest memory (a second clone does not see
+//! the first's). The guests are driven through their serial consoles.
 //! Skipped, with the reason, without QEMU or the built image.
 
 use std::path::Path;
@@ -21,6 +22,29 @@ fn console(home: &Path, vm: &str, command: &str, expect: &str) -> String {
 fn holds(file: &Path, needle: &str) -> bool {
     let bytes = std::fs::read(file).unwrap();
     bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+/// Writes `text` to `/mem-FILE` in the guest: its root is an initramfs, so this is guest
+/// memory and nothing else.
+fn write_memory(home: &Path, vm: &str, file: &str, text: &str, tag: u32) {
+    console(
+        home,
+        vm,
+        &format!("echo {text} > /mem-{file}; echo stored-$(({tag}+1))"),
+        &format!("stored-{}", tag + 1),
+    );
+}
+
+/// What `/mem-FILE` holds in the guest (`none` when it does not exist).
+fn read_memory(home: &Path, vm: &str, file: &str, tag: u32) -> String {
+    let out = console(
+        home,
+        vm,
+        &format!("echo \"<$(cat /mem-{file} 2>/dev/null || echo none)>\"; echo seen-$(({tag}+1))"),
+        &format!("seen-{}", tag + 1),
+    );
+    let value = out.rsplit_once('<').and_then(|(_, rest)| rest.split_once('>')).map(|(v, _)| v);
+    value.unwrap_or_else(|| panic!("{vm}: no value in {out:?}")).to_string()
 }
 
 /// Writes `text` at byte `offset` of the guest's /dev/vda and flushes it to QEMU.
@@ -62,11 +86,13 @@ fn a_snapshot_seeds_a_clone_with_its_own_copy_of_the_disks() {
     engine.define(&spec("src")).unwrap();
     engine.start(&src, &c).unwrap();
     write_disk(home, "src", "MARK-BEFORE-SAVE", 0, 1);
+    write_memory(home, "src", "a", "MEM-BEFORE-SAVE", 10);
     let snap = SnapshotId::new("seed").unwrap();
     engine.save(&src, &snap, SaveMode::KeepPaused, &c).unwrap();
     // The source goes on and writes more after the save.
     engine.resume(&src).unwrap();
     write_disk(home, "src", "MARK-AFTER-SAVE", 4096, 2);
+    write_memory(home, "src", "a", "MEM-AFTER-SAVE", 11);
 
     engine.define(&spec("cl")).unwrap();
     assert_eq!(engine.restore(&cl, &snap, &c).unwrap().state, VmState::Running);
@@ -85,6 +111,19 @@ fn a_snapshot_seeds_a_clone_with_its_own_copy_of_the_disks() {
     assert!(holds(&overlay("cl"), "MARK-FROM-CLONE"));
     assert!(!holds(&overlay("src"), "MARK-FROM-CLONE"));
     assert!(holds(&overlay("src"), "MARK-AFTER-SAVE"));
+
+    // Memory too: the clone has the source's memory as at the save, and what one clone writes
+    // in its memory is not in another's (nor in the source's).
+    assert_eq!(read_memory(home, "cl", "a", 20), "MEM-BEFORE-SAVE");
+    write_memory(home, "cl", "b", "MEM-FROM-CLONE", 21);
+    let cl2 = VmName::new("cl2").unwrap();
+    engine.define(&spec("cl2")).unwrap();
+    assert_eq!(engine.restore(&cl2, &snap, &c).unwrap().state, VmState::Running);
+    assert_eq!(read_memory(home, "cl2", "a", 22), "MEM-BEFORE-SAVE");
+    assert_eq!(read_memory(home, "cl2", "b", 23), "none");
+    assert_eq!(read_memory(home, "src", "b", 24), "none");
+    assert_eq!(read_memory(home, "src", "a", 25), "MEM-AFTER-SAVE");
+    assert_eq!(read_memory(home, "cl", "b", 26), "MEM-FROM-CLONE");
 
     // A VM with other hardware is refused and left as it was.
     let mut bigger = spec("big");
