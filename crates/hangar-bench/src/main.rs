@@ -15,6 +15,7 @@ mod criterion;
 mod engine;
 mod fleet;
 mod net;
+mod raw;
 mod stats;
 mod table;
 

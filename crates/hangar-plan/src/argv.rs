@@ -59,8 +59,8 @@ pub fn kernel_argument(name: &str, bytes: &[u8]) -> String {
 /// What the built-in image's `hangar-init` configures at boot (`hangar.net=`): the first
 /// `user` NIC gets slirp's fixed address and DNS, each bridge NIC its lease (and, on a NAT
 /// network, the host's nameservers); the first NIC addressed carries the default route; the
-/// hostname is the VM's name. Further `user` NICs
-/// would sit on the same 10.0.2.0/24: they stay unaddressed, with a warning.
+/// hostname is the VM's name. Further `user` NICs would sit on the same 10.0.2.0/24: they stay
+/// unaddressed, with a warning.
 fn guest_network(
     vm: &VmSpec, facts: &HostFacts, warnings: &mut Vec<String>,
 ) -> Option<GuestNetwork> {

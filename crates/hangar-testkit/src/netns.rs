@@ -10,6 +10,18 @@ use std::sync::mpsc;
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// The names of the calling thread's namespace's links, sorted (to compare what a test left).
+pub fn link_names() -> Vec<String> {
+    let mut names: Vec<String> = hangar_netlink::route::Rtnl::open()
+        .and_then(|mut r| r.links())
+        .expect("list the links over netlink")
+        .into_iter()
+        .map(|l| l.name)
+        .collect();
+    names.sort();
+    names
+}
+
 /// A thread in a network namespace of its own.
 pub struct Netns {
     jobs: Option<mpsc::Sender<Job>>,

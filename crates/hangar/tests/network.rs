@@ -89,12 +89,7 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-fn link_names() -> Vec<String> {
-    let mut names: Vec<String> =
-        Rtnl::open().unwrap().links().unwrap().into_iter().map(|l| l.name).collect();
-    names.sort();
-    names
-}
+use hangar_testkit::netns::link_names;
 
 macro_rules! or_skip {
     ($test:expr, $what:expr) => {

@@ -88,14 +88,7 @@ fn pool_instances_join_their_tenants_network_with_their_own_addresses() {
         assert_eq!(net["leases"], json!([]), "{net}");
         let (s, v) = d.call("DELETE", "/v1/tenants/acme", None);
         assert!(s == 200 || s == 204, "{s} {v}");
-        let links: Vec<String> = hangar_netlink::route::Rtnl::open()
-            .unwrap()
-            .links()
-            .unwrap()
-            .into_iter()
-            .map(|l| l.name)
-            .collect();
-        assert_eq!(links, ["lo"], "nothing left in the namespace");
+        assert_eq!(hangar_testkit::netns::link_names(), ["lo"], "nothing left in the namespace");
         assert_eq!(hangar_netlink::nft::tables().unwrap(), [], "no rule left");
         d.kill9();
     });

@@ -148,14 +148,7 @@ fn bridged_spec(name: &str, network: &str) -> String {
 /// table, and (from the daemon) the leases.
 fn host_network_state(d: &Daemon) -> (Vec<String>, usize, usize, serde_json::Value) {
     use hangar_netlink::nft::{rule_count, Family};
-    let mut links: Vec<String> = hangar_netlink::route::Rtnl::open()
-        .unwrap()
-        .links()
-        .unwrap()
-        .into_iter()
-        .map(|l| l.name)
-        .collect();
-    links.sort();
+    let links = hangar_testkit::netns::link_names();
     let rules = |family| rule_count(family, "hangar").unwrap();
     let (_, net) = d.call("GET", "/v1/networks/lab", None);
     (links, rules(Family::Ipv4), rules(Family::Bridge), net["leases"].clone())

@@ -1,0 +1,166 @@
+//! The baselines: a plan's argv launched directly by a minimal launcher (its sockets bound and
+//! passed, nothing else: no user switch, no cgroup), timed to the same signal Hangar waits for.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use hangar_qmp::{Qmp, QmpControl, QmpQuery, RunState};
+
+/// What the raw launcher needs from a plan.
+#[derive(Clone)]
+pub struct RawPlan {
+    pub(crate) argv: Vec<String>,
+    pub(crate) runtime_dir: PathBuf,
+    pub(crate) qmp_socket: PathBuf,
+    pub(crate) console_socket: Option<PathBuf>,
+    pub(crate) agent_socket: Option<PathBuf>,
+    pub(crate) console: PathBuf,
+}
+
+/// A QEMU launched directly; killed and its runtime dir emptied on drop.
+struct Raw {
+    process: hangar_store::ProcessIdentity,
+    runtime_dir: PathBuf,
+}
+
+impl Drop for Raw {
+    fn drop(&mut self) {
+        hangar_qemu::process::terminate(self.process, Duration::from_secs(5));
+        let _ = std::fs::remove_dir_all(&self.runtime_dir);
+    }
+}
+
+impl Raw {
+    fn alive(&self) -> bool {
+        hangar_qemu::process::alive(self.process)
+    }
+}
+
+/// Launches the plan's argv the way any launcher must: the QMP and console sockets bound and
+/// passed at the descriptors the argv names, nothing else (no user switch, no cgroup).
+fn launch(plan: &RawPlan, extra: &[String]) -> Result<Raw, String> {
+    use hangar_qemu::confine;
+    let _ = std::fs::remove_dir_all(&plan.runtime_dir);
+    std::fs::create_dir_all(&plan.runtime_dir).map_err(|e| e.to_string())?;
+    let mut launch = confine::Launch::default()
+        .pass(hangar_plan::QMP_FD, confine::listen(&plan.qmp_socket).map_err(|e| e.to_string())?);
+    if let Some(socket) = &plan.console_socket {
+        launch = launch
+            .pass(hangar_plan::CONSOLE_FD, confine::listen(socket).map_err(|e| e.to_string())?);
+    }
+    if let Some(socket) = &plan.agent_socket {
+        launch =
+            launch.pass(hangar_plan::AGENT_FD, confine::listen(socket).map_err(|e| e.to_string())?);
+    }
+    let mut argv = plan.argv.clone();
+    argv.extend(extra.iter().cloned());
+    let process =
+        hangar_qemu::process::spawn_detached(&argv, &plan.runtime_dir.join("qemu.log"), launch)
+            .map_err(|e| format!("{}: {e}", plan.argv[0]))?;
+    Ok(Raw { process, runtime_dir: plan.runtime_dir.clone() })
+}
+
+/// The raw baseline for a cold boot: spawn the argv, poll the console file for the ready line
+/// at the same 10 ms interval Hangar uses. Returns ms from spawn to ready.
+pub fn raw_boot(plan: &RawPlan) -> Result<f64, String> {
+    let started = Instant::now();
+    let raw = launch(plan, &[])?;
+    let deadline = started + Duration::from_secs(120);
+    let mut seen = Vec::new();
+    loop {
+        if let Ok(mut f) = std::fs::File::open(&plan.console) {
+            seen.clear();
+            let _ = f.read_to_end(&mut seen);
+            if seen.windows(12).any(|w| w == b"HANGAR_READY") {
+                return Ok(started.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        if !raw.alive() {
+            return Err("raw QEMU exited before ready".into());
+        }
+        if Instant::now() > deadline {
+            return Err("raw QEMU not ready within 120 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A runtime and a QMP session (past its greeting and capabilities) to the raw QEMU of `plan`.
+fn raw_qmp(plan: &RawPlan) -> Result<(tokio::runtime::Runtime, Qmp), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let qmp = rt
+        .block_on(Qmp::connect(&plan.qmp_socket, Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    Ok((rt, qmp))
+}
+
+/// QEMU's own start-up floor for the plan's argv: spawn it with `-S` (no vCPU runs, no guest),
+/// and return ms from spawn to its first QMP answer. Nothing that starts a VM from this argv
+/// can be faster.
+pub fn raw_floor(plan: &RawPlan) -> Result<f64, String> {
+    let started = Instant::now();
+    let _raw = launch(plan, &["-S".into()])?;
+    let (rt, qmp) = raw_qmp(plan)?;
+    rt.block_on(async {
+        let s = qmp.query_status().await.map_err(|e| e.to_string())?;
+        if s.running {
+            return Err("QEMU started with -S is running its vCPUs".to_string());
+        }
+        Ok(started.elapsed().as_secs_f64() * 1000.0)
+    })
+}
+
+/// The raw baseline for a restore: spawn the argv with `-incoming file:…`, wait over QMP for
+/// the state to load, `cont`, and return ms from spawn to vCPUs running.
+pub fn raw_restore(plan: &RawPlan, state: &Path) -> Result<f64, String> {
+    let started = Instant::now();
+    let _raw = launch(plan, &["-incoming".into(), format!("file:{}", state.display())])?;
+    let (rt, qmp) = raw_qmp(plan)?;
+    rt.block_on(async {
+        let deadline = started + Duration::from_secs(120);
+        loop {
+            let s = qmp.query_status().await.map_err(|e| e.to_string())?;
+            if !matches!(s.status, RunState::InMigrate | RunState::Prelaunch) {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err("raw restore did not finish loading".to_string());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        qmp.cont().await.map_err(|e| e.to_string())?;
+        let s = qmp.query_status().await.map_err(|e| e.to_string())?;
+        if !s.running {
+            return Err(format!("raw restore left QEMU {:?}", s.status));
+        }
+        Ok(started.elapsed().as_secs_f64() * 1000.0)
+    })
+}
+
+/// The raw baseline for `hangar run`: spawn the argv (whose guest runs the command and powers
+/// off) and wait for QEMU to exit, polling every 5 ms. Returns ms from spawn to exit.
+pub fn raw_run(plan: &RawPlan) -> Result<f64, String> {
+    let started = Instant::now();
+    let raw = launch(plan, &[])?;
+    let deadline = started + Duration::from_secs(120);
+    while raw.alive() {
+        if Instant::now() > deadline {
+            return Err("raw QEMU still running after 120 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    let console = std::fs::read_to_string(&plan.console).unwrap_or_default();
+    if !console.contains("HANGAR_EXIT") {
+        let qemu = std::fs::read_to_string(plan.runtime_dir.join("qemu.log")).unwrap_or_default();
+        return Err(format!(
+            "the raw guest never printed its exit line; console: {:?}; QEMU: {qemu:?}",
+            console.lines().rev().take(3).collect::<Vec<_>>()
+        ));
+    }
+    Ok(ms)
+}
