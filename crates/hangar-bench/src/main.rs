@@ -35,8 +35,11 @@ enum Command {
     Boot(engine::Args),
     /// `hangar run --rm -- true` vs the same plan's argv run until QEMU exits.
     Run(engine::Args),
-    /// Restore from a memory snapshot vs raw `-incoming file:`, and vs a cold boot.
+    /// Restore and save in both snapshot layouts (mapped, stream) vs raw QEMU, QEMU's start-up
+    /// floor and a cold boot.
     Restore(engine::Args),
+    /// PSS of 10 clones of one base snapshot vs 10 cold-booted guests of the same spec.
+    Memory(engine::Args),
     /// What confining QEMU costs: cold boot and clone, confined vs `HANGAR_CONFINE=off`.
     Confinement(engine::Args),
     /// N guests started at once (N = 2, 4, 8): time until all are ready, Hangar vs raw.
@@ -124,6 +127,7 @@ fn run(command: Command) -> Result<Value, String> {
         Command::Boot(args) => engine::boot(&args),
         Command::Run(args) => engine::run_rm(&args),
         Command::Restore(args) => engine::restore(&args),
+        Command::Memory(args) => engine::memory(&args, 10),
         Command::Throughput(args) => engine::throughput(&args, &[2, 4, 8], 2),
         Command::Confinement(args) => engine::confinement(&args),
         Command::Footprint(args) => engine::footprint(&args),
@@ -139,6 +143,7 @@ fn run(command: Command) -> Result<Value, String> {
                 "cold_boot": attempt("cold_boot", || engine::boot(&engine)),
                 "run_rm": attempt("run_rm", || engine::run_rm(&engine)),
                 "restore": attempt("restore", || engine::restore(&engine)),
+                "memory": attempt("memory", || engine::memory(&engine, 10)),
                 "fleet": attempt("fleet", || fleet::run(&engine, 50, 5, 5)),
                 "exec": attempt("exec", || agent::exec(&engine, 50)),
                 "net": attempt("net", || net::run(&engine)),

@@ -115,12 +115,35 @@ pub fn raw_floor(plan: &RawPlan) -> Result<f64, String> {
 }
 
 /// The raw baseline for a restore: spawn the argv with `-incoming file:…`, wait over QMP for
-/// the state to load, `cont`, and return ms from spawn to vCPUs running.
-pub fn raw_restore(plan: &RawPlan, state: &Path) -> Result<f64, String> {
+/// the state to load, `cont`, and return ms from spawn to vCPUs running. With `ram` (a
+/// `mapped` snapshot's RAM file) the way any launcher must restore one: the RAM backend
+/// pointed at that file, mapped private, `-incoming defer`, `x-ignore-shared` set, then
+/// `migrate-incoming`.
+pub fn raw_restore(plan: &RawPlan, state: &Path, ram: Option<&Path>) -> Result<f64, String> {
     let started = Instant::now();
-    let _raw = launch(plan, &["-incoming".into(), format!("file:{}", state.display())])?;
-    let (rt, qmp) = raw_qmp(plan)?;
+    let uri = format!("file:{}", state.display());
+    let mut plan = plan.clone();
+    if let Some(ram) = ram {
+        let backend = format!("memory-backend-file,id={},", hangar_plan::RAM_BACKEND);
+        let at = plan.argv.iter().position(|a| a.starts_with(&backend)).ok_or("no RAM backend")?;
+        let size = plan.argv[at]
+            .split(',')
+            .find_map(|kv| kv.strip_prefix("size=")?.strip_suffix('M')?.parse::<u32>().ok())
+            .ok_or("RAM backend without a size")?;
+        plan.argv[at] = hangar_plan::ram_object(&ram.display().to_string(), size, false);
+    }
+    let incoming = if ram.is_some() { "defer".to_string() } else { uri.clone() };
+    let _raw = launch(&plan, &["-incoming".into(), incoming])?;
+    let (rt, qmp) = raw_qmp(&plan)?;
     rt.block_on(async {
+        if ram.is_some() {
+            let caps = serde_json::json!({
+                "capabilities": [{ "capability": "x-ignore-shared", "state": true }]
+            });
+            qmp.execute("migrate-set-capabilities", Some(caps)).await.map_err(|e| e.to_string())?;
+            let args = serde_json::json!({ "uri": uri });
+            qmp.execute("migrate-incoming", Some(args)).await.map_err(|e| e.to_string())?;
+        }
         let deadline = started + Duration::from_secs(120);
         loop {
             let s = qmp.query_status().await.map_err(|e| e.to_string())?;

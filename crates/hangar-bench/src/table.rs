@@ -58,21 +58,59 @@ pub fn render(r: &Value) -> String {
     }
     let s = &r["restore"];
     if !err(&mut out, "restore (vs raw -incoming)", s) {
+        let m = &s["medians_ms"];
         row(
             &mut out,
-            "restore (vs raw -incoming)",
-            ms(&s["hangar_restore"]["median_ms"]),
-            ms(&s["raw_incoming"]["median_ms"]),
-            num(&s["ratio_vs_raw"]),
+            "restore, mapped (vs raw mapped)",
+            ms(&m["mapped"]["median_ms"]),
+            ms(&m["raw_mapped"]["median_ms"]),
+            num(&s["mapped_ratio_vs_raw"]),
+            "",
+        );
+        row(
+            &mut out,
+            "restore, mapped (vs QEMU floor)",
+            ms(&m["mapped"]["median_ms"]),
+            ms(&m["floor"]["median_ms"]),
+            num(&s["mapped_ratio_vs_floor"]),
+            "<= 1.3",
+        );
+        row(
+            &mut out,
+            "restore, stream (vs raw stream)",
+            ms(&m["stream"]["median_ms"]),
+            ms(&m["raw_stream"]["median_ms"]),
+            num(&s["stream_ratio_vs_raw"]),
             "<= 1.05",
         );
         row(
             &mut out,
+            "save --sleep, mapped (vs stream)",
+            ms(&m["save_mapped"]["median_ms"]),
+            ms(&m["save_stream"]["median_ms"]),
+            num(&s["save_stream_vs_mapped"]),
+            "<= 20 ms",
+        );
+        row(
+            &mut out,
             "restore vs cold boot (speedup)",
-            ms(&s["hangar_restore"]["median_ms"]),
+            ms(&m["mapped"]["median_ms"]),
             ms(&s["hangar_cold_boot"]["median_ms"]),
             format!("{}x", num(&s["speedup_vs_cold_boot"])),
             ">= 5x",
+        );
+    }
+    let p = &r["memory"];
+    if !err(&mut out, "PSS: 10 clones vs 10 cold boots", p) {
+        let mib =
+            |v: &Value| v.as_f64().map(|x| format!("{x:.0} MiB")).unwrap_or_else(|| "-".into());
+        row(
+            &mut out,
+            "PSS: 10 clones vs 10 cold boots",
+            mib(&p["clones_pss_mib"]),
+            mib(&p["cold_pss_mib"]),
+            num(&p["ratio"]),
+            "<= 0.4",
         );
     }
     let c = &r["confinement"];

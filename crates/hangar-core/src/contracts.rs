@@ -103,8 +103,11 @@ pub struct SnapshotInfo {
     pub id: SnapshotId,
     /// The VM it was taken from.
     pub vm: VmName,
-    /// Bytes on disk.
+    /// Bytes it takes on disk (blocks allocated to its files: a RAM file is sparse).
     pub size_bytes: u64,
+    /// How its memory is stored.
+    #[serde(default)]
+    pub layout: SnapshotLayout,
     /// When it was taken.
     pub created_at: Timestamp,
     /// The engine and version that wrote it (restores require the same).
@@ -115,6 +118,45 @@ pub struct SnapshotInfo {
     /// The pool of the VM it was taken from, if that VM was a pool instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<PoolId>,
+}
+
+/// How a memory snapshot stores the guest's RAM.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotLayout {
+    /// RAM and device state in one migration stream: a restore reads the whole RAM back.
+    /// Snapshots from before `mapped` existed are all `stream`.
+    #[default]
+    Stream,
+    /// RAM in a file laid out page by page (the VM's own RAM file, kept), device state in a
+    /// small stream beside it: a restore maps the RAM file copy-on-write and reads only the
+    /// device state, and clones of one snapshot share its untouched pages.
+    Mapped,
+}
+
+impl SnapshotLayout {
+    /// Its name on the wire and in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotLayout::Stream => "stream",
+            SnapshotLayout::Mapped => "mapped",
+        }
+    }
+
+    /// The layout named `name`, if this version knows it.
+    pub fn from_name(name: &str) -> Option<SnapshotLayout> {
+        match name {
+            "stream" => Some(SnapshotLayout::Stream),
+            "mapped" => Some(SnapshotLayout::Mapped),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for SnapshotLayout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl SnapshotInfo {

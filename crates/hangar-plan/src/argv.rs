@@ -32,6 +32,21 @@ pub const AGENT_PORT: &str = "org.hangar.agent.0";
 /// The descriptor a restoring QEMU reads its memory snapshot from (`-add-fd`, not in the plan:
 /// which snapshot is chosen at restore).
 pub const INCOMING_FD: i32 = 5;
+/// The descriptor a QEMU restoring a `mapped` snapshot maps the snapshot's RAM file from
+/// (private, copy-on-write; not in the plan either).
+pub const RAM_FD: i32 = 7;
+/// The id of the guest RAM's memory backend (`-object memory-backend-file,id=ram0,…`).
+pub const RAM_BACKEND: &str = "ram0";
+
+/// The `-object` value of guest RAM held in the file at `mem_path`: `shared` maps it shared
+/// (the VM's own RAM file: what the guest writes lands in it, so a snapshot needs only the
+/// device state), otherwise private and read-only underneath (a snapshot's RAM file mapped
+/// copy-on-write: the guest's writes stay in its own process).
+pub fn ram_object(mem_path: &str, memory_mib: u32, shared: bool) -> String {
+    let mapping = if shared { "share=on" } else { "share=off,readonly=on,rom=off" };
+    let mem_path = qemu_escape(mem_path);
+    format!("memory-backend-file,id={RAM_BACKEND},size={memory_mib}M,mem-path={mem_path},{mapping}")
+}
 
 /// The address a `user` NIC's guest gets: QEMU's user-mode network (slirp) is always
 /// 10.0.2.0/24, the guest at .15, the host's gateway at .2 and its DNS forwarder at .3.
@@ -212,7 +227,10 @@ pub fn plan(spec: &CanonicalSpec, facts: &HostFacts) -> Result<Plan, PlanError> 
     let mut push = |words: &[&str]| argv.extend(words.iter().map(|w| w.to_string()));
 
     // Machine + accelerator, and the flags that keep QEMU from adding anything unplanned.
-    push(&["-machine", machine, "-accel", accel.as_str()]);
+    // Guest RAM is a file of the VM's own (see `ram_object`): saving a sleeping VM then writes
+    // only its device state, and clones map a snapshot's RAM copy-on-write.
+    let machine = format!("{machine},memory-backend={RAM_BACKEND}");
+    push(&["-machine", &machine, "-accel", accel.as_str()]);
     push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
     // CPU, SMP, memory.
     let cpu = match accel {
@@ -222,6 +240,9 @@ pub fn plan(spec: &CanonicalSpec, facts: &HostFacts) -> Result<Plan, PlanError> 
     let smp = vm.machine.vcpus.to_string();
     let mem = vm.machine.memory_mib.to_string();
     push(&["-cpu", cpu, "-smp", &smp, "-m", &mem]);
+    let ram_file = format!("{runtime_dir}/ram");
+    push(&["-object", &ram_object(&ram_file, vm.machine.memory_mib, true)]);
+    creates.push(Creation::RamFile { path: ram_file, size_mib: vm.machine.memory_mib });
 
     // Kernel, initrd, command line. Only the built-in image's init reads `hangar.net=`.
     let guest_network = match vm.boot {

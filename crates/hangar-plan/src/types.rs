@@ -53,6 +53,14 @@ pub enum Creation {
         /// What it serves.
         purpose: String,
     },
+    /// The guest's RAM, a sparse file of the VM's own mapped shared by QEMU (made afresh at
+    /// every cold boot; a restore from a `mapped` snapshot maps the snapshot's file instead).
+    RamFile {
+        /// Its path.
+        path: String,
+        /// Its size in MiB (the guest's memory).
+        size_mib: u32,
+    },
     /// A copy-on-write overlay over a base image (`qemu-img create -b`).
     Overlay {
         /// The overlay's path.

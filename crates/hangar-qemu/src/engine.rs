@@ -354,6 +354,7 @@ pub(crate) fn info(rec: &SnapshotRecord) -> SnapshotInfo {
         id: rec.id.clone(),
         vm: rec.vm.clone(),
         size_bytes: rec.size_bytes,
+        layout: rec.layout,
         created_at: rec.created_at,
         engine_version: rec.engine_version.clone(),
         tenant: rec.tenant.clone(),

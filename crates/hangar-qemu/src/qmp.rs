@@ -111,6 +111,40 @@ impl<'rt> QmpSession<'rt> {
             .map_err(qmp_err)
     }
 
+    /// Whether guest RAM is the VM's own file mapped shared (`qom-get` of the RAM backend's
+    /// `share`): then what the guest wrote is in that file and a snapshot needs only the
+    /// device state. `false` for anything else, including a VM planned before RAM files (no
+    /// such backend) and a reply that is not a boolean: those save their RAM in the stream.
+    pub fn ram_is_own_file(&self) -> bool {
+        let path = format!("/objects/{}", hangar_plan::RAM_BACKEND);
+        let args = serde_json::json!({ "path": path, "property": "share" });
+        matches!(
+            self.rt.block_on(self.qmp.execute("qom-get", Some(args))),
+            Ok(serde_json::Value::Bool(true))
+        )
+    }
+
+    /// Sets migration capability `x-ignore-shared`: RAM mapped shared from a file is left out
+    /// of the stream (the file holds it). Both the saving and the restoring side need it.
+    pub fn ignore_shared_ram(&self, on: bool) -> Result<()> {
+        let args = serde_json::json!({
+            "capabilities": [{ "capability": "x-ignore-shared", "state": on }]
+        });
+        self.rt
+            .block_on(self.qmp.execute("migrate-set-capabilities", Some(args)))
+            .map(drop)
+            .map_err(qmp_err)
+    }
+
+    /// With `-incoming defer`: starts loading the device state from `uri`.
+    pub fn migrate_incoming(&self, uri: &str) -> Result<()> {
+        let args = serde_json::json!({ "uri": uri });
+        self.rt
+            .block_on(self.qmp.execute("migrate-incoming", Some(args)))
+            .map(drop)
+            .map_err(qmp_err)
+    }
+
     /// Asks QEMU to exit. The connection may close before the reply: that counts as success.
     pub fn quit(&self) -> Result<()> {
         match self.rt.block_on(self.qmp.quit()) {

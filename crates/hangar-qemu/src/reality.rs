@@ -169,6 +169,34 @@ impl QemuEngine {
         }))
     }
 
+    /// What a running VM's QEMU takes in memory (`/proc/PID/smaps_rollup`: resident, its
+    /// proportional share, and how much of it is shared with other processes, e.g. clones
+    /// mapping one snapshot's RAM) and which file its guest RAM is mapped from, and how (for
+    /// `hangar inspect`). `None` without a live QEMU.
+    pub fn memory(&self, vm: &VmName) -> Result<Option<serde_json::Value>> {
+        let rec = self.record(vm)?;
+        let Some(p) = rec.process.filter(|p| process::alive(*p)) else { return Ok(None) };
+        let Ok(rollup) = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", p.pid)) else {
+            return Ok(None);
+        };
+        let kib = |field: &str| -> u64 {
+            rollup
+                .lines()
+                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let ram = ram_mapping(p.pid, u64::from(rec.spec.machine.memory_mib) << 20);
+        Ok(Some(serde_json::json!({
+            "rss_bytes": kib("Rss") << 10,
+            "pss_bytes": kib("Pss") << 10,
+            "shared_bytes": (kib("Shared_Clean") + kib("Shared_Dirty")) << 10,
+            "private_bytes": (kib("Private_Clean") + kib("Private_Dirty")) << 10,
+            "ram_file": ram.as_ref().map(|(file, _)| file),
+            "ram_mapping": ram.map(|(_, shared)| if shared { "shared" } else { "private" }),
+        })))
+    }
+
     pub(crate) fn adopt(&self, rec: &mut VmRecord, plan: &Plan) -> Result<()> {
         let before = rec.state;
         let pid = rec.process.map(|p| p.pid);
@@ -351,6 +379,20 @@ pub(crate) fn settlement(
         }
         _ => Settlement::Wait,
     }
+}
+
+/// The file a QEMU's guest RAM is mapped from (the mapping of exactly `size` bytes backed by a
+/// file) and whether it is mapped shared (`/proc/PID/maps`).
+fn ram_mapping(pid: u32, size: u64) -> Option<(String, bool)> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    maps.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (start, end) = fields.next()?.split_once('-')?;
+        let len = u64::from_str_radix(end, 16).ok()? - u64::from_str_radix(start, 16).ok()?;
+        let perms = fields.next()?;
+        let file = fields.nth(3)?;
+        (len == size && file.starts_with('/')).then(|| (file.to_string(), perms.ends_with('s')))
+    })
 }
 
 #[cfg(test)]

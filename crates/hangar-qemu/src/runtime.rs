@@ -63,7 +63,9 @@ impl QemuEngine {
                     )));
                 }
                 // Leases are taken at define; TAPs are made at boot, handed to QEMU.
+                // The RAM file is made at boot: a restore may map a snapshot's instead.
                 Creation::File { .. }
+                | Creation::RamFile { .. }
                 | Creation::Socket { .. }
                 | Creation::Lease { .. }
                 | Creation::Rule { .. }
@@ -168,6 +170,39 @@ impl QemuEngine {
         Ok(())
     }
 
+    /// The VM's own guest RAM file, empty and sparse, its QEMU's to map shared (the runtime
+    /// directory is root's, so QEMU cannot swap it for a link).
+    pub(crate) fn fresh_ram_file(&self, plan: &Plan, path: &Path, size_mib: u32) -> Result<()> {
+        // Made afresh: a cold boot must not see a previous run's memory, and a file already
+        // there (a restore from a stream, a crash) is replaced, never trusted.
+        let _ = std::fs::remove_file(path);
+        let file = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(path)
+            .map_err(|e| QemuError::io("cannot create", path, e))?;
+        // Sparse: blocks are allocated as the guest touches its memory.
+        file.set_len(u64::from(size_mib) << 20)
+            .map_err(|e| QemuError::io("cannot size", path, e))?;
+        self.give_to_qemu(plan, &file, path)
+    }
+
+    /// Makes a file Hangar created for QEMU its VM user's (when QEMU runs as one).
+    fn give_to_qemu(&self, plan: &Plan, file: &std::fs::File, path: &Path) -> Result<()> {
+        if let Some((uid, gid)) = plan.confinement.as_ref().and_then(|c| Some((c.uid?, c.gid?))) {
+            rustix::fs::fchown(
+                file,
+                Some(rustix::process::Uid::from_raw(uid)),
+                Some(rustix::process::Gid::from_raw(gid)),
+            )
+            .map_err(|e| QemuError::io("cannot give to the VM's user", path, e.into()))?;
+        }
+        Ok(())
+    }
+
     /// An empty file in the VM's runtime directory that its QEMU may write a memory snapshot
     /// to (the directory is root's, so QEMU cannot swap the file for a link).
     pub(crate) fn state_file_for_qemu(&self, plan: &Plan) -> Result<PathBuf> {
@@ -180,14 +215,7 @@ impl QemuEngine {
             .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(&out)
             .map_err(|e| QemuError::io("cannot create", &out, e))?;
-        if let Some((uid, gid)) = plan.confinement.as_ref().and_then(|c| Some((c.uid?, c.gid?))) {
-            rustix::fs::fchown(
-                &file,
-                Some(rustix::process::Uid::from_raw(uid)),
-                Some(rustix::process::Gid::from_raw(gid)),
-            )
-            .map_err(|e| QemuError::io("cannot give to the VM's user", &out, e.into()))?;
-        }
+        self.give_to_qemu(plan, &file, &out)?;
         Ok(out)
     }
 

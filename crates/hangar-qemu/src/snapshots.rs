@@ -1,6 +1,7 @@
 //! Memory snapshots: save, restore (wake, roll back or clone) and their frozen disks.
 
 use crate::error::QemuError;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -14,6 +15,7 @@ use hangar_plan::{Creation, Plan};
 use hangar_spec::CanonicalSpec;
 use hangar_store::{FrozenDisk, SnapshotRecord, VmRecord};
 
+use crate::boot::Incoming;
 use crate::confine::{self};
 use crate::engine::*;
 use crate::process;
@@ -56,6 +58,30 @@ impl QemuEngine {
                 snapshot: snap.id.clone(),
                 reason: format!("its state file {} is missing", snap.path),
             });
+        }
+        if snap.layout == SnapshotLayout::Mapped {
+            let mismatch =
+                |reason: String| Error::SnapshotMismatch { snapshot: snap.id.clone(), reason };
+            let plan = Self::plan_of(rec)?;
+            let Some((_, size_mib)) = crate::boot::ram_file(&plan) else {
+                return Err(mismatch(format!(
+                    "its RAM is a file to map, and {} was defined before guest RAM files (remove and define it again)",
+                    rec.name()
+                )));
+            };
+            let want = u64::from(size_mib) << 20;
+            let ram = snap.ram_path.as_deref().unwrap_or_default();
+            match std::fs::symlink_metadata(ram) {
+                Ok(m) if m.is_file() && m.len() == want => {}
+                Ok(m) if m.is_file() => {
+                    return Err(mismatch(format!(
+                        "its RAM file {ram} holds {} bytes, {} has {want}",
+                        m.len(),
+                        rec.name()
+                    )))
+                }
+                _ => return Err(mismatch(format!("its RAM file {ram:?} is missing"))),
+            }
         }
         Ok(())
     }
@@ -158,13 +184,40 @@ impl Snapshots for QemuEngine {
         // (the store's record decides which of them gets the id; the other removes its own).
         let path = dir.join(format!("{id}@{vm}.state"));
         let tmp = dir.join(format!("{id}@{vm}.state.tmp"));
-        for f in [&path, &tmp, &frozen_dir(&path)] {
+        let ram = dir.join(format!("{id}@{vm}.ram"));
+        for f in [&path, &tmp, &ram, &frozen_dir(&path)] {
             hangar_store::home::no_symlink(f).map_err(QemuError::Store)?;
         }
+        // A VM whose RAM is its own file (every cold-booted VM) saves only its device state and
+        // keeps the file; one running on a snapshot's RAM (a clone, a woken VM) has its RAM in
+        // private memory and writes it into the stream.
+        let own_ram = crate::boot::ram_file(&plan)
+            .map(|(p, _)| PathBuf::from(p))
+            .filter(|_| ctl.ram_is_own_file());
+        let layout =
+            if own_ram.is_some() { SnapshotLayout::Mapped } else { SnapshotLayout::Stream };
+        // Puts the VM's RAM file back if the save took it (a sleep moves it), else drops the
+        // copy; and removes the rest of what the save wrote.
+        let undo = |own_ram: &Option<PathBuf>| {
+            match own_ram {
+                Some(own) if mode == SaveMode::Sleep && ram.exists() => {
+                    let _ = std::fs::rename(&ram, own);
+                }
+                _ => {
+                    let _ = std::fs::remove_file(&ram);
+                }
+            }
+            let _ = std::fs::remove_file(&tmp);
+            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_dir_all(frozen_dir(&path));
+        };
         // QEMU writes the state into a file of its own in its runtime directory (it may not
         // open anything under snapshots/), which Hangar then moves there and takes back.
-        let written = self
-            .state_file_for_qemu(&plan)
+        // Set either way: a VM restored from a mapped snapshot still has it on, and a stream
+        // saved with it on is refused by a QEMU restoring without it.
+        let written = ctl
+            .ignore_shared_ram(own_ram.is_some())
+            .and_then(|()| self.state_file_for_qemu(&plan))
             .and_then(|out| {
                 ctl.migrate_to_file(&out, Instant::now() + MIGRATION_DEADLINE)
                     .and_then(|()| move_file(&out, &tmp))
@@ -177,17 +230,26 @@ impl Snapshots for QemuEngine {
                 std::fs::rename(&tmp, &path)
                     .map_err(|e| QemuError::io("cannot rename", &tmp, e).into())
             })
+            .and_then(|()| match &own_ram {
+                Some(own) => self.keep_ram(own, &ram, mode),
+                None => Ok(()),
+            })
             .and_then(|()| freeze_disks(&plan, &path));
         let disks = match written {
             Ok(disks) => disks,
             Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                let _ = std::fs::remove_file(&path);
-                let _ = std::fs::remove_dir_all(frozen_dir(&path));
+                undo(&own_ram);
                 self.step(&mut rec, VmState::Paused, Cause::Fault)?;
                 return Err(e);
             }
         };
+        let ram_path = own_ram.as_ref().map(|_| ram.display().to_string());
+        let on_disk = [&path, &ram]
+            .into_iter()
+            .map(|p| p.as_path())
+            .chain(disks.iter().map(|d| Path::new(&d.path)))
+            .map(allocated_bytes)
+            .sum();
         let record = SnapshotRecord {
             id: id.clone(),
             vm: vm.clone(),
@@ -199,15 +261,16 @@ impl Snapshots for QemuEngine {
                 "qemu-{}",
                 self.facts.qemu.version.as_deref().unwrap_or("unknown")
             ),
-            size_bytes: std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
+            size_bytes: on_disk,
+            layout,
+            ram_path,
             created_at: self.clock.now(),
             tenant: rec.spec.tenant.clone(),
             pool: rec.spec.pool.clone(),
         };
         if let Err(e) = self.db(|s| s.insert_snapshot(&record)) {
             // Another VM took the id meanwhile: its files are its own; remove ours.
-            let _ = std::fs::remove_file(&path);
-            let _ = std::fs::remove_dir_all(frozen_dir(&path));
+            undo(&own_ram);
             self.step(&mut rec, VmState::Paused, Cause::Fault)?;
             return Err(e);
         }
@@ -258,13 +321,11 @@ impl Snapshots for QemuEngine {
         self.step(&mut rec, via, Cause::User)?;
         let thawed = if untouched { Ok(()) } else { thaw_disks(&snap, &plan, clone) };
         match thawed.and_then(|()| {
-            self.boot(
-                &mut rec,
-                &plan,
-                Some(Path::new(&snap.path)),
-                &StartOptions::default(),
-                cancel,
-            )?;
+            let incoming = Incoming {
+                state: Path::new(&snap.path),
+                ram: snap.ram_path.as_deref().map(Path::new),
+            };
+            self.boot(&mut rec, &plan, Some(incoming), &StartOptions::default(), cancel)?;
             // A clone wakes with its base's MACs and addresses: on a shared bridge it takes its
             // own before anyone may use it.
             if snap.vm != *vm
@@ -303,9 +364,96 @@ impl Snapshots for QemuEngine {
             return Err(Error::SnapshotInUse { snapshot: id.clone(), vm: user.name().clone() });
         }
         let _ = std::fs::remove_file(&snap.path);
+        if let Some(ram) = &snap.ram_path {
+            let _ = std::fs::remove_file(ram);
+        }
         let _ = std::fs::remove_dir_all(frozen_dir(Path::new(&snap.path)));
         self.db(|s| s.delete_snapshot(id))
     }
+}
+
+/// Bytes `path` takes on disk (allocated blocks: a RAM file is sparse); 0 when absent.
+pub(crate) fn allocated_bytes(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
+}
+
+impl QemuEngine {
+    /// Keeps a paused VM's RAM file as a snapshot's at `to`: a sleep moves it there (its QEMU
+    /// is about to exit, nothing writes it again), a save that keeps the VM copies it (only
+    /// the blocks the guest touched). Either way it ends root's, readable by the QEMU group
+    /// only through a descriptor Hangar hands over (`snapshots/` is root's, `0700`).
+    fn keep_ram(&self, own: &Path, to: &Path, mode: SaveMode) -> Result<()> {
+        match mode {
+            SaveMode::Sleep => std::fs::rename(own, to)
+                .map_err(|e| QemuError::io("cannot move the RAM file to", to, e))?,
+            SaveMode::KeepPaused => {
+                let tmp = to.with_extension("ram.tmp");
+                copy_sparse(own, &tmp).and_then(|()| std::fs::rename(&tmp, to)).map_err(|e| {
+                    let _ = std::fs::remove_file(&tmp);
+                    QemuError::io("cannot copy the RAM file to", to, e)
+                })?;
+            }
+        }
+        std::os::unix::fs::lchown(to, Some(0), self.facts.confinement.qemu_group)
+            .and_then(|()| {
+                std::fs::set_permissions(to, std::os::unix::fs::PermissionsExt::from_mode(0o440))
+            })
+            .or_else(|e| match e.kind() {
+                // Not root (an unconfined, per-user home): the file is the user's already.
+                std::io::ErrorKind::PermissionDenied if !self.facts.confinement.root => {
+                    std::fs::set_permissions(
+                        to,
+                        std::os::unix::fs::PermissionsExt::from_mode(0o400),
+                    )
+                }
+                _ => Err(e),
+            })
+            .map_err(|e| QemuError::io("cannot take back", to, e).into())
+    }
+}
+
+/// Copies `from` to a new file `to` of the same length, only the ranges that hold data
+/// (`SEEK_DATA`/`SEEK_HOLE`, `copy_file_range`): a guest's RAM file is mostly holes.
+fn copy_sparse(from: &Path, to: &Path) -> std::io::Result<()> {
+    use rustix::fs::SeekFrom;
+    let src = std::fs::File::options()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(from)?;
+    let dst = std::fs::File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(to)?;
+    let len = src.metadata()?.len();
+    dst.set_len(len)?;
+    let mut at = 0u64;
+    while at < len {
+        let start = match rustix::fs::seek(&src, SeekFrom::Data(at)) {
+            Ok(start) => start,
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let end = rustix::fs::seek(&src, SeekFrom::Hole(start))?.min(len);
+        let (mut off_in, mut off_out) = (start, start);
+        while off_in < end {
+            let want = (end - off_in) as usize;
+            let n = rustix::fs::copy_file_range(
+                &src,
+                Some(&mut off_in),
+                &dst,
+                Some(&mut off_out),
+                want,
+            )?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        at = end;
+    }
+    Ok(())
 }
 
 /// Asks the guest's agent, if it has one, to flush its filesystems before its memory is saved,

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use hangar_core::cancel::CancelToken;
-use hangar_core::contracts::{Lifecycle, SaveMode, Snapshots};
+use hangar_core::contracts::{Lifecycle, SaveMode, SnapshotLayout, Snapshots};
 use hangar_core::ids::{SnapshotId, VmName};
 use hangar_core::lifecycle::VmState;
 use hangar_qemu::{EngineOptions, QemuEngine};
@@ -124,6 +124,52 @@ fn a_snapshot_seeds_a_clone_with_its_own_copy_of_the_disks() {
     assert_eq!(read_memory(home, "src", "b", 24), "none");
     assert_eq!(read_memory(home, "src", "a", 25), "MEM-AFTER-SAVE");
     assert_eq!(read_memory(home, "cl", "b", 26), "MEM-FROM-CLONE");
+
+    // The source's RAM is its own file, so the snapshot kept it (mapped layout, sparse: less
+    // on disk than the guest's memory); both clones map it privately and share its pages.
+    let seed = engine.list_snapshots(None).unwrap().into_iter().find(|s| s.id == snap).unwrap();
+    assert_eq!(seed.layout, SnapshotLayout::Mapped);
+    let ram = home.join("snapshots/seed@src.ram");
+    assert_eq!(std::fs::metadata(&ram).unwrap().len(), 128 << 20);
+    let memory = |vm: &str| engine.memory(&VmName::new(vm).unwrap()).unwrap().unwrap();
+    let src_memory = memory("src");
+    assert_eq!(src_memory["ram_mapping"], "shared", "{src_memory}");
+    assert_eq!(src_memory["ram_file"], home.join("vms/src/ram").display().to_string());
+    for clone in ["cl", "cl2"] {
+        let m = memory(clone);
+        assert_eq!(m["ram_mapping"], "private", "{clone}: {m}");
+        assert_eq!(m["ram_file"], ram.display().to_string(), "{clone}: {m}");
+        // Pages of the snapshot both clones read are resident once, in the page cache.
+        assert!(m["shared_bytes"].as_u64().unwrap() > 8 << 20, "{clone}: {m}");
+    }
+
+    // A clone's RAM is private memory: its own save writes it into a stream (the older
+    // layout), and that restores as before.
+    let of_clone = SnapshotId::new("of-clone").unwrap();
+    engine.save(&cl, &of_clone, SaveMode::Sleep, &c).unwrap();
+    let saved = engine.list_snapshots(Some(&cl)).unwrap();
+    assert_eq!(saved[0].layout, SnapshotLayout::Stream, "{saved:?}");
+    assert_eq!(engine.restore(&cl, &of_clone, &c).unwrap().state, VmState::Running);
+    assert_eq!(read_memory(home, "cl", "b", 27), "MEM-FROM-CLONE");
+
+    // A mapped snapshot whose RAM file is not what was saved is refused before anything is
+    // made, and a missing one too.
+    let cl3 = VmName::new("cl3").unwrap();
+    engine.define(&spec("cl3")).unwrap();
+    let short = std::fs::OpenOptions::new().write(true).open(&ram).unwrap();
+    short.set_len(64 << 20).unwrap();
+    for broken in ["holds", "missing"] {
+        let refused = engine.restore(&cl3, &snap, &c).unwrap_err();
+        assert_eq!(
+            hangar_core::error::Coded::code(&refused),
+            hangar_core::error::ErrorCode::SnapshotMismatch,
+            "{refused}"
+        );
+        assert!(refused.to_string().contains(broken), "{refused}");
+        assert_eq!(engine.status(&cl3).unwrap().state, VmState::Defined);
+        assert!(!home.join("vms/cl3/ram").exists());
+        std::fs::remove_file(&ram).unwrap_or_default();
+    }
 
     // A VM with other hardware is refused and left as it was.
     let mut bigger = spec("big");

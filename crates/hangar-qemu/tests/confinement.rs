@@ -308,15 +308,17 @@ fn a_qemu_cannot_open_another_vms_overlay_or_hangars_files() {
     }
 }
 
+/// Guest RAM is a file mapped shared (issue 16): the cgroup's limit bounds what the QEMU keeps
+/// resident, and what the guest touches beyond it is written back to the VM's RAM file and
+/// reclaimed, instead of QEMU being killed. (QEMU's own, anonymous, memory is still killed by
+/// the cgroup's OOM killer, and Hangar still reports that; see `oom_note`.)
 #[test]
-fn a_guest_using_more_memory_than_allowed_is_stopped_by_its_cgroup() {
+fn a_guest_touching_more_memory_than_its_limit_stays_within_it() {
     // No allowance for QEMU's own memory: the limit is the guest's RAM alone, so a guest that
-    // touches all of it takes QEMU over the limit.
-    let Some(b) =
-        bench("a_guest_using_more_memory_than_allowed_is_stopped_by_its_cgroup", |facts| {
-            facts.confinement.memory_overhead_mib = 0
-        })
-    else {
+    // touches most of it takes QEMU over the limit.
+    let Some(b) = bench("a_guest_touching_more_memory_than_its_limit_stays_within_it", |facts| {
+        facts.confinement.memory_overhead_mib = 0
+    }) else {
         return;
     };
     let (home, base, engine, c) = (b.home.path(), &b.base, &b.engine, CancelToken::new());
@@ -326,39 +328,31 @@ fn a_guest_using_more_memory_than_allowed_is_stopped_by_its_cgroup() {
     let plan = plan(engine, "conf-hog");
     let cg = plan.confinement.unwrap().cgroup.unwrap();
     assert_eq!(cg.memory_max_bytes, 256 << 20);
-    let p = engine.record(&s.name).unwrap().process.unwrap();
-    let limit_bytes = cg.memory_max_bytes;
 
-    // Fill a tmpfs with (nearly) all the guest's RAM. Nothing is read back: the console may
-    // die with QEMU.
-    let mut console =
-        std::os::unix::net::UnixStream::connect(home.join("vms/conf-hog/console.sock")).unwrap();
-    use std::io::Write;
-    console
-        .write_all(b"mkdir -p /hog; mount -t tmpfs -o size=250m tmpfs /hog; dd if=/dev/zero of=/hog/fill bs=1M count=245\n")
-        .unwrap();
-    assert!(
-        hangar_qemu::process::wait_exit(p, Duration::from_secs(180)),
-        "QEMU outlived a guest filling its RAM past the cgroup's limit"
+    // Fill a tmpfs with 150 MiB (as much as the guest's own kernel lets it keep): with what
+    // the guest touched while booting and QEMU's own memory, well over 256 MiB resident were
+    // nothing reclaimed (a booted guest's QEMU already holds ~220 MiB here).
+    let out = hangar_testkit::console(
+        &home.join("vms/conf-hog/console.sock"),
+        "mkdir -p /hog; mount -t tmpfs -o size=160m tmpfs /hog; dd if=/dev/zero of=/hog/fill bs=1M count=150 2>/dev/null; echo hogged-$(($(wc -c < /hog/fill) / 1048576 + 1))",
+        "hogged-151",
     );
-    // The kernel says why, and so does the VM: its cgroup's OOM killer took QEMU, never with
-    // more than the limit in use.
+    assert!(out.contains("hogged-151"), "{out}");
     let status = engine.status(&s.name).unwrap();
-    assert_eq!(status.state, VmState::Failed, "{status:?}");
-    let reason = status.reason.unwrap_or_default();
-    assert!(
-        reason.contains("killed by the out-of-memory killer of its cgroup (limit 256 MiB"),
-        "{reason}"
-    );
-    if cg.version == CgroupVersion::V1 {
-        let peak: u64 = reason
-            .split(", peak ")
-            .nth(1)
-            .and_then(|r| r.split(' ').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no peak in {reason}"));
-        assert!(peak << 20 <= limit_bytes, "peak {peak} MiB over the limit");
-    }
+    assert_eq!(status.state, VmState::Running, "{status:?}");
+    let (peak, usage) = match cg.version {
+        CgroupVersion::V1 => ("memory.max_usage_in_bytes", "memory.usage_in_bytes"),
+        _ => ("memory.peak", "memory.current"),
+    };
+    let dir = cgroup_dir(cg.version, "memory", &cg.path);
+    let read =
+        |f: &str| -> u64 { std::fs::read_to_string(dir.join(f)).unwrap().trim().parse().unwrap() };
+    assert!(read(peak) <= cg.memory_max_bytes, "peak {} over the limit", read(peak));
+    assert!(read(usage) <= cg.memory_max_bytes);
+    // The guest's pages are in its RAM file (what was reclaimed was written there first).
+    let ram = std::fs::metadata(home.join("vms/conf-hog/ram")).unwrap();
+    assert!(ram.blocks() * 512 >= 150 << 20, "RAM file holds {} bytes", ram.blocks() * 512);
+    engine.stop(&s.name, hangar_core::contracts::StopMode::Force, &c).unwrap();
     // Nothing of it is left: the cgroup went with its QEMU.
     for c in ["memory", "cpu", "pids"] {
         assert!(!cgroup_dir(cg.version, c, &cg.path).exists());

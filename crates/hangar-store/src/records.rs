@@ -2,6 +2,7 @@
 
 use hangar_core::access::Scope;
 use hangar_core::clock::Timestamp;
+use hangar_core::contracts::SnapshotLayout;
 use hangar_core::ids::{OperationId, PoolId, SnapshotId, TenantId, VmName, VolumeId};
 use hangar_core::lifecycle::VmState;
 use hangar_core::spec::{DiskFormat, VmSpec};
@@ -79,8 +80,12 @@ pub struct SnapshotRecord {
     pub disks: Vec<FrozenDisk>,
     /// Engine version that wrote it.
     pub engine_version: String,
-    /// Size of the state file in bytes.
+    /// Bytes its files take on disk (state, RAM file, frozen disks).
     pub size_bytes: u64,
+    /// How it stores guest RAM.
+    pub layout: SnapshotLayout,
+    /// The RAM file of a `mapped` snapshot.
+    pub ram_path: Option<String>,
     /// When it was taken.
     pub created_at: Timestamp,
     /// The tenant of the VM it was taken from (its owner).

@@ -12,7 +12,7 @@ use crate::home;
 use crate::store::Store;
 
 /// Current schema version (SQLite `user_version`).
-pub(crate) const SCHEMA_VERSION: i64 = 6;
+pub(crate) const SCHEMA_VERSION: i64 = 7;
 
 const MIGRATION_1: &str = "
 CREATE TABLE vms (
@@ -137,9 +137,16 @@ CREATE TABLE leases (
 );
 ";
 
+/// Version 7: how a snapshot stores guest RAM (`stream`, or `mapped`: a RAM file beside a
+/// device-state stream). Older rows are `stream` (NULL).
+const MIGRATION_7: &str = "
+ALTER TABLE snapshots ADD COLUMN layout TEXT;
+ALTER TABLE snapshots ADD COLUMN ram_path TEXT;
+";
+
 /// Every migration, in order: `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 6] =
-    [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5, MIGRATION_6];
+const MIGRATIONS: [&str; 7] =
+    [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5, MIGRATION_6, MIGRATION_7];
 
 // Each migration moves the version by one.
 const _: () = assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION);

@@ -1,5 +1,6 @@
 //! The `snapshots` table: memory snapshots on disk.
 
+use hangar_core::contracts::SnapshotLayout;
 use hangar_core::ids::{SnapshotId, VmName};
 use rusqlite::{params, Row};
 
@@ -21,6 +22,12 @@ fn decode(row: &Row<'_>) -> Result<SnapshotRecord> {
         disks: f.opt_json("disks_json")?.unwrap_or_default(),
         engine_version: f.get("engine_version")?,
         size_bytes: f.u64("size_bytes")?,
+        layout: match f.get::<Option<String>>("layout")? {
+            None => SnapshotLayout::Stream,
+            Some(name) => SnapshotLayout::from_name(&name)
+                .ok_or_else(|| f.bad("layout", format!("`{name}` is not a snapshot layout")))?,
+        },
+        ram_path: f.get("ram_path")?,
         created_at: f.timestamp("created_at")?,
         tenant: f.opt_parse("tenant")?,
         pool: f.opt_parse("pool")?,
@@ -33,9 +40,9 @@ impl Store {
         self.insert(
             "snapshots",
             &s.id,
-            "INSERT INTO snapshots (id, vm, path, spec_hash, engine_version, size_bytes, created_at, clone_hash, disks_json, tenant, pool) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            "INSERT INTO snapshots (id, vm, path, spec_hash, engine_version, size_bytes, created_at, clone_hash, disks_json, tenant, pool, layout, ram_path) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             params![s.id.as_str(), s.vm.as_str(), s.path, s.spec_hash, s.engine_version, s.size_bytes as i64, s.created_at.0 as i64, s.clone_hash, serde_json::to_string(&s.disks).expect("disks serialise"),
-                    s.tenant.as_ref().map(|t| t.as_str()), s.pool.as_ref().map(|p| p.as_str())],
+                    s.tenant.as_ref().map(|t| t.as_str()), s.pool.as_ref().map(|p| p.as_str()), s.layout.as_str(), s.ram_path],
         )
     }
 

@@ -1,6 +1,7 @@
 //! Store round trips, validation of what is read back, and locking.
 
 use hangar_core::clock::Timestamp;
+use hangar_core::contracts::SnapshotLayout;
 use hangar_core::ids::{SnapshotId, VmName, VolumeId};
 use hangar_core::lifecycle::{Cause, TransitionEvent, VmState};
 use hangar_core::spec::*;
@@ -110,10 +111,33 @@ fn snapshot() -> SnapshotRecord {
         disks: vec![],
         engine_version: "qemu-10.0.2".into(),
         size_bytes: 64 << 20,
+        layout: SnapshotLayout::Stream,
+        ram_path: None,
         created_at: Timestamp(5),
         tenant: None,
         pool: None,
     }
+}
+
+#[test]
+fn a_snapshot_keeps_its_layout_and_a_row_without_one_is_a_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_in(dir.path()).unwrap();
+    let mapped = SnapshotRecord {
+        layout: SnapshotLayout::Mapped,
+        ram_path: Some("/x/s1.ram".into()),
+        ..snapshot()
+    };
+    store.insert_snapshot(&mapped).unwrap();
+    assert_eq!(store.get_snapshot(&mapped.id).unwrap(), Some(mapped.clone()));
+    // A row written before layouts existed (schema 6) has none: it is a stream.
+    store.execute_raw("UPDATE snapshots SET layout = NULL, ram_path = NULL").unwrap();
+    assert_eq!(store.get_snapshot(&mapped.id).unwrap(), Some(snapshot()));
+    // A layout this version does not know is a corrupt row, named, not a guess.
+    store.execute_raw("UPDATE snapshots SET layout = 'holographic'").unwrap();
+    let err = store.get_snapshot(&mapped.id).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::StoreCorrupt, "{err}");
+    assert!(err.to_string().contains("holographic"), "{err}");
 }
 
 #[test]

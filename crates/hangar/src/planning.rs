@@ -85,6 +85,9 @@ pub(crate) fn print_plan(out: &mut dyn Write, spec: &CanonicalSpec, plan: &hanga
             hangar_plan::Creation::Disk { path, size_mib, .. } => {
                 format!("disk     {path}  ({size_mib} MiB, blank)")
             }
+            hangar_plan::Creation::RamFile { path, size_mib } => {
+                format!("ram      {path}  ({size_mib} MiB guest RAM, sparse, mapped shared)")
+            }
             hangar_plan::Creation::Tap { ifname, nic } => format!("tap      {ifname}  (nic {nic})"),
             hangar_plan::Creation::Lease { network, nic, address, leased } => {
                 let held = if *leased { "held" } else { "to take" };

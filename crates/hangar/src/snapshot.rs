@@ -49,8 +49,14 @@ pub fn snapshot_restore(name: &str, id: &str, out: &mut dyn Write) -> Result<(),
 pub fn snapshot_ls(name: Option<&str>, output: Output, out: &mut dyn Write) -> Result<(), Failure> {
     let vm = name.map(vm_name).transpose()?;
     let list = control()?.snapshots(vm.as_ref().map(|v| v.as_str())).map_err(from_body)?;
-    print_listing(out, output, &list, ("ID<24 VM<24 SIZE>8", "ENGINE"), |s| {
-        let cells = vec![s.id.to_string(), s.vm.to_string(), format!("{}M", s.size_bytes >> 20)];
+    // SIZE is what the snapshot takes on disk (its RAM file is sparse).
+    print_listing(out, output, &list, ("ID<24 VM<24 LAYOUT<7 SIZE>8", "ENGINE"), |s| {
+        let cells = vec![
+            s.id.to_string(),
+            s.vm.to_string(),
+            s.layout.to_string(),
+            format!("{}M", s.size_bytes >> 20),
+        ];
         (cells, s.engine_version.clone())
     })
 }

@@ -149,6 +149,7 @@ pub fn inspect(name: &str, out: &mut dyn Write) -> Result<(), Failure> {
         "sleeping_on": rec.sleeping_on,
         "runtime_dir": rec.runtime_dir,
         "confinement": engine.confinement(&vm).map_err(fail)?,
+        "memory": engine.memory(&vm).map_err(fail)?,
         "history": history,
         "guest": guest,
     });

@@ -34,6 +34,7 @@ impl Snapshots for FakeEngine {
             id: id.clone(),
             vm: vm.clone(),
             size_bytes: u64::from(spec.machine.memory_mib) << 20,
+            layout: SnapshotLayout::Stream,
             created_at: self.config.clock.now(),
             engine_version: self.config.engine_version.clone(),
             tenant: spec.tenant.clone(),
