@@ -179,7 +179,9 @@ pub fn boot(args: &Args) -> Result<Value, String> {
     let spec = home.spec("b0");
     let plan = home.plan(&spec)?;
     let spec = spec.to_str().unwrap();
-    let (mut hangar, mut raw) = (Vec::new(), Vec::new());
+    // What RAM in a file costs a boot: the same argv with plain memory.
+    let anonymous = plan.with_ram(hangar_plan::anonymous_ram_object)?;
+    let (mut hangar, mut raw, mut raw_anonymous) = (Vec::new(), Vec::new(), Vec::new());
     // One untimed boot of each first: page cache, image files.
     home.hangar(&["up", spec])?;
     home.hangar(&["rm", "--force", "b0"])?;
@@ -192,6 +194,7 @@ pub fn boot(args: &Args) -> Result<Value, String> {
                 home.hangar(&["rm", "--force", "b0"])?;
             } else {
                 raw.push(raw_boot(&plan)?);
+                raw_anonymous.push(raw_boot(&anonymous)?);
             }
         }
     }
@@ -202,6 +205,8 @@ pub fn boot(args: &Args) -> Result<Value, String> {
         "raw_qemu": summary(&raw),
         "ratio": round(ratio, 3),
         "target_ratio": 1.02,
+        "raw_qemu_anonymous_ram": summary(&raw_anonymous),
+        "file_ram_vs_anonymous": round(median(&raw) / median(&raw_anonymous), 3),
     }))
 }
 
@@ -323,6 +328,11 @@ pub fn restore(args: &Args) -> Result<Value, String> {
             home.hangar(&["snapshot", "rm", s]).ok();
         }
         cold.push(home.timed(&["up", spec])?);
+        // A save that keeps the VM (a pool's base): the RAM file's data blocks are copied.
+        t.entry("save_kept_mapped")
+            .or_default()
+            .push(home.timed(&["snapshot", "save", "r0", "k0"])?);
+        home.hangar(&["snapshot", "rm", "k0"])?;
         t.entry("save_mapped")
             .or_default()
             .push(home.timed(&["snapshot", "save", "r0", "s0", "--sleep"])?);

@@ -123,11 +123,14 @@ pub fn run(args: &Args, claims: usize, wakes: usize, creations: usize) -> Result
     // The clone pool's first creation boots and takes its base.
     let (_, first) = claim(&socket, "bench--clone", "created")?;
     release(&socket, &first)?;
-    let (mut clone_ms, mut cold_ms) = (Vec::new(), Vec::new());
+    // QEMU's own start-up floor for the same machine (spawn with -S to its first QMP answer).
+    let floor_plan = home.plan(&home.spec("floor"))?;
+    let (mut clone_ms, mut cold_ms, mut floor_ms) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..creations {
         let (ms, c) = claim(&socket, "bench--clone", "cloned")?;
         clone_ms.push(ms);
         release(&socket, &c)?;
+        floor_ms.push(crate::raw::raw_floor(&floor_plan)?);
         let (ms, c) = claim(&socket, "bench--cold", "created")?;
         cold_ms.push(ms);
         release(&socket, &c)?;
@@ -151,6 +154,10 @@ pub fn run(args: &Args, claims: usize, wakes: usize, creations: usize) -> Result
         "create_claim": {
             "samples": clone.len(),
             "cloned_median_ms": round(median(&clone), 1),
+            "floor_median_ms": round(median(&floor_ms), 1),
+            "cloned_ratio_vs_floor": round(median(&clone) / median(&floor_ms), 2),
+            "target_cloned_median_ms": 45.0,
+            "target_ratio_vs_floor": 1.3,
             "cold_boot_median_ms": round(median(&cold), 1),
             "clone_speedup_vs_cold_boot": round(median(&cold) / median(&clone), 1),
             "target_speedup": 5.0,

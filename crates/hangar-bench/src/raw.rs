@@ -18,6 +18,21 @@ pub struct RawPlan {
     pub(crate) console: PathBuf,
 }
 
+impl RawPlan {
+    /// The same plan with its guest RAM backend replaced by `backend(size in MiB)`.
+    pub fn with_ram(&self, backend: impl FnOnce(u32) -> String) -> Result<RawPlan, String> {
+        let mut plan = self.clone();
+        let prefix = format!("memory-backend-file,id={},", hangar_plan::RAM_BACKEND);
+        let at = plan.argv.iter().position(|a| a.starts_with(&prefix)).ok_or("no RAM backend")?;
+        let size = plan.argv[at]
+            .split(',')
+            .find_map(|kv| kv.strip_prefix("size=")?.strip_suffix('M')?.parse::<u32>().ok())
+            .ok_or("RAM backend without a size")?;
+        plan.argv[at] = backend(size);
+        Ok(plan)
+    }
+}
+
 /// A QEMU launched directly; killed and its runtime dir emptied on drop.
 struct Raw {
     process: hangar_store::ProcessIdentity,
@@ -122,16 +137,14 @@ pub fn raw_floor(plan: &RawPlan) -> Result<f64, String> {
 pub fn raw_restore(plan: &RawPlan, state: &Path, ram: Option<&Path>) -> Result<f64, String> {
     let started = Instant::now();
     let uri = format!("file:{}", state.display());
-    let mut plan = plan.clone();
-    if let Some(ram) = ram {
-        let backend = format!("memory-backend-file,id={},", hangar_plan::RAM_BACKEND);
-        let at = plan.argv.iter().position(|a| a.starts_with(&backend)).ok_or("no RAM backend")?;
-        let size = plan.argv[at]
-            .split(',')
-            .find_map(|kv| kv.strip_prefix("size=")?.strip_suffix('M')?.parse::<u32>().ok())
-            .ok_or("RAM backend without a size")?;
-        plan.argv[at] = hangar_plan::ram_object(&ram.display().to_string(), size, false);
-    }
+    // The same RAM Hangar gives a restore: the snapshot's file mapped private (mapped), or
+    // plain memory (stream).
+    let plan = match ram {
+        Some(ram) => {
+            plan.with_ram(|size| hangar_plan::ram_object(&ram.display().to_string(), size, false))?
+        }
+        None => plan.with_ram(hangar_plan::anonymous_ram_object)?,
+    };
     let incoming = if ram.is_some() { "defer".to_string() } else { uri.clone() };
     let _raw = launch(&plan, &["-incoming".into(), incoming])?;
     let (rt, qmp) = raw_qmp(&plan)?;

@@ -38,6 +38,12 @@ pub const RAM_FD: i32 = 7;
 /// The id of the guest RAM's memory backend (`-object memory-backend-file,id=ram0,…`).
 pub const RAM_BACKEND: &str = "ram0";
 
+/// The `-object` value of guest RAM in plain (anonymous, private) memory under the same id: a
+/// restore from a `stream` snapshot loads every page into it, which a file would make slow.
+pub fn anonymous_ram_object(memory_mib: u32) -> String {
+    format!("memory-backend-ram,id={RAM_BACKEND},size={memory_mib}M")
+}
+
 /// The `-object` value of guest RAM held in the file at `mem_path`: `shared` maps it shared
 /// (the VM's own RAM file: what the guest writes lands in it, so a snapshot needs only the
 /// device state), otherwise private and read-only underneath (a snapshot's RAM file mapped

@@ -23,9 +23,9 @@ mod types;
 
 pub use accel::resolve_accel;
 pub use argv::{
-    bridge_name, kernel_argument, mac_for, plan, ram_object, tap_name, AGENT_FD, AGENT_PORT,
-    CONSOLE_FD, INCOMING_FD, MAX_SOCKET_PATH, MINIMAL_IMAGE_CMDLINE, QMP_FD, RAM_BACKEND, RAM_FD,
-    TAP_FD_BASE, USER_GUEST_ADDRESS,
+    anonymous_ram_object, bridge_name, kernel_argument, mac_for, plan, ram_object, tap_name,
+    AGENT_FD, AGENT_PORT, CONSOLE_FD, INCOMING_FD, MAX_SOCKET_PATH, MINIMAL_IMAGE_CMDLINE, QMP_FD,
+    RAM_BACKEND, RAM_FD, TAP_FD_BASE, USER_GUEST_ADDRESS,
 };
 pub use confine::{home_tag, qemu_uid, CPU_PERIOD_US, QEMU_PIDS_MAX, QEMU_UID_BASE, QEMU_UID_SPAN};
 pub use error::PlanError;

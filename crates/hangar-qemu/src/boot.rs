@@ -88,19 +88,18 @@ impl QemuEngine {
                     })?;
                     argv[at] = private;
                 }
-                None => {
-                    self.fresh_ram_file(plan, Path::new(own), size_mib)?;
-                    if incoming.is_some() {
-                        // A stream restore writes every page it loads: into a shared file
-                        // that costs a filesystem write fault per page (1.25 s instead of
-                        // 0.15 s for 93 MiB here), so its RAM is the empty file mapped
-                        // privately (plain memory) and its next save is a stream again.
-                        let shared = hangar_plan::ram_object(own, size_mib, true);
-                        if let Some(at) = argv.iter().position(|a| *a == shared) {
-                            argv[at] = hangar_plan::ram_object(own, size_mib, false);
-                        }
+                // A stream restore writes every page it loads: into a file that costs a
+                // filesystem fault per page (1.25 s instead of 0.15 s for 93 MiB here, shared;
+                // a private mapping doubles the memory charged), so its RAM is plain memory
+                // and its next save is a stream again.
+                None if incoming.is_some() => {
+                    let _ = std::fs::remove_file(own);
+                    let shared = hangar_plan::ram_object(own, size_mib, true);
+                    if let Some(at) = argv.iter().position(|a| *a == shared) {
+                        argv[at] = hangar_plan::anonymous_ram_object(size_mib);
                     }
                 }
+                None => self.fresh_ram_file(plan, Path::new(own), size_mib)?,
             }
         }
         if let Some(incoming) = &incoming {

@@ -38,6 +38,11 @@ impl Status {
         self.0.running
     }
 
+    /// Paused at the end of an outgoing migration (a save that kept the VM).
+    pub fn is_after_save(&self) -> bool {
+        self.0.status == RunState::PostMigrate
+    }
+
     /// QEMU's name for the state.
     pub fn name(&self) -> String {
         self.0.status.as_str().to_string()

@@ -177,6 +177,11 @@ impl Snapshots for QemuEngine {
             self.step(&mut rec, VmState::Pausing, Cause::User)?;
             ctl.stop()?;
             self.step(&mut rec, VmState::Paused, Cause::Engine)?;
+        } else if ctl.status()?.is_after_save() {
+            // Paused by an earlier save: QEMU migrates such a VM only once it has run again
+            // ("paused due to previous migration"). Its vCPUs run for the two commands.
+            ctl.cont()?;
+            ctl.stop()?;
         }
         self.step(&mut rec, VmState::Saving, Cause::User)?;
         let dir = self.own_dir(&self.home.join("snapshots"))?;

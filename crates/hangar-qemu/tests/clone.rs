@@ -89,6 +89,10 @@ fn a_snapshot_seeds_a_clone_with_its_own_copy_of_the_disks() {
     write_memory(home, "src", "a", "MEM-BEFORE-SAVE", 10);
     let snap = SnapshotId::new("seed").unwrap();
     engine.save(&src, &snap, SaveMode::KeepPaused, &c).unwrap();
+    // A VM paused by a save can be saved again.
+    let again = SnapshotId::new("again").unwrap();
+    engine.save(&src, &again, SaveMode::KeepPaused, &c).unwrap();
+    engine.delete_snapshot(&again).unwrap();
     // The source goes on and writes more after the save.
     engine.resume(&src).unwrap();
     write_disk(home, "src", "MARK-AFTER-SAVE", 4096, 2);
