@@ -214,6 +214,15 @@ pub trait Snapshots: Send + Sync {
     /// taken, provided the source had the same tenant and pool
     /// ([`SnapshotInfo::clone_refusal`]). Any other difference is `E_SNAPSHOT_MISMATCH`.
     fn restore(&self, vm: &VmName, id: &SnapshotId, cancel: &CancelToken) -> Result<VmStatus>;
+    /// [`Snapshots::restore`] for a VM that is about to be saved again (a pool instance made
+    /// for the sleeping set): an engine whose restores share the snapshot's memory between
+    /// clones gives this VM memory of its own instead, so that its next save is cheap. Same
+    /// outcome and errors as `restore`, which is the default.
+    fn restore_unshared(
+        &self, vm: &VmName, id: &SnapshotId, cancel: &CancelToken,
+    ) -> Result<VmStatus> {
+        self.restore(vm, id, cancel)
+    }
     /// Snapshots, optionally only one VM's, sorted by id.
     fn list_snapshots(&self, vm: Option<&VmName>) -> Result<Vec<SnapshotInfo>>;
     /// Deletes a snapshot no VM is sleeping on.

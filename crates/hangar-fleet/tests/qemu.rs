@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hangar_core::clock::SystemClock;
-use hangar_core::contracts::Lifecycle;
+use hangar_core::contracts::{Lifecycle, SnapshotLayout, Snapshots};
 use hangar_core::ids::{PoolId, TenantId};
 use hangar_core::lifecycle::VmState;
 use hangar_fleet::{ClaimSource, Desired, Fleet, Policy, Pool, Quotas, Tenant};
@@ -108,4 +108,21 @@ fn warm_pool_claim_quota_and_replacement_on_real_qemu() {
     assert_eq!(now_warm.len(), 3, "{now_warm:?}");
     assert!(!now_warm.contains(&victim), "{victim} was replaced: {now_warm:?}");
     assert_eq!(runtime_dirs(home.path()), 3, "the dead guest's runtime dir is gone");
+
+    // An instance made for the sleeping set is cloned with RAM of its own, so its sleep is a
+    // mapped snapshot (device state + its RAM file), and a claim wakes it.
+    fleet.scale(&pool, Desired { running: 0, warm: 0, sleeping: 0 }, None).unwrap();
+    let emptied = fleet.pass();
+    assert!(emptied.errors.is_empty(), "{emptied:?}");
+    fleet.scale(&pool, Desired { running: 0, warm: 0, sleeping: 1 }, None).unwrap();
+    let slept = fleet.pass();
+    assert_eq!((slept.created, slept.errors.len()), (1, 0), "{slept:?}");
+    let snapshots = fleet.engine().list_snapshots(None).unwrap();
+    let sleep = snapshots.iter().find(|s| s.id.as_str().ends_with("-sleep"));
+    let sleep = sleep.unwrap_or_else(|| panic!("no sleep snapshot in {snapshots:?}"));
+    assert_eq!(sleep.layout, SnapshotLayout::Mapped, "{sleep:?}");
+    let woken = fleet.claim(&pool).unwrap();
+    assert_eq!(woken.source, ClaimSource::Sleeping);
+    let status = fleet.engine().status(&woken.instance.name).unwrap();
+    assert_eq!(status.state, VmState::Running);
 }

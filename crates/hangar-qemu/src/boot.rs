@@ -67,8 +67,13 @@ impl QemuEngine {
             self.with_store(|s| hangar_net::rules::sync(s, None))?;
         }
         let mapped = incoming.as_ref().and_then(|i| i.ram);
+        let unshared = incoming.as_ref().is_some_and(|i| i.unshared);
         if let Some((own, size_mib)) = ram_file(plan) {
             match mapped {
+                // The snapshot's RAM copied into the VM's own file, mapped shared as planned.
+                Some(snapshot_ram) if unshared => {
+                    self.copied_ram_file(plan, snapshot_ram, Path::new(own))?
+                }
                 Some(snapshot_ram) => {
                     // The snapshot's RAM, mapped copy-on-write: the VM has no file of its own.
                     let _ = std::fs::remove_file(own);
@@ -272,6 +277,8 @@ pub(crate) struct Incoming<'a> {
     pub state: &'a Path,
     /// The RAM file of a `mapped` snapshot.
     pub ram: Option<&'a Path>,
+    /// Copy that RAM file into the VM's own instead of mapping it copy-on-write.
+    pub unshared: bool,
 }
 
 /// Where a restoring QEMU reads its stream: the descriptor Hangar passed (`-add-fd`).

@@ -190,6 +190,22 @@ impl QemuEngine {
         self.give_to_qemu(plan, &file, path)
     }
 
+    /// The VM's own guest RAM file as a copy of a snapshot's (only its data blocks), its
+    /// QEMU's to map shared.
+    pub(crate) fn copied_ram_file(&self, plan: &Plan, from: &Path, path: &Path) -> Result<()> {
+        let _ = std::fs::remove_file(path);
+        crate::snapshots::copy_sparse(from, path).map_err(|e| {
+            let _ = std::fs::remove_file(path);
+            QemuError::io("cannot copy the snapshot's RAM to", path, e)
+        })?;
+        let file = std::fs::File::options()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(path)
+            .map_err(|e| QemuError::io("cannot open", path, e))?;
+        self.give_to_qemu(plan, &file, path)
+    }
+
     /// Makes a file Hangar created for QEMU its VM user's (when QEMU runs as one).
     fn give_to_qemu(&self, plan: &Plan, file: &std::fs::File, path: &Path) -> Result<()> {
         if let Some((uid, gid)) = plan.confinement.as_ref().and_then(|c| Some((c.uid?, c.gid?))) {

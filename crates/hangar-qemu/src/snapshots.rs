@@ -298,6 +298,31 @@ impl Snapshots for QemuEngine {
     }
 
     fn restore(&self, vm: &VmName, id: &SnapshotId, cancel: &CancelToken) -> Result<VmStatus> {
+        self.restore_with(vm, id, cancel, false)
+    }
+
+    fn restore_unshared(
+        &self, vm: &VmName, id: &SnapshotId, cancel: &CancelToken,
+    ) -> Result<VmStatus> {
+        self.restore_with(vm, id, cancel, true)
+    }
+
+    fn list_snapshots(&self, vm: Option<&VmName>) -> Result<Vec<SnapshotInfo>> {
+        Ok(self.db(|s| s.list_snapshots(vm))?.iter().map(info).collect())
+    }
+
+    fn delete_snapshot(&self, id: &SnapshotId) -> Result<()> {
+        self.delete_snapshot_files(id)
+    }
+}
+
+impl QemuEngine {
+    /// A restore; `unshared`: a mapped snapshot's RAM is copied into the VM's own RAM file
+    /// (mapped shared, as after a cold boot) instead of mapped copy-on-write, so the VM's next
+    /// save writes only device state (see [`Snapshots::restore_unshared`]).
+    fn restore_with(
+        &self, vm: &VmName, id: &SnapshotId, cancel: &CancelToken, unshared: bool,
+    ) -> Result<VmStatus> {
         let _lock = self.lock(vm)?;
         let mut rec = self.record(vm)?;
         let snap =
@@ -329,6 +354,7 @@ impl Snapshots for QemuEngine {
             let incoming = Incoming {
                 state: Path::new(&snap.path),
                 ram: snap.ram_path.as_deref().map(Path::new),
+                unshared,
             };
             self.boot(&mut rec, &plan, Some(incoming), &StartOptions::default(), cancel)?;
             // A clone wakes with its base's MACs and addresses: on a shared bridge it takes its
@@ -354,11 +380,7 @@ impl Snapshots for QemuEngine {
         Ok(Self::status_of(&rec))
     }
 
-    fn list_snapshots(&self, vm: Option<&VmName>) -> Result<Vec<SnapshotInfo>> {
-        Ok(self.db(|s| s.list_snapshots(vm))?.iter().map(info).collect())
-    }
-
-    fn delete_snapshot(&self, id: &SnapshotId) -> Result<()> {
+    fn delete_snapshot_files(&self, id: &SnapshotId) -> Result<()> {
         let snap =
             self.db(|s| s.get_snapshot(id))?.ok_or_else(|| Error::SnapshotNotFound(id.clone()))?;
         let user = self
@@ -420,7 +442,7 @@ impl QemuEngine {
 
 /// Copies `from` to a new file `to` of the same length, only the ranges that hold data
 /// (`SEEK_DATA`/`SEEK_HOLE`, `copy_file_range`): a guest's RAM file is mostly holes.
-fn copy_sparse(from: &Path, to: &Path) -> std::io::Result<()> {
+pub(crate) fn copy_sparse(from: &Path, to: &Path) -> std::io::Result<()> {
     use rustix::fs::SeekFrom;
     let src = std::fs::File::options()
         .read(true)

@@ -156,6 +156,29 @@ fn a_snapshot_seeds_a_clone_with_its_own_copy_of_the_disks() {
     assert_eq!(engine.restore(&cl, &of_clone, &c).unwrap().state, VmState::Running);
     assert_eq!(read_memory(home, "cl", "b", 27), "MEM-FROM-CLONE");
 
+    // A clone restored unshared has a copy of the snapshot's RAM as its own file: its save
+    // is mapped again, and its memory is the snapshot's.
+    let own = VmName::new("own").unwrap();
+    let seed_written = std::fs::metadata(&ram).unwrap().modified().unwrap();
+    engine.define(&spec("own")).unwrap();
+    assert_eq!(engine.restore_unshared(&own, &snap, &c).unwrap().state, VmState::Running);
+    let m = memory("own");
+    assert_eq!(m["ram_mapping"], "shared", "{m}");
+    assert_eq!(m["ram_file"], home.join("vms/own/ram").display().to_string(), "{m}");
+    write_memory(home, "own", "c", "MEM-FROM-OWN", 28);
+    let of_own = SnapshotId::new("of-own").unwrap();
+    assert_eq!(
+        engine.save(&own, &of_own, SaveMode::Sleep, &c).unwrap().layout,
+        SnapshotLayout::Mapped
+    );
+    assert_eq!(engine.restore(&own, &of_own, &c).unwrap().state, VmState::Running);
+    assert_eq!(read_memory(home, "own", "a", 29), "MEM-BEFORE-SAVE");
+    assert_eq!(read_memory(home, "own", "c", 30), "MEM-FROM-OWN");
+    // ... and the seed's RAM file was never written by it.
+    assert_eq!(read_memory(home, "cl2", "c", 31), "none");
+    engine.stop(&own, hangar_core::contracts::StopMode::Force, &c).unwrap();
+    assert_eq!(std::fs::metadata(&ram).unwrap().modified().unwrap(), seed_written);
+
     // A mapped snapshot whose RAM file is not what was saved is refused before anything is
     // made, and a missing one too.
     let cl3 = VmName::new("cl3").unwrap();

@@ -227,7 +227,14 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
         let cancel = CancelToken::new();
         let mut cloned = false;
         if let Some(base) = base {
-            match self.engine.restore(&i.name, base, &cancel) {
+            // An instance made for the sleeping set is saved right away: memory of its own
+            // makes that save (and so its later wake) cheap.
+            let restored = if target == VmState::Sleeping {
+                self.engine.restore_unshared(&i.name, base, &cancel)
+            } else {
+                self.engine.restore(&i.name, base, &cancel)
+            };
+            match restored {
                 Ok(_) => cloned = true,
                 // A base the engine no longer takes (deleted, or written by another QEMU):
                 // forget it and boot; the boot below retakes it.
