@@ -249,7 +249,7 @@ impl QemuEngine {
         // A missing input is the caller's to fix: refused before the VM moves at all.
         check_inputs(&rec.spec)?;
         self.check_reachable(&rec, &plan)?;
-        self.admit(&rec.spec, &plan, 0)?;
+        self.admit(&rec.spec, &plan, 0, true)?;
         self.step(&mut rec, VmState::Starting, Cause::User)?;
         match self.boot(&mut rec, &plan, None, opts, cancel) {
             Ok(()) => self.step(&mut rec, VmState::Running, Cause::Engine)?,

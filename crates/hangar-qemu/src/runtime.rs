@@ -107,8 +107,11 @@ impl QemuEngine {
 
     /// Host admission: refuses (`E_HOST_CAPACITY`) a VM whose memory (RAM plus QEMU's
     /// overhead) is more than the host has available now, or whose new disks (blank disks not
-    /// made yet, plus `copied_bytes` of disks to copy) are more than the free disk.
-    pub(crate) fn admit(&self, spec: &VmSpec, plan: &Plan, copied_bytes: u64) -> Result<()> {
+    /// made yet, plus `copied_bytes` of disks to copy, plus a guest RAM file of its own when
+    /// `ram_file`) are more than the free disk.
+    pub(crate) fn admit(
+        &self, spec: &VmSpec, plan: &Plan, copied_bytes: u64, ram_file: bool,
+    ) -> Result<()> {
         let Some(cap) = hangar_plan::probe::capacity(&self.home) else {
             return Ok(());
         };
@@ -134,7 +137,9 @@ impl QemuEngine {
                 _ => None,
             })
             .sum();
-        let disk = blank + copied_bytes.div_ceil(1 << 20);
+        // A guest RAM file of its own may grow to its whole size.
+        let ram = crate::boot::ram_file(plan).filter(|_| ram_file).map_or(0, |(_, mib)| mib);
+        let disk = blank + copied_bytes.div_ceil(1 << 20) + u64::from(ram);
         if disk > cap.disk_free_mib {
             return Err(QemuError::HostDisk {
                 vm: spec.name.to_string(),
@@ -184,9 +189,7 @@ impl QemuEngine {
             .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(path)
             .map_err(|e| QemuError::io("cannot create", path, e))?;
-        // Sparse: blocks are allocated as the guest touches its memory.
-        file.set_len(u64::from(size_mib) << 20)
-            .map_err(|e| QemuError::io("cannot size", path, e))?;
+        size_ram_file(&file, path, u64::from(size_mib) << 20)?;
         self.give_to_qemu(plan, &file, path)
     }
 
@@ -200,9 +203,14 @@ impl QemuEngine {
         })?;
         let file = std::fs::File::options()
             .read(true)
+            .write(true)
             .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(path)
             .map_err(|e| QemuError::io("cannot open", path, e))?;
+        let len = file.metadata().map_err(|e| QemuError::io("cannot read", path, e))?.len();
+        size_ram_file(&file, path, len).inspect_err(|_| {
+            let _ = std::fs::remove_file(path);
+        })?;
         self.give_to_qemu(plan, &file, path)
     }
 
@@ -352,6 +360,18 @@ pub(crate) fn read_only_inputs(spec: &VmSpec, plan: &Plan) -> Vec<(String, Strin
         }
     }
     files
+}
+
+/// Sizes a guest RAM file, sparse: blocks are allocated as the guest touches its memory, and
+/// a sleeping VM's snapshot takes only what its guest touched. The disk is checked for the
+/// whole size at admission; the blocks are not reserved (`fallocate`), so a disk filled by
+/// someone else later can still fail a write fault, which kills QEMU (reserving was tried;
+/// this machine was too noisy that day to tell what it costs a boot).
+fn size_ram_file(file: &std::fs::File, path: &Path, len: u64) -> Result<()> {
+    file.set_len(len).map_err(|e| {
+        let _ = std::fs::remove_file(path);
+        QemuError::io("cannot size", path, e).into()
+    })
 }
 
 #[cfg(test)]

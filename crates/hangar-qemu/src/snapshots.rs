@@ -342,7 +342,9 @@ impl QemuEngine {
             .sum();
         let plan = Self::plan_of(&rec)?;
         self.check_reachable(&rec, &plan)?;
-        self.admit(&rec.spec, &plan, thawed_bytes)?;
+        // Only a restore that copies a mapped snapshot's RAM makes a RAM file of the VM's own.
+        let own_ram = unshared && snap.layout == SnapshotLayout::Mapped;
+        self.admit(&rec.spec, &plan, thawed_bytes, own_ram)?;
         cancel.check()?;
         // A VM sleeping on this snapshot has not touched its disks since the save; any other
         // restore (a clone, or rolling a VM back) needs the disks as they were at the save.

@@ -572,3 +572,42 @@ fn a_user_nic_guest_is_online_with_its_address_forwards_and_egress() {
     assert_eq!(body, "upstream\n");
     server.join().unwrap();
 }
+
+/// Guest RAM is a file, which may grow to the guest's whole memory (a write fault the
+/// filesystem could not back would kill QEMU mid-run): a home whose filesystem cannot hold it
+/// refuses the VM at admission with `E_HOST_CAPACITY` and makes nothing. The home is a 64 MiB tmpfs mounted
+/// in a mount namespace of the test's own (`unshare -m`); the machine's mounts are untouched.
+#[test]
+fn a_home_too_small_for_the_guest_ram_refuses_the_vm_and_makes_nothing() {
+    let test = "a_home_too_small_for_the_guest_ram_refuses_the_vm_and_makes_nothing";
+    let home = home_or_skip!("a_home_too_small_for_the_guest_ram_refuses_the_vm_and_makes_nothing");
+    if !rustix::process::geteuid().is_root()
+        || hangar_plan::probe::find_in_path("unshare").is_none()
+    {
+        let _ = writeln!(std::io::stderr(), "SKIPPED {test}: needs root and unshare(1)");
+        return;
+    }
+    let small = home.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let images = std::fs::read_link(home.path().join("images")).unwrap();
+    let spec = home.small_spec("tight");
+    let script = format!(
+        "mount --make-rprivate / && mount -t tmpfs -o size=64m tmpfs {small} && \
+         ln -s {images} {small}/images && export HANGAR_HOME={small} && \
+         {hangar} up {spec}; echo rc=$?; {hangar} ps --output json; ls -A {small}/vms",
+        small = small.display(),
+        images = images.display(),
+        hangar = env!("CARGO_BIN_EXE_hangar"),
+        spec = spec.display(),
+    );
+    let out = Command::new("unshare").args(["-m", "sh", "-c", &script]).output().unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(stderr.contains("E_HOST_CAPACITY"), "{stderr}");
+    assert!(stderr.contains("128 MiB of new disk"), "{stderr}");
+    assert!(stdout.contains("rc=2"), "{stdout}");
+    // Not even defined, and no runtime directory.
+    assert!(stdout.contains("[]"), "{stdout}");
+    assert!(!stdout.contains("tight"), "{stdout}");
+    // The tmpfs went with the namespace: the directory is as the test made it.
+    assert_eq!(std::fs::read_dir(&small).unwrap().count(), 0);
+}
