@@ -342,6 +342,37 @@ pub fn restore(args: &Args) -> Result<Value, String> {
             .push(home.timed(&["snapshot", "save", "r0", "s1", "--sleep"])?);
         home.hangar(&["stop", "--force", "r0"])?;
     }
+    // The same save (`--sleep`, mapped) and restore through hangard's API, timed from the call
+    // to its answer (`wait=true`: the operation has ended).
+    {
+        let (_daemon, socket) = daemon(args, &home, &["--reconcile-interval", "3600"])?;
+        let api = |method: &str, path: &str, body: Option<Value>| -> Result<f64, String> {
+            let bytes = body.map(|b| b.to_string());
+            let started = Instant::now();
+            let (status, answer) =
+                crate::api::call(&socket, method, path, bytes.as_deref().map(str::as_bytes))?;
+            let ms = started.elapsed().as_secs_f64() * 1000.0;
+            let answer: Value = serde_json::from_slice(&answer).unwrap_or(Value::Null);
+            if status != 200 || answer["status"] != "succeeded" {
+                return Err(format!("{method} {path}: {status} {answer}"));
+            }
+            Ok(ms)
+        };
+        for round in 0..args.rounds {
+            home.hangar_via("require", &["up", spec])?;
+            let id = format!("a{round}");
+            let save = json!({ "id": id, "sleep": true });
+            t.entry("api_save_mapped").or_default().push(api(
+                "POST",
+                "/v1/vms/r0/snapshots?wait=true",
+                Some(save),
+            )?);
+            let restore = format!("/v1/vms/r0/snapshots/{id}/restore?wait=true");
+            t.entry("api_wake_mapped").or_default().push(api("POST", &restore, None)?);
+            home.hangar_via("require", &["rm", "--force", "r0"])?;
+            home.hangar_via("require", &["snapshot", "rm", &id])?;
+        }
+    }
     let m = |k: &str| median(&t[k]);
     let summaries: serde_json::Map<String, Value> =
         t.iter().map(|(k, v)| (k.to_string(), summary(v))).collect();

@@ -93,6 +93,14 @@ pub fn render(r: &Value) -> String {
         );
         row(
             &mut out,
+            "API: save --sleep / wake, mapped",
+            ms(&m["api_save_mapped"]["median_ms"]),
+            ms(&m["api_wake_mapped"]["median_ms"]),
+            "".into(),
+            "<= 20 / 45",
+        );
+        row(
+            &mut out,
             "restore vs cold boot (speedup)",
             ms(&m["mapped"]["median_ms"]),
             ms(&s["hangar_cold_boot"]["median_ms"]),

@@ -318,6 +318,13 @@ pub static SCENARIOS: &[Scenario] = &[
         run: s07_clones_stay_in_their_tenant_and_pool,
     },
     Scenario {
+        id: "CONF-S-08",
+        title: "an unshared restore is a restore: same outcome and refusals, and saves again",
+        requires: &[MemorySnapshots],
+        knobs: NONE,
+        run: s08_restore_unshared_is_a_restore,
+    },
+    Scenario {
         id: "CONF-D-01",
         title: "volume create, overlay, grow, refuse shrink, delete",
         requires: &[Volumes],

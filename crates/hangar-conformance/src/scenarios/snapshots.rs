@@ -99,6 +99,46 @@ pub(super) fn s06_restore_into_a_clone(ctx: &Ctx<'_>) -> Check {
     ok(ctx.engine.delete_snapshot(&id), "delete snapshot")
 }
 
+pub(super) fn s08_restore_unshared_is_a_restore(ctx: &Ctx<'_>) -> Check {
+    let source = running(ctx, "conf-s08")?;
+    let id = SnapshotId::new("conf-s08-base").unwrap();
+    let c = CancelToken::new();
+    ok(ctx.engine.save(&source, &id, SaveMode::KeepPaused, &c), "save")?;
+    let clone = name("conf-s08-clone");
+    ok(ctx.engine.define(&ctx.spec("conf-s08-clone")), "define clone")?;
+    ok(ctx.engine.restore_unshared(&clone, &id, &c), "restore unshared into the clone")?;
+    expect_state(ctx, &clone, Running, "unshared restore")?;
+    expect_state(ctx, &source, Paused, "source after the unshared restore")?;
+    // What it is for: saved again at once, and woken from that.
+    let again = SnapshotId::new("conf-s08-sleep").unwrap();
+    ok(ctx.engine.save(&clone, &again, SaveMode::Sleep, &c), "sleep the clone")?;
+    expect_state(ctx, &clone, Sleeping, "sleep after an unshared restore")?;
+    ok(ctx.engine.restore(&clone, &again, &c), "wake")?;
+    expect_state(ctx, &clone, Running, "wake")?;
+    // The same refusals as a restore, and the VM left as it was.
+    let other = name("conf-s08-other");
+    let mut spec = ctx.spec("conf-s08-other");
+    spec.machine.memory_mib += 64;
+    ok(ctx.engine.define(&spec), "define a different VM")?;
+    expect_code(
+        ctx.engine.restore_unshared(&other, &id, &c),
+        ErrorCode::SnapshotMismatch,
+        "unshared restore into a VM with more memory",
+    )?;
+    expect_state(ctx, &other, Defined, "refused unshared restore")?;
+    let missing = SnapshotId::new("conf-s08-nope").unwrap();
+    expect_code(
+        ctx.engine.restore_unshared(&other, &missing, &c),
+        ErrorCode::SnapshotNotFound,
+        "unshared restore of a missing snapshot",
+    )?;
+    ok(ctx.engine.undefine(&other), "undefine")?;
+    teardown(ctx, &clone)?;
+    teardown(ctx, &source)?;
+    ok(ctx.engine.delete_snapshot(&again), "delete the clone's snapshot")?;
+    ok(ctx.engine.delete_snapshot(&id), "delete snapshot")
+}
+
 pub(super) fn s07_clones_stay_in_their_tenant_and_pool(ctx: &Ctx<'_>) -> Check {
     let tenant = |t: &str| Some(hangar_core::ids::TenantId::new(t).unwrap());
     let pool = |p: &str| Some(hangar_core::ids::PoolId::new(p).unwrap());
