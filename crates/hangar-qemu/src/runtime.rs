@@ -97,7 +97,9 @@ impl QemuEngine {
     /// again at the next start; an empty cgroup would outlive a home deleted by hand).
     pub(crate) fn cleanup_runtime(&self, plan: &Plan) {
         let dir = Path::new(&plan.runtime_dir);
-        for f in ["qmp.sock", "console.sock", "agent.sock", "pid"] {
+        // The guest RAM file too: with no QEMU it is garbage the size of what the guest
+        // touched (a cold boot makes a fresh one; a sleep has already moved it away).
+        for f in ["qmp.sock", "console.sock", "agent.sock", "pid", "ram"] {
             let _ = std::fs::remove_file(dir.join(f));
         }
         if let Some(cg) = plan.confinement.as_ref().and_then(|c| c.cgroup.as_ref()) {

@@ -178,6 +178,8 @@ fn a_snapshot_seeds_a_clone_with_its_own_copy_of_the_disks() {
     assert_eq!(read_memory(home, "cl2", "c", 31), "none");
     engine.stop(&own, hangar_core::contracts::StopMode::Force, &c).unwrap();
     assert_eq!(std::fs::metadata(&ram).unwrap().modified().unwrap(), seed_written);
+    // A stopped VM keeps no RAM file (it would hold what its guest touched, for nothing).
+    assert!(!home.join("vms/own/ram").exists());
 
     // A mapped snapshot whose RAM file is not what was saved is refused before anything is
     // made, and a missing one too.
