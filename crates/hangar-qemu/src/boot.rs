@@ -69,6 +69,15 @@ impl QemuEngine {
         let mapped = incoming.as_ref().and_then(|i| i.ram);
         let unshared = incoming.as_ref().is_some_and(|i| i.unshared);
         if let Some((own, size_mib)) = ram_file(plan) {
+            // The plan's RAM backend (the VM's own file, shared), replaced for some restores.
+            let planned = hangar_plan::ram_object(own, size_mib, true);
+            let at = argv.iter().position(|a| *a == planned).ok_or_else(|| {
+                QemuError::io(
+                    "cannot find the RAM backend in the plan of",
+                    Path::new(&plan.runtime_dir),
+                    std::io::ErrorKind::NotFound.into(),
+                )
+            })?;
             match mapped {
                 // The snapshot's RAM copied into the VM's own file, mapped shared as planned.
                 Some(snapshot_ram) if unshared => {
@@ -78,20 +87,8 @@ impl QemuEngine {
                     // The snapshot's RAM, mapped copy-on-write: the VM has no file of its own.
                     let _ = std::fs::remove_file(own);
                     launch = launch.pass(hangar_plan::RAM_FD, open_read_only(snapshot_ram)?.into());
-                    let shared = hangar_plan::ram_object(own, size_mib, true);
-                    let private = hangar_plan::ram_object(
-                        &format!("/proc/self/fd/{}", hangar_plan::RAM_FD),
-                        size_mib,
-                        false,
-                    );
-                    let at = argv.iter().position(|a| *a == shared).ok_or_else(|| {
-                        QemuError::io(
-                            "cannot find the RAM backend in the plan of",
-                            Path::new(&plan.runtime_dir),
-                            std::io::ErrorKind::NotFound.into(),
-                        )
-                    })?;
-                    argv[at] = private;
+                    let fd = format!("/proc/self/fd/{}", hangar_plan::RAM_FD);
+                    argv[at] = hangar_plan::ram_object(&fd, size_mib, false);
                 }
                 // A stream restore writes every page it loads: into a file that costs a
                 // filesystem fault per page (1.25 s instead of 0.15 s for 93 MiB here, shared;
@@ -99,10 +96,7 @@ impl QemuEngine {
                 // and its next save is a stream again.
                 None if incoming.is_some() => {
                     let _ = std::fs::remove_file(own);
-                    let shared = hangar_plan::ram_object(own, size_mib, true);
-                    if let Some(at) = argv.iter().position(|a| *a == shared) {
-                        argv[at] = hangar_plan::anonymous_ram_object(size_mib);
-                    }
+                    argv[at] = hangar_plan::anonymous_ram_object(size_mib);
                 }
                 None => self.fresh_ram_file(plan, Path::new(own), size_mib)?,
             }
