@@ -90,31 +90,84 @@ impl Reap for WaitPid {
 }
 
 /// Where the reaper of PID 1 hands the statuses of the agent's children: `wait` blocks until
-/// [`Reaper::deliver`] is called for that pid (before or after).
+/// [`Reaper::reap_ended`] has taken that pid's end (before or after).
 /// Only the agent's own children are remembered (an orphan reparented to PID 1 is not), and
 /// each until its status is taken.
 #[derive(Default)]
 pub struct Reaper {
-    /// The agent's children: `None` while running, then how each ended.
+    /// The agent's children: `None` while running, then how each ended. Held across every
+    /// [`Reap::spawn`] and every [`Reaper::reap_ended`], so the two never overlap.
     children: Mutex<HashMap<u32, Option<ExitOutcome>>>,
     changed: Condvar,
 }
 
 impl Reaper {
-    /// Records that `pid` ended (PID 1's wait loop calls this for every child it did not start
-    /// itself).
-    pub fn deliver(&self, pid: u32, outcome: ExitOutcome) {
-        if let Some(slot) = lock(&self.children).get_mut(&pid) {
-            *slot = Some(outcome);
-            self.changed.notify_all();
+    /// Takes the ends `next` yields (PID 1's non-blocking `waitpid`, until it yields `None`)
+    /// while no child is being started, hands the agent's children's to their waiters, and
+    /// returns the others (PID 1's own child, orphans).
+    ///
+    /// Why never during a start: `Command::spawn` reaps a child whose `exec` failed itself and
+    /// panics when that child is already gone. A PID 1 that reaped it first panicked the
+    /// agent, and PID 1's panic powers the guest off: `exec` of a missing program stopped the
+    /// VM now and then (CONF-G-01 in CI, twice).
+    fn reap_ended(
+        &self, mut next: impl FnMut() -> Option<(u32, ExitOutcome)>,
+    ) -> Vec<(u32, ExitOutcome)> {
+        let mut children = lock(&self.children);
+        let mut others = Vec::new();
+        while let Some((pid, outcome)) = next() {
+            match children.get_mut(&pid) {
+                Some(slot) => *slot = Some(outcome),
+                None => others.push((pid, outcome)),
+            }
+        }
+        self.changed.notify_all();
+        others
+    }
+
+    /// PID 1's wait: blocks until its own `child` has ended, reaping every process that ends
+    /// meanwhile (the agent's children go to their waiters, orphans nowhere).
+    pub fn wait_for(&self, child: u32) -> Result<ExitOutcome, String> {
+        loop {
+            // Sleep until some child has ended, without reaping it: reaping happens only in
+            // `reap_ended`, which never overlaps the agent starting a child (see there why).
+            let ended = rustix::process::waitid(
+                rustix::process::WaitId::All,
+                rustix::process::WaitIdOptions::EXITED | rustix::process::WaitIdOptions::NOWAIT,
+            );
+            match ended {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(format!("waiting for pid {child}: {e}")),
+            }
+            let others = self.reap_ended(|| loop {
+                match rustix::process::wait(rustix::process::WaitOptions::NOHANG) {
+                    Ok(Some((pid, status))) => {
+                        let outcome = if let Some(code) = status.exit_status() {
+                            ExitOutcome::Code(code)
+                        } else if let Some(signal) = status.terminating_signal() {
+                            ExitOutcome::Signal(signal)
+                        } else {
+                            continue;
+                        };
+                        return Some((pid.as_raw_nonzero().get().unsigned_abs(), outcome));
+                    }
+                    Err(rustix::io::Errno::INTR) => {}
+                    // Nothing more has ended (or no child is left).
+                    Ok(None) | Err(_) => return None,
+                }
+            });
+            // Anything else is an orphan reparented to PID 1: nobody asks how it ended.
+            if let Some((_, outcome)) = others.into_iter().find(|(pid, _)| *pid == child) {
+                return Ok(outcome);
+            }
         }
     }
 }
 
 impl Reap for Reaper {
     fn spawn(&self, cmd: &mut Command) -> std::io::Result<std::process::Child> {
-        // Registered under the lock: PID 1 may reap the child before `spawn` returns, and its
-        // `deliver` must find it.
+        // Under the lock: PID 1 reaps only between starts (see `reap_ended`), so it finds the
+        // child registered, and never takes one whose failed `exec` `spawn` reaps itself.
         let mut children = lock(&self.children);
         let child = cmd.spawn()?;
         children.insert(child.id(), None);

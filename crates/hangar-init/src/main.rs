@@ -27,7 +27,6 @@ use hangar_init::{
 };
 use rustix::io::Errno;
 use rustix::mount::MountFlags;
-use rustix::process::WaitOptions;
 
 /// The console, opened after `/dev` is mounted; before that, stderr (the kernel opens
 /// `/dev/console` from the initramfs as fds 0-2).
@@ -374,30 +373,7 @@ fn command(argv: &[String]) -> Result<Command, String> {
 
 /// Waits for `child` to end, reaping every other process that ends meanwhile.
 fn wait_for(child: u32) -> Result<ExitOutcome, String> {
-    loop {
-        match rustix::process::wait(WaitOptions::empty()) {
-            Ok(Some((pid, status))) => {
-                let outcome = if let Some(code) = status.exit_status() {
-                    ExitOutcome::Code(code)
-                } else if let Some(signal) = status.terminating_signal() {
-                    ExitOutcome::Signal(signal)
-                } else {
-                    continue;
-                };
-                let pid = pid.as_raw_nonzero().get().unsigned_abs();
-                if pid == child {
-                    return Ok(outcome);
-                }
-                // The agent's (or an orphan reparented to us: then nobody asks).
-                if let Some(reaper) = REAPER.get() {
-                    reaper.deliver(pid, outcome);
-                }
-            }
-            Ok(None) => {}
-            Err(Errno::INTR) => {}
-            Err(e) => return Err(format!("waiting for pid {child}: {e}")),
-        }
-    }
+    REAPER.get_or_init(|| Arc::new(Reaper::default())).wait_for(child)
 }
 
 fn run_command(argv: &[String]) -> Result<Never, String> {
