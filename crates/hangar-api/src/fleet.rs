@@ -84,6 +84,9 @@ pub struct PoolCounts {
     pub warm: u32,
     /// Unclaimed and sleeping.
     pub sleeping: u32,
+    /// Spares (a QEMU waiting, with no guest, for the pool's base).
+    #[serde(default)]
+    pub spare: u32,
     /// Handed out by a claim.
     pub claimed: u32,
     /// In flight, failed or stopped (the loop is on them).
@@ -139,6 +142,7 @@ impl PoolView {
                 (false, VmState::Running) => &mut counts.running,
                 (false, VmState::Paused) => &mut counts.warm,
                 (false, VmState::Sleeping) => &mut counts.sleeping,
+                (false, VmState::Spare) => &mut counts.spare,
                 _ => &mut counts.other,
             };
             *slot += 1;

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cancel::CancelToken;
 use crate::clock::Timestamp;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ids::{DeviceName, PoolId, SnapshotId, TenantId, VmName, VolumeId};
 use crate::lifecycle::{LifecycleObserver, TransitionEvent, VmState};
 use crate::spec::{DiskFormat, NicSpec, VmSpec};
@@ -206,7 +206,8 @@ pub trait Snapshots: Send + Sync {
     fn save(
         &self, vm: &VmName, id: &SnapshotId, mode: SaveMode, cancel: &CancelToken,
     ) -> Result<SnapshotInfo>;
-    /// Restores a sleeping, stopped or defined VM from a snapshot; it ends up running.
+    /// Restores a sleeping, stopped or defined VM (or a spare prepared for this snapshot, see
+    /// [`Snapshots::prepare_restore`]) from a snapshot; it ends up running.
     ///
     /// The snapshot may have been taken from another VM whose spec has the same
     /// [`VmSpec::clone_template`](crate::spec::VmSpec::clone_template): `vm` then becomes a
@@ -223,10 +224,29 @@ pub trait Snapshots: Send + Sync {
     ) -> Result<VmStatus> {
         self.restore(vm, id, cancel)
     }
+    /// Makes a defined or stopped VM a **spare** for snapshot `id`: everything a restore of it
+    /// does before loading the guest's state is done now (checks, disks, the engine process
+    /// started and waiting, no guest running), so that a later [`Snapshots::restore`] of the
+    /// same snapshot only loads that state and continues. `starting` → `spare`. Same refusals
+    /// as `restore`; a spare's restore of any other snapshot is `E_SNAPSHOT_MISMATCH` (the spare
+    /// is left as it was). A spare is stopped like any VM.
+    fn prepare_restore(
+        &self, vm: &VmName, id: &SnapshotId, cancel: &CancelToken,
+    ) -> Result<VmStatus>;
     /// Snapshots, optionally only one VM's, sorted by id.
     fn list_snapshots(&self, vm: Option<&VmName>) -> Result<Vec<SnapshotInfo>>;
     /// Deletes a snapshot no VM is sleeping on.
     fn delete_snapshot(&self, id: &SnapshotId) -> Result<()>;
+}
+
+/// The refusal of a spare asked to restore `id` while it waits for `prepared` (see
+/// [`Snapshots::prepare_restore`]): the same words from every engine.
+pub fn spare_mismatch(vm: &VmName, id: &SnapshotId, prepared: Option<&SnapshotId>) -> Error {
+    let prepared = prepared.map(|p| p.to_string()).unwrap_or_else(|| "nothing".into());
+    Error::SnapshotMismatch {
+        snapshot: id.clone(),
+        reason: format!("{vm} is a spare for {prepared}; stop it to restore anything else"),
+    }
 }
 
 /// Where a new volume's content comes from.

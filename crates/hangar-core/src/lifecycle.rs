@@ -37,6 +37,10 @@ pub enum VmState {
     Sleeping,
     /// Being restored from a memory snapshot.
     Waking,
+    /// A spare: an engine process waiting, with no guest yet, for one snapshot's state
+    /// ([`Snapshots::prepare_restore`](crate::contracts::Snapshots::prepare_restore)); a restore
+    /// of that snapshot then only loads it.
+    Spare,
     /// Being shut down.
     Stopping,
     /// No engine process; disks kept.
@@ -56,7 +60,7 @@ pub const INITIAL_STATE: VmState = Defined;
 /// contract; tests check it exhaustively and the conformance suite checks every engine against it.
 pub const TRANSITIONS: &[(VmState, &[VmState])] = &[
     (Defined, &[Starting, Deleted]),
-    (Starting, &[Running, Stopping, Failed]),
+    (Starting, &[Running, Spare, Stopping, Failed]),
     (Running, &[Pausing, Stopping, Failed]),
     (Pausing, &[Paused, Failed]),
     (Paused, &[Resuming, Saving, Stopping]),
@@ -64,6 +68,7 @@ pub const TRANSITIONS: &[(VmState, &[VmState])] = &[
     (Saving, &[Sleeping, Paused, Failed]),
     (Sleeping, &[Waking, Stopped, Deleted]),
     (Waking, &[Running, Failed]),
+    (Spare, &[Waking, Stopping, Failed]),
     (Stopping, &[Stopped, Failed]),
     (Stopped, &[Starting, Deleted]),
     (Failed, &[Stopping, Stopped, Deleted]),
@@ -72,9 +77,9 @@ pub const TRANSITIONS: &[(VmState, &[VmState])] = &[
 
 impl VmState {
     /// Every state, in table order.
-    pub const ALL: [VmState; 13] = [
-        Defined, Starting, Running, Pausing, Paused, Resuming, Saving, Sleeping, Waking, Stopping,
-        Stopped, Failed, Deleted,
+    pub const ALL: [VmState; 14] = [
+        Defined, Starting, Running, Pausing, Paused, Resuming, Saving, Sleeping, Waking, Spare,
+        Stopping, Stopped, Failed, Deleted,
     ];
 
     /// The states this one may move to.
@@ -111,6 +116,7 @@ impl VmState {
             Saving => "saving",
             Sleeping => "sleeping",
             Waking => "waking",
+            Spare => "spare",
             Stopping => "stopping",
             Stopped => "stopped",
             Failed => "failed",
@@ -434,13 +440,13 @@ mod tests {
         assert!("users".parse::<Cause>().is_err());
     }
 
-    /// The table from the foundation issue, written out independently, compared cell by cell
-    /// over all 13 × 13 pairs.
+    /// The table from the foundation issue (with issue 16's `spare`), written out
+    /// independently, compared cell by cell over all 14 × 14 pairs.
     #[test]
     fn table_is_exactly_the_documented_one() {
         let expected: &[(&str, &[&str])] = &[
             ("defined", &["starting", "deleted"]),
-            ("starting", &["running", "stopping", "failed"]),
+            ("starting", &["running", "spare", "stopping", "failed"]),
             ("running", &["pausing", "stopping", "failed"]),
             ("pausing", &["paused", "failed"]),
             ("paused", &["resuming", "saving", "stopping"]),
@@ -448,6 +454,7 @@ mod tests {
             ("saving", &["sleeping", "paused", "failed"]),
             ("sleeping", &["waking", "stopped", "deleted"]),
             ("waking", &["running", "failed"]),
+            ("spare", &["waking", "stopping", "failed"]),
             ("stopping", &["stopped", "failed"]),
             ("stopped", &["starting", "deleted"]),
             ("failed", &["stopping", "stopped", "deleted"]),

@@ -26,7 +26,7 @@ fn benches(c: &mut Criterion) {
                 id: PoolId::new(format!("pool{p:03}")).unwrap(),
                 tenant: TenantId::new("bench").unwrap(),
                 template: template(),
-                desired: Desired { running: 40, warm: 40, sleeping: 20 },
+                desired: Desired { running: 40, warm: 40, sleeping: 20, spare: 0 },
                 policy: Policy::default(),
             })
             .unwrap();

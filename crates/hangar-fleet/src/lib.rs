@@ -50,12 +50,16 @@ pub struct Desired {
     pub warm: u32,
     /// Memory saved to disk, no process (a claim is a restore).
     pub sleeping: u32,
+    /// Spares: a QEMU started ahead from the pool's base snapshot, waiting with no guest (a
+    /// claim only loads the base's device state and runs). Pools that boot every instance
+    /// (`cold_boot`) have no base, so no spares.
+    pub spare: u32,
 }
 
 impl Desired {
     /// All of them.
     pub fn total(&self) -> u32 {
-        self.running + self.warm + self.sleeping
+        self.running + self.warm + self.sleeping + self.spare
     }
 }
 

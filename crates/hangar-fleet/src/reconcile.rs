@@ -14,7 +14,7 @@ use crate::{by_pool, Instance, Pool};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Action {
-    /// Create a new instance and bring it to `target` (`running`, `paused` or `sleeping`).
+    /// Create a new instance and bring it to `target` (`running`, `paused`, `sleeping` or `spare`).
     Create {
         /// The pool.
         pool: PoolId,
@@ -96,7 +96,8 @@ impl Plan {
 ///    creating (scale-up prefers what is already booted);
 /// 3. a warm deficit by pausing surplus running, waking surplus sleeping, then creating;
 /// 4. a sleeping deficit by sleeping surplus warm, then surplus running, then creating;
-/// 5. what is left over is removed newest first, except running instances younger than the
+/// 5. a spare deficit by creating (none for a `cold_boot` pool: deferred, it has no base);
+/// 6. what is left over is removed newest first, except running instances younger than the
 ///    pool's `min_running_s`, which are deferred.
 ///
 /// Instances caught in a transient state (after a crash) count toward where they were going
@@ -115,6 +116,7 @@ pub fn plan(pools: &[Pool], instances: &[Instance], now: Timestamp) -> Plan {
 fn plan_pool(pool: &Pool, members: &[&Instance], now: Timestamp, out: &mut Plan) {
     let d = pool.desired;
     let (mut running, mut warm, mut sleeping) = (Vec::new(), Vec::new(), Vec::new());
+    let mut spares = Vec::new();
     // In-flight instances count toward their destination but cannot be acted on.
     let (mut pending_running, mut pending_warm, mut pending_sleeping) = (0u32, 0u32, 0u32);
     for &i in members {
@@ -138,6 +140,7 @@ fn plan_pool(pool: &Pool, members: &[&Instance], now: Timestamp, out: &mut Plan)
             VmState::Running => running.push(i),
             VmState::Paused => warm.push(i),
             VmState::Sleeping => sleeping.push(i),
+            VmState::Spare => spares.push(i),
             VmState::Failed | VmState::Stopped | VmState::Defined => {
                 out.actions.push(Action::Remove { instance: i.id.clone(), why: RemoveReason::Dead })
             }
@@ -200,6 +203,19 @@ fn plan_pool(pool: &Pool, members: &[&Instance], now: Timestamp, out: &mut Plan)
             creates.push(VmState::Sleeping);
         }
     }
+    // A spare has no guest to turn into anything else, nor can anything become one.
+    let want_spares = if d.spare > 0 && pool.policy.cold_boot {
+        out.deferred.push(Deferred {
+            subject: format!("pool {}", pool.id),
+            why: "spares wait for the pool's base snapshot, and a cold_boot pool has none".into(),
+        });
+        0
+    } else {
+        d.spare as usize
+    };
+    while spares.len() + count(&creates, VmState::Spare) < want_spares {
+        creates.push(VmState::Spare);
+    }
     for target in creates {
         out.actions.push(Action::Create { pool: pool.id.clone(), target });
     }
@@ -220,7 +236,9 @@ fn plan_pool(pool: &Pool, members: &[&Instance], now: Timestamp, out: &mut Plan)
                 .push(Action::Remove { instance: i.id.clone(), why: RemoveReason::ScaleDown });
         }
     }
-    for (list, keep) in [(&mut warm, want_warm), (&mut sleeping, want_sleeping)] {
+    for (list, keep) in
+        [(&mut warm, want_warm), (&mut sleeping, want_sleeping), (&mut spares, want_spares)]
+    {
         while list.len() > keep {
             let i = list.pop().expect("non-empty");
             out.actions

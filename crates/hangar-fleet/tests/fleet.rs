@@ -17,7 +17,7 @@ use common::template;
 
 /// Desired counts: running, warm, sleeping.
 fn want(running: u32, warm: u32, sleeping: u32) -> Desired {
-    Desired { running, warm, sleeping }
+    Desired { running, warm, sleeping, spare: 0 }
 }
 
 fn fleet(quotas: Quotas) -> (Fleet<FakeEngine>, Arc<ManualClock>) {
@@ -517,4 +517,73 @@ fn quotas_count_a_tenants_own_vms_next_to_its_pools_and_reserve_room_atomically(
     let e = fleet.admit(&stray, Admit::Define).err().unwrap();
     assert_eq!(hangar_core::error::Coded::code(&e), hangar_core::error::ErrorCode::TenantNotFound);
     assert!(fleet.admit(&template(), Admit::Run).is_ok());
+}
+
+#[test]
+fn spares_wait_for_the_base_are_claimed_before_sleeping_ones_and_refilled() {
+    let (fleet, _, engine) = fleet_with_engine(Quotas::default());
+    let id = PoolId::new("sp").unwrap();
+    add(&fleet, "sp", Desired { spare: 2, sleeping: 1, ..Desired::default() });
+    let first = fleet.pass();
+    assert_eq!((first.created, first.errors.len()), (3, 0), "{first:?}");
+    // The first spare booted to make the base; then every spare waits for it.
+    let base = fleet.base(&id).expect("a base was taken");
+    let spares: Vec<_> =
+        fleet.instances(None).into_iter().filter(|i| i.state == VmState::Spare).collect();
+    assert_eq!(spares.len(), 2, "{:?}", states(&fleet));
+    for s in &spares {
+        assert_eq!(engine.status(&s.name).unwrap().state, VmState::Spare);
+    }
+    assert!(fleet.pass().created == 0, "converged");
+    // Warm (none) → spare → sleeping: the oldest spare, running now.
+    let claim = fleet.claim(&id).unwrap();
+    assert_eq!(claim.source, ClaimSource::Spare, "{claim:?}");
+    assert_eq!(claim.instance.state, VmState::Running);
+    assert_eq!(claim.instance.name, spares[0].name);
+    assert_eq!(engine.status(&claim.instance.name).unwrap().state, VmState::Running);
+    let refill = fleet.pass();
+    assert_eq!(refill.created, 1, "the spare taken is replaced: {refill:?}");
+    // The base is unchanged (the spares wait for it) and survives the claims.
+    assert_eq!(fleet.base(&id), Some(base));
+    // Scaled down: spares go, newest first.
+    fleet.scale(&id, Desired { sleeping: 1, ..Desired::default() }, None).unwrap();
+    let down = fleet.pass();
+    assert_eq!(down.stopped, 2, "{down:?}");
+    assert!(fleet.instances(None).iter().all(|i| i.state != VmState::Spare));
+}
+
+#[test]
+fn a_spare_counts_its_real_cost_against_quotas_and_its_guest_once_claimed() {
+    let spare_cost = u64::from(hangar_fleet::quota::SPARE_MEMORY_MIB);
+    let memory = u64::from(template().machine.memory_mib);
+    assert!(memory > spare_cost, "the template is bigger than a spare");
+    // Room for two spares' memory but not for one running guest more than the base's boot.
+    let (fleet, _) = fleet(Quotas { max_memory_mib: Some(memory), ..Quotas::default() });
+    let id = PoolId::new("q").unwrap();
+    add(&fleet, "q", Desired { spare: 2, ..Desired::default() });
+    let pass = fleet.pass();
+    assert_eq!(pass.created, 2, "{pass:?}");
+    let usage = fleet.usage(&TenantId::new("acme").unwrap()).unwrap();
+    assert_eq!((usage.memory_mib, usage.vcpus, usage.running), (2 * spare_cost, 0, 0));
+    // A claim needs the rest of a guest's memory: over the quota, refused, nothing changes.
+    let refused = fleet.claim(&id).unwrap_err();
+    let code = hangar_core::error::Coded::code(&refused);
+    assert_eq!(code, hangar_core::error::ErrorCode::QuotaExceeded, "{refused}");
+    let spares = fleet.instances(None).iter().filter(|i| i.state == VmState::Spare).count();
+    assert_eq!(spares, 2, "{:?}", states(&fleet));
+}
+
+#[test]
+fn a_cold_boot_pool_has_no_spares_and_says_why() {
+    let plan = reconcile::plan(
+        &[pool(
+            "cold",
+            Desired { spare: 2, ..Desired::default() },
+            Policy { cold_boot: true, ..Policy::default() },
+        )],
+        &[],
+        hangar_core::clock::Timestamp(0),
+    );
+    assert!(plan.actions.is_empty(), "{plan:?}");
+    assert!(plan.deferred.iter().any(|d| d.why.contains("cold_boot")), "{plan:?}");
 }

@@ -57,7 +57,7 @@ fn warm_pool_claim_quota_and_replacement_on_real_qemu() {
             id: pool.clone(),
             tenant,
             template,
-            desired: Desired { running: 0, warm: 3, sleeping: 0 },
+            desired: Desired { running: 0, warm: 3, sleeping: 0, spare: 0 },
             policy: Policy::default(),
         })
         .unwrap();
@@ -88,7 +88,7 @@ fn warm_pool_claim_quota_and_replacement_on_real_qemu() {
     // Giving the claimed guest back frees its memory; the warm set refills (after the
     // backoff the refusal started, which `scale` clears).
     fleet.release(&claim.instance.id).unwrap();
-    fleet.scale(&pool, Desired { running: 0, warm: 3, sleeping: 0 }, None).unwrap();
+    fleet.scale(&pool, Desired { running: 0, warm: 3, sleeping: 0, spare: 0 }, None).unwrap();
     let refill = fleet.pass();
     assert_eq!((refill.created, refill.errors.len()), (1, 0), "{refill:?}");
     assert_eq!(warm(&fleet).len(), 3);
@@ -111,10 +111,10 @@ fn warm_pool_claim_quota_and_replacement_on_real_qemu() {
 
     // An instance made for the sleeping set is cloned with RAM of its own, so its sleep is a
     // mapped snapshot (device state + its RAM file), and a claim wakes it.
-    fleet.scale(&pool, Desired { running: 0, warm: 0, sleeping: 0 }, None).unwrap();
+    fleet.scale(&pool, Desired { running: 0, warm: 0, sleeping: 0, spare: 0 }, None).unwrap();
     let emptied = fleet.pass();
     assert!(emptied.errors.is_empty(), "{emptied:?}");
-    fleet.scale(&pool, Desired { running: 0, warm: 0, sleeping: 1 }, None).unwrap();
+    fleet.scale(&pool, Desired { running: 0, warm: 0, sleeping: 1, spare: 0 }, None).unwrap();
     let slept = fleet.pass();
     assert_eq!((slept.created, slept.errors.len()), (1, 0), "{slept:?}");
     let snapshots = fleet.engine().list_snapshots(None).unwrap();
@@ -125,4 +125,23 @@ fn warm_pool_claim_quota_and_replacement_on_real_qemu() {
     assert_eq!(woken.source, ClaimSource::Sleeping);
     let status = fleet.engine().status(&woken.instance.name).unwrap();
     assert_eq!(status.state, VmState::Running);
+
+    // Spares: QEMUs waiting for the base, no guest; a claim takes one before anything that
+    // sleeps, and its guest runs (its agent answers).
+    fleet.release(&woken.instance.id).unwrap();
+    fleet.scale(&pool, Desired { running: 0, warm: 0, sleeping: 1, spare: 1 }, None).unwrap();
+    let spared = fleet.pass();
+    assert_eq!((spared.created, spared.errors.len()), (2, 0), "{spared:?}");
+    let spare = fleet.instances(None).into_iter().find(|i| i.state == VmState::Spare);
+    let spare = spare.unwrap_or_else(|| panic!("no spare in {:?}", fleet.instances(None)));
+    let rec = fleet.engine().record(&spare.name).unwrap();
+    assert_eq!(rec.state, VmState::Spare);
+    assert!(rec.process.is_some(), "a spare holds a QEMU");
+    let claim = fleet.claim(&pool).unwrap();
+    assert_eq!(claim.source, ClaimSource::Spare, "{claim:?}");
+    assert_eq!(claim.instance.name, spare.name);
+    let (status, out, _) =
+        hangar_testkit::exec_in(fleet.engine(), spare.name.as_str(), &["echo", "alive"], None)
+            .unwrap();
+    assert_eq!((status, out.as_str()), (hangar_core::contracts::ExitStatus::Code(0), "alive\n"));
 }

@@ -68,6 +68,8 @@ impl QemuEngine {
         }
         let mapped = incoming.as_ref().and_then(|i| i.ram);
         let unshared = incoming.as_ref().is_some_and(|i| i.unshared);
+        let spare = incoming.as_ref().is_some_and(|i| i.spare);
+        let deferred = mapped.is_some() || spare;
         if let Some((own, size_mib)) = ram_file(plan) {
             // The plan's RAM backend (the VM's own file, shared), replaced for some restores.
             let planned = hangar_plan::ram_object(own, size_mib, true);
@@ -107,8 +109,9 @@ impl QemuEngine {
             launch = launch.pass(hangar_plan::INCOMING_FD, file.into());
             argv.extend(["-add-fd".into(), format!("fd={},set=1", hangar_plan::INCOMING_FD)]);
             // A mapped snapshot's stream holds only device state: QEMU must be told to expect
-            // that (a capability) before it reads, so the load is started over QMP.
-            let uri = if mapped.is_some() { "defer" } else { INCOMING_URI };
+            // that (a capability) before it reads, so the load is started over QMP; a spare
+            // starts it only when claimed.
+            let uri = if deferred { "defer" } else { INCOMING_URI };
             argv.extend(["-incoming".into(), uri.into()]);
         }
         let started = Instant::now();
@@ -149,10 +152,10 @@ impl QemuEngine {
         if incoming.is_some() {
             if mapped.is_some() {
                 ctl.ignore_shared_ram(true)?;
-                ctl.migrate_incoming(INCOMING_URI)?;
             }
-            ctl.wait_incoming_done(deadline)?;
-            ctl.cont()?;
+            if !spare {
+                load_incoming(&ctl, deferred, deadline)?;
+            }
         } else if opts.no_wait {
             ctl.wait_running(deadline)?;
         } else {
@@ -273,6 +276,18 @@ pub(crate) struct Incoming<'a> {
     pub ram: Option<&'a Path>,
     /// Copy that RAM file into the VM's own instead of mapping it copy-on-write.
     pub unshared: bool,
+    /// Stop once QEMU waits for the stream (a spare): [`load_incoming`] later.
+    pub spare: bool,
+}
+
+/// Loads the stream a restoring QEMU was given and runs the vCPUs; `deferred`: QEMU was
+/// started with `-incoming defer` and waits to be told to read.
+pub(crate) fn load_incoming(ctl: &QmpSession<'_>, deferred: bool, deadline: Instant) -> Result<()> {
+    if deferred {
+        ctl.migrate_incoming(INCOMING_URI)?;
+    }
+    ctl.wait_incoming_done(deadline)?;
+    ctl.cont()
 }
 
 /// Where a restoring QEMU reads its stream: the descriptor Hangar passed (`-add-fd`).

@@ -318,6 +318,7 @@ pub(crate) fn verdict(state: VmState, seen: Seen) -> Verdict {
                     | VmState::Resuming
                     | VmState::Saving
                     | VmState::Waking
+                    | VmState::Spare
                     | VmState::Stopping
             ) =>
         {

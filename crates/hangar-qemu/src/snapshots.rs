@@ -298,13 +298,19 @@ impl Snapshots for QemuEngine {
     }
 
     fn restore(&self, vm: &VmName, id: &SnapshotId, cancel: &CancelToken) -> Result<VmStatus> {
-        self.restore_with(vm, id, cancel, false)
+        self.restore_with(vm, id, cancel, false, false)
     }
 
     fn restore_unshared(
         &self, vm: &VmName, id: &SnapshotId, cancel: &CancelToken,
     ) -> Result<VmStatus> {
-        self.restore_with(vm, id, cancel, true)
+        self.restore_with(vm, id, cancel, true, false)
+    }
+
+    fn prepare_restore(
+        &self, vm: &VmName, id: &SnapshotId, cancel: &CancelToken,
+    ) -> Result<VmStatus> {
+        self.restore_with(vm, id, cancel, false, true)
     }
 
     fn list_snapshots(&self, vm: Option<&VmName>) -> Result<Vec<SnapshotInfo>> {
@@ -320,16 +326,26 @@ impl QemuEngine {
     /// A restore; `unshared`: a mapped snapshot's RAM is copied into the VM's own RAM file
     /// (mapped shared, as after a cold boot) instead of mapped copy-on-write, so the VM's next
     /// save writes only device state (see [`Snapshots::restore_unshared`]).
+    ///
+    /// `spare`: stop once QEMU waits for the snapshot's stream ([`Snapshots::prepare_restore`]);
+    /// a later restore of the same snapshot finishes it ([`QemuEngine::wake_spare`]).
     fn restore_with(
-        &self, vm: &VmName, id: &SnapshotId, cancel: &CancelToken, unshared: bool,
+        &self, vm: &VmName, id: &SnapshotId, cancel: &CancelToken, unshared: bool, spare: bool,
     ) -> Result<VmStatus> {
         let _lock = self.lock(vm)?;
         let mut rec = self.record(vm)?;
+        if rec.state == VmState::Spare && !spare {
+            if rec.sleeping_on.as_ref() != Some(id) {
+                return Err(spare_mismatch(vm, id, rec.sleeping_on.as_ref()));
+            }
+            return self.wake_spare(&mut rec, id, cancel);
+        }
         let snap =
             self.db(|s| s.get_snapshot(id))?.ok_or_else(|| Error::SnapshotNotFound(id.clone()))?;
         let via = match rec.state {
-            VmState::Sleeping => VmState::Waking,
+            VmState::Sleeping if !spare => VmState::Waking,
             VmState::Defined | VmState::Stopped => VmState::Starting,
+            other if spare => return Err(refuse(vm, other, VmState::Starting)),
             other => return Err(refuse(vm, other, VmState::Waking)),
         };
         self.check_snapshot_fits(&rec, &snap)?;
@@ -357,8 +373,12 @@ impl QemuEngine {
                 state: Path::new(&snap.path),
                 ram: snap.ram_path.as_deref().map(Path::new),
                 unshared,
+                spare,
             };
             self.boot(&mut rec, &plan, Some(incoming), &StartOptions::default(), cancel)?;
+            if spare {
+                return Ok(());
+            }
             // A clone wakes with its base's MACs and addresses: on a shared bridge it takes its
             // own before anyone may use it.
             if snap.vm != *vm
@@ -368,13 +388,19 @@ impl QemuEngine {
             }
             Ok(())
         }) {
+            Ok(()) if spare => {
+                // Which snapshot the spare waits for: its restore must name the same.
+                rec.sleeping_on = Some(id.clone());
+                self.step(&mut rec, VmState::Spare, Cause::Engine)?;
+            }
             Ok(()) => {
                 rec.sleeping_on = None;
                 self.step(&mut rec, VmState::Running, Cause::Engine)?;
             }
             Err(e) => {
                 self.reap(&mut rec, &plan);
-                rec.reason = Some(format!("restore from {id} failed: {e}"));
+                let what = if spare { "preparing a spare for" } else { "restore from" };
+                rec.reason = Some(format!("{what} {id} failed: {e}"));
                 self.step(&mut rec, VmState::Failed, Cause::Fault)?;
                 return Err(e);
             }
@@ -382,13 +408,48 @@ impl QemuEngine {
         Ok(Self::status_of(&rec))
     }
 
+    /// A spare's restore: its QEMU already waits with the snapshot's stream and RAM handed
+    /// over, so this only tells it to load and run (and gives a clone its own addresses).
+    fn wake_spare(
+        &self, rec: &mut VmRecord, id: &SnapshotId, cancel: &CancelToken,
+    ) -> Result<VmStatus> {
+        let snap =
+            self.db(|s| s.get_snapshot(id))?.ok_or_else(|| Error::SnapshotNotFound(id.clone()))?;
+        let plan = Self::plan_of(rec)?;
+        cancel.check()?;
+        self.step(rec, VmState::Waking, Cause::User)?;
+        let woken = self.qmp(&plan).and_then(|ctl| {
+            let deadline = std::time::Instant::now() + self.options.boot_timeout;
+            crate::boot::load_incoming(&ctl, true, deadline)?;
+            if snap.vm != *rec.name()
+                && plan.creates.iter().any(|c| matches!(c, Creation::BridgePort { .. }))
+            {
+                self.readdress(rec, &snap.vm, &plan)?;
+            }
+            Ok(())
+        });
+        match woken {
+            Ok(()) => {
+                rec.sleeping_on = None;
+                self.step(rec, VmState::Running, Cause::Engine)?;
+                Ok(Self::status_of(rec))
+            }
+            Err(e) => {
+                self.reap(rec, &plan);
+                rec.reason = Some(format!("waking a spare for {id} failed: {e}"));
+                self.step(rec, VmState::Failed, Cause::Fault)?;
+                Err(e)
+            }
+        }
+    }
+
     fn delete_snapshot_files(&self, id: &SnapshotId) -> Result<()> {
         let snap =
             self.db(|s| s.get_snapshot(id))?.ok_or_else(|| Error::SnapshotNotFound(id.clone()))?;
-        let user = self
-            .db(|s| s.list_vms())?
-            .into_iter()
-            .find(|r| r.state == VmState::Sleeping && r.sleeping_on.as_ref() == Some(id));
+        let user = self.db(|s| s.list_vms())?.into_iter().find(|r| {
+            matches!(r.state, VmState::Sleeping | VmState::Spare)
+                && r.sleeping_on.as_ref() == Some(id)
+        });
         if let Some(user) = user {
             return Err(Error::SnapshotInUse { snapshot: id.clone(), vm: user.name().clone() });
         }

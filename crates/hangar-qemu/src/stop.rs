@@ -81,7 +81,12 @@ impl QemuEngine {
                 rec.sleeping_on = None;
                 self.step(&mut rec, VmState::Stopped, Cause::User)?;
             }
-            VmState::Running | VmState::Paused | VmState::Starting | VmState::Failed => {
+            VmState::Running
+            | VmState::Paused
+            | VmState::Starting
+            | VmState::Failed
+            | VmState::Spare => {
+                rec.sleeping_on = None;
                 let before = rec.state;
                 self.step(&mut rec, VmState::Stopping, Cause::User)?;
                 rec.state = before; // the ladder needs to know whether the vCPUs were paused

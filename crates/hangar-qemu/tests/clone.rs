@@ -129,6 +129,21 @@ fn a_snapshot_seeds_a_clone_with_its_own_copy_of_the_disks() {
     assert_eq!(read_memory(home, "src", "a", 25), "MEM-AFTER-SAVE");
     assert_eq!(read_memory(home, "cl", "b", 26), "MEM-FROM-CLONE");
 
+    // A spare: QEMU started ahead for the snapshot, its RAM mapped and its stream handed over,
+    // no guest running; its restore gives the snapshot's guest, alive, with memory of its own.
+    let sp = VmName::new("sp").unwrap();
+    engine.define(&spec("sp")).unwrap();
+    assert_eq!(engine.prepare_restore(&sp, &snap, &c).unwrap().state, VmState::Spare);
+    let waiting = engine.memory(&sp).unwrap().expect("a spare has a QEMU");
+    assert_eq!(waiting["ram_mapping"], "private", "{waiting}");
+    eprintln!("a spare's memory before its restore: {waiting}");
+    assert_eq!(engine.restore(&sp, &snap, &c).unwrap().state, VmState::Running);
+    assert_eq!(read_memory(home, "sp", "a", 40), "MEM-BEFORE-SAVE");
+    assert_eq!(read_memory(home, "sp", "b", 41), "none");
+    write_memory(home, "sp", "b", "MEM-FROM-SPARE", 42);
+    assert_eq!(read_memory(home, "cl2", "b", 43), "none");
+    engine.stop(&sp, hangar_core::contracts::StopMode::Force, &c).unwrap();
+
     // The source's RAM is its own file, so the snapshot kept it (mapped layout, sparse: less
     // on disk than the guest's memory); both clones map it privately and share its pages.
     let seed = engine.list_snapshots(None).unwrap().into_iter().find(|s| s.id == snap).unwrap();

@@ -44,7 +44,7 @@ pub struct VmRecord {
     pub process: Option<ProcessIdentity>,
     /// Milliseconds from spawn to guest-ready of the last boot.
     pub boot_ms: Option<u64>,
-    /// The memory snapshot a `sleeping` VM will wake from.
+    /// The memory snapshot a `sleeping` VM will wake from, or a `spare` waits for.
     pub sleeping_on: Option<SnapshotId>,
     /// Length of the console log when the current QEMU was spawned: its boot's output starts
     /// there (lets a restarted daemon finish a boot whose waiter died).

@@ -87,7 +87,7 @@ impl QuotaArgs {
     }
 }
 
-/// Pools: a spec template kept at desired counts of running, warm and sleeping instances.
+/// Pools: a spec template kept at desired counts of running, warm, sleeping and spare instances.
 #[derive(Subcommand)]
 pub enum PoolCommand {
     /// Create a pool; the reconcile loop creates its instances.
@@ -138,7 +138,8 @@ pub enum PoolCommand {
         #[arg(long, short, value_enum, default_value = "text")]
         output: Output,
     },
-    /// Hand out a running instance: warm (resume) first, then sleeping (wake), then new.
+    /// Hand out a running instance: warm (resume) first, then a spare, then sleeping (wake),
+    /// then new.
     Claim {
         /// The pool.
         pool: String,
@@ -159,6 +160,11 @@ pub enum PoolCommand {
     },
 }
 
+/// "1 running, 2 warm, 0 sleeping, 3 spare".
+fn wanted(d: &Desired) -> String {
+    format!("{} running, {} warm, {} sleeping, {} spare", d.running, d.warm, d.sleeping, d.spare)
+}
+
 /// Desired count flags.
 #[derive(Args)]
 pub struct CountArgs {
@@ -171,11 +177,19 @@ pub struct CountArgs {
     /// Sleeping instances: memory on disk, no process (a claim is a restore).
     #[arg(long, value_name = "N")]
     sleeping: Option<u32>,
+    /// Spares: a QEMU started ahead from the pool's base snapshot, with no guest yet (a claim
+    /// loads the base's device state and runs: the fastest claim after a warm one, for a
+    /// fraction of its memory).
+    #[arg(long, value_name = "N")]
+    spare: Option<u32>,
 }
 
 impl CountArgs {
     fn given(&self) -> bool {
-        self.running.is_some() || self.warm.is_some() || self.sleeping.is_some()
+        self.running.is_some()
+            || self.warm.is_some()
+            || self.sleeping.is_some()
+            || self.spare.is_some()
     }
 
     fn over(&self, d: Desired) -> Desired {
@@ -183,6 +197,7 @@ impl CountArgs {
             running: self.running.unwrap_or(d.running),
             warm: self.warm.unwrap_or(d.warm),
             sleeping: self.sleeping.unwrap_or(d.sleeping),
+            spare: self.spare.unwrap_or(d.spare),
         }
     }
 }
@@ -365,8 +380,8 @@ pub fn pool(cmd: PoolCommand, out: &mut dyn Write) -> Result<(), Failure> {
             let d = v.pool.desired;
             let _ = writeln!(
                 out,
-                "created pool {} (tenant {}): want {} running, {} warm, {} sleeping; the reconcile loop is on it (`hangar pool status {}`)",
-                v.pool.id, v.pool.tenant, d.running, d.warm, d.sleeping, v.pool.id
+                "created pool {} (tenant {}): want {}; the reconcile loop is on it (`hangar pool status {}`)",
+                v.pool.id, v.pool.tenant, wanted(&d), v.pool.id
             );
             Ok(())
         }
@@ -375,7 +390,7 @@ pub fn pool(cmd: PoolCommand, out: &mut dyn Write) -> Result<(), Failure> {
                 return Err(crate::failure(
                     ErrorCode::InvalidArgument,
                     "nothing to change".into(),
-                    "give --running, --warm, --sleeping, --idle-sleep or --min-running",
+                    "give --running, --warm, --sleeping, --spare, --idle-sleep or --min-running",
                 ));
             }
             let current = pool_status(&pool)?.view.pool;
@@ -386,11 +401,7 @@ pub fn pool(cmd: PoolCommand, out: &mut dyn Write) -> Result<(), Failure> {
             };
             let v: PoolView = call("PATCH", &format!("/v1/pools/{pool}"), Some(json!(update)))?;
             let d = v.pool.desired;
-            let _ = writeln!(
-                out,
-                "pool {}: want {} running, {} warm, {} sleeping",
-                v.pool.id, d.running, d.warm, d.sleeping
-            );
+            let _ = writeln!(out, "pool {}: want {}", v.pool.id, wanted(&d));
             Ok(())
         }
         PoolCommand::Template { pool, spec } => {
@@ -411,7 +422,7 @@ pub fn pool(cmd: PoolCommand, out: &mut dyn Write) -> Result<(), Failure> {
         PoolCommand::Ls { output } => {
             let list: Vec<PoolView> = call("GET", "/v1/pools", None)?;
             let columns =
-                ("POOL<20 TENANT<16 RUNNING>9 WARM>9 SLEEPING>9 CLAIMED>8 OTHER>6", "BASE");
+                ("POOL<20 TENANT<16 RUNNING>9 WARM>9 SLEEPING>9 SPARE>7 CLAIMED>8 OTHER>6", "BASE");
             print_listing(out, output, &list, columns, |v| {
                 let (d, c) = (v.pool.desired, v.counts);
                 let cells = vec![
@@ -420,6 +431,7 @@ pub fn pool(cmd: PoolCommand, out: &mut dyn Write) -> Result<(), Failure> {
                     format!("{}/{}", c.running, d.running),
                     format!("{}/{}", c.warm, d.warm),
                     format!("{}/{}", c.sleeping, d.sleeping),
+                    format!("{}/{}", c.spare, d.spare),
                     c.claimed.to_string(),
                     c.other.to_string(),
                 ];
@@ -435,13 +447,15 @@ pub fn pool(cmd: PoolCommand, out: &mut dyn Write) -> Result<(), Failure> {
             let _ = writeln!(out, "pool      {} (tenant {})", p.id, p.tenant);
             let _ = writeln!(
                 out,
-                "running   {}/{}\nwarm      {}/{}\nsleeping  {}/{}\nclaimed   {}\nother     {}",
+                "running   {}/{}\nwarm      {}/{}\nsleeping  {}/{}\nspare     {}/{}\nclaimed   {}\nother     {}",
                 c.running,
                 p.desired.running,
                 c.warm,
                 p.desired.warm,
                 c.sleeping,
                 p.desired.sleeping,
+                c.spare,
+                p.desired.spare,
                 c.claimed,
                 c.other
             );
@@ -481,6 +495,7 @@ pub fn pool(cmd: PoolCommand, out: &mut dyn Write) -> Result<(), Failure> {
             }
             let how = match c.source {
                 ClaimSource::Warm => "from the warm set (resumed)",
+                ClaimSource::Spare => "from a spare (its waiting QEMU loaded the base)",
                 ClaimSource::Sleeping => "from a sleeping instance (woken)",
                 ClaimSource::Cloned => "cloned from the pool's base snapshot",
                 ClaimSource::Created => "booted (nothing was ready)",

@@ -250,7 +250,7 @@ enum Command {
     /// Tenants: quota boundaries that own pools (needs hangard).
     #[command(subcommand)]
     Tenant(fleet::TenantCommand),
-    /// Pools: a spec template kept at desired running/warm/sleeping counts by hangard's
+    /// Pools: a spec template kept at desired running/warm/sleeping/spare counts by hangard's
     /// reconcile loop; `claim` hands out a running instance.
     #[command(subcommand)]
     Pool(fleet::PoolCommand),

@@ -325,6 +325,13 @@ pub static SCENARIOS: &[Scenario] = &[
         run: s08_restore_unshared_is_a_restore,
     },
     Scenario {
+        id: "CONF-S-09",
+        title: "a spare waits for one snapshot: restored from it, refused any other, stopped",
+        requires: &[MemorySnapshots],
+        knobs: NONE,
+        run: s09_a_spare_restores_its_snapshot_only,
+    },
+    Scenario {
         id: "CONF-D-01",
         title: "volume create, overlay, grow, refuse shrink, delete",
         requires: &[Volumes],

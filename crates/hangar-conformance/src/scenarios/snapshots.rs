@@ -139,6 +139,51 @@ pub(super) fn s08_restore_unshared_is_a_restore(ctx: &Ctx<'_>) -> Check {
     ok(ctx.engine.delete_snapshot(&id), "delete snapshot")
 }
 
+pub(super) fn s09_a_spare_restores_its_snapshot_only(ctx: &Ctx<'_>) -> Check {
+    let source = running(ctx, "conf-s09")?;
+    let id = SnapshotId::new("conf-s09-base").unwrap();
+    let c = CancelToken::new();
+    ok(ctx.engine.save(&source, &id, SaveMode::KeepPaused, &c), "save")?;
+    let spare = name("conf-s09-spare");
+    ok(ctx.engine.define(&ctx.spec("conf-s09-spare")), "define the spare")?;
+    let status = ok(ctx.engine.prepare_restore(&spare, &id, &c), "prepare a spare")?;
+    ensure!(status.state == Spare, "prepare_restore gave {}", status.state);
+    expect_state(ctx, &spare, Spare, "prepare_restore")?;
+    expect_code(
+        ctx.engine.prepare_restore(&spare, &id, &c),
+        ErrorCode::InvalidTransition,
+        "preparing a spare twice",
+    )?;
+    // What it waits for cannot go, and nothing else is restored into it.
+    expect_code(
+        ctx.engine.delete_snapshot(&id),
+        ErrorCode::SnapshotInUse,
+        "deleting the snapshot a spare waits for",
+    )?;
+    let other = SnapshotId::new("conf-s09-other").unwrap();
+    ok(ctx.engine.save(&source, &other, SaveMode::KeepPaused, &c), "save another")?;
+    expect_code(
+        ctx.engine.restore(&spare, &other, &c),
+        ErrorCode::SnapshotMismatch,
+        "a spare restoring another snapshot",
+    )?;
+    expect_state(ctx, &spare, Spare, "a refused restore")?;
+    ok(ctx.engine.restore(&spare, &id, &c), "restore the spare")?;
+    expect_state(ctx, &spare, Running, "restoring a spare")?;
+    // A spare is stopped like any VM, and is then an ordinary stopped VM.
+    let second = name("conf-s09-second");
+    ok(ctx.engine.define(&ctx.spec("conf-s09-second")), "define a second spare")?;
+    ok(ctx.engine.prepare_restore(&second, &id, &c), "prepare a second spare")?;
+    stop_to_stopped(ctx, &second, StopMode::Force)?;
+    ok(ctx.engine.restore(&second, &other, &c), "restore the stopped spare from another")?;
+    expect_state(ctx, &second, Running, "restoring a stopped spare")?;
+    for vm in [&second, &spare, &source] {
+        teardown(ctx, vm)?;
+    }
+    ok(ctx.engine.delete_snapshot(&other), "delete the other snapshot")?;
+    ok(ctx.engine.delete_snapshot(&id), "delete the snapshot")
+}
+
 pub(super) fn s07_clones_stay_in_their_tenant_and_pool(ctx: &Ctx<'_>) -> Check {
     let tenant = |t: &str| Some(hangar_core::ids::TenantId::new(t).unwrap());
     let pool = |p: &str| Some(hangar_core::ids::PoolId::new(p).unwrap());

@@ -41,6 +41,7 @@ impl Lifecycle for FakeEngine {
             nics: spec.nics.clone(),
             reason: None,
             sleeping_on: None,
+            spare_for: None,
             files: BTreeMap::new(),
             network: None,
         };
@@ -78,8 +79,13 @@ impl Lifecycle for FakeEngine {
                 self.step(&mut inner, vm, VmState::Stopped, Cause::User)?;
                 inner.vm_mut(vm)?.sleeping_on = None;
             }
-            VmState::Running | VmState::Paused | VmState::Starting | VmState::Failed => {
+            VmState::Running
+            | VmState::Paused
+            | VmState::Starting
+            | VmState::Failed
+            | VmState::Spare => {
                 self.step(&mut inner, vm, VmState::Stopping, Cause::User)?;
+                inner.vm_mut(vm)?.spare_for = None;
                 if let StopMode::Graceful { timeout } = mode {
                     let honoured = lock(&self.capabilities).has(Capability::GracefulStop)
                         && !self.ignore_graceful_stop.load(Ordering::SeqCst);

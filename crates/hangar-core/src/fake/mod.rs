@@ -60,6 +60,8 @@ struct FakeVm {
     nics: Vec<NicSpec>,
     reason: Option<String>,
     sleeping_on: Option<SnapshotId>,
+    /// The snapshot this VM is a spare for, while it is one.
+    spare_for: Option<SnapshotId>,
     /// The guest's files, by absolute path (what `write_file` put there).
     files: BTreeMap<String, FakeFile>,
     /// The guest's network as last configured.
@@ -87,7 +89,7 @@ struct FakeVolume {
 }
 
 #[derive(Default)]
-struct Inner {
+pub(crate) struct Inner {
     vms: BTreeMap<VmName, FakeVm>,
     snapshots: BTreeMap<SnapshotId, FakeSnapshot>,
     volumes: BTreeMap<VolumeId, FakeVolume>,

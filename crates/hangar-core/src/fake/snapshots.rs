@@ -56,33 +56,46 @@ impl Snapshots for FakeEngine {
         self.enter()?;
         self.require(Capability::MemorySnapshots, "memory snapshots")?;
         let mut inner = lock(&self.inner);
-        let (state, template, spec) = {
-            let fake = inner.vm(vm)?;
-            (fake.machine.state(), fake.spec.clone_template(), fake.spec.clone())
-        };
-        let snapshot =
-            inner.snapshots.get(id).ok_or_else(|| Error::SnapshotNotFound(id.clone()))?;
-        if let Some(reason) = snapshot.info.clone_refusal(vm, &spec) {
-            return Err(Error::SnapshotMismatch { snapshot: id.clone(), reason });
-        }
-        if snapshot.spec.clone_template() != template {
-            return Err(Error::SnapshotMismatch {
-                snapshot: id.clone(),
-                reason: format!(
-                    "taken from {}, whose spec differs from {vm}'s in more than name, tenant and pool",
-                    snapshot.info.vm
-                ),
-            });
-        }
+        let state = inner.vm(vm)?.machine.state();
         let via = match state {
+            VmState::Spare => {
+                let prepared = inner.vm(vm)?.spare_for.clone();
+                if prepared.as_ref() != Some(id) {
+                    return Err(spare_mismatch(vm, id, prepared.as_ref()));
+                }
+                VmState::Waking
+            }
             VmState::Sleeping => VmState::Waking,
             VmState::Defined | VmState::Stopped => VmState::Starting,
             other => return Err(refuse(vm, other, VmState::Waking)),
         };
+        if state != VmState::Spare {
+            check_restore(&inner, vm, id)?;
+        }
         cancel.check()?;
         self.step(&mut inner, vm, via, Cause::User)?;
         self.step(&mut inner, vm, VmState::Running, Cause::Engine)?;
-        inner.vm_mut(vm)?.sleeping_on = None;
+        let fake = inner.vm_mut(vm)?;
+        fake.sleeping_on = None;
+        fake.spare_for = None;
+        Ok(status_of(vm, inner.vm(vm)?))
+    }
+
+    fn prepare_restore(
+        &self, vm: &VmName, id: &SnapshotId, cancel: &CancelToken,
+    ) -> Result<VmStatus> {
+        self.enter()?;
+        self.require(Capability::MemorySnapshots, "memory snapshots")?;
+        let mut inner = lock(&self.inner);
+        match inner.vm(vm)?.machine.state() {
+            VmState::Defined | VmState::Stopped => {}
+            other => return Err(refuse(vm, other, VmState::Starting)),
+        }
+        check_restore(&inner, vm, id)?;
+        cancel.check()?;
+        self.step(&mut inner, vm, VmState::Starting, Cause::User)?;
+        self.step(&mut inner, vm, VmState::Spare, Cause::Engine)?;
+        inner.vm_mut(vm)?.spare_for = Some(id.clone());
         Ok(status_of(vm, inner.vm(vm)?))
     }
 
@@ -104,7 +117,8 @@ impl Snapshots for FakeEngine {
             return Err(Error::SnapshotNotFound(id.clone()));
         }
         let user = inner.vms.iter().find(|(_, vm)| {
-            vm.sleeping_on.as_ref() == Some(id) && vm.machine.state() == VmState::Sleeping
+            (vm.sleeping_on.as_ref() == Some(id) && vm.machine.state() == VmState::Sleeping)
+                || vm.spare_for.as_ref() == Some(id)
         });
         if let Some((name, _)) = user {
             return Err(Error::SnapshotInUse { snapshot: id.clone(), vm: name.clone() });
@@ -112,4 +126,23 @@ impl Snapshots for FakeEngine {
         inner.snapshots.remove(id);
         Ok(())
     }
+}
+
+/// Whether snapshot `id` exists and may be restored into `vm` (its own, or a clone's).
+fn check_restore(inner: &super::Inner, vm: &VmName, id: &SnapshotId) -> Result<()> {
+    let fake = inner.vm(vm)?;
+    let snapshot = inner.snapshots.get(id).ok_or_else(|| Error::SnapshotNotFound(id.clone()))?;
+    if let Some(reason) = snapshot.info.clone_refusal(vm, &fake.spec) {
+        return Err(Error::SnapshotMismatch { snapshot: id.clone(), reason });
+    }
+    if snapshot.spec.clone_template() != fake.spec.clone_template() {
+        return Err(Error::SnapshotMismatch {
+            snapshot: id.clone(),
+            reason: format!(
+                "taken from {}, whose spec differs from {vm}'s in more than name, tenant and pool",
+                snapshot.info.vm
+            ),
+        });
+    }
+    Ok(())
 }

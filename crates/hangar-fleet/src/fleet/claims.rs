@@ -13,8 +13,8 @@ use crate::Instance;
 use super::*;
 
 impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
-    /// Hands out a ready instance of `pool`: from the warm set (resume) if any, else a sleeping
-    /// one (wake), else a new one (cloned from the base snapshot when there is one). The next
+    /// Hands out a ready instance of `pool`: from the warm set (resume) if any, else a spare
+    /// (its waiting QEMU loads the base), else a sleeping one (wake), else a new one (cloned from the base snapshot when there is one). The next
     /// pass refills what was taken.
     ///
     /// Only the candidate is checked against the engine (not the whole fleet), so a claim costs
@@ -26,6 +26,8 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
         self.pool(pool)?;
         let (instance, source) = if let Some(i) = self.claim_ready(pool, VmState::Paused)? {
             (i, ClaimSource::Warm)
+        } else if let Some(i) = self.claim_ready(pool, VmState::Spare)? {
+            (i, ClaimSource::Spare)
         } else if let Some(i) = self.claim_ready(pool, VmState::Sleeping)? {
             (i, ClaimSource::Sleeping)
         } else {
@@ -73,12 +75,18 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
             }
             let claimed = match state {
                 VmState::Paused => self.resume(&id, Purpose::Claim),
+                VmState::Spare => self.wake_spare(&id, Purpose::Claim),
                 _ => self.wake(&id, Purpose::Claim),
             };
             match claimed {
                 Ok(i) => return Ok(Some(i)),
                 // Taken by a concurrent claim or pass step between the pick and the reserve.
                 Err(e) if e.code() == ErrorCode::Busy => continue,
+                // A spare of a base that is gone: it is no use to anyone.
+                Err(e) if state == VmState::Spare && e.code() == ErrorCode::SnapshotMismatch => {
+                    let _ = self.remove(&id);
+                    continue;
+                }
                 Err(e) => return Err(e),
             }
         }

@@ -110,6 +110,8 @@ impl PassReport {
 pub enum ClaimSource {
     /// The warm set: one resume.
     Warm,
+    /// A spare: its waiting QEMU loaded the base's device state and ran.
+    Spare,
     /// A sleeping instance: one restore.
     Sleeping,
     /// Nothing was ready: a new instance was restored from the pool's base snapshot.

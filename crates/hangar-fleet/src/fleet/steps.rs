@@ -10,7 +10,7 @@ use hangar_core::error::{Error, Result};
 use hangar_core::ids::{InstanceId, PoolId, SnapshotId, VmName};
 use hangar_core::lifecycle::VmState;
 
-use crate::quota::Usage;
+use crate::quota::{Usage, SPARE_MEMORY_MIB};
 use crate::{instance_spec, Instance, Pool};
 
 use super::*;
@@ -99,23 +99,9 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
         let (pool, reserved, base) = {
             let mut s = self.lock();
             let pool = s.pool(pool_id)?.clone();
-            let (vcpus, memory) = (
-                u64::from(pool.template.machine.vcpus),
-                u64::from(pool.template.machine.memory_mib),
-            );
-            let holds_process = target != VmState::Sleeping;
+            let (vcpus, memory) = (pool.template.machine.vcpus, pool.template.machine.memory_mib);
             let disk = disk_mib(&pool.template);
-            s.check_quota(
-                &pool,
-                Usage {
-                    instances: 1,
-                    running: u64::from(target == VmState::Running),
-                    warm: u64::from(target == VmState::Paused),
-                    vcpus: if holds_process { vcpus } else { 0 },
-                    memory_mib: if holds_process { memory } else { 0 },
-                    disk_mib: disk + if holds_process { 0 } else { memory },
-                },
-            )?;
+            s.check_quota(&pool, Usage::of_vm(target, vcpus, memory, disk))?;
             let mut ordinal = s
                 .instances
                 .iter()
@@ -225,6 +211,9 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
         &self, pool: &Pool, i: &Instance, target: VmState, base: Option<&SnapshotId>,
     ) -> Result<(VmStatus, bool)> {
         let cancel = CancelToken::new();
+        if target == VmState::Spare {
+            return self.make_spare(pool, i, base).map(|status| (status, true));
+        }
         let mut cloned = false;
         if let Some(base) = base {
             // An instance made for the sleeping set is saved right away: memory of its own
@@ -270,10 +259,45 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
         Ok((status, cloned))
     }
 
+    /// Makes defined instance `i` a spare for the pool's base snapshot. With no base yet (the
+    /// pool's first instance), `i` boots and is saved as the base first, then stopped.
+    fn make_spare(&self, pool: &Pool, i: &Instance, base: Option<&SnapshotId>) -> Result<VmStatus> {
+        let cancel = CancelToken::new();
+        let base = match base {
+            Some(base) => base.clone(),
+            None => {
+                self.engine.start(&i.name, &cancel)?;
+                self.take_base(pool, &i.name)?;
+                self.engine.stop(&i.name, StopMode::Force, &cancel)?;
+                base_snapshot(&pool.id)?
+            }
+        };
+        match self.engine.prepare_restore(&i.name, &base, &cancel) {
+            // A base the engine no longer takes: forget it; the next creation boots a new one.
+            Err(e @ (Error::SnapshotMismatch { .. } | Error::SnapshotNotFound(_))) => {
+                self.lock().bases.remove(&pool.id);
+                let _ = self.engine.delete_snapshot(&base);
+                Err(e)
+            }
+            other => other,
+        }
+    }
+
     /// Saves a freshly booted instance as its pool's base snapshot (it is left paused). A stale
-    /// base (older template) is deleted first.
+    /// base (older template) is deleted first, and the pool's spares with it: they wait for
+    /// it (and an engine keeps a snapshot a spare waits for).
     pub(super) fn take_base(&self, pool: &Pool, vm: &VmName) -> Result<()> {
         let snapshot = base_snapshot(&pool.id)?;
+        let spares: Vec<InstanceId> = self
+            .lock()
+            .instances
+            .iter()
+            .filter(|i| i.pool == pool.id && i.state == VmState::Spare && !i.claimed)
+            .map(|i| i.id.clone())
+            .collect();
+        for spare in spares {
+            let _ = self.remove(&spare);
+        }
         let _ = self.engine.delete_snapshot(&snapshot);
         self.lock().bases.remove(&pool.id);
         self.engine.save(vm, &snapshot, SaveMode::KeepPaused, &CancelToken::new())?;
@@ -324,6 +348,22 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
                 let _ = self.engine.delete_snapshot(&snap);
                 Ok(s)
             },
+        )
+    }
+
+    /// A spare's claim: its QEMU loads the pool's base and runs. It is counted as running
+    /// from here, with its vCPUs and the rest of its memory.
+    pub(super) fn wake_spare(&self, id: &InstanceId, purpose: Purpose) -> Result<Instance> {
+        self.step(
+            id,
+            purpose,
+            room_for(|i| Usage {
+                running: 1,
+                vcpus: u64::from(i.vcpus),
+                memory_mib: u64::from(i.memory_mib.saturating_sub(SPARE_MEMORY_MIB)),
+                ..Usage::default()
+            }),
+            |i| self.engine.restore(&i.name, &base_snapshot(&i.pool)?, &CancelToken::new()),
         )
     }
 
