@@ -402,17 +402,20 @@ fn allocated(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
 }
 
+/// The PSS of `vm`'s QEMU in bytes, as `hangar inspect` reports it (`/proc/PID/smaps_rollup`).
+pub fn pss(home: &Home, vm: &str) -> Result<u64, String> {
+    let doc: Value =
+        serde_json::from_str(&home.hangar(&["inspect", vm])?).map_err(|e| e.to_string())?;
+    doc["memory"]["pss_bytes"].as_u64().ok_or_else(|| format!("{vm}: no memory in inspect"))
+}
+
 /// Memory of clones against cold-booted guests: `n` clones of one base snapshot (each maps the
 /// snapshot's RAM file copy-on-write) and `n` cold-booted guests of the same spec, all running
 /// at once within each set; the PSS (`/proc/PID/smaps_rollup`, as `hangar inspect` reports it)
 /// of each set's QEMUs summed.
 pub fn memory(args: &Args, n: usize) -> Result<Value, String> {
     let home = Home::new(args, "memory")?;
-    let pss = |vm: &str| -> Result<u64, String> {
-        let doc: Value =
-            serde_json::from_str(&home.hangar(&["inspect", vm])?).map_err(|e| e.to_string())?;
-        doc["memory"]["pss_bytes"].as_u64().ok_or_else(|| format!("{vm}: no memory in inspect"))
-    };
+    let pss = |vm: &str| pss(&home, vm);
     let settle = |vms: &[String]| -> Result<(), String> {
         // Each guest answers its agent once: every one has finished waking or booting.
         for vm in vms {

@@ -1,6 +1,6 @@
 //! The fleet on real QEMU through `hangard`'s API (the release binary, on a private home): claim
 //! latency from the warm set measured from the API call to the answer (the instance's vCPUs
-//! run before the daemon answers), wake from sleep, and a new instance cloned from the pool's
+//! run before the daemon answers), from a spare (and a spare's memory), wake from sleep, and a new instance cloned from the pool's
 //! base snapshot against a cold boot of the same template (a `cold_boot` pool), in one run.
 
 use std::path::Path;
@@ -39,7 +39,8 @@ fn converge(socket: &Path, pool: &str) -> Result<(), String> {
         }
         let s = call(socket, "GET", &format!("/v1/pools/{pool}"), None)?;
         let (c, d) = (&s["pool"]["desired"], &s["counts"]);
-        if ["running", "warm", "sleeping"].iter().all(|k| c[k] == d[k]) && d["other"] == 0 {
+        if ["running", "warm", "sleeping", "spare"].iter().all(|k| c[k] == d[k]) && d["other"] == 0
+        {
             return Ok(());
         }
     }
@@ -101,12 +102,46 @@ pub fn run(args: &Args, claims: usize, wakes: usize, creations: usize) -> Result
         converge(&socket, "bench--warm")?;
     }
 
+    // Spares: a spare set of one, refilled after each claim; a spare's PSS, and the same
+    // instance's once claimed (a running clone of the base).
+    call(
+        &socket,
+        "PATCH",
+        "/v1/pools/bench--warm",
+        Some(&json!({"desired": {"running": 0, "warm": 0, "sleeping": 0, "spare": 1}})),
+    )?;
+    let (mut spare_ms, mut spare_server_ms) = (Vec::new(), Vec::new());
+    let (mut spare_pss, mut claimed_pss) = (Vec::new(), Vec::new());
+    for round in 0..claims {
+        converge(&socket, "bench--warm")?;
+        let status = call(&socket, "GET", "/v1/pools/bench--warm", None)?;
+        let spare = status["instances"]
+            .as_array()
+            .and_then(|l| l.iter().find(|i| i["state"] == "spare"))
+            .and_then(|i| i["name"].as_str().map(String::from))
+            .ok_or_else(|| format!("no spare in {status}"))?;
+        // A few samples of memory are enough (each `inspect` is a whole `hangar` process).
+        let sample_memory = round < 5;
+        if sample_memory {
+            spare_pss.push(crate::engine::pss(&home, &spare)? as f64);
+        }
+        let (ms, c) = claim(&socket, "bench--warm", "spare")?;
+        spare_ms.push(ms);
+        spare_server_ms.push(c["took_ms"].as_f64().unwrap_or(f64::NAN));
+        if sample_memory {
+            // Once its guest answers (the claim returns when the vCPUs run).
+            home.hangar(&["exec", &spare, "--", "true"])?;
+            claimed_pss.push(crate::engine::pss(&home, &spare)? as f64);
+        }
+        release(&socket, &c)?;
+    }
+
     // Wakes: a sleeping set of one, refilled after each claim.
     call(
         &socket,
         "PATCH",
         "/v1/pools/bench--warm",
-        Some(&json!({"desired": {"running": 0, "warm": 0, "sleeping": 1}})),
+        Some(&json!({"desired": {"running": 0, "warm": 0, "sleeping": 1, "spare": 0}})),
     )?;
     let mut wake_ms = Vec::new();
     for _ in 0..wakes {
@@ -139,6 +174,8 @@ pub fn run(args: &Args, claims: usize, wakes: usize, creations: usize) -> Result
     call(&socket, "DELETE", "/v1/pools/bench--cold", None)?;
 
     let (warm, server, wake) = (sorted(warm_ms), sorted(warm_server_ms), sorted(wake_ms));
+    let (spare, spare_server) = (sorted(spare_ms), sorted(spare_server_ms));
+    let mib = |v: &[f64]| round(median(&sorted(v.to_vec())) / f64::from(1 << 20), 1);
     let (clone, cold) = (sorted(clone_ms), sorted(cold_ms));
     Ok(json!({
         "benchmark": "fleet",
@@ -149,6 +186,16 @@ pub fn run(args: &Args, claims: usize, wakes: usize, creations: usize) -> Result
             "p99_ms": round(quantile(&warm, 0.99), 2),
             "server_p50_ms": round(quantile(&server, 0.5), 2),
             "target_p50_ms": 10.0,
+        },
+        "spare_claim": {
+            "samples": spare.len(),
+            "p50_ms": round(quantile(&spare, 0.5), 2),
+            "p99_ms": round(quantile(&spare, 0.99), 2),
+            "server_p50_ms": round(quantile(&spare_server, 0.5), 2),
+            "target_p50_ms": 10.0,
+            "spare_pss_median_mib": mib(&spare_pss),
+            "target_spare_pss_mib": 40.0,
+            "claimed_clone_pss_median_mib": mib(&claimed_pss),
         },
         "wake_claim": { "samples": wake.len(), "median_ms": round(median(&wake), 1) },
         "create_claim": {
