@@ -295,7 +295,23 @@ impl Agent {
     /// a host), 1 ms apart for two seconds after the last bytes (a host that just hung up
     /// often comes back at once: the next `hangar exec`), then `idle` apart; without, it
     /// returns.
-    pub fn serve(self: &Arc<Agent>, mut input: impl Read, idle: Option<Duration>) {
+    pub fn serve(self: &Arc<Agent>, input: impl Read, idle: Option<Duration>) {
+        match idle {
+            Some(pause) => self.serve_until(input, |recent| {
+                std::thread::sleep(if recent { Duration::from_millis(1) } else { pause });
+                true
+            }),
+            None => self.serve_until(input, |_| false),
+        }
+    }
+
+    /// [`Agent::serve`] with its own idle wait: `idle(recent)` is called whenever the input
+    /// reads end-of-file (no host on the other side) and returns once a host may be there
+    /// (`recent`: bytes came in the last 2 s, when the next command often comes at once), or
+    /// `false` to stop serving.
+    pub fn serve_until(
+        self: &Arc<Agent>, mut input: impl Read, mut idle: impl FnMut(bool) -> bool,
+    ) {
         let mut decoder = Decoder::new();
         let mut buf = vec![0u8; 64 * 1024];
         let mut last_bytes = std::time::Instant::now();
@@ -304,16 +320,12 @@ impl Agent {
                 Ok(n) if n > 0 => n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 // End of file or an error: no host on the other side.
-                _ => match idle {
-                    // Not synchronisation: the port gives no event when a host connects
-                    // (poll reports it readable while nobody is there).
-                    Some(pause) => {
-                        let recent = last_bytes.elapsed() < Duration::from_secs(2);
-                        std::thread::sleep(if recent { Duration::from_millis(1) } else { pause });
+                _ => {
+                    if idle(last_bytes.elapsed() < Duration::from_secs(2)) {
                         continue;
                     }
-                    None => return,
-                },
+                    return;
+                }
             };
             last_bytes = std::time::Instant::now();
             decoder.push(&buf[..n]);

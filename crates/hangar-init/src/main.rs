@@ -334,13 +334,48 @@ fn start_agent() {
         // This binary is also the terminal helper (`--hangar-tty-exec`).
         let helper = std::path::PathBuf::from("/proc/self/exe");
         let agent = Agent::in_guest(Box::new(writer), reaper, helper);
-        // With no host connected the port reads end-of-file at once: poll it (50 ms apart
-        // when idle; see `Agent::serve`).
-        agent.serve(reader, Some(Duration::from_millis(50)));
+        // With no host connected the port reads end-of-file at once, and poll() calls it
+        // ready all the while: level-triggered readiness says nothing. But the port's wait
+        // queue is woken when a host connects (virtio_console's PORT_OPEN), and an
+        // edge-triggered epoll reports exactly such wake-ups, so an idle agent sleeps until
+        // one comes. The timeouts are a safety net, not the mechanism: 1 ms right after a
+        // session (as before), 1 s otherwise.
+        match port_waiter(&reader) {
+            Ok(mut wait) => agent.serve_until(reader, |recent| {
+                wait(if recent { Duration::from_millis(1) } else { Duration::from_secs(1) });
+                true
+            }),
+            Err(e) => {
+                warn(&format!("no epoll for the agent port ({e}); polling it every 50 ms"));
+                agent.serve(reader, Some(Duration::from_millis(50)));
+            }
+        }
     });
     if let Err(e) = spawned {
         warn(&format!("cannot start the agent thread: {e}"));
     }
+}
+
+/// An edge-triggered epoll on the agent's port: the returned wait blocks until the port's
+/// state changes (a host connects or sends) or `timeout` passes.
+fn port_waiter(port: &File) -> io::Result<impl FnMut(Duration)> {
+    use rustix::event::epoll;
+    let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+    epoll::add(
+        &ep,
+        port,
+        epoll::EventData::new_u64(0),
+        epoll::EventFlags::IN | epoll::EventFlags::ET,
+    )?;
+    let mut events: Vec<epoll::Event> = Vec::with_capacity(4);
+    Ok(move |timeout: Duration| {
+        let timeout = rustix::time::Timespec {
+            tv_sec: timeout.as_secs() as i64,
+            tv_nsec: i64::from(timeout.subsec_nanos()),
+        };
+        events.clear();
+        let _ = epoll::wait(&ep, rustix::buffer::spare_capacity(&mut events), Some(&timeout));
+    })
 }
 
 fn console_stdio() -> Result<(Stdio, Stdio, Stdio), String> {
