@@ -137,6 +137,58 @@ fn kill_9_at_several_points_loses_nothing_and_orphans_nothing() {
     d.kill9();
 }
 
+/// A pool's spare (a QEMU waiting for the pool's base, no guest) outlives `kill -9` of the
+/// daemon like a running VM: the restarted daemon finds the same QEMU, still a spare, and a
+/// claim takes it and runs its guest.
+#[test]
+fn a_spare_survives_kill_9_of_the_daemon_and_is_claimed_after() {
+    if hangar_testkit::skip("a_spare_survives_kill_9_of_the_daemon_and_is_claimed_after") {
+        return;
+    }
+    let home = hangar_testkit::private_home("hgk-");
+    let _reaper = Reaper(home.path().to_path_buf());
+    // Passes only when asked, so the test sees each step.
+    let child = common::spawn_hangard(home.path(), &["--reconcile-interval", "3600"]);
+    let d = Daemon::from_child(child, home.path());
+    assert_eq!(d.call("PUT", "/v1/tenants/acme", Some("{}")).0, 200);
+    let pool = format!(
+        r#"{{"id":"acme--sp","tenant":"acme","spec":{},"desired":{{"spare":1}}}}"#,
+        spec("template", "")
+    );
+    let (s, body) = d.call("POST", "/v1/pools", Some(&pool));
+    assert!((200..300).contains(&s), "{s} {body}");
+    let (s, pass) = d.call("POST", "/v1/fleet/reconcile", None);
+    assert_eq!((s, pass["errors"].as_array().map(Vec::len)), (200, Some(0)), "{pass}");
+    let spare = |d: &Daemon| {
+        let (_, p) = d.call("GET", "/v1/pools/acme--sp", None);
+        let found = p["instances"].as_array().unwrap().iter().find(|i| i["state"] == "spare");
+        found.unwrap_or_else(|| panic!("no spare in {p}"))["name"].as_str().unwrap().to_string()
+    };
+    let name = spare(&d);
+    let pid = d.vm(&name)["pid"].as_u64().expect("a spare holds a QEMU");
+    d.kill9();
+
+    let child = common::spawn_hangard(home.path(), &["--reconcile-interval", "3600"]);
+    let d = Daemon::from_child(child, home.path());
+    assert_eq!(spare(&d), name);
+    let v = d.vm(&name);
+    assert_eq!((v["state"].as_str(), v["pid"].as_u64()), (Some("spare"), Some(pid)), "{v}");
+    let (s, claim) = d.call("POST", "/v1/pools/acme--sp/claim", None);
+    assert_eq!((s, claim["source"].as_str()), (200, Some("spare")), "{claim}");
+    assert_eq!(claim["instance"]["name"].as_str(), Some(name.as_str()), "{claim}");
+    let remote = hangar_control::Remote::new(home.path().join("hangard.sock"));
+    let (status, out, err) =
+        hangar_testkit::exec_in(&remote, &name, &["echo", "from-the-spare"], None).unwrap();
+    assert_eq!(
+        (status, out.as_str()),
+        (hangar_core::contracts::ExitStatus::Code(0), "from-the-spare\n"),
+        "{err}"
+    );
+    assert_eq!(d.vm(&name)["pid"].as_u64(), Some(pid), "the same QEMU runs the guest");
+    assert_eq!(d.call("DELETE", "/v1/pools/acme--sp", None).0 / 100, 2);
+    d.kill9();
+}
+
 /// A 128 MiB VM with one NIC on `network`.
 fn bridged_spec(name: &str, network: &str) -> String {
     format!(

@@ -209,6 +209,11 @@ impl SpawnedDaemon {
         SpawnedDaemon { child, socket: home.join("hangard.sock") }
     }
 
+    /// Wraps a daemon [`spawn_hangard`] started (with arguments of the test's choosing).
+    pub fn from_child(child: std::process::Child, home: &std::path::Path) -> SpawnedDaemon {
+        SpawnedDaemon { child, socket: home.join("hangard.sock") }
+    }
+
     /// `kill -9`, and reaped.
     pub fn kill9(mut self) {
         self.child.kill().unwrap(); // SIGKILL
