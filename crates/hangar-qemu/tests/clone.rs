@@ -307,3 +307,55 @@ fn clones_of_a_bridged_base_take_their_own_mac_and_address_and_reach_each_other(
         sh("c2", "ping -c 1 -W 10 10.66.0.3");
     });
 }
+
+/// A sleeping VM is all on disk: once its snapshot's files are written back and dropped from
+/// the page cache (what a host reboot does to them; a reboot itself is out of a test's
+/// reach), a new engine on the same home wakes it with its memory as it was.
+#[test]
+fn a_sleeping_vm_wakes_from_disk_after_its_files_leave_the_page_cache() {
+    if hangar_testkit::skip("a_sleeping_vm_wakes_from_disk_after_its_files_leave_the_page_cache") {
+        return;
+    }
+    let home = hangar_testkit::private_home("hgq-");
+    let home = home.path();
+    let base = home.join("base.qcow2");
+    hangar_testkit::base_qcow2(&base);
+    // The first engine keeps the home (an ephemeral one removes it when dropped); the guard
+    // ends its QEMU if the test fails before the VM sleeps.
+    let _reaper = hangar_testkit::Reaper(home.to_path_buf());
+    let open = |ephemeral: bool| {
+        let options = EngineOptions {
+            boot_timeout: Duration::from_secs(120),
+            extra_cmdline: None,
+            ephemeral,
+        };
+        QemuEngine::open(home, options).unwrap()
+    };
+    let c = CancelToken::new();
+    let nap = VmName::new("nap").unwrap();
+    let snap = SnapshotId::new("nap-sleep").unwrap();
+    {
+        let engine = open(false);
+        engine.define(&hangar_testkit::spec_over("nap", 128, &base)).unwrap();
+        engine.start(&nap, &c).unwrap();
+        write_memory(home, "nap", "a", "MEM-BEFORE-SLEEP", 1);
+        let saved = engine.save(&nap, &snap, SaveMode::Sleep, &c).unwrap();
+        assert_eq!(saved.layout, SnapshotLayout::Mapped);
+    }
+    // Written back, then evicted: the next read of these files comes from the disk.
+    let mut files = 0;
+    for entry in std::fs::read_dir(home.join("snapshots")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let file = std::fs::File::open(&path).unwrap();
+            file.sync_all().unwrap();
+            rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+            files += 1;
+        }
+    }
+    assert!(files >= 2, "a state file and a RAM file");
+    let engine = open(true);
+    assert_eq!(engine.status(&nap).unwrap().state, VmState::Sleeping);
+    assert_eq!(engine.restore(&nap, &snap, &c).unwrap().state, VmState::Running);
+    assert_eq!(read_memory(home, "nap", "a", 2), "MEM-BEFORE-SLEEP");
+}
