@@ -587,3 +587,25 @@ fn a_cold_boot_pool_has_no_spares_and_says_why() {
     assert!(plan.actions.is_empty(), "{plan:?}");
     assert!(plan.deferred.iter().any(|d| d.why.contains("cold_boot")), "{plan:?}");
 }
+
+#[test]
+fn spares_of_an_old_template_are_not_handed_out_and_go_when_the_base_is_retaken() {
+    let (fleet, _) = fleet(Quotas::default());
+    let id = PoolId::new("tpl").unwrap();
+    add(&fleet, "tpl", Desired { spare: 1, ..Desired::default() });
+    fleet.pass();
+    let old = fleet.instances(None).into_iter().find(|i| i.state == VmState::Spare).unwrap();
+    let mut newer = template();
+    newer.machine.memory_mib += 64;
+    fleet.set_template(&id, newer).unwrap();
+    // Not the old spare: a new instance, booted from the new template (and its base retaken,
+    // which removes the old spare).
+    let claim = fleet.claim(&id).unwrap();
+    assert_eq!(claim.source, ClaimSource::Created, "{claim:?}");
+    assert_ne!(claim.instance.name, old.name);
+    assert_eq!(claim.instance.memory_mib, template().machine.memory_mib + 64);
+    assert!(fleet.instances(None).iter().all(|i| i.id != old.id), "{:?}", states(&fleet));
+    // The next pass makes a spare of the new base, and claims take it again.
+    fleet.pass();
+    assert_eq!(fleet.claim(&id).unwrap().source, ClaimSource::Spare);
+}

@@ -23,10 +23,21 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
     /// does not wait for a pass that is booting something.
     pub fn claim(&self, pool: &PoolId) -> Result<Claim> {
         let started = Instant::now();
-        self.pool(pool)?;
+        // Spares wait for the base of the template they were made for: after a template
+        // change they would hand out the old one (the next creation retakes the base and
+        // removes them).
+        let spares_current = {
+            let s = self.lock();
+            let p = s.pool(pool)?;
+            s.bases.get(pool).is_some_and(|b| b.template == p.template)
+        };
+        let spare = || match spares_current {
+            true => self.claim_ready(pool, VmState::Spare),
+            false => Ok(None),
+        };
         let (instance, source) = if let Some(i) = self.claim_ready(pool, VmState::Paused)? {
             (i, ClaimSource::Warm)
-        } else if let Some(i) = self.claim_ready(pool, VmState::Spare)? {
+        } else if let Some(i) = spare()? {
             (i, ClaimSource::Spare)
         } else if let Some(i) = self.claim_ready(pool, VmState::Sleeping)? {
             (i, ClaimSource::Sleeping)
