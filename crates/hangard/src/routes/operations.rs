@@ -40,7 +40,9 @@ pub(crate) async fn submit(
     d: Arc<Daemon>, caller: &Caller, request: OperationRequest, wait: bool,
 ) -> ApiResult<Response> {
     let local = d.local.clone();
+    let received = Instant::now();
     let pending = blocking(move || local.begin(request)).await??;
+    let begun_ms = received.elapsed().as_secs_f64() * 1000.0;
     let accepted = pending.operation();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let worker = d.clone();
@@ -48,7 +50,17 @@ pub(crate) async fn submit(
     std::thread::spawn(move || {
         let started = Instant::now();
         let op = worker.local.execute(pending, &|_| {});
+        let executed_ms = started.elapsed().as_secs_f64() * 1000.0;
         worker.record_end(&who, &op);
+        // Where an operation's time goes, for whoever profiles the daemon (`HANGARD_LOG=debug`).
+        tracing::debug!(
+            op = %op.id,
+            kind = op.kind.as_str(),
+            begin_ms = begun_ms,
+            execute_ms = executed_ms,
+            audit_ms = started.elapsed().as_secs_f64() * 1000.0 - executed_ms,
+            "operation timings"
+        );
         worker.metrics.operation(
             op.kind.as_str(),
             op.status.as_str(),
