@@ -152,6 +152,33 @@ pub fn render(r: &Value) -> String {
         );
         row(
             &mut out,
+            "fleet: spare claim via API p50 vs warm claim p50",
+            ms(&w["spare_claim"]["p50_ms"]),
+            ms(&w["warm_claim"]["p50_ms"]),
+            ratio(&w["spare_claim"]["p50_ms"], &w["warm_claim"]["p50_ms"]),
+            "<= 10 ms",
+        );
+        row(
+            &mut out,
+            "fleet: a spare's PSS (MiB) vs the same instance claimed",
+            num(&w["spare_claim"]["spare_pss_median_mib"]),
+            num(&w["spare_claim"]["claimed_clone_pss_median_mib"]),
+            ratio(
+                &w["spare_claim"]["spare_pss_median_mib"],
+                &w["spare_claim"]["claimed_clone_pss_median_mib"],
+            ),
+            "<= 40 MiB",
+        );
+        row(
+            &mut out,
+            "fleet: clone claim vs QEMU's floor (same argv, -S)",
+            ms(&w["create_claim"]["cloned_median_ms"]),
+            ms(&w["create_claim"]["floor_median_ms"]),
+            num(&w["create_claim"]["cloned_ratio_vs_floor"]),
+            "<= 1.3",
+        );
+        row(
+            &mut out,
             "fleet: clone vs cold boot of the same template",
             ms(&w["create_claim"]["cloned_median_ms"]),
             ms(&w["create_claim"]["cold_boot_median_ms"]),
@@ -294,4 +321,41 @@ pub fn render(r: &Value) -> String {
         );
     }
     out
+}
+
+/// `a / b` to two decimals, or `-` when either is missing.
+fn ratio(a: &Value, b: &Value) -> String {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+        _ => "-".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fleet_rows_show_spares_against_their_baselines() {
+        let results = serde_json::json!({"fleet": {
+            "warm_claim": {"p50_ms": 8.0, "p99_ms": 20.0},
+            "spare_claim": {"p50_ms": 10.0, "spare_pss_median_mib": 37.8,
+                            "claimed_clone_pss_median_mib": 75.6},
+            "create_claim": {"cloned_median_ms": 69.0, "floor_median_ms": 60.0,
+                             "cloned_ratio_vs_floor": 1.15, "cold_boot_median_ms": 4600.0,
+                             "clone_speedup_vs_cold_boot": 66.7},
+            "wake_claim": {"median_ms": 70.0}, "wake_speedup_vs_cold_boot": 65.7,
+        }});
+        let table = render(&results);
+        let line = |start: &str| {
+            table
+                .lines()
+                .find(|l| l.contains(start))
+                .unwrap_or_else(|| panic!("{table}"))
+                .to_string()
+        };
+        assert!(line("spare claim").contains("1.25"), "{}", line("spare claim"));
+        assert!(line("a spare's PSS").contains("0.50"), "{}", line("a spare's PSS"));
+        assert!(line("clone claim vs QEMU's floor").contains("1.15"));
+    }
 }
