@@ -126,6 +126,21 @@ impl Usage {
         u
     }
 
+    /// What moving one VM of that size from `from` to `to` adds to its tenant's use (a use it
+    /// frees counts as nothing: the check is for room).
+    pub fn growth(from: VmState, to: VmState, vcpus: u32, memory_mib: u32, disk_mib: u64) -> Usage {
+        let before = Usage::of_vm(from, vcpus, memory_mib, disk_mib);
+        let after = Usage::of_vm(to, vcpus, memory_mib, disk_mib);
+        Usage {
+            vcpus: after.vcpus.saturating_sub(before.vcpus),
+            memory_mib: after.memory_mib.saturating_sub(before.memory_mib),
+            running: after.running.saturating_sub(before.running),
+            warm: after.warm.saturating_sub(before.warm),
+            instances: after.instances.saturating_sub(before.instances),
+            disk_mib: after.disk_mib.saturating_sub(before.disk_mib),
+        }
+    }
+
     /// What a VM of `spec` uses in `state` (its blank disks count as disk; overlays over a
     /// base image start empty and do not).
     pub fn of_spec(state: VmState, spec: &hangar_core::spec::VmSpec) -> Usage {

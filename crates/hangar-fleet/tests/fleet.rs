@@ -609,3 +609,19 @@ fn spares_of_an_old_template_are_not_handed_out_and_go_when_the_base_is_retaken(
     fleet.pass();
     assert_eq!(fleet.claim(&id).unwrap().source, ClaimSource::Spare);
 }
+
+#[test]
+fn running_grows_a_tenants_use_by_what_the_state_it_leaves_did_not_hold() {
+    use hangar_fleet::Usage;
+    let grow = |from| Usage::growth(from, VmState::Running, 2, 256, 100);
+    let run = Usage { running: 1, ..Usage::default() };
+    // Warm: the process is held already; only the running count grows.
+    assert_eq!(grow(VmState::Paused), run);
+    // Sleeping: vCPUs and memory come back (the disk its memory took is freed: not a growth).
+    assert_eq!(grow(VmState::Sleeping), Usage { vcpus: 2, memory_mib: 256, ..run });
+    // A spare holds its measured cost already.
+    let spare = u64::from(hangar_fleet::quota::SPARE_MEMORY_MIB);
+    assert_eq!(grow(VmState::Spare), Usage { vcpus: 2, memory_mib: 256 - spare, ..run });
+    // Nothing grows by staying where it is.
+    assert_eq!(Usage::growth(VmState::Running, VmState::Running, 2, 256, 100), Usage::default());
+}

@@ -10,7 +10,7 @@ use hangar_core::error::{Error, Result};
 use hangar_core::ids::{InstanceId, PoolId, SnapshotId, VmName};
 use hangar_core::lifecycle::VmState;
 
-use crate::quota::{Usage, SPARE_MEMORY_MIB};
+use crate::quota::Usage;
 use crate::{instance_spec, Instance, Pool};
 
 use super::*;
@@ -326,45 +326,25 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
     }
 
     pub(super) fn resume(&self, id: &InstanceId, purpose: Purpose) -> Result<Instance> {
-        self.step(id, purpose, room_for(|_| Usage { running: 1, ..Usage::default() }), |i| {
-            self.engine.resume(&i.name)
-        })
+        self.step(id, purpose, room_to_run(VmState::Paused), |i| self.engine.resume(&i.name))
     }
 
     pub(super) fn wake(&self, id: &InstanceId, purpose: Purpose) -> Result<Instance> {
-        self.step(
-            id,
-            purpose,
-            room_for(|i| Usage {
-                running: 1,
-                vcpus: u64::from(i.vcpus),
-                memory_mib: u64::from(i.memory_mib),
-                ..Usage::default()
-            }),
-            |i| {
-                let snap = sleep_snapshot(&i.name)?;
-                let s = self.engine.restore(&i.name, &snap, &CancelToken::new())?;
-                // The state is in the running guest now; the file would only take disk.
-                let _ = self.engine.delete_snapshot(&snap);
-                Ok(s)
-            },
-        )
+        self.step(id, purpose, room_to_run(VmState::Sleeping), |i| {
+            let snap = sleep_snapshot(&i.name)?;
+            let s = self.engine.restore(&i.name, &snap, &CancelToken::new())?;
+            // The state is in the running guest now; the file would only take disk.
+            let _ = self.engine.delete_snapshot(&snap);
+            Ok(s)
+        })
     }
 
     /// A spare's claim: its QEMU loads the pool's base and runs. It is counted as running
     /// from here, with its vCPUs and the rest of its memory.
     pub(super) fn wake_spare(&self, id: &InstanceId, purpose: Purpose) -> Result<Instance> {
-        self.step(
-            id,
-            purpose,
-            room_for(|i| Usage {
-                running: 1,
-                vcpus: u64::from(i.vcpus),
-                memory_mib: u64::from(i.memory_mib.saturating_sub(SPARE_MEMORY_MIB)),
-                ..Usage::default()
-            }),
-            |i| self.engine.restore(&i.name, &base_snapshot(&i.pool)?, &CancelToken::new()),
-        )
+        self.step(id, purpose, room_to_run(VmState::Spare), |i| {
+            self.engine.restore(&i.name, &base_snapshot(&i.pool)?, &CancelToken::new())
+        })
     }
 
     pub(super) fn pause(&self, id: &InstanceId) -> Result<Instance> {
@@ -401,9 +381,11 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
     }
 }
 
-/// The check of a step that makes an instance run: its pool's quota has room for `usage(it)`.
-fn room_for(
-    usage: impl FnOnce(&Instance) -> Usage,
-) -> impl FnOnce(&State, &Instance) -> Result<()> {
-    move |s, i| s.check_quota(s.pool(&i.pool)?, usage(i))
+/// The check of a step that makes an instance in state `from` run: its pool's quota has room
+/// for what running adds ([`Usage::growth`]).
+fn room_to_run(from: VmState) -> impl FnOnce(&State, &Instance) -> Result<()> {
+    move |s, i| {
+        let usage = Usage::growth(from, VmState::Running, i.vcpus, i.memory_mib, i.disk_mib);
+        s.check_quota(s.pool(&i.pool)?, usage)
+    }
 }
