@@ -389,17 +389,11 @@ pub fn restore(args: &Args) -> Result<Value, String> {
         "speedup_vs_cold_boot": round(median(&cold) / m("mapped"), 1),
         "note": "hangar figures are whole `hangar` CLI commands (process start, store, plan, QEMU); raw ones the QEMU launch alone",
         "snapshot_bytes_on_disk": {
-            "mapped_ram": allocated(&mapped_ram),
-            "mapped_state": allocated(&mapped_state),
-            "stream": allocated(&stream),
+            "mapped_ram": hangar_qemu::allocated_bytes(&mapped_ram),
+            "mapped_state": hangar_qemu::allocated_bytes(&mapped_state),
+            "stream": hangar_qemu::allocated_bytes(&stream),
         },
     }))
-}
-
-/// Bytes a file takes on disk (a RAM file is sparse).
-fn allocated(path: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
 }
 
 /// The PSS of `vm`'s QEMU in bytes, as `hangar inspect` reports it (`/proc/PID/smaps_rollup`).

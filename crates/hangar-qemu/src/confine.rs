@@ -194,14 +194,19 @@ pub fn own_runtime(plan: &Plan, uid: u32, gid: u32) -> Result<()> {
             .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(log)
             .map_err(|e| QemuError::io("cannot create", log, e))?;
-        rustix::fs::fchown(
-            &file,
-            Some(rustix::process::Uid::from_raw(uid)),
-            Some(rustix::process::Gid::from_raw(gid)),
-        )
-        .map_err(|e| QemuError::io("cannot give to the VM's user", log, e.into()))?;
+        give_file(&file, log, uid, gid)?;
     }
     Ok(())
+}
+
+/// Makes an open file (`path`, for the error) the VM user's: `uid` and `gid`.
+pub(crate) fn give_file(file: &std::fs::File, path: &Path, uid: u32, gid: u32) -> Result<()> {
+    rustix::fs::fchown(
+        file,
+        Some(rustix::process::Uid::from_raw(uid)),
+        Some(rustix::process::Gid::from_raw(gid)),
+    )
+    .map_err(|e| QemuError::io("cannot give to the VM's user", path, e.into()).into())
 }
 
 /// Whether a process with `uid` and `gids` may read `path` (and walk to it), by the mode bits

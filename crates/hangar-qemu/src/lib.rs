@@ -33,3 +33,4 @@ mod stop;
 
 pub use engine::{EngineOptions, Phase, QemuEngine, StartOptions};
 pub use error::QemuError;
+pub use snapshots::allocated_bytes;

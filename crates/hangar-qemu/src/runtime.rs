@@ -218,15 +218,10 @@ impl QemuEngine {
 
     /// Makes a file Hangar created for QEMU its VM user's (when QEMU runs as one).
     fn give_to_qemu(&self, plan: &Plan, file: &std::fs::File, path: &Path) -> Result<()> {
-        if let Some((uid, gid)) = plan.confinement.as_ref().and_then(|c| Some((c.uid?, c.gid?))) {
-            rustix::fs::fchown(
-                file,
-                Some(rustix::process::Uid::from_raw(uid)),
-                Some(rustix::process::Gid::from_raw(gid)),
-            )
-            .map_err(|e| QemuError::io("cannot give to the VM's user", path, e.into()))?;
+        match plan.confinement.as_ref().and_then(|c| Some((c.uid?, c.gid?))) {
+            Some((uid, gid)) => crate::confine::give_file(file, path, uid, gid),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// An empty file in the VM's runtime directory that its QEMU may write a memory snapshot

@@ -463,7 +463,7 @@ impl QemuEngine {
 }
 
 /// Bytes `path` takes on disk (allocated blocks: a RAM file is sparse); 0 when absent.
-pub(crate) fn allocated_bytes(path: &Path) -> u64 {
+pub fn allocated_bytes(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::symlink_metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
 }
