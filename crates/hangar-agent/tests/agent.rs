@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use hangar_agent::{AgentClientError, Connection, Exec};
 use hangar_core::contracts::ExitStatus;
 use hangar_core::error::{Coded, ErrorCode};
-use hangar_init::agent::{Agent, WaitPid};
+use hangar_init::agent::Agent;
+use hangar_init::reap::WaitPid;
 
 /// An agent serving one connection after another on a fresh socket, written `garbage` first
 /// (the tail of a frame an earlier connection never read).

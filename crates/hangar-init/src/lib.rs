@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod agent;
 pub mod net;
+pub mod reap;
 
 /// Prefix of the readiness line.
 pub const READY: &str = "HANGAR_READY";
@@ -430,6 +431,11 @@ pub fn module_name(path: &str) -> String {
     let file = path.rsplit('/').next().unwrap_or(path);
     let stem = file.strip_suffix(".ko").unwrap_or(file);
     stem.replace('-', "_")
+}
+
+/// Locks `m`, also after a panic elsewhere poisoned it (what it guards stays usable).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -19,7 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use hangar_init::agent::{Agent, Reaper};
+use hangar_init::agent::Agent;
+use hangar_init::reap::Reaper;
 use hangar_init::{
     error_line, exit_line, module_name, parse_cmdline, parse_module_list, parse_uptime_ms,
     poweroff_ignored_line, poweroff_line, ready_line, spawn_error_line, BootConfig, ExitOutcome,

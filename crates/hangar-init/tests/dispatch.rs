@@ -7,7 +7,8 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use hangar_agent_proto::*;
-use hangar_init::agent::{Agent, WaitPid};
+use hangar_init::agent::Agent;
+use hangar_init::reap::WaitPid;
 use proptest::prelude::*;
 
 /// What the agent writes, kept for the test.

@@ -8,7 +8,7 @@ use std::io::ErrorKind;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-use hangar_init::agent::{Reap, Reaper};
+use hangar_init::reap::{Reap, Reaper};
 use hangar_init::ExitOutcome;
 
 // The reaper waits for these children, not `Child::wait`: that is what is under test.

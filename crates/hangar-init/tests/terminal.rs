@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use hangar_agent::{AgentClientError, Connection, Exec};
 use hangar_core::contracts::ExitStatus;
-use hangar_init::agent::{Agent, WaitPid};
+use hangar_init::agent::Agent;
+use hangar_init::reap::WaitPid;
 
 /// An agent that gives terminals, serving connections on a fresh socket.
 fn agent(terminals: bool) -> (tempfile::TempDir, PathBuf) {

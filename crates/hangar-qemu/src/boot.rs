@@ -67,8 +67,9 @@ impl QemuEngine {
             self.with_store(|s| hangar_net::rules::sync(s, None))?;
         }
         let mapped = incoming.as_ref().and_then(|i| i.ram);
-        let unshared = incoming.as_ref().is_some_and(|i| i.unshared);
-        let spare = incoming.as_ref().is_some_and(|i| i.spare);
+        let kind = incoming.as_ref().map(|i| i.kind);
+        let unshared = kind == Some(RestoreKind::Unshared);
+        let spare = kind == Some(RestoreKind::Spare);
         let deferred = mapped.is_some() || spare;
         if let Some((own, size_mib)) = ram_file(plan) {
             // The plan's RAM backend (the VM's own file, shared), replaced for some restores.
@@ -275,10 +276,21 @@ pub(crate) struct Incoming<'a> {
     pub state: &'a Path,
     /// The RAM file of a `mapped` snapshot.
     pub ram: Option<&'a Path>,
-    /// Copy that RAM file into the VM's own instead of mapping it copy-on-write.
-    pub unshared: bool,
-    /// Stop once QEMU waits for the stream (a spare): [`load_incoming`] later.
-    pub spare: bool,
+    /// How the restore uses them.
+    pub kind: RestoreKind,
+}
+
+/// The three restores the [`Snapshots`] contract has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RestoreKind {
+    /// [`Snapshots::restore`]: runs at once; a mapped snapshot's RAM is mapped copy-on-write.
+    Shared,
+    /// [`Snapshots::restore_unshared`]: runs at once, with a copy of a mapped snapshot's RAM as
+    /// the VM's own file (mapped shared, as after a cold boot).
+    Unshared,
+    /// [`Snapshots::prepare_restore`]: stops once QEMU waits for the stream (a spare);
+    /// [`load_incoming`] later.
+    Spare,
 }
 
 /// Loads the stream a restoring QEMU was given and runs the vCPUs; `deferred`: QEMU was

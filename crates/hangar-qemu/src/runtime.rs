@@ -199,19 +199,10 @@ impl QemuEngine {
     /// QEMU's to map shared.
     pub(crate) fn copied_ram_file(&self, plan: &Plan, from: &Path, path: &Path) -> Result<()> {
         let _ = std::fs::remove_file(path);
-        crate::snapshots::copy_sparse(from, path).map_err(|e| {
+        // Made at the snapshot file's size (sparse, like a fresh one) and only given away here.
+        let file = crate::snapshots::copy_sparse(from, path).map_err(|e| {
             let _ = std::fs::remove_file(path);
             QemuError::io("cannot copy the snapshot's RAM to", path, e)
-        })?;
-        let file = std::fs::File::options()
-            .read(true)
-            .write(true)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(path)
-            .map_err(|e| QemuError::io("cannot open", path, e))?;
-        let len = file.metadata().map_err(|e| QemuError::io("cannot read", path, e))?.len();
-        size_ram_file(&file, path, len).inspect_err(|_| {
-            let _ = std::fs::remove_file(path);
         })?;
         self.give_to_qemu(plan, &file, path)
     }

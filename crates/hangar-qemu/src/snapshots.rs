@@ -15,7 +15,7 @@ use hangar_plan::{Creation, Plan};
 use hangar_spec::CanonicalSpec;
 use hangar_store::{FrozenDisk, SnapshotRecord, VmRecord};
 
-use crate::boot::Incoming;
+use crate::boot::{Incoming, RestoreKind};
 use crate::confine::{self};
 use crate::engine::*;
 use crate::process;
@@ -298,19 +298,19 @@ impl Snapshots for QemuEngine {
     }
 
     fn restore(&self, vm: &VmName, id: &SnapshotId, cancel: &CancelToken) -> Result<VmStatus> {
-        self.restore_with(vm, id, cancel, false, false)
+        self.restore_with(vm, id, cancel, RestoreKind::Shared)
     }
 
     fn restore_unshared(
         &self, vm: &VmName, id: &SnapshotId, cancel: &CancelToken,
     ) -> Result<VmStatus> {
-        self.restore_with(vm, id, cancel, true, false)
+        self.restore_with(vm, id, cancel, RestoreKind::Unshared)
     }
 
     fn prepare_restore(
         &self, vm: &VmName, id: &SnapshotId, cancel: &CancelToken,
     ) -> Result<VmStatus> {
-        self.restore_with(vm, id, cancel, false, true)
+        self.restore_with(vm, id, cancel, RestoreKind::Spare)
     }
 
     fn list_snapshots(&self, vm: Option<&VmName>) -> Result<Vec<SnapshotInfo>> {
@@ -323,15 +323,12 @@ impl Snapshots for QemuEngine {
 }
 
 impl QemuEngine {
-    /// A restore; `unshared`: a mapped snapshot's RAM is copied into the VM's own RAM file
-    /// (mapped shared, as after a cold boot) instead of mapped copy-on-write, so the VM's next
-    /// save writes only device state (see [`Snapshots::restore_unshared`]).
-    ///
-    /// `spare`: stop once QEMU waits for the snapshot's stream ([`Snapshots::prepare_restore`]);
-    /// a later restore of the same snapshot finishes it ([`QemuEngine::wake_spare`]).
+    /// Every restore of the contract, by `kind`; a spare is finished by a later restore of
+    /// the same snapshot ([`QemuEngine::wake_spare`]).
     fn restore_with(
-        &self, vm: &VmName, id: &SnapshotId, cancel: &CancelToken, unshared: bool, spare: bool,
+        &self, vm: &VmName, id: &SnapshotId, cancel: &CancelToken, kind: RestoreKind,
     ) -> Result<VmStatus> {
+        let spare = kind == RestoreKind::Spare;
         let _lock = self.lock(vm)?;
         let mut rec = self.record(vm)?;
         if rec.state == VmState::Spare && !spare {
@@ -359,7 +356,7 @@ impl QemuEngine {
         let plan = Self::plan_of(&rec)?;
         self.check_reachable(&rec, &plan)?;
         // Only a restore that copies a mapped snapshot's RAM makes a RAM file of the VM's own.
-        let own_ram = unshared && snap.layout == SnapshotLayout::Mapped;
+        let own_ram = kind == RestoreKind::Unshared && snap.layout == SnapshotLayout::Mapped;
         self.admit(&rec.spec, &plan, thawed_bytes, own_ram)?;
         cancel.check()?;
         // A VM sleeping on this snapshot has not touched its disks since the save; any other
@@ -372,8 +369,7 @@ impl QemuEngine {
             let incoming = Incoming {
                 state: Path::new(&snap.path),
                 ram: snap.ram_path.as_deref().map(Path::new),
-                unshared,
-                spare,
+                kind,
             };
             self.boot(&mut rec, &plan, Some(incoming), &StartOptions::default(), cancel)?;
             if spare {
@@ -479,7 +475,7 @@ impl QemuEngine {
                 .map_err(|e| QemuError::io("cannot move the RAM file to", to, e))?,
             SaveMode::KeepPaused => {
                 let tmp = to.with_extension("ram.tmp");
-                copy_sparse(own, &tmp).and_then(|()| std::fs::rename(&tmp, to)).map_err(|e| {
+                copy_sparse(own, &tmp).and_then(|_| std::fs::rename(&tmp, to)).map_err(|e| {
                     let _ = std::fs::remove_file(&tmp);
                     QemuError::io("cannot copy the RAM file to", to, e)
                 })?;
@@ -505,7 +501,8 @@ impl QemuEngine {
 
 /// Copies `from` to a new file `to` of the same length, only the ranges that hold data
 /// (`SEEK_DATA`/`SEEK_HOLE`, `copy_file_range`): a guest's RAM file is mostly holes.
-pub(crate) fn copy_sparse(from: &Path, to: &Path) -> std::io::Result<()> {
+/// Returns the new file, open for writing.
+pub(crate) fn copy_sparse(from: &Path, to: &Path) -> std::io::Result<std::fs::File> {
     use rustix::fs::SeekFrom;
     let src = std::fs::File::options()
         .read(true)
@@ -543,7 +540,7 @@ pub(crate) fn copy_sparse(from: &Path, to: &Path) -> std::io::Result<()> {
         }
         at = end;
     }
-    Ok(())
+    Ok(dst)
 }
 
 /// Asks the guest's agent, if it has one, to flush its filesystems before its memory is saved,

@@ -14,8 +14,8 @@ use super::*;
 
 impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
     /// Hands out a ready instance of `pool`: from the warm set (resume) if any, else a spare
-    /// (its waiting QEMU loads the base), else a sleeping one (wake), else a new one (cloned from the base snapshot when there is one). The next
-    /// pass refills what was taken.
+    /// (its waiting QEMU loads the base), else a sleeping one (wake), else a new one (cloned
+    /// from the base snapshot when there is one). The next pass refills what was taken.
     ///
     /// Only the candidate is checked against the engine (not the whole fleet), so a claim costs
     /// the same with 3 instances or 3,000; a candidate found dead is skipped and left to the
@@ -31,9 +31,12 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
             let p = s.pool(pool)?;
             s.bases.get(pool).is_some_and(|b| b.template == p.template)
         };
-        let spare = || match spares_current {
-            true => self.claim_ready(pool, VmState::Spare),
-            false => Ok(None),
+        let spare = || {
+            if spares_current {
+                self.claim_ready(pool, VmState::Spare)
+            } else {
+                Ok(None)
+            }
         };
         let (instance, source) = if let Some(i) = self.claim_ready(pool, VmState::Paused)? {
             (i, ClaimSource::Warm)
