@@ -233,13 +233,23 @@ fn warm_pool_claim_refill_clone_quota_and_replacement_through_the_cli() {
         count(s, "warm") == 3
             && s["instances"].as_array().unwrap().iter().all(|i| i["name"] != warm_name.as_str())
     });
-    let acted: Vec<String> = fleet_events(home, since)
-        .into_iter()
-        .map(|(_, m)| m)
-        .filter(|m| {
-            !m.contains("created 0 (cloned 0), started 0, warmed 0, slept 0, woken 0, stopped 0")
-        })
-        .collect();
+    // The pass's report is recorded as it ends, a moment after its instances settled.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let acted = loop {
+        let acted: Vec<String> = fleet_events(home, since)
+            .into_iter()
+            .map(|(_, m)| m)
+            .filter(|m| {
+                !m.contains(
+                    "created 0 (cloned 0), started 0, warmed 0, slept 0, woken 0, stopped 0",
+                )
+            })
+            .collect();
+        if !acted.is_empty() || Instant::now() > deadline {
+            break acted;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(
         acted.first().is_some_and(|m| m.contains("created 1") && m.contains("stopped 1")),
         "the first pass that acted after the kill should replace it: {acted:?}; {s:#}"

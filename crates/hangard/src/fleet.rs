@@ -108,17 +108,20 @@ impl Reconciler {
         }
     }
 
-    /// Keeps `report` as the last pass; whether it is news (see `last_change`).
-    fn record(&self, report: &PassReport) -> bool {
+    /// Whether `report` is news: it acted, or it failed differently from the last change.
+    fn is_news(&self, report: &PassReport) -> bool {
+        let change = self.last_change.lock().unwrap_or_else(|e| e.into_inner());
+        let same_errors = change.as_ref().is_some_and(|c| c.errors == report.errors);
+        report.acted() || (!report.errors.is_empty() && !same_errors)
+    }
+
+    /// Keeps `report` as the last pass, and as the last change when it is `news`.
+    fn record(&self, report: &PassReport, news: bool) {
         self.passes.fetch_add(1, Ordering::SeqCst);
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(report.clone());
-        let mut change = self.last_change.lock().unwrap_or_else(|e| e.into_inner());
-        let same_errors = change.as_ref().is_some_and(|c| c.errors == report.errors);
-        let news = report.acted() || (!report.errors.is_empty() && !same_errors);
         if news {
-            *change = Some(report.clone());
+            *self.last_change.lock().unwrap_or_else(|e| e.into_inner()) = Some(report.clone());
         }
-        news
     }
 }
 
@@ -136,7 +139,8 @@ impl Daemon {
                 )],
                 ..PassReport::default()
             };
-            self.reconciler.record(&report);
+            let news = self.reconciler.is_news(&report);
+            self.reconciler.record(&report, news);
             return report;
         }
         let report = self.fleet.pass();
@@ -155,7 +159,10 @@ impl Daemon {
             }
         }
         self.metrics.reconcile_pass(report.took_ms / 1000.0, !report.errors.is_empty());
-        if self.reconciler.record(&report) {
+        // The event goes in before the report is kept, so whoever sees a change in the pool's
+        // status finds its event in the stream too.
+        let news = self.reconciler.is_news(&report);
+        if news {
             let subject = VmName::new(EVENT_SUBJECT).expect("a valid name");
             let noted = self.tokens.lock().unwrap_or_else(|e| e.into_inner()).record_note(
                 &subject,
@@ -165,6 +172,9 @@ impl Daemon {
             if let Err(e) = noted {
                 tracing::error!("cannot record the reconcile pass: {e}");
             }
+        }
+        self.reconciler.record(&report, news);
+        if news {
             self.changed.notify_waiters();
         }
         report
