@@ -219,6 +219,10 @@ pub fn cached_qemu_version(home: &Path, binary: &Path) -> Option<String> {
 /// Records `version` for this binary (best effort, atomic). Called by the engine, which writes
 /// under `home` anyway.
 pub fn remember_qemu_version(home: &Path, binary: &Path, version: &str) {
+    // Every engine start calls this: a cache that already says so is left alone.
+    if cached_qemu_version(home, binary).as_deref() == Some(version) {
+        return;
+    }
     let Some(key) = binary_key(binary) else {
         return;
     };

@@ -211,13 +211,16 @@ pub fn terminate(p: ProcessIdentity, grace: Duration) -> bool {
 /// VM's QEMU writes to its own `qemu.log`, opened by Hangar, so no other process matches.
 pub fn find_by_output(log: &Path) -> Option<ProcessIdentity> {
     let mut found = std::fs::read_dir("/proc").ok()?.filter_map(|e| {
-        let e = e.ok()?;
-        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        let out = std::fs::read_link(e.path().join("fd/1")).ok()?;
-        (out == log).then(|| identify(pid)).flatten()
+        let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        identify(pid).filter(|p| writes_to(*p, log))
     });
     let first = found.next()?;
     found.next().is_none().then_some(first)
+}
+
+/// Whether `p`'s standard output is `log` (each VM's QEMU writes to its own `qemu.log`).
+pub fn writes_to(p: ProcessIdentity, log: &Path) -> bool {
+    std::fs::read_link(format!("/proc/{}/fd/1", p.pid)).is_ok_and(|out| out == log)
 }
 
 /// How long `p` has been running (from `/proc/<pid>/stat` and `/proc/uptime`).

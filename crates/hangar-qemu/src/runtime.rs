@@ -8,11 +8,12 @@ use std::path::{Path, PathBuf};
 use hangar_core::error::{Error, Result};
 use hangar_core::spec::{BootSource, VmSpec};
 use hangar_plan::{Creation, Plan};
-use hangar_store::VmRecord;
+use hangar_store::{ProcessIdentity, VmRecord};
 
 use crate::confine::{self, Launch};
 use crate::engine::*;
 use crate::img;
+use crate::process;
 
 impl QemuEngine {
     /// Creates the runtime directory, the plan file and every disk the plan declares (existing
@@ -97,6 +98,7 @@ impl QemuEngine {
     /// again at the next start; an empty cgroup would outlive a home deleted by hand).
     pub(crate) fn cleanup_runtime(&self, plan: &Plan) {
         let dir = Path::new(&plan.runtime_dir);
+        Self::await_last_qemu(dir);
         // The guest RAM file too: with no QEMU it is garbage the size of what the guest
         // touched (a cold boot makes a fresh one; a sleep has already moved it away).
         for f in ["qmp.sock", "console.sock", "agent.sock", "pid", "ram"] {
@@ -104,6 +106,31 @@ impl QemuEngine {
         }
         if let Some(cg) = plan.confinement.as_ref().and_then(|c| c.cgroup.as_ref()) {
             confine::remove_cgroup(cg);
+        }
+    }
+
+    /// Waits for the QEMU the runtime directory's pid file names, while it is alive and still
+    /// this VM's (writing to its `qemu.log`): a sleep tells its QEMU to quit without waiting
+    /// for the exit (~12 ms of kernel teardown here, a third of the sleep), so whatever comes
+    /// next for the VM waits here before its sockets and cgroup go or are made again. One that
+    /// does not exit within the grace is terminated.
+    fn await_last_qemu(dir: &Path) {
+        let Some(p) = std::fs::read_to_string(dir.join("pid")).ok().and_then(|text| {
+            let mut fields = text.split_whitespace().map(str::parse::<u64>);
+            match (fields.next(), fields.next()) {
+                (Some(Ok(pid)), Some(Ok(start_time))) => {
+                    Some(ProcessIdentity { pid: u32::try_from(pid).ok()?, start_time })
+                }
+                _ => None,
+            }
+        }) else {
+            return;
+        };
+        if process::alive(p)
+            && process::writes_to(p, &dir.join("qemu.log"))
+            && !process::wait_exit(p, QUIT_GRACE)
+        {
+            process::terminate(p, TERM_GRACE);
         }
     }
 

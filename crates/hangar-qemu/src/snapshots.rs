@@ -173,7 +173,10 @@ impl Snapshots for QemuEngine {
         let plan = Self::plan_of(&rec)?;
         let ctl = self.qmp(&plan)?;
         if rec.state == VmState::Running {
-            flush_guest(plan.agent_socket.as_deref());
+            // With no disk, the guest has no filesystem outside its memory to flush.
+            if !rec.spec.disks.is_empty() {
+                flush_guest(plan.agent_socket.as_deref());
+            }
             self.step(&mut rec, VmState::Pausing, Cause::User)?;
             ctl.stop()?;
             self.step(&mut rec, VmState::Paused, Cause::Engine)?;
@@ -282,13 +285,15 @@ impl Snapshots for QemuEngine {
         match mode {
             SaveMode::KeepPaused => self.step(&mut rec, VmState::Paused, Cause::Engine)?,
             SaveMode::Sleep => {
-                let _ = ctl.quit();
-                if let Some(p) = rec.process {
-                    if !process::wait_exit(p, QUIT_GRACE) {
+                // Its state is saved: the QEMU is told to quit and not waited for. Its exit
+                // (the kernel tearing down its memory) is awaited by whatever next needs the
+                // VM's runtime directory (`cleanup_runtime`), which also removes its sockets
+                // and cgroup.
+                if ctl.quit().is_err() {
+                    if let Some(p) = rec.process {
                         process::terminate(p, TERM_GRACE);
                     }
                 }
-                self.cleanup_runtime(&plan);
                 rec.process = None;
                 rec.sleeping_on = Some(id.clone());
                 self.step(&mut rec, VmState::Sleeping, Cause::Engine)?;

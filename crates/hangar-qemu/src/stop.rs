@@ -79,6 +79,8 @@ impl QemuEngine {
             VmState::Defined | VmState::Stopped => {}
             VmState::Sleeping => {
                 rec.sleeping_on = None;
+                // What its last QEMU left for the next start (see `Snapshots::save`).
+                self.cleanup_runtime(&plan);
                 self.step(&mut rec, VmState::Stopped, Cause::User)?;
             }
             VmState::Running
