@@ -528,10 +528,11 @@ pub fn http_status(code: ErrorCode) -> u16 {
     use ErrorCode::*;
     match code {
         VmNotFound | SnapshotNotFound | DiskNotFound | NicNotFound | OperationNotFound
-        | TenantNotFound | PoolNotFound | InstanceNotFound | NetworkNotFound => 404,
-        PoolExists | TenantInUse | NetworkExists | NetworkInUse | NetworkOverlap => 409,
+        | TenantNotFound | PoolNotFound | InstanceNotFound | NetworkNotFound | RouteNotFound => 404,
+        PoolExists | TenantInUse | NetworkExists | NetworkInUse | NetworkOverlap
+        | RouteConflict => 409,
         NetworkExhausted => 409,
-        NetworkUnavailable => 503,
+        NetworkUnavailable | GatewayUnavailable => 503,
         Unauthorized => 401,
         Forbidden => 403,
         PathNotAllowed => 400,

@@ -355,6 +355,18 @@ error_codes! {
     NetworkUnavailable = "E_NETWORK_UNAVAILABLE", retryable: false, class: Environment,
         meaning: "The host refused to create a network device or rule (no bridge or TUN support, not root, no nf_tables); the kernel's reason is in the message.",
         fix: "Run as root on a kernel with bridge, tun and nf_tables support; `hangar doctor` checks each.";
+    /// No route has the given id.
+    RouteNotFound = "E_ROUTE_NOT_FOUND", retryable: false, class: Invalid,
+        meaning: "No gateway route with that id exists (or it belongs to another tenant).",
+        fix: "List routes with `hangar route ls`.";
+    /// The route conflicts with another.
+    RouteConflict = "E_ROUTE_CONFLICT", retryable: false, class: Invalid,
+        meaning: "A route with that id exists, or another route already matches the same connections (same listen address and port, and for HTTP the same host and path prefix), or mixes TCP and HTTP on one port.",
+        fix: "Pick another id, port, host or path prefix (`hangar route ls` lists the routes), or remove the other route with `hangar route rm`.";
+    /// The gateway could not hand a connection to an instance.
+    GatewayUnavailable = "E_GATEWAY_UNAVAILABLE", retryable: true, class: Invalid,
+        meaning: "The gateway could not give the connection an instance: waking or creating one failed, its port never accepted, or too many connections were already waiting for one.",
+        fix: "Retry; if it persists, `hangar pool status POOL` and `hangar events` say why the pool has no instance.";
 }
 
 impl fmt::Display for ErrorCode {

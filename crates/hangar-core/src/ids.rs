@@ -272,6 +272,11 @@ name_type!(
     "pool id"
 );
 name_type!(
+    /// A gateway route to a pool's instances; `tenant--name` for a tenant's, as for pools.
+    RouteId,
+    "route id"
+);
+name_type!(
     /// A host running `hangard`.
     NodeId,
     "node id"

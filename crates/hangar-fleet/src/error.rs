@@ -2,9 +2,10 @@
 //! stable code (an instance that is not there is always `E_INSTANCE_NOT_FOUND`).
 
 use hangar_core::error::{AdapterError, Coded, Error, ErrorCode};
-use hangar_core::ids::{InstanceId, PoolId, TenantId, VmName};
+use hangar_core::ids::{InstanceId, PoolId, RouteId, TenantId, VmName};
 
 use crate::quota::QuotaExceeded;
+use crate::routes::RouteProblem;
 
 /// An error of the fleet.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +47,27 @@ pub enum FleetError {
     /// Another step holds the VM.
     #[error("{0} is in the middle of another step; retry shortly")]
     VmBusy(VmName),
+    /// No route with that id (also what another tenant's route looks like to a tenant).
+    #[error("no route {0}; `hangar route ls` lists them")]
+    RouteNotFound(RouteId),
+    /// The route's id is taken, or another route takes the same connections.
+    #[error("route {route} conflicts with route {other}: {why}")]
+    RouteConflict {
+        /// The route refused.
+        route: RouteId,
+        /// The route already there.
+        other: RouteId,
+        /// How they conflict.
+        why: &'static str,
+    },
+    /// The route cannot match anything as written.
+    #[error("invalid route {route}: {}: {}", .problem.field, .problem.message)]
+    RouteInvalid {
+        /// The route refused.
+        route: RouteId,
+        /// What is wrong, and where.
+        problem: RouteProblem,
+    },
     /// A tenant's quota refuses the change.
     #[error(transparent)]
     Quota(#[from] QuotaExceeded),
@@ -63,6 +85,16 @@ impl Coded for FleetError {
             }
             FleetError::InstanceBusy(_) | FleetError::VmBusy(_) => ErrorCode::Busy,
             FleetError::Quota(_) => ErrorCode::QuotaExceeded,
+            FleetError::RouteNotFound(_) => ErrorCode::RouteNotFound,
+            FleetError::RouteConflict { .. } => ErrorCode::RouteConflict,
+            FleetError::RouteInvalid { .. } => ErrorCode::InvalidArgument,
+        }
+    }
+
+    fn path(&self) -> Option<String> {
+        match self {
+            FleetError::RouteInvalid { problem, .. } => Some(problem.field.to_string()),
+            _ => None,
         }
     }
 

@@ -19,6 +19,7 @@ mod error;
 mod fleet;
 pub mod quota;
 pub mod reconcile;
+pub mod routes;
 
 pub use error::FleetError;
 pub use fleet::{
@@ -26,6 +27,7 @@ pub use fleet::{
     PassReport, Registry, Step, TenantVm, TenantVms, MAX_POOL_ID_LEN,
 };
 pub use quota::{Quota, QuotaExceeded, Quotas, Usage};
+pub use routes::{Match, Route, RouteTarget};
 
 /// An isolation and quota boundary.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

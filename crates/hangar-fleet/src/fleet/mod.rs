@@ -16,18 +16,19 @@ use std::time::Duration;
 use hangar_core::clock::{Clock, Timestamp};
 use hangar_core::contracts::{Lifecycle, Snapshots, VmStatus};
 use hangar_core::error::{Coded, Error, Result};
-use hangar_core::ids::{InstanceId, PoolId, SnapshotId, TenantId, VmName};
+use hangar_core::ids::{InstanceId, PoolId, RouteId, SnapshotId, TenantId, VmName};
 use hangar_core::lifecycle::VmState;
 use hangar_core::spec::VmSpec;
 use serde::{Deserialize, Serialize};
 
 use crate::quota::Usage;
 use crate::reconcile::{Action, Deferred};
-use crate::{Instance, Pool, Tenant};
+use crate::{Instance, Pool, Route, Tenant};
 
 mod claims;
 mod pass;
 mod registry;
+mod route_table;
 mod steps;
 
 /// What one reconcile pass did.
@@ -167,6 +168,9 @@ pub struct Registry {
     /// `instances` are the fleet's ownership record: it never touches a VM on neither.
     #[serde(default)]
     pub retired: Vec<VmName>,
+    /// The gateway's routes to pools' instances.
+    #[serde(default)]
+    pub routes: Vec<Route>,
 }
 
 /// The longest pool id: room for `-<ordinal>` and `-sleep` in instance and snapshot names.
@@ -205,6 +209,7 @@ struct State {
     pools: BTreeMap<PoolId, Pool>,
     instances: Vec<Instance>,
     bases: BTreeMap<PoolId, Base>,
+    routes: BTreeMap<RouteId, Route>,
     /// Instances an engine step is working on right now, and their VMs.
     busy: BTreeMap<InstanceId, VmName>,
     /// See [`Registry::retired`].
@@ -369,6 +374,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
             pools: registry.pools.into_iter().map(|p| (p.id.clone(), p)).collect(),
             instances: registry.instances,
             bases: registry.bases.into_iter().map(|b| (b.pool.clone(), b)).collect(),
+            routes: registry.routes.into_iter().map(|r| (r.id.clone(), r)).collect(),
             busy: BTreeMap::new(),
             retired: registry.retired.into_iter().collect(),
             ordinal_floor: BTreeMap::new(),
@@ -410,6 +416,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
             instances: s.instances.clone(),
             bases: s.bases.values().cloned().collect(),
             retired: s.retired.iter().cloned().collect(),
+            routes: s.routes.values().cloned().collect(),
         }
     }
 

@@ -102,6 +102,8 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
             }
             s.pools.remove(pool);
             s.backoff.remove(pool);
+            // Its routes go with it: they could only ever fail.
+            s.routes.retain(|_, r| &r.target.pool != pool);
             let base = s.bases.remove(pool);
             let (doomed, kept): (Vec<Instance>, Vec<Instance>) =
                 std::mem::take(&mut s.instances).into_iter().partition(|i| &i.pool == pool);
