@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 pub use hangar_fleet::{
-    Claim, ClaimSource, Desired, Instance, PassReport, Policy, Pool, Quotas, Usage,
+    Activity, Claim, ClaimSource, Desired, Instance, Match, PassReport, Policy, Pool, Quotas,
+    Route, RouteTarget, Usage,
 };
 
 /// `PUT /v1/tenants/{id}`: create a tenant or replace its quotas.
@@ -149,4 +150,31 @@ impl PoolView {
         }
         PoolView { pool, counts, base_snapshot }
     }
+}
+
+/// `POST /v1/routes`: a gateway route to a pool's instances.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRequest {
+    /// Id, in the tenant's namespace like a pool's (`web` of tenant `acme` is `acme--web`).
+    pub id: String,
+    /// The owning tenant (it must exist, and own the pool). A tenant's token may omit it.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// The host address to listen on (default `127.0.0.1`; only an admin may pick another).
+    #[serde(default)]
+    pub address: Option<String>,
+    /// The host port to listen on (a tenant's: 1024 or above).
+    pub port: u16,
+    /// How connections are matched (default: plain TCP, the whole port).
+    #[serde(default, rename = "match")]
+    #[schema(value_type = Object)]
+    pub matcher: Option<hangar_fleet::Match>,
+    /// The pool (in the tenant's namespace, like `id`).
+    pub pool: String,
+    /// The guest port instances serve on.
+    pub guest_port: u16,
+    /// Connections that may wait for an instance at once (default 256).
+    #[serde(default)]
+    pub max_waiting: Option<u32>,
 }

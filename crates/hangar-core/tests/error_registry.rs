@@ -90,6 +90,9 @@ fn released_codes_are_never_removed() {
         "E_NETWORK_EXHAUSTED",
         "E_NETWORK_OVERLAP",
         "E_NETWORK_UNAVAILABLE",
+        "E_ROUTE_NOT_FOUND",
+        "E_ROUTE_CONFLICT",
+        "E_GATEWAY_UNAVAILABLE",
     ];
     for code in released {
         assert!(hangar_core::ErrorCode::parse(code).is_some(), "{code} was removed or renamed");

@@ -77,6 +77,17 @@ pub struct Policy {
     /// Boot every instance from scratch instead of cloning the pool's base snapshot (for
     /// guests that must not share boot-time state such as entropy or identity).
     pub cold_boot: bool,
+    /// An instance the gateway holds, running with no connection for this long, is paused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_pause_after_s: Option<u64>,
+    /// An instance the gateway holds, running or paused with no connection for this long,
+    /// goes to sleep (its memory to disk; the next connection wakes it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_sleep_after_s: Option<u64>,
+    /// An instance the gateway holds, unused for this long in any state, is removed (the
+    /// next connection claims another: warm, spare, sleeping or new).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_stop_after_s: Option<u64>,
 }
 
 /// A pool: a spec template, desired counts and a policy, owned by a tenant.
@@ -131,6 +142,34 @@ pub struct Instance {
     /// Blank disk space it holds (MiB), for the disk quota.
     #[serde(default)]
     pub disk_mib: u64,
+    /// Who holds a claimed instance, when it is not a client's: `gateway` for the instances
+    /// the gateway claimed to serve a pool's routes (it wakes them again, and the pool's idle
+    /// policy puts them back to rest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
+    /// Connections through the gateway, for an instance it holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activity: Option<Activity>,
+}
+
+/// The holder of the instances the gateway claims.
+pub const GATEWAY_HOLDER: &str = "gateway";
+
+/// What the gateway saw of one instance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Activity {
+    /// Connections open now.
+    pub open: u32,
+    /// Connections ever handed to it.
+    pub connections: u64,
+    /// Bytes from clients to the instance.
+    pub bytes_in: u64,
+    /// Bytes from the instance to clients.
+    pub bytes_out: u64,
+    /// When a connection last opened, closed or moved bytes (ms since the Unix epoch).
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
+    pub last: Timestamp,
 }
 
 /// The per-instance spec: the template under the instance's name, tagged with tenant and pool.

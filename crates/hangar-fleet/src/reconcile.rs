@@ -60,6 +60,8 @@ pub enum RemoveReason {
     ScaleDown,
     /// It failed or stopped on its own (its QEMU died): it is replaced.
     Dead,
+    /// The gateway held it, unused for the pool's `idle_stop_after_s`.
+    Idle,
 }
 
 /// Something left alone this pass (an instance id, or a pool backing off), and why.
@@ -120,6 +122,10 @@ fn plan_pool(pool: &Pool, members: &[&Instance], now: Timestamp, out: &mut Plan)
     // In-flight instances count toward their destination but cannot be acted on.
     let (mut pending_running, mut pending_warm, mut pending_sleeping) = (0u32, 0u32, 0u32);
     for &i in members {
+        if i.claimed && i.holder.is_some() {
+            plan_held(pool, i, now, out);
+            continue;
+        }
         if i.claimed {
             match i.state {
                 VmState::Failed | VmState::Stopped => out
@@ -245,6 +251,39 @@ fn plan_pool(pool: &Pool, members: &[&Instance], now: Timestamp, out: &mut Plan)
                 .push(Action::Remove { instance: i.id.clone(), why: RemoveReason::ScaleDown });
         }
     }
+}
+
+/// An instance the gateway holds rests by the pool's idle policy once no connection is open:
+/// idle is measured from its last activity or its last change of state, whichever is later.
+/// The longest threshold reached wins (stop, then sleep, then pause).
+fn plan_held(pool: &Pool, i: &Instance, now: Timestamp, out: &mut Plan) {
+    let policy = &pool.policy;
+    if matches!(i.state, VmState::Failed | VmState::Stopped | VmState::Defined) {
+        out.actions.push(Action::Remove { instance: i.id.clone(), why: RemoveReason::Dead });
+        return;
+    }
+    let activity = i.activity.unwrap_or_default();
+    if activity.open > 0 {
+        return;
+    }
+    let idle_since = Timestamp(activity.last.0.max(i.since.0));
+    let idle = now.since(idle_since).as_secs();
+    let reached = |limit: Option<u64>| limit.is_some_and(|l| idle >= l);
+    let action = match i.state {
+        _ if reached(policy.idle_stop_after_s)
+            && matches!(i.state, VmState::Running | VmState::Paused | VmState::Sleeping) =>
+        {
+            Action::Remove { instance: i.id.clone(), why: RemoveReason::Idle }
+        }
+        VmState::Running | VmState::Paused if reached(policy.idle_sleep_after_s) => {
+            Action::Sleep { instance: i.id.clone() }
+        }
+        VmState::Running if reached(policy.idle_pause_after_s) => {
+            Action::Pause { instance: i.id.clone() }
+        }
+        _ => return,
+    };
+    out.actions.push(action);
 }
 
 fn count(creates: &[VmState], target: VmState) -> usize {

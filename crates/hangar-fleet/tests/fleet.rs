@@ -151,7 +151,12 @@ fn scale_down_removes_the_newest_and_defers_young_instances() {
         .add_pool(pool(
             "api",
             want(3, 0, 0),
-            Policy { idle_sleep_s: None, min_running_s: 600, cold_boot: false },
+            Policy {
+                idle_sleep_s: None,
+                min_running_s: 600,
+                cold_boot: false,
+                ..Policy::default()
+            },
         ))
         .unwrap();
     fleet.pass();
@@ -624,4 +629,63 @@ fn running_grows_a_tenants_use_by_what_the_state_it_leaves_did_not_hold() {
     assert_eq!(grow(VmState::Spare), Usage { vcpus: 2, memory_mib: 256 - spare, ..run });
     // Nothing grows by staying where it is.
     assert_eq!(Usage::growth(VmState::Running, VmState::Running, 2, 256, 100), Usage::default());
+}
+
+#[test]
+fn the_gateways_instances_wake_again_and_rest_by_the_idle_policy() {
+    use hangar_fleet::{Activity, GATEWAY_HOLDER};
+    let (fleet, clock) = fleet(Quotas::default());
+    let policy = Policy {
+        idle_pause_after_s: Some(5),
+        idle_sleep_after_s: Some(30),
+        idle_stop_after_s: Some(600),
+        ..Policy::default()
+    };
+    let id = PoolId::new("gw").unwrap();
+    fleet.add_pool(pool("gw", want(0, 0, 1), policy)).unwrap();
+    fleet.pass();
+    // Scale to zero: the gateway's claim takes the sleeping instance, and the pool refills.
+    let claim = fleet.claim_for(&id, Some(GATEWAY_HOLDER)).unwrap();
+    assert_eq!(claim.source, ClaimSource::Sleeping);
+    let held = claim.instance.id.clone();
+    assert_eq!(claim.instance.holder.as_deref(), Some(GATEWAY_HOLDER));
+    let pass = fleet.pass();
+    assert_eq!(pass.created, 1, "the sleeping set is refilled: {pass:?}");
+    let find =
+        |f: &Fleet<FakeEngine>| f.instances(None).into_iter().find(|i| i.id == held).unwrap();
+    // An open connection keeps it running however long it lasts.
+    let now = hangar_core::clock::Clock::now(&*clock);
+    fleet.set_activity(
+        &held,
+        Activity { open: 1, connections: 1, last: now, ..Activity::default() },
+    );
+    clock.advance(Duration::from_secs(60));
+    fleet.pass();
+    assert_eq!(find(&fleet).state, VmState::Running);
+    // Closed and idle past idle_pause_after_s: paused; past idle_sleep_after_s: asleep.
+    let now = hangar_core::clock::Clock::now(&*clock);
+    fleet.set_activity(
+        &held,
+        Activity { open: 0, connections: 1, last: now, ..Activity::default() },
+    );
+    clock.advance(Duration::from_secs(6));
+    fleet.pass();
+    assert_eq!(find(&fleet).state, VmState::Paused);
+    clock.advance(Duration::from_secs(31));
+    fleet.pass();
+    let asleep = find(&fleet);
+    assert_eq!((asleep.state, asleep.claimed), (VmState::Sleeping, true));
+    // The gateway wakes its own instance again; the pool's sleeping one stays where it is.
+    let woken = fleet.wake_held(&held, GATEWAY_HOLDER).unwrap();
+    assert_eq!(woken.state, VmState::Running);
+    let unclaimed_sleeping =
+        fleet.instances(None).iter().filter(|i| !i.claimed && i.state == VmState::Sleeping).count();
+    assert_eq!(unclaimed_sleeping, 1, "{:?}", states(&fleet));
+    // Someone else's claim is not the gateway's to wake.
+    let other = fleet.claim(&id).unwrap().instance.id;
+    assert!(fleet.wake_held(&other, GATEWAY_HOLDER).is_err());
+    // Unused past idle_stop_after_s, it goes.
+    clock.advance(Duration::from_secs(601));
+    fleet.pass();
+    assert!(fleet.instances(None).iter().all(|i| i.id != held), "{:?}", states(&fleet));
 }

@@ -211,11 +211,25 @@ pub struct PolicyArgs {
     /// A scale-down never stops a running instance younger than this.
     #[arg(long, value_name = "SECONDS")]
     min_running: Option<u64>,
+    /// An instance the gateway woke, with no connection for this long, is paused.
+    #[arg(long, value_name = "SECONDS")]
+    idle_pause_after: Option<u64>,
+    /// An instance the gateway woke, with no connection for this long, goes to sleep (the
+    /// next connection wakes it).
+    #[arg(long, value_name = "SECONDS")]
+    idle_sleep_after: Option<u64>,
+    /// An instance the gateway woke, unused for this long, is removed.
+    #[arg(long, value_name = "SECONDS")]
+    idle_stop_after: Option<u64>,
 }
 
 impl PolicyArgs {
     fn given(&self) -> bool {
-        self.idle_sleep.is_some() || self.min_running.is_some()
+        self.idle_sleep.is_some()
+            || self.min_running.is_some()
+            || self.idle_pause_after.is_some()
+            || self.idle_sleep_after.is_some()
+            || self.idle_stop_after.is_some()
     }
 
     fn over(&self, mut p: Policy) -> Policy {
@@ -224,6 +238,15 @@ impl PolicyArgs {
         }
         if let Some(m) = self.min_running {
             p.min_running_s = m;
+        }
+        for (given, field) in [
+            (self.idle_pause_after, &mut p.idle_pause_after_s),
+            (self.idle_sleep_after, &mut p.idle_sleep_after_s),
+            (self.idle_stop_after, &mut p.idle_stop_after_s),
+        ] {
+            if given.is_some() {
+                *field = given;
+            }
         }
         p
     }
@@ -390,7 +413,7 @@ pub fn pool(cmd: PoolCommand, out: &mut dyn Write) -> Result<(), Failure> {
                 return Err(crate::failure(
                     ErrorCode::InvalidArgument,
                     "nothing to change".into(),
-                    "give --running, --warm, --sleeping, --spare, --idle-sleep or --min-running",
+                    "give --running, --warm, --sleeping, --spare, --idle-sleep, --min-running or --idle-{pause,sleep,stop}-after",
                 ));
             }
             let current = pool_status(&pool)?.view.pool;
@@ -530,15 +553,33 @@ pub fn pool(cmd: PoolCommand, out: &mut dyn Write) -> Result<(), Failure> {
 }
 
 fn print_instances(out: &mut dyn Write, output: Output, list: &[Instance]) -> Result<(), Failure> {
-    let columns = ("INSTANCE<12 NAME<24 POOL<16 STATE<9", "CLAIMED");
+    let columns = ("INSTANCE<12 NAME<24 POOL<16 STATE<9 CLAIMED<9 OPEN>5 IN>10 OUT>10", "IDLE");
+    let now = hangar_core::clock::Clock::now(&hangar_core::clock::SystemClock);
     print_listing(out, output, list, columns, |i| {
+        let claimed = match (&i.holder, i.claimed) {
+            (Some(holder), true) => holder.clone(),
+            (None, true) => "yes".into(),
+            _ => "no".into(),
+        };
+        let a = i.activity.unwrap_or_default();
+        let served = i.activity.is_some();
+        let shown = |v: u64| if served { v.to_string() } else { "-".into() };
+        let idle = match i.activity {
+            Some(a) if a.open > 0 => "active".to_string(),
+            Some(a) => format!("{}s", now.since(a.last).as_secs()),
+            None => "-".into(),
+        };
         let cells = vec![
             i.id.to_string(),
             i.name.to_string(),
             i.pool.to_string(),
             i.state.as_str().to_string(),
+            claimed,
+            shown(u64::from(a.open)),
+            shown(a.bytes_in),
+            shown(a.bytes_out),
         ];
-        (cells, if i.claimed { "yes" } else { "no" }.to_string())
+        (cells, idle)
     })
 }
 
@@ -564,5 +605,124 @@ pub fn instance(cmd: InstanceCommand, out: &mut dyn Write) -> Result<(), Failure
             let _ = writeln!(out, "released {id}");
             Ok(())
         }
+    }
+}
+
+/// Gateway routes: how connections reach a pool's instances (needs hangard, which listens).
+#[derive(Subcommand)]
+pub enum RouteCommand {
+    /// Add a route: connections to 127.0.0.1:PORT (and, for HTTP, matching Host and path)
+    /// go to POOL's instances on GUEST_PORT; with none running, the first connection wakes
+    /// one (warm, spare, sleeping or new) and waits for it.
+    ///
+    /// Example: `hangar route add web --tenant acme --port 8080 --pool web --guest-port 80
+    /// --http --host shop.test`
+    Add {
+        /// Route id (in the tenant's namespace, like pools).
+        id: String,
+        /// The owning tenant (it owns the pool).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Host address to listen on (default 127.0.0.1; admins only may pick another).
+        #[arg(long)]
+        address: Option<String>,
+        /// Host port to listen on.
+        #[arg(long)]
+        port: u16,
+        /// The pool whose instances serve it.
+        #[arg(long)]
+        pool: String,
+        /// The port instances serve on.
+        #[arg(long)]
+        guest_port: u16,
+        /// Match HTTP/1.1 requests (by --host and --path-prefix) instead of the whole port.
+        #[arg(long)]
+        http: bool,
+        /// HTTP: the Host to match (any when absent).
+        #[arg(long, requires = "http")]
+        host: Option<String>,
+        /// HTTP: the path prefix to match.
+        #[arg(long, requires = "http", default_value = "/")]
+        path_prefix: String,
+        /// Connections that may wait for an instance at once; beyond, 503 at once.
+        #[arg(long)]
+        max_waiting: Option<u32>,
+    },
+    /// Routes.
+    Ls {
+        /// Output format.
+        #[arg(long, short, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Remove a route.
+    Rm {
+        /// The route id.
+        id: String,
+    },
+}
+
+/// `hangar route …`
+pub fn route(cmd: RouteCommand, out: &mut dyn Write) -> Result<(), Failure> {
+    match cmd {
+        RouteCommand::Add {
+            id,
+            tenant,
+            address,
+            port,
+            pool,
+            guest_port,
+            http,
+            host,
+            path_prefix,
+            max_waiting,
+        } => {
+            let matcher = http.then_some(hangar_api::fleet::Match::Http { host, path_prefix });
+            let request = hangar_api::fleet::RouteRequest {
+                id,
+                tenant,
+                address,
+                port,
+                matcher,
+                pool,
+                guest_port,
+                max_waiting,
+            };
+            let r: hangar_api::fleet::Route = call("POST", "/v1/routes", Some(json!(request)))?;
+            let _ = writeln!(
+                out,
+                "route {}: {} -> {}:{}",
+                r.id,
+                describe(&r),
+                r.target.pool,
+                r.target.port
+            );
+            Ok(())
+        }
+        RouteCommand::Ls { output } => {
+            let list: Vec<hangar_api::fleet::Route> = call("GET", "/v1/routes", None)?;
+            let columns = ("ROUTE<24 LISTEN<40 POOL<20", "GUEST PORT");
+            print_listing(out, output, &list, columns, |r| {
+                (
+                    vec![r.id.to_string(), describe(r), r.target.pool.to_string()],
+                    r.target.port.to_string(),
+                )
+            })
+        }
+        RouteCommand::Rm { id } => {
+            call::<Value>("DELETE", &format!("/v1/routes/{id}"), None)?;
+            let _ = writeln!(out, "removed route {id}");
+            Ok(())
+        }
+    }
+}
+
+/// `tcp://127.0.0.1:9000` or `http://shop.test@127.0.0.1:8080/api`.
+fn describe(r: &hangar_api::fleet::Route) -> String {
+    match &r.matcher {
+        hangar_api::fleet::Match::Tcp => format!("tcp://{}", r.listen),
+        hangar_api::fleet::Match::Http { host, path_prefix } => match host {
+            Some(h) => format!("http://{h}@{}{path_prefix}", r.listen),
+            None => format!("http://{}{path_prefix}", r.listen),
+        },
     }
 }

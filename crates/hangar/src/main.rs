@@ -257,6 +257,10 @@ enum Command {
     /// Fleet instances (the VMs pools make).
     #[command(subcommand)]
     Instance(fleet::InstanceCommand),
+    /// Gateway routes: connections on a host port go to a pool's instances, waking one when
+    /// none runs (needs hangard).
+    #[command(subcommand)]
+    Route(fleet::RouteCommand),
     /// Print events, oldest first: every state transition of every VM (with the operation that
     /// made it) and what the engine observed (stops escalated, QEMUs adopted after a crash).
     Events {
@@ -472,6 +476,7 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), Failure> {
         Command::Tenant(cmd) => fleet::tenant(cmd, out),
         Command::Pool(cmd) => fleet::pool(cmd, out),
         Command::Instance(cmd) => fleet::instance(cmd, out),
+        Command::Route(cmd) => fleet::route(cmd, out),
         Command::Token(cmd) => access::token(cmd, out),
         Command::Events { since, follow, output } => ops::events(since, follow, output, out),
         Command::Audit(cmd) => access::audit_command(cmd, out),

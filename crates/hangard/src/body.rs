@@ -96,6 +96,8 @@ request_bodies! {
         "send {\"id\": \"web\", \"tenant\": \"acme\", \"spec\": {…}, \"desired\": {\"running\": 0, \"warm\": 3, \"sleeping\": 0}}";
     hangar_api::fleet::PoolUpdate => "pool update",
         "send any of {\"desired\": {…}, \"policy\": {…}, \"spec\": {…}}";
+    hangar_api::fleet::RouteRequest => "route request",
+        "send {\"id\": \"web\", \"port\": 8080, \"pool\": \"web\", \"guest_port\": 80, \"match\": {\"protocol\": \"http\", \"host\": \"shop.test\", \"path_prefix\": \"/\"}}";
     hangar_api::NetworkRequest => "network request",
         "send {\"name\": \"lab\", \"subnet\": \"10.88.0.0/24\", \"tenant\": \"acme\", \"nat\": true}";
 }

@@ -69,6 +69,7 @@ async fn serve(
     let daemon = Arc::new(make());
     if how.reconcile {
         daemon.start_reconciler();
+        daemon.start_gateway();
     }
     let (tcp, tls) = match how.tcp {
         Tcp::Off => (None, None),

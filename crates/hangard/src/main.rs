@@ -214,6 +214,7 @@ async fn main() -> std::process::ExitCode {
     let _ = first_pass_done.await;
     // Only after recovery: a pass must see interrupted operations settled.
     daemon.start_reconciler();
+    daemon.start_gateway();
     let engine_name = match args.engine {
         EngineKind::Qemu => "qemu",
         EngineKind::Fake => "fake",

@@ -181,6 +181,49 @@ impl Metrics {
     }
 }
 
+/// The gateway's per-instance counts (only instances it has served): open connections,
+/// connections and bytes each way so far, and the last activity.
+pub fn gateway_text(instances: &[hangar_fleet::Instance]) -> String {
+    let served: Vec<_> = instances.iter().filter_map(|i| i.activity.map(|a| (i, a))).collect();
+    let mut out = String::new();
+    let label = |i: &hangar_fleet::Instance| {
+        format!("instance=\"{}\",pool=\"{}\"", escape(i.id.as_str()), escape(i.pool.as_str()))
+    };
+    out.push_str("# HELP hangar_gateway_open_connections Connections the gateway has open to an instance.\n# TYPE hangar_gateway_open_connections gauge\n");
+    for (i, a) in &served {
+        let _ = writeln!(out, "hangar_gateway_open_connections{{{}}} {}", label(i), a.open);
+    }
+    out.push_str("# HELP hangar_gateway_connections_total Connections the gateway handed to an instance.\n# TYPE hangar_gateway_connections_total counter\n");
+    for (i, a) in &served {
+        let _ = writeln!(out, "hangar_gateway_connections_total{{{}}} {}", label(i), a.connections);
+    }
+    out.push_str("# HELP hangar_gateway_bytes_total Bytes through the gateway, by direction (in: to the instance).\n# TYPE hangar_gateway_bytes_total counter\n");
+    for (i, a) in &served {
+        let _ = writeln!(
+            out,
+            "hangar_gateway_bytes_total{{{},direction=\"in\"}} {}",
+            label(i),
+            a.bytes_in
+        );
+        let _ = writeln!(
+            out,
+            "hangar_gateway_bytes_total{{{},direction=\"out\"}} {}",
+            label(i),
+            a.bytes_out
+        );
+    }
+    out.push_str("# HELP hangar_gateway_last_activity_seconds When an instance last had a connection open, close or move bytes (Unix time).\n# TYPE hangar_gateway_last_activity_seconds gauge\n");
+    for (i, a) in &served {
+        let _ = writeln!(
+            out,
+            "hangar_gateway_last_activity_seconds{{{}}} {}",
+            label(i),
+            a.last.0 as f64 / 1000.0
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

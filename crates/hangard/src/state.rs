@@ -30,12 +30,14 @@ pub struct Daemon {
     pub(crate) changed: Arc<tokio::sync::Notify>,
     /// Tenants, pools and instances, over the same engine as `local`.
     pub fleet: Arc<hangar_fleet::Fleet<dyn Backend>>,
+    /// The gateway to pools' instances (listening once [`Daemon::start_gateway`] ran).
+    pub gateway: Arc<hangar_gateway::Gateway<dyn Backend>>,
     /// The host facts plans are made with (`/v1/plan`, `/v1/host`).
     pub(crate) facts: hangar_plan::HostFacts,
     /// The reconcile loop's schedule and last pass.
     pub reconciler: fleet::Reconciler,
     /// Prometheus metrics.
-    pub metrics: metrics::Metrics,
+    pub metrics: Arc<metrics::Metrics>,
     /// The audit log (`<home>/audit.log`, signed head in `audit.head`): what every mutating
     /// request, operation end, reconcile step and failed authentication left.
     pub(crate) trail: trail::Trail,
@@ -138,16 +140,36 @@ impl Daemon {
         engine.observe(Arc::new(Wake(changed.clone(), generation.clone())));
         let fleet =
             hangar_control::fleet::open(engine.clone(), home, true).map_err(StartError::Fleet)?;
-        let local = Local::new(engine, home, roots, fleet.clone()).map_err(StartError::Journal)?;
+        let local =
+            Arc::new(Local::new(engine, home, roots, fleet.clone()).map_err(StartError::Journal)?);
+        let metrics = Arc::new(metrics::Metrics::default());
+        let gateway = {
+            let (lookup, counted) = (local.clone(), metrics.clone());
+            // An instance's address is the first its VM was given (a bridged NIC's lease).
+            let resolve = Arc::new(move |vm: &hangar_core::ids::VmName| {
+                let view = hangar_control::Control::get(&*lookup, vm.as_str()).ok()?;
+                view.addresses.first()?.split('/').next()?.parse().ok()
+            });
+            hangar_gateway::Gateway::new(
+                fleet.clone(),
+                Arc::new(hangar_core::clock::SystemClock),
+                resolve,
+                move |route, refusal| {
+                    counted.error(refusal.code.as_str());
+                    tracing::warn!(route = %route.id, code = %refusal.code, "{}", refusal.message);
+                },
+            )
+        };
         Ok(Daemon {
-            local: Arc::new(local),
+            local,
+            gateway,
             ops_changed: Arc::new(tokio::sync::Notify::new()),
             tokens: std::sync::Mutex::new(tokens),
             changed,
             fleet,
             facts,
             reconciler: fleet::Reconciler::new(options.reconcile_interval),
-            metrics: metrics::Metrics::default(),
+            metrics,
             trail,
             generation,
             list_cache: std::sync::RwLock::new(None),

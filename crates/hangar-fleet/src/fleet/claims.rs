@@ -8,7 +8,8 @@ use hangar_core::error::{Coded, Error, ErrorCode, Result};
 use hangar_core::ids::{InstanceId, PoolId};
 use hangar_core::lifecycle::VmState;
 
-use crate::Instance;
+use crate::error::FleetError;
+use crate::{Activity, Instance};
 
 use super::*;
 
@@ -22,6 +23,50 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
     /// next pass to replace. The registry is never locked across an engine call, so a claim
     /// does not wait for a pass that is booting something.
     pub fn claim(&self, pool: &PoolId) -> Result<Claim> {
+        self.claim_for(pool, None)
+    }
+
+    /// [`Fleet::claim`] on behalf of `holder` (the gateway): the instance remembers who holds
+    /// it, so that holder finds it again and the pool's idle policy rests it.
+    pub fn claim_for(&self, pool: &PoolId, holder: Option<&str>) -> Result<Claim> {
+        let mut claim = self.claim_any(pool)?;
+        if let Some(holder) = holder {
+            let mut s = self.lock();
+            if let Some(i) = s.find_mut(&claim.instance.id) {
+                i.holder = Some(holder.to_string());
+                claim.instance = i.clone();
+            }
+            drop(s);
+            self.changed();
+        }
+        Ok(claim)
+    }
+
+    /// Brings an instance `holder` holds back to running: resumes it if paused, wakes it if
+    /// sleeping; a running one is returned as it is. Its claim is kept whatever happens.
+    pub fn wake_held(&self, id: &InstanceId, holder: &str) -> Result<Instance> {
+        let i = self.lock().find(id).cloned().ok_or_else(|| not_found_instance(id))?;
+        if !i.claimed || i.holder.as_deref() != Some(holder) {
+            return Err(not_found_instance(id));
+        }
+        match i.state {
+            VmState::Running => Ok(i),
+            VmState::Paused => self.resume(id, Purpose::Pool),
+            VmState::Sleeping => self.wake(id, Purpose::Pool),
+            // In flight (a pass is pausing or sleeping it): the caller retries.
+            _ => Err(FleetError::InstanceBusy(id.clone()).into()),
+        }
+    }
+
+    /// Records what the gateway saw of an instance (for its idle policy, `instance ls` and
+    /// metrics). Not persisted on every call: it rides along with the next registry change.
+    pub fn set_activity(&self, id: &InstanceId, activity: Activity) {
+        if let Some(i) = self.lock().find_mut(id) {
+            i.activity = Some(activity);
+        }
+    }
+
+    fn claim_any(&self, pool: &PoolId) -> Result<Claim> {
         let started = Instant::now();
         // Spares wait for the base of the template they were made for: after a template
         // change they would hand out the old one (the next creation retakes the base and

@@ -132,6 +132,8 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
                 vcpus: pool.template.machine.vcpus,
                 memory_mib: pool.template.machine.memory_mib,
                 disk_mib: disk,
+                holder: None,
+                activity: None,
             };
             s.instances.push(reserved.clone());
             s.busy.insert(id, reserved.name.clone());

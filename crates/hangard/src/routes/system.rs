@@ -54,7 +54,8 @@ pub(crate) async fn metrics_text(State(d): State<Arc<Daemon>>) -> ApiResult<Resp
     .await?;
     Ok((
         [("content-type", "text/plain; version=0.0.4")],
-        d.metrics.render(&by_state, store_seconds),
+        d.metrics.render(&by_state, store_seconds)
+            + &crate::metrics::gateway_text(&d.fleet.instances(None)),
     )
         .into_response())
 }
