@@ -14,6 +14,7 @@ mod api;
 mod criterion;
 mod engine;
 mod fleet;
+mod gateway;
 mod net;
 mod raw;
 mod stats;
@@ -53,6 +54,9 @@ enum Command {
     /// Networking, in a namespace of its own: cold boot with a bridged NIC vs none, TCP
     /// throughput and round trips (bridged vs user), nf_tables syncs per second.
     Net(engine::Args),
+    /// The gateway, in a namespace of its own: time to first byte through it when the
+    /// instance runs, is paused or sleeps, against direct; requests per second, against direct.
+    Gateway(engine::Args),
     /// Everything above plus the criterion results; writes the JSON and prints the table.
     All {
         #[command(flatten)]
@@ -134,6 +138,7 @@ fn run(command: Command) -> Result<Value, String> {
         Command::Fleet(args) => fleet::run(&args, 50, 5, 5),
         Command::Exec(args) => agent::exec(&args, 50),
         Command::Net(args) => net::run(&args),
+        Command::Gateway(args) => gateway::run(&args),
         Command::All { engine, criterion_dir, out } => {
             let api_args = api::Args::with_hangard(engine.hangard.clone());
             let results = json!({
@@ -147,6 +152,7 @@ fn run(command: Command) -> Result<Value, String> {
                 "fleet": attempt("fleet", || fleet::run(&engine, 50, 5, 5)),
                 "exec": attempt("exec", || agent::exec(&engine, 50)),
                 "net": attempt("net", || net::run(&engine)),
+                "gateway": attempt("gateway", || gateway::run(&engine)),
                 "resume_via_api": attempt("resume_via_api", || engine::warm_proxy(&engine, 50)),
                 "confinement": attempt("confinement", || engine::confinement(&engine)),
                 "throughput": attempt("throughput", || engine::throughput(&engine, &[2, 4, 8], 2)),

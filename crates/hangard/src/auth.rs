@@ -66,6 +66,11 @@ pub const ROUTES: &[(&str, &str, Gate)] = &[
     ("PATCH", "/v1/pools/{pool}", Gate::Action(Action::PoolManage)),
     ("DELETE", "/v1/pools/{pool}", Gate::Action(Action::PoolManage)),
     ("POST", "/v1/pools/{pool}/claim", Gate::Action(Action::PoolClaim)),
+    // A route is a pool's plumbing: reading one is reading the pool, changing one managing it.
+    ("GET", "/v1/routes", Gate::Action(Action::PoolRead)),
+    ("POST", "/v1/routes", Gate::Action(Action::PoolManage)),
+    ("GET", "/v1/routes/{id}", Gate::Action(Action::PoolRead)),
+    ("DELETE", "/v1/routes/{id}", Gate::Action(Action::PoolManage)),
     ("GET", "/v1/instances", Gate::Action(Action::InstanceRead)),
     ("DELETE", "/v1/instances/{id}", Gate::Action(Action::InstanceRelease)),
     ("GET", "/v1/fleet", Gate::Action(Action::FleetRead)),
