@@ -152,7 +152,7 @@ macro_rules! conformance_suite {
                 conf_o_01 = "CONF-O-01", conf_o_02 = "CONF-O-02",
                 conf_s_01 = "CONF-S-01", conf_s_02 = "CONF-S-02", conf_s_03 = "CONF-S-03",
                 conf_s_04 = "CONF-S-04", conf_s_05 = "CONF-S-05", conf_s_06 = "CONF-S-06",
-                conf_s_07 = "CONF-S-07", conf_s_08 = "CONF-S-08", conf_s_09 = "CONF-S-09",
+                conf_s_07 = "CONF-S-07", conf_s_08 = "CONF-S-08", conf_s_09 = "CONF-S-09", conf_s_10 = "CONF-S-10",
                 conf_d_01 = "CONF-D-01", conf_d_02 = "CONF-D-02", conf_d_03 = "CONF-D-03",
                 conf_d_04 = "CONF-D-04",
                 conf_n_01 = "CONF-N-01",

@@ -224,6 +224,18 @@ pub trait Snapshots: Send + Sync {
     ) -> Result<VmStatus> {
         self.restore(vm, id, cancel)
     }
+    /// Wakes a VM from the snapshot it sleeps on and deletes that snapshot (what a fleet's
+    /// wake wants: the state lives on in the running guest, and nothing restores the snapshot
+    /// again). An engine may hand the snapshot's memory to the VM as its own instead of
+    /// sharing or copying it, so the VM's next sleep is as cheap as its first, provided nothing
+    /// else still uses that memory. A VM that is not sleeping on `id` is refused as
+    /// [`Snapshots::restore`] refuses it; if the wake fails the snapshot is kept. The default
+    /// restores, then deletes (a failed deletion only leaves the snapshot behind).
+    fn wake(&self, vm: &VmName, id: &SnapshotId, cancel: &CancelToken) -> Result<VmStatus> {
+        let status = self.restore(vm, id, cancel)?;
+        let _ = self.delete_snapshot(id);
+        Ok(status)
+    }
     /// Makes a defined or stopped VM a **spare** for snapshot `id`: everything a restore of it
     /// does before loading the guest's state is done now (checks, disks, the engine process
     /// started and waiting, no guest running), so that a later [`Snapshots::restore`] of the

@@ -645,7 +645,7 @@ fn the_gateways_instances_wake_again_and_rest_by_the_idle_policy() {
     fleet.add_pool(pool("gw", want(0, 0, 1), policy)).unwrap();
     fleet.pass();
     // Scale to zero: the gateway's claim takes the sleeping instance, and the pool refills.
-    let claim = fleet.claim_for(&id, Some(GATEWAY_HOLDER)).unwrap();
+    let claim = fleet.claim_held(&id).unwrap();
     assert_eq!(claim.source, ClaimSource::Sleeping);
     let held = claim.instance.id.clone();
     assert_eq!(claim.instance.holder.as_deref(), Some(GATEWAY_HOLDER));
@@ -688,4 +688,31 @@ fn the_gateways_instances_wake_again_and_rest_by_the_idle_policy() {
     clock.advance(Duration::from_secs(601));
     fleet.pass();
     assert!(fleet.instances(None).iter().all(|i| i.id != held), "{:?}", states(&fleet));
+}
+
+#[test]
+fn the_gateways_claim_is_saved_with_its_holder_before_the_engine_wakes_it() {
+    use hangar_fleet::GATEWAY_HOLDER;
+    let (fleet, clock, engine) = fleet_with_engine(Quotas::default());
+    let id = PoolId::new("gw").unwrap();
+    fleet.add_pool(pool("gw", want(0, 0, 1), Policy::default())).unwrap();
+    fleet.pass();
+    let saved = saved_registries(&fleet);
+    // What a daemon killed during the wake would restart from: the last registry saved when
+    // the engine begins the restore.
+    let at_wake = Arc::new(std::sync::Mutex::new(None));
+    let (registries, seen) = (saved.clone(), at_wake.clone());
+    engine.on_boot(move || *seen.lock().unwrap() = registries.lock().unwrap().last().cloned());
+    let claim = fleet.claim_held(&id).unwrap();
+    let registry = at_wake.lock().unwrap().clone().expect("a registry saved before the wake");
+    let i = registry.instances.iter().find(|i| i.id == claim.instance.id).unwrap();
+    assert_eq!((i.claimed, i.holder.as_deref()), (true, Some(GATEWAY_HOLDER)), "{i:?}");
+    // Restarted from there: the instance is the gateway's, counted once; the pool makes one
+    // replacement for its sleeping set and nothing else.
+    let restarted = Fleet::restore(engine.clone(), clock.clone(), registry);
+    restarted.pass();
+    let instances = restarted.instances(None);
+    let held = instances.iter().filter(|i| i.holder.as_deref() == Some(GATEWAY_HOLDER)).count();
+    let resting = instances.iter().filter(|i| !i.claimed && i.state == VmState::Sleeping).count();
+    assert_eq!((instances.len(), held, resting), (2, 1, 1), "{:?}", states(&restarted));
 }

@@ -289,7 +289,7 @@ impl<E: Lifecycle + Snapshots + ?Sized + Send + Sync + 'static> Gateway<E> {
                 });
                 match resting {
                     Some(i) => fleet.wake_held(&i.id, GATEWAY_HOLDER),
-                    None => fleet.claim_for(&pool_id, Some(GATEWAY_HOLDER)).map(|c| c.instance),
+                    None => fleet.claim_held(&pool_id).map(|c| c.instance),
                 }
             })
             .await

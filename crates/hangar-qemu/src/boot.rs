@@ -69,6 +69,7 @@ impl QemuEngine {
         let mapped = incoming.as_ref().and_then(|i| i.ram);
         let kind = incoming.as_ref().map(|i| i.kind);
         let unshared = kind == Some(RestoreKind::Unshared);
+        let consume = kind == Some(RestoreKind::Consume);
         let spare = kind == Some(RestoreKind::Spare);
         let deferred = mapped.is_some() || spare;
         if let Some((own, size_mib)) = ram_file(plan) {
@@ -86,10 +87,15 @@ impl QemuEngine {
                 Some(snapshot_ram) if unshared => {
                     self.copied_ram_file(plan, snapshot_ram, Path::new(own))?
                 }
+                // The snapshot's RAM file itself, the VM's own from now on (shared, planned).
+                Some(snapshot_ram) if consume => {
+                    self.adopted_ram_file(plan, snapshot_ram, Path::new(own))?
+                }
                 Some(snapshot_ram) => {
                     // The snapshot's RAM, mapped copy-on-write: the VM has no file of its own.
                     let _ = std::fs::remove_file(own);
-                    launch = launch.pass(hangar_plan::RAM_FD, open_read_only(snapshot_ram)?.into());
+                    let ram = open_snapshot_ram(snapshot_ram)?;
+                    launch = launch.pass(hangar_plan::RAM_FD, ram.into());
                     let fd = format!("/proc/self/fd/{}", hangar_plan::RAM_FD);
                     argv[at] = hangar_plan::ram_object(&fd, size_mib, false);
                 }
@@ -291,6 +297,10 @@ pub(crate) enum RestoreKind {
     /// [`Snapshots::prepare_restore`]: stops once QEMU waits for the stream (a spare);
     /// [`load_incoming`] later.
     Spare,
+    /// [`Snapshots::wake`] of a VM from its own mapped snapshot that nothing else maps: the
+    /// snapshot's RAM file becomes the VM's own (moved, mapped shared), so its next sleep is a
+    /// rename again; the snapshot is deleted once the VM runs.
+    Consume,
 }
 
 /// Loads the stream a restoring QEMU was given and runs the vCPUs; `deferred`: QEMU was
@@ -336,7 +346,31 @@ pub(crate) fn ram_file(plan: &Plan) -> Option<(&str, u32)> {
 }
 
 /// Opens a file of Hangar's to hand to QEMU, never through a symlink.
-fn open_read_only(path: &Path) -> Result<std::fs::File> {
+/// A mapped snapshot's RAM file, opened to be mapped copy-on-write, with a shared `flock`
+/// that lives as long as the descriptor (QEMU inherits and keeps it): a wake that would give
+/// the file to its VM ([`RestoreKind::Consume`]) takes the lock exclusively, so it never takes
+/// a file a clone maps. One that took it first moved the file away: then the path names
+/// another file (or none) and this refuses, rather than map memory a running VM writes.
+fn open_snapshot_ram(path: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::MetadataExt;
+    let file = open_read_only(path)?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockShared)
+        .map_err(|e| QemuError::io("cannot lock", path, e.into()))?;
+    let opened = file.metadata().map_err(|e| QemuError::io("cannot stat", path, e))?;
+    let still = std::fs::symlink_metadata(path)
+        .is_ok_and(|m| (m.dev(), m.ino()) == (opened.dev(), opened.ino()));
+    if !still {
+        return Err(QemuError::io(
+            "the snapshot's RAM was taken by its VM's wake meanwhile:",
+            path,
+            std::io::ErrorKind::NotFound.into(),
+        )
+        .into());
+    }
+    Ok(file)
+}
+
+pub(crate) fn open_read_only(path: &Path) -> Result<std::fs::File> {
     std::fs::File::options()
         .read(true)
         .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)

@@ -234,6 +234,45 @@ impl QemuEngine {
         self.give_to_qemu(plan, &file, path)
     }
 
+    /// The snapshot's RAM file itself, moved to be the VM's own (same filesystem: a rename)
+    /// and made its QEMU's to map shared: a wake that consumes its snapshot copies nothing.
+    /// Undone by [`QemuEngine::return_ram_file`] if the wake fails.
+    pub(crate) fn adopted_ram_file(&self, plan: &Plan, from: &Path, path: &Path) -> Result<()> {
+        let _ = std::fs::remove_file(path);
+        std::fs::rename(from, path)
+            .map_err(|e| QemuError::io("cannot move the snapshot's RAM to", path, e))?;
+        let file = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(path)
+            .and_then(|f| {
+                std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                    .map(|()| f)
+            })
+            .map_err(|e| {
+                let _ = std::fs::rename(path, from);
+                QemuError::io("cannot open", path, e)
+            })?;
+        self.give_to_qemu(plan, &file, path).inspect_err(|_| {
+            let _ = std::fs::rename(path, from);
+        })
+    }
+
+    /// Puts an adopted RAM file back where its snapshot keeps it, root's and read-only again
+    /// (a failed consuming wake keeps its snapshot).
+    pub(crate) fn return_ram_file(&self, plan: &Plan, to: &Path) {
+        if let Some((own, _)) = crate::boot::ram_file(plan) {
+            if std::fs::rename(own, to).is_ok() {
+                let _ = std::os::unix::fs::lchown(to, Some(0), self.facts.confinement.qemu_group);
+                let _ = std::fs::set_permissions(
+                    to,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o440),
+                );
+            }
+        }
+    }
+
     /// Makes a file Hangar created for QEMU its VM user's (when QEMU runs as one).
     fn give_to_qemu(&self, plan: &Plan, file: &std::fs::File, path: &Path) -> Result<()> {
         match plan.confinement.as_ref().and_then(|c| Some((c.uid?, c.gid?))) {

@@ -318,6 +318,16 @@ impl Snapshots for QemuEngine {
         self.restore_with(vm, id, cancel, RestoreKind::Spare)
     }
 
+    fn wake(&self, vm: &VmName, id: &SnapshotId, cancel: &CancelToken) -> Result<VmStatus> {
+        // Held until the boot has moved the RAM file: no clone can start mapping it meanwhile.
+        let hold = self.consumable(vm, id)?;
+        let kind = if hold.is_some() { RestoreKind::Consume } else { RestoreKind::Shared };
+        let status = self.restore_with(vm, id, cancel, kind)?;
+        drop(hold);
+        let _ = self.delete_snapshot_files(id);
+        Ok(status)
+    }
+
     fn list_snapshots(&self, vm: Option<&VmName>) -> Result<Vec<SnapshotInfo>> {
         Ok(self.db(|s| s.list_snapshots(vm))?.iter().map(info).collect())
     }
@@ -368,6 +378,15 @@ impl QemuEngine {
         // restore (a clone, or rolling a VM back) needs the disks as they were at the save.
         let untouched = via == VmState::Waking && rec.sleeping_on.as_ref() == Some(id);
         let clone = snap.spec_hash != rec.spec_hash || snap.vm != *vm;
+        // Only a VM's own wake from its own mapped snapshot may take the snapshot's RAM.
+        let kind = match kind {
+            RestoreKind::Consume
+                if !(untouched && !clone && snap.layout == SnapshotLayout::Mapped) =>
+            {
+                RestoreKind::Shared
+            }
+            other => other,
+        };
         self.step(&mut rec, via, Cause::User)?;
         let thawed = if untouched { Ok(()) } else { thaw_disks(&snap, &plan, clone) };
         match thawed.and_then(|()| {
@@ -399,6 +418,11 @@ impl QemuEngine {
                 self.step(&mut rec, VmState::Running, Cause::Engine)?;
             }
             Err(e) => {
+                // A failed consuming wake keeps its snapshot: the RAM file goes back first
+                // (reaping removes the VM's own).
+                if let (RestoreKind::Consume, Some(ram)) = (kind, snap.ram_path.as_deref()) {
+                    self.return_ram_file(&plan, Path::new(ram));
+                }
                 self.reap(&mut rec, &plan);
                 let what = if spare { "preparing a spare for" } else { "restore from" };
                 rec.reason = Some(format!("{what} {id} failed: {e}"));
@@ -442,6 +466,36 @@ impl QemuEngine {
                 Err(e)
             }
         }
+    }
+
+    /// Whether `vm`'s wake may take snapshot `id`'s RAM file as its own: its own mapped
+    /// snapshot, the one it sleeps on, whose file nobody else has open (an exclusive `flock`,
+    /// which every restore mapping the file holds shared, see `open_snapshot_ram`) or mapped
+    /// (its inode in no live VM's memory map). Returns the held lock.
+    fn consumable(&self, vm: &VmName, id: &SnapshotId) -> Result<Option<std::fs::File>> {
+        use std::os::unix::fs::MetadataExt;
+        let (Some(rec), Some(snap)) =
+            (self.db(|s| s.get_vm(vm))?, self.db(|s| s.get_snapshot(id))?)
+        else {
+            return Ok(None);
+        };
+        let own = rec.state == VmState::Sleeping
+            && rec.sleeping_on.as_ref() == Some(id)
+            && snap.vm == *vm
+            && snap.spec_hash == rec.spec_hash
+            && snap.layout == SnapshotLayout::Mapped;
+        let Some(ram) = snap.ram_path.as_deref().map(Path::new).filter(|_| own) else {
+            return Ok(None);
+        };
+        let Ok(file) = crate::boot::open_read_only(ram) else { return Ok(None) };
+        let locked = rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive);
+        let Ok(meta) = file.metadata() else { return Ok(None) };
+        let needle = format!(" {} ", meta.ino());
+        let mapped = self.db(|s| s.list_vms())?.iter().filter_map(|r| r.process).any(|p| {
+            std::fs::read_to_string(format!("/proc/{}/maps", p.pid))
+                .is_ok_and(|maps| maps.lines().any(|l| l.contains(&needle)))
+        });
+        Ok((locked.is_ok() && !mapped).then_some(file))
     }
 
     fn delete_snapshot_files(&self, id: &SnapshotId) -> Result<()> {

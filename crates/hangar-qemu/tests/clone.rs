@@ -359,3 +359,62 @@ fn a_sleeping_vm_wakes_from_disk_after_its_files_leave_the_page_cache() {
     assert_eq!(engine.restore(&nap, &snap, &c).unwrap().state, VmState::Running);
     assert_eq!(read_memory(home, "nap", "a", 2), "MEM-BEFORE-SLEEP");
 }
+
+#[test]
+fn a_wake_takes_its_snapshots_memory_unless_a_clone_maps_it() {
+    if hangar_testkit::skip("a_wake_takes_its_snapshots_memory_unless_a_clone_maps_it") {
+        return;
+    }
+    let home = hangar_testkit::private_home("hgq-");
+    let home = home.path();
+    let base = home.join("base.qcow2");
+    hangar_testkit::base_qcow2(&base);
+    let _reaper = hangar_testkit::Reaper(home.to_path_buf());
+    let options = EngineOptions {
+        boot_timeout: Duration::from_secs(120),
+        extra_cmdline: None,
+        ephemeral: false,
+    };
+    let engine = QemuEngine::open(home, options).unwrap();
+    let c = CancelToken::new();
+    let owl = VmName::new("owl").unwrap();
+    engine.define(&hangar_testkit::spec_over("owl", 128, &base)).unwrap();
+    engine.start(&owl, &c).unwrap();
+    write_memory(home, "owl", "a", "MEM-ONE", 1);
+    let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+    let own_ram = home.join("vms/owl/ram");
+
+    // Nothing else maps its snapshot: the wake takes the RAM file itself (the same inode is
+    // the VM's own again), the snapshot is gone, and the next sleep is a rename again.
+    let one = SnapshotId::new("owl-one").unwrap();
+    assert_eq!(
+        engine.save(&owl, &one, SaveMode::Sleep, &c).unwrap().layout,
+        SnapshotLayout::Mapped
+    );
+    let snapshot_ram = home.join("snapshots/owl-one@owl.ram");
+    let taken = inode(&snapshot_ram);
+    assert_eq!(engine.wake(&owl, &one, &c).unwrap().state, VmState::Running);
+    assert_eq!(inode(&own_ram), taken, "the wake did not take the snapshot's RAM file");
+    assert!(!snapshot_ram.exists());
+    assert!(engine.list_snapshots(None).unwrap().is_empty());
+    assert_eq!(read_memory(home, "owl", "a", 2), "MEM-ONE");
+    write_memory(home, "owl", "b", "MEM-TWO", 3);
+    let two = SnapshotId::new("owl-two").unwrap();
+    assert_eq!(
+        engine.save(&owl, &two, SaveMode::Sleep, &c).unwrap().layout,
+        SnapshotLayout::Mapped
+    );
+
+    // A clone restored from that snapshot maps its RAM: the wake leaves the file alone (the
+    // clone's memory stays what was saved, whatever the woken VM writes).
+    let kit = VmName::new("kit").unwrap();
+    engine.define(&hangar_testkit::spec_over("kit", 128, &base)).unwrap();
+    engine.restore(&kit, &two, &c).unwrap();
+    assert_eq!(engine.wake(&owl, &two, &c).unwrap().state, VmState::Running);
+    // Mapped copy-on-write like any restore: the VM has no RAM file of its own.
+    assert!(!own_ram.exists(), "the wake took a file a clone maps");
+    write_memory(home, "owl", "b", "OWL-AFTER-WAKE", 5);
+    assert_eq!(read_memory(home, "kit", "b", 7), "MEM-TWO");
+    assert_eq!(read_memory(home, "owl", "b", 9), "OWL-AFTER-WAKE");
+    assert!(engine.list_snapshots(None).unwrap().is_empty(), "the wake deletes its snapshot");
+}

@@ -118,6 +118,16 @@ fn requests() -> Vec<(&'static str, String, Option<String>, Option<Action>)> {
         ("PATCH", s("/v1/pools/web"), Some(s("{}")), Some(Action::PoolManage)),
         ("DELETE", s("/v1/pools/gone"), None, Some(Action::PoolManage)),
         ("POST", s("/v1/pools/gone/claim"), None, Some(Action::PoolClaim)),
+        ("GET", s("/v1/routes"), None, Some(Action::PoolRead)),
+        // A pool that is not there: refused after the gate, nothing listens.
+        (
+            "POST",
+            s("/v1/routes"),
+            Some(s(r#"{"id": "r", "port": 18999, "pool": "gone", "guest_port": 80}"#)),
+            Some(Action::PoolManage),
+        ),
+        ("GET", s("/v1/routes/nope"), None, Some(Action::PoolRead)),
+        ("DELETE", s("/v1/routes/nope"), None, Some(Action::PoolManage)),
         ("GET", s("/v1/instances"), None, Some(Action::InstanceRead)),
         ("DELETE", s("/v1/instances/i-00000000"), None, Some(Action::InstanceRelease)),
         ("GET", s("/v1/fleet"), None, Some(Action::FleetRead)),

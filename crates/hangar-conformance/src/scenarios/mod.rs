@@ -332,6 +332,13 @@ pub static SCENARIOS: &[Scenario] = &[
         run: s09_a_spare_restores_its_snapshot_only,
     },
     Scenario {
+        id: "CONF-S-10",
+        title: "a wake consumes the snapshot it wakes from; the VM sleeps and wakes again",
+        requires: &[MemorySnapshots],
+        knobs: NONE,
+        run: s10_a_wake_consumes_its_snapshot,
+    },
+    Scenario {
         id: "CONF-D-01",
         title: "volume create, overlay, grow, refuse shrink, delete",
         requires: &[Volumes],

@@ -246,3 +246,28 @@ pub(super) fn s05_snapshot_ids_unique(ctx: &Ctx<'_>) -> Check {
     teardown(ctx, &vm)?;
     ok(ctx.engine.delete_snapshot(&id), "delete")
 }
+
+pub(super) fn s10_a_wake_consumes_its_snapshot(ctx: &Ctx<'_>) -> Check {
+    let vm = running(ctx, "conf-s10")?;
+    let c = CancelToken::new();
+    // Twice: after a wake, the VM sleeps and wakes again, and each snapshot is gone after.
+    for id in ["conf-s10-sleep", "conf-s10-again"] {
+        let id = SnapshotId::new(id).unwrap();
+        ok(ctx.engine.save(&vm, &id, SaveMode::Sleep, &c), "sleep")?;
+        expect_state(ctx, &vm, Sleeping, "sleep")?;
+        let status = ok(ctx.engine.wake(&vm, &id, &c), "wake")?;
+        ensure!(status.state == Running, "wake gave {}", status.state);
+        expect_state(ctx, &vm, Running, "wake")?;
+        let listed = ok(ctx.engine.list_snapshots(None), "list snapshots")?;
+        ensure!(listed.iter().all(|s| s.id != id), "{id} still listed after the wake: {listed:?}");
+    }
+    // A VM that is not sleeping on the snapshot is refused, and the snapshot is kept.
+    let kept = SnapshotId::new("conf-s10-kept").unwrap();
+    ok(ctx.engine.save(&vm, &kept, SaveMode::KeepPaused, &c), "save")?;
+    ensure!(ctx.engine.wake(&vm, &kept, &c).is_err(), "a paused VM was woken from a snapshot");
+    expect_state(ctx, &vm, Paused, "refused wake")?;
+    let listed = ok(ctx.engine.list_snapshots(None), "list snapshots")?;
+    ensure!(listed.iter().any(|s| s.id == kept), "a refused wake deleted its snapshot");
+    teardown(ctx, &vm)?;
+    ok(ctx.engine.delete_snapshot(&kept), "delete")
+}

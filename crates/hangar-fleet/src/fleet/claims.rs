@@ -23,23 +23,15 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
     /// next pass to replace. The registry is never locked across an engine call, so a claim
     /// does not wait for a pass that is booting something.
     pub fn claim(&self, pool: &PoolId) -> Result<Claim> {
-        self.claim_for(pool, None)
+        self.claim_any(pool, false)
     }
 
-    /// [`Fleet::claim`] on behalf of `holder` (the gateway): the instance remembers who holds
-    /// it, so that holder finds it again and the pool's idle policy rests it.
-    pub fn claim_for(&self, pool: &PoolId, holder: Option<&str>) -> Result<Claim> {
-        let mut claim = self.claim_any(pool)?;
-        if let Some(holder) = holder {
-            let mut s = self.lock();
-            if let Some(i) = s.find_mut(&claim.instance.id) {
-                i.holder = Some(holder.to_string());
-                claim.instance = i.clone();
-            }
-            drop(s);
-            self.changed();
-        }
-        Ok(claim)
+    /// [`Fleet::claim`] for the gateway: the instance is marked with the gateway as its
+    /// holder in the same reservation that marks it claimed, so the gateway finds it again
+    /// (after a restart too), wakes it with [`Fleet::wake_held`], and the pool's idle policy
+    /// rests it.
+    pub fn claim_held(&self, pool: &PoolId) -> Result<Claim> {
+        self.claim_any(pool, true)
     }
 
     /// Brings an instance `holder` holds back to running: resumes it if paused, wakes it if
@@ -66,7 +58,8 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
         }
     }
 
-    fn claim_any(&self, pool: &PoolId) -> Result<Claim> {
+    fn claim_any(&self, pool: &PoolId, held: bool) -> Result<Claim> {
+        let purpose = Purpose::Claim { held };
         let started = Instant::now();
         // Spares wait for the base of the template they were made for: after a template
         // change they would hand out the old one (the next creation retakes the base and
@@ -78,28 +71,31 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
         };
         let spare = || {
             if spares_current {
-                self.claim_ready(pool, VmState::Spare)
+                self.claim_ready(pool, VmState::Spare, purpose)
             } else {
                 Ok(None)
             }
         };
-        let (instance, source) = if let Some(i) = self.claim_ready(pool, VmState::Paused)? {
-            (i, ClaimSource::Warm)
-        } else if let Some(i) = spare()? {
-            (i, ClaimSource::Spare)
-        } else if let Some(i) = self.claim_ready(pool, VmState::Sleeping)? {
-            (i, ClaimSource::Sleeping)
-        } else {
-            let (i, cloned) = self.create(pool, VmState::Running, Purpose::Claim)?;
-            let source = if cloned { ClaimSource::Cloned } else { ClaimSource::Created };
-            (i, source)
-        };
+        let (instance, source) =
+            if let Some(i) = self.claim_ready(pool, VmState::Paused, purpose)? {
+                (i, ClaimSource::Warm)
+            } else if let Some(i) = spare()? {
+                (i, ClaimSource::Spare)
+            } else if let Some(i) = self.claim_ready(pool, VmState::Sleeping, purpose)? {
+                (i, ClaimSource::Sleeping)
+            } else {
+                let (i, cloned) = self.create(pool, VmState::Running, purpose)?;
+                let source = if cloned { ClaimSource::Cloned } else { ClaimSource::Created };
+                (i, source)
+            };
         Ok(Claim { instance, source, took_ms: started.elapsed().as_secs_f64() * 1000.0 })
     }
 
     /// Claims the oldest unclaimed, idle instance of `pool` the registry has in `state` and
     /// the engine confirms is still in it, bringing it to running.
-    pub(super) fn claim_ready(&self, pool: &PoolId, state: VmState) -> Result<Option<Instance>> {
+    pub(super) fn claim_ready(
+        &self, pool: &PoolId, state: VmState, purpose: Purpose,
+    ) -> Result<Option<Instance>> {
         let mut tried: BTreeSet<InstanceId> = BTreeSet::new();
         loop {
             let candidate = {
@@ -133,9 +129,9 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
                 Err(e) => return Err(e),
             }
             let claimed = match state {
-                VmState::Paused => self.resume(&id, Purpose::Claim),
-                VmState::Spare => self.wake_spare(&id, Purpose::Claim),
-                _ => self.wake(&id, Purpose::Claim),
+                VmState::Paused => self.resume(&id, purpose),
+                VmState::Spare => self.wake_spare(&id, purpose),
+                _ => self.wake(&id, purpose),
             };
             match claimed {
                 Ok(i) => return Ok(Some(i)),

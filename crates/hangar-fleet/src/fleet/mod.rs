@@ -299,8 +299,24 @@ enum Purpose {
     /// The pool's own convergence (a reconcile pass): the instance stays unclaimed.
     Pool,
     /// A claim: the instance is marked claimed when reserved, so a concurrent pass already
-    /// plans its replacement, and unmarked again if the step fails.
-    Claim,
+    /// plans its replacement, and unmarked again if the step fails. `held`: the gateway's
+    /// claim, marked with its holder at the same moment (so a crash mid-claim never leaves the
+    /// gateway's instance looking like a client's).
+    Claim {
+        /// Claimed for the gateway ([`crate::GATEWAY_HOLDER`]).
+        held: bool,
+    },
+}
+
+impl Purpose {
+    fn is_claim(self) -> bool {
+        matches!(self, Purpose::Claim { .. })
+    }
+
+    /// The holder a reservation for this purpose records.
+    fn holder(self) -> Option<String> {
+        matches!(self, Purpose::Claim { held: true }).then(|| crate::GATEWAY_HOLDER.to_string())
+    }
 }
 
 /// The snapshot a sleeping instance sleeps on: `<vm>-sleep`. Pool ids are short enough for it

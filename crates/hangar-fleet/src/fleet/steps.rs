@@ -26,7 +26,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
         work: impl FnOnce(&Instance) -> Result<VmStatus>,
     ) -> Result<Instance> {
         let before = self.reserve(id, purpose, check)?;
-        if purpose == Purpose::Claim {
+        if purpose.is_claim() {
             self.changed();
         }
         let outcome = work(&before);
@@ -44,8 +44,9 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
                 Ok(rec.clone())
             }
             Err(e) => {
-                if purpose == Purpose::Claim {
+                if purpose.is_claim() {
                     rec.claimed = before.claimed;
+                    rec.holder = before.holder.clone();
                 }
                 Err(e)
             }
@@ -68,8 +69,10 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
         }
         check(&s, &i)?;
         s.busy.insert(id.clone(), i.name.clone());
-        if purpose == Purpose::Claim {
-            s.find_mut(id).expect("found above").claimed = true;
+        if purpose.is_claim() {
+            let reserved = s.find_mut(id).expect("found above");
+            reserved.claimed = true;
+            reserved.holder = purpose.holder();
         }
         Ok(i)
     }
@@ -128,11 +131,11 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
                 state: VmState::Starting,
                 since: now,
                 created_at: now,
-                claimed: purpose == Purpose::Claim,
+                claimed: purpose.is_claim(),
                 vcpus: pool.template.machine.vcpus,
                 memory_mib: pool.template.machine.memory_mib,
                 disk_mib: disk,
-                holder: None,
+                holder: purpose.holder(),
                 activity: None,
             };
             s.instances.push(reserved.clone());
@@ -333,11 +336,9 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
 
     pub(super) fn wake(&self, id: &InstanceId, purpose: Purpose) -> Result<Instance> {
         self.step(id, purpose, room_to_run(VmState::Sleeping), |i| {
-            let snap = sleep_snapshot(&i.name)?;
-            let s = self.engine.restore(&i.name, &snap, &CancelToken::new())?;
-            // The state is in the running guest now; the file would only take disk.
-            let _ = self.engine.delete_snapshot(&snap);
-            Ok(s)
+            // The state lives on in the running guest; the snapshot goes (an engine may give
+            // its memory to the VM, so the next sleep is cheap again).
+            self.engine.wake(&i.name, &sleep_snapshot(&i.name)?, &CancelToken::new())
         })
     }
 
