@@ -595,13 +595,25 @@ impl Drop for Daemon {
 pub(crate) fn daemon(
     args: &Args, home: &Home, extra: &[&str],
 ) -> Result<(Daemon, PathBuf), String> {
+    // `HANGAR_BENCH_DAEMON_LOG=FILE` keeps the daemon's log (with `HANGARD_LOG=debug`, where
+    // its operations' and the gateway's time goes).
+    let log = match std::env::var_os("HANGAR_BENCH_DAEMON_LOG") {
+        Some(path) => Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| format!("{}: {e}", PathBuf::from(&path).display()))?,
+        ),
+        None => Stdio::null(),
+    };
     let child = Command::new(&args.hangard)
         .arg("--home")
         .arg(&home.dir)
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .map_err(|e| format!("{}: {e}", args.hangard.display()))?;
     let socket = home.dir.join("hangard.sock");

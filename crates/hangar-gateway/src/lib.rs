@@ -41,6 +41,9 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 const PORT_DEADLINE: Duration = Duration::from_secs(60);
 /// One connection attempt to an instance believed running.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// The longest pause between attempts to reach a woken instance's port: an attempt costs a
+/// refused connect, and every millisecond here is added to the first connection's wait.
+const MAX_RETRY_PAUSE: Duration = Duration::from_millis(5);
 
 /// What the daemon does with a refusal (logs and counts it).
 type OnRefusal = Box<dyn Fn(&Route, &Refusal) + Send + Sync>;
@@ -279,6 +282,7 @@ impl<E: Lifecycle + Snapshots + ?Sized + Send + Sync + 'static> Gateway<E> {
             if self.running(pool, &failed).is_some() {
                 continue;
             }
+            let wake_started = Instant::now();
             let fleet = self.fleet.clone();
             let (pool_id, skip) = (pool.clone(), failed.clone());
             let woken = tokio::task::spawn_blocking(move || {
@@ -297,8 +301,18 @@ impl<E: Lifecycle + Snapshots + ?Sized + Send + Sync + 'static> Gateway<E> {
             .map_err(|e| {
                 refusal(format!("no instance of {pool} could be brought up: {} ({e})", e.code()))
             })?;
+            let woken_at = Instant::now();
             match self.connect(&woken, route.target.port, Some(PORT_DEADLINE)).await {
-                Ok(s) => return Ok((woken.id, s)),
+                Ok(s) => {
+                    // Where a first connection's wait goes (`HANGARD_LOG=debug`).
+                    tracing::debug!(
+                        instance = %woken.id,
+                        wake_ms = (woken_at - wake_started).as_secs_f64() * 1000.0,
+                        port_ms = woken_at.elapsed().as_secs_f64() * 1000.0,
+                        "woke {} for {pool}", woken.name
+                    );
+                    return Ok((woken.id, s));
+                }
                 Err(e) => {
                     failed.insert(woken.id.clone());
                     return Err(refusal(format!(
@@ -334,7 +348,7 @@ impl<E: Lifecycle + Snapshots + ?Sized + Send + Sync + 'static> Gateway<E> {
         })?;
         let target = SocketAddr::new(address, port);
         let until = Instant::now() + deadline;
-        let mut pause = Duration::from_millis(2);
+        let mut pause = Duration::from_millis(1);
         loop {
             let left = until.saturating_duration_since(Instant::now());
             let attempt =
@@ -355,7 +369,7 @@ impl<E: Lifecycle + Snapshots + ?Sized + Send + Sync + 'static> Gateway<E> {
                 }
                 _ => {
                     tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(100));
+                    pause = (pause * 2).min(MAX_RETRY_PAUSE);
                 }
             }
         }
