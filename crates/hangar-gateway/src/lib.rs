@@ -41,6 +41,8 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 const PORT_DEADLINE: Duration = Duration::from_secs(60);
 /// One connection attempt to an instance believed running.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often the gateway looks again at an instance of its own on its way up.
+const SETTLE_POLL: Duration = Duration::from_millis(20);
 /// The longest pause between attempts to reach a woken instance's port: an attempt costs a
 /// refused connect, and every millisecond here is added to the first connection's wait.
 const MAX_RETRY_PAUSE: Duration = Duration::from_millis(5);
@@ -263,12 +265,17 @@ impl<E: Lifecycle + Snapshots + ?Sized + Send + Sync + 'static> Gateway<E> {
         let pool = &route.target.pool;
         let mut failed: BTreeSet<InstanceId> = BTreeSet::new();
         let refusal = |message: String| Refusal { code: ErrorCode::GatewayUnavailable, message };
-        for _ in 0..4 {
+        let mut last = format!("no instance of {pool} accepted a connection");
+        // Failures end the search after a few attempts; waiting for an instance already on
+        // its way up (a wake the daemon was doing when it restarted) ends at the deadline.
+        let (mut failures, until) = (0, Instant::now() + PORT_DEADLINE);
+        while failures < 4 && Instant::now() < until {
             if let Some(i) = self.running(pool, &failed) {
                 match self.connect(&i, route.target.port, None).await {
                     Ok(s) => return Ok((i.id, s)),
                     Err(_) => {
                         // Dead, or its port is gone: let the fleet look, and try another.
+                        failures += 1;
                         failed.insert(i.id.clone());
                         let fleet = self.fleet.clone();
                         let _ = tokio::task::spawn_blocking(move || fleet.observe()).await;
@@ -286,21 +293,45 @@ impl<E: Lifecycle + Snapshots + ?Sized + Send + Sync + 'static> Gateway<E> {
             let fleet = self.fleet.clone();
             let (pool_id, skip) = (pool.clone(), failed.clone());
             let woken = tokio::task::spawn_blocking(move || {
-                let resting = fleet.instances(Some(&pool_id)).into_iter().find(|i| {
-                    held(i)
-                        && matches!(i.state, VmState::Paused | VmState::Sleeping)
-                        && !skip.contains(&i.id)
-                });
+                let mine: Vec<Instance> = fleet
+                    .instances(Some(&pool_id))
+                    .into_iter()
+                    .filter(|i| held(i) && !skip.contains(&i.id))
+                    .collect();
+                // One of ours on its way up: wait for it rather than claim another.
+                if mine.iter().any(|i| {
+                    matches!(i.state, VmState::Starting | VmState::Resuming | VmState::Waking)
+                }) {
+                    return Ok(None);
+                }
+                let resting = mine
+                    .into_iter()
+                    .find(|i| matches!(i.state, VmState::Paused | VmState::Sleeping));
                 match resting {
-                    Some(i) => fleet.wake_held(&i.id, GATEWAY_HOLDER),
-                    None => fleet.claim_held(&pool_id).map(|c| c.instance),
+                    Some(i) => fleet.wake_held(&i.id, GATEWAY_HOLDER).map(Some),
+                    None => fleet.claim_held(&pool_id).map(|c| Some(c.instance)),
                 }
             })
             .await
-            .map_err(|e| refusal(format!("the wake of an instance of {pool} panicked: {e}")))?
-            .map_err(|e| {
-                refusal(format!("no instance of {pool} could be brought up: {} ({e})", e.code()))
-            })?;
+            .map_err(|e| refusal(format!("the wake of an instance of {pool} panicked: {e}")))?;
+            let woken = match woken {
+                Ok(Some(i)) => i,
+                Ok(None) => {
+                    tokio::time::sleep(SETTLE_POLL).await;
+                    let fleet = self.fleet.clone();
+                    let _ = tokio::task::spawn_blocking(move || fleet.observe()).await;
+                    continue;
+                }
+                Err(e) => {
+                    // The registry may be behind the engine (a daemon restarted mid-wake, a
+                    // step of the loop's): look, then try again.
+                    failures += 1;
+                    last = format!("no instance of {pool} could be brought up: {} ({e})", e.code());
+                    let fleet = self.fleet.clone();
+                    let _ = tokio::task::spawn_blocking(move || fleet.observe()).await;
+                    continue;
+                }
+            };
             let woken_at = Instant::now();
             match self.connect(&woken, route.target.port, Some(PORT_DEADLINE)).await {
                 Ok(s) => {
@@ -322,7 +353,7 @@ impl<E: Lifecycle + Snapshots + ?Sized + Send + Sync + 'static> Gateway<E> {
                 }
             }
         }
-        Err(refusal(format!("no instance of {pool} accepted a connection")))
+        Err(refusal(last))
     }
 
     /// The running instance of `pool` the gateway holds with the fewest open connections.

@@ -335,7 +335,7 @@ pub(crate) fn drop_boot_payload(argv: &mut Vec<String>) {
 }
 
 /// Where a restoring QEMU reads its stream: the descriptor Hangar passed (`-add-fd`).
-const INCOMING_URI: &str = "file:/dev/fdset/1";
+pub(crate) const INCOMING_URI: &str = "file:/dev/fdset/1";
 
 /// The plan's guest RAM file and its size in MiB (plans made before RAM files have none).
 pub(crate) fn ram_file(plan: &Plan) -> Option<(&str, u32)> {

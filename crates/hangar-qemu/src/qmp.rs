@@ -59,6 +59,11 @@ impl Status {
         self.0.status == RunState::PostMigrate
     }
 
+    /// Waiting for, or loading, an incoming migration (a restore not finished).
+    pub fn is_incoming(&self) -> bool {
+        self.0.status == RunState::InMigrate
+    }
+
     /// QEMU's name for the state.
     pub fn name(&self) -> String {
         self.0.status.as_str().to_string()

@@ -259,12 +259,31 @@ impl QemuEngine {
             Settlement::Paused => self.force(rec, VmState::Paused)?,
             Settlement::FinishWake => {
                 // If QMP refuses, a later refresh tries again; it must not fall to `paused`.
-                if self.qmp(plan).and_then(|c| c.cont()).is_ok() {
+                if self.qmp(plan).and_then(|c| self.finish_wake(rec, &c)).is_ok() {
                     self.step(rec, VmState::Running, Cause::Reconciler)?;
                 }
             }
         }
         Ok(())
+    }
+}
+
+impl QemuEngine {
+    /// Runs a woken VM whose waker died: a QEMU still in its incoming migration is given what
+    /// the wake had not yet sent (a mapped snapshot's restore waits, `-incoming defer`, for
+    /// `x-ignore-shared` and `migrate-incoming`; either may have been sent already), and
+    /// continued once the load is done. A `cont` alone would leave it waiting for ever.
+    fn finish_wake(&self, rec: &VmRecord, ctl: &crate::qmp::QmpSession<'_>) -> Result<()> {
+        if ctl.status()?.is_incoming() {
+            let snapshot = rec.sleeping_on.as_ref().map(|id| self.db(|s| s.get_snapshot(id)));
+            let mapped = matches!(snapshot, Some(Ok(Some(s))) if s.layout == hangar_core::contracts::SnapshotLayout::Mapped);
+            if mapped {
+                let _ = ctl.ignore_shared_ram(true);
+                let _ = ctl.migrate_incoming(crate::boot::INCOMING_URI);
+            }
+            ctl.wait_incoming_done(std::time::Instant::now() + std::time::Duration::from_secs(60))?;
+        }
+        ctl.cont()
     }
 }
 

@@ -234,13 +234,15 @@ impl QemuEngine {
         self.give_to_qemu(plan, &file, path)
     }
 
-    /// The snapshot's RAM file itself, moved to be the VM's own (same filesystem: a rename)
+    /// The snapshot's RAM file itself, linked as the VM's own (a hard link: same filesystem)
     /// and made its QEMU's to map shared: a wake that consumes its snapshot copies nothing.
-    /// Undone by [`QemuEngine::return_ram_file`] if the wake fails.
+    /// A link, not a move: whatever interrupts the wake (a daemon killed, QEMU dying) removes
+    /// only the VM's name for the file, and the snapshot keeps its memory; the wake deletes
+    /// the snapshot's name once the VM runs. [`QemuEngine::return_ram_file`] undoes it.
     pub(crate) fn adopted_ram_file(&self, plan: &Plan, from: &Path, path: &Path) -> Result<()> {
         let _ = std::fs::remove_file(path);
-        std::fs::rename(from, path)
-            .map_err(|e| QemuError::io("cannot move the snapshot's RAM to", path, e))?;
+        std::fs::hard_link(from, path)
+            .map_err(|e| QemuError::io("cannot link the snapshot's RAM to", path, e))?;
         let file = std::fs::File::options()
             .read(true)
             .write(true)
@@ -251,26 +253,23 @@ impl QemuEngine {
                     .map(|()| f)
             })
             .map_err(|e| {
-                let _ = std::fs::rename(path, from);
+                self.return_ram_file(plan, from);
                 QemuError::io("cannot open", path, e)
             })?;
-        self.give_to_qemu(plan, &file, path).inspect_err(|_| {
-            let _ = std::fs::rename(path, from);
-        })
+        self.give_to_qemu(plan, &file, path).inspect_err(|_| self.return_ram_file(plan, from))
     }
 
-    /// Puts an adopted RAM file back where its snapshot keeps it, root's and read-only again
-    /// (a failed consuming wake keeps its snapshot).
-    pub(crate) fn return_ram_file(&self, plan: &Plan, to: &Path) {
+    /// Takes back a linked RAM file: the VM's name for it goes, and the snapshot's file is
+    /// root's and read-only again (a failed consuming wake keeps its snapshot).
+    pub(crate) fn return_ram_file(&self, plan: &Plan, snapshot_ram: &Path) {
         if let Some((own, _)) = crate::boot::ram_file(plan) {
-            if std::fs::rename(own, to).is_ok() {
-                let _ = std::os::unix::fs::lchown(to, Some(0), self.facts.confinement.qemu_group);
-                let _ = std::fs::set_permissions(
-                    to,
-                    std::os::unix::fs::PermissionsExt::from_mode(0o440),
-                );
-            }
+            let _ = std::fs::remove_file(own);
         }
+        let _ = std::os::unix::fs::lchown(snapshot_ram, Some(0), self.facts.confinement.qemu_group);
+        let _ = std::fs::set_permissions(
+            snapshot_ram,
+            std::os::unix::fs::PermissionsExt::from_mode(0o440),
+        );
     }
 
     /// Makes a file Hangar created for QEMU its VM user's (when QEMU runs as one).

@@ -165,5 +165,34 @@ fn a_pool_scaled_to_zero_serves_through_the_gateway_and_sleeps_when_idle() {
         let (status, body) = get(port);
         assert!(status.contains(" 200 "), "{status}\n{body}");
         assert_eq!(body.trim(), PAGE);
+
+        // kill -9 of the daemon during a wake: once restarted, the woken instance is the
+        // gateway's, counted once, and serves; the pool keeps its one resting instance.
+        passes_until(&d, "the gateway's instances asleep", |_| {
+            held(&d).iter().all(|(_, state)| state == "sleeping")
+        });
+        let sleeper = held(&d)[0].0.clone();
+        let client = std::thread::spawn(move || {
+            // The connection dies with the daemon; what matters is what is left after.
+            let _ = std::panic::catch_unwind(|| get(port));
+        });
+        d.wait_for(&sleeper, "waking", |v| v["state"] == "waking" || v["state"] == "running");
+        d.kill9();
+        let _ = client.join();
+        let d = Daemon::start(home.path());
+        let (status, body) = get(port);
+        assert!(status.contains(" 200 "), "{status}\n{body}");
+        assert_eq!(body.trim(), PAGE);
+        let status = passes_until(&d, "the pool settled", |s| s["counts"]["sleeping"] == 1);
+        let (_, instances) = d.call("GET", "/v1/instances?pool=acme--web", None);
+        let names: Vec<&str> =
+            instances.as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap()).collect();
+        let mut unique = names.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(names.len(), unique.len(), "an instance counted twice: {instances}");
+        let serving: Vec<(String, String)> =
+            held(&d).into_iter().filter(|(_, state)| state == "running").collect();
+        assert_eq!(serving.len(), 1, "one instance serves: {instances}\n{status}");
     });
 }
