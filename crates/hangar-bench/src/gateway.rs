@@ -13,20 +13,6 @@ use serde_json::{json, Value};
 use crate::engine::{Args, Home};
 use crate::stats::{median, round};
 
-/// `hangar.run=` takes unpadded base64url of a JSON argv.
-fn run_argument(argv: &[&str]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let bytes = serde_json::to_vec(argv).expect("strings serialise");
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-        for i in 0..=chunk.len() {
-            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-        }
-    }
-    format!("hangar.run={out}")
-}
-
 /// Milliseconds from connect to the first byte of the answer to one GET; checks it is a 200.
 fn first_byte(address: &str, host: &str) -> Result<f64, String> {
     let t = Instant::now();
@@ -78,7 +64,7 @@ fn measure(args: &Args) -> Result<Value, String> {
     let script = "mkdir -p /www && echo page > /www/index.html && busybox httpd -p 80 -h /www && exec sleep 1000000";
     let template = json!({
         "schema_version": 1, "name": "t", "machine": {"memory_mib": 256},
-        "boot": {"image": "minimal", "cmdline": run_argument(&["/bin/sh", "-c", script])},
+        "boot": {"image": "minimal", "cmdline": hangar_testkit::run_argument(&["/bin/sh", "-c", script])},
         "nic": [{"name": "net0", "mode": "bridge"}],
     });
     call(

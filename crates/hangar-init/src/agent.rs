@@ -1,6 +1,10 @@
 //! The guest agent (`docs/agent-protocol.md`): serves the host's sessions over one byte stream,
 //! the virtio-serial port `org.hangar.agent.0` in a guest, a socket pair in tests.
 //!
+//! Not split yet (927 lines; PID 1's reaping already left for `reap`): exec sessions, file
+//! transfer and guest facts are the three parts that would be modules of their own; left as
+//! they are because each change here needs a rebuilt image and a real-guest run to verify.
+//!
 //! One thread reads and dispatches frames; each exec session has a thread per output stream
 //! (waiting for the host's credit before sending), one writing the program's stdin, and one
 //! waiting for the program to end. Frames go out whole under one lock. Every sync the reader

@@ -195,3 +195,18 @@ pub fn exec_in(
     let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
     Ok((status, text(out), text(err)))
 }
+
+/// A guest command line that runs `argv` at boot (`hangar.run=`: unpadded base64url of a JSON
+/// array of strings, as the built image's init decodes it).
+pub fn run_argument(argv: &[&str]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let bytes = serde_json::to_vec(argv).expect("strings serialise");
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    format!("hangar.run={out}")
+}

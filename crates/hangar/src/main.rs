@@ -22,6 +22,7 @@ mod network;
 mod ops;
 mod planning;
 mod progress;
+mod route;
 mod run;
 mod snapshot;
 mod table;
@@ -260,7 +261,7 @@ enum Command {
     /// Gateway routes: connections on a host port go to a pool's instances, waking one when
     /// none runs (needs hangard).
     #[command(subcommand)]
-    Route(fleet::RouteCommand),
+    Route(route::RouteCommand),
     /// Print events, oldest first: every state transition of every VM (with the operation that
     /// made it) and what the engine observed (stops escalated, QEMUs adopted after a crash).
     Events {
@@ -476,7 +477,7 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), Failure> {
         Command::Tenant(cmd) => fleet::tenant(cmd, out),
         Command::Pool(cmd) => fleet::pool(cmd, out),
         Command::Instance(cmd) => fleet::instance(cmd, out),
-        Command::Route(cmd) => fleet::route(cmd, out),
+        Command::Route(cmd) => route::route(cmd, out),
         Command::Token(cmd) => access::token(cmd, out),
         Command::Events { since, follow, output } => ops::events(since, follow, output, out),
         Command::Audit(cmd) => access::audit_command(cmd, out),

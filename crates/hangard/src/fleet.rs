@@ -236,6 +236,27 @@ fn bad_id(what: &str, value: &str, e: impl std::fmt::Display) -> ApiError {
     ApiError::from(body)
 }
 
+/// The tenant a new pool or route (`what`) is for: the one named, else the caller's own; an
+/// admin must name one. Naming another tenant is forbidden, whether or not it exists.
+fn managed_tenant(caller: &Caller, named: Option<&str>, what: &str) -> ApiResult<TenantId> {
+    let tenant = match (named, caller.tenant()) {
+        (Some(t), _) => tenant_id(t)?,
+        (None, Some(mine)) => mine.clone(),
+        (None, None) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidArgument,
+                format!("a {what} needs a tenant"),
+                Some("tenant".into()),
+                Some("send \"tenant\": \"acme\"".into()),
+            ))
+        }
+    };
+    caller.allow(Action::PoolManage, Resource::Tenant(&tenant), || {
+        crate::auth::forbidden(&caller.scope, Action::PoolManage)
+    })?;
+    Ok(tenant)
+}
+
 fn tenant_id(s: &str) -> ApiResult<TenantId> {
     TenantId::new(s).map_err(|e| bad_id("tenant", s, e))
 }
@@ -348,22 +369,7 @@ pub(crate) async fn create_pool(
     Ctx { d, caller }: Ctx, body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let request: PoolRequest = json_body(body)?;
-    let tenant = match (&request.tenant, caller.tenant()) {
-        (Some(t), _) => tenant_id(t)?,
-        (None, Some(mine)) => mine.clone(),
-        (None, None) => {
-            return Err(ApiError::new(
-                ErrorCode::InvalidArgument,
-                "a pool needs a tenant",
-                Some("tenant".into()),
-                Some("send \"tenant\": \"acme\"".into()),
-            ))
-        }
-    };
-    // Naming another tenant is forbidden, whether or not it exists.
-    caller.allow(Action::PoolManage, Resource::Tenant(&tenant), || {
-        crate::auth::forbidden(&caller.scope, Action::PoolManage)
-    })?;
+    let tenant = managed_tenant(&caller, request.tenant.as_deref(), "pool")?;
     // A pool lives in its tenant's namespace, like the tenant's VMs: `web` is `acme--web`.
     let id = pool_id(&hangar_core::ids::qualify(&tenant, &request.id))?;
     let pool = Pool {
@@ -551,21 +557,7 @@ pub(crate) async fn create_route(
     Ctx { d, caller }: Ctx, body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let request: RouteRequest = json_body(body)?;
-    let tenant = match (&request.tenant, caller.tenant()) {
-        (Some(t), _) => tenant_id(t)?,
-        (None, Some(mine)) => mine.clone(),
-        (None, None) => {
-            return Err(ApiError::new(
-                ErrorCode::InvalidArgument,
-                "a route needs a tenant",
-                Some("tenant".into()),
-                Some("send \"tenant\": \"acme\"".into()),
-            ))
-        }
-    };
-    caller.allow(Action::PoolManage, Resource::Tenant(&tenant), || {
-        crate::auth::forbidden(&caller.scope, Action::PoolManage)
-    })?;
+    let tenant = managed_tenant(&caller, request.tenant.as_deref(), "route")?;
     let invalid = |field: &str, message: String, hint: &str| {
         ApiError::new(ErrorCode::InvalidArgument, message, Some(field.into()), Some(hint.into()))
     };

@@ -17,20 +17,6 @@ use hangar_testkit::Reaper;
 
 const PAGE: &str = "page-from-the-pool";
 
-/// `hangar.run=` takes unpadded base64url of a JSON argv.
-fn run_argument(argv: &[&str]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let bytes = serde_json::to_vec(argv).unwrap();
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-        for i in 0..=chunk.len() {
-            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-        }
-    }
-    format!("hangar.run={out}")
-}
-
 /// One HTTP/1.1 GET through the gateway: the status line and the body.
 fn get(port: u16) -> (String, String) {
     let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -87,7 +73,7 @@ fn a_pool_scaled_to_zero_serves_through_the_gateway_and_sleeps_when_idle() {
         );
         let template = json!({
             "schema_version": 1, "name": "t", "machine": {"memory_mib": 128},
-            "boot": {"image": "minimal", "cmdline": run_argument(&["/bin/sh", "-c", &script])},
+            "boot": {"image": "minimal", "cmdline": hangar_testkit::run_argument(&["/bin/sh", "-c", &script])},
             "nic": [{"name": "net0", "mode": "bridge"}],
         });
         // Scale to zero: nothing running, one instance asleep; idle ones go back to sleep.
