@@ -141,8 +141,26 @@ impl rustls::client::danger::ServerCertVerifier for Pinned {
 pub fn send(
     endpoint: &Endpoint, method: &str, path: &str, body: Option<&[u8]>, timeout: Duration,
 ) -> Result<Response, ClientError> {
+    send_streaming(endpoint, method, path, body, timeout, None)
+}
+
+/// Where a streamed body's lines go, each without its newline.
+pub type LineSink<'a> = &'a mut dyn FnMut(&[u8]);
+
+/// Like [`send`], but a successful (2xx) chunked body goes to `lines` a line at a time, as it
+/// arrives (without its newline), instead of into the response; `timeout` bounds each read.
+pub fn send_streaming(
+    endpoint: &Endpoint, method: &str, path: &str, body: Option<&[u8]>, timeout: Duration,
+    lines: Option<LineSink<'_>>,
+) -> Result<Response, ClientError> {
     match endpoint {
-        Endpoint::Unix(socket) => request(socket, method, path, body, timeout),
+        Endpoint::Unix(socket) => {
+            let stream = UnixStream::connect(socket).map_err(ClientError::NotRunning)?;
+            let proto = |e: std::io::Error| ClientError::Protocol(e.to_string());
+            stream.set_read_timeout(Some(timeout)).map_err(proto)?;
+            stream.set_write_timeout(Some(timeout)).map_err(proto)?;
+            exchange(stream, method, path, body, "", lines)
+        }
         Endpoint::Tcp { addr, fingerprint, token } => {
             let stream = TcpStream::connect(addr).map_err(ClientError::NotRunning)?;
             let proto = |e: std::io::Error| ClientError::Protocol(e.to_string());
@@ -150,11 +168,11 @@ pub fn send(
             stream.set_write_timeout(Some(timeout)).map_err(proto)?;
             let auth = format!("Authorization: Bearer {token}\r\n");
             match fingerprint {
-                None => exchange(stream, method, path, body, &auth),
+                None => exchange(stream, method, path, body, &auth, lines),
                 Some(pin) => {
                     let (conn, stream) = tls_handshake(stream, pin)?;
                     let tls = rustls::StreamOwned::new(conn, stream);
-                    exchange(tls, method, path, body, &auth)
+                    exchange(tls, method, path, body, &auth, lines)
                 }
             }
         }
@@ -259,12 +277,14 @@ pub fn request(
     let proto = |e: std::io::Error| ClientError::Protocol(e.to_string());
     stream.set_read_timeout(Some(timeout)).map_err(proto)?;
     stream.set_write_timeout(Some(timeout)).map_err(proto)?;
-    exchange(stream, method, path, body, "")
+    exchange(stream, method, path, body, "", None)
 }
 
-/// One exchange over a connected stream; `extra` are header lines (each ending in CRLF).
+/// One exchange over a connected stream; `extra` are header lines (each ending in CRLF). With
+/// `lines`, a 2xx chunked body is handed over line by line as it arrives.
 fn exchange<S: Read + Write>(
     mut stream: S, method: &str, path: &str, body: Option<&[u8]>, extra: &str,
+    mut lines: Option<LineSink<'_>>,
 ) -> Result<Response, ClientError> {
     let proto = |e: std::io::Error| ClientError::Protocol(e.to_string());
     let body = body.unwrap_or_default();
@@ -321,6 +341,12 @@ fn exchange<S: Read + Write>(
             let mut chunk = vec![0; size + 2];
             reader.read_exact(&mut chunk).map_err(proto)?;
             body.extend_from_slice(&chunk[..size]);
+            if let Some(sink) = lines.as_mut().filter(|_| (200..300).contains(&status)) {
+                while let Some(end) = body.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = body.drain(..=end).collect();
+                    sink(&line[..end]);
+                }
+            }
         }
     } else if let Some(n) = length {
         body.resize(n, 0);

@@ -342,6 +342,18 @@ impl Operation {
     }
 }
 
+/// One line of an operation's progress stream (`?stream=true` on a mutating call, served as
+/// `application/x-ndjson`): each phase as the operation reports it, then, last, the operation
+/// as it ended. A blank line is a keep-alive.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProgressLine {
+    /// A phase began (`disks`, `engine`, `boot`, `ready` for a start).
+    Phase(String),
+    /// The operation finished (succeeded or not): the stream's last line.
+    Operation(Box<Operation>),
+}
+
 /// One entry of `GET /v1/events` (the `data:` of an SSE event) and of `hangar events`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -420,8 +432,11 @@ impl EventView {
 /// One image as `GET /v1/images` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ImageView {
-    /// Name (the directory under `$HANGAR_HOME/images`).
+    /// Name (the directory under `$HANGAR_HOME/images` or the system-wide image directory).
     pub name: String,
+    /// The image's directory: in `$HANGAR_HOME/images`, or in the system-wide, read-only one
+    /// (`/usr/local/share/hangar/images`) when this Hangar has no copy of its own.
+    pub dir: String,
     /// Whether the kernel and initrd are both present.
     pub complete: bool,
     /// The manifest (`manifest.json`), when readable.
@@ -578,11 +593,23 @@ pub struct StartRequest {
     pub timeout_s: Option<u64>,
 }
 
-/// The guest images in `home/images`: one directory each, with `vmlinuz`, `initrd.img` and
-/// `manifest.json` (written by `hangar-image build`).
-pub fn images(home: &std::path::Path) -> std::io::Result<Vec<ImageView>> {
-    let dir = home.join("images");
-    let entries = match std::fs::read_dir(&dir) {
+/// The guest images: one directory each, with `vmlinuz`, `initrd.img` and `manifest.json`
+/// (written by `hangar-image build`), in `home/images` and then in `shared` (the system-wide
+/// image directory) for names `home/images` does not have: the images a spec can boot.
+pub fn images(home: &std::path::Path, shared: &std::path::Path) -> std::io::Result<Vec<ImageView>> {
+    let mut out = images_in(&home.join("images"))?;
+    // The shared directory is someone else's: unreadable means none, not an error.
+    for image in images_in(shared).unwrap_or_default() {
+        if !out.iter().any(|own| own.name == image.name) {
+            out.push(image);
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+fn images_in(dir: &std::path::Path) -> std::io::Result<Vec<ImageView>> {
+    let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
         Err(e) => return Err(e),
@@ -604,12 +631,12 @@ pub fn images(home: &std::path::Path) -> std::io::Result<Vec<ImageView>> {
             .and_then(|b| serde_json::from_slice(&b).ok());
         out.push(ImageView {
             name: entry.file_name().to_string_lossy().into_owned(),
+            dir: path.display().to_string(),
             complete: path.join("vmlinuz").is_file() && path.join("initrd.img").is_file(),
             manifest,
             size_bytes,
         });
     }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
 }
 

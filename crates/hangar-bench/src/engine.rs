@@ -25,8 +25,8 @@ pub struct Args {
     /// The hangard binary (footprint and warm-claim proxy).
     #[arg(long, default_value = "target/release/hangard")]
     pub hangard: PathBuf,
-    /// Where the built images are (`scripts/setup` puts them in /var/lib/hangar/images).
-    #[arg(long, default_value = "/var/lib/hangar/images")]
+    /// Where the built images are (`scripts/setup` puts them in /usr/local/share/hangar/images).
+    #[arg(long, default_value = "/usr/local/share/hangar/images")]
     pub images: PathBuf,
     /// Rounds (each runs A and B once, alternating).
     #[arg(long, default_value_t = 5)]

@@ -4,17 +4,18 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use hangar_api::client::Endpoint;
-use hangar_api::{ErrorBody, EventView, Operation, OperationRequest, OperationStatus, VmView};
+use hangar_api::{
+    ErrorBody, EventView, Operation, OperationRequest, OperationStatus, ProgressLine, VmView,
+};
 use hangar_core::contracts::SnapshotInfo;
 use hangar_core::error::ErrorCode;
 use serde_json::Value;
 
 use crate::{Control, ControlError, Result};
 
-/// How long one HTTP exchange may take (none of them waits for a guest: operations are polled).
+/// How long one read of an HTTP exchange may wait (an operation's progress stream sends a
+/// keep-alive line at least every 10 s, however long its guest takes).
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(60);
-/// How often a running operation is polled for progress.
-const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 /// `hangard` over its unix socket.
 #[derive(Debug, Clone)]
@@ -87,23 +88,50 @@ impl Control for Remote {
     }
 
     fn run(&self, request: OperationRequest, progress: &dyn Fn(&str)) -> Result<Operation> {
-        let body = serde_json::to_value(&request).expect("requests serialise");
-        let mut op: Operation = self.call("POST", "/v1/operations", Some(&body))?;
-        let mut reported: Option<String> = None;
-        loop {
-            if op.progress.is_some()
-                && op.progress != reported
-                && op.status == OperationStatus::Running
-            {
-                progress(op.progress.as_deref().unwrap_or_default());
-                reported = op.progress.clone();
+        let body = serde_json::to_vec(&request).expect("requests serialise");
+        // The daemon streams each phase as it happens and then the ended operation: no phase
+        // is lost to a poll interval, however short it was.
+        let mut ended: Option<Operation> = None;
+        let mut unreadable: Option<String> = None;
+        let mut on_line = |line: &[u8]| {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                return; // a keep-alive
             }
-            if op.is_done() {
-                break;
+            match serde_json::from_slice::<ProgressLine>(line) {
+                Ok(ProgressLine::Phase(phase)) => progress(&phase),
+                Ok(ProgressLine::Operation(op)) => ended = Some(*op),
+                Err(e) => unreadable = Some(format!("{e}: {}", String::from_utf8_lossy(line))),
             }
-            std::thread::sleep(POLL_INTERVAL);
-            op = self.operation(&op.id)?;
+        };
+        let response = hangar_api::client::send_streaming(
+            &self.endpoint,
+            "POST",
+            "/v1/operations?stream=true",
+            Some(&body),
+            EXCHANGE_TIMEOUT,
+            Some(&mut on_line),
+        );
+        let operation =
+            response.as_ref().ok().and_then(|r| r.header("x-hangar-operation")).map(str::to_string);
+        let lost = |why: String| {
+            let mut e = ErrorBody::new(ErrorCode::EngineUnavailable, why);
+            e.operation = operation.clone();
+            e.hint = match &operation {
+                Some(id) => format!("the operation goes on in hangard: `hangar ops show {id}`"),
+                None => "check that hangard runs (`hangar doctor`)".into(),
+            };
+            ControlError::from(e)
+        };
+        let response = response.map_err(|e| lost(format!("hangard: {e}")))?;
+        if !(200..300).contains(&response.status) {
+            return Err(serde_json::from_slice::<ErrorBody>(&response.body)
+                .map_err(|e| lost(format!("hangard answered {}: {e}", response.status)))?
+                .into());
         }
+        if let Some(why) = unreadable {
+            return Err(lost(format!("hangard sent an unreadable progress line: {why}")));
+        }
+        let op = ended.ok_or_else(|| lost("hangard's progress stream ended early".into()))?;
         match op.status {
             OperationStatus::Succeeded => Ok(op),
             _ => Err(op

@@ -2,7 +2,7 @@
 //! prints on the serial console.
 //!
 //! Needs `qemu-system-x86_64` and an image built by `scripts/build-image` in
-//! `$HANGAR_HOME/images/minimal` or `/var/lib/hangar/images/minimal`; without them each test
+//! `$HANGAR_HOME/images/minimal` or `/usr/local/share/hangar/images/minimal`; without them each test
 //! prints `SKIPPED <test>: <reason>` and returns. Every QEMU run has a hard deadline and is
 //! killed on any failure; synchronisation is on console lines and process exit, never sleeps.
 
@@ -29,7 +29,7 @@ fn image_dir() -> Result<PathBuf, String> {
     if let Some(home) = std::env::var_os("HANGAR_HOME") {
         candidates.push(PathBuf::from(home).join("images/minimal"));
     }
-    candidates.push(PathBuf::from("/var/lib/hangar/images/minimal"));
+    candidates.push(PathBuf::from("/usr/local/share/hangar/images/minimal"));
     for dir in &candidates {
         if dir.join("vmlinuz").is_file() && dir.join("initrd.img").is_file() {
             return Ok(dir.clone());

@@ -165,7 +165,11 @@ pub fn tap_name(vm: &str, nic: &str) -> String {
 }
 
 fn check_facts(facts: &HostFacts) -> Result<(), PlanError> {
-    for (field, value) in [("runtime_dir", &facts.runtime_dir), ("image_dir", &facts.image_dir)] {
+    let shared = facts.shared_images.values().map(|dir| ("shared_images", dir));
+    for (field, value) in [("runtime_dir", &facts.runtime_dir), ("image_dir", &facts.image_dir)]
+        .into_iter()
+        .chain(shared)
+    {
         let problem = if !value.starts_with('/') {
             Some("must be an absolute path")
         } else if value.contains(',') {
@@ -257,7 +261,7 @@ pub fn plan(spec: &CanonicalSpec, facts: &HostFacts) -> Result<Plan, PlanError> 
     };
     let (kernel, initrd, mut cmdline) = match &vm.boot {
         BootSource::Image { image, cmdline } => {
-            let dir = format!("{}/{image}", facts.image_dir.trim_end_matches('/'));
+            let dir = facts.image_path(image);
             let mut line = MINIMAL_IMAGE_CMDLINE.to_string();
             if vm.machine.kind == MachineKind::Microvm {
                 line.push_str(" pci=off");

@@ -20,8 +20,14 @@ pub struct HostFacts {
     pub cpu_count: u32,
     /// Directory under which each VM gets its runtime directory (`<runtime_dir>/<name>`).
     pub runtime_dir: String,
-    /// Directory of built-in images (`<image_dir>/<image>/vmlinuz`, `initrd.img`).
+    /// Directory of built-in images (`<image_dir>/<image>/vmlinuz`, `initrd.img`): the user's
+    /// own, `$HANGAR_HOME/images`, looked in first.
     pub image_dir: String,
+    /// Images found in the system-wide, read-only image directory (which `scripts/setup`
+    /// fills, [`crate::probe::SYSTEM_IMAGE_DIR`]) and not in `image_dir`: each image's
+    /// directory, by name. This is how an ordinary user boots the image root built.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub shared_images: std::collections::BTreeMap<String, String>,
     /// How QEMU can be confined here (absent in older facts files: not at all).
     #[serde(default)]
     pub confinement: ConfinementFacts,
@@ -38,6 +44,17 @@ pub struct HostFacts {
     /// are masqueraded like the rest of their traffic.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nameservers: Vec<std::net::Ipv4Addr>,
+}
+
+impl HostFacts {
+    /// The directory holding the built-in image `image`: the system-wide copy when only that
+    /// one exists, else the user's own (where a missing image is then reported).
+    pub fn image_path(&self, image: &str) -> String {
+        match self.shared_images.get(image) {
+            Some(dir) => dir.clone(),
+            None => format!("{}/{image}", self.image_dir.trim_end_matches('/')),
+        }
+    }
 }
 
 /// A bridge NIC's place on its network.

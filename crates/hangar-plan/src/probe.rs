@@ -11,6 +11,10 @@ use crate::facts::{
 /// The QEMU binary Hangar drives.
 pub const QEMU_BINARY: &str = "qemu-system-x86_64";
 
+/// The system-wide image directory: `scripts/setup` builds the built-in images here, readable
+/// by every user, so an ordinary user's Hangar boots them without a copy of its own.
+pub const SYSTEM_IMAGE_DIR: &str = "/usr/local/share/hangar/images";
+
 /// Hangar's state directory: `$HANGAR_HOME`, else `/var/lib/hangar` for root, else
 /// `$XDG_DATA_HOME/hangar` or `~/.local/share/hangar`.
 pub fn hangar_home() -> PathBuf {
@@ -90,6 +94,7 @@ impl HostProbe for SystemProbe {
             cpu_count: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
             runtime_dir: self.home.join("vms").display().to_string(),
             image_dir: self.home.join("images").display().to_string(),
+            shared_images: shared_images(&self.home.join("images"), Path::new(SYSTEM_IMAGE_DIR)),
             confinement: confinement_facts(),
             capacity: capacity(&self.home),
             nic_networks: Default::default(),
@@ -98,6 +103,19 @@ impl HostProbe for SystemProbe {
             ),
         }
     }
+}
+
+/// The images in `shared` (a directory each, with a `vmlinuz`) that `own` does not have.
+pub fn shared_images(own: &Path, shared: &Path) -> std::collections::BTreeMap<String, String> {
+    let Ok(entries) = std::fs::read_dir(shared) else { return Default::default() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|name| !name.starts_with('.'))
+        .filter(|name| shared.join(name).join("vmlinuz").is_file())
+        .filter(|name| !own.join(name).join("vmlinuz").exists())
+        .map(|name| (name.clone(), shared.join(name).display().to_string()))
+        .collect()
 }
 
 /// The IPv4 `nameserver` lines of a resolv.conf, loopback ones left out.

@@ -33,7 +33,7 @@ impl QemuEngine {
             return Err(QemuError::QemuMissing { binary: plan.argv[0].clone() }.into());
         }
         if let BootSource::Image { image, .. } = &rec.spec.boot {
-            let kernel = Path::new(&self.facts.image_dir).join(image).join("vmlinuz");
+            let kernel = Path::new(&self.facts.image_path(image)).join("vmlinuz");
             if !kernel.exists() {
                 return Err(QemuError::ImageMissing { image: image.clone(), kernel }.into());
             }

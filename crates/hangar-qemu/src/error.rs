@@ -64,7 +64,10 @@ pub enum QemuError {
         binary: String,
     },
     /// A built-in image's files are missing.
-    #[error("the built-in image {image:?} is not installed ({} missing); run scripts/setup", kernel.display())]
+    #[error(
+        "the built-in image {image:?} is not installed ({} missing, and {} has no copy); as root, run scripts/setup: it builds the image there for every user",
+        kernel.display(), hangar_plan::probe::SYSTEM_IMAGE_DIR
+    )]
     ImageMissing {
         /// The image name.
         image: String,

@@ -13,7 +13,7 @@ pub(crate) enum PathProblem {
 }
 
 /// Pseudo filesystems that never hold VM inputs, and whose files can hang or harm on read.
-const FORBIDDEN_ROOTS: &[&str] = &["/proc", "/sys", "/dev"];
+pub(crate) const FORBIDDEN_ROOTS: &[&str] = &["/proc", "/sys", "/dev"];
 
 /// Resolves `raw` against `base_dir` (when relative) and removes `.` and `..` lexically.
 pub(crate) fn normalize(raw: &str, base_dir: &Path) -> Result<String, PathProblem> {

@@ -2,8 +2,8 @@
 //! sent to the daemon; a secret in it leaks everywhere. False positives are cheap (rename the
 //! label); false negatives are not, so the patterns lean towards reporting.
 
-/// Words that make a key (or a `key=value` pair) look secret.
-const SECRET_WORDS: &[&str] = &[
+/// Words that make a key (or a `key=value` pair) look secret (the JSON Schema says the same).
+pub(crate) const SECRET_WORDS: &[&str] = &[
     "password",
     "passwd",
     "secret",
@@ -15,6 +15,10 @@ const SECRET_WORDS: &[&str] = &[
     "private_key",
     "credential",
 ];
+
+/// Prefixes of API tokens: one followed by 20 or more of A-Z, a-z, 0-9, '_' and '-' is one.
+pub(crate) const TOKEN_PREFIXES: &[&str] =
+    &["ghp_", "gho_", "ghs_", "github_pat_", "glpat-", "sk-"];
 
 /// Whether a label key names a secret (`db_password`, `api-token`).
 pub(crate) fn secret_key(key: &str) -> bool {
@@ -36,7 +40,7 @@ pub(crate) fn looks_secret(value: &str) -> Option<&'static str> {
         if is_prefixed_token(word, "AKIA", 16, |c| c.is_ascii_uppercase() || c.is_ascii_digit()) {
             return Some("cloud access key");
         }
-        for prefix in ["ghp_", "gho_", "ghs_", "github_pat_", "glpat-", "sk-"] {
+        for prefix in TOKEN_PREFIXES {
             if is_prefixed_token(word, prefix, 20, |c| {
                 c.is_ascii_alphanumeric() || c == '_' || c == '-'
             }) {

@@ -28,12 +28,13 @@ pub fn spec_over(name: &str, memory_mib: u32, base: &Path) -> hangar_core::spec:
     ))
 }
 
-/// Where the built images are: `$HANGAR_HOME/images`, else `/var/lib/hangar/images` (where
-/// `scripts/setup` builds them).
+/// Where the built images are: `$HANGAR_HOME/images` when it has `minimal`, else the
+/// system-wide directory `scripts/setup` builds them into.
 pub fn image_dir() -> PathBuf {
     std::env::var_os("HANGAR_HOME")
         .map(|h| PathBuf::from(h).join("images"))
-        .unwrap_or_else(|| PathBuf::from("/var/lib/hangar/images"))
+        .filter(|images| images.join("minimal/vmlinuz").exists())
+        .unwrap_or_else(|| PathBuf::from(hangar_plan::probe::SYSTEM_IMAGE_DIR))
 }
 
 /// Why real-engine tests cannot run here, if they cannot.

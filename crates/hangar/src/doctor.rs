@@ -51,14 +51,28 @@ pub fn doctor(out: &mut dyn Write) -> Result<(), Failure> {
         &if kvm_ok { format!("kvm ({why})") } else { format!("tcg, because {why}") },
         "",
     );
-    let image = Path::new(&facts.image_dir).join("minimal");
+    if let Some(fix) = kvm_access_fix(kvm_ok, facts.confinement.kvm_group) {
+        let _ = writeln!(out, "       fix: {fix}");
+    }
+    let image = Path::new(&facts.image_path("minimal")).to_path_buf();
     let image_ok = image.join("vmlinuz").exists() && image.join("initrd.img").exists();
+    let root = rustix::process::geteuid().is_root();
     healthy &= check(
         out,
         image_ok,
         "guest image minimal",
         &image.display().to_string(),
-        "run scripts/setup (builds the built-in image)",
+        &if root {
+            format!(
+                "run scripts/setup (builds the built-in image into {})",
+                hangar_plan::probe::SYSTEM_IMAGE_DIR
+            )
+        } else {
+            format!(
+                "ask an administrator to run scripts/setup (as root): it builds the image into {}, which every user's Hangar boots",
+                hangar_plan::probe::SYSTEM_IMAGE_DIR
+            )
+        },
     );
     let writable = std::fs::create_dir_all(&home).is_ok() && tempfile_in(&home);
     healthy &= check(
@@ -215,20 +229,57 @@ pub(crate) fn free_bytes(dir: &Path) -> Option<u64> {
     Some(st.f_bavail * st.f_frsize)
 }
 
-/// `hangar images`: the guest images installed in $HANGAR_HOME/images.
+/// `hangar images`: the guest images in $HANGAR_HOME/images and the system-wide ones.
 pub fn images(output: Output, out: &mut dyn Write) -> Result<(), Failure> {
     let home = home();
-    let list = hangar_api::images(&home).map_err(|e| {
+    let shared = Path::new(hangar_plan::probe::SYSTEM_IMAGE_DIR);
+    let list = hangar_api::images(&home, shared).map_err(|e| {
         crate::failure(ErrorCode::Io, format!("{}: {e}", home.join("images").display()), "")
     })?;
-    print_listing(out, output, &list, ("NAME<16 COMPLETE<9 SIZE>8", "KERNEL"), |i| {
+    print_listing(out, output, &list, ("NAME<16 COMPLETE<9 SIZE>8 KERNEL<24", "DIR"), |i| {
         let kernel = i.manifest.as_ref().and_then(|m| m["kernel_release"].as_str());
         let cells = vec![
             i.name.clone(),
             if i.complete { "yes" } else { "no" }.into(),
             format!("{}M", i.size_bytes >> 20),
+            kernel.unwrap_or("-").to_string(),
         ];
-        (cells, kernel.unwrap_or("-").to_string())
+        (cells, i.dir.clone())
+    })
+}
+
+/// How this user gets KVM, when the host has it and only permissions stand in the way: the
+/// device's group (a user outside it falls back to TCG, slower but working).
+fn kvm_access_fix(kvm_ok: bool, kvm_group: Option<u32>) -> Option<String> {
+    if kvm_ok || rustix::process::geteuid().is_root() {
+        return None;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let gid = kvm_group?;
+    let mode = std::fs::metadata("/dev/kvm").ok()?.mode();
+    if gid == 0 || mode & 0o060 != 0o060 {
+        return Some(format!(
+            "/dev/kvm is open to root only (mode {:04o}): an administrator gives it to group kvm (`chgrp kvm /dev/kvm && chmod 0660 /dev/kvm`, or a udev rule) and adds you (`usermod -aG kvm $USER`); until then VMs run with TCG",
+            mode & 0o7777
+        ));
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let groups = status.lines().find_map(|l| l.strip_prefix("Groups:")).unwrap_or("");
+    if groups.split_whitespace().any(|g| g == gid.to_string()) {
+        return None; // a member already: the device itself is the problem, as said above
+    }
+    let name = group_name(gid).unwrap_or_else(|| gid.to_string());
+    Some(format!(
+        "/dev/kvm belongs to group {name}: `sudo usermod -aG {name} $USER`, then log in again (until then VMs run with TCG)"
+    ))
+}
+
+/// A group's name from /etc/group.
+fn group_name(gid: u32) -> Option<String> {
+    let groups = std::fs::read_to_string("/etc/group").ok()?;
+    groups.lines().find_map(|line| {
+        let f: Vec<&str> = line.split(':').collect();
+        (f.len() >= 3 && f[2] == gid.to_string()).then(|| f[0].to_string())
     })
 }
 
@@ -236,6 +287,14 @@ pub fn images(output: Output, out: &mut dyn Write) -> Result<(), Failure> {
 /// fail the doctor as a whole.
 fn network_checks(out: &mut dyn Write) {
     let root = rustix::process::geteuid().is_root();
+    if !root {
+        // Not a failure: an ordinary user's VMs use `user` networking, which needs none of it.
+        let _ = writeln!(
+            out,
+            "[ok  ] bridge networks: not for ordinary users (their NICs use mode \"user\"); root or hangard makes bridges, TAPs and rules"
+        );
+        return;
+    }
     check(
         out,
         root,

@@ -18,6 +18,7 @@ mod doctor;
 mod failure;
 mod fleet;
 mod guest;
+mod manual;
 mod network;
 mod ops;
 mod planning;
@@ -118,6 +119,19 @@ enum Command {
     },
     /// Print the JSON Schema of the spec format.
     Schema,
+    /// Print a shell completion script (scripts/setup installs bash's):
+    /// `hangar completion bash > ~/.local/share/bash-completion/completions/hangar`.
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write a man page for hangar and for each of its commands (`man hangar-up`) into DIR
+    /// (scripts/setup installs them in /usr/local/share/man/man1).
+    Man {
+        /// Where to write the pages (`hangar.1`, `hangar-up.1`, …).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// List every error code: meaning, whether retrying can help, exit code and typical fix.
     Errors {
         /// Output format.
@@ -402,6 +416,13 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), Failure> {
         Command::Schema => {
             let _ = out.write_all(hangar_spec::schema::schema_json().as_bytes());
             Ok(())
+        }
+        Command::Completion { shell } => {
+            manual::completion(<Cli as clap::CommandFactory>::command(), shell, out);
+            Ok(())
+        }
+        Command::Man { out: dir } => {
+            manual::man_pages(<Cli as clap::CommandFactory>::command(), &dir, out)
         }
         Command::Errors { output } => {
             match output {

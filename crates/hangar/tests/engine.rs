@@ -3,8 +3,10 @@
 //! each test prints `SKIPPED …` with the reason and checks nothing.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
+
+mod common;
 
 struct Home {
     dir: tempfile::TempDir,
@@ -16,9 +18,7 @@ impl Home {
         if hangar_plan::probe::find_in_path("qemu-system-x86_64").is_none() {
             return Err("qemu-system-x86_64 not found (run scripts/setup)".into());
         }
-        let images = std::env::var_os("HANGAR_HOME")
-            .map(|h| PathBuf::from(h).join("images"))
-            .unwrap_or_else(|| PathBuf::from("/var/lib/hangar/images"));
+        let images = hangar_testkit::image_dir();
         if !images.join("minimal/vmlinuz").exists() {
             return Err(format!("no built image at {} (run scripts/setup)", images.display()));
         }
@@ -92,6 +92,32 @@ fn alive(pid: u64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| !s[s.rfind(')').unwrap() + 2..].starts_with('Z'))
         .unwrap_or(false)
+}
+
+/// The phases a command printed on stderr (`[  0.1s] boot` lines), in order.
+fn phases(stderr: &[u8]) -> Vec<String> {
+    text(stderr)
+        .lines()
+        .filter_map(|l| l.strip_prefix('[')?.split_once("s] ").map(|(_, p)| p.to_string()))
+        .collect()
+}
+
+#[test]
+fn up_through_the_daemon_reports_every_phase() {
+    let home = home_or_skip!("up_through_the_daemon_reports_every_phase");
+    let engine =
+        hangar_qemu::QemuEngine::open(home.path(), hangar_qemu::EngineOptions::default()).unwrap();
+    let _served = common::serve(home.path(), engine, None);
+    let spec = home.small_spec("phases");
+    let out = Command::new(env!("CARGO_BIN_EXE_hangar"))
+        .args(["up", spec.to_str().unwrap()])
+        .env("HANGAR_HOME", home.path())
+        .env("HANGAR_DAEMON", "require")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // `disks` and `engine` last a few milliseconds each: a poll every 50 ms would miss them.
+    assert_eq!(phases(&out.stderr), ["disks", "engine", "boot", "ready"], "{}", text(&out.stderr));
 }
 
 #[test]

@@ -74,7 +74,7 @@ use crate::{admin, fleet};
     components(schemas(VmView, ErrorBody, Health, StartRequest, StopRequest, SnapshotRequest, VmAction,
         Operation, OperationRequest, OperationResult, EventView, ImageView, TokenRequest, TokenView,
         NewToken, admin::HostView, hangar_api::NetworkView, hangar_api::LeaseView,
-        hangar_api::NetworkRequest)),
+        hangar_api::NetworkRequest, hangar_api::ProgressLine)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

@@ -121,3 +121,48 @@ fn the_daemon_serves_vms_and_the_fleet_on_the_fake_engine() {
     assert_eq!(vm["state"], "running", "the engine agrees: {vm}");
     assert_eq!(vm["tenant"], "acme", "{vm}");
 }
+
+#[test]
+fn a_streamed_operation_reports_every_phase_then_how_it_ended() {
+    let home = tempfile::Builder::new().prefix("hgd-fake-").tempdir_in("/tmp").unwrap();
+    let d = Daemon::start(home.path());
+    let (s, op) = d.call("POST", "/v1/vms?wait=true", Some(spec("vm1")));
+    assert_eq!(s, 200, "{op}");
+    let endpoint = hangar_api::client::Endpoint::Unix(d.socket.clone());
+    let stream = |body: Value| {
+        let mut lines: Vec<Value> = Vec::new();
+        let mut sink = |line: &[u8]| {
+            if !line.is_empty() {
+                lines.push(serde_json::from_slice(line).unwrap());
+            }
+        };
+        let r = hangar_api::client::send_streaming(
+            &endpoint,
+            "POST",
+            "/v1/operations?stream=true",
+            Some(body.to_string().as_bytes()),
+            Duration::from_secs(30),
+            Some(&mut sink),
+        )
+        .unwrap();
+        (r, lines)
+    };
+    // The fake reports `engine` and `ready` microseconds apart: both arrive, in order.
+    let (r, lines) = stream(json!({ "kind": "start", "vm": "vm1" }));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/x-ndjson"));
+    assert_eq!(&lines[..2], [json!({ "phase": "engine" }), json!({ "phase": "ready" })]);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(lines[2]["operation"]["status"], "succeeded", "{lines:?}");
+    assert_eq!(lines[2]["operation"]["id"], r.header("x-hangar-operation").unwrap());
+    // A failure ends the stream the same way, with the operation's error.
+    let (r, lines) = stream(json!({ "kind": "snapshot_restore", "vm": "vm1", "id": "missing" }));
+    assert_eq!(r.status, 200);
+    let last = lines.last().unwrap();
+    assert_eq!(last["operation"]["status"], "failed", "{lines:?}");
+    assert!(last["operation"]["error"]["code"].is_string(), "{last}");
+    // A request refused before it becomes an operation is an ordinary coded error.
+    let (r, lines) = stream(json!({ "kind": "start", "vm": "nope" }));
+    assert_eq!(r.status, 404, "{}", String::from_utf8_lossy(&r.body));
+    assert!(lines.is_empty());
+}

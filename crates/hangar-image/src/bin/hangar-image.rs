@@ -35,7 +35,7 @@ enum Command {
         /// The statically linked hangar-init binary, installed as /init.
         #[arg(long, value_name = "PATH")]
         init: PathBuf,
-        /// The image directory to create or replace (e.g. /var/lib/hangar/images/minimal).
+        /// The image directory to create or replace (e.g. /usr/local/share/hangar/images/minimal).
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },

@@ -49,7 +49,7 @@ pub(crate) async fn save_snapshot(
     let req: SnapshotRequest = json_body(body)?;
     let request = OperationRequest::SnapshotSave { vm: name, id: req.id, sleep: req.sleep };
     let request = scoped(&d, &caller, request).await?;
-    submit(d, &caller, request, q.wait).await
+    submit(d, &caller, request, q.answer()).await
 }
 
 /// `POST /v1/vms/{name}/snapshots/{id}/restore`
@@ -64,7 +64,7 @@ pub(crate) async fn restore_snapshot(
     // The snapshot id is resolved in the VM's tenant by the engine's side (hangar-control),
     // so a tenant reaches only its own snapshots.
     let request = scoped(&d, &caller, OperationRequest::SnapshotRestore { vm: name, id }).await?;
-    submit(d, &caller, request, q.wait).await
+    submit(d, &caller, request, q.answer()).await
 }
 
 /// `DELETE /v1/snapshots/{id}`
@@ -75,5 +75,5 @@ pub(crate) async fn delete_snapshot(
     Ctx { d, caller }: Ctx, UrlPath(id): UrlPath<String>, Query(q): Query<WaitQuery>,
 ) -> ApiResult<Response> {
     let request = scoped(&d, &caller, OperationRequest::SnapshotDelete { id }).await?;
-    submit(d, &caller, request, q.wait).await
+    submit(d, &caller, request, q.answer()).await
 }

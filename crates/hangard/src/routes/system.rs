@@ -32,9 +32,11 @@ pub(crate) async fn health(State(d): State<Arc<Daemon>>) -> Json<Health> {
 pub(crate) async fn list_images(State(d): State<Arc<Daemon>>) -> ApiResult<Json<Vec<ImageView>>> {
     let home = d.local.home().to_path_buf();
     Ok(Json(
-        blocking(move || hangar_api::images(&home))
-            .await?
-            .map_err(|e| ApiError::new(ErrorCode::Io, e.to_string(), None, None))?,
+        blocking(move || {
+            hangar_api::images(&home, std::path::Path::new(hangar_plan::probe::SYSTEM_IMAGE_DIR))
+        })
+        .await?
+        .map_err(|e| ApiError::new(ErrorCode::Io, e.to_string(), None, None))?,
     ))
 }
 

@@ -109,7 +109,7 @@ pub(crate) async fn create_vm(
     spec_from_body(&body)?;
     let spec = serde_json::from_slice(&body).expect("a spec that parsed is JSON");
     let request = scoped(&d, &caller, OperationRequest::Create { spec, base_dir: None }).await?;
-    submit(d, &caller, request, q.wait).await
+    submit(d, &caller, request, q.answer()).await
 }
 
 /// `request` as `caller` means it: names resolved inside the caller's tenant, a created VM
@@ -216,7 +216,7 @@ pub(crate) async fn vm_action(
         VmAction::Reboot => OperationRequest::Reboot { vm: name },
     };
     let request = scoped(&d, &caller, request).await?;
-    submit(d, &caller, request, q.wait).await
+    submit(d, &caller, request, q.answer()).await
 }
 
 /// `DELETE /v1/vms/{name}` query.
@@ -229,6 +229,9 @@ pub struct DeleteQuery {
     /// Answer once done.
     #[serde(default)]
     pub wait: bool,
+    /// Answer with a progress stream (as `stream` on every mutating call).
+    #[serde(default)]
+    pub stream: bool,
 }
 
 /// `DELETE /v1/vms/{name}`: remove a VM that is not running (or any, with `force=true`).
@@ -240,7 +243,7 @@ pub(crate) async fn delete_vm(
 ) -> ApiResult<Response> {
     let request = OperationRequest::Delete { vm: name, force: q.force };
     let request = scoped(&d, &caller, request).await?;
-    submit(d, &caller, request, q.wait).await
+    submit(d, &caller, request, Answer::of(q.wait, q.stream)).await
 }
 
 /// `POST /v1/validate`: every problem in a spec. Always 200; `ok` tells.
