@@ -342,6 +342,32 @@ impl Operation {
     }
 }
 
+/// A node of the cluster, as `GET /v1/nodes` shows it (without `hangard --cluster`, the host
+/// alone).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterNode {
+    /// Its name (`hangard --node`).
+    pub name: String,
+    /// Whether its lease is alive: it renews it every third of the lease's time to live, and
+    /// its records go when it stops.
+    pub alive: bool,
+    /// `ready`, `cordoned` (no new instances) or `draining` (its instances move away).
+    #[schema(value_type = String)]
+    pub schedule: hangar_cluster::Schedule,
+    /// Whether it is the node that answered.
+    pub this_node: bool,
+    /// What it published when it joined (absent once its lease expired).
+    #[schema(value_type = Option<Object>)]
+    pub info: Option<hangar_cluster::NodeInfo>,
+    /// What it uses now.
+    #[schema(value_type = Option<Object>)]
+    pub stats: Option<hangar_cluster::NodeStats>,
+    /// Why one of its records could not be read (they are written by nodes; anything else
+    /// that wrote there is reported, not trusted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
 /// One line of an operation's progress stream (`?stream=true` on a mutating call, served as
 /// `application/x-ndjson`): each phase as the operation reports it, then, last, the operation
 /// as it ended. A blank line is a keep-alive.
@@ -547,7 +573,8 @@ pub fn http_status(code: ErrorCode) -> u16 {
         PoolExists | TenantInUse | NetworkExists | NetworkInUse | NetworkOverlap
         | RouteConflict => 409,
         NetworkExhausted => 409,
-        NetworkUnavailable | GatewayUnavailable => 503,
+        NetworkUnavailable | GatewayUnavailable | ClusterUnavailable => 503,
+        SignatureInvalid => 422,
         Unauthorized => 401,
         Forbidden => 403,
         PathNotAllowed => 400,

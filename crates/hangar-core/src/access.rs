@@ -203,11 +203,15 @@ pub enum Action {
     NetworkRead,
     /// Create or remove networks (subnets are the host's to hand out).
     NetworkManage,
+    /// Read the cluster's nodes.
+    NodeRead,
+    /// Cordon or uncordon a node.
+    NodeManage,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Action; 27] = [
+    pub const ALL: [Action; 29] = [
         Action::ApiRead,
         Action::ImageRead,
         Action::VmRead,
@@ -235,6 +239,8 @@ impl Action {
         Action::GuestExec,
         Action::NetworkRead,
         Action::NetworkManage,
+        Action::NodeRead,
+        Action::NodeManage,
     ];
 
     /// The least role a tenant principal needs, or `None` when only an admin may.
@@ -247,7 +253,7 @@ impl Action {
             | GuestExec => Some(Role::Operator),
             VmCreate | VmDelete | SnapshotDelete | PoolManage => Some(Role::Owner),
             TenantManage | FleetRead | FleetReconcile | TokenManage | MetricsRead | HostRead
-            | NetworkManage => None,
+            | NetworkManage | NodeRead | NodeManage => None,
         }
     }
 
@@ -282,6 +288,8 @@ impl Action {
             GuestExec => "guest.exec",
             NetworkRead => "network.read",
             NetworkManage => "network.manage",
+            NodeRead => "node.read",
+            NodeManage => "node.manage",
         }
     }
 }

@@ -367,6 +367,14 @@ error_codes! {
     GatewayUnavailable = "E_GATEWAY_UNAVAILABLE", retryable: true, class: Invalid,
         meaning: "The gateway could not give the connection an instance: waking or creating one failed, its port never accepted, or too many connections were already waiting for one.",
         fix: "Retry; if it persists, `hangar pool status POOL` and `hangar events` say why the pool has no instance.";
+    /// etcd, which holds a cluster's shared state, cannot be reached.
+    ClusterUnavailable = "E_CLUSTER_UNAVAILABLE", retryable: true, class: Environment,
+        meaning: "The node cannot reach a quorum of the cluster's etcd members, so it refuses changes; VMs that run keep running, and the node catches up by itself when etcd answers again.",
+        fix: "Retry once etcd is back; `hangar node ls` and the etcd members' health (`etcdctl endpoint health`) say which members are down.";
+    /// A cluster document is not signed by a trusted cluster key.
+    SignatureInvalid = "E_SIGNATURE_INVALID", retryable: false, class: Invalid,
+        meaning: "A document in the cluster's store (a pool, a quota, a node's desired state) is unsigned, tampered with, or signed by a key this node does not trust; the node refuses to act on it and audits the refusal.",
+        fix: "Write cluster documents only through hangard (it signs them); after a key rotation, add the new public key to every node's trusted keys (`hangar cluster key`).";
 }
 
 impl fmt::Display for ErrorCode {

@@ -93,6 +93,8 @@ fn released_codes_are_never_removed() {
         "E_ROUTE_NOT_FOUND",
         "E_ROUTE_CONFLICT",
         "E_GATEWAY_UNAVAILABLE",
+        "E_CLUSTER_UNAVAILABLE",
+        "E_SIGNATURE_INVALID",
     ];
     for code in released {
         assert!(hangar_core::ErrorCode::parse(code).is_some(), "{code} was removed or renamed");

@@ -5,6 +5,7 @@
 //! Guests started by a test must not outlive it, even when an assertion fails: keep a
 //! [`Reaper`] for the test's home.
 
+pub mod etcd;
 pub mod golden;
 pub mod netns;
 

@@ -20,6 +20,7 @@ mod fleet;
 mod guest;
 mod manual;
 mod network;
+mod node;
 mod ops;
 mod planning;
 mod progress;
@@ -276,6 +277,12 @@ enum Command {
     /// none runs (needs hangard).
     #[command(subcommand)]
     Route(route::RouteCommand),
+    /// The cluster's nodes: list, inspect, cordon (needs hangard).
+    #[command(subcommand)]
+    Node(node::NodeCommand),
+    /// The cluster's signing key: `hangar cluster key new FILE` (for `hangard --cluster-key`).
+    #[command(subcommand)]
+    Cluster(node::ClusterCommand),
     /// Print events, oldest first: every state transition of every VM (with the operation that
     /// made it) and what the engine observed (stops escalated, QEMUs adopted after a crash).
     Events {
@@ -499,6 +506,8 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), Failure> {
         Command::Pool(cmd) => fleet::pool(cmd, out),
         Command::Instance(cmd) => fleet::instance(cmd, out),
         Command::Route(cmd) => route::route(cmd, out),
+        Command::Node(cmd) => node::node(cmd, out),
+        Command::Cluster(cmd) => node::cluster(cmd, out),
         Command::Token(cmd) => access::token(cmd, out),
         Command::Events { since, follow, output } => ops::events(since, follow, output, out),
         Command::Audit(cmd) => access::audit_command(cmd, out),

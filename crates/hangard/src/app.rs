@@ -89,11 +89,50 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
             get(crate::routes::networks::get_network)
                 .delete(crate::routes::networks::delete_network),
         )
+        .route("/v1/nodes", get(crate::routes::nodes::list_nodes))
+        .route("/v1/nodes/{name}", get(crate::routes::nodes::get_node))
+        .route("/v1/nodes/{name}/cordon", post(crate::routes::nodes::cordon_node))
+        .route("/v1/nodes/{name}/uncordon", post(crate::routes::nodes::uncordon_node))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(daemon.clone(), gate))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(daemon)
+}
+
+/// Refuses when a hangard answers on `socket`. A socket that accepts connections but never
+/// answers is a killed daemon's, still open in a child it forked a moment before it died (a
+/// QEMU between fork and exec holds every descriptor until its exec closes them): that lasts
+/// milliseconds, so it is waited out (up to 5 s) instead of being taken for a live daemon.
+fn still_held(socket: &Path) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else {
+            return Ok(()); // nobody accepts: stale
+        };
+        let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(1)));
+        let _ = stream
+            .write_all(b"GET /v1/health HTTP/1.1\r\nHost: hangard\r\nConnection: close\r\n\r\n");
+        let mut head = [0u8; 8];
+        if stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.") {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("another hangard is listening on {}", socket.display()),
+            ));
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!(
+                    "a process holds {} open without answering (a child of a killed hangard?); find it with `fuser {}` and retry",
+                    socket.display(),
+                    socket.display()
+                ),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// Binds the unix socket, refusing if another daemon answers on it. Mode 0600 (only the
@@ -113,12 +152,7 @@ pub fn bind(socket: &Path, shared: bool) -> std::io::Result<tokio::net::UnixList
                 ),
             ));
         }
-        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
-                format!("another hangard is listening on {}", socket.display()),
-            ));
-        }
+        still_held(socket)?;
         std::fs::remove_file(socket)?;
     }
     // Create the socket with no group/other permissions from the start (no chmod race).

@@ -83,6 +83,11 @@ pub const ROUTES: &[(&str, &str, Gate)] = &[
     ("POST", "/v1/networks", Gate::Action(Action::NetworkManage)),
     ("GET", "/v1/networks/{name}", Gate::Action(Action::NetworkRead)),
     ("DELETE", "/v1/networks/{name}", Gate::Action(Action::NetworkManage)),
+    // Nodes are the cluster's machinery, an administrator's only.
+    ("GET", "/v1/nodes", Gate::Action(Action::NodeRead)),
+    ("GET", "/v1/nodes/{name}", Gate::Action(Action::NodeRead)),
+    ("POST", "/v1/nodes/{name}/cordon", Gate::Action(Action::NodeManage)),
+    ("POST", "/v1/nodes/{name}/uncordon", Gate::Action(Action::NodeManage)),
 ];
 
 /// What `route` (a matched path pattern) needs under `method`; `None` if the table lacks it.

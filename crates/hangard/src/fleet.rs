@@ -379,9 +379,38 @@ pub(crate) async fn create_pool(
         desired: request.desired,
         policy: request.policy,
     };
+    if let Some((m, keys)) = d.cluster_keys() {
+        // In a cluster the pool is the cluster's: published (signed) for the scheduler, which
+        // gives each node its share; nodes then make their instances.
+        if d.fleet.tenant(&pool.tenant).is_none() {
+            let missing: hangar_core::error::Error =
+                hangar_fleet::FleetError::TenantNotFound(pool.tenant.clone()).into();
+            return Err(missing.into());
+        }
+        crate::scheduler::publish_pool(m, keys, &pool).await?;
+        return Ok((StatusCode::CREATED, Json(d.pool_view(pool))).into_response());
+    }
     d.fleet.add_pool(pool.clone())?;
     d.reconciler.poke();
     Ok((StatusCode::CREATED, Json(d.pool_view(pool))).into_response())
+}
+
+impl Daemon {
+    /// The cluster's copy of pool `id`, if this node is in a cluster and the caller may act on
+    /// it with `action`.
+    async fn cluster_pool_for(
+        &self, caller: &Caller, action: Action, id: &str,
+    ) -> ApiResult<Option<Pool>> {
+        let Some((m, keys)) = self.cluster_keys() else { return Ok(None) };
+        let id = pool_id(&caller.resolve(id))?;
+        let pool = crate::scheduler::cluster_pool(m, keys, id.as_str())
+            .await?
+            .ok_or_else(|| ApiError::from(hangar_fleet::not_found_pool(&id)))?;
+        caller.allow(action, Resource::Owned(Some(&pool.tenant)), || {
+            hangar_fleet::not_found_pool(&id).into()
+        })?;
+        Ok(Some(pool))
+    }
 }
 
 /// `GET /v1/pools/{pool}`: a pool, its instances and the last pass.
@@ -409,6 +438,17 @@ pub(crate) async fn get_pool(
 pub(crate) async fn update_pool(
     Ctx { d, caller }: Ctx, UrlPath(id): UrlPath<String>, body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<PoolView>> {
+    if let Some(mut pool) = d.cluster_pool_for(&caller, Action::PoolManage, &id).await? {
+        let update: PoolUpdate = json_body(body)?;
+        if let Some(spec) = &update.spec {
+            pool.template = template(&d, &caller, spec, update.base_dir.as_deref())?;
+        }
+        pool.desired = update.desired.unwrap_or(pool.desired);
+        pool.policy = update.policy.unwrap_or(pool.policy);
+        let (m, keys) = d.cluster_keys().expect("a cluster pool means a cluster");
+        crate::scheduler::update_cluster_pool(m, keys, &pool).await?;
+        return Ok(Json(d.pool_view(pool)));
+    }
     let current = d.visible_pool(&caller, Action::PoolManage, &id)?;
     let id = current.id.clone();
     let update: PoolUpdate = json_body(body)?;
@@ -435,6 +475,12 @@ pub(crate) async fn update_pool(
 pub(crate) async fn delete_pool(
     Ctx { d, caller }: Ctx, UrlPath(id): UrlPath<String>,
 ) -> ApiResult<StatusCode> {
+    if let Some(pool) = d.cluster_pool_for(&caller, Action::PoolManage, &id).await? {
+        // The scheduler takes its instances off every node.
+        let (m, _) = d.cluster_keys().expect("a cluster pool means a cluster");
+        crate::scheduler::remove_cluster_pool(m, pool.id.as_str()).await?;
+        return Ok(StatusCode::NO_CONTENT);
+    }
     let id = d.visible_pool(&caller, Action::PoolManage, &id)?.id;
     let fleet = d.fleet.clone();
     blocking(move || fleet.remove_pool(&id)).await??;

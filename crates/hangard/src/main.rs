@@ -67,6 +67,27 @@ struct Args {
     /// comes from `HANGARD_LOG` (`info` by default; `debug`, `warn`, or a tracing filter).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Join a cluster whose shared state is in etcd at these client URLs (comma-separated,
+    /// for example http://127.0.0.1:2379,http://127.0.0.1:22379). Without it the host is a
+    /// cluster of one, as always.
+    #[arg(long, value_name = "URLS", value_delimiter = ',')]
+    cluster: Vec<String>,
+    /// This node's name in the cluster (default: the host name).
+    #[arg(long, value_name = "NAME", requires = "cluster")]
+    node: Option<String>,
+    /// Where other nodes reach this one's API, `host:port` (default: --listen-tcp's address).
+    #[arg(long, value_name = "ADDR", requires = "cluster")]
+    advertise: Option<String>,
+    /// The cluster's signing key (made by `hangar cluster key new FILE`; the same file on every
+    /// node): this node signs what it writes for others with it, and acts only on documents
+    /// signed by it or by a key listed in $HANGAR_HOME/cluster/trusted.keys (one `ed25519:<hex>`
+    /// a line, for rotations).
+    #[arg(long, value_name = "FILE", requires = "cluster")]
+    cluster_key: Option<PathBuf>,
+    /// Seconds this node's lease lives without renewal (it renews every third of it): how long
+    /// a dead node still counts as a member.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10, requires = "cluster")]
+    lease_ttl: u64,
     /// Print the OpenAPI document and exit.
     #[arg(long)]
     openapi: bool,
@@ -181,7 +202,36 @@ async fn main() -> std::process::ExitCode {
         }
         _ => None,
     };
+    let node = match args.node.clone() {
+        Some(name) => name,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into()),
+    };
+    if !args.cluster.is_empty() {
+        if let Err(e) = hangar_core::ids::check_name("node", &node) {
+            tracing::error!("--node {node:?}: {e}");
+            return std::process::ExitCode::from(2);
+        }
+        if args.cluster_key.is_none() {
+            tracing::error!(
+                "--cluster needs --cluster-key FILE (make one with `hangar cluster key new FILE`)"
+            );
+            return std::process::ExitCode::from(2);
+        }
+        if args.lease_ttl < 3 {
+            tracing::error!(
+                "--lease-ttl must be at least 3 seconds (the lease is renewed every third)"
+            );
+            return std::process::ExitCode::from(2);
+        }
+    }
+    let engine_name = match args.engine {
+        EngineKind::Qemu => "qemu",
+        EngineKind::Fake => "fake",
+    };
     let options = hangard::Options {
+        engine_name,
         reconcile_interval: interval,
         allow_paths: args.allow_paths,
         uids: hangard::UidMap(args.map_uid.into_iter().collect()),
@@ -215,10 +265,33 @@ async fn main() -> std::process::ExitCode {
     // Only after recovery: a pass must see interrupted operations settled.
     daemon.start_reconciler();
     daemon.start_gateway();
-    let engine_name = match args.engine {
-        EngineKind::Qemu => "qemu",
-        EngineKind::Fake => "fake",
-    };
+    if !args.cluster.is_empty() {
+        let advertise = args
+            .advertise
+            .clone()
+            .or_else(|| args.listen_tcp.map(|a| a.to_string()))
+            .unwrap_or_default();
+        tracing::info!(node = %node, etcd = ?args.cluster, "joining the cluster as {node}");
+        let keys = match hangard::scheduler::Keys::load(
+            args.cluster_key.as_deref().expect("checked above"),
+            &home.join("cluster/trusted.keys"),
+        ) {
+            Ok(keys) => keys,
+            Err(e) => {
+                tracing::error!("{e}");
+                return std::process::ExitCode::from(2);
+            }
+        };
+        daemon.join_cluster(
+            hangard::cluster::ClusterOptions {
+                endpoints: args.cluster.clone(),
+                node: node.clone(),
+                advertise,
+                lease_ttl: std::time::Duration::from_secs(args.lease_ttl),
+            },
+            keys,
+        );
+    }
     tracing::info!(
         socket = %socket.display(),
         engine = engine_name,

@@ -69,12 +69,16 @@ use crate::{admin, fleet};
         crate::routes::networks::list_networks,
         crate::routes::networks::get_network,
         crate::routes::networks::create_network,
-        crate::routes::networks::delete_network
+        crate::routes::networks::delete_network,
+        crate::routes::nodes::list_nodes,
+        crate::routes::nodes::get_node,
+        crate::routes::nodes::cordon_node,
+        crate::routes::nodes::uncordon_node
     ),
     components(schemas(VmView, ErrorBody, Health, StartRequest, StopRequest, SnapshotRequest, VmAction,
         Operation, OperationRequest, OperationResult, EventView, ImageView, TokenRequest, TokenView,
         NewToken, admin::HostView, hangar_api::NetworkView, hangar_api::LeaseView,
-        hangar_api::NetworkRequest, hangar_api::ProgressLine)),
+        hangar_api::NetworkRequest, hangar_api::ProgressLine, hangar_api::ClusterNode)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

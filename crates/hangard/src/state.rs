@@ -54,6 +54,15 @@ pub struct Daemon {
     pub(crate) own_uid: u32,
     /// Connection limits.
     pub(crate) limits: server::Limits,
+    /// This node's membership in a cluster (`hangard --cluster`; set once by
+    /// [`Daemon::join_cluster`]).
+    pub(crate) cluster: std::sync::OnceLock<Arc<crate::cluster::Membership>>,
+    /// The engine's name (`qemu`, `fake`).
+    pub(crate) engine_name: &'static str,
+    /// The cluster's keys (set with [`Daemon::cluster`]).
+    pub(crate) keys: std::sync::OnceLock<Arc<crate::scheduler::Keys>>,
+    /// The scheduling loop's state.
+    pub(crate) scheduling: crate::scheduler::Scheduling,
 }
 
 /// `GET /v1/vms` as last computed: when, at which transition generation, the views and their
@@ -71,6 +80,8 @@ pub struct Options {
     pub uids: UidMap,
     /// What one connection and one peer may hold.
     pub limits: server::Limits,
+    /// The engine's name (`qemu`, `fake`), as this node reports it to a cluster.
+    pub engine_name: &'static str,
 }
 
 impl Default for Options {
@@ -80,6 +91,7 @@ impl Default for Options {
             allow_paths: Vec::new(),
             uids: UidMap::default(),
             limits: server::Limits::default(),
+            engine_name: "qemu",
         }
     }
 }
@@ -177,6 +189,10 @@ impl Daemon {
             uids: options.uids,
             own_uid: rustix::process::geteuid().as_raw(),
             limits: options.limits,
+            engine_name: options.engine_name,
+            cluster: std::sync::OnceLock::new(),
+            keys: std::sync::OnceLock::new(),
+            scheduling: Default::default(),
         })
     }
 }

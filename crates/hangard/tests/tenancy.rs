@@ -151,6 +151,11 @@ fn requests() -> Vec<(&'static str, String, Option<String>, Option<Action>)> {
             Some(Action::NetworkManage),
         ),
         ("DELETE", s("/v1/networks/nope"), None, Some(Action::NetworkManage)),
+        ("GET", s("/v1/nodes"), None, Some(Action::NodeRead)),
+        ("GET", s("/v1/nodes/nope"), None, Some(Action::NodeRead)),
+        // Not in a cluster: refused after the gate.
+        ("POST", s("/v1/nodes/nope/cordon"), None, Some(Action::NodeManage)),
+        ("POST", s("/v1/nodes/nope/uncordon"), None, Some(Action::NodeManage)),
     ]
 }
 

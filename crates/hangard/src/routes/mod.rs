@@ -4,6 +4,7 @@
 pub(crate) mod events;
 pub(crate) mod guest;
 pub(crate) mod networks;
+pub(crate) mod nodes;
 pub(crate) mod operations;
 pub(crate) mod snapshots;
 pub(crate) mod system;

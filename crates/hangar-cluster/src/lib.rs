@@ -1,0 +1,22 @@
+//! Hangar across hosts. A cluster keeps its shared state in etcd (never a consensus of its own);
+//! this crate holds what the nodes agree on and the pure decisions made from it:
+//!
+//! - [`node`]: what a node says about itself ([`NodeInfo`], [`NodeStats`]) and what an operator
+//!   says about it ([`Schedule`]: cordoned, draining);
+//! - [`placement`]: which node runs how many of each pool's instances, a pure function of the
+//!   nodes and the pools (like `hangar_fleet::reconcile::plan` on one host);
+//! - [`desired`]: what the scheduler tells a node to run ([`DesiredState`]);
+//! - [`signed`]: documents signed with the cluster's Ed25519 key, so that raw access to etcd is
+//!   not enough to make a node run something.
+//!
+//! Nothing here does I/O; the etcd client lives with the daemon that uses it.
+
+pub mod desired;
+pub mod node;
+pub mod placement;
+pub mod signed;
+
+pub use desired::{DesiredState, DESIRED_STATE, POOL};
+pub use node::{NodeInfo, NodeStats, NodeView, Resources, Schedule};
+pub use placement::{place, Assignment, Placement, PoolDemand};
+pub use signed::{ClusterKey, KeyRing, SignatureError, SignedPayload};

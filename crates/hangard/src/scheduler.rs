@@ -1,0 +1,396 @@
+//! Pools across a cluster. Every second each node (1) tries to hold the scheduler role, a key
+//! under its own lease created only if absent (an etcd transaction: one holder at a time, and
+//! the role passes on when the holder's lease runs out), (2) if it holds it, places every
+//! pool's instances on the nodes (`hangar_cluster::place`) and writes each node's signed
+//! [`DesiredState`] where it changed, and (3) applies its own desired state to its fleet: its
+//! share of each pool, which the local reconcile loop then converges on. A desired state that
+//! does not open with the node's trusted keys (unsigned, tampered, forged, another node's) is
+//! refused and audited, and the node keeps what it had.
+//!
+//! Keys under `/hangar/v1`: `scheduler` (the holder's name, under its lease), `pools/<id>` (a
+//! signed pool with its cluster-wide counts, written by the API), `desired/<node>` (signed by
+//! the scheduler).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
+use hangar_cluster::{
+    place, Assignment, ClusterKey, DesiredState, KeyRing, NodeView, PoolDemand, Resources,
+    DESIRED_STATE, POOL,
+};
+use hangar_core::error::ErrorCode;
+use hangar_core::spec::{AccelRequest, BootSource};
+use hangar_fleet::{Pool, Tenant};
+
+use crate::cluster::{unavailable, Membership, ROOT};
+use crate::error::ApiError;
+use crate::state::Daemon;
+
+/// The cluster's signing key and the keys this node trusts.
+pub struct Keys {
+    /// Signs what this node writes for others to act on.
+    pub signing: ClusterKey,
+    /// Opens what others wrote.
+    pub trusted: KeyRing,
+}
+
+impl Keys {
+    /// The signing key from `key_file` (64 hex digits, readable by its owner only), trusting
+    /// its own public half and the keys listed in `trusted_file` (if it exists).
+    pub fn load(
+        key_file: &std::path::Path, trusted_file: &std::path::Path,
+    ) -> Result<Keys, String> {
+        use std::os::unix::fs::PermissionsExt;
+        let what = |e: std::io::Error| format!("cluster key {}: {e}", key_file.display());
+        let meta = std::fs::metadata(key_file).map_err(what)?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(format!(
+                "cluster key {}: others may read it (mode {:o}); chmod 600 it",
+                key_file.display(),
+                meta.permissions().mode() & 0o777
+            ));
+        }
+        let text = std::fs::read_to_string(key_file).map_err(what)?;
+        let signing = ClusterKey::from_text(&text)
+            .ok_or_else(|| format!("cluster key {}: not 64 hex digits", key_file.display()))?;
+        let mut ring = signing.public();
+        match std::fs::read_to_string(trusted_file) {
+            Ok(more) => {
+                ring.push('\n');
+                ring.push_str(&more);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("{}: {e}", trusted_file.display())),
+        }
+        let trusted =
+            KeyRing::parse(&ring).map_err(|e| format!("{}: {e}", trusted_file.display()))?;
+        Ok(Keys { signing, trusted })
+    }
+}
+
+fn scheduler_key() -> String {
+    format!("{ROOT}/scheduler")
+}
+
+fn pool_key(id: &str) -> String {
+    format!("{ROOT}/pools/{id}")
+}
+
+fn desired_key(node: &str) -> String {
+    format!("{ROOT}/desired/{node}")
+}
+
+/// What the last pass did, for `/v1/nodes` readers and tests.
+#[derive(Debug, Clone, Default)]
+pub struct SchedulerStatus {
+    /// Whether this node held the scheduler role in its last pass.
+    pub scheduling: bool,
+    /// The last desired state this node refused, and why.
+    pub refused: Option<String>,
+}
+
+/// The state the scheduling loop keeps between passes.
+#[derive(Default)]
+pub(crate) struct Scheduling {
+    status: Mutex<SchedulerStatus>,
+    /// The revision of the last desired-state document refused (audited once, not every pass).
+    refused_revision: Mutex<i64>,
+}
+
+impl Daemon {
+    /// Starts the loop that schedules (when this node holds the role) and applies this node's
+    /// desired state.
+    pub(crate) fn start_scheduling(self: &Arc<Self>, membership: Arc<Membership>, keys: Arc<Keys>) {
+        let d = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = d.cluster_pass(&membership, &keys).await {
+                    tracing::debug!("cluster pass: {e}");
+                }
+            }
+        });
+    }
+
+    async fn cluster_pass(self: &Arc<Self>, m: &Membership, keys: &Keys) -> Result<(), String> {
+        let Some(lease) = m.status().lease.filter(|_| m.status().connected) else {
+            return Err("not a member right now".into());
+        };
+        let mut client = m.client().await?;
+        let me = m.node().to_string();
+        let role = Txn::new()
+            .when([Compare::create_revision(scheduler_key(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                scheduler_key(),
+                me.clone(),
+                Some(PutOptions::new().with_lease(lease)),
+            )])
+            .or_else([TxnOp::get(scheduler_key(), None)]);
+        let answer = client.txn(role).await.map_err(|e| e.to_string())?;
+        let scheduling = answer.succeeded()
+            || answer.op_responses().iter().any(|r| match r {
+                TxnOpResponse::Get(g) => {
+                    g.kvs().first().is_some_and(|kv| kv.value() == me.as_bytes())
+                }
+                _ => false,
+            });
+        self.scheduling.status.lock().unwrap_or_else(|e| e.into_inner()).scheduling = scheduling;
+        if scheduling {
+            self.schedule(&mut client, m, keys).await?;
+        }
+        self.apply_desired(&mut client, &me, keys).await
+    }
+
+    /// One scheduling pass: read nodes, pools and the current placement; write what changed.
+    async fn schedule(
+        &self, client: &mut Client, m: &Membership, keys: &Keys,
+    ) -> Result<(), String> {
+        let nodes: Vec<NodeView> = m
+            .nodes()
+            .await
+            .map_err(|e| e.1.message.clone())?
+            .into_iter()
+            .filter_map(|n| {
+                Some(NodeView {
+                    info: n.info?,
+                    alive: n.alive,
+                    schedule: n.schedule,
+                    unmanaged: Resources::default(),
+                })
+            })
+            .collect();
+        let all = |prefix: String| {
+            let mut client = client.clone();
+            async move {
+                client
+                    .get(prefix, Some(GetOptions::new().with_prefix()))
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        };
+        let mut pools = Vec::new();
+        for kv in all(format!("{ROOT}/pools/")).await?.kvs() {
+            match keys.trusted.open::<Pool>(POOL, kv.value()) {
+                Ok(pool) => pools.push(pool),
+                Err(e) => {
+                    tracing::warn!(key = %String::from_utf8_lossy(kv.key()), "ignoring a pool: {e}")
+                }
+            }
+        }
+        let mut current = Assignment::new();
+        let mut written: BTreeMap<String, DesiredState> = BTreeMap::new();
+        for kv in all(format!("{ROOT}/desired/")).await?.kvs() {
+            // What does not open is as good as absent: it is rewritten below.
+            if let Ok(ds) = keys.trusted.open::<DesiredState>(DESIRED_STATE, kv.value()) {
+                current.insert(ds.node.clone(), ds.shares());
+                written.insert(ds.node.clone(), ds);
+            }
+        }
+        let demands: Vec<PoolDemand> = pools.iter().map(demand).collect();
+        let mut placement = place(&nodes, &demands, &current);
+        // A node whose lease ran out has no records left to place by, but its last orders are
+        // still there: they are emptied, so that it removes its instances when it comes back
+        // instead of bringing them back beside their replacements.
+        for node in written.keys() {
+            placement.nodes.entry(node.clone()).or_default();
+        }
+        for (node, shares) in &placement.nodes {
+            let desired = DesiredState::for_node(node, m.node(), shares, &pools);
+            let same = written.get(node).is_some_and(|w| w.pools == desired.pools);
+            if !same {
+                let doc = serde_json::to_vec(&keys.signing.sign(DESIRED_STATE, &desired))
+                    .expect("documents serialise");
+                client.put(desired_key(node), doc, None).await.map_err(|e| e.to_string())?;
+                tracing::info!(node = %node, pools = desired.pools.len(), "scheduled");
+            }
+        }
+        for (pool, missing) in &placement.unplaced {
+            tracing::warn!(pool = %pool, "no node has room for {} instances", missing.total());
+        }
+        Ok(())
+    }
+
+    /// Applies this node's desired state to its fleet (when it opens).
+    async fn apply_desired(
+        self: &Arc<Self>, client: &mut Client, me: &str, keys: &Keys,
+    ) -> Result<(), String> {
+        let answer = client.get(desired_key(me), None).await.map_err(|e| e.to_string())?;
+        let Some(kv) = answer.kvs().first() else {
+            return Ok(()); // nothing scheduled here yet
+        };
+        let desired = keys
+            .trusted
+            .open::<DesiredState>(DESIRED_STATE, kv.value())
+            .map_err(|e| e.to_string())
+            .and_then(|ds| {
+                if ds.node == me {
+                    Ok(ds)
+                } else {
+                    Err(format!("it is {:?}'s, copied to this node's key", ds.node))
+                }
+            });
+        let desired = match desired {
+            Ok(ds) => ds,
+            Err(why) => {
+                self.refuse(kv.mod_revision(), me, &why);
+                return Err(why);
+            }
+        };
+        self.scheduling.status.lock().unwrap_or_else(|e| e.into_inner()).refused = None;
+        let d = self.clone();
+        tokio::task::spawn_blocking(move || d.converge_pools(desired))
+            .await
+            .map_err(|e| e.to_string())?
+    }
+
+    /// Audits a refused desired state (once per document) and keeps the fleet as it is.
+    fn refuse(&self, revision: i64, me: &str, why: &str) {
+        let mut last = self.scheduling.refused_revision.lock().unwrap_or_else(|e| e.into_inner());
+        self.scheduling.status.lock().unwrap_or_else(|e| e.into_inner()).refused =
+            Some(why.to_string());
+        if *last == revision {
+            return;
+        }
+        *last = revision;
+        tracing::error!(node = %me, "refusing this node's desired state: {why}");
+        self.metrics.error(ErrorCode::SignatureInvalid.as_str());
+        let entry = hangar_audit::NewEntry {
+            at: hangar_core::clock::Clock::now(&hangar_core::clock::SystemClock),
+            who: "cluster".into(),
+            what: "cluster.desired_state".into(),
+            target: me.to_string(),
+            result: ErrorCode::SignatureInvalid.as_str().to_string(),
+            detail: Some(format!("refused revision {revision}: {why}")),
+        };
+        if let Err(e) = self.trail.record(entry) {
+            tracing::error!("AUDIT FAILURE recording a refused desired state: {e}");
+        }
+    }
+
+    /// Makes the fleet's pools this node's share: adds, rescales, retemplates and removes.
+    fn converge_pools(&self, desired: DesiredState) -> Result<(), String> {
+        let mut changed = false;
+        for pool in desired.pools.values() {
+            if self.fleet.tenant(&pool.tenant).is_none() {
+                // Quotas are the cluster's to enforce; here the tenant only has to exist.
+                self.fleet
+                    .put_tenant(Tenant { id: pool.tenant.clone(), quotas: Default::default() });
+            }
+            match self.fleet.pool(&pool.id) {
+                Ok(local) => {
+                    if local.template != pool.template {
+                        self.fleet
+                            .set_template(&pool.id, pool.template.clone())
+                            .map_err(|e| e.to_string())?;
+                        changed = true;
+                    }
+                    if local.desired != pool.desired || local.policy != pool.policy {
+                        self.fleet
+                            .scale(&pool.id, pool.desired, Some(pool.policy))
+                            .map_err(|e| e.to_string())?;
+                        changed = true;
+                    }
+                }
+                Err(_) => {
+                    self.fleet.add_pool(pool.clone()).map_err(|e| e.to_string())?;
+                    changed = true;
+                }
+            }
+        }
+        for local in self.fleet.pools() {
+            if !desired.pools.contains_key(local.id.as_str()) {
+                self.fleet.remove_pool(&local.id).map_err(|e| e.to_string())?;
+                changed = true;
+            }
+        }
+        if changed {
+            self.reconciler.poke();
+        }
+        Ok(())
+    }
+
+    /// What the scheduling loop last did.
+    pub fn scheduler_status(&self) -> SchedulerStatus {
+        self.scheduling.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The cluster's keys, when this node is in a cluster.
+    pub(crate) fn cluster_keys(&self) -> Option<(&Arc<Membership>, &Arc<Keys>)> {
+        Some((self.membership()?, self.keys.get()?))
+    }
+}
+
+/// What one pool asks of the cluster.
+fn demand(pool: &Pool) -> PoolDemand {
+    let machine = &pool.template.machine;
+    PoolDemand {
+        pool: pool.id.to_string(),
+        desired: pool.desired,
+        per_instance: Resources {
+            vcpus: machine.vcpus,
+            memory_mib: u64::from(machine.memory_mib),
+            disk_mib: 0,
+        },
+        requires_kvm: machine.accel == AccelRequest::Kvm,
+        image: match &pool.template.boot {
+            BootSource::Image { image, .. } => Some(image.clone()),
+            _ => None,
+        },
+    }
+}
+
+/// Publishes a pool for the scheduler: signed, created only if no pool has that id.
+pub(crate) async fn publish_pool(m: &Membership, keys: &Keys, pool: &Pool) -> Result<(), ApiError> {
+    let mut client = m.client().await.map_err(unavailable)?;
+    let doc = serde_json::to_vec(&keys.signing.sign(POOL, pool)).expect("documents serialise");
+    let create = Txn::new()
+        .when([Compare::create_revision(pool_key(pool.id.as_str()), CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(pool_key(pool.id.as_str()), doc, None)]);
+    let answer = client.txn(create).await.map_err(unavailable)?;
+    if !answer.succeeded() {
+        return Err(ApiError::new(
+            ErrorCode::PoolExists,
+            format!("the cluster has a pool {:?} already", pool.id.as_str()),
+            Some("id".into()),
+            Some("pick another id, or change that pool with `hangar pool scale`".into()),
+        ));
+    }
+    Ok(())
+}
+
+/// The cluster's copy of a pool, if it has one.
+pub(crate) async fn cluster_pool(
+    m: &Membership, keys: &Keys, id: &str,
+) -> Result<Option<Pool>, ApiError> {
+    let mut client = m.client().await.map_err(unavailable)?;
+    let answer = client.get(pool_key(id), None).await.map_err(unavailable)?;
+    match answer.kvs().first() {
+        None => Ok(None),
+        Some(kv) => keys
+            .trusted
+            .open::<Pool>(POOL, kv.value())
+            .map(Some)
+            .map_err(|e| ApiError::new(ErrorCode::SignatureInvalid, e.to_string(), None, None)),
+    }
+}
+
+/// Rewrites a pool in the cluster (new counts, policy or template), signed.
+pub(crate) async fn update_cluster_pool(
+    m: &Membership, keys: &Keys, pool: &Pool,
+) -> Result<(), ApiError> {
+    let mut client = m.client().await.map_err(unavailable)?;
+    let doc = serde_json::to_vec(&keys.signing.sign(POOL, pool)).expect("documents serialise");
+    client.put(pool_key(pool.id.as_str()), doc, None).await.map_err(unavailable)?;
+    Ok(())
+}
+
+/// Removes a pool from the cluster (the scheduler then takes its instances off every node).
+pub(crate) async fn remove_cluster_pool(m: &Membership, id: &str) -> Result<bool, ApiError> {
+    let mut client = m.client().await.map_err(unavailable)?;
+    let answer = client.delete(pool_key(id), None).await.map_err(unavailable)?;
+    Ok(answer.deleted() > 0)
+}

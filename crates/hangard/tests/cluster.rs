@@ -1,0 +1,262 @@
+//! Nodes in a cluster on etcd (`hangard --cluster`): a 3-member etcd on loopback and real
+//! `hangard` processes on the fake engine. Membership is a lease each node renews; a killed
+//! node's records go when its lease runs out; a cordon is kept in etcd; with one etcd member
+//! down nothing changes, with all down changes are refused (`E_CLUSTER_UNAVAILABLE`) while the
+//! node's own API keeps serving, and the node rejoins by itself when etcd is back.
+//!
+//! Without etcd installed the test prints `SKIPPED …` and checks nothing.
+
+use std::time::{Duration, Instant};
+
+use hangar_testkit::etcd::EtcdCluster;
+use serde_json::Value;
+
+mod common;
+use common::{coded, spawn_hangard, SpawnedDaemon};
+
+/// Lease time to live of the test's nodes (the shortest hangard takes).
+const LEASE_TTL_S: u64 = 3;
+
+/// The cluster's signing key, in a file beside the nodes' homes that every node reads.
+fn key_file(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("cluster.key");
+    if !path.exists() {
+        let key = hangar_cluster::ClusterKey::from_seed([7; 32]);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .unwrap();
+        std::io::Write::write_all(&mut f, key.to_text().as_bytes()).unwrap();
+    }
+    path
+}
+
+fn node(home: &std::path::Path, etcd: &EtcdCluster, name: &str) -> SpawnedDaemon {
+    std::fs::create_dir_all(home).unwrap();
+    let endpoints = etcd.endpoints().join(",");
+    let ttl = LEASE_TTL_S.to_string();
+    let key = key_file(home.parent().unwrap());
+    let advertise = format!("127.0.0.1:7{}", &name[1..]);
+    let args = [
+        "--engine",
+        "fake",
+        "--cluster",
+        &endpoints,
+        "--node",
+        name,
+        "--advertise",
+        &advertise,
+        "--lease-ttl",
+        &ttl,
+        "--cluster-key",
+        key.to_str().unwrap(),
+    ];
+    SpawnedDaemon::from_child(spawn_hangard(home, &args), home)
+}
+
+/// The node `name` as `d` lists it.
+fn listed(d: &SpawnedDaemon, name: &str) -> Option<Value> {
+    let (status, nodes) = d.call("GET", "/v1/nodes", None);
+    if status != 200 {
+        return None;
+    }
+    nodes.as_array()?.iter().find(|n| n["name"] == name).cloned()
+}
+
+/// Waits (up to `limit`) until `d` lists node `name` and `pred` holds for it; how long it took.
+fn until(
+    d: &SpawnedDaemon, name: &str, limit: Duration, what: &str, pred: impl Fn(&Value) -> bool,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        if let Some(n) = listed(d, name).filter(|n| pred(n)) {
+            let _ = n;
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "node {name} never became {what}; listed: {:?}",
+            d.call("GET", "/v1/nodes", None)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn nodes_join_leave_and_are_cordoned_through_etcd() {
+    let test = "nodes_join_leave_and_are_cordoned_through_etcd";
+    let mut etcd = match EtcdCluster::start(3) {
+        Ok(etcd) => etcd,
+        Err(reason) => {
+            eprintln!("SKIPPED {test}: {reason}");
+            return;
+        }
+    };
+    let dir = tempfile::Builder::new().prefix("hgn-").tempdir_in("/tmp").unwrap();
+    let (home_a, home_b) = (dir.path().join("a"), dir.path().join("b"));
+    let a = node(&home_a, &etcd, "n1");
+    let b = node(&home_b, &etcd, "n2");
+
+    // Both join; each sees both, itself marked.
+    let limit = Duration::from_secs(15);
+    until(&a, "n2", limit, "alive", |n| n["alive"] == true);
+    until(&b, "n1", limit, "alive", |n| n["alive"] == true);
+    let n1 = listed(&a, "n1").unwrap();
+    assert_eq!((n1["this_node"].as_bool(), n1["schedule"].as_str()), (Some(true), Some("ready")));
+    assert_eq!(n1["info"]["accel"], "fake", "{n1}");
+    assert_eq!(n1["info"]["advertise"], "127.0.0.1:71", "{n1}");
+    assert!(n1["info"]["capacity"]["vcpus"].as_u64() >= Some(1), "{n1}");
+    assert_eq!(listed(&b, "n1").unwrap()["this_node"], false);
+    // Stats follow the node's VMs (refreshed at each renewal).
+    let spec = r#"{"schema_version":1,"name":"vm1","machine":{"vcpus":2,"memory_mib":128}}"#;
+    assert_eq!(b.call("POST", "/v1/vms?wait=true", Some(spec)).0, 200);
+    assert_eq!(b.call("POST", "/v1/vms/vm1/start?wait=true", Some("{}")).0, 200);
+    until(&a, "n2", limit, "running one VM", |n| {
+        n["stats"]["vms_running"] == 1 && n["stats"]["used"]["memory_mib"] == 128
+    });
+
+    // A cordon made through one node is the cluster's: the other sees it.
+    let (s, n) = a.call("POST", "/v1/nodes/n2/cordon", None);
+    assert_eq!((s, n["schedule"].as_str()), (200, Some("cordoned")), "{n}");
+    assert_eq!(listed(&b, "n2").unwrap()["schedule"], "cordoned");
+    let (s, e) = a.call("POST", "/v1/nodes/nope/cordon", None);
+    assert_eq!(s, 400, "{e}");
+    coded(&e, "E_INVALID_ARGUMENT");
+
+    // One etcd member down changes nothing.
+    etcd.stop(0);
+    let (s, n) = b.call("POST", "/v1/nodes/n2/uncordon", None);
+    assert_eq!((s, n["schedule"].as_str()), (200, Some("ready")), "{n}");
+    assert_eq!(listed(&a, "n2").unwrap()["alive"], true);
+    etcd.restart(0).unwrap();
+
+    // kill -9 of a node: its lease runs out, and it is listed as down.
+    b.kill9();
+    let gone = until(&a, "n2", Duration::from_secs(4 * LEASE_TTL_S), "down", |n| {
+        n["alive"] == false && n["info"].is_null()
+    });
+    eprintln!(
+        "a killed node was listed as down {:.1} s after the kill (lease TTL {LEASE_TTL_S} s)",
+        gone.as_secs_f64()
+    );
+    assert!(gone <= Duration::from_secs(LEASE_TTL_S + 2), "took {gone:?}");
+
+    // etcd gone entirely: changes are refused with a retryable code; the node still serves its
+    // own API; when etcd is back the node is a member again without anyone's help.
+    for i in 0..3 {
+        etcd.stop(i);
+    }
+    let (s, e) = a.call("POST", "/v1/nodes/n1/cordon", None);
+    assert_eq!(s, 503, "{e}");
+    coded(&e, "E_CLUSTER_UNAVAILABLE");
+    let (s, e) = a.call("GET", "/v1/nodes", None);
+    assert_eq!(s, 503, "{e}");
+    assert_eq!(a.call("GET", "/v1/vms", None).0, 200, "the node's own API serves on");
+    etcd.restart_all().unwrap();
+    until(&a, "n1", Duration::from_secs(20), "a member again", |n| n["alive"] == true);
+}
+
+/// Each node's own share of pool `acme--web`: (desired warm, warm instances it has).
+fn share(d: &SpawnedDaemon) -> (u64, u64) {
+    let (status, p) = d.call("GET", "/v1/pools/acme--web", None);
+    if status != 200 {
+        return (0, 0);
+    }
+    (p["pool"]["desired"]["warm"].as_u64().unwrap_or(0), p["counts"]["warm"].as_u64().unwrap_or(0))
+}
+
+/// Waits (up to `limit`) until every node's share is as `want` says; how long it took.
+fn until_shares(nodes: &[&SpawnedDaemon], want: &[(u64, u64)], limit: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let got: Vec<(u64, u64)> = nodes.iter().map(|d| share(d)).collect();
+        if got == want {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "shares {got:?}, wanted {want:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_pool_spreads_over_the_nodes_refuses_forged_orders_and_fails_over() {
+    let test = "a_pool_spreads_over_the_nodes_refuses_forged_orders_and_fails_over";
+    let etcd = match EtcdCluster::start(3) {
+        Ok(etcd) => etcd,
+        Err(reason) => {
+            eprintln!("SKIPPED {test}: {reason}");
+            return;
+        }
+    };
+    let dir = tempfile::Builder::new().prefix("hgp-").tempdir_in("/tmp").unwrap();
+    let homes: Vec<_> = ["a", "b", "c"].iter().map(|h| dir.path().join(h)).collect();
+    let n1 = node(&homes[0], &etcd, "n1");
+    let n2 = node(&homes[1], &etcd, "n2");
+    let n3 = node(&homes[2], &etcd, "n3");
+    for n in ["n1", "n2", "n3"] {
+        until(&n1, n, Duration::from_secs(15), "alive", |v| v["alive"] == true);
+    }
+
+    // A pool made through one node spreads 2/2/2, and each node makes its own instances.
+    assert!(matches!(n1.call("PUT", "/v1/tenants/acme", Some("{}")).0, 200 | 201));
+    let pool = r#"{"id":"web","tenant":"acme","desired":{"warm":6},
+        "spec":{"schema_version":1,"name":"t","machine":{"memory_mib":128}}}"#;
+    let (s, p) = n1.call("POST", "/v1/pools", Some(pool));
+    assert_eq!(s, 201, "{p}");
+    // (Tenants are not in etcd yet: the node a pool is made through must know its tenant.)
+    assert!(matches!(n2.call("PUT", "/v1/tenants/acme", Some("{}")).0, 200 | 201));
+    let (s, e) = n2.call("POST", "/v1/pools", Some(pool));
+    assert_eq!(s, 409, "the cluster has it already: {e}");
+    let took = until_shares(&[&n1, &n2, &n3], &[(2, 2), (2, 2), (2, 2)], Duration::from_secs(30));
+    eprintln!(
+        "warm = 6 spread 2/2/2, instances made, {:.1} s after the pool was created",
+        took.as_secs_f64()
+    );
+
+    // A desired state changed behind the scheduler's back (raw etcd access, no key) is refused
+    // by its node, audited, and does not change what the node runs; the scheduler repairs it.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let key = "/hangar/v1/desired/n2";
+    let tamper = || {
+        runtime.block_on(async {
+            let mut etcd = etcd_client::Client::connect(etcd.endpoints(), None).await.unwrap();
+            let got = etcd.get(key, None).await.unwrap();
+            let mut doc: Value = serde_json::from_slice(got.kvs()[0].value()).unwrap();
+            let payload = doc["payload"].as_str().unwrap().replace(r#""warm":2"#, r#""warm":5"#);
+            if payload != doc["payload"].as_str().unwrap() {
+                doc["payload"] = payload.into();
+                etcd.put(key, doc.to_string(), None).await.unwrap();
+            }
+        })
+    };
+    let audit = homes[1].join("audit.log");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        tamper();
+        let log = std::fs::read_to_string(&audit).unwrap_or_default();
+        if log.contains("cluster.desired_state") && log.contains("E_SIGNATURE_INVALID") {
+            break;
+        }
+        assert_eq!(share(&n2).0, 2, "n2 acted on a tampered desired state");
+        assert!(Instant::now() < deadline, "n2 never refused the tampered desired state");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    until_shares(&[&n1, &n2, &n3], &[(2, 2), (2, 2), (2, 2)], Duration::from_secs(10));
+
+    // kill -9 of a node: once its lease runs out its share goes to the others.
+    n3.kill9();
+    let whole = until_shares(&[&n1, &n2], &[(3, 3), (3, 3)], Duration::from_secs(30));
+    eprintln!(
+        "the pool was whole again (3/3 on the two left) {:.1} s after kill -9 of a node (lease TTL {LEASE_TTL_S} s)",
+        whole.as_secs_f64()
+    );
+    // It comes back: it is given nothing (no churn back, nothing doubled).
+    let n3 = node(&homes[2], &etcd, "n3");
+    until(&n1, "n3", Duration::from_secs(15), "alive", |v| v["alive"] == true);
+    until(&n1, "n2", Duration::from_secs(5), "alive", |v| v["alive"] == true);
+    std::thread::sleep(Duration::from_secs(2)); // two scheduling passes: nothing may move
+    assert_eq!([share(&n1), share(&n2), share(&n3)], [(3, 3), (3, 3), (0, 0)]);
+}
