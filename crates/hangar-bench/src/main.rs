@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 mod agent;
 mod api;
+mod cluster;
 mod criterion;
 mod engine;
 mod fleet;
@@ -57,6 +58,9 @@ enum Command {
     /// The gateway, in a namespace of its own: time to first byte through it when the
     /// instance runs, is paused or sleeps, against direct; requests per second, against direct.
     Gateway(engine::Args),
+    /// A cluster on etcd, on the fake engine: placement of 999 instances end to end against
+    /// the pure placement, and failover after a node's kill -9 against the lease TTL.
+    Cluster(cluster::Args),
     /// Everything above plus the criterion results; writes the JSON and prints the table.
     All {
         #[command(flatten)]
@@ -139,6 +143,7 @@ fn run(command: Command) -> Result<Value, String> {
         Command::Exec(args) => agent::exec(&args, 50),
         Command::Net(args) => net::run(&args),
         Command::Gateway(args) => gateway::run(&args),
+        Command::Cluster(args) => cluster::run(&args),
         Command::All { engine, criterion_dir, out } => {
             let api_args = api::Args::with_hangard(engine.hangard.clone());
             let results = json!({
@@ -153,6 +158,10 @@ fn run(command: Command) -> Result<Value, String> {
                 "exec": attempt("exec", || agent::exec(&engine, 50)),
                 "net": attempt("net", || net::run(&engine)),
                 "gateway": attempt("gateway", || gateway::run(&engine)),
+                "cluster": attempt("cluster", || cluster::run(&cluster::Args {
+                    hangard: engine.hangard.clone(),
+                    ttls: vec![3, 6],
+                })),
                 "resume_via_api": attempt("resume_via_api", || engine::warm_proxy(&engine, 50)),
                 "confinement": attempt("confinement", || engine::confinement(&engine)),
                 "throughput": attempt("throughput", || engine::throughput(&engine, &[2, 4, 8], 2)),

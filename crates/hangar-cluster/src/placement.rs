@@ -7,8 +7,8 @@
 //!    new placements, not old ones); a pool that shrank loses instances from the nodes holding
 //!    most of it first.
 //! 2. What is missing goes to live, ready nodes that can run it (KVM when the pool needs it, the
-//!    pool's image) and have room for it: running, warm and spare instances need their vCPUs and
-//!    memory, sleeping ones their memory on disk.
+//!    pool's image) and have room for it: running instances need their vCPUs and memory, warm
+//!    and spare ones their memory (they use no CPU), sleeping ones their memory on disk.
 //! 3. Among those, the node holding fewest of the pool's instances (a pool spreads over nodes),
 //!    then the one left with the least free memory (bin-packing keeps whole nodes free for big
 //!    instances), then the name (the same inputs give the same placement).
@@ -77,16 +77,18 @@ impl Kind {
         }
     }
 
-    /// What one instance of this kind holds on its node: a sleeping one has no process, only
-    /// its memory saved on disk besides its overlay.
+    /// What one instance of this kind holds on its node: a running one its vCPUs and memory; a
+    /// warm (paused) one or a spare (waiting for its state) its memory but no CPU time; a
+    /// sleeping one no process, only its memory saved on disk besides its overlay.
     fn footprint(self, per: Resources) -> Resources {
         match self {
+            Kind::Running => per,
+            Kind::Warm | Kind::Spare => Resources { vcpus: 0, ..per },
             Kind::Sleeping => Resources {
                 vcpus: 0,
                 memory_mib: 0,
                 disk_mib: per.disk_mib.saturating_add(per.memory_mib),
             },
-            _ => per,
         }
     }
 }
@@ -179,10 +181,11 @@ pub fn place(nodes: &[NodeView], pools: &[PoolDemand], current: &Assignment) -> 
                     .filter(|n| pool.image.as_ref().is_none_or(|i| n.info.images.contains(i)))
                     .filter(|n| free[&n.info.name].holds(need))
                     .min_by_key(|n| {
-                        let name = &n.info.name;
+                        let node: &NodeView = n;
+                        let name = node.info.name.as_str();
                         let mine = out.nodes[name].get(&pool.pool).map(Desired::total).unwrap_or(0);
                         let left = free[name].minus(need).memory_mib;
-                        (mine, left, name.clone())
+                        (mine, left, name)
                     });
                 match best {
                     Some(node) => {

@@ -205,7 +205,7 @@ pub enum Action {
     NetworkManage,
     /// Read the cluster's nodes.
     NodeRead,
-    /// Cordon or uncordon a node.
+    /// Cordon, drain or uncordon a node.
     NodeManage,
 }
 

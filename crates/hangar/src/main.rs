@@ -277,7 +277,7 @@ enum Command {
     /// none runs (needs hangard).
     #[command(subcommand)]
     Route(route::RouteCommand),
-    /// The cluster's nodes: list, inspect, cordon (needs hangard).
+    /// The cluster's nodes: list, inspect, cordon, drain (needs hangard).
     #[command(subcommand)]
     Node(node::NodeCommand),
     /// The cluster's signing key: `hangar cluster key new FILE` (for `hangard --cluster-key`).

@@ -29,7 +29,12 @@ pub enum NodeCommand {
         /// The node's name.
         name: String,
     },
-    /// Let a cordoned node take new instances again.
+    /// Move a node's instances to other nodes and send it no new ones (`uncordon` ends it).
+    Drain {
+        /// The node's name.
+        name: String,
+    },
+    /// Let a cordoned or drained node take new instances again.
     Uncordon {
         /// The node's name.
         name: String,
@@ -76,6 +81,16 @@ pub fn node(cmd: NodeCommand, out: &mut dyn Write) -> Result<(), Failure> {
         NodeCommand::Cordon { name } => {
             let n: ClusterNode = call("POST", &format!("/v1/nodes/{name}/cordon"), None)?;
             let _ = writeln!(out, "node {}: {} (no new instances go there)", n.name, schedule(&n));
+            Ok(())
+        }
+        NodeCommand::Drain { name } => {
+            let n: ClusterNode = call("POST", &format!("/v1/nodes/{name}/drain"), None)?;
+            let _ = writeln!(
+                out,
+                "node {}: {} (the scheduler moves its instances to other nodes)",
+                n.name,
+                schedule(&n)
+            );
             Ok(())
         }
         NodeCommand::Uncordon { name } => {

@@ -93,6 +93,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/nodes/{name}", get(crate::routes::nodes::get_node))
         .route("/v1/nodes/{name}/cordon", post(crate::routes::nodes::cordon_node))
         .route("/v1/nodes/{name}/uncordon", post(crate::routes::nodes::uncordon_node))
+        .route("/v1/nodes/{name}/drain", post(crate::routes::nodes::drain_node))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(daemon.clone(), gate))

@@ -88,6 +88,7 @@ pub const ROUTES: &[(&str, &str, Gate)] = &[
     ("GET", "/v1/nodes/{name}", Gate::Action(Action::NodeRead)),
     ("POST", "/v1/nodes/{name}/cordon", Gate::Action(Action::NodeManage)),
     ("POST", "/v1/nodes/{name}/uncordon", Gate::Action(Action::NodeManage)),
+    ("POST", "/v1/nodes/{name}/drain", Gate::Action(Action::NodeManage)),
 ];
 
 /// What `route` (a matched path pattern) needs under `method`; `None` if the table lacks it.

@@ -55,6 +55,21 @@ pub struct MemberStatus {
     pub lease: Option<i64>,
 }
 
+/// Where this node stands, from how long ago its lease was last renewed (the renewal runs
+/// every third of the TTL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// Renewed within half the TTL: a member in good standing.
+    Member,
+    /// Not renewed for half the TTL (or not yet joined): it hands out no instance and makes
+    /// none, since the cluster may be about to give its share to others.
+    Unsure,
+    /// Not renewed for two thirds of the TTL: it pauses its pool instances. etcd expires the
+    /// lease no earlier than a whole TTL after that renewal was sent, and only then does the
+    /// scheduler move the node's share, so a pool instance never runs on two nodes at once.
+    Fenced,
+}
+
 /// This node's membership: its records' upkeep and the cluster reads the API serves.
 pub struct Membership {
     options: ClusterOptions,
@@ -157,6 +172,17 @@ impl Membership {
         self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Where this node stands now.
+    pub fn standing(&self) -> Standing {
+        let ttl = self.options.lease_ttl;
+        match self.status().renewed_at.map(|at| at.elapsed()) {
+            Some(age) if age < ttl / 2 => Standing::Member,
+            Some(age) if age < ttl * 2 / 3 => Standing::Unsure,
+            Some(_) => Standing::Fenced,
+            None => Standing::Unsure,
+        }
+    }
+
     /// This node's name.
     pub fn node(&self) -> &str {
         &self.options.node
@@ -195,6 +221,9 @@ impl Membership {
                     client.put(stats_key(&info.name), stats_json, with_lease()),
                 )
                 .await?;
+                // The lease runs at least TTL from when etcd renews it, which is after this
+                // instant: fencing counts from here, never from when the answer came back.
+                let sent = Instant::now();
                 timed("renew the lease", keeper.keep_alive()).await?;
                 match timed("renew the lease", answers.message()).await? {
                     Some(answer) if answer.ttl() > 0 => {}
@@ -203,7 +232,7 @@ impl Membership {
                 }
                 self.set_status(|s| {
                     s.connected = true;
-                    s.renewed_at = Some(Instant::now());
+                    s.renewed_at = Some(sent);
                     s.error = None;
                 });
                 tokio::time::sleep(every).await;

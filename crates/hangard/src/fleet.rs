@@ -143,6 +143,16 @@ impl Daemon {
             self.reconciler.record(&report, news);
             return report;
         }
+        if let Err(e) = self.in_good_standing() {
+            // A node that may have lost its share makes no instance (it would double one).
+            let report = PassReport {
+                errors: vec![(e.1.code.clone(), e.1.message.clone())],
+                ..PassReport::default()
+            };
+            let news = self.reconciler.is_news(&report);
+            self.reconciler.record(&report, news);
+            return report;
+        }
         let report = self.fleet.pass();
         for step in &report.steps {
             let entry = hangar_audit::NewEntry {
@@ -496,6 +506,7 @@ pub(crate) async fn claim(
     Ctx { d, caller }: Ctx, UrlPath(id): UrlPath<String>,
 ) -> ApiResult<Json<Claim>> {
     let id = d.visible_pool(&caller, Action::PoolClaim, &id)?.id;
+    d.in_good_standing()?;
     let fleet = d.fleet.clone();
     let claimed = blocking(move || fleet.claim(&id)).await??;
     d.reconciler.poke();

@@ -73,7 +73,8 @@ use crate::{admin, fleet};
         crate::routes::nodes::list_nodes,
         crate::routes::nodes::get_node,
         crate::routes::nodes::cordon_node,
-        crate::routes::nodes::uncordon_node
+        crate::routes::nodes::uncordon_node,
+        crate::routes::nodes::drain_node
     ),
     components(schemas(VmView, ErrorBody, Health, StartRequest, StopRequest, SnapshotRequest, VmAction,
         Operation, OperationRequest, OperationResult, EventView, ImageView, TokenRequest, TokenView,

@@ -24,7 +24,7 @@ use hangar_core::error::ErrorCode;
 use hangar_core::spec::{AccelRequest, BootSource};
 use hangar_fleet::{Pool, Tenant};
 
-use crate::cluster::{unavailable, Membership, ROOT};
+use crate::cluster::{unavailable, Membership, Standing, ROOT};
 use crate::error::ApiError;
 use crate::state::Daemon;
 
@@ -70,6 +70,9 @@ impl Keys {
     }
 }
 
+/// The label on the templates of pools this node runs for the cluster.
+pub const MANAGED_LABEL: &str = "hangar.dev/cluster";
+
 fn scheduler_key() -> String {
     format!("{ROOT}/scheduler")
 }
@@ -103,6 +106,7 @@ impl Daemon {
     /// Starts the loop that schedules (when this node holds the role) and applies this node's
     /// desired state.
     pub(crate) fn start_scheduling(self: &Arc<Self>, membership: Arc<Membership>, keys: Arc<Keys>) {
+        self.start_fencing(membership.clone());
         let d = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -143,6 +147,67 @@ impl Daemon {
             self.schedule(&mut client, m, keys).await?;
         }
         self.apply_desired(&mut client, &me, keys).await
+    }
+
+    /// Watches this node's standing (ten times a second: fencing must beat the lease's expiry)
+    /// and pauses its running pool instances once when it becomes fenced.
+    fn start_fencing(self: &Arc<Self>, membership: Arc<Membership>) {
+        let d = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            let mut paused = false;
+            loop {
+                tick.tick().await;
+                match membership.standing() {
+                    Standing::Fenced if !paused => {
+                        paused = true;
+                        tracing::error!(
+                            node = %membership.node(),
+                            "cannot renew the cluster lease: pausing this node's pool instances"
+                        );
+                        let fenced = d.clone();
+                        let _ = tokio::task::spawn_blocking(move || fenced.pause_pool_instances())
+                            .await;
+                    }
+                    Standing::Member if paused => {
+                        paused = false;
+                        tracing::info!(node = %membership.node(), "the cluster lease is renewed again");
+                    }
+                    _ => {}
+                }
+            }
+        });
+    }
+
+    /// Pauses every running instance of every pool here, claimed ones included: the cluster
+    /// is about to count them as lost and replace them elsewhere.
+    fn pause_pool_instances(&self) {
+        use hangar_control::Control;
+        for instance in self.fleet.instances(None) {
+            if instance.state != hangar_core::lifecycle::VmState::Running {
+                continue;
+            }
+            let request = hangar_api::OperationRequest::Pause { vm: instance.name.to_string() };
+            match self.local.run(request, &|_| {}) {
+                Ok(_) => tracing::warn!(vm = %instance.name, "paused (fenced)"),
+                Err(e) => {
+                    tracing::error!(vm = %instance.name, "could not pause a fenced instance: {e}")
+                }
+            }
+        }
+    }
+
+    /// Whether this node may hand out and make instances now (always, outside a cluster).
+    pub(crate) fn in_good_standing(&self) -> Result<(), ApiError> {
+        match self.membership().map(|m| m.standing()) {
+            None | Some(Standing::Member) => Ok(()),
+            Some(_) => Err(ApiError::new(
+                ErrorCode::ClusterUnavailable,
+                "this node cannot renew its cluster lease, so it hands out and makes no instance until it can",
+                None,
+                Some("retry, or claim through another node".into()),
+            )),
+        }
     }
 
     /// One scheduling pass: read nodes, pools and the current placement; write what changed.
@@ -272,9 +337,15 @@ impl Daemon {
     }
 
     /// Makes the fleet's pools this node's share: adds, rescales, retemplates and removes.
+    /// Pools it made carry the [`MANAGED_LABEL`] in their template; only those are ever removed
+    /// (pools made here before the node joined stay its own).
     fn converge_pools(&self, desired: DesiredState) -> Result<(), String> {
         let mut changed = false;
+        let managed = |pool: &Pool| pool.template.labels.contains_key(MANAGED_LABEL);
         for pool in desired.pools.values() {
+            let mut pool = pool.clone();
+            pool.template.labels.insert(MANAGED_LABEL.into(), "true".into());
+            let pool = &pool;
             if self.fleet.tenant(&pool.tenant).is_none() {
                 // Quotas are the cluster's to enforce; here the tenant only has to exist.
                 self.fleet
@@ -302,7 +373,7 @@ impl Daemon {
             }
         }
         for local in self.fleet.pools() {
-            if !desired.pools.contains_key(local.id.as_str()) {
+            if managed(&local) && !desired.pools.contains_key(local.id.as_str()) {
                 self.fleet.remove_pool(&local.id).map_err(|e| e.to_string())?;
                 changed = true;
             }

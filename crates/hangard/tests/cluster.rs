@@ -259,4 +259,161 @@ fn a_pool_spreads_over_the_nodes_refuses_forged_orders_and_fails_over() {
     until(&n1, "n2", Duration::from_secs(5), "alive", |v| v["alive"] == true);
     std::thread::sleep(Duration::from_secs(2)); // two scheduling passes: nothing may move
     assert_eq!([share(&n1), share(&n2), share(&n3)], [(3, 3), (3, 3), (0, 0)]);
+
+    // Drain: the node's instances move to the others, and it is left empty.
+    let (s, n) = n2.call("POST", "/v1/nodes/n1/drain", None);
+    assert_eq!((s, n["schedule"].as_str()), (200, Some("draining")), "{n}");
+    let drained =
+        until_shares(&[&n1, &n2, &n3], &[(0, 0), (3, 3), (3, 3)], Duration::from_secs(30));
+    eprintln!("a drained node was empty {:.1} s after the drain", drained.as_secs_f64());
+    let (_, vms) = n1.call("GET", "/v1/vms", None);
+    assert_eq!(vms, serde_json::json!([]), "the drained node keeps no VM");
+}
+
+/// A TCP relay to one etcd member that the test can cut: how one node loses its access to etcd
+/// while the others keep theirs.
+struct Relay {
+    port: u16,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Relay {
+    fn to(target: &str) -> Relay {
+        use std::sync::atomic::Ordering;
+        let target = target.trim_start_matches("http://").to_string();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (o, c) = (open.clone(), conns.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if !o.load(Ordering::SeqCst) {
+                    continue; // dropped: refused from now on
+                }
+                let Ok(server) = std::net::TcpStream::connect(&target) else { continue };
+                for (from, to) in [(&client, &server), (&server, &client)] {
+                    let (mut from, mut to) = (from.try_clone().unwrap(), to.try_clone().unwrap());
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+                c.lock().unwrap().extend([client, server]);
+            }
+        });
+        Relay { port, open, conns }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Cuts every connection and refuses new ones.
+    fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// The pool's instances running on `d` (its VMs in state `running`).
+fn running(d: &SpawnedDaemon) -> usize {
+    let (_, vms) = d.call("GET", "/v1/vms", None);
+    vms.as_array().map(|a| a.iter().filter(|v| v["state"] == "running").count()).unwrap_or(0)
+}
+
+#[test]
+fn a_node_cut_off_from_etcd_fences_itself_before_its_share_moves() {
+    let test = "a_node_cut_off_from_etcd_fences_itself_before_its_share_moves";
+    let etcd = match EtcdCluster::start(3) {
+        Ok(etcd) => etcd,
+        Err(reason) => {
+            eprintln!("SKIPPED {test}: {reason}");
+            return;
+        }
+    };
+    let dir = tempfile::Builder::new().prefix("hgf-").tempdir_in("/tmp").unwrap();
+    let homes: Vec<_> = ["a", "b", "c"].iter().map(|h| dir.path().join(h)).collect();
+    let n1 = node(&homes[0], &etcd, "n1");
+    let n2 = node(&homes[1], &etcd, "n2");
+    // n3 reaches etcd only through relays the test can cut.
+    let relays: Vec<Relay> = etcd.endpoints().iter().map(|e| Relay::to(e)).collect();
+    std::fs::create_dir_all(&homes[2]).unwrap();
+    let endpoints = relays.iter().map(Relay::url).collect::<Vec<_>>().join(",");
+    let key = key_file(dir.path());
+    let ttl = LEASE_TTL_S.to_string();
+    let args = [
+        "--engine",
+        "fake",
+        "--cluster",
+        &endpoints,
+        "--node",
+        "n3",
+        "--lease-ttl",
+        &ttl,
+        "--cluster-key",
+        key.to_str().unwrap(),
+    ];
+    let n3 = SpawnedDaemon::from_child(spawn_hangard(&homes[2], &args), &homes[2]);
+    for n in ["n1", "n2", "n3"] {
+        until(&n1, n, Duration::from_secs(15), "alive", |v| v["alive"] == true);
+    }
+    assert!(matches!(n1.call("PUT", "/v1/tenants/acme", Some("{}")).0, 200 | 201));
+    let pool = r#"{"id":"web","tenant":"acme","desired":{"running":3},
+        "spec":{"schema_version":1,"name":"t","machine":{"memory_mib":128}}}"#;
+    assert_eq!(n1.call("POST", "/v1/pools", Some(pool)).0, 201);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while [running(&n1), running(&n2), running(&n3)] != [1, 1, 1] {
+        assert!(Instant::now() < deadline, "never 1/1/1");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Cut n3 off. It stops handing out instances at once (half a TTL at most), then pauses
+    // its instances (claimed ones too); only after that does the cluster replace its share:
+    // at no moment do the others run the whole pool while n3 still runs any of it.
+    for r in &relays {
+        r.cut();
+    }
+    let cut = Instant::now();
+    let mut refused_after = None;
+    let mut paused_after = None;
+    let whole_after = loop {
+        let (s, e) = n3.call("POST", "/v1/pools/acme--web/claim", Some("{}"));
+        if s == 503 && e["code"] == "E_CLUSTER_UNAVAILABLE" && refused_after.is_none() {
+            refused_after = Some(cut.elapsed());
+        }
+        let on_n3 = running(&n3);
+        if on_n3 == 0 && paused_after.is_none() {
+            paused_after = Some(cut.elapsed());
+        }
+        let elsewhere = running(&n1) + running(&n2);
+        assert!(
+            !(on_n3 > 0 && elsewhere >= 3),
+            "{on_n3} running on the cut-off node while the others run the whole pool"
+        );
+        if elsewhere == 3 {
+            break cut.elapsed();
+        }
+        assert!(
+            cut.elapsed() < Duration::from_secs(30),
+            "the pool never became whole on n1 and n2"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (refused, paused) = (
+        refused_after.expect("n3 kept handing out instances"),
+        paused_after.expect("n3 never paused its instance"),
+    );
+    eprintln!(
+        "cut off: claims refused after {:.1} s, instance paused after {:.1} s, pool whole on the others after {:.1} s (lease TTL {LEASE_TTL_S} s)",
+        refused.as_secs_f64(), paused.as_secs_f64(), whole_after.as_secs_f64()
+    );
+    assert!(paused < whole_after, "the share moved before the cut-off node paused");
+    let (_, vms) = n3.call("GET", "/v1/vms", None);
+    let states: Vec<&str> =
+        vms.as_array().unwrap().iter().filter_map(|v| v["state"].as_str()).collect();
+    assert!(!states.is_empty() && states.iter().all(|s| *s == "paused"), "{vms}");
 }

@@ -156,6 +156,7 @@ fn requests() -> Vec<(&'static str, String, Option<String>, Option<Action>)> {
         // Not in a cluster: refused after the gate.
         ("POST", s("/v1/nodes/nope/cordon"), None, Some(Action::NodeManage)),
         ("POST", s("/v1/nodes/nope/uncordon"), None, Some(Action::NodeManage)),
+        ("POST", s("/v1/nodes/nope/drain"), None, Some(Action::NodeManage)),
     ]
 }
 

@@ -1,4 +1,4 @@
-//! `/v1/nodes`: the cluster's nodes (`hangard --cluster`), and an operator's cordon. Without a
+//! `/v1/nodes`: the cluster's nodes (`hangard --cluster`), and an operator's cordon or drain. Without a
 //! cluster the host is a cluster of one: listed, but not cordoned (there is nowhere else to go).
 
 use axum::extract::Path as UrlPath;
@@ -81,7 +81,18 @@ pub(crate) async fn cordon_node(
     set_schedule(&d, &name, Schedule::Cordoned).await
 }
 
-/// `POST /v1/nodes/{name}/uncordon`: the node takes new instances again.
+/// `POST /v1/nodes/{name}/drain`: no new instances go to the node, and the scheduler moves
+/// those there to other nodes (the node removes its own once its share is gone).
+#[utoipa::path(post, path = "/v1/nodes/{name}/drain", params(("name" = String, Path, description = "Node name")),
+    responses((status = 200, body = ClusterNode), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub(crate) async fn drain_node(
+    Ctx { d, .. }: Ctx, UrlPath(name): UrlPath<String>,
+) -> ApiResult<Json<ClusterNode>> {
+    set_schedule(&d, &name, Schedule::Draining).await
+}
+
+/// `POST /v1/nodes/{name}/uncordon`: the node takes new instances again (after a cordon or a
+/// drain).
 #[utoipa::path(post, path = "/v1/nodes/{name}/uncordon", params(("name" = String, Path, description = "Node name")),
     responses((status = 200, body = ClusterNode), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(crate) async fn uncordon_node(

@@ -1,0 +1,243 @@
+//! A cluster on etcd (issue 18), on the fake engine: a 3-member etcd on loopback and three
+//! `hangard --engine fake --cluster` nodes. Placement of a 999-instance pool end to end (from
+//! `POST /v1/pools` until every node has applied its share, against the pure placement of the
+//! same inputs in this process, the same run's baseline), and failover after a `kill -9` of a
+//! node (until the other two hold the whole pool), against the lease TTL.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hangar_cluster::{place, Assignment, NodeInfo, NodeView, PoolDemand, Resources, Schedule};
+use hangar_testkit::etcd::EtcdCluster;
+use serde_json::{json, Value};
+
+use crate::stats::round;
+
+/// `hangar-bench cluster` arguments.
+#[derive(clap::Args, Clone)]
+pub struct Args {
+    /// The hangard binary.
+    #[arg(long, default_value = "target/release/hangard")]
+    pub hangard: PathBuf,
+    /// Lease TTLs to measure failover with, in seconds.
+    #[arg(long, value_delimiter = ',', default_value = "3,6")]
+    pub ttls: Vec<u64>,
+}
+
+/// A directory removed on drop (after the nodes in it are gone: declare it first).
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Node {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(
+    hangard: &Path, home: &Path, etcd: &EtcdCluster, name: &str, ttl: u64, key: &Path,
+) -> Result<Node, String> {
+    std::fs::create_dir_all(home).map_err(|e| e.to_string())?;
+    let log = std::fs::File::create(home.join("hangard.log")).map_err(|e| e.to_string())?;
+    let child = Command::new(hangard)
+        .args(["--home", &home.display().to_string(), "--engine", "fake", "--node", name])
+        .args(["--cluster", &etcd.endpoints().join(","), "--lease-ttl", &ttl.to_string()])
+        .args(["--cluster-key", &key.display().to_string(), "--reconcile-interval", "0.5"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("{}: {e}", hangard.display()))?;
+    let node = Node { child, socket: home.join("hangard.sock") };
+    wait(Duration::from_secs(30), "hangard to answer", || {
+        Ok(call(&node, "GET", "/v1/health", None).is_ok())
+    })?;
+    Ok(node)
+}
+
+fn call(node: &Node, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
+    let body = body.map(|b| b.to_string());
+    let (status, answer) =
+        crate::api::call(&node.socket, method, path, body.as_deref().map(str::as_bytes))?;
+    let v: Value = serde_json::from_slice(&answer).unwrap_or(Value::Null);
+    if status >= 300 {
+        return Err(format!("{method} {path}: {status} {v}"));
+    }
+    Ok(v)
+}
+
+/// Polls `done` every 10 ms until it holds or `limit` passes; how long it took.
+fn wait(
+    limit: Duration, what: &str, mut done: impl FnMut() -> Result<bool, String>,
+) -> Result<Duration, String> {
+    let start = Instant::now();
+    loop {
+        if done()? {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > limit {
+            return Err(format!("no {what} within {} s", limit.as_secs()));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The pool's desired warm count on each node (0 where it has no share).
+fn shares(nodes: &[&Node]) -> Vec<u64> {
+    nodes
+        .iter()
+        .map(|n| {
+            call(n, "GET", "/v1/pools/acme--web", None)
+                .ok()
+                .and_then(|p| p["pool"]["desired"]["warm"].as_u64())
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+/// The pure placement of `warm` instances over 3 equal nodes, timed (median of 20).
+fn pure_placement_ms(warm: u32) -> f64 {
+    let nodes: Vec<NodeView> = (1..=3)
+        .map(|i| NodeView {
+            info: NodeInfo {
+                name: format!("n{i}"),
+                advertise: String::new(),
+                capacity: Resources { vcpus: 32, memory_mib: 1 << 20, disk_mib: 1 << 20 },
+                accel: "fake".into(),
+                qemu_version: None,
+                images: vec!["minimal".into()],
+                joined_at: 0,
+            },
+            alive: true,
+            schedule: Schedule::Ready,
+            unmanaged: Resources::default(),
+        })
+        .collect();
+    let pool = PoolDemand {
+        pool: "acme--web".into(),
+        desired: hangar_fleet::Desired { warm, ..Default::default() },
+        per_instance: Resources { vcpus: 1, memory_mib: 64, disk_mib: 0 },
+        requires_kvm: false,
+        image: Some("minimal".into()),
+    };
+    let times: Vec<f64> = (0..20)
+        .map(|_| {
+            let t = Instant::now();
+            std::hint::black_box(place(&nodes, std::slice::from_ref(&pool), &Assignment::new()));
+            t.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    crate::stats::median(&times)
+}
+
+fn measure(args: &Args, ttl: u64, placement: bool) -> Result<Value, String> {
+    let etcd = EtcdCluster::start(3)?;
+    let dir = Scratch(PathBuf::from(format!("/tmp/hgb-cluster-{}-{ttl}", std::process::id())));
+    let _ = std::fs::remove_dir_all(dir.path());
+    std::fs::create_dir_all(dir.path()).map_err(|e| e.to_string())?;
+    let key = dir.path().join("cluster.key");
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut seed = [0u8; 32];
+        seed[0] = ttl as u8;
+        let text = hangar_cluster::ClusterKey::from_seed(seed).to_text();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&key)
+            .map_err(|e| e.to_string())?;
+        std::io::Write::write_all(&mut f, text.as_bytes()).map_err(|e| e.to_string())?;
+    }
+    let nodes: Vec<Node> = (1..=3)
+        .map(|i| {
+            start(
+                &args.hangard,
+                &dir.path().join(format!("n{i}")),
+                &etcd,
+                &format!("n{i}"),
+                ttl,
+                &key,
+            )
+        })
+        .collect::<Result<_, _>>()?;
+    wait(Duration::from_secs(30), "3 live nodes", || {
+        let list = call(&nodes[0], "GET", "/v1/nodes", None)?;
+        Ok(list.as_array().map(|a| a.iter().filter(|n| n["alive"] == true).count()) == Some(3))
+    })?;
+    call(&nodes[0], "PUT", "/v1/tenants/acme", Some(json!({})))?;
+    let warm: u64 = if placement { 999 } else { 6 };
+    // 64 MiB (the least a spec may ask): 333 of them fit in each node's memory as probed.
+    let spec = json!({"schema_version": 1, "name": "t", "machine": {"memory_mib": 64}});
+    let t = Instant::now();
+    call(
+        &nodes[0],
+        "POST",
+        "/v1/pools",
+        Some(json!({"id": "web", "tenant": "acme", "spec": spec, "desired": {"warm": warm}})),
+    )?;
+    let all: Vec<&Node> = nodes.iter().collect();
+    wait(Duration::from_secs(120), "placement applied", || {
+        Ok(shares(&all).iter().sum::<u64>() == warm)
+    })?;
+    let placed_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let spread = shares(&all);
+    let mut out = json!({ "instances": warm, "shares": spread, "placed_and_applied_ms": round(placed_ms, 1) });
+    if placement {
+        let pure = pure_placement_ms(warm as u32);
+        out["pure_placement_ms"] = json!(round(pure, 3));
+        out["end_to_end_over_pure"] = json!(round(placed_ms / pure.max(1e-6), 0));
+        return Ok(out);
+    }
+    // Failover: kill -9 of the last node; the pool is whole once the other two hold it all.
+    let mut nodes = nodes;
+    let victim = nodes.pop().expect("three nodes");
+    drop(victim); // kill -9 and reaped
+    let killed = Instant::now();
+    let left: Vec<&Node> = nodes.iter().collect();
+    wait(Duration::from_secs(10 * ttl + 30), "failover", || {
+        Ok(shares(&left).iter().sum::<u64>() == warm)
+    })?;
+    let failover = killed.elapsed().as_secs_f64();
+    out["lease_ttl_s"] = json!(ttl);
+    out["failover_s"] = json!(round(failover, 2));
+    out["failover_over_ttl"] = json!(round(failover / ttl as f64, 2));
+    Ok(out)
+}
+
+/// `hangar-bench cluster`
+pub fn run(args: &Args) -> Result<Value, String> {
+    if !args.hangard.exists() {
+        return Err(format!(
+            "{} not found; run `cargo build --release -p hangard`",
+            args.hangard.display()
+        ));
+    }
+    let placement = measure(args, 3, true)?;
+    eprintln!("placement: {placement}");
+    let mut failover = Vec::new();
+    for &ttl in &args.ttls {
+        let one = measure(args, ttl, false)?;
+        eprintln!("failover: {one}");
+        failover.push(one);
+    }
+    Ok(json!({ "placement_999_over_3_nodes": placement, "failover": failover }))
+}
