@@ -76,6 +76,13 @@ pub struct Membership {
     status: Mutex<MemberStatus>,
 }
 
+/// The host's name: a node's default name, and the host's when it is a cluster of one.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
 fn info_key(node: &str) -> String {
     format!("{ROOT}/nodes/{node}/info")
 }

@@ -271,7 +271,7 @@ fn tenant_id(s: &str) -> ApiResult<TenantId> {
     TenantId::new(s).map_err(|e| bad_id("tenant", s, e))
 }
 
-fn pool_id(s: &str) -> ApiResult<PoolId> {
+pub(crate) fn pool_id(s: &str) -> ApiResult<PoolId> {
     PoolId::new(s).map_err(|e| bad_id("pool", s, e))
 }
 
@@ -403,24 +403,6 @@ pub(crate) async fn create_pool(
     d.fleet.add_pool(pool.clone())?;
     d.reconciler.poke();
     Ok((StatusCode::CREATED, Json(d.pool_view(pool))).into_response())
-}
-
-impl Daemon {
-    /// The cluster's copy of pool `id`, if this node is in a cluster and the caller may act on
-    /// it with `action`.
-    async fn cluster_pool_for(
-        &self, caller: &Caller, action: Action, id: &str,
-    ) -> ApiResult<Option<Pool>> {
-        let Some((m, keys)) = self.cluster_keys() else { return Ok(None) };
-        let id = pool_id(&caller.resolve(id))?;
-        let pool = crate::scheduler::cluster_pool(m, keys, id.as_str())
-            .await?
-            .ok_or_else(|| ApiError::from(hangar_fleet::not_found_pool(&id)))?;
-        caller.allow(action, Resource::Owned(Some(&pool.tenant)), || {
-            hangar_fleet::not_found_pool(&id).into()
-        })?;
-        Ok(Some(pool))
-    }
 }
 
 /// `GET /v1/pools/{pool}`: a pool, its instances and the last pass.

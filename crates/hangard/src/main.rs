@@ -202,12 +202,7 @@ async fn main() -> std::process::ExitCode {
         }
         _ => None,
     };
-    let node = match args.node.clone() {
-        Some(name) => name,
-        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "localhost".into()),
-    };
+    let node = args.node.clone().unwrap_or_else(hangard::cluster::host_name);
     if !args.cluster.is_empty() {
         if let Err(e) = hangar_core::ids::check_name("node", &node) {
             tracing::error!("--node {node:?}: {e}");

@@ -465,3 +465,21 @@ pub(crate) async fn remove_cluster_pool(m: &Membership, id: &str) -> Result<bool
     let answer = client.delete(pool_key(id), None).await.map_err(unavailable)?;
     Ok(answer.deleted() > 0)
 }
+
+impl Daemon {
+    /// The cluster's copy of pool `id`, if this node is in a cluster and the caller may act on
+    /// it with `action`.
+    pub(crate) async fn cluster_pool_for(
+        &self, caller: &crate::auth::Caller, action: hangar_core::access::Action, id: &str,
+    ) -> Result<Option<Pool>, ApiError> {
+        let Some((m, keys)) = self.cluster_keys() else { return Ok(None) };
+        let id = crate::fleet::pool_id(&caller.resolve(id))?;
+        let pool = crate::scheduler::cluster_pool(m, keys, id.as_str())
+            .await?
+            .ok_or_else(|| ApiError::from(hangar_fleet::not_found_pool(&id)))?;
+        caller.allow(action, hangar_core::access::Resource::Owned(Some(&pool.tenant)), || {
+            hangar_fleet::not_found_pool(&id).into()
+        })?;
+        Ok(Some(pool))
+    }
+}

@@ -57,6 +57,11 @@ fn node(home: &std::path::Path, etcd: &EtcdCluster, name: &str) -> SpawnedDaemon
     SpawnedDaemon::from_child(spawn_hangard(home, &args), home)
 }
 
+/// A 3-member etcd, or `None` after saying why `test` is skipped.
+fn etcd_or_skip(test: &str) -> Option<EtcdCluster> {
+    EtcdCluster::start(3).map_err(|reason| eprintln!("SKIPPED {test}: {reason}")).ok()
+}
+
 /// The node `name` as `d` lists it.
 fn listed(d: &SpawnedDaemon, name: &str) -> Option<Value> {
     let (status, nodes) = d.call("GET", "/v1/nodes", None);
@@ -88,13 +93,7 @@ fn until(
 #[test]
 fn nodes_join_leave_and_are_cordoned_through_etcd() {
     let test = "nodes_join_leave_and_are_cordoned_through_etcd";
-    let mut etcd = match EtcdCluster::start(3) {
-        Ok(etcd) => etcd,
-        Err(reason) => {
-            eprintln!("SKIPPED {test}: {reason}");
-            return;
-        }
-    };
+    let Some(mut etcd) = etcd_or_skip(test) else { return };
     let dir = tempfile::Builder::new().prefix("hgn-").tempdir_in("/tmp").unwrap();
     let (home_a, home_b) = (dir.path().join("a"), dir.path().join("b"));
     let a = node(&home_a, &etcd, "n1");
@@ -184,13 +183,7 @@ fn until_shares(nodes: &[&SpawnedDaemon], want: &[(u64, u64)], limit: Duration) 
 #[test]
 fn a_pool_spreads_over_the_nodes_refuses_forged_orders_and_fails_over() {
     let test = "a_pool_spreads_over_the_nodes_refuses_forged_orders_and_fails_over";
-    let etcd = match EtcdCluster::start(3) {
-        Ok(etcd) => etcd,
-        Err(reason) => {
-            eprintln!("SKIPPED {test}: {reason}");
-            return;
-        }
-    };
+    let Some(etcd) = etcd_or_skip(test) else { return };
     let dir = tempfile::Builder::new().prefix("hgp-").tempdir_in("/tmp").unwrap();
     let homes: Vec<_> = ["a", "b", "c"].iter().map(|h| dir.path().join(h)).collect();
     let n1 = node(&homes[0], &etcd, "n1");
@@ -328,13 +321,7 @@ fn running(d: &SpawnedDaemon) -> usize {
 #[test]
 fn a_node_cut_off_from_etcd_fences_itself_before_its_share_moves() {
     let test = "a_node_cut_off_from_etcd_fences_itself_before_its_share_moves";
-    let etcd = match EtcdCluster::start(3) {
-        Ok(etcd) => etcd,
-        Err(reason) => {
-            eprintln!("SKIPPED {test}: {reason}");
-            return;
-        }
-    };
+    let Some(etcd) = etcd_or_skip(test) else { return };
     let dir = tempfile::Builder::new().prefix("hgf-").tempdir_in("/tmp").unwrap();
     let homes: Vec<_> = ["a", "b", "c"].iter().map(|h| dir.path().join(h)).collect();
     let n1 = node(&homes[0], &etcd, "n1");

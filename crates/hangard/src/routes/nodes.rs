@@ -13,9 +13,7 @@ use crate::state::Daemon;
 
 /// This host as the one node of its own cluster.
 fn this_host(d: &Daemon) -> ClusterNode {
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into());
+    let name = crate::cluster::host_name();
     let info = d.node_info(&name, "");
     ClusterNode {
         name,
