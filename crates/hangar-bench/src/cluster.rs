@@ -120,6 +120,7 @@ fn pure_placement_ms(warm: u32) -> f64 {
             info: NodeInfo {
                 name: format!("n{i}"),
                 advertise: String::new(),
+                tls_fingerprint: None,
                 capacity: Resources { vcpus: 32, memory_mib: 1 << 20, disk_mib: 1 << 20 },
                 accel: "fake".into(),
                 qemu_version: None,

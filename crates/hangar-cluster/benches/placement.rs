@@ -15,6 +15,7 @@ fn nodes(n: usize) -> Vec<NodeView> {
             info: NodeInfo {
                 name: format!("node-{i:03}"),
                 advertise: format!("10.0.0.{i}:7070"),
+                tls_fingerprint: None,
                 capacity: Resources { vcpus: 512, memory_mib: 1 << 20, disk_mib: 1 << 22 },
                 accel: "kvm".into(),
                 qemu_version: Some("10.0.2".into()),

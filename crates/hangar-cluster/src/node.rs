@@ -50,8 +50,12 @@ impl Resources {
     }
 }
 
+/// The kind of a node's signed [`NodeInfo`]: other nodes send claims (and node credentials) to
+/// the address it names, so a record anyone with raw etcd access could rewrite is not trusted.
+pub const NODE_INFO: &str = "node-info";
+
 /// What a node publishes about itself when it joins (under its lease: it disappears when the
-/// node stops renewing).
+/// node stops renewing), signed with the cluster key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeInfo {
@@ -59,6 +63,10 @@ pub struct NodeInfo {
     pub name: String,
     /// Where other nodes reach its API (`host:port`, `hangard --advertise`).
     pub advertise: String,
+    /// The SHA-256 fingerprint of its API's TLS certificate, which other nodes pin; `None`
+    /// when it serves plain HTTP (`--insecure-plaintext`).
+    #[serde(default)]
+    pub tls_fingerprint: Option<String>,
     /// What it has for instances.
     pub capacity: Resources,
     /// `kvm`, `tcg`, or `fake` (the shipped in-memory engine).
@@ -83,6 +91,10 @@ pub struct NodeStats {
     pub vms_total: u32,
     /// When measured, milliseconds since the epoch.
     pub at: u64,
+    /// For each pool it runs instances of: how many wait to be claimed (warm, spare or
+    /// sleeping). Where a claim is forwarded when the node asked has none.
+    #[serde(default)]
+    pub waiting: std::collections::BTreeMap<String, u32>,
 }
 
 /// Whether the scheduler may place instances on a node. An operator's decision, kept apart from

@@ -220,6 +220,7 @@ mod tests {
             info: NodeInfo {
                 name: name.into(),
                 advertise: format!("{name}:7070"),
+                tls_fingerprint: None,
                 capacity: Resources { vcpus: 16, memory_mib, disk_mib: 100_000 },
                 accel: "tcg".into(),
                 qemu_version: None,

@@ -523,9 +523,10 @@ pub fn pool(cmd: PoolCommand, out: &mut dyn Write) -> Result<(), Failure> {
                 ClaimSource::Cloned => "cloned from the pool's base snapshot",
                 ClaimSource::Created => "booted (nothing was ready)",
             };
+            let on = c.node.as_deref().map(|n| format!(" on node {n}")).unwrap_or_default();
             let _ = writeln!(
                 out,
-                "claimed {} ({}) {how} in {:.1} ms",
+                "claimed {} ({}){on} {how} in {:.1} ms",
                 c.instance.name, c.instance.id, c.took_ms
             );
             Ok(())

@@ -101,8 +101,11 @@ pub fn gate_of(method: &Method, route: &str) -> Option<Gate> {
 pub struct Caller {
     /// What it may reach.
     pub scope: Scope,
-    /// Who, for the audit log: `token:tok-…` or `local:uid=N`.
+    /// Who, for the audit log: `token:tok-…`, `local:uid=N`, or `node:<name> for …`.
     pub who: String,
+    /// The claim another cluster node passed on, when the caller came with a node credential
+    /// (see `forwarding`): it is served here or not at all.
+    pub forwarded: Option<hangar_cluster::ForwardedClaim>,
 }
 
 impl Caller {

@@ -4,7 +4,8 @@
 //! cluster changes with `E_CLUSTER_UNAVAILABLE` (retryable); it rejoins by itself when etcd
 //! answers again.
 //!
-//! Keys (all under [`ROOT`]): `nodes/<name>/info` ([`NodeInfo`], under the node's lease),
+//! Keys (all under [`ROOT`]): `nodes/<name>/info` ([`NodeInfo`], signed with the cluster key,
+//! under the node's lease: other nodes send claims to the address it names),
 //! `nodes/<name>/stats` ([`NodeStats`], same lease, refreshed at every renewal) and
 //! `schedule/<name>` ([`Schedule`], no lease: a cordon outlives the node's absence).
 
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ConnectOptions, GetOptions, PutOptions};
 use hangar_api::ClusterNode;
-use hangar_cluster::{NodeInfo, NodeStats, Schedule};
+use hangar_cluster::{NodeInfo, NodeStats, Schedule, NODE_INFO};
 use hangar_core::error::ErrorCode;
 
 use crate::error::ApiError;
@@ -38,6 +39,8 @@ pub struct ClusterOptions {
     pub node: String,
     /// Where other nodes reach this one's API (`host:port`).
     pub advertise: String,
+    /// The fingerprint of that API's TLS certificate (`None`: plain HTTP).
+    pub tls_fingerprint: Option<String>,
     /// The lease's time to live: a node silent this long is gone.
     pub lease_ttl: Duration,
 }
@@ -74,6 +77,8 @@ pub enum Standing {
 pub struct Membership {
     options: ClusterOptions,
     status: Mutex<MemberStatus>,
+    /// Signs this node's info; opens every node's.
+    keys: Arc<crate::scheduler::Keys>,
 }
 
 /// The host's name: a node's default name, and the host's when it is a cluster of one.
@@ -145,9 +150,10 @@ impl Membership {
     /// lease for as long as the process runs, reconnecting after any failure.
     pub fn start(
         options: ClusterOptions, info: NodeInfo, stats: Arc<dyn Fn() -> NodeStats + Send + Sync>,
+        keys: Arc<crate::scheduler::Keys>,
     ) -> Arc<Membership> {
         let membership =
-            Arc::new(Membership { options, status: Mutex::new(MemberStatus::default()) });
+            Arc::new(Membership { options, status: Mutex::new(MemberStatus::default()), keys });
         let keeper = membership.clone();
         tokio::spawn(async move {
             let mut pause = Duration::from_millis(100);
@@ -211,7 +217,8 @@ impl Membership {
             let lease = timed("grant a lease", client.lease_grant(ttl, None)).await?.id();
             self.set_status(|s| s.lease = Some(lease));
             let with_lease = || Some(PutOptions::new().with_lease(lease));
-            let info_json = serde_json::to_vec(info).expect("node records serialise");
+            let info_json = serde_json::to_vec(&self.keys.signing.sign(NODE_INFO, info))
+                .expect("node records serialise");
             timed("publish the node", client.put(info_key(&info.name), info_json, with_lease()))
                 .await?;
             let (mut keeper, mut answers) =
@@ -289,14 +296,16 @@ impl Membership {
             let Some((name, record)) = rest.split_once('/') else { continue };
             let mut node = entry(&mut nodes, name);
             let problem = match record {
-                "info" => match serde_json::from_slice::<NodeInfo>(kv.value()) {
+                // Info that does not open is as good as absent: nothing is placed on the node
+                // and no claim is sent to the address it names.
+                "info" => match self.keys.trusted.open::<NodeInfo>(NODE_INFO, kv.value()) {
                     Ok(info) if info.name == name => {
                         node.alive = true;
                         node.info = Some(info);
                         None
                     }
                     Ok(info) => Some(format!("its info names another node ({:?})", info.name)),
-                    Err(e) => Some(format!("its info does not read: {e}")),
+                    Err(e) => Some(format!("its info is refused: {e}")),
                 },
                 "stats" => match serde_json::from_slice::<NodeStats>(kv.value()) {
                     Ok(stats) => {
@@ -352,7 +361,9 @@ impl Membership {
 impl crate::state::Daemon {
     /// What this node publishes about itself: its capacity from the host facts, the
     /// accelerator its VMs get (`fake` on the fake engine), the images it can boot.
-    pub fn node_info(&self, name: &str, advertise: &str) -> NodeInfo {
+    pub fn node_info(
+        &self, name: &str, advertise: &str, tls_fingerprint: Option<String>,
+    ) -> NodeInfo {
         let facts = &self.facts;
         let accel = match self.engine_name {
             "fake" => "fake".to_string(),
@@ -366,6 +377,7 @@ impl crate::state::Daemon {
         NodeInfo {
             name: name.to_string(),
             advertise: advertise.to_string(),
+            tls_fingerprint,
             capacity: hangar_cluster::Resources {
                 vcpus: facts.cpu_count.saturating_mul(VCPU_OVERCOMMIT),
                 memory_mib: facts.capacity.map(|c| c.memory_available_mib).unwrap_or(0),
@@ -378,10 +390,20 @@ impl crate::state::Daemon {
         }
     }
 
-    /// What this node's VMs hold now (running and paused ones hold their memory).
+    /// What this node's VMs hold now (running and paused ones hold their memory), and how
+    /// many of each pool's instances wait to be claimed.
     pub fn node_stats(&self) -> NodeStats {
         use hangar_control::Control;
+        use hangar_core::lifecycle::VmState;
         let vms = self.local.list().unwrap_or_default();
+        let mut waiting: BTreeMap<String, u32> =
+            self.fleet.pools().into_iter().map(|p| (p.id.to_string(), 0)).collect();
+        for i in self.fleet.instances(None) {
+            if !i.claimed && matches!(i.state, VmState::Paused | VmState::Spare | VmState::Sleeping)
+            {
+                *waiting.entry(i.pool.to_string()).or_default() += 1;
+            }
+        }
         let holding: Vec<_> =
             vms.iter().filter(|v| v.state == "running" || v.state == "paused").collect();
         NodeStats {
@@ -393,16 +415,19 @@ impl crate::state::Daemon {
             vms_running: holding.len() as u32,
             vms_total: vms.len() as u32,
             at: hangar_core::clock::Clock::now(&hangar_core::clock::SystemClock).0,
+            waiting,
         }
     }
 
     /// Joins the cluster `options` names (once; later calls change nothing): keeps this node's
     /// membership, and schedules pools and applies this node's share with `keys`.
     pub fn join_cluster(self: &Arc<Self>, options: ClusterOptions, keys: crate::scheduler::Keys) {
-        let info = self.node_info(&options.node, &options.advertise);
+        let info =
+            self.node_info(&options.node, &options.advertise, options.tls_fingerprint.clone());
         let measured = self.clone();
-        let membership = Membership::start(options, info, Arc::new(move || measured.node_stats()));
         let keys = Arc::new(keys);
+        let membership =
+            Membership::start(options, info, Arc::new(move || measured.node_stats()), keys.clone());
         if self.cluster.set(membership.clone()).is_ok() && self.keys.set(keys.clone()).is_ok() {
             self.start_scheduling(membership, keys);
         }

@@ -303,9 +303,24 @@ impl Daemon {
 
 /// `GET /v1/tenants`
 #[utoipa::path(get, path = "/v1/tenants", responses((status = 200, body = [TenantView])))]
-pub(crate) async fn list_tenants(Ctx { d, caller }: Ctx) -> Json<Vec<TenantView>> {
+pub(crate) async fn list_tenants(Ctx { d, caller }: Ctx) -> ApiResult<Json<Vec<TenantView>>> {
+    if let Some((m, keys)) = d.cluster_keys() {
+        // The cluster's tenants, with what their pools ask of the whole cluster.
+        let tenants = crate::tenancy::cluster_tenants(m, keys).await?;
+        return Ok(visible(
+            &caller,
+            tenants,
+            |(t, _)| t.id.as_str(),
+            |(t, pools)| TenantView {
+                id: t.id.to_string(),
+                quotas: t.quotas,
+                usage: hangar_cluster::tenancy::pools_usage(&pools),
+                pools: pools.iter().map(|p| p.id.to_string()).collect(),
+            },
+        ));
+    }
     let tenants = d.fleet.tenants();
-    visible(&caller, tenants, |t| t.id.as_str(), |t| d.tenant_view(t))
+    Ok(visible(&caller, tenants, |t| t.id.as_str(), |t| d.tenant_view(t)))
 }
 
 /// Those of `items` in a tenant `caller` sees (`tenant` says whose each is), as views.
@@ -327,6 +342,10 @@ pub(crate) async fn put_tenant(
     let bytes = body_bytes(body)?;
     let request: TenantRequest = crate::body::json_or_default(&bytes)?;
     let tenant = Tenant { id: id.clone(), quotas: request.quotas };
+    if let Some((m, keys)) = d.cluster_keys() {
+        // The cluster's first: its quotas bound the tenant's pools on every node.
+        crate::tenancy::put_cluster_tenant(m, keys, &tenant).await?;
+    }
     // Its default network first: a tenant that exists has one.
     let local = d.local.clone();
     blocking(move || local.ensure_tenant_network(&id)).await??;
@@ -358,7 +377,17 @@ pub(crate) async fn delete_tenant(
             Some("remove those VMs first".into()),
         ));
     }
-    d.fleet.remove_tenant(&id)?;
+    if let Some((m, keys)) = d.cluster_keys() {
+        // Refused while the tenant has a pool anywhere in the cluster.
+        let was_there = crate::tenancy::delete_cluster_tenant(m, keys, &id).await?;
+        match d.fleet.remove_tenant(&id) {
+            Ok(()) => {}
+            Err(_) if was_there => {} // this node never ran it, or still removes its pools
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        d.fleet.remove_tenant(&id)?;
+    }
     let local = d.local.clone();
     blocking(move || local.remove_tenant_networks(&id)).await??;
     Ok(StatusCode::NO_CONTENT)
@@ -390,14 +419,11 @@ pub(crate) async fn create_pool(
         policy: request.policy,
     };
     if let Some((m, keys)) = d.cluster_keys() {
-        // In a cluster the pool is the cluster's: published (signed) for the scheduler, which
-        // gives each node its share; nodes then make their instances.
-        if d.fleet.tenant(&pool.tenant).is_none() {
-            let missing: hangar_core::error::Error =
-                hangar_fleet::FleetError::TenantNotFound(pool.tenant.clone()).into();
-            return Err(missing.into());
-        }
-        crate::scheduler::publish_pool(m, keys, &pool).await?;
+        // In a cluster the pool is the cluster's: published (signed, within its tenant's
+        // cluster-wide quotas) for the scheduler, which gives each node its share; nodes then
+        // make their instances.
+        let change = crate::tenancy::PoolChange::Create(pool.clone());
+        crate::tenancy::change_pool(m, keys, change).await?;
         return Ok((StatusCode::CREATED, Json(d.pool_view(pool))).into_response());
     }
     d.fleet.add_pool(pool.clone())?;
@@ -438,7 +464,8 @@ pub(crate) async fn update_pool(
         pool.desired = update.desired.unwrap_or(pool.desired);
         pool.policy = update.policy.unwrap_or(pool.policy);
         let (m, keys) = d.cluster_keys().expect("a cluster pool means a cluster");
-        crate::scheduler::update_cluster_pool(m, keys, &pool).await?;
+        let change = crate::tenancy::PoolChange::Update(pool.clone());
+        crate::tenancy::change_pool(m, keys, change).await?;
         return Ok(Json(d.pool_view(pool)));
     }
     let current = d.visible_pool(&caller, Action::PoolManage, &id)?;
@@ -469,8 +496,8 @@ pub(crate) async fn delete_pool(
 ) -> ApiResult<StatusCode> {
     if let Some(pool) = d.cluster_pool_for(&caller, Action::PoolManage, &id).await? {
         // The scheduler takes its instances off every node.
-        let (m, _) = d.cluster_keys().expect("a cluster pool means a cluster");
-        crate::scheduler::remove_cluster_pool(m, pool.id.as_str()).await?;
+        let (m, keys) = d.cluster_keys().expect("a cluster pool means a cluster");
+        crate::tenancy::change_pool(m, keys, crate::tenancy::PoolChange::Remove(pool)).await?;
         return Ok(StatusCode::NO_CONTENT);
     }
     let id = d.visible_pool(&caller, Action::PoolManage, &id)?.id;
@@ -487,6 +514,9 @@ pub(crate) async fn delete_pool(
 pub(crate) async fn claim(
     Ctx { d, caller }: Ctx, UrlPath(id): UrlPath<String>,
 ) -> ApiResult<Json<Claim>> {
+    if let Some(pool) = d.cluster_pool_for(&caller, Action::PoolClaim, &id).await? {
+        return Ok(Json(d.cluster_claim(&caller, &pool).await?));
+    }
     let id = d.visible_pool(&caller, Action::PoolClaim, &id)?.id;
     d.in_good_standing()?;
     let fleet = d.fleet.clone();

@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod embedded;
 mod error;
 pub mod fleet;
+mod forwarding;
 pub mod metrics;
 mod middleware;
 mod openapi;
@@ -21,6 +22,7 @@ mod routes;
 pub mod scheduler;
 pub mod server;
 mod state;
+mod tenancy;
 pub mod trail;
 
 pub use app::{bind, router, serve, serve_tcp};

@@ -282,6 +282,7 @@ async fn main() -> std::process::ExitCode {
                 endpoints: args.cluster.clone(),
                 node: node.clone(),
                 advertise,
+                tls_fingerprint: tls.as_ref().map(|identity| identity.fingerprint.clone()),
                 lease_ttl: std::time::Duration::from_secs(args.lease_ttl),
             },
             keys,

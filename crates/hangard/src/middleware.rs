@@ -153,20 +153,29 @@ impl Daemon {
                 let Some(token) = presented else {
                     return Err((peer, "missing bearer token".into()));
                 };
+                if token.starts_with(hangar_cluster::CREDENTIAL_PREFIX) {
+                    return self
+                        .forwarded_caller(&token, request.method(), request.uri().path())
+                        .map_err(|why| (peer, why));
+                }
                 let found = {
                     let store = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
                     hangar_control::tokens::authenticate(&store, &token)
                 };
                 match found {
-                    Ok(Some(t)) => {
-                        Ok(Caller { scope: t.scope, who: format!("token:{} ({addr})", t.id) })
-                    }
+                    Ok(Some(t)) => Ok(Caller {
+                        scope: t.scope,
+                        who: format!("token:{} ({addr})", t.id),
+                        forwarded: None,
+                    }),
                     Ok(None) => Err((peer, "unknown bearer token".into())),
                     Err(e) => Err((peer, format!("tokens cannot be checked: {e}"))),
                 }
             }
             Some(Peer { uid: Some(uid), .. }) => match self.uids.scope_of(uid, self.own_uid) {
-                Some(scope) => Ok(Caller { scope, who: format!("local:uid={uid}") }),
+                Some(scope) => {
+                    Ok(Caller { scope, who: format!("local:uid={uid}"), forwarded: None })
+                }
                 None => Err((
                     format!("uid {uid}"),
                     format!(

@@ -7,9 +7,8 @@
 //! does not open with the node's trusted keys (unsigned, tampered, forged, another node's) is
 //! refused and audited, and the node keeps what it had.
 //!
-//! Keys under `/hangar/v1`: `scheduler` (the holder's name, under its lease), `pools/<id>` (a
-//! signed pool with its cluster-wide counts, written by the API), `desired/<node>` (signed by
-//! the scheduler).
+//! Keys under `/hangar/v1`: `scheduler` (the holder's name, under its lease), `desired/<node>`
+//! (signed by the scheduler); it reads `pools/<id>` (written by the API, see `tenancy`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -27,6 +26,7 @@ use hangar_fleet::{Pool, Tenant};
 use crate::cluster::{unavailable, Membership, Standing, ROOT};
 use crate::error::ApiError;
 use crate::state::Daemon;
+use crate::tenancy::pool_key;
 
 /// The cluster's signing key and the keys this node trusts.
 pub struct Keys {
@@ -75,10 +75,6 @@ pub const MANAGED_LABEL: &str = "hangar.dev/cluster";
 
 fn scheduler_key() -> String {
     format!("{ROOT}/scheduler")
-}
-
-fn pool_key(id: &str) -> String {
-    format!("{ROOT}/pools/{id}")
 }
 
 fn desired_key(node: &str) -> String {
@@ -237,15 +233,8 @@ impl Daemon {
                     .map_err(|e| e.to_string())
             }
         };
-        let mut pools = Vec::new();
-        for kv in all(format!("{ROOT}/pools/")).await?.kvs() {
-            match keys.trusted.open::<Pool>(POOL, kv.value()) {
-                Ok(pool) => pools.push(pool),
-                Err(e) => {
-                    tracing::warn!(key = %String::from_utf8_lossy(kv.key()), "ignoring a pool: {e}")
-                }
-            }
-        }
+        let pools =
+            crate::tenancy::cluster_pools(m, keys).await.map_err(|e| e.1.message.clone())?;
         let mut current = Assignment::new();
         let mut written: BTreeMap<String, DesiredState> = BTreeMap::new();
         for kv in all(format!("{ROOT}/desired/")).await?.kvs() {
@@ -414,25 +403,6 @@ fn demand(pool: &Pool) -> PoolDemand {
     }
 }
 
-/// Publishes a pool for the scheduler: signed, created only if no pool has that id.
-pub(crate) async fn publish_pool(m: &Membership, keys: &Keys, pool: &Pool) -> Result<(), ApiError> {
-    let mut client = m.client().await.map_err(unavailable)?;
-    let doc = serde_json::to_vec(&keys.signing.sign(POOL, pool)).expect("documents serialise");
-    let create = Txn::new()
-        .when([Compare::create_revision(pool_key(pool.id.as_str()), CompareOp::Equal, 0)])
-        .and_then([TxnOp::put(pool_key(pool.id.as_str()), doc, None)]);
-    let answer = client.txn(create).await.map_err(unavailable)?;
-    if !answer.succeeded() {
-        return Err(ApiError::new(
-            ErrorCode::PoolExists,
-            format!("the cluster has a pool {:?} already", pool.id.as_str()),
-            Some("id".into()),
-            Some("pick another id, or change that pool with `hangar pool scale`".into()),
-        ));
-    }
-    Ok(())
-}
-
 /// The cluster's copy of a pool, if it has one.
 pub(crate) async fn cluster_pool(
     m: &Membership, keys: &Keys, id: &str,
@@ -447,23 +417,6 @@ pub(crate) async fn cluster_pool(
             .map(Some)
             .map_err(|e| ApiError::new(ErrorCode::SignatureInvalid, e.to_string(), None, None)),
     }
-}
-
-/// Rewrites a pool in the cluster (new counts, policy or template), signed.
-pub(crate) async fn update_cluster_pool(
-    m: &Membership, keys: &Keys, pool: &Pool,
-) -> Result<(), ApiError> {
-    let mut client = m.client().await.map_err(unavailable)?;
-    let doc = serde_json::to_vec(&keys.signing.sign(POOL, pool)).expect("documents serialise");
-    client.put(pool_key(pool.id.as_str()), doc, None).await.map_err(unavailable)?;
-    Ok(())
-}
-
-/// Removes a pool from the cluster (the scheduler then takes its instances off every node).
-pub(crate) async fn remove_cluster_pool(m: &Membership, id: &str) -> Result<bool, ApiError> {
-    let mut client = m.client().await.map_err(unavailable)?;
-    let answer = client.delete(pool_key(id), None).await.map_err(unavailable)?;
-    Ok(answer.deleted() > 0)
 }
 
 impl Daemon {

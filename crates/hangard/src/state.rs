@@ -63,6 +63,8 @@ pub struct Daemon {
     pub(crate) keys: std::sync::OnceLock<Arc<crate::scheduler::Keys>>,
     /// The scheduling loop's state.
     pub(crate) scheduling: crate::scheduler::Scheduling,
+    /// Node credentials accepted (each is good once).
+    pub(crate) seen_credentials: crate::forwarding::SeenCredentials,
 }
 
 /// `GET /v1/vms` as last computed: when, at which transition generation, the views and their
@@ -193,6 +195,7 @@ impl Daemon {
             cluster: std::sync::OnceLock::new(),
             keys: std::sync::OnceLock::new(),
             scheduling: Default::default(),
+            seen_credentials: Default::default(),
         })
     }
 }

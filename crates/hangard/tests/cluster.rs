@@ -39,7 +39,8 @@ fn node(home: &std::path::Path, etcd: &EtcdCluster, name: &str) -> SpawnedDaemon
     let endpoints = etcd.endpoints().join(",");
     let ttl = LEASE_TTL_S.to_string();
     let key = key_file(home.parent().unwrap());
-    let advertise = format!("127.0.0.1:7{}", &name[1..]);
+    // Other nodes reach it here (the default --advertise), over TLS with its own certificate.
+    let listen = format!("127.0.0.1:{}", free_port());
     let args = [
         "--engine",
         "fake",
@@ -47,14 +48,19 @@ fn node(home: &std::path::Path, etcd: &EtcdCluster, name: &str) -> SpawnedDaemon
         &endpoints,
         "--node",
         name,
-        "--advertise",
-        &advertise,
+        "--listen-tcp",
+        &listen,
         "--lease-ttl",
         &ttl,
         "--cluster-key",
         key.to_str().unwrap(),
     ];
     SpawnedDaemon::from_child(spawn_hangard(home, &args), home)
+}
+
+/// A loopback port nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A 3-member etcd, or `None` after saying why `test` is skipped.
@@ -106,7 +112,11 @@ fn nodes_join_leave_and_are_cordoned_through_etcd() {
     let n1 = listed(&a, "n1").unwrap();
     assert_eq!((n1["this_node"].as_bool(), n1["schedule"].as_str()), (Some(true), Some("ready")));
     assert_eq!(n1["info"]["accel"], "fake", "{n1}");
-    assert_eq!(n1["info"]["advertise"], "127.0.0.1:71", "{n1}");
+    assert!(n1["info"]["advertise"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")), "{n1}");
+    assert!(
+        n1["info"]["tls_fingerprint"].as_str().is_some_and(|f| f.starts_with("sha256:")),
+        "{n1}"
+    );
     assert!(n1["info"]["capacity"]["vcpus"].as_u64() >= Some(1), "{n1}");
     assert_eq!(listed(&b, "n1").unwrap()["this_node"], false);
     // Stats follow the node's VMs (refreshed at each renewal).
@@ -124,6 +134,39 @@ fn nodes_join_leave_and_are_cordoned_through_etcd() {
     let (s, e) = a.call("POST", "/v1/nodes/nope/cordon", None);
     assert_eq!(s, 400, "{e}");
     coded(&e, "E_INVALID_ARGUMENT");
+
+    // Tenants and quotas are the cluster's: made through one node, seen and enforced through
+    // the other. Two pools asked for at once through both nodes cannot both take the last of
+    // a quota.
+    let quotas = r#"{"quotas":{"max_warm":8}}"#;
+    assert!(matches!(a.call("PUT", "/v1/tenants/acme", Some(quotas)).0, 200 | 201));
+    let (_, tenants) = b.call("GET", "/v1/tenants", None);
+    assert_eq!(tenants[0]["quotas"]["max_warm"], 8, "{tenants}");
+    let pool = |id: &str, warm: u32| {
+        format!(
+            r#"{{"id":"{id}","tenant":"acme","desired":{{"warm":{warm}}},
+                "spec":{{"schema_version":1,"name":"t","machine":{{"memory_mib":64}}}}}}"#
+        )
+    };
+    let (p1, p2) = (pool("p1", 5), pool("p2", 5));
+    let (on_a, on_b) = std::thread::scope(|s| {
+        let x = s.spawn(|| a.call("POST", "/v1/pools", Some(&p1)));
+        let y = s.spawn(|| b.call("POST", "/v1/pools", Some(&p2)));
+        (x.join().unwrap(), y.join().unwrap())
+    });
+    let mut statuses = [on_a.0, on_b.0];
+    statuses.sort();
+    assert_eq!(statuses, [201, 429], "{on_a:?} {on_b:?}");
+    coded(if on_a.0 == 429 { &on_a.1 } else { &on_b.1 }, "E_QUOTA_EXCEEDED");
+    // What is left of the quota can be taken; a tenant with pools is not removed.
+    let (s, e) = a.call("POST", "/v1/pools", Some(&pool("p3", 3)));
+    assert_eq!(s, 201, "{e}");
+    let (_, tenants) = b.call("GET", "/v1/tenants", None);
+    assert_eq!(tenants[0]["usage"]["warm"], 8, "{tenants}");
+    assert_eq!(tenants[0]["pools"].as_array().map(Vec::len), Some(2), "{tenants}");
+    let (s, e) = b.call("DELETE", "/v1/tenants/acme", None);
+    assert_eq!(s, 409, "{e}");
+    coded(&e, "E_TENANT_IN_USE");
 
     // One etcd member down changes nothing.
     etcd.stop(0);
@@ -199,8 +242,7 @@ fn a_pool_spreads_over_the_nodes_refuses_forged_orders_and_fails_over() {
         "spec":{"schema_version":1,"name":"t","machine":{"memory_mib":128}}}"#;
     let (s, p) = n1.call("POST", "/v1/pools", Some(pool));
     assert_eq!(s, 201, "{p}");
-    // (Tenants are not in etcd yet: the node a pool is made through must know its tenant.)
-    assert!(matches!(n2.call("PUT", "/v1/tenants/acme", Some("{}")).0, 200 | 201));
+    // (n2 was never told of tenant acme: the cluster's tenants are in etcd.)
     let (s, e) = n2.call("POST", "/v1/pools", Some(pool));
     assert_eq!(s, 409, "the cluster has it already: {e}");
     let took = until_shares(&[&n1, &n2, &n3], &[(2, 2), (2, 2), (2, 2)], Duration::from_secs(30));
@@ -261,6 +303,117 @@ fn a_pool_spreads_over_the_nodes_refuses_forged_orders_and_fails_over() {
     eprintln!("a drained node was empty {:.1} s after the drain", drained.as_secs_f64());
     let (_, vms) = n1.call("GET", "/v1/vms", None);
     assert_eq!(vms, serde_json::json!([]), "the drained node keeps no VM");
+
+    // Claims anywhere: n1 has none of the pool left, so a claim through it is served by a node
+    // that has one waiting, and the answer names that node.
+    let (s, claim) = n1.call("POST", "/v1/pools/acme--web/claim", None);
+    assert_eq!(s, 200, "{claim}");
+    let (serving, home) = match claim["node"].as_str() {
+        Some("n2") => (&n2, &homes[1]),
+        Some("n3") => (&n3, &homes[2]),
+        other => panic!("served by {other:?}: {claim}"),
+    };
+    assert!(matches!(claim["source"].as_str(), Some("warm")), "{claim}");
+    let (_, instances) = serving.call("GET", "/v1/instances?pool=acme--web", None);
+    let claimed = instances
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == claim["instance"]["id"])
+        .unwrap_or_else(|| panic!("{claim} is not on the node it names: {instances}"));
+    assert_eq!(claimed["claimed"], true, "{claimed}");
+    let audit = std::fs::read_to_string(home.join("audit.log")).unwrap();
+    assert!(audit.contains("node:n1 for local:uid="), "the serving node audits who asked");
+    assert_eq!(n1.call("GET", "/v1/vms", None).1, serde_json::json!([]), "n1 made nothing");
+
+    node_credentials_are_good_once_for_one_claim(&n1);
+}
+
+/// What a node credential opens on n2, sent straight to its API as another node would.
+fn node_credentials_are_good_once_for_one_claim(n1: &SpawnedDaemon) {
+    use hangar_cluster::ForwardedClaim;
+    let info = listed(n1, "n2").unwrap()["info"].clone();
+    let send =
+        |key: &hangar_cluster::ClusterKey, claim: &ForwardedClaim, method: &str, path: &str| {
+            let endpoint = hangar_api::client::Endpoint::Tcp {
+                addr: info["advertise"].as_str().unwrap().to_string(),
+                fingerprint: info["tls_fingerprint"].as_str().map(String::from),
+                token: claim.credential(key),
+            };
+            let r =
+                hangar_api::client::send(&endpoint, method, path, None, Duration::from_secs(60))
+                    .unwrap();
+            (r.status, serde_json::from_slice::<Value>(&r.body).unwrap_or(Value::Null))
+        };
+    let key = hangar_cluster::ClusterKey::from_seed([7; 32]);
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+            as u64;
+    let good = ForwardedClaim {
+        from: "n1".into(),
+        to: "n2".into(),
+        pool: "acme--web".into(),
+        scope: "tenant:acme:operator".into(),
+        who: "test".into(),
+        create: false,
+        issued_at: now,
+        nonce: "good".into(),
+    };
+    let claim_path = "/v1/pools/acme--web/claim";
+    let refused = [
+        // Any other route.
+        (send(&key, &good, "GET", "/v1/vms"), 401),
+        // Another node's, a stale one, one signed by a key the cluster does not trust.
+        (
+            send(
+                &key,
+                &ForwardedClaim { to: "n3".into(), nonce: "1".into(), ..good.clone() },
+                "POST",
+                claim_path,
+            ),
+            401,
+        ),
+        (
+            send(
+                &key,
+                &ForwardedClaim { issued_at: now - 60_000, nonce: "2".into(), ..good.clone() },
+                "POST",
+                claim_path,
+            ),
+            401,
+        ),
+        (
+            send(
+                &hangar_cluster::ClusterKey::from_seed([9; 32]),
+                &ForwardedClaim { nonce: "3".into(), ..good.clone() },
+                "POST",
+                claim_path,
+            ),
+            401,
+        ),
+        // Another tenant's scope does not reach acme's pool.
+        (
+            send(
+                &key,
+                &ForwardedClaim {
+                    scope: "tenant:globex:owner".into(),
+                    nonce: "4".into(),
+                    ..good.clone()
+                },
+                "POST",
+                claim_path,
+            ),
+            404,
+        ),
+    ];
+    for (i, ((status, body), want)) in refused.into_iter().enumerate() {
+        assert_eq!(status, want, "case {i}: {body}");
+    }
+    // The genuine one is served, once.
+    let (s, claim) = send(&key, &good, "POST", claim_path);
+    assert_eq!((s, claim["node"].as_str()), (200, Some("n2")), "{claim}");
+    let (s, again) = send(&key, &good, "POST", claim_path);
+    assert_eq!(s, 401, "a replayed credential: {again}");
 }
 
 /// A TCP relay to one etcd member that the test can cut: how one node loses its access to etcd

@@ -23,7 +23,14 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
     /// next pass to replace. The registry is never locked across an engine call, so a claim
     /// does not wait for a pass that is booting something.
     pub fn claim(&self, pool: &PoolId) -> Result<Claim> {
-        self.claim_any(pool, false)
+        Ok(self.claim_any(pool, false, true)?.expect("a claim that may create always has one"))
+    }
+
+    /// [`Fleet::claim`] that only hands out an instance already waiting (warm, spare or
+    /// sleeping) and makes none: `None` when there is none. A cluster node asks this first,
+    /// and passes the claim to another node before it would boot one.
+    pub fn claim_waiting(&self, pool: &PoolId) -> Result<Option<Claim>> {
+        self.claim_any(pool, false, false)
     }
 
     /// [`Fleet::claim`] for the gateway: the instance is marked with the gateway as its
@@ -31,7 +38,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
     /// (after a restart too), wakes it with [`Fleet::wake_held`], and the pool's idle policy
     /// rests it.
     pub fn claim_held(&self, pool: &PoolId) -> Result<Claim> {
-        self.claim_any(pool, true)
+        Ok(self.claim_any(pool, true, true)?.expect("a claim that may create always has one"))
     }
 
     /// Brings an instance `holder` holds back to running: resumes it if paused, wakes it if
@@ -58,7 +65,7 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
         }
     }
 
-    fn claim_any(&self, pool: &PoolId, held: bool) -> Result<Claim> {
+    fn claim_any(&self, pool: &PoolId, held: bool, create: bool) -> Result<Option<Claim>> {
         let purpose = Purpose::Claim { held };
         let started = Instant::now();
         // Spares wait for the base of the template they were made for: after a template
@@ -83,12 +90,15 @@ impl<E: Lifecycle + Snapshots + ?Sized> Fleet<E> {
                 (i, ClaimSource::Spare)
             } else if let Some(i) = self.claim_ready(pool, VmState::Sleeping, purpose)? {
                 (i, ClaimSource::Sleeping)
-            } else {
+            } else if create {
                 let (i, cloned) = self.create(pool, VmState::Running, purpose)?;
                 let source = if cloned { ClaimSource::Cloned } else { ClaimSource::Created };
                 (i, source)
+            } else {
+                return Ok(None);
             };
-        Ok(Claim { instance, source, took_ms: started.elapsed().as_secs_f64() * 1000.0 })
+        let took_ms = started.elapsed().as_secs_f64() * 1000.0;
+        Ok(Some(Claim { instance, source, took_ms, node: None }))
     }
 
     /// Claims the oldest unclaimed, idle instance of `pool` the registry has in `state` and

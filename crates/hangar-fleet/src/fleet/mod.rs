@@ -131,6 +131,10 @@ pub struct Claim {
     pub source: ClaimSource,
     /// From the call to vCPUs running.
     pub took_ms: f64,
+    /// In a cluster, the node the instance runs on (the one asked, or the one it passed the
+    /// claim to); absent on a host of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// A pool's base snapshot: its template booted once and saved, so further instances are

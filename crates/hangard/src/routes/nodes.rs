@@ -14,7 +14,7 @@ use crate::state::Daemon;
 /// This host as the one node of its own cluster.
 fn this_host(d: &Daemon) -> ClusterNode {
     let name = crate::cluster::host_name();
-    let info = d.node_info(&name, "");
+    let info = d.node_info(&name, "", None);
     ClusterNode {
         name,
         alive: true,

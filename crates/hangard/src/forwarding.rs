@@ -1,0 +1,223 @@
+//! Claims anywhere in a cluster. `POST /v1/pools/{pool}/claim` on any node hands out an
+//! instance: one waiting on this node if there is one; else one waiting on another node, asked
+//! with a node credential ([`ForwardedClaim`]: signed with the cluster key, for that node, that
+//! pool and the caller's scope, good once and for 30 s) over its API (TLS pinned by the
+//! fingerprint in its signed [`hangar_cluster::NodeInfo`]); only when no node has one waiting
+//! is a new one made, here if this node runs the pool. The answer names the node the instance
+//! runs on.
+//!
+//! Which nodes have instances waiting comes from their published stats (refreshed every third
+//! of the lease's TTL): a node that has none by the time it is asked says so and the next is
+//! asked.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hangar_cluster::ForwardedClaim;
+use hangar_core::access::Scope;
+use hangar_core::clock::{Clock, SystemClock};
+use hangar_core::error::ErrorCode;
+use hangar_fleet::{Claim, Pool};
+
+use crate::auth::Caller;
+use crate::error::{blocking, ApiError, ApiResult};
+use crate::state::Daemon;
+
+/// How long a forwarded claim may take (it may restore or boot an instance).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Credentials accepted and not yet expired, by nonce: each is accepted once.
+#[derive(Default)]
+pub(crate) struct SeenCredentials(Mutex<BTreeMap<String, u64>>);
+
+impl SeenCredentials {
+    /// Whether `nonce` is new (and now remembered until `expires_at`).
+    fn first_use(&self, nonce: &str, expires_at: u64, now: u64) -> bool {
+        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        seen.retain(|_, until| *until > now);
+        seen.insert(nonce.to_string(), expires_at).is_none()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemClock.now().0
+}
+
+fn nonce() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .expect("/dev/urandom is readable");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Daemon {
+    /// The node credential `token` stands for, on `method path`: the caller another node
+    /// authenticated, for one claim from one pool.
+    pub(crate) fn forwarded_caller(
+        &self, token: &str, method: &axum::http::Method, path: &str,
+    ) -> Result<Caller, String> {
+        let (m, keys) = self
+            .cluster_keys()
+            .ok_or("a node credential is for a cluster's nodes, and this daemon is in none")?;
+        let forwarded = ForwardedClaim::open(token, &keys.trusted).map_err(|e| e.to_string())?;
+        let pool = path
+            .strip_prefix("/v1/pools/")
+            .and_then(|rest| rest.strip_suffix("/claim"))
+            .filter(|_| method == axum::http::Method::POST)
+            .ok_or("a node credential is good for one claim (POST /v1/pools/{pool}/claim)")?;
+        let now = now_ms();
+        forwarded.check(m.node(), pool, now).map_err(|e| e.to_string())?;
+        let scope: Scope = forwarded.scope.parse()?;
+        if !self.seen_credentials.first_use(&forwarded.nonce, forwarded.expires_at(), now) {
+            return Err("node credential refused: it was used already".into());
+        }
+        Ok(Caller {
+            scope,
+            who: format!("node:{} for {}", forwarded.from, forwarded.who),
+            forwarded: Some(forwarded),
+        })
+    }
+
+    /// A claim from cluster pool `pool`, as described at the top of this module. Returns the
+    /// claim and the node that served it.
+    pub(crate) async fn cluster_claim(&self, caller: &Caller, pool: &Pool) -> ApiResult<Claim> {
+        let (m, _) = self.cluster_keys().expect("a cluster pool means a cluster");
+        let me = m.node().to_string();
+        let here = self.fleet.pool(&pool.id).is_ok();
+        if let Some(forwarded) = &caller.forwarded {
+            // Passed on by another node: served here or not at all.
+            self.in_good_standing()?;
+            if !here {
+                return Err(none_here(&me, pool));
+            }
+            return self
+                .claim_here(pool, forwarded.create)
+                .await?
+                .ok_or_else(|| none_here(&me, pool));
+        }
+        let standing = self.in_good_standing();
+        if here && standing.is_ok() {
+            if let Some(claim) = self.claim_here(pool, false).await? {
+                return Ok(claim);
+            }
+        }
+        let id = pool.id.to_string();
+        let mut others: Vec<(u32, hangar_api::ClusterNode)> = m
+            .nodes()
+            .await?
+            .into_iter()
+            .filter(|n| n.alive && !n.this_node && n.info.is_some())
+            .filter_map(|n| {
+                let waiting = n.stats.as_ref()?.waiting.get(&id).copied()?;
+                Some((waiting, n))
+            })
+            .collect();
+        // Most waiting first (the likeliest to still have one), then by name.
+        others.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.name.cmp(&b.1.name)));
+        let mut last = None;
+        for (_, node) in others.iter().filter(|(waiting, _)| *waiting > 0) {
+            match self.forward(caller, pool, node, false).await {
+                Ok(claim) => return Ok(claim),
+                Err(e) => last = Some(e),
+            }
+        }
+        // Nothing waits anywhere: make one, here if this node runs the pool.
+        if here {
+            standing?;
+            let claim = self.claim_here(pool, true).await?;
+            return Ok(claim.expect("a claim that may create always has one"));
+        }
+        for (_, node) in &others {
+            match self.forward(caller, pool, node, true).await {
+                Ok(claim) => return Ok(claim),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            ApiError::new(
+                ErrorCode::ClusterUnavailable,
+                format!("no node runs pool {:?} right now", pool.id.as_str()),
+                None,
+                Some("retry: the scheduler places a new pool's instances within seconds".into()),
+            )
+        }))
+    }
+
+    /// A claim from this node's share of `pool` (`create`: making one if none waits).
+    async fn claim_here(&self, pool: &Pool, create: bool) -> ApiResult<Option<Claim>> {
+        let (fleet, id) = (self.fleet.clone(), pool.id.clone());
+        let claimed = blocking(move || match create {
+            true => fleet.claim(&id).map(Some),
+            false => fleet.claim_waiting(&id),
+        })
+        .await??;
+        self.reconciler.poke();
+        let node = self.membership().map(|m| m.node().to_string());
+        Ok(claimed.map(|claim| Claim { node, ..claim }))
+    }
+
+    /// Asks `node` to serve the claim, with a node credential for it.
+    async fn forward(
+        &self, caller: &Caller, pool: &Pool, node: &hangar_api::ClusterNode, create: bool,
+    ) -> ApiResult<Claim> {
+        let (m, keys) = self.cluster_keys().expect("a cluster pool means a cluster");
+        let info = node.info.clone().expect("only nodes with info are asked");
+        let forwarded = ForwardedClaim {
+            from: m.node().to_string(),
+            to: node.name.clone(),
+            pool: pool.id.to_string(),
+            scope: caller.scope.to_string(),
+            who: caller.who.clone(),
+            create,
+            issued_at: now_ms(),
+            nonce: nonce(),
+        };
+        let endpoint = hangar_api::client::Endpoint::Tcp {
+            addr: info.advertise.clone(),
+            fingerprint: info.tls_fingerprint.clone(),
+            token: forwarded.credential(&keys.signing),
+        };
+        let path = format!("/v1/pools/{}/claim", pool.id);
+        let name = node.name.clone();
+        let sent = blocking(move || {
+            hangar_api::client::send(&endpoint, "POST", &path, None, FORWARD_TIMEOUT)
+        })
+        .await?;
+        let unreachable = |why: String| {
+            ApiError::new(
+                ErrorCode::ClusterUnavailable,
+                format!("node {name:?} did not serve the claim: {why}"),
+                None,
+                Some("retry; `hangar node ls` shows the nodes".into()),
+            )
+        };
+        let response = sent.map_err(|e| unreachable(e.to_string()))?;
+        if response.status != 200 {
+            let body: hangar_api::ErrorBody = serde_json::from_slice(&response.body)
+                .map_err(|_| unreachable(format!("status {}", response.status)))?;
+            tracing::info!(node = %node.name, pool = %pool.id, "a forwarded claim was refused: {}", body.message);
+            return Err(ApiError::from(body));
+        }
+        let claim: Claim = serde_json::from_slice(&response.body)
+            .map_err(|e| unreachable(format!("its answer does not read: {e}")))?;
+        // The node says where the instance runs; it can only be itself.
+        if claim.node.as_deref() != Some(node.name.as_str()) {
+            return Err(unreachable(format!("it answered for node {:?}", claim.node)));
+        }
+        tracing::info!(node = %node.name, pool = %pool.id, instance = %claim.instance.id, "claim served by another node");
+        Ok(claim)
+    }
+}
+
+/// `E_BUSY` (retryable): a node asked to serve a claim has no instance of the pool waiting.
+fn none_here(me: &str, pool: &Pool) -> ApiError {
+    ApiError::new(
+        ErrorCode::Busy,
+        format!("node {me:?} has no instance of pool {:?} waiting", pool.id.as_str()),
+        None,
+        Some("the node that passed the claim on asks another".into()),
+    )
+}
