@@ -368,6 +368,27 @@ pub struct ClusterNode {
     pub problem: Option<String>,
 }
 
+/// One event of a node, as `GET /v1/cluster/events` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct NodeEvent {
+    /// The node it happened on (its `seq` is that node's).
+    pub node: String,
+    /// The event.
+    pub event: EventView,
+}
+
+/// `GET /v1/cluster/events`: a page of every live node's events, merged by time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterEvents {
+    /// The events, oldest first (by time, then node, then sequence number).
+    pub events: Vec<NodeEvent>,
+    /// Where the next page starts: each node's last sequence number read, as
+    /// `node:seq,node:seq` (pass it back as `cursor`).
+    pub cursor: String,
+    /// Nodes that did not answer (their events come in a later page, from where they were).
+    pub unanswered: Vec<String>,
+}
+
 /// One line of an operation's progress stream (`?stream=true` on a mutating call, served as
 /// `application/x-ndjson`): each phase as the operation reports it, then, last, the operation
 /// as it ended. A blank line is a keep-alive.
@@ -451,6 +472,13 @@ impl EventView {
     pub fn seq(&self) -> u64 {
         match self {
             EventView::Transition { seq, .. } | EventView::Engine { seq, .. } => *seq,
+        }
+    }
+
+    /// When it happened, milliseconds since the epoch.
+    pub fn at(&self) -> u64 {
+        match self {
+            EventView::Transition { at, .. } | EventView::Engine { at, .. } => *at,
         }
     }
 }

@@ -6,7 +6,7 @@
 //! - [`placement`]: which node runs how many of each pool's instances, a pure function of the
 //!   nodes and the pools (like `hangar_fleet::reconcile::plan` on one host);
 //! - [`desired`]: what the scheduler tells a node to run ([`DesiredState`]);
-//! - [`forward`]: the node credential a claim carries when one node passes it to another;
+//! - [`forward`]: the node credential a request carries when one node passes it to another;
 //! - [`tenancy`]: tenants' quotas checked against what their pools ask of the whole cluster;
 //! - [`signed`]: documents signed with the cluster's Ed25519 key, so that raw access to etcd is
 //!   not enough to make a node run something.
@@ -21,7 +21,7 @@ pub mod signed;
 pub mod tenancy;
 
 pub use desired::{DesiredState, DESIRED_STATE, POOL};
-pub use forward::{ForwardedClaim, CREDENTIAL_PREFIX};
+pub use forward::{Forwarded, NodeCredential, CREDENTIAL_PREFIX};
 pub use node::{NodeInfo, NodeStats, NodeView, Resources, Schedule, NODE_INFO};
 pub use placement::{place, Assignment, Placement, PoolDemand};
 pub use signed::{ClusterKey, KeyRing, SignatureError, SignedPayload};

@@ -104,7 +104,8 @@ mod tests {
         let api = pool("acme--api", 3, 0);
         let refused = check_pool_change(&t, std::slice::from_ref(&web), None, &api).unwrap_err();
         assert_eq!((refused.quota, refused.current, refused.requested), (Quota::Warm, 6, 3));
-        assert!(check_pool_change(&t, std::slice::from_ref(&web), None, &pool("acme--api", 2, 0)).is_ok());
+        assert!(check_pool_change(&t, std::slice::from_ref(&web), None, &pool("acme--api", 2, 0))
+            .is_ok());
         // Over quota after the quota was lowered: shrinking is allowed, growing is not.
         let t = tenant(Quotas { max_warm: Some(4), ..Quotas::default() });
         assert!(check_pool_change(&t, &[], Some(&web), &pool("acme--web", 5, 0)).is_ok());

@@ -292,6 +292,10 @@ enum Command {
         /// Keep printing new events as they happen.
         #[arg(long, short)]
         follow: bool,
+        /// Every node's events in a cluster, merged by time, each with its node (needs
+        /// hangard; without a cluster, this host's).
+        #[arg(long, conflicts_with = "since")]
+        cluster: bool,
         /// Output format (json: one object per line).
         #[arg(long, short, value_enum, default_value = "text")]
         output: Output,
@@ -509,7 +513,10 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), Failure> {
         Command::Node(cmd) => node::node(cmd, out),
         Command::Cluster(cmd) => node::cluster(cmd, out),
         Command::Token(cmd) => access::token(cmd, out),
-        Command::Events { since, follow, output } => ops::events(since, follow, output, out),
+        Command::Events { cluster: true, follow, output, .. } => {
+            ops::cluster_events(follow, output, out)
+        }
+        Command::Events { since, follow, output, .. } => ops::events(since, follow, output, out),
         Command::Audit(cmd) => access::audit_command(cmd, out),
     }
 }

@@ -32,6 +32,52 @@ pub fn op_show(id: &str, out: &mut dyn Write) -> Result<(), Failure> {
     print_json(out, &op)
 }
 
+/// One event as `hangar events` prints it.
+pub(crate) fn event_line(e: &EventView) -> String {
+    match e {
+        EventView::Transition { seq, vm, from, to, at, cause, operation } => format!(
+            "{seq:>6}  {}  {vm:<20} {:>9} -> {to:<9} ({cause}){}",
+            fmt_time(*at),
+            from.as_deref().unwrap_or("(new)"),
+            operation.as_ref().map(|o| format!(" {o}")).unwrap_or_default()
+        ),
+        EventView::Engine { seq, vm, at, message } => {
+            format!("{seq:>6}  {}  {vm:<20} engine: {message}", fmt_time(*at))
+        }
+    }
+}
+
+/// `hangar events --cluster`: every live node's events, merged by time, each line led by its
+/// node (through hangard, which asks the other nodes).
+pub fn cluster_events(follow: bool, output: Output, out: &mut dyn Write) -> Result<(), Failure> {
+    let mut cursor = String::new();
+    loop {
+        let page: hangar_api::ClusterEvents =
+            crate::fleet::call("GET", &format!("/v1/cluster/events?cursor={cursor}"), None)?;
+        for e in &page.events {
+            let line = if output == Output::Json {
+                serde_json::to_string(e).expect("json")
+            } else {
+                format!("{:<12} {}", e.node, event_line(&e.event))
+            };
+            if writeln!(out, "{line}").is_err() {
+                return Ok(());
+            }
+        }
+        let _ = out.flush();
+        for node in &page.unanswered {
+            eprintln!("hangar: node {node} did not answer; its events follow when it does");
+        }
+        cursor = page.cursor;
+        if page.events.is_empty() {
+            if !follow {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
 /// Prints the event stream (from the daemon when it runs, else from the store: the same
 /// stream either way).
 pub fn events(
@@ -46,17 +92,7 @@ pub fn events(
             let line = if output == Output::Json {
                 serde_json::to_string(e).expect("json")
             } else {
-                match e {
-                    EventView::Transition { seq, vm, from, to, at, cause, operation } => format!(
-                        "{seq:>6}  {}  {vm:<20} {:>9} -> {to:<9} ({cause}){}",
-                        fmt_time(*at),
-                        from.as_deref().unwrap_or("(new)"),
-                        operation.as_ref().map(|o| format!(" {o}")).unwrap_or_default()
-                    ),
-                    EventView::Engine { seq, vm, at, message } => {
-                        format!("{seq:>6}  {}  {vm:<20} engine: {message}", fmt_time(*at))
-                    }
-                }
+                event_line(e)
             };
             if writeln!(out, "{line}").is_err() {
                 return Ok(());

@@ -70,6 +70,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
             get(fleet::get_pool).patch(fleet::update_pool).delete(fleet::delete_pool),
         )
         .route("/v1/pools/{pool}/claim", post(fleet::claim))
+        .route("/v1/cluster/events", get(crate::routes::events::cluster_events))
         .route("/v1/instances", get(fleet::list_instances))
         .route("/v1/instances/{id}", axum::routing::delete(fleet::release_instance))
         .route("/v1/routes", get(fleet::list_routes).post(fleet::create_route))

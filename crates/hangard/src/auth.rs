@@ -56,6 +56,7 @@ pub const ROUTES: &[(&str, &str, Gate)] = &[
     ("GET", "/v1/operations/{id}", Gate::Action(Action::OperationRead)),
     ("GET", "/v1/events", Gate::Action(Action::EventRead)),
     ("GET", "/v1/events/page", Gate::Action(Action::EventRead)),
+    ("GET", "/v1/cluster/events", Gate::Action(Action::EventRead)),
     ("GET", "/metrics", Gate::Action(Action::MetricsRead)),
     ("GET", "/v1/tenants", Gate::Action(Action::TenantRead)),
     ("PUT", "/v1/tenants/{id}", Gate::Action(Action::TenantManage)),
@@ -103,9 +104,9 @@ pub struct Caller {
     pub scope: Scope,
     /// Who, for the audit log: `token:tok-…`, `local:uid=N`, or `node:<name> for …`.
     pub who: String,
-    /// The claim another cluster node passed on, when the caller came with a node credential
-    /// (see `forwarding`): it is served here or not at all.
-    pub forwarded: Option<hangar_cluster::ForwardedClaim>,
+    /// The request another cluster node passed on, when the caller came with a node
+    /// credential (see `forwarding`): it is served here or not at all.
+    pub forwarded: Option<hangar_cluster::NodeCredential>,
 }
 
 impl Caller {

@@ -1,20 +1,24 @@
-//! Claims anywhere in a cluster. `POST /v1/pools/{pool}/claim` on any node hands out an
-//! instance: one waiting on this node if there is one; else one waiting on another node, asked
-//! with a node credential ([`ForwardedClaim`]: signed with the cluster key, for that node, that
-//! pool and the caller's scope, good once and for 30 s) over its API (TLS pinned by the
-//! fingerprint in its signed [`hangar_cluster::NodeInfo`]); only when no node has one waiting
-//! is a new one made, here if this node runs the pool. The answer names the node the instance
-//! runs on.
+//! Requests served by other nodes, with node credentials ([`NodeCredential`]: signed with the
+//! cluster key, for one node, one request and the caller's scope, good once and for 30 s), sent
+//! to each node's API over TLS pinned by the fingerprint in its signed
+//! [`hangar_cluster::NodeInfo`].
 //!
-//! Which nodes have instances waiting comes from their published stats (refreshed every third
-//! of the lease's TTL): a node that has none by the time it is asked says so and the next is
-//! asked.
+//! **Claims anywhere**: `POST /v1/pools/{pool}/claim` on any node hands out an instance: one
+//! waiting on this node if there is one; else one waiting on another node; only when no node
+//! has one waiting is a new one made, here if this node runs the pool. The answer names the
+//! node the instance runs on. Which nodes have instances waiting comes from their published
+//! stats (refreshed every third of the lease's TTL): a node that has none by the time it is
+//! asked says so and the next is asked.
+//!
+//! **Events cluster-wide**: `GET /v1/cluster/events` reads a page of events from every live
+//! node at once (each filtered by the caller's scope on the node that holds them) and merges
+//! them by time, with a cursor that holds each node's position.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use hangar_cluster::ForwardedClaim;
+use hangar_cluster::{Forwarded, NodeCredential};
 use hangar_core::access::Scope;
 use hangar_core::clock::{Clock, SystemClock};
 use hangar_core::error::ErrorCode;
@@ -62,14 +66,9 @@ impl Daemon {
         let (m, keys) = self
             .cluster_keys()
             .ok_or("a node credential is for a cluster's nodes, and this daemon is in none")?;
-        let forwarded = ForwardedClaim::open(token, &keys.trusted).map_err(|e| e.to_string())?;
-        let pool = path
-            .strip_prefix("/v1/pools/")
-            .and_then(|rest| rest.strip_suffix("/claim"))
-            .filter(|_| method == axum::http::Method::POST)
-            .ok_or("a node credential is good for one claim (POST /v1/pools/{pool}/claim)")?;
+        let forwarded = NodeCredential::open(token, &keys.trusted).map_err(|e| e.to_string())?;
         let now = now_ms();
-        forwarded.check(m.node(), pool, now).map_err(|e| e.to_string())?;
+        forwarded.check(m.node(), method.as_str(), path, now).map_err(|e| e.to_string())?;
         let scope: Scope = forwarded.scope.parse()?;
         if !self.seen_credentials.first_use(&forwarded.nonce, forwarded.expires_at(), now) {
             return Err("node credential refused: it was used already".into());
@@ -93,10 +92,8 @@ impl Daemon {
             if !here {
                 return Err(none_here(&me, pool));
             }
-            return self
-                .claim_here(pool, forwarded.create)
-                .await?
-                .ok_or_else(|| none_here(&me, pool));
+            let create = matches!(forwarded.allows, Forwarded::Claim { create: true, .. });
+            return self.claim_here(pool, create).await?.ok_or_else(|| none_here(&me, pool));
         }
         let standing = self.in_good_standing();
         if here && standing.is_ok() {
@@ -159,57 +156,131 @@ impl Daemon {
         Ok(claimed.map(|claim| Claim { node, ..claim }))
     }
 
-    /// Asks `node` to serve the claim, with a node credential for it.
-    async fn forward(
-        &self, caller: &Caller, pool: &Pool, node: &hangar_api::ClusterNode, create: bool,
-    ) -> ApiResult<Claim> {
-        let (m, keys) = self.cluster_keys().expect("a cluster pool means a cluster");
+    /// Sends `method path` to `node` on `caller`'s behalf, with a node credential that allows
+    /// `allows` only; its answer when it is 200, else its error.
+    async fn ask<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self, caller: &Caller, node: &hangar_api::ClusterNode, allows: Forwarded, method: &str,
+        path: String,
+    ) -> ApiResult<T> {
+        let (m, keys) = self.cluster_keys().expect("only a cluster's nodes forward");
         let info = node.info.clone().expect("only nodes with info are asked");
-        let forwarded = ForwardedClaim {
+        let credential = NodeCredential {
             from: m.node().to_string(),
             to: node.name.clone(),
-            pool: pool.id.to_string(),
+            allows,
             scope: caller.scope.to_string(),
             who: caller.who.clone(),
-            create,
             issued_at: now_ms(),
             nonce: nonce(),
         };
         let endpoint = hangar_api::client::Endpoint::Tcp {
             addr: info.advertise.clone(),
             fingerprint: info.tls_fingerprint.clone(),
-            token: forwarded.credential(&keys.signing),
+            token: credential.credential(&keys.signing),
         };
-        let path = format!("/v1/pools/{}/claim", pool.id);
-        let name = node.name.clone();
+        let method = method.to_string();
         let sent = blocking(move || {
-            hangar_api::client::send(&endpoint, "POST", &path, None, FORWARD_TIMEOUT)
+            hangar_api::client::send(&endpoint, &method, &path, None, FORWARD_TIMEOUT)
         })
         .await?;
-        let unreachable = |why: String| {
-            ApiError::new(
-                ErrorCode::ClusterUnavailable,
-                format!("node {name:?} did not serve the claim: {why}"),
-                None,
-                Some("retry; `hangar node ls` shows the nodes".into()),
-            )
-        };
-        let response = sent.map_err(|e| unreachable(e.to_string()))?;
+        let response = sent.map_err(|e| unanswered(&node.name, e.to_string()))?;
         if response.status != 200 {
             let body: hangar_api::ErrorBody = serde_json::from_slice(&response.body)
-                .map_err(|_| unreachable(format!("status {}", response.status)))?;
-            tracing::info!(node = %node.name, pool = %pool.id, "a forwarded claim was refused: {}", body.message);
+                .map_err(|_| unanswered(&node.name, format!("status {}", response.status)))?;
+            tracing::info!(node = %node.name, "a forwarded request was refused: {}", body.message);
             return Err(ApiError::from(body));
         }
-        let claim: Claim = serde_json::from_slice(&response.body)
-            .map_err(|e| unreachable(format!("its answer does not read: {e}")))?;
+        serde_json::from_slice(&response.body)
+            .map_err(|e| unanswered(&node.name, format!("its answer does not read: {e}")))
+    }
+
+    /// Asks `node` to serve the claim.
+    async fn forward(
+        &self, caller: &Caller, pool: &Pool, node: &hangar_api::ClusterNode, create: bool,
+    ) -> ApiResult<Claim> {
+        let allows = Forwarded::Claim { pool: pool.id.to_string(), create };
+        let path = format!("/v1/pools/{}/claim", pool.id);
+        let claim: Claim = self.ask(caller, node, allows, "POST", path).await?;
         // The node says where the instance runs; it can only be itself.
         if claim.node.as_deref() != Some(node.name.as_str()) {
-            return Err(unreachable(format!("it answered for node {:?}", claim.node)));
+            return Err(unanswered(&node.name, format!("it answered for node {:?}", claim.node)));
         }
         tracing::info!(node = %node.name, pool = %pool.id, instance = %claim.instance.id, "claim served by another node");
         Ok(claim)
     }
+}
+
+impl Daemon {
+    /// A page of every live node's events after `cursor` (see the top of this module).
+    pub(crate) async fn cluster_events(
+        &self, caller: Caller, cursor: BTreeMap<String, u64>, limit: Option<usize>,
+    ) -> ApiResult<hangar_api::ClusterEvents> {
+        let nodes: Vec<hangar_api::ClusterNode> = match self.membership() {
+            Some(m) => {
+                m.nodes().await?.into_iter().filter(|n| n.alive && n.info.is_some()).collect()
+            }
+            None => Vec::new(),
+        };
+        let me = match self.membership() {
+            Some(m) => m.node().to_string(),
+            None => crate::cluster::host_name(),
+        };
+        let since = |node: &str| cursor.get(node).copied().unwrap_or(0);
+        let limit_query = limit.map(|l| format!("&limit={l}")).unwrap_or_default();
+        let theirs = nodes.iter().filter(|n| !n.this_node).map(|node| {
+            let path = format!("/v1/events/page?since={}{limit_query}", since(&node.name));
+            let asked = self.ask::<Vec<hangar_api::EventView>>(
+                &caller,
+                node,
+                Forwarded::EventsPage,
+                "GET",
+                path,
+            );
+            async move { (node.name.clone(), asked.await) }
+        });
+        let mine = async {
+            let page = crate::routes::events::page(self, caller.clone(), since(&me), limit).await;
+            (me.clone(), page)
+        };
+        let (mine, theirs) = tokio::join!(mine, futures_util::future::join_all(theirs));
+        let mut positions = cursor.clone();
+        let mut events = Vec::new();
+        let mut unanswered = Vec::new();
+        for (node, page) in std::iter::once(mine).chain(theirs) {
+            match page {
+                Ok(page) => {
+                    if let Some(last) = page.last() {
+                        positions.insert(node.clone(), last.seq());
+                    }
+                    events.extend(
+                        page.into_iter()
+                            .map(|event| hangar_api::NodeEvent { node: node.clone(), event }),
+                    );
+                }
+                Err(e) if node == me => return Err(e),
+                Err(e) => {
+                    tracing::info!(node = %node, "no events from it: {}", e.1.message);
+                    unanswered.push(node);
+                }
+            }
+        }
+        events.sort_by(|a, b| {
+            (a.event.at(), &a.node, a.event.seq()).cmp(&(b.event.at(), &b.node, b.event.seq()))
+        });
+        let cursor =
+            positions.iter().map(|(n, s)| format!("{n}:{s}")).collect::<Vec<_>>().join(",");
+        Ok(hangar_api::ClusterEvents { events, cursor, unanswered })
+    }
+}
+
+/// `E_CLUSTER_UNAVAILABLE` (retryable): node `name` did not answer a forwarded request.
+fn unanswered(name: &str, why: String) -> ApiError {
+    ApiError::new(
+        ErrorCode::ClusterUnavailable,
+        format!("node {name:?} did not answer: {why}"),
+        None,
+        Some("retry; `hangar node ls` shows the nodes".into()),
+    )
 }
 
 /// `E_BUSY` (retryable): a node asked to serve a claim has no instance of the pool waiting.

@@ -224,6 +224,38 @@ pub fn gateway_text(instances: &[hangar_fleet::Instance]) -> String {
     out
 }
 
+impl crate::state::Daemon {
+    /// Which node this is, and in a cluster how it stands there: joined with the other series
+    /// on `instance`, it gives every series its node (`hangar_node_info * on(instance)
+    /// group_left(node) …`), the usual way to add a target's identity.
+    pub(crate) fn node_metrics(&self) -> String {
+        let mut out = String::new();
+        let (node, cluster) = match self.membership() {
+            Some(m) => (m.node().to_string(), true),
+            None => (crate::cluster::host_name(), false),
+        };
+        out.push_str("# HELP hangar_node_info This node: its name in the cluster (the host's name outside one), and whether it is in one.\n# TYPE hangar_node_info gauge\n");
+        let _ =
+            writeln!(out, "hangar_node_info{{node=\"{}\",cluster=\"{cluster}\"}} 1", escape(&node));
+        let Some(m) = self.membership() else { return out };
+        let age = m.status().renewed_at.map(|at| at.elapsed().as_secs_f64());
+        out.push_str("# HELP hangar_cluster_lease_age_seconds Since this node's cluster lease was last renewed (from when the renewal was sent).\n# TYPE hangar_cluster_lease_age_seconds gauge\n");
+        if let Some(age) = age {
+            let _ = writeln!(out, "hangar_cluster_lease_age_seconds {age}");
+        }
+        let fenced = m.standing() != crate::cluster::Standing::Member;
+        out.push_str("# HELP hangar_cluster_fenced 1 while this node hands out and makes no instance (its lease is not fresh enough).\n# TYPE hangar_cluster_fenced gauge\n");
+        let _ = writeln!(out, "hangar_cluster_fenced {}", u8::from(fenced));
+        out.push_str("# HELP hangar_cluster_scheduler 1 while this node holds the cluster's scheduler role.\n# TYPE hangar_cluster_scheduler gauge\n");
+        let _ = writeln!(
+            out,
+            "hangar_cluster_scheduler {}",
+            u8::from(self.scheduler_status().scheduling)
+        );
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

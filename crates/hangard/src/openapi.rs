@@ -45,6 +45,7 @@ use crate::{admin, fleet};
         plan,
         events,
         events_page,
+        crate::routes::events::cluster_events,
         fleet::list_tenants,
         fleet::put_tenant,
         fleet::delete_tenant,
@@ -79,7 +80,8 @@ use crate::{admin, fleet};
     components(schemas(VmView, ErrorBody, Health, StartRequest, StopRequest, SnapshotRequest, VmAction,
         Operation, OperationRequest, OperationResult, EventView, ImageView, TokenRequest, TokenView,
         NewToken, admin::HostView, hangar_api::NetworkView, hangar_api::LeaseView,
-        hangar_api::NetworkRequest, hangar_api::ProgressLine, hangar_api::ClusterNode)),
+        hangar_api::NetworkRequest, hangar_api::ProgressLine, hangar_api::ClusterNode,
+        hangar_api::ClusterEvents, hangar_api::NodeEvent)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

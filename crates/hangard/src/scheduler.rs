@@ -8,7 +8,7 @@
 //! refused and audited, and the node keeps what it had.
 //!
 //! Keys under `/hangar/v1`: `scheduler` (the holder's name, under its lease), `desired/<node>`
-//! (signed by the scheduler); it reads `pools/<id>` (written by the API, see `tenancy`).
+//! (signed by the scheduler), `audit/<node>` (the node's latest signed audit head); it reads `pools/<id>` (written by the API, see `tenancy`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -77,6 +77,11 @@ fn scheduler_key() -> String {
     format!("{ROOT}/scheduler")
 }
 
+/// Where node `node`'s latest signed audit head is published.
+pub fn audit_key(node: &str) -> String {
+    format!("{ROOT}/audit/{node}")
+}
+
 fn desired_key(node: &str) -> String {
     format!("{ROOT}/desired/{node}")
 }
@@ -96,6 +101,8 @@ pub(crate) struct Scheduling {
     status: Mutex<SchedulerStatus>,
     /// The revision of the last desired-state document refused (audited once, not every pass).
     refused_revision: Mutex<i64>,
+    /// The audit head last published to etcd (its sequence number).
+    published_audit_seq: Mutex<Option<u64>>,
 }
 
 impl Daemon {
@@ -142,7 +149,25 @@ impl Daemon {
         if scheduling {
             self.schedule(&mut client, m, keys).await?;
         }
+        self.publish_audit_head(&mut client, &me).await?;
         self.apply_desired(&mut client, &me, keys).await
+    }
+
+    /// Publishes this node's latest signed audit head (when it changed) under
+    /// `audit/<node>`, with no lease: it outlives the node, so a log cut short or rewritten
+    /// after the head was published no longer matches it (`hangar audit verify --expect-head`).
+    async fn publish_audit_head(&self, client: &mut Client, me: &str) -> Result<(), String> {
+        let Some((head, _key)) = self.trail.head() else { return Ok(()) };
+        let published =
+            *self.scheduling.published_audit_seq.lock().unwrap_or_else(|e| e.into_inner());
+        if published == Some(head.seq) {
+            return Ok(());
+        }
+        let doc = serde_json::to_vec(&head).expect("heads serialise");
+        client.put(audit_key(me), doc, None).await.map_err(|e| e.to_string())?;
+        *self.scheduling.published_audit_seq.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(head.seq);
+        Ok(())
     }
 
     /// Watches this node's standing (ten times a second: fencing must beat the lease's expiry)

@@ -327,14 +327,60 @@ fn a_pool_spreads_over_the_nodes_refuses_forged_orders_and_fails_over() {
     assert_eq!(n1.call("GET", "/v1/vms", None).1, serde_json::json!([]), "n1 made nothing");
 
     node_credentials_are_good_once_for_one_claim(&n1);
+
+    // Events cluster-wide: one page through n1 holds every node's events, each with its node,
+    // merged by time; the cursor it returns starts the next page after them.
+    let (s, page) = n1.call("GET", "/v1/cluster/events?limit=10000", None);
+    assert_eq!(s, 200, "{page}");
+    assert!(page["unanswered"].as_array().unwrap().is_empty(), "{}", page["unanswered"]);
+    let events = page["events"].as_array().unwrap();
+    let nodes: std::collections::BTreeSet<&str> =
+        events.iter().filter_map(|e| e["node"].as_str()).collect();
+    assert!(nodes.contains("n2") && nodes.contains("n3"), "events from {nodes:?}");
+    let times: Vec<u64> = events.iter().map(|e| e["event"]["at"].as_u64().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "not merged by time");
+    let claimed_vm = claim["instance"]["name"].as_str().unwrap();
+    assert!(
+        events.iter().any(|e| e["node"] == claim["node"]
+            && e["event"]["vm"] == claimed_vm
+            && e["event"]["to"] == "running"),
+        "the claimed instance's resume is among its node's events"
+    );
+    let cursor = page["cursor"].as_str().unwrap().to_string();
+    let (_, next) = n1.call("GET", &format!("/v1/cluster/events?cursor={cursor}"), None);
+    let seen: std::collections::BTreeSet<(String, u64)> = events
+        .iter()
+        .map(|e| (e["node"].as_str().unwrap().into(), e["event"]["seq"].as_u64().unwrap()))
+        .collect();
+    for e in next["events"].as_array().unwrap() {
+        let key = (e["node"].as_str().unwrap().to_string(), e["event"]["seq"].as_u64().unwrap());
+        assert!(!seen.contains(&key), "{key:?} came again after the cursor");
+    }
+    let (s, e) = n1.call("GET", "/v1/cluster/events?cursor=n1", None);
+    assert_eq!(s, 400, "{e}");
+    coded(&e, "E_INVALID_ARGUMENT");
+
+    // Metrics name the node; each node's audit head is published to etcd, and matches its log.
+    let metrics = n1.text("GET", "/metrics");
+    assert!(metrics.contains(r#"hangar_node_info{node="n1",cluster="true"} 1"#), "{metrics}");
+    assert!(metrics.contains("hangar_cluster_fenced 0"), "{metrics}");
+    let published = runtime.block_on(async {
+        let mut etcd = etcd_client::Client::connect(etcd.endpoints(), None).await.unwrap();
+        let got = etcd.get("/hangar/v1/audit/n2", None).await.unwrap();
+        serde_json::from_slice::<Value>(got.kvs()[0].value()).unwrap()
+    });
+    let log = std::fs::read_to_string(homes[1].join("audit.log")).unwrap();
+    let seq = published["seq"].as_u64().unwrap() as usize;
+    let line = log.lines().nth(seq - 1).expect("the published head is in the log");
+    assert_eq!(published["hash"], hangar_audit::hash_line(line.as_bytes()), "{published}");
 }
 
 /// What a node credential opens on n2, sent straight to its API as another node would.
 fn node_credentials_are_good_once_for_one_claim(n1: &SpawnedDaemon) {
-    use hangar_cluster::ForwardedClaim;
+    use hangar_cluster::NodeCredential;
     let info = listed(n1, "n2").unwrap()["info"].clone();
     let send =
-        |key: &hangar_cluster::ClusterKey, claim: &ForwardedClaim, method: &str, path: &str| {
+        |key: &hangar_cluster::ClusterKey, claim: &NodeCredential, method: &str, path: &str| {
             let endpoint = hangar_api::client::Endpoint::Tcp {
                 addr: info["advertise"].as_str().unwrap().to_string(),
                 fingerprint: info["tls_fingerprint"].as_str().map(String::from),
@@ -349,13 +395,12 @@ fn node_credentials_are_good_once_for_one_claim(n1: &SpawnedDaemon) {
     let now =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
             as u64;
-    let good = ForwardedClaim {
+    let good = NodeCredential {
         from: "n1".into(),
         to: "n2".into(),
-        pool: "acme--web".into(),
+        allows: hangar_cluster::Forwarded::Claim { pool: "acme--web".into(), create: false },
         scope: "tenant:acme:operator".into(),
         who: "test".into(),
-        create: false,
         issued_at: now,
         nonce: "good".into(),
     };
@@ -367,7 +412,7 @@ fn node_credentials_are_good_once_for_one_claim(n1: &SpawnedDaemon) {
         (
             send(
                 &key,
-                &ForwardedClaim { to: "n3".into(), nonce: "1".into(), ..good.clone() },
+                &NodeCredential { to: "n3".into(), nonce: "1".into(), ..good.clone() },
                 "POST",
                 claim_path,
             ),
@@ -376,7 +421,7 @@ fn node_credentials_are_good_once_for_one_claim(n1: &SpawnedDaemon) {
         (
             send(
                 &key,
-                &ForwardedClaim { issued_at: now - 60_000, nonce: "2".into(), ..good.clone() },
+                &NodeCredential { issued_at: now - 60_000, nonce: "2".into(), ..good.clone() },
                 "POST",
                 claim_path,
             ),
@@ -385,7 +430,7 @@ fn node_credentials_are_good_once_for_one_claim(n1: &SpawnedDaemon) {
         (
             send(
                 &hangar_cluster::ClusterKey::from_seed([9; 32]),
-                &ForwardedClaim { nonce: "3".into(), ..good.clone() },
+                &NodeCredential { nonce: "3".into(), ..good.clone() },
                 "POST",
                 claim_path,
             ),
@@ -395,7 +440,7 @@ fn node_credentials_are_good_once_for_one_claim(n1: &SpawnedDaemon) {
         (
             send(
                 &key,
-                &ForwardedClaim {
+                &NodeCredential {
                     scope: "tenant:globex:owner".into(),
                     nonce: "4".into(),
                     ..good.clone()

@@ -102,6 +102,7 @@ fn requests() -> Vec<(&'static str, String, Option<String>, Option<Action>)> {
         ("GET", s("/v1/operations/op-0-00000000"), None, Some(Action::OperationRead)),
         ("GET", s("/v1/events?follow=false"), None, Some(Action::EventRead)),
         ("GET", s("/v1/events/page"), None, Some(Action::EventRead)),
+        ("GET", s("/v1/cluster/events"), None, Some(Action::EventRead)),
         ("GET", s("/metrics"), None, Some(Action::MetricsRead)),
         ("GET", s("/v1/tenants"), None, Some(Action::TenantRead)),
         ("PUT", s("/v1/tenants/gamma"), Some(s("{}")), Some(Action::TenantManage)),

@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use crate::error::*;
 use crate::middleware::Ctx;
+use hangar_api::ErrorBody;
 
 /// `GET /v1/events` query.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -103,32 +104,84 @@ pub struct EventPageQuery {
 pub(crate) async fn events_page(
     Ctx { d, caller }: Ctx, Query(q): Query<EventPageQuery>,
 ) -> ApiResult<Json<Vec<EventView>>> {
-    let limit = q.limit.unwrap_or(256).clamp(1, 10_000);
+    Ok(Json(page(&d, caller, q.since, q.limit).await?))
+}
+
+/// Up to `limit` (default 256, at most 10000) of this node's events after `since` that `caller`
+/// may see.
+pub(crate) async fn page(
+    d: &crate::state::Daemon, caller: crate::auth::Caller, since: u64, limit: Option<usize>,
+) -> ApiResult<Vec<EventView>> {
+    let limit = limit.unwrap_or(256).clamp(1, 10_000);
     let local = d.local.clone();
-    Ok(Json(
-        blocking(move || -> hangar_control::Result<Vec<EventView>> {
-            // Read on until `limit` events the caller may see are found or the stream ends, so
-            // a page is never empty while visible events follow.
-            let mut out = Vec::new();
-            let mut after = q.since;
-            loop {
-                let page = local.events_since(after, 1000)?;
-                let Some(last) = page.last() else {
-                    return Ok(out);
-                };
-                after = last.seq();
-                for e in page {
-                    if caller.sees(event_owner(&e)) {
-                        out.push(e);
-                        if out.len() == limit {
-                            return Ok(out);
-                        }
+    Ok(blocking(move || -> hangar_control::Result<Vec<EventView>> {
+        // Read on until `limit` events the caller may see are found or the stream ends, so
+        // a page is never empty while visible events follow.
+        let mut out = Vec::new();
+        let mut after = since;
+        loop {
+            let page = local.events_since(after, 1000)?;
+            let Some(last) = page.last() else {
+                return Ok(out);
+            };
+            after = last.seq();
+            for e in page {
+                if caller.sees(event_owner(&e)) {
+                    out.push(e);
+                    if out.len() == limit {
+                        return Ok(out);
                     }
                 }
             }
-        })
-        .await??,
-    ))
+        }
+    })
+    .await??)
+}
+
+/// `GET /v1/cluster/events` query.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ClusterEventsQuery {
+    /// Where to start: a previous page's `cursor` (`node:seq,…`; a node it does not name is
+    /// read from its beginning).
+    #[serde(default)]
+    pub cursor: String,
+    /// At most this many events from each node (default 256, at most 10000).
+    pub limit: Option<usize>,
+}
+
+/// `GET /v1/cluster/events`: every live node's events after `cursor`, merged by time (what
+/// `hangar events --cluster` reads). Each node filters its own by the caller's scope. Without
+/// a cluster, this host's events.
+#[utoipa::path(get, path = "/v1/cluster/events", params(ClusterEventsQuery),
+    responses((status = 200, body = hangar_api::ClusterEvents), (status = 400, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub(crate) async fn cluster_events(
+    Ctx { d, caller }: Ctx, Query(q): Query<ClusterEventsQuery>,
+) -> ApiResult<Json<hangar_api::ClusterEvents>> {
+    let cursor = parse_cursor(&q.cursor)?;
+    Ok(Json(d.cluster_events(caller, cursor, q.limit).await?))
+}
+
+/// A cursor's positions by node.
+fn parse_cursor(text: &str) -> ApiResult<std::collections::BTreeMap<String, u64>> {
+    let mut positions = std::collections::BTreeMap::new();
+    for part in text.split(',').filter(|p| !p.is_empty()) {
+        let position = part.split_once(':').and_then(|(node, seq)| {
+            hangar_core::ids::check_name("node", node).ok()?;
+            Some((node.to_string(), seq.parse::<u64>().ok()?))
+        });
+        let Some((node, seq)) = position else {
+            return Err(ApiError::new(
+                hangar_core::error::ErrorCode::InvalidArgument,
+                format!("cursor part {part:?} is not node:seq"),
+                Some("cursor".into()),
+                Some("pass back the cursor of the previous page, or none".into()),
+            ));
+        };
+        positions.insert(node, seq);
+    }
+    Ok(positions)
 }
 
 /// The tenant an event belongs to: its VM's (a tenant's VMs are named `tenant--name`);

@@ -57,7 +57,8 @@ pub(crate) async fn metrics_text(State(d): State<Arc<Daemon>>) -> ApiResult<Resp
     Ok((
         [("content-type", "text/plain; version=0.0.4")],
         d.metrics.render(&by_state, store_seconds)
-            + &crate::metrics::gateway_text(&d.fleet.instances(None)),
+            + &crate::metrics::gateway_text(&d.fleet.instances(None))
+            + &d.node_metrics(),
     )
         .into_response())
 }

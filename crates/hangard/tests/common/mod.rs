@@ -243,6 +243,14 @@ impl SpawnedDaemon {
         (r.status, serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null))
     }
 
+    /// One request's body as text (`/metrics`), as the admin.
+    pub fn text(&self, method: &str, path: &str) -> String {
+        let r =
+            hangar_api::client::request(&self.socket, method, path, None, Duration::from_secs(60))
+                .unwrap();
+        String::from_utf8_lossy(&r.body).into_owned()
+    }
+
     /// Waits (server side) until the operation has ended, and returns it.
     pub fn settled(&self, id: &str) -> serde_json::Value {
         let (s, op) = self.call("GET", &format!("/v1/operations/{id}?wait=true"), None);
