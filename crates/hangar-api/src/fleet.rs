@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 pub use hangar_fleet::{
-    Activity, Claim, ClaimSource, Desired, Instance, Match, PassReport, Policy, Pool, Quotas,
-    Route, RouteTarget, Usage,
+    Activity, Claim, ClaimSource, Desired, Instance, Match, PassReport, Policy, Pool, PoolCounts,
+    Quotas, Route, RouteTarget, Usage,
 };
 
 /// `PUT /v1/tenants/{id}`: create a tenant or replace its quotas.
@@ -76,24 +76,6 @@ pub struct PoolUpdate {
     pub base_dir: Option<String>,
 }
 
-/// How many of a pool's instances are in each state.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct PoolCounts {
-    /// Unclaimed and running.
-    pub running: u32,
-    /// Unclaimed and paused (the warm set).
-    pub warm: u32,
-    /// Unclaimed and sleeping.
-    pub sleeping: u32,
-    /// Spares (a QEMU waiting, with no guest, for the pool's base).
-    #[serde(default)]
-    pub spare: u32,
-    /// Handed out by a claim.
-    pub claimed: u32,
-    /// In flight, failed or stopped (the loop is on them).
-    pub other: u32,
-}
-
 /// A pool, with its instances counted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct PoolView {
@@ -117,6 +99,11 @@ pub struct PoolStatus {
     pub last_pass: Option<PassReport>,
     /// The last pass that changed something, or failed differently from the one before.
     pub last_change: Option<PassReport>,
+    /// In a cluster: each live node's share of the pool and what it has (the pool's counts
+    /// are their sum; `instances` are the answering node's).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[schema(value_type = Object)]
+    pub nodes: std::collections::BTreeMap<String, hangar_cluster::PoolShare>,
 }
 
 /// `GET /v1/fleet`: the reconcile loop.
@@ -135,20 +122,7 @@ pub struct FleetStatus {
 impl PoolView {
     /// Counts `instances` (all of the pool's).
     pub fn new(pool: Pool, instances: &[Instance], base_snapshot: Option<String>) -> PoolView {
-        use hangar_core::lifecycle::VmState;
-        let mut counts = PoolCounts::default();
-        for i in instances {
-            let slot = match (i.claimed, i.state) {
-                (true, _) => &mut counts.claimed,
-                (false, VmState::Running) => &mut counts.running,
-                (false, VmState::Paused) => &mut counts.warm,
-                (false, VmState::Sleeping) => &mut counts.sleeping,
-                (false, VmState::Spare) => &mut counts.spare,
-                _ => &mut counts.other,
-            };
-            *slot += 1;
-        }
-        PoolView { pool, counts, base_snapshot }
+        PoolView { pool, counts: PoolCounts::of(instances), base_snapshot }
     }
 }
 

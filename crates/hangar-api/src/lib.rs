@@ -362,6 +362,10 @@ pub struct ClusterNode {
     /// What it uses now.
     #[schema(value_type = Option<Object>)]
     pub stats: Option<hangar_cluster::NodeStats>,
+    /// Its share of each pool and what it has of it, as of its last scheduling pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub report: Option<hangar_cluster::ReconcileReport>,
     /// Why one of its records could not be read (they are written by nodes; anything else
     /// that wrote there is reported, not trusted).
     #[serde(default, skip_serializing_if = "Option::is_none")]

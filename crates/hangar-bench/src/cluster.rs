@@ -1,8 +1,10 @@
 //! A cluster on etcd (issue 18), on the fake engine: a 3-member etcd on loopback and three
 //! `hangard --engine fake --cluster` nodes. Placement of a 999-instance pool end to end (from
 //! `POST /v1/pools` until every node has applied its share, against the pure placement of the
-//! same inputs in this process, the same run's baseline), and failover after a `kill -9` of a
-//! node (until the other two hold the whole pool), against the lease TTL.
+//! same inputs in this process, the same run's baseline), failover after a `kill -9` of a
+//! node (until the other two hold the whole pool), against the lease TTL, and a claim through a
+//! node with no instance of the pool (passed to another node) against a claim served where it
+//! is asked.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -57,8 +59,14 @@ fn start(
 ) -> Result<Node, String> {
     std::fs::create_dir_all(home).map_err(|e| e.to_string())?;
     let log = std::fs::File::create(home.join("hangard.log")).map_err(|e| e.to_string())?;
+    // Other nodes pass claims to it here (over TLS, its own certificate).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
     let child = Command::new(hangard)
         .args(["--home", &home.display().to_string(), "--engine", "fake", "--node", name])
+        .args(["--listen-tcp", &format!("127.0.0.1:{port}")])
         .args(["--cluster", &etcd.endpoints().join(","), "--lease-ttl", &ttl.to_string()])
         .args(["--cluster-key", &key.display().to_string(), "--reconcile-interval", "0.5"])
         .stdin(Stdio::null())
@@ -100,16 +108,12 @@ fn wait(
     }
 }
 
-/// The pool's desired warm count on each node (0 where it has no share).
+/// The pool's desired warm count on each of `nodes` (named `n1`, `n2`, … in order; 0 where it
+/// has no share), from the nodes' reports as the first shows them.
 fn shares(nodes: &[&Node]) -> Vec<u64> {
-    nodes
-        .iter()
-        .map(|n| {
-            call(n, "GET", "/v1/pools/acme--web", None)
-                .ok()
-                .and_then(|p| p["pool"]["desired"]["warm"].as_u64())
-                .unwrap_or(0)
-        })
+    let pool = call(nodes[0], "GET", "/v1/pools/acme--web", None).unwrap_or(Value::Null);
+    (1..=nodes.len())
+        .map(|i| pool["nodes"][format!("n{i}")]["desired"]["warm"].as_u64().unwrap_or(0))
         .collect()
 }
 
@@ -208,6 +212,9 @@ fn measure(args: &Args, ttl: u64, placement: bool) -> Result<Value, String> {
         out["end_to_end_over_pure"] = json!(round(placed_ms / pure.max(1e-6), 0));
         return Ok(out);
     }
+    if ttl == args.ttls[0] {
+        out["claims"] = claims(&nodes)?;
+    }
     // Failover: kill -9 of the last node; the pool is whole once the other two hold it all.
     let mut nodes = nodes;
     let victim = nodes.pop().expect("three nodes");
@@ -222,6 +229,46 @@ fn measure(args: &Args, ttl: u64, placement: bool) -> Result<Value, String> {
     out["failover_s"] = json!(round(failover, 2));
     out["failover_over_ttl"] = json!(round(failover / ttl as f64, 2));
     Ok(out)
+}
+
+/// Unclaimed warm instances of the pool on node `name` (as its last report says).
+fn waiting(via: &Node, name: &str) -> u64 {
+    call(via, "GET", "/v1/pools/acme--web", None)
+        .ok()
+        .and_then(|p| p["nodes"][name]["counts"]["warm"].as_u64())
+        .unwrap_or(0)
+}
+
+/// Claims through n2 (served there, from its warm set) and through a drained n1 (passed to n2
+/// or n3 with a node credential), alternately, each once both have an instance waiting again:
+/// the median round trip of each, and their ratio.
+fn claims(nodes: &[Node]) -> Result<Value, String> {
+    const ROUNDS: usize = 20;
+    call(&nodes[0], "POST", "/v1/nodes/n1/drain", None)?;
+    let all: Vec<&Node> = nodes.iter().collect();
+    wait(Duration::from_secs(60), "n1 drained", || Ok(shares(&all) == [0, 3, 3]))?;
+    let (mut here, mut passed) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        for (via, times) in [(&nodes[1], &mut here), (&nodes[0], &mut passed)] {
+            wait(Duration::from_secs(30), "instances waiting", || {
+                Ok(waiting(&nodes[1], "n2") >= 1 && waiting(&nodes[1], "n3") >= 1)
+            })?;
+            let t = Instant::now();
+            let claim = call(via, "POST", "/v1/pools/acme--web/claim", None)?;
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+            if claim["node"] == "n1" || claim["source"] != "warm" {
+                return Err(format!("a claim was not served from a warm set elsewhere: {claim}"));
+            }
+        }
+    }
+    call(&nodes[0], "POST", "/v1/nodes/n1/uncordon", None)?;
+    let (here, passed) = (crate::stats::median(&here), crate::stats::median(&passed));
+    Ok(json!({
+        "rounds": ROUNDS,
+        "served_where_asked_ms": round(here, 2),
+        "passed_to_another_node_ms": round(passed, 2),
+        "passed_over_served_here": round(passed / here.max(1e-6), 1),
+    }))
 }
 
 /// `hangar-bench cluster`

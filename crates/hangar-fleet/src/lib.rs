@@ -65,6 +65,56 @@ impl Desired {
     }
 }
 
+/// How many of a pool's instances are in each state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PoolCounts {
+    /// Unclaimed and running.
+    pub running: u32,
+    /// Unclaimed and paused (the warm set).
+    pub warm: u32,
+    /// Unclaimed and sleeping.
+    pub sleeping: u32,
+    /// Spares (a QEMU waiting, with no guest, for the pool's base).
+    #[serde(default)]
+    pub spare: u32,
+    /// Handed out by a claim.
+    pub claimed: u32,
+    /// In flight, failed or stopped (the loop is on them).
+    pub other: u32,
+}
+
+impl PoolCounts {
+    /// Counts `instances` (a pool's).
+    pub fn of<'a>(instances: impl IntoIterator<Item = &'a Instance>) -> PoolCounts {
+        let mut counts = PoolCounts::default();
+        for i in instances {
+            let slot = match (i.claimed, i.state) {
+                (true, _) => &mut counts.claimed,
+                (false, VmState::Running) => &mut counts.running,
+                (false, VmState::Paused) => &mut counts.warm,
+                (false, VmState::Sleeping) => &mut counts.sleeping,
+                (false, VmState::Spare) => &mut counts.spare,
+                _ => &mut counts.other,
+            };
+            *slot += 1;
+        }
+        counts
+    }
+
+    /// Both counts added.
+    pub fn plus(self, other: PoolCounts) -> PoolCounts {
+        PoolCounts {
+            running: self.running + other.running,
+            warm: self.warm + other.warm,
+            sleeping: self.sleeping + other.sleeping,
+            spare: self.spare + other.spare,
+            claimed: self.claimed + other.claimed,
+            other: self.other + other.other,
+        }
+    }
+}
+
 /// A pool's policy.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]

@@ -491,6 +491,23 @@ pub fn pool(cmd: PoolCommand, out: &mut dyn Write) -> Result<(), Failure> {
                     "- (taken at the next creation)"
                 })
             );
+            for (node, share) in &s.nodes {
+                let (d, c) = (share.desired, share.counts);
+                let _ = writeln!(
+                    out,
+                    "node {node}: running {}/{} warm {}/{} sleeping {}/{} spare {}/{} claimed {}{}",
+                    c.running,
+                    d.running,
+                    c.warm,
+                    d.warm,
+                    c.sleeping,
+                    d.sleeping,
+                    c.spare,
+                    d.spare,
+                    c.claimed,
+                    if share.converged() { "" } else { " (converging)" }
+                );
+            }
             if let Some(r) = s.last_pass.as_ref().filter(|r| Some(*r) != s.last_change.as_ref()) {
                 let _ = writeln!(out, "last pass {}", r.summary());
             }

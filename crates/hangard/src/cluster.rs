@@ -6,7 +6,8 @@
 //!
 //! Keys (all under [`ROOT`]): `nodes/<name>/info` ([`NodeInfo`], signed with the cluster key,
 //! under the node's lease: other nodes send claims to the address it names),
-//! `nodes/<name>/stats` ([`NodeStats`], same lease, refreshed at every renewal) and
+//! `nodes/<name>/stats` ([`NodeStats`], same lease, refreshed at every renewal),
+//! `nodes/<name>/report` ([`ReconcileReport`], same lease, written by the scheduling loop) and
 //! `schedule/<name>` ([`Schedule`], no lease: a cordon outlives the node's absence).
 
 use std::collections::BTreeMap;
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ConnectOptions, GetOptions, PutOptions};
 use hangar_api::ClusterNode;
-use hangar_cluster::{NodeInfo, NodeStats, Schedule, NODE_INFO};
+use hangar_cluster::{NodeInfo, NodeStats, ReconcileReport, Schedule, NODE_INFO};
 use hangar_core::error::ErrorCode;
 
 use crate::error::ApiError;
@@ -94,6 +95,11 @@ fn info_key(node: &str) -> String {
 
 fn stats_key(node: &str) -> String {
     format!("{ROOT}/nodes/{node}/stats")
+}
+
+/// Where node `node`'s [`ReconcileReport`] is kept (under its lease).
+pub(crate) fn report_key(node: &str) -> String {
+    format!("{ROOT}/nodes/{node}/report")
 }
 
 fn schedule_key(node: &str) -> String {
@@ -286,6 +292,7 @@ impl Membership {
                     this_node: name == self.options.node,
                     info: None,
                     stats: None,
+                    report: None,
                     problem: None,
                 })
                 .clone()
@@ -313,6 +320,13 @@ impl Membership {
                         None
                     }
                     Err(e) => Some(format!("its stats do not read: {e}")),
+                },
+                "report" => match serde_json::from_slice::<ReconcileReport>(kv.value()) {
+                    Ok(report) => {
+                        node.report = Some(report);
+                        None
+                    }
+                    Err(e) => Some(format!("its report does not read: {e}")),
                 },
                 other => Some(format!("an unknown record {other:?}")),
             };

@@ -8,6 +8,7 @@
 //! instances.
 
 use hangar_control::Control;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -395,9 +396,48 @@ pub(crate) async fn delete_tenant(
 
 /// `GET /v1/pools`
 #[utoipa::path(get, path = "/v1/pools", responses((status = 200, body = [PoolView])))]
-pub(crate) async fn list_pools(Ctx { d, caller }: Ctx) -> Json<Vec<PoolView>> {
+pub(crate) async fn list_pools(Ctx { d, caller }: Ctx) -> ApiResult<Json<Vec<PoolView>>> {
+    if let Some((m, keys)) = d.cluster_keys() {
+        // The cluster's pools, each counted over the live nodes' reports.
+        let pools = crate::tenancy::cluster_pools(m, keys).await?;
+        let shares = cluster_shares(m).await?;
+        return Ok(visible(
+            &caller,
+            pools,
+            |p| p.tenant.as_str(),
+            |pool| {
+                let nodes = shares.get(pool.id.as_str()).cloned().unwrap_or_default();
+                d.cluster_pool_view(pool, &nodes)
+            },
+        ));
+    }
     let pools = d.fleet.pools();
-    visible(&caller, pools, |p| p.tenant.as_str(), |p| d.pool_view(p))
+    Ok(visible(&caller, pools, |p| p.tenant.as_str(), |p| d.pool_view(p)))
+}
+
+/// Each live node's share of each pool, by pool then node (from the nodes' reports).
+async fn cluster_shares(
+    m: &crate::cluster::Membership,
+) -> ApiResult<BTreeMap<String, BTreeMap<String, hangar_cluster::PoolShare>>> {
+    let mut shares: BTreeMap<String, BTreeMap<String, hangar_cluster::PoolShare>> = BTreeMap::new();
+    for node in m.nodes().await?.into_iter().filter(|n| n.alive) {
+        for (pool, share) in node.report.map(|r| r.pools).unwrap_or_default() {
+            shares.entry(pool).or_default().insert(node.name.clone(), share);
+        }
+    }
+    Ok(shares)
+}
+
+impl Daemon {
+    /// A cluster pool as the cluster has it: its counts are the sum of the nodes' `shares`.
+    fn cluster_pool_view(
+        &self, pool: Pool, shares: &BTreeMap<String, hangar_cluster::PoolShare>,
+    ) -> PoolView {
+        let counts =
+            shares.values().fold(hangar_fleet::PoolCounts::default(), |sum, s| sum.plus(s.counts));
+        let base = self.fleet.pool(&pool.id).ok().and_then(|p| self.pool_view(p).base_snapshot);
+        PoolView { pool, counts, base_snapshot: base }
+    }
 }
 
 /// `POST /v1/pools`: a new pool. Nothing is created until the reconcile pass it triggers.
@@ -437,15 +477,34 @@ pub(crate) async fn create_pool(
 pub(crate) async fn get_pool(
     Ctx { d, caller }: Ctx, UrlPath(id): UrlPath<String>,
 ) -> ApiResult<Json<PoolStatus>> {
-    let pool = d.visible_pool(&caller, Action::PoolRead, &id)?;
-    let id = pool.id.clone();
     // A pass covers every tenant's pools: its report is the host's, not a tenant's.
     let host = caller.tenant().is_none();
+    let cluster = match d.cluster_pool_for(&caller, Action::PoolRead, &id).await {
+        Ok(found) => found,
+        // A pool this node had before it joined is its own.
+        Err(e) if e.1.code == ErrorCode::PoolNotFound.as_str() => None,
+        Err(e) => return Err(e),
+    };
+    if let Some(pool) = cluster {
+        let (m, _) = d.cluster_keys().expect("a cluster pool means a cluster");
+        let nodes = cluster_shares(m).await?.remove(pool.id.as_str()).unwrap_or_default();
+        let id = pool.id.clone();
+        return Ok(Json(PoolStatus {
+            view: d.cluster_pool_view(pool, &nodes),
+            instances: d.fleet.instances(Some(&id)),
+            last_pass: d.reconciler.last().filter(|_| host),
+            last_change: d.reconciler.last_change().filter(|_| host),
+            nodes,
+        }));
+    }
+    let pool = d.visible_pool(&caller, Action::PoolRead, &id)?;
+    let id = pool.id.clone();
     Ok(Json(PoolStatus {
         view: d.pool_view(pool),
         instances: d.fleet.instances(Some(&id)),
         last_pass: d.reconciler.last().filter(|_| host),
         last_change: d.reconciler.last_change().filter(|_| host),
+        nodes: BTreeMap::new(),
     }))
 }
 

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
 use hangar_cluster::{
-    place, Assignment, ClusterKey, DesiredState, KeyRing, NodeView, PoolDemand, Resources,
-    DESIRED_STATE, POOL,
+    place, Assignment, ClusterKey, DesiredState, KeyRing, NodeView, PoolDemand, PoolShare,
+    ReconcileReport, Resources, DESIRED_STATE, POOL,
 };
 use hangar_core::error::ErrorCode;
 use hangar_core::spec::{AccelRequest, BootSource};
@@ -103,6 +103,8 @@ pub(crate) struct Scheduling {
     refused_revision: Mutex<i64>,
     /// The audit head last published to etcd (its sequence number).
     published_audit_seq: Mutex<Option<u64>>,
+    /// The report last written, and the lease it was written under.
+    published_report: Mutex<Option<(i64, ReconcileReport)>>,
 }
 
 impl Daemon {
@@ -150,7 +152,50 @@ impl Daemon {
             self.schedule(&mut client, m, keys).await?;
         }
         self.publish_audit_head(&mut client, &me).await?;
-        self.apply_desired(&mut client, &me, keys).await
+        let applied = self.apply_desired(&mut client, &me, keys).await;
+        self.publish_report(&mut client, &me, lease).await?;
+        applied
+    }
+
+    /// What this node has of the pools the cluster gave it.
+    pub(crate) fn reconcile_report(&self) -> ReconcileReport {
+        let mut pools = BTreeMap::new();
+        for pool in self.fleet.pools() {
+            if !pool.template.labels.contains_key(MANAGED_LABEL) {
+                continue;
+            }
+            let counts = hangar_fleet::PoolCounts::of(&self.fleet.instances(Some(&pool.id)));
+            pools.insert(pool.id.to_string(), PoolShare { desired: pool.desired, counts });
+        }
+        let errors = self.reconciler.last().map(|pass| pass.errors).unwrap_or_default();
+        let at = hangar_core::clock::Clock::now(&hangar_core::clock::SystemClock).0;
+        ReconcileReport { pools, errors, at }
+    }
+
+    /// Writes this node's report under its lease when it says something new (or the lease is
+    /// new).
+    async fn publish_report(
+        self: &Arc<Self>, client: &mut Client, me: &str, lease: i64,
+    ) -> Result<(), String> {
+        let d = self.clone();
+        let report = tokio::task::spawn_blocking(move || d.reconcile_report())
+            .await
+            .map_err(|e| e.to_string())?;
+        let fresh = {
+            let last = self.scheduling.published_report.lock().unwrap_or_else(|e| e.into_inner());
+            !matches!(&*last, Some((l, r)) if *l == lease && r.same_as(&report))
+        };
+        if fresh {
+            let doc = serde_json::to_vec(&report).expect("reports serialise");
+            let with_lease = Some(PutOptions::new().with_lease(lease));
+            client
+                .put(crate::cluster::report_key(me), doc, with_lease)
+                .await
+                .map_err(|e| e.to_string())?;
+            *self.scheduling.published_report.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((lease, report));
+        }
+        Ok(())
     }
 
     /// Publishes this node's latest signed audit head (when it changed) under

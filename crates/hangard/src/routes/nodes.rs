@@ -22,6 +22,7 @@ fn this_host(d: &Daemon) -> ClusterNode {
         this_node: true,
         info: Some(info),
         stats: Some(d.node_stats()),
+        report: None,
         problem: None,
     }
 }
