@@ -25,6 +25,11 @@ pub struct Args {
     /// Lease TTLs to measure failover with, in seconds.
     #[arg(long, value_delimiter = ',', default_value = "3,6")]
     pub ttls: Vec<u64>,
+    /// Also simulate a cluster of this many nodes on the fake engine (each a hangard process,
+    /// 10 warm instances each): how long they take to join and to place and make a pool, the
+    /// etcd writes a second they cost at rest, and their memory. 0 skips it.
+    #[arg(long, default_value_t = 0)]
+    pub simulate_nodes: usize,
 }
 
 /// A directory removed on drop (after the nodes in it are gone: declare it first).
@@ -57,13 +62,20 @@ impl Drop for Node {
 fn start(
     hangard: &Path, home: &Path, etcd: &EtcdCluster, name: &str, ttl: u64, key: &Path,
 ) -> Result<Node, String> {
+    let node = spawn(hangard, home, etcd, name, ttl, key)?;
+    wait(Duration::from_secs(30), "hangard to answer", || {
+        Ok(call(&node, "GET", "/v1/health", None).is_ok())
+    })?;
+    Ok(node)
+}
+
+fn spawn(
+    hangard: &Path, home: &Path, etcd: &EtcdCluster, name: &str, ttl: u64, key: &Path,
+) -> Result<Node, String> {
     std::fs::create_dir_all(home).map_err(|e| e.to_string())?;
     let log = std::fs::File::create(home.join("hangard.log")).map_err(|e| e.to_string())?;
     // Other nodes pass claims to it here (over TLS, its own certificate).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| e.to_string())?
-        .port();
+    let port = hangar_testkit::free_port();
     let child = Command::new(hangard)
         .args(["--home", &home.display().to_string(), "--engine", "fake", "--node", name])
         .args(["--listen-tcp", &format!("127.0.0.1:{port}")])
@@ -74,11 +86,7 @@ fn start(
         .stderr(log)
         .spawn()
         .map_err(|e| format!("{}: {e}", hangard.display()))?;
-    let node = Node { child, socket: home.join("hangard.sock") };
-    wait(Duration::from_secs(30), "hangard to answer", || {
-        Ok(call(&node, "GET", "/v1/health", None).is_ok())
-    })?;
-    Ok(node)
+    Ok(Node { child, socket: home.join("hangard.sock") })
 }
 
 fn call(node: &Node, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
@@ -158,20 +166,7 @@ fn measure(args: &Args, ttl: u64, placement: bool) -> Result<Value, String> {
     let dir = Scratch(PathBuf::from(format!("/tmp/hgb-cluster-{}-{ttl}", std::process::id())));
     let _ = std::fs::remove_dir_all(dir.path());
     std::fs::create_dir_all(dir.path()).map_err(|e| e.to_string())?;
-    let key = dir.path().join("cluster.key");
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut seed = [0u8; 32];
-        seed[0] = ttl as u8;
-        let text = hangar_cluster::ClusterKey::from_seed(seed).to_text();
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&key)
-            .map_err(|e| e.to_string())?;
-        std::io::Write::write_all(&mut f, text.as_bytes()).map_err(|e| e.to_string())?;
-    }
+    let key = key_file(dir.path(), ttl as u8)?;
     let nodes: Vec<Node> = (1..=3)
         .map(|i| {
             start(
@@ -271,6 +266,113 @@ fn claims(nodes: &[Node]) -> Result<Value, String> {
     }))
 }
 
+/// A cluster key file in `dir` (from a fixed seed: a benchmark's key guards nothing).
+fn key_file(dir: &Path, seed: u8) -> Result<PathBuf, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let key = dir.join("cluster.key");
+    let text = hangar_cluster::ClusterKey::from_seed([seed; 32]).to_text();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&key)
+        .map_err(|e| e.to_string())?;
+    std::io::Write::write_all(&mut f, text.as_bytes()).map_err(|e| e.to_string())?;
+    Ok(key)
+}
+
+/// etcd's count of keys written so far (puts and deletes, each transaction's included), from
+/// the member at `endpoint`'s Prometheus metrics.
+fn etcd_writes(endpoint: &str) -> Result<f64, String> {
+    use std::io::{Read, Write};
+    let addr = endpoint.trim_start_matches("http://");
+    let mut conn = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    write!(conn, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text).map_err(|e| e.to_string())?;
+    let total: f64 = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("etcd_mvcc_put_total ") || l.starts_with("etcd_mvcc_delete_total ")
+        })
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .sum();
+    Ok(total)
+}
+
+/// Resident memory of a process, MiB.
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?.to_string();
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map(|kib| kib / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// `n` nodes on the fake engine, lease TTL 10 s (the default), a pool of 10 warm instances per
+/// node.
+fn simulate(args: &Args, n: usize) -> Result<Value, String> {
+    let etcd = EtcdCluster::start(3)?;
+    let dir = Scratch(PathBuf::from(format!("/tmp/hgb-sim-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(dir.path());
+    std::fs::create_dir_all(dir.path()).map_err(|e| e.to_string())?;
+    let key = key_file(dir.path(), 42)?;
+    let started = Instant::now();
+    let nodes: Vec<Node> = (1..=n)
+        .map(|i| {
+            let home = dir.path().join(format!("n{i}"));
+            spawn(&args.hangard, &home, &etcd, &format!("n{i}"), 10, &key)
+        })
+        .collect::<Result<_, _>>()?;
+    wait(Duration::from_secs(60), "the first node to answer", || {
+        Ok(call(&nodes[0], "GET", "/v1/health", None).is_ok())
+    })?;
+    wait(Duration::from_secs(300), "every node to join", || {
+        let list = call(&nodes[0], "GET", "/v1/nodes", None).unwrap_or(Value::Null);
+        Ok(list.as_array().map(|a| a.iter().filter(|n| n["alive"] == true).count()) == Some(n))
+    })?;
+    let joined_s = started.elapsed().as_secs_f64();
+    call(&nodes[0], "PUT", "/v1/tenants/acme", Some(json!({})))?;
+    let warm = 10 * n as u64;
+    let spec = json!({"schema_version": 1, "name": "t", "machine": {"memory_mib": 64}});
+    let t = Instant::now();
+    call(
+        &nodes[0],
+        "POST",
+        "/v1/pools",
+        Some(json!({"id": "web", "tenant": "acme", "spec": spec, "desired": {"warm": warm}})),
+    )?;
+    let mut spread = Vec::new();
+    wait(Duration::from_secs(600), "the pool placed and made", || {
+        let pool = call(&nodes[0], "GET", "/v1/pools/acme--web", None).unwrap_or(Value::Null);
+        let shares = pool["nodes"].as_object().cloned().unwrap_or_default();
+        spread = shares.values().filter_map(|s| s["counts"]["warm"].as_u64()).collect();
+        Ok(pool["counts"]["warm"].as_u64() == Some(warm))
+    })?;
+    let placed_s = t.elapsed().as_secs_f64();
+    // At rest: what the cluster costs etcd with nothing changing (leases, stats, reports).
+    let endpoint = etcd.endpoints()[0].clone();
+    let before = etcd_writes(&endpoint)?;
+    let window = Duration::from_secs(10);
+    let t = Instant::now();
+    std::thread::sleep(window); // a measurement window, not a wait for anything
+    let writes_per_s = (etcd_writes(&endpoint)? - before) / t.elapsed().as_secs_f64();
+    let rss: Vec<f64> = nodes.iter().map(|n| rss_mib(n.child.id())).collect();
+    Ok(json!({
+        "nodes": n,
+        "joined_s": round(joined_s, 1),
+        "instances": warm,
+        "placed_and_made_s": round(placed_s, 1),
+        "least_and_most_per_node": [spread.iter().min(), spread.iter().max()],
+        "etcd_writes_per_s_at_rest": round(writes_per_s, 1),
+        "etcd_writes_per_s_per_node": round(writes_per_s / n as f64, 2),
+        "hangard_rss_mib_median": round(crate::stats::median(&rss), 1),
+    }))
+}
+
 /// `hangar-bench cluster`
 pub fn run(args: &Args) -> Result<Value, String> {
     if !args.hangard.exists() {
@@ -287,5 +389,11 @@ pub fn run(args: &Args) -> Result<Value, String> {
         eprintln!("failover: {one}");
         failover.push(one);
     }
-    Ok(json!({ "placement_999_over_3_nodes": placement, "failover": failover }))
+    let mut out = json!({ "placement_999_over_3_nodes": placement, "failover": failover });
+    if args.simulate_nodes > 0 {
+        let simulated = simulate(args, args.simulate_nodes)?;
+        eprintln!("simulation: {simulated}");
+        out["simulation"] = simulated;
+    }
+    Ok(out)
 }

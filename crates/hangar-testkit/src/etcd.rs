@@ -3,7 +3,7 @@
 //! installs it); without it [`EtcdCluster::start`] says why, for a `SKIPPED` line.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,13 +24,7 @@ pub struct EtcdCluster {
     token: String,
 }
 
-/// A port nothing listens on right now (the kernel's pick; etcd binds it a moment later).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+use crate::free_port;
 
 impl EtcdCluster {
     /// Starts `members` members and waits until each answers `/health`.

@@ -11,7 +11,28 @@ pub mod netns;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+/// A loopback TCP port nothing listens on now, for a server started a moment later. Picked
+/// below the kernel's ephemeral range (32768 and up), so that the outgoing connections of a
+/// cluster of processes cannot take it in between (they did: a hundred `hangard`s found their
+/// kernel-picked ports taken); each call in a process returns another, and processes start
+/// from different places.
+pub fn free_port() -> u16 {
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7919) % COUNT;
+    loop {
+        let i = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(i < COUNT, "no free loopback port in {FIRST}..{}", FIRST + COUNT);
+        let port = (FIRST + (start + i) % COUNT) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
 
 /// The spec a TOML text describes (host paths in it are absolute); panics when invalid.
 pub fn toml_spec(text: &str) -> hangar_core::spec::VmSpec {

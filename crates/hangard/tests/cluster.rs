@@ -4,11 +4,15 @@
 //! down nothing changes, with all down changes are refused (`E_CLUSTER_UNAVAILABLE`) while the
 //! node's own API keeps serving, and the node rejoins by itself when etcd is back.
 //!
-//! Without etcd installed the test prints `SKIPPED …` and checks nothing.
+//! One test runs two nodes on QEMU with real guests.
+//!
+//! Without etcd installed (or, for the QEMU test, QEMU and the image) a test prints `SKIPPED …`
+//! and checks nothing.
 
 use std::time::{Duration, Instant};
 
 use hangar_testkit::etcd::EtcdCluster;
+use hangar_testkit::free_port;
 use serde_json::Value;
 
 mod common;
@@ -56,11 +60,6 @@ fn node(home: &std::path::Path, etcd: &EtcdCluster, name: &str) -> SpawnedDaemon
         key.to_str().unwrap(),
     ];
     SpawnedDaemon::from_child(spawn_hangard(home, &args), home)
-}
-
-/// A loopback port nothing listens on now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A 3-member etcd, or `None` after saying why `test` is skipped.
@@ -628,4 +627,73 @@ fn a_node_cut_off_from_etcd_fences_itself_before_its_share_moves() {
     let states: Vec<&str> =
         vms.as_array().unwrap().iter().filter_map(|v| v["state"].as_str()).collect();
     assert!(!states.is_empty() && states.iter().all(|s| *s == "paused"), "{vms}");
+}
+
+/// Two nodes on QEMU (real guests): a pool spreads 1/1, a drained node's share boots on the
+/// other, and a claim through the drained node is served by the other, whose guest then runs a
+/// command. Needs QEMU, the built image and etcd; otherwise skipped with the reason.
+#[test]
+fn two_qemu_nodes_share_a_pool_and_serve_each_others_claims() {
+    let test = "two_qemu_nodes_share_a_pool_and_serve_each_others_claims";
+    if hangar_testkit::skip(test) {
+        return;
+    }
+    let Some(etcd) = etcd_or_skip(test) else { return };
+    let keys = tempfile::Builder::new().prefix("hgq-").tempdir_in("/tmp").unwrap();
+    let key = key_file(keys.path());
+    let homes = [hangar_testkit::private_home("hgq1-"), hangar_testkit::private_home("hgq2-")];
+    let _reapers: Vec<_> =
+        homes.iter().map(|h| hangar_testkit::Reaper(h.path().to_path_buf())).collect();
+    let endpoints = etcd.endpoints().join(",");
+    let spawn = |home: &std::path::Path, name: &str| {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let args = [
+            "--cluster",
+            &endpoints,
+            "--node",
+            name,
+            "--listen-tcp",
+            &listen,
+            "--lease-ttl",
+            "10",
+            "--cluster-key",
+            key.to_str().unwrap(),
+        ];
+        SpawnedDaemon::from_child(spawn_hangard(home, &args), home)
+    };
+    let n1 = spawn(homes[0].path(), "q1");
+    let n2 = spawn(homes[1].path(), "q2");
+    for n in ["q1", "q2"] {
+        until(&n1, n, Duration::from_secs(15), "alive", |v| v["alive"] == true);
+    }
+    let accel = listed(&n1, "q2").unwrap()["info"]["accel"].clone();
+    assert!(accel == "tcg" || accel == "kvm", "a QEMU node says which accelerator: {accel}");
+
+    assert!(matches!(n1.call("PUT", "/v1/tenants/acme", Some("{}")).0, 200 | 201));
+    let pool = r#"{"id":"web","tenant":"acme","desired":{"warm":2},"policy":{"cold_boot":true},
+        "spec":{"schema_version":1,"name":"t","machine":{"memory_mib":128},"boot":{"image":"minimal"}}}"#;
+    let (s, p) = n1.call("POST", "/v1/pools", Some(pool));
+    assert_eq!(s, 201, "{p}");
+    let booted = until_shares(&n1, &["q1", "q2"], &[(1, 1), (1, 1)], Duration::from_secs(180));
+    eprintln!(
+        "warm = 2 over two QEMU nodes, guests booted and paused, after {:.1} s",
+        booted.as_secs_f64()
+    );
+
+    let (s, n) = n2.call("POST", "/v1/nodes/q1/drain", None);
+    assert_eq!(s, 200, "{n}");
+    until_shares(&n2, &["q1", "q2"], &[(0, 0), (2, 2)], Duration::from_secs(180));
+    let (s, claim) = n1.call("POST", "/v1/pools/acme--web/claim", None);
+    assert_eq!(s, 200, "{claim}");
+    assert_eq!((claim["node"].as_str(), claim["source"].as_str()), (Some("q2"), Some("warm")));
+    let name = claim["instance"]["name"].as_str().unwrap();
+    let remote = hangar_control::Remote::new(homes[1].path().join("hangard.sock"));
+    let (status, out, err) =
+        hangar_testkit::exec_in(&remote, name, &["echo", "served-by-q2"], None).unwrap();
+    assert_eq!(
+        (status, out.as_str()),
+        (hangar_core::contracts::ExitStatus::Code(0), "served-by-q2\n"),
+        "{err}"
+    );
+    assert_eq!(n1.call("DELETE", "/v1/pools/acme--web", None).0, 204);
 }
