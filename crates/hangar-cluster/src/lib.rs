@@ -24,7 +24,7 @@ pub mod tenancy;
 
 pub use desired::{DesiredState, DESIRED_STATE, POOL};
 pub use forward::{Forwarded, NodeCredential, CREDENTIAL_PREFIX};
-pub use node::{NodeInfo, NodeStats, NodeView, Resources, Schedule, NODE_INFO};
+pub use node::{NodeInfo, NodeStats, NodeView, Resources, Schedule, NODE_INFO, SCHEDULE};
 pub use placement::{place, Assignment, Placement, PoolDemand};
 pub use report::{PoolShare, ReconcileReport};
 pub use signed::{ClusterKey, KeyRing, SignatureError, SignedPayload};

@@ -97,6 +97,10 @@ pub struct NodeStats {
     pub waiting: std::collections::BTreeMap<String, u32>,
 }
 
+/// The kind of a signed [`Schedule`] document (an operator's cordon or drain, written through
+/// the API).
+pub const SCHEDULE: &str = "schedule";
+
 /// Whether the scheduler may place instances on a node. An operator's decision, kept apart from
 /// the node's own records (it outlives the node's lease).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,7 +8,7 @@
 //! under the node's lease: other nodes send claims to the address it names),
 //! `nodes/<name>/stats` ([`NodeStats`], same lease, refreshed at every renewal),
 //! `nodes/<name>/report` ([`ReconcileReport`], same lease, written by the scheduling loop) and
-//! `schedule/<name>` ([`Schedule`], no lease: a cordon outlives the node's absence).
+//! `schedule/<name>` ([`Schedule`], signed, no lease: a cordon outlives the node's absence).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ConnectOptions, GetOptions, PutOptions};
 use hangar_api::ClusterNode;
-use hangar_cluster::{NodeInfo, NodeStats, ReconcileReport, Schedule, NODE_INFO};
+use hangar_cluster::{NodeInfo, NodeStats, ReconcileReport, Schedule, NODE_INFO, SCHEDULE};
 use hangar_core::error::ErrorCode;
 
 use crate::error::ApiError;
@@ -337,9 +337,10 @@ impl Membership {
             let key = String::from_utf8_lossy(kv.key());
             let Some(name) = key.strip_prefix(&format!("{ROOT}/schedule/")) else { continue };
             let mut node = entry(&mut nodes, name);
-            match serde_json::from_slice::<Schedule>(kv.value()) {
+            // One that does not open is ignored: raw etcd access cannot drain a node.
+            match self.keys.trusted.open::<Schedule>(SCHEDULE, kv.value()) {
                 Ok(schedule) => node.schedule = schedule,
-                Err(e) => node.problem = Some(format!("its schedule does not read: {e}")),
+                Err(e) => node.problem = Some(format!("its schedule is refused: {e}")),
             }
             nodes.insert(name.to_string(), node);
         }
@@ -360,7 +361,8 @@ impl Membership {
             ));
         }
         let client = self.client().await.map_err(unavailable)?;
-        let value = serde_json::to_vec(&schedule).expect("schedules serialise");
+        let value = serde_json::to_vec(&self.keys.signing.sign(SCHEDULE, &schedule))
+            .expect("schedules serialise");
         retrying("record the schedule", || {
             let (mut client, value) = (client.clone(), value.clone());
             async move { client.put(schedule_key(node), value, None).await }

@@ -304,6 +304,23 @@ fn a_pool_spreads_over_the_nodes_refuses_forged_orders_and_fails_over() {
         std::thread::sleep(Duration::from_millis(200));
     }
     until_shares(&n1, &all, &[(2, 2), (2, 2), (2, 2)], Duration::from_secs(10));
+    // A drain written straight to etcd (unsigned) is refused and reported; the node stays ready
+    // (the scheduler reads schedules the same way).
+    let forged_drain = |put: bool| {
+        runtime.block_on(async {
+            let mut etcd = etcd_client::Client::connect(etcd.endpoints(), None).await.unwrap();
+            match put {
+                true => etcd.put("/hangar/v1/schedule/n3", r#""draining""#, None).await.map(drop),
+                false => etcd.delete("/hangar/v1/schedule/n3", None).await.map(drop),
+            }
+            .unwrap()
+        })
+    };
+    forged_drain(true);
+    let n = listed(&n1, "n3").unwrap();
+    assert_eq!(n["schedule"], "ready", "{n}");
+    assert!(n["problem"].as_str().is_some_and(|p| p.contains("schedule is refused")), "{n}");
+    forged_drain(false);
 
     // kill -9 of a node: once its lease runs out its share goes to the others.
     n3.kill9();
