@@ -161,7 +161,7 @@ fn run(command: Command) -> Result<Value, String> {
                 "cluster": attempt("cluster", || cluster::run(&cluster::Args {
                     hangard: engine.hangard.clone(),
                     ttls: vec![3, 6],
-                    simulate_nodes: 0,
+                    simulate_nodes: 100,
                 })),
                 "resume_via_api": attempt("resume_via_api", || engine::warm_proxy(&engine, 50)),
                 "confinement": attempt("confinement", || engine::confinement(&engine)),

@@ -247,11 +247,12 @@ impl crate::state::Daemon {
         out.push_str("# HELP hangar_cluster_fenced 1 while this node hands out and makes no instance (its lease is not fresh enough).\n# TYPE hangar_cluster_fenced gauge\n");
         let _ = writeln!(out, "hangar_cluster_fenced {}", u8::from(fenced));
         out.push_str("# HELP hangar_cluster_scheduler 1 while this node holds the cluster's scheduler role.\n# TYPE hangar_cluster_scheduler gauge\n");
-        let _ = writeln!(
-            out,
-            "hangar_cluster_scheduler {}",
-            u8::from(self.scheduler_status().scheduling)
-        );
+        let status = self.scheduler_status();
+        let _ = writeln!(out, "hangar_cluster_scheduler {}", u8::from(status.scheduling));
+        out.push_str("# HELP hangar_cluster_scheduler_pass_seconds How long this node's last scheduling pass took (read the nodes, pools and shares; place; write what changed).\n# TYPE hangar_cluster_scheduler_pass_seconds gauge\n");
+        if let Some(s) = status.last_pass_s.filter(|_| status.scheduling) {
+            let _ = writeln!(out, "hangar_cluster_scheduler_pass_seconds {s}");
+        }
         out
     }
 }

@@ -93,6 +93,8 @@ pub struct SchedulerStatus {
     pub scheduling: bool,
     /// The last desired state this node refused, and why.
     pub refused: Option<String>,
+    /// How long its last scheduling pass took (read, place, write what changed), seconds.
+    pub last_pass_s: Option<f64>,
 }
 
 /// The state the scheduling loop keeps between passes.
@@ -149,7 +151,10 @@ impl Daemon {
             });
         self.scheduling.status.lock().unwrap_or_else(|e| e.into_inner()).scheduling = scheduling;
         if scheduling {
+            let started = std::time::Instant::now();
             self.schedule(&mut client, m, keys).await?;
+            self.scheduling.status.lock().unwrap_or_else(|e| e.into_inner()).last_pass_s =
+                Some(started.elapsed().as_secs_f64());
         }
         self.publish_audit_head(&mut client, &me).await?;
         let applied = self.apply_desired(&mut client, &me, keys).await;
