@@ -401,15 +401,23 @@ pub(crate) async fn list_pools(Ctx { d, caller }: Ctx) -> ApiResult<Json<Vec<Poo
         // The cluster's pools, each counted over the live nodes' reports.
         let pools = crate::tenancy::cluster_pools(m, keys).await?;
         let shares = cluster_shares(m).await?;
-        return Ok(visible(
-            &caller,
-            pools,
-            |p| p.tenant.as_str(),
-            |pool| {
-                let nodes = shares.get(pool.id.as_str()).cloned().unwrap_or_default();
-                d.cluster_pool_view(pool, &nodes)
-            },
-        ));
+        let view = |pool: Pool| {
+            let nodes = shares.get(pool.id.as_str()).cloned().unwrap_or_default();
+            d.cluster_pool_view(pool, &nodes)
+        };
+        let Json(mut views) = visible(&caller, pools, |p| p.tenant.as_str(), view);
+        // And this node's own, made before it joined.
+        let own: Vec<Pool> = d
+            .fleet
+            .pools()
+            .into_iter()
+            .filter(|p| {
+                !p.template.labels.contains_key(crate::scheduler::MANAGED_LABEL)
+                    && !views.iter().any(|v| v.pool.id == p.id)
+            })
+            .collect();
+        views.extend(visible(&caller, own, |p| p.tenant.as_str(), |p| d.pool_view(p)).0);
+        return Ok(Json(views));
     }
     let pools = d.fleet.pools();
     Ok(visible(&caller, pools, |p| p.tenant.as_str(), |p| d.pool_view(p)))
@@ -479,13 +487,7 @@ pub(crate) async fn get_pool(
 ) -> ApiResult<Json<PoolStatus>> {
     // A pass covers every tenant's pools: its report is the host's, not a tenant's.
     let host = caller.tenant().is_none();
-    let cluster = match d.cluster_pool_for(&caller, Action::PoolRead, &id).await {
-        Ok(found) => found,
-        // A pool this node had before it joined is its own.
-        Err(e) if e.1.code == ErrorCode::PoolNotFound.as_str() => None,
-        Err(e) => return Err(e),
-    };
-    if let Some(pool) = cluster {
+    if let Some(pool) = d.cluster_pool_for(&caller, Action::PoolRead, &id).await? {
         let (m, _) = d.cluster_keys().expect("a cluster pool means a cluster");
         let nodes = cluster_shares(m).await?.remove(pool.id.as_str()).unwrap_or_default();
         let id = pool.id.clone();

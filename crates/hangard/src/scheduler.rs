@@ -411,7 +411,10 @@ impl Daemon {
             pool.template.labels.insert(MANAGED_LABEL.into(), "true".into());
             let pool = &pool;
             if self.fleet.tenant(&pool.tenant).is_none() {
-                // Quotas are the cluster's to enforce; here the tenant only has to exist.
+                // Quotas are the cluster's to enforce; here the tenant only has to exist, with
+                // its default network (a template may name it), as `PUT /v1/tenants` makes it.
+                hangar_control::Control::ensure_tenant_network(&*self.local, &pool.tenant)
+                    .map_err(|e| e.to_string())?;
                 self.fleet
                     .put_tenant(Tenant { id: pool.tenant.clone(), quotas: Default::default() });
             }
@@ -502,9 +505,10 @@ impl Daemon {
     ) -> Result<Option<Pool>, ApiError> {
         let Some((m, keys)) = self.cluster_keys() else { return Ok(None) };
         let id = crate::fleet::pool_id(&caller.resolve(id))?;
-        let pool = crate::scheduler::cluster_pool(m, keys, id.as_str())
-            .await?
-            .ok_or_else(|| ApiError::from(hangar_fleet::not_found_pool(&id)))?;
+        // Not the cluster's: the caller looks among this node's own (made before it joined).
+        let Some(pool) = crate::scheduler::cluster_pool(m, keys, id.as_str()).await? else {
+            return Ok(None);
+        };
         caller.allow(action, hangar_core::access::Resource::Owned(Some(&pool.tenant)), || {
             hangar_fleet::not_found_pool(&id).into()
         })?;
