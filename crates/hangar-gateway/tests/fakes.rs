@@ -72,9 +72,7 @@ struct Setup {
     refusals: Arc<Mutex<Vec<String>>>,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use hangar_testkit::free_port;
 
 async fn setup(desired: Desired, policy: Policy, max_waiting: u32, port: u16) -> Setup {
     let clock = Arc::new(ManualClock::default());

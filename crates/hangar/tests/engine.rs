@@ -526,10 +526,7 @@ fn a_guest_whose_agent_never_answers_is_a_coded_error_within_a_bound() {
     assert_eq!(doc["guest"]["error"]["code"], "E_AGENT_UNAVAILABLE", "{}", doc["guest"]);
 }
 
-/// A port nobody listens on right now (the kernel's pick; free until someone else takes it).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use hangar_testkit::free_port;
 
 /// One HTTP/1.0 GET on loopback; the whole response.
 fn http_get(port: u16) -> String {

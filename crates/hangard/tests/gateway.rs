@@ -47,9 +47,7 @@ impl Drop for Daemon {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use hangar_testkit::free_port;
 
 /// One HTTP/1.1 request to the gateway; the whole answer.
 fn http_get(port: u16, host: &str, path: &str) -> String {
