@@ -31,16 +31,33 @@ use crate::state::Daemon;
 /// How long a forwarded claim may take (it may restore or boot an instance).
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Credentials accepted and not yet expired, by nonce: each is accepted once.
-#[derive(Default)]
-pub(crate) struct SeenCredentials(Mutex<BTreeMap<String, u64>>);
+/// Credentials accepted and not yet expired, by nonce: each is accepted once. The record is
+/// in memory, so it starts with the daemon: a credential made before then is refused (it may
+/// have been used before a restart).
+pub(crate) struct SeenCredentials {
+    since: u64,
+    seen: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Default for SeenCredentials {
+    fn default() -> Self {
+        SeenCredentials { since: now_ms(), seen: Mutex::default() }
+    }
+}
 
 impl SeenCredentials {
-    /// Whether `nonce` is new (and now remembered until `expires_at`).
-    fn first_use(&self, nonce: &str, expires_at: u64, now: u64) -> bool {
-        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+    /// Whether `credential` was made since the record began and is not in it (and now is,
+    /// until it expires); why not otherwise.
+    fn first_use(&self, credential: &NodeCredential, now: u64) -> Result<(), &'static str> {
+        if credential.issued_at < self.since {
+            return Err("node credential refused: it was made before this node started");
+        }
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         seen.retain(|_, until| *until > now);
-        seen.insert(nonce.to_string(), expires_at).is_none()
+        match seen.insert(credential.nonce.clone(), credential.expires_at()) {
+            None => Ok(()),
+            Some(_) => Err("node credential refused: it was used already"),
+        }
     }
 }
 
@@ -70,9 +87,7 @@ impl Daemon {
         let now = now_ms();
         forwarded.check(m.node(), method.as_str(), path, now).map_err(|e| e.to_string())?;
         let scope: Scope = forwarded.scope.parse()?;
-        if !self.seen_credentials.first_use(&forwarded.nonce, forwarded.expires_at(), now) {
-            return Err("node credential refused: it was used already".into());
-        }
+        self.seen_credentials.first_use(&forwarded, now)?;
         Ok(Caller {
             scope,
             who: format!("node:{} for {}", forwarded.from, forwarded.who),

@@ -322,6 +322,21 @@ fn a_pool_spreads_over_the_nodes_refuses_forged_orders_and_fails_over() {
     assert!(n["problem"].as_str().is_some_and(|p| p.contains("schedule is refused")), "{n}");
     forged_drain(false);
 
+    // A credential n3 accepted is refused by n3 restarted, though still within its 30 s: its
+    // record of used ones is lost with the process, so it refuses any made before it started.
+    let key = hangar_cluster::ClusterKey::from_seed([7; 32]);
+    let events = hangar_cluster::NodeCredential {
+        from: "n1".into(),
+        to: "n3".into(),
+        allows: hangar_cluster::Forwarded::EventsPage,
+        scope: "admin".into(),
+        who: "test".into(),
+        issued_at: now_ms(),
+        nonce: "before-restart".into(),
+    };
+    let info = listed(&n1, "n3").unwrap()["info"].clone();
+    assert_eq!(as_node(&info, &key, &events, "GET", "/v1/events/page").0, 200);
+
     // kill -9 of a node: once its lease runs out its share goes to the others.
     n3.kill9();
     let whole = until_shares(&n1, &["n1", "n2"], &[(3, 3), (3, 3)], Duration::from_secs(30));
@@ -335,6 +350,10 @@ fn a_pool_spreads_over_the_nodes_refuses_forged_orders_and_fails_over() {
     until(&n1, "n2", Duration::from_secs(5), "alive", |v| v["alive"] == true);
     std::thread::sleep(Duration::from_secs(2)); // two scheduling passes: nothing may move
     assert_eq!([share(&n3, "n1"), share(&n3, "n2"), share(&n3, "n3")], [(3, 3), (3, 3), (0, 0)]);
+    let info = listed(&n1, "n3").unwrap()["info"].clone();
+    let (s, e) = as_node(&info, &key, &events, "GET", "/v1/events/page");
+    assert!(now_ms() < events.expires_at(), "the test took too long to show this");
+    assert_eq!(s, 401, "a credential replayed to a restarted node: {e}");
 
     // Drain: the node's instances move to the others, and it is left empty.
     let (s, n) = n2.call("POST", "/v1/nodes/n1/drain", None);
@@ -415,26 +434,36 @@ fn a_pool_spreads_over_the_nodes_refuses_forged_orders_and_fails_over() {
     assert_eq!(published["hash"], hangar_audit::hash_line(line.as_bytes()), "{published}");
 }
 
+/// Sends `method path` with `credential` (signed with `key`) to the node `info` describes, as
+/// another node would.
+fn as_node(
+    info: &Value, key: &hangar_cluster::ClusterKey, credential: &hangar_cluster::NodeCredential,
+    method: &str, path: &str,
+) -> (u16, Value) {
+    let endpoint = hangar_api::client::Endpoint::Tcp {
+        addr: info["advertise"].as_str().unwrap().to_string(),
+        fingerprint: info["tls_fingerprint"].as_str().map(String::from),
+        token: credential.credential(key),
+    };
+    let r =
+        hangar_api::client::send(&endpoint, method, path, None, Duration::from_secs(60)).unwrap();
+    (r.status, serde_json::from_slice::<Value>(&r.body).unwrap_or(Value::Null))
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
 /// What a node credential opens on n2, sent straight to its API as another node would.
 fn node_credentials_are_good_once_for_one_claim(n1: &SpawnedDaemon) {
     use hangar_cluster::NodeCredential;
     let info = listed(n1, "n2").unwrap()["info"].clone();
-    let send =
-        |key: &hangar_cluster::ClusterKey, claim: &NodeCredential, method: &str, path: &str| {
-            let endpoint = hangar_api::client::Endpoint::Tcp {
-                addr: info["advertise"].as_str().unwrap().to_string(),
-                fingerprint: info["tls_fingerprint"].as_str().map(String::from),
-                token: claim.credential(key),
-            };
-            let r =
-                hangar_api::client::send(&endpoint, method, path, None, Duration::from_secs(60))
-                    .unwrap();
-            (r.status, serde_json::from_slice::<Value>(&r.body).unwrap_or(Value::Null))
-        };
+    let send = |key: &hangar_cluster::ClusterKey,
+                claim: &NodeCredential,
+                method: &str,
+                path: &str| { as_node(&info, key, claim, method, path) };
     let key = hangar_cluster::ClusterKey::from_seed([7; 32]);
-    let now =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
-            as u64;
+    let now = now_ms();
     let good = NodeCredential {
         from: "n1".into(),
         to: "n2".into(),
