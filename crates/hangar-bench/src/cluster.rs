@@ -117,6 +117,14 @@ fn wait(
     }
 }
 
+/// Tenant `acme`'s pool `web` of `warm` instances, made through `node`. 64 MiB each (the least
+/// a spec may ask): a few hundred fit in each node's memory as probed.
+fn create_pool(node: &Node, warm: u64) -> Result<(), String> {
+    let spec = json!({"schema_version": 1, "name": "t", "machine": {"memory_mib": 64}});
+    let pool = json!({"id": "web", "tenant": "acme", "spec": spec, "desired": {"warm": warm}});
+    call(node, "POST", "/v1/pools", Some(pool)).map(drop)
+}
+
 /// The pool's desired warm count on each of `nodes` (named `n1`, `n2`, … in order; 0 where it
 /// has no share), from the nodes' reports as the first shows them.
 fn shares(nodes: &[&Node]) -> Vec<u64> {
@@ -186,15 +194,8 @@ fn measure(args: &Args, ttl: u64, placement: bool) -> Result<Value, String> {
     })?;
     call(&nodes[0], "PUT", "/v1/tenants/acme", Some(json!({})))?;
     let warm: u64 = if placement { 999 } else { 6 };
-    // 64 MiB (the least a spec may ask): 333 of them fit in each node's memory as probed.
-    let spec = json!({"schema_version": 1, "name": "t", "machine": {"memory_mib": 64}});
     let t = Instant::now();
-    call(
-        &nodes[0],
-        "POST",
-        "/v1/pools",
-        Some(json!({"id": "web", "tenant": "acme", "spec": spec, "desired": {"warm": warm}})),
-    )?;
+    create_pool(&nodes[0], warm)?;
     let all: Vec<&Node> = nodes.iter().collect();
     wait(Duration::from_secs(120), "placement applied", || {
         Ok(shares(&all).iter().sum::<u64>() == warm)
@@ -354,14 +355,8 @@ fn simulate(args: &Args, n: usize) -> Result<Value, String> {
     call(&nodes[0], "PUT", "/v1/tenants/acme", Some(json!({})))?;
     const PER_NODE: u64 = 100;
     let warm = PER_NODE * n as u64;
-    let spec = json!({"schema_version": 1, "name": "t", "machine": {"memory_mib": 64}});
     let t = Instant::now();
-    call(
-        &nodes[0],
-        "POST",
-        "/v1/pools",
-        Some(json!({"id": "web", "tenant": "acme", "spec": spec, "desired": {"warm": warm}})),
-    )?;
+    create_pool(&nodes[0], warm)?;
     let mut spread = Vec::new();
     wait(Duration::from_secs(600), "the pool placed and made", || {
         let pool = call(&nodes[0], "GET", "/v1/pools/acme--web", None).unwrap_or(Value::Null);

@@ -23,7 +23,8 @@ pub fn digest(token: &str) -> String {
     hex(&Sha256::digest(token.as_bytes()))
 }
 
-fn random(n: usize) -> Result<Vec<u8>> {
+/// `n` bytes from the kernel's random source.
+pub fn random(n: usize) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; n];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut buf))

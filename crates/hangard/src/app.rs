@@ -73,8 +73,14 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/cluster/events", get(crate::routes::events::cluster_events))
         .route("/v1/instances", get(fleet::list_instances))
         .route("/v1/instances/{id}", axum::routing::delete(fleet::release_instance))
-        .route("/v1/routes", get(fleet::list_routes).post(fleet::create_route))
-        .route("/v1/routes/{id}", get(fleet::get_route).delete(fleet::delete_route))
+        .route(
+            "/v1/routes",
+            get(crate::routes::gateway::list_routes).post(crate::routes::gateway::create_route),
+        )
+        .route(
+            "/v1/routes/{id}",
+            get(crate::routes::gateway::get_route).delete(crate::routes::gateway::delete_route),
+        )
         .route("/v1/fleet", get(fleet::fleet_status))
         .route("/v1/fleet/reconcile", post(fleet::reconcile_now))
         .route("/v1/tokens", get(admin::list_tokens).post(admin::create_token))

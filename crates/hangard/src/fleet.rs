@@ -22,15 +22,15 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use hangar_api::fleet::{
     Claim, FleetStatus, Instance, PassReport, PoolRequest, PoolStatus, PoolUpdate, PoolView,
-    RouteRequest, TenantRequest, TenantView,
+    TenantRequest, TenantView,
 };
 use hangar_api::ErrorBody;
 use hangar_core::access::{Action, Resource};
 use hangar_core::clock::{Clock, SystemClock};
 use hangar_core::error::ErrorCode;
-use hangar_core::ids::{InstanceId, PoolId, RouteId, TenantId, VmName};
+use hangar_core::ids::{InstanceId, PoolId, TenantId, VmName};
 use hangar_core::spec::VmSpec;
-use hangar_fleet::{Pool, Route, Tenant};
+use hangar_fleet::{Pool, Tenant};
 use hangar_spec::Format;
 use serde::Deserialize;
 
@@ -240,7 +240,7 @@ impl Daemon {
     }
 }
 
-fn bad_id(what: &str, value: &str, e: impl std::fmt::Display) -> ApiError {
+pub(crate) fn bad_id(what: &str, value: &str, e: impl std::fmt::Display) -> ApiError {
     let mut body = ErrorBody::new(ErrorCode::InvalidName, format!("{what} {value:?}: {e}"));
     body.path = Some(what.to_string());
     body.hint = "ids are 1-63 characters of a-z, 0-9 and '-', starting with a letter".into();
@@ -249,7 +249,9 @@ fn bad_id(what: &str, value: &str, e: impl std::fmt::Display) -> ApiError {
 
 /// The tenant a new pool or route (`what`) is for: the one named, else the caller's own; an
 /// admin must name one. Naming another tenant is forbidden, whether or not it exists.
-fn managed_tenant(caller: &Caller, named: Option<&str>, what: &str) -> ApiResult<TenantId> {
+pub(crate) fn managed_tenant(
+    caller: &Caller, named: Option<&str>, what: &str,
+) -> ApiResult<TenantId> {
     let tenant = match (named, caller.tenant()) {
         (Some(t), _) => tenant_id(t)?,
         (None, Some(mine)) => mine.clone(),
@@ -325,7 +327,7 @@ pub(crate) async fn list_tenants(Ctx { d, caller }: Ctx) -> ApiResult<Json<Vec<T
 }
 
 /// Those of `items` in a tenant `caller` sees (`tenant` says whose each is), as views.
-fn visible<T, V>(
+pub(crate) fn visible<T, V>(
     caller: &Caller, items: Vec<T>, tenant: impl Fn(&T) -> &str, view: impl Fn(T) -> V,
 ) -> Json<Vec<V>> {
     let seen = items.into_iter().filter(|i| caller.sees(Some(tenant(i))));
@@ -575,10 +577,18 @@ pub(crate) async fn delete_pool(
 pub(crate) async fn claim(
     Ctx { d, caller }: Ctx, UrlPath(id): UrlPath<String>,
 ) -> ApiResult<Json<Claim>> {
-    if let Some(pool) = d.cluster_pool_for(&caller, Action::PoolClaim, &id).await? {
-        return Ok(Json(d.cluster_claim(&caller, &pool).await?));
-    }
-    let id = d.visible_pool(&caller, Action::PoolClaim, &id)?.id;
+    // A pool this node runs a share of is the cluster's, known without asking etcd: a claim
+    // served here costs no etcd round trip. Only a pool this node has none of is looked up.
+    let id = match d.visible_pool(&caller, Action::PoolClaim, &id) {
+        Ok(pool) if pool.template.labels.contains_key(crate::scheduler::MANAGED_LABEL) => {
+            return Ok(Json(d.cluster_claim(&caller, &pool).await?));
+        }
+        Ok(own) => own.id,
+        Err(missing) => match d.cluster_pool_for(&caller, Action::PoolClaim, &id).await? {
+            Some(pool) => return Ok(Json(d.cluster_claim(&caller, &pool).await?)),
+            None => return Err(missing),
+        },
+    };
     d.in_good_standing()?;
     let fleet = d.fleet.clone();
     let claimed = blocking(move || fleet.claim(&id)).await??;
@@ -650,128 +660,4 @@ pub(crate) async fn fleet_status(State(d): State<Arc<Daemon>>) -> Json<FleetStat
 pub(crate) async fn reconcile_now(State(d): State<Arc<Daemon>>) -> ApiResult<Json<PassReport>> {
     let daemon = d.clone();
     Ok(Json(blocking(move || daemon.reconcile()).await?))
-}
-
-impl Daemon {
-    /// Starts the gateway: listens on every route's address (an address it cannot take is
-    /// logged; its routes answer nothing until a restart frees it) and hands what it counts to
-    /// the fleet every second, for the pools' idle policies. Call inside the runtime.
-    pub fn start_gateway(self: &Arc<Self>) {
-        for (address, e) in self.gateway.sync() {
-            tracing::error!(%address, "the gateway cannot listen on {address}: {e}");
-        }
-        let gateway = self.gateway.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tick.tick().await;
-                gateway.publish();
-            }
-        });
-    }
-}
-
-/// `GET /v1/routes`: the gateway's routes the caller may see.
-#[utoipa::path(get, path = "/v1/routes", responses((status = 200, body = [Route])))]
-pub(crate) async fn list_routes(Ctx { d, caller }: Ctx) -> Json<Vec<Route>> {
-    visible(&caller, d.fleet.routes(), |r| r.tenant.as_str(), |r| r)
-}
-
-/// `POST /v1/routes`: a new route. The gateway listens on its address before it is added, so
-/// a port another program holds is refused here (`E_ROUTE_CONFLICT`), not at the first
-/// connection.
-#[utoipa::path(post, path = "/v1/routes", request_body = RouteRequest,
-    responses((status = 201, body = Route), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody)))]
-pub(crate) async fn create_route(
-    Ctx { d, caller }: Ctx, body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Response> {
-    let request: RouteRequest = json_body(body)?;
-    let tenant = managed_tenant(&caller, request.tenant.as_deref(), "route")?;
-    let invalid = |field: &str, message: String, hint: &str| {
-        ApiError::new(ErrorCode::InvalidArgument, message, Some(field.into()), Some(hint.into()))
-    };
-    let address: std::net::IpAddr = match request.address.as_deref() {
-        None => std::net::Ipv4Addr::LOCALHOST.into(),
-        Some(a) => a.parse().map_err(|_| {
-            invalid("address", format!("{a:?} is not an IP address"), "e.g. 127.0.0.1")
-        })?,
-    };
-    // Host-wide resources: a tenant gets loopback and unprivileged ports only.
-    if caller.tenant().is_some() && (!address.is_loopback() || request.port < 1024) {
-        return Err(invalid(
-            "address",
-            format!(
-                "a tenant's route listens on loopback, on port 1024 or above (asked {address}:{})",
-                request.port
-            ),
-            "leave out address, and pick a port of 1024 or above; an admin can listen elsewhere",
-        ));
-    }
-    let qualify = |name: &str| hangar_core::ids::qualify(&tenant, name);
-    let route = Route {
-        id: RouteId::new(qualify(&request.id)).map_err(|e| bad_id("route", &request.id, e))?,
-        tenant: tenant.clone(),
-        listen: std::net::SocketAddr::new(address, request.port),
-        matcher: request.matcher.unwrap_or(hangar_fleet::Match::Tcp),
-        target: hangar_fleet::RouteTarget {
-            pool: pool_id(&qualify(&request.pool))?,
-            port: request.guest_port,
-        },
-        max_waiting: request.max_waiting.unwrap_or(hangar_fleet::routes::DEFAULT_MAX_WAITING),
-    };
-    let listening = d.gateway.listening().contains(&route.listen);
-    if !listening {
-        d.gateway.listen(route.listen).map_err(|e| {
-            ApiError::new(
-                ErrorCode::RouteConflict,
-                format!("the gateway cannot listen on {}: {e}", route.listen),
-                Some("port".into()),
-                Some("pick a port nothing else on the host listens on".into()),
-            )
-        })?;
-    }
-    if let Err(e) = d.fleet.add_route(route.clone()) {
-        // Stop listening again if nothing else needs the address.
-        d.gateway.sync();
-        return Err(e.into());
-    }
-    Ok((StatusCode::CREATED, Json(route)).into_response())
-}
-
-/// `DELETE /v1/routes/{id}`: removes a route (its address stops listening when no other route
-/// uses it; connections already spliced go on).
-#[utoipa::path(delete, path = "/v1/routes/{id}", params(("id" = String, Path, description = "Route id")),
-    responses((status = 204), (status = 404, body = ErrorBody)))]
-pub(crate) async fn delete_route(
-    Ctx { d, caller }: Ctx, UrlPath(id): UrlPath<String>,
-) -> ApiResult<StatusCode> {
-    let route = d.visible_route(&caller, Action::PoolManage, &id)?;
-    d.fleet.remove_route(&route.id)?;
-    d.gateway.sync();
-    Ok(StatusCode::NO_CONTENT)
-}
-
-/// `GET /v1/routes/{id}`
-#[utoipa::path(get, path = "/v1/routes/{id}", params(("id" = String, Path, description = "Route id")),
-    responses((status = 200, body = Route), (status = 404, body = ErrorBody)))]
-pub(crate) async fn get_route(
-    Ctx { d, caller }: Ctx, UrlPath(id): UrlPath<String>,
-) -> ApiResult<Json<Route>> {
-    Ok(Json(d.visible_route(&caller, Action::PoolRead, &id)?))
-}
-
-impl Daemon {
-    /// The route `id` means to `caller`; another tenant's, like a missing one, is
-    /// `E_ROUTE_NOT_FOUND`.
-    fn visible_route(&self, caller: &Caller, action: Action, id: &str) -> ApiResult<Route> {
-        let resolved = caller.resolve(id);
-        let id = RouteId::new(&resolved).map_err(|e| bad_id("route", &resolved, e))?;
-        let route = self.fleet.route(&id)?;
-        caller.allow(action, Resource::Owned(Some(&route.tenant)), || {
-            hangar_core::error::Error::from(hangar_fleet::FleetError::RouteNotFound(id.clone()))
-                .into()
-        })?;
-        Ok(route)
-    }
 }

@@ -65,13 +65,9 @@ fn now_ms() -> u64 {
     SystemClock.now().0
 }
 
-fn nonce() -> String {
-    use std::io::Read;
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .expect("/dev/urandom is readable");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+fn nonce() -> ApiResult<String> {
+    let bytes = hangar_control::tokens::random(16)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 impl Daemon {
@@ -110,8 +106,10 @@ impl Daemon {
             let create = matches!(forwarded.allows, Forwarded::Claim { create: true, .. });
             return self.claim_here(pool, create).await?.ok_or_else(|| none_here(&me, pool));
         }
-        let standing = self.in_good_standing();
-        if here && standing.is_ok() {
+        // A node that cannot renew its lease neither hands out nor passes on claims: its view
+        // of the cluster is stale, and the caller is better served by another node.
+        self.in_good_standing()?;
+        if here {
             if let Some(claim) = self.claim_here(pool, false).await? {
                 return Ok(claim);
             }
@@ -138,7 +136,6 @@ impl Daemon {
         }
         // Nothing waits anywhere: make one, here if this node runs the pool.
         if here {
-            standing?;
             let claim = self.claim_here(pool, true).await?;
             return Ok(claim.expect("a claim that may create always has one"));
         }
@@ -186,7 +183,7 @@ impl Daemon {
             scope: caller.scope.to_string(),
             who: caller.who.clone(),
             issued_at: now_ms(),
-            nonce: nonce(),
+            nonce: nonce()?,
         };
         let endpoint = hangar_api::client::Endpoint::Tcp {
             addr: info.advertise.clone(),

@@ -632,21 +632,44 @@ fn a_node_cut_off_from_etcd_fences_itself_before_its_share_moves() {
         r.cut();
     }
     let cut = Instant::now();
-    let mut refused_after = None;
-    let mut paused_after = None;
-    let whole_after = loop {
-        if refused_after.is_none() {
-            // (Asked until refused once: a refused claim waits out etcd's connect timeout.)
+    // Claims are asked on a thread of their own (one may wait out etcd's retries), so that
+    // the loop below samples every 20 ms.
+    let outcome = std::thread::scope(|scope| {
+        let claims = scope.spawn(|| loop {
             let (s, e) = n3.call("POST", "/v1/pools/acme--web/claim", Some("{}"));
             if s == 503 && e["code"] == "E_CLUSTER_UNAVAILABLE" {
-                refused_after = Some(cut.elapsed());
+                return cut.elapsed();
             }
-        }
-        let on_n3 = running(&n3);
+            assert!(cut.elapsed() < Duration::from_secs(30), "n3 kept handing out instances");
+            std::thread::sleep(Duration::from_millis(20));
+        });
+        let sampled = sample_until_whole(&n1, &n2, &n3, cut);
+        (claims.join().unwrap(), sampled)
+    });
+    let (refused, (paused, whole_after)) = outcome;
+    eprintln!(
+        "cut off: claims refused after {:.1} s, instance paused after {:.1} s, pool whole on the others after {:.1} s (lease TTL {LEASE_TTL_S} s)",
+        refused.as_secs_f64(), paused.as_secs_f64(), whole_after.as_secs_f64()
+    );
+    assert!(paused < whole_after, "the share moved before the cut-off node paused");
+    let (_, vms) = n3.call("GET", "/v1/vms", None);
+    let states: Vec<&str> =
+        vms.as_array().unwrap().iter().filter_map(|v| v["state"].as_str()).collect();
+    assert!(!states.is_empty() && states.iter().all(|s| *s == "paused"), "{vms}");
+}
+
+/// Samples every 20 ms, from `cut`, until n1 and n2 run the whole pool: when n3 had no instance
+/// running any more, and when the pool was whole elsewhere; never both at once.
+fn sample_until_whole(
+    n1: &SpawnedDaemon, n2: &SpawnedDaemon, n3: &SpawnedDaemon, cut: Instant,
+) -> (Duration, Duration) {
+    let mut paused_after = None;
+    let whole_after = loop {
+        let on_n3 = running(n3);
         if on_n3 == 0 && paused_after.is_none() {
             paused_after = Some(cut.elapsed());
         }
-        let elsewhere = running(&n1) + running(&n2);
+        let elsewhere = running(n1) + running(n2);
         assert!(
             !(on_n3 > 0 && elsewhere >= 3),
             "{on_n3} running on the cut-off node while the others run the whole pool"
@@ -660,19 +683,7 @@ fn a_node_cut_off_from_etcd_fences_itself_before_its_share_moves() {
         );
         std::thread::sleep(Duration::from_millis(20));
     };
-    let (refused, paused) = (
-        refused_after.expect("n3 kept handing out instances"),
-        paused_after.expect("n3 never paused its instance"),
-    );
-    eprintln!(
-        "cut off: claims refused after {:.1} s, instance paused after {:.1} s, pool whole on the others after {:.1} s (lease TTL {LEASE_TTL_S} s)",
-        refused.as_secs_f64(), paused.as_secs_f64(), whole_after.as_secs_f64()
-    );
-    assert!(paused < whole_after, "the share moved before the cut-off node paused");
-    let (_, vms) = n3.call("GET", "/v1/vms", None);
-    let states: Vec<&str> =
-        vms.as_array().unwrap().iter().filter_map(|v| v["state"].as_str()).collect();
-    assert!(!states.is_empty() && states.iter().all(|s| *s == "paused"), "{vms}");
+    (paused_after.expect("n3 never paused its instance"), whole_after)
 }
 
 /// Two nodes on QEMU (real guests): a pool spreads 1/1, a drained node's share boots on the

@@ -1,7 +1,8 @@
-//! One module per resource; `admin` and `fleet` beside them hold tokens, host, tenants,
-//! pools and instances.
+//! One module per resource (`gateway`: the gateway's routes); `admin` and `fleet` beside them
+//! hold tokens, host, tenants, pools and instances.
 
 pub(crate) mod events;
+pub(crate) mod gateway;
 pub(crate) mod guest;
 pub(crate) mod networks;
 pub(crate) mod nodes;
