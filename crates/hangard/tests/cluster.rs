@@ -8,6 +8,10 @@
 //!
 //! Without etcd installed (or, for the QEMU test, QEMU and the image) a test prints `SKIPPED …`
 //! and checks nothing.
+//!
+//! Over 700 lines on purpose: one test binary for the cluster. Every test binary links the
+//! whole daemon (~65 MB and a link step each), and CI's disk is what failed before; the four
+//! tests share their nodes', etcd's and shares' helpers here.
 
 use std::time::{Duration, Instant};
 
