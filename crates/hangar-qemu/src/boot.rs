@@ -122,6 +122,11 @@ impl QemuEngine {
             let uri = if deferred { "defer" } else { INCOMING_URI };
             argv.extend(["-incoming".into(), uri.into()]);
         }
+        if deferred {
+            // No guest instruction runs before `migrate-incoming` and `cont` below, so the
+            // cgroups can be joined while QEMU starts (a clone ~15 ms sooner on cgroup v1).
+            launch = launch.joining_while_starting();
+        }
         let started = Instant::now();
         let qemu_log = Path::new(&plan.runtime_dir).join("qemu.log");
         let p = process::spawn_detached(&argv, &qemu_log, launch)

@@ -346,6 +346,10 @@ pub struct Launch {
     pub cgroup_procs: Vec<PathBuf>,
     /// Descriptors QEMU inherits, each at the number its argv names (`fd=3`).
     pub fds: Vec<(i32, std::os::fd::OwnedFd)>,
+    /// Join the cgroups from the caller once QEMU is spawned, while it starts, instead of in
+    /// the child before `exec`. Only for a QEMU that cannot run guest code until told to
+    /// (`-incoming defer`): see [`Launch::joining_while_starting`].
+    pub join_while_starting: bool,
 }
 
 impl Launch {
@@ -355,7 +359,21 @@ impl Launch {
             credentials: confinement.and_then(|c| Some((c.uid?, c.gid?, c.groups.clone()))),
             cgroup_procs,
             fds: Vec::new(),
+            join_while_starting: false,
         }
+    }
+
+    /// The cgroups are joined by the caller right after the spawn, overlapping QEMU's own
+    /// start-up, instead of in the child before `exec`. The first `cgroup.procs` write of a
+    /// burst waits for an RCU grace period (~15 ms on cgroup v1 here); in the child it delays
+    /// the `exec`, here it runs beside QEMU's dynamic linking. The guest stays confined from
+    /// its first instruction only if QEMU runs none before it is told to: a QEMU waiting in
+    /// `-incoming defer` (whose RAM is filled by the load the caller starts after this
+    /// returns). What QEMU itself allocates in its first milliseconds (a few MiB of relocated
+    /// library data) is charged to the caller's cgroup.
+    pub fn joining_while_starting(mut self) -> Launch {
+        self.join_while_starting = true;
+        self
     }
 
     /// Adds a descriptor QEMU finds at `number`.

@@ -46,9 +46,11 @@ pub fn alive(p: ProcessIdentity) -> bool {
 
 /// Spawns `argv` in its own session (so terminal signals aimed at the caller do not reach it),
 /// stdin from /dev/null, stdout and stderr appended to `log`, confined as `launch` says (its
-/// cgroups joined and its credentials switched before anything of it runs) and inheriting
-/// `launch.fds` at their numbers (every other descriptor of ours is close-on-exec). A background
-/// thread reaps it if it is our child, so no zombie outlives it in long-running callers.
+/// credentials switched before anything of it runs; its cgroups joined then too, or, with
+/// [`Launch::joining_while_starting`], by this call before it returns) and inheriting
+/// `launch.fds` at their numbers and no other descriptor (not even one the caller inherited
+/// without close-on-exec). A background thread reaps it if it is our child, so no zombie
+/// outlives it in long-running callers. If a late join fails, the process is killed.
 pub fn spawn_detached(
     argv: &[String], log: &Path, launch: Launch,
 ) -> std::io::Result<ProcessIdentity> {
@@ -61,7 +63,9 @@ pub fn spawn_detached(
     let err = out.try_clone()?;
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..]).stdin(Stdio::null()).stdout(out).stderr(err);
-    // Opened here, written in the child: joining by "0" moves the writer itself.
+    // Opened here, written in the child (joining by "0" moves the writer itself) or, joining
+    // while it starts, written here with its pid.
+    let late = launch.join_while_starting;
     let procs: Vec<OwnedFd> = launch
         .cgroup_procs
         .iter()
@@ -87,15 +91,28 @@ pub fn spawn_detached(
         .iter()
         .map(|(number, fd)| Ok((*number, rustix::io::fcntl_dupfd_cloexec(fd, PASSED_FD_FLOOR)?)))
         .collect::<std::io::Result<_>>()?;
-    let procs_raw: Vec<RawFd> = procs.iter().map(AsRawFd::as_raw_fd).collect();
+    let procs_raw: Vec<RawFd> =
+        if late { Vec::new() } else { procs.iter().map(AsRawFd::as_raw_fd).collect() };
     let passed_raw: Vec<(RawFd, RawFd)> =
         passed.iter().map(|(n, fd)| (*n, fd.as_raw_fd())).collect();
     confine_child(&mut cmd, procs_raw, credentials, passed_raw);
     let mut child = cmd.spawn()?;
-    drop(procs);
     drop(passed);
     drop(launch);
     let pid = child.id();
+    if late {
+        let joined = procs.iter().try_for_each(|fd| {
+            rustix::io::write(fd, pid.to_string().as_bytes())
+                .map(drop)
+                .map_err(std::io::Error::from)
+        });
+        if let Err(e) = joined {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(std::io::Error::new(e.kind(), format!("joining its cgroups: {e}")));
+        }
+    }
+    drop(procs);
     // Our unreaped child: its /proc entry stays until the reaper below waits for it, so its
     // identity is known even if it has already exited (the caller then finds it not alive and
     // reports why, from its log).
@@ -122,7 +139,7 @@ fn confine_child(
 ) {
     use std::os::unix::process::CommandExt;
     // SAFETY: the closure runs in the forked child (one thread) and makes only raw system calls
-    // (setsid, write, prctl, setgroups, setresgid, setresuid, dup2), which are
+    // (setsid, write, prctl, setgroups, setresgid, setresuid, close_range, dup2), which are
     // async-signal-safe; it allocates nothing (everything it uses was made before the fork),
     // and the descriptors it borrows stay open in the parent until `spawn` returns.
     unsafe {
@@ -137,6 +154,11 @@ fn confine_child(
                 rustix::thread::set_thread_res_gid(*gid, *gid, *gid)?;
                 rustix::thread::set_thread_res_uid(*uid, *uid, *uid)?;
             }
+            // Nothing but the passed descriptors reaches QEMU: whatever our own parent left
+            // open without close-on-exec is closed at `exec` too (the dup2s below clear the
+            // flag on the passed ones only). A kernel without close_range (< 5.11) leaves
+            // them: it is hygiene, the sandbox does not rely on it.
+            let _ = libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
             for (number, fd) in &passed {
                 // dup2 leaves the new number without close-on-exec: QEMU inherits it. The
                 // target is not ours to close (ManuallyDrop): it becomes QEMU's.
@@ -282,6 +304,27 @@ mod tests {
         let p = spawn_detached(&argv, &log, Launch::default().pass(5, a)).unwrap();
         assert!(wait_exit(p, Duration::from_secs(10)));
         assert_eq!(std::fs::read_to_string(&log).unwrap().trim(), "passed-7");
+    }
+
+    #[test]
+    fn passes_no_descriptor_it_was_not_told_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("out");
+        // What a caller's own parent may leave open: a descriptor without close-on-exec.
+        let (leaked, _writer) = std::io::pipe().unwrap();
+        rustix::io::fcntl_setfd(&leaked, rustix::io::FdFlags::empty()).unwrap();
+        let passed: OwnedFd = File::open(dir.path()).unwrap().into();
+        let argv: Vec<String> =
+            ["sh", "-c", "ls /proc/$$/fd"].iter().map(|s| s.to_string()).collect();
+        let p = spawn_detached(&argv, &log, Launch::default().pass(5, passed)).unwrap();
+        assert!(wait_exit(p, Duration::from_secs(10)));
+        let mut open: Vec<i32> = std::fs::read_to_string(&log)
+            .unwrap()
+            .split_whitespace()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        open.sort_unstable();
+        assert_eq!(open, [0, 1, 2, 5], "only stdio and the passed descriptor (leaked: {leaked:?})");
     }
 
     #[test]

@@ -247,6 +247,11 @@ fn a_guest_runs_as_its_own_user_without_privileges_in_its_own_cgroup() {
     // ... and restored through a descriptor QEMU could not have opened itself.
     engine.stop(&s.name, hangar_core::contracts::StopMode::Force, &c).unwrap();
     engine.restore(&s.name, &snap, &c).unwrap();
+    // In its cgroups as well: a restore joins them while QEMU starts, before the guest runs.
+    // (Read before asking the engine anything else: a look would move it there if not.)
+    let restored = read(&runtime.join("pid"));
+    let restored = restored.split_whitespace().next().unwrap();
+    assert_eq!(read(Path::new(&format!("/proc/{restored}/cgroup"))), in_cgroup);
     assert_eq!(engine.status(&s.name).unwrap().state, VmState::Running);
     assert_eq!(status_field(self::pid(engine, "conf-a"), "Uid"), all(uid));
 
