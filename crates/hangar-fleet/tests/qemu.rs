@@ -69,6 +69,14 @@ fn warm_pool_claim_quota_and_replacement_on_real_qemu() {
         let rec = fleet.engine().record(&n.parse().unwrap()).unwrap();
         assert_eq!(rec.state, VmState::Paused, "{n}");
         assert!(rec.process.is_some(), "{n} holds a QEMU");
+        // The base was taken by putting web-0 to sleep (its RAM file became the base's, no
+        // copy), and web-0 runs on as a clone of it: every instance maps the base's RAM.
+        let pid = rec.process.unwrap().pid;
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        assert!(
+            maps.lines().any(|l| l.contains("/web-base@web-0.ram")),
+            "{n} does not map the base's RAM: {maps}"
+        );
     }
 
     let claim = fleet.claim(&pool).unwrap();
