@@ -7,6 +7,8 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -19,15 +21,20 @@ const PAGE: &str = "page-from-the-pool";
 
 /// One HTTP/1.1 GET through the gateway: the status line and the body.
 fn get(port: u16) -> (String, String) {
-    let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    try_get(port, Duration::from_secs(120)).expect("the gateway accepts")
+}
+
+/// [`get`] that may fail (no connection), waiting at most `timeout` for each read.
+fn try_get(port: u16, timeout: Duration) -> Option<(String, String)> {
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    conn.set_read_timeout(Some(timeout)).ok()?;
     write!(conn, "GET /index.html HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n")
-        .unwrap();
+        .ok()?;
     let mut answer = String::new();
     let _ = conn.read_to_string(&mut answer);
     let status = answer.lines().next().unwrap_or_default().to_string();
     let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
+    Some((status, body))
 }
 
 /// The instances the gateway holds: (name, state).
@@ -126,7 +133,27 @@ fn a_pool_scaled_to_zero_serves_through_the_gateway_and_sleeps_when_idle() {
         let text = String::from_utf8_lossy(&text.body).into_owned();
         assert!(text.contains("hangar_gateway_connections_total{"), "{text}");
 
-        // Its QEMU killed: the next request is served by a replacement.
+        // Its QEMU killed while requests keep coming: the next connection is served by a
+        // replacement (those caught in the kill may fail).
+        let (stop, served) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+        let traffic = {
+            let (stop, served) = (stop.clone(), served.clone());
+            std::thread::spawn(move || {
+                while !stop.load(SeqCst) {
+                    // One caught in the kill waits out its timeout: the gateway does not
+                    // close connections spliced to an instance that died (noted, not done).
+                    let answer = try_get(port, Duration::from_secs(3));
+                    if answer.is_some_and(|(s, b)| s.contains(" 200 ") && b.trim() == PAGE) {
+                        served.fetch_add(1, SeqCst);
+                    }
+                }
+            })
+        };
+        let flowing = Instant::now() + Duration::from_secs(60);
+        while served.load(SeqCst) < 3 {
+            assert!(Instant::now() < flowing, "no traffic through the gateway");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let vm = d.vm(&woken[0].0);
         let pid = vm["pid"].as_i64().unwrap_or_else(|| panic!("no pid: {vm}")) as i32;
         rustix::process::kill_process(
@@ -142,6 +169,8 @@ fn a_pool_scaled_to_zero_serves_through_the_gateway_and_sleeps_when_idle() {
             after.iter().any(|(name, state)| name != &woken[0].0 && state == "running"),
             "a replacement serves: {after:?}"
         );
+        stop.store(true, SeqCst);
+        traffic.join().unwrap();
 
         // A restarted daemon keeps the route and serves again.
         drop(d);
