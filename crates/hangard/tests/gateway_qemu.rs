@@ -113,6 +113,23 @@ fn a_pool_scaled_to_zero_serves_through_the_gateway_and_sleeps_when_idle() {
             held(&d).iter().all(|(_, state)| state == "sleeping")
         });
 
+        // A plain TCP route to the same pool wakes it the same way (the bytes pass untouched).
+        let tcp_port =
+            std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let tcp = json!({
+            "id": "raw", "tenant": "acme", "port": tcp_port, "pool": "web", "guest_port": 80,
+            "match": {"protocol": "tcp"},
+        });
+        let (s, r) = d.call("POST", "/v1/routes", Some(&tcp.to_string()));
+        assert_eq!(s, 201, "{r}");
+        let (status, body) = get(tcp_port);
+        assert!(status.contains(" 200 "), "{status}\n{body}");
+        assert_eq!(body.trim(), PAGE);
+        assert_eq!(held(&d), [(first[0].0.clone(), "running".to_string())], "woken for TCP");
+        passes_until(&d, "the gateway's instance asleep again", |_| {
+            held(&d).iter().all(|(_, state)| state == "sleeping")
+        });
+
         // 50 connections arrive while it sleeps: every one gets the page from one wake.
         let clients: Vec<_> = (0..50).map(|_| std::thread::spawn(move || get(port))).collect();
         for c in clients {
@@ -176,7 +193,9 @@ fn a_pool_scaled_to_zero_serves_through_the_gateway_and_sleeps_when_idle() {
         drop(d);
         let d = Daemon::start(home.path());
         let (_, routes) = d.call("GET", "/v1/routes", None);
-        assert_eq!(routes[0]["id"], "acme--shop", "{routes}");
+        let ids: Vec<&str> =
+            routes.as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["acme--raw", "acme--shop"], "{routes}");
         let (status, body) = get(port);
         assert!(status.contains(" 200 "), "{status}\n{body}");
         assert_eq!(body.trim(), PAGE);
