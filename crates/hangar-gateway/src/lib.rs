@@ -61,6 +61,11 @@ struct Counters {
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     last_ms: AtomicU64,
+    /// Bumped when the instance is found gone with connections still open: the connections
+    /// spliced before it are closed (see [`Gateway::publish`]).
+    lost: AtomicU64,
+    /// Wakes the connections waiting on `lost`.
+    lost_notify: tokio::sync::Notify,
 }
 
 impl Counters {
@@ -172,14 +177,33 @@ impl<E: Lifecycle + Snapshots + ?Sized + Send + Sync + 'static> Gateway<E> {
         lock(&self.counters).iter().map(|(id, c)| (id.clone(), c.activity())).collect()
     }
 
-    /// Hands every instance's counts to the fleet (the idle policy reads them there). Run
-    /// every second or so; connections opening and closing also do it for their instance.
+    /// Hands every instance's counts to the fleet (the idle policy reads them there), and
+    /// closes the connections still spliced to an instance the fleet no longer has or found
+    /// without its guest (failed, stopped, asleep): a guest that vanished sends no reset, so
+    /// its clients would otherwise wait for their own timeouts. Run every second or so;
+    /// connections opening and closing also hand over their instance's counts.
     pub fn publish(&self) {
-        let known: BTreeSet<InstanceId> =
-            self.fleet.instances(None).into_iter().map(|i| i.id).collect();
+        let states: BTreeMap<InstanceId, VmState> =
+            self.fleet.instances(None).into_iter().map(|i| (i.id, i.state)).collect();
         let mut counters = lock(&self.counters);
-        counters.retain(|id, c| known.contains(id) || c.open.load(Ordering::Relaxed) > 0);
+        counters.retain(|id, c| states.contains_key(id) || c.open.load(Ordering::Relaxed) > 0);
         for (id, c) in counters.iter() {
+            let gone = match states.get(id) {
+                None => true,
+                Some(state) => matches!(
+                    state,
+                    VmState::Failed
+                        | VmState::Stopped
+                        | VmState::Stopping
+                        | VmState::Sleeping
+                        | VmState::Defined
+                        | VmState::Deleted
+                ),
+            };
+            if gone && c.open.load(Ordering::Relaxed) > 0 {
+                c.lost.fetch_add(1, Ordering::SeqCst);
+                c.lost_notify.notify_waiters();
+            }
             self.fleet.set_activity(id, c.activity());
         }
     }
@@ -508,11 +532,24 @@ async fn respond(
     conn.shutdown().await
 }
 
-/// Copies both ways until both sides are done, counting bytes and activity; `head` (an HTTP
-/// request head already read) goes first.
+/// Copies both ways until both sides are done, or until the instance is found gone (both
+/// connections are then closed), counting bytes and activity; `head` (an HTTP request head
+/// already read) goes first.
 async fn splice(
     client: TcpStream, upstream: TcpStream, head: Vec<u8>, counters: &Counters, clock: &dyn Clock,
 ) {
+    let epoch = counters.lost.load(Ordering::SeqCst);
+    let lost = async {
+        loop {
+            let notified = counters.lost_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if counters.lost.load(Ordering::SeqCst) != epoch {
+                return;
+            }
+            notified.await;
+        }
+    };
     let (mut client_read, mut client_write) = client.into_split();
     let (mut up_read, mut up_write) = upstream.into_split();
     let to_instance = async {
@@ -525,7 +562,10 @@ async fn splice(
         pump(&mut client_read, &mut up_write, &counters.bytes_in, counters, clock).await;
     };
     let to_client = pump(&mut up_read, &mut client_write, &counters.bytes_out, counters, clock);
-    tokio::join!(to_instance, to_client);
+    tokio::select! {
+        _ = async { tokio::join!(to_instance, to_client) } => {}
+        () = lost => {}
+    }
 }
 
 /// One direction: reads until end of file or an error, then shuts the other side's write.

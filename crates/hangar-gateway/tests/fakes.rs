@@ -214,6 +214,40 @@ async fn a_dead_instance_is_replaced_for_the_next_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_to_an_instance_that_died_are_closed() {
+    // A guest that takes connections and never answers: like one whose QEMU was killed, it
+    // will never close them either.
+    let listener = TcpListener::bind(SocketAddr::new(guest_address(0), 18085)).await.unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        loop {
+            let Ok((conn, _)) = listener.accept().await else { continue };
+            open.push(conn);
+        }
+    });
+    let s = setup(Desired::default(), Policy::default(), 256, 18085).await;
+    let mut conn = TcpStream::connect(s.listen).await.unwrap();
+    conn.write_all(b"hi\n").await.unwrap();
+    // Spliced to the new instance (the fleet counts the open connection).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while s.gateway.activity().iter().all(|(_, a)| a.open == 0) {
+        assert!(std::time::Instant::now() < deadline, "never spliced");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut answer = Vec::new();
+    let waiting = tokio::time::timeout(Duration::from_millis(200), conn.read_to_end(&mut answer));
+    assert!(waiting.await.is_err(), "still open while its instance lives");
+    // Its QEMU dies; the fleet's next pass sees it, the gateway's next publish closes it.
+    s.engine.crash(&VmName::new("acme--web-0").unwrap(), "killed").unwrap();
+    s.fleet.pass();
+    s.gateway.publish();
+    let closed = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut answer)).await;
+    assert!(closed.is_ok(), "the client's connection was not closed");
+    assert!(answer.is_empty(), "{answer:?}");
+    held.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beyond_max_waiting_connections_are_refused_at_once() {
     let _guests = Guests::start(4, 18084).await;
     let s = setup(Desired { sleeping: 1, ..Desired::default() }, Policy::default(), 1, 18084).await;
