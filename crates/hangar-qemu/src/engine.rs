@@ -111,7 +111,17 @@ pub struct QemuEngine {
     /// QMP runtime; an `Option` only so `Drop` can shut it down without blocking (the engine
     /// may be dropped inside another runtime, as in `hangard`).
     pub(crate) rt: Option<tokio::runtime::Runtime>,
+    /// When each running QEMU last answered a refresh's fault check (see
+    /// [`FAULT_CHECK_INTERVAL`]).
+    pub(crate) fault_checked:
+        Mutex<std::collections::HashMap<hangar_store::ProcessIdentity, std::time::Instant>>,
 }
+
+/// How long a running QEMU's answer to "are you in a fatal state?" stands for later
+/// refreshes. One request reads a VM's record several times (the API's checks, the step
+/// itself, the fleet's note), and each check is a QMP session of its own (~1–2 ms); a fault
+/// (QEMU's `internal-error`, a guest panic) is then seen at most this much later.
+pub(crate) const FAULT_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 
 impl QemuEngine {
     /// Opens the engine over `home` (state store, runtime dirs, images), probing the host.
@@ -143,6 +153,7 @@ impl QemuEngine {
             clock: Arc::new(SystemClock),
             options,
             rt: Some(rt),
+            fault_checked: Mutex::new(std::collections::HashMap::new()),
         })
     }
 

@@ -62,8 +62,14 @@ impl QemuEngine {
                     self.adopt(&mut rec, &plan)?;
                 }
             }
+            Verdict::WatchForFault if self.fault_checked_lately(rec.process) => {}
             Verdict::WatchForFault => {
                 if let Ok(status) = self.qmp(&plan).and_then(|ctl| ctl.status()) {
+                    if let Some(p) = rec.process {
+                        let mut checked = lock_map(&self.fault_checked);
+                        checked.retain(|_, at| at.elapsed() < FAULT_CHECK_INTERVAL);
+                        checked.insert(p, std::time::Instant::now());
+                    }
                     if status.is_fatal() {
                         rec.reason = Some(format!(
                             "QEMU reports {}; last output: {}",
@@ -104,6 +110,15 @@ impl QemuEngine {
             }
         }
         Ok(rec)
+    }
+
+    /// Whether this QEMU answered a fault check less than [`FAULT_CHECK_INTERVAL`] ago.
+    fn fault_checked_lately(&self, p: Option<ProcessIdentity>) -> bool {
+        p.is_some_and(|p| {
+            lock_map(&self.fault_checked)
+                .get(&p)
+                .is_some_and(|at| at.elapsed() < FAULT_CHECK_INTERVAL)
+        })
     }
 
     /// Whether the guest's last console lines say it powered off (or exited) on purpose.
@@ -413,6 +428,11 @@ fn ram_mapping(pid: u32, size: u64) -> Option<(String, bool)> {
         let file = fields.nth(3)?;
         (len == size && file.starts_with('/')).then(|| (file.to_string(), perms.ends_with('s')))
     })
+}
+
+/// The map behind a mutex, even if a holder panicked (it holds only timestamps).
+fn lock_map<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

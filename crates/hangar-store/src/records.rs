@@ -9,7 +9,7 @@ use hangar_core::spec::{DiskFormat, VmSpec};
 use serde::{Deserialize, Serialize};
 
 /// A running engine process, identified so that a recycled PID is never mistaken for it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ProcessIdentity {
     /// Its process id.
     pub pid: u32,
