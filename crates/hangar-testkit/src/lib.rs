@@ -151,13 +151,44 @@ pub fn kill9(pid: i32) {
     }
 }
 
-/// Kills every QEMU of a home when dropped, also when an assertion fails.
+/// Kills every QEMU of a home when dropped, also when an assertion fails, and removes the
+/// cgroups Hangar made for the home's VMs once those QEMUs are gone.
 pub struct Reaper(pub PathBuf);
 
 impl Drop for Reaper {
     fn drop(&mut self) {
-        for pid in qemu_pids(&self.0) {
-            kill9(pid);
+        let pids = qemu_pids(&self.0);
+        for pid in &pids {
+            kill9(*pid);
+        }
+        // A cgroup still holding a task cannot be removed: wait (bounded) for them to be reaped.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pids.iter().any(|p| Path::new(&format!("/proc/{p}")).exists())
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        remove_cgroups(&self.0);
+    }
+}
+
+/// Removes the cgroups Hangar made for the VMs of `home` (`hangar/<home tag>-<vm>` under each
+/// v1 controller, or under the v2 root) that no process uses any more; other homes' are not
+/// touched (their tag differs). A VM's QEMU killed from outside, as tests do, leaves its
+/// cgroup behind: Hangar removes it only when it next looks at that VM.
+pub fn remove_cgroups(home: &Path) {
+    let prefix = format!("{}-", hangar_plan::home_tag(&format!("{}/vms", home.display())));
+    for parent in [
+        "/sys/fs/cgroup/memory/hangar",
+        "/sys/fs/cgroup/cpu/hangar",
+        "/sys/fs/cgroup/pids/hangar",
+        "/sys/fs/cgroup/hangar",
+    ] {
+        let Ok(dir) = std::fs::read_dir(parent) else { continue };
+        for entry in dir.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_dir(entry.path());
+            }
         }
     }
 }
