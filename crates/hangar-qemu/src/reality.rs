@@ -273,8 +273,13 @@ impl QemuEngine {
             Settlement::Running => self.force(rec, VmState::Running)?,
             Settlement::Paused => self.force(rec, VmState::Paused)?,
             Settlement::FinishWake => {
-                // If QMP refuses, a later refresh tries again; it must not fall to `paused`.
-                if self.qmp(plan).and_then(|c| self.finish_wake(rec, &c)).is_ok() {
+                // A waker that died between the spawn and the cgroup join (restores join while
+                // QEMU starts) left it outside its cgroups, guest not yet running: it runs only
+                // once it is in them. If QMP refuses, a later refresh tries again; it must not
+                // fall to `paused`.
+                if self.in_its_cgroup(rec, plan)
+                    && self.qmp(plan).and_then(|c| self.finish_wake(rec, &c)).is_ok()
+                {
                     self.step(rec, VmState::Running, Cause::Reconciler)?;
                 }
             }
@@ -284,6 +289,17 @@ impl QemuEngine {
 }
 
 impl QemuEngine {
+    /// Whether `rec`'s QEMU is in its cgroups, joining them if not (true when the plan has
+    /// none).
+    pub(crate) fn in_its_cgroup(&self, rec: &VmRecord, plan: &Plan) -> bool {
+        let Some(cg) = plan.confinement.as_ref().and_then(|c| c.cgroup.as_ref()) else {
+            return true;
+        };
+        rec.process.is_some_and(|p| {
+            confine::is_in_cgroup(cg, p.pid) || confine::join_cgroup(cg, p.pid).is_ok()
+        })
+    }
+
     /// Runs a woken VM whose waker died: a QEMU still in its incoming migration is given what
     /// the wake had not yet sent (a mapped snapshot's restore waits, `-incoming defer`, for
     /// `x-ignore-shared` and `migrate-incoming`; either may have been sent already), and

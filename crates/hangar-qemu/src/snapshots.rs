@@ -443,7 +443,19 @@ impl QemuEngine {
         let plan = Self::plan_of(rec)?;
         cancel.check()?;
         self.step(rec, VmState::Waking, Cause::User)?;
-        let woken = self.qmp(&plan).and_then(|ctl| {
+        // Its QEMU joined its cgroups as it started; one whose starter died before that has
+        // been joined by a later look, or is now (its guest has not run yet).
+        let confined = if self.in_its_cgroup(rec, &plan) {
+            Ok(())
+        } else {
+            Err(QemuError::io(
+                "cannot move the spare's QEMU into its cgroup under",
+                Path::new("/sys/fs/cgroup"),
+                std::io::ErrorKind::PermissionDenied.into(),
+            )
+            .into())
+        };
+        let woken = confined.and_then(|()| self.qmp(&plan)).and_then(|ctl| {
             let deadline = std::time::Instant::now() + self.options.boot_timeout;
             crate::boot::load_incoming(&ctl, true, deadline)?;
             if snap.vm != *rec.name()
