@@ -102,9 +102,14 @@ pub fn spawn_detached(
     let pid = child.id();
     if late {
         let joined = procs.iter().try_for_each(|fd| {
-            rustix::io::write(fd, pid.to_string().as_bytes())
-                .map(drop)
-                .map_err(std::io::Error::from)
+            match rustix::io::write(fd, pid.to_string().as_bytes()) {
+                // A QEMU that refused its arguments may exit within milliseconds: it stays a
+                // zombie (ours, unreaped until the thread below), which the kernel still
+                // moves. Gone altogether (a caller whose children are reaped for it) is no
+                // error either: nothing of it runs; the caller finds it gone and says why.
+                Ok(_) | Err(rustix::io::Errno::SRCH) => Ok(()),
+                Err(e) => Err(std::io::Error::from(e)),
+            }
         });
         if let Err(e) = joined {
             let _ = child.kill();
