@@ -283,6 +283,12 @@ pub fn is_in_cgroup(cg: &CgroupPlan, pid: u32) -> bool {
     }
 }
 
+/// Whether QEMU `pid` is in its cgroup, moving it there first if it is not (a QEMU started by
+/// an older Hangar, moved by someone, or whose starter died before joining it).
+pub fn ensure_in_cgroup(cg: &CgroupPlan, pid: u32) -> bool {
+    is_in_cgroup(cg, pid) || join_cgroup(cg, pid).is_ok()
+}
+
 /// Moves a running QEMU (adopted after a restart) into its cgroup, if it is not there yet.
 pub fn join_cgroup(cg: &CgroupPlan, pid: u32) -> Result<()> {
     for procs in setup_cgroup(cg)? {

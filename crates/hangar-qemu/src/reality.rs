@@ -66,7 +66,8 @@ impl QemuEngine {
             Verdict::WatchForFault => {
                 if let Ok(status) = self.qmp(&plan).and_then(|ctl| ctl.status()) {
                     if let Some(p) = rec.process {
-                        let mut checked = lock_map(&self.fault_checked);
+                        let mut checked =
+                            self.fault_checked.lock().unwrap_or_else(|p| p.into_inner());
                         checked.retain(|_, at| at.elapsed() < FAULT_CHECK_INTERVAL);
                         checked.insert(p, std::time::Instant::now());
                     }
@@ -115,7 +116,9 @@ impl QemuEngine {
     /// Whether this QEMU answered a fault check less than [`FAULT_CHECK_INTERVAL`] ago.
     fn fault_checked_lately(&self, p: Option<ProcessIdentity>) -> bool {
         p.is_some_and(|p| {
-            lock_map(&self.fault_checked)
+            self.fault_checked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
                 .get(&p)
                 .is_some_and(|at| at.elapsed() < FAULT_CHECK_INTERVAL)
         })
@@ -140,9 +143,7 @@ impl QemuEngine {
             let _ = console::rotate(&log, console::LOG_ROTATE_BYTES);
         }
         if let Some(cg) = plan.confinement.as_ref().and_then(|c| c.cgroup.as_ref()) {
-            if !confine::is_in_cgroup(cg, p.pid) {
-                let _ = confine::join_cgroup(cg, p.pid);
-            }
+            confine::ensure_in_cgroup(cg, p.pid);
         }
     }
 
@@ -295,9 +296,7 @@ impl QemuEngine {
         let Some(cg) = plan.confinement.as_ref().and_then(|c| c.cgroup.as_ref()) else {
             return true;
         };
-        rec.process.is_some_and(|p| {
-            confine::is_in_cgroup(cg, p.pid) || confine::join_cgroup(cg, p.pid).is_ok()
-        })
+        rec.process.is_some_and(|p| confine::ensure_in_cgroup(cg, p.pid))
     }
 
     /// Runs a woken VM whose waker died: a QEMU still in its incoming migration is given what
@@ -444,11 +443,6 @@ fn ram_mapping(pid: u32, size: u64) -> Option<(String, bool)> {
         let file = fields.nth(3)?;
         (len == size && file.starts_with('/')).then(|| (file.to_string(), perms.ends_with('s')))
     })
-}
-
-/// The map behind a mutex, even if a holder panicked (it holds only timestamps).
-fn lock_map<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]
